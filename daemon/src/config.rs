@@ -1,0 +1,134 @@
+//! `recd.toml`: where the daemon keeps its data, sockets, jobs and plugins.
+//! Relative paths are resolved against the directory of the config file (or the
+//! working directory for the embedded defaults), so the repository's `recd.toml`
+//! works from a checkout as is.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The defaults, embedded so `recd serve` with no config runs the demo layout.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../../recd.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax { file: String, line: usize, column: usize, message: String },
+    #[error("{file}: field `{field}`: {message}")]
+    Invalid { file: String, field: &'static str, message: String },
+}
+
+/// Daemon settings as written in `recd.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Folder of the sled store.
+    data_dir: PathBuf,
+    /// Read-only RESP socket for apps.
+    socket: PathBuf,
+    /// Control socket (run jobs, reload, status).
+    admin_socket: PathBuf,
+    /// Octal permission bits of the read socket.
+    #[serde(default = "default_socket_mode")]
+    socket_mode: String,
+    /// Folder of `*.toml` job files.
+    jobs_dir: PathBuf,
+    /// Folder where `plugin = "name"` finds `librecd_<name>.so`.
+    plugins_dir: PathBuf,
+    /// ONNX Runtime shared library (`ORT_DYLIB_PATH` overrides it).
+    onnxruntime: PathBuf,
+    /// Published versions kept per table (current included).
+    #[serde(default = "default_retain")]
+    retain_versions: usize,
+}
+
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+
+fn default_retain() -> usize {
+    2
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory relative paths in the config and in job files are resolved against.
+    pub base_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub admin_socket: PathBuf,
+    pub socket_mode: u32,
+    pub jobs_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    pub onnxruntime: PathBuf,
+    pub retain_versions: usize,
+}
+
+impl Config {
+    /// Loads `path`, or the embedded defaults relative to the working directory.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let file = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
+                let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let base = std::path::absolute(base).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
+                Self::parse(&text, &file, &base)
+            }
+            None => {
+                let base = std::env::current_dir()
+                    .map_err(|source| ConfigError::Io { file: "<embedded defaults>".into(), source })?;
+                Self::parse(EMBEDDED_DEFAULTS, "<embedded defaults>", &base)
+            }
+        }
+    }
+
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = crate::job::line_col(text, e.span().map(|s| s.start).unwrap_or(0));
+            ConfigError::Syntax { file: file.into(), line, column, message: e.message().trim().to_string() }
+        })?;
+        let socket_mode = u32::from_str_radix(raw.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid {
+                file: file.into(),
+                field: "socket_mode",
+                message: format!("expected octal permission bits like \"0660\", got {:?}", raw.socket_mode),
+            })?;
+        let onnxruntime = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or(raw.onnxruntime);
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        Ok(Config {
+            base_dir: base.to_path_buf(),
+            data_dir: abs(raw.data_dir),
+            socket: abs(raw.socket),
+            admin_socket: abs(raw.admin_socket),
+            socket_mode,
+            jobs_dir: abs(raw.jobs_dir),
+            plugins_dir: abs(raw.plugins_dir),
+            onnxruntime: abs(onnxruntime),
+            retain_versions: raw.retain_versions.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_relative_to_base() {
+        let c = Config::parse(EMBEDDED_DEFAULTS, "recd.toml", Path::new("/srv/recd")).unwrap();
+        assert!(c.data_dir.starts_with("/srv/recd"));
+        assert_eq!(c.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn bad_mode_names_the_field() {
+        let text = EMBEDDED_DEFAULTS.replace("\"0660\"", "\"rw-\"");
+        let err = Config::parse(&text, "recd.toml", Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("recd.toml: field `socket_mode`"), "{err}");
+    }
+}

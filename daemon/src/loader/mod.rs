@@ -1,0 +1,307 @@
+//! The one place that holds libloading and `unsafe`: opening plugin libraries, checking
+//! their ABI, calling their entry points, and the host callbacks they call back into.
+//! Only `recd worker` uses it; the serving process never loads plugin code.
+//!
+//! Libraries are never closed (no `dlclose`): unloading Rust code with thread-local
+//! destructors is unsound, and a worker process lives for one run anyway.
+
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::fs::File;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::{Array, RecordBatch, StructArray};
+use recd_plugin_api::abi::{self, RecdError, RecdHost, RecdPluginV1, RecdTable, code};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot load plugin {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("plugin {path} does not export `recd_plugin_entry`: {message}")]
+    Symbol { path: PathBuf, message: String },
+    #[error("plugin {path} speaks ABI {found_major}.{found_minor}, this recd speaks ABI {host_major}.{host_minor}")]
+    AbiMismatch { path: PathBuf, found_major: u32, found_minor: u32, host_major: u32, host_minor: u32 },
+    #[error("plugin {path} has an invalid descriptor: {reason}")]
+    Descriptor { path: PathBuf, reason: String },
+}
+
+/// An error the plugin reported (code and message), or a panic caught at the boundary.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct PluginCallError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Services the worker offers a running plugin.
+pub trait Host {
+    fn score(&mut self, model: Option<&str>, batch: RecordBatch) -> Result<RecordBatch, String>;
+    fn emit(&mut self, batch: RecordBatch) -> Result<(), String>;
+    fn log(&mut self, level: i32, message: &str);
+    fn progress(&mut self, done: u64, total: u64);
+    fn is_cancelled(&mut self) -> bool;
+}
+
+/// A loaded plugin whose ABI version has been checked.
+pub struct Plugin {
+    descriptor: &'static RecdPluginV1,
+    pub name: String,
+    pub version: String,
+}
+
+impl Plugin {
+    pub fn open(path: &Path) -> Result<Plugin, LoadError> {
+        let path_buf = path.to_path_buf();
+        // SAFETY: loading a library runs its initialisers; plugins are trusted code that
+        // the ops installed, and this runs in a throwaway worker process.
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| LoadError::Open { path: path_buf.clone(), message: e.to_string() })?;
+        // SAFETY: the symbol's type is fixed by ABI v1.
+        let entry: libloading::Symbol<unsafe extern "C" fn() -> *const RecdPluginV1> =
+            unsafe { lib.get(abi::ENTRY_SYMBOL) }
+                .map_err(|e| LoadError::Symbol { path: path_buf.clone(), message: e.to_string() })?;
+        // SAFETY: calling the entry point the plugin exports for this purpose.
+        let ptr = unsafe { entry() };
+        if ptr.is_null() {
+            return Err(LoadError::Descriptor { path: path_buf, reason: "entry point returned NULL".into() });
+        }
+        // Read only the two version words before trusting the rest of the layout.
+        // SAFETY: every ABI version starts with these two u32 fields.
+        let (major, minor) = unsafe { ((*ptr).abi_major, (*ptr).abi_minor) };
+        if major != abi::ABI_MAJOR || minor > abi::ABI_MINOR {
+            return Err(LoadError::AbiMismatch {
+                path: path_buf,
+                found_major: major,
+                found_minor: minor,
+                host_major: abi::ABI_MAJOR,
+                host_minor: abi::ABI_MINOR,
+            });
+        }
+        // SAFETY: the version matches, so the layout is RecdPluginV1 and it is static.
+        let descriptor: &'static RecdPluginV1 = unsafe { &*ptr };
+        let name = static_str(descriptor.name, &path_buf, "name")?;
+        let version = static_str(descriptor.version, &path_buf, "version")?;
+        // Never unload: see the module comment.
+        std::mem::forget(lib);
+        Ok(Plugin { descriptor, name, version })
+    }
+
+    /// Creates an instance; the plugin validates `params_json` here.
+    pub fn create(&self, params_json: &str) -> Result<Instance<'_>, PluginCallError> {
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        let mut err = RecdError::new();
+        let rc = guard_call(|| {
+            // SAFETY: valid pointers for the duration of the call, per ABI v1.
+            unsafe { (self.descriptor.create)(params_json.as_ptr(), params_json.len(), &mut instance, &mut err) }
+        })?;
+        check(rc, &err)?;
+        Ok(Instance { plugin: self, ptr: instance })
+    }
+}
+
+fn static_str(ptr: *const c_char, path: &Path, what: &str) -> Result<String, LoadError> {
+    if ptr.is_null() {
+        return Err(LoadError::Descriptor { path: path.to_path_buf(), reason: format!("{what} is NULL") });
+    }
+    // SAFETY: the ABI requires a static NUL-terminated string.
+    Ok(unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+}
+
+/// Calls into the plugin; a Rust panic that unwinds out of it (a plugin built without
+/// the SDK's guards) becomes an error instead of undefined behaviour.
+fn guard_call(f: impl FnOnce() -> i32) -> Result<i32, PluginCallError> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|_| PluginCallError { code: code::PANIC, message: "plugin panicked across the ABI".into() })
+}
+
+fn check(rc: i32, err: &RecdError) -> Result<(), PluginCallError> {
+    if rc == code::OK {
+        return Ok(());
+    }
+    let mut message = err.message();
+    if message.is_empty() {
+        message = "plugin failed without a message".into();
+    }
+    Err(PluginCallError { code: rc, message })
+}
+
+/// A plugin instance; destroyed on drop.
+pub struct Instance<'p> {
+    plugin: &'p Plugin,
+    ptr: *mut c_void,
+}
+
+impl Instance<'_> {
+    /// Runs the strategy over `inputs` with `host` answering its callbacks.
+    pub fn run(&mut self, host: &mut dyn Host, inputs: Vec<(String, RecordBatch)>) -> Result<(), PluginCallError> {
+        let names: Vec<CString> = inputs
+            .iter()
+            .map(|(n, _)| CString::new(n.as_str()).unwrap_or_default())
+            .collect();
+        let mut tables = Vec::with_capacity(inputs.len());
+        for ((_, batch), name) in inputs.into_iter().zip(&names) {
+            let (array, schema) = export_batch(batch)
+                .map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
+            tables.push(RecdTable { name: name.as_ptr(), schema, array });
+        }
+        let mut host_ref: &mut dyn Host = host;
+        let vtable = RecdHost {
+            ctx: (&mut host_ref as *mut &mut dyn Host).cast(),
+            score: score_cb,
+            emit: emit_cb,
+            log: log_cb,
+            progress: progress_cb,
+            is_cancelled: is_cancelled_cb,
+        };
+        let mut err = RecdError::new();
+        let rc = guard_call(|| {
+            // SAFETY: the instance came from this plugin's `create`; tables and vtable
+            // outlive the call; tables are moved to the plugin per the ABI.
+            unsafe { (self.plugin.descriptor.run)(self.ptr, &vtable, tables.as_mut_ptr(), tables.len(), &mut err) }
+        })?;
+        // Any table the plugin did not take is released when `tables` drops here.
+        drop(tables);
+        check(rc, &err)
+    }
+}
+
+impl Drop for Instance<'_> {
+    fn drop(&mut self) {
+        let destroy = self.plugin.descriptor.destroy;
+        let ptr = self.ptr;
+        // SAFETY: ptr came from this plugin's `create` and is not used after this.
+        let _ = guard_call(|| {
+            unsafe { destroy(ptr) };
+            0
+        });
+    }
+}
+
+fn export_batch(batch: RecordBatch) -> Result<(FFI_ArrowArray, FFI_ArrowSchema), String> {
+    to_ffi(&StructArray::from(batch).into_data()).map_err(|e| format!("arrow export failed: {e}"))
+}
+
+/// Takes a batch the plugin moved to us.
+///
+/// # Safety
+/// Pointers must be valid Arrow C Data Interface structs (possibly released).
+unsafe fn import_batch(schema: *mut FFI_ArrowSchema, array: *mut FFI_ArrowArray) -> Result<RecordBatch, String> {
+    if schema.is_null() || array.is_null() {
+        return Err("NULL array or schema".into());
+    }
+    // SAFETY: per the caller; replacing with empty structs is the C interface's move.
+    let (array, schema) = unsafe {
+        (std::ptr::replace(array, FFI_ArrowArray::empty()), std::ptr::replace(schema, FFI_ArrowSchema::empty()))
+    };
+    // SAFETY: the producer promises a valid array for this schema.
+    let data = unsafe { from_ffi(array, &schema) }.map_err(|e| format!("arrow import failed: {e}"))?;
+    let array = arrow_array::make_array(data);
+    let structs = array.as_any().downcast_ref::<StructArray>().ok_or("expected a struct array (one field per column)")?;
+    Ok(RecordBatch::from(structs))
+}
+
+/// # Safety
+/// `ctx` must be the `&mut &mut dyn Host` that `Instance::run` put in the vtable.
+unsafe fn host<'a>(ctx: *mut c_void) -> &'a mut dyn Host {
+    // SAFETY: per the caller.
+    unsafe { *ctx.cast::<&mut dyn Host>() }
+}
+
+fn set_err(err: *mut RecdError, code: i32, message: &str) {
+    if !err.is_null() {
+        // SAFETY: the plugin passes a valid RecdError it owns.
+        unsafe { (*err).set(code, message) };
+    }
+}
+
+/// Runs a callback body, turning a host-side panic into an error code: a panic must
+/// never unwind into plugin frames.
+fn callback(err: *mut RecdError, f: impl FnOnce() -> Result<(), String>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => code::OK,
+        Ok(Err(message)) => {
+            set_err(err, code::HOST, &message);
+            code::HOST
+        }
+        Err(_) => {
+            set_err(err, code::HOST, "host panicked in a callback");
+            code::HOST
+        }
+    }
+}
+
+unsafe extern "C" fn score_cb(
+    ctx: *mut c_void,
+    model: *const c_char,
+    in_schema: *mut FFI_ArrowSchema,
+    in_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    err: *mut RecdError,
+) -> i32 {
+    callback(err, || {
+        // SAFETY: ABI v1 contract for `score`.
+        let batch = unsafe { import_batch(in_schema, in_array) }?;
+        let model = (!model.is_null()).then(|| unsafe { CStr::from_ptr(model) }.to_string_lossy().into_owned());
+        let result = unsafe { host(ctx) }.score(model.as_deref(), batch)?;
+        let (array, schema) = export_batch(result)?;
+        if out_schema.is_null() || out_array.is_null() {
+            return Err("NULL output pointers".into());
+        }
+        // SAFETY: the plugin gave us writable, empty output structs.
+        unsafe {
+            std::ptr::write(out_array, array);
+            std::ptr::write(out_schema, schema);
+        }
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn emit_cb(
+    ctx: *mut c_void,
+    schema: *mut FFI_ArrowSchema,
+    array: *mut FFI_ArrowArray,
+    err: *mut RecdError,
+) -> i32 {
+    callback(err, || {
+        // SAFETY: ABI v1 contract for `emit`.
+        let batch = unsafe { import_batch(schema, array) }?;
+        unsafe { host(ctx) }.emit(batch)
+    })
+}
+
+unsafe extern "C" fn log_cb(ctx: *mut c_void, level: i32, msg: *const u8, len: usize) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if msg.is_null() {
+            return;
+        }
+        // SAFETY: the plugin passes `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(msg, len) };
+        unsafe { host(ctx) }.log(level, &String::from_utf8_lossy(bytes));
+    }));
+}
+
+unsafe extern "C" fn progress_cb(ctx: *mut c_void, done: u64, total: u64) {
+    // SAFETY: ctx per the vtable.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.progress(done, total)));
+}
+
+unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
+    // SAFETY: ctx per the vtable. A panicking host means: stop.
+    catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.is_cancelled())).map(i32::from).unwrap_or(1)
+}
+
+/// Gives the worker a private handle on its original stdout for result frames, and points
+/// fd 1 at stderr, so a plugin that prints cannot corrupt the frame stream.
+pub fn take_stdout_for_frames() -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain fd syscalls on the process's own descriptors.
+    unsafe {
+        let fd = libc::dup(1);
+        if fd < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(File::from_raw_fd(fd))
+    }
+}

@@ -1,0 +1,226 @@
+//! The daemon's side of a run: spawn `recd worker`, feed it the spec, stage the rows it
+//! streams into a new table version, and publish that version only if the worker ends
+//! cleanly and every row passed the checks. Blocking code: call it off the async runtime.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float32Type;
+use arrow_array::{Array, RecordBatch};
+
+use crate::config::Config;
+use crate::job::Job;
+use crate::store::{StagedVersion, Store, VersionInfo};
+use crate::wire::{self, Message, RunSpec};
+
+/// Lines of worker stderr kept to explain a crash.
+const STDERR_TAIL: usize = 12;
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub run_id: u64,
+    pub table: String,
+    pub version: VersionInfo,
+    pub provider: String,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job {} run {} published table {} version {}: {} users, {} rows in {:.2}s (provider {})",
+            self.job, self.run_id, self.table, self.version.version, self.version.users, self.version.rows, self.seconds, self.provider
+        )
+    }
+}
+
+/// Runs `job` once in a worker process and publishes its table.
+pub fn execute(job: &Job, run_id: u64, config: &Config, store: &Store) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let spec = RunSpec {
+        job: job.name.clone(),
+        run_id,
+        plugin: job.plugin.clone(),
+        params_json: job.params_json.clone(),
+        inputs: job.inputs.clone(),
+        model: job.model.clone(),
+        device: job.device,
+        onnxruntime: config.onnxruntime.clone(),
+    };
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start a worker: {e}"))?;
+    let stderr_tail = forward_stderr(child.stderr.take().expect("piped stderr"), job.name.clone(), run_id);
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // A worker that dies at once closes its stdin; its exit status tells why.
+        let _ = stdin.write_all(&serde_json::to_vec(&spec)?);
+    }
+    let staged = store.stage(&job.table, &job.name, run_id)?;
+    let mut collector = Collector::new(staged);
+    let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+    let streamed = read_worker(&mut stdout, &mut collector);
+    if streamed.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let tail = stderr_tail.join().unwrap_or_default();
+    let outcome = match streamed {
+        Err(e) => Err(e),
+        Ok(Some(Message::Done { provider, .. })) if status.success() => Ok(provider),
+        Ok(Some(Message::Failed { error })) => Err(anyhow::anyhow!("{error}")),
+        Ok(_) => Err(anyhow::anyhow!("worker died ({}){}", describe(status), tail_text(&tail))),
+    };
+    match outcome.and_then(|provider| collector.finish_user().map(|()| provider)) {
+        Ok(provider) => {
+            let version = store.publish(collector.into_staged())?;
+            Ok(RunReport {
+                job: job.name.clone(),
+                run_id,
+                table: job.table.clone(),
+                version,
+                provider,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => {
+            store.discard(collector.into_staged())?;
+            Err(e)
+        }
+    }
+}
+
+/// Reads frames until the worker's final message or end of stream.
+fn read_worker(stdout: &mut impl std::io::Read, collector: &mut Collector) -> anyhow::Result<Option<Message>> {
+    while let Some((tag, payload)) = wire::read_frame(stdout)? {
+        match tag {
+            wire::TAG_ROWS => {
+                let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(payload), None)?;
+                for batch in reader {
+                    collector.add(&batch?)?;
+                }
+            }
+            wire::TAG_MESSAGE => match serde_json::from_slice::<Message>(&payload)? {
+                Message::Progress { done, total } => tracing::debug!(done, total, "progress"),
+                done_or_failed => return Ok(Some(done_or_failed)),
+            },
+            other => anyhow::bail!("worker sent an unknown frame tag {other:#x}"),
+        }
+    }
+    Ok(None)
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (_, Some(sig)) => format!("killed by signal {sig}{}", signal_name(sig)),
+        (Some(code), _) => format!("exit code {code}"),
+        _ => "unknown status".into(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGABRT => " (SIGABRT, the plugin aborted)",
+        libc::SIGSEGV => " (SIGSEGV, invalid memory access)",
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGBUS => " (SIGBUS)",
+        _ => "",
+    }
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() { String::new() } else { format!("; last worker output: {}", tail.join(" | ")) }
+}
+
+/// Forwards the worker's log lines into ours (under the run's span fields) and keeps the
+/// last few to explain a crash.
+fn forward_stderr(
+    stderr: std::process::ChildStderr,
+    job: String,
+    run_id: u64,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            tracing::info!(target: "worker", job = %job, run_id, "{line}");
+            let mut t = tail.lock().expect("tail");
+            if t.len() == STDERR_TAIL {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+        tail.lock().expect("tail").iter().cloned().collect()
+    })
+}
+
+/// Groups streamed rows into per-user lists, checks them, and writes them to the staged
+/// version. One user's rows must be contiguous in the stream.
+struct Collector {
+    staged: StagedVersion,
+    user: Option<String>,
+    list: Vec<(String, f32)>,
+    done_users: HashSet<String>,
+    row: u64,
+}
+
+impl Collector {
+    fn new(staged: StagedVersion) -> Self {
+        Collector { staged, user: None, list: Vec::new(), done_users: HashSet::new(), row: 0 }
+    }
+
+    fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("user column is not utf8"))?;
+        let items = batch.column(1).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("item column is not utf8"))?;
+        let scores = batch.column(2).as_primitive_opt::<Float32Type>().ok_or_else(|| anyhow::anyhow!("score column is not float32"))?;
+        for i in 0..batch.num_rows() {
+            let row = self.row;
+            self.row += 1;
+            if users.is_null(i) || items.is_null(i) || scores.is_null(i) {
+                anyhow::bail!("output row {row}: null user, item or score");
+            }
+            let (user, item, score) = (users.value(i), items.value(i), scores.value(i));
+            if !score.is_finite() {
+                anyhow::bail!("output row {row}: user {user:?} item {item:?} has a non-finite score {score}");
+            }
+            if item.len() > u16::MAX as usize {
+                anyhow::bail!("output row {row}: item id of {} bytes is too long", item.len());
+            }
+            if self.user.as_deref() != Some(user) {
+                self.finish_user()?;
+                if !self.done_users.insert(user.to_string()) {
+                    anyhow::bail!("output row {row}: rows of user {user:?} are not contiguous");
+                }
+                self.user = Some(user.to_string());
+            }
+            self.list.push((item.to_string(), score));
+        }
+        Ok(())
+    }
+
+    fn finish_user(&mut self) -> anyhow::Result<()> {
+        let Some(user) = self.user.take() else { return Ok(()) };
+        let mut seen = HashSet::with_capacity(self.list.len());
+        if let Some((dup, _)) = self.list.iter().find(|(item, _)| !seen.insert(item.as_str())) {
+            anyhow::bail!("output for user {user:?} lists item {dup:?} twice");
+        }
+        let mut list = std::mem::take(&mut self.list);
+        self.staged.put_user(&user, &mut list)?;
+        Ok(())
+    }
+
+    fn into_staged(self) -> StagedVersion {
+        self.staged
+    }
+}

@@ -1,0 +1,22 @@
+//! EXISTS key [key ...]: how many of the keys exist (repeats count again, as in Redis).
+use std::sync::Arc;
+
+use super::{ParseResult, lookup, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct Exists(Vec<Vec<u8>>);
+
+impl Exists {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Exists> {
+        if args.is_empty() {
+            return Err(wrong_args("exists"));
+        }
+        Ok(Exists(args.to_vec()))
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        let n = self.0.iter().filter(|k| lookup(daemon, k).is_some()).count();
+        resp::integer(out, n as i64);
+    }
+}

@@ -1,0 +1,24 @@
+//! MGET key [key ...]: GET for each key.
+use std::sync::Arc;
+
+use super::{ParseResult, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct MGet(Vec<Vec<u8>>);
+
+impl MGet {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<MGet> {
+        if args.is_empty() {
+            return Err(wrong_args("mget"));
+        }
+        Ok(MGet(args.to_vec()))
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        resp::array_len(out, self.0.len());
+        for key in &self.0 {
+            super::get::write_json(daemon, key, out);
+        }
+    }
+}

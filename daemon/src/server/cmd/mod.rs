@@ -1,0 +1,184 @@
+//! Socket commands, one module each. [`Command::from_args`] parses a request into a
+//! typed command (or the error reply for it); [`execute`] runs it.
+//!
+//! Keys are `<table>:<user>`: the table is everything before the first `:`.
+
+mod client;
+mod command;
+mod echo;
+mod exists;
+mod get;
+mod hello;
+mod info;
+mod mget;
+mod ping;
+mod reload;
+mod run;
+mod select;
+mod status;
+mod zcard;
+mod zrange;
+mod zrevrange;
+mod zscore;
+
+use std::sync::Arc;
+
+use super::Role;
+use super::resp;
+use crate::daemon::Daemon;
+use crate::store::decode_list;
+
+/// Per-connection state commands may read or change.
+pub struct Client {
+    pub id: u64,
+    pub role: Role,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+pub enum Command {
+    Ping(ping::Ping),
+    Echo(echo::Echo),
+    Hello(hello::Hello),
+    Command(command::CommandCmd),
+    Client(client::ClientCmd),
+    Select(select::Select),
+    Exists(exists::Exists),
+    ZRange(zrange::ZRange),
+    ZCard(zcard::ZCard),
+    ZScore(zscore::ZScore),
+    Get(get::Get),
+    MGet(mget::MGet),
+    Info(info::Info),
+    Quit,
+    Run(run::Run),
+    Reload,
+    Status,
+}
+
+/// Commands that change data in Redis: answered with `-READONLY`.
+const WRITE_COMMANDS: &[&str] = &[
+    "set", "setnx", "setex", "psetex", "mset", "msetnx", "getset", "getdel", "getex", "append", "del", "unlink",
+    "incr", "incrby", "incrbyfloat", "decr", "decrby", "expire", "pexpire", "expireat", "pexpireat", "persist",
+    "rename", "renamenx", "move", "copy", "restore", "zadd", "zincrby", "zrem", "zremrangebyrank",
+    "zremrangebyscore", "zremrangebylex", "zpopmin", "zpopmax", "bzpopmin", "bzpopmax", "zunionstore",
+    "zinterstore", "zdiffstore", "zrangestore", "hset", "hsetnx", "hmset", "hdel", "hincrby", "hincrbyfloat",
+    "lpush", "rpush", "lpushx", "rpushx", "lpop", "rpop", "lset", "lrem", "ltrim", "linsert", "sadd", "srem",
+    "spop", "smove", "flushdb", "flushall", "setrange", "setbit", "pfadd", "xadd", "geoadd", "swapdb",
+];
+
+/// What a command parse can fail with: the error reply's text.
+pub type ParseResult<T> = Result<T, String>;
+
+pub fn wrong_args(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
+}
+
+pub fn not_integer() -> String {
+    "ERR value is not an integer or out of range".to_string()
+}
+
+pub fn parse_int(arg: &[u8]) -> ParseResult<i64> {
+    std::str::from_utf8(arg).ok().and_then(|s| s.parse().ok()).ok_or_else(not_integer)
+}
+
+impl Command {
+    pub fn from_args(args: Vec<Vec<u8>>, role: Role) -> ParseResult<Command> {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        let rest = &args[1..];
+        let cmd = match name.as_str() {
+            "ping" => Command::Ping(ping::Ping::parse(rest)?),
+            "echo" => Command::Echo(echo::Echo::parse(rest)?),
+            "hello" => Command::Hello(hello::Hello::parse(rest)?),
+            "command" => Command::Command(command::CommandCmd::parse(rest)?),
+            "client" => Command::Client(client::ClientCmd::parse(rest)?),
+            "select" => Command::Select(select::Select::parse(rest)?),
+            "exists" => Command::Exists(exists::Exists::parse(rest)?),
+            "zrange" => Command::ZRange(zrange::ZRange::parse(rest)?),
+            "zrevrange" => Command::ZRange(zrevrange::parse(rest)?),
+            "zcard" => Command::ZCard(zcard::ZCard::parse(rest)?),
+            "zscore" => Command::ZScore(zscore::ZScore::parse(rest)?),
+            "get" => Command::Get(get::Get::parse(rest)?),
+            "mget" => Command::MGet(mget::MGet::parse(rest)?),
+            "info" => Command::Info(info::Info::parse(rest)?),
+            "quit" => Command::Quit,
+            "run" | "reload" | "status" if role != Role::Admin => {
+                return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
+            }
+            "run" => Command::Run(run::Run::parse(rest)?),
+            "reload" => Command::Reload,
+            "status" => Command::Status,
+            w if WRITE_COMMANDS.contains(&w) => {
+                return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
+            }
+            _ => return Err(unknown(&name, rest)),
+        };
+        Ok(cmd)
+    }
+}
+
+fn unknown(name: &str, rest: &[Vec<u8>]) -> String {
+    let shown: Vec<String> = rest.iter().take(3).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
+    format!("ERR unknown command '{name}', with args beginning with: {}", shown.join(" "))
+}
+
+/// Parses and runs one request, writing its reply to `out`.
+pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Client, out: &mut Vec<u8>) -> Flow {
+    let cmd = match Command::from_args(args, client.role) {
+        Ok(cmd) => cmd,
+        Err(reply) => {
+            resp::error(out, &reply);
+            return Flow::Continue;
+        }
+    };
+    match cmd {
+        Command::Ping(c) => c.apply(out),
+        Command::Echo(c) => c.apply(out),
+        Command::Hello(c) => c.apply(client, out),
+        Command::Command(c) => c.apply(out),
+        Command::Client(c) => c.apply(client, out),
+        Command::Select(c) => c.apply(out),
+        Command::Exists(c) => c.apply(daemon, out),
+        Command::ZRange(c) => c.apply(daemon, out),
+        Command::ZCard(c) => c.apply(daemon, out),
+        Command::ZScore(c) => c.apply(daemon, out),
+        Command::Get(c) => c.apply(daemon, out),
+        Command::MGet(c) => c.apply(daemon, out),
+        Command::Info(c) => c.apply(daemon, out),
+        Command::Quit => {
+            resp::simple(out, "OK");
+            return Flow::Close;
+        }
+        Command::Run(c) => c.apply(daemon, out).await,
+        Command::Reload => reload::apply(daemon, out).await,
+        Command::Status => status::apply(daemon, out),
+    }
+    Flow::Continue
+}
+
+/// The stored list for `key`, resolved against the version current at this moment.
+pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<sled::IVec> {
+    let colon = key.iter().position(|&b| b == b':')?;
+    let table = std::str::from_utf8(&key[..colon]).ok()?;
+    let served = daemon.store.served(table)?;
+    match served.get(&key[colon + 1..]) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(table, "store read failed: {e}");
+            None
+        }
+    }
+}
+
+/// Decoded list for `key`, best first; empty when absent.
+pub fn with_list<R>(daemon: &Daemon, key: &[u8], f: impl FnOnce(&[(&[u8], f32)]) -> R) -> R {
+    match lookup(daemon, key) {
+        Some(bytes) => f(&decode_list(&bytes)),
+        None => f(&[]),
+    }
+}

@@ -1,0 +1,19 @@
+//! SELECT index: recd has one database, 0.
+use super::{ParseResult, parse_int, wrong_args};
+use crate::server::resp;
+
+pub struct Select;
+
+impl Select {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Select> {
+        match args {
+            [db] if parse_int(db)? == 0 => Ok(Select),
+            [_] => Err("ERR DB index is out of range".into()),
+            _ => Err(wrong_args("select")),
+        }
+    }
+
+    pub fn apply(self, out: &mut Vec<u8>) {
+        resp::simple(out, "OK");
+    }
+}

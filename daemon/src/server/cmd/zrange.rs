@@ -1,0 +1,81 @@
+//! ZRANGE key start stop [REV] [WITHSCORES]: by rank, lowest score first unless REV, with
+//! Redis's index rules (negative counts from the end; out of range gives an empty list).
+use std::sync::Arc;
+
+use super::{ParseResult, parse_int, with_list, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct ZRange {
+    pub key: Vec<u8>,
+    pub start: i64,
+    pub stop: i64,
+    /// Best (highest score) first.
+    pub rev: bool,
+    pub withscores: bool,
+}
+
+impl ZRange {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<ZRange> {
+        let [key, start, stop, opts @ ..] = args else { return Err(wrong_args("zrange")) };
+        let mut z = ZRange { key: key.clone(), start: parse_int(start)?, stop: parse_int(stop)?, rev: false, withscores: false };
+        for opt in opts {
+            match opt.to_ascii_lowercase().as_slice() {
+                b"rev" => z.rev = true,
+                b"withscores" => z.withscores = true,
+                b"byscore" | b"bylex" | b"limit" => {
+                    return Err("ERR recd supports ZRANGE by rank only (no BYSCORE, BYLEX or LIMIT)".into());
+                }
+                _ => return Err("ERR syntax error".into()),
+            }
+        }
+        Ok(z)
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        with_list(daemon, &self.key, |list| {
+            let Some((from, to)) = rank_range(self.start, self.stop, list.len()) else {
+                resp::array_len(out, 0);
+                return;
+            };
+            let n = to - from + 1;
+            resp::array_len(out, if self.withscores { 2 * n } else { n });
+            for rank in from..=to {
+                // The list is stored best first; ascending rank r is stored at len-1-r.
+                let (member, score) = if self.rev { list[rank] } else { list[list.len() - 1 - rank] };
+                resp::bulk(out, member);
+                if self.withscores {
+                    resp::score(out, score);
+                }
+            }
+        });
+    }
+}
+
+/// Redis's rank normalisation: inclusive (from, to) within 0..len, or None when empty.
+pub fn rank_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
+    let len = len as i64;
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let stop = if stop < 0 { len + stop } else { stop };
+    if start > stop || start >= len {
+        return None;
+    }
+    Some((start as usize, stop.min(len - 1) as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_range;
+
+    #[test]
+    fn ranks_follow_redis() {
+        assert_eq!(rank_range(0, 9, 5), Some((0, 4)));
+        assert_eq!(rank_range(0, -1, 5), Some((0, 4)));
+        assert_eq!(rank_range(-2, -1, 5), Some((3, 4)));
+        assert_eq!(rank_range(-100, 1, 5), Some((0, 1)));
+        assert_eq!(rank_range(3, 1, 5), None);
+        assert_eq!(rank_range(5, 9, 5), None);
+        assert_eq!(rank_range(0, -6, 5), None);
+        assert_eq!(rank_range(0, 0, 0), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! RESP2 framing: parsing requests (arrays of bulk strings, or inline commands) and
+//! replies (for the CLI's client), and writing replies into an output buffer.
+
+use std::io::Write;
+
+/// Limits that keep a hostile client from making us allocate without bound.
+pub const MAX_BULK_LEN: usize = 16 * 1024 * 1024;
+pub const MAX_ARRAY_LEN: usize = 1024 * 1024;
+pub const MAX_INLINE_LEN: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Vec<u8>),
+    Null,
+    Array(Vec<Frame>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProtocolError {
+    #[error("Protocol error: {0}")]
+    Invalid(String),
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, ProtocolError> {
+    Err(ProtocolError::Invalid(msg.into()))
+}
+
+/// Parses one request: the command's arguments, and the bytes consumed. `Ok(None)`
+/// means more bytes are needed.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'*' {
+        return parse_inline(buf);
+    }
+    let Some((n, mut at)) = read_line_int(buf, 1)? else { return Ok(None) };
+    if n < 0 {
+        return Ok(Some((Vec::new(), at)));
+    }
+    let n = n as usize;
+    if n > MAX_ARRAY_LEN {
+        return invalid("invalid multibulk length");
+    }
+    let mut args = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        if at >= buf.len() {
+            return Ok(None);
+        }
+        if buf[at] != b'$' {
+            return invalid(format!("expected '$', got '{}'", buf[at] as char));
+        }
+        let Some((len, start)) = read_line_int(buf, at + 1)? else { return Ok(None) };
+        if len < 0 || len as usize > MAX_BULK_LEN {
+            return invalid("invalid bulk length");
+        }
+        let end = start + len as usize;
+        if buf.len() < end + 2 {
+            return Ok(None);
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return invalid("bulk string not terminated by CRLF");
+        }
+        args.push(buf[start..end].to_vec());
+        at = end + 2;
+    }
+    Ok(Some((args, at)))
+}
+
+fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_INLINE_LEN {
+            return invalid("too big inline request");
+        }
+        return Ok(None);
+    };
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    let args = line.split(|b| b.is_ascii_whitespace()).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect();
+    Ok(Some((args, nl + 1)))
+}
+
+/// Reads an integer terminated by CRLF starting at `at`; returns it and the next offset.
+fn read_line_int(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let Some(rel) = buf.get(at..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")) else {
+        if buf.len() - at.min(buf.len()) > 32 {
+            return invalid("length line too long");
+        }
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&buf[at..at + rel]).ok();
+    match text.and_then(|t| t.parse::<i64>().ok()) {
+        Some(n) => Ok(Some((n, at + rel + 2))),
+        None => invalid("invalid length"),
+    }
+}
+
+/// Parses one reply frame (for the CLI client).
+pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let line_end = |from: usize| buf.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")).map(|p| from + p);
+    let text = |from: usize, to: usize| String::from_utf8_lossy(&buf[from..to]).into_owned();
+    match buf[0] {
+        b'+' | b'-' | b':' => {
+            let Some(end) = line_end(1) else { return Ok(None) };
+            let s = text(1, end);
+            let frame = match buf[0] {
+                b'+' => Frame::Simple(s),
+                b'-' => Frame::Error(s),
+                _ => Frame::Integer(s.parse().map_err(|_| ProtocolError::Invalid("bad integer".into()))?),
+            };
+            Ok(Some((frame, end + 2)))
+        }
+        b'$' => {
+            let Some((len, start)) = read_line_int(buf, 1)? else { return Ok(None) };
+            if len < 0 {
+                return Ok(Some((Frame::Null, start)));
+            }
+            let end = start + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            Ok(Some((Frame::Bulk(buf[start..end].to_vec()), end + 2)))
+        }
+        b'*' => {
+            let Some((n, mut at)) = read_line_int(buf, 1)? else { return Ok(None) };
+            if n < 0 {
+                return Ok(Some((Frame::Null, at)));
+            }
+            let mut items = Vec::new();
+            for _ in 0..n {
+                let Some((item, used)) = parse_frame(&buf[at..])? else { return Ok(None) };
+                items.push(item);
+                at += used;
+            }
+            Ok(Some((Frame::Array(items), at)))
+        }
+        other => invalid(format!("unexpected reply type byte '{}'", other as char)),
+    }
+}
+
+pub fn simple(out: &mut Vec<u8>, s: &str) {
+    out.push(b'+');
+    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an error; `msg` starts with its code word (`ERR`, `READONLY`, ...).
+pub fn error(out: &mut Vec<u8>, msg: &str) {
+    out.push(b'-');
+    // CR or LF inside an error would break framing.
+    out.extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn integer(out: &mut Vec<u8>, n: i64) {
+    let _ = write!(out, ":{n}\r\n");
+}
+
+pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    let _ = write!(out, "${}\r\n", bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"$-1\r\n");
+}
+
+pub fn array_len(out: &mut Vec<u8>, n: usize) {
+    let _ = write!(out, "*{n}\r\n");
+}
+
+/// A sorted-set score as Redis prints it: the shortest text that reads back as the value.
+pub fn score(out: &mut Vec<u8>, s: f32) {
+    let text = format_score(s);
+    bulk(out, text.as_bytes());
+}
+
+pub fn format_score(s: f32) -> String {
+    if s.is_infinite() {
+        return if s > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    format!("{s}")
+}
+
+/// Encodes a request as an array of bulk strings (for the CLI client).
+pub fn request(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    array_len(&mut out, args.len());
+    for a in args {
+        bulk(&mut out, a);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<Vec<u8>> {
+        v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn requests_parse_whole_partial_inline_and_pipelined() {
+        let req = b"*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n";
+        assert_eq!(parse_request(req).unwrap(), Some((args(&["PING", "hi"]), req.len())));
+        for cut in 0..req.len() {
+            assert_eq!(parse_request(&req[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        assert_eq!(parse_request(b"PING  x\r\n").unwrap(), Some((args(&["PING", "x"]), 9)));
+        let two = [&req[..], &req[..]].concat();
+        let (_, used) = parse_request(&two).unwrap().unwrap();
+        assert_eq!(parse_request(&two[used..]).unwrap().unwrap().1, req.len());
+    }
+
+    #[test]
+    fn malformed_requests_are_protocol_errors() {
+        let cases: &[&[u8]] = &[b"*1\r\n+PING\r\n", b"*x\r\n", b"*1\r\n$-5\r\n", b"*1\r\n$2\r\nabcd\r\n", b"*99999999\r\n"];
+        for c in cases {
+            assert!(parse_request(c).is_err(), "{:?}", String::from_utf8_lossy(c));
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let mut out = Vec::new();
+        array_len(&mut out, 4);
+        simple(&mut out, "OK");
+        integer(&mut out, -3);
+        bulk(&mut out, b"x\r\ny");
+        null(&mut out);
+        let (frame, used) = parse_frame(&out).unwrap().unwrap();
+        assert_eq!(used, out.len());
+        assert_eq!(
+            frame,
+            Frame::Array(vec![Frame::Simple("OK".into()), Frame::Integer(-3), Frame::Bulk(b"x\r\ny".to_vec()), Frame::Null])
+        );
+        assert_eq!(format_score(0.25), "0.25");
+    }
+}

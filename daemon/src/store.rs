@@ -1,0 +1,391 @@
+//! The one module that knows sled.
+//!
+//! Layout: tree `meta` holds `format_version` and one key `table/<name>` per table whose
+//! value ([`TableMeta`], JSON) names the current version and the retained ones. Each
+//! version's rows live in their own tree `data/<name>/<version>`, one key per user, the
+//! value a pre-sorted encoded list ([`encode_list`]).
+//!
+//! Publishing writes a whole version into a fresh tree, flushes, then replaces the table's
+//! meta key in one insert and flushes again: that insert is the atomic switch. Readers
+//! resolve a table to a tree handle once per request, so one answer never mixes versions.
+//! On open, every data tree that no meta key references (a staged version interrupted by a
+//! crash) is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+const META_TREE: &str = "meta";
+const KEY_FORMAT: &[u8] = b"format_version";
+const TABLE_KEY_PREFIX: &str = "table/";
+const DATA_TREE_PREFIX: &str = "data/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store format version {found} is not supported (this recd writes {FORMAT_VERSION}); export with the older recd and import")]
+    Format { found: String },
+    #[error("corrupt metadata for table `{table}`: {reason}")]
+    Meta { table: String, reason: String },
+}
+
+/// One retained version of a table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub published_at: String,
+    pub job: String,
+    pub run_id: u64,
+    pub users: u64,
+    pub rows: u64,
+    /// FNV-1a over every (user, encoded list) in user order: lets tests and audits check a
+    /// served version is exactly what was published.
+    pub checksum: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableMeta {
+    pub current: u64,
+    /// Oldest first; the current one is among them.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// A version being served: the handle readers use for the duration of one request.
+pub struct ServedTable {
+    pub version: u64,
+    tree: sled::Tree,
+}
+
+impl ServedTable {
+    /// The encoded list of `user`, if the version has one.
+    pub fn get(&self, user: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(user)?)
+    }
+}
+
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    served: RwLock<HashMap<String, Arc<ServedTable>>>,
+    retain: usize,
+    /// Serialises publishes so version numbers and meta updates never race.
+    publish_lock: Mutex<()>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, retain: usize) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let meta = db.open_tree(META_TREE)?;
+        match meta.get(KEY_FORMAT)? {
+            None => {
+                meta.insert(KEY_FORMAT, FORMAT_VERSION.to_string().as_bytes())?;
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
+        }
+        let store = Store {
+            db,
+            meta,
+            served: RwLock::new(HashMap::new()),
+            retain: retain.max(1),
+            publish_lock: Mutex::new(()),
+        };
+        store.load_tables()?;
+        store.drop_unreferenced()?;
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    fn load_tables(&self) -> Result<(), StoreError> {
+        let mut served = self.served.write().expect("served lock");
+        for entry in self.meta.scan_prefix(TABLE_KEY_PREFIX) {
+            let (key, value) = entry?;
+            let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
+            let meta = decode_meta(&table, &value)?;
+            let tree = self.db.open_tree(data_tree_name(&table, meta.current))?;
+            served.insert(table, Arc::new(ServedTable { version: meta.current, tree }));
+        }
+        Ok(())
+    }
+
+    /// Drops data trees no table's meta references: versions staged when we crashed.
+    fn drop_unreferenced(&self) -> Result<(), StoreError> {
+        let mut keep = HashSet::new();
+        for (table, meta) in self.tables()? {
+            for v in &meta.versions {
+                keep.insert(data_tree_name(&table, v.version));
+            }
+        }
+        for name in self.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if name.starts_with(DATA_TREE_PREFIX) && !keep.contains(&name) {
+                tracing::info!(tree = %name, "dropping unpublished data left by an interrupted run");
+                self.db.drop_tree(name.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every table with its metadata, sorted by name.
+    pub fn tables(&self) -> Result<Vec<(String, TableMeta)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.meta.scan_prefix(TABLE_KEY_PREFIX) {
+            let (key, value) = entry?;
+            let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
+            let meta = decode_meta(&table, &value)?;
+            out.push((table, meta));
+        }
+        Ok(out)
+    }
+
+    /// The version of `table` readers see now.
+    pub fn served(&self, table: &str) -> Option<Arc<ServedTable>> {
+        self.served.read().expect("served lock").get(table).cloned()
+    }
+
+    /// Starts a new, invisible version of `table`.
+    pub fn stage(&self, table: &str, job: &str, run_id: u64) -> Result<StagedVersion, StoreError> {
+        let _guard = self.publish_lock.lock().expect("publish lock");
+        let last = self.table_meta(table)?.and_then(|m| m.versions.iter().map(|v| v.version).max());
+        // A tree above the last published version may exist from a crashed run that
+        // drop_unreferenced has not seen (same process): start it empty.
+        let version = last.unwrap_or(0) + 1;
+        let name = data_tree_name(table, version);
+        self.db.drop_tree(name.as_bytes())?;
+        let tree = self.db.open_tree(name)?;
+        Ok(StagedVersion {
+            table: table.to_owned(),
+            job: job.to_owned(),
+            run_id,
+            version,
+            tree,
+            batch: sled::Batch::default(),
+            pending: 0,
+            users: 0,
+            rows: 0,
+            checksum: Fnv64::new(),
+        })
+    }
+
+    fn table_meta(&self, table: &str) -> Result<Option<TableMeta>, StoreError> {
+        match self.meta.get(table_key(table))? {
+            None => Ok(None),
+            Some(v) => decode_meta(table, &v).map(Some),
+        }
+    }
+
+    /// Makes `staged` the current version of its table, atomically, after it is durable;
+    /// then drops versions beyond the retention count.
+    pub fn publish(&self, mut staged: StagedVersion) -> Result<VersionInfo, StoreError> {
+        staged.write_pending()?;
+        self.db.flush()?;
+        let _guard = self.publish_lock.lock().expect("publish lock");
+        let info = VersionInfo {
+            version: staged.version,
+            published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            job: staged.job.clone(),
+            run_id: staged.run_id,
+            users: staged.users,
+            rows: staged.rows,
+            checksum: staged.checksum.finish(),
+        };
+        let mut meta = self
+            .table_meta(&staged.table)?
+            .unwrap_or(TableMeta { current: info.version, versions: Vec::new() });
+        meta.versions.push(info.clone());
+        meta.current = info.version;
+        let dropped: Vec<u64> = if meta.versions.len() > self.retain {
+            let n = meta.versions.len() - self.retain;
+            meta.versions.drain(..n).map(|v| v.version).collect()
+        } else {
+            Vec::new()
+        };
+        let encoded = serde_json::to_vec(&meta).expect("meta serialises");
+        self.meta.insert(table_key(&staged.table), encoded)?;
+        self.meta.flush()?;
+        self.served.write().expect("served lock").insert(
+            staged.table.clone(),
+            Arc::new(ServedTable { version: info.version, tree: staged.tree.clone() }),
+        );
+        for v in dropped {
+            self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
+        }
+        Ok(info)
+    }
+
+    /// Throws a staged version away.
+    pub fn discard(&self, staged: StagedVersion) -> Result<(), StoreError> {
+        self.db.drop_tree(data_tree_name(&staged.table, staged.version).as_bytes())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// A version being written; invisible to readers until [`Store::publish`].
+pub struct StagedVersion {
+    pub table: String,
+    job: String,
+    run_id: u64,
+    pub version: u64,
+    tree: sled::Tree,
+    batch: sled::Batch,
+    pending: usize,
+    pub users: u64,
+    pub rows: u64,
+    checksum: Fnv64,
+}
+
+impl StagedVersion {
+    /// Adds one user's list (any order; it is sorted here as Redis orders a sorted set).
+    pub fn put_user(&mut self, user: &str, list: &mut [(String, f32)]) -> Result<(), StoreError> {
+        let value = encode_list(list);
+        self.checksum.write(user.as_bytes());
+        self.checksum.write(&value);
+        self.batch.insert(user.as_bytes(), value);
+        self.users += 1;
+        self.rows += list.len() as u64;
+        self.pending += 1;
+        if self.pending >= 4096 {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending > 0 {
+            self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+}
+
+fn table_key(table: &str) -> Vec<u8> {
+    format!("{TABLE_KEY_PREFIX}{table}").into_bytes()
+}
+
+fn data_tree_name(table: &str, version: u64) -> String {
+    format!("{DATA_TREE_PREFIX}{table}/{version:020}")
+}
+
+fn decode_meta(table: &str, bytes: &[u8]) -> Result<TableMeta, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Meta { table: table.to_owned(), reason: e.to_string() })
+}
+
+/// Encodes a list best first: score descending, ties by member descending, which is the
+/// order Redis's ZREVRANGE gives. Layout: u32 count, then per entry f32 score, u16 length,
+/// member bytes (all little-endian).
+pub fn encode_list(list: &mut [(String, f32)]) -> Vec<u8> {
+    list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    let len: usize = list.iter().map(|(m, _)| 6 + m.len()).sum();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for (member, score) in list.iter() {
+        out.extend_from_slice(&score.to_le_bytes());
+        out.extend_from_slice(&(member.len() as u16).to_le_bytes());
+        out.extend_from_slice(member.as_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_list`]'s bytes into (member, score) pairs, best first.
+pub fn decode_list(bytes: &[u8]) -> Vec<(&[u8], f32)> {
+    let mut out = Vec::new();
+    if bytes.len() < 4 {
+        return out;
+    }
+    let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    out.reserve(n);
+    let mut at = 4;
+    while out.len() < n && at + 6 <= bytes.len() {
+        let score = f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let len = u16::from_le_bytes(bytes[at + 4..at + 6].try_into().expect("2 bytes")) as usize;
+        let start = at + 6;
+        if start + len > bytes.len() {
+            break;
+        }
+        out.push((&bytes[start..start + len], score));
+        at = start + len;
+    }
+    out
+}
+
+/// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version.
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_round_trip_in_redis_order() {
+        let mut list = vec![("b".to_string(), 1.0), ("a".to_string(), 2.0), ("c".to_string(), 1.0)];
+        let bytes = encode_list(&mut list);
+        let decoded = decode_list(&bytes);
+        let members: Vec<&[u8]> = decoded.iter().map(|(m, _)| *m).collect();
+        // score desc; equal scores by member descending, as ZREVRANGE orders them
+        assert_eq!(members, vec![&b"a"[..], b"c", b"b"]);
+        assert_eq!(decoded[0].1, 2.0);
+    }
+
+    #[test]
+    fn publish_switches_versions_and_keeps_the_retained_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        for round in 1..=3u64 {
+            let mut staged = store.stage("t", "job", round).unwrap();
+            staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
+            let info = store.publish(staged).unwrap();
+            assert_eq!(info.version, round);
+        }
+        let served = store.served("t").unwrap();
+        assert_eq!(served.version, 3);
+        let value = served.get(b"u").unwrap().unwrap();
+        assert_eq!(decode_list(&value)[0].1, 3.0);
+        let (_, meta) = store.tables().unwrap().remove(0);
+        let kept: Vec<u64> = meta.versions.iter().map(|v| v.version).collect();
+        assert_eq!(kept, vec![2, 3]);
+    }
+
+    #[test]
+    fn staged_data_left_by_a_crash_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 2).unwrap();
+            let mut staged = store.stage("t", "job", 1).unwrap();
+            staged.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
+            staged.write_pending().unwrap();
+            store.flush().unwrap();
+            // dropped without publish or discard, as a crash would leave it
+        }
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert!(store.served("t").is_none());
+        let names: Vec<String> =
+            store.db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        assert!(!names.iter().any(|n| n.starts_with(DATA_TREE_PREFIX)), "left: {names:?}");
+    }
+}

@@ -1,0 +1,90 @@
+//! What crosses between `recd serve` and a `recd worker` child.
+//!
+//! The daemon writes one [`RunSpec`] as JSON to the worker's stdin. The worker answers on
+//! its stdout with frames: a tag byte, a little-endian u32 length, the payload. Tag `R`
+//! carries result rows as a self-contained Arrow IPC stream (schema, batch, end marker);
+//! tag `M` a JSON [`Message`]. The worker's stderr is its log, which the daemon forwards.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Device, Input};
+
+pub const TAG_ROWS: u8 = b'R';
+pub const TAG_MESSAGE: u8 = b'M';
+/// Largest frame accepted (a batch of result rows is far smaller).
+pub const MAX_FRAME: usize = 1 << 30;
+
+/// Everything a worker needs for one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub job: String,
+    pub run_id: u64,
+    pub plugin: PathBuf,
+    pub params_json: String,
+    pub inputs: Vec<Input>,
+    pub model: Option<PathBuf>,
+    pub device: Device,
+    pub onnxruntime: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Progress { done: u64, total: u64 },
+    Done { provider: String, rows: u64 },
+    Failed { error: String },
+}
+
+pub fn write_frame(out: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
+    out.write_all(&[tag])?;
+    out.write_all(&(payload.len() as u32).to_le_bytes())?;
+    out.write_all(payload)
+}
+
+pub fn write_message(out: &mut impl Write, message: &Message) -> io::Result<()> {
+    let json = serde_json::to_vec(message).expect("message serialises");
+    write_frame(out, TAG_MESSAGE, &json)?;
+    out.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut header = [0u8; 5];
+    match input.read_exact(&mut header[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    input.read_exact(&mut header[1..])?;
+    let len = u32::from_le_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    }
+    let mut payload = vec![0u8; len];
+    input.read_exact(&mut payload)?;
+    Ok(Some((header[0], payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_end_cleanly() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, TAG_ROWS, b"abc").unwrap();
+        write_message(&mut buf, &Message::Progress { done: 1, total: 2 }).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_frame(&mut r).unwrap(), Some((TAG_ROWS, b"abc".to_vec())));
+        let (tag, json) = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(tag, TAG_MESSAGE);
+        assert_eq!(serde_json::from_slice::<Message>(&json).unwrap(), Message::Progress { done: 1, total: 2 });
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+        // a truncated frame is an error, not a clean end
+        let mut cut = &buf[..3];
+        assert!(read_frame(&mut cut).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! Reads a job's input tables (CSV or Parquet) into one Arrow record batch each.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_csv::reader::Format;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::job::{Input, InputFormat};
+
+pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
+    let shown = input.path.display();
+    let batches = match input.format {
+        InputFormat::Csv => read_csv(input),
+        InputFormat::Parquet => read_parquet(input),
+    }
+    .map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => anyhow::bail!("input `{}` ({shown}) has no rows", input.name),
+    };
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+fn read_csv(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
+    let mut file = File::open(&input.path)?;
+    let format = Format::default().with_header(true);
+    let (schema, _) = format.infer_schema(&mut file, Some(10_000))?;
+    let file = File::open(&input.path)?;
+    let reader = arrow_csv::ReaderBuilder::new(Arc::new(schema))
+        .with_format(format)
+        .with_batch_size(64 * 1024)
+        .build(file)?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn read_parquet(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
+    let file = File::open(&input.path)?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024).build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}

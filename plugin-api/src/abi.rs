@@ -1,0 +1,171 @@
+//! ABI v1: the `#[repr(C)]` types shared with `include/recd_plugin.h`.
+//!
+//! Ownership rules (the Arrow C Data Interface's "move" semantics):
+//! - input tables handed to `run` are moved to the plugin, which releases them;
+//! - a batch handed to `emit` or `score` is moved to the host (the host sets the
+//!   caller's structs to released/empty);
+//! - a batch returned by `score` is owned by the plugin, which releases it;
+//! - error messages are copied into a caller-provided fixed buffer, so no string
+//!   ever needs freeing across the boundary.
+
+use std::ffi::{c_char, c_void};
+
+pub use arrow_data::ffi::FFI_ArrowArray;
+pub use arrow_schema::ffi::FFI_ArrowSchema;
+
+/// Incremented on any incompatible change to the types below.
+pub const ABI_MAJOR: u32 = 1;
+/// Incremented on compatible additions (new trailing fields, new codes).
+pub const ABI_MINOR: u32 = 0;
+
+/// Name of the one exported entry point: `const RecdPluginV1 *recd_plugin_entry(void)`.
+pub const ENTRY_SYMBOL: &[u8] = b"recd_plugin_entry\0";
+
+/// Capacity of [`RecdError::message`], including the terminating NUL.
+pub const ERROR_MESSAGE_CAP: usize = 1024;
+
+/// Status codes returned by every fallible entry point and callback.
+pub mod code {
+    pub const OK: i32 = 0;
+    /// The `[params]` of the job are invalid for this plugin.
+    pub const INVALID_PARAMS: i32 = 1;
+    /// An input table is missing or has the wrong shape.
+    pub const INVALID_INPUT: i32 = 2;
+    /// The run stopped because the host asked it to.
+    pub const CANCELLED: i32 = 3;
+    /// A host callback failed (scoring, emitting); the message says why.
+    pub const HOST: i32 = 4;
+    /// The plugin panicked; the panic was caught at the boundary.
+    pub const PANIC: i32 = 5;
+    /// Any other failure inside the plugin.
+    pub const INTERNAL: i32 = 6;
+}
+
+/// Log levels for [`RecdHost::log`].
+pub mod level {
+    pub const ERROR: i32 = 1;
+    pub const WARN: i32 = 2;
+    pub const INFO: i32 = 3;
+    pub const DEBUG: i32 = 4;
+}
+
+/// An error as a value: a code from [`code`] and a NUL-terminated UTF-8 message.
+#[repr(C)]
+pub struct RecdError {
+    pub code: i32,
+    pub message: [c_char; ERROR_MESSAGE_CAP],
+}
+
+impl RecdError {
+    pub fn new() -> Self {
+        RecdError { code: code::OK, message: [0; ERROR_MESSAGE_CAP] }
+    }
+
+    /// Stores `code` and as much of `message` as fits (cut at a char boundary).
+    pub fn set(&mut self, code: i32, message: &str) {
+        self.code = code;
+        let mut end = message.len().min(ERROR_MESSAGE_CAP - 1);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        for (dst, src) in self.message.iter_mut().zip(&message.as_bytes()[..end]) {
+            *dst = *src as c_char;
+        }
+        self.message[end] = 0;
+    }
+
+    /// The message as text (lossy for invalid UTF-8 from a foreign plugin).
+    pub fn message(&self) -> String {
+        let bytes: Vec<u8> =
+            self.message.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Default for RecdError {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One named input table, as a struct array whose fields are the table's columns.
+#[repr(C)]
+pub struct RecdTable {
+    /// NUL-terminated name, valid for the duration of `run`.
+    pub name: *const c_char,
+    pub schema: FFI_ArrowSchema,
+    pub array: FFI_ArrowArray,
+}
+
+/// Services the host offers to a running plugin. All callbacks take `ctx` first.
+#[repr(C)]
+pub struct RecdHost {
+    pub ctx: *mut c_void,
+    /// Scores a batch with a model of the job (`model` NULL: the job's model). The input
+    /// is a struct array with one field per model input, named as the model names them;
+    /// it is moved to the host. The output, one field per model output, is written to
+    /// `out_schema`/`out_array` and owned by the caller.
+    pub score: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        model: *const c_char,
+        in_schema: *mut FFI_ArrowSchema,
+        in_array: *mut FFI_ArrowArray,
+        out_schema: *mut FFI_ArrowSchema,
+        out_array: *mut FFI_ArrowArray,
+        err: *mut RecdError,
+    ) -> i32,
+    /// Hands result rows to the host (moved). Every batch has the same schema:
+    /// `user` utf8, `item` utf8, `score` float32; one user's rows are contiguous.
+    pub emit: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        schema: *mut FFI_ArrowSchema,
+        array: *mut FFI_ArrowArray,
+        err: *mut RecdError,
+    ) -> i32,
+    /// Writes a log line (UTF-8, `len` bytes, not NUL-terminated) at a [`level`].
+    pub log: unsafe extern "C" fn(ctx: *mut c_void, level: i32, msg: *const u8, len: usize),
+    /// Reports progress in the plugin's own units (users, rows...).
+    pub progress: unsafe extern "C" fn(ctx: *mut c_void, done: u64, total: u64),
+    /// Non-zero once the host wants the run to stop; poll it between batches.
+    pub is_cancelled: unsafe extern "C" fn(ctx: *mut c_void) -> i32,
+}
+
+/// The descriptor a plugin exports. `abi_major` and `abi_minor` come first and stay
+/// first in every future version, so any host can read them safely.
+#[repr(C)]
+pub struct RecdPluginV1 {
+    pub abi_major: u32,
+    pub abi_minor: u32,
+    /// NUL-terminated, static.
+    pub name: *const c_char,
+    /// NUL-terminated, static.
+    pub version: *const c_char,
+    /// Validates `params` (a JSON object, UTF-8, `len` bytes) and creates an instance.
+    pub create: unsafe extern "C" fn(
+        params_json: *const u8,
+        len: usize,
+        instance: *mut *mut c_void,
+        err: *mut RecdError,
+    ) -> i32,
+    /// Runs the strategy once over `inputs` (moved to the plugin).
+    pub run: unsafe extern "C" fn(
+        instance: *mut c_void,
+        host: *const RecdHost,
+        inputs: *mut RecdTable,
+        n_inputs: usize,
+        err: *mut RecdError,
+    ) -> i32,
+    /// Frees an instance made by `create`.
+    pub destroy: unsafe extern "C" fn(instance: *mut c_void),
+}
+
+// SAFETY: the descriptor is immutable static data: pointers to static strings and
+// function pointers, safe to read from any thread.
+unsafe impl Sync for RecdPluginV1 {}
+
+/// Column names of the rows a plugin emits.
+pub mod output {
+    pub const USER: &str = "user";
+    pub const ITEM: &str = "item";
+    pub const SCORE: &str = "score";
+}

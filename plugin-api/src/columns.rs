@@ -1,0 +1,69 @@
+//! Small helpers strategies need to read input columns whatever their Arrow type.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+
+use crate::PluginError;
+
+/// The column `name` of `batch`, or an `INVALID_INPUT` error naming the table and column.
+pub fn column<'b>(
+    batch: &'b RecordBatch,
+    table: &str,
+    name: &str,
+) -> Result<&'b dyn Array, PluginError> {
+    batch.column_by_name(name).map(|c| c.as_ref()).ok_or_else(|| {
+        let have: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        PluginError::input(format!(
+            "input `{table}` has no column `{name}` (columns: {})",
+            have.join(", ")
+        ))
+    })
+}
+
+/// Reads an id column as strings: utf8 as is, integers in decimal. CSV readers infer
+/// numeric ids as integers, Parquet files usually hold them as strings; both mean the same id.
+pub fn ids_as_strings(col: &dyn Array, what: &str) -> Result<Vec<Option<String>>, PluginError> {
+    let out = match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().iter().map(|v| v.map(str::to_owned)).collect(),
+        DataType::LargeUtf8 => col.as_string::<i64>().iter().map(|v| v.map(str::to_owned)).collect(),
+        DataType::Utf8View => col.as_string_view().iter().map(|v| v.map(str::to_owned)).collect(),
+        DataType::Int64 => ints(col.as_primitive::<Int64Type>().iter()),
+        DataType::Int32 => ints(col.as_primitive::<Int32Type>().iter()),
+        DataType::UInt64 => ints(col.as_primitive::<UInt64Type>().iter()),
+        DataType::UInt32 => ints(col.as_primitive::<UInt32Type>().iter()),
+        other => {
+            return Err(PluginError::input(format!(
+                "{what}: expected a string or integer id column, found {other}"
+            )));
+        }
+    };
+    Ok(out)
+}
+
+fn ints<T: ToString>(it: impl Iterator<Item = Option<T>>) -> Vec<Option<String>> {
+    it.map(|v| v.map(|x| x.to_string())).collect()
+}
+
+/// Reads a numeric column as f64 (nulls as `None`).
+pub fn numbers(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginError> {
+    let out = match col.data_type() {
+        DataType::Float64 => col.as_primitive::<Float64Type>().iter().collect(),
+        DataType::Float32 => col.as_primitive::<Float32Type>().iter().map(|v| v.map(f64::from)).collect(),
+        DataType::Int64 => col.as_primitive::<Int64Type>().iter().map(|v| v.map(|x| x as f64)).collect(),
+        DataType::Int32 => col.as_primitive::<Int32Type>().iter().map(|v| v.map(f64::from)).collect(),
+        other => {
+            return Err(PluginError::input(format!("{what}: expected a numeric column, found {other}")));
+        }
+    };
+    Ok(out)
+}
+
+/// Reads a boolean column (nulls as `None`).
+pub fn booleans(col: &dyn Array, what: &str) -> Result<Vec<Option<bool>>, PluginError> {
+    match col.data_type() {
+        DataType::Boolean => Ok(col.as_boolean().iter().collect()),
+        other => Err(PluginError::input(format!("{what}: expected a boolean column, found {other}"))),
+    }
+}

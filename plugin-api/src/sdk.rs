@@ -1,0 +1,287 @@
+//! The Rust SDK: a strategy is one [`Strategy`] impl plus one [`export_plugin!`] call.
+
+use std::any::Any;
+use std::ffi::{CStr, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::{Array, RecordBatch, StructArray};
+
+use crate::abi::{RecdError, RecdHost, RecdTable, code, level};
+
+/// An error a strategy returns: a code from [`crate::abi::code`] and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl PluginError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        PluginError { code, message: message.into() }
+    }
+    pub fn params(message: impl Into<String>) -> Self {
+        Self::new(code::INVALID_PARAMS, message)
+    }
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(code::INVALID_INPUT, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(code::INTERNAL, message)
+    }
+    pub fn cancelled() -> Self {
+        Self::new(code::CANCELLED, "run cancelled by the host")
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// A recommendation strategy. `new` validates the job's `[params]` (given as JSON);
+/// `run` reads inputs, scores through the host and emits rows.
+pub trait Strategy: Sized + 'static {
+    fn new(params_json: &str) -> Result<Self, PluginError>;
+    fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError>;
+}
+
+/// What a running strategy can see and do.
+pub struct RunContext<'a> {
+    host: &'a RecdHost,
+    inputs: Vec<(String, RecordBatch)>,
+}
+
+impl<'a> RunContext<'a> {
+    /// The input table `name`, or an `INVALID_INPUT` error naming it.
+    pub fn input(&self, name: &str) -> Result<&RecordBatch, PluginError> {
+        self.inputs.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| {
+            let have: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            PluginError::input(format!(
+                "missing input table `{name}` (the job provides: {})",
+                have.join(", ")
+            ))
+        })
+    }
+
+    /// Scores `batch` (one column per model input) with the job's model.
+    pub fn score(&mut self, batch: RecordBatch) -> Result<RecordBatch, PluginError> {
+        let (mut in_array, mut in_schema) = batch_to_ffi(batch)?;
+        let mut out_array = FFI_ArrowArray::empty();
+        let mut out_schema = FFI_ArrowSchema::empty();
+        let mut err = RecdError::new();
+        // SAFETY: all pointers are valid for the call; the host moves the input out
+        // and fills the output structs, which we then own.
+        let rc = unsafe {
+            (self.host.score)(
+                self.host.ctx,
+                std::ptr::null(),
+                &mut in_schema,
+                &mut in_array,
+                &mut out_schema,
+                &mut out_array,
+                &mut err,
+            )
+        };
+        if rc != code::OK {
+            return Err(PluginError::new(code::HOST, format!("scoring failed: {}", err.message())));
+        }
+        // SAFETY: the host filled a valid struct array per the ABI contract.
+        unsafe { batch_from_ffi(out_array, &out_schema) }
+    }
+
+    /// Hands result rows (`user`, `item`, `score`) to the host.
+    pub fn emit(&mut self, batch: RecordBatch) -> Result<(), PluginError> {
+        let (mut array, mut schema) = batch_to_ffi(batch)?;
+        let mut err = RecdError::new();
+        // SAFETY: valid pointers; the host moves the batch out.
+        let rc = unsafe { (self.host.emit)(self.host.ctx, &mut schema, &mut array, &mut err) };
+        if rc != code::OK {
+            return Err(PluginError::new(code::HOST, format!("emit failed: {}", err.message())));
+        }
+        Ok(())
+    }
+
+    pub fn log(&self, lvl: LogLevel, message: &str) {
+        let l = match lvl {
+            LogLevel::Error => level::ERROR,
+            LogLevel::Warn => level::WARN,
+            LogLevel::Info => level::INFO,
+            LogLevel::Debug => level::DEBUG,
+        };
+        // SAFETY: message is valid for `len` bytes during the call.
+        unsafe { (self.host.log)(self.host.ctx, l, message.as_ptr(), message.len()) }
+    }
+
+    pub fn progress(&self, done: u64, total: u64) {
+        // SAFETY: plain values.
+        unsafe { (self.host.progress)(self.host.ctx, done, total) }
+    }
+
+    /// True once the host wants the run to stop; strategies check it between batches.
+    pub fn is_cancelled(&self) -> bool {
+        // SAFETY: plain call with the host's context.
+        unsafe { (self.host.is_cancelled)(self.host.ctx) != 0 }
+    }
+}
+
+fn batch_to_ffi(batch: RecordBatch) -> Result<(FFI_ArrowArray, FFI_ArrowSchema), PluginError> {
+    let data = StructArray::from(batch).into_data();
+    to_ffi(&data).map_err(|e| PluginError::internal(format!("arrow export failed: {e}")))
+}
+
+/// Imports a struct array from the C Data Interface as a record batch.
+///
+/// # Safety
+/// `array` and `schema` must be valid, as produced by an Arrow C Data Interface producer.
+pub(crate) unsafe fn batch_from_ffi(
+    array: FFI_ArrowArray,
+    schema: &FFI_ArrowSchema,
+) -> Result<RecordBatch, PluginError> {
+    // SAFETY: forwarded from the caller.
+    let data = unsafe { from_ffi(array, schema) }
+        .map_err(|e| PluginError::internal(format!("arrow import failed: {e}")))?;
+    let array = arrow_array::make_array(data);
+    let structs = array
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| PluginError::internal("expected a struct array for a table"))?;
+    Ok(RecordBatch::from(structs))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// Runs `f`, turning an error or a panic into a code written to `err`.
+fn guarded(err: *mut RecdError, f: impl FnOnce() -> Result<(), PluginError>) -> i32 {
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    let (rc, message) = match outcome {
+        Ok(Ok(())) => return code::OK,
+        Ok(Err(e)) => (e.code, e.message),
+        Err(payload) => (code::PANIC, format!("plugin panicked: {}", panic_message(&*payload))),
+    };
+    if !err.is_null() {
+        // SAFETY: the host passes a valid, exclusive RecdError.
+        unsafe { (*err).set(rc, &message) };
+    }
+    if rc == code::OK { code::INTERNAL } else { rc }
+}
+
+/// `create` entry point generated by [`export_plugin!`].
+///
+/// # Safety
+/// Called by the host per the ABI: `params` valid for `len` bytes, `instance` and `err` valid.
+pub unsafe extern "C" fn create_entry<S: Strategy>(
+    params: *const u8,
+    len: usize,
+    instance: *mut *mut c_void,
+    err: *mut RecdError,
+) -> i32 {
+    guarded(err, || {
+        let bytes = if params.is_null() || len == 0 {
+            &b"{}"[..]
+        } else {
+            // SAFETY: the host guarantees `len` readable bytes.
+            unsafe { std::slice::from_raw_parts(params, len) }
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| PluginError::params("params are not valid UTF-8"))?;
+        let strategy = S::new(text)?;
+        // SAFETY: `instance` is a valid out-pointer.
+        unsafe { *instance = Box::into_raw(Box::new(strategy)).cast() };
+        Ok(())
+    })
+}
+
+/// `run` entry point generated by [`export_plugin!`].
+///
+/// # Safety
+/// Called by the host per the ABI with an instance from `create_entry::<S>`.
+pub unsafe extern "C" fn run_entry<S: Strategy>(
+    instance: *mut c_void,
+    host: *const RecdHost,
+    inputs: *mut RecdTable,
+    n_inputs: usize,
+    err: *mut RecdError,
+) -> i32 {
+    guarded(err, || {
+        // SAFETY: per the ABI, pointers are valid for the call and inputs are moved to us.
+        let (strategy, host, tables) = unsafe {
+            let tables = if n_inputs == 0 {
+                &mut [][..]
+            } else {
+                std::slice::from_raw_parts_mut(inputs, n_inputs)
+            };
+            (&mut *instance.cast::<S>(), &*host, tables)
+        };
+        let mut batches = Vec::with_capacity(tables.len());
+        for table in tables.iter_mut() {
+            // SAFETY: name is a valid C string; we take ownership of the arrays by
+            // swapping in released placeholders (the C Data Interface's move).
+            let name = unsafe { CStr::from_ptr(table.name) }.to_string_lossy().into_owned();
+            let array = std::mem::replace(&mut table.array, FFI_ArrowArray::empty());
+            let schema = std::mem::replace(&mut table.schema, FFI_ArrowSchema::empty());
+            let batch = unsafe { batch_from_ffi(array, &schema) }?;
+            batches.push((name, batch));
+        }
+        let mut ctx = RunContext { host, inputs: batches };
+        strategy.run(&mut ctx)
+    })
+}
+
+/// `destroy` entry point generated by [`export_plugin!`].
+///
+/// # Safety
+/// `instance` must come from `create_entry::<S>` and not be used afterwards.
+pub unsafe extern "C" fn destroy_entry<S: Strategy>(instance: *mut c_void) {
+    if instance.is_null() {
+        return;
+    }
+    // A panic in Drop must not cross the C boundary; there is nothing to report it to.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: created by Box::into_raw in create_entry::<S>.
+        drop(unsafe { Box::from_raw(instance.cast::<S>()) });
+    }));
+}
+
+
+/// Exports a [`Strategy`] as a recd plugin:
+/// `export_plugin!(MyStrategy, name = "my-strategy", version = env!("CARGO_PKG_VERSION"));`
+#[macro_export]
+macro_rules! export_plugin {
+    ($strategy:ty, name = $name:expr, version = $version:expr $(,)?) => {
+        static __RECD_PLUGIN_DESCRIPTOR: $crate::abi::RecdPluginV1 = $crate::abi::RecdPluginV1 {
+            abi_major: $crate::abi::ABI_MAJOR,
+            abi_minor: $crate::abi::ABI_MINOR,
+            name: concat!($name, "\0").as_ptr().cast(),
+            version: concat!($version, "\0").as_ptr().cast(),
+            create: $crate::__private::create_entry::<$strategy>,
+            run: $crate::__private::run_entry::<$strategy>,
+            destroy: $crate::__private::destroy_entry::<$strategy>,
+        };
+
+        /// The plugin's one entry point (ABI v1).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn recd_plugin_entry() -> *const $crate::abi::RecdPluginV1 {
+            &__RECD_PLUGIN_DESCRIPTOR
+        }
+    };
+}

@@ -1,0 +1,321 @@
+//! ranking: for each user known to the model, score candidate items with the job's
+//! ONNX model (through the host) and keep the top k.
+//!
+//! Inputs: `interactions` (user, item, optional `cancelled` flag), `users` and `items`
+//! (the model's id vocabularies: `user_id,index` and `item_id,index`).
+//! Candidates: every item the user has not bought (`candidates = "unseen"`), or the
+//! `popular_pool` items with the most distinct buyers minus those bought
+//! (`candidates = "popular"`). An item counts as bought if the user has any
+//! non-cancelled line for it: recommending something they returned is no better.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::{Float32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
+use recd_plugin_api::{LogLevel, PluginError, RunContext, Strategy, abi, export_plugin};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Candidates {
+    Unseen,
+    Popular,
+}
+
+/// The job's `[params]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Items kept per user.
+    #[serde(default = "default_k")]
+    k: usize,
+    #[serde(default = "default_candidates")]
+    candidates: Candidates,
+    /// Size of the popular pool when `candidates = "popular"`.
+    #[serde(default = "default_pool")]
+    popular_pool: usize,
+    /// (user, item) pairs scored per host call.
+    #[serde(default = "default_batch_pairs")]
+    batch_pairs: usize,
+    #[serde(default = "default_user_column")]
+    user_column: String,
+    #[serde(default = "default_item_column")]
+    item_column: String,
+    /// Boolean column marking cancelled lines; ignored if the table lacks it.
+    #[serde(default = "default_cancelled_column")]
+    cancelled_column: String,
+}
+
+fn default_k() -> usize {
+    10
+}
+fn default_candidates() -> Candidates {
+    Candidates::Unseen
+}
+fn default_pool() -> usize {
+    500
+}
+fn default_batch_pairs() -> usize {
+    1 << 18
+}
+fn default_user_column() -> String {
+    "user_id".into()
+}
+fn default_item_column() -> String {
+    "item_id".into()
+}
+fn default_cancelled_column() -> String {
+    "cancelled".into()
+}
+
+struct Ranking {
+    params: Params,
+}
+
+impl Strategy for Ranking {
+    fn new(params_json: &str) -> Result<Self, PluginError> {
+        let params: Params = serde_json::from_str(params_json)
+            .map_err(|e| PluginError::params(format!("params: {e}")))?;
+        if params.k == 0 || params.k > 10_000 {
+            return Err(PluginError::params(format!("params.k: must be 1..=10000, got {}", params.k)));
+        }
+        if params.batch_pairs == 0 {
+            return Err(PluginError::params("params.batch_pairs: must be positive"));
+        }
+        if params.candidates == Candidates::Popular && params.popular_pool < params.k {
+            return Err(PluginError::params(format!(
+                "params.popular_pool: must be at least k ({}), got {}",
+                params.k, params.popular_pool
+            )));
+        }
+        Ok(Ranking { params })
+    }
+
+    fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+        let vocab = Vocab::read(ctx)?;
+        let bought = self.read_purchases(ctx, &vocab)?;
+        let pool = match self.params.candidates {
+            Candidates::Unseen => (0..vocab.items.len()).collect(),
+            Candidates::Popular => popular_pool(&bought, vocab.items.len(), self.params.popular_pool),
+        };
+        ctx.log(
+            LogLevel::Info,
+            &format!(
+                "ranking {} users over {} candidate items, k={}",
+                vocab.users.len(),
+                pool.len(),
+                self.params.k
+            ),
+        );
+        self.score_all(ctx, &vocab, &bought, &pool)
+    }
+}
+
+/// The model's id vocabularies: position in `users`/`items` is the model index.
+struct Vocab {
+    users: Vec<String>,
+    items: Vec<String>,
+    user_index: HashMap<String, usize>,
+    item_index: HashMap<String, usize>,
+}
+
+impl Vocab {
+    fn read(ctx: &RunContext<'_>) -> Result<Self, PluginError> {
+        let (users, user_index) = read_vocab(ctx, "users", "user_id")?;
+        let (items, item_index) = read_vocab(ctx, "items", "item_id")?;
+        Ok(Vocab { users, items, user_index, item_index })
+    }
+}
+
+fn read_vocab(
+    ctx: &RunContext<'_>,
+    table: &str,
+    id_column: &str,
+) -> Result<(Vec<String>, HashMap<String, usize>), PluginError> {
+    let batch = ctx.input(table)?;
+    let ids = ids_as_strings(column(batch, table, id_column)?, &format!("{table}.{id_column}"))?;
+    let idx = numbers(column(batch, table, "index")?, &format!("{table}.index"))?;
+    let n = batch.num_rows();
+    let mut by_index: Vec<Option<String>> = vec![None; n];
+    for (row, (id, i)) in ids.into_iter().zip(idx).enumerate() {
+        let (Some(id), Some(i)) = (id, i) else {
+            return Err(PluginError::input(format!("{table}: row {row} has a null id or index")));
+        };
+        let i = i as usize;
+        if i >= n || by_index[i].is_some() {
+            return Err(PluginError::input(format!(
+                "{table}: row {row}: index {i} is out of 0..{n} or repeated"
+            )));
+        }
+        by_index[i] = Some(id);
+    }
+    let ids: Vec<String> = by_index.into_iter().map(Option::unwrap_or_default).collect();
+    let index = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+    Ok((ids, index))
+}
+
+impl Ranking {
+    /// Per model user index, the set of model item indices bought.
+    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<HashSet<u32>>, PluginError> {
+        let t = "interactions";
+        let batch = ctx.input(t)?;
+        let p = &self.params;
+        let users = ids_as_strings(column(batch, t, &p.user_column)?, &format!("{t}.{}", p.user_column))?;
+        let items = ids_as_strings(column(batch, t, &p.item_column)?, &format!("{t}.{}", p.item_column))?;
+        let cancelled = match batch.column_by_name(&p.cancelled_column) {
+            Some(col) => booleans(col.as_ref(), &format!("{t}.{}", p.cancelled_column))?,
+            None => vec![Some(false); batch.num_rows()],
+        };
+        let mut bought = vec![HashSet::new(); vocab.users.len()];
+        for ((user, item), cancelled) in users.iter().zip(&items).zip(&cancelled) {
+            if *cancelled == Some(true) {
+                continue;
+            }
+            let (Some(user), Some(item)) = (user, item) else { continue };
+            if let (Some(&u), Some(&i)) = (vocab.user_index.get(user), vocab.item_index.get(item)) {
+                bought[u].insert(i as u32);
+            }
+        }
+        Ok(bought)
+    }
+
+    fn score_all(
+        &self,
+        ctx: &mut RunContext<'_>,
+        vocab: &Vocab,
+        bought: &[HashSet<u32>],
+        pool: &[usize],
+    ) -> Result<(), PluginError> {
+        let mut batch = PairBatch::default();
+        let total = vocab.users.len() as u64;
+        for (u, seen) in bought.iter().enumerate() {
+            let start = batch.items.len();
+            batch.items.extend(pool.iter().filter(|&&i| !seen.contains(&(i as u32))).map(|&i| i as i64));
+            let n = batch.items.len() - start;
+            if n > 0 {
+                batch.users.extend(std::iter::repeat_n(u as i64, n));
+                batch.spans.push((u, start, n));
+            }
+            if batch.items.len() >= self.params.batch_pairs {
+                if ctx.is_cancelled() {
+                    return Err(PluginError::cancelled());
+                }
+                self.flush(ctx, vocab, &mut batch)?;
+                ctx.progress(u as u64 + 1, total);
+            }
+        }
+        self.flush(ctx, vocab, &mut batch)?;
+        ctx.progress(total, total);
+        Ok(())
+    }
+
+    /// Scores the pending pairs, keeps each user's top k and emits them.
+    fn flush(&self, ctx: &mut RunContext<'_>, vocab: &Vocab, batch: &mut PairBatch) -> Result<(), PluginError> {
+        if batch.items.is_empty() {
+            return Ok(());
+        }
+        let scores = score_pairs(ctx, &batch.users, &batch.items)?;
+        let mut out = Rows::default();
+        for &(u, start, n) in &batch.spans {
+            let mut cand: Vec<(f32, i64)> =
+                (start..start + n).map(|j| (scores[j], batch.items[j])).collect();
+            let by_rank = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            let k = self.params.k.min(cand.len());
+            if k < cand.len() {
+                cand.select_nth_unstable_by(k - 1, by_rank);
+                cand.truncate(k);
+            }
+            cand.sort_unstable_by(by_rank);
+            for (score, item) in cand {
+                out.push(&vocab.users[u], &vocab.items[item as usize], score);
+            }
+        }
+        *batch = PairBatch::default();
+        ctx.emit(out.into_batch()?)
+    }
+}
+
+#[derive(Default)]
+struct PairBatch {
+    users: Vec<i64>,
+    items: Vec<i64>,
+    /// (user index, first pair, number of pairs)
+    spans: Vec<(usize, usize, usize)>,
+}
+
+#[derive(Default)]
+struct Rows {
+    users: Vec<String>,
+    items: Vec<String>,
+    scores: Vec<f32>,
+}
+
+impl Rows {
+    fn push(&mut self, user: &str, item: &str, score: f32) {
+        self.users.push(user.to_owned());
+        self.items.push(item.to_owned());
+        self.scores.push(score);
+    }
+
+    fn into_batch(self) -> Result<RecordBatch, PluginError> {
+        let schema = Schema::new(vec![
+            Field::new(abi::output::USER, DataType::Utf8, false),
+            Field::new(abi::output::ITEM, DataType::Utf8, false),
+            Field::new(abi::output::SCORE, DataType::Float32, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(self.users)),
+                Arc::new(StringArray::from(self.items)),
+                Arc::new(Float32Array::from(self.scores)),
+            ],
+        )
+        .map_err(|e| PluginError::internal(format!("building output rows: {e}")))
+    }
+}
+
+/// Calls the model with inputs `user` and `item` (int64 model indices), reads `score`.
+fn score_pairs(ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result<Vec<f32>, PluginError> {
+    let schema = Schema::new(vec![
+        Field::new("user", DataType::Int64, false),
+        Field::new("item", DataType::Int64, false),
+    ]);
+    let input = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(Int64Array::from(users.to_vec())), Arc::new(Int64Array::from(items.to_vec()))],
+    )
+    .map_err(|e| PluginError::internal(format!("building model input: {e}")))?;
+    let output = ctx.score(input)?;
+    let col = column(&output, "model output", "score")?;
+    let scores = col
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| PluginError::input(format!("model output `score` must be float32, is {}", col.data_type())))?;
+    if scores.len() != users.len() {
+        return Err(PluginError::input(format!(
+            "model returned {} scores for {} pairs",
+            scores.len(),
+            users.len()
+        )));
+    }
+    Ok(scores.values().to_vec())
+}
+
+/// The `size` items with the most distinct buyers (ties: lower index first).
+fn popular_pool(bought: &[HashSet<u32>], n_items: usize, size: usize) -> Vec<usize> {
+    let mut buyers = vec![0u32; n_items];
+    for set in bought {
+        for &i in set {
+            buyers[i as usize] += 1;
+        }
+    }
+    let mut order: Vec<usize> = (0..n_items).collect();
+    order.sort_by(|&a, &b| buyers[b].cmp(&buyers[a]).then(a.cmp(&b)));
+    order.truncate(size);
+    order
+}
+
+export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"));

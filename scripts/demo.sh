@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The demo: start the daemon on the embedded defaults (recd.toml's layout, run from the
+# repository root), run every job in jobs/, print a few customers' recommendations read
+# back over the socket with redis-cli, and stop the daemon cleanly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RECD=target/release/recd
+SOCK=var/recd.sock
+"$RECD" validate
+
+"$RECD" serve &
+PID=$!
+trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  redis-cli -s "$SOCK" PING >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+for job in jobs/*.toml; do
+  name=$(basename "$job" .toml)
+  echo "== recd run $name"
+  "$RECD" run "$name"
+done
+
+describe() { # item id -> description, from the demo data's item list
+  grep -m1 "^$1," data/demo/items.csv 2>/dev/null | cut -d, -f2- | tr -d "\"" || true
+}
+
+for user in 17850 12347 13047; do
+  echo
+  echo "== redis-cli -s $SOCK ZREVRANGE ranking:$user 0 4 WITHSCORES"
+  redis-cli -s "$SOCK" ZREVRANGE "ranking:$user" 0 4 WITHSCORES | paste - - | while IFS=$'\t' read -r item score; do
+    printf '  %-8s %-10s %s\n' "$item" "$score" "$(describe "$item")"
+  done
+done
+echo
+echo "== redis-cli -s $SOCK GET ranking:17850"
+redis-cli -s "$SOCK" GET ranking:17850
+echo
+"$RECD" status
+
+kill -TERM $PID
+wait $PID
+trap - EXIT
+echo "demo: daemon stopped cleanly"

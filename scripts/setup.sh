@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what recd needs on a fresh machine, if missing, then builds the workspace:
+# - ONNX Runtime 1.31.1 from PyPI into .deps/py (git-ignored; the worker loads its
+#   libonnxruntime.so and the tests use its Python binding as an independent scorer);
+# - Debian's redis-tools, for redis-cli and redis-benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+ORT_LIB=".deps/py/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}"
+
+if [ ! -f "$ORT_LIB" ]; then
+  echo "setup: installing onnxruntime==${ORT_VERSION} into .deps/py"
+  python3 -m pip install --quiet --disable-pip-version-check --target .deps/py "onnxruntime==${ORT_VERSION}"
+fi
+[ -f "$ORT_LIB" ] || { echo "setup: $ORT_LIB is missing after install" >&2; exit 1; }
+
+if ! command -v redis-cli >/dev/null 2>&1; then
+  echo "setup: installing redis-tools (redis-cli)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools >/dev/null
+fi
+
+echo "setup: building (release)"
+cargo build --release --workspace --quiet
