@@ -2,7 +2,8 @@
 # Installs what recd needs on a fresh machine, if missing, then builds the workspace:
 # - ONNX Runtime 1.31.1 from PyPI into .deps/py (git-ignored; the worker loads its
 #   libonnxruntime.so and the tests use its Python binding as an independent scorer);
-# - Debian's redis-tools, for redis-cli and redis-benchmark.
+# - Debian's redis-tools (redis-cli, redis-benchmark) and redis-server (the reference
+#   server the protocol tests compare against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +16,12 @@ if [ ! -f "$ORT_LIB" ]; then
 fi
 [ -f "$ORT_LIB" ] || { echo "setup: $ORT_LIB is missing after install" >&2; exit 1; }
 
-if ! command -v redis-cli >/dev/null 2>&1; then
-  echo "setup: installing redis-tools (redis-cli)"
+if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+  echo "setup: installing redis-tools and redis-server (clients for the demo, a reference server for the tests)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools redis-server >/dev/null
 fi
 
 echo "setup: building (release)"

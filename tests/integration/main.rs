@@ -1,1 +1,14 @@
-fn main(){}
+//! recd's integration tests, one binary (see docs/ARCHITECTURE.md). Each test starts a real
+//! `recd serve` in a temp dir (`util::TestDaemon`) and talks to it the way ops and apps
+//! do: the CLI, redis-cli and the `redis` crate. Expected values come from independent
+//! sources: the Parquet data read here, ONNX Runtime's Python binding, a real
+//! redis-server holding the same lists.
+
+mod util;
+mod oracle;
+
+mod faults;
+mod jobs;
+mod protocol;
+mod publish;
+mod ranking;

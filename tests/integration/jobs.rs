@@ -1,0 +1,69 @@
+//! Bad job files get an error naming the file and the field or line, from `recd validate`
+//! and from a reload of the running daemon, which keeps serving and keeps the last good
+//! definition of a broken file.
+
+use crate::util::{TestDaemon, ranking_job};
+
+fn bad_files() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let good = ranking_job("");
+    vec![
+        ("syntax", good.replace("k = 10", "k = "), vec!["syntax.toml:", "string values must be quoted", "expected"]),
+        ("unknown_field", format!("colour = \"red\"\n{good}"), vec!["unknown_field.toml:1:1", "unknown field `colour`"]),
+        ("no_plugin", good.replace("plugin = \"ranking\"", "plugin = \"nosuch\""), vec![
+            "no_plugin.toml:",
+            "field `plugin`",
+            "unknown plugin",
+            "librecd_nosuch.so",
+        ]),
+        ("no_model", good.replace("mf.onnx", "missing.onnx"), vec!["no_model.toml:", "field `model`", "missing.onnx does not exist"]),
+        ("bad_cron", good.replace("0 3 * * *", "0 25 * * *"), vec!["bad_cron.toml:", "field `schedule`", "\"0 25 * * *\""]),
+    ]
+}
+
+#[test]
+fn validate_names_file_and_field_for_each_bad_file() {
+    let d = TestDaemon::start(&[]);
+    for (name, text, wants) in bad_files() {
+        let file = d.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        let out = d.cli(&["validate", file.to_str().unwrap()]);
+        let msg = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: {msg}");
+        for want in wants {
+            assert!(msg.contains(want), "{name}: want {want:?} in {msg:?}");
+        }
+    }
+    let good = d.dir.path().join("good.toml");
+    std::fs::write(&good, ranking_job("")).unwrap();
+    let out = d.cli(&["validate", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn a_broken_job_file_keeps_its_last_good_definition_and_the_table_keeps_serving() {
+    let d = TestDaemon::start(&[("ranking", &ranking_job(""))]);
+    d.run_job("ranking");
+    let mut conn = d.redis();
+    let before: Vec<String> = redis::cmd("ZREVRANGE").arg("ranking:17850").arg(0).arg(-1).query(&mut conn).unwrap();
+
+    for (name, text, wants) in bad_files() {
+        // break the live job file itself, and drop a new bad file beside it
+        std::fs::write(d.jobs_dir().join("ranking.toml"), &text).unwrap();
+        std::fs::write(d.jobs_dir().join(format!("{name}.toml")), &text).unwrap();
+        let out = d.cli(&["reload"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: reload should report errors");
+        assert!(err.contains("ranking.toml"), "{name}: {err}");
+        for want in &wants[1..] {
+            assert!(err.contains(want), "{name}: want {want:?} in {err:?}");
+        }
+        let now: Vec<String> = redis::cmd("ZREVRANGE").arg("ranking:17850").arg(0).arg(-1).query(&mut conn).unwrap();
+        assert_eq!(now, before, "{name}: the table changed");
+        std::fs::remove_file(d.jobs_dir().join(format!("{name}.toml"))).unwrap();
+    }
+    // the last good definition of ranking.toml still runs
+    let report = d.run_job("ranking");
+    assert!(report.contains("version 2"), "{report}");
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("job file errors:") && status.contains("ranking.toml"), "{status}");
+}

@@ -1,0 +1,77 @@
+//! Independent expectations: purchases read straight from the Parquet demo data, the
+//! model's vocabularies read from its CSVs, and scores computed by ONNX Runtime's Python
+//! binding (not recd's worker, plugin or store).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use arrow_array::cast::AsArray;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::util::root;
+
+/// customer id -> items bought in at least one non-cancelled line.
+pub fn purchases() -> HashMap<String, HashSet<String>> {
+    let file = std::fs::File::open(root().join("data/demo/retail.parquet")).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let users = batch.column_by_name("user_id").unwrap().as_string::<i32>().clone();
+        let items = batch.column_by_name("item_id").unwrap().as_string::<i32>().clone();
+        let cancelled = batch.column_by_name("cancelled").unwrap().as_boolean().clone();
+        for i in 0..batch.num_rows() {
+            if !cancelled.value(i) {
+                out.entry(users.value(i).to_string()).or_default().insert(items.value(i).to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The ids of a vocabulary CSV (`<id>,index`), in file order.
+pub fn vocab_ids(file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("models/ranking").join(file)).unwrap();
+    text.lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect()
+}
+
+const SCORER: &str = r#"
+import csv, json, sys
+import numpy as np
+import onnxruntime as ort
+req = json.load(sys.stdin)
+def vocab(path):
+    with open(path) as f:
+        return {r[0]: int(r[1]) for r in csv.reader(f) if r[1] != "index"}
+users, items = vocab(req["users"]), vocab(req["items"])
+u = np.array([users[p[0]] for p in req["pairs"]], dtype=np.int64)
+i = np.array([items[p[1]] for p in req["pairs"]], dtype=np.int64)
+sess = ort.InferenceSession(req["model"], providers=["CPUExecutionProvider"])
+(scores,) = sess.run(["score"], {"user": u, "item": i})
+json.dump([float(s) for s in scores], sys.stdout)
+"#;
+
+/// Scores (user id, item id) pairs with the committed model through onnxruntime in Python.
+pub fn model_scores(pairs: &[(String, String)]) -> Vec<f32> {
+    let dir = root().join("models/ranking");
+    let req = serde_json::json!({
+        "users": dir.join("users.csv"),
+        "items": dir.join("items.csv"),
+        "model": dir.join("mf.onnx"),
+        "pairs": pairs.iter().map(|(u, i)| [u, i]).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new("python3")
+        .args(["-c", SCORER])
+        .env("PYTHONPATH", root().join(".deps/py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python scorer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let scores: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+    scores.into_iter().map(|s| s as f32).collect()
+}

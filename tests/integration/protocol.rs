@@ -1,0 +1,204 @@
+//! Apps written against Redis sorted sets must work unchanged: the same read commands
+//! against recd and against a real redis-server holding the same lists give the same
+//! replies. Plus what is recd's own: GET/MGET as JSON, read-only errors, the admin split.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use crate::util::{TestDaemon, ranking_job};
+
+struct RedisServer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (make setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, _dir: dir, socket }
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(format!("redis+unix://{}", self.socket.display())).unwrap().get_connection().unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reply as comparable text: values as they are (scores as the double they denote),
+/// errors as their full text.
+fn query(conn: &mut redis::Connection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<Value>(conn) {
+        Ok(v) => format!("{:?}", canonical_scores(v)),
+        Err(e) => format!("error {:?} {:?}", e.code(), e.detail()),
+    }
+}
+
+/// Redis 7.0 prints scores with 17 significant digits ("1.0597106999999999"), recd with
+/// the fewest that read back as the same value ("1.0597107"); clients parse both to the
+/// same double, so compare them as doubles.
+fn canonical_scores(v: Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical_scores).collect()),
+        Value::BulkString(b) => {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            match text.parse::<f64>() {
+                Ok(x) if text.contains('.') => Value::BulkString(format!("{x:?}").into_bytes()),
+                _ => Value::BulkString(b),
+            }
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn read_commands_answer_exactly_as_redis_server_does() {
+    let d = TestDaemon::start(&[("ranking", &ranking_job(""))]);
+    d.run_job("ranking");
+    let redis = RedisServer::start();
+    let (mut ours, mut theirs) = (d.redis(), redis.conn());
+    let users = ["17850", "12347", "13047"];
+    for u in users {
+        let key = format!("ranking:{u}");
+        let list: Vec<(String, String)> =
+            redis::cmd("ZREVRANGE").arg(&key).arg(0).arg(-1).arg("WITHSCORES").query(&mut ours).unwrap();
+        for (member, score) in list {
+            let _: () = redis::cmd("ZADD").arg(&key).arg(score).arg(member).query(&mut theirs).unwrap();
+        }
+    }
+    let member: Vec<String> = redis::cmd("ZRANGE").arg("ranking:17850").arg(3).arg(3).query(&mut ours).unwrap();
+    let m = member[0].as_str();
+    let k = "ranking:17850";
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["ZREVRANGE", k, "0", "9", "WITHSCORES"],
+        vec!["ZREVRANGE", k, "0", "-1"],
+        vec!["ZREVRANGE", k, "-3", "-1", "WITHSCORES"],
+        vec!["ZREVRANGE", k, "5", "2"],
+        vec!["ZREVRANGE", k, "-100", "100"],
+        vec!["ZREVRANGE", k, "20", "30"],
+        vec!["ZREVRANGE", "ranking:nobody", "0", "-1"],
+        vec!["ZREVRANGE", "nosuchtable:17850", "0", "-1"],
+        vec!["ZREVRANGE", k, "0"],
+        vec!["ZREVRANGE", k, "a", "1"],
+        vec!["ZREVRANGE", k, "0", "1", "WITHSCORE"],
+        vec!["ZRANGE", k, "0", "2"],
+        vec!["ZRANGE", k, "0", "-1", "WITHSCORES"],
+        vec!["ZRANGE", k, "0", "3", "REV", "WITHSCORES"],
+        vec!["ZRANGE", k, "-2", "-1", "withscores", "rev"],
+        vec!["ZRANGE", k, "0", "1", "NOPE"],
+        vec!["ZRANGE", k],
+        vec!["ZCARD", k],
+        vec!["ZCARD", "ranking:nobody"],
+        vec!["ZCARD"],
+        vec!["ZSCORE", k, m],
+        vec!["ZSCORE", k, "not-an-item"],
+        vec!["ZSCORE", "ranking:nobody", m],
+        vec!["EXISTS", k, "ranking:nobody", k, "ranking:12347"],
+        vec!["EXISTS"],
+        vec!["PING"],
+        vec!["PING", "hello"],
+        vec!["ECHO", "hi there"],
+        vec!["SELECT", "0"],
+        vec!["SELECT", "16"],
+        vec!["SELECT", "x"],
+    ];
+    for case in &cases {
+        assert_eq!(query(&mut ours, case), query(&mut theirs, case), "{case:?}");
+    }
+}
+
+#[test]
+fn recd_specific_replies() {
+    let d = TestDaemon::start(&[("ranking", &ranking_job(""))]);
+    d.run_job("ranking");
+    let mut conn = d.redis();
+    let list: Vec<(String, f64)> =
+        redis::cmd("ZREVRANGE").arg("ranking:17850").arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+
+    // GET: the same list as JSON, best first; MGET with a missing key
+    let json: String = redis::cmd("GET").arg("ranking:17850").query(&mut conn).unwrap();
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let from_json: Vec<(String, f64)> =
+        parsed.iter().map(|e| (e["item"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap())).collect();
+    assert_eq!(from_json, list);
+    let many: Vec<Option<String>> = redis::cmd("MGET").arg("ranking:17850").arg("ranking:nobody").query(&mut conn).unwrap();
+    assert_eq!(many, vec![Some(json), None]);
+    let none: Option<String> = redis::cmd("GET").arg("ranking:nobody").query(&mut conn).unwrap();
+    assert_eq!(none, None);
+
+    // writes are refused, unknown commands named, control commands kept to the admin socket
+    for (args, code) in [
+        (vec!["ZADD", "ranking:17850", "1", "x"], "READONLY"),
+        (vec!["SET", "a", "b"], "READONLY"),
+        (vec!["DEL", "ranking:17850"], "READONLY"),
+        (vec!["FROB", "x"], "ERR"),
+        (vec!["RUN", "ranking"], "NOPERM"),
+        (vec!["RELOAD"], "NOPERM"),
+        (vec!["HELLO", "3"], "NOPROTO"),
+        // one database: unlike redis-server's 16, SELECT 1 is out of range
+        (vec!["SELECT", "1"], "ERR"),
+    ] {
+        let reply = query(&mut conn, &args);
+        assert!(reply.starts_with(&format!("error Some({code:?})")), "{args:?}: {reply}");
+    }
+    assert!(query(&mut conn, &["FROB", "x"]).contains("unknown command 'frob'"));
+    let after: Vec<(String, f64)> =
+        redis::cmd("ZREVRANGE").arg("ranking:17850").arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+    assert_eq!(after, list, "a refused write changed the list");
+
+    // pipelining: 200 commands in one write, answered in order
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        if i % 2 == 0 {
+            pipe.cmd("ZCARD").arg("ranking:17850");
+        } else {
+            pipe.cmd("ECHO").arg(i.to_string());
+        }
+    }
+    let replies: Vec<Value> = pipe.query(&mut conn).unwrap();
+    for (i, r) in replies.iter().enumerate() {
+        let want = if i % 2 == 0 { Value::Int(10) } else { Value::BulkString(i.to_string().into_bytes()) };
+        assert_eq!(r, &want, "pipelined reply {i}");
+    }
+
+    // HELLO 2, CLIENT and COMMAND as client libraries use them; INFO lists the table
+    let hello: Vec<Value> = redis::cmd("HELLO").arg(2).arg("SETNAME").arg("app1").query(&mut conn).unwrap();
+    assert!(hello.contains(&Value::BulkString(b"proto".to_vec())));
+    let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut conn).unwrap();
+    assert_eq!(name, "app1");
+    let info: String = redis::cmd("INFO").query(&mut conn).unwrap();
+    assert!(info.contains("table_ranking:version=1,users=4321,rows=43210"), "{info}");
+
+    // the admin socket answers control commands
+    let mut admin = d.admin();
+    let status: String = redis::cmd("STATUS").query(&mut admin).unwrap();
+    assert!(status.contains("ranking: current version 1"), "{status}");
+
+    // redis-cli, the tool ops reach for
+    assert_eq!(d.redis_cli(&["ZCARD", "ranking:17850"]).trim(), "10");
+    assert_eq!(d.redis_cli(&["PING"]).trim(), "PONG");
+}

@@ -1,0 +1,102 @@
+//! The walking skeleton's main path: the ranking job runs in a worker, scores the ONNX
+//! model, publishes a table, and Redis clients read each customer's top 10.
+
+use std::collections::HashSet;
+
+use crate::oracle::{model_scores, purchases, vocab_ids};
+use crate::util::{TestDaemon, ranking_job};
+
+const CUSTOMERS: [&str; 5] = ["17850", "12347", "13047", "14911", "15311"];
+
+type List = Vec<(String, f64)>;
+
+fn read_with_crate(conn: &mut redis::Connection, key: &str) -> List {
+    redis::cmd("ZREVRANGE").arg(key).arg(0).arg(9).arg("WITHSCORES").query(conn).unwrap()
+}
+
+fn read_with_cli(d: &TestDaemon, key: &str) -> List {
+    let text = d.redis_cli(&["ZREVRANGE", key, "0", "9", "WITHSCORES"]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines.chunks(2).map(|p| (p[0].to_string(), p[1].parse().unwrap())).collect()
+}
+
+#[test]
+fn top_ten_are_the_models_best_unseen_items_for_both_clients() {
+    let mut d = TestDaemon::start(&[("ranking", &ranking_job(""))]);
+    let report = d.run_job("ranking");
+    assert!(report.contains("published table ranking version 1"), "{report}");
+
+    let bought = purchases();
+    let items = vocab_ids("items.csv");
+    let users: HashSet<String> = vocab_ids("users.csv").into_iter().collect();
+    let mut conn = d.redis();
+    let mut pairs = Vec::new();
+    let mut served = Vec::new();
+    for c in CUSTOMERS {
+        assert!(users.contains(c), "customer {c} is not in the model");
+        let key = format!("ranking:{c}");
+        let list = read_with_crate(&mut conn, &key);
+        assert_eq!(list, read_with_cli(&d, &key), "redis-cli and the redis crate disagree on {key}");
+        assert_eq!(list.len(), 10, "{key}: {list:?}");
+        let distinct: HashSet<&str> = list.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(distinct.len(), 10, "{key} repeats items: {list:?}");
+        assert!(list.windows(2).all(|w| w[0].1 >= w[1].1), "{key} scores increase: {list:?}");
+        let mine = &bought[c];
+        assert!(list.iter().all(|(i, _)| !mine.contains(i)), "{key} lists an item {c} bought: {list:?}");
+        // every item the customer has not bought, for the independent top 10
+        pairs.extend(items.iter().filter(|i| !mine.contains(*i)).map(|i| (c.to_string(), i.clone())));
+        served.push((c, list));
+    }
+
+    let scores = model_scores(&pairs);
+    for (c, list) in served {
+        let mut expected: Vec<(&str, f32)> = pairs
+            .iter()
+            .zip(&scores)
+            .filter(|((u, _), _)| u == c)
+            .map(|((_, i), s)| (i.as_str(), *s))
+            .collect();
+        expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (item, score) in &list {
+            let model = expected.iter().find(|(i, _)| i == item).map(|(_, s)| *s).expect("item is a candidate");
+            assert!((model as f64 - score).abs() < 1e-5, "{c}/{item}: served {score}, model {model}");
+        }
+        // nothing better was left out: the 10th served is at least the 11th best overall
+        let tenth = list[9].1;
+        assert!(tenth >= expected[10].1 as f64 - 1e-5, "{c}: 10th {tenth} < 11th best {:?}", expected[10]);
+        assert!((list[0].1 - expected[0].1 as f64).abs() < 1e-5, "{c}: best differs");
+    }
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log());
+}
+
+#[test]
+fn csv_and_parquet_inputs_give_the_same_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("retail.csv");
+    write_csv_copy(&crate::util::root().join("data/demo/retail.parquet"), &csv);
+    let parquet_job = ranking_job("");
+    let parquet_path = format!("{}/data/demo/retail.parquet", crate::util::root().display());
+    let csv_job = format!("table = \"ranking_csv\"\n{}", parquet_job.replace(&parquet_path, &csv.display().to_string()));
+    assert!(csv_job.contains("retail.csv"));
+    let d = TestDaemon::start(&[("ranking", &parquet_job), ("ranking_csv", &csv_job)]);
+    d.run_job("ranking");
+    d.run_job("ranking_csv");
+    let mut conn = d.redis();
+    for c in CUSTOMERS {
+        let a: List = redis::cmd("ZREVRANGE").arg(format!("ranking:{c}")).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+        let b: List = redis::cmd("ZREVRANGE").arg(format!("ranking_csv:{c}")).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+        assert_eq!(a.len(), 10);
+        assert_eq!(a, b, "customer {c}");
+    }
+}
+
+/// Writes the Parquet file as CSV with arrow's writer (ids become plain text, so the CSV
+/// reader infers numeric customer ids as integers: the plugin must read both).
+fn write_csv_copy(parquet: &std::path::Path, csv: &std::path::Path) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(parquet).unwrap()).unwrap().build().unwrap();
+    let mut writer = arrow_csv::Writer::new(std::fs::File::create(csv).unwrap());
+    for batch in reader {
+        writer.write(&batch.unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,164 @@
+//! Shared helpers: a `TestDaemon` in a temp dir with its own sockets, and paths to the
+//! workspace's built artefacts and data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RECD: &str = env!("CARGO_BIN_EXE_recd");
+
+/// The workspace root (this test binary belongs to `daemon/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Where cargo put `recd` and, beside it, the plugin libraries (`make test` builds them).
+pub fn plugins_dir() -> PathBuf {
+    Path::new(RECD).parent().expect("target dir").to_path_buf()
+}
+
+pub fn onnxruntime() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    root().join(".deps/py/onnxruntime/capi/libonnxruntime.so.1.31.1")
+}
+
+/// The ranking job as shipped in `jobs/`, with its relative paths made absolute.
+pub fn ranking_job(extra_params: &str) -> String {
+    let text = std::fs::read_to_string(root().join("jobs/ranking.toml")).expect("jobs/ranking.toml");
+    let r = root().display().to_string();
+    let text = text
+        .replace("\"data/", &format!("\"{r}/data/"))
+        .replace("\"models/", &format!("\"{r}/models/"));
+    format!("{text}{extra_params}\n")
+}
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    /// Starts `recd serve` with the given job files (name, contents) in its jobs folder.
+    pub fn start(jobs: &[(&str, &str)]) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        for (name, text) in jobs {
+            std::fs::write(dir.path().join("jobs").join(format!("{name}.toml")), text).unwrap();
+        }
+        let config = format!(
+            "data_dir = \"data\"\nsocket = \"recd.sock\"\nadmin_socket = \"admin.sock\"\njobs_dir = \"jobs\"\nplugins_dir = \"{}\"\nonnxruntime = \"{}\"\n",
+            plugins_dir().display(),
+            onnxruntime().display()
+        );
+        std::fs::write(dir.path().join("recd.toml"), config).unwrap();
+        let mut d = TestDaemon { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(RECD)
+            .args(["serve", "--config"])
+            .arg(self.config())
+            .env("RECD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn recd serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(self.socket().exists() && self.admin_socket().exists()) {
+            assert!(Instant::now() < deadline, "daemon did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("recd.toml")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("recd.sock")
+    }
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs `recd <args> --config <ours>` as an ops user would.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(RECD).args(args).arg("--config").arg(self.config()).output().expect("run recd cli")
+    }
+
+    /// `recd run JOB`, asserting success.
+    pub fn run_job(&self, job: &str) -> String {
+        let out = self.cli(&["run", job]);
+        assert!(
+            out.status.success(),
+            "recd run {job} failed: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn redis(&self) -> redis::Connection {
+        let url = format!("redis+unix://{}", self.socket().display());
+        redis::Client::open(url).unwrap().get_connection().expect("redis connection")
+    }
+
+    pub fn admin(&self) -> redis::Connection {
+        let url = format!("redis+unix://{}", self.admin_socket().display());
+        redis::Client::open(url).unwrap().get_connection().expect("admin connection")
+    }
+
+    /// `redis-cli -s <socket> <args>`: stdout as text.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("redis-cli (make setup installs redis-tools)");
+        assert!(out.status.success(), "redis-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGTERM, then waits; returns whether it exited with status 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
