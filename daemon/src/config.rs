@@ -72,9 +72,11 @@ impl Config {
         match path {
             Some(path) => {
                 let file = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
                 let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let base = std::path::absolute(base).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
+                let base =
+                    std::path::absolute(base).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
                 Self::parse(&text, &file, &base)
             }
             None => {

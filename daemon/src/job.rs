@@ -86,8 +86,8 @@ pub struct Job {
 /// Reads, parses, validates and resolves one job file.
 pub fn load(file: &Path, config: &Config) -> Result<Job, JobError> {
     let shown = file.display().to_string();
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| JobError::Io { file: shown.clone(), message: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| JobError::Io { file: shown.clone(), message: e.to_string() })?;
     let name = job_name(file);
     let job = parse_and_validate(&text, &shown, &name, &config.base_dir, &config.plugins_dir)?;
     job.resolve(&text)
@@ -125,7 +125,10 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     let schedule = raw.schedule.as_deref().map(to_six_fields).transpose().map_err(|m| invalid("schedule", m))?;
     let table = raw.table.unwrap_or_else(|| name.to_string());
     if !valid_name(&table) {
-        return Err(invalid("table", format!("{table:?} must be letters, digits, '-' or '_' (it prefixes keys as `<table>:<user>`)")));
+        return Err(invalid(
+            "table",
+            format!("{table:?} must be letters, digits, '-' or '_' (it prefixes keys as `<table>:<user>`)"),
+        ));
     }
     let plugin = if raw.plugin.ends_with(".so") || raw.plugin.contains('/') {
         absolute(base, &raw.plugin)
@@ -213,7 +216,11 @@ pub fn to_six_fields(expr: &str) -> Result<String, String> {
         match expr.split_whitespace().count() {
             5 => format!("0 {expr}"),
             6 => expr.to_string(),
-            n => return Err(format!("{expr:?}: expected 5 fields (min hour day month weekday) or 6 (with seconds first), found {n}")),
+            n => {
+                return Err(format!(
+                    "{expr:?}: expected 5 fields (min hour day month weekday) or 6 (with seconds first), found {n}"
+                ));
+            }
         }
     };
     croner::parser::CronParser::builder()
@@ -249,17 +256,24 @@ mod tests {
     use super::*;
 
     fn check(text: &str) -> Result<Job, String> {
-        parse_and_validate(text, "jobs/j.toml", "j", Path::new("/base"), Path::new("/plugins")).map_err(|e| e.to_string())
+        parse_and_validate(text, "jobs/j.toml", "j", Path::new("/base"), Path::new("/plugins"))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn table_of_parse_and_validation_errors() {
         let cases: &[(&str, &str)] = &[
             ("plugin = \"ranking\"\nschedul = \"* * * * *\"\n", "jobs/j.toml:2:1: unknown field `schedul`"),
-            ("plugin = \"ranking\"\nschedule = \"* * *\"\n", "jobs/j.toml:2: field `schedule`: \"* * *\": expected 5 fields"),
+            (
+                "plugin = \"ranking\"\nschedule = \"* * *\"\n",
+                "jobs/j.toml:2: field `schedule`: \"* * *\": expected 5 fields",
+            ),
             ("plugin = \"ranking\"\nschedule = \"61 * * * *\"\n", "jobs/j.toml:2: field `schedule`: \"61 * * * *\""),
             ("plugin = \"ranking\"\ndevice = \"tpu\"\n", "jobs/j.toml:2: field `device`: expected \"cpu\""),
-            ("plugin = \"ranking\"\n[inputs]\nx = \"a.json\"\n", "jobs/j.toml:3: field `inputs.x`: \"a.json\": expected a .csv or .parquet"),
+            (
+                "plugin = \"ranking\"\n[inputs]\nx = \"a.json\"\n",
+                "jobs/j.toml:3: field `inputs.x`: \"a.json\": expected a .csv or .parquet",
+            ),
             ("plugin = \"ranking\"\ntable = \"a:b\"\n", "jobs/j.toml:2: field `table`"),
             ("plugin = [1]\n", "jobs/j.toml:1:10: invalid type"),
             ("schedule = \"* * * * *\"\n", "missing field `plugin`"),

@@ -187,7 +187,12 @@ fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for file in &files {
         match job::load(file, config) {
-            Ok(job) => println!("ok    {} (table {}, schedule {})", file.display(), job.table, job.schedule.as_deref().unwrap_or("manual")),
+            Ok(job) => println!(
+                "ok    {} (table {}, schedule {})",
+                file.display(),
+                job.table,
+                job.schedule.as_deref().unwrap_or("manual")
+            ),
             Err(e) => {
                 failed += 1;
                 println!("error {e}");
@@ -255,7 +260,8 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }

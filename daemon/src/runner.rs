@@ -35,7 +35,14 @@ impl std::fmt::Display for RunReport {
         write!(
             f,
             "job {} run {} published table {} version {}: {} users, {} rows in {:.2}s (provider {})",
-            self.job, self.run_id, self.table, self.version.version, self.version.users, self.version.rows, self.seconds, self.provider
+            self.job,
+            self.run_id,
+            self.table,
+            self.version.version,
+            self.version.users,
+            self.version.rows,
+            self.seconds,
+            self.provider
         )
     }
 }
@@ -146,11 +153,7 @@ fn tail_text(tail: &[String]) -> String {
 
 /// Forwards the worker's log lines into ours (under the run's span fields) and keeps the
 /// last few to explain a crash.
-fn forward_stderr(
-    stderr: std::process::ChildStderr,
-    job: String,
-    run_id: u64,
-) -> std::thread::JoinHandle<Vec<String>> {
+fn forward_stderr(stderr: std::process::ChildStderr, job: String, run_id: u64) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -183,7 +186,10 @@ impl Collector {
     fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
         let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("user column is not utf8"))?;
         let items = batch.column(1).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("item column is not utf8"))?;
-        let scores = batch.column(2).as_primitive_opt::<Float32Type>().ok_or_else(|| anyhow::anyhow!("score column is not float32"))?;
+        let scores = batch
+            .column(2)
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| anyhow::anyhow!("score column is not float32"))?;
         for i in 0..batch.num_rows() {
             let row = self.row;
             self.row += 1;

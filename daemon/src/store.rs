@@ -27,7 +27,9 @@ const DATA_TREE_PREFIX: &str = "data/";
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
-    #[error("store format version {found} is not supported (this recd writes {FORMAT_VERSION}); export with the older recd and import")]
+    #[error(
+        "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); export with the older recd and import"
+    )]
     Format { found: String },
     #[error("corrupt metadata for table `{table}`: {reason}")]
     Meta { table: String, reason: String },
@@ -193,9 +195,8 @@ impl Store {
             rows: staged.rows,
             checksum: staged.checksum.finish(),
         };
-        let mut meta = self
-            .table_meta(&staged.table)?
-            .unwrap_or(TableMeta { current: info.version, versions: Vec::new() });
+        let mut meta =
+            self.table_meta(&staged.table)?.unwrap_or(TableMeta { current: info.version, versions: Vec::new() });
         meta.versions.push(info.clone());
         meta.current = info.version;
         let dropped: Vec<u64> = if meta.versions.len() > self.retain {
@@ -207,10 +208,10 @@ impl Store {
         let encoded = serde_json::to_vec(&meta).expect("meta serialises");
         self.meta.insert(table_key(&staged.table), encoded)?;
         self.meta.flush()?;
-        self.served.write().expect("served lock").insert(
-            staged.table.clone(),
-            Arc::new(ServedTable { version: info.version, tree: staged.tree.clone() }),
-        );
+        self.served
+            .write()
+            .expect("served lock")
+            .insert(staged.table.clone(), Arc::new(ServedTable { version: info.version, tree: staged.tree.clone() }));
         for v in dropped {
             self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
         }
@@ -277,8 +278,7 @@ fn data_tree_name(table: &str, version: u64) -> String {
 }
 
 fn decode_meta(table: &str, bytes: &[u8]) -> Result<TableMeta, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Meta { table: table.to_owned(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Meta { table: table.to_owned(), reason: e.to_string() })
 }
 
 /// Encodes a list best first: score descending, ties by member descending, which is the

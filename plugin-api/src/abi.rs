@@ -76,8 +76,7 @@ impl RecdError {
 
     /// The message as text (lossy for invalid UTF-8 from a foreign plugin).
     pub fn message(&self) -> String {
-        let bytes: Vec<u8> =
-            self.message.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = self.message.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

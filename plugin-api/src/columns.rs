@@ -8,17 +8,10 @@ use arrow_schema::DataType;
 use crate::PluginError;
 
 /// The column `name` of `batch`, or an `INVALID_INPUT` error naming the table and column.
-pub fn column<'b>(
-    batch: &'b RecordBatch,
-    table: &str,
-    name: &str,
-) -> Result<&'b dyn Array, PluginError> {
+pub fn column<'b>(batch: &'b RecordBatch, table: &str, name: &str) -> Result<&'b dyn Array, PluginError> {
     batch.column_by_name(name).map(|c| c.as_ref()).ok_or_else(|| {
         let have: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-        PluginError::input(format!(
-            "input `{table}` has no column `{name}` (columns: {})",
-            have.join(", ")
-        ))
+        PluginError::input(format!("input `{table}` has no column `{name}` (columns: {})", have.join(", ")))
     })
 }
 
@@ -34,9 +27,7 @@ pub fn ids_as_strings(col: &dyn Array, what: &str) -> Result<Vec<Option<String>>
         DataType::UInt64 => ints(col.as_primitive::<UInt64Type>().iter()),
         DataType::UInt32 => ints(col.as_primitive::<UInt32Type>().iter()),
         other => {
-            return Err(PluginError::input(format!(
-                "{what}: expected a string or integer id column, found {other}"
-            )));
+            return Err(PluginError::input(format!("{what}: expected a string or integer id column, found {other}")));
         }
     };
     Ok(out)

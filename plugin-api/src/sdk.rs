@@ -68,10 +68,7 @@ impl<'a> RunContext<'a> {
     pub fn input(&self, name: &str) -> Result<&RecordBatch, PluginError> {
         self.inputs.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| {
             let have: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
-            PluginError::input(format!(
-                "missing input table `{name}` (the job provides: {})",
-                have.join(", ")
-            ))
+            PluginError::input(format!("missing input table `{name}` (the job provides: {})", have.join(", ")))
         })
     }
 
@@ -150,8 +147,8 @@ pub(crate) unsafe fn batch_from_ffi(
     schema: &FFI_ArrowSchema,
 ) -> Result<RecordBatch, PluginError> {
     // SAFETY: forwarded from the caller.
-    let data = unsafe { from_ffi(array, schema) }
-        .map_err(|e| PluginError::internal(format!("arrow import failed: {e}")))?;
+    let data =
+        unsafe { from_ffi(array, schema) }.map_err(|e| PluginError::internal(format!("arrow import failed: {e}")))?;
     let array = arrow_array::make_array(data);
     let structs = array
         .as_any()
@@ -202,8 +199,7 @@ pub unsafe extern "C" fn create_entry<S: Strategy>(
             // SAFETY: the host guarantees `len` readable bytes.
             unsafe { std::slice::from_raw_parts(params, len) }
         };
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| PluginError::params("params are not valid UTF-8"))?;
+        let text = std::str::from_utf8(bytes).map_err(|_| PluginError::params("params are not valid UTF-8"))?;
         let strategy = S::new(text)?;
         // SAFETY: `instance` is a valid out-pointer.
         unsafe { *instance = Box::into_raw(Box::new(strategy)).cast() };
@@ -225,11 +221,7 @@ pub unsafe extern "C" fn run_entry<S: Strategy>(
     guarded(err, || {
         // SAFETY: per the ABI, pointers are valid for the call and inputs are moved to us.
         let (strategy, host, tables) = unsafe {
-            let tables = if n_inputs == 0 {
-                &mut [][..]
-            } else {
-                std::slice::from_raw_parts_mut(inputs, n_inputs)
-            };
+            let tables = if n_inputs == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(inputs, n_inputs) };
             (&mut *instance.cast::<S>(), &*host, tables)
         };
         let mut batches = Vec::with_capacity(tables.len());
@@ -261,7 +253,6 @@ pub unsafe extern "C" fn destroy_entry<S: Strategy>(instance: *mut c_void) {
         drop(unsafe { Box::from_raw(instance.cast::<S>()) });
     }));
 }
-
 
 /// Exports a [`Strategy`] as a recd plugin:
 /// `export_plugin!(MyStrategy, name = "my-strategy", version = env!("CARGO_PKG_VERSION"));`

@@ -8,15 +8,26 @@ fn bad_files() -> Vec<(&'static str, String, Vec<&'static str>)> {
     let good = ranking_job("");
     vec![
         ("syntax", good.replace("k = 10", "k = "), vec!["syntax.toml:", "string values must be quoted", "expected"]),
-        ("unknown_field", format!("colour = \"red\"\n{good}"), vec!["unknown_field.toml:1:1", "unknown field `colour`"]),
-        ("no_plugin", good.replace("plugin = \"ranking\"", "plugin = \"nosuch\""), vec![
-            "no_plugin.toml:",
-            "field `plugin`",
-            "unknown plugin",
-            "librecd_nosuch.so",
-        ]),
-        ("no_model", good.replace("mf.onnx", "missing.onnx"), vec!["no_model.toml:", "field `model`", "missing.onnx does not exist"]),
-        ("bad_cron", good.replace("0 3 * * *", "0 25 * * *"), vec!["bad_cron.toml:", "field `schedule`", "\"0 25 * * *\""]),
+        (
+            "unknown_field",
+            format!("colour = \"red\"\n{good}"),
+            vec!["unknown_field.toml:1:1", "unknown field `colour`"],
+        ),
+        (
+            "no_plugin",
+            good.replace("plugin = \"ranking\"", "plugin = \"nosuch\""),
+            vec!["no_plugin.toml:", "field `plugin`", "unknown plugin", "librecd_nosuch.so"],
+        ),
+        (
+            "no_model",
+            good.replace("mf.onnx", "missing.onnx"),
+            vec!["no_model.toml:", "field `model`", "missing.onnx does not exist"],
+        ),
+        (
+            "bad_cron",
+            good.replace("0 3 * * *", "0 25 * * *"),
+            vec!["bad_cron.toml:", "field `schedule`", "\"0 25 * * *\""],
+        ),
     ]
 }
 

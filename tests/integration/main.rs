@@ -4,8 +4,8 @@
 //! sources: the Parquet data read here, ONNX Runtime's Python binding, a real
 //! redis-server holding the same lists.
 
-mod util;
 mod oracle;
+mod util;
 
 mod faults;
 mod jobs;

@@ -145,7 +145,8 @@ fn recd_specific_replies() {
     let from_json: Vec<(String, f64)> =
         parsed.iter().map(|e| (e["item"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap())).collect();
     assert_eq!(from_json, list);
-    let many: Vec<Option<String>> = redis::cmd("MGET").arg("ranking:17850").arg("ranking:nobody").query(&mut conn).unwrap();
+    let many: Vec<Option<String>> =
+        redis::cmd("MGET").arg("ranking:17850").arg("ranking:nobody").query(&mut conn).unwrap();
     assert_eq!(many, vec![Some(json), None]);
     let none: Option<String> = redis::cmd("GET").arg("ranking:nobody").query(&mut conn).unwrap();
     assert_eq!(none, None);

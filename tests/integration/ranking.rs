@@ -50,12 +50,8 @@ fn top_ten_are_the_models_best_unseen_items_for_both_clients() {
 
     let scores = model_scores(&pairs);
     for (c, list) in served {
-        let mut expected: Vec<(&str, f32)> = pairs
-            .iter()
-            .zip(&scores)
-            .filter(|((u, _), _)| u == c)
-            .map(|((_, i), s)| (i.as_str(), *s))
-            .collect();
+        let mut expected: Vec<(&str, f32)> =
+            pairs.iter().zip(&scores).filter(|((u, _), _)| u == c).map(|((_, i), s)| (i.as_str(), *s)).collect();
         expected.sort_by(|a, b| b.1.total_cmp(&a.1));
         for (item, score) in &list {
             let model = expected.iter().find(|(i, _)| i == item).map(|(_, s)| *s).expect("item is a candidate");
@@ -76,15 +72,28 @@ fn csv_and_parquet_inputs_give_the_same_table() {
     write_csv_copy(&crate::util::root().join("data/demo/retail.parquet"), &csv);
     let parquet_job = ranking_job("");
     let parquet_path = format!("{}/data/demo/retail.parquet", crate::util::root().display());
-    let csv_job = format!("table = \"ranking_csv\"\n{}", parquet_job.replace(&parquet_path, &csv.display().to_string()));
+    let csv_job =
+        format!("table = \"ranking_csv\"\n{}", parquet_job.replace(&parquet_path, &csv.display().to_string()));
     assert!(csv_job.contains("retail.csv"));
     let d = TestDaemon::start(&[("ranking", &parquet_job), ("ranking_csv", &csv_job)]);
     d.run_job("ranking");
     d.run_job("ranking_csv");
     let mut conn = d.redis();
     for c in CUSTOMERS {
-        let a: List = redis::cmd("ZREVRANGE").arg(format!("ranking:{c}")).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
-        let b: List = redis::cmd("ZREVRANGE").arg(format!("ranking_csv:{c}")).arg(0).arg(-1).arg("WITHSCORES").query(&mut conn).unwrap();
+        let a: List = redis::cmd("ZREVRANGE")
+            .arg(format!("ranking:{c}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
+        let b: List = redis::cmd("ZREVRANGE")
+            .arg(format!("ranking_csv:{c}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
         assert_eq!(a.len(), 10);
         assert_eq!(a, b, "customer {c}");
     }
@@ -94,7 +103,8 @@ fn csv_and_parquet_inputs_give_the_same_table() {
 /// reader infers numeric customer ids as integers: the plugin must read both).
 fn write_csv_copy(parquet: &std::path::Path, csv: &std::path::Path) {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(parquet).unwrap()).unwrap().build().unwrap();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(parquet).unwrap()).unwrap().build().unwrap();
     let mut writer = arrow_csv::Writer::new(std::fs::File::create(csv).unwrap());
     for batch in reader {
         writer.write(&batch.unwrap()).unwrap();

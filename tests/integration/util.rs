@@ -28,9 +28,7 @@ pub fn onnxruntime() -> PathBuf {
 pub fn ranking_job(extra_params: &str) -> String {
     let text = std::fs::read_to_string(root().join("jobs/ranking.toml")).expect("jobs/ranking.toml");
     let r = root().display().to_string();
-    let text = text
-        .replace("\"data/", &format!("\"{r}/data/"))
-        .replace("\"models/", &format!("\"{r}/models/"));
+    let text = text.replace("\"data/", &format!("\"{r}/data/")).replace("\"models/", &format!("\"{r}/models/"));
     format!("{text}{extra_params}\n")
 }
 

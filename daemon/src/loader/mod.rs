@@ -135,14 +135,11 @@ pub struct Instance<'p> {
 impl Instance<'_> {
     /// Runs the strategy over `inputs` with `host` answering its callbacks.
     pub fn run(&mut self, host: &mut dyn Host, inputs: Vec<(String, RecordBatch)>) -> Result<(), PluginCallError> {
-        let names: Vec<CString> = inputs
-            .iter()
-            .map(|(n, _)| CString::new(n.as_str()).unwrap_or_default())
-            .collect();
+        let names: Vec<CString> = inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
         let mut tables = Vec::with_capacity(inputs.len());
         for ((_, batch), name) in inputs.into_iter().zip(&names) {
-            let (array, schema) = export_batch(batch)
-                .map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
+            let (array, schema) =
+                export_batch(batch).map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
             tables.push(RecdTable { name: name.as_ptr(), schema, array });
         }
         let mut host_ref: &mut dyn Host = host;
@@ -197,7 +194,8 @@ unsafe fn import_batch(schema: *mut FFI_ArrowSchema, array: *mut FFI_ArrowArray)
     // SAFETY: the producer promises a valid array for this schema.
     let data = unsafe { from_ffi(array, &schema) }.map_err(|e| format!("arrow import failed: {e}"))?;
     let array = arrow_array::make_array(data);
-    let structs = array.as_any().downcast_ref::<StructArray>().ok_or("expected a struct array (one field per column)")?;
+    let structs =
+        array.as_any().downcast_ref::<StructArray>().ok_or("expected a struct array (one field per column)")?;
     Ok(RecordBatch::from(structs))
 }
 

@@ -8,9 +8,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::Role;
 use super::cmd::{self, Client, Flow};
 use super::resp;
-use super::Role;
 use crate::daemon::Daemon;
 
 pub async fn serve(stream: UnixStream, id: u64, role: Role, daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {

@@ -18,6 +18,9 @@ pub enum Frame {
     Array(Vec<Frame>),
 }
 
+/// A parsed request's arguments and the bytes it used; `None`: incomplete, read more.
+pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProtocolError {
     #[error("Protocol error: {0}")]
@@ -30,7 +33,7 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, ProtocolError> {
 
 /// Parses one request: the command's arguments, and the bytes consumed. `Ok(None)`
 /// means more bytes are needed.
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn parse_request(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -70,7 +73,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Protoc
     Ok(Some((args, at)))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE_LEN {
             return invalid("too big inline request");
@@ -102,7 +105,8 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> 
     if buf.is_empty() {
         return Ok(None);
     }
-    let line_end = |from: usize| buf.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")).map(|p| from + p);
+    let line_end =
+        |from: usize| buf.get(from..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")).map(|p| from + p);
     let text = |from: usize, to: usize| String::from_utf8_lossy(&buf[from..to]).into_owned();
     match buf[0] {
         b'+' | b'-' | b':' => {
@@ -221,7 +225,8 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_protocol_errors() {
-        let cases: &[&[u8]] = &[b"*1\r\n+PING\r\n", b"*x\r\n", b"*1\r\n$-5\r\n", b"*1\r\n$2\r\nabcd\r\n", b"*99999999\r\n"];
+        let cases: &[&[u8]] =
+            &[b"*1\r\n+PING\r\n", b"*x\r\n", b"*1\r\n$-5\r\n", b"*1\r\n$2\r\nabcd\r\n", b"*99999999\r\n"];
         for c in cases {
             assert!(parse_request(c).is_err(), "{:?}", String::from_utf8_lossy(c));
         }
@@ -239,7 +244,12 @@ mod tests {
         assert_eq!(used, out.len());
         assert_eq!(
             frame,
-            Frame::Array(vec![Frame::Simple("OK".into()), Frame::Integer(-3), Frame::Bulk(b"x\r\ny".to_vec()), Frame::Null])
+            Frame::Array(vec![
+                Frame::Simple("OK".into()),
+                Frame::Integer(-3),
+                Frame::Bulk(b"x\r\ny".to_vec()),
+                Frame::Null
+            ])
         );
         assert_eq!(format_score(0.25), "0.25");
     }

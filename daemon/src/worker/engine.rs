@@ -60,7 +60,11 @@ impl Engine {
     }
 }
 
-fn build_session(env: &ort::environment::Environment, model: &Path, device: Device) -> anyhow::Result<(Session, String)> {
+fn build_session(
+    env: &ort::environment::Environment,
+    model: &Path,
+    device: Device,
+) -> anyhow::Result<(Session, String)> {
     let err = |e: ort::Error<_>| anyhow::anyhow!("configuring the ONNX Runtime session: {e}");
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut builder = Session::builder(env)
@@ -94,9 +98,8 @@ fn build_session(env: &ort::environment::Environment, model: &Path, device: Devi
             }
         }
     };
-    let session = builder
-        .commit_from_file(model)
-        .map_err(|e| anyhow::anyhow!("loading model {}: {e}", model.display()))?;
+    let session =
+        builder.commit_from_file(model).map_err(|e| anyhow::anyhow!("loading model {}: {e}", model.display()))?;
     Ok((session, provider.to_string()))
 }
 

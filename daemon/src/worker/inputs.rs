@@ -28,10 +28,8 @@ fn read_csv(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
     let format = Format::default().with_header(true);
     let (schema, _) = format.infer_schema(&mut file, Some(10_000))?;
     let file = File::open(&input.path)?;
-    let reader = arrow_csv::ReaderBuilder::new(Arc::new(schema))
-        .with_format(format)
-        .with_batch_size(64 * 1024)
-        .build(file)?;
+    let reader =
+        arrow_csv::ReaderBuilder::new(Arc::new(schema)).with_format(format).with_batch_size(64 * 1024).build(file)?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 

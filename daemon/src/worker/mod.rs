@@ -53,9 +53,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
     let mut host = WorkerHost { engine, out, rows: 0, broken: false };
-    instance
-        .run(&mut host, tables)
-        .map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
+    instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
     Ok((provider, host.rows))
 }
@@ -81,8 +79,8 @@ impl Host for WorkerHost<'_> {
         check_output_schema(&batch)?;
         let mut bytes = Vec::new();
         {
-            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())
-                .map_err(|e| e.to_string())?;
+            let mut w =
+                arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).map_err(|e| e.to_string())?;
             w.write(&batch).map_err(|e| e.to_string())?;
             w.finish().map_err(|e| e.to_string())?;
         }
@@ -116,7 +114,11 @@ impl Host for WorkerHost<'_> {
 /// Rows must be (`user` utf8, `item` utf8, `score` float32); checked here so a bad plugin
 /// fails with a message naming what it sent.
 fn check_output_schema(batch: &RecordBatch) -> Result<(), String> {
-    let want = [(abi::output::USER, DataType::Utf8), (abi::output::ITEM, DataType::Utf8), (abi::output::SCORE, DataType::Float32)];
+    let want = [
+        (abi::output::USER, DataType::Utf8),
+        (abi::output::ITEM, DataType::Utf8),
+        (abi::output::SCORE, DataType::Float32),
+    ];
     let schema = batch.schema();
     let ok = schema.fields().len() == 3
         && schema.fields().iter().zip(&want).all(|(f, (n, t))| f.name() == n && f.data_type() == t);

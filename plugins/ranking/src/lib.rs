@@ -76,8 +76,8 @@ struct Ranking {
 
 impl Strategy for Ranking {
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params = serde_json::from_str(params_json)
-            .map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params =
+            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
         if params.k == 0 || params.k > 10_000 {
             return Err(PluginError::params(format!("params.k: must be 1..=10000, got {}", params.k)));
         }
@@ -102,12 +102,7 @@ impl Strategy for Ranking {
         };
         ctx.log(
             LogLevel::Info,
-            &format!(
-                "ranking {} users over {} candidate items, k={}",
-                vocab.users.len(),
-                pool.len(),
-                self.params.k
-            ),
+            &format!("ranking {} users over {} candidate items, k={}", vocab.users.len(), pool.len(), self.params.k),
         );
         self.score_all(ctx, &vocab, &bought, &pool)
     }
@@ -145,9 +140,7 @@ fn read_vocab(
         };
         let i = i as usize;
         if i >= n || by_index[i].is_some() {
-            return Err(PluginError::input(format!(
-                "{table}: row {row}: index {i} is out of 0..{n} or repeated"
-            )));
+            return Err(PluginError::input(format!("{table}: row {row}: index {i} is out of 0..{n} or repeated")));
         }
         by_index[i] = Some(id);
     }
@@ -219,8 +212,7 @@ impl Ranking {
         let scores = score_pairs(ctx, &batch.users, &batch.items)?;
         let mut out = Rows::default();
         for &(u, start, n) in &batch.spans {
-            let mut cand: Vec<(f32, i64)> =
-                (start..start + n).map(|j| (scores[j], batch.items[j])).collect();
+            let mut cand: Vec<(f32, i64)> = (start..start + n).map(|j| (scores[j], batch.items[j])).collect();
             let by_rank = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
             let k = self.params.k.min(cand.len());
             if k < cand.len() {
@@ -279,10 +271,8 @@ impl Rows {
 
 /// Calls the model with inputs `user` and `item` (int64 model indices), reads `score`.
 fn score_pairs(ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result<Vec<f32>, PluginError> {
-    let schema = Schema::new(vec![
-        Field::new("user", DataType::Int64, false),
-        Field::new("item", DataType::Int64, false),
-    ]);
+    let schema =
+        Schema::new(vec![Field::new("user", DataType::Int64, false), Field::new("item", DataType::Int64, false)]);
     let input = RecordBatch::try_new(
         Arc::new(schema),
         vec![Arc::new(Int64Array::from(users.to_vec())), Arc::new(Int64Array::from(items.to_vec()))],
@@ -295,11 +285,7 @@ fn score_pairs(ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result
         .downcast_ref::<Float32Array>()
         .ok_or_else(|| PluginError::input(format!("model output `score` must be float32, is {}", col.data_type())))?;
     if scores.len() != users.len() {
-        return Err(PluginError::input(format!(
-            "model returned {} scores for {} pairs",
-            scores.len(),
-            users.len()
-        )));
+        return Err(PluginError::input(format!("model returned {} scores for {} pairs", scores.len(), users.len())));
     }
     Ok(scores.values().to_vec())
 }

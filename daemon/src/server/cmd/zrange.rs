@@ -18,7 +18,13 @@ pub struct ZRange {
 impl ZRange {
     pub fn parse(args: &[Vec<u8>]) -> ParseResult<ZRange> {
         let [key, start, stop, opts @ ..] = args else { return Err(wrong_args("zrange")) };
-        let mut z = ZRange { key: key.clone(), start: parse_int(start)?, stop: parse_int(stop)?, rev: false, withscores: false };
+        let mut z = ZRange {
+            key: key.clone(),
+            start: parse_int(start)?,
+            stop: parse_int(stop)?,
+            rev: false,
+            withscores: false,
+        };
         for opt in opts {
             match opt.to_ascii_lowercase().as_slice() {
                 b"rev" => z.rev = true,
