@@ -17,6 +17,7 @@ Outputs (see data/demo/README.md for the full description):
   physically INT64 TIMESTAMP(MILLIS, isAdjustedToUTC=false); the embedded
   ``ARROW:schema`` records timestamp[s] (some readers, incl. pyarrow >= 13,
   surface it as timestamp[ms] -- values are whole seconds either way).
+* ``data/demo/items.csv`` -- the same two columns as CSV.
 * ``data/demo/items.parquet`` -- ``item_id`` (utf8), ``description`` (utf8, the
   most frequent description of that code among the kept lines; ties broken
   alphabetically).
@@ -41,7 +42,7 @@ rendered as the plain integer string ``17850``.
 
 Usage:
     PYTHONPATH=.deps/pytools python3 scripts/derive_demo_data.py \
-        [--src /work/shared/data/online-retail/online_retail.csv.gz] [--out data/demo]
+        [--src ../shared/data/online-retail/online_retail.csv.gz] [--out data/demo]
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DEFAULT_SRC = "/work/shared/data/online-retail/online_retail.csv.gz"
+# ../shared beside the checkout, where the project's shared data lives.
+DEFAULT_SRC = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "online-retail", "online_retail.csv.gz"
+)
 
 # Upper-cased StockCodes that are not products (fees, postage, adjustments).
 NON_PRODUCT_CODES = {
@@ -201,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         compression_level=9,
         data_page_version="1.0",
     )
-    for p in (retail_path, items_path):
+    # The same item list as CSV: a CSV input example, and the demo's description lookup.
+    items_csv = os.path.join(args.out, "items.csv")
+    items[["item_id", "description"]].to_csv(items_csv, index=False, lineterminator="\n")
+    for p in (retail_path, items_path, items_csv):
         print(f"wrote {os.path.normpath(p)} ({os.path.getsize(p):,} bytes)")
     return 0
 

@@ -12,3 +12,4 @@ mod jobs;
 mod protocol;
 mod publish;
 mod ranking;
+mod schedule;
