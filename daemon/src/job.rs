@@ -207,7 +207,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Accepts classic 5-field cron (minute first) and 6-field cron with seconds; returns the
-/// 6-field form. Day-of-month and day-of-week combine with OR, as in classic cron.
+/// 6-field form. Validation follows classic cron (day-of-month OR day-of-week); note that
+/// tokio-cron-scheduler 0.15 fires with AND and in UTC: issue 3 replaces its matching.
 pub fn to_six_fields(expr: &str) -> Result<String, String> {
     let expr = expr.trim();
     let six = if expr.starts_with('@') {

@@ -28,7 +28,7 @@ pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error(
-        "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); export with the older recd and import"
+        "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); migrations are not implemented yet: keep the data dir of the recd that wrote it"
     )]
     Format { found: String },
     #[error("corrupt metadata for table `{table}`: {reason}")]
@@ -44,7 +44,7 @@ pub struct VersionInfo {
     pub run_id: u64,
     pub users: u64,
     pub rows: u64,
-    /// FNV-1a over every (user, encoded list) in user order: lets tests and audits check a
+    /// FNV-1a over every (user, encoded list) in the order the worker streamed them: lets tests and audits check a
     /// served version is exactly what was published.
     pub checksum: u64,
 }

@@ -168,3 +168,107 @@ pub mod output {
     pub const ITEM: &str = "item";
     pub const SCORE: &str = "score";
 }
+
+/// The C header must not drift from these definitions: compile a probe against it with the
+/// system C compiler and compare every size, offset and constant with Rust's view.
+#[cfg(test)]
+mod header_drift {
+    use std::mem::{offset_of, size_of};
+    use std::process::Command;
+
+    use super::*;
+
+    const PROBE: &str = r#"
+#include <stddef.h>
+#include <stdio.h>
+#include "recd_plugin.h"
+#define S(t) printf(#t " %zu\n", sizeof(t));
+#define O(t, f) printf(#t "." #f " %zu\n", offsetof(t, f));
+#define C(n) printf(#n " %lld\n", (long long)(n));
+int main(void) {
+    S(RecdError) O(RecdError, code) O(RecdError, message)
+    S(RecdTable) O(RecdTable, name) O(RecdTable, schema) O(RecdTable, array)
+    S(RecdHost) O(RecdHost, ctx) O(RecdHost, score) O(RecdHost, emit) O(RecdHost, log)
+    O(RecdHost, progress) O(RecdHost, is_cancelled)
+    S(RecdPluginV1) O(RecdPluginV1, abi_major) O(RecdPluginV1, abi_minor) O(RecdPluginV1, name)
+    O(RecdPluginV1, version) O(RecdPluginV1, create) O(RecdPluginV1, run) O(RecdPluginV1, destroy)
+    S(struct ArrowSchema) S(struct ArrowArray)
+    C(RECD_ABI_MAJOR) C(RECD_ABI_MINOR) C(RECD_ERROR_MESSAGE_CAP)
+    C(RECD_OK) C(RECD_INVALID_PARAMS) C(RECD_INVALID_INPUT) C(RECD_CANCELLED) C(RECD_HOST)
+    C(RECD_PANIC) C(RECD_INTERNAL) C(RECD_LOG_ERROR) C(RECD_LOG_WARN) C(RECD_LOG_INFO) C(RECD_LOG_DEBUG)
+    printf("RECD_ENTRY_SYMBOL %s\n", RECD_ENTRY_SYMBOL);
+    return 0;
+}
+"#;
+
+    fn rust_view() -> Vec<String> {
+        let entry = std::str::from_utf8(&ENTRY_SYMBOL[..ENTRY_SYMBOL.len() - 1]).unwrap();
+        let lines = [
+            ("RecdError", size_of::<RecdError>()),
+            ("RecdError.code", offset_of!(RecdError, code)),
+            ("RecdError.message", offset_of!(RecdError, message)),
+            ("RecdTable", size_of::<RecdTable>()),
+            ("RecdTable.name", offset_of!(RecdTable, name)),
+            ("RecdTable.schema", offset_of!(RecdTable, schema)),
+            ("RecdTable.array", offset_of!(RecdTable, array)),
+            ("RecdHost", size_of::<RecdHost>()),
+            ("RecdHost.ctx", offset_of!(RecdHost, ctx)),
+            ("RecdHost.score", offset_of!(RecdHost, score)),
+            ("RecdHost.emit", offset_of!(RecdHost, emit)),
+            ("RecdHost.log", offset_of!(RecdHost, log)),
+            ("RecdHost.progress", offset_of!(RecdHost, progress)),
+            ("RecdHost.is_cancelled", offset_of!(RecdHost, is_cancelled)),
+            ("RecdPluginV1", size_of::<RecdPluginV1>()),
+            ("RecdPluginV1.abi_major", offset_of!(RecdPluginV1, abi_major)),
+            ("RecdPluginV1.abi_minor", offset_of!(RecdPluginV1, abi_minor)),
+            ("RecdPluginV1.name", offset_of!(RecdPluginV1, name)),
+            ("RecdPluginV1.version", offset_of!(RecdPluginV1, version)),
+            ("RecdPluginV1.create", offset_of!(RecdPluginV1, create)),
+            ("RecdPluginV1.run", offset_of!(RecdPluginV1, run)),
+            ("RecdPluginV1.destroy", offset_of!(RecdPluginV1, destroy)),
+            ("struct ArrowSchema", size_of::<FFI_ArrowSchema>()),
+            ("struct ArrowArray", size_of::<FFI_ArrowArray>()),
+        ];
+        let consts = [
+            ("RECD_ABI_MAJOR", ABI_MAJOR as i64),
+            ("RECD_ABI_MINOR", ABI_MINOR as i64),
+            ("RECD_ERROR_MESSAGE_CAP", ERROR_MESSAGE_CAP as i64),
+            ("RECD_OK", code::OK as i64),
+            ("RECD_INVALID_PARAMS", code::INVALID_PARAMS as i64),
+            ("RECD_INVALID_INPUT", code::INVALID_INPUT as i64),
+            ("RECD_CANCELLED", code::CANCELLED as i64),
+            ("RECD_HOST", code::HOST as i64),
+            ("RECD_PANIC", code::PANIC as i64),
+            ("RECD_INTERNAL", code::INTERNAL as i64),
+            ("RECD_LOG_ERROR", level::ERROR as i64),
+            ("RECD_LOG_WARN", level::WARN as i64),
+            ("RECD_LOG_INFO", level::INFO as i64),
+            ("RECD_LOG_DEBUG", level::DEBUG as i64),
+        ];
+        let mut out: Vec<String> = lines.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        out.extend(consts.iter().map(|(n, v)| format!("{n} {v}")));
+        out.push(format!("RECD_ENTRY_SYMBOL {entry}"));
+        out
+    }
+
+    #[test]
+    fn c_header_matches_the_rust_definitions() {
+        let dir = std::env::temp_dir().join(format!("recd-header-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("probe.c");
+        let exe = dir.join("probe");
+        std::fs::write(&src, PROBE).unwrap();
+        let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+        let cc = Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", include, "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .output()
+            .expect("a C compiler (cc)");
+        assert!(cc.status.success(), "the header does not compile: {}", String::from_utf8_lossy(&cc.stderr));
+        let run = Command::new(&exe).output().unwrap();
+        let c_view: Vec<String> = String::from_utf8(run.stdout).unwrap().lines().map(str::to_owned).collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c_view, rust_view());
+    }
+}

@@ -1,7 +1,7 @@
 //! EXISTS key [key ...]: how many of the keys exist (repeats count again, as in Redis).
 use std::sync::Arc;
 
-use super::{ParseResult, lookup, wrong_args};
+use super::{ParseResult, Snapshot, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp;
 
@@ -16,7 +16,8 @@ impl Exists {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
-        let n = self.0.iter().filter(|k| lookup(daemon, k).is_some()).count();
+        let mut snapshot = Snapshot::new(daemon);
+        let n = self.0.iter().filter(|k| snapshot.get(k).is_some()).count();
         resp::integer(out, n as i64);
     }
 }

@@ -2,9 +2,10 @@
 //! (Redis would answer WRONGTYPE for a sorted set; recd offers both views of one list.)
 use std::sync::Arc;
 
-use super::{ParseResult, with_list, wrong_args};
+use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp;
+use crate::store::decode_list;
 
 pub struct Get(Vec<u8>);
 
@@ -17,15 +18,15 @@ impl Get {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
-        write_json(daemon, &self.0, out);
+        write_json(super::lookup(daemon, &self.0), out);
     }
 }
 
-/// Writes the JSON bulk for `key`, or a null bulk when it does not exist.
-pub fn write_json(daemon: &Daemon, key: &[u8], out: &mut Vec<u8>) {
-    match super::lookup(daemon, key) {
+/// Writes the JSON bulk for a stored list, or a null bulk when there is none.
+pub fn write_json(stored: Option<sled::IVec>, out: &mut Vec<u8>) {
+    match stored {
         None => resp::null(out),
-        Some(_) => with_list(daemon, key, |list| resp::bulk(out, &list_json(list))),
+        Some(bytes) => resp::bulk(out, &list_json(&decode_list(&bytes))),
     }
 }
 

@@ -16,9 +16,10 @@ impl MGet {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        let mut snapshot = super::Snapshot::new(daemon);
         resp::array_len(out, self.0.len());
         for key in &self.0 {
-            super::get::write_json(daemon, key, out);
+            super::get::write_json(snapshot.get(key), out);
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::Role;
 use super::resp;
 use crate::daemon::Daemon;
-use crate::store::decode_list;
+use crate::store::{ServedTable, decode_list};
 
 /// Per-connection state commands may read or change.
 pub struct Client {
@@ -223,18 +223,44 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
     Flow::Continue
 }
 
-/// The stored list for `key`, resolved against the version current at this moment.
-pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<sled::IVec> {
-    let colon = key.iter().position(|&b| b == b':')?;
-    let table = std::str::from_utf8(&key[..colon]).ok()?;
-    let served = daemon.store.served(table)?;
-    match served.get(&key[colon + 1..]) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(table, "store read failed: {e}");
-            None
+/// The table versions one request reads. Each table is resolved once per request, so a
+/// multi-key command (MGET, EXISTS) never mixes two versions of a table even when a
+/// publish lands while it runs.
+pub struct Snapshot<'d> {
+    daemon: &'d Daemon,
+    tables: Vec<(Vec<u8>, Option<Arc<ServedTable>>)>,
+}
+
+impl<'d> Snapshot<'d> {
+    pub fn new(daemon: &'d Daemon) -> Self {
+        Snapshot { daemon, tables: Vec::new() }
+    }
+
+    /// The stored list for `key` (`<table>:<user>`), if any.
+    pub fn get(&mut self, key: &[u8]) -> Option<sled::IVec> {
+        let colon = key.iter().position(|&b| b == b':')?;
+        let (table, user) = (&key[..colon], &key[colon + 1..]);
+        let served = match self.tables.iter().find(|(t, _)| t == table) {
+            Some((_, served)) => served.clone(),
+            None => {
+                let served = std::str::from_utf8(table).ok().and_then(|t| self.daemon.store.served(t));
+                self.tables.push((table.to_vec(), served.clone()));
+                served
+            }
+        }?;
+        match served.get(user) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(table = %String::from_utf8_lossy(table), "store read failed: {e}");
+                None
+            }
         }
     }
+}
+
+/// The stored list for `key` in the version current now.
+pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<sled::IVec> {
+    Snapshot::new(daemon).get(key)
 }
 
 /// Decoded list for `key`, best first; empty when absent.

@@ -18,24 +18,19 @@ pub struct ZRange {
 impl ZRange {
     pub fn parse(args: &[Vec<u8>]) -> ParseResult<ZRange> {
         let [key, start, stop, opts @ ..] = args else { return Err(wrong_args("zrange")) };
-        let mut z = ZRange {
-            key: key.clone(),
-            start: parse_int(start)?,
-            stop: parse_int(stop)?,
-            rev: false,
-            withscores: false,
-        };
+        let (mut rev, mut withscores) = (false, false);
+        // Options first, so `BYSCORE` gets its own message rather than "not an integer".
         for opt in opts {
             match opt.to_ascii_lowercase().as_slice() {
-                b"rev" => z.rev = true,
-                b"withscores" => z.withscores = true,
+                b"rev" => rev = true,
+                b"withscores" => withscores = true,
                 b"byscore" | b"bylex" | b"limit" => {
                     return Err("ERR recd supports ZRANGE by rank only (no BYSCORE, BYLEX or LIMIT)".into());
                 }
                 _ => return Err("ERR syntax error".into()),
             }
         }
-        Ok(z)
+        Ok(ZRange { key: key.clone(), start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {

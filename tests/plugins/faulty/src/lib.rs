@@ -1,5 +1,5 @@
 //! A plugin that misbehaves on request, for the daemon's fault-isolation tests.
-//! `mode`: "ok" emits `rows` fixed rows for user "u1"; "panic" panics in run;
+//! `mode`: "ok" emits three fixed rows for `user` (default "u1"); "panic" panics in run;
 //! "abort" aborts the process; "error" returns an error; "hang" loops forever
 //! without checking cancellation.
 
