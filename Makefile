@@ -8,7 +8,8 @@ setup:
 demo: setup
 	scripts/demo.sh
 
-test: setup
+test:
+	scripts/setup.sh --tests
 	cargo test --release --workspace
 
 lint:

@@ -24,5 +24,9 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/nul
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools redis-server >/dev/null
 fi
 
+# `--tests` builds the test targets too: dev-dependencies change the feature set of shared
+# crates, so building them in the same pass saves `cargo test` a second build of the tree.
+targets=()
+[ "${1:-}" = "--tests" ] && targets=(--all-targets)
 echo "setup: building (release)"
-cargo build --release --workspace --quiet
+cargo build --release --workspace --quiet "${targets[@]}"
