@@ -42,6 +42,13 @@ struct RawConfig {
     /// Published versions kept per table (current included).
     #[serde(default = "default_retain")]
     retain_versions: usize,
+    /// On SIGTERM, how long running jobs may finish before they are cancelled.
+    #[serde(default = "default_grace")]
+    shutdown_grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    30
 }
 
 fn default_socket_mode() -> String {
@@ -64,6 +71,7 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     pub onnxruntime: PathBuf,
     pub retain_versions: usize,
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Config {
@@ -112,6 +120,7 @@ impl Config {
             plugins_dir: abs(raw.plugins_dir),
             onnxruntime: abs(onnxruntime),
             retain_versions: raw.retain_versions.max(1),
+            shutdown_grace_seconds: raw.shutdown_grace_seconds,
         })
     }
 }

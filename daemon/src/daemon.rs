@@ -1,25 +1,33 @@
-//! The serving process's state: configuration, the store, the current job definitions
-//! (last good per file), the scheduler, and which jobs are running.
+//! The serving process's state and the life of a run: job definitions (last good per
+//! file), which jobs are running, paused or queued, and the policies applied when a run is
+//! asked for: overlap, suspension, retries with backoff, chains, run history.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::job::{self, Job, JobError};
-use crate::runner::{self, RunReport};
+use crate::job::{self, Job, JobError, Overlap};
+use crate::runner::{self, RunControl, RunError, RunReport};
+use crate::schedule;
 use crate::scheduler::Scheduler;
-use crate::store::Store;
+use crate::store::{RunRecord, Store};
+
+/// Runs kept in the history per job.
+pub const HISTORY_PER_JOB: usize = 50;
 
 pub struct Daemon {
     pub config: Config,
     pub store: Arc<Store>,
     jobs: RwLock<JobSet>,
-    running: Mutex<HashSet<String>>,
-    last_runs: Mutex<BTreeMap<String, String>>,
+    states: Mutex<HashMap<String, JobState>>,
     next_run_id: AtomicU64,
-    scheduler: tokio::sync::Mutex<Option<Scheduler>>,
+    scheduler: Mutex<Option<Arc<Scheduler>>>,
+    shutting_down: AtomicBool,
 }
 
 #[derive(Default, Clone)]
@@ -29,51 +37,106 @@ pub struct JobSet {
     pub errors: BTreeMap<String, JobError>,
 }
 
+#[derive(Default)]
+struct JobState {
+    running: Option<Arc<RunControl>>,
+    queued: bool,
+}
+
+/// What asked for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    Manual,
+    Schedule(DateTime<Utc>),
+    CatchUp(DateTime<Utc>),
+    Retry(u32),
+    After(String),
+}
+
+impl Trigger {
+    /// Scheduled, caught-up and chained runs honour `suspend` and `recd pause`.
+    fn is_automatic(&self) -> bool {
+        matches!(self, Trigger::Schedule(_) | Trigger::CatchUp(_) | Trigger::After(_))
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Manual => write!(f, "manual"),
+            Trigger::Schedule(_) => write!(f, "schedule"),
+            Trigger::CatchUp(_) => write!(f, "catch-up"),
+            Trigger::Retry(n) => write!(f, "retry {n}"),
+            Trigger::After(up) => write!(f, "after {up}"),
+        }
+    }
+}
+
 impl Daemon {
     pub fn new(config: Config, store: Store) -> Arc<Daemon> {
         // Run ids only need to be unique and increasing across restarts.
-        let seed = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let seed = Utc::now().timestamp_millis().max(0) as u64;
         Arc::new(Daemon {
             config,
             store: Arc::new(store),
             jobs: RwLock::new(JobSet::default()),
-            running: Mutex::new(HashSet::new()),
-            last_runs: Mutex::new(BTreeMap::new()),
+            states: Mutex::new(HashMap::new()),
             next_run_id: AtomicU64::new(seed),
-            scheduler: tokio::sync::Mutex::new(None),
+            scheduler: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
         })
     }
 
+    /// Starts the timers; first runs, once, each missed tick that is within its job's
+    /// `starting_deadline_seconds` (the daemon was down when it was due).
     pub async fn start_scheduler(self: &Arc<Self>) -> anyhow::Result<()> {
+        let now = Utc::now();
+        for (name, job) in self.jobs().jobs {
+            let Some(sched) = &job.schedule else { continue };
+            let last = self.store.last_tick(&name)?;
+            if let (Some(deadline), Some(last)) = (job.policy.starting_deadline, last)
+                && let Some(missed) = schedule::missed_tick_to_run(sched, last, now, deadline)
+            {
+                tracing::info!(job = %name, missed = %missed, "running a tick missed while the daemon was down");
+                self.spawn_trigger(&name, Trigger::CatchUp(missed));
+            }
+            self.store.set_last_tick(&name, now)?;
+        }
         let scheduler = Scheduler::start().await?;
-        *self.scheduler.lock().await = Some(scheduler);
-        self.sync_schedule().await
-    }
-
-    pub async fn stop_scheduler(&self) {
-        if let Some(mut s) = self.scheduler.lock().await.take() {
-            s.shutdown().await;
-        }
-    }
-
-    async fn sync_schedule(self: &Arc<Self>) -> anyhow::Result<()> {
-        let jobs = self.jobs.read().expect("jobs lock").jobs.clone();
-        if let Some(s) = self.scheduler.lock().await.as_mut() {
-            s.sync(&jobs, Arc::downgrade(self)).await?;
-        }
+        *self.scheduler.lock().expect("scheduler") = Some(scheduler);
+        self.sync_schedule().await;
         Ok(())
+    }
+
+    async fn sync_schedule(self: &Arc<Self>) {
+        let jobs = self.jobs().jobs;
+        let scheduler = self.scheduler.lock().expect("scheduler").clone();
+        if let Some(s) = scheduler {
+            s.sync(&jobs, Arc::downgrade(self)).await;
+        }
+    }
+
+    /// A scheduled tick of `name` is due.
+    pub fn on_tick(self: &Arc<Self>, name: &str, tick: DateTime<Utc>) {
+        if let Err(e) = self.store.set_last_tick(name, tick) {
+            tracing::error!(job = %name, "recording the tick: {e}");
+        }
+        self.spawn_trigger(name, Trigger::Schedule(tick));
+    }
+
+    fn spawn_trigger(self: &Arc<Self>, name: &str, trigger: Trigger) {
+        let (daemon, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = daemon.trigger(&name, trigger.clone()).await {
+                tracing::info!(job = %name, %trigger, "no run: {e}");
+            }
+        });
     }
 
     /// Re-reads the jobs folder. A file that fails keeps its previous definition; a
     /// removed file removes its job. Returns the errors, if any.
     pub async fn reload(self: &Arc<Self>) -> anyhow::Result<Vec<JobError>> {
-        let dir = self.config.jobs_dir.clone();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|e| anyhow::anyhow!("jobs folder {}: {e}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
+        let files = job_files(&self.config.jobs_dir)?;
         let errors = {
             let mut set = self.jobs.write().expect("jobs lock");
             let previous = std::mem::take(&mut *set);
@@ -83,18 +146,17 @@ impl Daemon {
                     Ok(job) => {
                         set.jobs.insert(name, job);
                     }
-                    Err(err) => {
-                        tracing::error!(file = %file.display(), "job file rejected, previous definition kept: {err}");
-                        if let Some(old) = previous.jobs.get(&name) {
-                            set.jobs.insert(name, old.clone());
-                        }
-                        set.errors.insert(file.display().to_string(), err);
-                    }
+                    Err(err) => keep_previous(&mut set, &previous, &name, file.display().to_string(), err),
                 }
+            }
+            for (file, err) in job::check_links(&set.jobs) {
+                let name = job::job_name(std::path::Path::new(&file));
+                set.jobs.remove(&name);
+                keep_previous(&mut set, &previous, &name, file, err);
             }
             set.errors.values().cloned().collect()
         };
-        self.sync_schedule().await?;
+        self.sync_schedule().await;
         Ok(errors)
     }
 
@@ -102,46 +164,231 @@ impl Daemon {
         self.jobs.read().expect("jobs lock").clone()
     }
 
-    /// Runs `name` now in a worker and publishes its table. A job already running is not
-    /// started twice.
-    pub async fn run_job(self: &Arc<Self>, name: &str) -> Result<RunReport, String> {
-        let job = {
-            let set = self.jobs.read().expect("jobs lock");
-            match set.jobs.get(name) {
-                Some(job) => job.clone(),
-                None => {
-                    let known: Vec<&str> = set.jobs.keys().map(String::as_str).collect();
-                    return Err(format!("no job named `{name}` (jobs: {})", known.join(", ")));
-                }
-            }
-        };
-        let _guard = RunningGuard::take(self, name)?;
-        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
-        let daemon = Arc::clone(self);
-        let span = tracing::info_span!("run", job = %name, run_id);
-        let result = tokio::task::spawn_blocking(move || {
-            let _enter = span.enter();
-            tracing::info!(table = %job.table, "run started");
-            runner::execute(&job, run_id, &daemon.config, &daemon.store)
+    fn job(&self, name: &str) -> Result<Job, String> {
+        let set = self.jobs.read().expect("jobs lock");
+        set.jobs.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = set.jobs.keys().map(String::as_str).collect();
+            format!("no job named `{name}` (jobs: {})", known.join(", "))
         })
-        .await
-        .map_err(|e| format!("run task failed: {e}"))?
-        .map_err(|e| format!("run {run_id} of job {name} failed: {e:#}"));
-        let line = match &result {
-            Ok(report) => {
-                tracing::info!("{report}");
-                format!("ok: {report}")
-            }
-            Err(e) => {
-                tracing::error!("{e}");
-                format!("failed: {e}")
-            }
-        };
-        self.last_runs.lock().expect("last runs").insert(name.to_string(), line);
-        result
     }
 
-    /// Human-readable state: tables and their versions, jobs, job file errors.
+    /// `recd run JOB`: runs it now (overlap policy applies) and waits for the outcome.
+    pub async fn run_job(self: &Arc<Self>, name: &str) -> Result<RunReport, String> {
+        self.trigger(name, Trigger::Manual).await
+    }
+
+    /// Runs `name` for `trigger`, applying its policies, and records the run.
+    pub async fn trigger(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<RunReport, String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("the daemon is shutting down".into());
+        }
+        let job = self.job(name)?;
+        if trigger.is_automatic() && (job.policy.suspend || self.is_paused(name)) {
+            return Err(format!("job `{name}` is suspended"));
+        }
+        let control = self.acquire(&job, &trigger).await?;
+        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let started = Utc::now();
+        let (daemon, run_job) = (Arc::clone(self), job.clone());
+        let span = tracing::info_span!("run", job = %name, run_id, trigger = %trigger);
+        let worker_control = Arc::clone(&control);
+        let result = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            tracing::info!(table = %run_job.table, "run started");
+            runner::execute(&run_job, run_id, &daemon.config, &daemon.store, &worker_control)
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));
+        self.release(name);
+        self.record(&job, run_id, &trigger, started, &result);
+        match &result {
+            Ok(report) => {
+                tracing::info!(%trigger, "{report}");
+                self.start_downstream(name);
+            }
+            Err(e) => {
+                tracing::error!(job = %name, run_id, %trigger, "run failed: {e}");
+                self.schedule_retry(&job, &trigger, e);
+            }
+        }
+        result.map_err(|e| format!("run {run_id} of job {name} failed: {e}"))
+    }
+
+    /// Claims the job for a new run according to its overlap policy.
+    async fn acquire(&self, job: &Job, trigger: &Trigger) -> Result<Arc<RunControl>, String> {
+        let mut waiting_in_queue = false;
+        loop {
+            {
+                let mut states = self.states.lock().expect("states");
+                let st = states.entry(job.name.clone()).or_default();
+                let Some(running) = &st.running else {
+                    if waiting_in_queue {
+                        st.queued = false;
+                    }
+                    let control = RunControl::new();
+                    st.running = Some(Arc::clone(&control));
+                    return Ok(control);
+                };
+                match job.policy.overlap {
+                    Overlap::Skip => {
+                        drop(states);
+                        return Err(self.skip(job, trigger, "the previous run is still going (overlap = \"skip\")"));
+                    }
+                    Overlap::Replace => running.cancel("replaced by a newer run (overlap = \"replace\")"),
+                    Overlap::Queue if !waiting_in_queue => {
+                        if st.queued {
+                            drop(states);
+                            return Err(self.skip(job, trigger, "a run is already queued (overlap = \"queue\")"));
+                        }
+                        st.queued = true;
+                        waiting_in_queue = true;
+                    }
+                    Overlap::Queue => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn release(&self, name: &str) {
+        if let Some(st) = self.states.lock().expect("states").get_mut(name) {
+            st.running = None;
+        }
+    }
+
+    /// Records a tick that did not run, and returns the reason.
+    fn skip(&self, job: &Job, trigger: &Trigger, reason: &str) -> String {
+        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now();
+        self.write_record(RunRecord {
+            run_id,
+            job: job.name.clone(),
+            trigger: trigger.to_string(),
+            started_at: stamp(now),
+            ended_at: stamp(now),
+            seconds: 0.0,
+            status: "skipped".into(),
+            table: job.table.clone(),
+            version: None,
+            users: 0,
+            rows: 0,
+            provider: None,
+            error: Some(reason.to_string()),
+        });
+        format!("skipped: {reason}")
+    }
+
+    fn record(
+        &self,
+        job: &Job,
+        run_id: u64,
+        trigger: &Trigger,
+        started: DateTime<Utc>,
+        result: &Result<RunReport, RunError>,
+    ) {
+        let ended = Utc::now();
+        let mut record = RunRecord {
+            run_id,
+            job: job.name.clone(),
+            trigger: trigger.to_string(),
+            started_at: stamp(started),
+            ended_at: stamp(ended),
+            seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
+            status: "ok".into(),
+            table: job.table.clone(),
+            version: None,
+            users: 0,
+            rows: 0,
+            provider: None,
+            error: None,
+        };
+        match result {
+            Ok(r) => {
+                record.version = Some(r.version.version);
+                record.users = r.version.users;
+                record.rows = r.version.rows;
+                record.provider = Some(r.provider.clone());
+            }
+            Err(e) => {
+                record.status = e.status().into();
+                record.error = Some(e.to_string());
+            }
+        }
+        self.write_record(record);
+    }
+
+    fn write_record(&self, record: RunRecord) {
+        if let Err(e) = self.store.record_run(&record, HISTORY_PER_JOB) {
+            tracing::error!(job = %record.job, "recording the run: {e}");
+        }
+    }
+
+    fn schedule_retry(self: &Arc<Self>, job: &Job, trigger: &Trigger, err: &RunError) {
+        if matches!(err, RunError::Cancelled(_)) {
+            return;
+        }
+        let attempt = match trigger {
+            Trigger::Retry(n) => n + 1,
+            _ => 1,
+        };
+        if attempt > job.policy.retries {
+            return;
+        }
+        let wait = job.policy.backoff(attempt);
+        tracing::info!(job = %job.name, attempt, "retrying in {}s", wait.as_secs_f64());
+        let (daemon, name) = (Arc::clone(self), job.name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            daemon.spawn_trigger(&name, Trigger::Retry(attempt));
+        });
+    }
+
+    /// Starts the jobs that run `after` this one.
+    fn start_downstream(self: &Arc<Self>, name: &str) {
+        let downstream: Vec<String> =
+            self.jobs().jobs.values().filter(|j| j.after.iter().any(|a| a == name)).map(|j| j.name.clone()).collect();
+        for job in downstream {
+            self.spawn_trigger(&job, Trigger::After(name.to_string()));
+        }
+    }
+
+    fn is_paused(&self, name: &str) -> bool {
+        self.store.paused_jobs().map(|p| p.iter().any(|j| j == name)).unwrap_or(false)
+    }
+
+    /// `recd pause|resume JOB`: stops or restarts scheduled and chained runs.
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<(), String> {
+        self.job(name)?;
+        self.store.set_paused(name, paused).map_err(|e| e.to_string())
+    }
+
+    /// Stops new runs, lets running ones finish for up to `grace`, then cancels them and
+    /// waits for their workers to end (their versions are discarded).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let scheduler = self.scheduler.lock().expect("scheduler").take();
+        if let Some(s) = scheduler {
+            s.shutdown().await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut cancelled = false;
+        loop {
+            let running: Vec<Arc<RunControl>> =
+                self.states.lock().expect("states").values().filter_map(|s| s.running.clone()).collect();
+            if running.is_empty() {
+                return;
+            }
+            if !cancelled && tokio::time::Instant::now() >= deadline {
+                tracing::warn!(runs = running.len(), "grace period over: cancelling running runs");
+                running.iter().for_each(|c| c.cancel("the daemon is shutting down"));
+                cancelled = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Human-readable state: tables and their versions, jobs with their next ticks and
+    /// recent runs, job file errors.
     pub fn status_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "tables:");
@@ -164,18 +411,23 @@ impl Daemon {
             }
         }
         let set = self.jobs();
-        let running = self.running.lock().expect("running").clone();
-        let last = self.last_runs.lock().expect("last runs").clone();
         let _ = writeln!(s, "jobs:");
         for (name, job) in &set.jobs {
-            let state = if running.contains(name) { " (running)" } else { "" };
-            let sched = job.schedule.as_deref().unwrap_or("manual");
-            let _ = writeln!(s, "  {name}{state}: schedule {sched:?}, table {}", job.table);
+            let _ = writeln!(s, "  {name}: {}", self.job_line(job));
             if let Some(d) = &job.description {
                 let _ = writeln!(s, "    {d}");
             }
-            if let Some(l) = last.get(name) {
-                let _ = writeln!(s, "    last run {l}");
+            for r in self.store.history(name, 5).unwrap_or_default() {
+                let what = match (&r.status[..], &r.error) {
+                    ("ok", _) => format!("version {} ({} users, {} rows)", r.version.unwrap_or(0), r.users, r.rows),
+                    (_, Some(e)) => e.clone(),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "    run {} [{}] {} {} {:.2}s: {what}",
+                    r.run_id, r.trigger, r.started_at, r.status, r.seconds
+                );
             }
         }
         if !set.errors.is_empty() {
@@ -186,25 +438,68 @@ impl Daemon {
         }
         s
     }
-}
 
-/// Marks a job as running for as long as it lives.
-struct RunningGuard {
-    daemon: Arc<Daemon>,
-    name: String,
-}
-
-impl RunningGuard {
-    fn take(daemon: &Arc<Daemon>, name: &str) -> Result<RunningGuard, String> {
-        if !daemon.running.lock().expect("running").insert(name.to_string()) {
-            return Err(format!("job `{name}` is already running"));
+    /// One job's schedule, state and next tick, for `recd status`.
+    fn job_line(&self, job: &Job) -> String {
+        let running = self.states.lock().expect("states").get(&job.name).is_some_and(|s| s.running.is_some());
+        let mut flags = Vec::new();
+        if running {
+            flags.push("running".to_string());
         }
-        Ok(RunningGuard { daemon: Arc::clone(daemon), name: name.to_string() })
+        if job.policy.suspend {
+            flags.push("suspended".into());
+        }
+        if self.is_paused(&job.name) {
+            flags.push("paused".into());
+        }
+        let when = match &job.schedule {
+            Some(sched) => {
+                let next = sched.upcoming(Utc::now(), 1).first().map(schedule::show).unwrap_or_default();
+                format!("schedule {:?} ({}), next {next}", sched.expr, sched.tz)
+            }
+            None if !job.after.is_empty() => format!("after {}", job.after.join(", ")),
+            None => "manual".into(),
+        };
+        let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
+        format!("{when}, table {}{flags}", job.table)
+    }
+
+    /// `recd jobs`: each job with its next `n` fire times in its zone.
+    pub fn jobs_text(&self, n: usize) -> String {
+        let mut s = String::new();
+        let now = Utc::now();
+        for (name, job) in self.jobs().jobs {
+            let _ = writeln!(s, "{name}: {}", self.job_line(&job));
+            if let Some(sched) = &job.schedule {
+                for t in sched.upcoming(now, n) {
+                    let _ = writeln!(s, "    {}", schedule::show(&t));
+                }
+            }
+        }
+        s
     }
 }
 
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        self.daemon.running.lock().expect("running").remove(&self.name);
+fn keep_previous(set: &mut JobSet, previous: &JobSet, name: &str, file: String, err: JobError) {
+    tracing::error!(file = %file, "job file rejected, previous definition kept: {err}");
+    if let Some(old) = previous.jobs.get(name) {
+        set.jobs.insert(name.to_string(), old.clone());
     }
+    set.errors.insert(file, err);
+}
+
+/// The `*.toml` files of the jobs folder, sorted.
+pub fn job_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("jobs folder {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

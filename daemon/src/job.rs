@@ -6,9 +6,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::schedule::{self, Schedule};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum JobError {
@@ -24,9 +27,34 @@ pub enum JobError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJob {
-    /// Cron expression, 5 fields (minute..weekday) or 6 with seconds first. Optional:
-    /// a job without one runs only when asked (`recd run`).
+    /// Cron expression, 5 fields (minute..weekday), 6 with seconds first, or a macro
+    /// (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`). Optional: a job without
+    /// one runs only when asked (`recd run`) or after an upstream job (`after`).
     pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in, e.g. "Europe/Berlin". Default "UTC".
+    pub timezone: Option<String>,
+    /// What a tick does while the previous run is still going: "skip" (default; the
+    /// skipped tick is recorded), "replace" (cancel the running run) or "queue" (run once
+    /// more after it).
+    pub overlap: Option<String>,
+    /// After downtime, run a missed tick once if it is at most this old. Unset: missed
+    /// ticks are not run.
+    pub starting_deadline_seconds: Option<u64>,
+    /// Extra attempts after a failed run. Default 0.
+    pub retries: Option<u32>,
+    /// Wait before the first retry; doubles for each further one. Default 10.
+    pub retry_backoff_seconds: Option<u64>,
+    /// Cap on the doubled wait. Default 360.
+    pub retry_backoff_max_seconds: Option<u64>,
+    /// A run still going after this long is cancelled, then killed; its version is
+    /// discarded. Default 3600.
+    pub timeout_seconds: Option<u64>,
+    /// `true` stops scheduled and chained runs (a manual `recd run` still works).
+    #[serde(default)]
+    pub suspend: bool,
+    /// Run this job each time one of these jobs publishes.
+    #[serde(default)]
+    pub after: Vec<String>,
     /// Plugin name (`<plugins_dir>/librecd_<name>.so`) or a path to a `.so`.
     pub plugin: String,
     /// Table the results are published to; defaults to the job name (file stem).
@@ -52,6 +80,33 @@ pub enum Device {
     Auto,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Skip,
+    Replace,
+    Queue,
+}
+
+/// How a job is run: the policies of its file, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub overlap: Overlap,
+    pub starting_deadline: Option<Duration>,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub timeout: Duration,
+    pub suspend: bool,
+}
+
+impl Policy {
+    /// Wait before retry number `attempt` (1-based): the backoff doubled per attempt, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.retry_backoff.saturating_mul(factor).min(self.retry_backoff_max)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
@@ -71,8 +126,10 @@ pub struct Input {
 pub struct Job {
     pub name: String,
     pub file: PathBuf,
-    /// The 6-field (with seconds) form of the schedule, as the scheduler wants it.
-    pub schedule: Option<String>,
+    pub schedule: Option<Schedule>,
+    pub policy: Policy,
+    /// Upstream jobs whose publishes trigger this one.
+    pub after: Vec<String>,
     pub plugin: PathBuf,
     pub table: String,
     pub model: Option<PathBuf>,
@@ -81,6 +138,8 @@ pub struct Job {
     /// `[params]` as JSON, the form the plugin ABI takes.
     pub params_json: String,
     pub description: Option<String>,
+    /// Line of the `after` key, for errors found when checking jobs together.
+    pub after_line: usize,
 }
 
 /// Reads, parses, validates and resolves one job file.
@@ -105,10 +164,7 @@ pub fn parse_and_validate(
     base: &Path,
     plugins_dir: &Path,
 ) -> Result<Job, JobError> {
-    let raw: RawJob = toml::from_str(text).map_err(|e| {
-        let (line, column) = line_col(text, e.span().map(|s| s.start).unwrap_or(0));
-        JobError::Syntax { file: file.into(), line, column, message: e.message().trim().to_string() }
-    })?;
+    let raw: RawJob = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
     validate(raw, text, file, name, base, plugins_dir)
 }
 
@@ -122,7 +178,21 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     if !valid_name(name) {
         return Err(invalid("name", format!("job name {name:?} (the file name) must be letters, digits, '-' or '_'")));
     }
-    let schedule = raw.schedule.as_deref().map(to_six_fields).transpose().map_err(|m| invalid("schedule", m))?;
+    let tz = match raw.timezone.as_deref() {
+        None => chrono_tz::Tz::UTC,
+        Some(zone) => schedule::parse_zone(zone).map_err(|m| invalid("timezone", m))?,
+    };
+    let schedule =
+        raw.schedule.as_deref().map(|s| Schedule::new(s, tz)).transpose().map_err(|m| invalid("schedule", m))?;
+    let policy = policy(&raw, &invalid)?;
+    for upstream in &raw.after {
+        if !valid_name(upstream) {
+            return Err(invalid("after", format!("{upstream:?} is not a job name (a file stem in the jobs folder)")));
+        }
+        if upstream == name {
+            return Err(invalid("after", format!("job {name:?} cannot run after itself")));
+        }
+    }
     let table = raw.table.unwrap_or_else(|| name.to_string());
     if !valid_name(&table) {
         return Err(invalid(
@@ -160,6 +230,8 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         name: name.to_string(),
         file: PathBuf::from(file),
         schedule,
+        policy,
+        after: raw.after,
         plugin,
         table,
         model: raw.model.as_deref().map(|m| absolute(base, m)),
@@ -167,7 +239,100 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         inputs,
         params_json,
         description: raw.description,
+        after_line: line_of_key(text, "after"),
     })
+}
+
+fn policy(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Policy, JobError> {
+    let overlap = match raw.overlap.as_deref().unwrap_or("skip") {
+        "skip" => Overlap::Skip,
+        "replace" => Overlap::Replace,
+        "queue" => Overlap::Queue,
+        other => return Err(invalid("overlap", format!("expected \"skip\", \"replace\" or \"queue\", got {other:?}"))),
+    };
+    let positive = |field: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(invalid(field, "must be at least 1".into())),
+        Some(n) => Ok(Duration::from_secs(n)),
+        None => Ok(Duration::from_secs(default)),
+    };
+    let retry_backoff = positive("retry_backoff_seconds", raw.retry_backoff_seconds, 10)?;
+    let retry_backoff_max = positive("retry_backoff_max_seconds", raw.retry_backoff_max_seconds, 360)?;
+    if retry_backoff_max < retry_backoff {
+        return Err(invalid(
+            "retry_backoff_max_seconds",
+            format!("{} is less than retry_backoff_seconds ({})", retry_backoff_max.as_secs(), retry_backoff.as_secs()),
+        ));
+    }
+    let retries = raw.retries.unwrap_or(0);
+    if retries > 100 {
+        return Err(invalid("retries", format!("{retries} is more than 100")));
+    }
+    Ok(Policy {
+        overlap,
+        starting_deadline: raw.starting_deadline_seconds.map(Duration::from_secs),
+        retries,
+        retry_backoff,
+        retry_backoff_max,
+        timeout: positive("timeout_seconds", raw.timeout_seconds, 3600)?,
+        suspend: raw.suspend,
+    })
+}
+
+/// Checks the jobs of one folder together: every `after` names a job of the set, and the
+/// `after` links form no cycle. Returns (file, error) for each job in violation.
+pub fn check_links(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
+    let mut errors = Vec::new();
+    for (name, job) in jobs {
+        let file = job.file.display().to_string();
+        for upstream in &job.after {
+            if !jobs.contains_key(upstream) {
+                let known: Vec<&str> = jobs.keys().map(String::as_str).collect();
+                errors.push((
+                    file.clone(),
+                    JobError::Invalid {
+                        file: file.clone(),
+                        line: job.after_line,
+                        field: "after".into(),
+                        message: format!("no job named {upstream:?} (jobs: {})", known.join(", ")),
+                    },
+                ));
+            }
+        }
+        if let Some(cycle) = cycle_through(name, jobs) {
+            errors.push((
+                file.clone(),
+                JobError::Invalid {
+                    file,
+                    line: job.after_line,
+                    field: "after".into(),
+                    message: format!("cycle: {}", cycle.join(" -> ")),
+                },
+            ));
+        }
+    }
+    errors
+}
+
+/// A path of `after` links from `start` back to itself, if there is one.
+fn cycle_through(start: &str, jobs: &BTreeMap<String, Job>) -> Option<Vec<String>> {
+    // Depth-first over "runs after" edges, downstream -> upstream.
+    let mut stack: Vec<(String, Vec<String>)> = vec![(start.to_string(), vec![start.to_string()])];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((at, path)) = stack.pop() {
+        for up in jobs.get(&at).map(|j| j.after.as_slice()).unwrap_or(&[]) {
+            if up == start {
+                let mut cycle = path.clone();
+                cycle.push(start.to_string());
+                return Some(cycle);
+            }
+            if seen.insert(up.clone()) {
+                let mut next = path.clone();
+                next.push(up.clone());
+                stack.push((up.clone(), next));
+            }
+        }
+    }
+    None
 }
 
 impl Job {
@@ -206,31 +371,34 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Accepts classic 5-field cron (minute first) and 6-field cron with seconds; returns the
-/// 6-field form. Validation follows classic cron (day-of-month OR day-of-week); note that
-/// tokio-cron-scheduler 0.15 fires with AND and in UTC: issue 3 replaces its matching.
-pub fn to_six_fields(expr: &str) -> Result<String, String> {
-    let expr = expr.trim();
-    let six = if expr.starts_with('@') {
-        expr.to_string()
-    } else {
-        match expr.split_whitespace().count() {
-            5 => format!("0 {expr}"),
-            6 => expr.to_string(),
-            n => {
-                return Err(format!(
-                    "{expr:?}: expected 5 fields (min hour day month weekday) or 6 (with seconds first), found {n}"
-                ));
-            }
-        }
-    };
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Optional)
-        .dom_and_dow(false)
-        .build()
-        .parse(&six)
-        .map_err(|e| format!("{expr:?}: {e}"))?;
-    Ok(six)
+/// A TOML or type error, located, and naming the key when the error sits on a `key = value`
+/// line and the parser's message does not name it already.
+fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> JobError {
+    let offset = e.span().map(|s| s.start).unwrap_or(0);
+    let (line, column) = line_col(text, offset);
+    let mut message = e.message().trim().to_string();
+    if let Some(key) = key_on_line(text, line)
+        && !message.contains("field `")
+    {
+        message = format!("field `{key}`: {message}");
+    }
+    JobError::Syntax { file: file.into(), line, column, message }
+}
+
+/// The dotted key assigned on `line` (1-based), with its `[table]` prefix.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let this = lines.get(line.checked_sub(1)?)?.trim_start();
+    let (key, _) = this.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return None;
+    }
+    let table = lines[..line - 1].iter().rev().map(|l| l.trim()).find(|l| l.starts_with('['));
+    Some(match table.map(|t| t.trim_matches(|c| c == '[' || c == ']').trim()) {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -261,29 +429,170 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// Each invalid job file and the exact message ops get for it.
+    const INVALID: &[(&str, &str)] = &[
+        // syntax
+        (
+            "plugin = \"ranking\"\nk = \n",
+            "jobs/j.toml:2:5: field `k`: string values must be quoted, expected literal string",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"0 3 * * *\n",
+            "jobs/j.toml:2:22: field `schedule`: invalid basic string, expected `\"`",
+        ),
+        ("plugin = \"ranking\"\n[params\nk = 1\n", "jobs/j.toml:2:8: unclosed table, expected `]`"),
+        ("plugin = \"ranking\"\nplugin = \"other\"\n", "jobs/j.toml:2:1: field `plugin`: duplicate key"),
+        (
+            "plugin = ranking\n",
+            "jobs/j.toml:1:10: field `plugin`: string values must be quoted, expected literal string",
+        ),
+        // unknown keys and wrong types
+        (
+            "plugin = \"ranking\"\nschedul = \"* * * * *\"\n",
+            "jobs/j.toml:2:1: unknown field `schedul`, expected one of `schedule`, `timezone`, `overlap`, `starting_deadline_seconds`, `retries`, `retry_backoff_seconds`, `retry_backoff_max_seconds`, `timeout_seconds`, `suspend`, `after`, `plugin`, `table`, `model`, `device`, `inputs`, `params`, `description`",
+        ),
+        (
+            "plugin = \"ranking\"\n[inputs]\nx = 1\n",
+            "jobs/j.toml:3:5: field `inputs.x`: invalid type: integer `1`, expected a string",
+        ),
+        ("plugin = [1]\n", "jobs/j.toml:1:10: field `plugin`: invalid type: sequence, expected a string"),
+        (
+            "plugin = \"ranking\"\nretries = -1\n",
+            "jobs/j.toml:2:11: field `retries`: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            "plugin = \"ranking\"\nsuspend = \"yes\"\n",
+            "jobs/j.toml:2:11: field `suspend`: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "plugin = \"ranking\"\nafter = \"ranking2\"\n",
+            "jobs/j.toml:2:9: field `after`: invalid type: string \"ranking2\", expected a sequence",
+        ),
+        (
+            "plugin = \"ranking\"\ntimeout_seconds = 1.5\n",
+            "jobs/j.toml:2:19: field `timeout_seconds`: invalid type: floating point `1.5`, expected u64",
+        ),
+        ("schedule = \"* * * * *\"\n", "jobs/j.toml:1:1: missing field `plugin`"),
+        // cron
+        (
+            "plugin = \"ranking\"\nschedule = \"* * *\"\n",
+            "jobs/j.toml:2: field `schedule`: \"* * *\": expected 5 fields (minute hour day month weekday), 6 (seconds first) or a macro like @daily, found 3",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"61 * * * *\"\n",
+            "jobs/j.toml:2: field `schedule`: \"61 * * * *\": minute 61 is out of range 0-59",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"0 25 * * *\"\n",
+            "jobs/j.toml:2: field `schedule`: \"0 25 * * *\": hour 25 is out of range 0-23",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"0 3 32 * *\"\n",
+            "jobs/j.toml:2: field `schedule`: \"0 3 32 * *\": day of month 32 is out of range 1-31",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"0 3 * 13 *\"\n",
+            "jobs/j.toml:2: field `schedule`: \"0 3 * 13 *\": month 13 is out of range 1-12",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"0 3 * * FUNDAY\"\n",
+            "jobs/j.toml:2: field `schedule`: \"0 3 * * FUNDAY\": day of week: \"FUNDAY\" is neither a number nor a name",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"@sometimes\"\n",
+            "jobs/j.toml:2: field `schedule`: \"@sometimes\": unknown macro (use one of @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually)",
+        ),
+        (
+            "plugin = \"ranking\"\nschedule = \"\"\n",
+            "jobs/j.toml:2: field `schedule`: \"\": expected 5 fields (minute hour day month weekday), 6 (seconds first) or a macro like @daily, found 0",
+        ),
+        // zone
+        (
+            "plugin = \"ranking\"\ntimezone = \"Mars/Olympus\"\n",
+            "jobs/j.toml:2: field `timezone`: unknown time zone \"Mars/Olympus\" (use an IANA name such as \"Europe/Berlin\" or \"UTC\")",
+        ),
+        (
+            "plugin = \"ranking\"\ntimezone = \"CEST+2\"\n",
+            "jobs/j.toml:2: field `timezone`: unknown time zone \"CEST+2\" (use an IANA name such as \"Europe/Berlin\" or \"UTC\")",
+        ),
+        // policies
+        (
+            "plugin = \"ranking\"\noverlap = \"allow\"\n",
+            "jobs/j.toml:2: field `overlap`: expected \"skip\", \"replace\" or \"queue\", got \"allow\"",
+        ),
+        ("plugin = \"ranking\"\ntimeout_seconds = 0\n", "jobs/j.toml:2: field `timeout_seconds`: must be at least 1"),
+        (
+            "plugin = \"ranking\"\nretry_backoff_seconds = 0\n",
+            "jobs/j.toml:2: field `retry_backoff_seconds`: must be at least 1",
+        ),
+        (
+            "plugin = \"ranking\"\nretry_backoff_seconds = 60\nretry_backoff_max_seconds = 30\n",
+            "jobs/j.toml:3: field `retry_backoff_max_seconds`: 30 is less than retry_backoff_seconds (60)",
+        ),
+        ("plugin = \"ranking\"\nretries = 1000\n", "jobs/j.toml:2: field `retries`: 1000 is more than 100"),
+        ("plugin = \"ranking\"\nafter = [\"j\"]\n", "jobs/j.toml:2: field `after`: job \"j\" cannot run after itself"),
+        (
+            "plugin = \"ranking\"\nafter = [\"not a job\"]\n",
+            "jobs/j.toml:2: field `after`: \"not a job\" is not a job name (a file stem in the jobs folder)",
+        ),
+        // names, plugin, device, inputs
+        (
+            "plugin = \"ranking\"\ntable = \"a:b\"\n",
+            "jobs/j.toml:2: field `table`: \"a:b\" must be letters, digits, '-' or '_' (it prefixes keys as `<table>:<user>`)",
+        ),
+        (
+            "plugin = \"rank ing\"\n",
+            "jobs/j.toml:1: field `plugin`: \"rank ing\" is neither a plugin name nor a path to a .so",
+        ),
+        (
+            "plugin = \"ranking\"\ndevice = \"tpu\"\n",
+            "jobs/j.toml:2: field `device`: expected \"cpu\", \"cuda\" or \"auto\", got \"tpu\"",
+        ),
+        (
+            "plugin = \"ranking\"\n[inputs]\nx = \"a.json\"\n",
+            "jobs/j.toml:3: field `inputs.x`: \"a.json\": expected a .csv or .parquet file",
+        ),
+    ];
+
     #[test]
-    fn table_of_parse_and_validation_errors() {
-        let cases: &[(&str, &str)] = &[
-            ("plugin = \"ranking\"\nschedul = \"* * * * *\"\n", "jobs/j.toml:2:1: unknown field `schedul`"),
-            (
-                "plugin = \"ranking\"\nschedule = \"* * *\"\n",
-                "jobs/j.toml:2: field `schedule`: \"* * *\": expected 5 fields",
-            ),
-            ("plugin = \"ranking\"\nschedule = \"61 * * * *\"\n", "jobs/j.toml:2: field `schedule`: \"61 * * * *\""),
-            ("plugin = \"ranking\"\ndevice = \"tpu\"\n", "jobs/j.toml:2: field `device`: expected \"cpu\""),
-            (
-                "plugin = \"ranking\"\n[inputs]\nx = \"a.json\"\n",
-                "jobs/j.toml:3: field `inputs.x`: \"a.json\": expected a .csv or .parquet",
-            ),
-            ("plugin = \"ranking\"\ntable = \"a:b\"\n", "jobs/j.toml:2: field `table`"),
-            ("plugin = [1]\n", "jobs/j.toml:1:10: invalid type"),
-            ("schedule = \"* * * * *\"\n", "missing field `plugin`"),
-            ("plugin = \"ranking\"\nk = \n", "jobs/j.toml:2:5"),
-        ];
-        for (text, want) in cases {
-            let err = check(text).expect_err(text);
-            assert!(err.contains(want), "for {text:?}\n got: {err}\nwant: {want}");
+    fn every_invalid_job_file_gets_its_exact_message() {
+        let mut bad = Vec::new();
+        for (text, want) in INVALID {
+            let got = check(text).expect_err(text);
+            if got != *want {
+                bad.push(format!("{text:?}\n   got: {got}\n  want: {want}"));
+            }
         }
+        assert!(bad.is_empty(), "{} of {} messages differ:\n{}", bad.len(), INVALID.len(), bad.join("\n"));
+    }
+
+    #[test]
+    fn after_links_must_name_jobs_and_form_no_cycle() {
+        let job = |name: &str, after: &str| {
+            let text = format!("plugin = \"x\"\nafter = [{after}]\n");
+            let job = parse_and_validate(&text, &format!("jobs/{name}.toml"), name, Path::new("/"), Path::new("/"));
+            (name.to_string(), job.unwrap())
+        };
+        let set: BTreeMap<String, Job> =
+            [job("a", "\"b\""), job("b", "\"c\""), job("c", "\"a\""), job("d", "\"a\", \"zz\"")].into_iter().collect();
+        let errors: Vec<String> = check_links(&set).into_iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            [
+                "jobs/a.toml:2: field `after`: cycle: a -> b -> c -> a",
+                "jobs/b.toml:2: field `after`: cycle: b -> c -> a -> b",
+                "jobs/c.toml:2: field `after`: cycle: c -> a -> b -> c",
+                "jobs/d.toml:2: field `after`: no job named \"zz\" (jobs: a, b, c, d)",
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let job =
+            check("plugin = \"x\"\nretries = 5\nretry_backoff_seconds = 10\nretry_backoff_max_seconds = 35\n").unwrap();
+        let waits: Vec<u64> = (1..=5).map(|n| job.policy.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 35, 35, 35]);
     }
 
     #[test]
@@ -292,7 +601,7 @@ mod tests {
             "schedule = \"30 2 * * *\"\nplugin = \"ranking\"\nmodel = \"m.onnx\"\n[inputs]\ni = \"d/i.parquet\"\n[params]\nk = 5\n",
         )
         .unwrap();
-        assert_eq!(job.schedule.as_deref(), Some("0 30 2 * * *"));
+        assert_eq!(job.schedule.as_ref().map(|s| s.expr.as_str()), Some("30 2 * * *"));
         assert_eq!(job.plugin, PathBuf::from("/plugins/librecd_ranking.so"));
         assert_eq!(job.model, Some(PathBuf::from("/base/m.onnx")));
         assert_eq!(job.inputs[0].format, InputFormat::Parquet);

@@ -6,14 +6,19 @@ mod daemon;
 mod job;
 mod loader;
 mod runner;
+mod schedule;
 mod scheduler;
 mod server;
 mod store;
+mod systemd;
+mod watch;
 mod wire;
 mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -63,6 +68,34 @@ enum Cmd {
     },
     /// Tables, versions, jobs and job file errors of the running daemon
     Status {
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Each job with its next fire times in its zone
+    Jobs {
+        /// Fire times shown per job
+        #[arg(long, default_value_t = 3)]
+        next: usize,
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// The newest runs of JOB (JSON): trigger, times, status, version, rows, error
+    History {
+        job: String,
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Stop scheduled and chained runs of JOB (kept across restarts)
+    Pause {
+        job: String,
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Undo `recd pause JOB`
+    Resume {
+        job: String,
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
@@ -126,6 +159,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             override_path(&mut config.admin_socket, admin_socket);
             print_reply(client::call(&config.admin_socket, &[b"STATUS"])?)
         }
+        Cmd::Jobs { next, admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            print_reply(client::call(&config.admin_socket, &[b"JOBS", next.to_string().as_bytes()])?)
+        }
+        Cmd::History { job, last, admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            print_reply(client::call(&config.admin_socket, &[b"HISTORY", job.as_bytes(), last.to_string().as_bytes()])?)
+        }
+        Cmd::Pause { job, admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            print_reply(client::call(&config.admin_socket, &[b"PAUSE", job.as_bytes()])?)
+        }
+        Cmd::Resume { job, admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            print_reply(client::call(&config.admin_socket, &[b"RESUME", job.as_bytes()])?)
+        }
         Cmd::Worker => unreachable!("handled in main"),
     }
 }
@@ -172,34 +221,44 @@ fn get(socket: &Path, key: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks every given file (default: the jobs folder) and reports all errors at once.
+/// `after` links are checked against the folder's jobs with the given files in place.
 fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
-    let files = if files.is_empty() {
-        let mut all: Vec<PathBuf> = std::fs::read_dir(&config.jobs_dir)
-            .map_err(|e| anyhow::anyhow!("jobs folder {}: {e}", config.jobs_dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        all.sort();
-        all
-    } else {
-        files
-    };
-    let mut failed = 0;
-    for file in &files {
-        match job::load(file, config) {
-            Ok(job) => println!(
-                "ok    {} (table {}, schedule {})",
-                file.display(),
-                job.table,
-                job.schedule.as_deref().unwrap_or("manual")
-            ),
-            Err(e) => {
-                failed += 1;
-                println!("error {e}");
-            }
+    let folder = daemon::job_files(&config.jobs_dir).unwrap_or_default();
+    let files = if files.is_empty() { folder.clone() } else { files };
+    let mut set = std::collections::BTreeMap::new();
+    for file in &folder {
+        if let Ok(job) = job::load(file, config) {
+            set.insert(job.name.clone(), job);
         }
     }
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    let mut errors: Vec<(PathBuf, String)> = Vec::new();
+    let mut checked = Vec::new();
+    for file in &files {
+        match job::load(file, config) {
+            Ok(job) => {
+                checked.push(job.name.clone());
+                set.insert(job.name.clone(), job);
+            }
+            Err(e) => errors.push((file.clone(), e.to_string())),
+        }
+    }
+    for (file, e) in job::check_links(&set) {
+        if checked.contains(&job::job_name(Path::new(&file))) {
+            errors.push((PathBuf::from(file), e.to_string()));
+        }
+    }
+    for name in &checked {
+        let job = &set[name];
+        if !errors.iter().any(|(f, _)| job::job_name(f) == *name) {
+            let when = job.schedule.as_ref().map(|s| format!("{:?} ({})", s.expr, s.tz)).unwrap_or("manual".into());
+            println!("ok    {} (table {}, schedule {when})", job.file.display(), job.table);
+        }
+    }
+    for (_, e) in &errors {
+        println!("error {e}");
+    }
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
@@ -221,7 +280,11 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     let read = bind(&config.socket, config.socket_mode)?;
     let admin = bind(&config.admin_socket, 0o600)?;
     daemon.start_scheduler().await?;
+    let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon))
+        .map_err(|e| tracing::error!("live reload is off: cannot watch {}: {e}", config.jobs_dir.display()))
+        .ok();
     tracing::info!(socket = %config.socket.display(), admin = %config.admin_socket.display(), "serving");
+    systemd::notify("READY=1");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -232,14 +295,20 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => watch::reload(&daemon, "SIGHUP").await,
+        }
     }
+    systemd::notify("STOPPING=1");
+    // Reads go on while running jobs get their grace period.
+    daemon.shutdown(Duration::from_secs(config.shutdown_grace_seconds)).await;
     let _ = stop_tx.send(true);
     let _ = read_server.await;
     let _ = admin_server.await;
-    daemon.stop_scheduler().await;
     daemon.store.flush()?;
     for path in [&config.socket, &config.admin_socket] {
         let _ = std::fs::remove_file(path);

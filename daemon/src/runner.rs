@@ -4,9 +4,9 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
@@ -47,8 +47,117 @@ impl std::fmt::Display for RunReport {
     }
 }
 
-/// Runs `job` once in a worker process and publishes its table.
-pub fn execute(job: &Job, run_id: u64, config: &Config, store: &Store) -> anyhow::Result<RunReport> {
+/// Why a run did not publish.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out after {0}s; the worker was stopped and its version discarded")]
+    TimedOut(u64),
+    #[error("cancelled ({0}); the worker was stopped and its version discarded")]
+    Cancelled(String),
+}
+
+impl RunError {
+    /// The word run history records.
+    pub fn status(&self) -> &'static str {
+        match self {
+            RunError::Failed(_) => "failed",
+            RunError::TimedOut(_) => "timeout",
+            RunError::Cancelled(_) => "cancelled",
+        }
+    }
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(e: anyhow::Error) -> Self {
+        RunError::Failed(format!("{e:#}"))
+    }
+}
+
+impl From<crate::store::StoreError> for RunError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RunError::Failed(format!("store: {e}"))
+    }
+}
+
+/// How long a worker asked to stop (its stdin closed, which plugins see through the
+/// cancellation callback) gets before it is killed.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// Lets the daemon stop a run: `cancel` asks, the watchdog enforces.
+#[derive(Default)]
+pub struct RunControl {
+    state: Mutex<Control>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Control {
+    stop: Option<RunError>,
+    done: bool,
+}
+
+impl RunControl {
+    pub fn new() -> Arc<RunControl> {
+        Arc::new(RunControl::default())
+    }
+
+    /// Asks the run to stop; the first reason given is the one reported.
+    pub fn cancel(&self, reason: &str) {
+        let mut st = self.state.lock().expect("control lock");
+        if st.stop.is_none() {
+            st.stop = Some(RunError::Cancelled(reason.to_string()));
+        }
+        self.changed.notify_all();
+    }
+
+    fn finish(&self) {
+        self.state.lock().expect("control lock").done = true;
+        self.changed.notify_all();
+    }
+
+    fn stop_reason(&self) -> Option<RunError> {
+        self.state.lock().expect("control lock").stop.clone()
+    }
+
+    /// Waits for the run to end, a cancel or the timeout. When stopped: closes the worker's
+    /// stdin to ask it to stop, waits `CANCEL_GRACE`, then kills it.
+    fn watch(&self, timeout: Duration, stdin: ChildStdin, child: &Mutex<Child>) {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().expect("control lock");
+        while !st.done && st.stop.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                st.stop = Some(RunError::TimedOut(timeout.as_secs()));
+                break;
+            }
+            st = self.changed.wait_timeout(st, deadline - now).expect("control lock").0;
+        }
+        if st.done {
+            return;
+        }
+        drop(stdin);
+        let grace_end = Instant::now() + CANCEL_GRACE;
+        while !st.done && Instant::now() < grace_end {
+            st = self.changed.wait_timeout(st, grace_end - Instant::now()).expect("control lock").0;
+        }
+        if !st.done {
+            tracing::warn!("worker did not stop within {}s of being asked: killing it", CANCEL_GRACE.as_secs());
+            let _ = child.lock().expect("child lock").kill();
+        }
+    }
+}
+
+/// Runs `job` once in a worker process and publishes its table, unless `control` stops it
+/// or it outlives the job's timeout.
+pub fn execute(
+    job: &Job,
+    run_id: u64,
+    config: &Config,
+    store: &Store,
+    control: &Arc<RunControl>,
+) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let spec = RunSpec {
         job: job.name.clone(),
@@ -60,36 +169,46 @@ pub fn execute(job: &Job, run_id: u64, config: &Config, store: &Store) -> anyhow
         device: job.device,
         onnxruntime: config.onnxruntime.clone(),
     };
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe().map_err(anyhow::Error::from)?;
     let mut child = Command::new(exe)
         .arg("worker")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start a worker: {e}"))?;
+        .map_err(|e| RunError::Failed(format!("cannot start a worker: {e}")))?;
     let stderr_tail = forward_stderr(child.stderr.take().expect("piped stderr"), job.name.clone(), run_id);
-    {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        // A worker that dies at once closes its stdin; its exit status tells why.
-        let _ = stdin.write_all(&serde_json::to_vec(&spec)?);
-    }
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+    // The spec is one line; stdin then stays open: closing it is how we ask the worker to
+    // stop. A worker that dies at once breaks the pipe; its exit status tells why.
+    let mut line = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
+    line.push(b'\n');
+    let _ = stdin.write_all(&line);
+    let child = Arc::new(Mutex::new(child));
+    let watchdog = {
+        let (control, child, timeout) = (Arc::clone(control), Arc::clone(&child), job.policy.timeout);
+        std::thread::spawn(move || control.watch(timeout, stdin, &child))
+    };
+
     let staged = store.stage(&job.table, &job.name, run_id)?;
     let mut collector = Collector::new(staged);
-    let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
     let streamed = read_worker(&mut stdout, &mut collector);
     if streamed.is_err() {
-        let _ = child.kill();
+        let _ = child.lock().expect("child lock").kill();
     }
-    let status = child.wait()?;
+    let status = child.lock().expect("child lock").wait().map_err(anyhow::Error::from)?;
+    control.finish();
+    let _ = watchdog.join();
     let tail = stderr_tail.join().unwrap_or_default();
-    let outcome = match streamed {
-        Err(e) => Err(e),
-        Ok(Some(Message::Done { provider, .. })) if status.success() => Ok(provider),
-        Ok(Some(Message::Failed { error })) => Err(anyhow::anyhow!("{error}")),
-        Ok(_) => Err(anyhow::anyhow!("worker died ({}){}", describe(status), tail_text(&tail))),
+    let outcome = match (control.stop_reason(), streamed) {
+        (Some(stop), _) => Err(stop),
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(Some(Message::Done { provider, .. }))) if status.success() => Ok(provider),
+        (None, Ok(Some(Message::Failed { error }))) => Err(RunError::Failed(error)),
+        (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    match outcome.and_then(|provider| collector.finish_user().map(|()| provider)) {
+    match outcome.and_then(|provider| collector.finish_user().map(|()| provider).map_err(RunError::from)) {
         Ok(provider) => {
             let version = store.publish(collector.into_staged())?;
             Ok(RunReport {

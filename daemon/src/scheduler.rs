@@ -1,68 +1,130 @@
-//! Cron scheduling with tokio-cron-scheduler. Each job with a `schedule` gets one cron
-//! entry that asks the daemon to run it; an overlapping tick is skipped by
-//! `Daemon::run_job`. (Time zones, DST, policies and history come with the scheduling
-//! work; see docs/ARCHITECTURE.md.)
+//! Fires scheduled jobs. recd computes each next fire time itself ([`Schedule`], correct in
+//! every time zone and across DST) and arms a one-shot timer for it in tokio-cron-scheduler;
+//! when it fires, the job's tick is handed to the daemon and the next one is armed. A job
+//! whose schedule changes (reload) gets a new generation; timers of an old generation do
+//! nothing when they fire.
 
-use std::collections::BTreeMap;
-use std::sync::Weak;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
+use chrono::{DateTime, Utc};
 use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
 use uuid::Uuid;
 
 use crate::daemon::Daemon;
 use crate::job::Job;
+use crate::schedule::Schedule;
 
 pub struct Scheduler {
     inner: JobScheduler,
-    /// job name -> (cron entry, its 6-field schedule)
-    entries: BTreeMap<String, (Uuid, String)>,
+    entries: Mutex<HashMap<String, Entry>>,
+    next_generation: AtomicU64,
+}
+
+struct Entry {
+    schedule: Schedule,
+    generation: u64,
+    timer: Option<Uuid>,
 }
 
 impl Scheduler {
-    pub async fn start() -> anyhow::Result<Scheduler> {
+    pub async fn start() -> anyhow::Result<Arc<Scheduler>> {
         let inner = JobScheduler::new().await?;
         inner.start().await?;
-        Ok(Scheduler { inner, entries: BTreeMap::new() })
+        Ok(Arc::new(Scheduler { inner, entries: Mutex::new(HashMap::new()), next_generation: AtomicU64::new(1) }))
     }
 
-    /// Makes the cron entries match `jobs`: adds new schedules, replaces changed ones,
-    /// removes those of deleted jobs.
-    pub async fn sync(&mut self, jobs: &BTreeMap<String, Job>, daemon: Weak<Daemon>) -> anyhow::Result<()> {
-        let stale: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(name, (_, sched))| jobs.get(*name).and_then(|j| j.schedule.as_ref()) != Some(sched))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stale {
-            if let Some((id, _)) = self.entries.remove(&name) {
-                self.inner.remove(&id).await?;
+    /// Makes the timers match `jobs`: new schedules are armed, changed ones re-armed,
+    /// removed ones dropped. Suspension is checked when a tick fires, not here.
+    pub async fn sync(self: &Arc<Self>, jobs: &BTreeMap<String, Job>, daemon: Weak<Daemon>) {
+        let mut stale = Vec::new();
+        let mut fresh = Vec::new();
+        {
+            let mut entries = self.entries.lock().expect("entries");
+            entries.retain(|name, entry| {
+                let keep = jobs.get(name).and_then(|j| j.schedule.as_ref()) == Some(&entry.schedule);
+                if !keep {
+                    stale.extend(entry.timer);
+                }
+                keep
+            });
+            for (name, job) in jobs {
+                if let (Some(schedule), false) = (&job.schedule, entries.contains_key(name)) {
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    entries.insert(name.clone(), Entry { schedule: schedule.clone(), generation, timer: None });
+                    fresh.push((name.clone(), generation));
+                }
             }
         }
-        for (name, job) in jobs {
-            let Some(schedule) = &job.schedule else { continue };
-            if self.entries.contains_key(name) {
-                continue;
-            }
-            let (job_name, weak) = (name.clone(), daemon.clone());
-            let entry = CronJob::new_async(schedule.as_str(), move |_id, _lock| {
-                let (name, weak) = (job_name.clone(), weak.clone());
-                Box::pin(async move {
-                    let Some(daemon) = weak.upgrade() else { return };
-                    if let Err(e) = daemon.run_job(&name).await {
-                        tracing::warn!(job = %name, "scheduled run: {e}");
-                    }
-                })
+        for timer in stale {
+            let _ = self.inner.remove(&timer).await;
+        }
+        for (name, generation) in fresh {
+            self.arm(name, generation, Utc::now(), daemon.clone()).await;
+        }
+    }
+
+    /// Arms the timer for the first tick of `name` after `after`. (Boxed with an explicit
+    /// `Send`: the timer re-arms itself, and a recursive `async fn` cannot prove it.)
+    fn arm(
+        self: &Arc<Self>,
+        name: String,
+        generation: u64,
+        after: DateTime<Utc>,
+        daemon: Weak<Daemon>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let me = Arc::clone(self);
+        Box::pin(async move { me.arm_now(name, generation, after, daemon).await })
+    }
+
+    async fn arm_now(self: Arc<Self>, name: String, generation: u64, after: DateTime<Utc>, daemon: Weak<Daemon>) {
+        let Some(tick) = self.schedule_of(&name, generation).and_then(|s| s.next_after(after)) else { return };
+        let delay = (tick - Utc::now()).to_std().unwrap_or_default();
+        let me = Arc::downgrade(&self);
+        let job_name = name.clone();
+        let timer = CronJob::new_one_shot_at_instant_async(std::time::Instant::now() + delay, move |_id, _lock| {
+            let (me, daemon, name) = (me.clone(), daemon.clone(), job_name.clone());
+            Box::pin(async move {
+                let Some(me) = me.upgrade() else { return };
+                if me.schedule_of(&name, generation).is_none() {
+                    return; // re-scheduled or removed since this timer was armed
+                }
+                if let Some(d) = daemon.upgrade() {
+                    d.on_tick(&name, tick);
+                }
+                me.arm(name, generation, tick, daemon).await;
             })
-            .map_err(|e| anyhow::anyhow!("job {name}: schedule {schedule:?}: {e}"))?;
-            let id = self.inner.add(entry).await?;
-            self.entries.insert(name.clone(), (id, schedule.clone()));
+        });
+        let id = match timer {
+            Ok(timer) => self.inner.add(timer).await,
+            Err(e) => {
+                tracing::error!(job = %name, "cannot arm the next tick: {e}");
+                return;
+            }
+        };
+        match id {
+            Ok(id) => {
+                if let Some(entry) = self.entries.lock().expect("entries").get_mut(&name)
+                    && entry.generation == generation
+                {
+                    entry.timer = Some(id);
+                }
+            }
+            Err(e) => tracing::error!(job = %name, "cannot arm the next tick: {e}"),
         }
-        Ok(())
     }
 
-    pub async fn shutdown(&mut self) {
-        if let Err(e) = self.inner.shutdown().await {
+    fn schedule_of(&self, name: &str, generation: u64) -> Option<Schedule> {
+        let entries = self.entries.lock().expect("entries");
+        entries.get(name).filter(|e| e.generation == generation).map(|e| e.schedule.clone())
+    }
+
+    pub async fn shutdown(&self) {
+        let mut inner = self.inner.clone();
+        if let Err(e) = inner.shutdown().await {
             tracing::warn!("scheduler shutdown: {e}");
         }
     }

@@ -22,6 +22,10 @@ const META_TREE: &str = "meta";
 const KEY_FORMAT: &[u8] = b"format_version";
 const TABLE_KEY_PREFIX: &str = "table/";
 const DATA_TREE_PREFIX: &str = "data/";
+/// Run history: key `<job>\0<run id, big-endian>`, value a [`RunRecord`] as JSON.
+const HISTORY_TREE: &str = "history";
+/// Scheduler state: key `tick/<job>`, value the last scheduled tick (RFC 3339).
+const STATE_TREE: &str = "state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,9 +73,32 @@ impl ServedTable {
     }
 }
 
+/// One run of a job, as kept in the history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub run_id: u64,
+    pub job: String,
+    /// What started it: "schedule", "manual", "retry N", "after <job>", "catch-up".
+    pub trigger: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub seconds: f64,
+    /// "ok", "failed", "timeout", "cancelled" or "skipped".
+    pub status: String,
+    pub table: String,
+    pub version: Option<u64>,
+    pub users: u64,
+    pub rows: u64,
+    /// Execution provider that scored ("cpu", "cuda", "none").
+    pub provider: Option<String>,
+    pub error: Option<String>,
+}
+
 pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
+    history: sled::Tree,
+    state: sled::Tree,
     served: RwLock<HashMap<String, Arc<ServedTable>>>,
     retain: usize,
     /// Serialises publishes so version numbers and meta updates never race.
@@ -90,6 +117,8 @@ impl Store {
             Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
         }
         let store = Store {
+            history: db.open_tree(HISTORY_TREE)?,
+            state: db.open_tree(STATE_TREE)?,
             db,
             meta,
             served: RwLock::new(HashMap::new()),
@@ -224,6 +253,64 @@ impl Store {
         Ok(())
     }
 
+    /// Appends a run to its job's history and keeps the newest `keep` of that job.
+    pub fn record_run(&self, record: &RunRecord, keep: usize) -> Result<(), StoreError> {
+        let prefix = history_prefix(&record.job);
+        let mut key = prefix.clone();
+        key.extend_from_slice(&record.run_id.to_be_bytes());
+        self.history.insert(key, serde_json::to_vec(record).expect("record serialises"))?;
+        let keys: Vec<sled::IVec> = self.history.scan_prefix(&prefix).keys().collect::<Result<_, _>>()?;
+        for old in keys.iter().take(keys.len().saturating_sub(keep)) {
+            self.history.remove(old)?;
+        }
+        self.history.flush()?;
+        Ok(())
+    }
+
+    /// The newest `n` runs of `job`, newest first.
+    pub fn history(&self, job: &str, n: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.history.scan_prefix(history_prefix(job)).rev().take(n) {
+            let (_, value) = entry?;
+            if let Ok(record) = serde_json::from_slice(&value) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last tick the scheduler handled for `job` (run, skipped or missed on purpose).
+    pub fn last_tick(&self, job: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let Some(v) = self.state.get(format!("tick/{job}"))? else { return Ok(None) };
+        Ok(chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(&v)).ok().map(|t| t.to_utc()))
+    }
+
+    pub fn set_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
+        self.state.flush()?;
+        Ok(())
+    }
+
+    /// Jobs paused with `recd pause` (kept across restarts).
+    pub fn paused_jobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.state.scan_prefix("paused/").keys() {
+            out.push(String::from_utf8_lossy(&key?["paused/".len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn set_paused(&self, job: &str, paused: bool) -> Result<(), StoreError> {
+        let key = format!("paused/{job}");
+        if paused {
+            self.state.insert(key, &b"1"[..])?;
+        } else {
+            self.state.remove(key)?;
+        }
+        self.state.flush()?;
+        Ok(())
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
@@ -267,6 +354,12 @@ impl StagedVersion {
         }
         Ok(())
     }
+}
+
+fn history_prefix(job: &str) -> Vec<u8> {
+    let mut p = job.as_bytes().to_vec();
+    p.push(0);
+    p
 }
 
 fn table_key(table: &str) -> Vec<u8> {
@@ -369,6 +462,37 @@ mod tests {
         let (_, meta) = store.tables().unwrap().remove(0);
         let kept: Vec<u64> = meta.versions.iter().map(|v| v.version).collect();
         assert_eq!(kept, vec![2, 3]);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_runs_per_job_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |job: &str, run_id: u64| RunRecord {
+            run_id,
+            job: job.into(),
+            trigger: "manual".into(),
+            started_at: String::new(),
+            ended_at: String::new(),
+            seconds: 0.0,
+            status: "ok".into(),
+            table: job.into(),
+            version: None,
+            users: 0,
+            rows: 0,
+            provider: None,
+            error: None,
+        };
+        {
+            let store = Store::open(dir.path(), 2).unwrap();
+            for id in [5, 300, 7, 1000] {
+                store.record_run(&record("a", id), 3).unwrap();
+            }
+            store.record_run(&record("ab", 1), 3).unwrap();
+        }
+        let store = Store::open(dir.path(), 2).unwrap();
+        let ids: Vec<u64> = store.history("a", 10).unwrap().iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, vec![1000, 300, 7]);
+        assert_eq!(store.history("ab", 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod util;
 
 mod faults;
 mod jobs;
+mod policies;
 mod protocol;
 mod publish;
 mod ranking;

@@ -40,6 +40,11 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts `recd serve` with the given job files (name, contents) in its jobs folder.
     pub fn start(jobs: &[(&str, &str)]) -> TestDaemon {
+        Self::start_with(jobs, "")
+    }
+
+    /// Like `start`, with extra `recd.toml` lines.
+    pub fn start_with(jobs: &[(&str, &str)], extra_config: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         for (name, text) in jobs {
@@ -49,7 +54,7 @@ impl TestDaemon {
             "data_dir = \"data\"\nsocket = \"recd.sock\"\nadmin_socket = \"admin.sock\"\njobs_dir = \"jobs\"\nplugins_dir = \"{}\"\nonnxruntime = \"{}\"\n",
             plugins_dir().display(),
             onnxruntime().display()
-        );
+        ) + extra_config;
         std::fs::write(dir.path().join("recd.toml"), config).unwrap();
         let mut d = TestDaemon { dir, child: None };
         d.spawn();
@@ -127,6 +132,38 @@ impl TestDaemon {
             .expect("redis-cli (make setup installs redis-tools)");
         assert!(out.status.success(), "redis-cli failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The job's run history, newest first, via the admin socket.
+    pub fn history(&self, job: &str) -> Vec<serde_json::Value> {
+        let mut admin = self.admin();
+        let text: String = redis::cmd("HISTORY").arg(job).arg(100).query(&mut admin).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Replaces a job file the way editors do: write a temp file, rename it over.
+    pub fn write_job(&self, name: &str, text: &str) {
+        let tmp = self.jobs_dir().join(format!(".{name}.toml.swp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.jobs_dir().join(format!("{name}.toml"))).unwrap();
+    }
+
+    /// Polls `f` every 50 ms until it returns Some, or fails after `secs` seconds.
+    pub fn wait_for<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the daemon again on the same folder (after `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        self.spawn();
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -7,8 +7,9 @@ mod engine;
 mod inputs;
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
@@ -27,9 +28,10 @@ pub fn main() -> ExitCode {
         }
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
-    let result = serde_json::from_reader::<_, RunSpec>(std::io::stdin().lock())
-        .map_err(|e| anyhow::anyhow!("reading the run spec: {e}"))
-        .and_then(|spec| run(&spec, &mut out));
+    let result = read_spec().and_then(|spec| {
+        watch_for_cancel();
+        run(&spec, &mut out)
+    });
     let (message, code) = match result {
         Ok((provider, rows)) => (Message::Done { provider, rows }, ExitCode::SUCCESS),
         Err(e) => (Message::Failed { error: format!("{e:#}") }, ExitCode::FAILURE),
@@ -38,6 +40,26 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     code
+}
+
+/// Set once the daemon closes our stdin: it wants the run to stop (timeout, replace,
+/// shutdown), or it is gone.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// The spec is the first line of stdin.
+fn read_spec() -> anyhow::Result<RunSpec> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("reading the run spec: {e}"))
+}
+
+/// After the spec, stdin stays open and silent until the daemon wants us to stop.
+fn watch_for_cancel() {
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().lock().read(&mut sink), Ok(n) if n > 0) {}
+        CANCELLED.store(true, Ordering::Relaxed);
+    });
 }
 
 fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64)> {
@@ -107,7 +129,7 @@ impl Host for WorkerHost<'_> {
     }
 
     fn is_cancelled(&mut self) -> bool {
-        self.broken
+        self.broken || CANCELLED.load(Ordering::Relaxed)
     }
 }
 

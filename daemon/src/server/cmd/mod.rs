@@ -9,8 +9,11 @@ mod echo;
 mod exists;
 mod get;
 mod hello;
+mod history;
 mod info;
+mod jobs;
 mod mget;
+mod pause;
 mod ping;
 mod reload;
 mod run;
@@ -59,6 +62,9 @@ pub enum Command {
     Run(run::Run),
     Reload,
     Status,
+    Jobs(jobs::Jobs),
+    History(history::History),
+    Pause(pause::Pause),
 }
 
 /// Commands that change data in Redis: answered with `-READONLY`.
@@ -169,12 +175,16 @@ impl Command {
             "mget" => Command::MGet(mget::MGet::parse(rest)?),
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
-            "run" | "reload" | "status" if role != Role::Admin => {
+            "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" if role != Role::Admin => {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
             }
             "run" => Command::Run(run::Run::parse(rest)?),
             "reload" => Command::Reload,
             "status" => Command::Status,
+            "jobs" => Command::Jobs(jobs::Jobs::parse(rest)?),
+            "history" => Command::History(history::History::parse(rest)?),
+            "pause" => Command::Pause(pause::Pause::parse(rest, true)?),
+            "resume" => Command::Pause(pause::Pause::parse(rest, false)?),
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
             }
@@ -219,6 +229,9 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
         Command::Run(c) => c.apply(daemon, out).await,
         Command::Reload => reload::apply(daemon, out).await,
         Command::Status => status::apply(daemon, out),
+        Command::Jobs(c) => c.apply(daemon, out),
+        Command::History(c) => c.apply(daemon, out),
+        Command::Pause(c) => c.apply(daemon, out),
     }
     Flow::Continue
 }

@@ -1,7 +1,8 @@
 //! A plugin that misbehaves on request, for the daemon's fault-isolation tests.
 //! `mode`: "ok" emits three fixed rows for `user` (default "u1"); "panic" panics in run;
-//! "abort" aborts the process; "error" returns an error; "hang" loops forever
-//! without checking cancellation.
+//! "abort" aborts the process; "error" returns an error; "hang" loops forever without
+//! checking cancellation; "slow" takes `seconds`, checking cancellation, then emits like
+//! "ok"; "flaky" fails its first `fail_first` runs (counted in `state_file`), then emits.
 
 use std::sync::Arc;
 
@@ -16,6 +17,12 @@ struct Params {
     mode: String,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    seconds: f64,
+    #[serde(default)]
+    state_file: Option<String>,
+    #[serde(default)]
+    fail_first: u32,
 }
 
 struct Faulty {
@@ -38,6 +45,29 @@ impl Strategy for Faulty {
             "hang" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             },
+            "slow" => {
+                let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(self.params.seconds);
+                while std::time::Instant::now() < end {
+                    if ctx.is_cancelled() {
+                        return Err(PluginError::cancelled());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                ctx.emit(rows(self.params.user.as_deref().unwrap_or("u1")))
+            }
+            "flaky" => {
+                let file = self
+                    .params
+                    .state_file
+                    .as_deref()
+                    .ok_or_else(|| PluginError::params("params.state_file: required"))?;
+                let runs: u32 = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) + 1;
+                std::fs::write(file, runs.to_string()).map_err(|e| PluginError::internal(e.to_string()))?;
+                if runs <= self.params.fail_first {
+                    return Err(PluginError::internal(format!("flaky failure {runs} of {}", self.params.fail_first)));
+                }
+                ctx.emit(rows(self.params.user.as_deref().unwrap_or("u1")))
+            }
             other => Err(PluginError::params(format!("params.mode: unknown mode `{other}`"))),
         }
     }

@@ -1,0 +1,313 @@
+//! When jobs fire: cron expressions evaluated in each job's IANA time zone.
+//!
+//! recd computes fire times itself (with croner, the parser tokio-cron-scheduler uses)
+//! instead of letting tokio-cron-scheduler match them, because that crate captures a fixed
+//! UTC offset when a job is created (wrong after a DST change) and combines day-of-month
+//! and day-of-week with AND. Here:
+//! - 5 fields (minute hour day month weekday) as in classic cron, or 6 with seconds first,
+//!   or a macro (`@hourly`, `@daily`/`@midnight`, `@weekly`, `@monthly`, `@yearly`/`@annually`);
+//! - day-of-month and day-of-week combine with OR when both are restricted, as in classic
+//!   cron (`0 9 1 * MON` is the 1st of the month and every Monday);
+//! - DST, as Vixie cron does it: a job at a fixed time that falls in a skipped hour runs at
+//!   the first valid time after the gap; in a repeated hour it runs once, at the first
+//!   occurrence. Interval jobs (a wildcard or step in seconds, minutes or hours) follow
+//!   real time: they skip the nonexistent times and run in both passes of a repeated hour.
+
+use chrono::{DateTime, FixedOffset, Offset, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds};
+use croner::{Cron, JobType};
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// As written in the job file.
+    pub expr: String,
+    pub tz: Tz,
+    cron: Cron,
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr && self.tz == other.tz
+    }
+}
+
+const MACROS: &[&str] = &["@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"];
+
+/// Parses a cron expression; the error names the field at fault where it can.
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    let trimmed = expr.trim();
+    if trimmed.starts_with('@') {
+        if !MACROS.iter().any(|m| m.eq_ignore_ascii_case(trimmed)) {
+            return Err(format!("{expr:?}: unknown macro (use one of {})", MACROS.join(", ")));
+        }
+    } else {
+        let n = trimmed.split_whitespace().count();
+        if n != 5 && n != 6 {
+            return Err(format!(
+                "{expr:?}: expected 5 fields (minute hour day month weekday), 6 (seconds first) or a macro like @daily, found {n}"
+            ));
+        }
+    }
+    CronParser::builder().seconds(Seconds::Optional).dom_and_dow(false).build().parse(trimmed).map_err(|e| {
+        let detail = field_problem(trimmed).unwrap_or_else(|| e.to_string().trim_end_matches('.').to_string());
+        format!("{expr:?}: {detail}")
+    })
+}
+
+const MONTHS: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
+const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Finds a number outside its field's range, to say which field is wrong (croner only
+/// says "Number out of bounds").
+fn field_problem(expr: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let parts: Vec<&str> = expr.split_whitespace().collect();
+    let fields = if parts.len() == 5 { &FIELDS[1..] } else { &FIELDS[..] };
+    for (part, (name, lo, hi)) in parts.iter().zip(fields) {
+        let (range, step) = part.split_once('/').unwrap_or((part, ""));
+        for token in range.split([',', '-']).chain(std::iter::once(step)).filter(|t| !t.is_empty() && *t != "*") {
+            match token.parse::<u32>() {
+                Ok(n) if n < *lo || n > *hi => return Some(format!("{name} {n} is out of range {lo}-{hi}")),
+                Ok(_) => {}
+                Err(_) if *name == "month" && MONTHS.contains(&token.to_ascii_uppercase().as_str()) => {}
+                Err(_) if *name == "day of week" && DAYS.contains(&token.to_ascii_uppercase().as_str()) => {}
+                Err(_) => return Some(format!("{name}: {token:?} is neither a number nor a name")),
+            }
+        }
+    }
+    None
+}
+
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as \"Europe/Berlin\" or \"UTC\")"))
+}
+
+impl Schedule {
+    pub fn new(expr: &str, tz: Tz) -> Result<Schedule, String> {
+        Ok(Schedule { expr: expr.trim().to_string(), tz, cron: parse_cron(expr)? })
+    }
+
+    /// The first fire time strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self.cron.determine_job_type() {
+            JobType::FixedTime => self.next_fixed_time(t),
+            JobType::IntervalWildcard => self.next_real_time(t),
+        }
+    }
+
+    /// Fixed-time jobs: croner's wall-clock walk already snaps a time in a DST gap to the
+    /// end of the gap and picks the first pass of a repeated hour. It may hand back that
+    /// first pass when `t` is inside the second one, hence the look-ahead and filter.
+    fn next_fixed_time(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.iter_after(t.with_timezone(&self.tz)).take(4).map(|d| d.with_timezone(&Utc)).find(|d| *d > t)
+    }
+
+    /// Interval jobs follow real time: match the wall clock under the offset in force, and
+    /// when the zone's offset changes before the match, continue from the change under the
+    /// new offset. Skipped wall times never match; repeated ones match in both passes.
+    fn next_real_time(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (mut from, mut offset) = (t, self.offset_at(t));
+        for _ in 0..8 {
+            let next = self.cron.find_next_occurrence(&from.with_timezone(&offset), false).ok()?.with_timezone(&Utc);
+            if self.offset_at(next) == offset {
+                return Some(next);
+            }
+            let change = self.first_change(from, next, offset);
+            // Search again from just before the change, reading the wall clock the new way.
+            (from, offset) = (change - TimeDelta::seconds(1), self.offset_at(change));
+        }
+        None
+    }
+
+    fn offset_at(&self, t: DateTime<Utc>) -> FixedOffset {
+        self.tz.offset_from_utc_datetime(&t.naive_utc()).fix()
+    }
+
+    /// The first instant in `(lo, hi]` whose offset is not `offset` (it exists: hi's differs).
+    fn first_change(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>, offset: FixedOffset) -> DateTime<Utc> {
+        while hi - lo > TimeDelta::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            if self.offset_at(mid) == offset {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
+    }
+
+    /// The next `n` fire times after `t`, in real-time order, shown in the job's zone.
+    pub fn upcoming(&self, t: DateTime<Utc>, n: usize) -> Vec<DateTime<Tz>> {
+        std::iter::successors(self.next_after(t), |&d| self.next_after(d))
+            .take(n)
+            .map(|d| d.with_timezone(&self.tz))
+            .collect()
+    }
+
+    /// The latest fire time in `(after, until]`, if any: the tick a daemon that was down
+    /// over that span missed most recently.
+    pub fn last_in(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let prev = self.cron.find_previous_occurrence(&until.with_timezone(&self.tz), true).ok()?;
+        let prev = prev.with_timezone(&Utc);
+        (prev > after).then_some(prev)
+    }
+}
+
+/// After downtime: the missed tick to run now, if the latest tick in `(last, now]` is at
+/// most `deadline` old. Older misses are not replayed (runs must be idempotent, and one
+/// run brings the table up to date).
+pub fn missed_tick_to_run(
+    schedule: &Schedule,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+    deadline: std::time::Duration,
+) -> Option<DateTime<Utc>> {
+    let missed = schedule.last_in(last, now)?;
+    let age = (now - missed).to_std().unwrap_or_default();
+    (age <= deadline).then_some(missed)
+}
+
+/// Formats a fire time for people: local time with its offset and zone.
+pub fn show<T: TimeZone>(t: &DateTime<T>) -> String
+where
+    T::Offset: std::fmt::Display,
+{
+    t.format("%Y-%m-%d %H:%M:%S %:z").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// The next `n` fire times after `start` (UTC, RFC 3339), shown in the job's zone.
+    fn fires(expr: &str, zone: &str, start: &str, n: usize) -> Vec<String> {
+        let s = Schedule::new(expr, parse_zone(zone).unwrap()).unwrap();
+        s.upcoming(utc(start), n).iter().map(show).collect()
+    }
+
+    #[test]
+    fn five_six_fields_and_macros() {
+        assert_eq!(
+            fires("30 2 * * *", "UTC", "2026-01-01T00:00:00Z", 2),
+            ["2026-01-01 02:30:00 +00:00", "2026-01-02 02:30:00 +00:00"]
+        );
+        assert_eq!(fires("15 30 2 * * *", "UTC", "2026-01-01T00:00:00Z", 1), ["2026-01-01 02:30:15 +00:00"]);
+        assert_eq!(
+            fires("@hourly", "UTC", "2026-01-01T00:10:00Z", 2),
+            ["2026-01-01 01:00:00 +00:00", "2026-01-01 02:00:00 +00:00"]
+        );
+        assert_eq!(fires("@daily", "UTC", "2026-01-01T00:10:00Z", 1), ["2026-01-02 00:00:00 +00:00"]);
+        // 2026-01-01 is a Thursday; @weekly is Sunday midnight
+        assert_eq!(fires("@weekly", "UTC", "2026-01-01T00:10:00Z", 1), ["2026-01-04 00:00:00 +00:00"]);
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week_as_in_classic_cron() {
+        // the 1st of the month OR any Monday: Jan 1 2026 is a Thursday, Jan 5 a Monday
+        assert_eq!(
+            fires("0 9 1 * MON", "UTC", "2026-01-01T00:00:00Z", 3),
+            ["2026-01-01 09:00:00 +00:00", "2026-01-05 09:00:00 +00:00", "2026-01-12 09:00:00 +00:00"]
+        );
+    }
+
+    #[test]
+    fn a_zone_shifts_the_utc_instant() {
+        let s = Schedule::new("0 3 * * *", parse_zone("Europe/Berlin").unwrap()).unwrap();
+        assert_eq!(s.next_after(utc("2026-01-10T00:00:00Z")), Some(utc("2026-01-10T02:00:00Z")));
+        assert_eq!(s.next_after(utc("2026-07-10T00:00:00Z")), Some(utc("2026-07-10T01:00:00Z")));
+    }
+
+    #[test]
+    fn berlin_spring_forward() {
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 does not exist that day.
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Berlin", "2026-03-27T12:00:00Z", 3),
+            ["2026-03-28 02:30:00 +01:00", "2026-03-29 03:00:00 +02:00", "2026-03-30 02:30:00 +02:00"]
+        );
+        // an hourly job simply has one hour less that day
+        assert_eq!(
+            fires("0 * * * *", "Europe/Berlin", "2026-03-29T00:30:00Z", 2),
+            ["2026-03-29 03:00:00 +02:00", "2026-03-29 04:00:00 +02:00"]
+        );
+    }
+
+    #[test]
+    fn berlin_fall_back() {
+        // 2026-10-25: 03:00 CEST goes back to 02:00 CET; 02:30 happens twice.
+        assert_eq!(
+            fires("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", 3),
+            ["2026-10-25 02:30:00 +02:00", "2026-10-26 02:30:00 +01:00", "2026-10-27 02:30:00 +01:00"]
+        );
+        // an every-30-minutes job runs in both passes of the repeated hour
+        assert_eq!(
+            fires("*/30 * * * *", "Europe/Berlin", "2026-10-24T23:45:00Z", 5),
+            [
+                "2026-10-25 02:00:00 +02:00",
+                "2026-10-25 02:30:00 +02:00",
+                "2026-10-25 02:00:00 +01:00",
+                "2026-10-25 02:30:00 +01:00",
+                "2026-10-25 03:00:00 +01:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn new_york_spring_forward_and_fall_back() {
+        // 2026-03-08: 02:00 EST jumps to 03:00 EDT
+        assert_eq!(
+            fires("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", 2),
+            ["2026-03-08 03:00:00 -04:00", "2026-03-09 02:30:00 -04:00"]
+        );
+        // 2026-11-01: 02:00 EDT goes back to 01:00 EST; 01:30 happens twice, the job runs once
+        assert_eq!(
+            fires("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", 2),
+            ["2026-11-01 01:30:00 -04:00", "2026-11-02 01:30:00 -05:00"]
+        );
+    }
+
+    #[test]
+    fn missed_ticks_are_found_for_the_deadline_check() {
+        let s = Schedule::new("0 * * * *", Tz::UTC).unwrap();
+        let last = s.last_in(utc("2026-01-01T00:30:00Z"), utc("2026-01-01T03:10:00Z"));
+        assert_eq!(last, Some(utc("2026-01-01T03:00:00Z")));
+        assert_eq!(s.last_in(utc("2026-01-01T03:00:00Z"), utc("2026-01-01T03:10:00Z")), None);
+    }
+
+    #[test]
+    fn a_missed_tick_runs_only_within_the_deadline() {
+        let hourly = Schedule::new("0 * * * *", Tz::UTC).unwrap();
+        let secs = std::time::Duration::from_secs;
+        let cases = [
+            // (last handled tick, now, deadline, tick to run)
+            ("2026-01-01T00:00:00Z", "2026-01-01T03:10:00Z", 900, Some("2026-01-01T03:00:00Z")),
+            ("2026-01-01T00:00:00Z", "2026-01-01T03:20:00Z", 900, None),
+            ("2026-01-01T03:00:00Z", "2026-01-01T03:10:00Z", 900, None),
+            ("2025-12-01T00:00:00Z", "2026-01-01T03:00:00Z", 0, Some("2026-01-01T03:00:00Z")),
+        ];
+        for (last, now, deadline, want) in cases {
+            let got = missed_tick_to_run(&hourly, utc(last), utc(now), secs(deadline));
+            assert_eq!(got, want.map(utc), "last {last}, now {now}, deadline {deadline}s");
+        }
+    }
+
+    #[test]
+    fn bad_expressions_say_why() {
+        assert!(parse_cron("* * *").unwrap_err().contains("expected 5 fields"));
+        assert!(parse_cron("61 * * * *").is_err());
+        assert!(parse_cron("@sometimes").is_err());
+        assert!(parse_zone("Mars/Olympus").unwrap_err().contains("unknown time zone \"Mars/Olympus\""));
+    }
+}

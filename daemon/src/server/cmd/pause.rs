@@ -1,0 +1,28 @@
+//! PAUSE job / RESUME job (admin socket): stop or restart scheduled and chained runs of a
+//! job; kept across restarts. A manual RUN still works while paused.
+use std::sync::Arc;
+
+use super::{ParseResult, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct Pause {
+    job: String,
+    paused: bool,
+}
+
+impl Pause {
+    pub fn parse(args: &[Vec<u8>], paused: bool) -> ParseResult<Pause> {
+        match args {
+            [job] => Ok(Pause { job: String::from_utf8_lossy(job).into_owned(), paused }),
+            _ => Err(wrong_args(if paused { "pause" } else { "resume" })),
+        }
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        match daemon.set_paused(&self.job, self.paused) {
+            Ok(()) => resp::simple(out, if self.paused { "OK paused" } else { "OK resumed" }),
+            Err(e) => resp::error(out, &format!("ERR {e}")),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Scheduling policies, each against a real daemon and the faulty test plugin: timeout,
+//! overlap skip / replace / queue, retries with backoff, chains, suspend and pause, and
+//! running a tick missed during downtime.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+
+use crate::util::TestDaemon;
+
+/// A job of the faulty plugin publishing table `t`; `policy` lines go before `[params]`.
+fn job(policy: &str, params: &str) -> String {
+    format!("plugin = \"faulty\"\ntable = \"t\"\n{policy}\n[params]\n{params}\n")
+}
+
+fn statuses(d: &TestDaemon, name: &str) -> Vec<String> {
+    d.history(name).iter().map(|r| r["status"].as_str().unwrap().to_string()).collect()
+}
+
+fn err(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `recd run JOB` on another thread.
+fn run_in_background(d: &TestDaemon, name: &str) -> std::thread::JoinHandle<Output> {
+    let (bin, config, name) = (crate::util::RECD, d.config(), name.to_string());
+    std::thread::spawn(move || {
+        std::process::Command::new(bin).args(["run", &name, "--config"]).arg(config).output().unwrap()
+    })
+}
+
+fn ts(v: &serde_json::Value, field: &str) -> DateTime<chrono::FixedOffset> {
+    DateTime::parse_from_rfc3339(v[field].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_run_past_its_timeout_is_killed_and_the_previous_version_stays() {
+    let d = TestDaemon::start(&[("j", &job("", "mode = \"ok\""))]);
+    d.run_job("j");
+    d.write_job("j", &job("timeout_seconds = 1", "mode = \"hang\""));
+    assert!(d.cli(&["reload"]).status.success());
+    let started = Instant::now();
+    let out = d.cli(&["run", "j"]);
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    assert!(err(&out).contains("timed out after 1s"), "{}", err(&out));
+    // asked to stop at 1 s, killed after the 3 s grace since "hang" ignores the request
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    let mut conn = d.redis();
+    let items: Vec<String> = redis::cmd("ZREVRANGE").arg("t:u1").arg(0).arg(-1).query(&mut conn).unwrap();
+    assert_eq!(items, ["a", "b", "c"]);
+    assert_eq!(statuses(&d, "j"), ["timeout", "ok"]);
+}
+
+#[test]
+fn overlap_skip_records_the_skipped_tick() {
+    let d = TestDaemon::start(&[("j", &job("", "mode = \"slow\"\nseconds = 1.5"))]);
+    let first = run_in_background(&d, "j");
+    d.wait_for("the first run to start", 10, || {
+        d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(())
+    });
+    let second = d.cli(&["run", "j"]);
+    assert!(!second.status.success());
+    assert!(err(&second).contains("skipped: the previous run is still going (overlap = \"skip\")"), "{}", err(&second));
+    assert!(first.join().unwrap().status.success());
+    // history is ordered by run id, given when a run starts or is skipped: newest first
+    assert_eq!(statuses(&d, "j"), ["skipped", "ok"]);
+}
+
+#[test]
+fn overlap_replace_cancels_the_running_run() {
+    let d = TestDaemon::start(&[("j", &job("overlap = \"replace\"", "mode = \"slow\"\nseconds = 1.5"))]);
+    let first = run_in_background(&d, "j");
+    d.wait_for("the first run to start", 10, || {
+        d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(())
+    });
+    let second = d.cli(&["run", "j"]);
+    assert!(second.status.success(), "{}", err(&second));
+    let first = first.join().unwrap();
+    assert!(!first.status.success());
+    assert!(err(&first).contains("cancelled (replaced by a newer run"), "{}", err(&first));
+    assert_eq!(statuses(&d, "j"), ["ok", "cancelled"]);
+    // the cancelled run published nothing: the replacement is version 1
+    assert_eq!(d.history("j")[0]["version"], 1);
+}
+
+#[test]
+fn overlap_queue_runs_once_more_after_the_running_run() {
+    let d = TestDaemon::start(&[("j", &job("overlap = \"queue\"", "mode = \"slow\"\nseconds = 1"))]);
+    let first = run_in_background(&d, "j");
+    d.wait_for("the first run to start", 10, || {
+        d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(())
+    });
+    let queued = run_in_background(&d, "j");
+    std::thread::sleep(Duration::from_millis(300));
+    let third = d.cli(&["run", "j"]);
+    assert!(err(&third).contains("skipped: a run is already queued"), "{}", err(&third));
+    assert!(first.join().unwrap().status.success());
+    let queued = queued.join().unwrap();
+    assert!(queued.status.success(), "{}", err(&queued));
+    let history = d.history("j");
+    // by run id: the queued run got its id when it started, after the third was skipped
+    assert_eq!(statuses(&d, "j"), ["ok", "skipped", "ok"]);
+    // the queued run started after the first one ended
+    assert!(ts(&history[0], "started_at") >= ts(&history[2], "ended_at"));
+}
+
+#[test]
+fn failed_runs_are_retried_with_doubling_backoff() {
+    let d = TestDaemon::start(&[]);
+    let state = d.dir.path().join("flaky-count");
+    let params = format!("mode = \"flaky\"\nfail_first = 2\nstate_file = \"{}\"", state.display());
+    d.write_job("j", &job("retries = 3\nretry_backoff_seconds = 1", &params));
+    assert!(d.cli(&["reload"]).status.success());
+    let out = d.cli(&["run", "j"]);
+    assert!(err(&out).contains("flaky failure 1 of 2"), "{}", err(&out));
+    let history = d.wait_for("a successful retry", 15, || {
+        let h = d.history("j");
+        (h.len() == 3).then_some(h)
+    });
+    let triggers: Vec<&str> = history.iter().map(|r| r["trigger"].as_str().unwrap()).collect();
+    assert_eq!(triggers, ["retry 2", "retry 1", "manual"]);
+    assert_eq!(statuses(&d, "j"), ["ok", "failed", "failed"]);
+    let gap = |later: usize, earlier: usize| ts(&history[later], "started_at") - ts(&history[earlier], "ended_at");
+    assert!(gap(1, 2) >= chrono::TimeDelta::milliseconds(1000), "first backoff {:?}", gap(1, 2));
+    assert!(gap(0, 1) >= chrono::TimeDelta::milliseconds(2000), "second backoff {:?}", gap(0, 1));
+}
+
+#[test]
+fn a_job_runs_after_its_upstream_publishes() {
+    let up = "plugin = \"faulty\"\ntable = \"up\"\n[params]\nmode = \"ok\"\n";
+    let down = "plugin = \"faulty\"\ntable = \"down\"\nafter = [\"up\"]\n[params]\nmode = \"ok\"\nuser = \"u2\"\n";
+    let d = TestDaemon::start(&[("up", up), ("down", down)]);
+    d.run_job("up");
+    let history = d.wait_for("the chained run", 10, || {
+        let h = d.history("down");
+        (!h.is_empty() && h[0]["status"] == "ok").then_some(h)
+    });
+    assert_eq!(history[0]["trigger"], "after up");
+    let n: i64 = redis::cmd("ZCARD").arg("down:u2").query(&mut d.redis()).unwrap();
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn suspend_and_pause_stop_scheduled_runs_until_lifted() {
+    let every_second = "schedule = \"* * * * * *\"";
+    let d = TestDaemon::start(&[("j", &job(&format!("{every_second}\nsuspend = true"), "mode = \"ok\""))]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(d.history("j").is_empty(), "a suspended job ran");
+    // lifting `suspend` in the file (live reload) lets the schedule fire
+    d.write_job("j", &job(every_second, "mode = \"ok\""));
+    d.wait_for("a scheduled run", 10, || (!d.history("j").is_empty()).then_some(()));
+    assert!(d.cli(&["pause", "j"]).status.success());
+    std::thread::sleep(Duration::from_millis(1200)); // a run already under way may finish
+    let paused_at = d.history("j").len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(d.history("j").len(), paused_at, "a paused job ran");
+    assert!(String::from_utf8_lossy(&d.cli(&["status"]).stdout).contains("[paused]"));
+    assert!(d.cli(&["resume", "j"]).status.success());
+    d.wait_for("a run after resume", 10, || (d.history("j").len() > paused_at).then_some(()));
+}
+
+#[test]
+fn a_tick_missed_during_downtime_runs_once_within_the_deadline() {
+    let every_two = "schedule = \"*/2 * * * * *\"";
+    let with_deadline = job(&format!("{every_two}\nstarting_deadline_seconds = 60"), "mode = \"ok\"");
+    let without = format!("plugin = \"faulty\"\ntable = \"t2\"\n{every_two}\n[params]\nmode = \"ok\"\n");
+    let mut d = TestDaemon::start(&[("j", &with_deadline), ("k", &without)]);
+    d.wait_for("scheduled runs", 10, || (!d.history("j").is_empty() && !d.history("k").is_empty()).then_some(()));
+    assert!(d.stop());
+    std::thread::sleep(Duration::from_secs(3)); // at least one tick of each is missed
+    d.restart();
+    let caught_up =
+        d.wait_for("the catch-up run", 10, || d.history("j").into_iter().find(|r| r["trigger"] == "catch-up"));
+    assert_eq!(caught_up["status"], "ok");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.history("k").iter().all(|r| r["trigger"] != "catch-up"), "k has no deadline: no catch-up");
+}
