@@ -9,8 +9,10 @@ mod util;
 
 mod faults;
 mod jobs;
+mod lifecycle;
 mod policies;
 mod protocol;
 mod publish;
 mod ranking;
+mod reload;
 mod schedule;

@@ -1,0 +1,53 @@
+//! SIGTERM during a run: the run gets the grace period, is then cancelled and its version
+//! discarded; the daemon exits 0, removes its sockets, and after a restart serves the
+//! previous version with no staging data left in the store.
+
+use std::time::{Duration, Instant};
+
+use crate::util::TestDaemon;
+
+fn job(params: &str) -> String {
+    format!("plugin = \"faulty\"\ntable = \"t\"\n[params]\n{params}\n")
+}
+
+/// Names of the data trees in a stopped daemon's store.
+fn data_trees(d: &TestDaemon) -> Vec<String> {
+    let db = sled::open(d.dir.path().join("data")).expect("the store opens once the daemon is gone");
+    let mut names: Vec<String> = db
+        .tree_names()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .filter(|n| n.starts_with("data/"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn sigterm_during_a_run_keeps_the_previous_version_and_leaves_no_staging_data() {
+    let mut d = TestDaemon::start_with(&[("j", &job("mode = \"ok\""))], "shutdown_grace_seconds = 1\n");
+    d.run_job("j");
+    d.write_job("j", &job("mode = \"slow\"\nseconds = 30"));
+    assert!(d.cli(&["reload"]).status.success());
+    let (bin, config) = (crate::util::RECD, d.config());
+    let run = std::thread::spawn(move || {
+        std::process::Command::new(bin).args(["run", "j", "--config"]).arg(config).output().unwrap()
+    });
+    d.wait_for("the slow run", 10, || d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(()));
+    let started = Instant::now();
+    assert!(d.stop(), "the daemon must exit 0 on SIGTERM:\n{}", d.log());
+    let took = started.elapsed();
+    // grace (1 s) + the plugin stops when asked (it polls the cancellation callback)
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    assert!(!d.socket().exists() && !d.admin_socket().exists(), "sockets removed");
+    let out = run.join().unwrap();
+    assert!(!out.status.success(), "the interrupted run must not report success");
+    assert_eq!(data_trees(&d), ["data/t/00000000000000000001"], "only the published version is left");
+
+    d.restart();
+    let items: Vec<String> = redis::cmd("ZREVRANGE").arg("t:u1").arg(0).arg(-1).query(&mut d.redis()).unwrap();
+    assert_eq!(items, ["a", "b", "c"]);
+    let h = d.history("j");
+    assert_eq!(h[0]["status"], "cancelled", "{h:?}");
+    assert!(h[0]["error"].as_str().unwrap().contains("shutting down"));
+}

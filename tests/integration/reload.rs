@@ -1,0 +1,75 @@
+//! Live reload of the jobs folder: files added, edited (replaced atomically, as editors
+//! save), broken and deleted while the daemon runs take effect within 2 s; a broken file
+//! keeps its last good definition; SIGHUP reloads too.
+
+use std::time::{Duration, Instant};
+
+use crate::util::TestDaemon;
+
+fn jobs_text(d: &TestDaemon) -> String {
+    String::from_utf8_lossy(&d.cli(&["jobs", "--next", "1"]).stdout).into_owned()
+}
+
+/// Waits until `jobs` output satisfies `ok`; returns how long it took.
+fn until(d: &TestDaemon, what: &str, ok: impl Fn(&str) -> bool) -> Duration {
+    let started = Instant::now();
+    d.wait_for(what, 5, || ok(&jobs_text(d)).then_some(()));
+    started.elapsed()
+}
+
+#[test]
+fn edits_renames_and_deletes_apply_within_two_seconds() {
+    let d = TestDaemon::start(&[]);
+    let job = |sched: &str, zone: &str| {
+        format!("schedule = \"{sched}\"\ntimezone = \"{zone}\"\nplugin = \"faulty\"\n[params]\nmode = \"ok\"\n")
+    };
+
+    // added (written in place)
+    std::fs::write(d.jobs_dir().join("nightly.toml"), job("0 3 * * *", "UTC")).unwrap();
+    let took = until(&d, "the new job", |t| t.contains("nightly: schedule \"0 3 * * *\" (UTC)"));
+    assert!(took < Duration::from_secs(2), "add took {took:?}");
+
+    // edited by an editor's atomic save (temp file renamed over it)
+    d.write_job("nightly", &job("30 2 * * *", "Europe/Berlin"));
+    let took = until(&d, "the edit", |t| t.contains("nightly: schedule \"30 2 * * *\" (Europe/Berlin)"));
+    assert!(took < Duration::from_secs(2), "edit took {took:?}");
+    assert!(jobs_text(&d).contains(" 02:30:00 +0"), "next fire time shown in the job's zone:\n{}", jobs_text(&d));
+
+    // broken: the last good definition stays, the error is shown with file, line and field
+    d.write_job("nightly", &job("30 2 * * *", "Europe/Berln"));
+    d.wait_for("the error in status", 5, || {
+        let s = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+        s.contains("nightly.toml:2: field `timezone`: unknown time zone \"Europe/Berln\"").then_some(())
+    });
+    assert!(jobs_text(&d).contains("(Europe/Berlin)"));
+
+    // renamed: the job follows its file name
+    std::fs::rename(d.jobs_dir().join("nightly.toml"), d.jobs_dir().join("daily.toml")).unwrap();
+    d.write_job("daily", &job("0 6 * * *", "UTC"));
+    let took = until(&d, "the rename", |t| t.contains("daily: schedule \"0 6 * * *\"") && !t.contains("nightly"));
+    assert!(took < Duration::from_secs(2), "rename took {took:?}");
+
+    // deleted
+    std::fs::remove_file(d.jobs_dir().join("daily.toml")).unwrap();
+    let took = until(&d, "the delete", |t| !t.contains("daily"));
+    assert!(took < Duration::from_secs(2), "delete took {took:?}");
+
+    // editor droppings are ignored
+    std::fs::write(d.jobs_dir().join(".daily.toml.swp"), "garbage").unwrap();
+    std::fs::write(d.jobs_dir().join("4913"), "").unwrap();
+    std::fs::write(d.jobs_dir().join("daily.toml~"), "garbage").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(!status.contains("swp") && !status.contains("4913") && !status.contains("toml~"), "{status}");
+}
+
+#[test]
+fn sighup_reloads_the_jobs_folder() {
+    let d = TestDaemon::start(&[]);
+    std::fs::write(d.jobs_dir().join("j.toml"), "plugin = \"faulty\"\n[params]\nmode = \"ok\"\n").unwrap();
+    d.wait_for("the watcher's reload", 5, || jobs_text(&d).contains("j: manual").then_some(()));
+    let pid = d.pid();
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    d.wait_for("the SIGHUP reload", 5, || d.log().contains("SIGHUP: jobs reloaded").then_some(()));
+    assert!(d.cli(&["status"]).status.success(), "the daemon keeps serving after SIGHUP");
+}
