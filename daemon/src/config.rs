@@ -45,6 +45,15 @@ struct RawConfig {
     /// On SIGTERM, how long running jobs may finish before they are cancelled.
     #[serde(default = "default_grace")]
     shutdown_grace_seconds: u64,
+    /// Opt-in: serve Prometheus metrics on this loopback address, e.g. "127.0.0.1:9187".
+    metrics_listen: Option<String>,
+    /// "human" (default) or "json" log lines.
+    #[serde(default = "default_log_format")]
+    log_format: String,
+}
+
+fn default_log_format() -> String {
+    "human".into()
 }
 
 fn default_grace() -> u64 {
@@ -72,6 +81,8 @@ pub struct Config {
     pub onnxruntime: PathBuf,
     pub retain_versions: usize,
     pub shutdown_grace_seconds: u64,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub log_json: bool,
 }
 
 impl Config {
@@ -108,6 +119,37 @@ impl Config {
                 field: "socket_mode",
                 message: format!("expected octal permission bits like \"0660\", got {:?}", raw.socket_mode),
             })?;
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                Ok(_) => {
+                    return Err(ConfigError::Invalid {
+                        file: file.into(),
+                        field: "metrics_listen",
+                        message: format!("{text:?} is not a loopback address: metrics are served on localhost only"),
+                    });
+                }
+                Err(_) => {
+                    return Err(ConfigError::Invalid {
+                        file: file.into(),
+                        field: "metrics_listen",
+                        message: format!("expected an address like \"127.0.0.1:9187\", got {text:?}"),
+                    });
+                }
+            },
+        };
+        let log_json = match raw.log_format.as_str() {
+            "human" => false,
+            "json" => true,
+            other => {
+                return Err(ConfigError::Invalid {
+                    file: file.into(),
+                    field: "log_format",
+                    message: format!("expected \"human\" or \"json\", got {other:?}"),
+                });
+            }
+        };
         let onnxruntime = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or(raw.onnxruntime);
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Ok(Config {
@@ -121,6 +163,8 @@ impl Config {
             onnxruntime: abs(onnxruntime),
             retain_versions: raw.retain_versions.max(1),
             shutdown_grace_seconds: raw.shutdown_grace_seconds,
+            metrics_listen,
+            log_json,
         })
     }
 }

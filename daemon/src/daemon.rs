@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::job::{self, Job, JobError, Overlap};
+use crate::metrics::Metrics;
 use crate::runner::{self, RunControl, RunError, RunReport};
 use crate::schedule;
 use crate::scheduler::Scheduler;
@@ -23,6 +24,7 @@ pub const HISTORY_PER_JOB: usize = 50;
 pub struct Daemon {
     pub config: Config,
     pub store: Arc<Store>,
+    pub metrics: Metrics,
     jobs: RwLock<JobSet>,
     states: Mutex<HashMap<String, JobState>>,
     next_run_id: AtomicU64,
@@ -79,6 +81,7 @@ impl Daemon {
         Arc::new(Daemon {
             config,
             store: Arc::new(store),
+            metrics: Metrics::default(),
             jobs: RwLock::new(JobSet::default()),
             states: Mutex::new(HashMap::new()),
             next_run_id: AtomicU64::new(seed),
@@ -318,6 +321,7 @@ impl Daemon {
     }
 
     fn write_record(&self, record: RunRecord) {
+        self.metrics.run_finished(&record.job, &record.status, record.seconds, &record.table, record.rows);
         if let Err(e) = self.store.record_run(&record, HISTORY_PER_JOB) {
             tracing::error!(job = %record.job, "recording the run: {e}");
         }
@@ -350,6 +354,12 @@ impl Daemon {
         for job in downstream {
             self.spawn_trigger(&job, Trigger::After(name.to_string()));
         }
+    }
+
+    /// Progress of the job's running run, if one is going and has reported any.
+    pub fn progress(&self, name: &str) -> Option<(u64, u64)> {
+        let states = self.states.lock().expect("states");
+        states.get(name)?.running.as_ref()?.progress()
     }
 
     fn is_paused(&self, name: &str) -> bool {
@@ -445,6 +455,9 @@ impl Daemon {
         let mut flags = Vec::new();
         if running {
             flags.push("running".to_string());
+            if let Some((done, total)) = self.progress(&job.name) {
+                flags.push(format!("{done}/{total}"));
+            }
         }
         if job.policy.suspend {
             flags.push("suspended".into());

@@ -5,6 +5,7 @@ mod config;
 mod daemon;
 mod job;
 mod loader;
+mod metrics;
 mod runner;
 mod schedule;
 mod scheduler;
@@ -106,8 +107,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Cmd::Worker));
     if let Cmd::Worker = cli.command {
+        init_tracing(LogStyle::Worker);
         return worker::main();
     }
     match dispatch(cli) {
@@ -121,19 +122,31 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; `RECD_LOG` takes tracing's filter syntax. A worker logs without
 /// timestamps because the daemon re-logs its lines with its own.
-fn init_tracing(worker: bool) {
+#[derive(PartialEq)]
+enum LogStyle {
+    Human,
+    Json,
+    Worker,
+}
+
+/// Filters come from `RECD_LOG`, else `RUST_LOG`, in tracing's syntax.
+fn init_tracing(style: LogStyle) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
-    if worker {
-        fmt.without_time().with_level(true).with_target(true).init();
-    } else {
-        fmt.init();
+    match style {
+        LogStyle::Human => fmt.init(),
+        LogStyle::Json => fmt.json().with_current_span(true).init(),
+        LogStyle::Worker => fmt.without_time().with_level(true).with_target(true).init(),
     }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let config = Config::load(cli.config.as_deref());
+    let json = matches!((&cli.command, &config), (Cmd::Serve { .. }, Ok(c)) if c.log_json);
+    init_tracing(if json { LogStyle::Json } else { LogStyle::Human });
+    let mut config = config?;
     match cli.command {
         Cmd::Serve { socket, admin_socket, data_dir } => {
             override_path(&mut config.socket, socket);
@@ -143,7 +156,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Run { job, admin_socket } => {
             override_path(&mut config.admin_socket, admin_socket);
-            print_reply(client::call(&config.admin_socket, &[b"RUN", job.as_bytes()])?)
+            run(&config.admin_socket, &job)
         }
         Cmd::Get { table, user, socket } => {
             override_path(&mut config.socket, socket);
@@ -177,6 +190,41 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Worker => unreachable!("handled in main"),
     }
+}
+
+/// `recd run JOB`: waits for the run; in a terminal, draws a progress bar from the
+/// plugin's progress reports (polled on a second connection).
+fn run(admin: &Path, job: &str) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let (admin, job, done) = (admin.to_path_buf(), job.to_string(), Arc::clone(&done));
+        std::thread::spawn(move || progress_bar(&admin, &job, &done))
+    });
+    let reply = client::call(admin, &[b"RUN", job.as_bytes()]);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    print_reply(reply?)
+}
+
+fn progress_bar(admin: &Path, job: &str, done: &std::sync::atomic::AtomicBool) {
+    let bar = indicatif::ProgressBar::new(0).with_message(job.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(Frame::Array(v)) = client::call(admin, &[b"PROGRESS", job.as_bytes()])
+            && let [Frame::Integer(d), Frame::Integer(t)] = v.as_slice()
+        {
+            bar.set_length(*t as u64);
+            bar.set_position(*d as u64);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
 }
 
 fn override_path(slot: &mut PathBuf, value: Option<PathBuf>) {
@@ -290,6 +338,14 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    if let Some(addr) = config.metrics_listen {
+        let (daemon, stop) = (daemon.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve_http(addr, daemon, stop).await {
+                tracing::error!("metrics endpoint on {addr}: {e}");
+            }
+        });
+    }
     let read_server = tokio::spawn(server::run(read, stopped(stop_rx.clone()), daemon.clone(), server::Role::Read));
     let admin_server = tokio::spawn(server::run(admin, stopped(stop_rx), daemon.clone(), server::Role::Admin));
 

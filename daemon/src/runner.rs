@@ -96,6 +96,10 @@ pub struct RunControl {
 struct Control {
     stop: Option<RunError>,
     done: bool,
+    /// Latest progress the plugin reported, in its own units.
+    progress: Option<(u64, u64)>,
+    /// Last tenth of the way logged, so progress reaches the logs without flooding them.
+    logged_tenth: u64,
 }
 
 impl RunControl {
@@ -110,6 +114,22 @@ impl RunControl {
             st.stop = Some(RunError::Cancelled(reason.to_string()));
         }
         self.changed.notify_all();
+    }
+
+    /// Records progress; logs it at each further tenth of the way.
+    fn set_progress(&self, done: u64, total: u64) {
+        let mut st = self.state.lock().expect("control lock");
+        st.progress = Some((done, total));
+        let tenth = (done.saturating_mul(10)).checked_div(total).unwrap_or(0);
+        if tenth > st.logged_tenth {
+            st.logged_tenth = tenth;
+            tracing::info!(done, total, "progress {}%", tenth * 10);
+        }
+    }
+
+    /// (done, total) as the plugin last reported it.
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        self.state.lock().expect("control lock").progress
     }
 
     fn finish(&self) {
@@ -193,7 +213,7 @@ pub fn execute(
 
     let staged = store.stage(&job.table, &job.name, run_id)?;
     let mut collector = Collector::new(staged);
-    let streamed = read_worker(&mut stdout, &mut collector);
+    let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
         let _ = child.lock().expect("child lock").kill();
     }
@@ -228,7 +248,11 @@ pub fn execute(
 }
 
 /// Reads frames until the worker's final message or end of stream.
-fn read_worker(stdout: &mut impl std::io::Read, collector: &mut Collector) -> anyhow::Result<Option<Message>> {
+fn read_worker(
+    stdout: &mut impl std::io::Read,
+    collector: &mut Collector,
+    control: &RunControl,
+) -> anyhow::Result<Option<Message>> {
     while let Some((tag, payload)) = wire::read_frame(stdout)? {
         match tag {
             wire::TAG_ROWS => {
@@ -238,7 +262,7 @@ fn read_worker(stdout: &mut impl std::io::Read, collector: &mut Collector) -> an
                 }
             }
             wire::TAG_MESSAGE => match serde_json::from_slice::<Message>(&payload)? {
-                Message::Progress { done, total } => tracing::debug!(done, total, "progress"),
+                Message::Progress { done, total } => control.set_progress(done, total),
                 done_or_failed => return Ok(Some(done_or_failed)),
             },
             other => anyhow::bail!("worker sent an unknown frame tag {other:#x}"),

@@ -10,6 +10,7 @@ mod util;
 mod faults;
 mod jobs;
 mod lifecycle;
+mod observability;
 mod policies;
 mod protocol;
 mod publish;

@@ -39,6 +39,10 @@ impl Info {
                 );
             }
         }
+        s.push_str("\r\n# Stats\r\n");
+        for line in daemon.metrics.render(&daemon.store).lines().filter(|l| !l.starts_with('#')) {
+            let _ = write!(s, "{line}\r\n");
+        }
         resp::bulk(out, s.as_bytes());
     }
 }

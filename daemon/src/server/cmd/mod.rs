@@ -15,6 +15,7 @@ mod jobs;
 mod mget;
 mod pause;
 mod ping;
+mod progress;
 mod reload;
 mod run;
 mod select;
@@ -64,6 +65,7 @@ pub enum Command {
     Status,
     Jobs(jobs::Jobs),
     History(history::History),
+    Progress(progress::Progress),
     Pause(pause::Pause),
 }
 
@@ -175,7 +177,9 @@ impl Command {
             "mget" => Command::MGet(mget::MGet::parse(rest)?),
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
-            "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" if role != Role::Admin => {
+            "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress"
+                if role != Role::Admin =>
+            {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
             }
             "run" => Command::Run(run::Run::parse(rest)?),
@@ -183,6 +187,7 @@ impl Command {
             "status" => Command::Status,
             "jobs" => Command::Jobs(jobs::Jobs::parse(rest)?),
             "history" => Command::History(history::History::parse(rest)?),
+            "progress" => Command::Progress(progress::Progress::parse(rest)?),
             "pause" => Command::Pause(pause::Pause::parse(rest, true)?),
             "resume" => Command::Pause(pause::Pause::parse(rest, false)?),
             w if WRITE_COMMANDS.contains(&w) => {
@@ -201,6 +206,7 @@ fn unknown(name: &str, rest: &[Vec<u8>]) -> String {
 
 /// Parses and runs one request, writing its reply to `out`.
 pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Client, out: &mut Vec<u8>) -> Flow {
+    daemon.metrics.request(client.role);
     let cmd = match Command::from_args(args, client.role) {
         Ok(cmd) => cmd,
         Err(reply) => {
@@ -231,6 +237,7 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
         Command::Status => status::apply(daemon, out),
         Command::Jobs(c) => c.apply(daemon, out),
         Command::History(c) => c.apply(daemon, out),
+        Command::Progress(c) => c.apply(daemon, out),
         Command::Pause(c) => c.apply(daemon, out),
     }
     Flow::Continue

@@ -1,0 +1,60 @@
+//! What ops watch: progress of a running job, Prometheus metrics on an opt-in localhost
+//! port and in INFO, JSON log lines carrying the run's span fields.
+
+use std::io::{Read, Write};
+
+use crate::util::{TestDaemon, ranking_job};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn progress_metrics_and_json_logs() {
+    let port = free_port();
+    let extra = format!("metrics_listen = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n");
+    let d = TestDaemon::start_with(&[("ranking", &ranking_job(""))], &extra);
+    let (bin, config) = (crate::util::RECD, d.config());
+    let run = std::thread::spawn(move || {
+        std::process::Command::new(bin).args(["run", "ranking", "--config"]).arg(config).output().unwrap()
+    });
+    let mut admin = d.admin();
+    let mut seen = Vec::new();
+    while !run.is_finished() {
+        let p: Option<(u64, u64)> = redis::cmd("PROGRESS").arg("ranking").query(&mut admin).unwrap();
+        seen.extend(p);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(run.join().unwrap().status.success());
+    assert!(seen.iter().any(|&(done, total)| total == 4321 && done > 0 && done <= total), "progress seen: {seen:?}");
+
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
+    for want in [
+        "recd_runs_total{job=\"ranking\",status=\"ok\"} 1",
+        "recd_rows_published_total{table=\"ranking\"} 43210",
+        "recd_table_version{table=\"ranking\"} 1",
+        "recd_run_duration_seconds_count{job=\"ranking\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?} in:\n{metrics}");
+    }
+    assert!(http_get(port, "/other").starts_with("HTTP/1.0 404"));
+    let info: String = redis::cmd("INFO").query(&mut d.redis()).unwrap();
+    assert!(info.contains("# Stats") && info.contains("recd_runs_total{job=\"ranking\",status=\"ok\"} 1"), "{info}");
+
+    let log = d.log();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).expect("a JSON log line")).collect();
+    let started = lines.iter().find(|l| l["fields"]["message"] == "run started").expect("a run started line");
+    assert_eq!(started["span"]["job"], "ranking", "{started}");
+    assert!(started["span"]["run_id"].is_number() || started["span"]["run_id"].is_string(), "{started}");
+    assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("progress "))));
+}
