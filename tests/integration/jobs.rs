@@ -44,6 +44,16 @@ fn validate_names_file_and_field_for_each_bad_file() {
             assert!(msg.contains(want), "{name}: want {want:?} in {msg:?}");
         }
     }
+    // all files at once, as a job repository's CI would: every error, exit 1
+    let files: Vec<String> = bad_files()
+        .iter()
+        .map(|(name, _, _)| d.dir.path().join(format!("{name}.toml")).display().to_string())
+        .collect();
+    let args: Vec<&str> = std::iter::once("validate").chain(files.iter().map(String::as_str)).collect();
+    let out = d.cli(&args);
+    let msg = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(msg.lines().filter(|l| l.starts_with("error ")).count(), bad_files().len(), "{msg}");
     let good = d.dir.path().join("good.toml");
     std::fs::write(&good, ranking_job("")).unwrap();
     let out = d.cli(&["validate", good.to_str().unwrap()]);

@@ -51,3 +51,20 @@ fn sigterm_during_a_run_keeps_the_previous_version_and_leaves_no_staging_data() 
     assert_eq!(h[0]["status"], "cancelled", "{h:?}");
     assert!(h[0]["error"].as_str().unwrap().contains("shutting down"));
 }
+
+#[test]
+fn systemd_is_told_when_the_daemon_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut d = TestDaemon::start_env(&[], "", &[("NOTIFY_SOCKET", notify.to_str().unwrap())]);
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).expect("READY=1 from the daemon");
+    assert_eq!(&buf[..n], b"READY=1");
+    // ready means serving
+    assert!(d.cli(&["status"]).status.success());
+    assert!(d.stop());
+    let n = listener.recv(&mut buf).expect("STOPPING=1 from the daemon");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

@@ -35,6 +35,7 @@ pub fn ranking_job(extra_params: &str) -> String {
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -45,6 +46,11 @@ impl TestDaemon {
 
     /// Like `start`, with extra `recd.toml` lines.
     pub fn start_with(jobs: &[(&str, &str)], extra_config: &str) -> TestDaemon {
+        Self::start_env(jobs, extra_config, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for the daemon.
+    pub fn start_env(jobs: &[(&str, &str)], extra_config: &str, env: &[(&str, &str)]) -> TestDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
         for (name, text) in jobs {
@@ -56,7 +62,8 @@ impl TestDaemon {
             onnxruntime().display()
         ) + extra_config;
         std::fs::write(dir.path().join("recd.toml"), config).unwrap();
-        let mut d = TestDaemon { dir, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut d = TestDaemon { dir, child: None, env };
         d.spawn();
         d
     }
@@ -67,6 +74,7 @@ impl TestDaemon {
             .args(["serve", "--config"])
             .arg(self.config())
             .env("RECD_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
