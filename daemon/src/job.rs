@@ -429,141 +429,31 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    /// Each invalid job file and the exact message ops get for it.
-    const INVALID: &[(&str, &str)] = &[
-        // syntax
-        (
-            "plugin = \"ranking\"\nk = \n",
-            "jobs/j.toml:2:5: field `k`: string values must be quoted, expected literal string",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"0 3 * * *\n",
-            "jobs/j.toml:2:22: field `schedule`: invalid basic string, expected `\"`",
-        ),
-        ("plugin = \"ranking\"\n[params\nk = 1\n", "jobs/j.toml:2:8: unclosed table, expected `]`"),
-        ("plugin = \"ranking\"\nplugin = \"other\"\n", "jobs/j.toml:2:1: field `plugin`: duplicate key"),
-        (
-            "plugin = ranking\n",
-            "jobs/j.toml:1:10: field `plugin`: string values must be quoted, expected literal string",
-        ),
-        // unknown keys and wrong types
-        (
-            "plugin = \"ranking\"\nschedul = \"* * * * *\"\n",
-            "jobs/j.toml:2:1: unknown field `schedul`, expected one of `schedule`, `timezone`, `overlap`, `starting_deadline_seconds`, `retries`, `retry_backoff_seconds`, `retry_backoff_max_seconds`, `timeout_seconds`, `suspend`, `after`, `plugin`, `table`, `model`, `device`, `inputs`, `params`, `description`",
-        ),
-        (
-            "plugin = \"ranking\"\n[inputs]\nx = 1\n",
-            "jobs/j.toml:3:5: field `inputs.x`: invalid type: integer `1`, expected a string",
-        ),
-        ("plugin = [1]\n", "jobs/j.toml:1:10: field `plugin`: invalid type: sequence, expected a string"),
-        (
-            "plugin = \"ranking\"\nretries = -1\n",
-            "jobs/j.toml:2:11: field `retries`: invalid value: integer `-1`, expected u32",
-        ),
-        (
-            "plugin = \"ranking\"\nsuspend = \"yes\"\n",
-            "jobs/j.toml:2:11: field `suspend`: invalid type: string \"yes\", expected a boolean",
-        ),
-        (
-            "plugin = \"ranking\"\nafter = \"ranking2\"\n",
-            "jobs/j.toml:2:9: field `after`: invalid type: string \"ranking2\", expected a sequence",
-        ),
-        (
-            "plugin = \"ranking\"\ntimeout_seconds = 1.5\n",
-            "jobs/j.toml:2:19: field `timeout_seconds`: invalid type: floating point `1.5`, expected u64",
-        ),
-        ("schedule = \"* * * * *\"\n", "jobs/j.toml:1:1: missing field `plugin`"),
-        // cron
-        (
-            "plugin = \"ranking\"\nschedule = \"* * *\"\n",
-            "jobs/j.toml:2: field `schedule`: \"* * *\": expected 5 fields (minute hour day month weekday), 6 (seconds first) or a macro like @daily, found 3",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"61 * * * *\"\n",
-            "jobs/j.toml:2: field `schedule`: \"61 * * * *\": minute 61 is out of range 0-59",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"0 25 * * *\"\n",
-            "jobs/j.toml:2: field `schedule`: \"0 25 * * *\": hour 25 is out of range 0-23",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"0 3 32 * *\"\n",
-            "jobs/j.toml:2: field `schedule`: \"0 3 32 * *\": day of month 32 is out of range 1-31",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"0 3 * 13 *\"\n",
-            "jobs/j.toml:2: field `schedule`: \"0 3 * 13 *\": month 13 is out of range 1-12",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"0 3 * * FUNDAY\"\n",
-            "jobs/j.toml:2: field `schedule`: \"0 3 * * FUNDAY\": day of week: \"FUNDAY\" is neither a number nor a name",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"@sometimes\"\n",
-            "jobs/j.toml:2: field `schedule`: \"@sometimes\": unknown macro (use one of @hourly, @daily, @midnight, @weekly, @monthly, @yearly, @annually)",
-        ),
-        (
-            "plugin = \"ranking\"\nschedule = \"\"\n",
-            "jobs/j.toml:2: field `schedule`: \"\": expected 5 fields (minute hour day month weekday), 6 (seconds first) or a macro like @daily, found 0",
-        ),
-        // zone
-        (
-            "plugin = \"ranking\"\ntimezone = \"Mars/Olympus\"\n",
-            "jobs/j.toml:2: field `timezone`: unknown time zone \"Mars/Olympus\" (use an IANA name such as \"Europe/Berlin\" or \"UTC\")",
-        ),
-        (
-            "plugin = \"ranking\"\ntimezone = \"CEST+2\"\n",
-            "jobs/j.toml:2: field `timezone`: unknown time zone \"CEST+2\" (use an IANA name such as \"Europe/Berlin\" or \"UTC\")",
-        ),
-        // policies
-        (
-            "plugin = \"ranking\"\noverlap = \"allow\"\n",
-            "jobs/j.toml:2: field `overlap`: expected \"skip\", \"replace\" or \"queue\", got \"allow\"",
-        ),
-        ("plugin = \"ranking\"\ntimeout_seconds = 0\n", "jobs/j.toml:2: field `timeout_seconds`: must be at least 1"),
-        (
-            "plugin = \"ranking\"\nretry_backoff_seconds = 0\n",
-            "jobs/j.toml:2: field `retry_backoff_seconds`: must be at least 1",
-        ),
-        (
-            "plugin = \"ranking\"\nretry_backoff_seconds = 60\nretry_backoff_max_seconds = 30\n",
-            "jobs/j.toml:3: field `retry_backoff_max_seconds`: 30 is less than retry_backoff_seconds (60)",
-        ),
-        ("plugin = \"ranking\"\nretries = 1000\n", "jobs/j.toml:2: field `retries`: 1000 is more than 100"),
-        ("plugin = \"ranking\"\nafter = [\"j\"]\n", "jobs/j.toml:2: field `after`: job \"j\" cannot run after itself"),
-        (
-            "plugin = \"ranking\"\nafter = [\"not a job\"]\n",
-            "jobs/j.toml:2: field `after`: \"not a job\" is not a job name (a file stem in the jobs folder)",
-        ),
-        // names, plugin, device, inputs
-        (
-            "plugin = \"ranking\"\ntable = \"a:b\"\n",
-            "jobs/j.toml:2: field `table`: \"a:b\" must be letters, digits, '-' or '_' (it prefixes keys as `<table>:<user>`)",
-        ),
-        (
-            "plugin = \"rank ing\"\n",
-            "jobs/j.toml:1: field `plugin`: \"rank ing\" is neither a plugin name nor a path to a .so",
-        ),
-        (
-            "plugin = \"ranking\"\ndevice = \"tpu\"\n",
-            "jobs/j.toml:2: field `device`: expected \"cpu\", \"cuda\" or \"auto\", got \"tpu\"",
-        ),
-        (
-            "plugin = \"ranking\"\n[inputs]\nx = \"a.json\"\n",
-            "jobs/j.toml:3: field `inputs.x`: \"a.json\": expected a .csv or .parquet file",
-        ),
-    ];
+    /// Cases of `tests/fixtures/invalid_jobs.txt`: (name, job text, expected message).
+    pub(crate) fn invalid_cases() -> Vec<(String, String, String)> {
+        let text = include_str!("../../tests/fixtures/invalid_jobs.txt");
+        let mut cases = Vec::new();
+        for chunk in text.split("\n### ").skip(1) {
+            let (name, rest) = chunk.split_once('\n').expect("case name line");
+            let (job, want) = rest.split_once(">>> ").expect("a `>>> message` line");
+            cases.push((name.to_string(), job.to_string(), want.trim_end().to_string()));
+        }
+        cases
+    }
 
     #[test]
     fn every_invalid_job_file_gets_its_exact_message() {
+        let cases = invalid_cases();
+        assert!(cases.len() >= 30, "only {} cases", cases.len());
         let mut bad = Vec::new();
-        for (text, want) in INVALID {
-            let got = check(text).expect_err(text);
-            if got != *want {
-                bad.push(format!("{text:?}\n   got: {got}\n  want: {want}"));
+        for (name, text, want) in &cases {
+            let want = want.replace("{file}", "jobs/j.toml");
+            let got = check(text).expect_err(name);
+            if got != want {
+                bad.push(format!("{name}: {text:?}\n   got: {got}\n  want: {want}"));
             }
         }
-        assert!(bad.is_empty(), "{} of {} messages differ:\n{}", bad.len(), INVALID.len(), bad.join("\n"));
+        assert!(bad.is_empty(), "{} of {} messages differ:\n{}", bad.len(), cases.len(), bad.join("\n"));
     }
 
     #[test]

@@ -88,3 +88,42 @@ fn a_broken_job_file_keeps_its_last_good_definition_and_the_table_keeps_serving(
     let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("job file errors:") && status.contains("ranking.toml"), "{status}");
 }
+
+/// The cases of `tests/fixtures/invalid_jobs.txt` (also checked message by message in the
+/// unit tests of `daemon/src/job.rs`): (name, job text, message with `{file}`).
+fn invalid_cases() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(crate::util::root().join("tests/fixtures/invalid_jobs.txt")).unwrap();
+    text.split("\n### ")
+        .skip(1)
+        .map(|chunk| {
+            let (name, rest) = chunk.split_once('\n').unwrap();
+            let (job, want) = rest.split_once(">>> ").unwrap();
+            (name.to_string(), job.to_string(), want.trim_end().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn no_invalid_file_disturbs_the_running_schedule() {
+    let good = "schedule = \"0 */10 * * * *\"\nplugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let d = TestDaemon::start(&[("j", good)]);
+    d.run_job("j");
+    let jobs = || String::from_utf8_lossy(&d.cli(&["jobs", "--next", "2"]).stdout).into_owned();
+    let schedule_before = jobs();
+    assert!(schedule_before.contains("j: schedule \"0 */10 * * * *\" (UTC)"), "{schedule_before}");
+    let file = d.jobs_dir().join("j.toml").display().to_string();
+    let cases = invalid_cases();
+    assert!(cases.len() >= 30);
+    for (name, text, want) in &cases {
+        d.write_job("j", text);
+        let out = d.cli(&["reload"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = want.replace("{file}", &file);
+        assert!(err.contains(&want), "{name}:\n  got: {err}\n want: {want}");
+        let now = jobs();
+        // same definition, same next fire times (unless a 10-minute boundary just passed)
+        assert!(now.contains("j: schedule \"0 */10 * * * *\" (UTC)"), "{name} disturbed the schedule:\n{now}");
+    }
+    let report = d.run_job("j");
+    assert!(report.contains("version 2"), "{report}");
+}
