@@ -15,6 +15,7 @@
 pub mod abi;
 pub mod columns;
 mod sdk;
+pub mod testing;
 
 pub use sdk::{LogLevel, PluginError, RunContext, Strategy};
 

@@ -305,3 +305,91 @@ fn popular_pool(bought: &[HashSet<u32>], n_items: usize, size: usize) -> Vec<usi
 }
 
 export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::BooleanArray;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use recd_plugin_api::testing::Harness;
+
+    fn strings(name: &str, values: &[&str]) -> (Field, Arc<dyn arrow_array::Array>) {
+        (Field::new(name, DataType::Utf8, false), Arc::new(StringArray::from(values.to_vec())))
+    }
+
+    fn table(columns: Vec<(Field, Arc<dyn arrow_array::Array>)>) -> RecordBatch {
+        let (fields, arrays): (Vec<Field>, Vec<_>) = columns.into_iter().unzip();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
+    }
+
+    fn vocab(id: &str, ids: &[&str]) -> RecordBatch {
+        let index: Vec<i64> = (0..ids.len() as i64).collect();
+        table(vec![strings(id, ids), (Field::new("index", DataType::Int64, false), Arc::new(Int64Array::from(index)))])
+    }
+
+    /// u1 bought d; u2 bought a, and b in a cancelled line only.
+    fn harness(params: &str) -> Harness {
+        let interactions = table(vec![
+            strings("user_id", &["u1", "u2", "u2"]),
+            strings("item_id", &["d", "a", "b"]),
+            (Field::new("cancelled", DataType::Boolean, false), Arc::new(BooleanArray::from(vec![false, false, true]))),
+        ]);
+        // a stand-in model: u1 likes higher item indices, u2 lower ones
+        let model = |batch: &RecordBatch| {
+            let users = batch.column_by_name("user").unwrap().as_primitive::<Int64Type>();
+            let items = batch.column_by_name("item").unwrap().as_primitive::<Int64Type>();
+            let scores: Vec<f32> = users
+                .values()
+                .iter()
+                .zip(items.values())
+                .map(|(&u, &i)| if u == 0 { i as f32 } else { -(i as f32) })
+                .collect();
+            Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(Float32Array::from(scores)))]))
+        };
+        Harness::new(params)
+            .input("interactions", interactions)
+            .input("users", vocab("user_id", &["u1", "u2"]))
+            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
+            .scorer(model)
+    }
+
+    fn list(out: &recd_plugin_api::testing::Output, user: &str) -> Vec<String> {
+        out.list(user).into_iter().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn top_k_of_unseen_items_by_model_score() {
+        let out = harness(r#"{"k": 2}"#).run::<Ranking>().unwrap();
+        assert_eq!(list(&out, "u1"), ["c", "b"]);
+        // a cancelled line is not a purchase: b stays a candidate for u2
+        assert_eq!(list(&out, "u2"), ["b", "c"]);
+        assert_eq!(out.list("u2")[0].1, -1.0);
+    }
+
+    #[test]
+    fn popular_pool_limits_candidates_to_the_most_bought_items() {
+        // buyers: a 1 (u2), d 1 (u1); pool of 2 = [a, d]
+        let out = harness(r#"{"k": 2, "candidates": "popular", "popular_pool": 2}"#).run::<Ranking>().unwrap();
+        assert_eq!(list(&out, "u1"), ["a"]);
+        assert_eq!(list(&out, "u2"), ["d"]);
+    }
+
+    #[test]
+    fn params_are_checked_before_anything_runs() {
+        let cases = [
+            (r#"{"k": 0}"#, "params.k: must be 1..=10000, got 0"),
+            (r#"{"kk": 1}"#, "params: unknown field `kk`"),
+            (
+                r#"{"k": 5, "candidates": "popular", "popular_pool": 3}"#,
+                "params.popular_pool: must be at least k (5), got 3",
+            ),
+            (r#"{"candidates": "recent"}"#, "params: unknown variant `recent`"),
+        ];
+        for (params, want) in cases {
+            let err = harness(params).run::<Ranking>().unwrap_err();
+            assert_eq!(err.code, recd_plugin_api::abi::code::INVALID_PARAMS, "{params}");
+            assert!(err.message.starts_with(want), "{params}: {}", err.message);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! A test harness for strategy authors: runs a [`Strategy`] in-process through the very
+//! ABI entry points a host calls (`create`, `run`, `destroy`, the Arrow C Data Interface
+//! both ways, the host callbacks), on small in-memory tables, with a closure standing in
+//! for the model. No daemon, no worker, no ONNX Runtime.
+//!
+//! ```text
+//! let out = Harness::new(r#"{"k": 2}"#)
+//!     .input("interactions", interactions_batch)
+//!     .scorer(|batch| Ok(my_scores(batch)))
+//!     .run::<MyStrategy>()?;
+//! assert_eq!(out.list("u1"), vec![("i3".into(), 0.9), ("i1".into(), 0.5)]);
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, c_char, c_void};
+
+use arrow_array::cast::AsArray;
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, to_ffi};
+use arrow_array::types::Float32Type;
+use arrow_array::{Array, RecordBatch, StructArray};
+
+use crate::abi::{RecdError, RecdHost, RecdTable, code};
+use crate::sdk::{batch_from_ffi, create_entry, destroy_entry, run_entry};
+use crate::{LogLevel, PluginError, Strategy};
+
+type Scorer = Box<dyn FnMut(&RecordBatch) -> Result<RecordBatch, String>>;
+
+pub struct Harness {
+    params: String,
+    inputs: Vec<(String, RecordBatch)>,
+    scorer: Option<Scorer>,
+    cancel_after_polls: Option<u64>,
+}
+
+/// What a run produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub batches: Vec<RecordBatch>,
+    pub logs: Vec<(LogLevel, String)>,
+    pub progress: Vec<(u64, u64)>,
+}
+
+impl Output {
+    /// Every emitted row as (user, item, score), in emission order.
+    pub fn rows(&self) -> Vec<(String, String, f32)> {
+        let mut rows = Vec::new();
+        for b in &self.batches {
+            let (u, i, s) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+                b.column(2).as_primitive::<Float32Type>(),
+            );
+            for r in 0..b.num_rows() {
+                rows.push((u.value(r).to_string(), i.value(r).to_string(), s.value(r)));
+            }
+        }
+        rows
+    }
+
+    /// One user's rows as (item, score), in emission order.
+    pub fn list(&self, user: &str) -> Vec<(String, f32)> {
+        self.rows().into_iter().filter(|(u, _, _)| u == user).map(|(_, i, s)| (i, s)).collect()
+    }
+
+    /// Users with at least one row.
+    pub fn users(&self) -> Vec<String> {
+        let set: BTreeMap<String, ()> = self.rows().into_iter().map(|(u, _, _)| (u, ())).collect();
+        set.into_keys().collect()
+    }
+}
+
+struct HostState {
+    scorer: Option<Scorer>,
+    out: Output,
+    polls: u64,
+    cancel_after_polls: Option<u64>,
+}
+
+impl Harness {
+    /// `params_json`: the job's `[params]` as the host hands them over (a JSON object).
+    pub fn new(params_json: &str) -> Harness {
+        Harness { params: params_json.to_string(), inputs: Vec::new(), scorer: None, cancel_after_polls: None }
+    }
+
+    pub fn input(mut self, name: &str, batch: RecordBatch) -> Harness {
+        self.inputs.push((name.to_string(), batch));
+        self
+    }
+
+    /// Stands in for the job's model: gets the batch the strategy asked to score (one
+    /// column per model input) and returns one column per model output.
+    pub fn scorer(mut self, f: impl FnMut(&RecordBatch) -> Result<RecordBatch, String> + 'static) -> Harness {
+        self.scorer = Some(Box::new(f));
+        self
+    }
+
+    /// Answers "cancelled" from the `polls`-th cancellation check on.
+    pub fn cancel_after(mut self, polls: u64) -> Harness {
+        self.cancel_after_polls = Some(polls);
+        self
+    }
+
+    /// Runs `S` once: create (params validation), run, destroy.
+    pub fn run<S: Strategy>(self) -> Result<Output, PluginError> {
+        let mut err = RecdError::new();
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid pointers for the call, as a host passes them.
+        let rc = unsafe { create_entry::<S>(self.params.as_ptr(), self.params.len(), &mut instance, &mut err) };
+        if rc != code::OK {
+            return Err(PluginError::new(rc, err.message()));
+        }
+        let names: Vec<CString> =
+            self.inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
+        let mut tables = Vec::new();
+        for ((_, batch), name) in self.inputs.into_iter().zip(&names) {
+            let (array, schema) = to_ffi(&StructArray::from(batch).into_data())
+                .map_err(|e| PluginError::internal(format!("arrow export failed: {e}")))?;
+            tables.push(RecdTable { name: name.as_ptr(), schema, array });
+        }
+        let mut state = HostState {
+            scorer: self.scorer,
+            out: Output::default(),
+            polls: 0,
+            cancel_after_polls: self.cancel_after_polls,
+        };
+        let host = RecdHost {
+            ctx: (&mut state as *mut HostState).cast(),
+            score: score_cb,
+            emit: emit_cb,
+            log: log_cb,
+            progress: progress_cb,
+            is_cancelled: is_cancelled_cb,
+        };
+        let mut err = RecdError::new();
+        // SAFETY: instance from create_entry::<S>; tables and host outlive the call.
+        let rc = unsafe { run_entry::<S>(instance, &host, tables.as_mut_ptr(), tables.len(), &mut err) };
+        // SAFETY: created above, not used again.
+        unsafe { destroy_entry::<S>(instance) };
+        drop(tables);
+        if rc != code::OK {
+            return Err(PluginError::new(rc, err.message()));
+        }
+        Ok(state.out)
+    }
+}
+
+/// # Safety
+/// `ctx` is the `HostState` the harness put in the vtable.
+unsafe fn state<'a>(ctx: *mut c_void) -> &'a mut HostState {
+    // SAFETY: per the caller.
+    unsafe { &mut *ctx.cast::<HostState>() }
+}
+
+fn fail(err: *mut RecdError, message: &str) -> i32 {
+    if !err.is_null() {
+        // SAFETY: the plugin passes a valid RecdError.
+        unsafe { (*err).set(code::HOST, message) };
+    }
+    code::HOST
+}
+
+unsafe extern "C" fn score_cb(
+    ctx: *mut c_void,
+    _model: *const c_char,
+    in_schema: *mut FFI_ArrowSchema,
+    in_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    err: *mut RecdError,
+) -> i32 {
+    // SAFETY: the ABI contract: the input is moved to us.
+    let (array, schema) = unsafe {
+        (std::ptr::replace(in_array, FFI_ArrowArray::empty()), std::ptr::replace(in_schema, FFI_ArrowSchema::empty()))
+    };
+    let batch = match unsafe { batch_from_ffi(array, &schema) } {
+        Ok(b) => b,
+        Err(e) => return fail(err, &e.message),
+    };
+    let st = unsafe { state(ctx) };
+    let Some(scorer) = st.scorer.as_mut() else { return fail(err, "the harness has no scorer (Harness::scorer)") };
+    let result = match scorer(&batch) {
+        Ok(r) => r,
+        Err(e) => return fail(err, &e),
+    };
+    match to_ffi(&StructArray::from(result).into_data()) {
+        Ok((array, schema)) => {
+            // SAFETY: the plugin passes empty output structs it will own.
+            unsafe {
+                std::ptr::write(out_array, array);
+                std::ptr::write(out_schema, schema);
+            }
+            code::OK
+        }
+        Err(e) => fail(err, &e.to_string()),
+    }
+}
+
+unsafe extern "C" fn emit_cb(
+    ctx: *mut c_void,
+    schema: *mut FFI_ArrowSchema,
+    array: *mut FFI_ArrowArray,
+    err: *mut RecdError,
+) -> i32 {
+    // SAFETY: the ABI contract: the batch is moved to us.
+    let (array, schema) = unsafe {
+        (std::ptr::replace(array, FFI_ArrowArray::empty()), std::ptr::replace(schema, FFI_ArrowSchema::empty()))
+    };
+    match unsafe { batch_from_ffi(array, &schema) } {
+        Ok(batch) => {
+            let types: Vec<String> =
+                batch.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+            if types != ["user Utf8", "item Utf8", "score Float32"] {
+                return fail(
+                    err,
+                    &format!("output rows must be (user Utf8, item Utf8, score Float32), got ({})", types.join(", ")),
+                );
+            }
+            unsafe { state(ctx) }.out.batches.push(batch);
+            code::OK
+        }
+        Err(e) => fail(err, &e.message),
+    }
+}
+
+unsafe extern "C" fn log_cb(ctx: *mut c_void, level: i32, msg: *const u8, len: usize) {
+    // SAFETY: `len` readable bytes.
+    let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(msg, len) }).into_owned();
+    let level = match level {
+        crate::abi::level::ERROR => LogLevel::Error,
+        crate::abi::level::WARN => LogLevel::Warn,
+        crate::abi::level::INFO => LogLevel::Info,
+        _ => LogLevel::Debug,
+    };
+    unsafe { state(ctx) }.out.logs.push((level, text));
+}
+
+unsafe extern "C" fn progress_cb(ctx: *mut c_void, done: u64, total: u64) {
+    unsafe { state(ctx) }.out.progress.push((done, total));
+}
+
+unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
+    let st = unsafe { state(ctx) };
+    st.polls += 1;
+    i32::from(st.cancel_after_polls.is_some_and(|n| st.polls >= n))
+}
