@@ -56,9 +56,19 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// Scheduled, caught-up and chained runs honour `suspend` and `recd pause`.
+    /// Every run that starts by itself (schedule, catch-up, chain, retry) honours
+    /// `suspend` and `recd pause`; only a manual run does not.
     fn is_automatic(&self) -> bool {
-        matches!(self, Trigger::Schedule(_) | Trigger::CatchUp(_) | Trigger::After(_))
+        !matches!(self, Trigger::Manual)
+    }
+}
+
+impl Trigger {
+    fn tick(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Trigger::Schedule(t) | Trigger::CatchUp(t) => Some(*t),
+            _ => None,
+        }
     }
 }
 
@@ -221,6 +231,9 @@ impl Daemon {
     async fn acquire(&self, job: &Job, trigger: &Trigger) -> Result<Arc<RunControl>, String> {
         let mut waiting_in_queue = false;
         loop {
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return Err("the daemon is shutting down".into());
+            }
             {
                 let mut states = self.states.lock().expect("states");
                 let st = states.entry(job.name.clone()).or_default();
@@ -267,6 +280,7 @@ impl Daemon {
             run_id,
             job: job.name.clone(),
             trigger: trigger.to_string(),
+            scheduled_for: trigger.tick().map(stamp),
             started_at: stamp(now),
             ended_at: stamp(now),
             seconds: 0.0,
@@ -294,6 +308,7 @@ impl Daemon {
             run_id,
             job: job.name.clone(),
             trigger: trigger.to_string(),
+            scheduled_for: trigger.tick().map(stamp),
             started_at: stamp(started),
             ended_at: stamp(ended),
             seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
@@ -368,7 +383,9 @@ impl Daemon {
 
     /// `recd pause|resume JOB`: stops or restarts scheduled and chained runs.
     pub fn set_paused(&self, name: &str, paused: bool) -> Result<(), String> {
-        self.job(name)?;
+        if paused {
+            self.job(name)?;
+        }
         self.store.set_paused(name, paused).map_err(|e| e.to_string())
     }
 

@@ -269,7 +269,10 @@ fn policy(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Po
     }
     Ok(Policy {
         overlap,
-        starting_deadline: raw.starting_deadline_seconds.map(Duration::from_secs),
+        starting_deadline: match raw.starting_deadline_seconds {
+            Some(n) => Some(positive("starting_deadline_seconds", Some(n), n)?),
+            None => None,
+        },
         retries,
         retry_backoff,
         retry_backoff_max,

@@ -299,7 +299,11 @@ fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     for name in &checked {
         let job = &set[name];
         if !errors.iter().any(|(f, _)| job::job_name(f) == *name) {
-            let when = job.schedule.as_ref().map(|s| format!("{:?} ({})", s.expr, s.tz)).unwrap_or("manual".into());
+            let when = match (&job.schedule, job.after.is_empty()) {
+                (Some(s), _) => format!("{:?} ({})", s.expr, s.tz),
+                (None, false) => format!("after {}", job.after.join(", ")),
+                (None, true) => "manual".into(),
+            };
             println!("ok    {} (table {}, schedule {when})", job.file.display(), job.table);
         }
     }
@@ -360,8 +364,14 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         }
     }
     systemd::notify("STOPPING=1");
-    // Reads go on while running jobs get their grace period.
-    daemon.shutdown(Duration::from_secs(config.shutdown_grace_seconds)).await;
+    // Reads go on while running jobs get their grace period; a second signal ends it.
+    tokio::select! {
+        () = daemon.shutdown(Duration::from_secs(config.shutdown_grace_seconds)) => {}
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            tracing::warn!("second signal: cancelling running jobs now");
+            daemon.shutdown(Duration::ZERO).await;
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = read_server.await;
     let _ = admin_server.await;

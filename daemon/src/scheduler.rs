@@ -89,6 +89,12 @@ impl Scheduler {
             let (me, daemon, name) = (me.clone(), daemon.clone(), job_name.clone());
             Box::pin(async move {
                 let Some(me) = me.upgrade() else { return };
+                // tokio-cron-scheduler keeps whole seconds and polls every ~500 ms, so its
+                // timer can go off up to a second early: wait out the rest, never run early
+                // (a 00:00 job must not see the previous day).
+                if let Ok(rest) = (tick - Utc::now()).to_std() {
+                    tokio::time::sleep(rest).await;
+                }
                 if me.schedule_of(&name, generation).is_none() {
                     return; // re-scheduled or removed since this timer was armed
                 }

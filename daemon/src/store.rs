@@ -80,6 +80,9 @@ pub struct RunRecord {
     pub job: String,
     /// What started it: "schedule", "manual", "retry N", "after <job>", "catch-up".
     pub trigger: String,
+    /// The tick a scheduled or caught-up run was for.
+    #[serde(default)]
+    pub scheduled_for: Option<String>,
     pub started_at: String,
     pub ended_at: String,
     pub seconds: f64,
@@ -471,6 +474,7 @@ mod tests {
             run_id,
             job: job.into(),
             trigger: "manual".into(),
+            scheduled_for: None,
             started_at: String::new(),
             ended_at: String::new(),
             seconds: 0.0,

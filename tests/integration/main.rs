@@ -7,6 +7,7 @@
 mod oracle;
 mod util;
 
+mod c_plugin;
 mod faults;
 mod jobs;
 mod lifecycle;

@@ -19,6 +19,11 @@ fn a_scheduled_job_publishes_without_being_asked() {
         assert!(Instant::now() < deadline, "the scheduled job never published:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // never early: each scheduled run starts at or after the tick it is for
+    for run in d.history("ticker") {
+        let at = |f: &str| chrono::DateTime::parse_from_rfc3339(run[f].as_str().unwrap()).unwrap();
+        assert!(at("started_at") >= at("scheduled_for"), "ran early: {run}");
+    }
     // it keeps firing: a later version replaces the first
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -15,7 +15,7 @@ impl History {
     pub fn parse(args: &[Vec<u8>]) -> ParseResult<History> {
         let (job, n) = match args {
             [job] => (job, 20),
-            [job, n] => (job, parse_int(n)?.clamp(1, 1000) as usize),
+            [job, n] => (job, parse_int(n)?.clamp(1, crate::daemon::HISTORY_PER_JOB as i64) as usize),
             _ => return Err(wrong_args("history")),
         };
         Ok(History { job: String::from_utf8_lossy(job).into_owned(), n })

@@ -1,0 +1,139 @@
+//! The ABI is really C: a plugin written in C against `recd_plugin.h` alone, compiled here
+//! with the system compiler, runs end to end; and the handshake refuses a plugin built for
+//! another ABI, naming both versions, without disturbing other jobs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::{DataType, TimeUnit};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::util::{TestDaemon, root};
+
+/// Compiles C source into `dir/librecd_<name>.so` with the system C compiler.
+fn compile_c(source: &Path, dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(format!("librecd_{name}.so"));
+    let cc = Command::new("cc")
+        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(root().join("plugin-api/include"))
+        .arg(source)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("a C compiler (cc)");
+    assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+    out
+}
+
+fn raw_times(col: &ArrayRef) -> Vec<i64> {
+    match col.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            col.as_primitive::<arrow_array::types::TimestampSecondType>().values().to_vec()
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            col.as_primitive::<arrow_array::types::TimestampMillisecondType>().values().to_vec()
+        }
+        other => panic!("unexpected ts type {other}"),
+    }
+}
+
+/// The expected lists, computed here from the Parquet data: per user, the k items first
+/// bought most recently (ties by item id) that the user never bought; cancelled lines ignored.
+fn expected_recent(k: usize) -> HashMap<String, Vec<String>> {
+    let file = std::fs::File::open(root().join("data/demo/retail.parquet")).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut first_seen: HashMap<String, i64> = HashMap::new();
+    let mut bought: HashMap<String, HashSet<String>> = HashMap::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let users = b.column_by_name("user_id").unwrap().as_string::<i32>().clone();
+        let items = b.column_by_name("item_id").unwrap().as_string::<i32>().clone();
+        let cancelled = b.column_by_name("cancelled").unwrap().as_boolean().clone();
+        let ts = raw_times(b.column_by_name("ts").unwrap());
+        for (r, &when) in ts.iter().enumerate() {
+            if cancelled.value(r) {
+                continue;
+            }
+            let (u, i) = (users.value(r), items.value(r));
+            let seen = first_seen.entry(i.to_string()).or_insert(when);
+            *seen = (*seen).min(when);
+            bought.entry(u.to_string()).or_default().insert(i.to_string());
+        }
+    }
+    let mut order: Vec<(&String, &i64)> = first_seen.iter().collect();
+    order.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    bought
+        .iter()
+        .map(|(u, mine)| {
+            (u.clone(), order.iter().map(|(i, _)| (*i).clone()).filter(|i| !mine.contains(i)).take(k).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn a_plugin_written_in_c_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = compile_c(&root().join("plugins/recent/recent.c"), dir.path(), "recent");
+    let job = format!(
+        "plugin = \"{}\"\ntable = \"recent\"\n[inputs]\ninteractions = \"{}/data/demo/retail.parquet\"\n[params]\nk = 5\n",
+        so.display(),
+        root().display()
+    );
+    let d = TestDaemon::start(&[("recent", &job)]);
+    let report = d.run_job("recent");
+    let expected = expected_recent(5);
+    assert!(report.contains(&format!("{} users, {} rows", expected.len(), expected.len() * 5)), "{report}");
+    let mut conn = d.redis();
+    let mut users: Vec<&String> = expected.keys().collect();
+    users.sort();
+    let mut pipe = redis::pipe();
+    for u in &users {
+        pipe.cmd("ZREVRANGE").arg(format!("recent:{u}")).arg(0).arg(-1).arg("WITHSCORES");
+    }
+    let served: Vec<Vec<(String, f64)>> = pipe.query(&mut conn).unwrap();
+    for (u, list) in users.iter().zip(served) {
+        let items: Vec<&String> = list.iter().map(|(i, _)| i).collect();
+        let want: Vec<&String> = expected[*u].iter().collect();
+        assert_eq!(items, want, "user {u}");
+        let scores: Vec<f64> = list.iter().map(|(_, s)| *s).collect();
+        assert_eq!(scores, [5.0, 4.0, 3.0, 2.0, 1.0], "user {u}");
+    }
+    // the C plugin validates its own params
+    d.write_job("recent", &job.replace("k = 5", "kk = 5"));
+    assert!(d.cli(&["reload"]).status.success());
+    let out = d.cli(&["run", "recent"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("params: unknown field `kk`, expected `k`"));
+}
+
+#[test]
+fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("future.c");
+    std::fs::write(
+        &src,
+        "#include \"recd_plugin.h\"\n\
+         static const RecdPluginV1 D = {.abi_major = 2, .abi_minor = 0, .name = \"future\", .version = \"9.0\"};\n\
+         RECD_PLUGIN_EXPORT const RecdPluginV1 *recd_plugin_entry(void) { return &D; }\n",
+    )
+    .unwrap();
+    let future = compile_c(&src, dir.path(), "future");
+    let src = dir.path().join("nothing.c");
+    std::fs::write(&src, "int recd_something_else(void) { return 1; }\n").unwrap();
+    let nothing = compile_c(&src, dir.path(), "nothing");
+    let ok = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let d = TestDaemon::start(&[
+        ("future", &format!("plugin = \"{}\"\n", future.display())),
+        ("nothing", &format!("plugin = \"{}\"\n", nothing.display())),
+        ("fine", ok),
+    ]);
+    let out = d.cli(&["run", "future"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("speaks ABI 2.0, this recd speaks ABI 1.0"), "{err}");
+    let out = d.cli(&["run", "nothing"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not export `recd_plugin_entry`"));
+    d.run_job("fine");
+}
