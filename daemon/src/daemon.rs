@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::job::{self, Job, JobError, Overlap};
 use crate::metrics::Metrics;
+use crate::plugins::{self, ProbeCache, Registry};
 use crate::runner::{self, RunControl, RunError, RunReport};
 use crate::schedule;
 use crate::scheduler::Scheduler;
@@ -25,6 +26,8 @@ pub struct Daemon {
     pub config: Config,
     pub store: Arc<Store>,
     pub metrics: Metrics,
+    pub plugins: Registry,
+    probes: ProbeCache,
     jobs: RwLock<JobSet>,
     states: Mutex<HashMap<String, JobState>>,
     next_run_id: AtomicU64,
@@ -89,6 +92,8 @@ impl Daemon {
         // Run ids only need to be unique and increasing across restarts.
         let seed = Utc::now().timestamp_millis().max(0) as u64;
         Arc::new(Daemon {
+            plugins: Registry::new(&config.data_dir),
+            probes: plugins::new_probe_cache(),
             config,
             store: Arc::new(store),
             metrics: Metrics::default(),
@@ -150,12 +155,18 @@ impl Daemon {
     /// removed file removes its job. Returns the errors, if any.
     pub async fn reload(self: &Arc<Self>) -> anyhow::Result<Vec<JobError>> {
         let files = job_files(&self.config.jobs_dir)?;
+        // Parsing is cheap; checking plugins spawns probe processes: off the runtime.
+        let daemon = Arc::clone(self);
+        let loaded = tokio::task::spawn_blocking(move || {
+            files.iter().map(|file| (file.clone(), daemon.load_and_check(file))).collect::<Vec<_>>()
+        })
+        .await?;
         let errors = {
             let mut set = self.jobs.write().expect("jobs lock");
             let previous = std::mem::take(&mut *set);
-            for file in &files {
-                let name = job::job_name(file);
-                match job::load(file, &self.config) {
+            for (file, result) in loaded {
+                let name = job::job_name(&file);
+                match result {
                     Ok(job) => {
                         set.jobs.insert(name, job);
                     }
@@ -171,6 +182,14 @@ impl Daemon {
         };
         self.sync_schedule().await;
         Ok(errors)
+    }
+
+    /// A job file parsed, validated, resolved, and its plugin checked (see
+    /// `plugins::Registry::check_job`).
+    fn load_and_check(&self, file: &std::path::Path) -> Result<Job, JobError> {
+        let job = job::load(file, &self.config)?;
+        self.plugins.check_job(&job, &self.probes).map_err(|(field, message)| job.probe_error(&field, message))?;
+        Ok(job)
     }
 
     pub fn jobs(&self) -> JobSet {
@@ -208,7 +227,7 @@ impl Daemon {
         let result = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             tracing::info!(table = %run_job.table, "run started");
-            runner::execute(&run_job, run_id, &daemon.config, &daemon.store, &worker_control)
+            runner::execute(&run_job, run_id, &daemon.config, &daemon.store, &daemon.plugins, &worker_control)
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));

@@ -55,6 +55,17 @@ pub struct RawJob {
     /// Run this job each time one of these jobs publishes.
     #[serde(default)]
     pub after: Vec<String>,
+    /// Refuse the plugin unless its file has this SHA-256 (hex).
+    pub plugin_sha256: Option<String>,
+    /// Output check: at most this many items per user. Default 1000.
+    pub max_items_per_user: Option<u32>,
+    /// Output check: a run that emits no row fails unless this is true. Default false.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Output check: every user must appear in this input column, "table.column".
+    pub known_users: Option<String>,
+    /// Output check: every item must appear in this input column, "table.column".
+    pub known_items: Option<String>,
     /// Plugin name (`<plugins_dir>/librecd_<name>.so`) or a path to a `.so`.
     pub plugin: String,
     /// Table the results are published to; defaults to the job name (file stem).
@@ -78,6 +89,15 @@ pub enum Device {
     Cpu,
     Cuda,
     Auto,
+}
+
+/// What a run's output must satisfy before it is published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputChecks {
+    pub max_items_per_user: u32,
+    pub allow_empty: bool,
+    pub known_users: Option<(String, String)>,
+    pub known_items: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +158,15 @@ pub struct Job {
     /// `[params]` as JSON, the form the plugin ABI takes.
     pub params_json: String,
     pub description: Option<String>,
+    /// The plugin's own name when the job named it (then its descriptor must match).
+    pub plugin_name: Option<String>,
+    pub plugin_sha256: Option<String>,
+    pub checks: OutputChecks,
     /// Line of the `after` key, for errors found when checking jobs together.
     pub after_line: usize,
+    /// Lines of `plugin` and `[params]`, for errors the plugin probe finds.
+    pub plugin_line: usize,
+    pub params_line: usize,
 }
 
 /// Reads, parses, validates and resolves one job file.
@@ -193,14 +220,15 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
             return Err(invalid("after", format!("job {name:?} cannot run after itself")));
         }
     }
-    let table = raw.table.unwrap_or_else(|| name.to_string());
+    let table = raw.table.clone().unwrap_or_else(|| name.to_string());
     if !valid_name(&table) {
         return Err(invalid(
             "table",
             format!("{table:?} must be letters, digits, '-' or '_' (it prefixes keys as `<table>:<user>`)"),
         ));
     }
-    let plugin = if raw.plugin.ends_with(".so") || raw.plugin.contains('/') {
+    let by_path = raw.plugin.ends_with(".so") || raw.plugin.contains('/');
+    let plugin = if by_path {
         absolute(base, &raw.plugin)
     } else if valid_name(&raw.plugin) {
         plugins_dir.join(format!("librecd_{}.so", raw.plugin.replace('-', "_")))
@@ -224,6 +252,12 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         };
         inputs.push(Input { name: input.clone(), path: absolute(base, path), format });
     }
+    if let Some(pin) = &raw.plugin_sha256
+        && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+    {
+        return Err(invalid("plugin_sha256", format!("expected 64 lowercase hex digits, got {pin:?}")));
+    }
+    let checks = output_checks(&raw, &inputs, &invalid)?;
     let params_json = serde_json::to_string(&raw.params)
         .map_err(|e| invalid("params", format!("cannot be expressed as JSON: {e}")))?;
     Ok(Job {
@@ -240,6 +274,39 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         params_json,
         description: raw.description,
         after_line: line_of_key(text, "after"),
+        plugin_line: line_of_key(text, "plugin"),
+        params_line: text.lines().position(|l| l.trim() == "[params]").map(|i| i + 1).unwrap_or(1),
+        plugin_name: (!by_path).then(|| raw.plugin.clone()),
+        plugin_sha256: raw.plugin_sha256.clone(),
+        checks,
+    })
+}
+
+fn output_checks(
+    raw: &RawJob,
+    inputs: &[Input],
+    invalid: &dyn Fn(&str, String) -> JobError,
+) -> Result<OutputChecks, JobError> {
+    let column_ref = |field: &str, v: &Option<String>| -> Result<Option<(String, String)>, JobError> {
+        let Some(v) = v else { return Ok(None) };
+        let Some((table, column)) = v.split_once('.') else {
+            return Err(invalid(field, format!("expected \"input.column\", got {v:?}")));
+        };
+        if !inputs.iter().any(|i| i.name == table) {
+            let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(invalid(field, format!("no input named {table:?} (inputs: {})", names.join(", "))));
+        }
+        Ok(Some((table.to_string(), column.to_string())))
+    };
+    let max = raw.max_items_per_user.unwrap_or(1000);
+    if max == 0 {
+        return Err(invalid("max_items_per_user", "must be at least 1".into()));
+    }
+    Ok(OutputChecks {
+        max_items_per_user: max,
+        allow_empty: raw.allow_empty,
+        known_users: column_ref("known_users", &raw.known_users)?,
+        known_items: column_ref("known_items", &raw.known_items)?,
     })
 }
 
@@ -339,6 +406,12 @@ fn cycle_through(start: &str, jobs: &BTreeMap<String, Job>) -> Option<Vec<String
 }
 
 impl Job {
+    /// An error the plugin probe reported about key `field` ("plugin" or "params").
+    pub fn probe_error(&self, field: &str, message: String) -> JobError {
+        let line = if field == "params" { self.params_line } else { self.plugin_line };
+        JobError::Invalid { file: self.file.display().to_string(), line, field: field.into(), message }
+    }
+
     /// Checks that the files the job names exist (the I/O half of validation).
     pub fn resolve(self, text: &str) -> Result<Job, JobError> {
         let file = self.file.display().to_string();
@@ -350,6 +423,19 @@ impl Job {
         };
         if !self.plugin.is_file() {
             return Err(missing("plugin", "unknown plugin: file", &self.plugin));
+        }
+        let refuse = |field: &str, message: String| JobError::Invalid {
+            file: file.clone(),
+            line: line_of_key(text, field),
+            field: field.into(),
+            message,
+        };
+        crate::plugins::check_trust(&self.plugin).map_err(|m| refuse("plugin", m))?;
+        if let Some(pin) = &self.plugin_sha256 {
+            let sha = crate::plugins::sha256_file(&self.plugin).map_err(|e| refuse("plugin", e.to_string()))?;
+            if &sha != pin {
+                return Err(refuse("plugin_sha256", format!("the plugin file has sha256 {sha}, not the pinned one")));
+            }
         }
         if let Some(model) = &self.model
             && !model.is_file()

@@ -6,6 +6,7 @@ mod daemon;
 mod job;
 mod loader;
 mod metrics;
+mod plugins;
 mod runner;
 mod schedule;
 mod scheduler;
@@ -100,16 +101,28 @@ enum Cmd {
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
+    /// Plugins the daemon has loaded for runs: name, version, ABI, SHA-256, when
+    Plugins {
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
     /// Internal: one job run, spawned by `recd serve`
     #[command(hide = true)]
     Worker,
+    /// Internal: load a plugin and check params (stdin) in a throwaway process
+    #[command(hide = true)]
+    ProbePlugin { path: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Worker = cli.command {
-        init_tracing(LogStyle::Worker);
-        return worker::main();
+    match &cli.command {
+        Cmd::Worker => {
+            init_tracing(LogStyle::Worker);
+            return worker::main();
+        }
+        Cmd::ProbePlugin { path } => return worker::probe(path),
+        _ => {}
     }
     match dispatch(cli) {
         Ok(code) => code,
@@ -188,7 +201,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             override_path(&mut config.admin_socket, admin_socket);
             print_reply(client::call(&config.admin_socket, &[b"RESUME", job.as_bytes()])?)
         }
-        Cmd::Worker => unreachable!("handled in main"),
+        Cmd::Plugins { admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            print_reply(client::call(&config.admin_socket, &[b"PLUGINS"])?)
+        }
+        Cmd::Worker | Cmd::ProbePlugin { .. } => unreachable!("handled in main"),
     }
 }
 
@@ -283,7 +300,14 @@ fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut errors: Vec<(PathBuf, String)> = Vec::new();
     let mut checked = Vec::new();
     for file in &files {
-        match job::load(file, config) {
+        // The plugin judges its own params, in a probe process.
+        let outcome = job::load(file, config).and_then(|job| {
+            plugins::probe(&job.plugin, &job.params_json)
+                .and_then(|desc| plugins::check_name(&job, &desc))
+                .map_err(|(field, message)| job.probe_error(&field, message))?;
+            Ok(job)
+        });
+        match outcome {
             Ok(job) => {
                 checked.push(job.name.clone());
                 set.insert(job.name.clone(), job);

@@ -13,7 +13,8 @@ use arrow_array::types::Float32Type;
 use arrow_array::{Array, RecordBatch};
 
 use crate::config::Config;
-use crate::job::Job;
+use crate::job::{Job, OutputChecks};
+use crate::plugins::Registry;
 use crate::store::{StagedVersion, Store, VersionInfo};
 use crate::wire::{self, Message, RunSpec};
 
@@ -176,13 +177,19 @@ pub fn execute(
     run_id: u64,
     config: &Config,
     store: &Store,
+    plugins: &Registry,
     control: &Arc<RunControl>,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
+    // The worker loads a snapshot: replacing the plugin file cannot touch this run.
+    let (snapshot, sha256) = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
     let spec = RunSpec {
         job: job.name.clone(),
         run_id,
-        plugin: job.plugin.clone(),
+        plugin: snapshot,
+        expect_name: job.plugin_name.clone(),
+        known_users: job.checks.known_users.clone(),
+        known_items: job.checks.known_items.clone(),
         params_json: job.params_json.clone(),
         inputs: job.inputs.clone(),
         model: job.model.clone(),
@@ -212,7 +219,7 @@ pub fn execute(
     };
 
     let staged = store.stage(&job.table, &job.name, run_id)?;
-    let mut collector = Collector::new(staged);
+    let mut collector = Collector::new(staged, &job.checks);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
         let _ = child.lock().expect("child lock").kill();
@@ -224,11 +231,14 @@ pub fn execute(
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
         (None, Err(e)) => Err(e.into()),
-        (None, Ok(Some(Message::Done { provider, .. }))) if status.success() => Ok(provider),
+        (None, Ok(Some(Message::Done { provider, plugin, .. }))) if status.success() => {
+            plugins.remember(&job.plugin, &sha256, &plugin.name, &plugin.version, &plugin.abi);
+            Ok(provider)
+        }
         (None, Ok(Some(Message::Failed { error }))) => Err(RunError::Failed(error)),
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    match outcome.and_then(|provider| collector.finish_user().map(|()| provider).map_err(RunError::from)) {
+    match outcome.and_then(|provider| collector.finish().map(|()| provider).map_err(RunError::from)) {
         Ok(provider) => {
             let version = store.publish(collector.into_staged())?;
             Ok(RunReport {
@@ -315,6 +325,8 @@ fn forward_stderr(stderr: std::process::ChildStderr, job: String, run_id: u64) -
 /// version. One user's rows must be contiguous in the stream.
 struct Collector {
     staged: StagedVersion,
+    max_items: usize,
+    allow_empty: bool,
     user: Option<String>,
     list: Vec<(String, f32)>,
     done_users: HashSet<String>,
@@ -322,8 +334,25 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(staged: StagedVersion) -> Self {
-        Collector { staged, user: None, list: Vec::new(), done_users: HashSet::new(), row: 0 }
+    fn new(staged: StagedVersion, checks: &OutputChecks) -> Self {
+        Collector {
+            staged,
+            max_items: checks.max_items_per_user as usize,
+            allow_empty: checks.allow_empty,
+            user: None,
+            list: Vec::new(),
+            done_users: HashSet::new(),
+            row: 0,
+        }
+    }
+
+    /// Closes the last user; refuses an empty result unless the job allows one.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.finish_user()?;
+        if self.staged.users == 0 && !self.allow_empty {
+            anyhow::bail!("the run emitted no rows (set `allow_empty = true` in the job to publish an empty table)");
+        }
+        Ok(())
     }
 
     fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
@@ -360,6 +389,15 @@ impl Collector {
 
     fn finish_user(&mut self) -> anyhow::Result<()> {
         let Some(user) = self.user.take() else { return Ok(()) };
+        if self.list.len() > self.max_items {
+            anyhow::bail!(
+                "output for user {user:?} lists {} items, more than max_items_per_user ({}) (rows {}..{})",
+                self.list.len(),
+                self.max_items,
+                self.row - self.list.len() as u64,
+                self.row
+            );
+        }
         let mut seen = HashSet::with_capacity(self.list.len());
         if let Some((dup, _)) = self.list.iter().find(|(item, _)| !seen.insert(item.as_str())) {
             anyhow::bail!("output for user {user:?} lists item {dup:?} twice");

@@ -28,14 +28,38 @@ pub struct RunSpec {
     pub model: Option<PathBuf>,
     pub device: Device,
     pub onnxruntime: PathBuf,
+    /// The plugin's descriptor must carry this name (the job named the plugin, not a path).
+    pub expect_name: Option<String>,
+    /// Output checks that need the inputs: every user / item must appear in this
+    /// (input, column).
+    pub known_users: Option<(String, String)>,
+    pub known_items: Option<(String, String)>,
+}
+
+/// What a plugin's descriptor says about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PluginDesc {
+    pub name: String,
+    pub version: String,
+    pub abi: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    Progress { done: u64, total: u64 },
-    Done { provider: String, rows: u64 },
-    Failed { error: String },
+    Progress {
+        done: u64,
+        total: u64,
+    },
+    Done {
+        provider: String,
+        rows: u64,
+        #[serde(default)]
+        plugin: PluginDesc,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 pub fn write_frame(out: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {

@@ -101,11 +101,15 @@ fn a_plugin_written_in_c_runs_end_to_end() {
         let scores: Vec<f64> = list.iter().map(|(_, s)| *s).collect();
         assert_eq!(scores, [5.0, 4.0, 3.0, 2.0, 1.0], "user {u}");
     }
-    // the C plugin validates its own params
+    // the C plugin validates its own params, before any run: on reload and in validate
     d.write_job("recent", &job.replace("k = 5", "kk = 5"));
-    assert!(d.cli(&["reload"]).status.success());
-    let out = d.cli(&["run", "recent"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("params: unknown field `kk`, expected `k`"));
+    let out = d.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recent.toml:5: field `params`: params: unknown field `kk`, expected `k`"), "{err}");
+    let out = d.cli(&["validate", d.jobs_dir().join("recent.toml").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("field `params`: params: unknown field `kk`"));
+    // ... and the last good definition (k = 5) keeps running
+    assert!(d.run_job("recent").contains("version 2"));
 }
 
 #[test]
@@ -129,11 +133,16 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
         ("nothing", &format!("plugin = \"{}\"\n", nothing.display())),
         ("fine", ok),
     ]);
+    // refused when the job is loaded, before any run, with both versions named
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("future.toml:1: field `plugin`: plugin"), "{status}");
+    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.0"), "{status}");
+    assert!(
+        status.contains("nothing.toml:1: field `plugin`: plugin")
+            && status.contains("does not export `recd_plugin_entry`")
+    );
     let out = d.cli(&["run", "future"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("speaks ABI 2.0, this recd speaks ABI 1.0"), "{err}");
-    let out = d.cli(&["run", "nothing"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not export `recd_plugin_entry`"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job named `future`"));
+    // other jobs are unaffected
     d.run_job("fine");
 }

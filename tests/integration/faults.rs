@@ -15,6 +15,7 @@ fn panicking_and_aborting_plugins_fail_their_runs_and_serving_goes_on() {
         ("fine", &faulty_job("ok")),
         ("panics", &faulty_job("panic")),
         ("aborts", &faulty_job("abort")),
+        ("segfaults", &faulty_job("segv")),
         ("errs", &faulty_job("error")),
     ]);
     d.run_job("ranking");
@@ -28,6 +29,7 @@ fn panicking_and_aborting_plugins_fail_their_runs_and_serving_goes_on() {
     let cases = [
         ("panics", "plugin panicked: faulty plugin was asked to panic"),
         ("aborts", "SIGABRT"),
+        ("segfaults", "SIGSEGV"),
         ("errs", "faulty plugin was asked to fail"),
     ];
     for (job, want) in cases {

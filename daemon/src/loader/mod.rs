@@ -87,6 +87,11 @@ impl Plugin {
         Ok(Plugin { descriptor, name, version })
     }
 
+    /// "major.minor" of the ABI the plugin was built for.
+    pub fn abi(&self) -> String {
+        format!("{}.{}", self.descriptor.abi_major, self.descriptor.abi_minor)
+    }
+
     /// Creates an instance; the plugin validates `params_json` here.
     pub fn create(&self, params_json: &str) -> Result<Instance<'_>, PluginCallError> {
         let mut instance: *mut c_void = std::ptr::null_mut();

@@ -11,12 +11,15 @@ use std::io::{BufRead, BufWriter, Read, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::HashSet;
+
 use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
 use arrow_schema::DataType;
 use recd_plugin_api::abi::{self, level};
 
 use crate::loader::{self, Host, Plugin};
-use crate::wire::{self, Message, RunSpec};
+use crate::wire::{self, Message, PluginDesc, RunSpec};
 use engine::Engine;
 
 pub fn main() -> ExitCode {
@@ -33,7 +36,7 @@ pub fn main() -> ExitCode {
         run(&spec, &mut out)
     });
     let (message, code) = match result {
-        Ok((provider, rows)) => (Message::Done { provider, rows }, ExitCode::SUCCESS),
+        Ok((provider, rows, plugin)) => (Message::Done { provider, rows, plugin }, ExitCode::SUCCESS),
         Err(e) => (Message::Failed { error: format!("{e:#}") }, ExitCode::FAILURE),
     };
     if wire::write_message(&mut out, &message).is_err() {
@@ -62,9 +65,18 @@ fn watch_for_cancel() {
     });
 }
 
-fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64)> {
+fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64, PluginDesc)> {
     let plugin = Plugin::open(&spec.plugin)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, "plugin loaded");
+    if let Some(want) = &spec.expect_name
+        && plugin.name.replace('-', "_") != want.replace('-', "_")
+    {
+        anyhow::bail!(
+            "the plugin file holds plugin `{}` (version {}), but the job names plugin `{want}`",
+            plugin.name,
+            plugin.version
+        );
+    }
     let mut instance = plugin
         .create(&spec.params_json)
         .map_err(|e| anyhow::anyhow!("plugin `{}` rejected its params: {e}", plugin.name))?;
@@ -72,18 +84,66 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     for input in &spec.inputs {
         tables.push((input.name.clone(), inputs::read(input)?));
     }
+    let known_users = known_ids(&tables, spec.known_users.as_ref())?;
+    let known_items = known_ids(&tables, spec.known_items.as_ref())?;
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
-    let mut host = WorkerHost { engine, out, rows: 0, broken: false };
+    let mut host = WorkerHost { engine, out, rows: 0, broken: false, known_users, known_items };
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
-    Ok((provider, host.rows))
+    let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
+    Ok((provider, host.rows, desc))
+}
+
+/// The ids of `(input, column)` as a set, for the output checks.
+fn known_ids(
+    tables: &[(String, RecordBatch)],
+    column: Option<&(String, String)>,
+) -> anyhow::Result<Option<(String, HashSet<String>)>> {
+    let Some((table, col)) = column else { return Ok(None) };
+    let batch = &tables.iter().find(|(n, _)| n == table).ok_or_else(|| anyhow::anyhow!("no input `{table}`"))?.1;
+    let array = recd_plugin_api::columns::column(batch, table, col).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ids = recd_plugin_api::columns::ids_as_strings(array, &format!("{table}.{col}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some((format!("{table}.{col}"), ids.into_iter().flatten().collect())))
+}
+
+/// `recd probe-plugin PATH`: loads the plugin (ABI checked first), creates an instance
+/// with the params read from stdin, and prints what it found as one JSON line. The daemon
+/// and `recd validate` use it to check a job before any run, without loading plugin code
+/// themselves.
+pub fn probe(path: &std::path::Path) -> ExitCode {
+    let mut params = String::new();
+    let _ = std::io::stdin().read_to_string(&mut params);
+    let result = match Plugin::open(path) {
+        Err(e) => Probe { plugin: None, field: Some("plugin".into()), error: Some(e.to_string()) },
+        Ok(plugin) => {
+            let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
+            match plugin.create(&params) {
+                Ok(_instance) => Probe { plugin: Some(desc), field: None, error: None },
+                Err(e) => Probe { plugin: Some(desc), field: Some("params".into()), error: Some(e.message) },
+            }
+        }
+    };
+    println!("{}", serde_json::to_string(&result).expect("probe serialises"));
+    ExitCode::SUCCESS
+}
+
+/// What `recd probe-plugin` prints.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    pub plugin: Option<PluginDesc>,
+    /// The job file key the error is about: "plugin" or "params".
+    pub field: Option<String>,
+    pub error: Option<String>,
 }
 
 struct WorkerHost<'o> {
     engine: Option<Engine>,
     out: &'o mut BufWriter<File>,
     rows: u64,
+    known_users: Option<(String, HashSet<String>)>,
+    known_items: Option<(String, HashSet<String>)>,
     /// The daemon stopped reading: tell the plugin to stop.
     broken: bool,
 }
@@ -99,6 +159,18 @@ impl Host for WorkerHost<'_> {
 
     fn emit(&mut self, batch: RecordBatch) -> Result<(), String> {
         check_output_schema(&batch)?;
+        for (col, known, what) in [(0, &self.known_users, "user"), (1, &self.known_items, "item")] {
+            if let Some((source, ids)) = known {
+                let values = batch.column(col).as_string::<i32>();
+                if let Some(row) = (0..batch.num_rows()).find(|&r| !ids.contains(values.value(r))) {
+                    return Err(format!(
+                        "output row {}: {what} {:?} does not appear in {source}",
+                        self.rows + row as u64,
+                        values.value(row)
+                    ));
+                }
+            }
+        }
         let mut bytes = Vec::new();
         {
             let mut w =

@@ -15,6 +15,7 @@ mod jobs;
 mod mget;
 mod pause;
 mod ping;
+mod plugins;
 mod progress;
 mod reload;
 mod run;
@@ -66,6 +67,7 @@ pub enum Command {
     Jobs(jobs::Jobs),
     History(history::History),
     Progress(progress::Progress),
+    Plugins,
     Pause(pause::Pause),
 }
 
@@ -177,7 +179,7 @@ impl Command {
             "mget" => Command::MGet(mget::MGet::parse(rest)?),
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
-            "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress"
+            "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -188,6 +190,7 @@ impl Command {
             "jobs" => Command::Jobs(jobs::Jobs::parse(rest)?),
             "history" => Command::History(history::History::parse(rest)?),
             "progress" => Command::Progress(progress::Progress::parse(rest)?),
+            "plugins" => Command::Plugins,
             "pause" => Command::Pause(pause::Pause::parse(rest, true)?),
             "resume" => Command::Pause(pause::Pause::parse(rest, false)?),
             w if WRITE_COMMANDS.contains(&w) => {
@@ -238,6 +241,7 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
         Command::Jobs(c) => c.apply(daemon, out),
         Command::History(c) => c.apply(daemon, out),
         Command::Progress(c) => c.apply(daemon, out),
+        Command::Plugins => plugins::apply(daemon, out),
         Command::Pause(c) => c.apply(daemon, out),
     }
     Flow::Continue

@@ -1,6 +1,6 @@
 //! A plugin that misbehaves on request, for the daemon's fault-isolation tests.
 //! `mode`: "ok" emits three fixed rows for `user` (default "u1"); "panic" panics in run;
-//! "abort" aborts the process; "error" returns an error; "hang" loops forever without
+//! "abort" aborts the process; "segv" writes through a null pointer; "error" returns an error; "hang" loops forever without
 //! checking cancellation; "slow" takes `seconds`, checking cancellation, then emits like
 //! "ok"; "flaky" fails its first `fail_first` runs (counted in `state_file`), then emits.
 
@@ -41,6 +41,11 @@ impl Strategy for Faulty {
             "ok" => ctx.emit(rows(self.params.user.as_deref().unwrap_or("u1"))),
             "panic" => panic!("faulty plugin was asked to panic"),
             "abort" => std::process::abort(),
+            // SAFETY: none; the point is an invalid memory access the host must survive.
+            "segv" => unsafe {
+                std::ptr::null_mut::<u8>().write_volatile(1);
+                unreachable!("the write above faults")
+            },
             "error" => Err(PluginError::internal("faulty plugin was asked to fail")),
             "hang" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));

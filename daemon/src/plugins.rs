@@ -1,0 +1,276 @@
+//! Plugin files as the daemon sees them, without ever loading one: trust checks (owner and
+//! permissions), content hashes, and per-run snapshots.
+//!
+//! Each run's worker loads a snapshot of the plugin, `<data_dir>/plugins/<sha256>.so`,
+//! never the file in the plugins folder. So a new build dropped into that folder, by an
+//! atomic rename or by copying over the old file, is picked up by the next run, while runs
+//! already going keep the code they started with; and a file caught half-written fails one
+//! run's ABI check, never a running worker.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::wire::PluginDesc;
+
+/// A file changed this recently may still be being copied: wait for it to settle.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Refuses a plugin file, or its folder, that another user could have written: writable
+/// by group or others, or owned by someone other than us or root.
+pub fn check_trust(path: &Path) -> Result<(), String> {
+    let me = fs::metadata("/proc/self").map(|m| m.uid()).map_err(|e| format!("cannot read our own uid: {e}"))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    for (what, p) in [("plugin file", path), ("plugin folder", dir)] {
+        let meta = fs::metadata(p).map_err(|e| format!("{what} {}: {e}", p.display()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        // A sticky world-writable folder (like /tmp) lets nobody replace others' files.
+        let sticky_dir = what == "plugin folder" && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky_dir {
+            return Err(format!(
+                "{what} {} is writable by group or others (mode {:04o}): refusing to load it (chmod go-w)",
+                p.display(),
+                mode
+            ));
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(format!(
+                "{what} {} is owned by uid {}, not by recd (uid {me}) or root: refusing to load it",
+                p.display(),
+                meta.uid()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The file's SHA-256, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the daemon knows of a plugin file: its hash, and what its descriptor said when a
+/// worker last inspected it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PluginInfo {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub name: String,
+    pub version: String,
+    pub abi: String,
+    /// When this content was first snapshotted for a run (RFC 3339).
+    pub loaded_at: String,
+}
+
+/// Snapshots and what is known of them.
+pub struct Registry {
+    dir: PathBuf,
+    known: Mutex<BTreeMap<PathBuf, PluginInfo>>,
+}
+
+impl Registry {
+    pub fn new(data_dir: &Path) -> Registry {
+        Registry { dir: data_dir.join("plugins"), known: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Checks `path`, waits for it to settle, and returns (snapshot path, sha256). The
+    /// snapshot is shared by every run of the same content.
+    pub fn snapshot(&self, path: &Path, pin: Option<&str>) -> Result<(PathBuf, String), String> {
+        check_trust(path)?;
+        wait_until_settled(path);
+        let sha = sha256_file(path).map_err(|e| format!("reading plugin {}: {e}", path.display()))?;
+        if let Some(pin) = pin
+            && pin != sha
+        {
+            return Err(format!("plugin {} has sha256 {sha}, but the job pins {pin}", path.display()));
+        }
+        let snap = self.dir.join(format!("{sha}.so"));
+        if !snap.exists() {
+            fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            let tmp = self.dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+            fs::copy(path, &tmp).map_err(|e| format!("snapshotting plugin {}: {e}", path.display()))?;
+            // The copy must be what we hashed: a file rewritten meanwhile is caught here.
+            if sha256_file(&tmp).map_err(|e| e.to_string())? != sha {
+                let _ = fs::remove_file(&tmp);
+                return Err(format!("plugin {} changed while it was being read: try again", path.display()));
+            }
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o500)).map_err(|e| e.to_string())?;
+            fs::rename(&tmp, &snap).map_err(|e| e.to_string())?;
+        }
+        Ok((snap, sha))
+    }
+
+    /// Records what a worker read from a snapshot's descriptor.
+    pub fn remember(&self, path: &Path, sha256: &str, name: &str, version: &str, abi: &str) {
+        let mut known = self.known.lock().expect("registry");
+        let same = known.get(path).is_some_and(|p| p.sha256 == sha256);
+        if !same {
+            known.insert(
+                path.to_path_buf(),
+                PluginInfo {
+                    path: path.to_path_buf(),
+                    sha256: sha256.to_string(),
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    abi: abi.to_string(),
+                    loaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                },
+            );
+        }
+    }
+
+    pub fn list(&self) -> Vec<PluginInfo> {
+        self.known.lock().expect("registry").values().cloned().collect()
+    }
+}
+
+fn wait_until_settled(path: &Path) {
+    for _ in 0..10 {
+        let age =
+            fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| SystemTime::now().duration_since(t).ok());
+        match age {
+            Some(age) if age < SETTLE => std::thread::sleep(SETTLE - age),
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_or_world_writable_plugins_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("librecd_x.so");
+        fs::write(&file, b"x").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_trust(&file), Ok(()));
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o664)).unwrap();
+        let err = check_trust(&file).unwrap_err();
+        assert!(err.contains("is writable by group or others (mode 0664)"), "{err}");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_trust(&file).unwrap_err();
+        assert!(err.starts_with("plugin folder"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(check_trust(&file), Ok(()), "a sticky folder like /tmp is fine");
+    }
+
+    #[test]
+    fn snapshots_are_content_addressed_and_pins_checked() {
+        let data = tempfile::tempdir().unwrap();
+        let plugins = tempfile::tempdir().unwrap();
+        let file = plugins.path().join("librecd_x.so");
+        fs::write(&file, b"version one").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(10);
+        fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        let reg = Registry::new(data.path());
+        let (snap, sha) = reg.snapshot(&file, None).unwrap();
+        // sha256("version one"), computed independently with sha256sum
+        assert_eq!(sha, "197c7c60ef8a8470a38d1a9212bdfde9cfe6fd4be910825fe6ac7880ac765d16");
+        assert_eq!(fs::read(&snap).unwrap(), b"version one");
+        let err = reg.snapshot(&file, Some("00")).unwrap_err();
+        assert!(err.contains("but the job pins 00"), "{err}");
+        fs::write(&file, b"version two").unwrap();
+        let (snap2, sha2) = reg.snapshot(&file, None).unwrap();
+        assert_ne!(sha, sha2);
+        assert_eq!(fs::read(&snap).unwrap(), b"version one", "a running worker's snapshot is untouched");
+        assert_eq!(fs::read(&snap2).unwrap(), b"version two");
+    }
+}
+
+/// Runs `recd probe-plugin` on `path` with `params_json`, in a throwaway process: the
+/// plugin's descriptor, or the job key at fault ("plugin" or "params") and the message.
+pub fn probe(path: &Path, params_json: &str) -> Result<PluginDesc, (String, String)> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let fail = |m: String| ("plugin".to_string(), m);
+    let exe = std::env::current_exe().map_err(|e| fail(e.to_string()))?;
+    let mut child = Command::new(exe)
+        .arg("probe-plugin")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start a probe: {e}")))?;
+    let _ = child.stdin.take().expect("piped stdin").write_all(params_json.as_bytes());
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let probe: crate::worker::Probe = serde_json::from_str(line.trim()).map_err(|_| {
+        fail(format!(
+            "loading plugin {} crashed the probe ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        ))
+    })?;
+    match (probe.plugin, probe.field, probe.error) {
+        (Some(desc), None, None) => Ok(desc),
+        (_, field, error) => Err((field.unwrap_or_else(|| "plugin".into()), error.unwrap_or_default())),
+    }
+}
+
+/// Probe outcomes by (content hash, params), so a reload re-checks only what changed.
+pub type ProbeCache = Mutex<BTreeMap<(String, String), Result<PluginDesc, (String, String)>>>;
+
+impl Registry {
+    /// Checks a job's plugin before any run: trust, pin, ABI, name, and its params as the
+    /// plugin itself judges them. Errors name the job file's key at fault.
+    pub fn check_job(&self, job: &crate::job::Job, cache: &ProbeCache) -> Result<PluginDesc, (String, String)> {
+        let (snapshot, sha) =
+            self.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(|m| ("plugin".to_string(), m))?;
+        let key = (sha.clone(), job.params_json.clone());
+        let cached = cache.lock().expect("probe cache").get(&key).cloned();
+        let result = match cached {
+            Some(r) => r,
+            None => {
+                let r = probe(&snapshot, &job.params_json);
+                cache.lock().expect("probe cache").insert(key, r.clone());
+                r
+            }
+        };
+        let desc = result?;
+        check_name(job, &desc)?;
+        self.remember(&job.plugin, &sha, &desc.name, &desc.version, &desc.abi);
+        Ok(desc)
+    }
+}
+
+/// A job that names its plugin must get a file whose descriptor carries that name.
+pub fn check_name(job: &crate::job::Job, desc: &PluginDesc) -> Result<(), (String, String)> {
+    match &job.plugin_name {
+        Some(want) if desc.name.replace('-', "_") != want.replace('-', "_") => Err((
+            "plugin".into(),
+            format!(
+                "{} holds plugin `{}` (version {}), but the job names plugin `{want}`",
+                job.plugin.display(),
+                desc.name,
+                desc.version
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn new_probe_cache() -> ProbeCache {
+    Mutex::new(BTreeMap::new())
+}
