@@ -151,52 +151,6 @@ fn wait_until_settled(path: &Path) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_or_world_writable_plugins_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("librecd_x.so");
-        fs::write(&file, b"x").unwrap();
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(check_trust(&file), Ok(()));
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o664)).unwrap();
-        let err = check_trust(&file).unwrap_err();
-        assert!(err.contains("is writable by group or others (mode 0664)"), "{err}");
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let err = check_trust(&file).unwrap_err();
-        assert!(err.starts_with("plugin folder"), "{err}");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-        assert_eq!(check_trust(&file), Ok(()), "a sticky folder like /tmp is fine");
-    }
-
-    #[test]
-    fn snapshots_are_content_addressed_and_pins_checked() {
-        let data = tempfile::tempdir().unwrap();
-        let plugins = tempfile::tempdir().unwrap();
-        let file = plugins.path().join("librecd_x.so");
-        fs::write(&file, b"version one").unwrap();
-        let old = SystemTime::now() - Duration::from_secs(10);
-        fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
-        let reg = Registry::new(data.path());
-        let (snap, sha) = reg.snapshot(&file, None).unwrap();
-        // sha256("version one"), computed independently with sha256sum
-        assert_eq!(sha, "197c7c60ef8a8470a38d1a9212bdfde9cfe6fd4be910825fe6ac7880ac765d16");
-        assert_eq!(fs::read(&snap).unwrap(), b"version one");
-        let err = reg.snapshot(&file, Some("00")).unwrap_err();
-        assert!(err.contains("but the job pins 00"), "{err}");
-        fs::write(&file, b"version two").unwrap();
-        let (snap2, sha2) = reg.snapshot(&file, None).unwrap();
-        assert_ne!(sha, sha2);
-        assert_eq!(fs::read(&snap).unwrap(), b"version one", "a running worker's snapshot is untouched");
-        assert_eq!(fs::read(&snap2).unwrap(), b"version two");
-    }
-}
-
 /// Runs `recd probe-plugin` on `path` with `params_json`, in a throwaway process: the
 /// plugin's descriptor, or the job key at fault ("plugin" or "params") and the message.
 pub fn probe(path: &Path, params_json: &str) -> Result<PluginDesc, (String, String)> {
@@ -273,4 +227,50 @@ pub fn check_name(job: &crate::job::Job, desc: &PluginDesc) -> Result<(), (Strin
 
 pub fn new_probe_cache() -> ProbeCache {
     Mutex::new(BTreeMap::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_or_world_writable_plugins_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("librecd_x.so");
+        fs::write(&file, b"x").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_trust(&file), Ok(()));
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o664)).unwrap();
+        let err = check_trust(&file).unwrap_err();
+        assert!(err.contains("is writable by group or others (mode 0664)"), "{err}");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_trust(&file).unwrap_err();
+        assert!(err.starts_with("plugin folder"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(check_trust(&file), Ok(()), "a sticky folder like /tmp is fine");
+    }
+
+    #[test]
+    fn snapshots_are_content_addressed_and_pins_checked() {
+        let data = tempfile::tempdir().unwrap();
+        let plugins = tempfile::tempdir().unwrap();
+        let file = plugins.path().join("librecd_x.so");
+        fs::write(&file, b"version one").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(10);
+        fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        let reg = Registry::new(data.path());
+        let (snap, sha) = reg.snapshot(&file, None).unwrap();
+        // sha256("version one"), computed independently with sha256sum
+        assert_eq!(sha, "197c7c60ef8a8470a38d1a9212bdfde9cfe6fd4be910825fe6ac7880ac765d16");
+        assert_eq!(fs::read(&snap).unwrap(), b"version one");
+        let err = reg.snapshot(&file, Some("00")).unwrap_err();
+        assert!(err.contains("but the job pins 00"), "{err}");
+        fs::write(&file, b"version two").unwrap();
+        let (snap2, sha2) = reg.snapshot(&file, None).unwrap();
+        assert_ne!(sha, sha2);
+        assert_eq!(fs::read(&snap).unwrap(), b"version one", "a running worker's snapshot is untouched");
+        assert_eq!(fs::read(&snap2).unwrap(), b"version two");
+    }
 }
