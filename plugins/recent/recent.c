@@ -20,6 +20,10 @@
 
 #define ROWS_PER_BATCH 65536
 
+#ifndef RECENT_VERSION
+#define RECENT_VERSION "0.1.0"
+#endif
+
 static void set_error(RecdError *err, int32_t code, const char *msg) {
     if (!err) return;
     err->code = code;
@@ -436,7 +440,7 @@ static const RecdPluginV1 DESCRIPTOR = {
     .abi_major = RECD_ABI_MAJOR,
     .abi_minor = RECD_ABI_MINOR,
     .name = "recent",
-    .version = "0.1.0",
+    .version = RECENT_VERSION,
     .create = create,
     .run = run,
     .destroy = destroy,

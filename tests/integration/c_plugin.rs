@@ -14,10 +14,16 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::util::{TestDaemon, root};
 
 /// Compiles C source into `dir/librecd_<name>.so` with the system C compiler.
-fn compile_c(source: &Path, dir: &Path, name: &str) -> PathBuf {
+pub fn compile_c(source: &Path, dir: &Path, name: &str) -> PathBuf {
+    compile_c_with(source, dir, name, &[])
+}
+
+pub fn compile_c_with(source: &Path, dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
     let out = dir.join(format!("librecd_{name}.so"));
     let cc = Command::new("cc")
-        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"])
+        .args(flags)
+        .arg("-I")
         .arg(root().join("plugin-api/include"))
         .arg(source)
         .arg("-o")

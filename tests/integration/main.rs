@@ -12,6 +12,7 @@ mod faults;
 mod jobs;
 mod lifecycle;
 mod observability;
+mod plugin_platform;
 mod policies;
 mod protocol;
 mod publish;

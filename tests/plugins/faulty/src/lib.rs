@@ -1,8 +1,12 @@
-//! A plugin that misbehaves on request, for the daemon's fault-isolation tests.
-//! `mode`: "ok" emits three fixed rows for `user` (default "u1"); "panic" panics in run;
-//! "abort" aborts the process; "segv" writes through a null pointer; "error" returns an error; "hang" loops forever without
-//! checking cancellation; "slow" takes `seconds`, checking cancellation, then emits like
-//! "ok"; "flaky" fails its first `fail_first` runs (counted in `state_file`), then emits.
+//! A plugin that misbehaves on request, for the daemon's fault-isolation tests. `mode`:
+//! - "ok" emits three fixed rows for `user` (default "u1"); "slow" takes `seconds`,
+//!   checking cancellation, then does the same; "flaky" fails its first `fail_first`
+//!   runs (counted in `state_file`), then does the same;
+//! - "panic", "abort", "segv" (a write through a null pointer), "error", and "hang"
+//!   (never checks cancellation);
+//! - bad output the host must refuse before publishing: "nan", "dup", "many" (`count`
+//!   items for one user), "empty", "stranger" (an unknown user), "scattered" (one user's
+//!   rows apart), "badschema".
 
 use std::sync::Arc;
 
@@ -23,6 +27,8 @@ struct Params {
     state_file: Option<String>,
     #[serde(default)]
     fail_first: u32,
+    #[serde(default)]
+    count: u32,
 }
 
 struct Faulty {
@@ -73,9 +79,56 @@ impl Strategy for Faulty {
                 }
                 ctx.emit(rows(self.params.user.as_deref().unwrap_or("u1")))
             }
+            // bad output, which the host must refuse before publishing
+            "nan" => ctx.emit(batch(&["u1", "u1"], &["a", "b"], &[1.0, f32::NAN])),
+            "dup" => ctx.emit(batch(&["u1", "u1"], &["a", "a"], &[2.0, 1.0])),
+            "many" => {
+                let n = self.params.count as usize;
+                let items: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
+                let items: Vec<&str> = items.iter().map(String::as_str).collect();
+                let scores: Vec<f32> = (0..n).map(|i| i as f32).collect();
+                ctx.emit(batch(&vec!["u1"; n], &items, &scores))
+            }
+            "empty" => Ok(()),
+            "stranger" => ctx.emit(batch(&["u1", "nobody"], &["a", "b"], &[1.0, 1.0])),
+            "scattered" => ctx.emit(batch(&["u1", "u2", "u1"], &["a", "b", "c"], &[1.0, 1.0, 1.0])),
+            "badschema" => {
+                let schema = Schema::new(vec![
+                    Field::new("user", DataType::Utf8, false),
+                    Field::new("item", DataType::Utf8, false),
+                    Field::new("score", DataType::Float64, false),
+                ]);
+                let b = RecordBatch::try_new(
+                    Arc::new(schema),
+                    vec![
+                        Arc::new(StringArray::from(vec!["u1"])),
+                        Arc::new(StringArray::from(vec!["a"])),
+                        Arc::new(arrow_array::Float64Array::from(vec![1.0])),
+                    ],
+                )
+                .expect("static batch");
+                ctx.emit(b)
+            }
             other => Err(PluginError::params(format!("params.mode: unknown mode `{other}`"))),
         }
     }
+}
+
+fn batch(users: &[&str], items: &[&str], scores: &[f32]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("item", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(users.to_vec())),
+            Arc::new(StringArray::from(items.to_vec())),
+            Arc::new(Float32Array::from(scores.to_vec())),
+        ],
+    )
+    .expect("static batch")
 }
 
 fn rows(user: &str) -> RecordBatch {
