@@ -407,9 +407,26 @@ fn cycle_through(start: &str, jobs: &BTreeMap<String, Job>) -> Option<Vec<String
 
 impl Job {
     /// An error the plugin probe reported about key `field` ("plugin" or "params").
+    /// A plugin message that starts with `params.<key>` points at that key's line.
     pub fn probe_error(&self, field: &str, message: String) -> JobError {
-        let line = if field == "params" { self.params_line } else { self.plugin_line };
-        JobError::Invalid { file: self.file.display().to_string(), line, field: field.into(), message }
+        let file = self.file.display().to_string();
+        if field != "params" {
+            return JobError::Invalid { file, line: self.plugin_line, field: field.into(), message };
+        }
+        let key = message
+            .strip_prefix("params.")
+            .and_then(|m| m.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
+            .filter(|k| !k.is_empty());
+        let keyed = key.and_then(|k| {
+            let text = std::fs::read_to_string(&self.file).ok()?;
+            let at = text.lines().skip(self.params_line).position(|l| {
+                let l = l.trim_start();
+                l.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with('='))
+            })?;
+            Some((format!("params.{k}"), self.params_line + at + 1))
+        });
+        let (field, line) = keyed.unwrap_or(("params".into(), self.params_line));
+        JobError::Invalid { file, line, field, message }
     }
 
     /// Checks that the files the job names exist (the I/O half of validation).

@@ -9,6 +9,7 @@ mod util;
 
 mod c_plugin;
 mod faults;
+mod guide;
 mod jobs;
 mod lifecycle;
 mod observability;
