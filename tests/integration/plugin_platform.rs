@@ -73,6 +73,15 @@ fn untrusted_or_unpinned_plugin_files_are_refused() {
     assert!(!d.cli(&["run", "j"]).status.success(), "a run must refuse the file too");
     std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+    // a file owned by another user: only root can make one, which is how CI runs
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    if me == 0 {
+        std::os::unix::fs::chown(&so, Some(12345), None).unwrap();
+        let err = String::from_utf8_lossy(&d.cli(&["reload"]).stderr).into_owned();
+        assert!(err.contains("is owned by uid 12345, not by recd (uid 0) or root: refusing to load it"), "{err}");
+        std::os::unix::fs::chown(&so, Some(0), None).unwrap();
+    }
+
     let wrong = "0".repeat(64);
     d.write_job("j", &job(&format!("plugin_sha256 = \"{wrong}\"")));
     let err = String::from_utf8_lossy(&d.cli(&["reload"]).stderr).into_owned();
