@@ -151,13 +151,32 @@ fn wait_until_settled(path: &Path) {
     }
 }
 
+/// How long a probe may take: loading a library and checking params is quick; a plugin
+/// whose `create` hangs must not hang a reload.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs `recd probe-plugin` on `path` with `params_json`, in a throwaway process: the
 /// plugin's descriptor, or the job key at fault ("plugin" or "params") and the message.
 pub fn probe(path: &Path, params_json: &str) -> Result<PluginDesc, (String, String)> {
+    probe_once(path, params_json).0
+}
+
+/// The probe's answer, and whether the plugin itself gave it (an answer worth caching)
+/// rather than the probe process failing to start, crashing or timing out.
+fn probe_once(path: &Path, params_json: &str) -> (Result<PluginDesc, (String, String)>, bool) {
+    match run_probe(path, params_json) {
+        Ok(probe) => match (probe.plugin, probe.field, probe.error) {
+            (Some(desc), None, None) => (Ok(desc), true),
+            (_, field, error) => (Err((field.unwrap_or_else(|| "plugin".into()), error.unwrap_or_default())), true),
+        },
+        Err(message) => (Err(("plugin".into(), message)), false),
+    }
+}
+
+fn run_probe(path: &Path, params_json: &str) -> Result<crate::worker::Probe, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let fail = |m: String| ("plugin".to_string(), m);
-    let exe = std::env::current_exe().map_err(|e| fail(e.to_string()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .arg("probe-plugin")
         .arg(path)
@@ -165,22 +184,31 @@ pub fn probe(path: &Path, params_json: &str) -> Result<PluginDesc, (String, Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot start a probe: {e}")))?;
+        .map_err(|e| format!("cannot start a probe: {e}"))?;
     let _ = child.stdin.take().expect("piped stdin").write_all(params_json.as_bytes());
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "loading plugin {} and checking its params took over {}s",
+                path.display(),
+                PROBE_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&out.stdout);
-    let probe: crate::worker::Probe = serde_json::from_str(line.trim()).map_err(|_| {
-        fail(format!(
+    serde_json::from_str(line.trim()).map_err(|_| {
+        format!(
             "loading plugin {} crashed the probe ({}): {}",
             path.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        ))
-    })?;
-    match (probe.plugin, probe.field, probe.error) {
-        (Some(desc), None, None) => Ok(desc),
-        (_, field, error) => Err((field.unwrap_or_else(|| "plugin".into()), error.unwrap_or_default())),
-    }
+        )
+    })
 }
 
 /// Probe outcomes by (content hash, params), so a reload re-checks only what changed.
@@ -197,12 +225,19 @@ impl Registry {
         let result = match cached {
             Some(r) => r,
             None => {
-                let r = probe(&snapshot, &job.params_json);
-                cache.lock().expect("probe cache").insert(key, r.clone());
+                let (r, from_plugin) = probe_once(&snapshot, &job.params_json);
+                // Only the plugin's own verdict is kept: a probe that could not start or
+                // timed out is tried again at the next reload.
+                if from_plugin {
+                    cache.lock().expect("probe cache").insert(key, r.clone());
+                }
                 r
             }
         };
-        let desc = result?;
+        // Ops know the file they dropped in, not our snapshot of it.
+        let snap = snapshot.display().to_string();
+        let desc =
+            result.map_err(|(field, message)| (field, message.replace(&snap, &job.plugin.display().to_string())))?;
         check_name(job, &desc)?;
         self.remember(&job.plugin, &sha, &desc.name, &desc.version, &desc.abi);
         Ok(desc)

@@ -331,6 +331,8 @@ struct Collector {
     list: Vec<(String, f32)>,
     done_users: HashSet<String>,
     row: u64,
+    /// Stream row where the current user's rows began.
+    user_first_row: u64,
 }
 
 impl Collector {
@@ -343,6 +345,7 @@ impl Collector {
             list: Vec::new(),
             done_users: HashSet::new(),
             row: 0,
+            user_first_row: 0,
         }
     }
 
@@ -377,6 +380,7 @@ impl Collector {
             }
             if self.user.as_deref() != Some(user) {
                 self.finish_user()?;
+                self.user_first_row = row;
                 if !self.done_users.insert(user.to_string()) {
                     anyhow::bail!("output row {row}: rows of user {user:?} are not contiguous");
                 }
@@ -389,18 +393,19 @@ impl Collector {
 
     fn finish_user(&mut self) -> anyhow::Result<()> {
         let Some(user) = self.user.take() else { return Ok(()) };
+        let rows = (self.user_first_row, self.user_first_row + self.list.len() as u64);
         if self.list.len() > self.max_items {
             anyhow::bail!(
                 "output for user {user:?} lists {} items, more than max_items_per_user ({}) (rows {}..{})",
                 self.list.len(),
                 self.max_items,
-                self.row - self.list.len() as u64,
-                self.row
+                rows.0,
+                rows.1
             );
         }
         let mut seen = HashSet::with_capacity(self.list.len());
-        if let Some((dup, _)) = self.list.iter().find(|(item, _)| !seen.insert(item.as_str())) {
-            anyhow::bail!("output for user {user:?} lists item {dup:?} twice");
+        if let Some(at) = self.list.iter().position(|(item, _)| !seen.insert(item.as_str())) {
+            anyhow::bail!("output row {}: user {user:?} lists item {:?} twice", rows.0 + at as u64, self.list[at].0);
         }
         let mut list = std::mem::take(&mut self.list);
         self.staged.put_user(&user, &mut list)?;

@@ -8,6 +8,7 @@ mod oracle;
 mod util;
 
 mod c_plugin;
+mod evaluation;
 mod faults;
 mod guide;
 mod jobs;

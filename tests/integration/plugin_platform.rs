@@ -21,7 +21,7 @@ fn bad_output_is_refused_with_the_rows_named_and_nothing_is_published() {
     let known = format!("known_users = \"users.user_id\"\n[inputs]\nusers = \"{}\"", users_csv.display());
     let cases = [
         ("nan", "", "output row 1: user \"u1\" item \"b\" has a non-finite score NaN"),
-        ("dup", "", "output for user \"u1\" lists item \"a\" twice"),
+        ("dup", "", "output row 1: user \"u1\" lists item \"a\" twice"),
         (
             "many",
             "max_items_per_user = 5",

@@ -96,10 +96,8 @@ impl Plugin {
     pub fn create(&self, params_json: &str) -> Result<Instance<'_>, PluginCallError> {
         let mut instance: *mut c_void = std::ptr::null_mut();
         let mut err = RecdError::new();
-        let rc = guard_call(|| {
-            // SAFETY: valid pointers for the duration of the call, per ABI v1.
-            unsafe { (self.descriptor.create)(params_json.as_ptr(), params_json.len(), &mut instance, &mut err) }
-        })?;
+        // SAFETY: valid pointers for the duration of the call, per ABI v1.
+        let rc = unsafe { (self.descriptor.create)(params_json.as_ptr(), params_json.len(), &mut instance, &mut err) };
         check(rc, &err)?;
         Ok(Instance { plugin: self, ptr: instance })
     }
@@ -113,12 +111,10 @@ fn static_str(ptr: *const c_char, path: &Path, what: &str) -> Result<String, Loa
     Ok(unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
 }
 
-/// Calls into the plugin; a Rust panic that unwinds out of it (a plugin built without
-/// the SDK's guards) becomes an error instead of undefined behaviour.
-fn guard_call(f: impl FnOnce() -> i32) -> Result<i32, PluginCallError> {
-    catch_unwind(AssertUnwindSafe(f))
-        .map_err(|_| PluginCallError { code: code::PANIC, message: "plugin panicked across the ABI".into() })
-}
+// Calls into the plugin are plain calls: the entry points are `extern "C"`, so a panic
+// that escapes a plugin built without the SDK's guards cannot unwind into us; Rust aborts
+// the worker instead, and the run fails like any other crash (SIGABRT). That is the
+// isolation: it ends at the worker process.
 
 fn check(rc: i32, err: &RecdError) -> Result<(), PluginCallError> {
     if rc == code::OK {
@@ -157,11 +153,10 @@ impl Instance<'_> {
             is_cancelled: is_cancelled_cb,
         };
         let mut err = RecdError::new();
-        let rc = guard_call(|| {
-            // SAFETY: the instance came from this plugin's `create`; tables and vtable
-            // outlive the call; tables are moved to the plugin per the ABI.
-            unsafe { (self.plugin.descriptor.run)(self.ptr, &vtable, tables.as_mut_ptr(), tables.len(), &mut err) }
-        })?;
+        // SAFETY: the instance came from this plugin's `create`; tables and vtable outlive
+        // the call; tables are moved to the plugin per the ABI.
+        let rc =
+            unsafe { (self.plugin.descriptor.run)(self.ptr, &vtable, tables.as_mut_ptr(), tables.len(), &mut err) };
         // Any table the plugin did not take is released when `tables` drops here.
         drop(tables);
         check(rc, &err)
@@ -173,10 +168,7 @@ impl Drop for Instance<'_> {
         let destroy = self.plugin.descriptor.destroy;
         let ptr = self.ptr;
         // SAFETY: ptr came from this plugin's `create` and is not used after this.
-        let _ = guard_call(|| {
-            unsafe { destroy(ptr) };
-            0
-        });
+        unsafe { destroy(ptr) };
     }
 }
 

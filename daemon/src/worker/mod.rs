@@ -6,6 +6,8 @@
 mod engine;
 mod inputs;
 
+pub use inputs::read as read_input;
+
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::process::ExitCode;
@@ -113,6 +115,8 @@ fn known_ids(
 /// and `recd validate` use it to check a job before any run, without loading plugin code
 /// themselves.
 pub fn probe(path: &std::path::Path) -> ExitCode {
+    // As in a run: whatever the plugin prints must not spoil our one line of JSON.
+    let Ok(mut out) = loader::take_stdout_for_frames() else { return ExitCode::FAILURE };
     let mut params = String::new();
     let _ = std::io::stdin().read_to_string(&mut params);
     let result = match Plugin::open(path) {
@@ -125,7 +129,10 @@ pub fn probe(path: &std::path::Path) -> ExitCode {
             }
         }
     };
-    println!("{}", serde_json::to_string(&result).expect("probe serialises"));
+    let line = serde_json::to_string(&result).expect("probe serialises");
+    if writeln!(out, "{line}").is_err() {
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

@@ -1,0 +1,241 @@
+//! Offline quality metrics for published lists against held-out interactions, and for
+//! churn probabilities against observed churn. Pure functions here; `recd eval` feeds them.
+//!
+//! Conventions (stated in `recd eval`'s output): a user counts when they have at least one
+//! relevant item; @k metrics use the first k items of the list (fewer if the list is
+//! shorter); relevance is binary.
+
+use std::collections::{HashMap, HashSet};
+
+/// Per-user ranking metrics at k.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AtK {
+    pub precision: f64,
+    pub recall: f64,
+    pub ndcg: f64,
+    /// Average precision at k, normalised by min(k, |relevant|).
+    pub ap: f64,
+    pub hit: f64,
+}
+
+/// Metrics of one list against one user's relevant items.
+pub fn at_k(list: &[&str], relevant: &HashSet<&str>, k: usize) -> AtK {
+    if relevant.is_empty() || k == 0 {
+        return AtK::default();
+    }
+    let top = &list[..list.len().min(k)];
+    let mut hits = 0usize;
+    let (mut dcg, mut ap_sum) = (0.0, 0.0);
+    for (rank, item) in top.iter().enumerate() {
+        if relevant.contains(item) {
+            hits += 1;
+            dcg += 1.0 / (rank as f64 + 2.0).log2();
+            ap_sum += hits as f64 / (rank as f64 + 1.0);
+        }
+    }
+    let ideal: f64 = (0..relevant.len().min(k)).map(|r| 1.0 / (r as f64 + 2.0).log2()).sum();
+    AtK {
+        precision: hits as f64 / k as f64,
+        recall: hits as f64 / relevant.len() as f64,
+        ndcg: dcg / ideal,
+        ap: ap_sum / relevant.len().min(k) as f64,
+        hit: if hits > 0 { 1.0 } else { 0.0 },
+    }
+}
+
+/// Mean of `at_k` over users (the lists of users without relevant items are skipped).
+pub fn mean_at_k<'a>(
+    lists: &HashMap<&'a str, Vec<&'a str>>,
+    relevant: &HashMap<&'a str, HashSet<&'a str>>,
+    k: usize,
+) -> (AtK, usize) {
+    let mut sum = AtK::default();
+    let mut users = 0;
+    for (user, rel) in relevant {
+        if rel.is_empty() {
+            continue;
+        }
+        let list = lists.get(user).map(Vec::as_slice).unwrap_or(&[]);
+        let m = at_k(list, rel, k);
+        sum.precision += m.precision;
+        sum.recall += m.recall;
+        sum.ndcg += m.ndcg;
+        sum.ap += m.ap;
+        sum.hit += m.hit;
+        users += 1;
+    }
+    if users > 0 {
+        let n = users as f64;
+        sum = AtK {
+            precision: sum.precision / n,
+            recall: sum.recall / n,
+            ndcg: sum.ndcg / n,
+            ap: sum.ap / n,
+            hit: sum.hit / n,
+        };
+    }
+    (sum, users)
+}
+
+/// Share of the catalogue that appears in at least one list's top k.
+pub fn coverage<'a>(lists: impl IntoIterator<Item = &'a Vec<&'a str>>, k: usize, catalogue: usize) -> f64 {
+    if catalogue == 0 {
+        return 0.0;
+    }
+    let shown: HashSet<&str> = lists.into_iter().flat_map(|l| l.iter().take(k).copied()).collect();
+    shown.len() as f64 / catalogue as f64
+}
+
+/// Intra-list diversity: mean over pairs in the top k of `distance(a, b)` (0 = same, 1 =
+/// unrelated). Lists with fewer than two items have none.
+pub fn intra_list_diversity(list: &[&str], k: usize, distance: impl Fn(&str, &str) -> f64) -> Option<f64> {
+    let top = &list[..list.len().min(k)];
+    if top.len() < 2 {
+        return None;
+    }
+    let mut sum = 0.0;
+    let mut pairs = 0;
+    for i in 0..top.len() {
+        for j in i + 1..top.len() {
+            sum += distance(top[i], top[j]);
+            pairs += 1;
+        }
+    }
+    Some(sum / pairs as f64)
+}
+
+/// Novelty: mean self-information -log2(p(item)) of the top k, where p(item) is the share
+/// of users who interacted with the item in the training period. Unseen items count as
+/// seen by one user (the rarest possible).
+pub fn novelty(list: &[&str], k: usize, popularity: &HashMap<&str, usize>, users: usize) -> Option<f64> {
+    let top = &list[..list.len().min(k)];
+    if top.is_empty() || users == 0 {
+        return None;
+    }
+    let sum: f64 = top
+        .iter()
+        .map(|i| {
+            let p = (*popularity.get(i).unwrap_or(&1)).max(1) as f64 / users as f64;
+            -p.log2()
+        })
+        .sum();
+    Some(sum / top.len() as f64)
+}
+
+#[allow(dead_code, reason = "for churn tables, which `recd eval` scores once churn prediction publishes them")]
+/// ROC AUC of scores against binary labels (ties count one half): the probability that a
+/// random positive scores above a random negative. None without both classes.
+pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = labels.iter().filter(|&&l| l).count();
+    let negatives = labels.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    // Rank-sum (Mann-Whitney U) with average ranks for ties.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += avg_rank * pairs[i..j].iter().filter(|p| p.1).count() as f64;
+        i = j;
+    }
+    let u = rank_sum - (positives * (positives + 1)) as f64 / 2.0;
+    Some(u / (positives * negatives) as f64)
+}
+
+#[allow(dead_code, reason = "for churn tables, which `recd eval` scores once churn prediction publishes them")]
+/// Mean binary cross-entropy, probabilities clipped to [1e-15, 1 - 1e-15].
+pub fn log_loss(probabilities: &[f64], labels: &[bool]) -> Option<f64> {
+    if probabilities.is_empty() {
+        return None;
+    }
+    let sum: f64 = probabilities
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| {
+            let p = p.clamp(1e-15, 1.0 - 1e-15);
+            if y { -p.ln() } else { -(1.0 - p).ln() }
+        })
+        .sum();
+    Some(sum / probabilities.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-9, "{a} != {b}");
+    }
+
+    fn set<'a>(items: &[&'a str]) -> HashSet<&'a str> {
+        items.iter().copied().collect()
+    }
+
+    #[test]
+    fn ranking_metrics_match_hand_computed_values() {
+        // list a b c d e, relevant {b, d, z}, k = 4: hits at ranks 2 and 4
+        let m = at_k(&["a", "b", "c", "d", "e"], &set(&["b", "d", "z"]), 4);
+        close(m.precision, 2.0 / 4.0);
+        close(m.recall, 2.0 / 3.0);
+        // DCG = 1/log2(3) + 1/log2(5); IDCG = 1 + 1/log2(3) + 1/2
+        close(m.ndcg, (1.0 / 3f64.log2() + 1.0 / 5f64.log2()) / (1.0 + 1.0 / 3f64.log2() + 0.5));
+        // AP = (1/2 + 2/4) / min(4, 3)
+        close(m.ap, (0.5 + 0.5) / 3.0);
+        close(m.hit, 1.0);
+        // a perfect list, and one that misses
+        let perfect = at_k(&["b", "d"], &set(&["b", "d"]), 2);
+        close(perfect.ndcg, 1.0);
+        close(perfect.ap, 1.0);
+        let miss = at_k(&["x", "y"], &set(&["b"]), 2);
+        assert_eq!(miss, AtK::default());
+        // a list shorter than k still divides precision by k
+        close(at_k(&["b"], &set(&["b", "c"]), 5).precision, 0.2);
+    }
+
+    #[test]
+    fn means_skip_users_without_relevant_items_and_count_missing_lists_as_empty() {
+        let lists: HashMap<&str, Vec<&str>> = [("u1", vec!["a", "b"]), ("u2", vec!["c"])].into_iter().collect();
+        let relevant: HashMap<&str, HashSet<&str>> =
+            [("u1", set(&["a"])), ("u2", set(&[])), ("u3", set(&["c"]))].into_iter().collect();
+        let (m, users) = mean_at_k(&lists, &relevant, 2);
+        assert_eq!(users, 2);
+        close(m.hit, 0.5);
+        close(m.precision, (0.5 + 0.0) / 2.0);
+    }
+
+    #[test]
+    fn coverage_diversity_and_novelty() {
+        let (l1, l2) = (vec!["a", "b", "c"], vec!["a", "d"]);
+        close(coverage([&l1, &l2], 2, 8), 3.0 / 8.0); // a, b, d of 8
+        let category = |i: &str| if i == "a" || i == "b" { "toys" } else { "books" };
+        let distance = |x: &str, y: &str| if category(x) == category(y) { 0.0 } else { 1.0 };
+        // pairs ab=0, ac=1, bc=1
+        close(intra_list_diversity(&l1, 3, distance).unwrap(), 2.0 / 3.0);
+        assert_eq!(intra_list_diversity(&["a"], 3, distance), None);
+        let pop: HashMap<&str, usize> = [("a", 8), ("b", 2)].into_iter().collect();
+        // 8 users: a -> -log2(1) = 0, b -> -log2(1/4) = 2
+        close(novelty(&["a", "b"], 2, &pop, 8).unwrap(), 1.0);
+        // an item never seen counts as seen once: -log2(1/8) = 3
+        close(novelty(&["zzz"], 1, &pop, 8).unwrap(), 3.0);
+    }
+
+    #[test]
+    fn auc_and_log_loss_match_hand_computed_values() {
+        // positives 0.9, 0.4; negatives 0.8, 0.3, 0.4 (a tie with a positive)
+        // pairs won by the positive: 0.9 beats all 3; 0.4 beats 0.3, ties 0.4 (1/2), loses to 0.8
+        let scores = [0.9, 0.8, 0.4, 0.3, 0.4];
+        let labels = [true, false, true, false, false];
+        close(roc_auc(&scores, &labels).unwrap(), (3.0 + 1.5) / 6.0);
+        assert_eq!(roc_auc(&[0.1, 0.2], &[true, true]), None);
+        close(roc_auc(&[0.1, 0.9], &[false, true]).unwrap(), 1.0);
+        // log-loss of p = 0.8 for a positive and 0.25 for a negative
+        close(log_loss(&[0.8, 0.25], &[true, false]).unwrap(), (-(0.8f64.ln()) - 0.75f64.ln()) / 2.0);
+    }
+}

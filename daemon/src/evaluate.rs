@@ -1,0 +1,266 @@
+//! `recd eval TABLE`: quality of a published list table against the interactions after a
+//! cut-off. The lists are read over the socket, as an app would read them.
+//!
+//! Protocol: interactions before `--cutoff` are the past (what users had, how popular
+//! items were); a user's relevant items are those they bought from the cut-off on and had
+//! not bought before (`--include-repeats` keeps repeats). Users with no relevant item are
+//! not counted; a counted user without a list scores zero.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::{DataType, TimeUnit};
+use chrono::NaiveDateTime;
+use recd_plugin_api::columns::{booleans, column, ids_as_strings};
+use serde::Serialize;
+
+use crate::eval;
+use crate::job::{Input, InputFormat};
+use crate::server::resp::Frame;
+
+pub struct EvalArgs {
+    pub table: String,
+    pub truth: PathBuf,
+    pub cutoff: String,
+    pub k: usize,
+    pub user_column: String,
+    pub item_column: String,
+    pub time_column: String,
+    pub include_repeats: bool,
+    /// (file, category column): items in the same category are "similar" for diversity.
+    pub categories: Option<(PathBuf, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub table: String,
+    pub k: usize,
+    pub cutoff: String,
+    pub users: usize,
+    pub users_with_list: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub ndcg: f64,
+    pub map: f64,
+    pub hit_rate: f64,
+    pub coverage: f64,
+    pub novelty: Option<f64>,
+    pub intra_list_diversity: Option<f64>,
+}
+
+/// One interaction: user, item, when.
+type Row = (String, String, NaiveDateTime);
+
+pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
+    let cutoff = parse_cutoff(&args.cutoff)?;
+    let rows = read_interactions(args)?;
+    let (past, future): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.2 < cutoff);
+    let mut had: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (u, i, _) in &past {
+        had.entry(u.as_str()).or_default().insert(i.as_str());
+    }
+    let mut popularity: HashMap<&str, usize> = HashMap::new();
+    for items in had.values() {
+        for i in items {
+            *popularity.entry(i).or_default() += 1;
+        }
+    }
+    let mut relevant: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (u, i, _) in &future {
+        let before = had.get(u.as_str()).is_some_and(|s| s.contains(i.as_str()));
+        if args.include_repeats || !before {
+            relevant.entry(u.as_str()).or_default().insert(i.as_str());
+        }
+    }
+    let catalogue: HashSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+
+    let mut users: Vec<&str> = relevant.keys().copied().collect();
+    users.sort_unstable();
+    let fetched = fetch_lists(socket, &args.table, &users, args.k)?;
+    let lists: HashMap<&str, Vec<&str>> = users
+        .iter()
+        .zip(&fetched)
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(u, l)| (*u, l.iter().map(String::as_str).collect()))
+        .collect();
+
+    let (m, counted) = eval::mean_at_k(&lists, &relevant, args.k);
+    let novelty = mean(lists.values().filter_map(|l| eval::novelty(l, args.k, &popularity, had.len())));
+    let categories =
+        args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
+    let diversity = categories.as_ref().and_then(|cat| {
+        let distance = |a: &str, b: &str| match (cat.get(a), cat.get(b)) {
+            (Some(x), Some(y)) if x == y => 0.0,
+            _ => 1.0,
+        };
+        mean(lists.values().filter_map(|l| eval::intra_list_diversity(l, args.k, distance)))
+    });
+    Ok(Report {
+        table: args.table.clone(),
+        k: args.k,
+        cutoff: args.cutoff.clone(),
+        users: counted,
+        users_with_list: lists.len(),
+        precision: m.precision,
+        recall: m.recall,
+        ndcg: m.ndcg,
+        map: m.ap,
+        hit_rate: m.hit,
+        coverage: eval::coverage(lists.values(), args.k, catalogue.len()),
+        novelty,
+        intra_list_diversity: diversity,
+    })
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table {} against interactions from {} on, k = {}", r.table, r.cutoff, r.k);
+    let _ = writeln!(s, "users with relevant items: {} ({} have a list)", r.users, r.users_with_list);
+    for (name, v) in [
+        ("precision@k", Some(r.precision)),
+        ("recall@k", Some(r.recall)),
+        ("ndcg@k", Some(r.ndcg)),
+        ("map@k", Some(r.map)),
+        ("hit rate@k", Some(r.hit_rate)),
+        ("coverage", Some(r.coverage)),
+        ("novelty (bits)", r.novelty),
+        ("intra-list diversity", r.intra_list_diversity),
+    ] {
+        match v {
+            Some(v) => {
+                let _ = writeln!(s, "  {name:<22}{v:.4}");
+            }
+            None => {
+                let _ = writeln!(s, "  {name:<22}n/a");
+            }
+        }
+    }
+    s
+}
+
+fn parse_cutoff(text: &str) -> anyhow::Result<NaiveDateTime> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.naive_utc())
+        .map_err(|_| anyhow::anyhow!("--cutoff: expected a date (2011-11-01) or an RFC 3339 time, got {text:?}"))
+}
+
+fn input(path: &Path, name: &str) -> anyhow::Result<Input> {
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => InputFormat::Csv,
+        Some("parquet") | Some("pq") => InputFormat::Parquet,
+        _ => anyhow::bail!("{}: expected a .csv or .parquet file", path.display()),
+    };
+    Ok(Input { name: name.into(), path: path.to_path_buf(), format })
+}
+
+fn read_interactions(args: &EvalArgs) -> anyhow::Result<Vec<Row>> {
+    let batch = crate::worker::read_input(&input(&args.truth, "truth")?)?;
+    let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", args.truth.display());
+    let users =
+        ids_as_strings(column(&batch, "truth", &args.user_column).map_err(err)?, &args.user_column).map_err(err)?;
+    let items =
+        ids_as_strings(column(&batch, "truth", &args.item_column).map_err(err)?, &args.item_column).map_err(err)?;
+    let times = times(&batch, &args.time_column).map_err(|e| anyhow::anyhow!("{}: {e}", args.truth.display()))?;
+    let cancelled = match batch.column_by_name("cancelled") {
+        Some(c) => booleans(c.as_ref(), "cancelled").map_err(err)?,
+        None => vec![Some(false); batch.num_rows()],
+    };
+    Ok(users
+        .into_iter()
+        .zip(items)
+        .zip(times)
+        .zip(cancelled)
+        .filter_map(|(((u, i), t), c)| match (u, i, t, c) {
+            (Some(u), Some(i), Some(t), c) if c != Some(true) => Some((u, i, t)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A time column as naive UTC times: any timestamp unit, or integer seconds since 1970.
+fn times(batch: &RecordBatch, name: &str) -> Result<Vec<Option<NaiveDateTime>>, String> {
+    let col = batch.column_by_name(name).ok_or_else(|| format!("no column `{name}`"))?;
+    let to = |secs: i64, nanos: u32| chrono::DateTime::from_timestamp(secs, nanos).map(|t| t.naive_utc());
+    let out = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            col.as_primitive::<TimestampSecondType>().iter().map(|v| v.and_then(|s| to(s, 0))).collect()
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => col
+            .as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .map(|v| v.and_then(|ms| to(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32)))
+            .collect(),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => col
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .map(|v| v.and_then(|us| to(us.div_euclid(1_000_000), (us.rem_euclid(1_000_000) * 1000) as u32)))
+            .collect(),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => col
+            .as_primitive::<TimestampNanosecondType>()
+            .iter()
+            .map(|v| v.and_then(|ns| to(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)))
+            .collect(),
+        DataType::Int64 => {
+            col.as_primitive::<arrow_array::types::Int64Type>().iter().map(|v| v.and_then(|s| to(s, 0))).collect()
+        }
+        other => return Err(format!("column `{name}`: expected a timestamp or integer seconds, found {other}")),
+    };
+    Ok(out)
+}
+
+fn read_categories(file: &Path, item_column: &str, category_column: &str) -> anyhow::Result<HashMap<String, String>> {
+    let batch = crate::worker::read_input(&input(file, "categories")?)?;
+    let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", file.display());
+    let items = ids_as_strings(column(&batch, "categories", item_column).map_err(err)?, item_column).map_err(err)?;
+    let cats =
+        ids_as_strings(column(&batch, "categories", category_column).map_err(err)?, category_column).map_err(err)?;
+    Ok(items.into_iter().zip(cats).filter_map(|(i, c)| Some((i?, c?))).collect())
+}
+
+/// Each user's top k, read with ZREVRANGE over the socket, pipelined.
+fn fetch_lists(socket: &Path, table: &str, users: &[&str], k: usize) -> anyhow::Result<Vec<Vec<String>>> {
+    let stop = (k.max(1) - 1).to_string();
+    let mut out = Vec::with_capacity(users.len());
+    for chunk in users.chunks(1000) {
+        let requests: Vec<Vec<Vec<u8>>> = chunk
+            .iter()
+            .map(|u| {
+                vec![
+                    b"ZREVRANGE".to_vec(),
+                    format!("{table}:{u}").into_bytes(),
+                    b"0".to_vec(),
+                    stop.clone().into_bytes(),
+                ]
+            })
+            .collect();
+        for frame in crate::client::pipeline(socket, &requests)? {
+            match frame {
+                Frame::Array(items) => out.push(
+                    items
+                        .into_iter()
+                        .filter_map(|f| {
+                            if let Frame::Bulk(b) = f { Some(String::from_utf8_lossy(&b).into_owned()) } else { None }
+                        })
+                        .collect(),
+                ),
+                Frame::Error(e) => anyhow::bail!("reading {table}: {e}"),
+                _ => out.push(Vec::new()),
+            }
+        }
+    }
+    Ok(out)
+}
