@@ -27,7 +27,9 @@ describe() { # item id -> description, from the demo data's item list
   grep -m1 "^$1," data/demo/items.csv 2>/dev/null | cut -d, -f2- | tr -d "\"" || true
 }
 
-for user in 17850 12347 13047; do
+# 12346 is a customer the model does not know (their only purchase was cancelled): the
+# ranking table falls back to their cold-start list; a new customer gets the default.
+for user in 17850 12347 13047 12346 new-customer; do
   echo
   echo "== redis-cli -s $SOCK ZREVRANGE ranking:$user 0 4 WITHSCORES"
   redis-cli -s "$SOCK" ZREVRANGE "ranking:$user" 0 4 WITHSCORES | paste - - | while IFS=$'\t' read -r item score; do

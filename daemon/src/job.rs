@@ -66,6 +66,10 @@ pub struct RawJob {
     pub known_users: Option<String>,
     /// Output check: every item must appear in this input column, "table.column".
     pub known_items: Option<String>,
+    /// Tables that answer for a user this table lacks: `<fallback>:<user>`, else
+    /// `<fallback>:__default__` (what a cold-start table publishes).
+    #[serde(default)]
+    pub fallback: Vec<String>,
     /// Plugin name (`<plugins_dir>/librecd_<name>.so`) or a path to a `.so`.
     pub plugin: String,
     /// Table the results are published to; defaults to the job name (file stem).
@@ -162,6 +166,7 @@ pub struct Job {
     pub plugin_name: Option<String>,
     pub plugin_sha256: Option<String>,
     pub checks: OutputChecks,
+    pub fallback: Vec<String>,
     /// Line of the `after` key, for errors found when checking jobs together.
     pub after_line: usize,
     /// Lines of `plugin` and `[params]`, for errors the plugin probe finds.
@@ -258,6 +263,9 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         return Err(invalid("plugin_sha256", format!("expected 64 lowercase hex digits, got {pin:?}")));
     }
     let checks = output_checks(&raw, &inputs, &invalid)?;
+    if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t) || **t == table) {
+        return Err(invalid("fallback", format!("{bad:?} is not another table's name")));
+    }
     let params_json = serde_json::to_string(&raw.params)
         .map_err(|e| invalid("params", format!("cannot be expressed as JSON: {e}")))?;
     Ok(Job {
@@ -279,6 +287,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         plugin_name: (!by_path).then(|| raw.plugin.clone()),
         plugin_sha256: raw.plugin_sha256.clone(),
         checks,
+        fallback: raw.fallback.clone(),
     })
 }
 

@@ -218,7 +218,8 @@ pub fn execute(
         std::thread::spawn(move || control.watch(timeout, stdin, &child))
     };
 
-    let staged = store.stage(&job.table, &job.name, run_id)?;
+    let mut staged = store.stage(&job.table, &job.name, run_id)?;
+    staged.fallback = job.fallback.clone();
     let mut collector = Collector::new(staged, &job.checks);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {

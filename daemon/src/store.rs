@@ -56,6 +56,9 @@ pub struct VersionInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableMeta {
     pub current: u64,
+    /// Tables that answer for users this one lacks (the job's `fallback`).
+    #[serde(default)]
+    pub fallback: Vec<String>,
     /// Oldest first; the current one is among them.
     pub versions: Vec<VersionInfo>,
 }
@@ -63,6 +66,7 @@ pub struct TableMeta {
 /// A version being served: the handle readers use for the duration of one request.
 pub struct ServedTable {
     pub version: u64,
+    pub fallback: Vec<String>,
     tree: sled::Tree,
 }
 
@@ -141,7 +145,7 @@ impl Store {
             let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
             let meta = decode_meta(&table, &value)?;
             let tree = self.db.open_tree(data_tree_name(&table, meta.current))?;
-            served.insert(table, Arc::new(ServedTable { version: meta.current, tree }));
+            served.insert(table, Arc::new(ServedTable { version: meta.current, fallback: meta.fallback, tree }));
         }
         Ok(())
     }
@@ -201,6 +205,7 @@ impl Store {
             pending: 0,
             users: 0,
             rows: 0,
+            fallback: Vec::new(),
             checksum: Fnv64::new(),
         })
     }
@@ -227,10 +232,14 @@ impl Store {
             rows: staged.rows,
             checksum: staged.checksum.finish(),
         };
-        let mut meta =
-            self.table_meta(&staged.table)?.unwrap_or(TableMeta { current: info.version, versions: Vec::new() });
+        let mut meta = self.table_meta(&staged.table)?.unwrap_or(TableMeta {
+            current: info.version,
+            fallback: Vec::new(),
+            versions: Vec::new(),
+        });
         meta.versions.push(info.clone());
         meta.current = info.version;
+        meta.fallback = staged.fallback.clone();
         let dropped: Vec<u64> = if meta.versions.len() > self.retain {
             let n = meta.versions.len() - self.retain;
             meta.versions.drain(..n).map(|v| v.version).collect()
@@ -240,10 +249,10 @@ impl Store {
         let encoded = serde_json::to_vec(&meta).expect("meta serialises");
         self.meta.insert(table_key(&staged.table), encoded)?;
         self.meta.flush()?;
-        self.served
-            .write()
-            .expect("served lock")
-            .insert(staged.table.clone(), Arc::new(ServedTable { version: info.version, tree: staged.tree.clone() }));
+        self.served.write().expect("served lock").insert(
+            staged.table.clone(),
+            Arc::new(ServedTable { version: info.version, fallback: meta.fallback.clone(), tree: staged.tree.clone() }),
+        );
         for v in dropped {
             self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
         }
@@ -331,6 +340,8 @@ pub struct StagedVersion {
     pending: usize,
     pub users: u64,
     pub rows: u64,
+    /// Published with the version: see [`TableMeta::fallback`].
+    pub fallback: Vec<String>,
     checksum: Fnv64,
 }
 

@@ -9,6 +9,7 @@ mod util;
 
 mod c_plugin;
 mod evaluation;
+mod fallback;
 mod faults;
 mod guide;
 mod jobs;

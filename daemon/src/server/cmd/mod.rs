@@ -33,6 +33,9 @@ use super::resp;
 use crate::daemon::Daemon;
 use crate::store::{ServedTable, decode_list};
 
+/// The user key under which a cold-start table publishes its list for anyone.
+const DEFAULT_USER: &[u8] = b"__default__";
+
 /// Per-connection state commands may read or change.
 pub struct Client {
     pub id: u64,
@@ -260,24 +263,42 @@ impl<'d> Snapshot<'d> {
         Snapshot { daemon, tables: Vec::new() }
     }
 
-    /// The stored list for `key` (`<table>:<user>`), if any.
+    /// The stored list for `key` (`<table>:<user>`), if any. A user the table lacks is
+    /// answered by its fallback tables, in order: `<fallback>:<user>`, then
+    /// `<fallback>:__default__`.
     pub fn get(&mut self, key: &[u8]) -> Option<sled::IVec> {
         let colon = key.iter().position(|&b| b == b':')?;
         let (table, user) = (&key[..colon], &key[colon + 1..]);
-        let served = match self.tables.iter().find(|(t, _)| t == table) {
-            Some((_, served)) => served.clone(),
-            None => {
-                let served = std::str::from_utf8(table).ok().and_then(|t| self.daemon.store.served(t));
-                self.tables.push((table.to_vec(), served.clone()));
-                served
+        let served = self.table(table)?;
+        if let Some(list) = read(&served, table, user) {
+            return Some(list);
+        }
+        for fb in &served.fallback {
+            let Some(fb_table) = self.table(fb.as_bytes()) else { continue };
+            let found = read(&fb_table, fb.as_bytes(), user).or_else(|| read(&fb_table, fb.as_bytes(), DEFAULT_USER));
+            if found.is_some() {
+                return found;
             }
-        }?;
-        match served.get(user) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(table = %String::from_utf8_lossy(table), "store read failed: {e}");
-                None
-            }
+        }
+        None
+    }
+
+    fn table(&mut self, name: &[u8]) -> Option<Arc<ServedTable>> {
+        if let Some((_, served)) = self.tables.iter().find(|(t, _)| t == name) {
+            return served.clone();
+        }
+        let served = std::str::from_utf8(name).ok().and_then(|t| self.daemon.store.served(t));
+        self.tables.push((name.to_vec(), served.clone()));
+        served
+    }
+}
+
+fn read(served: &ServedTable, table: &[u8], user: &[u8]) -> Option<sled::IVec> {
+    match served.get(user) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(table = %String::from_utf8_lossy(table), "store read failed: {e}");
+            None
         }
     }
 }
