@@ -17,14 +17,24 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# Jobs with `after = [...]` start by themselves when their upstream publishes.
+chained=()
 for job in jobs/*.toml; do
   name=$(basename "$job" .toml)
+  if grep -q '^after *=' "$job"; then chained+=("$name"); continue; fi
   echo "== recd run $name"
   "$RECD" run "$name"
 done
+for name in "${chained[@]}"; do
+  echo "== waiting for $name (runs after its upstream job)"
+  for _ in $(seq 300); do
+    redis-cli -s "$SOCK" INFO | grep -q "^table_$name:" && break
+    sleep 0.1
+  done
+done
 
 describe() { # item id -> description, from the demo data's item list
-  grep -m1 "^$1," data/demo/items.csv 2>/dev/null | cut -d, -f2- | tr -d "\"" || true
+  grep -m1 "^$1," data/demo/items.csv 2>/dev/null | cut -d, -f2- | sed 's/,[^,]*$//' | tr -d "\"" || true
 }
 
 # 12346 is a customer the model does not know (their only purchase was cancelled): the
@@ -35,6 +45,11 @@ for user in 17850 12347 13047 12346 new-customer; do
   redis-cli -s "$SOCK" ZREVRANGE "ranking:$user" 0 4 WITHSCORES | paste - - | while IFS=$'\t' read -r item score; do
     printf '  %-8s %-10s %s\n' "$item" "$score" "$(describe "$item")"
   done
+done
+echo
+echo "== redis-cli -s $SOCK ZREVRANGE diversity:17850 0 4 WITHSCORES   (ranking re-ranked for variety)"
+redis-cli -s "$SOCK" ZREVRANGE diversity:17850 0 4 | while read -r item; do
+  printf '  %-8s %s\n' "$item" "$(describe "$item")"
 done
 echo
 echo "== redis-cli -s $SOCK GET ranking:17850"

@@ -17,8 +17,9 @@ Outputs (see data/demo/README.md for the full description):
   physically INT64 TIMESTAMP(MILLIS, isAdjustedToUTC=false); the embedded
   ``ARROW:schema`` records timestamp[s] (some readers, incl. pyarrow >= 13,
   surface it as timestamp[ms] -- values are whole seconds either way).
-* ``data/demo/items.csv`` -- the same two columns as CSV.
-* ``data/demo/items.parquet`` -- ``item_id`` (utf8), ``description`` (utf8, the
+* ``data/demo/items.csv`` -- the same three columns as CSV.
+* ``data/demo/items.parquet`` -- ``item_id`` (utf8), ``category`` (utf8, a rough product
+  type: the description's last word, see ``product_type``), ``description`` (utf8, the
   most frequent description of that code among the kept lines; ties broken
   alphabetically).
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -92,8 +94,20 @@ RETAIL_SCHEMA = pa.schema(
         pa.field("cancelled", pa.bool_(), nullable=False),
     ]
 )
+def product_type(description):
+    """A rough product type: the description's last word of three or more letters
+    ("WHITE HANGING HEART T-LIGHT HOLDER" -> "HOLDER"); "OTHER" if there is none. The data
+    has no categories; this one is good enough to measure same-type crowding in a list."""
+    words = [w for w in re.split(r"[^A-Z]+", str(description).upper()) if len(w) > 2]
+    return words[-1] if words else "OTHER"
+
+
 ITEMS_SCHEMA = pa.schema(
-    [pa.field("item_id", pa.string(), nullable=False), pa.field("description", pa.string(), nullable=False)]
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("description", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+    ]
 )
 
 
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     cnt = d.groupby(["item_id", "description"]).size().reset_index(name="n")
     cnt = cnt.sort_values(["item_id", "n", "description"], ascending=[True, False, True])
     items = cnt.drop_duplicates("item_id")[["item_id", "description"]].reset_index(drop=True)
+    items["category"] = items["description"].map(product_type)
     all_items = pd.DataFrame({"item_id": np.sort(out["item_id"].unique())})
     items = all_items.merge(items, on="item_id", how="left")
     print(f"items.parquet rows:           {len(items):>8,}")
@@ -207,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The same item list as CSV: a CSV input example, and the demo's description lookup.
     items_csv = os.path.join(args.out, "items.csv")
-    items[["item_id", "description"]].to_csv(items_csv, index=False, lineterminator="\n")
+    items[["item_id", "description", "category"]].to_csv(items_csv, index=False, lineterminator="\n")
     for p in (retail_path, items_path, items_csv):
         print(f"wrote {os.path.normpath(p)} ({os.path.getsize(p):,} bytes)")
     return 0

@@ -162,6 +162,7 @@ fn input(path: &Path, name: &str) -> anyhow::Result<Input> {
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => InputFormat::Csv,
         Some("parquet") | Some("pq") => InputFormat::Parquet,
+        Some("arrow") | Some("ipc") => InputFormat::ArrowIpc,
         _ => anyhow::bail!("{}: expected a .csv or .parquet file", path.display()),
     };
     Ok(Input { name: name.into(), path: path.to_path_buf(), format })

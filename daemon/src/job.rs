@@ -136,6 +136,11 @@ impl Policy {
 pub enum InputFormat {
     Csv,
     Parquet,
+    /// An Arrow IPC file.
+    ArrowIpc,
+    /// A published table (`table:<name>`); the runner exports it as Arrow IPC for the
+    /// worker: columns user, item, score, rank (1 = best).
+    Table,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -248,11 +253,25 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     };
     let mut inputs = Vec::new();
     for (input, path) in &raw.inputs {
+        if let Some(table) = path.strip_prefix("table:") {
+            if !valid_name(table) || table == raw.table.as_deref().unwrap_or(name) {
+                return Err(invalid(
+                    &format!("inputs.{input}"),
+                    format!("{path:?}: expected table:<another table's name>"),
+                ));
+            }
+            inputs.push(Input { name: input.clone(), path: PathBuf::from(table), format: InputFormat::Table });
+            continue;
+        }
         let format = match Path::new(path).extension().and_then(|e| e.to_str()) {
             Some("csv") => InputFormat::Csv,
             Some("parquet") | Some("pq") => InputFormat::Parquet,
+            Some("arrow") | Some("ipc") => InputFormat::ArrowIpc,
             _ => {
-                return Err(invalid(&format!("inputs.{input}"), format!("{path:?}: expected a .csv or .parquet file")));
+                return Err(invalid(
+                    &format!("inputs.{input}"),
+                    format!("{path:?}: expected a .csv, .parquet or .arrow file, or table:<name>"),
+                ));
             }
         };
         inputs.push(Input { name: input.clone(), path: absolute(base, path), format });
@@ -468,7 +487,7 @@ impl Job {
         {
             return Err(missing("model", "model file", model));
         }
-        for input in &self.inputs {
+        for input in self.inputs.iter().filter(|i| i.format != InputFormat::Table) {
             if !input.path.is_file() {
                 return Err(missing(&format!("inputs.{}", input.name), "input file", &input.path));
             }

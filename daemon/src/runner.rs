@@ -13,7 +13,7 @@ use arrow_array::types::Float32Type;
 use arrow_array::{Array, RecordBatch};
 
 use crate::config::Config;
-use crate::job::{Job, OutputChecks};
+use crate::job::{Input, InputFormat, Job, OutputChecks};
 use crate::plugins::Registry;
 use crate::store::{StagedVersion, Store, VersionInfo};
 use crate::wire::{self, Message, RunSpec};
@@ -183,6 +183,9 @@ pub fn execute(
     let started = Instant::now();
     // The worker loads a snapshot: replacing the plugin file cannot touch this run.
     let (snapshot, sha256) = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
+    let run_dir = config.data_dir.join("runs").join(run_id.to_string());
+    let inputs = export_table_inputs(&job.inputs, store, &run_dir)?;
+    let _cleanup = RemoveOnDrop(run_dir);
     let spec = RunSpec {
         job: job.name.clone(),
         run_id,
@@ -191,7 +194,7 @@ pub fn execute(
         known_users: job.checks.known_users.clone(),
         known_items: job.checks.known_items.clone(),
         params_json: job.params_json.clone(),
-        inputs: job.inputs.clone(),
+        inputs,
         model: job.model.clone(),
         device: job.device,
         onnxruntime: config.onnxruntime.clone(),
@@ -255,6 +258,89 @@ pub fn execute(
             store.discard(collector.into_staged())?;
             Err(e)
         }
+    }
+}
+
+/// Deletes a run's scratch folder when the run is over, however it ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes each `table:<name>` input, as currently served, to an Arrow IPC file the worker
+/// reads (columns user, item, score, rank); other inputs pass through.
+fn export_table_inputs(inputs: &[Input], store: &Store, run_dir: &std::path::Path) -> Result<Vec<Input>, RunError> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        if input.format != InputFormat::Table {
+            out.push(input.clone());
+            continue;
+        }
+        let table = input.path.display().to_string();
+        let served = store.served(&table).ok_or_else(|| {
+            RunError::Failed(format!("input `{}`: table `{table}` has not been published", input.name))
+        })?;
+        std::fs::create_dir_all(run_dir).map_err(anyhow::Error::from)?;
+        let path = run_dir.join(format!("{}.arrow", input.name));
+        write_table(&served, &path).map_err(|e| RunError::Failed(format!("exporting table `{table}`: {e:#}")))?;
+        out.push(Input { name: input.name.clone(), path, format: InputFormat::ArrowIpc });
+    }
+    Ok(out)
+}
+
+fn write_table(served: &crate::store::ServedTable, path: &std::path::Path) -> anyhow::Result<()> {
+    use arrow_schema::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("item", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+        Field::new("rank", DataType::UInt32, false),
+    ]));
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(path)?, &schema)?;
+    let mut rows = TableRows::default();
+    for entry in served.iter_lists() {
+        let (user, value) = entry?;
+        let user = String::from_utf8_lossy(&user).into_owned();
+        for (rank, (item, score)) in crate::store::decode_list(&value).into_iter().enumerate() {
+            rows.users.push(user.clone());
+            rows.items.push(String::from_utf8_lossy(item).into_owned());
+            rows.scores.push(score);
+            rows.ranks.push(rank as u32 + 1);
+        }
+        if rows.users.len() >= 65_536 {
+            writer.write(&rows.take(&schema)?)?;
+        }
+    }
+    writer.write(&rows.take(&schema)?)?;
+    writer.finish()?;
+    Ok(())
+}
+
+/// Rows of an exported table, gathered a batch at a time.
+#[derive(Default)]
+struct TableRows {
+    users: Vec<String>,
+    items: Vec<String>,
+    scores: Vec<f32>,
+    ranks: Vec<u32>,
+}
+
+impl TableRows {
+    fn take(&mut self, schema: &Arc<arrow_schema::Schema>) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        use arrow_array::{Float32Array, StringArray, UInt32Array};
+        let rows = std::mem::take(self);
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(rows.users)),
+                Arc::new(StringArray::from(rows.items)),
+                Arc::new(Float32Array::from(rows.scores)),
+                Arc::new(UInt32Array::from(rows.ranks)),
+            ],
+        )
     }
 }
 

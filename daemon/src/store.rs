@@ -71,6 +71,11 @@ pub struct ServedTable {
 }
 
 impl ServedTable {
+    /// Every (user, list) of this version, users in key order.
+    pub fn iter_lists(&self) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>> + '_ {
+        self.tree.iter().map(|r| r.map_err(StoreError::from))
+    }
+
     /// The encoded list of `user`, if the version has one.
     pub fn get(&self, user: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         Ok(self.tree.get(user)?)

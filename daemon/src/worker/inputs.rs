@@ -14,6 +14,8 @@ pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
     let batches = match input.format {
         InputFormat::Csv => read_csv(input),
         InputFormat::Parquet => read_parquet(input),
+        InputFormat::ArrowIpc => read_ipc(input),
+        InputFormat::Table => Err(anyhow::anyhow!("table inputs are exported by the daemon before the run")),
     }
     .map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
     let schema = match batches.first() {
@@ -30,6 +32,11 @@ fn read_csv(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
     let file = File::open(&input.path)?;
     let reader =
         arrow_csv::ReaderBuilder::new(Arc::new(schema)).with_format(format).with_batch_size(64 * 1024).build(file)?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn read_ipc(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
+    let reader = arrow_ipc::reader::FileReader::try_new(File::open(&input.path)?, None)?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
