@@ -14,9 +14,11 @@
 
 pub mod abi;
 pub mod columns;
+mod rows;
 mod sdk;
 pub mod testing;
 
+pub use rows::OutputRows;
 pub use sdk::{LogLevel, PluginError, RunContext, Strategy};
 
 #[doc(hidden)]

@@ -12,16 +12,15 @@
 //! that user's list here, and a user never seen with `__default__`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
     Int64Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
-use arrow_array::{Array, Float32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{DataType, TimeUnit};
 use recd_plugin_api::columns::{booleans, column, ids_as_strings};
-use recd_plugin_api::{LogLevel, PluginError, RunContext, Strategy, abi, export_plugin};
+use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 pub const DEFAULT_USER: &str = "__default__";
@@ -99,10 +98,10 @@ impl Strategy for ColdStart {
             &format!("{} items, {} segments, {} users", global.len(), segments.len(), data.users.len()),
         );
 
-        let mut out = Rows::default();
-        out.list(DEFAULT_USER, global.iter().take(self.params.k));
+        let mut out = OutputRows::new();
+        push_list(&mut out, DEFAULT_USER, global.iter().take(self.params.k));
         for (seg, list) in &segments {
-            out.list(&format!("{SEGMENT_PREFIX}{seg}"), list.iter().take(self.params.k));
+            push_list(&mut out, &format!("{SEGMENT_PREFIX}{seg}"), list.iter().take(self.params.k));
         }
         for (user, info) in &data.users {
             let seg_list = info.segment.as_deref().and_then(|s| segments.get(s)).map(Vec::as_slice).unwrap_or(&[]);
@@ -112,7 +111,7 @@ impl Strategy for ColdStart {
                 .chain(global.iter())
                 .filter(|(i, _)| !info.bought.contains(*i) && seen.insert(i))
                 .take(self.params.k);
-            out.list(user, picks);
+            push_list(&mut out, user, picks);
         }
         ctx.emit(out.into_batch()?)
     }
@@ -203,37 +202,10 @@ fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginError>
     })
 }
 
-#[derive(Default)]
-struct Rows {
-    users: Vec<String>,
-    items: Vec<String>,
-    scores: Vec<f32>,
-}
-
-impl Rows {
-    fn list<'a>(&mut self, user: &str, picks: impl Iterator<Item = &'a (&'a str, f64)>) {
-        for (item, w) in picks {
-            self.users.push(user.to_string());
-            self.items.push(item.to_string());
-            self.scores.push(*w as f32);
-        }
-    }
-
-    fn into_batch(self) -> Result<RecordBatch, PluginError> {
-        let schema = Schema::new(vec![
-            Field::new(abi::output::USER, DataType::Utf8, false),
-            Field::new(abi::output::ITEM, DataType::Utf8, false),
-            Field::new(abi::output::SCORE, DataType::Float32, false),
-        ]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(StringArray::from(self.users)),
-                Arc::new(StringArray::from(self.items)),
-                Arc::new(Float32Array::from(self.scores)),
-            ],
-        )
-        .map_err(|e| PluginError::internal(e.to_string()))
+/// Adds one list's rows.
+fn push_list<'a>(out: &mut OutputRows, user: &str, picks: impl Iterator<Item = &'a (&'a str, f64)>) {
+    for (item, w) in picks {
+        out.push(user, item, *w as f32);
     }
 }
 
@@ -241,6 +213,11 @@ export_plugin!(ColdStart, name = "cold-start", version = env!("CARGO_PKG_VERSION
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{RecordBatch, StringArray};
+    use arrow_schema::{Field, Schema};
+
     use super::*;
     use arrow_array::Int64Array;
     use recd_plugin_api::testing::Harness;

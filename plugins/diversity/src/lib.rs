@@ -10,12 +10,9 @@
 //! so the served order is the chosen order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use arrow_array::{Float32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
 use recd_plugin_api::columns::{column, ids_as_strings, numbers};
-use recd_plugin_api::{PluginError, RunContext, Strategy, abi, export_plugin};
+use recd_plugin_api::{OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -68,7 +65,7 @@ impl Strategy for Diversity {
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
         let categories = self.categories(ctx)?;
         let lists = candidates(ctx)?;
-        let (mut out_u, mut out_i, mut out_s) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = OutputRows::new();
         let total = lists.len() as u64;
         for (n, (user, list)) in lists.iter().enumerate() {
             if n % 1024 == 0 && ctx.is_cancelled() {
@@ -76,27 +73,11 @@ impl Strategy for Diversity {
             }
             let picked = mmr(list, &categories, &self.params);
             for (pos, item) in picked.iter().enumerate() {
-                out_u.push(user.clone());
-                out_i.push(item.to_string());
-                out_s.push((picked.len() - pos) as f32);
+                out.push(user, item, (picked.len() - pos) as f32);
             }
             ctx.progress(n as u64 + 1, total);
         }
-        let schema = Schema::new(vec![
-            Field::new(abi::output::USER, DataType::Utf8, false),
-            Field::new(abi::output::ITEM, DataType::Utf8, false),
-            Field::new(abi::output::SCORE, DataType::Float32, false),
-        ]);
-        let rows = RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(StringArray::from(out_u)),
-                Arc::new(StringArray::from(out_i)),
-                Arc::new(Float32Array::from(out_s)),
-            ],
-        )
-        .map_err(|e| PluginError::internal(e.to_string()))?;
-        ctx.emit(rows)
+        ctx.emit(out.into_batch()?)
     }
 }
 
@@ -170,6 +151,11 @@ export_plugin!(Diversity, name = "diversity", version = env!("CARGO_PKG_VERSION"
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Float32Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
     use super::*;
     use recd_plugin_api::testing::Harness;
 

@@ -11,10 +11,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow_array::{Float32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{Float32Array, Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
-use recd_plugin_api::{LogLevel, PluginError, RunContext, Strategy, abi, export_plugin};
+use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,7 +210,7 @@ impl Ranking {
             return Ok(());
         }
         let scores = score_pairs(ctx, &batch.users, &batch.items)?;
-        let mut out = Rows::default();
+        let mut out = OutputRows::new();
         for &(u, start, n) in &batch.spans {
             let mut cand: Vec<(f32, i64)> = (start..start + n).map(|j| (scores[j], batch.items[j])).collect();
             let by_rank = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -235,38 +235,6 @@ struct PairBatch {
     items: Vec<i64>,
     /// (user index, first pair, number of pairs)
     spans: Vec<(usize, usize, usize)>,
-}
-
-#[derive(Default)]
-struct Rows {
-    users: Vec<String>,
-    items: Vec<String>,
-    scores: Vec<f32>,
-}
-
-impl Rows {
-    fn push(&mut self, user: &str, item: &str, score: f32) {
-        self.users.push(user.to_owned());
-        self.items.push(item.to_owned());
-        self.scores.push(score);
-    }
-
-    fn into_batch(self) -> Result<RecordBatch, PluginError> {
-        let schema = Schema::new(vec![
-            Field::new(abi::output::USER, DataType::Utf8, false),
-            Field::new(abi::output::ITEM, DataType::Utf8, false),
-            Field::new(abi::output::SCORE, DataType::Float32, false),
-        ]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(StringArray::from(self.users)),
-                Arc::new(StringArray::from(self.items)),
-                Arc::new(Float32Array::from(self.scores)),
-            ],
-        )
-        .map_err(|e| PluginError::internal(format!("building output rows: {e}")))
-    }
 }
 
 /// Calls the model with inputs `user` and `item` (int64 model indices), reads `score`.
@@ -310,6 +278,7 @@ export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"));
 mod tests {
     use super::*;
     use arrow_array::BooleanArray;
+    use arrow_array::StringArray;
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int64Type;
     use recd_plugin_api::testing::Harness;

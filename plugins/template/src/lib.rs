@@ -4,12 +4,9 @@
 //! docs/plugin-guide.md.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
-use arrow_array::{Float32Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
 use recd_plugin_api::columns::{column, ids_as_strings};
-use recd_plugin_api::{LogLevel, PluginError, RunContext, Strategy, abi, export_plugin};
+use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 /// The job's `[params]`; unknown keys are refused with the key's name.
@@ -71,34 +68,18 @@ impl Strategy for Popular {
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         ctx.log(LogLevel::Info, &format!("{} users, {} items", bought.len(), ranked.len()));
 
-        let (mut out_u, mut out_i, mut out_s) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = OutputRows::new();
         let total = bought.len() as u64;
         for (n, (user, mine)) in bought.iter().enumerate() {
             if n % 1000 == 0 && ctx.is_cancelled() {
                 return Err(PluginError::cancelled());
             }
             for (item, count) in ranked.iter().filter(|(i, _)| !mine.contains(*i)).take(p.k) {
-                out_u.push(user.clone());
-                out_i.push(item.to_string());
-                out_s.push(*count as f32);
+                out.push(user, item, *count as f32);
             }
             ctx.progress(n as u64 + 1, total);
         }
-        let schema = Schema::new(vec![
-            Field::new(abi::output::USER, DataType::Utf8, false),
-            Field::new(abi::output::ITEM, DataType::Utf8, false),
-            Field::new(abi::output::SCORE, DataType::Float32, false),
-        ]);
-        let rows = RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(StringArray::from(out_u)),
-                Arc::new(StringArray::from(out_i)),
-                Arc::new(Float32Array::from(out_s)),
-            ],
-        )
-        .map_err(|e| PluginError::internal(e.to_string()))?;
-        ctx.emit(rows)
+        ctx.emit(out.into_batch()?)
     }
 }
 
@@ -106,6 +87,11 @@ export_plugin!(Popular, name = "template", version = env!("CARGO_PKG_VERSION"));
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
     use super::*;
     use recd_plugin_api::abi::code;
     use recd_plugin_api::testing::Harness;
