@@ -22,6 +22,8 @@ use serde::Deserialize;
 enum Candidates {
     Unseen,
     Popular,
+    /// Each user's items in input `pool` (e.g. `table:<upstream>`: columns user, item).
+    Upstream,
 }
 
 /// The job's `[params]`.
@@ -46,6 +48,9 @@ struct Params {
     /// Boolean column marking cancelled lines; ignored if the table lacks it.
     #[serde(default = "default_cancelled_column")]
     cancelled_column: String,
+    /// Business filter: a boolean column of input `items`; items where it is false are
+    /// never recommended.
+    available_column: Option<String>,
 }
 
 fn default_k() -> usize {
@@ -95,14 +100,25 @@ impl Strategy for Ranking {
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
         let vocab = Vocab::read(ctx)?;
-        let bought = self.read_purchases(ctx, &vocab)?;
+        let mut bought = self.read_purchases(ctx, &vocab)?;
+        // An unavailable item is treated like one already bought: never a candidate.
+        let unavailable = self.unavailable(ctx, &vocab)?;
+        for seen in bought.iter_mut() {
+            seen.extend(unavailable.iter().copied());
+        }
         let pool = match self.params.candidates {
-            Candidates::Unseen => (0..vocab.items.len()).collect(),
-            Candidates::Popular => popular_pool(&bought, vocab.items.len(), self.params.popular_pool),
+            Candidates::Unseen => Pool::All((0..vocab.items.len()).collect()),
+            Candidates::Popular => Pool::All(popular_pool(&bought, vocab.items.len(), self.params.popular_pool)),
+            Candidates::Upstream => Pool::PerUser(upstream_pool(ctx, &vocab)?),
         };
         ctx.log(
             LogLevel::Info,
-            &format!("ranking {} users over {} candidate items, k={}", vocab.users.len(), pool.len(), self.params.k),
+            &format!(
+                "ranking {} users, {} items unavailable, k={}",
+                vocab.users.len(),
+                unavailable.len(),
+                self.params.k
+            ),
         );
         self.score_all(ctx, &vocab, &bought, &pool)
     }
@@ -150,6 +166,23 @@ fn read_vocab(
 }
 
 impl Ranking {
+    /// Model indices of the items `available_column` (in input `items`) marks false.
+    fn unavailable(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashSet<u32>, PluginError> {
+        let Some(col) = &self.params.available_column else { return Ok(HashSet::new()) };
+        let batch = ctx.input("items")?;
+        let flags = booleans(
+            column(batch, "items", col).map_err(|e| PluginError::params(format!("params.available_column: {e}")))?,
+            &format!("items.{col}"),
+        )?;
+        let ids = ids_as_strings(column(batch, "items", "item_id")?, "items.item_id")?;
+        Ok(ids
+            .into_iter()
+            .zip(flags)
+            .filter(|(_, ok)| *ok == Some(false))
+            .filter_map(|(id, _)| vocab.item_index.get(&id?).map(|&i| i as u32))
+            .collect())
+    }
+
     /// Per model user index, the set of model item indices bought.
     fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<HashSet<u32>>, PluginError> {
         let t = "interactions";
@@ -179,13 +212,17 @@ impl Ranking {
         ctx: &mut RunContext<'_>,
         vocab: &Vocab,
         bought: &[HashSet<u32>],
-        pool: &[usize],
+        pool: &Pool,
     ) -> Result<(), PluginError> {
         let mut batch = PairBatch::default();
         let total = vocab.users.len() as u64;
         for (u, seen) in bought.iter().enumerate() {
             let start = batch.items.len();
-            batch.items.extend(pool.iter().filter(|&&i| !seen.contains(&(i as u32))).map(|&i| i as i64));
+            let candidates: &[usize] = match pool {
+                Pool::All(items) => items,
+                Pool::PerUser(lists) => lists.get(&u).map(Vec::as_slice).unwrap_or(&[]),
+            };
+            batch.items.extend(candidates.iter().filter(|&&i| !seen.contains(&(i as u32))).map(|&i| i as i64));
             let n = batch.items.len() - start;
             if n > 0 {
                 batch.users.extend(std::iter::repeat_n(u as i64, n));
@@ -258,6 +295,29 @@ fn score_pairs(ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result
     Ok(scores.values().to_vec())
 }
 
+/// Candidate items: the same for every user, or each user's own (model indices).
+enum Pool {
+    All(Vec<usize>),
+    PerUser(HashMap<usize, Vec<usize>>),
+}
+
+/// Each known user's items from input `pool` (columns `user`, `item`; ids the model does
+/// not know are skipped).
+fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, Vec<usize>>, PluginError> {
+    let t = "pool";
+    let batch = ctx.input(t)?;
+    let users = ids_as_strings(column(batch, t, "user")?, "pool.user")?;
+    let items = ids_as_strings(column(batch, t, "item")?, "pool.item")?;
+    let mut out: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (u, i) in users.into_iter().zip(items) {
+        let (Some(u), Some(i)) = (u, i) else { continue };
+        if let (Some(&u), Some(&i)) = (vocab.user_index.get(&u), vocab.item_index.get(&i)) {
+            out.entry(u).or_default().push(i);
+        }
+    }
+    Ok(out)
+}
+
 /// The `size` items with the most distinct buyers (ties: lower index first).
 fn popular_pool(bought: &[HashSet<u32>], n_items: usize, size: usize) -> Vec<usize> {
     let mut buyers = vec![0u32; n_items];
@@ -299,6 +359,10 @@ mod tests {
 
     /// u1 bought d; u2 bought a, and b in a cancelled line only.
     fn harness(params: &str) -> Harness {
+        harness_with_items(params, vocab("item_id", &["a", "b", "c", "d"]))
+    }
+
+    fn harness_with_items(params: &str, items: RecordBatch) -> Harness {
         let interactions = table(vec![
             strings("user_id", &["u1", "u2", "u2"]),
             strings("item_id", &["d", "a", "b"]),
@@ -319,7 +383,7 @@ mod tests {
         Harness::new(params)
             .input("interactions", interactions)
             .input("users", vocab("user_id", &["u1", "u2"]))
-            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
+            .input("items", items)
             .scorer(model)
     }
 
@@ -341,6 +405,29 @@ mod tests {
         // buyers: a 1 (u2), d 1 (u1); pool of 2 = [a, d]
         let out = harness(r#"{"k": 2, "candidates": "popular", "popular_pool": 2}"#).run::<Ranking>().unwrap();
         assert_eq!(list(&out, "u1"), ["a"]);
+        assert_eq!(list(&out, "u2"), ["d"]);
+    }
+
+    #[test]
+    fn unavailable_items_are_never_recommended() {
+        let items = vocab("item_id", &["a", "b", "c", "d"]);
+        let available: Arc<dyn arrow_array::Array> = Arc::new(BooleanArray::from(vec![true, false, true, true]));
+        let mut columns: Vec<(Field, Arc<dyn arrow_array::Array>)> =
+            items.schema().fields().iter().zip(items.columns()).map(|(f, c)| (f.as_ref().clone(), c.clone())).collect();
+        columns.push((Field::new("in_stock", DataType::Boolean, false), available));
+        let out =
+            harness_with_items(r#"{"k": 2, "available_column": "in_stock"}"#, table(columns)).run::<Ranking>().unwrap();
+        // u2 would get b first (see above); b is out of stock
+        assert_eq!(list(&out, "u2"), ["c", "d"]);
+        assert_eq!(list(&out, "u1"), ["c", "a"]);
+    }
+
+    #[test]
+    fn an_upstream_pool_limits_each_users_candidates() {
+        let pool = table(vec![strings("user", &["u1", "u1", "u2", "u2"]), strings("item", &["a", "b", "d", "zz"])]);
+        let out = harness(r#"{"k": 2, "candidates": "upstream"}"#).input("pool", pool).run::<Ranking>().unwrap();
+        assert_eq!(list(&out, "u1"), ["b", "a"]);
+        // an item the model does not know (zz) is skipped
         assert_eq!(list(&out, "u2"), ["d"]);
     }
 
