@@ -10,31 +10,45 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
-};
-use arrow_array::{Array, RecordBatch};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_array::RecordBatch;
 use chrono::NaiveDateTime;
-use recd_plugin_api::columns::{booleans, column, ids_as_strings};
+use recd_plugin_api::columns::{booleans, column, ids_as_strings, seconds};
 use serde::Serialize;
 
 use crate::eval;
 use crate::job::{Input, InputFormat};
 use crate::server::resp::Frame;
 
+#[derive(clap::Args)]
 pub struct EvalArgs {
     pub table: String,
+    /// Interactions (CSV or Parquet); those from --cutoff on are the held-out truth
+    #[arg(long)]
     pub truth: PathBuf,
+    /// Date (2011-11-01) or RFC 3339 time splitting past from held-out
+    #[arg(long)]
     pub cutoff: String,
+    #[arg(long, default_value_t = 10)]
     pub k: usize,
+    #[arg(long, default_value = "user_id")]
     pub user_column: String,
+    #[arg(long, default_value = "item_id")]
     pub item_column: String,
+    #[arg(long, default_value = "ts")]
     pub time_column: String,
+    /// Count items a user had bought before the cut-off as relevant too
+    #[arg(long)]
     pub include_repeats: bool,
-    /// (file, category column): items in the same category are "similar" for diversity.
+    /// Item categories for intra-list diversity: FILE:COLUMN (items keyed by --item-column)
+    #[arg(long, value_parser = file_and_column)]
     pub categories: Option<(PathBuf, String)>,
+}
+
+fn file_and_column(text: &str) -> Result<(PathBuf, String), String> {
+    match text.rsplit_once(':') {
+        Some((file, col)) if !file.is_empty() && !col.is_empty() => Ok((PathBuf::from(file), col.to_string())),
+        _ => Err(format!("expected FILE:COLUMN, got {text:?}")),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -159,12 +173,8 @@ fn parse_cutoff(text: &str) -> anyhow::Result<NaiveDateTime> {
 }
 
 fn input(path: &Path, name: &str) -> anyhow::Result<Input> {
-    let format = match path.extension().and_then(|e| e.to_str()) {
-        Some("csv") => InputFormat::Csv,
-        Some("parquet") | Some("pq") => InputFormat::Parquet,
-        Some("arrow") | Some("ipc") => InputFormat::ArrowIpc,
-        _ => anyhow::bail!("{}: expected a .csv or .parquet file", path.display()),
-    };
+    let format = InputFormat::from_path(path)
+        .ok_or_else(|| anyhow::anyhow!("{}: expected a .csv, .parquet or .arrow file", path.display()))?;
     Ok(Input { name: name.into(), path: path.to_path_buf(), format })
 }
 
@@ -192,35 +202,18 @@ fn read_interactions(args: &EvalArgs) -> anyhow::Result<Vec<Row>> {
         .collect())
 }
 
-/// A time column as naive UTC times: any timestamp unit, or integer seconds since 1970.
+/// A time column as naive UTC times (any timestamp unit, or integer seconds).
 fn times(batch: &RecordBatch, name: &str) -> Result<Vec<Option<NaiveDateTime>>, String> {
     let col = batch.column_by_name(name).ok_or_else(|| format!("no column `{name}`"))?;
-    let to = |secs: i64, nanos: u32| chrono::DateTime::from_timestamp(secs, nanos).map(|t| t.naive_utc());
-    let out = match col.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            col.as_primitive::<TimestampSecondType>().iter().map(|v| v.and_then(|s| to(s, 0))).collect()
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => col
-            .as_primitive::<TimestampMillisecondType>()
-            .iter()
-            .map(|v| v.and_then(|ms| to(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32)))
-            .collect(),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => col
-            .as_primitive::<TimestampMicrosecondType>()
-            .iter()
-            .map(|v| v.and_then(|us| to(us.div_euclid(1_000_000), (us.rem_euclid(1_000_000) * 1000) as u32)))
-            .collect(),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => col
-            .as_primitive::<TimestampNanosecondType>()
-            .iter()
-            .map(|v| v.and_then(|ns| to(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)))
-            .collect(),
-        DataType::Int64 => {
-            col.as_primitive::<arrow_array::types::Int64Type>().iter().map(|v| v.and_then(|s| to(s, 0))).collect()
-        }
-        other => return Err(format!("column `{name}`: expected a timestamp or integer seconds, found {other}")),
-    };
-    Ok(out)
+    let secs = seconds(col.as_ref(), name).map_err(|e| e.to_string())?;
+    Ok(secs
+        .into_iter()
+        .map(|s| {
+            let s = s?;
+            let whole = s.floor();
+            chrono::DateTime::from_timestamp(whole as i64, ((s - whole) * 1e9) as u32).map(|t| t.naive_utc())
+        })
+        .collect())
 }
 
 fn read_categories(file: &Path, item_column: &str, category_column: &str) -> anyhow::Result<HashMap<String, String>> {

@@ -143,6 +143,18 @@ pub enum InputFormat {
     Table,
 }
 
+impl InputFormat {
+    /// The reader a file's extension asks for: .csv, .parquet/.pq, .arrow/.ipc.
+    pub fn from_path(path: &Path) -> Option<InputFormat> {
+        match path.extension().and_then(|e| e.to_str())? {
+            "csv" => Some(InputFormat::Csv),
+            "parquet" | "pq" => Some(InputFormat::Parquet),
+            "arrow" | "ipc" => Some(InputFormat::ArrowIpc),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Input {
     pub name: String,
@@ -263,16 +275,11 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
             inputs.push(Input { name: input.clone(), path: PathBuf::from(table), format: InputFormat::Table });
             continue;
         }
-        let format = match Path::new(path).extension().and_then(|e| e.to_str()) {
-            Some("csv") => InputFormat::Csv,
-            Some("parquet") | Some("pq") => InputFormat::Parquet,
-            Some("arrow") | Some("ipc") => InputFormat::ArrowIpc,
-            _ => {
-                return Err(invalid(
-                    &format!("inputs.{input}"),
-                    format!("{path:?}: expected a .csv, .parquet or .arrow file, or table:<name>"),
-                ));
-            }
+        let Some(format) = InputFormat::from_path(Path::new(path)) else {
+            return Err(invalid(
+                &format!("inputs.{input}"),
+                format!("{path:?}: expected a .csv, .parquet or .arrow file, or table:<name>"),
+            ));
         };
         inputs.push(Input { name: input.clone(), path: absolute(base, path), format });
     }

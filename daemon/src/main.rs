@@ -105,27 +105,8 @@ enum Cmd {
     },
     /// Quality of a published list table against interactions after a cut-off
     Eval {
-        table: String,
-        /// Interactions (CSV or Parquet); those from --cutoff on are the held-out truth
-        #[arg(long)]
-        truth: PathBuf,
-        /// Date (2011-11-01) or RFC 3339 time splitting past from held-out
-        #[arg(long)]
-        cutoff: String,
-        #[arg(long, default_value_t = 10)]
-        k: usize,
-        #[arg(long, default_value = "user_id")]
-        user_column: String,
-        #[arg(long, default_value = "item_id")]
-        item_column: String,
-        #[arg(long, default_value = "ts")]
-        time_column: String,
-        /// Count items a user had bought before the cut-off as relevant too
-        #[arg(long)]
-        include_repeats: bool,
-        /// Item categories for intra-list diversity: FILE:COLUMN (items keyed by --item-column)
-        #[arg(long)]
-        categories: Option<String>,
+        #[command(flatten)]
+        args: evaluate::EvalArgs,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -231,37 +212,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             override_path(&mut config.admin_socket, admin_socket);
             print_reply(client::call(&config.admin_socket, &[b"RESUME", job.as_bytes()])?)
         }
-        Cmd::Eval {
-            table,
-            truth,
-            cutoff,
-            k,
-            user_column,
-            item_column,
-            time_column,
-            include_repeats,
-            categories,
-            json,
-            socket,
-        } => {
+        Cmd::Eval { args, json, socket } => {
             override_path(&mut config.socket, socket);
-            let categories = categories
-                .map(|c| match c.rsplit_once(':') {
-                    Some((file, col)) => Ok((PathBuf::from(file), col.to_string())),
-                    None => Err(anyhow::anyhow!("--categories: expected FILE:COLUMN, got {c:?}")),
-                })
-                .transpose()?;
-            let args = evaluate::EvalArgs {
-                table,
-                truth,
-                cutoff,
-                k,
-                user_column,
-                item_column,
-                time_column,
-                include_repeats,
-                categories,
-            };
             let report = evaluate::run(&args, &config.socket)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

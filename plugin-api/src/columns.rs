@@ -58,3 +58,33 @@ pub fn booleans(col: &dyn Array, what: &str) -> Result<Vec<Option<bool>>, Plugin
         other => Err(PluginError::input(format!("{what}: expected a boolean column, found {other}"))),
     }
 }
+
+/// Reads a time column as seconds since 1970 (fractions kept): any Arrow timestamp unit,
+/// or plain integer seconds. Nulls as `None`.
+pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginError> {
+    use arrow_array::types::{
+        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+    };
+    use arrow_schema::TimeUnit;
+    let scaled = |values: Vec<Option<i64>>, per_second: f64| {
+        values.into_iter().map(|v| v.map(|x| x as f64 / per_second)).collect()
+    };
+    Ok(match col.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            scaled(col.as_primitive::<TimestampSecondType>().iter().collect(), 1.0)
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            scaled(col.as_primitive::<TimestampMillisecondType>().iter().collect(), 1e3)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            scaled(col.as_primitive::<TimestampMicrosecondType>().iter().collect(), 1e6)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            scaled(col.as_primitive::<TimestampNanosecondType>().iter().collect(), 1e9)
+        }
+        DataType::Int64 => scaled(col.as_primitive::<Int64Type>().iter().collect(), 1.0),
+        other => {
+            return Err(PluginError::input(format!("{what}: expected a timestamp or integer seconds, found {other}")));
+        }
+    })
+}

@@ -13,13 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow_array::Array;
-use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Int64Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
-};
-use arrow_schema::{DataType, TimeUnit};
-use recd_plugin_api::columns::{booleans, column, ids_as_strings};
+use recd_plugin_api::columns::{booleans, column, ids_as_strings, seconds};
 use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
@@ -180,28 +174,6 @@ impl Interactions {
     }
 }
 
-/// A time column as seconds: any timestamp unit, or integer seconds.
-fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginError> {
-    Ok(match col.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            col.as_primitive::<TimestampSecondType>().iter().map(|v| v.map(|x| x as f64)).collect()
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            col.as_primitive::<TimestampMillisecondType>().iter().map(|v| v.map(|x| x as f64 / 1e3)).collect()
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            col.as_primitive::<TimestampMicrosecondType>().iter().map(|v| v.map(|x| x as f64 / 1e6)).collect()
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            col.as_primitive::<TimestampNanosecondType>().iter().map(|v| v.map(|x| x as f64 / 1e9)).collect()
-        }
-        DataType::Int64 => col.as_primitive::<Int64Type>().iter().map(|v| v.map(|x| x as f64)).collect(),
-        other => {
-            return Err(PluginError::input(format!("{what}: expected a timestamp or integer seconds, found {other}")));
-        }
-    })
-}
-
 /// Adds one list's rows.
 fn push_list<'a>(out: &mut OutputRows, user: &str, picks: impl Iterator<Item = &'a (&'a str, f64)>) {
     for (item, w) in picks {
@@ -216,7 +188,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow_array::{RecordBatch, StringArray};
-    use arrow_schema::{Field, Schema};
+    use arrow_schema::{DataType, Field, Schema};
 
     use super::*;
     use arrow_array::Int64Array;

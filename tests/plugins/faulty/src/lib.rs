@@ -132,20 +132,7 @@ fn batch(users: &[&str], items: &[&str], scores: &[f32]) -> RecordBatch {
 }
 
 fn rows(user: &str) -> RecordBatch {
-    let schema = Schema::new(vec![
-        Field::new("user", DataType::Utf8, false),
-        Field::new("item", DataType::Utf8, false),
-        Field::new("score", DataType::Float32, false),
-    ]);
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(StringArray::from(vec![user, user, user])),
-            Arc::new(StringArray::from(vec!["a", "b", "c"])),
-            Arc::new(Float32Array::from(vec![3.0, 2.0, 1.0])),
-        ],
-    )
-    .expect("static batch")
+    batch(&[user, user, user], &["a", "b", "c"], &[3.0, 2.0, 1.0])
 }
 
 export_plugin!(Faulty, name = "faulty", version = env!("CARGO_PKG_VERSION"));
