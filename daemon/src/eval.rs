@@ -122,7 +122,6 @@ pub fn novelty(list: &[&str], k: usize, popularity: &HashMap<&str, usize>, users
     Some(sum / top.len() as f64)
 }
 
-#[allow(dead_code, reason = "for churn tables, which `recd eval` scores once churn prediction publishes them")]
 /// ROC AUC of scores against binary labels (ties count one half): the probability that a
 /// random positive scores above a random negative. None without both classes.
 pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
@@ -149,7 +148,6 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some(u / (positives * negatives) as f64)
 }
 
-#[allow(dead_code, reason = "for churn tables, which `recd eval` scores once churn prediction publishes them")]
 /// Mean binary cross-entropy, probabilities clipped to [1e-15, 1 - 1e-15].
 pub fn log_loss(probabilities: &[f64], labels: &[bool]) -> Option<f64> {
     if probabilities.is_empty() {

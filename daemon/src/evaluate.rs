@@ -42,6 +42,19 @@ pub struct EvalArgs {
     /// Item categories for intra-list diversity: FILE:COLUMN (items keyed by --item-column)
     #[arg(long, value_parser = file_and_column)]
     pub categories: Option<(PathBuf, String)>,
+    /// Count only users with at most this many distinct items before the cut-off (cold
+    /// users; 0 = users new after the cut-off)
+    #[arg(long)]
+    pub max_past_items: Option<usize>,
+    /// Score a churn table instead (hashes with a probability field): ROC AUC and log-loss
+    /// of each user's probability against "bought nothing within --horizon-days of the
+    /// cut-off", over the users who bought before it
+    #[arg(long)]
+    pub churn: bool,
+    #[arg(long, default_value_t = 90)]
+    pub horizon_days: u32,
+    #[arg(long, default_value = "probability")]
+    pub probability_field: String,
 }
 
 fn file_and_column(text: &str) -> Result<(PathBuf, String), String> {
@@ -94,7 +107,11 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
     }
     let catalogue: HashSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
 
-    let mut users: Vec<&str> = relevant.keys().copied().collect();
+    let mut users: Vec<&str> = relevant
+        .keys()
+        .copied()
+        .filter(|u| args.max_past_items.is_none_or(|max| had.get(u).map_or(0, HashSet::len) <= max))
+        .collect();
     users.sort_unstable();
     let fetched = fetch_lists(socket, &args.table, &users, args.k)?;
     let lists: HashMap<&str, Vec<&str>> = users
@@ -130,6 +147,107 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         novelty,
         intra_list_diversity: diversity,
     })
+}
+
+/// `recd eval --churn`: how well a churn table's probabilities rank who actually left.
+#[derive(Debug, Serialize)]
+pub struct ChurnReport {
+    pub table: String,
+    pub cutoff: String,
+    pub horizon_days: u32,
+    /// Users with an interaction before the cut-off.
+    pub users: usize,
+    /// Of those, users the table has a probability for.
+    pub users_scored: usize,
+    pub churned: usize,
+    pub base_rate: f64,
+    pub roc_auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    /// Log-loss of always predicting the observed base rate: the bar a model must clear.
+    pub log_loss_base_rate: Option<f64>,
+}
+
+pub fn run_churn(args: &EvalArgs, socket: &Path) -> anyhow::Result<ChurnReport> {
+    let cutoff = parse_cutoff(&args.cutoff)?;
+    let end = cutoff + chrono::Duration::days(i64::from(args.horizon_days));
+    let rows = read_interactions(args)?;
+    let mut stayed: HashMap<&str, bool> = HashMap::new();
+    for (u, _, t) in &rows {
+        if *t < cutoff {
+            stayed.entry(u.as_str()).or_insert(false);
+        }
+    }
+    for (u, _, t) in &rows {
+        if *t >= cutoff
+            && *t < end
+            && let Some(s) = stayed.get_mut(u.as_str())
+        {
+            *s = true;
+        }
+    }
+    let mut users: Vec<&str> = stayed.keys().copied().collect();
+    users.sort_unstable();
+    let probabilities = fetch_field(socket, &args.table, &users, &args.probability_field)?;
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for (u, p) in users.iter().zip(probabilities) {
+        if let Some(p) = p {
+            scores.push(p);
+            labels.push(!stayed[u]);
+        }
+    }
+    let churned = labels.iter().filter(|&&l| l).count();
+    let base_rate = if labels.is_empty() { 0.0 } else { churned as f64 / labels.len() as f64 };
+    Ok(ChurnReport {
+        table: args.table.clone(),
+        cutoff: args.cutoff.clone(),
+        horizon_days: args.horizon_days,
+        users: users.len(),
+        users_scored: scores.len(),
+        churned,
+        base_rate,
+        roc_auc: eval::roc_auc(&scores, &labels),
+        log_loss: eval::log_loss(&scores, &labels),
+        log_loss_base_rate: eval::log_loss(&vec![base_rate; labels.len()], &labels),
+    })
+}
+
+pub fn render_churn(r: &ChurnReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "churn table {} against {} days from {} on: {} users bought before, {} scored, {} churned (base rate {:.4})",
+        r.table, r.horizon_days, r.cutoff, r.users, r.users_scored, r.churned, r.base_rate
+    );
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let _ = writeln!(s, "  {:<22}{}", "roc auc", show(r.roc_auc));
+    let _ = writeln!(s, "  {:<22}{}", "log-loss", show(r.log_loss));
+    let _ = writeln!(s, "  {:<22}{}", "log-loss, base rate", show(r.log_loss_base_rate));
+    s
+}
+
+/// Each user's hash field `field` as a number, read with HGET over the socket, pipelined.
+fn fetch_field(socket: &Path, table: &str, users: &[&str], field: &str) -> anyhow::Result<Vec<Option<f64>>> {
+    let mut out = Vec::with_capacity(users.len());
+    for chunk in users.chunks(1000) {
+        let requests: Vec<Vec<Vec<u8>>> = chunk
+            .iter()
+            .map(|u| vec![b"HGET".to_vec(), format!("{table}:{u}").into_bytes(), field.as_bytes().to_vec()])
+            .collect();
+        for frame in crate::client::pipeline(socket, &requests)? {
+            match frame {
+                Frame::Bulk(b) => {
+                    let text = String::from_utf8_lossy(&b);
+                    let p: f64 = text
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("{table}: field `{field}` holds {text:?}, not a number"))?;
+                    out.push(Some(p));
+                }
+                Frame::Error(e) => anyhow::bail!("reading {table}: {e}"),
+                _ => out.push(None),
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::schedule::{self, Schedule};
+use crate::store::TableKind;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum JobError {
@@ -76,6 +77,14 @@ pub struct RawJob {
     pub table: Option<String>,
     /// ONNX model file scored through the host callback.
     pub model: Option<String>,
+    /// Binds model inputs to features the plugin offers: `<model input> = "<feature>"`.
+    /// When given, every input of the model must be bound. Unset: each input is bound to
+    /// the feature of its own name.
+    #[serde(default)]
+    pub model_inputs: BTreeMap<String, String>,
+    /// What the table holds per user: "lists" (default; sorted sets, read with ZRANGE or
+    /// GET) or "hashes" (fields and values, read with HGETALL, HGET or GET).
+    pub output: Option<String>,
     /// Where to score: "cpu" (default), "cuda" (strict) or "auto".
     pub device: Option<String>,
     /// Named input tables: name = "path.parquet" | "path.csv".
@@ -174,6 +183,9 @@ pub struct Job {
     pub plugin: PathBuf,
     pub table: String,
     pub model: Option<PathBuf>,
+    /// (model input, feature) pairs of `[model_inputs]`, sorted by input.
+    pub model_inputs: Vec<(String, String)>,
+    pub kind: TableKind,
     pub device: Device,
     pub inputs: Vec<Input>,
     /// `[params]` as JSON, the form the plugin ABI takes.
@@ -288,7 +300,13 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     {
         return Err(invalid("plugin_sha256", format!("expected 64 lowercase hex digits, got {pin:?}")));
     }
-    let checks = output_checks(&raw, &inputs, &invalid)?;
+    let kind = match raw.output.as_deref().unwrap_or("lists") {
+        "lists" => TableKind::Lists,
+        "hashes" => TableKind::Hashes,
+        other => return Err(invalid("output", format!("expected \"lists\" or \"hashes\", got {other:?}"))),
+    };
+    let checks = output_checks(&raw, &inputs, kind, &invalid)?;
+    let model_inputs = model_inputs(&raw, &invalid)?;
     if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t) || **t == table) {
         return Err(invalid("fallback", format!("{bad:?} is not another table's name")));
     }
@@ -303,6 +321,8 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         plugin,
         table,
         model: raw.model.as_deref().map(|m| absolute(base, m)),
+        model_inputs,
+        kind,
         device,
         inputs,
         params_json,
@@ -317,11 +337,34 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     })
 }
 
+fn model_inputs(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Vec<(String, String)>, JobError> {
+    if !raw.model_inputs.is_empty() && raw.model.is_none() {
+        return Err(invalid("model_inputs", "binds model inputs, but the job has no `model`".into()));
+    }
+    for (input, feature) in &raw.model_inputs {
+        if feature.trim().is_empty() {
+            return Err(invalid(&format!("model_inputs.{input}"), "names no feature".into()));
+        }
+    }
+    Ok(raw.model_inputs.iter().map(|(i, f)| (i.clone(), f.clone())).collect())
+}
+
 fn output_checks(
     raw: &RawJob,
     inputs: &[Input],
+    kind: TableKind,
     invalid: &dyn Fn(&str, String) -> JobError,
 ) -> Result<OutputChecks, JobError> {
+    if kind == TableKind::Hashes {
+        // A hash has fields, not items: item checks cannot apply.
+        for (field, set) in
+            [("known_items", raw.known_items.is_some()), ("max_items_per_user", raw.max_items_per_user.is_some())]
+        {
+            if set {
+                return Err(invalid(field, "applies to lists; this job has `output = \"hashes\"`".into()));
+            }
+        }
+    }
     let column_ref = |field: &str, v: &Option<String>| -> Result<Option<(String, String)>, JobError> {
         let Some(v) = v else { return Ok(None) };
         let Some((table, column)) = v.split_once('.') else {
@@ -551,11 +594,13 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Line where `key = ...` is written, or 1 when the key is absent.
+/// The line of `key = ...`, or of a table header `[key]`; 1 when neither is found.
 fn line_of_key(text: &str, key: &str) -> usize {
+    let header = format!("[{key}]");
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) || l.trim_end() == header
         })
         .map(|i| i + 1)
         .unwrap_or(1)

@@ -40,6 +40,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process; boxing would only obscure clap's derive")]
 enum Cmd {
     /// Run the daemon: scheduler, store and sockets
     Serve {
@@ -103,7 +104,8 @@ enum Cmd {
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
-    /// Quality of a published list table against interactions after a cut-off
+    /// Quality of a published list table (or, with --churn, a churn table) against
+    /// interactions after a cut-off
     Eval {
         #[command(flatten)]
         args: evaluate::EvalArgs,
@@ -214,6 +216,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Eval { args, json, socket } => {
             override_path(&mut config.socket, socket);
+            if args.churn {
+                let report = evaluate::run_churn(&args, &config.socket)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", evaluate::render_churn(&report));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let report = evaluate::run(&args, &config.socket)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

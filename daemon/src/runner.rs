@@ -15,7 +15,7 @@ use arrow_array::{Array, RecordBatch};
 use crate::config::Config;
 use crate::job::{Input, InputFormat, Job, OutputChecks};
 use crate::plugins::Registry;
-use crate::store::{StagedVersion, Store, VersionInfo};
+use crate::store::{StagedVersion, Store, TableKind, VersionInfo};
 use crate::wire::{self, Message, RunSpec};
 
 /// Lines of worker stderr kept to explain a crash.
@@ -196,6 +196,8 @@ pub fn execute(
         params_json: job.params_json.clone(),
         inputs,
         model: job.model.clone(),
+        model_inputs: job.model_inputs.clone(),
+        output: job.kind,
         device: job.device,
         onnxruntime: config.onnxruntime.clone(),
     };
@@ -221,7 +223,7 @@ pub fn execute(
         std::thread::spawn(move || control.watch(timeout, stdin, &child))
     };
 
-    let mut staged = store.stage(&job.table, &job.name, run_id)?;
+    let mut staged = store.stage(&job.table, &job.name, run_id, job.kind)?;
     staged.fallback = job.fallback.clone();
     let mut collector = Collector::new(staged, &job.checks);
     let streamed = read_worker(&mut stdout, &mut collector, control);
@@ -283,6 +285,12 @@ fn export_table_inputs(inputs: &[Input], store: &Store, run_dir: &std::path::Pat
         let served = store.served(&table).ok_or_else(|| {
             RunError::Failed(format!("input `{}`: table `{table}` has not been published", input.name))
         })?;
+        if served.kind != TableKind::Lists {
+            return Err(RunError::Failed(format!(
+                "input `{}`: table `{table}` holds hashes; only tables of lists can be inputs",
+                input.name
+            )));
+        }
         std::fs::create_dir_all(run_dir).map_err(anyhow::Error::from)?;
         let path = run_dir.join(format!("{}.arrow", input.name));
         write_table(&served, &path).map_err(|e| RunError::Failed(format!("exporting table `{table}`: {e:#}")))?;
@@ -446,6 +454,40 @@ impl Collector {
     }
 
     fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        match self.staged.kind {
+            TableKind::Lists => self.add_lists(batch),
+            TableKind::Hashes => self.add_hashes(batch),
+        }
+    }
+
+    /// One row per user: column 0 the user, every other non-null cell a field.
+    fn add_hashes(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("user column is not utf8"))?;
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let row = self.row;
+            self.row += 1;
+            if users.is_null(i) {
+                anyhow::bail!("output row {row}: null user");
+            }
+            let user = users.value(i);
+            if !self.done_users.insert(user.to_string()) {
+                anyhow::bail!("output row {row}: user {user:?} has a second row (a hash table has one row per user)");
+            }
+            let mut fields = Vec::with_capacity(batch.num_columns() - 1);
+            for (field, column) in schema.fields().iter().zip(batch.columns()).skip(1) {
+                let value = cell_text(column.as_ref(), i)
+                    .map_err(|e| anyhow::anyhow!("output row {row}: user {user:?} field `{}`: {e}", field.name()))?;
+                if let Some(value) = value {
+                    fields.push((field.name().clone(), value));
+                }
+            }
+            self.staged.put_hash(user, &fields)?;
+        }
+        Ok(())
+    }
+
+    fn add_lists(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
         let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("user column is not utf8"))?;
         let items = batch.column(1).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("item column is not utf8"))?;
         let scores = batch
@@ -502,4 +544,35 @@ impl Collector {
     fn into_staged(self) -> StagedVersion {
         self.staged
     }
+}
+
+/// A hash field's value as Redis would hold it: text; numbers in their shortest exact
+/// form. Null: no field.
+fn cell_text(column: &dyn arrow_array::Array, row: usize) -> Result<Option<String>, String> {
+    use arrow_array::types::{Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
+    use arrow_schema::DataType;
+    if column.is_null(row) {
+        return Ok(None);
+    }
+    let finite = |v: f64| if v.is_finite() { Ok(()) } else { Err(format!("non-finite value {v}")) };
+    let text = match column.data_type() {
+        DataType::Utf8 => column.as_string::<i32>().value(row).to_string(),
+        DataType::Boolean => (if column.as_boolean().value(row) { "1" } else { "0" }).to_string(),
+        DataType::Float32 => {
+            let v = column.as_primitive::<Float32Type>().value(row);
+            finite(f64::from(v))?;
+            crate::server::resp::format_score(v)
+        }
+        DataType::Float64 => {
+            let v = column.as_primitive::<Float64Type>().value(row);
+            finite(v)?;
+            v.to_string()
+        }
+        DataType::Int32 => column.as_primitive::<Int32Type>().value(row).to_string(),
+        DataType::Int64 => column.as_primitive::<Int64Type>().value(row).to_string(),
+        DataType::UInt32 => column.as_primitive::<UInt32Type>().value(row).to_string(),
+        DataType::UInt64 => column.as_primitive::<UInt64Type>().value(row).to_string(),
+        other => return Err(format!("type {other} cannot be a hash value")),
+    };
+    Ok(Some(text))
 }

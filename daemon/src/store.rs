@@ -3,7 +3,8 @@
 //! Layout: tree `meta` holds `format_version` and one key `table/<name>` per table whose
 //! value ([`TableMeta`], JSON) names the current version and the retained ones. Each
 //! version's rows live in their own tree `data/<name>/<version>`, one key per user, the
-//! value a pre-sorted encoded list ([`encode_list`]).
+//! value a pre-sorted encoded list ([`encode_list`]) or, for a table of hashes, the
+//! user's fields ([`encode_hash`]).
 //!
 //! Publishing writes a whole version into a fresh tree, flushes, then replaces the table's
 //! meta key in one insert and flushes again: that insert is the atomic switch. Readers
@@ -53,9 +54,21 @@ pub struct VersionInfo {
     pub checksum: u64,
 }
 
+/// What a table's values are: Redis sorted sets (ZRANGE...) or hashes (HGETALL...).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    #[default]
+    Lists,
+    Hashes,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableMeta {
     pub current: u64,
+    /// Absent in metadata written before hashes existed: those tables hold lists.
+    #[serde(default)]
+    pub kind: TableKind,
     /// Tables that answer for users this one lacks (the job's `fallback`).
     #[serde(default)]
     pub fallback: Vec<String>,
@@ -66,6 +79,7 @@ pub struct TableMeta {
 /// A version being served: the handle readers use for the duration of one request.
 pub struct ServedTable {
     pub version: u64,
+    pub kind: TableKind,
     pub fallback: Vec<String>,
     tree: sled::Tree,
 }
@@ -150,7 +164,8 @@ impl Store {
             let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
             let meta = decode_meta(&table, &value)?;
             let tree = self.db.open_tree(data_tree_name(&table, meta.current))?;
-            served.insert(table, Arc::new(ServedTable { version: meta.current, fallback: meta.fallback, tree }));
+            let served_table = ServedTable { version: meta.current, kind: meta.kind, fallback: meta.fallback, tree };
+            served.insert(table, Arc::new(served_table));
         }
         Ok(())
     }
@@ -191,7 +206,7 @@ impl Store {
     }
 
     /// Starts a new, invisible version of `table`.
-    pub fn stage(&self, table: &str, job: &str, run_id: u64) -> Result<StagedVersion, StoreError> {
+    pub fn stage(&self, table: &str, job: &str, run_id: u64, kind: TableKind) -> Result<StagedVersion, StoreError> {
         let _guard = self.publish_lock.lock().expect("publish lock");
         let last = self.table_meta(table)?.and_then(|m| m.versions.iter().map(|v| v.version).max());
         // A tree above the last published version may exist from a crashed run that
@@ -205,6 +220,7 @@ impl Store {
             job: job.to_owned(),
             run_id,
             version,
+            kind,
             tree,
             batch: sled::Batch::default(),
             pending: 0,
@@ -239,11 +255,13 @@ impl Store {
         };
         let mut meta = self.table_meta(&staged.table)?.unwrap_or(TableMeta {
             current: info.version,
+            kind: staged.kind,
             fallback: Vec::new(),
             versions: Vec::new(),
         });
         meta.versions.push(info.clone());
         meta.current = info.version;
+        meta.kind = staged.kind;
         meta.fallback = staged.fallback.clone();
         let dropped: Vec<u64> = if meta.versions.len() > self.retain {
             let n = meta.versions.len() - self.retain;
@@ -256,7 +274,12 @@ impl Store {
         self.meta.flush()?;
         self.served.write().expect("served lock").insert(
             staged.table.clone(),
-            Arc::new(ServedTable { version: info.version, fallback: meta.fallback.clone(), tree: staged.tree.clone() }),
+            Arc::new(ServedTable {
+                version: info.version,
+                kind: staged.kind,
+                fallback: meta.fallback.clone(),
+                tree: staged.tree.clone(),
+            }),
         );
         for v in dropped {
             self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
@@ -340,6 +363,7 @@ pub struct StagedVersion {
     job: String,
     run_id: u64,
     pub version: u64,
+    pub kind: TableKind,
     tree: sled::Tree,
     batch: sled::Batch,
     pending: usize,
@@ -354,11 +378,20 @@ impl StagedVersion {
     /// Adds one user's list (any order; it is sorted here as Redis orders a sorted set).
     pub fn put_user(&mut self, user: &str, list: &mut [(String, f32)]) -> Result<(), StoreError> {
         let value = encode_list(list);
+        self.put(user, value, list.len())
+    }
+
+    /// Adds one user's hash: field names and values, in the order HGETALL gives them.
+    pub fn put_hash(&mut self, user: &str, fields: &[(String, String)]) -> Result<(), StoreError> {
+        self.put(user, encode_hash(fields), 1)
+    }
+
+    fn put(&mut self, user: &str, value: Vec<u8>, rows: usize) -> Result<(), StoreError> {
         self.checksum.write(user.as_bytes());
         self.checksum.write(&value);
         self.batch.insert(user.as_bytes(), value);
         self.users += 1;
-        self.rows += list.len() as u64;
+        self.rows += rows as u64;
         self.pending += 1;
         if self.pending >= 4096 {
             self.write_pending()?;
@@ -431,6 +464,43 @@ pub fn decode_list(bytes: &[u8]) -> Vec<(&[u8], f32)> {
     out
 }
 
+/// Encodes a user's hash in field order. Layout: u32 count, then per field u16 name
+/// length, name bytes, u32 value length, value bytes (little-endian).
+pub fn encode_hash(fields: &[(String, String)]) -> Vec<u8> {
+    let len: usize = fields.iter().map(|(f, v)| 6 + f.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(4 + len);
+    out.extend_from_slice(&(fields.len() as u32).to_le_bytes());
+    for (field, value) in fields {
+        out.extend_from_slice(&(field.len() as u16).to_le_bytes());
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_hash`]'s bytes into (field, value) pairs, in stored order.
+pub fn decode_hash(bytes: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    let Some(count) = bytes.get(..4) else { return out };
+    let n = u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize;
+    let mut at = 4;
+    while out.len() < n {
+        let Some(name_len) = bytes.get(at..at + 2) else { break };
+        let name_len = u16::from_le_bytes(name_len.try_into().expect("2 bytes")) as usize;
+        let name_end = at + 2 + name_len;
+        let Some(value_len) = bytes.get(name_end..name_end + 4) else { break };
+        let value_len = u32::from_le_bytes(value_len.try_into().expect("4 bytes")) as usize;
+        let value_end = name_end + 4 + value_len;
+        if value_end > bytes.len() {
+            break;
+        }
+        out.push((&bytes[at + 2..name_end], &bytes[name_end + 4..value_end]));
+        at = value_end;
+    }
+    out
+}
+
 /// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version.
 struct Fnv64(u64);
 
@@ -454,6 +524,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hashes_round_trip_in_field_order() {
+        let fields = vec![("tier".to_string(), "high".to_string()), ("p".to_string(), String::new())];
+        let bytes = encode_hash(&fields);
+        let decoded = decode_hash(&bytes);
+        assert_eq!(decoded, vec![(&b"tier"[..], &b"high"[..]), (&b"p"[..], &b""[..])]);
+        // a truncated value yields the complete fields only
+        assert_eq!(decode_hash(&bytes[..bytes.len() - 3]).len(), 1);
+    }
+
+    #[test]
     fn lists_round_trip_in_redis_order() {
         let mut list = vec![("b".to_string(), 1.0), ("a".to_string(), 2.0), ("c".to_string(), 1.0)];
         let bytes = encode_list(&mut list);
@@ -469,7 +549,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 2).unwrap();
         for round in 1..=3u64 {
-            let mut staged = store.stage("t", "job", round).unwrap();
+            let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
             staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
             let info = store.publish(staged).unwrap();
             assert_eq!(info.version, round);
@@ -520,7 +600,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 2).unwrap();
-            let mut staged = store.stage("t", "job", 1).unwrap();
+            let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
             staged.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
             staged.write_pending().unwrap();
             store.flush().unwrap();

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Device, Input};
+use crate::store::TableKind;
 
 pub const TAG_ROWS: u8 = b'R';
 pub const TAG_MESSAGE: u8 = b'M';
@@ -26,6 +27,12 @@ pub struct RunSpec {
     pub params_json: String,
     pub inputs: Vec<Input>,
     pub model: Option<PathBuf>,
+    /// `[model_inputs]`: (model input, feature) pairs; empty binds each input to itself.
+    #[serde(default)]
+    pub model_inputs: Vec<(String, String)>,
+    /// Lists or hashes: which rows the plugin must emit.
+    #[serde(default)]
+    pub output: TableKind,
     pub device: Device,
     pub onnxruntime: PathBuf,
     /// The plugin's descriptor must carry this name (the job named the plugin, not a path).

@@ -162,6 +162,10 @@ pub struct RecdPluginV1 {
 // function pointers, safe to read from any thread.
 unsafe impl Sync for RecdPluginV1 {}
 
+/// Name of the extra input table a run gets when its job has a model: one row per model
+/// input (columns `input`, `feature`, `dtype`); see `recd_plugin_api::model`.
+pub const MODEL_INPUTS_TABLE: &str = "__model_inputs";
+
 /// Column names of the rows a plugin emits.
 pub mod output {
     pub const USER: &str = "user";

@@ -14,6 +14,7 @@
 
 pub mod abi;
 pub mod columns;
+pub mod model;
 mod rows;
 mod sdk;
 pub mod testing;

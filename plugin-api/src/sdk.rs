@@ -72,6 +72,16 @@ impl<'a> RunContext<'a> {
         })
     }
 
+    /// The job's model inputs and the features bound to them; an error if the job has no
+    /// model.
+    pub fn model_inputs(&self) -> Result<Vec<crate::model::ModelInput>, PluginError> {
+        let batch = self.inputs.iter().find(|(n, _)| n == crate::abi::MODEL_INPUTS_TABLE).map(|(_, b)| b);
+        match batch {
+            Some(b) => crate::model::read_model_inputs(b),
+            None => Err(PluginError::params("this strategy scores with a model: the job needs `model`")),
+        }
+    }
+
     /// Scores `batch` (one column per model input) with the job's model.
     pub fn score(&mut self, batch: RecordBatch) -> Result<RecordBatch, PluginError> {
         let (mut in_array, mut in_schema) = batch_to_ffi(batch)?;

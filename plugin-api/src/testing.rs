@@ -30,6 +30,7 @@ pub struct Harness {
     inputs: Vec<(String, RecordBatch)>,
     scorer: Option<Scorer>,
     cancel_after_polls: Option<u64>,
+    hashes: bool,
 }
 
 /// What a run produced.
@@ -70,6 +71,7 @@ impl Output {
 }
 
 struct HostState {
+    hashes: bool,
     scorer: Option<Scorer>,
     out: Output,
     polls: u64,
@@ -79,7 +81,13 @@ struct HostState {
 impl Harness {
     /// `params_json`: the job's `[params]` as the host hands them over (a JSON object).
     pub fn new(params_json: &str) -> Harness {
-        Harness { params: params_json.to_string(), inputs: Vec::new(), scorer: None, cancel_after_polls: None }
+        Harness {
+            params: params_json.to_string(),
+            inputs: Vec::new(),
+            scorer: None,
+            cancel_after_polls: None,
+            hashes: false,
+        }
     }
 
     pub fn input(mut self, name: &str, batch: RecordBatch) -> Harness {
@@ -87,10 +95,34 @@ impl Harness {
         self
     }
 
+    /// Declares the model's inputs as the host would: (input, bound feature, dtype) rows
+    /// of the `__model_inputs` table (replacing any declared before).
+    pub fn model_inputs(self, rows: &[(&str, &str, &str)]) -> Harness {
+        use arrow_array::StringArray;
+        use arrow_schema::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let col = |i: usize| -> Arc<dyn Array> {
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| [r.0, r.1, r.2][i])))
+        };
+        let schema = Schema::new(
+            ["input", "feature", "dtype"].iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>(),
+        );
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![col(0), col(1), col(2)]).expect("model inputs table");
+        let mut h = self;
+        h.inputs.retain(|(n, _)| n != crate::abi::MODEL_INPUTS_TABLE);
+        h.input(crate::abi::MODEL_INPUTS_TABLE, batch)
+    }
+
     /// Stands in for the job's model: gets the batch the strategy asked to score (one
     /// column per model input) and returns one column per model output.
     pub fn scorer(mut self, f: impl FnMut(&RecordBatch) -> Result<RecordBatch, String> + 'static) -> Harness {
         self.scorer = Some(Box::new(f));
+        self
+    }
+
+    /// Expects hash rows (a job with `output = "hashes"`): `user` utf8, then field columns.
+    pub fn hashes(mut self) -> Harness {
+        self.hashes = true;
         self
     }
 
@@ -118,6 +150,7 @@ impl Harness {
             tables.push(RecdTable { name: name.as_ptr(), schema, array });
         }
         let mut state = HostState {
+            hashes: self.hashes,
             scorer: self.scorer,
             out: Output::default(),
             polls: 0,
@@ -209,7 +242,12 @@ unsafe extern "C" fn emit_cb(
         Ok(batch) => {
             let types: Vec<String> =
                 batch.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
-            if types != ["user Utf8", "item Utf8", "score Float32"] {
+            let hashes = unsafe { state(ctx) }.hashes;
+            if hashes && types.len() >= 2 && types[0] == "user Utf8" {
+                unsafe { state(ctx) }.out.batches.push(batch);
+                return code::OK;
+            }
+            if hashes || types != ["user Utf8", "item Utf8", "score Float32"] {
                 return fail(
                     err,
                     &format!("output rows must be (user Utf8, item Utf8, score Float32), got ({})", types.join(", ")),

@@ -5,12 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::util::{TestDaemon, ranking_job, root};
-
-fn job(name: &str) -> String {
-    let text = std::fs::read_to_string(root().join(format!("jobs/{name}.toml"))).unwrap();
-    text.replace("\"data/", &format!("\"{}/data/", root().display()))
-}
+use crate::util::{TestDaemon, ranking_job, root, shipped_job};
 
 fn categories() -> HashMap<String, String> {
     let text = std::fs::read_to_string(root().join("data/demo/items.csv")).unwrap();
@@ -37,7 +32,7 @@ fn ild(list: &[String], cat: &HashMap<String, String>) -> f64 {
 
 #[test]
 fn diversity_reranks_ranking_after_it_publishes() {
-    let d = TestDaemon::start(&[("ranking", &ranking_job("")), ("diversity", &job("diversity"))]);
+    let d = TestDaemon::start(&[("ranking", &ranking_job("")), ("diversity", &shipped_job("diversity"))]);
     d.run_job("ranking");
     d.wait_for("the chained diversity run", 30, || {
         d.history("diversity").first().filter(|r| r["status"] == "ok").cloned()

@@ -5,12 +5,7 @@
 use std::collections::HashSet;
 
 use crate::oracle::{purchases, vocab_ids};
-use crate::util::{TestDaemon, ranking_job, root};
-
-fn cold_start_job() -> String {
-    let text = std::fs::read_to_string(root().join("jobs/cold-start.toml")).unwrap();
-    text.replace("\"data/", &format!("\"{}/data/", root().display()))
-}
+use crate::util::{TestDaemon, ranking_job, shipped_job};
 
 type List = Vec<(String, f64)>;
 
@@ -20,7 +15,7 @@ fn read(conn: &mut redis::Connection, key: &str) -> List {
 
 #[test]
 fn every_user_gets_a_non_empty_list() {
-    let d = TestDaemon::start(&[("ranking", &ranking_job("")), ("cold-start", &cold_start_job())]);
+    let d = TestDaemon::start(&[("ranking", &ranking_job("")), ("cold-start", &shipped_job("cold-start"))]);
     d.run_job("cold-start");
     d.run_job("ranking");
     let mut conn = d.redis();

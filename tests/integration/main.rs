@@ -8,6 +8,7 @@ mod oracle;
 mod util;
 
 mod c_plugin;
+mod churn;
 mod diversity;
 mod evaluation;
 mod fallback;

@@ -75,3 +75,34 @@ pub fn model_scores(pairs: &[(String, String)]) -> Vec<f32> {
     let scores: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
     scores.into_iter().map(|s| s as f32).collect()
 }
+
+const NAMED_SCORER: &str = r#"
+import json, sys
+import numpy as np
+import onnxruntime as ort
+req = json.load(sys.stdin)
+sess = ort.InferenceSession(req["model"], providers=["CPUExecutionProvider"])
+feeds = {k: np.array(v, dtype=np.float32) for k, v in req["inputs"].items()}
+(out,) = sess.run([req["output"]], feeds)
+json.dump([float(x) for x in out], sys.stdout)
+"#;
+
+/// Runs `model` (relative to the workspace) on float32 inputs through onnxruntime in
+/// Python and returns output `output`.
+pub fn python_scores(model: &str, inputs: &[(&str, Vec<f64>)], output: &str) -> Vec<f64> {
+    let feeds: serde_json::Map<String, serde_json::Value> =
+        inputs.iter().map(|(name, values)| (name.to_string(), serde_json::json!(values))).collect();
+    let req = serde_json::json!({ "model": root().join(model), "inputs": feeds, "output": output });
+    let mut child = Command::new("python3")
+        .args(["-c", NAMED_SCORER])
+        .env("PYTHONPATH", root().join(".deps/py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python scorer failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,13 +1,14 @@
 //! Apps written against Redis sorted sets must work unchanged: the same read commands
 //! against recd and against a real redis-server holding the same lists give the same
-//! replies. Plus what is recd's own: GET/MGET as JSON, read-only errors, the admin split.
+//! replies, for sorted sets and for hashes. Plus what is recd's own: GET/MGET as JSON,
+//! read-only errors, the admin split.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use crate::util::{TestDaemon, ranking_job};
+use crate::util::{TestDaemon, ranking_job, shipped_job};
 
 struct RedisServer {
     child: Child,
@@ -125,6 +126,60 @@ fn read_commands_answer_exactly_as_redis_server_does() {
         vec!["SELECT", "0"],
         vec!["SELECT", "16"],
         vec!["SELECT", "x"],
+    ];
+    for case in &cases {
+        assert_eq!(query(&mut ours, case), query(&mut theirs, case), "{case:?}");
+    }
+}
+
+#[test]
+fn hash_commands_answer_exactly_as_redis_server_does() {
+    let d = TestDaemon::start(&[("ranking", &ranking_job("")), ("churn", &shipped_job("churn"))]);
+    d.run_job("ranking");
+    d.run_job("churn");
+    let redis = RedisServer::start();
+    let (mut ours, mut theirs) = (d.redis(), redis.conn());
+    for u in ["17850", "12347"] {
+        let key = format!("churn:{u}");
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(&mut ours).unwrap();
+        assert!(!fields.is_empty());
+        for (field, value) in fields {
+            let _: () = redis::cmd("HSET").arg(&key).arg(field).arg(value).query(&mut theirs).unwrap();
+        }
+    }
+    let list: Vec<(String, String)> =
+        redis::cmd("ZREVRANGE").arg("ranking:17850").arg(0).arg(-1).arg("WITHSCORES").query(&mut ours).unwrap();
+    for (member, score) in list {
+        let _: () = redis::cmd("ZADD").arg("ranking:17850").arg(score).arg(member).query(&mut theirs).unwrap();
+    }
+    let (h, z) = ("churn:17850", "ranking:17850");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["HGETALL", h],
+        vec!["HGETALL", "churn:nobody"],
+        vec!["HGETALL"],
+        vec!["HGET", h, "tier"],
+        vec!["HGET", h, "probability"],
+        vec!["HGET", h, "nope"],
+        vec!["HGET", "churn:nobody", "tier"],
+        vec!["HGET", h],
+        vec!["HMGET", h, "tier", "nope", "frequency"],
+        vec!["HMGET", "churn:nobody", "tier"],
+        vec!["HMGET", h],
+        vec!["HKEYS", h],
+        vec!["HVALS", "churn:12347"],
+        vec!["HLEN", h],
+        vec!["HLEN", "churn:nobody"],
+        vec!["HEXISTS", h, "tier"],
+        vec!["HEXISTS", h, "nope"],
+        vec!["TYPE", h],
+        vec!["TYPE", z],
+        vec!["TYPE", "churn:nobody"],
+        // the wrong type either way
+        vec!["ZRANGE", h, "0", "-1"],
+        vec!["ZSCORE", h, "tier"],
+        vec!["HGETALL", z],
+        vec!["HGET", z, "x"],
+        vec!["EXISTS", h, z, "churn:nobody"],
     ];
     for case in &cases {
         assert_eq!(query(&mut ours, case), query(&mut theirs, case), "{case:?}");

@@ -24,12 +24,16 @@ pub fn onnxruntime() -> PathBuf {
     root().join(".deps/py/onnxruntime/capi/libonnxruntime.so.1.31.1")
 }
 
-/// The ranking job as shipped in `jobs/`, with its relative paths made absolute.
-pub fn ranking_job(extra_params: &str) -> String {
-    let text = std::fs::read_to_string(root().join("jobs/ranking.toml")).expect("jobs/ranking.toml");
+/// A job file as shipped in `jobs/`, its relative data and model paths made absolute.
+pub fn shipped_job(name: &str) -> String {
+    let text = std::fs::read_to_string(root().join(format!("jobs/{name}.toml"))).expect("shipped job file");
     let r = root().display().to_string();
-    let text = text.replace("\"data/", &format!("\"{r}/data/")).replace("\"models/", &format!("\"{r}/models/"));
-    format!("{text}{extra_params}\n")
+    text.replace("\"data/", &format!("\"{r}/data/")).replace("\"models/", &format!("\"{r}/models/"))
+}
+
+/// The ranking job as shipped, with extra lines appended (to its `[params]`).
+pub fn ranking_job(extra_params: &str) -> String {
+    format!("{}{extra_params}\n", shipped_job("ranking"))
 }
 
 pub struct TestDaemon {

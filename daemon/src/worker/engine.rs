@@ -38,6 +38,24 @@ impl Engine {
         Ok(Engine { session, provider, _env: env })
     }
 
+    /// The model's inputs: name and element type ("int64", "float32"...).
+    pub fn inputs(&self) -> Vec<(String, String)> {
+        self.session
+            .inputs()
+            .iter()
+            .map(|outlet| {
+                let dtype = match outlet.dtype().tensor_type() {
+                    Some(TensorElementType::Int64) => "int64",
+                    Some(TensorElementType::Int32) => "int32",
+                    Some(TensorElementType::Float32) => "float32",
+                    Some(TensorElementType::Float64) => "float64",
+                    _ => "unsupported",
+                };
+                (outlet.name().to_string(), dtype.to_string())
+            })
+            .collect()
+    }
+
     /// Runs the model on `batch`, whose columns are named after the model's inputs.
     pub fn score(&mut self, batch: &RecordBatch) -> Result<RecordBatch, String> {
         let mut inputs: Vec<(String, SessionInputValue<'_>)> = Vec::new();

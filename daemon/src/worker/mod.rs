@@ -21,6 +21,7 @@ use arrow_schema::DataType;
 use recd_plugin_api::abi::{self, level};
 
 use crate::loader::{self, Host, Plugin};
+use crate::store::TableKind;
 use crate::wire::{self, Message, PluginDesc, RunSpec};
 use engine::Engine;
 
@@ -89,8 +90,14 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     let known_users = known_ids(&tables, spec.known_users.as_ref())?;
     let known_items = known_ids(&tables, spec.known_items.as_ref())?;
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
+    if let Some(engine) = &engine {
+        let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tables.push((abi::MODEL_INPUTS_TABLE.to_string(), bound));
+    }
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
-    let mut host = WorkerHost { engine, out, rows: 0, broken: false, known_users, known_items };
+    let known_items = if spec.output == TableKind::Hashes { None } else { known_items };
+    let output = spec.output;
+    let mut host = WorkerHost { engine, out, rows: 0, broken: false, known_users, known_items, output };
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
     let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
@@ -151,6 +158,7 @@ struct WorkerHost<'o> {
     rows: u64,
     known_users: Option<(String, HashSet<String>)>,
     known_items: Option<(String, HashSet<String>)>,
+    output: TableKind,
     /// The daemon stopped reading: tell the plugin to stop.
     broken: bool,
 }
@@ -165,7 +173,10 @@ impl Host for WorkerHost<'_> {
     }
 
     fn emit(&mut self, batch: RecordBatch) -> Result<(), String> {
-        check_output_schema(&batch)?;
+        match self.output {
+            TableKind::Lists => check_output_schema(&batch)?,
+            TableKind::Hashes => check_hash_schema(&batch)?,
+        }
         for (col, known, what) in [(0, &self.known_users, "user"), (1, &self.known_items, "item")] {
             if let Some((source, ids)) = known {
                 let values = batch.column(col).as_string::<i32>();
@@ -210,6 +221,80 @@ impl Host for WorkerHost<'_> {
     fn is_cancelled(&mut self) -> bool {
         self.broken || CANCELLED.load(Ordering::Relaxed)
     }
+}
+
+/// The `__model_inputs` table a plugin reads to build scoring batches: one row per model
+/// input with the feature bound to it and the element type the model wants. With no
+/// `[model_inputs]` in the job each input is bound to the feature of its own name; with
+/// one, it must bind exactly the model's inputs.
+pub fn bind_model_inputs(model: &[(String, String)], binding: &[(String, String)]) -> Result<RecordBatch, String> {
+    use arrow_array::StringArray;
+    use arrow_schema::{Field, Schema};
+    let names: Vec<&str> = model.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some((input, _)) = binding.iter().find(|(i, _)| !names.contains(&i.as_str())) {
+        return Err(format!(
+            "model_inputs.{input}: the model has no input `{input}` (its inputs: {})",
+            names.join(", ")
+        ));
+    }
+    let mut features = Vec::with_capacity(model.len());
+    for (name, _) in model {
+        match binding.iter().find(|(i, _)| i == name) {
+            Some((_, feature)) => features.push(feature.clone()),
+            None if binding.is_empty() => features.push(name.clone()),
+            None => {
+                return Err(format!(
+                    "model_inputs: model input `{name}` is not bound to a feature (the model's inputs: {})",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    let schema = Schema::new(vec![
+        Field::new("input", DataType::Utf8, false),
+        Field::new("feature", DataType::Utf8, false),
+        Field::new("dtype", DataType::Utf8, false),
+    ]);
+    RecordBatch::try_new(
+        std::sync::Arc::new(schema),
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(names.iter())),
+            std::sync::Arc::new(StringArray::from(features)),
+            std::sync::Arc::new(StringArray::from_iter_values(model.iter().map(|(_, t)| t.as_str()))),
+        ],
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Hash rows: `user` utf8 first, then at least one field column of a type a hash value can
+/// be written from.
+fn check_hash_schema(batch: &RecordBatch) -> Result<(), String> {
+    let schema = batch.schema();
+    let fields = schema.fields();
+    let first_ok = fields.first().is_some_and(|f| f.name() == abi::output::USER && f.data_type() == &DataType::Utf8);
+    if first_ok && fields.len() >= 2 {
+        let bad = fields.iter().skip(1).find(|f| {
+            !matches!(
+                f.data_type(),
+                DataType::Utf8
+                    | DataType::Boolean
+                    | DataType::Float32
+                    | DataType::Float64
+                    | DataType::Int32
+                    | DataType::Int64
+                    | DataType::UInt32
+                    | DataType::UInt64
+            )
+        });
+        return match bad {
+            None => Ok(()),
+            Some(f) => {
+                Err(format!("hash field `{}` has type {}, which cannot be a hash value", f.name(), f.data_type()))
+            }
+        };
+    }
+    let got: Vec<String> = fields.iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+    Err(format!("hash rows must be (user Utf8, field columns...), got ({})", got.join(", ")))
 }
 
 /// Rows must be (`user` utf8, `item` utf8, `score` float32); checked here so a bad plugin

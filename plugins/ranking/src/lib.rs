@@ -7,15 +7,19 @@
 //! `popular_pool` items with the most distinct buyers minus those bought
 //! (`candidates = "popular"`). An item counts as bought if the user has any
 //! non-cancelled line for it: recommending something they returned is no better.
+//!
+//! Model inputs are bound in the job's `[model_inputs]` to these features: `user` and
+//! `item` (the model's int64 indices of the pair), `users.<column>` (a numeric column of
+//! input `users`, for the pair's user) and `items.<column>` (of input `items`, for the
+//! pair's item). Unbound, the model's inputs must be named after features (the shipped
+//! model's are `user` and `item`). The score is read from output `score_output`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-use arrow_array::{Float32Array, Int64Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::Float32Array;
 use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
+use recd_plugin_api::model::{FeatureValues, ModelInput, model_column, scoring_batch};
 use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +55,13 @@ struct Params {
     /// Business filter: a boolean column of input `items`; items where it is false are
     /// never recommended.
     available_column: Option<String>,
+    /// The model output holding the score.
+    #[serde(default = "default_score_output")]
+    score_output: String,
+}
+
+fn default_score_output() -> String {
+    "score".into()
 }
 
 fn default_k() -> usize {
@@ -100,6 +111,7 @@ impl Strategy for Ranking {
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
         let vocab = Vocab::read(ctx)?;
+        let features = bind_features(ctx, &vocab)?;
         let mut bought = self.read_purchases(ctx, &vocab)?;
         // An unavailable item is treated like one already bought: never a candidate.
         let unavailable = self.unavailable(ctx, &vocab)?;
@@ -120,7 +132,8 @@ impl Strategy for Ranking {
                 self.params.k
             ),
         );
-        self.score_all(ctx, &vocab, &bought, &pool)
+        let scorer = Scorer { features, output: self.params.score_output.clone() };
+        self.score_all(ctx, &vocab, &bought, &pool, &scorer)
     }
 }
 
@@ -213,6 +226,7 @@ impl Ranking {
         vocab: &Vocab,
         bought: &[HashSet<u32>],
         pool: &Pool,
+        scorer: &Scorer,
     ) -> Result<(), PluginError> {
         let mut batch = PairBatch::default();
         let total = vocab.users.len() as u64;
@@ -232,21 +246,27 @@ impl Ranking {
                 if ctx.is_cancelled() {
                     return Err(PluginError::cancelled());
                 }
-                self.flush(ctx, vocab, &mut batch)?;
+                self.flush(ctx, vocab, &mut batch, scorer)?;
                 ctx.progress(u as u64 + 1, total);
             }
         }
-        self.flush(ctx, vocab, &mut batch)?;
+        self.flush(ctx, vocab, &mut batch, scorer)?;
         ctx.progress(total, total);
         Ok(())
     }
 
     /// Scores the pending pairs, keeps each user's top k and emits them.
-    fn flush(&self, ctx: &mut RunContext<'_>, vocab: &Vocab, batch: &mut PairBatch) -> Result<(), PluginError> {
+    fn flush(
+        &self,
+        ctx: &mut RunContext<'_>,
+        vocab: &Vocab,
+        batch: &mut PairBatch,
+        scorer: &Scorer,
+    ) -> Result<(), PluginError> {
         if batch.items.is_empty() {
             return Ok(());
         }
-        let scores = score_pairs(ctx, &batch.users, &batch.items)?;
+        let scores = scorer.score(ctx, &batch.users, &batch.items)?;
         let mut out = OutputRows::new();
         for &(u, start, n) in &batch.spans {
             let mut cand: Vec<(f32, i64)> = (start..start + n).map(|j| (scores[j], batch.items[j])).collect();
@@ -274,25 +294,108 @@ struct PairBatch {
     spans: Vec<(usize, usize, usize)>,
 }
 
-/// Calls the model with inputs `user` and `item` (int64 model indices), reads `score`.
-fn score_pairs(ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result<Vec<f32>, PluginError> {
-    let schema =
-        Schema::new(vec![Field::new("user", DataType::Int64, false), Field::new("item", DataType::Int64, false)]);
-    let input = RecordBatch::try_new(
-        Arc::new(schema),
-        vec![Arc::new(Int64Array::from(users.to_vec())), Arc::new(Int64Array::from(items.to_vec()))],
-    )
-    .map_err(|e| PluginError::internal(format!("building model input: {e}")))?;
-    let output = ctx.score(input)?;
-    let col = column(&output, "model output", "score")?;
-    let scores = col
-        .as_any()
-        .downcast_ref::<Float32Array>()
-        .ok_or_else(|| PluginError::input(format!("model output `score` must be float32, is {}", col.data_type())))?;
-    if scores.len() != users.len() {
-        return Err(PluginError::input(format!("model returned {} scores for {} pairs", scores.len(), users.len())));
+/// Where a model input's values come from, per (user, item) pair.
+enum Source {
+    UserIndex,
+    ItemIndex,
+    /// A value per model user index (from input `users`).
+    PerUser(Vec<f64>),
+    /// A value per model item index (from input `items`).
+    PerItem(Vec<f64>),
+}
+
+/// The model inputs with their sources, and the output to read.
+struct Scorer {
+    features: Vec<(ModelInput, Source)>,
+    output: String,
+}
+
+/// Resolves each bound feature of the job's `[model_inputs]`.
+fn bind_features(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<(ModelInput, Source)>, PluginError> {
+    let mut out = Vec::new();
+    for input in ctx.model_inputs()? {
+        let source = match input.feature.as_str() {
+            "user" => Source::UserIndex,
+            "item" => Source::ItemIndex,
+            f => match f.split_once('.') {
+                Some(("users", col)) => {
+                    Source::PerUser(per_id(ctx, &input, "users", "user_id", col, &vocab.user_index)?)
+                }
+                Some(("items", col)) => {
+                    Source::PerItem(per_id(ctx, &input, "items", "item_id", col, &vocab.item_index)?)
+                }
+                _ => {
+                    return Err(PluginError::params(format!(
+                        "model_inputs.{}: unknown feature `{f}` (this strategy offers: user, item, users.<column>, items.<column>)",
+                        input.input
+                    )));
+                }
+            },
+        };
+        out.push((input, source));
     }
-    Ok(scores.values().to_vec())
+    Ok(out)
+}
+
+/// A numeric column of input `table` as a value per model index; every id of the
+/// vocabulary needs a value.
+fn per_id(
+    ctx: &RunContext<'_>,
+    input: &ModelInput,
+    table: &str,
+    id_column: &str,
+    col: &str,
+    index: &HashMap<String, usize>,
+) -> Result<Vec<f64>, PluginError> {
+    let batch = ctx.input(table)?;
+    let key = format!("model_inputs.{}", input.input);
+    let values = numbers(
+        column(batch, table, col).map_err(|e| PluginError::params(format!("{key}: {e}")))?,
+        &format!("{table}.{col}"),
+    )?;
+    let ids = ids_as_strings(column(batch, table, id_column)?, &format!("{table}.{id_column}"))?;
+    let mut out = vec![f64::NAN; index.len()];
+    for (id, v) in ids.into_iter().zip(values) {
+        if let (Some(id), Some(v)) = (id, v)
+            && let Some(&i) = index.get(&id)
+        {
+            out[i] = v;
+        }
+    }
+    if let Some(i) = out.iter().position(|v| v.is_nan()) {
+        let id = index.iter().find(|(_, j)| **j == i).map(|(id, _)| id.as_str()).unwrap_or("?");
+        return Err(PluginError::input(format!("{key}: {table}.{col} has no value for {id_column} {id:?}")));
+    }
+    Ok(out)
+}
+
+impl Scorer {
+    /// Scores (user, item) pairs of model indices.
+    fn score(&self, ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result<Vec<f32>, PluginError> {
+        let mut columns = Vec::with_capacity(self.features.len());
+        for (input, source) in &self.features {
+            let values = match source {
+                Source::UserIndex => FeatureValues::Int(users.to_vec()),
+                Source::ItemIndex => FeatureValues::Int(items.to_vec()),
+                Source::PerUser(v) => FeatureValues::Float(users.iter().map(|&u| v[u as usize]).collect()),
+                Source::PerItem(v) => FeatureValues::Float(items.iter().map(|&i| v[i as usize]).collect()),
+            };
+            columns.push((input.input.clone(), model_column(input, values)?));
+        }
+        let output = ctx.score(scoring_batch(columns)?)?;
+        let col = column(&output, "model output", &self.output)?;
+        let scores = col.as_any().downcast_ref::<Float32Array>().ok_or_else(|| {
+            PluginError::input(format!("model output `{}` must be float32, is {}", self.output, col.data_type()))
+        })?;
+        if scores.len() != users.len() {
+            return Err(PluginError::input(format!(
+                "model returned {} scores for {} pairs",
+                scores.len(),
+                users.len()
+            )));
+        }
+        Ok(scores.values().to_vec())
+    }
 }
 
 /// Candidate items: the same for every user, or each user's own (model indices).
@@ -341,7 +444,10 @@ mod tests {
     use arrow_array::StringArray;
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int64Type;
+    use arrow_array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
     use recd_plugin_api::testing::Harness;
+    use std::sync::Arc;
 
     fn strings(name: &str, values: &[&str]) -> (Field, Arc<dyn arrow_array::Array>) {
         (Field::new(name, DataType::Utf8, false), Arc::new(StringArray::from(values.to_vec())))
@@ -384,6 +490,7 @@ mod tests {
             .input("interactions", interactions)
             .input("users", vocab("user_id", &["u1", "u2"]))
             .input("items", items)
+            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
             .scorer(model)
     }
 
@@ -429,6 +536,43 @@ mod tests {
         assert_eq!(list(&out, "u1"), ["b", "a"]);
         // an item the model does not know (zz) is skipped
         assert_eq!(list(&out, "u2"), ["d"]);
+    }
+
+    #[test]
+    fn model_inputs_bind_ids_and_item_columns_under_the_models_names() {
+        let mut items = vocab("item_id", &["a", "b", "c", "d"]);
+        let price: Arc<dyn arrow_array::Array> = Arc::new(arrow_array::Float64Array::from(vec![4.0, 1.0, 3.0, 2.0]));
+        let mut columns: Vec<(Field, Arc<dyn arrow_array::Array>)> =
+            items.schema().fields().iter().zip(items.columns()).map(|(f, c)| (f.as_ref().clone(), c.clone())).collect();
+        columns.push((Field::new("price", DataType::Float64, false), price));
+        items = table(columns);
+        // a model scoring by price alone, with its own input names and output name
+        let model = |batch: &RecordBatch| {
+            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            if names != ["uid", "cost"] {
+                return Err(format!("scoring batch columns {names:?}"));
+            }
+            let cost = batch.column_by_name("cost").unwrap().as_primitive::<arrow_array::types::Float32Type>();
+            let schema = Schema::new(vec![Field::new("logit", DataType::Float32, false)]);
+            Ok(RecordBatch::try_new(Arc::new(schema), vec![Arc::new(cost.clone())]).unwrap())
+        };
+        let out = harness_with_items(r#"{"k": 2, "score_output": "logit"}"#, items.clone())
+            .model_inputs(&[("uid", "user", "int64"), ("cost", "items.price", "float32")])
+            .scorer(model)
+            .run::<Ranking>()
+            .unwrap();
+        // u1 bought d: a (4) then c (3); u2 bought a: c (3) then d (2)... b (1) last
+        assert_eq!(list(&out, "u1"), ["a", "c"]);
+        assert_eq!(list(&out, "u2"), ["c", "d"]);
+
+        let err = harness_with_items("{}", items.clone())
+            .model_inputs(&[("uid", "user", "int64"), ("cost", "items.weight", "float32")])
+            .run::<Ranking>()
+            .unwrap_err();
+        assert!(err.message.starts_with("model_inputs.cost: input `items` has no column `weight`"), "{}", err.message);
+        let err =
+            harness_with_items("{}", items).model_inputs(&[("uid", "customer", "int64")]).run::<Ranking>().unwrap_err();
+        assert!(err.message.starts_with("model_inputs.uid: unknown feature `customer`"), "{}", err.message);
     }
 
     #[test]

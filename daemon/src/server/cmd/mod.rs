@@ -9,7 +9,13 @@ mod echo;
 mod exists;
 mod get;
 mod hello;
+mod hexists;
+mod hget;
+mod hgetall;
 mod history;
+mod hkeys;
+mod hlen;
+mod hmget;
 mod info;
 mod jobs;
 mod mget;
@@ -21,6 +27,7 @@ mod reload;
 mod run;
 mod select;
 mod status;
+mod type_cmd;
 mod zcard;
 mod zrange;
 mod zrevrange;
@@ -31,7 +38,7 @@ use std::sync::Arc;
 use super::Role;
 use super::resp;
 use crate::daemon::Daemon;
-use crate::store::{ServedTable, decode_list};
+use crate::store::{ServedTable, TableKind, decode_hash, decode_list};
 
 /// The user key under which a cold-start table publishes its list for anyone.
 const DEFAULT_USER: &[u8] = b"__default__";
@@ -62,6 +69,13 @@ pub enum Command {
     ZScore(zscore::ZScore),
     Get(get::Get),
     MGet(mget::MGet),
+    HGetAll(hgetall::HGetAll),
+    HGet(hget::HGet),
+    HMGet(hmget::HMGet),
+    HKeys(hkeys::HKeys),
+    HLen(hlen::HLen),
+    HExists(hexists::HExists),
+    Type(type_cmd::Type),
     Info(info::Info),
     Quit,
     Run(run::Run),
@@ -180,6 +194,14 @@ impl Command {
             "zscore" => Command::ZScore(zscore::ZScore::parse(rest)?),
             "get" => Command::Get(get::Get::parse(rest)?),
             "mget" => Command::MGet(mget::MGet::parse(rest)?),
+            "hgetall" => Command::HGetAll(hgetall::HGetAll::parse(rest)?),
+            "hget" => Command::HGet(hget::HGet::parse(rest)?),
+            "hmget" => Command::HMGet(hmget::HMGet::parse(rest)?),
+            "hkeys" => Command::HKeys(hkeys::HKeys::parse(rest, hkeys::Part::Fields)?),
+            "hvals" => Command::HKeys(hkeys::HKeys::parse(rest, hkeys::Part::Values)?),
+            "hlen" => Command::HLen(hlen::HLen::parse(rest)?),
+            "hexists" => Command::HExists(hexists::HExists::parse(rest)?),
+            "type" => Command::Type(type_cmd::Type::parse(rest)?),
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
@@ -233,6 +255,13 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
         Command::ZScore(c) => c.apply(daemon, out),
         Command::Get(c) => c.apply(daemon, out),
         Command::MGet(c) => c.apply(daemon, out),
+        Command::HGetAll(c) => c.apply(daemon, out),
+        Command::HGet(c) => c.apply(daemon, out),
+        Command::HMGet(c) => c.apply(daemon, out),
+        Command::HKeys(c) => c.apply(daemon, out),
+        Command::HLen(c) => c.apply(daemon, out),
+        Command::HExists(c) => c.apply(daemon, out),
+        Command::Type(c) => c.apply(daemon, out),
         Command::Info(c) => c.apply(daemon, out),
         Command::Quit => {
             resp::simple(out, "OK");
@@ -263,21 +292,21 @@ impl<'d> Snapshot<'d> {
         Snapshot { daemon, tables: Vec::new() }
     }
 
-    /// The stored list for `key` (`<table>:<user>`), if any. A user the table lacks is
+    /// The stored value for `key` (`<table>:<user>`), if any. A user the table lacks is
     /// answered by its fallback tables, in order: `<fallback>:<user>`, then
     /// `<fallback>:__default__`.
-    pub fn get(&mut self, key: &[u8]) -> Option<sled::IVec> {
+    pub fn get(&mut self, key: &[u8]) -> Option<Stored> {
         let colon = key.iter().position(|&b| b == b':')?;
         let (table, user) = (&key[..colon], &key[colon + 1..]);
         let served = self.table(table)?;
-        if let Some(list) = read(&served, table, user) {
-            return Some(list);
+        if let Some(value) = read(&served, table, user) {
+            return Some(Stored::new(served.kind, value));
         }
         for fb in &served.fallback {
             let Some(fb_table) = self.table(fb.as_bytes()) else { continue };
             let found = read(&fb_table, fb.as_bytes(), user).or_else(|| read(&fb_table, fb.as_bytes(), DEFAULT_USER));
-            if found.is_some() {
-                return found;
+            if let Some(value) = found {
+                return Some(Stored::new(fb_table.kind, value));
             }
         }
         None
@@ -303,15 +332,45 @@ fn read(served: &ServedTable, table: &[u8], user: &[u8]) -> Option<sled::IVec> {
     }
 }
 
-/// The stored list for `key` in the version current now.
-pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<sled::IVec> {
+/// One key's value, as stored.
+pub enum Stored {
+    List(sled::IVec),
+    Hash(sled::IVec),
+}
+
+impl Stored {
+    fn new(kind: TableKind, bytes: sled::IVec) -> Stored {
+        match kind {
+            TableKind::Lists => Stored::List(bytes),
+            TableKind::Hashes => Stored::Hash(bytes),
+        }
+    }
+}
+
+/// Redis's answer to a command on a value of another type.
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// The stored value for `key` in the version current now.
+pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<Stored> {
     Snapshot::new(daemon).get(key)
 }
 
-/// Decoded list for `key`, best first; empty when absent.
-pub fn with_list<R>(daemon: &Daemon, key: &[u8], f: impl FnOnce(&[(&[u8], f32)]) -> R) -> R {
+/// Runs `f` on the decoded list for `key`, best first (empty when absent); a hash gets
+/// WRONGTYPE.
+pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Vec<u8>, f: impl FnOnce(&[(&[u8], f32)], &mut Vec<u8>)) {
     match lookup(daemon, key) {
-        Some(bytes) => f(&decode_list(&bytes)),
-        None => f(&[]),
+        Some(Stored::List(bytes)) => f(&decode_list(&bytes), out),
+        Some(Stored::Hash(_)) => resp::error(out, WRONGTYPE),
+        None => f(&[], out),
+    }
+}
+
+/// Runs `f` on the decoded hash for `key`, fields in stored order (empty when absent); a
+/// list gets WRONGTYPE.
+pub fn with_hash(daemon: &Daemon, key: &[u8], out: &mut Vec<u8>, f: impl FnOnce(&[(&[u8], &[u8])], &mut Vec<u8>)) {
+    match lookup(daemon, key) {
+        Some(Stored::Hash(bytes)) => f(&decode_hash(&bytes), out),
+        Some(Stored::List(_)) => resp::error(out, WRONGTYPE),
+        None => f(&[], out),
     }
 }

@@ -16,6 +16,6 @@ impl ZCard {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
-        with_list(daemon, &self.0, |list| resp::integer(out, list.len() as i64));
+        with_list(daemon, &self.0, out, |list, out| resp::integer(out, list.len() as i64));
     }
 }

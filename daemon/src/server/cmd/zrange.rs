@@ -34,7 +34,7 @@ impl ZRange {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
-        with_list(daemon, &self.key, |list| {
+        with_list(daemon, &self.key, out, |list, out| {
             let Some((from, to)) = rank_range(self.start, self.stop, list.len()) else {
                 resp::array_len(out, 0);
                 return;

@@ -19,7 +19,7 @@ impl ZScore {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
-        with_list(daemon, &self.key, |list| match list.iter().find(|(m, _)| *m == self.member.as_slice()) {
+        with_list(daemon, &self.key, out, |list, out| match list.iter().find(|(m, _)| *m == self.member.as_slice()) {
             Some((_, score)) => resp::score(out, *score),
             None => resp::null(out),
         });

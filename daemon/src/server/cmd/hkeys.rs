@@ -1,0 +1,38 @@
+//! HKEYS key / HVALS key: a hash's field names, or its values, in stored order.
+use std::sync::Arc;
+
+use super::{ParseResult, with_hash, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+#[derive(Clone, Copy)]
+pub enum Part {
+    Fields,
+    Values,
+}
+
+pub struct HKeys {
+    key: Vec<u8>,
+    part: Part,
+}
+
+impl HKeys {
+    pub fn parse(args: &[Vec<u8>], part: Part) -> ParseResult<HKeys> {
+        match args {
+            [k] => Ok(HKeys { key: k.clone(), part }),
+            _ => Err(wrong_args(match part {
+                Part::Fields => "hkeys",
+                Part::Values => "hvals",
+            })),
+        }
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        with_hash(daemon, &self.key, out, |fields, out| {
+            resp::array_len(out, fields.len());
+            for (field, value) in fields {
+                resp::bulk(out, if matches!(self.part, Part::Fields) { field } else { value });
+            }
+        });
+    }
+}

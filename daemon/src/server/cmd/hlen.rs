@@ -1,0 +1,21 @@
+//! HLEN key: the number of fields.
+use std::sync::Arc;
+
+use super::{ParseResult, with_hash, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct HLen(Vec<u8>);
+
+impl HLen {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<HLen> {
+        match args {
+            [k] => Ok(HLen(k.clone())),
+            _ => Err(wrong_args("hlen")),
+        }
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        with_hash(daemon, &self.0, out, |fields, out| resp::integer(out, fields.len() as i64));
+    }
+}

@@ -1,0 +1,32 @@
+//! HMGET key field [field ...]: one value (or null) per field asked.
+use std::sync::Arc;
+
+use super::{ParseResult, with_hash, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct HMGet {
+    key: Vec<u8>,
+    fields: Vec<Vec<u8>>,
+}
+
+impl HMGet {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<HMGet> {
+        match args {
+            [k, fields @ ..] if !fields.is_empty() => Ok(HMGet { key: k.clone(), fields: fields.to_vec() }),
+            _ => Err(wrong_args("hmget")),
+        }
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        with_hash(daemon, &self.key, out, |stored, out| {
+            resp::array_len(out, self.fields.len());
+            for want in &self.fields {
+                match stored.iter().find(|(f, _)| *f == want.as_slice()) {
+                    Some((_, value)) => resp::bulk(out, value),
+                    None => resp::null(out),
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,26 @@
+//! TYPE key: "zset" for a list, "hash" for a hash, "none" when absent.
+use std::sync::Arc;
+
+use super::{ParseResult, Stored, lookup, wrong_args};
+use crate::daemon::Daemon;
+use crate::server::resp;
+
+pub struct Type(Vec<u8>);
+
+impl Type {
+    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Type> {
+        match args {
+            [k] => Ok(Type(k.clone())),
+            _ => Err(wrong_args("type")),
+        }
+    }
+
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+        let name = match lookup(daemon, &self.0) {
+            Some(Stored::List(_)) => "zset",
+            Some(Stored::Hash(_)) => "hash",
+            None => "none",
+        };
+        resp::simple(out, name);
+    }
+}
