@@ -188,7 +188,9 @@ impl Daemon {
     /// `plugins::Registry::check_job`).
     fn load_and_check(&self, file: &std::path::Path) -> Result<Job, JobError> {
         let job = job::load(file, &self.config)?;
-        self.plugins.check_job(&job, &self.probes).map_err(|(field, message)| job.probe_error(&field, message))?;
+        self.plugins
+            .check_job(&job, &self.config.onnxruntime, &self.probes)
+            .map_err(|(field, message)| job.probe_error(&field, message))?;
         Ok(job)
     }
 

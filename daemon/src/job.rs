@@ -198,9 +198,8 @@ pub struct Job {
     pub fallback: Vec<String>,
     /// Line of the `after` key, for errors found when checking jobs together.
     pub after_line: usize,
-    /// Lines of `plugin` and `[params]`, for errors the plugin probe finds.
+    /// Line of `plugin`, for errors the plugin probe finds.
     pub plugin_line: usize,
-    pub params_line: usize,
 }
 
 /// Reads, parses, validates and resolves one job file.
@@ -329,7 +328,6 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         description: raw.description,
         after_line: line_of_key(text, "after"),
         plugin_line: line_of_key(text, "plugin"),
-        params_line: text.lines().position(|l| l.trim() == "[params]").map(|i| i + 1).unwrap_or(1),
         plugin_name: (!by_path).then(|| raw.plugin.clone()),
         plugin_sha256: raw.plugin_sha256.clone(),
         checks,
@@ -488,22 +486,27 @@ impl Job {
     /// A plugin message that starts with `params.<key>` points at that key's line.
     pub fn probe_error(&self, field: &str, message: String) -> JobError {
         let file = self.file.display().to_string();
-        if field != "params" {
-            return JobError::Invalid { file, line: self.plugin_line, field: field.into(), message };
-        }
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        // Errors about a table's key say so first: `params.k: ...`, `model_inputs.user: ...`.
+        let section = ["params", "model_inputs", "inputs"].into_iter().find(|s| *s == field);
+        let Some(section) = section else {
+            let line = if field == "plugin" { self.plugin_line } else { line_of_key(&text, field) };
+            return JobError::Invalid { file, line, field: field.into(), message };
+        };
+        let header = line_of_key(&text, section);
         let key = message
-            .strip_prefix("params.")
+            .strip_prefix(section)
+            .and_then(|m| m.strip_prefix('.'))
             .and_then(|m| m.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
             .filter(|k| !k.is_empty());
         let keyed = key.and_then(|k| {
-            let text = std::fs::read_to_string(&self.file).ok()?;
-            let at = text.lines().skip(self.params_line).position(|l| {
+            let at = text.lines().skip(header).position(|l| {
                 let l = l.trim_start();
                 l.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with('='))
             })?;
-            Some((format!("params.{k}"), self.params_line + at + 1))
+            Some((format!("{section}.{k}"), header + at + 1))
         });
-        let (field, line) = keyed.unwrap_or(("params".into(), self.params_line));
+        let (field, line) = keyed.unwrap_or((section.into(), header));
         JobError::Invalid { file, line, field, message }
     }
 

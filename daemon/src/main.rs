@@ -332,9 +332,10 @@ fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut errors: Vec<(PathBuf, String)> = Vec::new();
     let mut checked = Vec::new();
     for file in &files {
-        // The plugin judges its own params, in a probe process.
+        // The plugin judges its params and its inputs' schemas, and the model its input
+        // bindings, in a probe process.
         let outcome = job::load(file, config).and_then(|job| {
-            plugins::probe(&job.plugin, &job.params_json)
+            plugins::probe(&job.plugin, &wire::ProbeRequest::for_job(&job, &config.onnxruntime))
                 .and_then(|desc| plugins::check_name(&job, &desc))
                 .map_err(|(field, message)| job.probe_error(&field, message))?;
             Ok(job)

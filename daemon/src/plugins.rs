@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::wire::PluginDesc;
+use crate::wire::{PluginDesc, ProbeRequest};
 
 /// A file changed this recently may still be being copied: wait for it to settle.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -155,16 +155,18 @@ fn wait_until_settled(path: &Path) {
 /// whose `create` hangs must not hang a reload.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `recd probe-plugin` on `path` with `params_json`, in a throwaway process: the
-/// plugin's descriptor, or the job key at fault ("plugin" or "params") and the message.
-pub fn probe(path: &Path, params_json: &str) -> Result<PluginDesc, (String, String)> {
-    probe_once(path, params_json).0
+/// Runs `recd probe-plugin` on `path` with `request`, in a throwaway process: the
+/// plugin's descriptor, or the job key at fault ("plugin", "params", "model",
+/// "model_inputs" or "inputs") and the message.
+pub fn probe(path: &Path, request: &ProbeRequest) -> Result<PluginDesc, (String, String)> {
+    probe_once(path, request).0
 }
 
 /// The probe's answer, and whether the plugin itself gave it (an answer worth caching)
 /// rather than the probe process failing to start, crashing or timing out.
-fn probe_once(path: &Path, params_json: &str) -> (Result<PluginDesc, (String, String)>, bool) {
-    match run_probe(path, params_json) {
+fn probe_once(path: &Path, request: &ProbeRequest) -> (Result<PluginDesc, (String, String)>, bool) {
+    let request = serde_json::to_string(request).expect("probe request serialises");
+    match run_probe(path, &request) {
         Ok(probe) => match (probe.plugin, probe.field, probe.error) {
             (Some(desc), None, None) => (Ok(desc), true),
             (_, field, error) => (Err((field.unwrap_or_else(|| "plugin".into()), error.unwrap_or_default())), true),
@@ -173,7 +175,7 @@ fn probe_once(path: &Path, params_json: &str) -> (Result<PluginDesc, (String, St
     }
 }
 
-fn run_probe(path: &Path, params_json: &str) -> Result<crate::worker::Probe, String> {
+fn run_probe(path: &Path, request_json: &str) -> Result<crate::worker::Probe, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -185,14 +187,14 @@ fn run_probe(path: &Path, params_json: &str) -> Result<crate::worker::Probe, Str
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start a probe: {e}"))?;
-    let _ = child.stdin.take().expect("piped stdin").write_all(params_json.as_bytes());
+    let _ = child.stdin.take().expect("piped stdin").write_all(request_json.as_bytes());
     let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
     while child.try_wait().map_err(|e| e.to_string())?.is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "loading plugin {} and checking its params took over {}s",
+                "loading plugin {} and checking the job took over {}s",
                 path.display(),
                 PROBE_TIMEOUT.as_secs()
             ));
@@ -211,21 +213,28 @@ fn run_probe(path: &Path, params_json: &str) -> Result<crate::worker::Probe, Str
     })
 }
 
-/// Probe outcomes by (content hash, params), so a reload re-checks only what changed.
+/// Probe outcomes by (content hash, probe request), so a reload re-checks only what
+/// changed.
 pub type ProbeCache = Mutex<BTreeMap<(String, String), Result<PluginDesc, (String, String)>>>;
 
 impl Registry {
     /// Checks a job's plugin before any run: trust, pin, ABI, name, and its params as the
     /// plugin itself judges them. Errors name the job file's key at fault.
-    pub fn check_job(&self, job: &crate::job::Job, cache: &ProbeCache) -> Result<PluginDesc, (String, String)> {
+    pub fn check_job(
+        &self,
+        job: &crate::job::Job,
+        onnxruntime: &Path,
+        cache: &ProbeCache,
+    ) -> Result<PluginDesc, (String, String)> {
         let (snapshot, sha) =
             self.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(|m| ("plugin".to_string(), m))?;
-        let key = (sha.clone(), job.params_json.clone());
+        let request = ProbeRequest::for_job(job, onnxruntime);
+        let key = (sha.clone(), serde_json::to_string(&request).expect("probe request serialises"));
         let cached = cache.lock().expect("probe cache").get(&key).cloned();
         let result = match cached {
             Some(r) => r,
             None => {
-                let (r, from_plugin) = probe_once(&snapshot, &job.params_json);
+                let (r, from_plugin) = probe_once(&snapshot, &request);
                 // Only the plugin's own verdict is kept: a probe that could not start or
                 // timed out is tried again at the next reload.
                 if from_plugin {

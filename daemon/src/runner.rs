@@ -299,14 +299,19 @@ fn export_table_inputs(inputs: &[Input], store: &Store, run_dir: &std::path::Pat
     Ok(out)
 }
 
-fn write_table(served: &crate::store::ServedTable, path: &std::path::Path) -> anyhow::Result<()> {
+/// Columns of a `table:<name>` input: user, item, score, rank (1 = best).
+pub fn exported_table_schema() -> arrow_schema::SchemaRef {
     use arrow_schema::{DataType, Field, Schema};
-    let schema = Arc::new(Schema::new(vec![
+    Arc::new(Schema::new(vec![
         Field::new("user", DataType::Utf8, false),
         Field::new("item", DataType::Utf8, false),
         Field::new("score", DataType::Float32, false),
         Field::new("rank", DataType::UInt32, false),
-    ]));
+    ]))
+}
+
+fn write_table(served: &crate::store::ServedTable, path: &std::path::Path) -> anyhow::Result<()> {
+    let schema = exported_table_schema();
     let mut writer = arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(path)?, &schema)?;
     let mut rows = TableRows::default();
     for entry in served.iter_lists() {

@@ -43,6 +43,29 @@ pub struct RunSpec {
     pub known_items: Option<(String, String)>,
 }
 
+/// What `recd probe-plugin` reads on stdin: the parts of a job its plugin and model judge
+/// before any run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub params_json: String,
+    pub inputs: Vec<Input>,
+    pub model: Option<PathBuf>,
+    pub model_inputs: Vec<(String, String)>,
+    pub onnxruntime: PathBuf,
+}
+
+impl ProbeRequest {
+    pub fn for_job(job: &crate::job::Job, onnxruntime: &std::path::Path) -> ProbeRequest {
+        ProbeRequest {
+            params_json: job.params_json.clone(),
+            inputs: job.inputs.clone(),
+            model: job.model.clone(),
+            model_inputs: job.model_inputs.clone(),
+            onnxruntime: onnxruntime.to_path_buf(),
+        }
+    }
+}
+
 /// What a plugin's descriptor says about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PluginDesc {

@@ -100,7 +100,7 @@ struct ArrowArray {
 /* Incremented on any incompatible change to the types below. */
 #define RECD_ABI_MAJOR 1u
 /* Incremented on compatible additions (new trailing fields, new codes). */
-#define RECD_ABI_MINOR 0u
+#define RECD_ABI_MINOR 1u
 
 /* Name of the one exported entry point. */
 #define RECD_ENTRY_SYMBOL "recd_plugin_entry"
@@ -215,6 +215,14 @@ typedef struct RecdPluginV1 {
 
   /* Frees an instance made by create. */
   void (*destroy)(void* instance);
+
+  /* Since ABI 1.1; may be NULL. Checks a job before any run (recd validate, reloads):
+   * inputs are the job's tables with their real schemas and no rows, plus the
+   * "__model_inputs" table when the job has a model (moved to the plugin, as in run).
+   * Must not call back into a host: there is none. Error messages name the job key at
+   * fault, e.g. "params.segment_column: ...". Hosts read this field only from plugins
+   * whose abi_minor >= 1. */
+  int32_t (*check)(void* instance, RecdTable* inputs, size_t n_inputs, RecdError* err);
 } RecdPluginV1;
 
 /* Marks the entry point as exported when building with -fvisibility=hidden. */

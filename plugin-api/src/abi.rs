@@ -16,7 +16,7 @@ pub use arrow_schema::ffi::FFI_ArrowSchema;
 /// Incremented on any incompatible change to the types below.
 pub const ABI_MAJOR: u32 = 1;
 /// Incremented on compatible additions (new trailing fields, new codes).
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// Name of the one exported entry point: `const RecdPluginV1 *recd_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &[u8] = b"recd_plugin_entry\0";
@@ -156,6 +156,19 @@ pub struct RecdPluginV1 {
     ) -> i32,
     /// Frees an instance made by `create`.
     pub destroy: unsafe extern "C" fn(instance: *mut c_void),
+    /// Since 1.1 (hosts read it only from plugins whose `abi_minor >= 1`; NULL: none).
+    /// Checks a job before any run, as `recd validate` and reloads do: `inputs` are the
+    /// job's tables with their real schemas and no rows, plus the model-inputs table when
+    /// the job has a model (moved to the plugin, as in `run`). Must not call back into a
+    /// host: there is none. Errors name the job key at fault (`params.<key>: ...`).
+    pub check: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            inputs: *mut RecdTable,
+            n_inputs: usize,
+            err: *mut RecdError,
+        ) -> i32,
+    >,
 }
 
 // SAFETY: the descriptor is immutable static data: pointers to static strings and
@@ -196,6 +209,7 @@ int main(void) {
     O(RecdHost, progress) O(RecdHost, is_cancelled)
     S(RecdPluginV1) O(RecdPluginV1, abi_major) O(RecdPluginV1, abi_minor) O(RecdPluginV1, name)
     O(RecdPluginV1, version) O(RecdPluginV1, create) O(RecdPluginV1, run) O(RecdPluginV1, destroy)
+    O(RecdPluginV1, check)
     S(struct ArrowSchema) S(struct ArrowArray)
     C(RECD_ABI_MAJOR) C(RECD_ABI_MINOR) C(RECD_ERROR_MESSAGE_CAP)
     C(RECD_OK) C(RECD_INVALID_PARAMS) C(RECD_INVALID_INPUT) C(RECD_CANCELLED) C(RECD_HOST)
@@ -230,6 +244,7 @@ int main(void) {
             ("RecdPluginV1.create", offset_of!(RecdPluginV1, create)),
             ("RecdPluginV1.run", offset_of!(RecdPluginV1, run)),
             ("RecdPluginV1.destroy", offset_of!(RecdPluginV1, destroy)),
+            ("RecdPluginV1.check", offset_of!(RecdPluginV1, check)),
             ("struct ArrowSchema", size_of::<FFI_ArrowSchema>()),
             ("struct ArrowArray", size_of::<FFI_ArrowArray>()),
         ];

@@ -20,9 +20,9 @@ mod sdk;
 pub mod testing;
 
 pub use rows::OutputRows;
-pub use sdk::{LogLevel, PluginError, RunContext, Strategy};
+pub use sdk::{CheckContext, LogLevel, PluginError, RunContext, Strategy};
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::sdk::{create_entry, destroy_entry, run_entry};
+    pub use crate::sdk::{check_entry, create_entry, destroy_entry, run_entry};
 }

@@ -55,6 +55,56 @@ pub enum LogLevel {
 pub trait Strategy: Sized + 'static {
     fn new(params_json: &str) -> Result<Self, PluginError>;
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError>;
+    /// Checks the job against its inputs' schemas (and model inputs) before any run, so
+    /// `recd validate` catches an unknown column. Default: nothing to check.
+    fn check(&self, ctx: &CheckContext) -> Result<(), PluginError> {
+        let _ = ctx;
+        Ok(())
+    }
+}
+
+/// What [`Strategy::check`] sees: the job's input tables with their schemas and no rows,
+/// and the model-inputs table when the job has a model.
+pub struct CheckContext {
+    inputs: Vec<(String, RecordBatch)>,
+}
+
+impl CheckContext {
+    pub fn new(inputs: Vec<(String, RecordBatch)>) -> CheckContext {
+        CheckContext { inputs }
+    }
+
+    /// The (empty) input table `name`, or an `INVALID_INPUT` error naming it.
+    pub fn input(&self, name: &str) -> Result<&RecordBatch, PluginError> {
+        find_input(&self.inputs, name)
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.iter().any(|(n, _)| n == name)
+    }
+
+    /// Fails unless input `input` has `column`; the error names the job key `key` that
+    /// asked for it: `params.user_column: input `interactions` has no column `uid` (...)`.
+    pub fn require(&self, input: &str, column: &str, key: &str) -> Result<(), PluginError> {
+        let batch = self.input(input).map_err(|e| PluginError::params(format!("inputs: {e} ({key} needs it)")))?;
+        crate::columns::column(batch, input, column).map(|_| ()).map_err(|e| PluginError::params(format!("{key}: {e}")))
+    }
+
+    /// The job's model inputs, or None when the job has no model.
+    pub fn model_inputs(&self) -> Result<Option<Vec<crate::model::ModelInput>>, PluginError> {
+        match self.inputs.iter().find(|(n, _)| n == crate::abi::MODEL_INPUTS_TABLE) {
+            Some((_, b)) => crate::model::read_model_inputs(b).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn find_input<'b>(inputs: &'b [(String, RecordBatch)], name: &str) -> Result<&'b RecordBatch, PluginError> {
+    inputs.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| {
+        let have: Vec<&str> =
+            inputs.iter().map(|(n, _)| n.as_str()).filter(|n| *n != crate::abi::MODEL_INPUTS_TABLE).collect();
+        PluginError::input(format!("missing input table `{name}` (the job provides: {})", have.join(", ")))
+    })
 }
 
 /// What a running strategy can see and do.
@@ -66,10 +116,7 @@ pub struct RunContext<'a> {
 impl<'a> RunContext<'a> {
     /// The input table `name`, or an `INVALID_INPUT` error naming it.
     pub fn input(&self, name: &str) -> Result<&RecordBatch, PluginError> {
-        self.inputs.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| {
-            let have: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
-            PluginError::input(format!("missing input table `{name}` (the job provides: {})", have.join(", ")))
-        })
+        find_input(&self.inputs, name)
     }
 
     /// The job's model inputs and the features bound to them; an error if the job has no
@@ -230,22 +277,46 @@ pub unsafe extern "C" fn run_entry<S: Strategy>(
 ) -> i32 {
     guarded(err, || {
         // SAFETY: per the ABI, pointers are valid for the call and inputs are moved to us.
-        let (strategy, host, tables) = unsafe {
-            let tables = if n_inputs == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(inputs, n_inputs) };
-            (&mut *instance.cast::<S>(), &*host, tables)
-        };
-        let mut batches = Vec::with_capacity(tables.len());
-        for table in tables.iter_mut() {
-            // SAFETY: name is a valid C string; we take ownership of the arrays by
-            // swapping in released placeholders (the C Data Interface's move).
-            let name = unsafe { CStr::from_ptr(table.name) }.to_string_lossy().into_owned();
-            let array = std::mem::replace(&mut table.array, FFI_ArrowArray::empty());
-            let schema = std::mem::replace(&mut table.schema, FFI_ArrowSchema::empty());
-            let batch = unsafe { batch_from_ffi(array, &schema) }?;
-            batches.push((name, batch));
-        }
+        let (strategy, host, batches) = unsafe { (&mut *instance.cast::<S>(), &*host, take_tables(inputs, n_inputs)?) };
         let mut ctx = RunContext { host, inputs: batches };
         strategy.run(&mut ctx)
+    })
+}
+
+/// Moves the tables the host handed over into record batches.
+///
+/// # Safety
+/// `inputs` must point to `n_inputs` valid tables per the ABI (or be unused when 0).
+unsafe fn take_tables(inputs: *mut RecdTable, n_inputs: usize) -> Result<Vec<(String, RecordBatch)>, PluginError> {
+    // SAFETY: per the caller.
+    let tables = if n_inputs == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(inputs, n_inputs) } };
+    let mut batches = Vec::with_capacity(tables.len());
+    for table in tables.iter_mut() {
+        // SAFETY: name is a valid C string; we take ownership of the arrays by swapping in
+        // released placeholders (the C Data Interface's move).
+        let name = unsafe { CStr::from_ptr(table.name) }.to_string_lossy().into_owned();
+        let array = std::mem::replace(&mut table.array, FFI_ArrowArray::empty());
+        let schema = std::mem::replace(&mut table.schema, FFI_ArrowSchema::empty());
+        let batch = unsafe { batch_from_ffi(array, &schema) }?;
+        batches.push((name, batch));
+    }
+    Ok(batches)
+}
+
+/// `check` entry point generated by [`export_plugin!`] (ABI 1.1).
+///
+/// # Safety
+/// Called by the host per the ABI with an instance from `create_entry::<S>`.
+pub unsafe extern "C" fn check_entry<S: Strategy>(
+    instance: *mut c_void,
+    inputs: *mut RecdTable,
+    n_inputs: usize,
+    err: *mut RecdError,
+) -> i32 {
+    guarded(err, || {
+        // SAFETY: per the ABI, the instance is ours and the tables are moved to us.
+        let (strategy, batches) = unsafe { (&*instance.cast::<S>(), take_tables(inputs, n_inputs)?) };
+        strategy.check(&CheckContext::new(batches))
     })
 }
 
@@ -277,6 +348,7 @@ macro_rules! export_plugin {
             create: $crate::__private::create_entry::<$strategy>,
             run: $crate::__private::run_entry::<$strategy>,
             destroy: $crate::__private::destroy_entry::<$strategy>,
+            check: Some($crate::__private::check_entry::<$strategy>),
         };
 
         /// The plugin's one entry point (ABI v1).

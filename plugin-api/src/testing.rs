@@ -20,7 +20,7 @@ use arrow_array::types::Float32Type;
 use arrow_array::{Array, RecordBatch, StructArray};
 
 use crate::abi::{RecdError, RecdHost, RecdTable, code};
-use crate::sdk::{batch_from_ffi, create_entry, destroy_entry, run_entry};
+use crate::sdk::{batch_from_ffi, check_entry, create_entry, destroy_entry, run_entry};
 use crate::{LogLevel, PluginError, Strategy};
 
 type Scorer = Box<dyn FnMut(&RecordBatch) -> Result<RecordBatch, String>>;
@@ -130,6 +130,37 @@ impl Harness {
     pub fn cancel_after(mut self, polls: u64) -> Harness {
         self.cancel_after_polls = Some(polls);
         self
+    }
+
+    /// Checks the job as a host does before any run: create, then `check` with each input
+    /// cut to zero rows (the model-inputs table kept whole), then destroy.
+    pub fn check<S: Strategy>(self) -> Result<(), PluginError> {
+        let mut err = RecdError::new();
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid pointers for the call, as a host passes them.
+        let rc = unsafe { create_entry::<S>(self.params.as_ptr(), self.params.len(), &mut instance, &mut err) };
+        if rc != code::OK {
+            return Err(PluginError::new(rc, err.message()));
+        }
+        let names: Vec<CString> =
+            self.inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
+        let mut tables = Vec::new();
+        for ((name, batch), c_name) in self.inputs.into_iter().zip(&names) {
+            let batch = if name == crate::abi::MODEL_INPUTS_TABLE { batch } else { batch.slice(0, 0) };
+            let (array, schema) = to_ffi(&StructArray::from(batch).into_data())
+                .map_err(|e| PluginError::internal(format!("arrow export failed: {e}")))?;
+            tables.push(RecdTable { name: c_name.as_ptr(), schema, array });
+        }
+        let mut err = RecdError::new();
+        // SAFETY: instance from create_entry::<S>; tables outlive the call.
+        let rc = unsafe { check_entry::<S>(instance, tables.as_mut_ptr(), tables.len(), &mut err) };
+        // SAFETY: created above, not used again.
+        unsafe { destroy_entry::<S>(instance) };
+        drop(tables);
+        if rc != code::OK {
+            return Err(PluginError::new(rc, err.message()));
+        }
+        Ok(())
     }
 
     /// Runs `S` once: create (params validation), run, destroy.

@@ -142,7 +142,7 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     // refused when the job is loaded, before any run, with both versions named
     let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("future.toml:1: field `plugin`: plugin"), "{status}");
-    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.0"), "{status}");
+    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.1"), "{status}");
     assert!(
         status.contains("nothing.toml:1: field `plugin`: plugin")
             && status.contains("does not export `recd_plugin_entry`")
@@ -151,4 +151,53 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job named `future`"));
     // other jobs are unaffected
     d.run_job("fine");
+}
+
+/// A plugin built for ABI 1.0 has no `check` field: its descriptor ends at `destroy`. The
+/// host must not read past it. Here the word after it points to a function that aborts,
+/// so a host that read `check` from a 1.0 descriptor would crash the probe.
+const LEGACY_1_0: &str = r#"
+#include <stdlib.h>
+#include "recd_plugin.h"
+typedef struct {
+  uint32_t abi_major, abi_minor;
+  const char *name, *version;
+  int32_t (*create)(const uint8_t*, size_t, void**, RecdError*);
+  int32_t (*run)(void*, const RecdHost*, RecdTable*, size_t, RecdError*);
+  void (*destroy)(void*);
+} DescriptorV1_0;
+static int32_t create(const uint8_t* p, size_t n, void** instance, RecdError* e) {
+  (void)p; (void)n; (void)e;
+  *instance = malloc(1);
+  return RECD_OK;
+}
+static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdError* e) {
+  (void)i; (void)h; (void)in; (void)n; (void)e;
+  return RECD_OK;
+}
+static void destroy(void* i) { free(i); }
+static int32_t trap(void* i, RecdTable* t, size_t n, RecdError* e) {
+  (void)i; (void)t; (void)n; (void)e;
+  abort();
+}
+static const struct {
+  DescriptorV1_0 d;
+  int32_t (*after)(void*, RecdTable*, size_t, RecdError*);
+} D = {{1, 0, "legacy", "1.0.0", create, run, destroy}, trap};
+RECD_PLUGIN_EXPORT const RecdPluginV1* recd_plugin_entry(void) { return (const RecdPluginV1*)&D.d; }
+"#;
+
+#[test]
+fn a_plugin_built_for_abi_1_0_still_loads_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("legacy.c");
+    std::fs::write(&src, LEGACY_1_0).unwrap();
+    let legacy = compile_c(&src, dir.path(), "legacy");
+    let job = format!("plugin = \"{}\"\nallow_empty = true\n", legacy.display());
+    let d = TestDaemon::start(&[("legacy", &job)]);
+    let out = d.cli(&["validate", d.jobs_dir().join("legacy.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(d.run_job("legacy").contains("version 1"));
+    let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
+    assert!(plugins.contains("legacy 1.0.0 abi 1.0 sha256 "), "{plugins}");
 }

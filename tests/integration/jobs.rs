@@ -2,7 +2,7 @@
 //! and from a reload of the running daemon, which keeps serving and keeps the last good
 //! definition of a broken file.
 
-use crate::util::{TestDaemon, ranking_job};
+use crate::util::{TestDaemon, ranking_job, shipped_job};
 
 fn bad_files() -> Vec<(&'static str, String, Vec<&'static str>)> {
     let good = ranking_job("");
@@ -57,6 +57,76 @@ fn validate_names_file_and_field_for_each_bad_file() {
     let good = d.dir.path().join("good.toml");
     std::fs::write(&good, ranking_job("")).unwrap();
     let out = d.cli(&["validate", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Strategy params, input columns and model bindings are judged before any run, by the
+/// plugin and the model in a probe process; each error names the job key at fault.
+#[test]
+fn validate_checks_params_columns_and_model_bindings() {
+    let d = TestDaemon::start(&[]);
+    let ranking = shipped_job("ranking");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "negative_half_life",
+            shipped_job("cold-start").replace("half_life_days = 30", "half_life_days = -3"),
+            vec!["field `params.half_life_days`", "must be a positive number of days, got -3"],
+        ),
+        (
+            "lambda",
+            shipped_job("diversity").replace("lambda = 0.7", "lambda = 1.5"),
+            vec!["field `params.lambda`", "must be in [0, 1], got 1.5"],
+        ),
+        (
+            "unknown_column",
+            shipped_job("cold-start").replace("segment_column = \"country\"", "segment_column = \"Country\""),
+            vec!["field `params.segment_column`", "input `interactions` has no column `Country`"],
+        ),
+        (
+            "unbound_model_input",
+            ranking.replace("item = \"item\"\n", ""),
+            vec![
+                "field `model_inputs`",
+                "model input `item` is not bound to a feature (the model's inputs: user, item)",
+            ],
+        ),
+        (
+            "unknown_model_input",
+            ranking.replace("item = \"item\"\n", "item = \"item\"\nprice = \"items.price\"\n"),
+            vec!["field `model_inputs.price`", "the model has no input `price`"],
+        ),
+        (
+            "unknown_feature",
+            shipped_job("churn").replace("frequency = \"frequency\"", "frequency = \"visits\""),
+            vec!["field `model_inputs.frequency`", "unknown feature `visits`"],
+        ),
+        (
+            "feature_column",
+            ranking.replace("item = \"item\"\n", "item = \"items.popularity\"\n"),
+            vec!["field `model_inputs.item`", "input `items` has no column `popularity`"],
+        ),
+    ];
+    for (name, text, wants) in cases {
+        assert_ne!(text, shipped_job("ranking"), "{name}: the case must change the file");
+        let file = d.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        let out = d.cli(&["validate", file.to_str().unwrap()]);
+        let msg = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: {msg}");
+        for want in wants {
+            assert!(msg.contains(want), "{name}: want {want:?} in {msg:?}");
+        }
+    }
+    // and the shipped jobs pass, checked together (diversity runs after ranking)
+    let shipped = d.dir.path().join("shipped");
+    std::fs::create_dir_all(&shipped).unwrap();
+    let mut args = vec!["validate".to_string()];
+    for job in ["ranking", "cold-start", "diversity", "churn", "churn-retention"] {
+        let file = shipped.join(format!("{job}.toml"));
+        std::fs::write(&file, shipped_job(job)).unwrap();
+        args.push(file.display().to_string());
+    }
+    let out = d.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 

@@ -43,9 +43,21 @@ pub trait Host {
     fn is_cancelled(&mut self) -> bool;
 }
 
+type CheckFn = unsafe extern "C" fn(*mut c_void, *mut RecdTable, usize, *mut RecdError) -> i32;
+
+/// The entry points of a descriptor, copied out field by field.
+struct Entries {
+    abi: (u32, u32),
+    create: unsafe extern "C" fn(*const u8, usize, *mut *mut c_void, *mut RecdError) -> i32,
+    run: unsafe extern "C" fn(*mut c_void, *const RecdHost, *mut RecdTable, usize, *mut RecdError) -> i32,
+    destroy: unsafe extern "C" fn(*mut c_void),
+    /// Read only from a plugin built for ABI 1.1 or later.
+    check: Option<CheckFn>,
+}
+
 /// A loaded plugin whose ABI version has been checked.
 pub struct Plugin {
-    descriptor: &'static RecdPluginV1,
+    descriptor: Entries,
     pub name: String,
     pub version: String,
 }
@@ -78,10 +90,23 @@ impl Plugin {
                 host_minor: abi::ABI_MINOR,
             });
         }
-        // SAFETY: the version matches, so the layout is RecdPluginV1 and it is static.
-        let descriptor: &'static RecdPluginV1 = unsafe { &*ptr };
-        let name = static_str(descriptor.name, &path_buf, "name")?;
-        let version = static_str(descriptor.version, &path_buf, "version")?;
+        // Fields are read one by one through the raw pointer: a 1.0 descriptor ends before
+        // `check`, so it must not be viewed as the whole (1.1) struct.
+        // SAFETY: the major version matches, so every field up to `destroy` exists, and
+        // `check` does when minor >= 1; the descriptor is static.
+        let (descriptor, name, version) = unsafe {
+            let check = if minor >= 1 { std::ptr::addr_of!((*ptr).check).read() } else { None };
+            let entries = Entries {
+                abi: (major, minor),
+                create: std::ptr::addr_of!((*ptr).create).read(),
+                run: std::ptr::addr_of!((*ptr).run).read(),
+                destroy: std::ptr::addr_of!((*ptr).destroy).read(),
+                check,
+            };
+            (entries, std::ptr::addr_of!((*ptr).name).read(), std::ptr::addr_of!((*ptr).version).read())
+        };
+        let name = static_str(name, &path_buf, "name")?;
+        let version = static_str(version, &path_buf, "version")?;
         // Never unload: see the module comment.
         std::mem::forget(lib);
         Ok(Plugin { descriptor, name, version })
@@ -89,7 +114,7 @@ impl Plugin {
 
     /// "major.minor" of the ABI the plugin was built for.
     pub fn abi(&self) -> String {
-        format!("{}.{}", self.descriptor.abi_major, self.descriptor.abi_minor)
+        format!("{}.{}", self.descriptor.abi.0, self.descriptor.abi.1)
     }
 
     /// Creates an instance; the plugin validates `params_json` here.
@@ -158,6 +183,27 @@ impl Instance<'_> {
         let rc =
             unsafe { (self.plugin.descriptor.run)(self.ptr, &vtable, tables.as_mut_ptr(), tables.len(), &mut err) };
         // Any table the plugin did not take is released when `tables` drops here.
+        drop(tables);
+        check(rc, &err)
+    }
+}
+
+impl Instance<'_> {
+    /// The plugin's pre-run check of a job against its (zero-row) input tables; Ok when
+    /// the plugin has no check (ABI 1.0, or a NULL entry).
+    pub fn check(&mut self, inputs: Vec<(String, RecordBatch)>) -> Result<(), PluginCallError> {
+        let Some(check_fn) = self.plugin.descriptor.check else { return Ok(()) };
+        let names: Vec<CString> = inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
+        let mut tables = Vec::with_capacity(inputs.len());
+        for ((_, batch), name) in inputs.into_iter().zip(&names) {
+            let (array, schema) =
+                export_batch(batch).map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
+            tables.push(RecdTable { name: name.as_ptr(), schema, array });
+        }
+        let mut err = RecdError::new();
+        // SAFETY: the instance came from this plugin's `create`; the tables outlive the
+        // call and are moved to the plugin per the ABI.
+        let rc = unsafe { check_fn(self.ptr, tables.as_mut_ptr(), tables.len(), &mut err) };
         drop(tables);
         check(rc, &err)
     }

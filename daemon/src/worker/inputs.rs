@@ -25,6 +25,23 @@ pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
+/// The schema `read` would give `input`, without reading its rows (a CSV's is inferred
+/// from its first rows, as `read` does). A `table:` input has the exported list schema.
+pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
+    match input.format {
+        InputFormat::Csv => {
+            let (schema, _) =
+                Format::default().with_header(true).infer_schema(File::open(&input.path)?, Some(10_000))?;
+            Ok(Arc::new(schema))
+        }
+        InputFormat::Parquet => {
+            Ok(ParquetRecordBatchReaderBuilder::try_new(File::open(&input.path)?)?.schema().clone())
+        }
+        InputFormat::ArrowIpc => Ok(arrow_ipc::reader::FileReader::try_new(File::open(&input.path)?, None)?.schema()),
+        InputFormat::Table => Ok(crate::runner::exported_table_schema()),
+    }
+}
+
 fn read_csv(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
     let mut file = File::open(&input.path)?;
     let format = Format::default().with_header(true);

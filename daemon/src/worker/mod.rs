@@ -22,7 +22,7 @@ use recd_plugin_api::abi::{self, level};
 
 use crate::loader::{self, Host, Plugin};
 use crate::store::TableKind;
-use crate::wire::{self, Message, PluginDesc, RunSpec};
+use crate::wire::{self, Message, PluginDesc, ProbeRequest, RunSpec};
 use engine::Engine;
 
 pub fn main() -> ExitCode {
@@ -118,29 +118,66 @@ fn known_ids(
 }
 
 /// `recd probe-plugin PATH`: loads the plugin (ABI checked first), creates an instance
-/// with the params read from stdin, and prints what it found as one JSON line. The daemon
-/// and `recd validate` use it to check a job before any run, without loading plugin code
-/// themselves.
+/// with the job's params, binds the model's inputs (when the job has a model) and lets the
+/// plugin check the job against its inputs' schemas; prints what it found as one JSON
+/// line. The daemon and `recd validate` use it to check a job before any run, without
+/// loading plugin or model code themselves. Reads a [`ProbeRequest`] on stdin.
 pub fn probe(path: &std::path::Path) -> ExitCode {
     // As in a run: whatever the plugin prints must not spoil our one line of JSON.
     let Ok(mut out) = loader::take_stdout_for_frames() else { return ExitCode::FAILURE };
-    let mut params = String::new();
-    let _ = std::io::stdin().read_to_string(&mut params);
-    let result = match Plugin::open(path) {
-        Err(e) => Probe { plugin: None, field: Some("plugin".into()), error: Some(e.to_string()) },
-        Ok(plugin) => {
-            let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
-            match plugin.create(&params) {
-                Ok(_instance) => Probe { plugin: Some(desc), field: None, error: None },
-                Err(e) => Probe { plugin: Some(desc), field: Some("params".into()), error: Some(e.message) },
-            }
-        }
+    let mut text = String::new();
+    let _ = std::io::stdin().read_to_string(&mut text);
+    let result = match serde_json::from_str::<ProbeRequest>(&text) {
+        Ok(request) => probe_job(path, &request),
+        Err(e) => Probe { plugin: None, field: Some("plugin".into()), error: Some(format!("bad probe request: {e}")) },
     };
     let line = serde_json::to_string(&result).expect("probe serialises");
     if writeln!(out, "{line}").is_err() {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn probe_job(path: &std::path::Path, request: &ProbeRequest) -> Probe {
+    let fail = |plugin: Option<PluginDesc>, field: &str, error: String| Probe {
+        plugin,
+        field: Some(field.into()),
+        error: Some(error),
+    };
+    let plugin = match Plugin::open(path) {
+        Ok(p) => p,
+        Err(e) => return fail(None, "plugin", e.to_string()),
+    };
+    let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
+    let mut instance = match plugin.create(&request.params_json) {
+        Ok(i) => i,
+        Err(e) => return fail(Some(desc), "params", e.message),
+    };
+    let mut tables = Vec::new();
+    for input in &request.inputs {
+        match inputs::schema(input) {
+            Ok(schema) => tables.push((input.name.clone(), RecordBatch::new_empty(schema))),
+            Err(e) => return fail(Some(desc), "inputs", format!("inputs.{}: {e:#}", input.name)),
+        }
+    }
+    if let Some(model) = &request.model {
+        let bound = Engine::open(&request.onnxruntime, model, crate::job::Device::Cpu)
+            .map_err(|e| ("model", format!("{e:#}")))
+            .and_then(|engine| {
+                bind_model_inputs(&engine.inputs(), &request.model_inputs).map_err(|e| ("model_inputs", e))
+            });
+        match bound {
+            Ok(table) => tables.push((abi::MODEL_INPUTS_TABLE.to_string(), table)),
+            Err((field, e)) => return fail(Some(desc), field, e),
+        }
+    }
+    match instance.check(tables) {
+        Ok(()) => Probe { plugin: Some(desc), field: None, error: None },
+        Err(e) => {
+            let field = ["model_inputs", "inputs"].into_iter().find(|f| e.message.starts_with(f)).unwrap_or("params");
+            fail(Some(desc), field, e.message)
+        }
+    }
 }
 
 /// What `recd probe-plugin` prints.

@@ -26,7 +26,7 @@ use arrow_array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray
 use arrow_schema::{DataType, Field, Schema};
 use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers, seconds};
 use recd_plugin_api::model::{FeatureValues, check_features, model_column, scoring_batch};
-use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
+use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 /// The features this strategy computes, in the order they are stored in each hash.
@@ -125,6 +125,23 @@ impl Strategy for Churn {
         }
         let as_of = params.as_of.as_deref().map(parse_time).transpose()?;
         Ok(Churn { params, as_of })
+    }
+
+    fn check(&self, ctx: &CheckContext) -> Result<(), PluginError> {
+        let p = &self.params;
+        for (col, key) in [
+            (&p.user_column, "params.user_column"),
+            (&p.invoice_column, "params.invoice_column"),
+            (&p.quantity_column, "params.quantity_column"),
+            (&p.price_column, "params.price_column"),
+            (&p.time_column, "params.time_column"),
+        ] {
+            ctx.require("interactions", col, key)?;
+        }
+        match ctx.model_inputs()? {
+            Some(bound) => check_features(&bound, &|f| FEATURES.contains(&f), &FEATURES.join(", ")),
+            None => Err(PluginError::params("model: churn scores with a classifier; the job needs `model`")),
+        }
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
@@ -466,6 +483,31 @@ mod tests {
             let err = harness(params).run::<Churn>().unwrap_err();
             assert!(err.message.starts_with(want), "{params}: {}", err.message);
         }
+        let err = Harness::new("{}")
+            .input("interactions", interactions())
+            .model_inputs(&[("r", "age", "float32")])
+            .run::<Churn>()
+            .unwrap_err();
+        assert!(err.message.starts_with("model_inputs.r: unknown feature `age`"), "{}", err.message);
+        // the same findings before any run, from the schemas alone
+        let err = Harness::new("{}")
+            .input("interactions", interactions())
+            .model_inputs(&[("r", "age", "float32")])
+            .check::<Churn>()
+            .unwrap_err();
+        assert!(err.message.starts_with("model_inputs.r: unknown feature `age`"), "{}", err.message);
+        let err = Harness::new(r#"{"invoice_column": "order"}"#)
+            .input("interactions", interactions())
+            .model_inputs(&[("r", "recency_days", "float32")])
+            .check::<Churn>()
+            .unwrap_err();
+        assert!(
+            err.message.starts_with("params.invoice_column: input `interactions` has no column `order`"),
+            "{}",
+            err.message
+        );
+        let err = Harness::new("{}").input("interactions", interactions()).check::<Churn>().unwrap_err();
+        assert!(err.message.starts_with("model: churn scores with a classifier"), "{}", err.message);
         let err = Harness::new("{}")
             .input("interactions", interactions())
             .model_inputs(&[("r", "age", "float32")])

@@ -35,7 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_distr::{Beta, Distribution};
 use recd_plugin_api::columns::{booleans, column, ids_as_strings, seconds};
-use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
+use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 pub const DEFAULT_USER: &str = "__default__";
@@ -128,6 +128,18 @@ impl Strategy for ColdStart {
             serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
         params.validate()?;
         Ok(ColdStart { params })
+    }
+
+    fn check(&self, ctx: &CheckContext) -> Result<(), PluginError> {
+        let p = &self.params;
+        ctx.require("interactions", &p.user_column, "params.user_column")?;
+        ctx.require("interactions", &p.item_column, "params.item_column")?;
+        ctx.require("interactions", &p.time_column, "params.time_column")?;
+        let users = if ctx.has_input("users") { Some(ctx.input("users")?) } else { None };
+        if let Some(users) = users {
+            column(users, "users", &p.user_column).map_err(|e| PluginError::params(format!("inputs.users: {e}")))?;
+        }
+        segment_source(ctx.input("interactions")?, users, p).map(|_| ())
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
@@ -654,6 +666,23 @@ mod tests {
 
     /// Newest day 100. Old items p1..p4 (day 0, 5/4/3/2 buyers); r1 first bought day 80;
     /// new (within 14 days): n1 (day 90, 95), n2 (95), n3 (100).
+    #[test]
+    fn the_check_names_unknown_columns_before_a_run() {
+        let rows = data(&explore_rows());
+        assert_eq!(
+            Harness::new(r#"{"segment_column": "country"}"#).input("interactions", rows.clone()).check::<ColdStart>(),
+            Ok(())
+        );
+        let cases = [
+            (r#"{"time_column": "when"}"#, "params.time_column: input `interactions` has no column `when`"),
+            (r#"{"segment_column": "planet"}"#, "params.segment_column: input `interactions` has no column `planet`"),
+        ];
+        for (params, want) in cases {
+            let err = Harness::new(params).input("interactions", rows.clone()).check::<ColdStart>().unwrap_err();
+            assert!(err.message.starts_with(want), "{}", err.message);
+        }
+    }
+
     fn explore_rows() -> Vec<(&'static str, &'static str, i64, &'static str)> {
         let mut rows = Vec::new();
         let a = ["a1", "a2", "a3", "a4", "a5"];

@@ -23,7 +23,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use recd_plugin_api::columns::{column, ids_as_strings, numbers};
-use recd_plugin_api::{OutputRows, PluginError, RunContext, Strategy, export_plugin};
+use recd_plugin_api::{CheckContext, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +86,22 @@ impl Strategy for Diversity {
             return Err(PluginError::params("params.max_per_category: must be at least 1"));
         }
         Ok(Diversity { params })
+    }
+
+    fn check(&self, ctx: &CheckContext) -> Result<(), PluginError> {
+        let p = &self.params;
+        for col in ["user", "item", "score"] {
+            ctx.require("candidates", col, "inputs.candidates")?;
+        }
+        if p.similarity == Similarity::Category || p.max_per_category.is_some() {
+            ctx.require("items", &p.item_column, "params.item_column")?;
+            ctx.require("items", &p.category_column, "params.category_column")?;
+        }
+        if p.similarity == Similarity::Embedding {
+            ctx.require("embeddings", &p.item_column, "params.item_column")?;
+            ctx.require("embeddings", &p.embedding_column, "params.embedding_column")?;
+        }
+        Ok(())
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
@@ -392,6 +408,27 @@ mod tests {
             .run::<Diversity>()
             .unwrap();
         out.list("u1").into_iter().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn the_check_names_missing_columns_and_inputs_before_a_run() {
+        let (cands, emb) = near_duplicates();
+        let ok = Harness::new(r#"{"similarity": "embedding"}"#)
+            .input("candidates", cands.clone())
+            .input("embeddings", emb.clone());
+        assert_eq!(ok.check::<Diversity>(), Ok(()));
+        let err = Harness::new(r#"{"similarity": "embedding", "embedding_column": "vec"}"#)
+            .input("candidates", cands.clone())
+            .input("embeddings", emb)
+            .check::<Diversity>()
+            .unwrap_err();
+        assert!(
+            err.message.starts_with("params.embedding_column: input `embeddings` has no column `vec`"),
+            "{}",
+            err.message
+        );
+        let err = Harness::new("{}").input("candidates", cands).check::<Diversity>().unwrap_err();
+        assert!(err.message.starts_with("inputs: missing input table `items`"), "{}", err.message);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use arrow_array::Float32Array;
 use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
 use recd_plugin_api::model::{FeatureValues, ModelInput, model_column, scoring_batch};
-use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
+use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 
@@ -107,6 +107,32 @@ impl Strategy for Ranking {
             )));
         }
         Ok(Ranking { params })
+    }
+
+    fn check(&self, ctx: &CheckContext) -> Result<(), PluginError> {
+        let p = &self.params;
+        ctx.require("interactions", &p.user_column, "params.user_column")?;
+        ctx.require("interactions", &p.item_column, "params.item_column")?;
+        for (table, id) in [("users", "user_id"), ("items", "item_id")] {
+            ctx.require(table, id, &format!("inputs.{table}"))?;
+            ctx.require(table, "index", &format!("inputs.{table}"))?;
+        }
+        if let Some(col) = &p.available_column {
+            ctx.require("items", col, "params.available_column")?;
+        }
+        if p.candidates == Candidates::Upstream {
+            ctx.require("pool", "user", "params.candidates")?;
+            ctx.require("pool", "item", "params.candidates")?;
+        }
+        let Some(bound) = ctx.model_inputs()? else {
+            return Err(PluginError::params("model: ranking scores with a model; the job needs `model`"));
+        };
+        for input in &bound {
+            if let Feature::Column(table, col) = parse_feature(input)? {
+                ctx.require(table, col, &format!("model_inputs.{}", input.input))?;
+            }
+        }
+        Ok(())
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
@@ -310,27 +336,42 @@ struct Scorer {
     output: String,
 }
 
+/// A feature ranking offers, as a job's `[model_inputs]` names it.
+enum Feature<'f> {
+    UserIndex,
+    ItemIndex,
+    /// (input table, column): `users.<column>` or `items.<column>`.
+    Column(&'static str, &'f str),
+}
+
+fn parse_feature<'f>(input: &'f ModelInput) -> Result<Feature<'f>, PluginError> {
+    match input.feature.as_str() {
+        "user" => Ok(Feature::UserIndex),
+        "item" => Ok(Feature::ItemIndex),
+        f => match f.split_once('.') {
+            Some(("users", col)) => Ok(Feature::Column("users", col)),
+            Some(("items", col)) => Ok(Feature::Column("items", col)),
+            _ => Err(PluginError::params(format!(
+                "model_inputs.{}: unknown feature `{f}` (this strategy offers: user, item, users.<column>, items.<column>)",
+                input.input
+            ))),
+        },
+    }
+}
+
 /// Resolves each bound feature of the job's `[model_inputs]`.
 fn bind_features(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<(ModelInput, Source)>, PluginError> {
     let mut out = Vec::new();
     for input in ctx.model_inputs()? {
-        let source = match input.feature.as_str() {
-            "user" => Source::UserIndex,
-            "item" => Source::ItemIndex,
-            f => match f.split_once('.') {
-                Some(("users", col)) => {
-                    Source::PerUser(per_id(ctx, &input, "users", "user_id", col, &vocab.user_index)?)
-                }
-                Some(("items", col)) => {
-                    Source::PerItem(per_id(ctx, &input, "items", "item_id", col, &vocab.item_index)?)
-                }
-                _ => {
-                    return Err(PluginError::params(format!(
-                        "model_inputs.{}: unknown feature `{f}` (this strategy offers: user, item, users.<column>, items.<column>)",
-                        input.input
-                    )));
-                }
-            },
+        let source = match parse_feature(&input)? {
+            Feature::UserIndex => Source::UserIndex,
+            Feature::ItemIndex => Source::ItemIndex,
+            Feature::Column("users", col) => {
+                Source::PerUser(per_id(ctx, &input, "users", "user_id", col, &vocab.user_index)?)
+            }
+            Feature::Column(_, col) => {
+                Source::PerItem(per_id(ctx, &input, "items", "item_id", col, &vocab.item_index)?)
+            }
         };
         out.push((input, source));
     }
@@ -573,6 +614,31 @@ mod tests {
         let err =
             harness_with_items("{}", items).model_inputs(&[("uid", "customer", "int64")]).run::<Ranking>().unwrap_err();
         assert!(err.message.starts_with("model_inputs.uid: unknown feature `customer`"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_check_finds_unknown_columns_and_features_before_a_run() {
+        assert_eq!(harness("{}").check::<Ranking>(), Ok(()));
+        let cases = [
+            (
+                harness(r#"{"user_column": "customer"}"#),
+                "params.user_column: input `interactions` has no column `customer`",
+            ),
+            (
+                harness(r#"{"available_column": "in_stock"}"#),
+                "params.available_column: input `items` has no column `in_stock`",
+            ),
+            (
+                harness("{}").model_inputs(&[("user", "user", "int64"), ("item", "items.price", "float32")]),
+                "model_inputs.item: input `items` has no column `price`",
+            ),
+            (harness("{}").model_inputs(&[("user", "age", "int64")]), "model_inputs.user: unknown feature `age`"),
+            (harness(r#"{"candidates": "upstream"}"#), "inputs: missing input table `pool`"),
+        ];
+        for (h, want) in cases {
+            let err = h.check::<Ranking>().unwrap_err();
+            assert!(err.message.starts_with(want), "{}", err.message);
+        }
     }
 
     #[test]
