@@ -55,6 +55,12 @@ echo
 echo "== redis-cli -s $SOCK GET ranking:17850"
 redis-cli -s "$SOCK" GET ranking:17850
 echo
+echo "== redis-cli -s $SOCK HGETALL churn:17850   (churn probability, risk tier, features)"
+redis-cli -s "$SOCK" HGETALL churn:17850 | paste - -
+echo
+echo "== redis-cli -s $SOCK ZREVRANGE churn-retention:high 0 4 WITHSCORES   (who to call first)"
+redis-cli -s "$SOCK" ZREVRANGE churn-retention:high 0 4 WITHSCORES | paste - -
+echo
 "$RECD" status
 
 kill -TERM $PID

@@ -24,3 +24,4 @@ mod publish;
 mod ranking;
 mod reload;
 mod schedule;
+mod strategies;

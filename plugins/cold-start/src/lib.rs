@@ -241,13 +241,29 @@ impl<'a> Lists<'_, 'a> {
         let slots = self.explorer.map_or(0, |e| e.slots);
         let exploit: Vec<(&str, f64)> = ranking.take(self.k + slots).collect();
         let mut list: Vec<(&str, f32)> = exploit.iter().take(self.k - slots).map(|(i, w)| (*i, *w as f32)).collect();
-        let Some(explorer) = self.explorer else { return list };
+        let Some(explorer) = self.explorer else {
+            strictly_decreasing(&mut list);
+            return list;
+        };
         let picks = explorer.pick(key, slots, |i| !bought.contains(i) && !list.iter().any(|(l, _)| *l == i));
         let spare = exploit.iter().skip(self.k - slots).filter(|(i, _)| !picks.contains(i));
         list.extend(spare.take(slots - picks.len()).map(|(i, w)| (*i, *w as f32)));
+        strictly_decreasing(&mut list);
         let floor = list.iter().map(|(_, s)| *s).reduce(f32::min);
         list.extend(picks.iter().copied().zip(explore_scores(floor, picks.len())));
         list
+    }
+}
+
+/// Lowers each score that is not below the one before it to just below it. A user's list
+/// chains their segment's ranking with the global one, whose weights are larger; served
+/// score-descending, the global items would jump ahead. With strictly decreasing scores
+/// the served order is the chosen order (ties too, which Redis orders by member).
+fn strictly_decreasing(list: &mut [(&str, f32)]) {
+    for j in 1..list.len() {
+        if list[j].1 >= list[j - 1].1 {
+            list[j].1 = list[j - 1].1.next_down();
+        }
     }
 }
 
@@ -666,6 +682,30 @@ mod tests {
 
     /// Newest day 100. Old items p1..p4 (day 0, 5/4/3/2 buyers); r1 first bought day 80;
     /// new (within 14 days): n1 (day 90, 95), n2 (95), n3 (100).
+    #[test]
+    fn served_order_is_the_chosen_order_segment_first() {
+        // segment "fr": a (1 buyer); globally b and c have more buyers than a
+        let rows = [
+            ("u1", "a", 100, "fr"),
+            ("u2", "b", 100, "uk"),
+            ("u3", "b", 100, "uk"),
+            ("u4", "c", 100, "uk"),
+            ("u5", "c", 100, "uk"),
+            ("u6", "z", 100, "fr"),
+        ];
+        let out = Harness::new(r#"{"k": 3, "segment_column": "country"}"#)
+            .input("interactions", data(&rows))
+            .run::<ColdStart>()
+            .unwrap();
+        // u6's list: the segment's a, then the global b, c (z is theirs already)
+        let list = out.list("u6");
+        let chosen: Vec<&str> = list.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(chosen, ["a", "b", "c"]);
+        let mut served = list.clone();
+        served.sort_by(|x, y| y.1.total_cmp(&x.1).then(y.0.cmp(&x.0)));
+        assert_eq!(served, list, "scores must fall strictly along the list");
+    }
+
     #[test]
     fn the_check_names_unknown_columns_before_a_run() {
         let rows = data(&explore_rows());
