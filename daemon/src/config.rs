@@ -50,6 +50,25 @@ struct RawConfig {
     /// "human" (default) or "json" log lines.
     #[serde(default = "default_log_format")]
     log_format: String,
+    /// Connections the read socket serves at once; one more is told
+    /// `-ERR max number of clients reached` and closed. The admin socket is not counted.
+    #[serde(default = "default_max_clients")]
+    max_clients: usize,
+    /// Largest request a client may send (bytes); a bigger one is answered with an error
+    /// and the connection closed.
+    #[serde(default = "default_max_request_bytes")]
+    max_request_bytes: usize,
+    /// Close a connection that sends nothing for this long; 0 (default, as Redis): never.
+    #[serde(default)]
+    idle_timeout_seconds: u64,
+}
+
+fn default_max_clients() -> usize {
+    10_000
+}
+
+fn default_max_request_bytes() -> usize {
+    1 << 20
 }
 
 fn default_log_format() -> String {
@@ -83,6 +102,16 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub log_json: bool,
+    pub limits: Limits,
+}
+
+/// What one client may take of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_clients: usize,
+    pub max_request_bytes: usize,
+    /// None: never time out.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -150,6 +179,19 @@ impl Config {
                 });
             }
         };
+        let invalid = |field: &'static str, message: String| ConfigError::Invalid { file: file.into(), field, message };
+        if raw.max_clients == 0 {
+            return Err(invalid("max_clients", "must be at least 1".into()));
+        }
+        if raw.max_request_bytes < 1024 {
+            return Err(invalid("max_request_bytes", format!("must be at least 1024, got {}", raw.max_request_bytes)));
+        }
+        let limits = Limits {
+            max_clients: raw.max_clients,
+            max_request_bytes: raw.max_request_bytes,
+            idle_timeout: (raw.idle_timeout_seconds > 0)
+                .then(|| std::time::Duration::from_secs(raw.idle_timeout_seconds)),
+        };
         let onnxruntime = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or(raw.onnxruntime);
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Ok(Config {
@@ -165,6 +207,7 @@ impl Config {
             shutdown_grace_seconds: raw.shutdown_grace_seconds,
             metrics_listen,
             log_json,
+            limits,
         })
     }
 }

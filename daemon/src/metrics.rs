@@ -23,6 +23,7 @@ pub struct Metrics {
     rows: Mutex<BTreeMap<String, u64>>,
     read_requests: AtomicU64,
     admin_requests: AtomicU64,
+    refused_clients: AtomicU64,
 }
 
 impl Metrics {
@@ -42,6 +43,11 @@ impl Metrics {
     pub fn request(&self, role: Role) {
         let counter = if role == Role::Admin { &self.admin_requests } else { &self.read_requests };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection turned away at `max_clients`.
+    pub fn refused_client(&self) {
+        self.refused_clients.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of every counter and each table's current version.
@@ -77,6 +83,9 @@ impl Metrics {
             "recd_socket_requests_total{{socket=\"admin\"}} {}",
             self.admin_requests.load(Ordering::Relaxed)
         );
+        s.push_str("# HELP recd_refused_clients_total Connections refused at max_clients.\n");
+        s.push_str("# TYPE recd_refused_clients_total counter\n");
+        let _ = writeln!(s, "recd_refused_clients_total {}", self.refused_clients.load(Ordering::Relaxed));
         s
     }
 }

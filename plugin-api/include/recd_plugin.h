@@ -154,7 +154,7 @@ typedef struct RecdError {
 /* One named input table, as a struct array whose fields are the table's columns.
  * schema and array are embedded by value. */
 typedef struct RecdTable {
-  /* NUL-terminated name, valid for the duration of run(). */
+  /* NUL-terminated name, valid for the duration of run() or check(). */
   const char* name;
   struct ArrowSchema schema;
   struct ArrowArray array;

@@ -16,6 +16,7 @@ mod faults;
 mod guide;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod observability;
 mod plugin_platform;
 mod policies;

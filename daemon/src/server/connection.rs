@@ -30,10 +30,15 @@ async fn handle(
     let mut input: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut client = Client { id, role, name: None };
+    let limits = daemon.config.limits;
     loop {
         let read = tokio::select! {
-            r = stream.read_buf(&mut input) => r?,
+            r = read_some(&mut stream, &mut input, limits.idle_timeout) => r?,
             _ = stop.changed() => return Ok(()),
+        };
+        let Some(read) = read else {
+            tracing::debug!(id, "idle for {:?}: closing", limits.idle_timeout);
+            return Ok(());
         };
         if read == 0 {
             return Ok(());
@@ -56,10 +61,30 @@ async fn handle(
             }
         }
         input.drain(..used);
+        if flow == Flow::Continue && input.len() > limits.max_request_bytes {
+            let limit = limits.max_request_bytes;
+            resp::error(&mut out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
+            flow = Flow::Close;
+        }
         stream.write_all(&out).await?;
         out.clear();
         if flow == Flow::Close {
             return Ok(());
         }
+    }
+}
+
+/// Reads what the client sent; `None` when it stayed silent past the idle timeout.
+async fn read_some(
+    stream: &mut UnixStream,
+    input: &mut Vec<u8>,
+    idle: Option<std::time::Duration>,
+) -> std::io::Result<Option<usize>> {
+    match idle {
+        None => stream.read_buf(input).await.map(Some),
+        Some(limit) => match tokio::time::timeout(limit, stream.read_buf(input)).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        },
     }
 }

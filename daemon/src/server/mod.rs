@@ -23,14 +23,26 @@ pub enum Role {
     Admin,
 }
 
+/// The refusal a client gets past `max_clients`, as Redis words it.
+const TOO_MANY: &[u8] = b"-ERR max number of clients reached\r\n";
+
 pub async fn run(listener: UnixListener, shutdown: impl Future<Output = ()>, daemon: Arc<Daemon>, role: Role) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut next_id: u64 = 1;
+    // Ops must always get in: only the read socket is limited.
+    let max_clients = if role == Role::Read { daemon.config.limits.max_clients } else { usize::MAX };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((mut stream, _)) if conns.len() >= max_clients => {
+                    use tokio::io::AsyncWriteExt;
+                    daemon.metrics.refused_client();
+                    // Best effort and bounded: a client that does not read its refusal
+                    // must not stall the accept loop.
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(100), stream.write_all(TOO_MANY)).await;
+                }
                 Ok((stream, _)) => {
                     let id = next_id;
                     next_id += 1;

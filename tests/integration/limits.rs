@@ -1,0 +1,85 @@
+//! Limits of the read socket (recd.toml): clients at once, request size, idle time; and a
+//! client that stops reading never delays the others.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::util::TestDaemon;
+
+/// Connects and sends PING; the first reply line.
+fn ping(d: &TestDaemon) -> (UnixStream, String) {
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // a refused client may find the socket closed before it writes: read the reply anyway
+    let _ = s.write_all(b"PING\r\n");
+    let mut buf = [0u8; 128];
+    let n = s.read(&mut buf).unwrap_or(0);
+    (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn clients_beyond_max_clients_are_refused_as_redis_refuses_them() {
+    let d = TestDaemon::start_with(&[], "max_clients = 3\n");
+    let held: Vec<UnixStream> = (0..3)
+        .map(|_| {
+            let (s, reply) = ping(&d);
+            assert_eq!(reply, "+PONG\r\n");
+            s
+        })
+        .collect();
+    let (_, reply) = ping(&d);
+    assert_eq!(reply, "-ERR max number of clients reached\r\n");
+    // the admin socket is not counted: ops always get in
+    assert!(d.cli(&["status"]).status.success());
+    drop(held);
+    d.wait_for("a free slot once clients leave", 5, || (ping(&d).1 == "+PONG\r\n").then_some(()));
+}
+
+#[test]
+fn oversized_requests_and_idle_clients_are_closed() {
+    let d = TestDaemon::start_with(&[], "max_request_bytes = 2048\nidle_timeout_seconds = 1\n");
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // a 100 kB argument, sent in part: the request cannot be complete within the limit
+    s.write_all(b"*2\r\n$4\r\nECHO\r\n$100000\r\n").unwrap();
+    s.write_all(&[b'x'; 4000]).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert_eq!(reply, "-ERR request larger than max_request_bytes (2048): closing\r\n");
+
+    // within the limit all is well, and a silent client is closed after the idle time
+    let (mut s, reply) = ping(&d);
+    assert_eq!(reply, "+PONG\r\n");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "closed without a reply");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "{waited:?}");
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_delay_others() {
+    let job = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let d = TestDaemon::start(&[("t", job)]);
+    d.run_job("t");
+    // A pipelines thousands of requests and never reads the answers: its socket buffer
+    // fills and the server's writes to it block.
+    let mut stalled = UnixStream::connect(d.socket()).unwrap();
+    stalled.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let request = b"ZREVRANGE t:u1 0 -1 WITHSCORES\r\n".repeat(1000);
+    for _ in 0..200 {
+        if stalled.write_all(&request).is_err() {
+            break; // the server stopped reading from A: it is blocked on A, as intended
+        }
+    }
+    // B is served as usual, at once
+    let mut conn = d.redis();
+    let started = Instant::now();
+    for _ in 0..200 {
+        let list: Vec<String> = redis::cmd("ZREVRANGE").arg("t:u1").arg(0).arg(-1).query(&mut conn).unwrap();
+        assert_eq!(list.len(), 3);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(stalled);
+}
