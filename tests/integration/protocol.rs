@@ -35,7 +35,23 @@ impl RedisServer {
     }
 
     fn conn(&self) -> redis::Connection {
-        redis::Client::open(format!("redis+unix://{}", self.socket.display())).unwrap().get_connection().unwrap()
+        connect(&self.socket, false)
+    }
+}
+
+/// A client connection, in RESP3 (the client sends HELLO 3 first) or RESP2.
+fn connect(socket: &std::path::Path, resp3: bool) -> redis::Connection {
+    let query = if resp3 { "?protocol=resp3" } else { "" };
+    redis::Client::open(format!("redis+unix://{}{query}", socket.display())).unwrap().get_connection().unwrap()
+}
+
+/// Runs every case against both servers, in RESP2 and in RESP3, and compares replies.
+fn compare(ours: &std::path::Path, theirs: &std::path::Path, cases: &[Vec<&str>]) {
+    for resp3 in [false, true] {
+        let (mut a, mut b) = (connect(ours, resp3), connect(theirs, resp3));
+        for case in cases {
+            assert_eq!(query(&mut a, case), query(&mut b, case), "{case:?} (resp3: {resp3})");
+        }
     }
 }
 
@@ -65,6 +81,9 @@ fn query(conn: &mut redis::Connection, args: &[&str]) -> String {
 fn canonical_scores(v: Value) -> Value {
     match v {
         Value::Array(items) => Value::Array(items.into_iter().map(canonical_scores).collect()),
+        Value::Map(pairs) => {
+            Value::Map(pairs.into_iter().map(|(k, v)| (canonical_scores(k), canonical_scores(v))).collect())
+        }
         Value::BulkString(b) => {
             let text = String::from_utf8_lossy(&b).into_owned();
             match text.parse::<f64>() {
@@ -127,9 +146,7 @@ fn read_commands_answer_exactly_as_redis_server_does() {
         vec!["SELECT", "16"],
         vec!["SELECT", "x"],
     ];
-    for case in &cases {
-        assert_eq!(query(&mut ours, case), query(&mut theirs, case), "{case:?}");
-    }
+    compare(&d.socket(), &redis.socket, &cases);
 }
 
 #[test]
@@ -181,9 +198,7 @@ fn hash_commands_answer_exactly_as_redis_server_does() {
         vec!["HGET", z, "x"],
         vec!["EXISTS", h, z, "churn:nobody"],
     ];
-    for case in &cases {
-        assert_eq!(query(&mut ours, case), query(&mut theirs, case), "{case:?}");
-    }
+    compare(&d.socket(), &redis.socket, &cases);
 }
 
 #[test]
@@ -214,7 +229,7 @@ fn recd_specific_replies() {
         (vec!["FROB", "x"], "ERR"),
         (vec!["RUN", "ranking"], "NOPERM"),
         (vec!["RELOAD"], "NOPERM"),
-        (vec!["HELLO", "3"], "NOPROTO"),
+        (vec!["HELLO", "4"], "NOPROTO"),
         // one database: unlike redis-server's 16, SELECT 1 is out of range
         (vec!["SELECT", "1"], "ERR"),
     ] {
@@ -244,6 +259,26 @@ fn recd_specific_replies() {
     // HELLO 2, CLIENT and COMMAND as client libraries use them; INFO lists the table
     let hello: Vec<Value> = redis::cmd("HELLO").arg(2).arg("SETNAME").arg("app1").query(&mut conn).unwrap();
     assert!(hello.contains(&Value::BulkString(b"proto".to_vec())));
+    assert!(hello.contains(&Value::Int(2)));
+    // HELLO 3 switches the connection to RESP3 (a map back); HELLO 2 switches back
+    let mut raw = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    {
+        use std::io::{Read, Write};
+        raw.write_all(b"HELLO 3\r\nZSCORE ranking:nobody x\r\nHELLO 2\r\nZSCORE ranking:nobody x\r\n").unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"$-1\r\n") {
+            let n = raw.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("%7\r\n$6\r\nserver\r\n"), "{text}");
+        assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+        // modules (empty), the RESP3 null, then HELLO 2's flat array and a RESP2 null
+        assert!(text.contains("$7\r\nmodules\r\n*0\r\n_\r\n*14\r\n"), "{text}");
+    }
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut conn).unwrap();
     assert_eq!(name, "app1");
     let info: String = redis::cmd("INFO").query(&mut conn).unwrap();

@@ -28,7 +28,8 @@ async fn handle(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut input: Vec<u8> = Vec::with_capacity(4096);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Lives as long as the connection: it also remembers the protocol HELLO chose.
+    let mut out = resp::Reply { buf: Vec::with_capacity(4096), resp3: false };
     let mut client = Client { id, role, name: None };
     let limits = daemon.config.limits;
     loop {
@@ -66,7 +67,7 @@ async fn handle(
             resp::error(&mut out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
             flow = Flow::Close;
         }
-        stream.write_all(&out).await?;
+        stream.write_all(&out.buf).await?;
         out.clear();
         if flow == Flow::Close {
             return Ok(());

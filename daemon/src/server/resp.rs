@@ -1,4 +1,4 @@
-//! RESP2 framing: parsing requests (arrays of bulk strings, or inline commands) and
+//! RESP framing: parsing requests (arrays of bulk strings, or inline commands) and
 //! replies (for the CLI's client), and writing replies into an output buffer.
 
 use std::io::Write;
@@ -177,6 +177,52 @@ pub fn null(out: &mut Vec<u8>) {
 
 pub fn array_len(out: &mut Vec<u8>, n: usize) {
     let _ = write!(out, "*{n}\r\n");
+}
+
+/// A reply being written for one connection, in the protocol it chose with HELLO. Derefs
+/// to its bytes, so the RESP2-only writers above apply to it as they are; what RESP3
+/// writes differently (nulls, doubles, maps) goes through its methods.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub buf: Vec<u8>,
+    pub resp3: bool,
+}
+
+impl Reply {
+    pub fn null(&mut self) {
+        if self.resp3 { self.buf.extend_from_slice(b"_\r\n") } else { null(&mut self.buf) }
+    }
+
+    /// A score: a double in RESP3, its text as a bulk string in RESP2.
+    pub fn double(&mut self, s: f32) {
+        if self.resp3 {
+            let _ = write!(self.buf, ",{}\r\n", format_score(s));
+        } else {
+            score(&mut self.buf, s);
+        }
+    }
+
+    /// A map of `n` pairs: `%n` in RESP3, a flat array of 2n in RESP2.
+    pub fn map_len(&mut self, n: usize) {
+        if self.resp3 {
+            let _ = write!(self.buf, "%{n}\r\n");
+        } else {
+            array_len(&mut self.buf, 2 * n);
+        }
+    }
+}
+
+impl std::ops::Deref for Reply {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Reply {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
 }
 
 /// A sorted-set score as Redis prints it: the shortest text that reads back as the value.

@@ -1,6 +1,6 @@
 //! CLIENT SETNAME | GETNAME | ID | SETINFO | INFO
 use super::{Client, ParseResult, wrong_args};
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub enum ClientCmd {
     SetName(String),
@@ -24,7 +24,7 @@ impl ClientCmd {
         }
     }
 
-    pub fn apply(self, client: &mut Client, out: &mut Vec<u8>) {
+    pub fn apply(self, client: &mut Client, out: &mut Reply) {
         match self {
             ClientCmd::SetName(name) => {
                 client.name = (!name.is_empty()).then_some(name);
@@ -32,7 +32,7 @@ impl ClientCmd {
             }
             ClientCmd::GetName => match &client.name {
                 Some(n) => resp::bulk(out, n.as_bytes()),
-                None => resp::null(out),
+                None => out.null(),
             },
             ClientCmd::Id => resp::integer(out, client.id as i64),
             ClientCmd::SetInfo => resp::simple(out, "OK"),

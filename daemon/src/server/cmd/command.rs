@@ -1,6 +1,6 @@
 //! COMMAND [COUNT | DOCS ... | INFO ...]: enough for redis-cli and client libraries,
 //! which probe it at start-up and cope with an empty answer.
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 use super::ParseResult;
 
@@ -19,12 +19,12 @@ impl CommandCmd {
         })
     }
 
-    pub fn apply(self, out: &mut Vec<u8>) {
+    pub fn apply(self, out: &mut Reply) {
         match self {
             CommandCmd::Count => resp::integer(out, 0),
             CommandCmd::Info(n) => {
                 resp::array_len(out, n);
-                (0..n).for_each(|_| resp::null(out));
+                (0..n).for_each(|_| out.null());
             }
             CommandCmd::Empty => resp::array_len(out, 0),
         }

@@ -1,6 +1,6 @@
 //! ECHO message
 use super::{ParseResult, wrong_args};
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Echo(Vec<u8>);
 
@@ -12,7 +12,7 @@ impl Echo {
         }
     }
 
-    pub fn apply(self, out: &mut Vec<u8>) {
+    pub fn apply(self, out: &mut Reply) {
         resp::bulk(out, &self.0);
     }
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, Snapshot, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Exists(Vec<Vec<u8>>);
 
@@ -15,7 +15,7 @@ impl Exists {
         Ok(Exists(args.to_vec()))
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let mut snapshot = Snapshot::new(daemon);
         let n = self.0.iter().filter(|k| snapshot.get(k).is_some()).count();
         resp::integer(out, n as i64);

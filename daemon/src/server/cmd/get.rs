@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Stored;
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 use crate::store::{decode_hash, decode_list};
 
 pub struct Get(Vec<u8>);
@@ -20,15 +20,15 @@ impl Get {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         write_json(super::lookup(daemon, &self.0), out);
     }
 }
 
 /// Writes the JSON bulk for a stored value, or a null bulk when there is none.
-pub fn write_json(stored: Option<Stored>, out: &mut Vec<u8>) {
+pub fn write_json(stored: Option<Stored>, out: &mut Reply) {
     match stored {
-        None => resp::null(out),
+        None => out.null(),
         Some(Stored::List(bytes)) => resp::bulk(out, &list_json(&decode_list(&bytes))),
         Some(Stored::Hash(bytes)) => resp::bulk(out, &hash_json(&decode_hash(&bytes))),
     }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct HExists {
     key: Vec<u8>,
@@ -18,7 +18,7 @@ impl HExists {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_hash(daemon, &self.key, out, |fields, out| {
             resp::integer(out, i64::from(fields.iter().any(|(f, _)| *f == self.field.as_slice())))
         });

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct HGet {
     key: Vec<u8>,
@@ -18,11 +18,11 @@ impl HGet {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_hash(daemon, &self.key, out, |fields, out| {
             match fields.iter().find(|(f, _)| *f == self.field.as_slice()) {
                 Some((_, value)) => resp::bulk(out, value),
-                None => resp::null(out),
+                None => out.null(),
             }
         });
     }

@@ -1,9 +1,10 @@
-//! HGETALL key: field, value, field, value... (RESP2's flat array), in stored order.
+//! HGETALL key: the fields and values in stored order: a map in RESP3, a flat array
+//! (field, value, field, value...) in RESP2.
 use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct HGetAll(Vec<u8>);
 
@@ -15,9 +16,9 @@ impl HGetAll {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_hash(daemon, &self.0, out, |fields, out| {
-            resp::array_len(out, 2 * fields.len());
+            out.map_len(fields.len());
             for (field, value) in fields {
                 resp::bulk(out, field);
                 resp::bulk(out, value);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, parse_int, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct History {
     job: String,
@@ -21,7 +21,7 @@ impl History {
         Ok(History { job: String::from_utf8_lossy(job).into_owned(), n })
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         match daemon.store.history(&self.job, self.n) {
             Ok(runs) => resp::bulk(out, &serde_json::to_vec_pretty(&runs).expect("records serialise")),
             Err(e) => resp::error(out, &format!("ERR reading history: {e}")),

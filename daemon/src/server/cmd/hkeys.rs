@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 #[derive(Clone, Copy)]
 pub enum Part {
@@ -27,7 +27,7 @@ impl HKeys {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_hash(daemon, &self.key, out, |fields, out| {
             resp::array_len(out, fields.len());
             for (field, value) in fields {

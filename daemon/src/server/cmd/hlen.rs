@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct HLen(Vec<u8>);
 
@@ -15,7 +15,7 @@ impl HLen {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_hash(daemon, &self.0, out, |fields, out| resp::integer(out, fields.len() as i64));
     }
 }

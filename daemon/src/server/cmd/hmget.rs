@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct HMGet {
     key: Vec<u8>,
@@ -18,13 +18,13 @@ impl HMGet {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_hash(daemon, &self.key, out, |stored, out| {
             resp::array_len(out, self.fields.len());
             for want in &self.fields {
                 match stored.iter().find(|(f, _)| *f == want.as_slice()) {
                     Some((_, value)) => resp::bulk(out, value),
-                    None => resp::null(out),
+                    None => out.null(),
                 }
             }
         });

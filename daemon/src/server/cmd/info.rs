@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::ParseResult;
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 /// The Redis version whose read commands recd follows; some clients read it.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
@@ -16,7 +16,7 @@ impl Info {
         Ok(Info)
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let mut s = String::new();
         let _ = write!(
             s,

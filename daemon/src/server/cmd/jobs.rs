@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, parse_int, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Jobs(usize);
 
@@ -16,7 +16,7 @@ impl Jobs {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         resp::bulk(out, daemon.jobs_text(self.0).as_bytes());
     }
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct MGet(Vec<Vec<u8>>);
 
@@ -15,7 +15,7 @@ impl MGet {
         Ok(MGet(args.to_vec()))
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let mut snapshot = super::Snapshot::new(daemon);
         resp::array_len(out, self.0.len());
         for key in &self.0 {

@@ -36,7 +36,7 @@ mod zscore;
 use std::sync::Arc;
 
 use super::Role;
-use super::resp;
+use super::resp::{self, Reply};
 use crate::daemon::Daemon;
 use crate::store::{ServedTable, TableKind, decode_hash, decode_list};
 
@@ -233,7 +233,7 @@ fn unknown(name: &str, rest: &[Vec<u8>]) -> String {
 }
 
 /// Parses and runs one request, writing its reply to `out`.
-pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Client, out: &mut Vec<u8>) -> Flow {
+pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
     daemon.metrics.request(client.role);
     let cmd = match Command::from_args(args, client.role) {
         Ok(cmd) => cmd,
@@ -357,7 +357,7 @@ pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<Stored> {
 
 /// Runs `f` on the decoded list for `key`, best first (empty when absent); a hash gets
 /// WRONGTYPE.
-pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Vec<u8>, f: impl FnOnce(&[(&[u8], f32)], &mut Vec<u8>)) {
+pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[(&[u8], f32)], &mut Reply)) {
     match lookup(daemon, key) {
         Some(Stored::List(bytes)) => f(&decode_list(&bytes), out),
         Some(Stored::Hash(_)) => resp::error(out, WRONGTYPE),
@@ -367,7 +367,7 @@ pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Vec<u8>, f: impl FnOnce(
 
 /// Runs `f` on the decoded hash for `key`, fields in stored order (empty when absent); a
 /// list gets WRONGTYPE.
-pub fn with_hash(daemon: &Daemon, key: &[u8], out: &mut Vec<u8>, f: impl FnOnce(&[(&[u8], &[u8])], &mut Vec<u8>)) {
+pub fn with_hash(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[(&[u8], &[u8])], &mut Reply)) {
     match lookup(daemon, key) {
         Some(Stored::Hash(bytes)) => f(&decode_hash(&bytes), out),
         Some(Stored::List(_)) => resp::error(out, WRONGTYPE),

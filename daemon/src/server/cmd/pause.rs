@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Pause {
     job: String,
@@ -19,7 +19,7 @@ impl Pause {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         match daemon.set_paused(&self.job, self.paused) {
             Ok(()) => resp::simple(out, if self.paused { "OK paused" } else { "OK resumed" }),
             Err(e) => resp::error(out, &format!("ERR {e}")),

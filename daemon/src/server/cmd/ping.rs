@@ -1,6 +1,6 @@
 //! PING [message]
 use super::{ParseResult, wrong_args};
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Ping(Option<Vec<u8>>);
 
@@ -13,7 +13,7 @@ impl Ping {
         }
     }
 
-    pub fn apply(self, out: &mut Vec<u8>) {
+    pub fn apply(self, out: &mut Reply) {
         match self.0 {
             None => resp::simple(out, "PONG"),
             Some(m) => resp::bulk(out, &m),

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
-pub fn apply(daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+pub fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     let mut s = String::new();
     for p in daemon.plugins.list() {
         let _ = writeln!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Progress(String);
 
@@ -17,14 +17,14 @@ impl Progress {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         match daemon.progress(&self.0) {
             Some((done, total)) => {
                 resp::array_len(out, 2);
                 resp::integer(out, done as i64);
                 resp::integer(out, total as i64);
             }
-            None => resp::null(out),
+            None => out.null(),
         }
     }
 }

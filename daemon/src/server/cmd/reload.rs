@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
-pub async fn apply(daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+pub async fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     match daemon.reload().await {
         Ok(errors) if errors.is_empty() => resp::simple(out, "OK"),
         Ok(errors) => {

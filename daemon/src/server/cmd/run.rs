@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Run(String);
 
@@ -15,7 +15,7 @@ impl Run {
         }
     }
 
-    pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         match daemon.run_job(&self.0).await {
             Ok(report) => resp::simple(out, &report.to_string()),
             Err(e) => resp::error(out, &format!("ERR {e}")),

@@ -1,6 +1,6 @@
 //! SELECT index: recd has one database, 0.
 use super::{ParseResult, parse_int, wrong_args};
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Select;
 
@@ -13,7 +13,7 @@ impl Select {
         }
     }
 
-    pub fn apply(self, out: &mut Vec<u8>) {
+    pub fn apply(self, out: &mut Reply) {
         resp::simple(out, "OK");
     }
 }

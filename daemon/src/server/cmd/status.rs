@@ -2,8 +2,8 @@
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
-pub fn apply(daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+pub fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     resp::bulk(out, daemon.status_text().as_bytes());
 }

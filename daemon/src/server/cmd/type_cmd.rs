@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, Stored, lookup, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct Type(Vec<u8>);
 
@@ -15,7 +15,7 @@ impl Type {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let name = match lookup(daemon, &self.0) {
             Some(Stored::List(_)) => "zset",
             Some(Stored::Hash(_)) => "hash",

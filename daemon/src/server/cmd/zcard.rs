@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_list, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct ZCard(Vec<u8>);
 
@@ -15,7 +15,7 @@ impl ZCard {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_list(daemon, &self.0, out, |list, out| resp::integer(out, list.len() as i64));
     }
 }

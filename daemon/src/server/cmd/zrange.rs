@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, parse_int, with_list, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::{self, Reply};
 
 pub struct ZRange {
     pub key: Vec<u8>,
@@ -33,20 +33,25 @@ impl ZRange {
         Ok(ZRange { key: key.clone(), start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_list(daemon, &self.key, out, |list, out| {
             let Some((from, to)) = rank_range(self.start, self.stop, list.len()) else {
                 resp::array_len(out, 0);
                 return;
             };
             let n = to - from + 1;
-            resp::array_len(out, if self.withscores { 2 * n } else { n });
+            // RESP2: member, score, member, score...; RESP3 (as Redis 7): [member, score] pairs
+            let flat = self.withscores && !out.resp3;
+            resp::array_len(out, if flat { 2 * n } else { n });
             for rank in from..=to {
                 // The list is stored best first; ascending rank r is stored at len-1-r.
                 let (member, score) = if self.rev { list[rank] } else { list[list.len() - 1 - rank] };
+                if self.withscores && out.resp3 {
+                    resp::array_len(out, 2);
+                }
                 resp::bulk(out, member);
                 if self.withscores {
-                    resp::score(out, score);
+                    out.double(score);
                 }
             }
         });

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_list, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp;
+use crate::server::resp::Reply;
 
 pub struct ZScore {
     key: Vec<u8>,
@@ -18,10 +18,10 @@ impl ZScore {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Vec<u8>) {
+    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         with_list(daemon, &self.key, out, |list, out| match list.iter().find(|(m, _)| *m == self.member.as_slice()) {
-            Some((_, score)) => resp::score(out, *score),
-            None => resp::null(out),
+            Some((_, score)) => out.double(*score),
+            None => out.null(),
         });
     }
 }
