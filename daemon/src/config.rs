@@ -42,6 +42,8 @@ struct RawConfig {
     /// Published versions kept per table (current included).
     #[serde(default = "default_retain")]
     retain_versions: usize,
+    /// Also drop versions published more than this many days ago (never the current one).
+    retain_days: Option<f64>,
     /// On SIGTERM, how long running jobs may finish before they are cancelled.
     #[serde(default = "default_grace")]
     shutdown_grace_seconds: u64,
@@ -98,7 +100,7 @@ pub struct Config {
     pub jobs_dir: PathBuf,
     pub plugins_dir: PathBuf,
     pub onnxruntime: PathBuf,
-    pub retain_versions: usize,
+    pub retention: crate::store::Retention,
     pub shutdown_grace_seconds: u64,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub log_json: bool,
@@ -186,6 +188,12 @@ impl Config {
         if raw.max_request_bytes < 1024 {
             return Err(invalid("max_request_bytes", format!("must be at least 1024, got {}", raw.max_request_bytes)));
         }
+        let retain_days = match raw.retain_days {
+            Some(d) if !(d.is_finite() && d > 0.0) => {
+                return Err(invalid("retain_days", format!("must be a positive number of days, got {d}")));
+            }
+            other => other,
+        };
         let limits = Limits {
             max_clients: raw.max_clients,
             max_request_bytes: raw.max_request_bytes,
@@ -203,7 +211,10 @@ impl Config {
             jobs_dir: abs(raw.jobs_dir),
             plugins_dir: abs(raw.plugins_dir),
             onnxruntime: abs(onnxruntime),
-            retain_versions: raw.retain_versions.max(1),
+            retention: crate::store::Retention {
+                count: raw.retain_versions.max(1),
+                max_age: retain_days.map(|d| std::time::Duration::from_secs_f64(d * 86_400.0)),
+            },
             shutdown_grace_seconds: raw.shutdown_grace_seconds,
             metrics_listen,
             log_json,

@@ -104,6 +104,19 @@ enum Cmd {
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
+    /// Make a retained version of TABLE current again (default: the one before the current)
+    Rollback {
+        table: String,
+        version: Option<u64>,
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Check every table's current version against its published checksum, and that no
+    /// staging data is left; exit 1 on any finding
+    Verify {
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
     /// Quality of a published list table (or, with --churn, a churn table) against
     /// interactions after a cut-off
     Eval {
@@ -236,6 +249,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Plugins { admin_socket } => {
             override_path(&mut config.admin_socket, admin_socket);
             print_reply(client::call(&config.admin_socket, &[b"PLUGINS"])?)
+        }
+        Cmd::Rollback { table, version, admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            let version = version.map(|v| v.to_string());
+            let mut args: Vec<&[u8]> = vec![b"ROLLBACK", table.as_bytes()];
+            args.extend(version.as_deref().map(str::as_bytes));
+            print_reply(client::call(&config.admin_socket, &args)?)
+        }
+        Cmd::Verify { admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            print_reply(client::call(&config.admin_socket, &[b"VERIFY"])?)
         }
         Cmd::Worker | Cmd::ProbePlugin { .. } => unreachable!("handled in main"),
     }
@@ -380,7 +404,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = store::Store::open(&config.data_dir, config.retain_versions)
+    let store = store::Store::open(&config.data_dir, config.retention)
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))?;
     let daemon = daemon::Daemon::new(config.clone(), store);
     if let Err(e) = daemon.reload().await {

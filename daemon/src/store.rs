@@ -38,6 +38,18 @@ pub enum StoreError {
     Format { found: String },
     #[error("corrupt metadata for table `{table}`: {reason}")]
     Meta { table: String, reason: String },
+    #[error("no table `{0}`")]
+    NoTable(String),
+    #[error("table `{table}` keeps no version {version} (retained: {retained})")]
+    NotRetained { table: String, version: String, retained: String },
+}
+
+/// Which published versions a table keeps: at most `count` (the current one included),
+/// and none older than `max_age` except the current one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    pub count: usize,
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// One retained version of a table.
@@ -49,8 +61,9 @@ pub struct VersionInfo {
     pub run_id: u64,
     pub users: u64,
     pub rows: u64,
-    /// FNV-1a over every (user, encoded list) in the order the worker streamed them: lets tests and audits check a
-    /// served version is exactly what was published.
+    /// The wrapping sum, over every user, of FNV-1a of (user, 0xff, stored value): the same
+    /// in whatever order the rows came, so [`Store::verify`] recomputes it from the stored
+    /// version and proves it is exactly what was published.
     pub checksum: u64,
 }
 
@@ -126,13 +139,13 @@ pub struct Store {
     history: sled::Tree,
     state: sled::Tree,
     served: RwLock<HashMap<String, Arc<ServedTable>>>,
-    retain: usize,
+    retention: Retention,
     /// Serialises publishes so version numbers and meta updates never race.
     publish_lock: Mutex<()>,
 }
 
 impl Store {
-    pub fn open(dir: &Path, retain: usize) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get(KEY_FORMAT)? {
@@ -148,7 +161,7 @@ impl Store {
             db,
             meta,
             served: RwLock::new(HashMap::new()),
-            retain: retain.max(1),
+            retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
         };
         store.load_tables()?;
@@ -227,7 +240,7 @@ impl Store {
             users: 0,
             rows: 0,
             fallback: Vec::new(),
-            checksum: Fnv64::new(),
+            checksum: 0,
         })
     }
 
@@ -251,7 +264,7 @@ impl Store {
             run_id: staged.run_id,
             users: staged.users,
             rows: staged.rows,
-            checksum: staged.checksum.finish(),
+            checksum: staged.checksum,
         };
         let mut meta = self.table_meta(&staged.table)?.unwrap_or(TableMeta {
             current: info.version,
@@ -263,12 +276,7 @@ impl Store {
         meta.current = info.version;
         meta.kind = staged.kind;
         meta.fallback = staged.fallback.clone();
-        let dropped: Vec<u64> = if meta.versions.len() > self.retain {
-            let n = meta.versions.len() - self.retain;
-            meta.versions.drain(..n).map(|v| v.version).collect()
-        } else {
-            Vec::new()
-        };
+        let dropped = self.apply_retention(&mut meta);
         let encoded = serde_json::to_vec(&meta).expect("meta serialises");
         self.meta.insert(table_key(&staged.table), encoded)?;
         self.meta.flush()?;
@@ -285,6 +293,94 @@ impl Store {
             self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
         }
         Ok(info)
+    }
+
+    /// Drops from `meta` the versions retention no longer keeps (never the current one);
+    /// returns their numbers, whose trees the caller drops once the meta is written.
+    fn apply_retention(&self, meta: &mut TableMeta) -> Vec<u64> {
+        let now = chrono::Utc::now();
+        let too_old = |v: &VersionInfo| {
+            let Some(max_age) = self.retention.max_age else { return false };
+            let published = chrono::DateTime::parse_from_rfc3339(&v.published_at).map(|t| t.to_utc());
+            published.is_ok_and(|t| (now - t).to_std().is_ok_and(|age| age > max_age))
+        };
+        let mut dropped = Vec::new();
+        let current = meta.current;
+        meta.versions.retain(|v| {
+            let keep = v.version == current || !too_old(v);
+            if !keep {
+                dropped.push(v.version);
+            }
+            keep
+        });
+        while meta.versions.len() > self.retention.count {
+            let Some(at) = meta.versions.iter().position(|v| v.version != current) else { break };
+            dropped.push(meta.versions.remove(at).version);
+        }
+        dropped
+    }
+
+    /// Makes a retained version of `table` current again, atomically (one meta insert,
+    /// flushed): `version`, or by default the newest one older than the current. Later
+    /// publishes number on from the highest version ever kept.
+    pub fn rollback(&self, table: &str, version: Option<u64>) -> Result<VersionInfo, StoreError> {
+        let _guard = self.publish_lock.lock().expect("publish lock");
+        let mut meta = self.table_meta(table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
+        let target = match version {
+            Some(v) => meta.versions.iter().find(|i| i.version == v),
+            None => meta.versions.iter().filter(|i| i.version < meta.current).max_by_key(|i| i.version),
+        }
+        .cloned()
+        .ok_or_else(|| StoreError::NotRetained {
+            table: table.to_owned(),
+            version: version.map_or("older than the current one".into(), |v| v.to_string()),
+            retained: meta.versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>().join(", "),
+        })?;
+        meta.current = target.version;
+        let tree = self.db.open_tree(data_tree_name(table, target.version))?;
+        self.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
+        self.meta.flush()?;
+        let served = ServedTable { version: target.version, kind: meta.kind, fallback: meta.fallback, tree };
+        self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
+        Ok(target)
+    }
+
+    /// Recomputes the current version of every table from its stored rows and compares
+    /// users, rows and checksum with what was published; also finds data trees no table
+    /// references (staging left behind). One line per finding; empty: all sound.
+    pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        let mut referenced = HashSet::new();
+        for (table, meta) in self.tables()? {
+            referenced.extend(meta.versions.iter().map(|v| data_tree_name(&table, v.version)));
+            let Some(info) = meta.versions.iter().find(|v| v.version == meta.current) else {
+                problems.push(format!("{table}: current version {} is not among the retained ones", meta.current));
+                continue;
+            };
+            let (mut users, mut rows, mut checksum) = (0u64, 0u64, 0u64);
+            for entry in self.db.open_tree(data_tree_name(&table, info.version))?.iter() {
+                let (user, value) = entry?;
+                users += 1;
+                rows += match meta.kind {
+                    TableKind::Lists => decode_list(&value).len() as u64,
+                    TableKind::Hashes => 1,
+                };
+                checksum = checksum.wrapping_add(row_hash(&user, &value));
+            }
+            if (users, rows, checksum) != (info.users, info.rows, info.checksum) {
+                problems.push(format!(
+                    "{table} version {}: stored {users} users, {rows} rows, checksum {checksum:016x}; published {} users, {} rows, checksum {:016x}",
+                    info.version, info.users, info.rows, info.checksum
+                ));
+            }
+        }
+        for name in self.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if name.starts_with(DATA_TREE_PREFIX) && !referenced.contains(&name) {
+                problems.push(format!("unreferenced data tree {name}"));
+            }
+        }
+        Ok(problems)
     }
 
     /// Throws a staged version away.
@@ -371,7 +467,8 @@ pub struct StagedVersion {
     pub rows: u64,
     /// Published with the version: see [`TableMeta::fallback`].
     pub fallback: Vec<String>,
-    checksum: Fnv64,
+    /// See [`VersionInfo::checksum`].
+    checksum: u64,
 }
 
 impl StagedVersion {
@@ -387,8 +484,7 @@ impl StagedVersion {
     }
 
     fn put(&mut self, user: &str, value: Vec<u8>, rows: usize) -> Result<(), StoreError> {
-        self.checksum.write(user.as_bytes());
-        self.checksum.write(&value);
+        self.checksum = self.checksum.wrapping_add(row_hash(user.as_bytes(), &value));
         self.batch.insert(user.as_bytes(), value);
         self.users += 1;
         self.rows += rows as u64;
@@ -501,6 +597,15 @@ pub fn decode_hash(bytes: &[u8]) -> Vec<(&[u8], &[u8])> {
     out
 }
 
+/// One stored row's contribution to a version's checksum.
+fn row_hash(user: &[u8], value: &[u8]) -> u64 {
+    let mut h = Fnv64::new();
+    h.write(user);
+    h.write(&[0xff]);
+    h.write(value);
+    h.finish()
+}
+
 /// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version.
 struct Fnv64(u64);
 
@@ -547,7 +652,7 @@ mod tests {
     #[test]
     fn publish_switches_versions_and_keeps_the_retained_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 2).unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         for round in 1..=3u64 {
             let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
             staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
@@ -561,6 +666,77 @@ mod tests {
         let (_, meta) = store.tables().unwrap().remove(0);
         let kept: Vec<u64> = meta.versions.iter().map(|v| v.version).collect();
         assert_eq!(kept, vec![2, 3]);
+    }
+
+    fn publish_value(store: &Store, round: u64) -> VersionInfo {
+        let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
+        staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
+        staged.put_user("v", &mut [("j".into(), 1.0), ("k".into(), 2.0)]).unwrap();
+        store.publish(staged).unwrap()
+    }
+
+    fn served_score(store: &Store) -> f32 {
+        let value = store.served("t").unwrap().get(b"u").unwrap().unwrap();
+        decode_list(&value)[0].1
+    }
+
+    #[test]
+    fn rollback_makes_a_retained_version_current_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+            for round in 1..=3 {
+                publish_value(&store, round);
+            }
+            assert_eq!(store.rollback("t", None).unwrap().version, 2);
+            assert_eq!(served_score(&store), 2.0);
+            assert_eq!(store.rollback("t", Some(1)).unwrap().version, 1);
+            assert_eq!(served_score(&store), 1.0);
+            let err = store.rollback("t", Some(9)).unwrap_err().to_string();
+            assert_eq!(err, "table `t` keeps no version 9 (retained: 1, 2, 3)");
+            assert!(matches!(store.rollback("nope", None), Err(StoreError::NoTable(_))));
+            assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        }
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        assert_eq!(served_score(&store), 1.0, "the rollback is durable");
+        // the next publish numbers on from the highest kept and drops the oldest other than it
+        assert_eq!(publish_value(&store, 4).version, 4);
+        let (_, meta) = store.tables().unwrap().remove(0);
+        assert_eq!(meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn versions_older_than_max_age_are_dropped_but_never_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { count: 10, max_age: Some(std::time::Duration::from_millis(50)) };
+        let store = Store::open(dir.path(), retention).unwrap();
+        publish_value(&store, 1);
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        publish_value(&store, 2);
+        let (_, meta) = store.tables().unwrap().remove(0);
+        assert_eq!(meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2]);
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        // old, but current: kept
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == data_tree_name("t", 1).as_bytes()));
+    }
+
+    #[test]
+    fn verify_finds_a_version_that_differs_from_what_was_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+        publish_value(&store, 1);
+        // the checksum does not depend on the order rows were streamed in
+        let mut a = store.stage("t", "job", 2, TableKind::Lists).unwrap();
+        a.put_user("v", &mut [("j".into(), 1.0), ("k".into(), 2.0)]).unwrap();
+        a.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
+        assert_eq!(a.checksum, store.tables().unwrap()[0].1.versions[0].checksum);
+        store.discard(a).unwrap();
+        store.served("t").unwrap().tree.insert(b"u", encode_list(&mut [("x".into(), 9.0)])).unwrap();
+        let problems = store.verify().unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("t version 1: stored 2 users, 3 rows, checksum"), "{problems:?}");
     }
 
     #[test]
@@ -583,13 +759,13 @@ mod tests {
             error: None,
         };
         {
-            let store = Store::open(dir.path(), 2).unwrap();
+            let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
             for id in [5, 300, 7, 1000] {
                 store.record_run(&record("a", id), 3).unwrap();
             }
             store.record_run(&record("ab", 1), 3).unwrap();
         }
-        let store = Store::open(dir.path(), 2).unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         let ids: Vec<u64> = store.history("a", 10).unwrap().iter().map(|r| r.run_id).collect();
         assert_eq!(ids, vec![1000, 300, 7]);
         assert_eq!(store.history("ab", 10).unwrap().len(), 1);
@@ -599,14 +775,14 @@ mod tests {
     fn staged_data_left_by_a_crash_is_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 2).unwrap();
+            let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
             let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
             staged.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
             staged.write_pending().unwrap();
             store.flush().unwrap();
             // dropped without publish or discard, as a crash would leave it
         }
-        let store = Store::open(dir.path(), 2).unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         assert!(store.served("t").is_none());
         let names: Vec<String> =
             store.db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();

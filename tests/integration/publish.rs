@@ -72,3 +72,35 @@ fn readers_see_only_complete_versions_while_a_new_one_is_published() {
     }
     assert!(saw_old > 0 && saw_new > 0, "readers must overlap the publish: old {saw_old}, new {saw_new}");
 }
+
+#[test]
+fn recd_rollback_serves_a_retained_version_again() {
+    // the faulty plugin's "ok" mode with a different user each version tells them apart
+    let job = |user: &str| format!("plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\nuser = \"{user}\"\n");
+    let d = TestDaemon::start(&[("t", &job("first"))]);
+    d.run_job("t");
+    d.write_job("t", &job("second"));
+    assert!(d.cli(&["reload"]).status.success());
+    assert!(d.run_job("t").contains("version 2"));
+    let mut conn = d.redis();
+    let exists =
+        |conn: &mut redis::Connection, key: &str| -> i64 { redis::cmd("EXISTS").arg(key).query(conn).unwrap() };
+    assert_eq!((exists(&mut conn, "t:first"), exists(&mut conn, "t:second")), (0, 1));
+
+    let out = d.cli(&["rollback", "t"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK table t version 1"), "{out:?}");
+    assert_eq!((exists(&mut conn, "t:first"), exists(&mut conn, "t:second")), (1, 0));
+    let info: String = redis::cmd("INFO").query(&mut conn).unwrap();
+    assert!(info.contains("table_t:version=1,") && info.contains("retained=1|2"), "{info}");
+    assert!(d.cli(&["verify"]).status.success());
+
+    let out = d.cli(&["rollback", "t", "7"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("table `t` keeps no version 7 (retained: 1, 2)"), "{out:?}");
+    // apps cannot roll back
+    let refused = redis::cmd("ROLLBACK").arg("t").query::<String>(&mut conn).unwrap_err();
+    assert_eq!(refused.code(), Some("NOPERM"));
+    // forward again
+    assert!(String::from_utf8_lossy(&d.cli(&["rollback", "t", "2"]).stdout).starts_with("OK table t version 2"));
+    assert_eq!(exists(&mut conn, "t:second"), 1);
+}

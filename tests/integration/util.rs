@@ -85,7 +85,9 @@ impl TestDaemon {
             .expect("spawn recd serve");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(self.socket().exists() && self.admin_socket().exists()) {
+        // Connect rather than look for the files: after a crash the old ones are still there.
+        let up = |p: PathBuf| std::os::unix::net::UnixStream::connect(p).is_ok();
+        while !(up(self.socket()) && up(self.admin_socket())) {
             assert!(Instant::now() < deadline, "daemon did not start:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -184,6 +186,14 @@ impl TestDaemon {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up (its workers see their pipes close).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM, then waits; returns whether it exited with status 0.

@@ -24,10 +24,12 @@ mod ping;
 mod plugins;
 mod progress;
 mod reload;
+mod rollback;
 mod run;
 mod select;
 mod status;
 mod type_cmd;
+mod verify;
 mod zcard;
 mod zrange;
 mod zrevrange;
@@ -86,6 +88,8 @@ pub enum Command {
     Progress(progress::Progress),
     Plugins,
     Pause(pause::Pause),
+    Rollback(rollback::Rollback),
+    Verify,
 }
 
 /// Commands that change data in Redis: answered with `-READONLY`.
@@ -205,6 +209,7 @@ impl Command {
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
+            | "rollback" | "verify"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -218,6 +223,8 @@ impl Command {
             "plugins" => Command::Plugins,
             "pause" => Command::Pause(pause::Pause::parse(rest, true)?),
             "resume" => Command::Pause(pause::Pause::parse(rest, false)?),
+            "rollback" => Command::Rollback(rollback::Rollback::parse(rest)?),
+            "verify" => Command::Verify,
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
             }
@@ -275,6 +282,8 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
         Command::Progress(c) => c.apply(daemon, out),
         Command::Plugins => plugins::apply(daemon, out),
         Command::Pause(c) => c.apply(daemon, out),
+        Command::Rollback(c) => c.apply(daemon, out),
+        Command::Verify => verify::apply(daemon, out),
     }
     Flow::Continue
 }
