@@ -3,7 +3,8 @@
 # - ONNX Runtime 1.31.1 from PyPI into .deps/py (git-ignored; the worker loads its
 #   libonnxruntime.so and the tests use its Python binding as an independent scorer);
 # - Debian's redis-tools (redis-cli, redis-benchmark) and redis-server (the reference
-#   server the protocol tests compare against).
+#   server the protocol tests compare against);
+# - with --tests, redis-py from PyPI into .deps/py (a client the tests drive recd with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,12 @@ if [ ! -f "$ORT_LIB" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --target .deps/py "onnxruntime==${ORT_VERSION}"
 fi
 [ -f "$ORT_LIB" ] || { echo "setup: $ORT_LIB is missing after install" >&2; exit 1; }
+
+# redis-py: one of the client libraries the tests drive recd with (RESP2 and RESP3).
+if [ "${1:-}" = "--tests" ] && ! PYTHONPATH=.deps/py python3 -c "import redis, sys; sys.exit(redis.__version__ != '6.4.0')" 2>/dev/null; then
+  echo "setup: installing redis==6.4.0 (redis-py, for the client tests) into .deps/py"
+  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .deps/py "redis==6.4.0"
+fi
 
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: installing redis-tools and redis-server (clients for the demo, a reference server for the tests)"

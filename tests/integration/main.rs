@@ -9,6 +9,7 @@ mod util;
 
 mod c_plugin;
 mod churn;
+mod clients;
 mod crash;
 mod diversity;
 mod evaluation;
