@@ -1,0 +1,662 @@
+#!/usr/bin/env python3
+"""Serving benchmark: recd against a local redis-server holding the same lists.
+
+Run with ``make bench-serving`` (it builds the workspace first), or, once built:
+
+    python3 scripts/bench_serving.py [--users N] [--items N] [--scale F] [--keep] [--no-doc]
+
+Python standard library only. The script:
+
+1. makes a work folder under ``target/bench-serving/`` (git-ignored) with a ``recd.toml``
+   and one job file, ``synthetic.toml`` (the ``synthetic`` test plugin,
+   ``tests/plugins/synthetic``: ``--users`` users named as redis-benchmark renders
+   ``__rand_int__``, 12-digit zero-padded, with ``--items`` items each), starts
+   ``target/release/recd serve`` and runs the job with ``recd run``;
+2. starts ``redis-server`` on a Unix socket (no port, no persistence) and fills it from
+   recd: each user's list is read with ``GET bench:<user>`` (JSON) and written with
+   ``ZADD bench:<user> <score> <item> ...`` plus ``SET json:<user> <the same JSON>``
+   through ``redis-cli --pipe``;
+3. checks that both servers give byte-identical replies for a sample of users;
+4. runs redis-benchmark for every row (``ZREVRANGE <key> 0 9 WITHSCORES`` and ``GET <key>``,
+   1 and 50 clients, without and with ``-P 16``), against recd and against Redis one
+   after the other, random users with ``-r <users>``;
+5. prints the table and writes it, with the machine and the method, to
+   ``docs/performance.md`` (unless ``--no-doc``).
+
+Every process it starts is stopped (SIGTERM, then SIGKILL) whatever happens, by its own
+pid. The work folder is removed at the end unless ``--keep`` or a failure (then it holds
+the logs). Exit status 1 on any failure: a server that does not start, a failed run,
+replies that differ, a redis-benchmark error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECD = ROOT / "target" / "release" / "recd"
+PLUGIN = ROOT / "target" / "release" / "librecd_synthetic.so"
+ORT = ROOT / ".deps" / "py" / "onnxruntime" / "capi" / "libonnxruntime.so.1.31.1"
+DOC = ROOT / "docs" / "performance.md"
+TABLE = "bench"
+PIPELINE = 16
+
+
+class Fail(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"bench-serving: {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- RESP over a Unix socket
+
+
+def encode(args: list[bytes]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(parts)
+
+
+class Conn:
+    """A minimal pipelining RESP2 client: send many requests, then read the replies."""
+
+    def __init__(self, path: Path, timeout: float = 120.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = bytearray()
+        self.pos = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, requests: list[list[bytes]]) -> None:
+        """Sends the requests in one write, after dropping the replies already read."""
+        del self.buf[: self.pos]
+        self.pos = 0
+        self.sock.sendall(b"".join(encode(r) for r in requests))
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise Fail("the server closed the connection")
+        self.buf += chunk
+
+    def _line(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n", self.pos)
+            if end >= 0:
+                line = bytes(self.buf[self.pos : end])
+                self.pos = end + 2
+                return line
+            self._fill()
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n + 2:
+            self._fill()
+        data = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n + 2
+        return data
+
+    def reply(self):
+        """One reply: bytes, int, None (null), a list, or ("err", text) for an error reply."""
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return ("err", rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._take(n)
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        raise Fail(f"unexpected reply line {line[:80]!r}")
+
+    def call(self, *args: str | bytes):
+        self.send([[a.encode() if isinstance(a, str) else a for a in args]])
+        return self.reply()
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen, what: str, logfile: Path, secs: float = 30) -> None:
+    deadline = time.monotonic() + secs
+    while True:
+        try:
+            c = Conn(path, timeout=2)
+            if c.call("PING") == b"PONG":
+                c.close()
+                return
+            c.close()
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise Fail(f"{what} exited with status {proc.returncode}:\n{tail(logfile)}")
+        if time.monotonic() > deadline:
+            raise Fail(f"{what} did not answer PING on {path} within {secs}s:\n{tail(logfile)}")
+        time.sleep(0.05)
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Procs:
+    """Processes this script started; stop() ends each by its pid."""
+
+    def __init__(self):
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], logfile: Path, **kw) -> subprocess.Popen:
+        out = open(logfile, "wb")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
+        out.close()
+        self.started.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, grace: float = 20) -> int | None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.started):
+            self.stop(proc)
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+
+    def out(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return "unknown"
+
+    commit = out(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
+    dirty = out(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": mem,
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "redis": out(["redis-server", "--version"]),
+        "benchmark": out(["redis-benchmark", "--version"]),
+        "commit": commit + (" (with uncommitted changes to tracked files)" if dirty else ""),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------- steps
+
+
+def start_recd(procs: Procs, work: Path, users: int, items: int, seed: int) -> tuple[Path, Path]:
+    (work / "jobs").mkdir()
+    (work / "recd.toml").write_text(
+        'data_dir = "data"\n'
+        'socket = "recd.sock"\n'
+        'admin_socket = "admin.sock"\n'
+        'jobs_dir = "jobs"\n'
+        f'plugins_dir = "{RECD.parent}"\n'
+        f'onnxruntime = "{ORT}"\n'
+    )
+    (work / "jobs" / "synthetic.toml").write_text(
+        "# the serving benchmark's table: made-up lists, no schedule (run by the script)\n"
+        'description = "synthetic lists for make bench-serving"\n'
+        'plugin = "synthetic"\n'
+        f'table = "{TABLE}"\n'
+        f"max_items_per_user = {items}\n"
+        "[params]\n"
+        f"users = {users}\n"
+        f"items = {items}\n"
+        f"seed = {seed}\n"
+    )
+    config = work / "recd.toml"
+    proc = procs.start(
+        "recd serve",
+        [str(RECD), "serve", "--config", str(config)],
+        work / "recd.log",
+        env={**os.environ, "RECD_LOG": "info"},
+    )
+    wait_for_socket(work / "recd.sock", proc, "recd serve", work / "recd.log")
+    wait_for_socket(work / "admin.sock", proc, "recd serve (admin socket)", work / "recd.log")
+    log(f"recd serve is up (pid {proc.pid}); running the synthetic job ({users} users x {items} items)")
+    t0 = time.monotonic()
+    run = subprocess.run([str(RECD), "run", "synthetic", "--config", str(config)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise Fail(f"recd run synthetic failed ({run.returncode}):\n{run.stderr}{run.stdout}\n{tail(work / 'recd.log')}")
+    log(f"{run.stdout.strip()} [{time.monotonic() - t0:.1f}s wall]")
+    return work / "recd.sock", config
+
+
+def start_redis(procs: Procs, work: Path) -> Path:
+    sock = work / "redis.sock"
+    proc = procs.start(
+        "redis-server",
+        [
+            "redis-server",
+            "--port", "0",
+            "--unixsocket", str(sock),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(work),
+        ],
+        work / "redis.log",
+    )
+    wait_for_socket(sock, proc, "redis-server", work / "redis.log")
+    log(f"redis-server is up (pid {proc.pid})")
+    return sock
+
+
+ITEM_RE = re.compile(rb'\{"item":"((?:[^"\\]|\\.)*)","score":([^}]*)\}')
+
+
+def fill_redis(recd_sock: Path, redis_sock: Path, users: int, items: int) -> None:
+    """Reads every list from recd (GET, JSON) and writes it to Redis: ZADD + SET json:."""
+    t0 = time.monotonic()
+    pipe = subprocess.Popen(
+        ["redis-cli", "-s", str(redis_sock), "--pipe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    recd = Conn(recd_sock)
+    bulk: dict[bytes, bytes] = {}  # member or score text -> its RESP bulk (few distinct values)
+
+    def b(x: bytes) -> bytes:
+        piece = bulk.get(x)
+        if piece is None:
+            piece = bulk[x] = b"$%d\r\n%s\r\n" % (len(x), x)
+        return piece
+
+    zadd_head = b"*%d\r\n$4\r\nZADD\r\n" % (2 + 2 * items)
+    try:
+        batch = 2000
+        for first in range(0, users, batch):
+            names = [b"%012d" % u for u in range(first, min(first + batch, users))]
+            recd.send([[b"GET", b"%s:%s" % (TABLE.encode(), n)] for n in names])
+            out = []
+            for n in names:
+                text = recd.reply()
+                if not isinstance(text, bytes):
+                    raise Fail(f"GET {TABLE}:{n.decode()} on recd answered {text!r}")
+                pairs = ITEM_RE.findall(text)
+                if len(pairs) != items or any(b"\\" in m for m, _ in pairs):
+                    raise Fail(f"GET {TABLE}:{n.decode()}: expected {items} plain items, got {text[:200]!r}")
+                key = b"%s:%s" % (TABLE.encode(), n)
+                out.append(zadd_head + b"$%d\r\n%s\r\n" % (len(key), key))
+                out.append(b"".join(b(s) + b(m) for m, s in pairs))
+                out.append(encode([b"SET", b"json:" + n, text]))
+            assert pipe.stdin is not None
+            pipe.stdin.write(b"".join(out))
+        assert pipe.stdin is not None
+        pipe.stdin.close()
+        report = pipe.stdout.read().decode(errors="replace") if pipe.stdout else ""
+        if pipe.wait() != 0 or "errors: 0," not in report:
+            raise Fail(f"redis-cli --pipe failed:\n{report}")
+    finally:
+        recd.close()
+        if pipe.poll() is None:
+            pipe.kill()
+            pipe.wait()
+    log(f"redis-server filled from recd in {time.monotonic() - t0:.1f}s ({report.strip().splitlines()[-1]})")
+
+
+def check_same(recd_sock: Path, redis_sock: Path, users: int, items: int) -> int:
+    """Byte-identical replies on a sample of users; returns how many users were compared."""
+    a, r = Conn(recd_sock), Conn(redis_sock)
+    try:
+        dbsize = r.call("DBSIZE")
+        if dbsize != 2 * users:
+            raise Fail(f"redis-server holds {dbsize} keys, expected {2 * users}")
+        info = a.call("INFO")
+        want = f"table_{TABLE}:version=1,users={users},rows={users * items},"
+        if not isinstance(info, bytes) or want not in info.decode():
+            raise Fail(f"recd INFO has no `{want}`:\n{info!r}")
+        rng = random.Random(7)
+        sample = sorted({0, users - 1, *(rng.randrange(users) for _ in range(200))})
+
+        for u in sample:
+            name = f"{u:012d}"
+            for ours, theirs in [
+                (["ZREVRANGE", f"{TABLE}:{name}", "0", "9", "WITHSCORES"],) * 2,
+                (["ZREVRANGE", f"{TABLE}:{name}", "0", "-1", "WITHSCORES"],) * 2,
+                (["ZCARD", f"{TABLE}:{name}"],) * 2,
+                (["GET", f"{TABLE}:{name}"], ["GET", f"json:{name}"]),
+            ]:
+                x, y = exact(a, ours), exact(r, theirs)
+                if x != y:
+                    raise Fail(f"{' '.join(ours)} differs:\n recd:  {x[:300]!r}\n redis: {y[:300]!r}")
+        # a user outside the table is missing on both
+        for ours, theirs in [(["GET", f"{TABLE}:{users:012d}"], ["GET", f"json:{users:012d}"])]:
+            if exact(a, ours) != exact(r, theirs):
+                raise Fail("a missing key answers differently")
+        return len(sample)
+    finally:
+        a.close()
+        r.close()
+
+
+def exact(conn: Conn, args: list[str]) -> bytes:
+    """One request's reply as the exact bytes the server wrote."""
+    conn.send([[x.encode() for x in args]])  # drops what was read before: the reply starts at 0
+    conn.reply()
+    return bytes(conn.buf[: conn.pos])
+
+
+def benchmark(sock: Path, clients: int, pipeline: int, requests: int, users: int, cmd: list[str]) -> dict:
+    argv = [
+        "redis-benchmark", "-s", str(sock),
+        "-c", str(clients), "-n", str(requests), "-r", str(users), "-P", str(pipeline),
+        "--csv", *cmd,
+    ]
+    t0 = time.monotonic()
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - t0
+    rows = [r for r in csv.reader(io.StringIO(run.stdout)) if r]
+    if run.returncode != 0 or len(rows) < 2 or rows[0][:2] != ["test", "rps"]:
+        raise Fail(f"{' '.join(argv)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+    head, values = rows[0], rows[-1]
+    got = dict(zip(head, values))
+    return {
+        "rps": float(got["rps"]),
+        "avg": float(got["avg_latency_ms"]),
+        "p50": float(got["p50_latency_ms"]),
+        "p95": float(got["p95_latency_ms"]),
+        "p99": float(got["p99_latency_ms"]),
+        "max": float(got["max_latency_ms"]),
+        "wall": wall,
+        "stderr": run.stderr.strip(),
+        "argv": argv,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_rps(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def render_rows(results: list[dict]) -> list[str]:
+    lines = [
+        "| command | clients | pipeline | recd req/s | Redis req/s | req/s ratio | recd p50 ms | Redis p50 ms "
+        "| recd p99 ms | Redis p99 ms | p99 ratio | targets |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in results:
+        a, r = row["recd"], row["redis"]
+        lines.append(
+            f"| `{row['label']}` | {row['clients']} | {row['pipeline']} "
+            f"| {fmt_rps(a['rps'])} | {fmt_rps(r['rps'])} | {row['rps_ratio']:.2f} "
+            f"| {a['p50']:.3f} | {r['p50']:.3f} | {a['p99']:.3f} | {r['p99']:.3f} | {row['p99_ratio']:.2f} "
+            f"| {'met' if row['met'] else '**NOT met**'} |"
+        )
+    return lines
+
+
+def render_doc(results, m, meta) -> str:
+    met = sum(1 for r in results if r["met"])
+    n_unpiped, n_piped = meta["requests"]
+    return "\n".join(
+        [
+            "# Serving performance",
+            "",
+            "Generated by `make bench-serving` (`scripts/bench_serving.py`): do not edit by hand, run it",
+            "again. It compares recd with a local `redis-server` holding the same lists, both on Unix",
+            "sockets, measured by `redis-benchmark` in one run on one machine.",
+            "",
+            f"## Result ({meta['date']})",
+            "",
+            f"{meta['users']:,} users × {meta['items']} items. Latencies in milliseconds as redis-benchmark",
+            "reports them. *req/s ratio* is recd / Redis (higher is better for recd), *p99 ratio* is",
+            "recd p99 / Redis p99 (lower is better for recd).",
+            "",
+            *render_rows(results),
+            "",
+            "**Targets**, per row: throughput ratio ≥ 1.0 (recd serves at least as many requests per",
+            "second as Redis) and recd's p99 latency no worse than Redis's (p99 ratio ≤ 1.0).",
+            f"**{met} of {len(results)} rows meet both.**",
+            "" if met == len(results) else "Rows marked NOT met miss at least one of the two targets.",
+            "",
+            "## Machine",
+            "",
+            f"- CPU: {m['cpu']}, {m['cores']} cores (as the kernel reports them; a virtual machine)",
+            f"- RAM: {m['ram']}",
+            f"- Kernel: {m['kernel']}",
+            f"- Redis: `{m['redis']}`",
+            f"- Benchmark client: `{m['benchmark']}`",
+            f"- recd: commit `{m['commit']}`, release build (`cargo build --release --workspace`)",
+            f"- Load average (1, 5, 15 min) before the run: {meta['load_before']}; after: {meta['load_after']}.",
+            "  The machine is shared with other work, so the numbers carry noise from it; the",
+            "  benchmark client and both servers also share the same cores (see Method).",
+            f"- Whole run (start of recd to the last benchmark): {meta['run_time']:.0f} s.",
+            "",
+            "## Method",
+            "",
+            "Data. The `synthetic` test plugin (`tests/plugins/synthetic`) publishes table `bench`:",
+            f"{meta['users']:,} users named as redis-benchmark renders `__rand_int__` (12-digit zero-padded:",
+            f"`000000000000` to `{meta['users'] - 1:012d}`), each with {meta['items']} distinct items `item-<n>` from a",
+            "catalogue of 10,000 (seeded xorshift), scores strictly decreasing. Scores are multiples",
+            "of 1/16 (e.g. `873.4375`), exact in f32 and in f64, so recd (shortest f32 text) and",
+            "Redis 7.0 (`%.17g`) write the same score text and both servers send the same bytes.",
+            "",
+            "Redis. `redis-server --port 0 --unixsocket <path> --save \"\" --appendonly no`, filled from",
+            "recd itself: each user's list is read with `GET bench:<user>` and written with",
+            "`ZADD bench:<user> <score> <item> ...` and `SET json:<user> <the JSON recd returned>`",
+            "(through `redis-cli --pipe`). **GET differs in key only**: recd answers `GET bench:<user>`",
+            "with the list as JSON (its own extension; Redis would answer WRONGTYPE on a sorted set),",
+            "so on Redis the benchmark reads the same JSON text stored as a string under the parallel",
+            "key `json:<user>`. Before measuring, the script checks on "
+            f"{meta['checked']} users (the first, the last",
+            "and random ones) that `ZREVRANGE <key> 0 9 WITHSCORES`, `ZREVRANGE <key> 0 -1 WITHSCORES`, `ZCARD` and",
+            "`GET` give byte-identical replies on both servers, and that Redis holds exactly",
+            f"{2 * meta['users']:,} keys.",
+            "",
+            "Measurement. One redis-benchmark run per row and server, recd and Redis back to back",
+            "(which goes first alternates row by row), keys drawn at random over all users:",
+            "",
+            "```sh",
+            f"redis-benchmark -s <socket> -c <1|50> -n <N> -r {meta['users']} -P <1|16> --csv \\",
+            "    ZREVRANGE bench:__rand_int__ 0 9 WITHSCORES",
+            f"redis-benchmark -s <socket> -c <1|50> -n <N> -r {meta['users']} -P <1|16> --csv \\",
+            "    GET bench:__rand_int__        # recd;  GET json:__rand_int__ on Redis",
+            "```",
+            "",
+            f"with N = {n_unpiped:,} requests without pipelining and {n_piped:,} with `-P 16`. `-r` makes",
+            "redis-benchmark replace `__rand_int__` by a random 12-digit number below the user count,",
+            "anew for every request. redis-benchmark runs single-threaded (no `--threads`). Its latency",
+            "is measured once per batch, from when it starts writing the batch (1 request, or 16 with",
+            "`-P 16`) to the first read event of the replies, and recorded once for each request of",
+            "the batch; parsing the replies is left out. It reports p50/p99 from an HDR histogram in",
+            "milliseconds with 3 decimals. Both servers answer RESP2 (redis-benchmark's default).",
+            "recd runs with its defaults (a tokio runtime with one worker thread per core);",
+            "Redis 7.0 serves from one thread. On a 2-core machine the client and the server under",
+            "test compete for the cores, and recd's second worker thread competes with the client.",
+            "",
+            "Limits. One run, no repetition: a difference of a few per cent between two numbers is",
+            "within the noise of a shared machine. The sled store holds the whole table in the page",
+            "cache here (the fill read every list once before measuring), so this measures serving",
+            "from memory, not from disk.",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--requests", type=int, default=100_000, help="requests per row without pipelining")
+    p.add_argument("--requests-pipelined", type=int, default=400_000, help="requests per row with -P 16")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (store, logs)")
+    p.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/performance.md")
+    args = p.parse_args()
+
+    for path, hint in [(RECD, "cargo build --release --workspace"), (PLUGIN, "cargo build --release --workspace")]:
+        if not path.is_file():
+            raise Fail(f"{path} is missing: run `{hint}` (make bench-serving does)")
+    for tool in ["redis-server", "redis-cli", "redis-benchmark"]:
+        if shutil.which(tool) is None:
+            raise Fail(f"{tool} is not installed (scripts/setup.sh installs redis-tools and redis-server)")
+
+    m = machine()
+    load_before = loadavg()
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    base = ROOT / "target" / "bench-serving"
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    log(f"work folder {work}; load average {load_before}")
+    procs = Procs()
+    ok = False
+    t_start = time.monotonic()
+
+    def on_term(signum, _frame):
+        raise SystemExit(f"bench-serving: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    results = []
+    try:
+        recd_sock, _config = start_recd(procs, work, args.users, args.items, args.seed)
+        redis_sock = start_redis(procs, work)
+        fill_redis(recd_sock, redis_sock, args.users, args.items)
+        checked = check_same(recd_sock, redis_sock, args.users, args.items)
+        log(f"replies are byte-identical on {checked} sampled users")
+
+        commands = [
+            ("ZREVRANGE <key> 0 9 WITHSCORES", ["ZREVRANGE", f"{TABLE}:__rand_int__", "0", "9", "WITHSCORES"],
+             ["ZREVRANGE", f"{TABLE}:__rand_int__", "0", "9", "WITHSCORES"]),
+            ("GET <key>", ["GET", f"{TABLE}:__rand_int__"], ["GET", "json:__rand_int__"]),
+        ]
+        i = 0
+        for label, recd_cmd, redis_cmd in commands:
+            for clients in (1, 50):
+                for pipeline in (1, PIPELINE):
+                    n = args.requests if pipeline == 1 else args.requests_pipelined
+                    order = [("recd", recd_sock, recd_cmd), ("redis", redis_sock, redis_cmd)]
+                    if i % 2:
+                        order.reverse()
+                    i += 1
+                    row = {"label": label, "clients": clients, "pipeline": pipeline}
+                    for who, sock, cmd in order:
+                        row[who] = benchmark(sock, clients, pipeline, n, args.users, cmd)
+                        res = row[who]
+                        log(
+                            f"{who:5} {label} -c {clients} -P {pipeline}: {fmt_rps(res['rps'])} req/s, "
+                            f"p50 {res['p50']:.3f} ms, p99 {res['p99']:.3f} ms ({res['wall']:.1f}s)"
+                        )
+                        if res["stderr"]:
+                            log(f"  redis-benchmark stderr ({who}): {res['stderr'][:500]}")
+                    a, r = row["recd"], row["redis"]
+                    row["rps_ratio"] = a["rps"] / r["rps"]
+                    row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
+                    row["met"] = a["rps"] >= r["rps"] and a["p99"] <= r["p99"]
+                    results.append(row)
+        for _, proc in procs.started:
+            if proc.poll() is not None:
+                raise Fail(f"a server exited during the benchmark (status {proc.returncode})")
+        ok = True
+    except Fail as e:
+        print(f"bench-serving: FAILED: {e}", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        statuses = {name: proc.returncode for name, proc in procs.started}
+        if ok and statuses.get("recd serve") not in (0, None):
+            print(f"bench-serving: recd serve exited with status {statuses['recd serve']}", file=sys.stderr)
+            print(tail(work / "recd.log"), file=sys.stderr)
+            ok = False
+        errors = [ln for ln in tail(work / "recd.log", 10_000).splitlines() if " ERROR " in ln or " WARN " in ln]
+        if errors:
+            log("recd logged warnings or errors:\n" + "\n".join(errors[:20]))
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"work folder kept: {work}")
+    if not ok:
+        return 1
+
+    run_time = time.monotonic() - t_start
+    meta = {
+        "date": date,
+        "users": args.users,
+        "items": args.items,
+        "requests": (args.requests, args.requests_pipelined),
+        "checked": checked,
+        "load_before": load_before,
+        "load_after": loadavg(),
+        "run_time": run_time,
+    }
+    print()
+    print("\n".join(render_rows(results)))
+    print()
+    met = sum(1 for r in results if r["met"])
+    print(f"targets (req/s ratio >= 1.0 and p99 <= Redis's) met in {met} of {len(results)} rows; run time {run_time:.0f}s")
+    if not args.no_doc:
+        DOC.write_text(render_doc(results, m, meta))
+        log(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Fail as e:
+        print(f"bench-serving: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
