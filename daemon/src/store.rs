@@ -524,40 +524,87 @@ fn decode_meta(table: &str, bytes: &[u8]) -> Result<TableMeta, StoreError> {
 
 /// Encodes a list best first: score descending, ties by member descending, which is the
 /// order Redis's ZREVRANGE gives. Layout: u32 count, then per entry f32 score, u16 length,
-/// member bytes (all little-endian).
+/// member bytes (all little-endian); then the list as GET's JSON, pre-encoded so a GET is
+/// one lookup and one copy (values written before it was added end after the entries, and
+/// GET builds their JSON on the fly).
 pub fn encode_list(list: &mut [(String, f32)]) -> Vec<u8> {
     list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     let len: usize = list.iter().map(|(m, _)| 6 + m.len()).sum();
-    let mut out = Vec::with_capacity(4 + len);
+    let mut out = Vec::with_capacity(4 + 2 * len + list.len() * 24);
     out.extend_from_slice(&(list.len() as u32).to_le_bytes());
     for (member, score) in list.iter() {
         out.extend_from_slice(&score.to_le_bytes());
         out.extend_from_slice(&(member.len() as u16).to_le_bytes());
         out.extend_from_slice(member.as_bytes());
     }
+    let entries: Vec<(&[u8], f32)> = list.iter().map(|(m, s)| (m.as_bytes(), *s)).collect();
+    write_list_json(&entries, &mut out);
     out
 }
 
-/// Decodes [`encode_list`]'s bytes into (member, score) pairs, best first.
-pub fn decode_list(bytes: &[u8]) -> Vec<(&[u8], f32)> {
-    let mut out = Vec::new();
-    if bytes.len() < 4 {
-        return out;
-    }
-    let n = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    out.reserve(n);
-    let mut at = 4;
-    while out.len() < n && at + 6 <= bytes.len() {
-        let score = f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let len = u16::from_le_bytes(bytes[at + 4..at + 6].try_into().expect("2 bytes")) as usize;
-        let start = at + 6;
-        if start + len > bytes.len() {
-            break;
+/// Writes `[{"item":"85123A","score":0.53},...]`; scores in their shortest f32 form, the
+/// same text ZSCORE gives.
+pub fn write_list_json(list: &[(&[u8], f32)], out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (i, (member, score)) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        out.push((&bytes[start..start + len], score));
-        at = start + len;
+        out.extend_from_slice(b"{\"item\":");
+        let item = serde_json::to_string(&String::from_utf8_lossy(member)).expect("json string");
+        out.extend_from_slice(item.as_bytes());
+        out.extend_from_slice(b",\"score\":");
+        out.extend_from_slice(crate::server::resp::format_score(*score).as_bytes());
+        out.push(b'}');
     }
-    out
+    out.push(b']');
+}
+
+/// The entries of an encoded list, best first, read in place.
+pub struct ListEntries<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    left: usize,
+}
+
+impl<'a> ListEntries<'a> {
+    pub fn new(bytes: &'a [u8]) -> ListEntries<'a> {
+        let left = bytes.get(..4).map_or(0, |n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize);
+        ListEntries { bytes, at: 4, left }
+    }
+
+    /// Entries not yet read (the list's length, before the first `next`).
+    pub fn remaining(&self) -> usize {
+        self.left
+    }
+
+    /// What follows the entries once all are read: the pre-encoded JSON, if stored.
+    pub fn rest(mut self) -> &'a [u8] {
+        while self.next().is_some() {}
+        self.bytes.get(self.at..).unwrap_or(&[])
+    }
+}
+
+impl<'a> Iterator for ListEntries<'a> {
+    type Item = (&'a [u8], f32);
+
+    fn next(&mut self) -> Option<(&'a [u8], f32)> {
+        if self.left == 0 {
+            return None;
+        }
+        let head = self.bytes.get(self.at..self.at + 6)?;
+        let score = f32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        let len = u16::from_le_bytes(head[4..6].try_into().expect("2 bytes")) as usize;
+        let member = self.bytes.get(self.at + 6..self.at + 6 + len)?;
+        self.at += 6 + len;
+        self.left -= 1;
+        Some((member, score))
+    }
+}
+
+/// Decodes [`encode_list`]'s entries into (member, score) pairs, best first.
+pub fn decode_list(bytes: &[u8]) -> Vec<(&[u8], f32)> {
+    ListEntries::new(bytes).collect()
 }
 
 /// Encodes a user's hash in field order. Layout: u32 count, then per field u16 name

@@ -91,4 +91,6 @@ fn redis_benchmark_runs_against_recd_without_errors() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("requests per second"), "{text}");
     assert!(!text.contains("ERR") && !text.contains("rror"), "{text}");
+    // it asks for CONFIG at start and gets an answer (no "Could not fetch server CONFIG")
+    assert!(!text.contains("WARNING"), "{text}");
 }

@@ -145,6 +145,10 @@ fn read_commands_answer_exactly_as_redis_server_does() {
         vec!["SELECT", "0"],
         vec!["SELECT", "16"],
         vec!["SELECT", "x"],
+        // what clients and redis-benchmark ask at start-up
+        vec!["CONFIG", "GET", "save"],
+        vec!["CONFIG", "GET", "appendonly"],
+        vec!["CONFIG", "GET", "no-such-setting"],
     ];
     compare(&d.socket(), &redis.socket, &cases);
 }

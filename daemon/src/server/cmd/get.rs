@@ -8,7 +8,7 @@ use super::Stored;
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
-use crate::store::{decode_hash, decode_list};
+use crate::store::{ListEntries, decode_hash, decode_list, write_list_json};
 
 pub struct Get(Vec<u8>);
 
@@ -29,7 +29,14 @@ impl Get {
 pub fn write_json(stored: Option<Stored>, out: &mut Reply) {
     match stored {
         None => out.null(),
-        Some(Stored::List(bytes)) => resp::bulk(out, &list_json(&decode_list(&bytes))),
+        Some(Stored::List(bytes)) => match ListEntries::new(&bytes).rest() {
+            [] => {
+                let mut json = Vec::new();
+                write_list_json(&decode_list(&bytes), &mut json);
+                resp::bulk(out, &json);
+            }
+            stored => resp::bulk(out, stored),
+        },
         Some(Stored::Hash(bytes)) => resp::bulk(out, &hash_json(&decode_hash(&bytes))),
     }
 }
@@ -53,24 +60,5 @@ fn hash_json(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
         }
     }
     out.push(b'}');
-    out
-}
-
-/// Scores are written in their shortest f32 form, the same text ZSCORE gives.
-fn list_json(list: &[(&[u8], f32)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + list.len() * 40);
-    out.push(b'[');
-    for (i, (member, score)) in list.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"item\":");
-        let item = serde_json::to_string(&String::from_utf8_lossy(member)).expect("json string");
-        out.extend_from_slice(item.as_bytes());
-        out.extend_from_slice(b",\"score\":");
-        out.extend_from_slice(resp::format_score(*score).as_bytes());
-        out.push(b'}');
-    }
-    out.push(b']');
     out
 }

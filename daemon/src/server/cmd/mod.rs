@@ -5,6 +5,7 @@
 
 mod client;
 mod command;
+mod config;
 mod echo;
 mod exists;
 mod get;
@@ -63,6 +64,7 @@ pub enum Command {
     Echo(echo::Echo),
     Hello(hello::Hello),
     Introspect(command::CommandCmd),
+    ConfigGet(config::ConfigGet),
     Client(client::ClientCmd),
     Select(select::Select),
     Exists(exists::Exists),
@@ -189,6 +191,7 @@ impl Command {
             "echo" => Command::Echo(echo::Echo::parse(rest)?),
             "hello" => Command::Hello(hello::Hello::parse(rest)?),
             "command" => Command::Introspect(command::CommandCmd::parse(rest)?),
+            "config" => Command::ConfigGet(config::ConfigGet::parse(rest)?),
             "client" => Command::Client(client::ClientCmd::parse(rest)?),
             "select" => Command::Select(select::Select::parse(rest)?),
             "exists" => Command::Exists(exists::Exists::parse(rest)?),
@@ -254,6 +257,7 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
         Command::Echo(c) => c.apply(out),
         Command::Hello(c) => c.apply(client, out),
         Command::Introspect(c) => c.apply(out),
+        Command::ConfigGet(c) => c.apply(daemon, out),
         Command::Client(c) => c.apply(client, out),
         Command::Select(c) => c.apply(out),
         Command::Exists(c) => c.apply(daemon, out),
@@ -371,6 +375,15 @@ pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[
         Some(Stored::List(bytes)) => f(&decode_list(&bytes), out),
         Some(Stored::Hash(_)) => resp::error(out, WRONGTYPE),
         None => f(&[], out),
+    }
+}
+
+/// Like [`with_list`], on the stored bytes, for commands that read only part of a list.
+pub fn with_list_bytes(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[u8], &mut Reply)) {
+    match lookup(daemon, key) {
+        Some(Stored::List(bytes)) => f(&bytes, out),
+        Some(Stored::Hash(_)) => resp::error(out, WRONGTYPE),
+        None => f(&0u32.to_le_bytes(), out),
     }
 }
 

@@ -2,9 +2,10 @@
 //! Redis's index rules (negative counts from the end; out of range gives an empty list).
 use std::sync::Arc;
 
-use super::{ParseResult, parse_int, with_list, wrong_args};
+use super::{ParseResult, parse_int, with_list_bytes, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
+use crate::store::ListEntries;
 
 pub struct ZRange {
     pub key: Vec<u8>,
@@ -33,9 +34,13 @@ impl ZRange {
         Ok(ZRange { key: key.clone(), start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
     }
 
+    /// Reads only the entries asked for, in place: ZREVRANGE key 0 9 of a 100-item list
+    /// touches 10 entries and allocates nothing.
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_list(daemon, &self.key, out, |list, out| {
-            let Some((from, to)) = rank_range(self.start, self.stop, list.len()) else {
+        with_list_bytes(daemon, &self.key, out, |bytes, out| {
+            let entries = ListEntries::new(bytes);
+            let len = entries.remaining();
+            let Some((from, to)) = rank_range(self.start, self.stop, len) else {
                 resp::array_len(out, 0);
                 return;
             };
@@ -43,18 +48,28 @@ impl ZRange {
             // RESP2: member, score, member, score...; RESP3 (as Redis 7): [member, score] pairs
             let flat = self.withscores && !out.resp3;
             resp::array_len(out, if flat { 2 * n } else { n });
-            for rank in from..=to {
-                // The list is stored best first; ascending rank r is stored at len-1-r.
-                let (member, score) = if self.rev { list[rank] } else { list[list.len() - 1 - rank] };
-                if self.withscores && out.resp3 {
-                    resp::array_len(out, 2);
+            // Stored best first: descending rank r is entry r, ascending rank r is entry len-1-r.
+            if self.rev {
+                for entry in entries.skip(from).take(n) {
+                    self.write_entry(entry, out);
                 }
-                resp::bulk(out, member);
-                if self.withscores {
-                    out.double(score);
+            } else {
+                let picked: Vec<(&[u8], f32)> = entries.skip(len - 1 - to).take(n).collect();
+                for entry in picked.into_iter().rev() {
+                    self.write_entry(entry, out);
                 }
             }
         });
+    }
+
+    fn write_entry(&self, (member, score): (&[u8], f32), out: &mut Reply) {
+        if self.withscores && out.resp3 {
+            resp::array_len(out, 2);
+        }
+        resp::bulk(out, member);
+        if self.withscores {
+            out.double(score);
+        }
     }
 }
 
