@@ -142,6 +142,8 @@ pub struct Store {
     retention: Retention,
     /// Serialises publishes so version numbers and meta updates never race.
     publish_lock: Mutex<()>,
+    /// Data trees of versions being written now: not yet referenced, and not left over.
+    staging: Mutex<HashSet<String>>,
 }
 
 impl Store {
@@ -163,6 +165,7 @@ impl Store {
             served: RwLock::new(HashMap::new()),
             retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
+            staging: Mutex::new(HashSet::new()),
         };
         store.load_tables()?;
         store.drop_unreferenced()?;
@@ -227,7 +230,8 @@ impl Store {
         let version = last.unwrap_or(0) + 1;
         let name = data_tree_name(table, version);
         self.db.drop_tree(name.as_bytes())?;
-        let tree = self.db.open_tree(name)?;
+        let tree = self.db.open_tree(&name)?;
+        self.staging.lock().expect("staging").insert(name);
         Ok(StagedVersion {
             table: table.to_owned(),
             job: job.to_owned(),
@@ -254,6 +258,7 @@ impl Store {
     /// Makes `staged` the current version of its table, atomically, after it is durable;
     /// then drops versions beyond the retention count.
     pub fn publish(&self, mut staged: StagedVersion) -> Result<VersionInfo, StoreError> {
+        let _unstage = Unstage(self, data_tree_name(&staged.table, staged.version));
         staged.write_pending()?;
         self.db.flush()?;
         let _guard = self.publish_lock.lock().expect("publish lock");
@@ -374,9 +379,10 @@ impl Store {
                 ));
             }
         }
+        let staging = self.staging.lock().expect("staging").clone();
         for name in self.db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
-            if name.starts_with(DATA_TREE_PREFIX) && !referenced.contains(&name) {
+            if name.starts_with(DATA_TREE_PREFIX) && !referenced.contains(&name) && !staging.contains(&name) {
                 problems.push(format!("unreferenced data tree {name}"));
             }
         }
@@ -385,6 +391,7 @@ impl Store {
 
     /// Throws a staged version away.
     pub fn discard(&self, staged: StagedVersion) -> Result<(), StoreError> {
+        let _unstage = Unstage(self, data_tree_name(&staged.table, staged.version));
         self.db.drop_tree(data_tree_name(&staged.table, staged.version).as_bytes())?;
         Ok(())
     }
@@ -450,6 +457,16 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Takes a version off the staging list once it is published or discarded, however that
+/// ends.
+struct Unstage<'s>(&'s Store, String);
+
+impl Drop for Unstage<'_> {
+    fn drop(&mut self) {
+        self.0.staging.lock().expect("staging").remove(&self.1);
     }
 }
 
@@ -767,6 +784,19 @@ mod tests {
         // old, but current: kept
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
         assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == data_tree_name("t", 1).as_bytes()));
+    }
+
+    #[test]
+    fn verify_does_not_count_a_version_being_written_as_left_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+        publish_value(&store, 1);
+        let mut staged = store.stage("t", "job", 2, TableKind::Lists).unwrap();
+        staged.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
+        staged.write_pending().unwrap();
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        store.discard(staged).unwrap();
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
     }
 
     #[test]
