@@ -106,12 +106,12 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         }
     }
     let catalogue: HashSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    // With --max-past-items only cold users count: the others leave the truth altogether.
+    if let Some(max) = args.max_past_items {
+        relevant.retain(|u, _| had.get(u).map_or(0, HashSet::len) <= max);
+    }
 
-    let mut users: Vec<&str> = relevant
-        .keys()
-        .copied()
-        .filter(|u| args.max_past_items.is_none_or(|max| had.get(u).map_or(0, HashSet::len) <= max))
-        .collect();
+    let mut users: Vec<&str> = relevant.keys().copied().collect();
     users.sort_unstable();
     let fetched = fetch_lists(socket, &args.table, &users, args.k)?;
     let lists: HashMap<&str, Vec<&str>> = users

@@ -53,3 +53,37 @@ fn eval_reports_hand_computed_metrics() {
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("ndcg@k") && text.contains("intra-list diversity  n/a"), "{text}");
 }
+
+#[test]
+fn max_past_items_counts_only_cold_users() {
+    // table t: u1 -> a (3), b (2), c (1); u1 is cold (one item before), u3 warm (two)
+    let d = TestDaemon::start(&[("j", "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n")]);
+    d.run_job("j");
+    let truth = d.dir.path().join("truth.csv");
+    std::fs::write(
+        &truth,
+        "user_id,item_id,ts\nu1,x,2020-12-01T00:00:00\nu1,b,2021-01-05T00:00:00\n\
+         u3,x,2020-12-01T00:00:00\nu3,y,2020-12-02T00:00:00\nu3,q,2021-01-05T00:00:00\n\
+         u4,a,2021-01-07T00:00:00\n",
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args =
+            vec!["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2", "--json"];
+        args.extend_from_slice(extra);
+        let out = d.cli(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // everyone with something new: u1 (hit b), u3 (no list), u4 (new, no list)
+    let all = eval(&[]);
+    assert_eq!(all["users"], 3);
+    close(&all, "hit_rate", 1.0 / 3.0);
+    // at most one past item: u1 and the new u4; u3 is not counted at all
+    let cold = eval(&["--max-past-items", "1"]);
+    assert_eq!(cold["users"], 2);
+    close(&cold, "hit_rate", 0.5);
+    let new_only = eval(&["--max-past-items", "0"]);
+    assert_eq!(new_only["users"], 1);
+    close(&new_only, "hit_rate", 0.0);
+}
