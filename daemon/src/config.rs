@@ -63,6 +63,10 @@ struct RawConfig {
     /// Close a connection that sends nothing for this long; 0 (default, as Redis): never.
     #[serde(default)]
     idle_timeout_seconds: u64,
+    /// Threads serving the sockets; 0 (default): one per core but one, since the apps
+    /// reading a Unix socket run on the same machine and need a core too.
+    #[serde(default)]
+    serve_threads: usize,
 }
 
 fn default_max_clients() -> usize {
@@ -105,6 +109,7 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub log_json: bool,
     pub limits: Limits,
+    pub serve_threads: usize,
 }
 
 /// What one client may take of the server.
@@ -219,6 +224,10 @@ impl Config {
             metrics_listen,
             log_json,
             limits,
+            serve_threads: match raw.serve_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+                n => n,
+            },
         })
     }
 }
