@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is
 # missing (scripts/setup.sh) and build first.
-.PHONY: setup demo test lint model
+.PHONY: setup demo test lint model quality bench-serving
 
 setup:
 	scripts/setup.sh
@@ -21,3 +21,17 @@ model:
 	python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
 	PYTHONPATH=.deps/pytools python3 scripts/derive_demo_data.py
 	PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py
+
+# Regenerates docs/quality.md: every strategy trained and run through the daemon on data before a
+# cut-off and scored with `recd eval` on what follows (retail demo data and MovieLens 100K, read in
+# place from ../shared/data/ml-100k; work files in target/quality/).
+quality: setup
+	python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
+	PYTHONPATH=.deps/pytools python3 scripts/quality_report.py
+
+# Regenerates docs/performance.md: redis-benchmark against recd and against a local redis-server
+# holding the same 100,000 lists (ZREVRANGE and GET, 1 and 50 clients, with and without -P 16);
+# work files in target/bench-serving/. Needs redis-server and redis-tools (scripts/setup.sh).
+bench-serving:
+	cargo build --release --workspace
+	python3 scripts/bench_serving.py

@@ -51,7 +51,10 @@ pub fn mean_at_k<'a>(
 ) -> (AtK, usize) {
     let mut sum = AtK::default();
     let mut users = 0;
-    for (user, rel) in relevant {
+    // In user order: float sums in hash order would differ in the last bits run to run.
+    let mut ordered: Vec<(&&str, &HashSet<&str>)> = relevant.iter().collect();
+    ordered.sort_unstable_by_key(|(u, _)| **u);
+    for (user, rel) in ordered {
         if rel.is_empty() {
             continue;
         }

@@ -122,7 +122,9 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         .collect();
 
     let (m, counted) = eval::mean_at_k(&lists, &relevant, args.k);
-    let novelty = mean(lists.values().filter_map(|l| eval::novelty(l, args.k, &popularity, had.len())));
+    // Means in user order (sorted), so the last bits are the same on every run.
+    let in_order = || users.iter().filter_map(|u| lists.get(u));
+    let novelty = mean(in_order().filter_map(|l| eval::novelty(l, args.k, &popularity, had.len())));
     let categories =
         args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
     let diversity = categories.as_ref().and_then(|cat| {
@@ -130,7 +132,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
             (Some(x), Some(y)) if x == y => 0.0,
             _ => 1.0,
         };
-        mean(lists.values().filter_map(|l| eval::intra_list_diversity(l, args.k, distance)))
+        mean(in_order().filter_map(|l| eval::intra_list_diversity(l, args.k, distance)))
     });
     Ok(Report {
         table: args.table.clone(),

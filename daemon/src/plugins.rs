@@ -178,7 +178,7 @@ fn probe_once(path: &Path, request: &ProbeRequest) -> (Result<PluginDesc, (Strin
 fn run_probe(path: &Path, request_json: &str) -> Result<crate::worker::Probe, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = crate::runner::self_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .arg("probe-plugin")
         .arg(path)

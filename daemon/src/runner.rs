@@ -201,7 +201,7 @@ pub fn execute(
         device: job.device,
         onnxruntime: config.onnxruntime.clone(),
     };
-    let exe = std::env::current_exe().map_err(anyhow::Error::from)?;
+    let exe = self_exe().map_err(anyhow::Error::from)?;
     let mut child = Command::new(exe)
         .arg("worker")
         .stdin(Stdio::piped())
@@ -261,6 +261,14 @@ pub fn execute(
             Err(e)
         }
     }
+}
+
+/// This very executable, to start workers and probes with. `/proc/self/exe` names the
+/// running binary's inode, so it still works after an upgrade replaced the file on disk
+/// (`current_exe` would give the path, now of another file or of none).
+pub fn self_exe() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() { Ok(proc_exe) } else { std::env::current_exe() }
 }
 
 /// Deletes a run's scratch folder when the run is over, however it ends.

@@ -68,3 +68,22 @@ fn systemd_is_told_when_the_daemon_is_ready_and_when_it_stops() {
     let n = listener.recv(&mut buf).expect("STOPPING=1 from the daemon");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+/// An upgrade replaces the executable while the daemon runs: runs started afterwards still
+/// get a worker (the running daemon's own binary, not whatever is at its path now).
+#[test]
+fn runs_still_start_after_the_executable_is_replaced_on_disk() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir.path().join("recd");
+    std::fs::copy(crate::util::RECD, &bin).unwrap();
+    let job = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let mut d = TestDaemon::start(&[("t", job)]);
+    d.restart_from(&bin);
+    assert!(d.run_job("t").contains("version 1"));
+    // as a package manager does: a new file under the same name
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::copy(crate::util::RECD, &bin).unwrap();
+    assert!(d.run_job("t").contains("version 2"));
+    std::fs::remove_file(&bin).unwrap();
+    assert!(d.run_job("t").contains("version 3"), "the file is gone, the running binary is not");
+}

@@ -40,6 +40,8 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// The recd executable `serve` runs from (default: cargo's).
+    bin: PathBuf,
 }
 
 impl TestDaemon {
@@ -67,14 +69,14 @@ impl TestDaemon {
         ) + extra_config;
         std::fs::write(dir.path().join("recd.toml"), config).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = TestDaemon { dir, child: None, env };
+        let mut d = TestDaemon { dir, child: None, env, bin: PathBuf::from(RECD) };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(RECD)
+        let child = Command::new(&self.bin)
             .args(["serve", "--config"])
             .arg(self.config())
             .env("RECD_LOG", "info")
@@ -172,6 +174,13 @@ impl TestDaemon {
             assert!(Instant::now() < deadline, "timed out waiting for {what}\n--- daemon log ---\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the daemon and starts it again from another copy of the executable.
+    pub fn restart_from(&mut self, bin: &Path) {
+        self.stop();
+        self.bin = bin.to_path_buf();
+        self.spawn();
     }
 
     /// Starts the daemon again on the same folder (after `stop`).
