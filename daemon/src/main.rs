@@ -111,6 +111,14 @@ enum Cmd {
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
+    /// Copy the store in FROM into a new store in TO (sled export/import, verified before and
+    /// after); for moving data between store formats. Run it with the daemon stopped.
+    Migrate {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Check every table's current version against its published checksum, and that no
     /// staging data is left; exit 1 on any finding
     Verify {
@@ -256,6 +264,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut args: Vec<&[u8]> = vec![b"ROLLBACK", table.as_bytes()];
             args.extend(version.as_deref().map(str::as_bytes));
             print_reply(client::call(&config.admin_socket, &args)?)
+        }
+        Cmd::Migrate { from, to } => {
+            let tables = store::Store::migrate(&from, &to)?;
+            println!("migrated {tables} tables from {} to {}", from.display(), to.display());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { admin_socket } => {
             override_path(&mut config.admin_socket, admin_socket);

@@ -33,7 +33,7 @@ pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error(
-        "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); migrations are not implemented yet: keep the data dir of the recd that wrote it"
+        "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); keep the data dir of the recd that wrote it, or move it with that recd's `recd migrate` (docs/operations.md)"
     )]
     Format { found: String },
     #[error("corrupt metadata for table `{table}`: {reason}")]
@@ -171,6 +171,39 @@ impl Store {
         store.drop_unreferenced()?;
         store.db.flush()?;
         Ok(store)
+    }
+
+    /// Copies the store in `from` into a new store in `to` through sled's export/import,
+    /// the path sled documents for moving data between its on-disk formats; a recd that
+    /// changes its own format converts values on the way. `to` must not hold a store. The
+    /// source is checked first (format version, every current version against its
+    /// checksum) and the copy after.
+    pub fn migrate(from: &Path, to: &Path) -> Result<usize, StoreError> {
+        let retention = Retention { count: usize::MAX, max_age: None };
+        let problems = Store::open(from, retention)?.verify()?;
+        if !problems.is_empty() {
+            return Err(StoreError::Meta {
+                table: "*".into(),
+                reason: format!("source fails verify: {}", problems.join("; ")),
+            });
+        }
+        if to.exists() && std::fs::read_dir(to).map_or(true, |mut d| d.next().is_some()) {
+            return Err(StoreError::Meta { table: "*".into(), reason: format!("{} is not empty", to.display()) });
+        }
+        let source = sled::Config::new().path(from).open()?;
+        let target = sled::Config::new().path(to).open()?;
+        target.import(source.export());
+        target.flush()?;
+        drop((source, target));
+        let copied = Store::open(to, retention)?;
+        let problems = copied.verify()?;
+        if !problems.is_empty() {
+            return Err(StoreError::Meta {
+                table: "*".into(),
+                reason: format!("copy fails verify: {}", problems.join("; ")),
+            });
+        }
+        Ok(copied.tables()?.len())
     }
 
     fn load_tables(&self) -> Result<(), StoreError> {
@@ -784,6 +817,25 @@ mod tests {
         // old, but current: kept
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
         assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == data_tree_name("t", 1).as_bytes()));
+    }
+
+    #[test]
+    fn migrate_copies_every_table_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("old"), dir.path().join("new"));
+        {
+            let store = Store::open(&from, Retention { count: 3, max_age: None }).unwrap();
+            publish_value(&store, 1);
+            publish_value(&store, 2);
+            store.rollback("t", Some(1)).unwrap();
+        }
+        assert_eq!(Store::migrate(&from, &to).unwrap(), 1);
+        let store = Store::open(&to, Retention { count: 3, max_age: None }).unwrap();
+        assert_eq!(served_score(&store), 1.0, "the current version, rolled back, is kept");
+        let (_, meta) = store.tables().unwrap().remove(0);
+        assert_eq!(meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
+        let err = Store::migrate(&from, &to).unwrap_err().to_string();
+        assert!(err.ends_with("is not empty"), "{err}");
     }
 
     #[test]

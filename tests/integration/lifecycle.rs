@@ -87,3 +87,24 @@ fn runs_still_start_after_the_executable_is_replaced_on_disk() {
     std::fs::remove_file(&bin).unwrap();
     assert!(d.run_job("t").contains("version 3"), "the file is gone, the running binary is not");
 }
+
+/// `recd migrate` copies a stopped daemon's store into a new data dir, which then serves
+/// the same tables.
+#[test]
+fn recd_migrate_moves_the_store_to_a_new_data_dir() {
+    let job = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let mut d = TestDaemon::start(&[("t", job)]);
+    d.run_job("t");
+    assert!(d.stop());
+    let (from, to) = (d.dir.path().join("data"), d.dir.path().join("data2"));
+    let out = d.cli(&["migrate", "--from", from.to_str().unwrap(), "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("migrated 1 tables"));
+    let config = std::fs::read_to_string(d.config()).unwrap().replace("data_dir = \"data\"", "data_dir = \"data2\"");
+    std::fs::write(d.config(), config).unwrap();
+    std::fs::remove_dir_all(&from).unwrap();
+    d.restart();
+    assert!(d.cli(&["verify"]).status.success());
+    let list: Vec<String> = redis::cmd("ZREVRANGE").arg("t:u1").arg(0).arg(-1).query(&mut d.redis()).unwrap();
+    assert_eq!(list.len(), 3);
+}
