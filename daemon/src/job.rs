@@ -500,7 +500,8 @@ impl Job {
             .and_then(|m| m.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
             .filter(|k| !k.is_empty());
         let keyed = key.and_then(|k| {
-            let at = text.lines().skip(header).position(|l| {
+            // within the section: up to the next table header
+            let at = text.lines().skip(header).take_while(|l| !l.trim_start().starts_with('[')).position(|l| {
                 let l = l.trim_start();
                 l.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with('='))
             })?;

@@ -103,7 +103,11 @@ impl Registry {
         let snap = self.dir.join(format!("{sha}.so"));
         if !snap.exists() {
             fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-            let tmp = self.dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+            // Unique per call: two reloads may snapshot the same file at once (a watcher
+            // reload and `recd reload`), and must not rename each other's copy away.
+            static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = self.dir.join(format!(".{sha}.{}.{n}.tmp", std::process::id()));
             fs::copy(path, &tmp).map_err(|e| format!("snapshotting plugin {}: {e}", path.display()))?;
             // The copy must be what we hashed: a file rewritten meanwhile is caught here.
             if sha256_file(&tmp).map_err(|e| e.to_string())? != sha {
@@ -316,5 +320,26 @@ mod tests {
         assert_ne!(sha, sha2);
         assert_eq!(fs::read(&snap).unwrap(), b"version one", "a running worker's snapshot is untouched");
         assert_eq!(fs::read(&snap2).unwrap(), b"version two");
+    }
+
+    #[test]
+    fn concurrent_snapshots_of_one_file_all_succeed() {
+        let data = tempfile::tempdir().unwrap();
+        let plugins = tempfile::tempdir().unwrap();
+        let file = plugins.path().join("librecd_x.so");
+        fs::write(&file, vec![7u8; 4 << 20]).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(10);
+        fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        let reg = std::sync::Arc::new(Registry::new(data.path()));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (reg, file) = (reg.clone(), file.clone());
+                std::thread::spawn(move || reg.snapshot(&file, None))
+            })
+            .collect();
+        for t in threads {
+            let (snap, _) = t.join().unwrap().expect("every snapshot succeeds");
+            assert_eq!(fs::metadata(&snap).unwrap().len(), 4 << 20);
+        }
     }
 }

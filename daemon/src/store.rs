@@ -258,13 +258,20 @@ impl Store {
     pub fn stage(&self, table: &str, job: &str, run_id: u64, kind: TableKind) -> Result<StagedVersion, StoreError> {
         let _guard = self.publish_lock.lock().expect("publish lock");
         let last = self.table_meta(table)?.and_then(|m| m.versions.iter().map(|v| v.version).max());
-        // A tree above the last published version may exist from a crashed run that
-        // drop_unreferenced has not seen (same process): start it empty.
-        let version = last.unwrap_or(0) + 1;
+        // Above versions other runs are writing for this table now (two jobs may publish
+        // one table): each run gets a tree of its own.
+        let mut staging = self.staging.lock().expect("staging");
+        let prefix = data_tree_name(table, 0);
+        let prefix = &prefix[..prefix.len() - 20];
+        let staged = staging.iter().filter_map(|n| n.strip_prefix(prefix)?.parse::<u64>().ok()).max();
+        let version = last.unwrap_or(0).max(staged.unwrap_or(0)) + 1;
         let name = data_tree_name(table, version);
+        // A tree at that number may exist from a crashed run that drop_unreferenced has
+        // not seen (same process): start it empty.
         self.db.drop_tree(name.as_bytes())?;
         let tree = self.db.open_tree(&name)?;
-        self.staging.lock().expect("staging").insert(name);
+        staging.insert(name);
+        drop(staging);
         Ok(StagedVersion {
             table: table.to_owned(),
             job: job.to_owned(),
@@ -387,6 +394,9 @@ impl Store {
     /// users, rows and checksum with what was published; also finds data trees no table
     /// references (staging left behind). One line per finding; empty: all sound.
     pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+        // Publishes wait while a verify runs: a version switched or dropped halfway through
+        // the scan would read as a mismatch or a left-over tree.
+        let _guard = self.publish_lock.lock().expect("publish lock");
         let mut problems = Vec::new();
         let mut referenced = HashSet::new();
         for (table, meta) in self.tables()? {
@@ -836,6 +846,21 @@ mod tests {
         assert_eq!(meta.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
         let err = Store::migrate(&from, &to).unwrap_err().to_string();
         assert!(err.ends_with("is not empty"), "{err}");
+    }
+
+    #[test]
+    fn two_runs_writing_one_table_at_once_get_versions_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        let mut a = store.stage("t", "job-a", 1, TableKind::Lists).unwrap();
+        let mut b = store.stage("t", "job-b", 2, TableKind::Lists).unwrap();
+        assert_eq!((a.version, b.version), (1, 2));
+        a.put_user("u", &mut [("a".into(), 1.0)]).unwrap();
+        b.put_user("u", &mut [("b".into(), 1.0)]).unwrap();
+        store.discard(b).unwrap();
+        assert_eq!(store.publish(a).unwrap().version, 1, "discarding b left a's tree alone");
+        assert_eq!(decode_list(&store.served("t").unwrap().get(b"u").unwrap().unwrap())[0].0, b"a");
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
     }
 
     #[test]

@@ -67,7 +67,11 @@ async fn handle(
             resp::error(&mut out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
             flow = Flow::Close;
         }
-        stream.write_all(&out.buf).await?;
+        // A client that stopped reading must not hold up shutdown.
+        tokio::select! {
+            r = stream.write_all(&out.buf) => r?,
+            _ = stop.changed() => return Ok(()),
+        }
         out.clear();
         if flow == Flow::Close {
             return Ok(());

@@ -51,12 +51,25 @@ pub async fn run(listener: UnixListener, shutdown: impl Future<Output = ()>, dae
                     // must not stall the accept loop.
                     let _ = tokio::time::timeout(std::time::Duration::from_millis(100), stream.write_all(TOO_MANY)).await;
                 }
+                Ok((stream, _)) if role == Role::Admin => {
+                    // Admin commands may scan the store (VERIFY) or wait on it: they run on
+                    // the main runtime, never on a thread that serves apps.
+                    let id = next_id;
+                    next_id += 1;
+                    conns.spawn(connection::serve(stream, id, role, Arc::clone(&daemon), stop_rx.clone()));
+                }
                 Ok((stream, _)) => {
                     let id = next_id;
                     next_id += 1;
                     // A socket belongs to the runtime that registered it: hand it over as a
                     // plain fd and register it again on its serving thread.
-                    let Ok(std_stream) = stream.into_std() else { continue };
+                    let std_stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("cannot hand connection {id} to a serving thread: {e}");
+                            continue;
+                        }
+                    };
                     let (conn_daemon, stop) = (Arc::clone(&daemon), stop_rx.clone());
                     let serve = async move {
                         match tokio::net::UnixStream::from_std(std_stream) {
