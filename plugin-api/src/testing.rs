@@ -135,22 +135,17 @@ impl Harness {
     /// Checks the job as a host does before any run: create, then `check` with each input
     /// cut to zero rows (the model-inputs table kept whole), then destroy.
     pub fn check<S: Strategy>(self) -> Result<(), PluginError> {
-        let mut err = RecdError::new();
-        let mut instance: *mut c_void = std::ptr::null_mut();
-        // SAFETY: valid pointers for the call, as a host passes them.
-        let rc = unsafe { create_entry::<S>(self.params.as_ptr(), self.params.len(), &mut instance, &mut err) };
-        if rc != code::OK {
-            return Err(PluginError::new(rc, err.message()));
-        }
-        let names: Vec<CString> =
-            self.inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
-        let mut tables = Vec::new();
-        for ((name, batch), c_name) in self.inputs.into_iter().zip(&names) {
-            let batch = if name == crate::abi::MODEL_INPUTS_TABLE { batch } else { batch.slice(0, 0) };
-            let (array, schema) = to_ffi(&StructArray::from(batch).into_data())
-                .map_err(|e| PluginError::internal(format!("arrow export failed: {e}")))?;
-            tables.push(RecdTable { name: c_name.as_ptr(), schema, array });
-        }
+        let inputs: Vec<(String, RecordBatch)> = self
+            .inputs
+            .into_iter()
+            .map(|(name, batch)| {
+                let batch = if name == crate::abi::MODEL_INPUTS_TABLE { batch } else { batch.slice(0, 0) };
+                (name, batch)
+            })
+            .collect();
+        let names = table_names(&inputs);
+        let mut tables = abi_tables(inputs, &names)?;
+        let instance = create::<S>(&self.params)?;
         let mut err = RecdError::new();
         // SAFETY: instance from create_entry::<S>; tables outlive the call.
         let rc = unsafe { check_entry::<S>(instance, tables.as_mut_ptr(), tables.len(), &mut err) };
@@ -165,21 +160,9 @@ impl Harness {
 
     /// Runs `S` once: create (params validation), run, destroy.
     pub fn run<S: Strategy>(self) -> Result<Output, PluginError> {
-        let mut err = RecdError::new();
-        let mut instance: *mut c_void = std::ptr::null_mut();
-        // SAFETY: valid pointers for the call, as a host passes them.
-        let rc = unsafe { create_entry::<S>(self.params.as_ptr(), self.params.len(), &mut instance, &mut err) };
-        if rc != code::OK {
-            return Err(PluginError::new(rc, err.message()));
-        }
-        let names: Vec<CString> =
-            self.inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
-        let mut tables = Vec::new();
-        for ((_, batch), name) in self.inputs.into_iter().zip(&names) {
-            let (array, schema) = to_ffi(&StructArray::from(batch).into_data())
-                .map_err(|e| PluginError::internal(format!("arrow export failed: {e}")))?;
-            tables.push(RecdTable { name: name.as_ptr(), schema, array });
-        }
+        let names = table_names(&self.inputs);
+        let mut tables = abi_tables(self.inputs, &names)?;
+        let instance = create::<S>(&self.params)?;
         let mut state = HostState {
             hashes: self.hashes,
             scorer: self.scorer,
@@ -210,6 +193,33 @@ impl Harness {
 
 /// # Safety
 /// `ctx` is the `HostState` the harness put in the vtable.
+/// Creates an instance through the ABI entry point, as a host does.
+fn create<S: Strategy>(params: &str) -> Result<*mut c_void, PluginError> {
+    let mut err = RecdError::new();
+    let mut instance: *mut c_void = std::ptr::null_mut();
+    // SAFETY: valid pointers for the call, as a host passes them.
+    let rc = unsafe { create_entry::<S>(params.as_ptr(), params.len(), &mut instance, &mut err) };
+    if rc != code::OK {
+        return Err(PluginError::new(rc, err.message()));
+    }
+    Ok(instance)
+}
+
+fn table_names(inputs: &[(String, RecordBatch)]) -> Vec<CString> {
+    inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect()
+}
+
+/// The inputs as the ABI hands them over; `names` must outlive the tables.
+fn abi_tables(inputs: Vec<(String, RecordBatch)>, names: &[CString]) -> Result<Vec<RecdTable>, PluginError> {
+    let mut tables = Vec::with_capacity(inputs.len());
+    for ((_, batch), name) in inputs.into_iter().zip(names) {
+        let (array, schema) = to_ffi(&StructArray::from(batch).into_data())
+            .map_err(|e| PluginError::internal(format!("arrow export failed: {e}")))?;
+        tables.push(RecdTable { name: name.as_ptr(), schema, array });
+    }
+    Ok(tables)
+}
+
 unsafe fn state<'a>(ctx: *mut c_void) -> &'a mut HostState {
     // SAFETY: per the caller.
     unsafe { &mut *ctx.cast::<HostState>() }

@@ -61,19 +61,24 @@ pub fn model_scores(pairs: &[(String, String)]) -> Vec<f32> {
         "model": dir.join("mf.onnx"),
         "pairs": pairs.iter().map(|(u, i)| [u, i]).collect::<Vec<_>>(),
     });
+    python(SCORER, &req).into_iter().map(|s| s as f32).collect()
+}
+
+/// Runs `script` with onnxruntime's Python binding on the path, `request` as JSON on its
+/// stdin; it prints a JSON list of numbers.
+fn python(script: &str, request: &serde_json::Value) -> Vec<f64> {
     let mut child = Command::new("python3")
-        .args(["-c", SCORER])
+        .args(["-c", script])
         .env("PYTHONPATH", root().join(".deps/py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "python scorer failed: {}", String::from_utf8_lossy(&out.stderr));
-    let scores: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
-    scores.into_iter().map(|s| s as f32).collect()
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 const NAMED_SCORER: &str = r#"
@@ -93,16 +98,5 @@ pub fn python_scores(model: &str, inputs: &[(&str, Vec<f64>)], output: &str) -> 
     let feeds: serde_json::Map<String, serde_json::Value> =
         inputs.iter().map(|(name, values)| (name.to_string(), serde_json::json!(values))).collect();
     let req = serde_json::json!({ "model": root().join(model), "inputs": feeds, "output": output });
-    let mut child = Command::new("python3")
-        .args(["-c", NAMED_SCORER])
-        .env("PYTHONPATH", root().join(".deps/py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.take().unwrap().write_all(req.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "python scorer failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    python(NAMED_SCORER, &req)
 }

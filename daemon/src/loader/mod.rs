@@ -161,13 +161,8 @@ pub struct Instance<'p> {
 impl Instance<'_> {
     /// Runs the strategy over `inputs` with `host` answering its callbacks.
     pub fn run(&mut self, host: &mut dyn Host, inputs: Vec<(String, RecordBatch)>) -> Result<(), PluginCallError> {
-        let names: Vec<CString> = inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
-        let mut tables = Vec::with_capacity(inputs.len());
-        for ((_, batch), name) in inputs.into_iter().zip(&names) {
-            let (array, schema) =
-                export_batch(batch).map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
-            tables.push(RecdTable { name: name.as_ptr(), schema, array });
-        }
+        let names = table_names(&inputs);
+        let mut tables = abi_tables(inputs, &names)?;
         let mut host_ref: &mut dyn Host = host;
         let vtable = RecdHost {
             ctx: (&mut host_ref as *mut &mut dyn Host).cast(),
@@ -193,13 +188,8 @@ impl Instance<'_> {
     /// the plugin has no check (ABI 1.0, or a NULL entry).
     pub fn check(&mut self, inputs: Vec<(String, RecordBatch)>) -> Result<(), PluginCallError> {
         let Some(check_fn) = self.plugin.descriptor.check else { return Ok(()) };
-        let names: Vec<CString> = inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect();
-        let mut tables = Vec::with_capacity(inputs.len());
-        for ((_, batch), name) in inputs.into_iter().zip(&names) {
-            let (array, schema) =
-                export_batch(batch).map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
-            tables.push(RecdTable { name: name.as_ptr(), schema, array });
-        }
+        let names = table_names(&inputs);
+        let mut tables = abi_tables(inputs, &names)?;
         let mut err = RecdError::new();
         // SAFETY: the instance came from this plugin's `create`; the tables outlive the
         // call and are moved to the plugin per the ABI.
@@ -216,6 +206,22 @@ impl Drop for Instance<'_> {
         // SAFETY: ptr came from this plugin's `create` and is not used after this.
         unsafe { destroy(ptr) };
     }
+}
+
+/// The inputs' names as C strings, for [`abi_tables`] to point into.
+fn table_names(inputs: &[(String, RecordBatch)]) -> Vec<CString> {
+    inputs.iter().map(|(n, _)| CString::new(n.as_str()).unwrap_or_default()).collect()
+}
+
+/// The inputs as the ABI hands them to `run` or `check`; `names` must outlive the tables.
+fn abi_tables(inputs: Vec<(String, RecordBatch)>, names: &[CString]) -> Result<Vec<RecdTable>, PluginCallError> {
+    let mut tables = Vec::with_capacity(inputs.len());
+    for ((_, batch), name) in inputs.into_iter().zip(names) {
+        let (array, schema) =
+            export_batch(batch).map_err(|e| PluginCallError { code: code::INVALID_INPUT, message: e })?;
+        tables.push(RecdTable { name: name.as_ptr(), schema, array });
+    }
+    Ok(tables)
 }
 
 fn export_batch(batch: RecordBatch) -> Result<(FFI_ArrowArray, FFI_ArrowSchema), String> {
