@@ -40,6 +40,8 @@ pub enum StoreError {
     Meta { table: String, reason: String },
     #[error("no table `{0}`")]
     NoTable(String),
+    #[error("migrate: {0}")]
+    Migrate(String),
     #[error("table `{table}` keeps no version {version} (retained: {retained})")]
     NotRetained { table: String, version: String, retained: String },
 }
@@ -182,13 +184,10 @@ impl Store {
         let retention = Retention { count: usize::MAX, max_age: None };
         let problems = Store::open(from, retention)?.verify()?;
         if !problems.is_empty() {
-            return Err(StoreError::Meta {
-                table: "*".into(),
-                reason: format!("source fails verify: {}", problems.join("; ")),
-            });
+            return Err(StoreError::Migrate(format!("source fails verify: {}", problems.join("; "))));
         }
         if to.exists() && std::fs::read_dir(to).map_or(true, |mut d| d.next().is_some()) {
-            return Err(StoreError::Meta { table: "*".into(), reason: format!("{} is not empty", to.display()) });
+            return Err(StoreError::Migrate(format!("{} is not empty", to.display())));
         }
         let source = sled::Config::new().path(from).open()?;
         let target = sled::Config::new().path(to).open()?;
@@ -198,10 +197,7 @@ impl Store {
         let copied = Store::open(to, retention)?;
         let problems = copied.verify()?;
         if !problems.is_empty() {
-            return Err(StoreError::Meta {
-                table: "*".into(),
-                reason: format!("copy fails verify: {}", problems.join("; ")),
-            });
+            return Err(StoreError::Migrate(format!("copy fails verify: {}", problems.join("; "))));
         }
         Ok(copied.tables()?.len())
     }
