@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -306,6 +307,19 @@ def start_redis(procs: Procs, work: Path) -> Path:
 ITEM_RE = re.compile(rb'\{"item":"((?:[^"\\]|\\.)*)","score":([^}]*)\}')
 
 
+def measure_memory(procs: Procs, work: Path, redis_sock: Path) -> dict:
+    """recd's resident memory, its store's size on disk and Redis's own count of its data."""
+    recd = next(proc for name, proc in procs.started if name == "recd serve")
+    status = Path(f"/proc/{recd.pid}/status").read_text()
+    rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+    store = sum(f.stat().st_size for f in (work / "data").rglob("*") if f.is_file())
+    conn = Conn(redis_sock)
+    info = conn.call("INFO", "memory").decode()
+    conn.close()
+    used = int(re.search(r"^used_memory:(\d+)", info, re.M).group(1))
+    return {"recd_rss_mb": rss_kb // 1024, "store_mb": store >> 20, "redis_mb": used >> 20}
+
+
 def fill_redis(recd_sock: Path, redis_sock: Path, users: int, items: int) -> None:
     """Reads every list from recd (GET, JSON) and writes it to Redis: ZADD + SET json:."""
     t0 = time.monotonic()
@@ -486,6 +500,7 @@ def render_doc(results, m, meta) -> str:
             "  The machine is shared with other work, so the numbers carry noise from it; the",
             "  benchmark client and both servers also share the same cores (see Method).",
             f"- Whole run (start of recd to the last benchmark): {meta['run_time']:.0f} s.",
+            f"- recd memory (RSS) after the run: {meta['recd_rss_mb']:,} MiB; Redis `used_memory`: {meta['redis_mb']:,} MiB.",
             "",
             "## Method",
             "",
@@ -508,8 +523,10 @@ def render_doc(results, m, meta) -> str:
             "`GET` give byte-identical replies on both servers, and that Redis holds exactly",
             f"{2 * meta['users']:,} keys.",
             "",
-            "Measurement. One redis-benchmark run per row and server, recd and Redis back to back",
-            "(which goes first alternates row by row), keys drawn at random over all users:",
+            f"Measurement. {meta['rounds']} redis-benchmark runs per row and server, recd and Redis back to",
+            "back (which goes first alternates run by run); each number in the table is the median of",
+            "that server's runs (rate and percentiles taken separately). Keys are drawn at random over",
+            "all users:",
             "",
             "```sh",
             f"redis-benchmark -s <socket> -c <1|50> -n <N> -r {meta['users']} -P <1|16> --csv \\",
@@ -529,10 +546,13 @@ def render_doc(results, m, meta) -> str:
             "per core but one (on this 2-core machine: one), each connection on one of them;",
             "Redis 7.0 serves from one thread. The client and the server under test share the cores.",
             "",
-            "Limits. One run, no repetition: a difference of a few per cent between two numbers is",
-            "within the noise of a shared machine. The sled store holds the whole table in the page",
-            "cache here (the fill read every list once before measuring), so this measures serving",
-            "from memory, not from disk.",
+            "Limits. A difference of a few per cent between two numbers is within the noise of a",
+            "shared machine, medians or not. The fill read every list once before measuring, so",
+            "recd serves from memory here: its read cache (`read_cache_mb`, default 1024 MiB, values",
+            f"kept after a first read) holds the whole table ({meta['store_mb']:,} MiB of sled data on",
+            "disk), as Redis holds it. A table bigger than the read cache is read through sled's",
+            "B-tree for the rest; before the read cache, GET with 50 clients and `-P 16` ran at",
+            "about 0.7 of Redis on this benchmark.",
             "",
         ]
     )
@@ -545,6 +565,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--requests", type=int, default=100_000, help="requests per row without pipelining")
     p.add_argument("--requests-pipelined", type=int, default=400_000, help="requests per row with -P 16")
+    p.add_argument("--rounds", type=int, default=3, help="runs per row and server; the median is reported")
     p.add_argument("--keep", action="store_true", help="keep the work folder (store, logs)")
     p.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/performance.md")
     args = p.parse_args()
@@ -590,20 +611,27 @@ def main() -> int:
             for clients in (1, 50):
                 for pipeline in (1, PIPELINE):
                     n = args.requests if pipeline == 1 else args.requests_pipelined
-                    order = [("recd", recd_sock, recd_cmd), ("redis", redis_sock, redis_cmd)]
-                    if i % 2:
-                        order.reverse()
-                    i += 1
                     row = {"label": label, "clients": clients, "pipeline": pipeline}
-                    for who, sock, cmd in order:
-                        row[who] = benchmark(sock, clients, pipeline, n, args.users, cmd)
-                        res = row[who]
-                        log(
-                            f"{who:5} {label} -c {clients} -P {pipeline}: {fmt_rps(res['rps'])} req/s, "
-                            f"p50 {res['p50']:.3f} ms, p99 {res['p99']:.3f} ms ({res['wall']:.1f}s)"
-                        )
-                        if res["stderr"]:
-                            log(f"  redis-benchmark stderr ({who}): {res['stderr'][:500]}")
+                    runs: dict[str, list[dict]] = {"recd": [], "redis": []}
+                    for _ in range(args.rounds):
+                        # Alternate who goes first, so drift in the machine's load
+                        # (it is shared) falls on both servers alike.
+                        order = [("recd", recd_sock, recd_cmd), ("redis", redis_sock, redis_cmd)]
+                        if i % 2:
+                            order.reverse()
+                        i += 1
+                        for who, sock, cmd in order:
+                            res = benchmark(sock, clients, pipeline, n, args.users, cmd)
+                            runs[who].append(res)
+                            log(
+                                f"{who:5} {label} -c {clients} -P {pipeline}: {fmt_rps(res['rps'])} req/s, "
+                                f"p50 {res['p50']:.3f} ms, p99 {res['p99']:.3f} ms ({res['wall']:.1f}s)"
+                            )
+                            if res["stderr"]:
+                                log(f"  redis-benchmark stderr ({who}): {res['stderr'][:500]}")
+                    for who, got in runs.items():
+                        row[who] = {k: statistics.median(r[k] for r in got) for k in ("rps", "p50", "p99")}
+                        row[who]["rounds"] = got
                     a, r = row["recd"], row["redis"]
                     row["rps_ratio"] = a["rps"] / r["rps"]
                     row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
@@ -612,6 +640,7 @@ def main() -> int:
         for _, proc in procs.started:
             if proc.poll() is not None:
                 raise Fail(f"a server exited during the benchmark (status {proc.returncode})")
+        memory = measure_memory(procs, work, redis_sock)
         ok = True
     except Fail as e:
         print(f"bench-serving: FAILED: {e}", file=sys.stderr)
@@ -642,6 +671,8 @@ def main() -> int:
         "load_before": load_before,
         "load_after": loadavg(),
         "run_time": run_time,
+        "rounds": args.rounds,
+        **memory,
     }
     print()
     print("\n".join(render_rows(results)))

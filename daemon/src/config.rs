@@ -67,6 +67,14 @@ struct RawConfig {
     /// reading a Unix socket run on the same machine and need a core too.
     #[serde(default)]
     serve_threads: usize,
+    /// Memory (MiB) for values already read, kept so the next read of the same user skips
+    /// sled's B-tree; 0 turns it off. Bounded: the least useful values are evicted.
+    #[serde(default = "default_read_cache_mb")]
+    read_cache_mb: u64,
+}
+
+fn default_read_cache_mb() -> u64 {
+    1024
 }
 
 fn default_max_clients() -> usize {
@@ -110,6 +118,7 @@ pub struct Config {
     pub log_json: bool,
     pub limits: Limits,
     pub serve_threads: usize,
+    pub read_cache_bytes: u64,
 }
 
 /// What one client may take of the server.
@@ -224,6 +233,7 @@ impl Config {
             metrics_listen,
             log_json,
             limits,
+            read_cache_bytes: raw.read_cache_mb << 20,
             serve_threads: match raw.serve_threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
                 n => n,

@@ -312,6 +312,7 @@ impl Daemon {
             rows: 0,
             provider: None,
             error: Some(reason.to_string()),
+            worker: None,
         });
         format!("skipped: {reason}")
     }
@@ -340,6 +341,7 @@ impl Daemon {
             rows: 0,
             provider: None,
             error: None,
+            worker: None,
         };
         match result {
             Ok(r) => {
@@ -347,6 +349,7 @@ impl Daemon {
                 record.users = r.version.users;
                 record.rows = r.version.rows;
                 record.provider = Some(r.provider.clone());
+                record.worker = Some(r.stats);
             }
             Err(e) => {
                 record.status = e.status().into();

@@ -29,6 +29,7 @@ pub struct RunReport {
     pub version: VersionInfo,
     pub provider: String,
     pub seconds: f64,
+    pub stats: crate::wire::WorkerStats,
 }
 
 impl std::fmt::Display for RunReport {
@@ -237,15 +238,15 @@ pub fn execute(
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
         (None, Err(e)) => Err(e.into()),
-        (None, Ok(Some(Message::Done { provider, plugin, .. }))) if status.success() => {
+        (None, Ok(Some(Message::Done { provider, plugin, stats, .. }))) if status.success() => {
             plugins.remember(&job.plugin, &sha256, &plugin.name, &plugin.version, &plugin.abi);
-            Ok(provider)
+            Ok((provider, stats))
         }
         (None, Ok(Some(Message::Failed { error }))) => Err(RunError::Failed(error)),
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
     match outcome.and_then(|provider| collector.finish().map(|()| provider).map_err(RunError::from)) {
-        Ok(provider) => {
+        Ok((provider, stats)) => {
             let version = store.publish(collector.into_staged())?;
             Ok(RunReport {
                 job: job.name.clone(),
@@ -254,6 +255,7 @@ pub fn execute(
                 version,
                 provider,
                 seconds: started.elapsed().as_secs_f64(),
+                stats,
             })
         }
         Err(e) => {

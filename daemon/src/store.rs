@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::read_cache::ReadCache;
+
 pub const FORMAT_VERSION: u32 = 1;
 const META_TREE: &str = "meta";
 const KEY_FORMAT: &[u8] = b"format_version";
@@ -97,6 +99,9 @@ pub struct ServedTable {
     pub kind: TableKind,
     pub fallback: Vec<String>,
     tree: sled::Tree,
+    /// This serving of the version, for the read cache: new at every publish and rollback.
+    generation: u64,
+    cache: Arc<ReadCache>,
 }
 
 impl ServedTable {
@@ -107,7 +112,7 @@ impl ServedTable {
 
     /// The encoded list of `user`, if the version has one.
     pub fn get(&self, user: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(user)?)
+        self.cache.get_or_read(self.generation, user, || Ok(self.tree.get(user)?))
     }
 }
 
@@ -133,6 +138,9 @@ pub struct RunRecord {
     /// Execution provider that scored ("cpu", "cuda", "none").
     pub provider: Option<String>,
     pub error: Option<String>,
+    /// The worker's own measurements (scoring time, peak memory), for runs that finished.
+    #[serde(default)]
+    pub worker: Option<crate::wire::WorkerStats>,
 }
 
 pub struct Store {
@@ -146,10 +154,18 @@ pub struct Store {
     publish_lock: Mutex<()>,
     /// Data trees of versions being written now: not yet referenced, and not left over.
     staging: Mutex<HashSet<String>>,
+    read_cache: Arc<ReadCache>,
 }
 
 impl Store {
+    /// Opens the store with no read cache (tools, tests); the daemon uses [`Store::open_with`].
     pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
+        Store::open_with(dir, retention, 0)
+    }
+
+    /// Opens the store; reads of current versions keep up to `read_cache_bytes` of values
+    /// in memory (0: none).
+    pub fn open_with(dir: &Path, retention: Retention, read_cache_bytes: u64) -> Result<Store, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get(KEY_FORMAT)? {
@@ -168,6 +184,7 @@ impl Store {
             retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
             staging: Mutex::new(HashSet::new()),
+            read_cache: Arc::new(ReadCache::new(read_cache_bytes)),
         };
         store.load_tables()?;
         store.drop_unreferenced()?;
@@ -209,8 +226,7 @@ impl Store {
             let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
             let meta = decode_meta(&table, &value)?;
             let tree = self.db.open_tree(data_tree_name(&table, meta.current))?;
-            let served_table = ServedTable { version: meta.current, kind: meta.kind, fallback: meta.fallback, tree };
-            served.insert(table, Arc::new(served_table));
+            served.insert(table, Arc::new(self.serving(meta.current, meta.kind, meta.fallback, tree)));
         }
         Ok(())
     }
@@ -243,6 +259,12 @@ impl Store {
             out.push((table, meta));
         }
         Ok(out)
+    }
+
+    /// A version about to become current, with a read-cache generation of its own.
+    fn serving(&self, version: u64, kind: TableKind, fallback: Vec<String>, tree: sled::Tree) -> ServedTable {
+        let generation = self.read_cache.next_generation();
+        ServedTable { version, kind, fallback, tree, generation, cache: self.read_cache.clone() }
     }
 
     /// The version of `table` readers see now.
@@ -323,12 +345,7 @@ impl Store {
         self.meta.flush()?;
         self.served.write().expect("served lock").insert(
             staged.table.clone(),
-            Arc::new(ServedTable {
-                version: info.version,
-                kind: staged.kind,
-                fallback: meta.fallback.clone(),
-                tree: staged.tree.clone(),
-            }),
+            Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone())),
         );
         for v in dropped {
             self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
@@ -381,7 +398,7 @@ impl Store {
         let tree = self.db.open_tree(data_tree_name(table, target.version))?;
         self.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
         self.meta.flush()?;
-        let served = ServedTable { version: target.version, kind: meta.kind, fallback: meta.fallback, tree };
+        let served = self.serving(target.version, meta.kind, meta.fallback, tree);
         self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
         Ok(target)
     }
@@ -579,24 +596,31 @@ fn decode_meta(table: &str, bytes: &[u8]) -> Result<TableMeta, StoreError> {
 }
 
 /// Encodes a list best first: score descending, ties by member descending, which is the
-/// order Redis's ZREVRANGE gives. Layout: u32 count, then per entry f32 score, u16 length,
-/// member bytes (all little-endian); then the list as GET's JSON, pre-encoded so a GET is
-/// one lookup and one copy (values written before it was added end after the entries, and
-/// GET builds their JSON on the fly).
+/// order Redis's ZREVRANGE gives. Layout (little-endian): u32 count with [`HAS_JSON`] set,
+/// u32 offset of the JSON; per entry f32 score, u16 length, member bytes; then the list as
+/// GET's JSON, pre-encoded so a GET is one lookup and one copy, found through the offset
+/// without walking the entries. Values written before the JSON was added have the bare
+/// count and end after the entries; GET builds their JSON on the fly.
 pub fn encode_list(list: &mut [(String, f32)]) -> Vec<u8> {
     list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     let len: usize = list.iter().map(|(m, _)| 6 + m.len()).sum();
-    let mut out = Vec::with_capacity(4 + 2 * len + list.len() * 24);
-    out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    let mut out = Vec::with_capacity(8 + 2 * len + list.len() * 24);
+    out.extend_from_slice(&(list.len() as u32 | HAS_JSON).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     for (member, score) in list.iter() {
         out.extend_from_slice(&score.to_le_bytes());
         out.extend_from_slice(&(member.len() as u16).to_le_bytes());
         out.extend_from_slice(member.as_bytes());
     }
+    let json_at = u32::try_from(out.len()).expect("a list value under 4 GiB");
+    out[4..8].copy_from_slice(&json_at.to_le_bytes());
     let entries: Vec<(&[u8], f32)> = list.iter().map(|(m, s)| (m.as_bytes(), *s)).collect();
     write_list_json(&entries, &mut out);
     out
 }
+
+/// Marks, in a list's count word, a value that carries its JSON and the offset of it.
+const HAS_JSON: u32 = 1 << 31;
 
 /// Writes `[{"item":"85123A","score":0.53},...]`; scores in their shortest f32 form, the
 /// same text ZSCORE gives.
@@ -625,20 +649,26 @@ pub struct ListEntries<'a> {
 
 impl<'a> ListEntries<'a> {
     pub fn new(bytes: &'a [u8]) -> ListEntries<'a> {
-        let left = bytes.get(..4).map_or(0, |n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize);
-        ListEntries { bytes, at: 4, left }
+        let word = bytes.get(..4).map_or(0, |n| u32::from_le_bytes(n.try_into().expect("4 bytes")));
+        let at = if word & HAS_JSON != 0 { 8 } else { 4 };
+        ListEntries { bytes, at, left: (word & !HAS_JSON) as usize }
     }
 
     /// Entries not yet read (the list's length, before the first `next`).
     pub fn remaining(&self) -> usize {
         self.left
     }
+}
 
-    /// What follows the entries once all are read: the pre-encoded JSON, if stored.
-    pub fn rest(mut self) -> &'a [u8] {
-        while self.next().is_some() {}
-        self.bytes.get(self.at..).unwrap_or(&[])
+/// The list as GET's JSON when the value carries it (then empty if the value is cut
+/// short), or None for a value written before the JSON was added.
+pub fn stored_list_json(bytes: &[u8]) -> Option<&[u8]> {
+    let word = u32::from_le_bytes(bytes.get(..4)?.try_into().expect("4 bytes"));
+    if word & HAS_JSON == 0 {
+        return None;
     }
+    let at = bytes.get(4..8).map_or(usize::MAX, |n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize);
+    Some(bytes.get(at..).unwrap_or(&[]))
 }
 
 impl<'a> Iterator for ListEntries<'a> {
@@ -750,6 +780,43 @@ mod tests {
         // score desc; equal scores by member descending, as ZREVRANGE orders them
         assert_eq!(members, vec![&b"a"[..], b"c", b"b"]);
         assert_eq!(decoded[0].1, 2.0);
+        // GET's JSON rides along and is found without walking the entries
+        let mut json = Vec::new();
+        write_list_json(&decoded, &mut json);
+        assert_eq!(stored_list_json(&bytes), Some(&json[..]));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"[{"item":"a","score":2},{"item":"c","score":1},{"item":"b","score":1}]"#
+        );
+        // a value in the layout before the JSON (bare count, entries) still decodes
+        let mut old = 1u32.to_le_bytes().to_vec();
+        old.extend_from_slice(&5.0f32.to_le_bytes());
+        old.extend_from_slice(&1u16.to_le_bytes());
+        old.push(b'x');
+        assert_eq!(stored_list_json(&old), None);
+        assert_eq!(decode_list(&old), vec![(&b"x"[..], 5.0)]);
+    }
+
+    #[test]
+    fn reads_through_the_cache_follow_publishes_and_rollbacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), Retention { count: 3, max_age: None }, 1 << 20).unwrap();
+        let score = |store: &Store| {
+            let value = store.served("t").unwrap().get(b"u").unwrap().unwrap();
+            decode_list(&value)[0].1
+        };
+        for round in 1..=2u64 {
+            let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
+            staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
+            store.publish(staged).unwrap();
+            // read twice: the second comes from the cache
+            assert_eq!(score(&store), round as f32);
+            assert_eq!(score(&store), round as f32);
+        }
+        store.rollback("t", Some(1)).unwrap();
+        assert_eq!(score(&store), 1.0);
+        store.rollback("t", Some(2)).unwrap();
+        assert_eq!(score(&store), 2.0);
     }
 
     #[test]
@@ -907,6 +974,7 @@ mod tests {
             rows: 0,
             provider: None,
             error: None,
+            worker: None,
         };
         {
             let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();

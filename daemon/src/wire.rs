@@ -74,6 +74,18 @@ pub struct PluginDesc {
     pub abi: String,
 }
 
+/// What a worker measured of its own run, kept in the run history: the scoring stage
+/// (time inside ONNX Runtime calls, tensors in and out included) and its peak memory.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStats {
+    /// Host scoring calls, and (user, item) pairs or rows scored in them.
+    pub score_calls: u64,
+    pub score_rows: u64,
+    pub score_seconds: f64,
+    /// The worker's peak resident memory (VmHWM), in bytes.
+    pub peak_rss_bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
@@ -86,6 +98,8 @@ pub enum Message {
         rows: u64,
         #[serde(default)]
         plugin: PluginDesc,
+        #[serde(default)]
+        stats: WorkerStats,
     },
     Failed {
         error: String,

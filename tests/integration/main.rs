@@ -11,6 +11,7 @@ mod c_plugin;
 mod churn;
 mod clients;
 mod crash;
+mod devices;
 mod diversity;
 mod evaluation;
 mod fallback;

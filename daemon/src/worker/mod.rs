@@ -22,7 +22,7 @@ use recd_plugin_api::abi::{self, level};
 
 use crate::loader::{self, Host, Plugin};
 use crate::store::TableKind;
-use crate::wire::{self, Message, PluginDesc, ProbeRequest, RunSpec};
+use crate::wire::{self, Message, PluginDesc, ProbeRequest, RunSpec, WorkerStats};
 use engine::Engine;
 
 pub fn main() -> ExitCode {
@@ -39,7 +39,10 @@ pub fn main() -> ExitCode {
         run(&spec, &mut out)
     });
     let (message, code) = match result {
-        Ok((provider, rows, plugin)) => (Message::Done { provider, rows, plugin }, ExitCode::SUCCESS),
+        Ok((provider, rows, plugin, mut stats)) => {
+            stats.peak_rss_bytes = peak_rss_bytes();
+            (Message::Done { provider, rows, plugin, stats }, ExitCode::SUCCESS)
+        }
         Err(e) => (Message::Failed { error: format!("{e:#}") }, ExitCode::FAILURE),
     };
     if wire::write_message(&mut out, &message).is_err() {
@@ -68,7 +71,14 @@ fn watch_for_cancel() {
     });
 }
 
-fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64, PluginDesc)> {
+/// This process's peak resident memory so far (0 where /proc cannot tell).
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().strip_suffix("kB"));
+    kb.and_then(|v| v.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+}
+
+fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64, PluginDesc, WorkerStats)> {
     let plugin = Plugin::open(&spec.plugin)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, "plugin loaded");
     if let Some(want) = &spec.expect_name
@@ -97,11 +107,20 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
     let known_items = if spec.output == TableKind::Hashes { None } else { known_items };
     let output = spec.output;
-    let mut host = WorkerHost { engine, out, rows: 0, broken: false, known_users, known_items, output };
+    let mut host = WorkerHost {
+        engine,
+        out,
+        rows: 0,
+        broken: false,
+        known_users,
+        known_items,
+        output,
+        stats: WorkerStats::default(),
+    };
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
     let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
-    Ok((provider, host.rows, desc))
+    Ok((provider, host.rows, desc, host.stats))
 }
 
 /// The ids of `(input, column)` as a set, for the output checks.
@@ -196,6 +215,7 @@ struct WorkerHost<'o> {
     known_users: Option<(String, HashSet<String>)>,
     known_items: Option<(String, HashSet<String>)>,
     output: TableKind,
+    stats: WorkerStats,
     /// The daemon stopped reading: tell the plugin to stop.
     broken: bool,
 }
@@ -206,7 +226,12 @@ impl Host for WorkerHost<'_> {
             return Err(format!("unknown model `{name}`: a v1 job has one model, pass NULL"));
         }
         let engine = self.engine.as_mut().ok_or("the job declares no `model` to score with")?;
-        engine.score(&batch)
+        let started = std::time::Instant::now();
+        let scored = engine.score(&batch);
+        self.stats.score_seconds += started.elapsed().as_secs_f64();
+        self.stats.score_calls += 1;
+        self.stats.score_rows += batch.num_rows() as u64;
+        scored
     }
 
     fn emit(&mut self, batch: RecordBatch) -> Result<(), String> {

@@ -8,7 +8,7 @@ use super::Stored;
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
-use crate::store::{ListEntries, decode_hash, decode_list, write_list_json};
+use crate::store::{decode_hash, decode_list, stored_list_json, write_list_json};
 
 pub struct Get(Vec<u8>);
 
@@ -29,13 +29,13 @@ impl Get {
 pub fn write_json(stored: Option<Stored>, out: &mut Reply) {
     match stored {
         None => out.null(),
-        Some(Stored::List(bytes)) => match ListEntries::new(&bytes).rest() {
-            [] => {
+        Some(Stored::List(bytes)) => match stored_list_json(&bytes) {
+            Some(json) => resp::bulk(out, json),
+            None => {
                 let mut json = Vec::new();
                 write_list_json(&decode_list(&bytes), &mut json);
                 resp::bulk(out, &json);
             }
-            stored => resp::bulk(out, stored),
         },
         Some(Stored::Hash(bytes)) => resp::bulk(out, &hash_json(&decode_hash(&bytes))),
     }
