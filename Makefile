@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is
 # missing (scripts/setup.sh) and build first.
-.PHONY: setup demo test lint model quality bench-serving
+.PHONY: setup demo test lint model quality bench-serving bench-batch
 
 setup:
 	scripts/setup.sh
@@ -35,3 +35,11 @@ quality: setup
 bench-serving:
 	cargo build --release --workspace
 	python3 scripts/bench_serving.py
+
+# Adds or replaces the batch section of docs/performance.md: the ranking job through recd vs
+# scripts/python_pipeline.py (pandas + onnxruntime + redis-py into a local redis-server) on the
+# demo data, MovieLens 100K and the generated M workload; recd's scoring stage vs a tight ONNX
+# Runtime loop; peak memory for the S, M and L workloads (generated once into target/bench-batch/).
+bench-batch: setup
+	python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
+	python3 scripts/bench_batch.py

@@ -33,6 +33,23 @@ pub fn ids_as_strings(col: &dyn Array, what: &str) -> Result<Vec<Option<String>>
     Ok(out)
 }
 
+/// Maps an id column through `index` (id → position): `None` for nulls and unknown ids.
+/// Reads string ids in place, with no copy per row: on big interaction tables that copy
+/// dominated the run's memory.
+pub fn ids_to_index<S: std::hash::BuildHasher>(
+    col: &dyn Array,
+    what: &str,
+    index: &std::collections::HashMap<String, usize, S>,
+) -> Result<Vec<Option<u32>>, PluginError> {
+    let look = |v: Option<&str>| v.and_then(|id| index.get(id)).map(|&i| i as u32);
+    Ok(match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().iter().map(look).collect(),
+        DataType::LargeUtf8 => col.as_string::<i64>().iter().map(look).collect(),
+        DataType::Utf8View => col.as_string_view().iter().map(look).collect(),
+        _ => ids_as_strings(col, what)?.iter().map(|v| look(v.as_deref())).collect(),
+    })
+}
+
 fn ints<T: ToString>(it: impl Iterator<Item = Option<T>>) -> Vec<Option<String>> {
     it.map(|v| v.map(|x| x.to_string())).collect()
 }
@@ -87,4 +104,20 @@ pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
             return Err(PluginError::input(format!("{what}: expected a timestamp or integer seconds, found {other}")));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use std::collections::HashMap;
+
+    #[test]
+    fn ids_map_to_their_index_whatever_the_column_type() {
+        let index: HashMap<String, usize> = [("7".to_string(), 0), ("a".to_string(), 1)].into_iter().collect();
+        let strings = StringArray::from(vec![Some("a"), None, Some("zz"), Some("7")]);
+        assert_eq!(ids_to_index(&strings, "t.c", &index).unwrap(), vec![Some(1), None, None, Some(0)]);
+        let ints = Int64Array::from(vec![Some(7), Some(8), None]);
+        assert_eq!(ids_to_index(&ints, "t.c", &index).unwrap(), vec![Some(0), None, None]);
+    }
 }

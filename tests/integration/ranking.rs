@@ -110,3 +110,41 @@ fn write_csv_copy(parquet: &std::path::Path, csv: &std::path::Path) {
         writer.write(&batch.unwrap()).unwrap();
     }
 }
+
+/// Every user's served value, read with MGET (the JSON list), in vocabulary order.
+fn whole_table(d: &TestDaemon, table: &str) -> Vec<Option<String>> {
+    let mut conn = d.redis();
+    let users = vocab_ids("users.csv");
+    let mut out = Vec::with_capacity(users.len());
+    for chunk in users.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|u| format!("{table}:{u}")).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut conn).unwrap();
+        out.extend(values);
+    }
+    out
+}
+
+#[test]
+fn streamed_batches_give_the_same_table_as_one_whole_table_batch() {
+    // The same job twice: in small batches (about 130, built on a thread of their own
+    // while the one before is scored) and as one batch holding every (user, candidate)
+    // pair of the table at once. Popular candidates keep the one batch small enough.
+    let params = "candidates = \"popular\"\npopular_pool = 300";
+    let base = ranking_job("").replace("candidates = \"unseen\"", params);
+    assert!(base.contains("popular_pool = 300"));
+    let streamed = format!("table = \"streamed\"\n{}batch_pairs = 10000\n", base);
+    let whole = format!("table = \"whole\"\n{}batch_pairs = 100000000\n", base);
+    let mut d = TestDaemon::start(&[("streamed", &streamed), ("whole", &whole)]);
+    d.run_job("streamed");
+    d.run_job("whole");
+    let calls = |job: &str| d.history(job)[0]["worker"]["score_calls"].as_u64().unwrap();
+    assert_eq!(calls("whole"), 1, "the whole table is scored in one call");
+    assert!(calls("streamed") > 100, "the streamed run is scored in many batches: {}", calls("streamed"));
+    let (a, b) = (whole_table(&d, "streamed"), whole_table(&d, "whole"));
+    assert_eq!(a.len(), 4321);
+    assert_eq!(a.iter().filter(|v| v.is_some()).count(), 4321, "every user has a list");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "user #{i} differs between the streamed and the whole-table run");
+    }
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log());
+}

@@ -15,7 +15,7 @@
 //! model's are `user` and `item`). The score is read from output `score_output`.
 
 use arrow_array::Float32Array;
-use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
+use recd_plugin_api::columns::{booleans, column, ids_as_strings, ids_to_index, numbers};
 use recd_plugin_api::model::{FeatureValues, ModelInput, model_column, scoring_batch};
 use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
@@ -138,17 +138,15 @@ impl Strategy for Ranking {
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
         let vocab = Vocab::read(ctx)?;
         let features = bind_features(ctx, &vocab)?;
-        let mut bought = self.read_purchases(ctx, &vocab)?;
+        let bought = self.read_purchases(ctx, &vocab)?;
         // An unavailable item is treated like one already bought: never a candidate.
         let unavailable = self.unavailable(ctx, &vocab)?;
-        for seen in bought.iter_mut() {
-            seen.extend(unavailable.iter().copied());
-        }
         let pool = match self.params.candidates {
             Candidates::Unseen => Pool::All((0..vocab.items.len()).collect()),
             Candidates::Popular => Pool::All(popular_pool(&bought, vocab.items.len(), self.params.popular_pool)),
             Candidates::Upstream => Pool::PerUser(upstream_pool(ctx, &vocab)?),
         };
+        let pool = pool.without(&unavailable);
         ctx.log(
             LogLevel::Info,
             &format!(
@@ -222,63 +220,67 @@ impl Ranking {
             .collect())
     }
 
-    /// Per model user index, the set of model item indices bought.
-    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<HashSet<u32>>, PluginError> {
+    /// Per model user index, the model item indices bought: sorted, each once.
+    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<Vec<u32>>, PluginError> {
         let t = "interactions";
         let batch = ctx.input(t)?;
         let p = &self.params;
-        let users = ids_as_strings(column(batch, t, &p.user_column)?, &format!("{t}.{}", p.user_column))?;
-        let items = ids_as_strings(column(batch, t, &p.item_column)?, &format!("{t}.{}", p.item_column))?;
+        let users =
+            ids_to_index(column(batch, t, &p.user_column)?, &format!("{t}.{}", p.user_column), &vocab.user_index)?;
+        let items =
+            ids_to_index(column(batch, t, &p.item_column)?, &format!("{t}.{}", p.item_column), &vocab.item_index)?;
         let cancelled = match batch.column_by_name(&p.cancelled_column) {
             Some(col) => booleans(col.as_ref(), &format!("{t}.{}", p.cancelled_column))?,
             None => vec![Some(false); batch.num_rows()],
         };
-        let mut bought = vec![HashSet::new(); vocab.users.len()];
-        for ((user, item), cancelled) in users.iter().zip(&items).zip(&cancelled) {
-            if *cancelled == Some(true) {
-                continue;
+        let mut bought = vec![Vec::new(); vocab.users.len()];
+        for ((user, item), cancelled) in users.into_iter().zip(items).zip(cancelled) {
+            if let (Some(u), Some(i), false) = (user, item, cancelled == Some(true)) {
+                bought[u as usize].push(i);
             }
-            let (Some(user), Some(item)) = (user, item) else { continue };
-            if let (Some(&u), Some(&i)) = (vocab.user_index.get(user), vocab.item_index.get(item)) {
-                bought[u].insert(i as u32);
-            }
+        }
+        for seen in &mut bought {
+            seen.sort_unstable();
+            seen.dedup();
         }
         Ok(bought)
     }
 
+    /// Builds pair batches on a thread of its own while this one scores, ranks and emits
+    /// the batch before: preparing batch n + 1 overlaps scoring batch n. The channel holds
+    /// one batch, so at most three are alive at once whatever the number of users.
     fn score_all(
         &self,
         ctx: &mut RunContext<'_>,
         vocab: &Vocab,
-        bought: &[HashSet<u32>],
+        bought: &[Vec<u32>],
         pool: &Pool,
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
-        let mut batch = PairBatch::default();
         let total = vocab.users.len() as u64;
-        for (u, seen) in bought.iter().enumerate() {
-            let start = batch.items.len();
-            let candidates: &[usize] = match pool {
-                Pool::All(items) => items,
-                Pool::PerUser(lists) => lists.get(&u).map(Vec::as_slice).unwrap_or(&[]),
-            };
-            batch.items.extend(candidates.iter().filter(|&&i| !seen.contains(&(i as u32))).map(|&i| i as i64));
-            let n = batch.items.len() - start;
-            if n > 0 {
-                batch.users.extend(std::iter::repeat_n(u as i64, n));
-                batch.spans.push((u, start, n));
-            }
-            if batch.items.len() >= self.params.batch_pairs {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(PairBatch, usize)>(1);
+        let (batch_pairs, n_items) = (self.params.batch_pairs, vocab.items.len());
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(move || build_batches(bought, pool, n_items, batch_pairs, &tx));
+            let mut result = Ok(());
+            for (batch, users_done) in rx.iter() {
                 if ctx.is_cancelled() {
-                    return Err(PluginError::cancelled());
+                    result = Err(PluginError::cancelled());
+                    break;
                 }
-                self.flush(ctx, vocab, &mut batch, scorer)?;
-                ctx.progress(u as u64 + 1, total);
+                if let Err(e) = self.flush(ctx, vocab, batch, scorer) {
+                    result = Err(e);
+                    break;
+                }
+                ctx.progress(users_done as u64, total);
             }
-        }
-        self.flush(ctx, vocab, &mut batch, scorer)?;
-        ctx.progress(total, total);
-        Ok(())
+            // Hang up first: a producer blocked on a full channel then stops.
+            drop(rx);
+            if producer.join().is_err() {
+                result = result.and(Err(PluginError::internal("the batch builder panicked")));
+            }
+            result
+        })
     }
 
     /// Scores the pending pairs, keeps each user's top k and emits them.
@@ -286,7 +288,7 @@ impl Ranking {
         &self,
         ctx: &mut RunContext<'_>,
         vocab: &Vocab,
-        batch: &mut PairBatch,
+        batch: PairBatch,
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
         if batch.items.is_empty() {
@@ -307,9 +309,44 @@ impl Ranking {
                 out.push(&vocab.users[u], &vocab.items[item as usize], score);
             }
         }
-        *batch = PairBatch::default();
         ctx.emit(out.into_batch()?)
     }
+}
+
+/// Sends each batch of at least `batch_pairs` pairs (the last may be smaller) with the
+/// number of users it completes; stops early when the receiver hangs up. A user's
+/// candidates are the pool minus what they bought, found with a stamp per item (the
+/// user who last marked it) instead of a set lookup per pair.
+fn build_batches(
+    bought: &[Vec<u32>],
+    pool: &Pool,
+    n_items: usize,
+    batch_pairs: usize,
+    tx: &std::sync::mpsc::SyncSender<(PairBatch, usize)>,
+) {
+    let mut stamp = vec![u32::MAX; n_items];
+    let mut batch = PairBatch::default();
+    for (u, seen) in bought.iter().enumerate() {
+        for &i in seen {
+            stamp[i as usize] = u as u32;
+        }
+        let candidates: &[usize] = match pool {
+            Pool::All(items) => items,
+            Pool::PerUser(lists) => lists.get(&u).map(Vec::as_slice).unwrap_or(&[]),
+        };
+        let start = batch.items.len();
+        batch.items.extend(candidates.iter().filter(|&&i| stamp[i] != u as u32).map(|&i| i as i64));
+        let n = batch.items.len() - start;
+        if n > 0 {
+            batch.users.extend(std::iter::repeat_n(u as i64, n));
+            batch.spans.push((u, start, n));
+        }
+        if batch.items.len() >= batch_pairs && tx.send((std::mem::take(&mut batch), u + 1)).is_err() {
+            return;
+        }
+    }
+    // The last, possibly empty, batch carries the final progress.
+    let _ = tx.send((batch, bought.len()));
 }
 
 #[derive(Default)]
@@ -445,6 +482,23 @@ enum Pool {
     PerUser(HashMap<usize, Vec<usize>>),
 }
 
+impl Pool {
+    /// The pool with `items` taken out.
+    fn without(self, items: &HashSet<u32>) -> Pool {
+        let keep = |list: &mut Vec<usize>| list.retain(|i| !items.contains(&(*i as u32)));
+        match self {
+            Pool::All(mut list) => {
+                keep(&mut list);
+                Pool::All(list)
+            }
+            Pool::PerUser(mut lists) => {
+                lists.values_mut().for_each(keep);
+                Pool::PerUser(lists)
+            }
+        }
+    }
+}
+
 /// Each known user's items from input `pool` (columns `user`, `item`; ids the model does
 /// not know are skipped).
 fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, Vec<usize>>, PluginError> {
@@ -463,7 +517,7 @@ fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, V
 }
 
 /// The `size` items with the most distinct buyers (ties: lower index first).
-fn popular_pool(bought: &[HashSet<u32>], n_items: usize, size: usize) -> Vec<usize> {
+fn popular_pool(bought: &[Vec<u32>], n_items: usize, size: usize) -> Vec<usize> {
     let mut buyers = vec![0u32; n_items];
     for set in bought {
         for &i in set {

@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""Batch benchmarks for `make bench-batch`: recd's whole ranking job against the Python
+pipeline a team would cron instead, recd's scoring stage against a tight ONNX Runtime
+loop, and recd's peak memory as users grow. Writes its section of docs/performance.md.
+
+What runs, all on this machine, in one run:
+
+a) **End to end.** For each dataset (the retail demo data with the shipped model, MovieLens
+   100K, the generated M workload) the same ranking job runs once through recd (`recd run`
+   against a fresh `recd serve`: worker start, inputs, candidates, scoring, top k,
+   publish and flush) and once as `scripts/python_pipeline.py` (pandas + onnxruntime +
+   numpy argpartition + redis-py into a local redis-server), in alternating order. Both
+   are timed from process start to exit. A sample of users is checked to get the same
+   lists from both before any number counts.
+b) **Scoring stage.** The worker times its ONNX Runtime calls (tensors in and out
+   included) and keeps them in the run history; `python_pipeline.py --score-only` builds
+   the very same batches first and then times nothing but `session.run` over them, with
+   the same session options. Ratio = recd / loop.
+c) **Memory.** Peak RSS (VmHWM) of the worker and of the daemon for the S, M and L
+   workloads (`scripts/gen_workload.py`), MF model.
+d) **GPU.** With `--gpu` (on a CUDA host with onnxruntime-gpu): the MLP ranker on CUDA vs
+   CPU through recd, and vs a Python onnxruntime-gpu loop with I/O binding. Without it the
+   report says the GPU rows are not measured.
+
+    make bench-batch                       # a, b, c on the sizes below
+    python3 scripts/bench_batch.py --sizes S,M --no-doc   # quicker, print only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serving import Conn, Fail, Procs, loadavg, machine, tail, wait_for_socket, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECD = ROOT / "target" / "release" / "recd"
+ORT = ROOT / ".deps" / "py" / "onnxruntime" / "capi" / "libonnxruntime.so.1.31.1"
+PYPATH = f"{ROOT / '.deps' / 'pytools'}:{ROOT / '.deps' / 'py'}"
+ML_DIR = (ROOT / ".." / "shared" / "data" / "ml-100k").resolve()
+WORK = ROOT / "target" / "bench-batch"
+DOC = ROOT / "docs" / "performance.md"
+BEGIN, END = "<!-- bench-batch: begin -->", "<!-- bench-batch: end -->"
+
+
+def log(msg: str) -> None:
+    print(f"bench-batch: {msg}", file=sys.stderr, flush=True)
+
+
+def py(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": PYPATH}
+    return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def workload(size: str) -> Path:
+    out = WORK / "workloads" / size
+    if not (out / "workload.json").is_file():
+        log(f"generating workload {size}")
+        run = py([str(ROOT / "scripts" / "gen_workload.py"), "--size", size, "--out", str(out)])
+        if run.returncode != 0:
+            raise Fail(f"gen_workload {size} failed:\n{run.stderr}")
+    return out
+
+
+def demo_job() -> str:
+    text = (ROOT / "jobs" / "ranking.toml").read_text()
+    return text.replace('"data/', f'"{ROOT}/data/').replace('"models/', f'"{ROOT}/models/')
+
+
+def movielens() -> Path:
+    """MovieLens 100K, read in place, as a ranking workload with a seeded MF model (the
+    weights do not change the work; training it is the quality report's business)."""
+    out = WORK / "movielens"
+    if (out / "ranking-mf.toml").is_file():
+        return out
+    if not (ML_DIR / "u.data").is_file():
+        raise Fail(f"MovieLens 100K is missing: {ML_DIR / 'u.data'}")
+    code = f"""
+import sys, numpy as np, pandas as pd, onnx
+sys.path.insert(0, {str(ROOT / 'scripts')!r})
+import gen_workload as g
+out = {str(out)!r}
+import os; os.makedirs(out, exist_ok=True)
+d = pd.read_csv({str(ML_DIR / 'u.data')!r}, sep="\\t", header=None, names=["user_id", "item_id", "rating", "ts"])
+d["user_id"] = d.user_id.astype(str); d["item_id"] = d.item_id.astype(str)
+d.to_parquet(out + "/interactions.parquet", index=False)
+users = sorted(d.user_id.unique(), key=int); items = sorted(d.item_id.unique(), key=int)
+pd.DataFrame({{"user_id": users, "index": range(len(users))}}).to_csv(out + "/users.csv", index=False)
+pd.DataFrame({{"item_id": items, "index": range(len(items))}}).to_csv(out + "/items.csv", index=False)
+rng = np.random.default_rng(7)
+U = g.factors(rng, np.zeros(len(users), int), 1, 1.0); V = g.factors(rng, np.zeros(len(items), int), 1, 1.0)
+onnx.save(g.mf_model(U, V, {{"dataset": "ml-100k"}}), out + "/mf.onnx")
+"""
+    run = py(["-c", code])
+    if run.returncode != 0:
+        raise Fail(f"preparing MovieLens failed:\n{run.stderr}")
+    (out / "ranking-mf.toml").write_text(
+        f"""description = "MovieLens 100K, 32-factor MF, every unseen movie"
+plugin = "ranking"
+model = "{out / 'mf.onnx'}"
+device = "cpu"
+max_items_per_user = 10
+[inputs]
+interactions = "{out / 'interactions.parquet'}"
+users = "{out / 'users.csv'}"
+items = "{out / 'items.csv'}"
+[params]
+k = 10
+candidates = "unseen"
+"""
+    )
+    return out
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Recd:
+    def __init__(self, procs: Procs, work: Path, job_text: str):
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "jobs").mkdir(exist_ok=True)
+        (work / "recd.toml").write_text(
+            'data_dir = "data"\nsocket = "recd.sock"\nadmin_socket = "admin.sock"\njobs_dir = "jobs"\n'
+            f'plugins_dir = "{RECD.parent}"\nonnxruntime = "{ORT}"\n'
+        )
+        (work / "jobs" / "ranking.toml").write_text(job_text)
+        self.work, self.config = work, work / "recd.toml"
+        self.proc = procs.start("recd serve", [str(RECD), "serve", "--config", str(self.config)], work / "recd.log")
+        wait_for_socket(work / "recd.sock", self.proc, "recd serve", work / "recd.log")
+        wait_for_socket(work / "admin.sock", self.proc, "recd serve (admin)", work / "recd.log")
+
+    def run(self) -> float:
+        t0 = time.perf_counter()
+        run = subprocess.run([str(RECD), "run", "ranking", "--config", str(self.config)], capture_output=True,
+                             text=True)
+        wall = time.perf_counter() - t0
+        if run.returncode != 0:
+            raise Fail(f"recd run failed:\n{run.stderr}\n{tail(self.work / 'recd.log')}")
+        return wall
+
+    def last_run(self) -> dict:
+        conn = Conn(self.work / "admin.sock")
+        text = conn.call("HISTORY", "ranking", "1")
+        conn.close()
+        return json.loads(text)[0]
+
+    def peak_rss(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) * 1024
+
+
+def start_redis(procs: Procs, work: Path) -> Path:
+    sock = work / "redis.sock"
+    proc = procs.start("redis-server", ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+                                        "--appendonly", "no", "--dir", str(work)], work / "redis.log")
+    wait_for_socket(sock, proc, "redis-server", work / "redis.log")
+    return sock
+
+
+def python_pipeline(job: Path, redis_sock: Path, extra: list[str] | None = None) -> tuple[float, dict]:
+    timings = job.parent / f"timings-{os.getpid()}.json"
+    t0 = time.perf_counter()
+    run = py([str(ROOT / "scripts" / "python_pipeline.py"), "--job", str(job), "--redis-socket", str(redis_sock),
+              "--timings", str(timings), *(extra or [])])
+    wall = time.perf_counter() - t0
+    if run.returncode != 0:
+        raise Fail(f"python pipeline failed:\n{run.stderr}")
+    got = json.loads(timings.read_text())
+    timings.unlink()
+    return wall, got
+
+
+def same_lists(recd_sock: Path, redis_sock: Path, users: list[str], sample: int = 200) -> int:
+    """Both sides hold the same top-10 for a sample of users (scores to 1e-4)."""
+    pick = random.Random(1).sample(users, min(sample, len(users)))
+    a, b = Conn(recd_sock), Conn(redis_sock)
+    checked = 0
+    for u in pick:
+        got_a = a.call("ZREVRANGE", f"ranking:{u}", "0", "-1", "WITHSCORES")
+        got_b = b.call("ZREVRANGE", f"ranking:{u}", "0", "-1", "WITHSCORES")
+        items_a, items_b = got_a[0::2], got_b[0::2]
+        scores_a = [float(s) for s in got_a[1::2]]
+        scores_b = [float(s) for s in got_b[1::2]]
+        if len(items_a) != len(items_b) or any(abs(x - y) > 1e-4 for x, y in zip(scores_a, scores_b)):
+            raise Fail(f"user {u}: recd {got_a[:6]}... differs from the Python pipeline {got_b[:6]}...")
+        # the same items wherever the scores are not tied
+        for i, (x, y) in enumerate(zip(items_a, items_b)):
+            tied = any(abs(scores_a[i] - scores_a[j]) < 1e-6 for j in range(len(scores_a)) if j != i)
+            if x != y and not tied:
+                raise Fail(f"user {u}: rank {i + 1} is {x!r} in recd and {y!r} in the Python pipeline")
+        checked += 1
+    a.close()
+    b.close()
+    return checked
+
+
+def vocab_users(job_text: str) -> list[str]:
+    path = next(ln.split("=", 1)[1].strip().strip('"') for ln in job_text.splitlines() if ln.startswith("users ="))
+    return [ln.split(",")[0] for ln in Path(path).read_text().splitlines()[1:]]
+
+
+# ---------------------------------------------------------------- the three benchmarks
+
+
+def end_to_end(procs: Procs, name: str, job_text: str, flip: bool) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"e2e-{name}-", dir=WORK))
+    job = work / "ranking.toml"
+    job.write_text(job_text)
+    recd = Recd(procs, work / "recd", job_text)
+    redis_sock = start_redis(procs, work)
+    row = {"dataset": name}
+    for side in (["python", "recd"] if flip else ["recd", "python"]):
+        if side == "recd":
+            row["recd_s"] = recd.run()
+            row["recd_run"] = recd.last_run()
+        else:
+            row["python_s"], row["python_timings"] = python_pipeline(job, redis_sock)
+        log(f"{name}: {side} done in {row[side + '_s']:.2f}s")
+    row["checked"] = same_lists(work / "recd" / "recd.sock", redis_sock, vocab_users(job_text))
+    row["users"] = row["recd_run"]["users"]
+    row["ratio"] = row["python_s"] / row["recd_s"]
+    # b) the tight loop over the same batches
+    _, loop = python_pipeline(job, redis_sock, ["--score-only"])
+    stats = row["recd_run"]["worker"]
+    row["score"] = {"recd_s": stats["score_seconds"], "loop_s": loop["score"], "rows": stats["score_rows"],
+                    "calls": stats["score_calls"], "loop_rows": loop["rows"]}
+    if loop["rows"] != stats["score_rows"]:
+        raise Fail(f"{name}: the loop scored {loop['rows']} pairs, recd {stats['score_rows']}")
+    row["score"]["ratio"] = stats["score_seconds"] / loop["score"]
+    row["worker_rss"] = stats["peak_rss_bytes"]
+    row["daemon_rss"] = recd.peak_rss()
+    procs.stop_all()
+    procs.started.clear()
+    shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+def memory(procs: Procs, size: str) -> dict:
+    wl = workload(size)
+    info = json.loads((wl / "workload.json").read_text())
+    work = Path(tempfile.mkdtemp(prefix=f"mem-{size}-", dir=WORK))
+    recd = Recd(procs, work, (wl / "ranking-mf.toml").read_text())
+    wall = recd.run()
+    run = recd.last_run()
+    row = {"size": size, "users": info["users"], "items": info["items"], "lines": info["lines"],
+           "pairs": run["worker"]["score_rows"], "wall": wall, "worker_rss": run["worker"]["peak_rss_bytes"],
+           "daemon_rss": recd.peak_rss(), "rows": run["rows"]}
+    log(f"memory {size}: worker {row['worker_rss'] >> 20} MiB, daemon {row['daemon_rss'] >> 20} MiB, {wall:.1f}s")
+    procs.stop_all()
+    procs.started.clear()
+    shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+# ---------------------------------------------------------------- report
+
+
+def mib(b: int) -> str:
+    return f"{b / 2**20:,.0f}"
+
+
+def render(e2e: list[dict], mem: list[dict], m: dict, meta: dict) -> str:
+    lines = [
+        BEGIN,
+        "## Batch jobs: recd vs the Python pipeline and ONNX Runtime's own loop",
+        "",
+        "Generated by `make bench-batch` (`scripts/bench_batch.py`): do not edit by hand, run it",
+        f"again. Result of {meta['date']}, on the machine described under Machine below",
+        f"(load average before: {meta['load_before']}; after: {meta['load_after']}; whole run "
+        f"{meta['run_time']:.0f} s).",
+        "",
+        "### a) Whole job: recd vs the Python pipeline",
+        "",
+        "| dataset | users | pairs scored | recd s | Python s | Python / recd | target ≥ 3 | lists checked |",
+        "|---|--:|--:|--:|--:|--:|---|--:|",
+    ]
+    for r in e2e:
+        lines.append(
+            f"| {r['dataset']} | {r['users']:,} | {r['score']['rows']:,} | {r['recd_s']:.2f} | {r['python_s']:.2f} "
+            f"| {r['ratio']:.2f} | {'met' if r['ratio'] >= 3 else '**NOT met**'} | {r['checked']} |"
+        )
+    lines += [
+        "",
+        "### b) Scoring stage: recd vs a tight ONNX Runtime loop on the same batches",
+        "",
+        "| dataset | model calls | pairs | recd scoring s | loop s | recd / loop | target ≤ 1.25 |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for r in e2e:
+        s = r["score"]
+        lines.append(
+            f"| {r['dataset']} | {s['calls']:,} | {s['rows']:,} | {s['recd_s']:.2f} | {s['loop_s']:.2f} "
+            f"| {s['ratio']:.2f} | {'met' if s['ratio'] <= 1.25 else '**NOT met**'} |"
+        )
+    lines += [
+        "",
+        "### c) Peak memory as users grow (MF model, 500 popular candidates per user)",
+        "",
+        "| workload | users | items | interaction lines | pairs scored | run s | worker peak MiB | daemon peak MiB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in mem:
+        lines.append(
+            f"| {r['size']} | {r['users']:,} | {r['items']:,} | {r['lines']:,} | {r['pairs']:,} | {r['wall']:.1f} "
+            f"| {mib(r['worker_rss'])} | {mib(r['daemon_rss'])} |"
+        )
+    lines += [
+        "",
+        "Target: flat in the number of users, L under 2 GiB.",
+        "",
+        "### d) GPU",
+        "",
+        "Not measured yet: this machine has no GPU. `python3 scripts/bench_batch.py --gpu` on a CUDA",
+        "host (onnxruntime-gpu 1.31.1; `../shared/tools/gpu/` packs it for a host without network)",
+        "runs the MLP ranker on CUDA vs CPU through recd and vs a Python onnxruntime-gpu loop with",
+        "I/O binding (targets: ≥ 20× the CPU rows/s, ≥ 0.8× the Python GPU loop).",
+        "",
+        "### Machine and method",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram']}; {m['kernel']}",
+        f"- recd: commit `{m['commit']}`, release build; ONNX Runtime 1.31.1 (PyPI `onnxruntime`), on",
+        "  both sides; Python pipeline: Python " + sys.version.split()[0] + ", pandas, numpy, onnxruntime,",
+        f"  redis-py 6.4.0 into `{m['redis']}`.",
+        "- Both sides score with graph optimisation on, as many intra-op threads as cores and no",
+        "  spinning, in batches of the job's `batch_pairs` (262,144 pairs by default), users in",
+        "  model-index order. Times are wall clock from process start to exit: for recd the `recd",
+        "  run` command against a running daemon (a worker process, then publish and flush), for",
+        "  Python the interpreter, its imports and the script.",
+        "- Datasets: retail = the demo data with the shipped ALS model (`jobs/ranking.toml`, every",
+        "  unseen item a candidate); MovieLens 100K read in place, every unseen movie a candidate,",
+        "  a seeded 32-factor model; M = `scripts/gen_workload.py --size M` (seed 42), 500 most-bought",
+        "  items minus the user's own. Before a time counts, 200 sampled users' lists are compared",
+        "  (same items, scores within 1e-4).",
+        "- The scoring stage of recd is the worker's own timing of its ONNX Runtime calls, Arrow",
+        "  columns to tensors and back included; the loop builds the same batches first and times",
+        "  `session.run` alone.",
+        "- Peak memory: the worker's VmHWM (reported by the worker at the end of its run) and the",
+        "  daemon's VmHWM over its life (it starts fresh for each workload).",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="S,M,L", help="workloads for the memory rows")
+    p.add_argument("--datasets", default="retail,movielens,M", help="datasets for the end-to-end rows")
+    p.add_argument("--no-doc", action="store_true")
+    args = p.parse_args()
+    for path in [RECD, ORT]:
+        if not path.exists():
+            raise Fail(f"{path} is missing: run `make setup`")
+    WORK.mkdir(parents=True, exist_ok=True)
+    m, load_before, t0 = machine(), loadavg(), time.monotonic()
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    procs = Procs()
+    e2e, mem = [], []
+    try:
+        for i, name in enumerate(filter(None, args.datasets.split(","))):
+            if name == "retail":
+                text = demo_job()
+            elif name == "movielens":
+                text = (movielens() / "ranking-mf.toml").read_text()
+            else:
+                text = (workload(name) / "ranking-mf.toml").read_text()
+            row = end_to_end(procs, name, text, flip=bool(i % 2))
+            log(f"{name}: recd {row['recd_s']:.2f}s, python {row['python_s']:.2f}s, x{row['ratio']:.2f}; "
+                f"scoring recd {row['score']['recd_s']:.2f}s vs loop {row['score']['loop_s']:.2f}s")
+            e2e.append(row)
+        for size in filter(None, args.sizes.split(",")):
+            mem.append(memory(procs, size))
+    finally:
+        procs.stop_all()
+    meta = {"date": date, "load_before": load_before, "load_after": loadavg(), "run_time": time.monotonic() - t0}
+    section = render(e2e, mem, m, meta)
+    print(section)
+    if not args.no_doc:
+        write_section(DOC, "bench-batch", section)
+        log(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Fail as e:
+        print(f"bench-batch: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
