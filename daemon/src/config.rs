@@ -71,10 +71,18 @@ struct RawConfig {
     /// sled's B-tree; 0 turns it off. Bounded: the least useful values are evicted.
     #[serde(default = "default_read_cache_mb")]
     read_cache_mb: u64,
+    /// Memory (MiB) for sled's page cache: the pages a publish writes (until flushed) and
+    /// reads that miss the read cache.
+    #[serde(default = "default_store_cache_mb")]
+    store_cache_mb: u64,
 }
 
 fn default_read_cache_mb() -> u64 {
     1024
+}
+
+fn default_store_cache_mb() -> u64 {
+    256
 }
 
 fn default_max_clients() -> usize {
@@ -118,7 +126,7 @@ pub struct Config {
     pub log_json: bool,
     pub limits: Limits,
     pub serve_threads: usize,
-    pub read_cache_bytes: u64,
+    pub caches: crate::store::Caches,
 }
 
 /// What one client may take of the server.
@@ -233,7 +241,10 @@ impl Config {
             metrics_listen,
             log_json,
             limits,
-            read_cache_bytes: raw.read_cache_mb << 20,
+            caches: crate::store::Caches {
+                sled_bytes: raw.store_cache_mb.max(16) << 20,
+                read_bytes: raw.read_cache_mb << 20,
+            },
             serve_threads: match raw.serve_threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
                 n => n,

@@ -418,7 +418,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = store::Store::open_with(&config.data_dir, config.retention, config.read_cache_bytes)
+    let store = store::Store::open_with(&config.data_dir, config.retention, config.caches)
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))?;
     let daemon = daemon::Daemon::new(config.clone(), store);
     if let Err(e) = daemon.reload().await {

@@ -157,16 +157,27 @@ pub struct Store {
     read_cache: Arc<ReadCache>,
 }
 
+/// sled's own default page cache, 1 GiB.
+const SLED_DEFAULT_CACHE: u64 = 1 << 30;
+
+/// The store's two memory budgets.
+#[derive(Debug, Clone, Copy)]
+pub struct Caches {
+    /// sled's page cache: pages written or read, dirty pages until a flush.
+    pub sled_bytes: u64,
+    /// Values of current versions kept after a read ([`ReadCache`]); 0: none.
+    pub read_bytes: u64,
+}
+
 impl Store {
-    /// Opens the store with no read cache (tools, tests); the daemon uses [`Store::open_with`].
+    /// Opens the store with no read cache and sled's default page cache (tools, tests);
+    /// the daemon uses [`Store::open_with`].
     pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
-        Store::open_with(dir, retention, 0)
+        Store::open_with(dir, retention, Caches { sled_bytes: SLED_DEFAULT_CACHE, read_bytes: 0 })
     }
 
-    /// Opens the store; reads of current versions keep up to `read_cache_bytes` of values
-    /// in memory (0: none).
-    pub fn open_with(dir: &Path, retention: Retention, read_cache_bytes: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+    pub fn open_with(dir: &Path, retention: Retention, caches: Caches) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(caches.sled_bytes).open()?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get(KEY_FORMAT)? {
             None => {
@@ -184,7 +195,7 @@ impl Store {
             retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
             staging: Mutex::new(HashSet::new()),
-            read_cache: Arc::new(ReadCache::new(read_cache_bytes)),
+            read_cache: Arc::new(ReadCache::new(caches.read_bytes)),
         };
         store.load_tables()?;
         store.drop_unreferenced()?;
@@ -800,7 +811,8 @@ mod tests {
     #[test]
     fn reads_through_the_cache_follow_publishes_and_rollbacks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(dir.path(), Retention { count: 3, max_age: None }, 1 << 20).unwrap();
+        let caches = Caches { sled_bytes: 1 << 24, read_bytes: 1 << 20 };
+        let store = Store::open_with(dir.path(), Retention { count: 3, max_age: None }, caches).unwrap();
         let score = |store: &Store| {
             let value = store.served("t").unwrap().get(b"u").unwrap().unwrap();
             decode_list(&value)[0].1

@@ -322,3 +322,44 @@ unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
     st.polls += 1;
     i32::from(st.cancel_after_polls.is_some_and(|n| st.polls >= n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{OutputRows, RunContext};
+    use arrow_array::StringArray;
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// Takes `interactions` out, then checks it is gone and `items` still there.
+    struct TakesInput;
+
+    impl Strategy for TakesInput {
+        fn new(_: &str) -> Result<Self, PluginError> {
+            Ok(TakesInput)
+        }
+        fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+            let taken = ctx.take_input("interactions")?;
+            let gone = ctx.input("interactions").map(|_| ()).unwrap_err();
+            assert!(gone.message.contains("missing input table `interactions`"), "{gone}");
+            assert!(ctx.take_input("interactions").is_err());
+            let items = ctx.input("items")?.num_rows();
+            let mut out = OutputRows::new();
+            out.push("u", &format!("{}+{items}", taken.num_rows()), 1.0);
+            drop(taken);
+            ctx.emit(out.into_batch()?)
+        }
+    }
+
+    fn ids(n: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let values: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))]).unwrap()
+    }
+
+    #[test]
+    fn a_taken_input_leaves_the_context() {
+        let out = Harness::new("{}").input("interactions", ids(3)).input("items", ids(2)).run::<TakesInput>().unwrap();
+        assert_eq!(out.list("u"), vec![("3+2".to_string(), 1.0)]);
+    }
+}

@@ -22,6 +22,9 @@ pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
         Some(b) => b.schema(),
         None => anyhow::bail!("input `{}` ({shown}) has no rows", input.name),
     };
+    if batches.len() == 1 {
+        return Ok(batches.into_iter().next().expect("one batch"));
+    }
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
@@ -57,8 +60,12 @@ fn read_ipc(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The whole file as one batch, decoded straight into it: reading in small batches and
+/// concatenating them held every row twice at the peak.
 fn read_parquet(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
     let file = File::open(&input.path)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.with_batch_size(64 * 1024).build()?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let rows = builder.metadata().file_metadata().num_rows().max(1) as usize;
+    let reader = builder.with_batch_size(rows).build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }

@@ -73,8 +73,17 @@ fn watch_for_cancel() {
 
 /// This process's peak resident memory so far (0 where /proc cannot tell).
 fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// This process's resident memory now.
+fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+fn proc_status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().strip_suffix("kB"));
+    let kb = status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().strip_suffix("kB"));
     kb.and_then(|v| v.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
 }
 
@@ -97,6 +106,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     for input in &spec.inputs {
         tables.push((input.name.clone(), inputs::read(input)?));
     }
+    tracing::debug!(rss_mib = rss_bytes() >> 20, "inputs read");
     let known_users = known_ids(&tables, spec.known_users.as_ref())?;
     let known_items = known_ids(&tables, spec.known_items.as_ref())?;
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
@@ -104,6 +114,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
         let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
         tables.push((abi::MODEL_INPUTS_TABLE.to_string(), bound));
     }
+    tracing::debug!(rss_mib = rss_bytes() >> 20, "model loaded");
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
     let known_items = if spec.output == TableKind::Hashes { None } else { known_items };
     let output = spec.output;

@@ -220,23 +220,29 @@ impl Ranking {
             .collect())
     }
 
-    /// Per model user index, the model item indices bought: sorted, each once.
-    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<Vec<u32>>, PluginError> {
+    /// Per model user index, the model item indices bought: sorted, each once. Takes the
+    /// interactions out of the context and reads them in slices, so neither the table nor
+    /// a per-row copy of it outlives this step: for big tables they were most of the run's
+    /// peak memory.
+    fn read_purchases(&self, ctx: &mut RunContext<'_>, vocab: &Vocab) -> Result<Vec<Vec<u32>>, PluginError> {
+        const SLICE: usize = 1 << 16;
         let t = "interactions";
-        let batch = ctx.input(t)?;
+        let table = ctx.take_input(t)?;
         let p = &self.params;
-        let users =
-            ids_to_index(column(batch, t, &p.user_column)?, &format!("{t}.{}", p.user_column), &vocab.user_index)?;
-        let items =
-            ids_to_index(column(batch, t, &p.item_column)?, &format!("{t}.{}", p.item_column), &vocab.item_index)?;
-        let cancelled = match batch.column_by_name(&p.cancelled_column) {
-            Some(col) => booleans(col.as_ref(), &format!("{t}.{}", p.cancelled_column))?,
-            None => vec![Some(false); batch.num_rows()],
-        };
+        let (user_what, item_what) = (format!("{t}.{}", p.user_column), format!("{t}.{}", p.item_column));
         let mut bought = vec![Vec::new(); vocab.users.len()];
-        for ((user, item), cancelled) in users.into_iter().zip(items).zip(cancelled) {
-            if let (Some(u), Some(i), false) = (user, item, cancelled == Some(true)) {
-                bought[u as usize].push(i);
+        for start in (0..table.num_rows()).step_by(SLICE) {
+            let batch = table.slice(start, SLICE.min(table.num_rows() - start));
+            let users = ids_to_index(column(&batch, t, &p.user_column)?, &user_what, &vocab.user_index)?;
+            let items = ids_to_index(column(&batch, t, &p.item_column)?, &item_what, &vocab.item_index)?;
+            let cancelled = match batch.column_by_name(&p.cancelled_column) {
+                Some(col) => booleans(col.as_ref(), &format!("{t}.{}", p.cancelled_column))?,
+                None => vec![Some(false); batch.num_rows()],
+            };
+            for ((user, item), cancelled) in users.into_iter().zip(items).zip(cancelled) {
+                if let (Some(u), Some(i), false) = (user, item, cancelled == Some(true)) {
+                    bought[u as usize].push(i);
+                }
             }
         }
         for seen in &mut bought {
