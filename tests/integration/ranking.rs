@@ -126,25 +126,36 @@ fn whole_table(d: &TestDaemon, table: &str) -> Vec<Option<String>> {
 
 #[test]
 fn streamed_batches_give_the_same_table_as_one_whole_table_batch() {
-    // The same job twice: in small batches (about 130, built on a thread of their own
-    // while the one before is scored) and as one batch holding every (user, candidate)
-    // pair of the table at once. Popular candidates keep the one batch small enough.
+    // The same job three times: in small batches built on a thread of their own while
+    // the one before is scored (about 130 batches), in the same batches built one after
+    // the other, and as one batch holding every (user, candidate) pair of the table at
+    // once. Popular candidates keep the one batch small enough.
     let params = "candidates = \"popular\"\npopular_pool = 300";
     let base = ranking_job("").replace("candidates = \"unseen\"", params);
     assert!(base.contains("popular_pool = 300"));
-    let streamed = format!("table = \"streamed\"\n{}batch_pairs = 10000\n", base);
-    let whole = format!("table = \"whole\"\n{}batch_pairs = 100000000\n", base);
-    let mut d = TestDaemon::start(&[("streamed", &streamed), ("whole", &whole)]);
-    d.run_job("streamed");
-    d.run_job("whole");
+    let job = |table: &str, extra: &str| format!("table = \"{table}\"\n{base}{extra}\n");
+    let jobs = [
+        ("overlapped", job("overlapped", "batch_pairs = 10000\noverlap = true")),
+        ("sequential", job("sequential", "batch_pairs = 10000\noverlap = false")),
+        ("whole", job("whole", "batch_pairs = 100000000")),
+    ];
+    let named: Vec<(&str, &str)> = jobs.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let mut d = TestDaemon::start(&named);
+    for (name, _) in &jobs {
+        d.run_job(name);
+    }
     let calls = |job: &str| d.history(job)[0]["worker"]["score_calls"].as_u64().unwrap();
     assert_eq!(calls("whole"), 1, "the whole table is scored in one call");
-    assert!(calls("streamed") > 100, "the streamed run is scored in many batches: {}", calls("streamed"));
-    let (a, b) = (whole_table(&d, "streamed"), whole_table(&d, "whole"));
-    assert_eq!(a.len(), 4321);
-    assert_eq!(a.iter().filter(|v| v.is_some()).count(), 4321, "every user has a list");
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_eq!(x, y, "user #{i} differs between the streamed and the whole-table run");
+    for job in ["overlapped", "sequential"] {
+        assert!(calls(job) > 100, "{job} is scored in many batches: {}", calls(job));
+    }
+    let whole = whole_table(&d, "whole");
+    assert_eq!(whole.len(), 4321);
+    assert_eq!(whole.iter().filter(|v| v.is_some()).count(), 4321, "every user has a list");
+    for job in ["overlapped", "sequential"] {
+        for (i, (x, y)) in whole_table(&d, job).iter().zip(&whole).enumerate() {
+            assert_eq!(x, y, "user #{i} differs between the {job} and the whole-table run");
+        }
     }
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log());
 }

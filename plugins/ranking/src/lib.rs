@@ -42,9 +42,12 @@ struct Params {
     /// Size of the popular pool when `candidates = "popular"`.
     #[serde(default = "default_pool")]
     popular_pool: usize,
-    /// (user, item) pairs scored per host call.
-    #[serde(default = "default_batch_pairs")]
-    batch_pairs: usize,
+    /// (user, item) pairs scored per host call; unset: chosen by [`auto_batch_pairs`].
+    batch_pairs: Option<usize>,
+    /// Build the next batch while the current one is scored; default: on machines with
+    /// more than two cores.
+    #[serde(default = "default_overlap")]
+    overlap: bool,
     #[serde(default = "default_user_column")]
     user_column: String,
     #[serde(default = "default_item_column")]
@@ -73,8 +76,19 @@ fn default_candidates() -> Candidates {
 fn default_pool() -> usize {
     500
 }
-fn default_batch_pairs() -> usize {
-    1 << 18
+/// On two cores the batch builder competes with ONNX Runtime's two threads and the
+/// daemon taking the rows: measured on the retail demo and the M workload, overlapping
+/// was no faster there (0.9 s against 0.8 s on retail, 3.2-3.5 s either way on M).
+fn default_overlap() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() > 2)
+}
+
+/// The batch size when the job sets none: an eighth of the run's pairs, so that building
+/// batches overlaps scoring for most of the run, between 4,096 pairs (below that the cost
+/// of a model call starts to show) and 65,536 (so a batch's tensors stay bounded: a few
+/// tens of MB for a factor model, about 130 MB for an MLP with two hidden layers of 256).
+fn auto_batch_pairs(total_pairs: usize) -> usize {
+    total_pairs.div_ceil(8).clamp(4096, 65_536)
 }
 fn default_user_column() -> String {
     "user_id".into()
@@ -97,7 +111,7 @@ impl Strategy for Ranking {
         if params.k == 0 || params.k > 10_000 {
             return Err(PluginError::params(format!("params.k: must be 1..=10000, got {}", params.k)));
         }
-        if params.batch_pairs == 0 {
+        if params.batch_pairs == Some(0) {
             return Err(PluginError::params("params.batch_pairs: must be positive"));
         }
         if params.candidates == Candidates::Popular && params.popular_pool < params.k {
@@ -252,9 +266,12 @@ impl Ranking {
         Ok(bought)
     }
 
-    /// Builds pair batches on a thread of its own while this one scores, ranks and emits
-    /// the batch before: preparing batch n + 1 overlaps scoring batch n. The channel holds
-    /// one batch, so at most three are alive at once whatever the number of users.
+    /// Scores every user's candidates batch by batch. With `overlap` (the default) the
+    /// batches are built on a thread of their own while this one scores, ranks and emits
+    /// the batch before, so preparing batch n + 1 overlaps scoring batch n; the channel
+    /// holds one batch, so at most three are alive at once whatever the number of users.
+    /// Without it each batch is built, then scored: ONNX Runtime then has the cores to
+    /// itself (one core machines; measuring the scoring stage alone).
     fn score_all(
         &self,
         ctx: &mut RunContext<'_>,
@@ -264,29 +281,36 @@ impl Ranking {
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
         let total = vocab.users.len() as u64;
+        let n_items = vocab.items.len();
+        let batch_pairs = self.params.batch_pairs.unwrap_or_else(|| auto_batch_pairs(pool.pairs(bought)));
+        let mut result = Ok(());
+        let mut take = |batch: PairBatch, users_done: usize, ctx: &mut RunContext<'_>| {
+            let step =
+                if ctx.is_cancelled() { Err(PluginError::cancelled()) } else { self.flush(ctx, vocab, batch, scorer) };
+            ctx.progress(users_done as u64, total);
+            step.map_err(|e| result = Err(e)).is_ok()
+        };
+        if !self.params.overlap {
+            build_batches(bought, pool, n_items, batch_pairs, |batch, done| take(batch, done, ctx));
+            return result;
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel::<(PairBatch, usize)>(1);
-        let (batch_pairs, n_items) = (self.params.batch_pairs, vocab.items.len());
-        std::thread::scope(|scope| {
-            let producer = scope.spawn(move || build_batches(bought, pool, n_items, batch_pairs, &tx));
-            let mut result = Ok(());
+        let built = std::thread::scope(|scope| {
+            let producer = scope
+                .spawn(move || build_batches(bought, pool, n_items, batch_pairs, |b, done| tx.send((b, done)).is_ok()));
             for (batch, users_done) in rx.iter() {
-                if ctx.is_cancelled() {
-                    result = Err(PluginError::cancelled());
+                if !take(batch, users_done, ctx) {
                     break;
                 }
-                if let Err(e) = self.flush(ctx, vocab, batch, scorer) {
-                    result = Err(e);
-                    break;
-                }
-                ctx.progress(users_done as u64, total);
             }
             // Hang up first: a producer blocked on a full channel then stops.
             drop(rx);
-            if producer.join().is_err() {
-                result = result.and(Err(PluginError::internal("the batch builder panicked")));
-            }
-            result
-        })
+            producer.join()
+        });
+        if built.is_err() {
+            return Err(PluginError::internal("the batch builder panicked"));
+        }
+        result
     }
 
     /// Scores the pending pairs, keeps each user's top k and emits them.
@@ -319,8 +343,8 @@ impl Ranking {
     }
 }
 
-/// Sends each batch of at least `batch_pairs` pairs (the last may be smaller) with the
-/// number of users it completes; stops early when the receiver hangs up. A user's
+/// Hands each batch of at least `batch_pairs` pairs (the last may be smaller) to `take`
+/// with the number of users it completes; stops early when `take` says no. A user's
 /// candidates are the pool minus what they bought, found with a stamp per item (the
 /// user who last marked it) instead of a set lookup per pair.
 fn build_batches(
@@ -328,7 +352,7 @@ fn build_batches(
     pool: &Pool,
     n_items: usize,
     batch_pairs: usize,
-    tx: &std::sync::mpsc::SyncSender<(PairBatch, usize)>,
+    mut take: impl FnMut(PairBatch, usize) -> bool,
 ) {
     let mut stamp = vec![u32::MAX; n_items];
     let mut batch = PairBatch::default();
@@ -347,12 +371,12 @@ fn build_batches(
             batch.users.extend(std::iter::repeat_n(u as i64, n));
             batch.spans.push((u, start, n));
         }
-        if batch.items.len() >= batch_pairs && tx.send((std::mem::take(&mut batch), u + 1)).is_err() {
+        if batch.items.len() >= batch_pairs && !take(std::mem::take(&mut batch), u + 1) {
             return;
         }
     }
     // The last, possibly empty, batch carries the final progress.
-    let _ = tx.send((batch, bought.len()));
+    take(batch, bought.len());
 }
 
 #[derive(Default)]
@@ -489,6 +513,15 @@ enum Pool {
 }
 
 impl Pool {
+    /// About how many pairs a run scores: every user's candidates, before what they
+    /// bought is taken out.
+    fn pairs(&self, bought: &[Vec<u32>]) -> usize {
+        match self {
+            Pool::All(items) => items.len() * bought.len(),
+            Pool::PerUser(lists) => lists.values().map(Vec::len).sum(),
+        }
+    }
+
     /// The pool with `items` taken out.
     fn without(self, items: &HashSet<u32>) -> Pool {
         let keep = |list: &mut Vec<usize>| list.retain(|i| !items.contains(&(*i as u32)));
