@@ -10,7 +10,7 @@ one MULTI/EXEC per chunk). Same model, same candidates, same k, same tie-break a
 ranking plugin, so both produce the same lists (the benchmark checks a sample).
 
     python3 scripts/python_pipeline.py --job JOB.toml --redis-socket /path/redis.sock \
-        [--table ranking] [--threads N] [--batch-pairs 262144] [--timings out.json]
+        [--table ranking] [--threads N] [--timings out.json] [--score-only [--device cuda]]
 
 Reads the job file for model, inputs and params (k, candidates, popular_pool,
 batch_pairs), so both sides are driven by one definition.
@@ -62,6 +62,8 @@ def purchases(job: dict, users: pd.Series, items: pd.Series) -> tuple[np.ndarray
 
 def candidate_pool(job: dict, indptr, bought, n_items: int) -> np.ndarray:
     params = job.get("params", {})
+    if params.get("available_column"):
+        raise SystemExit("python pipeline: available_column is not implemented here")
     mode = params.get("candidates", "unseen")
     if mode == "unseen":
         return np.arange(n_items, dtype=np.int64)
@@ -183,9 +185,15 @@ def main(argv=None) -> int:
         rows += len(u)
         for user, start, n in spans:
             s, cand = scores[start:start + n], it[start:start + n]
-            top = np.argpartition(-s, k - 1)[:k] if n > k else np.arange(n)
+            if n > k:
+                # every candidate scoring at least the k-th best, so that ties at the
+                # cut are settled by item index as the plugin does, not by chance
+                kth = np.partition(-s, k - 1)[k - 1]
+                top = np.flatnonzero(-s <= kth)
+            else:
+                top = np.arange(n)
             # best first; ties by item index, as the plugin
-            top = top[np.lexsort((cand[top], -s[top]))]
+            top = top[np.lexsort((cand[top], -s[top]))][:k]
             key = f"{args.table}:{user_ids[user]}"
             pipe.delete(key)
             pipe.zadd(key, {item_ids[cand[j]]: float(s[j]) for j in top})

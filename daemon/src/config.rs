@@ -77,6 +77,14 @@ struct RawConfig {
     store_cache_mb: u64,
 }
 
+fn mib_to_bytes(mib: u64, field: &'static str, file: &str) -> Result<u64, ConfigError> {
+    mib.checked_mul(1 << 20).ok_or_else(|| ConfigError::Invalid {
+        file: file.into(),
+        field,
+        message: format!("{mib} MiB is more memory than a 64-bit count of bytes holds"),
+    })
+}
+
 fn default_read_cache_mb() -> u64 {
     1024
 }
@@ -242,8 +250,8 @@ impl Config {
             log_json,
             limits,
             caches: crate::store::Caches {
-                sled_bytes: raw.store_cache_mb.max(16) << 20,
-                read_bytes: raw.read_cache_mb << 20,
+                sled_bytes: mib_to_bytes(raw.store_cache_mb.max(16), "store_cache_mb", file)?,
+                read_bytes: mib_to_bytes(raw.read_cache_mb, "read_cache_mb", file)?,
             },
             serve_threads: match raw.serve_threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),

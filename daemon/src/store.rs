@@ -20,7 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::read_cache::ReadCache;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: list values carry a flag and the offset of their JSON ([`encode_list`]), which a
+/// recd that knows only 1 would misread; a format-1 store is upgraded in place on open,
+/// since format 2 reads every format-1 value as it is.
+pub const FORMAT_VERSION: u32 = 2;
+/// Formats this recd opens and marks as [`FORMAT_VERSION`] without converting a value.
+const READS_IN_PLACE: &[&[u8]] = &[b"1"];
 const META_TREE: &str = "meta";
 const KEY_FORMAT: &[u8] = b"format_version";
 const TABLE_KEY_PREFIX: &str = "table/";
@@ -184,6 +189,15 @@ impl Store {
                 meta.insert(KEY_FORMAT, FORMAT_VERSION.to_string().as_bytes())?;
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_string().as_bytes() => {}
+            Some(v) if READS_IN_PLACE.contains(&v.as_ref()) => {
+                tracing::info!(
+                    from = %String::from_utf8_lossy(&v),
+                    to = FORMAT_VERSION,
+                    "store format upgraded in place (older recd builds will refuse this data dir)"
+                );
+                meta.insert(KEY_FORMAT, FORMAT_VERSION.to_string().as_bytes())?;
+                meta.flush()?;
+            }
             Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
         }
         let store = Store {
@@ -671,15 +685,17 @@ impl<'a> ListEntries<'a> {
     }
 }
 
-/// The list as GET's JSON when the value carries it (then empty if the value is cut
-/// short), or None for a value written before the JSON was added.
+/// The list as GET's JSON when the value carries it, or None for a value written before
+/// the JSON was added (or whose offset does not point at it).
 pub fn stored_list_json(bytes: &[u8]) -> Option<&[u8]> {
     let word = u32::from_le_bytes(bytes.get(..4)?.try_into().expect("4 bytes"));
     if word & HAS_JSON == 0 {
         return None;
     }
-    let at = bytes.get(4..8).map_or(usize::MAX, |n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize);
-    Some(bytes.get(at..).unwrap_or(&[]))
+    let at = bytes.get(4..8).map_or(0, |n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize);
+    // A damaged offset (inside the header, past the end, not at a JSON array) gives
+    // None, so GET builds the JSON from the entries instead of sending other bytes.
+    bytes.get(at..).filter(|json| at >= 8 && json.first() == Some(&b'['))
 }
 
 impl<'a> Iterator for ListEntries<'a> {
@@ -806,6 +822,40 @@ mod tests {
         old.push(b'x');
         assert_eq!(stored_list_json(&old), None);
         assert_eq!(decode_list(&old), vec![(&b"x"[..], 5.0)]);
+    }
+
+    /// A data dir marked with format `version`, holding nothing else.
+    fn marked_store(version: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.open_tree(META_TREE).unwrap().insert(KEY_FORMAT, version.as_bytes()).unwrap();
+        db.flush().unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_format_1_store_is_upgraded_in_place_and_other_formats_are_refused() {
+        let dir = marked_store("1");
+        let retention = Retention { count: 2, max_age: None };
+        let store = Store::open(dir.path(), retention).unwrap();
+        let marked = store.meta.get(KEY_FORMAT).unwrap().unwrap();
+        assert_eq!(marked.as_ref(), FORMAT_VERSION.to_string().as_bytes());
+        drop(store);
+        let dir = marked_store("7");
+        let err = Store::open(dir.path(), retention).err().expect("format 7 is refused").to_string();
+        assert!(err.contains("store format version 7 is not supported (this recd writes 2)"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_json_offset_falls_back_to_the_entries() {
+        let mut list = vec![("a".to_string(), 1.0)];
+        let good = encode_list(&mut list);
+        for at in [0u32, 4, 9, good.len() as u32 + 5] {
+            let mut bad = good.clone();
+            bad[4..8].copy_from_slice(&at.to_le_bytes());
+            assert_eq!(stored_list_json(&bad), None, "offset {at}");
+            assert_eq!(decode_list(&bad), vec![(&b"a"[..], 1.0)]);
+        }
     }
 
     #[test]

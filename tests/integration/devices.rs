@@ -21,10 +21,13 @@ fn cuda_provider_installed() -> bool {
 #[test]
 fn cuda_fails_clearly_and_auto_falls_back_to_cpu() {
     if cuda_provider_installed() {
-        // A CUDA build: the strict failure cannot be shown here; `auto` must pick CUDA.
-        let d = TestDaemon::start(&[("ranking", &with_device("auto"))]);
-        d.run_job("ranking");
-        assert_eq!(d.history("ranking")[0]["provider"], "cuda", "{}", d.log());
+        // A CUDA build (a GPU host): the strict failure cannot be shown here; instead a
+        // strict run must succeed on CUDA, and `auto` must pick CUDA too.
+        let d = TestDaemon::start(&[("ranking", &with_device("cuda")), ("ranking_auto", &with_device("auto"))]);
+        for job in ["ranking", "ranking_auto"] {
+            d.run_job(job);
+            assert_eq!(d.history(job)[0]["provider"], "cuda", "{job}: {}", d.log());
+        }
         return;
     }
     let d = TestDaemon::start(&[("ranking", &with_device("cuda")), ("ranking_auto", &with_device("auto"))]);

@@ -14,12 +14,14 @@
 //! pair's item). Unbound, the model's inputs must be named after features (the shipped
 //! model's are `user` and `item`). The score is read from output `score_output`.
 
-use arrow_array::Float32Array;
+use arrow_array::{ArrayRef, Float32Array, Int64Array};
+use arrow_buffer::ScalarBuffer;
 use recd_plugin_api::columns::{booleans, column, ids_as_strings, ids_to_index, numbers};
 use recd_plugin_api::model::{FeatureValues, ModelInput, model_column, scoring_batch};
 use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,7 +159,9 @@ impl Strategy for Ranking {
         let unavailable = self.unavailable(ctx, &vocab)?;
         let pool = match self.params.candidates {
             Candidates::Unseen => Pool::All((0..vocab.items.len()).collect()),
-            Candidates::Popular => Pool::All(popular_pool(&bought, vocab.items.len(), self.params.popular_pool)),
+            Candidates::Popular => {
+                Pool::All(popular_pool(&bought, vocab.items.len(), self.params.popular_pool, &unavailable))
+            }
             Candidates::Upstream => Pool::PerUser(upstream_pool(ctx, &vocab)?),
         };
         let pool = pool.without(&unavailable);
@@ -324,22 +328,39 @@ impl Ranking {
         if batch.items.is_empty() {
             return Ok(());
         }
-        let scores = scorer.score(ctx, &batch.users, &batch.items)?;
+        let (scores, items) = scorer.score(ctx, batch.users, batch.items)?;
         let mut out = OutputRows::new();
+        let mut best = Vec::with_capacity(self.params.k + 1);
         for &(u, start, n) in &batch.spans {
-            let mut cand: Vec<(f32, i64)> = (start..start + n).map(|j| (scores[j], batch.items[j])).collect();
-            let by_rank = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-            let k = self.params.k.min(cand.len());
-            if k < cand.len() {
-                cand.select_nth_unstable_by(k - 1, by_rank);
-                cand.truncate(k);
-            }
-            cand.sort_unstable_by(by_rank);
-            for (score, item) in cand {
+            top_k(&scores[start..start + n], &items[start..start + n], self.params.k, &mut best);
+            for &(score, item) in &best {
                 out.push(&vocab.users[u], &vocab.items[item as usize], score);
             }
         }
         ctx.emit(out.into_batch()?)
+    }
+}
+
+/// Whether `a` ranks before `b`: higher score first, then lower item index.
+fn ranks_before(a: (f32, i64), b: (f32, i64)) -> bool {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)) == std::cmp::Ordering::Less
+}
+
+/// The `k` best of one user's (score, item) candidates into `best`, best first. One pass
+/// that keeps the k best so far in order: with k small next to the candidates (10 of
+/// hundreds or thousands) almost every candidate is one compare against the k-th.
+fn top_k(scores: &[f32], items: &[i64], k: usize, best: &mut Vec<(f32, i64)>) {
+    best.clear();
+    for (&score, &item) in scores.iter().zip(items) {
+        let c = (score, item);
+        if best.len() == k {
+            if !best.last().is_some_and(|&worst| ranks_before(c, worst)) {
+                continue;
+            }
+            best.pop();
+        }
+        let at = best.partition_point(|&b| ranks_before(b, c));
+        best.insert(at, c);
     }
 }
 
@@ -478,17 +499,35 @@ fn per_id(
 }
 
 impl Scorer {
-    /// Scores (user, item) pairs of model indices.
-    fn score(&self, ctx: &mut RunContext<'_>, users: &[i64], items: &[i64]) -> Result<Vec<f32>, PluginError> {
+    /// Scores (user, item) pairs of model indices; gives back the scores and the items.
+    /// The index vectors become the model's int64 columns as they are (Arrow takes the
+    /// vectors over, no copy), and the items are read back from that same buffer.
+    fn score(
+        &self,
+        ctx: &mut RunContext<'_>,
+        users: Vec<i64>,
+        items: Vec<i64>,
+    ) -> Result<(ScalarBuffer<f32>, ScalarBuffer<i64>), PluginError> {
+        let (users, items) = (Int64Array::from(users), Int64Array::from(items));
+        let as_is = |input: &ModelInput, ids: &Int64Array| -> Result<ArrayRef, PluginError> {
+            match input.dtype.as_str() {
+                "int64" => Ok(Arc::new(ids.clone())),
+                _ => model_column(input, FeatureValues::Int(ids.values().to_vec())),
+            }
+        };
         let mut columns = Vec::with_capacity(self.features.len());
         for (input, source) in &self.features {
-            let values = match source {
-                Source::UserIndex => FeatureValues::Int(users.to_vec()),
-                Source::ItemIndex => FeatureValues::Int(items.to_vec()),
-                Source::PerUser(v) => FeatureValues::Float(users.iter().map(|&u| v[u as usize]).collect()),
-                Source::PerItem(v) => FeatureValues::Float(items.iter().map(|&i| v[i as usize]).collect()),
+            let column = match source {
+                Source::UserIndex => as_is(input, &users)?,
+                Source::ItemIndex => as_is(input, &items)?,
+                Source::PerUser(v) => {
+                    model_column(input, FeatureValues::Float(users.values().iter().map(|&u| v[u as usize]).collect()))?
+                }
+                Source::PerItem(v) => {
+                    model_column(input, FeatureValues::Float(items.values().iter().map(|&i| v[i as usize]).collect()))?
+                }
             };
-            columns.push((input.input.clone(), model_column(input, values)?));
+            columns.push((input.input.clone(), column));
         }
         let output = ctx.score(scoring_batch(columns)?)?;
         let col = column(&output, "model output", &self.output)?;
@@ -502,7 +541,7 @@ impl Scorer {
                 users.len()
             )));
         }
-        Ok(scores.values().to_vec())
+        Ok((scores.values().clone(), items.values().clone()))
     }
 }
 
@@ -556,14 +595,15 @@ fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, V
 }
 
 /// The `size` items with the most distinct buyers (ties: lower index first).
-fn popular_pool(bought: &[Vec<u32>], n_items: usize, size: usize) -> Vec<usize> {
+/// Items in `unavailable` are left out before the pool is cut to `size`.
+fn popular_pool(bought: &[Vec<u32>], n_items: usize, size: usize, unavailable: &HashSet<u32>) -> Vec<usize> {
     let mut buyers = vec![0u32; n_items];
     for set in bought {
         for &i in set {
             buyers[i as usize] += 1;
         }
     }
-    let mut order: Vec<usize> = (0..n_items).collect();
+    let mut order: Vec<usize> = (0..n_items).filter(|&i| !unavailable.contains(&(i as u32))).collect();
     order.sort_by(|&a, &b| buyers[b].cmp(&buyers[a]).then(a.cmp(&b)));
     order.truncate(size);
     order
@@ -633,12 +673,67 @@ mod tests {
     }
 
     #[test]
+    fn top_k_keeps_the_best_in_rank_order_ties_by_item() {
+        // A small deterministic generator; many ties (scores from 8 values).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut best = Vec::new();
+        for n in [0usize, 1, 5, 10, 11, 37, 500] {
+            let scores: Vec<f32> = (0..n).map(|_| (next() % 8) as f32 / 4.0).collect();
+            let items: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % 1009).collect();
+            for k in [1usize, 3, 10] {
+                top_k(&scores, &items, k, &mut best);
+                let mut all: Vec<(f32, i64)> = scores.iter().copied().zip(items.iter().copied()).collect();
+                all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                all.truncate(k);
+                assert_eq!(best, all, "n={n} k={k}");
+            }
+        }
+    }
+
+    #[test]
     fn top_k_of_unseen_items_by_model_score() {
         let out = harness(r#"{"k": 2}"#).run::<Ranking>().unwrap();
         assert_eq!(list(&out, "u1"), ["c", "b"]);
         // a cancelled line is not a purchase: b stays a candidate for u2
         assert_eq!(list(&out, "u2"), ["b", "c"]);
         assert_eq!(out.list("u2")[0].1, -1.0);
+    }
+
+    #[test]
+    fn overlapped_batches_stop_cleanly_on_cancel_and_on_a_scoring_error() {
+        // One user per batch (batch_pairs = 1), batches built on the second thread.
+        let params = r#"{"k": 2, "batch_pairs": 1, "overlap": true}"#;
+        let err = harness(params).cancel_after(1).run::<Ranking>().unwrap_err();
+        assert_eq!(err.code, recd_plugin_api::abi::code::CANCELLED, "{err:?}");
+        let err = harness(params).scorer(|_| Err("model exploded".into())).run::<Ranking>().unwrap_err();
+        assert!(err.message.contains("model exploded"), "{err:?}");
+        // and without a fault both ways give the same lists
+        let overlapped = harness(params).run::<Ranking>().unwrap();
+        let sequential = harness(r#"{"k": 2, "batch_pairs": 1, "overlap": false}"#).run::<Ranking>().unwrap();
+        for user in ["u1", "u2"] {
+            assert_eq!(list(&overlapped, user), list(&sequential, user));
+        }
+    }
+
+    #[test]
+    fn unavailable_items_do_not_take_places_in_the_popular_pool() {
+        // buyers: a 1, d 1; b is out of stock. A pool of 2 is [a, d] either way, but
+        // with b marked as bought by everyone it used to crowd one of them out.
+        let items = vocab("item_id", &["a", "b", "c", "d"]);
+        let available: Arc<dyn arrow_array::Array> = Arc::new(BooleanArray::from(vec![true, false, true, true]));
+        let mut columns: Vec<(Field, Arc<dyn arrow_array::Array>)> =
+            items.schema().fields().iter().zip(items.columns()).map(|(f, c)| (f.as_ref().clone(), c.clone())).collect();
+        columns.push((Field::new("in_stock", DataType::Boolean, false), available));
+        let params = r#"{"k": 2, "candidates": "popular", "popular_pool": 2, "available_column": "in_stock"}"#;
+        let out = harness_with_items(params, table(columns)).run::<Ranking>().unwrap();
+        assert_eq!(list(&out, "u1"), ["a"]);
+        assert_eq!(list(&out, "u2"), ["d"]);
     }
 
     #[test]
