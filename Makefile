@@ -41,5 +41,6 @@ bench-serving:
 # demo data, MovieLens 100K and the generated M workload; recd's scoring stage vs a tight ONNX
 # Runtime loop; peak memory for the S, M and L workloads (generated once into target/bench-batch/).
 bench-batch: setup
-	python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
+	PYTHONPATH=.deps/pytools python3 -c "import numpy, pandas, pyarrow, onnx, onnxruntime, redis" 2>/dev/null || \
+	  python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
 	python3 scripts/bench_batch.py

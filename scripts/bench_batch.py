@@ -424,8 +424,8 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         )
     lines += [
         "",
-        "recd's scoring stage runs while the daemon stores the rows already scored (sled inserts,",
-        "about 12 µs per user, most of the daemon's CPU in the last column), on the same cores as",
+        "recd's scoring stage runs while the daemon stores the rows already scored (the daemon's",
+        "CPU in the last column, most of it sled inserts, a profile shows), on the same cores as",
         "ONNX Runtime's threads; the loop runs alone. Where the model is light and memory-bound",
         "(the factor model on M) that sharing shows; where the model is heavy (the MLP) it does not.",
     ]
