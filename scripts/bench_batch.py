@@ -107,25 +107,12 @@ pd.DataFrame({{"item_id": items, "index": range(len(items))}}).to_csv(out + "/it
 rng = np.random.default_rng(7)
 U = g.factors(rng, np.zeros(len(users), int), 1, 1.0); V = g.factors(rng, np.zeros(len(items), int), 1, 1.0)
 onnx.save(g.mf_model(U, V, {{"dataset": "ml-100k"}}), out + "/mf.onnx")
+from pathlib import Path
+Path(out, "ranking-mf.toml").write_text(g.job(Path(out), "mf.onnx", None, "MovieLens 100K, every unseen movie"))
 """
     run = py(["-c", code])
     if run.returncode != 0:
         raise Fail(f"preparing MovieLens failed:\n{run.stderr}")
-    (out / "ranking-mf.toml").write_text(
-        f"""description = "MovieLens 100K, 32-factor MF, every unseen movie"
-plugin = "ranking"
-model = "{out / 'mf.onnx'}"
-device = "cpu"
-max_items_per_user = 10
-[inputs]
-interactions = "{out / 'interactions.parquet'}"
-users = "{out / 'users.csv'}"
-items = "{out / 'items.csv'}"
-[params]
-k = 10
-candidates = "unseen"
-"""
-    )
     return out
 
 

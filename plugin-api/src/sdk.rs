@@ -79,16 +79,6 @@ impl CheckContext {
         find_input(&self.inputs, name)
     }
 
-    /// Moves input `name` out of the context, so its memory is freed as soon as the
-    /// strategy drops it (the host keeps no copy): for a big table read once, such as the
-    /// interactions a strategy turns into its own compact form. Later `input(name)` calls
-    /// fail as for a missing table.
-    pub fn take_input(&mut self, name: &str) -> Result<RecordBatch, PluginError> {
-        find_input(&self.inputs, name)?;
-        let at = self.inputs.iter().position(|(n, _)| n == name).expect("found above");
-        Ok(self.inputs.swap_remove(at).1)
-    }
-
     pub fn has_input(&self, name: &str) -> bool {
         self.inputs.iter().any(|(n, _)| n == name)
     }
