@@ -45,7 +45,15 @@ impl std::fmt::Display for RunReport {
             self.version.rows,
             self.seconds,
             self.provider
-        )
+        )?;
+        let s = &self.stats;
+        if s.score_calls > 0 {
+            write!(f, "; scoring {:.2}s in {} calls", s.score_seconds, s.score_calls)?;
+        }
+        if s.peak_rss_bytes > 0 {
+            write!(f, "; worker peak {} MiB", s.peak_rss_bytes >> 20)?;
+        }
+        Ok(())
     }
 }
 

@@ -45,6 +45,13 @@ fn cuda_fails_clearly_and_auto_falls_back_to_cpu() {
 
     let report = d.run_job("ranking_auto");
     assert!(report.contains("(provider cpu)"), "{report}");
+    let worker = &d.history("ranking_auto")[0]["worker"];
+    let calls = worker["score_calls"].as_u64().unwrap();
+    assert!(calls > 0 && report.contains("; scoring ") && report.contains(&format!(" in {calls} calls")), "{report}");
+    assert!(
+        report.contains(&format!("; worker peak {} MiB", worker["peak_rss_bytes"].as_u64().unwrap() >> 20)),
+        "{report}"
+    );
     let run = &d.history("ranking_auto")[0];
     assert_eq!(run["status"], "ok", "{run}");
     assert_eq!(run["provider"], "cpu", "the provider that actually ran is recorded: {run}");
