@@ -182,7 +182,12 @@ impl Store {
     }
 
     pub fn open_with(dir: &Path, retention: Retention, caches: Caches) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).cache_capacity(caches.sled_bytes).open()?;
+        // HighThroughput: on the M workload (100k users stored per run) runs took 3.0 s
+        // against 3.4 s with sled's default LowSpace, the scoring beside them 1.3 s
+        // against 1.6 s (the two share the cores), and the data dir after three runs
+        // was the same size (260 MB).
+        let db =
+            sled::Config::new().path(dir).cache_capacity(caches.sled_bytes).mode(sled::Mode::HighThroughput).open()?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get(KEY_FORMAT)? {
             None => {
