@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -116,7 +115,7 @@ def factors(rng, groups: np.ndarray, n_groups: int, scale: np.ndarray | float) -
 
 
 def mf_model(U: np.ndarray, V: np.ndarray, meta: dict):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     nodes = [
         helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([1], np.int64), "axes_v")),
