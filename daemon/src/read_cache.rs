@@ -15,15 +15,19 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quick_cache::{Equivalent, Weighter, sync::Cache};
+use smallvec::SmallVec;
 
-type Key = (u64, Vec<u8>);
+/// (generation, user). The user bytes sit inline in the entry for ids up to 32 bytes:
+/// a probe then compares the key without a second cache miss on a heap copy (profiled:
+/// that miss, in `memcmp`, was about a third of the probe).
+type Key = (u64, SmallVec<[u8; 32]>);
 
 /// A lookup key borrowing the user bytes; hashes exactly as the owned [`Key`] does.
 struct KeyRef<'a>(u64, &'a [u8]);
 
 impl Hash for KeyRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // As `(u64, Vec<u8>)` hashes: the tuple's fields in order, the Vec as its slice.
+        // As the owned key hashes: the tuple's fields in order, the SmallVec as its slice.
         self.0.hash(state);
         self.1.hash(state);
     }
@@ -80,7 +84,7 @@ impl ReadCache {
         }
         let value = read()?;
         if let Some(v) = &value {
-            cache.insert((generation, user.to_vec()), sled::IVec::from(v.as_ref()));
+            cache.insert((generation, SmallVec::from_slice(user)), sled::IVec::from(v.as_ref()));
         }
         Ok(value)
     }

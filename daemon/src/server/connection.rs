@@ -51,7 +51,7 @@ async fn handle(
                 Ok(Some((args, n))) => {
                     used += n;
                     if !args.is_empty() {
-                        flow = cmd::execute(args, &daemon, &mut client, &mut out).await;
+                        flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
                     }
                 }
                 Ok(None) => break,

@@ -1,7 +1,7 @@
 //! RESP framing: parsing requests (arrays of bulk strings, or inline commands) and
 //! replies (for the CLI's client), and writing replies into an output buffer.
 
-use std::io::Write;
+use smallvec::SmallVec;
 
 /// Limits that keep a hostile client from making us allocate without bound.
 pub const MAX_BULK_LEN: usize = 16 * 1024 * 1024;
@@ -18,8 +18,12 @@ pub enum Frame {
     Array(Vec<Frame>),
 }
 
+/// A request's arguments, borrowed from the input buffer; inline up to 8 (no allocation
+/// per request on the read path).
+pub type Args<'a> = SmallVec<[&'a [u8]; 8]>;
+
 /// A parsed request's arguments and the bytes it used; `None`: incomplete, read more.
-pub type Parsed = Option<(Vec<Vec<u8>>, usize)>;
+pub type Parsed<'a> = Option<(Args<'a>, usize)>;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProtocolError {
@@ -33,7 +37,7 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, ProtocolError> {
 
 /// Parses one request: the command's arguments, and the bytes consumed. `Ok(None)`
 /// means more bytes are needed.
-pub fn parse_request(buf: &[u8]) -> Result<Parsed, ProtocolError> {
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -42,13 +46,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     }
     let Some((n, mut at)) = read_line_int(buf, 1)? else { return Ok(None) };
     if n < 0 {
-        return Ok(Some((Vec::new(), at)));
+        return Ok(Some((Args::new(), at)));
     }
     let n = n as usize;
     if n > MAX_ARRAY_LEN {
         return invalid("invalid multibulk length");
     }
-    let mut args = Vec::with_capacity(n.min(64));
+    let mut args = Args::with_capacity(n.min(64));
     for _ in 0..n {
         if at >= buf.len() {
             return Ok(None);
@@ -67,13 +71,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed, ProtocolError> {
         if &buf[end..end + 2] != b"\r\n" {
             return invalid("bulk string not terminated by CRLF");
         }
-        args.push(buf[start..end].to_vec());
+        args.push(&buf[start..end]);
         at = end + 2;
     }
     Ok(Some((args, at)))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Result<Parsed<'_>, ProtocolError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE_LEN {
             return invalid("too big inline request");
@@ -81,7 +85,7 @@ fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
         return Ok(None);
     };
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
-    let args = line.split(|b| b.is_ascii_whitespace()).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect();
+    let args = line.split(|b| b.is_ascii_whitespace()).filter(|a| !a.is_empty()).collect();
     Ok(Some((args, nl + 1)))
 }
 
@@ -161,12 +165,20 @@ pub fn error(out: &mut Vec<u8>, msg: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `<tag><n>\r\n`: the header of integers, bulks and aggregates. itoa, not `write!`:
+/// this runs several times per reply on the read path.
+fn header(out: &mut Vec<u8>, tag: u8, n: impl itoa::Integer) {
+    out.push(tag);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 pub fn integer(out: &mut Vec<u8>, n: i64) {
-    let _ = write!(out, ":{n}\r\n");
+    header(out, b':', n);
 }
 
 pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    let _ = write!(out, "${}\r\n", bytes.len());
+    header(out, b'$', bytes.len());
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
@@ -176,7 +188,7 @@ pub fn null(out: &mut Vec<u8>) {
 }
 
 pub fn array_len(out: &mut Vec<u8>, n: usize) {
-    let _ = write!(out, "*{n}\r\n");
+    header(out, b'*', n);
 }
 
 /// A reply being written for one connection, in the protocol it chose with HELLO. Derefs
@@ -196,7 +208,9 @@ impl Reply {
     /// A score: a double in RESP3, its text as a bulk string in RESP2.
     pub fn double(&mut self, s: f32) {
         if self.resp3 {
-            let _ = write!(self.buf, ",{}\r\n", format_score(s));
+            self.buf.push(b',');
+            self.buf.extend_from_slice(ScoreText::new(s).as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
         } else {
             score(&mut self.buf, s);
         }
@@ -205,7 +219,7 @@ impl Reply {
     /// A map of `n` pairs: `%n` in RESP3, a flat array of 2n in RESP2.
     pub fn map_len(&mut self, n: usize) {
         if self.resp3 {
-            let _ = write!(self.buf, "%{n}\r\n");
+            header(&mut self.buf, b'%', n);
         } else {
             array_len(&mut self.buf, 2 * n);
         }
@@ -227,15 +241,50 @@ impl std::ops::DerefMut for Reply {
 
 /// A sorted-set score as Redis prints it: the shortest text that reads back as the value.
 pub fn score(out: &mut Vec<u8>, s: f32) {
-    let text = format_score(s);
-    bulk(out, text.as_bytes());
+    bulk(out, ScoreText::new(s).as_bytes());
 }
 
 pub fn format_score(s: f32) -> String {
-    if s.is_infinite() {
-        return if s > 0.0 { "inf".into() } else { "-inf".into() };
+    String::from_utf8(ScoreText::new(s).as_bytes().to_vec()).expect("score text is ASCII")
+}
+
+/// A score's text, formatted on the stack: a reply writes one per member, so no
+/// allocation per score. Rust's shortest round-trip text of an f32 is at most 48 bytes
+/// (the smallest subnormal in full: `-0.` and 45 digits); `inf` as Redis writes it.
+struct ScoreText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ScoreText {
+    fn new(s: f32) -> ScoreText {
+        let mut text = ScoreText { buf: [0; 64], len: 0 };
+        if s.is_infinite() {
+            text.push(if s > 0.0 { "inf" } else { "-inf" });
+        } else {
+            let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{s}"));
+        }
+        text
     }
-    format!("{s}")
+
+    fn push(&mut self, part: &str) {
+        self.buf[self.len..self.len + part.len()].copy_from_slice(part.as_bytes());
+        self.len += part.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for ScoreText {
+    fn write_str(&mut self, part: &str) -> std::fmt::Result {
+        if self.len + part.len() > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.push(part);
+        Ok(())
+    }
 }
 
 /// Encodes a request as an array of bulk strings (for the CLI client).
@@ -252,8 +301,8 @@ pub fn request(args: &[&[u8]]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<Vec<u8>> {
-        v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    fn args<'a>(v: &[&'a str]) -> Args<'a> {
+        v.iter().map(|s| s.as_bytes()).collect()
     }
 
     #[test]
@@ -298,5 +347,18 @@ mod tests {
             ])
         );
         assert_eq!(format_score(0.25), "0.25");
+    }
+
+    #[test]
+    fn scores_format_on_the_stack_as_rust_prints_them() {
+        let subnormal = f32::from_bits(1);
+        for s in [0.25, -0.0, 1.0 / 3.0, 873.4375, f32::MAX, f32::MIN, subnormal, -subnormal, f32::MIN_POSITIVE] {
+            assert_eq!(format_score(s), format!("{s}"), "{s:e}");
+        }
+        assert_eq!(format_score(f32::INFINITY), "inf");
+        assert_eq!(format_score(f32::NEG_INFINITY), "-inf");
+        let mut out = Vec::new();
+        score(&mut out, -subnormal);
+        assert_eq!(out, format!("$48\r\n{}\r\n", -subnormal).into_bytes());
     }
 }

@@ -11,7 +11,7 @@ pub enum ClientCmd {
 }
 
 impl ClientCmd {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<ClientCmd> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<ClientCmd> {
         let Some((sub, rest)) = args.split_first() else { return Err(wrong_args("client")) };
         match (sub.to_ascii_lowercase().as_slice(), rest) {
             (b"setname", [name]) => Ok(ClientCmd::SetName(String::from_utf8_lossy(name).into_owned())),

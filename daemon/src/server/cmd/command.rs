@@ -11,7 +11,7 @@ pub enum CommandCmd {
 }
 
 impl CommandCmd {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<CommandCmd> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<CommandCmd> {
         Ok(match args.first().map(|a| a.to_ascii_lowercase()) {
             Some(sub) if sub == b"count" => CommandCmd::Count,
             Some(sub) if sub == b"info" => CommandCmd::Info(args.len() - 1),

@@ -8,10 +8,11 @@ use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
+/// The parameters asked for, lower-cased.
 pub struct ConfigGet(Vec<Vec<u8>>);
 
 impl ConfigGet {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<ConfigGet> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<ConfigGet> {
         match args {
             [sub, params @ ..] if sub.eq_ignore_ascii_case(b"get") && !params.is_empty() => {
                 Ok(ConfigGet(params.iter().map(|p| p.to_ascii_lowercase()).collect()))

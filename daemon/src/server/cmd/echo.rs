@@ -2,17 +2,17 @@
 use super::{ParseResult, wrong_args};
 use crate::server::resp::{self, Reply};
 
-pub struct Echo(Vec<u8>);
+pub struct Echo<'a>(&'a [u8]);
 
-impl Echo {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Echo> {
+impl<'a> Echo<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<Echo<'a>> {
         match args {
-            [m] => Ok(Echo(m.clone())),
+            [m] => Ok(Echo(m)),
             _ => Err(wrong_args("echo")),
         }
     }
 
     pub fn apply(self, out: &mut Reply) {
-        resp::bulk(out, &self.0);
+        resp::bulk(out, self.0);
     }
 }

@@ -5,10 +5,10 @@ use super::{ParseResult, Snapshot, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
-pub struct Exists(Vec<Vec<u8>>);
+pub struct Exists<'a>(Vec<&'a [u8]>);
 
-impl Exists {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Exists> {
+impl<'a> Exists<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<Exists<'a>> {
         if args.is_empty() {
             return Err(wrong_args("exists"));
         }

@@ -10,18 +10,18 @@ use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 use crate::store::{decode_hash, decode_list, stored_list_json, write_list_json};
 
-pub struct Get(Vec<u8>);
+pub struct Get<'a>(&'a [u8]);
 
-impl Get {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Get> {
+impl<'a> Get<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<Get<'a>> {
         match args {
-            [k] => Ok(Get(k.clone())),
+            [k] => Ok(Get(k)),
             _ => Err(wrong_args("get")),
         }
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        write_json(super::lookup(daemon, &self.0), out);
+        write_json(super::lookup(daemon, self.0), out);
     }
 }
 

@@ -10,7 +10,7 @@ pub struct Hello {
 }
 
 impl Hello {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Hello> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Hello> {
         let Some((ver, mut rest)) = args.split_first() else { return Ok(Hello { proto: None, setname: None }) };
         let ver = parse_int(ver).map_err(|_| "ERR Protocol version is not an integer or out of range".to_string())?;
         if ver != 2 && ver != 3 {

@@ -5,25 +5,23 @@ use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
-pub struct HGet {
-    key: Vec<u8>,
-    field: Vec<u8>,
+pub struct HGet<'a> {
+    key: &'a [u8],
+    field: &'a [u8],
 }
 
-impl HGet {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<HGet> {
+impl<'a> HGet<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<HGet<'a>> {
         match args {
-            [k, f] => Ok(HGet { key: k.clone(), field: f.clone() }),
+            [k, f] => Ok(HGet { key: k, field: f }),
             _ => Err(wrong_args("hget")),
         }
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_hash(daemon, &self.key, out, |fields, out| {
-            match fields.iter().find(|(f, _)| *f == self.field.as_slice()) {
-                Some((_, value)) => resp::bulk(out, value),
-                None => out.null(),
-            }
+        with_hash(daemon, self.key, out, |fields, out| match fields.iter().find(|(f, _)| *f == self.field) {
+            Some((_, value)) => resp::bulk(out, value),
+            None => out.null(),
         });
     }
 }

@@ -6,18 +6,18 @@ use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
-pub struct HGetAll(Vec<u8>);
+pub struct HGetAll<'a>(&'a [u8]);
 
-impl HGetAll {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<HGetAll> {
+impl<'a> HGetAll<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<HGetAll<'a>> {
         match args {
-            [k] => Ok(HGetAll(k.clone())),
+            [k] => Ok(HGetAll(k)),
             _ => Err(wrong_args("hgetall")),
         }
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_hash(daemon, &self.0, out, |fields, out| {
+        with_hash(daemon, self.0, out, |fields, out| {
             out.map_len(fields.len());
             for (field, value) in fields {
                 resp::bulk(out, field);

@@ -12,7 +12,7 @@ pub struct History {
 }
 
 impl History {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<History> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<History> {
         let (job, n) = match args {
             [job] => (job, 20),
             [job, n] => (job, parse_int(n)?.clamp(1, crate::daemon::HISTORY_PER_JOB as i64) as usize),

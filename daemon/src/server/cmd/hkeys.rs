@@ -11,15 +11,15 @@ pub enum Part {
     Values,
 }
 
-pub struct HKeys {
-    key: Vec<u8>,
+pub struct HKeys<'a> {
+    key: &'a [u8],
     part: Part,
 }
 
-impl HKeys {
-    pub fn parse(args: &[Vec<u8>], part: Part) -> ParseResult<HKeys> {
+impl<'a> HKeys<'a> {
+    pub fn parse(args: &[&'a [u8]], part: Part) -> ParseResult<HKeys<'a>> {
         match args {
-            [k] => Ok(HKeys { key: k.clone(), part }),
+            [k] => Ok(HKeys { key: k, part }),
             _ => Err(wrong_args(match part {
                 Part::Fields => "hkeys",
                 Part::Values => "hvals",
@@ -28,7 +28,7 @@ impl HKeys {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_hash(daemon, &self.key, out, |fields, out| {
+        with_hash(daemon, self.key, out, |fields, out| {
             resp::array_len(out, fields.len());
             for (field, value) in fields {
                 resp::bulk(out, if matches!(self.part, Part::Fields) { field } else { value });

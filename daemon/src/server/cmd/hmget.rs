@@ -5,24 +5,24 @@ use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
-pub struct HMGet {
-    key: Vec<u8>,
-    fields: Vec<Vec<u8>>,
+pub struct HMGet<'a> {
+    key: &'a [u8],
+    fields: Vec<&'a [u8]>,
 }
 
-impl HMGet {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<HMGet> {
+impl<'a> HMGet<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<HMGet<'a>> {
         match args {
-            [k, fields @ ..] if !fields.is_empty() => Ok(HMGet { key: k.clone(), fields: fields.to_vec() }),
+            [k, fields @ ..] if !fields.is_empty() => Ok(HMGet { key: k, fields: fields.to_vec() }),
             _ => Err(wrong_args("hmget")),
         }
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_hash(daemon, &self.key, out, |stored, out| {
+        with_hash(daemon, self.key, out, |stored, out| {
             resp::array_len(out, self.fields.len());
             for want in &self.fields {
-                match stored.iter().find(|(f, _)| *f == want.as_slice()) {
+                match stored.iter().find(|(f, _)| *f == *want) {
                     Some((_, value)) => resp::bulk(out, value),
                     None => out.null(),
                 }

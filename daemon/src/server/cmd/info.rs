@@ -12,7 +12,7 @@ pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 pub struct Info;
 
 impl Info {
-    pub fn parse(_args: &[Vec<u8>]) -> ParseResult<Info> {
+    pub fn parse(_args: &[&[u8]]) -> ParseResult<Info> {
         Ok(Info)
     }
 

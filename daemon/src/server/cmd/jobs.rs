@@ -8,7 +8,7 @@ use crate::server::resp::{self, Reply};
 pub struct Jobs(usize);
 
 impl Jobs {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Jobs> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Jobs> {
         match args {
             [] => Ok(Jobs(3)),
             [n] => Ok(Jobs(parse_int(n)?.clamp(0, 100) as usize)),

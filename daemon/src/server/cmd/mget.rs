@@ -5,10 +5,10 @@ use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
-pub struct MGet(Vec<Vec<u8>>);
+pub struct MGet<'a>(Vec<&'a [u8]>);
 
-impl MGet {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<MGet> {
+impl<'a> MGet<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<MGet<'a>> {
         if args.is_empty() {
             return Err(wrong_args("mget"));
         }

@@ -38,6 +38,8 @@ mod zscore;
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::Role;
 use super::resp::{self, Reply};
 use crate::daemon::Daemon;
@@ -59,27 +61,27 @@ pub enum Flow {
     Close,
 }
 
-pub enum Command {
-    Ping(ping::Ping),
-    Echo(echo::Echo),
+pub enum Command<'a> {
+    Ping(ping::Ping<'a>),
+    Echo(echo::Echo<'a>),
     Hello(hello::Hello),
     Introspect(command::CommandCmd),
     ConfigGet(config::ConfigGet),
     Client(client::ClientCmd),
     Select(select::Select),
-    Exists(exists::Exists),
-    ZRange(zrange::ZRange),
-    ZCard(zcard::ZCard),
-    ZScore(zscore::ZScore),
-    Get(get::Get),
-    MGet(mget::MGet),
-    HGetAll(hgetall::HGetAll),
-    HGet(hget::HGet),
-    HMGet(hmget::HMGet),
-    HKeys(hkeys::HKeys),
-    HLen(hlen::HLen),
-    HExists(hexists::HExists),
-    Type(type_cmd::Type),
+    Exists(exists::Exists<'a>),
+    ZRange(zrange::ZRange<'a>),
+    ZCard(zcard::ZCard<'a>),
+    ZScore(zscore::ZScore<'a>),
+    Get(get::Get<'a>),
+    MGet(mget::MGet<'a>),
+    HGetAll(hgetall::HGetAll<'a>),
+    HGet(hget::HGet<'a>),
+    HMGet(hmget::HMGet<'a>),
+    HKeys(hkeys::HKeys<'a>),
+    HLen(hlen::HLen<'a>),
+    HExists(hexists::HExists<'a>),
+    Type(type_cmd::Type<'a>),
     Info(info::Info),
     Quit,
     Run(run::Run),
@@ -182,11 +184,12 @@ pub fn parse_int(arg: &[u8]) -> ParseResult<i64> {
     std::str::from_utf8(arg).ok().and_then(|s| s.parse().ok()).ok_or_else(not_integer)
 }
 
-impl Command {
-    pub fn from_args(args: Vec<Vec<u8>>, role: Role) -> ParseResult<Command> {
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+impl<'a> Command<'a> {
+    pub fn from_args(args: &[&'a [u8]], role: Role) -> ParseResult<Command<'a>> {
+        let mut lower = [0u8; MAX_COMMAND_NAME];
+        let name = lowercase_name(args[0], &mut lower);
         let rest = &args[1..];
-        let cmd = match name.as_str() {
+        let cmd = match name.as_ref() {
             "ping" => Command::Ping(ping::Ping::parse(rest)?),
             "echo" => Command::Echo(echo::Echo::parse(rest)?),
             "hello" => Command::Hello(hello::Hello::parse(rest)?),
@@ -237,13 +240,30 @@ impl Command {
     }
 }
 
-fn unknown(name: &str, rest: &[Vec<u8>]) -> String {
+/// Longer than any command name recd knows: a longer name is unknown whatever its case.
+const MAX_COMMAND_NAME: usize = 32;
+
+/// The command name in lower case, in `buf` (no allocation per request); a name that
+/// does not fit, or is not UTF-8, comes back as is and matches no command.
+fn lowercase_name<'b>(name: &'b [u8], buf: &'b mut [u8; MAX_COMMAND_NAME]) -> std::borrow::Cow<'b, str> {
+    if name.len() <= MAX_COMMAND_NAME {
+        let lower = &mut buf[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        if let Ok(s) = std::str::from_utf8(lower) {
+            return std::borrow::Cow::Borrowed(s);
+        }
+    }
+    String::from_utf8_lossy(name)
+}
+
+fn unknown(name: &str, rest: &[&[u8]]) -> String {
     let shown: Vec<String> = rest.iter().take(3).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
     format!("ERR unknown command '{name}', with args beginning with: {}", shown.join(" "))
 }
 
 /// Parses and runs one request, writing its reply to `out`.
-pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
+pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
     daemon.metrics.request(client.role);
     let cmd = match Command::from_args(args, client.role) {
         Ok(cmd) => cmd,
@@ -297,12 +317,15 @@ pub async fn execute(args: Vec<Vec<u8>>, daemon: &Arc<Daemon>, client: &mut Clie
 /// publish lands while it runs.
 pub struct Snapshot<'d> {
     daemon: &'d Daemon,
-    tables: Vec<(Vec<u8>, Option<Arc<ServedTable>>)>,
+    /// Inline: a request names a table or two, and reads must not allocate.
+    tables: SmallVec<[(TableName, Option<Arc<ServedTable>>); 2]>,
 }
+
+type TableName = SmallVec<[u8; 24]>;
 
 impl<'d> Snapshot<'d> {
     pub fn new(daemon: &'d Daemon) -> Self {
-        Snapshot { daemon, tables: Vec::new() }
+        Snapshot { daemon, tables: SmallVec::new() }
     }
 
     /// The stored value for `key` (`<table>:<user>`), if any. A user the table lacks is
@@ -326,11 +349,11 @@ impl<'d> Snapshot<'d> {
     }
 
     fn table(&mut self, name: &[u8]) -> Option<Arc<ServedTable>> {
-        if let Some((_, served)) = self.tables.iter().find(|(t, _)| t == name) {
+        if let Some((_, served)) = self.tables.iter().find(|(t, _)| t.as_slice() == name) {
             return served.clone();
         }
         let served = std::str::from_utf8(name).ok().and_then(|t| self.daemon.store.served(t));
-        self.tables.push((name.to_vec(), served.clone()));
+        self.tables.push((TableName::from_slice(name), served.clone()));
         served
     }
 }

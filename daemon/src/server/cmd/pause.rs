@@ -12,7 +12,7 @@ pub struct Pause {
 }
 
 impl Pause {
-    pub fn parse(args: &[Vec<u8>], paused: bool) -> ParseResult<Pause> {
+    pub fn parse(args: &[&[u8]], paused: bool) -> ParseResult<Pause> {
         match args {
             [job] => Ok(Pause { job: String::from_utf8_lossy(job).into_owned(), paused }),
             _ => Err(wrong_args(if paused { "pause" } else { "resume" })),

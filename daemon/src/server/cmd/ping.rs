@@ -2,13 +2,13 @@
 use super::{ParseResult, wrong_args};
 use crate::server::resp::{self, Reply};
 
-pub struct Ping(Option<Vec<u8>>);
+pub struct Ping<'a>(Option<&'a [u8]>);
 
-impl Ping {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Ping> {
+impl<'a> Ping<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<Ping<'a>> {
         match args {
             [] => Ok(Ping(None)),
-            [m] => Ok(Ping(Some(m.clone()))),
+            [m] => Ok(Ping(Some(*m))),
             _ => Err(wrong_args("ping")),
         }
     }
@@ -16,7 +16,7 @@ impl Ping {
     pub fn apply(self, out: &mut Reply) {
         match self.0 {
             None => resp::simple(out, "PONG"),
-            Some(m) => resp::bulk(out, &m),
+            Some(m) => resp::bulk(out, m),
         }
     }
 }

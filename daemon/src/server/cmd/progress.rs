@@ -10,7 +10,7 @@ use crate::server::resp::{self, Reply};
 pub struct Progress(String);
 
 impl Progress {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Progress> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Progress> {
         match args {
             [job] => Ok(Progress(String::from_utf8_lossy(job).into_owned())),
             _ => Err(wrong_args("progress")),

@@ -12,7 +12,7 @@ pub struct Rollback {
 }
 
 impl Rollback {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Rollback> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Rollback> {
         let version = |v: &[u8]| -> ParseResult<u64> { u64::try_from(parse_int(v)?).map_err(|_| super::not_integer()) };
         match args {
             [t] => Ok(Rollback { table: String::from_utf8_lossy(t).into_owned(), version: None }),

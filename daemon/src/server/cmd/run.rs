@@ -8,7 +8,7 @@ use crate::server::resp::{self, Reply};
 pub struct Run(String);
 
 impl Run {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Run> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Run> {
         match args {
             [job] => Ok(Run(String::from_utf8_lossy(job).into_owned())),
             _ => Err(wrong_args("run")),

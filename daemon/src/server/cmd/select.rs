@@ -5,7 +5,7 @@ use crate::server::resp::{self, Reply};
 pub struct Select;
 
 impl Select {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Select> {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Select> {
         match args {
             [db] if parse_int(db)? == 0 => Ok(Select),
             [_] => Err("ERR DB index is out of range".into()),

@@ -5,18 +5,18 @@ use super::{ParseResult, Stored, lookup, wrong_args};
 use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 
-pub struct Type(Vec<u8>);
+pub struct Type<'a>(&'a [u8]);
 
-impl Type {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<Type> {
+impl<'a> Type<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<Type<'a>> {
         match args {
-            [k] => Ok(Type(k.clone())),
+            [k] => Ok(Type(k)),
             _ => Err(wrong_args("type")),
         }
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        let name = match lookup(daemon, &self.0) {
+        let name = match lookup(daemon, self.0) {
             Some(Stored::List(_)) => "zset",
             Some(Stored::Hash(_)) => "hash",
             None => "none",

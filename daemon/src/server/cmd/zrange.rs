@@ -7,8 +7,8 @@ use crate::daemon::Daemon;
 use crate::server::resp::{self, Reply};
 use crate::store::ListEntries;
 
-pub struct ZRange {
-    pub key: Vec<u8>,
+pub struct ZRange<'a> {
+    pub key: &'a [u8],
     pub start: i64,
     pub stop: i64,
     /// Best (highest score) first.
@@ -16,8 +16,8 @@ pub struct ZRange {
     pub withscores: bool,
 }
 
-impl ZRange {
-    pub fn parse(args: &[Vec<u8>]) -> ParseResult<ZRange> {
+impl<'a> ZRange<'a> {
+    pub fn parse(args: &[&'a [u8]]) -> ParseResult<ZRange<'a>> {
         let [key, start, stop, opts @ ..] = args else { return Err(wrong_args("zrange")) };
         let (mut rev, mut withscores) = (false, false);
         // Options first, so `BYSCORE` gets its own message rather than "not an integer".
@@ -31,13 +31,13 @@ impl ZRange {
                 _ => return Err("ERR syntax error".into()),
             }
         }
-        Ok(ZRange { key: key.clone(), start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
+        Ok(ZRange { key, start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
     }
 
     /// Reads only the entries asked for, in place: ZREVRANGE key 0 9 of a 100-item list
     /// touches 10 entries and allocates nothing.
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_list_bytes(daemon, &self.key, out, |bytes, out| {
+        with_list_bytes(daemon, self.key, out, |bytes, out| {
             let entries = ListEntries::new(bytes);
             let len = entries.remaining();
             let Some((from, to)) = rank_range(self.start, self.stop, len) else {
