@@ -1,5 +1,5 @@
 /*
- * recd_plugin.h: the recd plugin ABI, version 1.0, for plugins written in C or C++.
+ * recd_plugin.h: the recd plugin ABI, version 1.2, for plugins written in C or C++.
  *
  * This header mirrors plugin-api/src/abi.rs field for field (same order, same types).
  * If the two disagree, abi.rs is right and this file is a bug.
@@ -93,6 +93,27 @@ struct ArrowArray {
 
 #endif  // ARROW_C_DATA_INTERFACE
 
+/* The Arrow C Stream Interface, as given by the Arrow specification
+ * (https://arrow.apache.org/docs/format/CStreamInterface.html). */
+
+#ifndef ARROW_C_STREAM_INTERFACE
+#define ARROW_C_STREAM_INTERFACE
+
+struct ArrowArrayStream {
+  // Callbacks providing stream functionality
+  int (*get_schema)(struct ArrowArrayStream*, struct ArrowSchema* out);
+  int (*get_next)(struct ArrowArrayStream*, struct ArrowArray* out);
+  const char* (*get_last_error)(struct ArrowArrayStream*);
+
+  // Release callback
+  void (*release)(struct ArrowArrayStream*);
+
+  // Opaque producer-specific data
+  void* private_data;
+};
+
+#endif  // ARROW_C_STREAM_INTERFACE
+
 /* ---------------------------------------------------------------------------------- */
 /* Versions and names                                                                  */
 /* ---------------------------------------------------------------------------------- */
@@ -100,7 +121,7 @@ struct ArrowArray {
 /* Incremented on any incompatible change to the types below. */
 #define RECD_ABI_MAJOR 1u
 /* Incremented on compatible additions (new trailing fields, new codes). */
-#define RECD_ABI_MINOR 1u
+#define RECD_ABI_MINOR 2u
 
 /* Name of the one exported entry point. */
 #define RECD_ENTRY_SYMBOL "recd_plugin_entry"
@@ -191,6 +212,17 @@ typedef struct RecdHost {
   /* Non-zero once the host wants the run to stop; poll it between batches and return
    * RECD_CANCELLED. */
   int32_t (*is_cancelled)(void* ctx);
+
+  /* Since ABI 1.2 (call it only from a plugin built for 1.2 or later: hosts that load
+   * such a plugin provide it). Opens input `name` as an Arrow C stream of record
+   * batches (struct arrays, as the tables of run()), read from the input's source as
+   * the plugin pulls them; the stream is written to *out and owned by the plugin, which
+   * releases it. columns[0..n_columns) projects it onto those columns, in that order
+   * (n_columns 0: every column); an unknown column is an error. Any input of the job
+   * can be opened, any number of times, each stream from the start. Returns RECD_OK,
+   * or RECD_INVALID_INPUT / RECD_HOST with err filled in. */
+  int32_t (*open_stream)(void* ctx, const char* name, const char* const* columns,
+                         size_t n_columns, struct ArrowArrayStream* out, RecdError* err);
 } RecdHost;
 
 /* The descriptor a plugin exports (static, immutable). abi_major and abi_minor come
@@ -223,6 +255,12 @@ typedef struct RecdPluginV1 {
    * fault, e.g. "params.segment_column: ...". Hosts read this field only from plugins
    * whose abi_minor >= 1. */
   int32_t (*check)(void* instance, RecdTable* inputs, size_t n_inputs, RecdError* err);
+
+  /* Since ABI 1.2; may be NULL. Static, NUL-terminated: the comma-separated names of
+   * the inputs this plugin reads only through host->open_stream, e.g. "interactions".
+   * The host does not read them before run(): run() gets each with its schema and no
+   * rows. Hosts read this field only from plugins whose abi_minor >= 2. */
+  const char* stream_inputs;
 } RecdPluginV1;
 
 /* Marks the entry point as exported when building with -fvisibility=hidden. */

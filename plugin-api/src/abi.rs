@@ -10,13 +10,14 @@
 
 use std::ffi::{c_char, c_void};
 
+pub use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 pub use arrow_data::ffi::FFI_ArrowArray;
 pub use arrow_schema::ffi::FFI_ArrowSchema;
 
 /// Incremented on any incompatible change to the types below.
 pub const ABI_MAJOR: u32 = 1;
 /// Incremented on compatible additions (new trailing fields, new codes).
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// Name of the one exported entry point: `const RecdPluginV1 *recd_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &[u8] = b"recd_plugin_entry\0";
@@ -127,6 +128,22 @@ pub struct RecdHost {
     pub progress: unsafe extern "C" fn(ctx: *mut c_void, done: u64, total: u64),
     /// Non-zero once the host wants the run to stop; poll it between batches.
     pub is_cancelled: unsafe extern "C" fn(ctx: *mut c_void) -> i32,
+    /// Since 1.2 (a plugin built for 1.2 may call it; hosts that accept 1.2 plugins
+    /// provide it). Opens input `name` (NUL-terminated) as an Arrow C stream of record
+    /// batches, read from its source as the plugin pulls them, written to `out` and owned
+    /// by the plugin (which releases it). `columns[0..n_columns)` (NUL-terminated names)
+    /// projects the stream onto those columns, in that order; `n_columns` 0: every
+    /// column. Any input of the job can be opened, any number of times (each stream
+    /// reads the input from its start); an input the plugin declares in
+    /// [`RecdPluginV1::stream_inputs`] is read only this way.
+    pub open_stream: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        name: *const c_char,
+        columns: *const *const c_char,
+        n_columns: usize,
+        out: *mut FFI_ArrowArrayStream,
+        err: *mut RecdError,
+    ) -> i32,
 }
 
 /// The descriptor a plugin exports. `abi_major` and `abi_minor` come first and stay
@@ -169,6 +186,12 @@ pub struct RecdPluginV1 {
             err: *mut RecdError,
         ) -> i32,
     >,
+    /// Since 1.2 (hosts read it only from plugins whose `abi_minor >= 2`; NULL or empty:
+    /// none). NUL-terminated, static: the comma-separated names of the inputs this plugin
+    /// reads only as streams ([`RecdHost::open_stream`]). The host does not read them
+    /// before `run`: `run` gets each of them with its schema and no rows, so a big table
+    /// never has to sit in memory whole.
+    pub stream_inputs: *const c_char,
 }
 
 // SAFETY: the descriptor is immutable static data: pointers to static strings and
@@ -206,11 +229,11 @@ int main(void) {
     S(RecdError) O(RecdError, code) O(RecdError, message)
     S(RecdTable) O(RecdTable, name) O(RecdTable, schema) O(RecdTable, array)
     S(RecdHost) O(RecdHost, ctx) O(RecdHost, score) O(RecdHost, emit) O(RecdHost, log)
-    O(RecdHost, progress) O(RecdHost, is_cancelled)
+    O(RecdHost, progress) O(RecdHost, is_cancelled) O(RecdHost, open_stream)
     S(RecdPluginV1) O(RecdPluginV1, abi_major) O(RecdPluginV1, abi_minor) O(RecdPluginV1, name)
     O(RecdPluginV1, version) O(RecdPluginV1, create) O(RecdPluginV1, run) O(RecdPluginV1, destroy)
-    O(RecdPluginV1, check)
-    S(struct ArrowSchema) S(struct ArrowArray)
+    O(RecdPluginV1, check) O(RecdPluginV1, stream_inputs)
+    S(struct ArrowSchema) S(struct ArrowArray) S(struct ArrowArrayStream)
     C(RECD_ABI_MAJOR) C(RECD_ABI_MINOR) C(RECD_ERROR_MESSAGE_CAP)
     C(RECD_OK) C(RECD_INVALID_PARAMS) C(RECD_INVALID_INPUT) C(RECD_CANCELLED) C(RECD_HOST)
     C(RECD_PANIC) C(RECD_INTERNAL) C(RECD_LOG_ERROR) C(RECD_LOG_WARN) C(RECD_LOG_INFO) C(RECD_LOG_DEBUG)
@@ -236,6 +259,7 @@ int main(void) {
             ("RecdHost.log", offset_of!(RecdHost, log)),
             ("RecdHost.progress", offset_of!(RecdHost, progress)),
             ("RecdHost.is_cancelled", offset_of!(RecdHost, is_cancelled)),
+            ("RecdHost.open_stream", offset_of!(RecdHost, open_stream)),
             ("RecdPluginV1", size_of::<RecdPluginV1>()),
             ("RecdPluginV1.abi_major", offset_of!(RecdPluginV1, abi_major)),
             ("RecdPluginV1.abi_minor", offset_of!(RecdPluginV1, abi_minor)),
@@ -245,8 +269,10 @@ int main(void) {
             ("RecdPluginV1.run", offset_of!(RecdPluginV1, run)),
             ("RecdPluginV1.destroy", offset_of!(RecdPluginV1, destroy)),
             ("RecdPluginV1.check", offset_of!(RecdPluginV1, check)),
+            ("RecdPluginV1.stream_inputs", offset_of!(RecdPluginV1, stream_inputs)),
             ("struct ArrowSchema", size_of::<FFI_ArrowSchema>()),
             ("struct ArrowArray", size_of::<FFI_ArrowArray>()),
+            ("struct ArrowArrayStream", size_of::<FFI_ArrowArrayStream>()),
         ];
         let consts = [
             ("RECD_ABI_MAJOR", ABI_MAJOR as i64),

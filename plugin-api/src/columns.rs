@@ -9,10 +9,22 @@ use crate::PluginError;
 
 /// The column `name` of `batch`, or an `INVALID_INPUT` error naming the table and column.
 pub fn column<'b>(batch: &'b RecordBatch, table: &str, name: &str) -> Result<&'b dyn Array, PluginError> {
-    batch.column_by_name(name).map(|c| c.as_ref()).ok_or_else(|| {
-        let have: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-        PluginError::input(format!("input `{table}` has no column `{name}` (columns: {})", have.join(", ")))
-    })
+    let at = positions(batch.schema_ref(), table, &[name])?[0];
+    Ok(batch.column(at).as_ref())
+}
+
+/// The positions of `columns` in `schema`, in that order, for a projection; an
+/// `INVALID_INPUT` error names the first column input `table` lacks.
+pub fn positions(schema: &arrow_schema::Schema, table: &str, columns: &[&str]) -> Result<Vec<usize>, PluginError> {
+    columns
+        .iter()
+        .map(|name| {
+            schema.index_of(name).map_err(|_| {
+                let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                PluginError::input(format!("input `{table}` has no column `{name}` (columns: {})", have.join(", ")))
+            })
+        })
+        .collect()
 }
 
 /// Reads an id column as strings: utf8 as is, integers in decimal. CSV readers infer
@@ -31,23 +43,6 @@ pub fn ids_as_strings(col: &dyn Array, what: &str) -> Result<Vec<Option<String>>
         }
     };
     Ok(out)
-}
-
-/// Maps an id column through `index` (id → position): `None` for nulls and unknown ids.
-/// Reads string ids in place, with no copy per row: on big interaction tables that copy
-/// dominated the run's memory.
-pub fn ids_to_index<S: std::hash::BuildHasher>(
-    col: &dyn Array,
-    what: &str,
-    index: &std::collections::HashMap<String, usize, S>,
-) -> Result<Vec<Option<u32>>, PluginError> {
-    let look = |v: Option<&str>| v.and_then(|id| index.get(id)).map(|&i| i as u32);
-    Ok(match col.data_type() {
-        DataType::Utf8 => col.as_string::<i32>().iter().map(look).collect(),
-        DataType::LargeUtf8 => col.as_string::<i64>().iter().map(look).collect(),
-        DataType::Utf8View => col.as_string_view().iter().map(look).collect(),
-        _ => ids_as_strings(col, what)?.iter().map(|v| look(v.as_deref())).collect(),
-    })
 }
 
 fn ints<T: ToString>(it: impl Iterator<Item = Option<T>>) -> Vec<Option<String>> {
@@ -104,20 +99,4 @@ pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
             return Err(PluginError::input(format!("{what}: expected a timestamp or integer seconds, found {other}")));
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow_array::{Int64Array, StringArray};
-    use std::collections::HashMap;
-
-    #[test]
-    fn ids_map_to_their_index_whatever_the_column_type() {
-        let index: HashMap<String, usize> = [("7".to_string(), 0), ("a".to_string(), 1)].into_iter().collect();
-        let strings = StringArray::from(vec![Some("a"), None, Some("zz"), Some("7")]);
-        assert_eq!(ids_to_index(&strings, "t.c", &index).unwrap(), vec![Some(1), None, None, Some(0)]);
-        let ints = Int64Array::from(vec![Some(7), Some(8), None]);
-        assert_eq!(ids_to_index(&ints, "t.c", &index).unwrap(), vec![Some(0), None, None]);
-    }
 }

@@ -14,13 +14,14 @@
 
 pub mod abi;
 pub mod columns;
+pub mod ids;
 pub mod model;
 mod rows;
 mod sdk;
 pub mod testing;
 
 pub use rows::OutputRows;
-pub use sdk::{CheckContext, LogLevel, PluginError, RunContext, Strategy};
+pub use sdk::{CheckContext, InputStream, LogLevel, PluginError, RunContext, Strategy};
 
 #[doc(hidden)]
 pub mod __private {

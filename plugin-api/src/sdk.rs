@@ -1,10 +1,11 @@
 //! The Rust SDK: a strategy is one [`Strategy`] impl plus one [`export_plugin!`] call.
 
 use std::any::Any;
-use std::ffi::{CStr, c_void};
+use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
 use arrow_array::{Array, RecordBatch, StructArray};
 
 use crate::abi::{RecdError, RecdHost, RecdTable, code, level};
@@ -129,6 +130,40 @@ impl<'a> RunContext<'a> {
         Ok(self.inputs.swap_remove(at).1)
     }
 
+    /// Input `name` as a stream of record batches, read from its source as they are
+    /// pulled, projected onto `columns` (in that order; empty: every column). For a table
+    /// too big to hold whole: declare it in `export_plugin!(..., stream_inputs = "...")`
+    /// and the host never reads it before the run ([`RunContext::input`] then has its
+    /// schema and no rows). Each call reads the input anew from its start, so a strategy
+    /// can make two passes. Needs a host of ABI 1.2 or later, which is any host that
+    /// loads a plugin built with this SDK.
+    pub fn input_stream(&self, name: &str, columns: &[&str]) -> Result<InputStream, PluginError> {
+        let c_name = CString::new(name).map_err(|_| PluginError::input(format!("input name {name:?} holds a NUL")))?;
+        let c_columns = columns
+            .iter()
+            .map(|c| CString::new(*c).map_err(|_| PluginError::input(format!("column name {c:?} holds a NUL"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pointers: Vec<*const c_char> = c_columns.iter().map(|c| c.as_ptr()).collect();
+        let mut stream = FFI_ArrowArrayStream::empty();
+        let mut err = RecdError::new();
+        // SAFETY: the names outlive the call; the host fills `stream`, which we then own.
+        let rc = unsafe {
+            (self.host.open_stream)(
+                self.host.ctx,
+                c_name.as_ptr(),
+                pointers.as_ptr(),
+                pointers.len(),
+                &mut stream,
+                &mut err,
+            )
+        };
+        if rc != code::OK {
+            return Err(PluginError::new(rc, err.message()));
+        }
+        let reader = RecordBatchStreamReader::try_new(stream).map_err(|e| stream_error(name, &e))?;
+        Ok(InputStream { name: name.to_string(), reader })
+    }
+
     /// The job's model inputs and the features bound to them; an error if the job has no
     /// model.
     pub fn model_inputs(&self) -> Result<Vec<crate::model::ModelInput>, PluginError> {
@@ -197,6 +232,42 @@ impl<'a> RunContext<'a> {
     pub fn is_cancelled(&self) -> bool {
         // SAFETY: plain call with the host's context.
         unsafe { (self.host.is_cancelled)(self.host.ctx) != 0 }
+    }
+}
+
+/// An input read batch by batch ([`RunContext::input_stream`]); a failed read (a
+/// malformed file, a host error) ends it with an `INVALID_INPUT` error naming the input.
+pub struct InputStream {
+    name: String,
+    reader: RecordBatchStreamReader,
+}
+
+impl InputStream {
+    /// The stream's schema: the projected columns.
+    pub fn schema(&self) -> arrow_schema::SchemaRef {
+        arrow_array::RecordBatchReader::schema(&self.reader)
+    }
+}
+
+impl Iterator for InputStream {
+    type Item = Result<RecordBatch, PluginError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.reader.next().map(|r| r.map_err(|e| stream_error(&self.name, &e)))
+    }
+}
+
+/// A failed stream call in the host's own words: arrow wraps them in a sentence about
+/// error codes, and a host's errors cross as `ArrowError::ExternalError`; neither says
+/// anything to a reader of the run's error. Named after the input unless it already is.
+fn stream_error(name: &str, e: &arrow_schema::ArrowError) -> PluginError {
+    let text = e.to_string();
+    let message = text.split_once("Producer error: ").map_or(text.as_str(), |(_, m)| m);
+    let message = message.strip_prefix("External error: ").unwrap_or(message);
+    if message.contains(&format!("input `{name}`")) {
+        PluginError::input(message)
+    } else {
+        PluginError::input(format!("input `{name}`: {message}"))
     }
 }
 
@@ -347,9 +418,16 @@ pub unsafe extern "C" fn destroy_entry<S: Strategy>(instance: *mut c_void) {
 
 /// Exports a [`Strategy`] as a recd plugin:
 /// `export_plugin!(MyStrategy, name = "my-strategy", version = env!("CARGO_PKG_VERSION"));`
+///
+/// With `stream_inputs = "interactions"` (a literal: comma-separated input names) the
+/// host hands those inputs to `run` with no rows, and the strategy reads them with
+/// [`RunContext::input_stream`].
 #[macro_export]
 macro_rules! export_plugin {
     ($strategy:ty, name = $name:expr, version = $version:expr $(,)?) => {
+        $crate::export_plugin!($strategy, name = $name, version = $version, stream_inputs = "");
+    };
+    ($strategy:ty, name = $name:expr, version = $version:expr, stream_inputs = $streams:expr $(,)?) => {
         static __RECD_PLUGIN_DESCRIPTOR: $crate::abi::RecdPluginV1 = $crate::abi::RecdPluginV1 {
             abi_major: $crate::abi::ABI_MAJOR,
             abi_minor: $crate::abi::ABI_MINOR,
@@ -359,6 +437,7 @@ macro_rules! export_plugin {
             run: $crate::__private::run_entry::<$strategy>,
             destroy: $crate::__private::destroy_entry::<$strategy>,
             check: Some($crate::__private::check_entry::<$strategy>),
+            stream_inputs: concat!($streams, "\0").as_ptr().cast(),
         };
 
         /// The plugin's one entry point (ABI v1).

@@ -16,6 +16,7 @@ use std::ffi::{CString, c_char, c_void};
 
 use arrow_array::cast::AsArray;
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, to_ffi};
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use arrow_array::types::Float32Type;
 use arrow_array::{Array, RecordBatch, StructArray};
 
@@ -28,6 +29,9 @@ type Scorer = Box<dyn FnMut(&RecordBatch) -> Result<RecordBatch, String>>;
 pub struct Harness {
     params: String,
     inputs: Vec<(String, RecordBatch)>,
+    /// Inputs handed to `run` with no rows (the plugin's `stream_inputs`).
+    streamed: Vec<String>,
+    stream_batch_rows: usize,
     scorer: Option<Scorer>,
     cancel_after_polls: Option<u64>,
     hashes: bool,
@@ -71,6 +75,9 @@ impl Output {
 }
 
 struct HostState {
+    /// Every input whole, for `open_stream`.
+    inputs: Vec<(String, RecordBatch)>,
+    stream_batch_rows: usize,
     hashes: bool,
     scorer: Option<Scorer>,
     out: Output,
@@ -84,10 +91,27 @@ impl Harness {
         Harness {
             params: params_json.to_string(),
             inputs: Vec::new(),
+            streamed: Vec::new(),
+            stream_batch_rows: 1024,
             scorer: None,
             cancel_after_polls: None,
             hashes: false,
         }
+    }
+
+    /// Hands input `name` to `run` with its schema and no rows, as a host does for an
+    /// input the plugin declares in `export_plugin!(..., stream_inputs = "...")`: the
+    /// strategy must read it with `RunContext::input_stream`.
+    pub fn streamed(mut self, name: &str) -> Harness {
+        self.streamed.push(name.to_string());
+        self
+    }
+
+    /// Rows per batch of the streams `input_stream` opens (default 1,024); small values
+    /// make a small table cross in many batches.
+    pub fn stream_batch_rows(mut self, rows: usize) -> Harness {
+        self.stream_batch_rows = rows.max(1);
+        self
     }
 
     pub fn input(mut self, name: &str, batch: RecordBatch) -> Harness {
@@ -160,10 +184,20 @@ impl Harness {
 
     /// Runs `S` once: create (params validation), run, destroy.
     pub fn run<S: Strategy>(self) -> Result<Output, PluginError> {
-        let names = table_names(&self.inputs);
-        let mut tables = abi_tables(self.inputs, &names)?;
+        let handed: Vec<(String, RecordBatch)> = self
+            .inputs
+            .iter()
+            .map(|(name, batch)| {
+                let rows = if self.streamed.contains(name) { 0 } else { batch.num_rows() };
+                (name.clone(), batch.slice(0, rows))
+            })
+            .collect();
+        let names = table_names(&handed);
+        let mut tables = abi_tables(handed, &names)?;
         let instance = create::<S>(&self.params)?;
         let mut state = HostState {
+            inputs: self.inputs,
+            stream_batch_rows: self.stream_batch_rows,
             hashes: self.hashes,
             scorer: self.scorer,
             out: Output::default(),
@@ -177,6 +211,7 @@ impl Harness {
             log: log_cb,
             progress: progress_cb,
             is_cancelled: is_cancelled_cb,
+            open_stream: open_stream_cb,
         };
         let mut err = RecdError::new();
         // SAFETY: instance from create_entry::<S>; tables and host outlive the call.
@@ -317,6 +352,48 @@ unsafe extern "C" fn progress_cb(ctx: *mut c_void, done: u64, total: u64) {
     unsafe { state(ctx) }.out.progress.push((done, total));
 }
 
+/// Serves an in-memory input as a stream of `stream_batch_rows` slices, projected as asked.
+unsafe extern "C" fn open_stream_cb(
+    ctx: *mut c_void,
+    name: *const c_char,
+    columns: *const *const c_char,
+    n_columns: usize,
+    out: *mut FFI_ArrowArrayStream,
+    err: *mut RecdError,
+) -> i32 {
+    // SAFETY: per the ABI: a C string name, n_columns C strings, a writable stream.
+    let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned();
+    let wanted: Vec<String> = (0..n_columns)
+        .map(|i| unsafe { std::ffi::CStr::from_ptr(*columns.add(i)) }.to_string_lossy().into_owned())
+        .collect();
+    let st = unsafe { state(ctx) };
+    let Some((_, batch)) = st.inputs.iter().find(|(n, _)| *n == name) else {
+        return fail(err, &format!("missing input table `{name}`"));
+    };
+    let batch = if wanted.is_empty() {
+        batch.clone()
+    } else {
+        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let projected = crate::columns::positions(batch.schema_ref(), &name, &wanted)
+            .and_then(|at| batch.project(&at).map_err(|e| PluginError::internal(e.to_string())));
+        match projected {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: the plugin passes a valid RecdError.
+                unsafe { (*err).set(e.code, &e.message) };
+                return e.code;
+            }
+        }
+    };
+    let step = st.stream_batch_rows;
+    let slices: Vec<RecordBatch> =
+        (0..batch.num_rows()).step_by(step).map(|at| batch.slice(at, step.min(batch.num_rows() - at))).collect();
+    let reader = arrow_array::RecordBatchIterator::new(slices.into_iter().map(Ok), batch.schema());
+    // SAFETY: the plugin passes an empty stream struct it will own.
+    unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(reader))) };
+    code::OK
+}
+
 unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
     let st = unsafe { state(ctx) };
     st.polls += 1;
@@ -355,6 +432,71 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
         let values: Vec<String> = (0..n).map(|i| i.to_string()).collect();
         RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))]).unwrap()
+    }
+
+    /// Reads `interactions` as a stream (twice, projected) and reports what it saw.
+    struct Streams;
+
+    impl Strategy for Streams {
+        fn new(_: &str) -> Result<Self, PluginError> {
+            Ok(Streams)
+        }
+        fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+            let handed = ctx.input("interactions")?;
+            let mut seen = vec![format!("handed {} rows, {} columns", handed.num_rows(), handed.num_columns())];
+            for _pass in 0..2 {
+                let stream = ctx.input_stream("interactions", &["item", "user"])?;
+                let names: Vec<String> = stream.schema().fields().iter().map(|f| f.name().clone()).collect();
+                let mut rows = Vec::new();
+                for batch in stream {
+                    let batch = batch?;
+                    let (items, users) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+                    rows.push(
+                        (0..batch.num_rows())
+                            .map(|r| format!("{}{}", users.value(r), items.value(r)))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    );
+                }
+                seen.push(format!("{} | {}", names.join(","), rows.join(" / ")));
+            }
+            let err = ctx.input_stream("interactions", &["nope"]).map(|_| ()).unwrap_err();
+            seen.push(err.message);
+            let mut out = OutputRows::new();
+            for (i, line) in seen.iter().enumerate() {
+                out.push("u", line, i as f32);
+            }
+            ctx.emit(out.into_batch()?)
+        }
+    }
+
+    #[test]
+    fn a_streamed_input_comes_with_no_rows_and_streams_in_slices_as_often_as_asked() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("item", DataType::Utf8, false),
+            Field::new("n", DataType::Utf8, false),
+        ]));
+        let col = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as Arc<dyn Array>;
+        let batch =
+            RecordBatch::try_new(schema, vec![col(&["a", "b", "c"]), col(&["1", "2", "3"]), col(&["x", "y", "z"])])
+                .unwrap();
+        let out = Harness::new("{}")
+            .input("interactions", batch)
+            .streamed("interactions")
+            .stream_batch_rows(2)
+            .run::<Streams>()
+            .unwrap();
+        let lines: Vec<String> = out.list("u").into_iter().map(|(line, _)| line).collect();
+        assert_eq!(
+            lines,
+            [
+                "handed 0 rows, 3 columns",
+                "item,user | a1 b2 / c3",
+                "item,user | a1 b2 / c3",
+                "input `interactions` has no column `nope` (columns: user, item, n)",
+            ]
+        );
     }
 
     #[test]

@@ -142,7 +142,7 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     // refused when the job is loaded, before any run, with both versions named
     let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("future.toml:1: field `plugin`: plugin"), "{status}");
-    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.1"), "{status}");
+    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.2"), "{status}");
     assert!(
         status.contains("nothing.toml:1: field `plugin`: plugin")
             && status.contains("does not export `recd_plugin_entry`")
@@ -200,4 +200,62 @@ fn a_plugin_built_for_abi_1_0_still_loads_and_runs() {
     assert!(d.run_job("legacy").contains("version 1"));
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
     assert!(plugins.contains("legacy 1.0.0 abi 1.0 sha256 "), "{plugins}");
+}
+
+/// A plugin built for ABI 1.1 has no `stream_inputs` field: its descriptor ends at `check`.
+/// Here the word after it points to the string "t", the name of its one input, so a host
+/// that read `stream_inputs` from a 1.1 descriptor would hand `t` over with no rows, and
+/// the plugin refuses that.
+const LEGACY_1_1: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include "recd_plugin.h"
+typedef struct {
+  uint32_t abi_major, abi_minor;
+  const char *name, *version;
+  int32_t (*create)(const uint8_t*, size_t, void**, RecdError*);
+  int32_t (*run)(void*, const RecdHost*, RecdTable*, size_t, RecdError*);
+  void (*destroy)(void*);
+  int32_t (*check)(void*, RecdTable*, size_t, RecdError*);
+} DescriptorV1_1;
+static int32_t create(const uint8_t* p, size_t n, void** instance, RecdError* e) {
+  (void)p; (void)n; (void)e;
+  *instance = malloc(1);
+  return RECD_OK;
+}
+static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdError* e) {
+  (void)i; (void)h;
+  int64_t rows = in[0].array.length;
+  for (size_t k = 0; k < n; k++) {
+    in[k].array.release(&in[k].array);
+    in[k].schema.release(&in[k].schema);
+  }
+  if (n != 1 || rows != 3) {
+    e->code = RECD_INVALID_INPUT;
+    snprintf(e->message, RECD_ERROR_MESSAGE_CAP, "input t came with %lld rows", (long long)rows);
+    return RECD_INVALID_INPUT;
+  }
+  return RECD_OK;
+}
+static void destroy(void* i) { free(i); }
+static const struct {
+  DescriptorV1_1 d;
+  const char* after;
+} D = {{1, 1, "legacy11", "1.1.0", create, run, destroy, NULL}, "t"};
+RECD_PLUGIN_EXPORT const RecdPluginV1* recd_plugin_entry(void) { return (const RecdPluginV1*)&D.d; }
+"#;
+
+#[test]
+fn a_plugin_built_for_abi_1_1_gets_its_inputs_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("legacy11.c");
+    std::fs::write(&src, LEGACY_1_1).unwrap();
+    let legacy = compile_c(&src, dir.path(), "legacy11");
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "user_id,item_id\nu1,a\nu2,b\nu3,c\n").unwrap();
+    let job = format!("plugin = \"{}\"\nallow_empty = true\n[inputs]\nt = \"{}\"\n", legacy.display(), csv.display());
+    let d = TestDaemon::start(&[("legacy11", &job)]);
+    assert!(d.run_job("legacy11").contains("version 1"));
+    let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
+    assert!(plugins.contains("legacy11 1.1.0 abi 1.1 sha256 "), "{plugins}");
 }

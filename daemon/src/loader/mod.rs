@@ -11,7 +11,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
-use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_array::{Array, RecordBatch, RecordBatchReader, StructArray};
+use arrow_schema::{ArrowError, SchemaRef};
 use recd_plugin_api::abi::{self, RecdError, RecdHost, RecdPluginV1, RecdTable, code};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub trait Host {
     fn log(&mut self, level: i32, message: &str);
     fn progress(&mut self, done: u64, total: u64);
     fn is_cancelled(&mut self) -> bool;
+    /// Input `name` read as a stream, projected onto `columns` (empty: all).
+    fn open_stream(&mut self, name: &str, columns: &[String]) -> Result<Box<dyn RecordBatchReader + Send>, String>;
 }
 
 type CheckFn = unsafe extern "C" fn(*mut c_void, *mut RecdTable, usize, *mut RecdError) -> i32;
@@ -60,6 +64,8 @@ pub struct Plugin {
     descriptor: Entries,
     pub name: String,
     pub version: String,
+    /// The inputs it reads only as streams (ABI 1.2 `stream_inputs`; empty before 1.2).
+    pub stream_inputs: Vec<String>,
 }
 
 impl Plugin {
@@ -91,11 +97,14 @@ impl Plugin {
             });
         }
         // Fields are read one by one through the raw pointer: a 1.0 descriptor ends before
-        // `check`, so it must not be viewed as the whole (1.1) struct.
-        // SAFETY: the major version matches, so every field up to `destroy` exists, and
-        // `check` does when minor >= 1; the descriptor is static.
-        let (descriptor, name, version) = unsafe {
+        // `check` (a 1.1 one before `stream_inputs`), so it must not be viewed as the
+        // whole struct.
+        // SAFETY: the major version matches, so every field up to `destroy` exists,
+        // `check` does when minor >= 1 and `stream_inputs` when minor >= 2; the descriptor
+        // is static.
+        let (descriptor, name, version, streams) = unsafe {
             let check = if minor >= 1 { std::ptr::addr_of!((*ptr).check).read() } else { None };
+            let streams = if minor >= 2 { std::ptr::addr_of!((*ptr).stream_inputs).read() } else { std::ptr::null() };
             let entries = Entries {
                 abi: (major, minor),
                 create: std::ptr::addr_of!((*ptr).create).read(),
@@ -103,13 +112,17 @@ impl Plugin {
                 destroy: std::ptr::addr_of!((*ptr).destroy).read(),
                 check,
             };
-            (entries, std::ptr::addr_of!((*ptr).name).read(), std::ptr::addr_of!((*ptr).version).read())
+            (entries, std::ptr::addr_of!((*ptr).name).read(), std::ptr::addr_of!((*ptr).version).read(), streams)
         };
         let name = static_str(name, &path_buf, "name")?;
         let version = static_str(version, &path_buf, "version")?;
+        let stream_inputs =
+            if streams.is_null() { String::new() } else { static_str(streams, &path_buf, "stream_inputs")? };
+        let stream_inputs =
+            stream_inputs.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
         // Never unload: see the module comment.
         std::mem::forget(lib);
-        Ok(Plugin { descriptor, name, version })
+        Ok(Plugin { descriptor, name, version, stream_inputs })
     }
 
     /// "major.minor" of the ABI the plugin was built for.
@@ -171,6 +184,7 @@ impl Instance<'_> {
             log: log_cb,
             progress: progress_cb,
             is_cancelled: is_cancelled_cb,
+            open_stream: open_stream_cb,
         };
         let mut err = RecdError::new();
         // SAFETY: the instance came from this plugin's `create`; tables and vtable outlive
@@ -337,6 +351,48 @@ unsafe extern "C" fn progress_cb(ctx: *mut c_void, done: u64, total: u64) {
 unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
     // SAFETY: ctx per the vtable. A panicking host means: stop.
     catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.is_cancelled())).map(i32::from).unwrap_or(1)
+}
+
+unsafe extern "C" fn open_stream_cb(
+    ctx: *mut c_void,
+    name: *const c_char,
+    columns: *const *const c_char,
+    n_columns: usize,
+    out: *mut FFI_ArrowArrayStream,
+    err: *mut RecdError,
+) -> i32 {
+    callback(err, || {
+        if name.is_null() || out.is_null() || (n_columns > 0 && columns.is_null()) {
+            return Err("open_stream: NULL name, columns or output stream".into());
+        }
+        // SAFETY: ABI 1.2 contract for `open_stream`: C strings, `n_columns` of them.
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        let columns: Vec<String> =
+            (0..n_columns).map(|i| unsafe { CStr::from_ptr(*columns.add(i)) }.to_string_lossy().into_owned()).collect();
+        let reader = unsafe { host(ctx) }.open_stream(&name, &columns)?;
+        // SAFETY: the plugin gave us a writable, empty stream struct it will own.
+        unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(Guarded(reader)))) };
+        Ok(())
+    })
+}
+
+/// A reader whose panics become errors: its `next` runs inside the plugin's call to the
+/// stream's `get_next`, and a panic must never unwind into plugin frames.
+struct Guarded(Box<dyn RecordBatchReader + Send>);
+
+impl Iterator for Guarded {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        catch_unwind(AssertUnwindSafe(|| self.0.next()))
+            .unwrap_or_else(|_| Some(Err(ArrowError::ExternalError("host panicked reading an input stream".into()))))
+    }
+}
+
+impl RecordBatchReader for Guarded {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
 }
 
 /// Gives the worker a private handle on its original stdout for result frames, and points

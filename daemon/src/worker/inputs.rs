@@ -1,10 +1,13 @@
-//! Reads a job's input tables (CSV or Parquet) into one Arrow record batch each.
+//! Reads a job's input tables (CSV, Parquet or Arrow IPC): whole, into one record batch
+//! each ([`read`]), or as a stream of batches for a plugin that pulls them ([`stream`]).
 
 use std::fs::File;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, RecordBatchReader};
 use arrow_csv::reader::Format;
+use arrow_schema::{ArrowError, SchemaRef};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::job::{Input, InputFormat};
@@ -68,4 +71,210 @@ fn read_parquet(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
     let rows = builder.metadata().file_metadata().num_rows().max(1) as usize;
     let reader = builder.with_batch_size(rows).build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Rows per batch of a streamed input: big enough that per-batch costs vanish, small
+/// enough that a batch of a few columns stays within a few MB.
+const STREAM_BATCH_ROWS: usize = 64 * 1024;
+
+/// Input `input` as a stream of batches of at most [`STREAM_BATCH_ROWS`] rows, projected
+/// onto `columns` in that order (empty: every column). Only the asked-for columns are
+/// decoded. A column the input lacks is an error here; a file that turns out to have no
+/// rows ends the stream with an error, as [`read`] refuses it.
+pub fn stream(input: &Input, columns: &[String]) -> anyhow::Result<Box<dyn RecordBatchReader + Send>> {
+    stream_in(input, columns, STREAM_BATCH_ROWS)
+}
+
+fn stream_in(
+    input: &Input,
+    columns: &[String],
+    batch_rows: usize,
+) -> anyhow::Result<Box<dyn RecordBatchReader + Send>> {
+    let shown = input.path.display();
+    let full = schema(input).map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
+    let wanted: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let order = if wanted.is_empty() {
+        (0..full.fields().len()).collect()
+    } else {
+        recd_plugin_api::columns::positions(&full, &input.name, &wanted).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    // Formats project in file order: read the columns sorted, then put them in the order asked.
+    let mut read_cols = order.clone();
+    read_cols.sort_unstable();
+    read_cols.dedup();
+    let batches = open_batches(input, &full, &read_cols, batch_rows)
+        .map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
+    let read_schema = Arc::new(full.project(&read_cols)?);
+    let reorder: Vec<usize> = order.iter().map(|c| read_cols.binary_search(c).expect("a read column")).collect();
+    let out_schema = Arc::new(read_schema.project(&reorder)?);
+    Ok(Box::new(InputReader {
+        batches,
+        reorder,
+        schema: out_schema,
+        rows: 0,
+        what: format!("input `{}` ({shown})", input.name),
+    }))
+}
+
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// The input's batches with columns `read_cols` (ascending positions in `full`).
+fn open_batches(input: &Input, full: &SchemaRef, read_cols: &[usize], batch_rows: usize) -> anyhow::Result<Batches> {
+    let file = File::open(&input.path)?;
+    Ok(match input.format {
+        InputFormat::Csv => Box::new(
+            arrow_csv::ReaderBuilder::new(full.clone())
+                .with_format(Format::default().with_header(true))
+                .with_batch_size(batch_rows)
+                .with_projection(read_cols.to_vec())
+                .build(file)?,
+        ),
+        InputFormat::Parquet => {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), read_cols.iter().copied());
+            Box::new(builder.with_projection(mask).with_batch_size(batch_rows).build()?)
+        }
+        InputFormat::ArrowIpc => Box::new(arrow_ipc::reader::FileReader::try_new(file, Some(read_cols.to_vec()))?),
+        InputFormat::Table => anyhow::bail!("table inputs are exported by the daemon before the run"),
+    })
+}
+
+/// A streamed input: its batches with the columns in the order asked, and an error at the
+/// end when it had no rows at all.
+struct InputReader {
+    batches: Batches,
+    reorder: Vec<usize>,
+    schema: SchemaRef,
+    rows: u64,
+    what: String,
+}
+
+impl Iterator for InputReader {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Empty batches (a file may hold some) are skipped: a consumer never sees one.
+        let next = loop {
+            match self.batches.next() {
+                Some(Ok(batch)) if batch.num_rows() == 0 => continue,
+                other => break other,
+            }
+        };
+        let Some(next) = next else {
+            // Once: `rows` is set past zero so a reader polled again just ends.
+            if self.rows == 0 {
+                self.rows = u64::MAX;
+                return Some(Err(ArrowError::ExternalError(format!("{} has no rows", self.what).into())));
+            }
+            return None;
+        };
+        Some(
+            next.and_then(|batch| {
+                self.rows = self.rows.saturating_add(batch.num_rows() as u64);
+                let columns = self.reorder.iter().map(|&c| batch.column(c).clone()).collect();
+                RecordBatch::try_new(self.schema.clone(), columns)
+            })
+            .map_err(|e| ArrowError::ExternalError(format!("{}: {e}", self.what).into())),
+        )
+    }
+}
+
+impl RecordBatchReader for InputReader {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    /// 10 rows: user u0..u9, n 0..9, note x0..x9.
+    fn table() -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("note", DataType::Utf8, false),
+        ]);
+        let users: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+        let notes: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(users)),
+                Arc::new(Int64Array::from((0..10).collect::<Vec<i64>>())),
+                Arc::new(StringArray::from(notes)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The same table in each format the worker reads.
+    fn files(dir: &std::path::Path, batch: &RecordBatch) -> Vec<Input> {
+        let csv = dir.join("t.csv");
+        let mut text = String::from("user,n,note\n");
+        for r in 0..batch.num_rows() {
+            text += &format!("u{r},{r},x{r}\n");
+        }
+        std::fs::write(&csv, text).unwrap();
+        let parquet = dir.join("t.parquet");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(File::create(&parquet).unwrap(), batch.schema(), None).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        let ipc = dir.join("t.arrow");
+        let mut w = arrow_ipc::writer::FileWriter::try_new(File::create(&ipc).unwrap(), &batch.schema()).unwrap();
+        w.write(batch).unwrap();
+        w.finish().unwrap();
+        [(csv, InputFormat::Csv), (parquet, InputFormat::Parquet), (ipc, InputFormat::ArrowIpc)]
+            .into_iter()
+            .map(|(path, format)| Input { name: "t".into(), path, format })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_projects_in_the_order_asked_in_batches_for_every_format() {
+        let dir = tempfile::tempdir().unwrap();
+        for input in files(dir.path(), &table()) {
+            let cols = ["note".to_string(), "n".to_string()];
+            let reader = stream_in(&input, &cols, 4).unwrap();
+            let names: Vec<String> = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
+            assert_eq!(names, ["note", "n"], "{:?}", input.format);
+            let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+            // IPC keeps the file's one batch; CSV and Parquet cut it as asked
+            let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+            let want: &[usize] = if input.format == InputFormat::ArrowIpc { &[10] } else { &[4, 4, 2] };
+            assert_eq!(sizes, want, "{:?}", input.format);
+            let mut notes = Vec::new();
+            let mut ns = Vec::new();
+            for b in &batches {
+                notes.extend(b.column(0).as_string::<i32>().iter().map(|v| v.unwrap().to_string()));
+                ns.extend(b.column(1).as_primitive::<Int64Type>().values().iter().copied());
+            }
+            assert_eq!(notes, (0..10).map(|i| format!("x{i}")).collect::<Vec<_>>());
+            assert_eq!(ns, (0..10).collect::<Vec<i64>>());
+            // no projection: every column, in file order
+            let all = stream_in(&input, &[], 4).unwrap();
+            assert_eq!(all.schema().fields().len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_missing_column_and_an_empty_input_are_errors_naming_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        for input in files(dir.path(), &table()) {
+            let err = stream_in(&input, &["score".to_string()], 4).map(|_| ()).unwrap_err().to_string();
+            assert_eq!(err, "input `t` has no column `score` (columns: user, n, note)", "{:?}", input.format);
+        }
+        for input in files(dir.path(), &table().slice(0, 0)) {
+            let mut reader = stream_in(&input, &[], 4).unwrap();
+            let err = reader.next().unwrap().unwrap_err().to_string();
+            assert!(err.ends_with(&format!("input `t` ({}) has no rows", input.path.display())), "{err}");
+            assert!(reader.next().is_none(), "{:?}", input.format);
+        }
+    }
 }

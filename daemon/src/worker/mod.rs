@@ -102,13 +102,22 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     let mut instance = plugin
         .create(&spec.params_json)
         .map_err(|e| anyhow::anyhow!("plugin `{}` rejected its params: {e}", plugin.name))?;
+    let streamed = &plugin.stream_inputs;
     let mut tables = Vec::new();
     for input in &spec.inputs {
-        tables.push((input.name.clone(), inputs::read(input)?));
+        // A streamed input is read only when the plugin pulls it: here just its schema.
+        let batch = if streamed.contains(&input.name) {
+            let schema = inputs::schema(input)
+                .map_err(|e| anyhow::anyhow!("input `{}` ({}): {e:#}", input.name, input.path.display()))?;
+            RecordBatch::new_empty(schema)
+        } else {
+            inputs::read(input)?
+        };
+        tables.push((input.name.clone(), batch));
     }
-    tracing::debug!(rss_mib = rss_bytes() >> 20, "inputs read");
-    let known_users = known_ids(&tables, spec.known_users.as_ref())?;
-    let known_items = known_ids(&tables, spec.known_items.as_ref())?;
+    tracing::debug!(rss_mib = rss_bytes() >> 20, streamed = ?streamed, "inputs read");
+    let known_users = known_ids(&tables, &spec.inputs, streamed, spec.known_users.as_ref())?;
+    let known_items = known_ids(&tables, &spec.inputs, streamed, spec.known_items.as_ref())?;
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
     if let Some(engine) = &engine {
         let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -120,6 +129,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     let output = spec.output;
     let mut host = WorkerHost {
         engine,
+        inputs: &spec.inputs,
         out,
         rows: 0,
         broken: false,
@@ -134,17 +144,35 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     Ok((provider, host.rows, desc, host.stats))
 }
 
-/// The ids of `(input, column)` as a set, for the output checks.
+/// The ids of `(input, column)` as a set, for the output checks; from a streamed input
+/// only that column is read, batch by batch.
 fn known_ids(
     tables: &[(String, RecordBatch)],
+    inputs: &[crate::job::Input],
+    streamed: &[String],
     column: Option<&(String, String)>,
 ) -> anyhow::Result<Option<(String, HashSet<String>)>> {
     let Some((table, col)) = column else { return Ok(None) };
-    let batch = &tables.iter().find(|(n, _)| n == table).ok_or_else(|| anyhow::anyhow!("no input `{table}`"))?.1;
-    let array = recd_plugin_api::columns::column(batch, table, col).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ids = recd_plugin_api::columns::ids_as_strings(array, &format!("{table}.{col}"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Some((format!("{table}.{col}"), ids.into_iter().flatten().collect())))
+    let what = format!("{table}.{col}");
+    let ids_of = |batch: &RecordBatch| -> anyhow::Result<Vec<String>> {
+        let array = recd_plugin_api::columns::column(batch, table, col).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ids = recd_plugin_api::columns::ids_as_strings(array, &what).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(ids.into_iter().flatten().collect())
+    };
+    let mut set = HashSet::new();
+    match inputs.iter().find(|i| &i.name == table && streamed.contains(table)) {
+        Some(input) => {
+            for batch in inputs::stream(input, std::slice::from_ref(col))? {
+                set.extend(ids_of(&batch?)?);
+            }
+        }
+        None => {
+            let batch =
+                &tables.iter().find(|(n, _)| n == table).ok_or_else(|| anyhow::anyhow!("no input `{table}`"))?.1;
+            set.extend(ids_of(batch)?);
+        }
+    }
+    Ok(Some((what, set)))
 }
 
 /// `recd probe-plugin PATH`: loads the plugin (ABI checked first), creates an instance
@@ -221,6 +249,8 @@ pub struct Probe {
 
 struct WorkerHost<'o> {
     engine: Option<Engine>,
+    /// The job's inputs, for `open_stream`.
+    inputs: &'o [crate::job::Input],
     out: &'o mut BufWriter<File>,
     rows: u64,
     known_users: Option<(String, HashSet<String>)>,
@@ -293,6 +323,18 @@ impl Host for WorkerHost<'_> {
 
     fn is_cancelled(&mut self) -> bool {
         self.broken || CANCELLED.load(Ordering::Relaxed)
+    }
+
+    fn open_stream(
+        &mut self,
+        name: &str,
+        columns: &[String],
+    ) -> Result<Box<dyn arrow_array::RecordBatchReader + Send>, String> {
+        let input = self.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
+            let have: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+            format!("missing input table `{name}` (the job provides: {})", have.join(", "))
+        })?;
+        inputs::stream(input, columns).map_err(|e| format!("{e:#}"))
     }
 }
 

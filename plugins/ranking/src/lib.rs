@@ -16,7 +16,8 @@
 
 use arrow_array::{ArrayRef, Float32Array, Int64Array};
 use arrow_buffer::ScalarBuffer;
-use recd_plugin_api::columns::{booleans, column, ids_as_strings, ids_to_index, numbers};
+use recd_plugin_api::columns::{booleans, column, numbers};
+use recd_plugin_api::ids::IdIndex;
 use recd_plugin_api::model::{FeatureValues, ModelInput, model_column, scoring_batch};
 use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
@@ -181,43 +182,37 @@ impl Strategy for Ranking {
 
 /// The model's id vocabularies: position in `users`/`items` is the model index.
 struct Vocab {
-    users: Vec<String>,
-    items: Vec<String>,
-    user_index: HashMap<String, usize>,
-    item_index: HashMap<String, usize>,
+    users: IdIndex,
+    items: IdIndex,
 }
 
 impl Vocab {
     fn read(ctx: &RunContext<'_>) -> Result<Self, PluginError> {
-        let (users, user_index) = read_vocab(ctx, "users", "user_id")?;
-        let (items, item_index) = read_vocab(ctx, "items", "item_id")?;
-        Ok(Vocab { users, items, user_index, item_index })
+        Ok(Vocab { users: read_vocab(ctx, "users", "user_id")?, items: read_vocab(ctx, "items", "item_id")? })
     }
 }
 
-fn read_vocab(
-    ctx: &RunContext<'_>,
-    table: &str,
-    id_column: &str,
-) -> Result<(Vec<String>, HashMap<String, usize>), PluginError> {
+fn read_vocab(ctx: &RunContext<'_>, table: &str, id_column: &str) -> Result<IdIndex, PluginError> {
     let batch = ctx.input(table)?;
-    let ids = ids_as_strings(column(batch, table, id_column)?, &format!("{table}.{id_column}"))?;
-    let idx = numbers(column(batch, table, "index")?, &format!("{table}.index"))?;
-    let n = batch.num_rows();
-    let mut by_index: Vec<Option<String>> = vec![None; n];
-    for (row, (id, i)) in ids.into_iter().zip(idx).enumerate() {
-        let (Some(id), Some(i)) = (id, i) else {
-            return Err(PluginError::input(format!("{table}: row {row} has a null id or index")));
-        };
-        let i = i as usize;
-        if i >= n || by_index[i].is_some() {
-            return Err(PluginError::input(format!("{table}: row {row}: index {i} is out of 0..{n} or repeated")));
-        }
-        by_index[i] = Some(id);
+    IdIndex::from_positions(column(batch, table, id_column)?, column(batch, table, "index")?, table)
+}
+
+/// Per model user index, the model item indices bought: sorted, each once, in one flat
+/// list (4 bytes per purchase and 4 per user; a `Vec` per user cost 40 bytes more each).
+struct Purchases {
+    /// User `u`'s items are `items[starts[u]..starts[u + 1]]`.
+    starts: Vec<u32>,
+    items: Vec<u32>,
+}
+
+impl Purchases {
+    fn users(&self) -> usize {
+        self.starts.len() - 1
     }
-    let ids: Vec<String> = by_index.into_iter().map(Option::unwrap_or_default).collect();
-    let index = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
-    Ok((ids, index))
+
+    fn of(&self, user: usize) -> &[u32] {
+        &self.items[self.starts[user] as usize..self.starts[user + 1] as usize]
+    }
 }
 
 impl Ranking {
@@ -229,45 +224,77 @@ impl Ranking {
             column(batch, "items", col).map_err(|e| PluginError::params(format!("params.available_column: {e}")))?,
             &format!("items.{col}"),
         )?;
-        let ids = ids_as_strings(column(batch, "items", "item_id")?, "items.item_id")?;
-        Ok(ids
-            .into_iter()
-            .zip(flags)
-            .filter(|(_, ok)| *ok == Some(false))
-            .filter_map(|(id, _)| vocab.item_index.get(&id?).map(|&i| i as u32))
-            .collect())
+        let items = vocab.items.positions(column(batch, "items", "item_id")?, "items.item_id")?;
+        Ok(items.into_iter().zip(flags).filter(|(_, ok)| *ok == Some(false)).filter_map(|(i, _)| i).collect())
     }
 
-    /// Per model user index, the model item indices bought: sorted, each once. Takes the
-    /// interactions out of the context and reads them in slices, so neither the table nor
-    /// a per-row copy of it outlives this step: for big tables they were most of the run's
-    /// peak memory.
-    fn read_purchases(&self, ctx: &mut RunContext<'_>, vocab: &Vocab) -> Result<Vec<Vec<u32>>, PluginError> {
-        const SLICE: usize = 1 << 16;
+    /// What each user bought, read from the interactions as a stream (the plugin declares
+    /// them in `stream_inputs`, so the table is never in memory whole: at a million users
+    /// it was most of the run's peak). Two passes: lines per user, to size one flat list,
+    /// then the items, each user's sorted and deduplicated in place.
+    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Purchases, PluginError> {
         let t = "interactions";
-        let table = ctx.take_input(t)?;
         let p = &self.params;
         let (user_what, item_what) = (format!("{t}.{}", p.user_column), format!("{t}.{}", p.item_column));
-        let mut bought = vec![Vec::new(); vocab.users.len()];
-        for start in (0..table.num_rows()).step_by(SLICE) {
-            let batch = table.slice(start, SLICE.min(table.num_rows() - start));
-            let users = ids_to_index(column(&batch, t, &p.user_column)?, &user_what, &vocab.user_index)?;
-            let items = ids_to_index(column(&batch, t, &p.item_column)?, &item_what, &vocab.item_index)?;
-            let cancelled = match batch.column_by_name(&p.cancelled_column) {
-                Some(col) => booleans(col.as_ref(), &format!("{t}.{}", p.cancelled_column))?,
-                None => vec![Some(false); batch.num_rows()],
+        let n = vocab.users.len();
+        // Pass 1: lines per known user, an upper bound (pass 2 drops cancelled lines and
+        // unknown items). `starts[u + 1]` counts user u, then the prefix sum makes starts.
+        let mut starts = vec![0u32; n + 1];
+        for batch in ctx.input_stream(t, &[&p.user_column])? {
+            for u in vocab.users.positions(batch?.column(0), &user_what)?.into_iter().flatten() {
+                starts[u as usize + 1] += 1;
+            }
+        }
+        let mut total: u32 = 0;
+        for s in &mut starts[1..] {
+            total = total
+                .checked_add(*s)
+                .ok_or_else(|| PluginError::input(format!("{t}: more than {} lines", u32::MAX)))?;
+            *s = total;
+        }
+        // Pass 2: the items, each user's at their own cursor.
+        let mut items = vec![0u32; total as usize];
+        let mut cursor = starts[..n].to_vec();
+        let has_cancelled = ctx.input(t)?.schema_ref().index_of(&p.cancelled_column).is_ok();
+        let mut wanted = vec![p.user_column.as_str(), p.item_column.as_str()];
+        if has_cancelled {
+            wanted.push(&p.cancelled_column);
+        }
+        for batch in ctx.input_stream(t, &wanted)? {
+            let batch = batch?;
+            let users = vocab.users.positions(batch.column(0), &user_what)?;
+            let bought = vocab.items.positions(batch.column(1), &item_what)?;
+            let cancelled = match has_cancelled {
+                true => booleans(batch.column(2).as_ref(), &format!("{t}.{}", p.cancelled_column))?,
+                false => vec![Some(false); batch.num_rows()],
             };
-            for ((user, item), cancelled) in users.into_iter().zip(items).zip(cancelled) {
-                if let (Some(u), Some(i), false) = (user, item, cancelled == Some(true)) {
-                    bought[u as usize].push(i);
+            for ((user, item), cancelled) in users.into_iter().zip(bought).zip(cancelled) {
+                let (Some(u), Some(i), false) = (user, item, cancelled == Some(true)) else { continue };
+                let u = u as usize;
+                if cursor[u] == starts[u + 1] {
+                    return Err(PluginError::input(format!("{t}: the input changed while it was read")));
+                }
+                items[cursor[u] as usize] = i;
+                cursor[u] += 1;
+            }
+        }
+        // Sort and deduplicate each user's items, moving them down over the gaps.
+        let mut kept = 0usize;
+        for u in 0..n {
+            let (from, to) = (starts[u] as usize, cursor[u] as usize);
+            items[from..to].sort_unstable();
+            starts[u] = kept as u32;
+            for at in from..to {
+                if at == from || items[at] != items[at - 1] {
+                    items[kept] = items[at];
+                    kept += 1;
                 }
             }
         }
-        for seen in &mut bought {
-            seen.sort_unstable();
-            seen.dedup();
-        }
-        Ok(bought)
+        starts[n] = kept as u32;
+        items.truncate(kept);
+        items.shrink_to_fit();
+        Ok(Purchases { starts, items })
     }
 
     /// Scores every user's candidates batch by batch. With `overlap` (the default) the
@@ -280,7 +307,7 @@ impl Ranking {
         &self,
         ctx: &mut RunContext<'_>,
         vocab: &Vocab,
-        bought: &[Vec<u32>],
+        bought: &Purchases,
         pool: &Pool,
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
@@ -334,7 +361,7 @@ impl Ranking {
         for &(u, start, n) in &batch.spans {
             top_k(&scores[start..start + n], &items[start..start + n], self.params.k, &mut best);
             for &(score, item) in &best {
-                out.push(&vocab.users[u], &vocab.items[item as usize], score);
+                out.push(vocab.users.id(u as u32), vocab.items.id(item as u32), score);
             }
         }
         ctx.emit(out.into_batch()?)
@@ -369,7 +396,7 @@ fn top_k(scores: &[f32], items: &[i64], k: usize, best: &mut Vec<(f32, i64)>) {
 /// candidates are the pool minus what they bought, found with a stamp per item (the
 /// user who last marked it) instead of a set lookup per pair.
 fn build_batches(
-    bought: &[Vec<u32>],
+    bought: &Purchases,
     pool: &Pool,
     n_items: usize,
     batch_pairs: usize,
@@ -377,8 +404,8 @@ fn build_batches(
 ) {
     let mut stamp = vec![u32::MAX; n_items];
     let mut batch = PairBatch::default();
-    for (u, seen) in bought.iter().enumerate() {
-        for &i in seen {
+    for u in 0..bought.users() {
+        for &i in bought.of(u) {
             stamp[i as usize] = u as u32;
         }
         let candidates: &[usize] = match pool {
@@ -397,7 +424,7 @@ fn build_batches(
         }
     }
     // The last, possibly empty, batch carries the final progress.
-    take(batch, bought.len());
+    take(batch, bought.users());
 }
 
 #[derive(Default)]
@@ -455,11 +482,9 @@ fn bind_features(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<(ModelInput,
             Feature::UserIndex => Source::UserIndex,
             Feature::ItemIndex => Source::ItemIndex,
             Feature::Column("users", col) => {
-                Source::PerUser(per_id(ctx, &input, "users", "user_id", col, &vocab.user_index)?)
+                Source::PerUser(per_id(ctx, &input, "users", "user_id", col, &vocab.users)?)
             }
-            Feature::Column(_, col) => {
-                Source::PerItem(per_id(ctx, &input, "items", "item_id", col, &vocab.item_index)?)
-            }
+            Feature::Column(_, col) => Source::PerItem(per_id(ctx, &input, "items", "item_id", col, &vocab.items)?),
         };
         out.push((input, source));
     }
@@ -474,7 +499,7 @@ fn per_id(
     table: &str,
     id_column: &str,
     col: &str,
-    index: &HashMap<String, usize>,
+    index: &IdIndex,
 ) -> Result<Vec<f64>, PluginError> {
     let batch = ctx.input(table)?;
     let key = format!("model_inputs.{}", input.input);
@@ -482,17 +507,15 @@ fn per_id(
         column(batch, table, col).map_err(|e| PluginError::params(format!("{key}: {e}")))?,
         &format!("{table}.{col}"),
     )?;
-    let ids = ids_as_strings(column(batch, table, id_column)?, &format!("{table}.{id_column}"))?;
+    let positions = index.positions(column(batch, table, id_column)?, &format!("{table}.{id_column}"))?;
     let mut out = vec![f64::NAN; index.len()];
-    for (id, v) in ids.into_iter().zip(values) {
-        if let (Some(id), Some(v)) = (id, v)
-            && let Some(&i) = index.get(&id)
-        {
-            out[i] = v;
+    for (i, v) in positions.into_iter().zip(values) {
+        if let (Some(i), Some(v)) = (i, v) {
+            out[i as usize] = v;
         }
     }
     if let Some(i) = out.iter().position(|v| v.is_nan()) {
-        let id = index.iter().find(|(_, j)| **j == i).map(|(id, _)| id.as_str()).unwrap_or("?");
+        let id = index.id(i as u32);
         return Err(PluginError::input(format!("{key}: {table}.{col} has no value for {id_column} {id:?}")));
     }
     Ok(out)
@@ -554,9 +577,9 @@ enum Pool {
 impl Pool {
     /// About how many pairs a run scores: every user's candidates, before what they
     /// bought is taken out.
-    fn pairs(&self, bought: &[Vec<u32>]) -> usize {
+    fn pairs(&self, bought: &Purchases) -> usize {
         match self {
-            Pool::All(items) => items.len() * bought.len(),
+            Pool::All(items) => items.len() * bought.users(),
             Pool::PerUser(lists) => lists.values().map(Vec::len).sum(),
         }
     }
@@ -582,13 +605,12 @@ impl Pool {
 fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, Vec<usize>>, PluginError> {
     let t = "pool";
     let batch = ctx.input(t)?;
-    let users = ids_as_strings(column(batch, t, "user")?, "pool.user")?;
-    let items = ids_as_strings(column(batch, t, "item")?, "pool.item")?;
+    let users = vocab.users.positions(column(batch, t, "user")?, "pool.user")?;
+    let items = vocab.items.positions(column(batch, t, "item")?, "pool.item")?;
     let mut out: HashMap<usize, Vec<usize>> = HashMap::new();
     for (u, i) in users.into_iter().zip(items) {
-        let (Some(u), Some(i)) = (u, i) else { continue };
-        if let (Some(&u), Some(&i)) = (vocab.user_index.get(&u), vocab.item_index.get(&i)) {
-            out.entry(u).or_default().push(i);
+        if let (Some(u), Some(i)) = (u, i) {
+            out.entry(u as usize).or_default().push(i as usize);
         }
     }
     Ok(out)
@@ -596,12 +618,10 @@ fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, V
 
 /// The `size` items with the most distinct buyers (ties: lower index first).
 /// Items in `unavailable` are left out before the pool is cut to `size`.
-fn popular_pool(bought: &[Vec<u32>], n_items: usize, size: usize, unavailable: &HashSet<u32>) -> Vec<usize> {
+fn popular_pool(bought: &Purchases, n_items: usize, size: usize, unavailable: &HashSet<u32>) -> Vec<usize> {
     let mut buyers = vec![0u32; n_items];
-    for set in bought {
-        for &i in set {
-            buyers[i as usize] += 1;
-        }
+    for &i in &bought.items {
+        buyers[i as usize] += 1;
     }
     let mut order: Vec<usize> = (0..n_items).filter(|&i| !unavailable.contains(&(i as u32))).collect();
     order.sort_by(|&a, &b| buyers[b].cmp(&buyers[a]).then(a.cmp(&b)));
@@ -609,7 +629,7 @@ fn popular_pool(bought: &[Vec<u32>], n_items: usize, size: usize, unavailable: &
     order
 }
 
-export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"));
+export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"), stream_inputs = "interactions");
 
 #[cfg(test)]
 mod tests {
@@ -660,8 +680,11 @@ mod tests {
                 .collect();
             Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(Float32Array::from(scores)))]))
         };
+        // The interactions cross as a stream, as from a host: in batches of two lines.
         Harness::new(params)
             .input("interactions", interactions)
+            .streamed("interactions")
+            .stream_batch_rows(2)
             .input("users", vocab("user_id", &["u1", "u2"]))
             .input("items", items)
             .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
@@ -703,6 +726,34 @@ mod tests {
         // a cancelled line is not a purchase: b stays a candidate for u2
         assert_eq!(list(&out, "u2"), ["b", "c"]);
         assert_eq!(out.list("u2")[0].1, -1.0);
+    }
+
+    #[test]
+    fn purchases_from_a_stream_of_many_batches_count_once_and_skip_unknown_ids() {
+        // u1 bought d twice (in different batches), u2 bought a and an item the model does
+        // not know, and a user the model does not know bought c: one line per batch.
+        let interactions = table(vec![
+            strings("user_id", &["u1", "u2", "u9", "u2", "u1"]),
+            strings("item_id", &["d", "a", "c", "x", "d"]),
+        ]);
+        let model = |batch: &RecordBatch| {
+            let items = batch.column_by_name("item").unwrap().as_primitive::<Int64Type>();
+            let scores: Vec<f32> = items.values().iter().map(|&i| i as f32).collect();
+            Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(Float32Array::from(scores)))]))
+        };
+        let out = Harness::new(r#"{"k": 4}"#)
+            .input("interactions", interactions)
+            .streamed("interactions")
+            .stream_batch_rows(1)
+            .input("users", vocab("user_id", &["u1", "u2"]))
+            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
+            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
+            .scorer(model)
+            .run::<Ranking>()
+            .unwrap();
+        assert_eq!(list(&out, "u1"), ["c", "b", "a"]);
+        assert_eq!(list(&out, "u2"), ["d", "c", "b"]);
+        assert_eq!(out.users(), ["u1", "u2"]);
     }
 
     #[test]
