@@ -21,13 +21,12 @@ fn ping(d: &TestDaemon) -> (UnixStream, String) {
 #[test]
 fn clients_beyond_max_clients_are_refused_as_redis_refuses_them() {
     let d = TestDaemon::start_with(&[], "max_clients = 3\n");
-    let held: Vec<UnixStream> = (0..3)
-        .map(|_| {
-            let (s, reply) = ping(&d);
-            assert_eq!(reply, "+PONG\r\n");
-            s
-        })
-        .collect();
+    // TestDaemon::start's readiness probe connects and leaves at once; until the daemon
+    // has seen it go, it still holds a slot: try again until three clients are in.
+    let held: Vec<UnixStream> = d.wait_for("three clients served", 5, || {
+        let conns: Vec<(UnixStream, String)> = (0..3).map(|_| ping(&d)).collect();
+        conns.iter().all(|(_, reply)| reply == "+PONG\r\n").then(|| conns.into_iter().map(|(s, _)| s).collect())
+    });
     let (_, reply) = ping(&d);
     assert_eq!(reply, "-ERR max number of clients reached\r\n");
     // the admin socket is not counted: ops always get in
