@@ -440,14 +440,34 @@ def exact(conn: Conn, args: list[str]) -> bytes:
     return bytes(conn.buf[: conn.pos])
 
 
-def benchmark(sock: Path, clients: int, pipeline: int, requests: int, users: int, cmd: list[str]) -> dict:
+def cpu_split() -> tuple[set[int], set[int]] | None:
+    """(client CPUs, server CPUs): the lowest CPU for redis-benchmark, the others for the
+    server under test; None on a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pins every thread of `pid` to `cpus` (threads it starts later inherit the mask)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def benchmark(sock: Path, clients: int, pipeline: int, requests: int, users: int, cmd: list[str],
+              client_cpus: set[int] | None = None) -> dict:
     argv = [
         "redis-benchmark", "-s", str(sock),
         "-c", str(clients), "-n", str(requests), "-r", str(users), "-P", str(pipeline),
         "--csv", *cmd,
     ]
     t0 = time.monotonic()
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    pin_client = (lambda: os.sched_setaffinity(0, client_cpus)) if client_cpus else None
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=pin_client)
     wall = time.monotonic() - t0
     rows = [r for r in csv.reader(io.StringIO(run.stdout)) if r]
     if run.returncode != 0 or len(rows) < 2 or rows[0][:2] != ["test", "rps"]:
@@ -526,7 +546,7 @@ def render_doc(results, m, meta) -> str:
             f"- recd: commit `{m['commit']}`, release build (`cargo build --release --workspace`)",
             f"- Load average (1, 5, 15 min) before the run: {meta['load_before']}; after: {meta['load_after']}.",
             "  The machine is shared with other work, so the numbers carry noise from it; the",
-            "  benchmark client and both servers also share the same cores (see Method).",
+            "  benchmark client and the servers run on one machine (CPU placement: see Method).",
             f"- Whole run (start of recd to the last benchmark): {meta['run_time']:.0f} s.",
             f"- recd memory (RSS) after the run: {meta['recd_rss_mb']:,} MiB; Redis `used_memory`: {meta['redis_mb']:,} MiB.",
             "",
@@ -572,7 +592,7 @@ def render_doc(results, m, meta) -> str:
             "milliseconds with 3 decimals. Both servers answer RESP2 (redis-benchmark's default).",
             "recd runs with its defaults: `serve_threads = 0`, one single-threaded serving runtime",
             "per core but one (on this 2-core machine: one), each connection on one of them;",
-            "Redis 7.0 serves from one thread. The client and the server under test share the cores.",
+            "Redis 7.0 serves from one thread. " + pinned_text(meta["pinned"]),
             "",
             "Limits. A difference of a few per cent between two numbers is within the noise of a",
             "shared machine, medians or not. The fill read every list once before measuring, so",
@@ -586,6 +606,18 @@ def render_doc(results, m, meta) -> str:
     )
 
 
+def pinned_text(pinned: tuple[list[int], list[int]] | None) -> str:
+    if pinned is None:
+        return "The client and the server under test share the cores (not pinned)."
+    client, servers = pinned
+    return (
+        f"CPUs are split so that the client does not take turns with the server it measures: "
+        f"redis-benchmark runs on CPU {', '.join(map(str, client))} and both servers, every thread of "
+        f"them, on CPU {', '.join(map(str, servers))} (`sched_setaffinity` after the fill; "
+        "`--no-pin` leaves it to the scheduler). Each server alone is measured at a time."
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=100_000)
@@ -596,6 +628,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="runs per row and server; the median is reported")
     p.add_argument("--keep", action="store_true", help="keep the work folder (store, logs)")
     p.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/performance.md")
+    p.add_argument("--no-pin", action="store_true",
+                   help="leave CPU placement to the scheduler (default: client on one CPU, servers on the others)")
     args = p.parse_args()
 
     for path, hint in [(RECD, "cargo build --release --workspace"), (PLUGIN, "cargo build --release --workspace")]:
@@ -628,6 +662,12 @@ def main() -> int:
         fill_redis(recd_sock, redis_sock, args.users, args.items)
         checked = check_same(recd_sock, redis_sock, args.users, args.items)
         log(f"replies are byte-identical on {checked} sampled users")
+        split = None if args.no_pin else cpu_split()
+        client_cpus = split[0] if split else None
+        if split:
+            for name, proc in procs.started:
+                pin(proc.pid, split[1])
+            log(f"redis-benchmark on CPU {sorted(split[0])}, the servers on CPUs {sorted(split[1])}")
 
         commands = [
             ("ZREVRANGE <key> 0 9 WITHSCORES", ["ZREVRANGE", f"{TABLE}:__rand_int__", "0", "9", "WITHSCORES"],
@@ -649,7 +689,7 @@ def main() -> int:
                             order.reverse()
                         i += 1
                         for who, sock, cmd in order:
-                            res = benchmark(sock, clients, pipeline, n, args.users, cmd)
+                            res = benchmark(sock, clients, pipeline, n, args.users, cmd, client_cpus)
                             runs[who].append(res)
                             log(
                                 f"{who:5} {label} -c {clients} -P {pipeline}: {fmt_rps(res['rps'])} req/s, "
@@ -692,6 +732,7 @@ def main() -> int:
     run_time = time.monotonic() - t_start
     meta = {
         "date": date,
+        "pinned": (sorted(split[0]), sorted(split[1])) if split else None,
         "users": args.users,
         "items": args.items,
         "requests": (args.requests, args.requests_pipelined),
