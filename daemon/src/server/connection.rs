@@ -29,7 +29,7 @@ async fn handle(
 ) -> std::io::Result<()> {
     let mut input: Vec<u8> = Vec::with_capacity(4096);
     // Lives as long as the connection: it also remembers the protocol HELLO chose.
-    let mut out = resp::Reply { buf: Vec::with_capacity(4096), resp3: false };
+    let mut out = resp::Reply::new(4096);
     let mut client = Client { id, role, name: None };
     let limits = daemon.config.limits;
     loop {
@@ -69,7 +69,7 @@ async fn handle(
         }
         // A client that stopped reading must not hold up shutdown.
         tokio::select! {
-            r = stream.write_all(&out.buf) => r?,
+            r = write_reply(&mut stream, &out) => r?,
             _ = stop.changed() => return Ok(()),
         }
         out.clear();
@@ -77,6 +77,21 @@ async fn handle(
             return Ok(());
         }
     }
+}
+
+/// Writes the whole reply with vectored writes: stored values go from the read cache to
+/// the socket without a copy into the reply buffer.
+async fn write_reply(stream: &mut UnixStream, reply: &resp::Reply) -> std::io::Result<()> {
+    let mut slices = reply.slices();
+    let mut left: &mut [std::io::IoSlice<'_>] = &mut slices;
+    while !left.is_empty() {
+        let n = stream.write_vectored(left).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut left, n);
+    }
+    Ok(())
 }
 
 /// Reads what the client sent; `None` when it stayed silent past the idle timeout.

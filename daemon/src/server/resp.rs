@@ -194,13 +194,58 @@ pub fn array_len(out: &mut Vec<u8>, n: usize) {
 /// A reply being written for one connection, in the protocol it chose with HELLO. Derefs
 /// to its bytes, so the RESP2-only writers above apply to it as they are; what RESP3
 /// writes differently (nulls, doubles, maps) goes through its methods.
+///
+/// Big stored values are not copied into `buf`: [`Reply::bulk_stored`] keeps a handle on
+/// the value and where it goes, and [`Reply::slices`] gives the reply as `buf` pieces
+/// around them, for one vectored write.
 #[derive(Debug, Default)]
 pub struct Reply {
     pub buf: Vec<u8>,
     pub resp3: bool,
+    /// (offset in `buf` the value goes before, the stored value, its byte range)
+    stored: Vec<(usize, sled::IVec, std::ops::Range<usize>)>,
 }
 
+/// Below this a value is copied: an extra I/O vector costs more than the copy.
+const BY_REFERENCE_BYTES: usize = 1024;
+
 impl Reply {
+    pub fn new(capacity: usize) -> Reply {
+        Reply { buf: Vec::with_capacity(capacity), resp3: false, stored: Vec::new() }
+    }
+
+    /// A bulk string of `value[range]`, a stored value the reply keeps a handle on
+    /// instead of copying it (a GET's pre-encoded JSON is a few kB).
+    pub fn bulk_stored(&mut self, value: &sled::IVec, range: std::ops::Range<usize>) {
+        if range.len() < BY_REFERENCE_BYTES {
+            bulk(&mut self.buf, &value[range]);
+            return;
+        }
+        header(&mut self.buf, b'$', range.len());
+        self.stored.push((self.buf.len(), value.clone(), range));
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// The reply's bytes in order, as slices for a vectored write.
+    pub fn slices(&self) -> Vec<std::io::IoSlice<'_>> {
+        let mut out = Vec::with_capacity(2 * self.stored.len() + 1);
+        let mut at = 0;
+        for (offset, value, range) in &self.stored {
+            out.push(std::io::IoSlice::new(&self.buf[at..*offset]));
+            out.push(std::io::IoSlice::new(&value[range.clone()]));
+            at = *offset;
+        }
+        out.push(std::io::IoSlice::new(&self.buf[at..]));
+        out.retain(|s| !s.is_empty());
+        out
+    }
+
+    /// Empties the reply for the next batch of requests (capacity kept).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.stored.clear();
+    }
+
     pub fn null(&mut self) {
         if self.resp3 { self.buf.extend_from_slice(b"_\r\n") } else { null(&mut self.buf) }
     }
@@ -347,6 +392,27 @@ mod tests {
             ])
         );
         assert_eq!(format_score(0.25), "0.25");
+    }
+
+    #[test]
+    fn stored_values_are_referenced_not_copied_and_the_slices_give_the_whole_reply() {
+        let big = sled::IVec::from(vec![b'x'; 3000]);
+        let small = sled::IVec::from(&b"0123456789"[..]);
+        let mut reply = Reply::new(64);
+        array_len(&mut reply, 3);
+        reply.bulk_stored(&big, 1000..3000);
+        reply.bulk_stored(&small, 2..5);
+        reply.bulk_stored(&big, 0..1500);
+        let mut want = Vec::new();
+        array_len(&mut want, 3);
+        bulk(&mut want, &big[1000..3000]);
+        bulk(&mut want, b"234");
+        bulk(&mut want, &big[..1500]);
+        let joined: Vec<u8> = reply.slices().iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(joined, want);
+        assert!(reply.buf.len() < 100, "the big values stay out of the buffer");
+        reply.clear();
+        assert!(reply.slices().is_empty() && reply.buf.is_empty());
     }
 
     #[test]

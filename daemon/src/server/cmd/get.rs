@@ -30,7 +30,10 @@ pub fn write_json(stored: Option<Stored>, out: &mut Reply) {
     match stored {
         None => out.null(),
         Some(Stored::List(bytes)) => match stored_list_json(&bytes) {
-            Some(json) => resp::bulk(out, json),
+            Some(json) => {
+                let at = bytes.len() - json.len();
+                out.bulk_stored(&bytes, at..bytes.len());
+            }
             None => {
                 let mut json = Vec::new();
                 write_list_json(&decode_list(&bytes), &mut json);
