@@ -446,7 +446,10 @@ struct Collector {
     max_items: usize,
     allow_empty: bool,
     user: Option<String>,
-    list: Vec<(String, f32)>,
+    /// The current user's items end to end, and per item its end in `items` and its score:
+    /// no allocation per row.
+    items: String,
+    list: Vec<(usize, f32)>,
     done_users: HashSet<String>,
     row: u64,
     /// Stream row where the current user's rows began.
@@ -460,6 +463,7 @@ impl Collector {
             max_items: checks.max_items_per_user as usize,
             allow_empty: checks.allow_empty,
             user: None,
+            items: String::new(),
             list: Vec::new(),
             done_users: HashSet::new(),
             row: 0,
@@ -538,7 +542,8 @@ impl Collector {
                 }
                 self.user = Some(user.to_string());
             }
-            self.list.push((item.to_string(), score));
+            self.items.push_str(item);
+            self.list.push((self.items.len(), score));
         }
         Ok(())
     }
@@ -555,12 +560,19 @@ impl Collector {
                 rows.1
             );
         }
-        let mut seen = HashSet::with_capacity(self.list.len());
-        if let Some(at) = self.list.iter().position(|(item, _)| !seen.insert(item.as_str())) {
-            anyhow::bail!("output row {}: user {user:?} lists item {:?} twice", rows.0 + at as u64, self.list[at].0);
+        let mut start = 0;
+        let mut list: Vec<(&str, f32)> = Vec::with_capacity(self.list.len());
+        for &(end, score) in &self.list {
+            list.push((&self.items[start..end], score));
+            start = end;
         }
-        let mut list = std::mem::take(&mut self.list);
+        let mut seen = HashSet::with_capacity(list.len());
+        if let Some(at) = list.iter().position(|(item, _)| !seen.insert(*item)) {
+            anyhow::bail!("output row {}: user {user:?} lists item {:?} twice", rows.0 + at as u64, list[at].0);
+        }
         self.staged.put_user(&user, &mut list)?;
+        self.items.clear();
+        self.list.clear();
         Ok(())
     }
 

@@ -576,7 +576,7 @@ pub struct StagedVersion {
 
 impl StagedVersion {
     /// Adds one user's list (any order; it is sorted here as Redis orders a sorted set).
-    pub fn put_user(&mut self, user: &str, list: &mut [(String, f32)]) -> Result<(), StoreError> {
+    pub fn put_user<S: AsRef<str>>(&mut self, user: &str, list: &mut [(S, f32)]) -> Result<(), StoreError> {
         let value = encode_list(list);
         self.put(user, value, list.len())
     }
@@ -631,20 +631,21 @@ fn decode_meta(table: &str, bytes: &[u8]) -> Result<TableMeta, StoreError> {
 /// GET's JSON, pre-encoded so a GET is one lookup and one copy, found through the offset
 /// without walking the entries. Values written before the JSON was added have the bare
 /// count and end after the entries; GET builds their JSON on the fly.
-pub fn encode_list(list: &mut [(String, f32)]) -> Vec<u8> {
-    list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
-    let len: usize = list.iter().map(|(m, _)| 6 + m.len()).sum();
+pub fn encode_list<S: AsRef<str>>(list: &mut [(S, f32)]) -> Vec<u8> {
+    list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.as_ref().cmp(a.0.as_ref())));
+    let len: usize = list.iter().map(|(m, _)| 6 + m.as_ref().len()).sum();
     let mut out = Vec::with_capacity(8 + 2 * len + list.len() * 24);
     out.extend_from_slice(&(list.len() as u32 | HAS_JSON).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     for (member, score) in list.iter() {
+        let member = member.as_ref();
         out.extend_from_slice(&score.to_le_bytes());
         out.extend_from_slice(&(member.len() as u16).to_le_bytes());
         out.extend_from_slice(member.as_bytes());
     }
     let json_at = u32::try_from(out.len()).expect("a list value under 4 GiB");
     out[4..8].copy_from_slice(&json_at.to_le_bytes());
-    let entries: Vec<(&[u8], f32)> = list.iter().map(|(m, s)| (m.as_bytes(), *s)).collect();
+    let entries: Vec<(&[u8], f32)> = list.iter().map(|(m, s)| (m.as_ref().as_bytes(), *s)).collect();
     write_list_json(&entries, &mut out);
     out
 }
@@ -661,10 +662,14 @@ pub fn write_list_json(list: &[(&[u8], f32)], out: &mut Vec<u8>) {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"item\":");
-        let item = serde_json::to_string(&String::from_utf8_lossy(member)).expect("json string");
-        out.extend_from_slice(item.as_bytes());
+        // Written in place (this runs for every item a run publishes); ids are UTF-8 from
+        // Arrow, the lossy path is for anything else.
+        match std::str::from_utf8(member) {
+            Ok(text) => serde_json::to_writer(&mut *out, text).expect("json string"),
+            Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(member)).expect("json string"),
+        }
         out.extend_from_slice(b",\"score\":");
-        out.extend_from_slice(crate::server::resp::format_score(*score).as_bytes());
+        crate::server::resp::write_score(out, *score);
         out.push(b'}');
     }
     out.push(b']');
@@ -874,7 +879,7 @@ mod tests {
         };
         for round in 1..=2u64 {
             let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
-            staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
+            staged.put_user("u", &mut [("i", round as f32)]).unwrap();
             store.publish(staged).unwrap();
             // read twice: the second comes from the cache
             assert_eq!(score(&store), round as f32);
@@ -892,7 +897,7 @@ mod tests {
         let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         for round in 1..=3u64 {
             let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
-            staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
+            staged.put_user("u", &mut [("i", round as f32)]).unwrap();
             let info = store.publish(staged).unwrap();
             assert_eq!(info.version, round);
         }
@@ -907,8 +912,8 @@ mod tests {
 
     fn publish_value(store: &Store, round: u64) -> VersionInfo {
         let mut staged = store.stage("t", "job", round, TableKind::Lists).unwrap();
-        staged.put_user("u", &mut [("i".into(), round as f32)]).unwrap();
-        staged.put_user("v", &mut [("j".into(), 1.0), ("k".into(), 2.0)]).unwrap();
+        staged.put_user("u", &mut [("i", round as f32)]).unwrap();
+        staged.put_user("v", &mut [("j", 1.0), ("k", 2.0)]).unwrap();
         store.publish(staged).unwrap()
     }
 
@@ -985,8 +990,8 @@ mod tests {
         let mut a = store.stage("t", "job-a", 1, TableKind::Lists).unwrap();
         let mut b = store.stage("t", "job-b", 2, TableKind::Lists).unwrap();
         assert_eq!((a.version, b.version), (1, 2));
-        a.put_user("u", &mut [("a".into(), 1.0)]).unwrap();
-        b.put_user("u", &mut [("b".into(), 1.0)]).unwrap();
+        a.put_user("u", &mut [("a", 1.0)]).unwrap();
+        b.put_user("u", &mut [("b", 1.0)]).unwrap();
         store.discard(b).unwrap();
         assert_eq!(store.publish(a).unwrap().version, 1, "discarding b left a's tree alone");
         assert_eq!(decode_list(&store.served("t").unwrap().get(b"u").unwrap().unwrap())[0].0, b"a");
@@ -999,7 +1004,7 @@ mod tests {
         let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         publish_value(&store, 1);
         let mut staged = store.stage("t", "job", 2, TableKind::Lists).unwrap();
-        staged.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
+        staged.put_user("u", &mut [("i", 1.0)]).unwrap();
         staged.write_pending().unwrap();
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
         store.discard(staged).unwrap();
@@ -1013,11 +1018,11 @@ mod tests {
         publish_value(&store, 1);
         // the checksum does not depend on the order rows were streamed in
         let mut a = store.stage("t", "job", 2, TableKind::Lists).unwrap();
-        a.put_user("v", &mut [("j".into(), 1.0), ("k".into(), 2.0)]).unwrap();
-        a.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
+        a.put_user("v", &mut [("j", 1.0), ("k", 2.0)]).unwrap();
+        a.put_user("u", &mut [("i", 1.0)]).unwrap();
         assert_eq!(a.checksum, store.tables().unwrap()[0].1.versions[0].checksum);
         store.discard(a).unwrap();
-        store.served("t").unwrap().tree.insert(b"u", encode_list(&mut [("x".into(), 9.0)])).unwrap();
+        store.served("t").unwrap().tree.insert(b"u", encode_list(&mut [("x", 9.0)])).unwrap();
         let problems = store.verify().unwrap();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].starts_with("t version 1: stored 2 users, 3 rows, checksum"), "{problems:?}");
@@ -1062,7 +1067,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
             let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
-            staged.put_user("u", &mut [("i".into(), 1.0)]).unwrap();
+            staged.put_user("u", &mut [("i", 1.0)]).unwrap();
             staged.write_pending().unwrap();
             store.flush().unwrap();
             // dropped without publish or discard, as a crash would leave it
