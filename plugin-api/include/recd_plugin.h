@@ -220,7 +220,7 @@ typedef struct RecdHost {
    * releases it. columns[0..n_columns) projects it onto those columns, in that order
    * (n_columns 0: every column); an unknown column is an error. Any input of the job
    * can be opened, any number of times, each stream from the start. Returns RECD_OK,
-   * or RECD_INVALID_INPUT / RECD_HOST with err filled in. */
+   * or RECD_HOST with err filled in (an unknown input or column, an unreadable file). */
   int32_t (*open_stream)(void* ctx, const char* name, const char* const* columns,
                          size_t n_columns, struct ArrowArrayStream* out, RecdError* err);
 } RecdHost;

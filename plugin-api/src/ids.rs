@@ -14,7 +14,7 @@ use crate::columns::{ids_as_strings, numbers};
 /// heap strings, two headers, the map's slots); this keeps the id bytes in one buffer,
 /// an end offset per id and a 4-byte slot per table entry: about 20 bytes per id
 /// (measured on the 1M-user workload, this was most of what the vocabularies cost).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IdIndex {
     bytes: Vec<u8>,
     /// `ends[p]`: where the id at position `p` ends in `bytes` (it starts at `ends[p-1]`).
@@ -74,16 +74,19 @@ impl IdIndex {
         let ids = IdColumn::new(ids, what)?;
         let positions = numbers(positions, &format!("{what}.index"))?;
         let n = ids.len();
+        if positions.len() != n {
+            return Err(PluginError::input(format!("{what}: {n} ids but {} indices", positions.len())));
+        }
         let mut row_at = vec![u32::MAX; n];
         for (row, p) in positions.iter().enumerate() {
             let (Some(p), Some(_)) = (p, ids.get(row)) else {
                 return Err(PluginError::input(format!("{what}: row {row} has a null id or index")));
             };
-            let p = *p as usize;
-            if p >= n || row_at[p] != u32::MAX {
+            let whole = p.fract() == 0.0 && *p >= 0.0 && *p < n as f64;
+            if !whole || row_at[*p as usize] != u32::MAX {
                 return Err(PluginError::input(format!("{what}: row {row}: index {p} is out of 0..{n} or repeated")));
             }
-            row_at[p] = row as u32;
+            row_at[*p as usize] = row as u32;
         }
         let mut index = IdIndex::with_capacity(n);
         for (p, &row) in row_at.iter().enumerate() {
@@ -213,12 +216,16 @@ mod tests {
     fn bad_vocabularies_are_refused_with_the_row() {
         let ids = StringArray::from(vec!["a", "b", "a"]);
         let cases = [
-            (vec![0, 1, 1], "t: row 2: index 1 is out of 0..3 or repeated"),
-            (vec![0, 1, 3], "t: row 2: index 3 is out of 0..3 or repeated"),
-            (vec![0, 1, 2], "t: id \"a\" appears twice (index 2)"),
+            (vec![0.0, 1.0, 1.0], "t: row 2: index 1 is out of 0..3 or repeated"),
+            (vec![0.0, 1.0, 3.0], "t: row 2: index 3 is out of 0..3 or repeated"),
+            (vec![0.0, 1.0, -1.0], "t: row 2: index -1 is out of 0..3 or repeated"),
+            (vec![0.0, 1.5, 2.0], "t: row 1: index 1.5 is out of 0..3 or repeated"),
+            (vec![0.0, 1.0], "t: 3 ids but 2 indices"),
+            (vec![0.0, 1.0, 2.0], "t: id \"a\" appears twice (index 2)"),
         ];
         for (positions, want) in cases {
-            let err = IdIndex::from_positions(&ids, &Int64Array::from(positions), "t").unwrap_err();
+            let positions = arrow_array::Float64Array::from(positions);
+            let err = IdIndex::from_positions(&ids, &positions, "t").unwrap_err();
             assert_eq!(err.message, want);
         }
     }

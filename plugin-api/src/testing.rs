@@ -184,6 +184,9 @@ impl Harness {
 
     /// Runs `S` once: create (params validation), run, destroy.
     pub fn run<S: Strategy>(self) -> Result<Output, PluginError> {
+        if let Some(name) = self.streamed.iter().find(|s| !self.inputs.iter().any(|(n, _)| n == *s)) {
+            return Err(PluginError::input(format!("Harness::streamed({name:?}) names no input")));
+        }
         let handed: Vec<(String, RecordBatch)> = self
             .inputs
             .iter()
@@ -378,17 +381,18 @@ unsafe extern "C" fn open_stream_cb(
             .and_then(|at| batch.project(&at).map_err(|e| PluginError::internal(e.to_string())));
         match projected {
             Ok(b) => b,
-            Err(e) => {
-                // SAFETY: the plugin passes a valid RecdError.
-                unsafe { (*err).set(e.code, &e.message) };
-                return e.code;
-            }
+            // As a host answers: RECD_HOST, whatever went wrong.
+            Err(e) => return fail(err, &e.message),
         }
     };
     let step = st.stream_batch_rows;
-    let slices: Vec<RecordBatch> =
-        (0..batch.num_rows()).step_by(step).map(|at| batch.slice(at, step.min(batch.num_rows() - at))).collect();
-    let reader = arrow_array::RecordBatchIterator::new(slices.into_iter().map(Ok), batch.schema());
+    let mut slices: Vec<Result<RecordBatch, arrow_schema::ArrowError>> =
+        (0..batch.num_rows()).step_by(step).map(|at| Ok(batch.slice(at, step.min(batch.num_rows() - at)))).collect();
+    if slices.is_empty() {
+        // As a host ends the stream of an input without rows.
+        slices.push(Err(arrow_schema::ArrowError::ExternalError(format!("input `{name}` has no rows").into())));
+    }
+    let reader = arrow_array::RecordBatchIterator::new(slices, batch.schema());
     // SAFETY: the plugin passes an empty stream struct it will own.
     unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(reader))) };
     code::OK

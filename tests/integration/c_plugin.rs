@@ -225,7 +225,7 @@ static int32_t create(const uint8_t* p, size_t n, void** instance, RecdError* e)
 }
 static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdError* e) {
   (void)i; (void)h;
-  int64_t rows = in[0].array.length;
+  int64_t rows = n > 0 ? in[0].array.length : -1;
   for (size_t k = 0; k < n; k++) {
     in[k].array.release(&in[k].array);
     in[k].schema.release(&in[k].schema);

@@ -371,27 +371,42 @@ unsafe extern "C" fn open_stream_cb(
             (0..n_columns).map(|i| unsafe { CStr::from_ptr(*columns.add(i)) }.to_string_lossy().into_owned()).collect();
         let reader = unsafe { host(ctx) }.open_stream(&name, &columns)?;
         // SAFETY: the plugin gave us a writable, empty stream struct it will own.
-        unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(Guarded(reader)))) };
+        unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(Guarded { reader, poisoned: false }))) };
         Ok(())
     })
 }
 
 /// A reader whose panics become errors: its `next` runs inside the plugin's call to the
-/// stream's `get_next`, and a panic must never unwind into plugin frames.
-struct Guarded(Box<dyn RecordBatchReader + Send>);
+/// stream's `get_next`, and a panic must never unwind into plugin frames. After a panic it
+/// ends (its state may be torn). Error texts lose their NUL bytes: arrow's exported
+/// `get_next` turns the message into a C string and panics, in an `extern "C"` frame,
+/// on a NUL, and a CSV parse error quotes the row it could not read.
+struct Guarded {
+    reader: Box<dyn RecordBatchReader + Send>,
+    poisoned: bool,
+}
 
 impl Iterator for Guarded {
     type Item = Result<RecordBatch, ArrowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        catch_unwind(AssertUnwindSafe(|| self.0.next()))
-            .unwrap_or_else(|_| Some(Err(ArrowError::ExternalError("host panicked reading an input stream".into()))))
+        if self.poisoned {
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.reader.next())) {
+            Ok(Some(Err(e))) => Some(Err(ArrowError::ExternalError(e.to_string().replace('\0', "\\0").into()))),
+            Ok(next) => next,
+            Err(_) => {
+                self.poisoned = true;
+                Some(Err(ArrowError::ExternalError("host panicked reading an input stream".into())))
+            }
+        }
     }
 }
 
 impl RecordBatchReader for Guarded {
     fn schema(&self) -> SchemaRef {
-        self.0.schema()
+        self.reader.schema()
     }
 }
 
@@ -406,5 +421,68 @@ pub fn take_stdout_for_frames() -> std::io::Result<File> {
             return Err(std::io::Error::last_os_error());
         }
         Ok(File::from_raw_fd(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::ffi_stream::RecordBatchStreamReader;
+    use arrow_array::{Int64Array, RecordBatchIterator};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// A reader that gives one batch, then `fault`, then (unless it panicked) one more batch.
+    struct Faulty {
+        step: u32,
+        panic: bool,
+    }
+
+    impl Iterator for Faulty {
+        type Item = Result<RecordBatch, ArrowError>;
+        fn next(&mut self) -> Option<Self::Item> {
+            self.step += 1;
+            match self.step {
+                1 | 3 => Some(Ok(batch())),
+                2 if self.panic => panic!("reader bug"),
+                2 => Some(Err(ArrowError::ParseError("Row data: 'a\0b'".into()))),
+                _ => None,
+            }
+        }
+    }
+
+    impl RecordBatchReader for Faulty {
+        fn schema(&self) -> SchemaRef {
+            batch().schema()
+        }
+    }
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap()
+    }
+
+    /// What a plugin reading the exported stream sees, one line per item.
+    fn consume(reader: Box<dyn RecordBatchReader + Send>) -> Vec<String> {
+        let stream = FFI_ArrowArrayStream::new(Box::new(Guarded { reader, poisoned: false }));
+        let reader = RecordBatchStreamReader::try_new(stream).unwrap();
+        reader.map(|r| r.map(|b| format!("{} rows", b.num_rows())).unwrap_or_else(|e| e.to_string())).collect()
+    }
+
+    #[test]
+    fn a_guarded_stream_turns_a_nul_in_an_error_and_a_panic_into_errors() {
+        // Unguarded, the NUL would panic inside arrow's extern "C" get_next and abort.
+        let seen = consume(Box::new(Faulty { step: 0, panic: false }));
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0], "2 rows");
+        assert!(seen[1].contains("Row data: 'a\\0b'"), "{}", seen[1]);
+        assert_eq!(seen[2], "2 rows");
+        // after a panic the stream ends: the reader's state may be torn
+        let seen = consume(Box::new(Faulty { step: 0, panic: true }));
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[1].contains("host panicked reading an input stream"), "{}", seen[1]);
+        // a plain reader passes through as it is
+        let plain = RecordBatchIterator::new(vec![Ok(batch())], batch().schema());
+        assert_eq!(consume(Box::new(plain)), ["2 rows"]);
     }
 }

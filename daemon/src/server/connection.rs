@@ -82,6 +82,9 @@ async fn handle(
 /// Writes the whole reply with vectored writes: stored values go from the read cache to
 /// the socket without a copy into the reply buffer.
 async fn write_reply(stream: &mut UnixStream, reply: &resp::Reply) -> std::io::Result<()> {
+    if !reply.has_stored() {
+        return stream.write_all(&reply.buf).await;
+    }
     let mut slices = reply.slices();
     let mut left: &mut [std::io::IoSlice<'_>] = &mut slices;
     while !left.is_empty() {

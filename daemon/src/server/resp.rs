@@ -226,6 +226,11 @@ impl Reply {
         self.buf.extend_from_slice(b"\r\n");
     }
 
+    /// Whether the reply refers to stored values (else it is all in `buf`).
+    pub fn has_stored(&self) -> bool {
+        !self.stored.is_empty()
+    }
+
     /// The reply's bytes in order, as slices for a vectored write.
     pub fn slices(&self) -> Vec<std::io::IoSlice<'_>> {
         let mut out = Vec::with_capacity(2 * self.stored.len() + 1);

@@ -13,22 +13,32 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::job::{Input, InputFormat};
 
 pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
-    let shown = input.path.display();
     let batches = match input.format {
-        InputFormat::Csv => read_csv(input),
         InputFormat::Parquet => read_parquet(input),
-        InputFormat::ArrowIpc => read_ipc(input),
-        InputFormat::Table => Err(anyhow::anyhow!("table inputs are exported by the daemon before the run")),
+        _ => schema(input).and_then(|full| {
+            let every: Vec<usize> = (0..full.fields().len()).collect();
+            Ok(open_batches(input, &full, &every, STREAM_BATCH_ROWS)?.collect::<Result<Vec<_>, _>>()?)
+        }),
     }
-    .map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
+    .map_err(|e| named(input, e))?;
     let schema = match batches.first() {
         Some(b) => b.schema(),
-        None => anyhow::bail!("input `{}` ({shown}) has no rows", input.name),
+        None => anyhow::bail!("input `{}` ({}) has no rows", input.name, input.path.display()),
     };
     if batches.len() == 1 {
         return Ok(batches.into_iter().next().expect("one batch"));
     }
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+/// An error about `input`, naming it and its file.
+fn named(input: &Input, e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("input `{}` ({}): {e:#}", input.name, input.path.display())
+}
+
+/// [`schema`], its error naming the input and its file.
+pub fn named_schema(input: &Input) -> anyhow::Result<SchemaRef> {
+    schema(input).map_err(|e| named(input, e))
 }
 
 /// The schema `read` would give `input`, without reading its rows (a CSV's is inferred
@@ -46,21 +56,6 @@ pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
         InputFormat::ArrowIpc => Ok(arrow_ipc::reader::FileReader::try_new(File::open(&input.path)?, None)?.schema()),
         InputFormat::Table => Ok(crate::runner::exported_table_schema()),
     }
-}
-
-fn read_csv(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
-    let mut file = File::open(&input.path)?;
-    let format = Format::default().with_header(true);
-    let (schema, _) = format.infer_schema(&mut file, Some(10_000))?;
-    let file = File::open(&input.path)?;
-    let reader =
-        arrow_csv::ReaderBuilder::new(Arc::new(schema)).with_format(format).with_batch_size(64 * 1024).build(file)?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
-}
-
-fn read_ipc(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
-    let reader = arrow_ipc::reader::FileReader::try_new(File::open(&input.path)?, None)?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// The whole file as one batch, decoded straight into it: reading in small batches and
@@ -90,8 +85,7 @@ fn stream_in(
     columns: &[String],
     batch_rows: usize,
 ) -> anyhow::Result<Box<dyn RecordBatchReader + Send>> {
-    let shown = input.path.display();
-    let full = schema(input).map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
+    let full = named_schema(input)?;
     let wanted: Vec<&str> = columns.iter().map(String::as_str).collect();
     let order = if wanted.is_empty() {
         (0..full.fields().len()).collect()
@@ -102,8 +96,7 @@ fn stream_in(
     let mut read_cols = order.clone();
     read_cols.sort_unstable();
     read_cols.dedup();
-    let batches = open_batches(input, &full, &read_cols, batch_rows)
-        .map_err(|e| anyhow::anyhow!("input `{}` ({shown}): {e}", input.name))?;
+    let batches = open_batches(input, &full, &read_cols, batch_rows).map_err(|e| named(input, e))?;
     let read_schema = Arc::new(full.project(&read_cols)?);
     let reorder: Vec<usize> = order.iter().map(|c| read_cols.binary_search(c).expect("a read column")).collect();
     let out_schema = Arc::new(read_schema.project(&reorder)?);
@@ -112,7 +105,7 @@ fn stream_in(
         reorder,
         schema: out_schema,
         rows: 0,
-        what: format!("input `{}` ({shown})", input.name),
+        what: format!("input `{}` ({})", input.name, input.path.display()),
     }))
 }
 

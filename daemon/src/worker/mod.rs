@@ -107,9 +107,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     for input in &spec.inputs {
         // A streamed input is read only when the plugin pulls it: here just its schema.
         let batch = if streamed.contains(&input.name) {
-            let schema = inputs::schema(input)
-                .map_err(|e| anyhow::anyhow!("input `{}` ({}): {e:#}", input.name, input.path.display()))?;
-            RecordBatch::new_empty(schema)
+            RecordBatch::new_empty(inputs::named_schema(input)?)
         } else {
             inputs::read(input)?
         };

@@ -757,6 +757,28 @@ mod tests {
     }
 
     #[test]
+    fn a_purchase_streamed_twice_counts_one_buyer_in_the_popular_pool() {
+        // u1 bought d twice (two batches), u2 bought a: one buyer each, so the tie goes to
+        // the lower index and the pool of one is [a]. Counted twice, d would take it.
+        let interactions = table(vec![strings("user_id", &["u1", "u2", "u1"]), strings("item_id", &["d", "a", "d"])]);
+        let out = Harness::new(r#"{"k": 1, "candidates": "popular", "popular_pool": 1}"#)
+            .input("interactions", interactions)
+            .streamed("interactions")
+            .stream_batch_rows(1)
+            .input("users", vocab("user_id", &["u1", "u2"]))
+            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
+            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
+            .scorer(|batch: &RecordBatch| {
+                let scores = Float32Array::from(vec![1.0; batch.num_rows()]);
+                Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(scores))]))
+            })
+            .run::<Ranking>()
+            .unwrap();
+        assert_eq!(list(&out, "u1"), ["a"]);
+        assert!(list(&out, "u2").is_empty());
+    }
+
+    #[test]
     fn overlapped_batches_stop_cleanly_on_cancel_and_on_a_scoring_error() {
         // One user per batch (batch_pairs = 1), batches built on the second thread.
         let params = r#"{"k": 2, "batch_pairs": 1, "overlap": true}"#;
