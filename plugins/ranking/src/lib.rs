@@ -728,6 +728,29 @@ mod tests {
         assert_eq!(out.list("u2")[0].1, -1.0);
     }
 
+    /// Runs over users u1, u2 and items a..d with `interactions` streamed one line per
+    /// batch, scoring each pair by `score(items)`.
+    fn one_line_batches(
+        params: &str,
+        interactions: RecordBatch,
+        score: impl Fn(&[i64]) -> Vec<f32> + 'static,
+    ) -> recd_plugin_api::testing::Output {
+        Harness::new(params)
+            .input("interactions", interactions)
+            .streamed("interactions")
+            .stream_batch_rows(1)
+            .input("users", vocab("user_id", &["u1", "u2"]))
+            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
+            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
+            .scorer(move |batch: &RecordBatch| {
+                let items = batch.column_by_name("item").unwrap().as_primitive::<Int64Type>();
+                let scores = Float32Array::from(score(items.values()));
+                Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(scores))]))
+            })
+            .run::<Ranking>()
+            .unwrap()
+    }
+
     #[test]
     fn purchases_from_a_stream_of_many_batches_count_once_and_skip_unknown_ids() {
         // u1 bought d twice (in different batches), u2 bought a and an item the model does
@@ -736,21 +759,8 @@ mod tests {
             strings("user_id", &["u1", "u2", "u9", "u2", "u1"]),
             strings("item_id", &["d", "a", "c", "x", "d"]),
         ]);
-        let model = |batch: &RecordBatch| {
-            let items = batch.column_by_name("item").unwrap().as_primitive::<Int64Type>();
-            let scores: Vec<f32> = items.values().iter().map(|&i| i as f32).collect();
-            Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(Float32Array::from(scores)))]))
-        };
-        let out = Harness::new(r#"{"k": 4}"#)
-            .input("interactions", interactions)
-            .streamed("interactions")
-            .stream_batch_rows(1)
-            .input("users", vocab("user_id", &["u1", "u2"]))
-            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
-            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
-            .scorer(model)
-            .run::<Ranking>()
-            .unwrap();
+        // scores by item index: d, c, b, a
+        let out = one_line_batches(r#"{"k": 4}"#, interactions, |items| items.iter().map(|&i| i as f32).collect());
         assert_eq!(list(&out, "u1"), ["c", "b", "a"]);
         assert_eq!(list(&out, "u2"), ["d", "c", "b"]);
         assert_eq!(out.users(), ["u1", "u2"]);
@@ -761,19 +771,8 @@ mod tests {
         // u1 bought d twice (two batches), u2 bought a: one buyer each, so the tie goes to
         // the lower index and the pool of one is [a]. Counted twice, d would take it.
         let interactions = table(vec![strings("user_id", &["u1", "u2", "u1"]), strings("item_id", &["d", "a", "d"])]);
-        let out = Harness::new(r#"{"k": 1, "candidates": "popular", "popular_pool": 1}"#)
-            .input("interactions", interactions)
-            .streamed("interactions")
-            .stream_batch_rows(1)
-            .input("users", vocab("user_id", &["u1", "u2"]))
-            .input("items", vocab("item_id", &["a", "b", "c", "d"]))
-            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
-            .scorer(|batch: &RecordBatch| {
-                let scores = Float32Array::from(vec![1.0; batch.num_rows()]);
-                Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(scores))]))
-            })
-            .run::<Ranking>()
-            .unwrap();
+        let params = r#"{"k": 1, "candidates": "popular", "popular_pool": 1}"#;
+        let out = one_line_batches(params, interactions, |items| vec![1.0; items.len()]);
         assert_eq!(list(&out, "u1"), ["a"]);
         assert!(list(&out, "u2").is_empty());
     }
