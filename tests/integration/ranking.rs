@@ -159,3 +159,31 @@ fn streamed_batches_give_the_same_table_as_one_whole_table_batch() {
     }
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log());
 }
+
+/// Ranking reads its interactions as a stream (ABI 1.2), so the worker's `known_users`
+/// check over that input reads just the user column, batch by batch. Over the demo data
+/// every customer the model knows bought something; over a file with two of them, the
+/// third customer the model lists is the first refused, which only a check that read
+/// the file's rows (not the empty table the plugin is handed) can say.
+#[test]
+fn known_users_from_the_streamed_interactions_are_read_from_the_file() {
+    let job = ranking_job("").replace("known_users = \"users.user_id\"", "known_users = \"interactions.user_id\"");
+    assert!(job.contains("known_users = \"interactions.user_id\""), "the shipped job changed: {job}");
+    let users = vocab_ids("users.csv");
+    let item = &vocab_ids("items.csv")[0];
+    let dir = tempfile::tempdir().unwrap();
+    let two = dir.path().join("two.csv");
+    std::fs::write(&two, format!("user_id,item_id\n{},{item}\n{},{item}\n", users[0], users[1])).unwrap();
+    let retail = format!("{}/data/demo/retail.parquet", crate::util::root().display());
+    let small = job.replace(&retail, &two.display().to_string());
+    assert_ne!(small, job, "the shipped job reads its interactions elsewhere");
+    let d = TestDaemon::start(&[
+        ("ranking", &job),
+        ("small", &small.replace("\"ranking\"", "\"ranking\"\ntable = \"small\"")),
+    ]);
+    assert!(d.run_job("ranking").contains("published table ranking version 1"));
+    let out = d.cli(&["run", "small"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("user \"{}\" does not appear in interactions.user_id", users[2])), "{err}");
+}
