@@ -153,10 +153,10 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     d.run_job("fine");
 }
 
-/// A plugin built for ABI 1.0 has no `check` field: its descriptor ends at `destroy`. The
-/// host must not read past it. Here the word after it points to a function that aborts,
-/// so a host that read `check` from a 1.0 descriptor would crash the probe.
-const LEGACY_1_0: &str = r#"
+/// What the older-ABI plugins below share: the descriptor as ABI 1.0 laid it out (it
+/// ends at `destroy`), and `create`/`destroy`.
+const LEGACY_PRELUDE: &str = r#"
+#include <stdio.h>
 #include <stdlib.h>
 #include "recd_plugin.h"
 typedef struct {
@@ -171,11 +171,17 @@ static int32_t create(const uint8_t* p, size_t n, void** instance, RecdError* e)
   *instance = malloc(1);
   return RECD_OK;
 }
+static void destroy(void* i) { free(i); }
+"#;
+
+/// A plugin built for ABI 1.0 has no `check` field: its descriptor ends at `destroy`. The
+/// host must not read past it. Here the word after it points to a function that aborts,
+/// so a host that read `check` from a 1.0 descriptor would crash the probe.
+const LEGACY_1_0: &str = r#"
 static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdError* e) {
   (void)i; (void)h; (void)in; (void)n; (void)e;
   return RECD_OK;
 }
-static void destroy(void* i) { free(i); }
 static int32_t trap(void* i, RecdTable* t, size_t n, RecdError* e) {
   (void)i; (void)t; (void)n; (void)e;
   abort();
@@ -191,7 +197,7 @@ RECD_PLUGIN_EXPORT const RecdPluginV1* recd_plugin_entry(void) { return (const R
 fn a_plugin_built_for_abi_1_0_still_loads_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("legacy.c");
-    std::fs::write(&src, LEGACY_1_0).unwrap();
+    std::fs::write(&src, format!("{LEGACY_PRELUDE}{LEGACY_1_0}")).unwrap();
     let legacy = compile_c(&src, dir.path(), "legacy");
     let job = format!("plugin = \"{}\"\nallow_empty = true\n", legacy.display());
     let d = TestDaemon::start(&[("legacy", &job)]);
@@ -207,22 +213,10 @@ fn a_plugin_built_for_abi_1_0_still_loads_and_runs() {
 /// that read `stream_inputs` from a 1.1 descriptor would hand `t` over with no rows, and
 /// the plugin refuses that.
 const LEGACY_1_1: &str = r#"
-#include <stdio.h>
-#include <stdlib.h>
-#include "recd_plugin.h"
 typedef struct {
-  uint32_t abi_major, abi_minor;
-  const char *name, *version;
-  int32_t (*create)(const uint8_t*, size_t, void**, RecdError*);
-  int32_t (*run)(void*, const RecdHost*, RecdTable*, size_t, RecdError*);
-  void (*destroy)(void*);
+  DescriptorV1_0 v1_0;
   int32_t (*check)(void*, RecdTable*, size_t, RecdError*);
 } DescriptorV1_1;
-static int32_t create(const uint8_t* p, size_t n, void** instance, RecdError* e) {
-  (void)p; (void)n; (void)e;
-  *instance = malloc(1);
-  return RECD_OK;
-}
 static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdError* e) {
   (void)i; (void)h;
   int64_t rows = n > 0 ? in[0].array.length : -1;
@@ -237,11 +231,10 @@ static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdErro
   }
   return RECD_OK;
 }
-static void destroy(void* i) { free(i); }
 static const struct {
   DescriptorV1_1 d;
   const char* after;
-} D = {{1, 1, "legacy11", "1.1.0", create, run, destroy, NULL}, "t"};
+} D = {{{1, 1, "legacy11", "1.1.0", create, run, destroy}, NULL}, "t"};
 RECD_PLUGIN_EXPORT const RecdPluginV1* recd_plugin_entry(void) { return (const RecdPluginV1*)&D.d; }
 "#;
 
@@ -249,7 +242,7 @@ RECD_PLUGIN_EXPORT const RecdPluginV1* recd_plugin_entry(void) { return (const R
 fn a_plugin_built_for_abi_1_1_gets_its_inputs_whole() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("legacy11.c");
-    std::fs::write(&src, LEGACY_1_1).unwrap();
+    std::fs::write(&src, format!("{LEGACY_PRELUDE}{LEGACY_1_1}")).unwrap();
     let legacy = compile_c(&src, dir.path(), "legacy11");
     let csv = dir.path().join("t.csv");
     std::fs::write(&csv, "user_id,item_id\nu1,a\nu2,b\nu3,c\n").unwrap();

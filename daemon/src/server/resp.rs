@@ -259,7 +259,7 @@ impl Reply {
     pub fn double(&mut self, s: f32) {
         if self.resp3 {
             self.buf.push(b',');
-            self.buf.extend_from_slice(ScoreText::new(s).as_bytes());
+            write_score(&mut self.buf, s);
             self.buf.extend_from_slice(b"\r\n");
         } else {
             score(&mut self.buf, s);
