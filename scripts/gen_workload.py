@@ -3,6 +3,7 @@
 reproducible: the same size and seed give the same bytes.
 
     PYTHONPATH=.deps/pytools python3 scripts/gen_workload.py --size M --out target/workloads/M
+    ... --reuse     # leave a folder this generator already wrote for that size and seed
 
 Sizes (users x items, candidates per user):
 
@@ -13,13 +14,14 @@ Sizes (users x items, candidates per user):
 What is in a workload folder:
 
 - ``interactions.parquet``: user_id, item_id (utf8), timestamp (ms since the epoch),
-  quantity (int32). Users' activity is skewed (log-normal, a few very active users, a
+  quantity (int32), sorted by user then time, as an export by user gives them (the ranking
+  plugin then reads them one user at a time). Users' activity is skewed (log-normal, a few very active users, a
   long tail with one or two lines); item popularity follows a power law (Zipf, exponent
   1.05) mixed with each user segment's taste for a few item categories; each user's lines
   fall after a start date inside the year, bunched towards it.
 - ``users.csv`` (user_id, index, segment) and ``items.csv`` (item_id, index, category):
   the models' vocabularies.
-- ``mf.onnx``: a 32-factor dot-product model, as ``models/ranking/mf.onnx`` (inputs
+- ``mf.onnx`` (weights in ``mf.onnx.data``, likewise for the MLP): a 32-factor dot-product model, as ``models/ranking/mf.onnx`` (inputs
   ``user``, ``item``; output ``score``); factors are segment and category centres plus
   noise, so scores carry the same taste structure as the interactions.
 - ``mlp.onnx``: the heavier benchmark ranker: user and item embeddings (32 each),
@@ -57,6 +59,8 @@ TASTE = 0.6  # share of a user's lines drawn from their segment's favourite cate
 YEAR_MS = 365 * 24 * 3600 * 1000
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 OPSET = 17
+# Bumped when what a workload folder holds changes; the benchmarks regenerate older ones.
+GENERATOR = 2
 IR_VERSION = 8
 
 
@@ -187,6 +191,17 @@ def finish(name, nodes, inits, meta):
     return model
 
 
+def save_model(model, path: Path) -> None:
+    """Writes the weights beside the graph, as external data (`<name>.onnx.data`), the way
+    exporters write big models: ONNX Runtime then maps that file instead of parsing the
+    weights into its protobuf and copying them out again, which at L (128 MiB of user
+    factors) doubled the worker's peak while the model loaded."""
+    import onnx
+
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)
+
+
 def job(out: Path, model: str, pool: int | None, what: str) -> str:
     """A ranking job over the workload in `out`: the `pool` most-bought items as each
     user's candidates, or with no pool every unseen item."""
@@ -244,13 +259,13 @@ def generate(size: str, seed: int, out: Path) -> dict:
     U = factors(rng, segment, SEGMENTS, 1.0)
     V = factors(rng, category, CATEGORIES, pop_scale)
     meta = {"workload": size, "seed": seed, "factors": FACTORS}
-    onnx.save(mf_model(U, V, meta), out / "mf.onnx")
-    onnx.save(mlp_model(U, V, rng, {**meta, "hidden": f"{HIDDEN}x{HIDDEN}"}), out / "mlp.onnx")
+    save_model(mf_model(U, V, meta), out / "mf.onnx")
+    save_model(mlp_model(U, V, rng, {**meta, "hidden": f"{HIDDEN}x{HIDDEN}"}), out / "mlp.onnx")
     pool = spec["candidates"]
     (out / "ranking-mf.toml").write_text(job(out, "mf.onnx", pool, "32-factor dot product"))
     (out / "ranking-mlp.toml").write_text(job(out, "mlp.onnx", pool, f"MLP {HIDDEN}x{HIDDEN} over embeddings"))
     info = {
-        "size": size, "seed": seed, "users": n_users, "items": n_items, "candidates": pool,
+        "generator": GENERATOR, "size": size, "seed": seed, "users": n_users, "items": n_items, "candidates": pool,
         "lines": int(len(users)), "segments": SEGMENTS, "categories": CATEGORIES, "zipf": ZIPF,
         "mean_lines": MEAN_LINES, "taste": TASTE, "factors": FACTORS, "hidden": HIDDEN,
     }
@@ -264,8 +279,15 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), required=True)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--reuse", action="store_true",
+                   help="keep a folder this generator already wrote for the same size and seed")
     args = p.parse_args(argv)
-    generate(args.size, args.seed, args.out.resolve())
+    out = args.out.resolve()
+    if args.reuse and (out / "workload.json").is_file():
+        info = json.loads((out / "workload.json").read_text())
+        if (info.get("generator"), info.get("size"), info.get("seed")) == (GENERATOR, args.size, args.seed):
+            return 0
+    generate(args.size, args.seed, out)
     return 0
 
 

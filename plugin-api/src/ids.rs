@@ -71,31 +71,12 @@ impl IdIndex {
     /// A vocabulary table's ids by their `positions` column (each of 0..n exactly once),
     /// as a model's `user_id,index` file gives them. `what` names the table in errors.
     pub fn from_positions(ids: &dyn Array, positions: &dyn Array, what: &str) -> Result<IdIndex, PluginError> {
-        let ids = IdColumn::new(ids, what)?;
-        let positions = numbers(positions, &format!("{what}.index"))?;
-        let n = ids.len();
-        if positions.len() != n {
-            return Err(PluginError::input(format!("{what}: {n} ids but {} indices", positions.len())));
+        if positions.len() != ids.len() {
+            return Err(PluginError::input(format!("{what}: {} ids but {} indices", ids.len(), positions.len())));
         }
-        let mut row_at = vec![u32::MAX; n];
-        for (row, p) in positions.iter().enumerate() {
-            let (Some(p), Some(_)) = (p, ids.get(row)) else {
-                return Err(PluginError::input(format!("{what}: row {row} has a null id or index")));
-            };
-            let whole = p.fract() == 0.0 && *p >= 0.0 && *p < n as f64;
-            if !whole || row_at[*p as usize] != u32::MAX {
-                return Err(PluginError::input(format!("{what}: row {row}: index {p} is out of 0..{n} or repeated")));
-            }
-            row_at[*p as usize] = row as u32;
-        }
-        let mut index = IdIndex::with_capacity(n);
-        for (p, &row) in row_at.iter().enumerate() {
-            let id = ids.get(row as usize).expect("checked above");
-            if !index.push(id) {
-                return Err(PluginError::input(format!("{what}: id {id:?} appears twice (index {p})")));
-            }
-        }
-        Ok(index)
+        let mut builder = IdIndexBuilder::new(what);
+        builder.add(ids, positions)?;
+        builder.finish()
     }
 
     fn with_capacity(n: usize) -> IdIndex {
@@ -169,6 +150,96 @@ impl IdIndex {
     }
 }
 
+/// An [`IdIndex`] built from a vocabulary table that arrives in batches (a streamed
+/// input), so the table itself is never held whole: `add` each batch's id and position
+/// columns, then `finish`. Rows are kept in file order as they come, 4 bytes a row for
+/// its position on top; a file already in position order (the usual `user_id,index`
+/// export) needs nothing more, any other order is put in position order at the end.
+pub struct IdIndexBuilder {
+    what: String,
+    /// The ids in row order (in position order too while `in_order`).
+    index: IdIndex,
+    /// Each row's position; `u32::MAX` for a value that is not one (see `bad`).
+    positions: Vec<u32>,
+    in_order: bool,
+    /// The first row whose index is not a whole number in 0..u32::MAX, and its value.
+    bad: Option<(usize, f64)>,
+    /// The first row whose id an earlier row has, and its index.
+    twice: Option<(usize, String, u32)>,
+}
+
+impl IdIndexBuilder {
+    /// `what` names the table in errors.
+    pub fn new(what: &str) -> IdIndexBuilder {
+        IdIndexBuilder {
+            what: what.to_string(),
+            index: IdIndex::with_capacity(0),
+            positions: Vec::new(),
+            in_order: true,
+            bad: None,
+            twice: None,
+        }
+    }
+
+    /// The next rows: their ids and their positions (a numeric column).
+    pub fn add(&mut self, ids: &dyn Array, positions: &dyn Array) -> Result<(), PluginError> {
+        let what = &self.what;
+        let ids = IdColumn::new(ids, what)?;
+        let positions = numbers(positions, &format!("{what}.index"))?;
+        for (at, p) in positions.into_iter().enumerate() {
+            let row = self.positions.len();
+            let (Some(p), Some(id)) = (p, ids.get(at)) else {
+                return Err(PluginError::input(format!("{what}: row {row} has a null id or index")));
+            };
+            let whole = p.fract() == 0.0 && p >= 0.0 && p < f64::from(u32::MAX);
+            if !whole && self.bad.is_none() {
+                self.bad = Some((row, p));
+            }
+            let position = if whole { p as u32 } else { u32::MAX };
+            self.in_order &= position as usize == row;
+            self.positions.push(position);
+            if !self.index.push(id) && self.twice.is_none() {
+                self.twice = Some((row, id.to_string(), position));
+            }
+        }
+        Ok(())
+    }
+
+    /// The index, once every row is in: each of 0..n exactly once, each id once. The
+    /// first offending row is named (a bad index before a repeated id).
+    pub fn finish(self) -> Result<IdIndex, PluginError> {
+        let (what, n) = (&self.what, self.positions.len());
+        let mut seen = vec![false; n];
+        for (row, &p) in self.positions.iter().enumerate() {
+            let value = match self.bad {
+                Some((bad_row, value)) if bad_row == row => value,
+                _ if (p as usize) < n && !seen[p as usize] => {
+                    seen[p as usize] = true;
+                    continue;
+                }
+                _ => f64::from(p),
+            };
+            return Err(PluginError::input(format!("{what}: row {row}: index {value} is out of 0..{n} or repeated")));
+        }
+        if let Some((_, id, p)) = &self.twice {
+            return Err(PluginError::input(format!("{what}: id {id:?} appears twice (index {p})")));
+        }
+        if self.in_order {
+            return Ok(self.index);
+        }
+        let mut row_at = vec![0u32; n];
+        for (row, &p) in self.positions.iter().enumerate() {
+            row_at[p as usize] = row as u32;
+        }
+        let mut index = IdIndex::with_capacity(n);
+        index.bytes.reserve_exact(self.index.bytes.len());
+        for &row in &row_at {
+            index.push(self.index.id(row));
+        }
+        Ok(index)
+    }
+}
+
 /// FNV-1a, then the high half folded in: the table masks the low bits. Ids come from the
 /// job's own files, so a keyed hash (against flooding) buys nothing here.
 fn hash(bytes: &[u8]) -> u64 {
@@ -210,6 +281,39 @@ mod tests {
         }
         assert_eq!(index.get("u100000"), None);
         assert_eq!(index.get(""), None);
+    }
+
+    #[test]
+    fn a_vocabulary_built_batch_by_batch_is_the_one_read_whole() {
+        let n = 1000usize;
+        let ids: Vec<String> = (0..n).map(|i| format!("id{}", (i * 7919) % 10_007)).collect();
+        // in position order, and shuffled (position = a permutation of the rows)
+        for positions in [(0..n as i64).collect::<Vec<_>>(), (0..n as i64).map(|r| (r * 389) % n as i64).collect()] {
+            let whole =
+                IdIndex::from_positions(&StringArray::from(ids.clone()), &Int64Array::from(positions.clone()), "t")
+                    .unwrap();
+            let mut builder = IdIndexBuilder::new("t");
+            for (from, to) in [(0, 1), (1, 300), (300, 300), (300, n)] {
+                builder
+                    .add(&StringArray::from(ids[from..to].to_vec()), &Int64Array::from(positions[from..to].to_vec()))
+                    .unwrap();
+            }
+            let built = builder.finish().unwrap();
+            assert_eq!(built.len(), n);
+            for p in 0..n as u32 {
+                assert_eq!(built.id(p), whole.id(p));
+                assert_eq!(built.get(whole.id(p)), Some(p));
+            }
+        }
+        // rows are counted across batches in errors
+        let mut builder = IdIndexBuilder::new("t");
+        builder.add(&StringArray::from(vec!["a", "b"]), &Int64Array::from(vec![1, 0])).unwrap();
+        builder.add(&StringArray::from(vec!["c"]), &Int64Array::from(vec![0])).unwrap();
+        assert_eq!(builder.finish().unwrap_err().message, "t: row 2: index 0 is out of 0..3 or repeated");
+        let mut builder = IdIndexBuilder::new("t");
+        builder.add(&StringArray::from(vec!["a"]), &Int64Array::from(vec![0])).unwrap();
+        let err = builder.add(&StringArray::from(vec![Some("b"), None]), &Int64Array::from(vec![1, 2])).unwrap_err();
+        assert_eq!(err.message, "t: row 2 has a null id or index");
     }
 
     #[test]

@@ -124,20 +124,54 @@ fn whole_table(d: &TestDaemon, table: &str) -> Vec<Option<String>> {
     out
 }
 
+/// The demo interactions sorted by customer (lines of one customer in file order), as
+/// CSV with the columns ranking reads.
+fn write_sorted_by_user(parquet: &std::path::Path, csv: &std::path::Path) {
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(parquet).unwrap()).unwrap().build().unwrap();
+    let mut lines: Vec<(String, String, bool)> = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let (users, items, cancelled) = (col("user_id"), col("item_id"), col("cancelled"));
+        let (users, items, cancelled) = (users.as_string::<i32>(), items.as_string::<i32>(), cancelled.as_boolean());
+        for r in 0..batch.num_rows() {
+            lines.push((users.value(r).to_string(), items.value(r).to_string(), cancelled.value(r)));
+        }
+    }
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut text = String::from("user_id,item_id,cancelled\n");
+    for (user, item, cancelled) in &lines {
+        text.push_str(&format!("{user},{item},{cancelled}\n"));
+    }
+    std::fs::write(csv, text).unwrap();
+}
+
 #[test]
 fn streamed_batches_give_the_same_table_as_one_whole_table_batch() {
-    // The same job three times: in small batches built on a thread of their own while
+    // The same job four times: in small batches built on a thread of their own while
     // the one before is scored (about 130 batches), in the same batches built one after
-    // the other, and as one batch holding every (user, candidate) pair of the table at
-    // once. Popular candidates keep the one batch small enough.
+    // the other, as one batch holding every (user, candidate) pair of the table at once,
+    // and over the interactions sorted by customer, which ranking reads one customer at
+    // a time instead of holding every customer's purchases. Popular candidates keep the
+    // one batch small enough.
     let params = "candidates = \"popular\"\npopular_pool = 300";
     let base = ranking_job("").replace("candidates = \"unseen\"", params);
     assert!(base.contains("popular_pool = 300"));
-    let job = |table: &str, extra: &str| format!("table = \"{table}\"\n{base}{extra}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let retail = crate::util::root().join("data/demo/retail.parquet");
+    let sorted = dir.path().join("sorted.csv");
+    write_sorted_by_user(&retail, &sorted);
+    let by_user = base.replace(&retail.display().to_string(), &sorted.display().to_string());
+    assert_ne!(by_user, base, "the shipped job reads its interactions elsewhere");
+    let job = |table: &str, base: &str, extra: &str| format!("table = \"{table}\"\n{base}{extra}\n");
     let jobs = [
-        ("overlapped", job("overlapped", "batch_pairs = 10000\noverlap = true")),
-        ("sequential", job("sequential", "batch_pairs = 10000\noverlap = false")),
-        ("whole", job("whole", "batch_pairs = 100000000")),
+        ("overlapped", job("overlapped", &base, "batch_pairs = 10000\noverlap = true")),
+        ("sequential", job("sequential", &base, "batch_pairs = 10000\noverlap = false")),
+        ("whole", job("whole", &base, "batch_pairs = 100000000")),
+        ("by-user", job("by_user", &by_user, "batch_pairs = 10000\noverlap = true")),
     ];
     let named: Vec<(&str, &str)> = jobs.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let mut d = TestDaemon::start(&named);
@@ -146,15 +180,18 @@ fn streamed_batches_give_the_same_table_as_one_whole_table_batch() {
     }
     let calls = |job: &str| d.history(job)[0]["worker"]["score_calls"].as_u64().unwrap();
     assert_eq!(calls("whole"), 1, "the whole table is scored in one call");
-    for job in ["overlapped", "sequential"] {
+    for job in ["overlapped", "sequential", "by-user"] {
         assert!(calls(job) > 100, "{job} is scored in many batches: {}", calls(job));
     }
+    let log = d.log();
+    assert!(log.contains("interactions are grouped by user: purchases are read one user at a time"), "{log}");
+    assert!(log.contains("interactions are not grouped by user"), "{log}");
     let whole = whole_table(&d, "whole");
     assert_eq!(whole.len(), 4321);
     assert_eq!(whole.iter().filter(|v| v.is_some()).count(), 4321, "every user has a list");
-    for job in ["overlapped", "sequential"] {
-        for (i, (x, y)) in whole_table(&d, job).iter().zip(&whole).enumerate() {
-            assert_eq!(x, y, "user #{i} differs between the {job} and the whole-table run");
+    for table in ["overlapped", "sequential", "by_user"] {
+        for (i, (x, y)) in whole_table(&d, table).iter().zip(&whole).enumerate() {
+            assert_eq!(x, y, "user #{i} differs between the {table} and the whole-table run");
         }
     }
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log());

@@ -13,13 +13,20 @@
 //! input `users`, for the pair's user) and `items.<column>` (of input `items`, for the
 //! pair's item). Unbound, the model's inputs must be named after features (the shipped
 //! model's are `user` and `item`). The score is read from output `score_output`.
+//!
+//! Memory: `interactions` and `users` are streamed (ABI 1.2). Interactions grouped by user
+//! (an export sorted by user) are read one user at a time; in any other order every
+//! user's purchases are held at once, 4 bytes a purchase and 4 a user. See
+//! [`Ranking::read_purchases`].
 
-use arrow_array::{ArrayRef, Float32Array, Int64Array};
+use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use arrow_buffer::ScalarBuffer;
 use recd_plugin_api::columns::{booleans, column, numbers};
-use recd_plugin_api::ids::IdIndex;
+use recd_plugin_api::ids::{IdIndex, IdIndexBuilder};
 use recd_plugin_api::model::{FeatureValues, ModelInput, model_column, scoring_batch};
-use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
+use recd_plugin_api::{
+    CheckContext, InputStream, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin,
+};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -155,16 +162,15 @@ impl Strategy for Ranking {
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
         let vocab = Vocab::read(ctx)?;
         let features = bind_features(ctx, &vocab)?;
-        let bought = self.read_purchases(ctx, &vocab)?;
+        let (purchases, buyers) = self.read_purchases(ctx, &vocab)?;
         // An unavailable item is treated like one already bought: never a candidate.
         let unavailable = self.unavailable(ctx, &vocab)?;
         let pool = match self.params.candidates {
             Candidates::Unseen => Pool::All((0..vocab.items.len()).collect()),
-            Candidates::Popular => {
-                Pool::All(popular_pool(&bought, vocab.items.len(), self.params.popular_pool, &unavailable))
-            }
+            Candidates::Popular => Pool::All(popular_pool(&buyers, self.params.popular_pool, &unavailable)),
             Candidates::Upstream => Pool::PerUser(upstream_pool(ctx, &vocab)?),
         };
+        drop(buyers);
         let pool = pool.without(&unavailable);
         ctx.log(
             LogLevel::Info,
@@ -176,7 +182,7 @@ impl Strategy for Ranking {
             ),
         );
         let scorer = Scorer { features, output: self.params.score_output.clone() };
-        self.score_all(ctx, &vocab, &bought, &pool, &scorer)
+        self.score_all(ctx, &vocab, &purchases, &pool, &scorer)
     }
 }
 
@@ -192,20 +198,36 @@ impl Vocab {
     }
 }
 
+/// A vocabulary input (`<id>,index`) read as a stream: `users` is one of the plugin's
+/// `stream_inputs`, so a million-user file is never in memory whole, only its index.
 fn read_vocab(ctx: &RunContext<'_>, table: &str, id_column: &str) -> Result<IdIndex, PluginError> {
-    let batch = ctx.input(table)?;
-    IdIndex::from_positions(column(batch, table, id_column)?, column(batch, table, "index")?, table)
+    let mut builder = IdIndexBuilder::new(table);
+    for batch in ctx.input_stream(table, &[id_column, "index"])? {
+        let batch = batch?;
+        builder.add(batch.column(0), batch.column(1))?;
+    }
+    builder.finish()
+}
+
+/// Where each user's purchases come from while the run scores them.
+enum Purchases {
+    /// The interactions are grouped by user (each user's lines next to each other, as
+    /// an export sorted by user gives them): read again while scoring, one user at a
+    /// time, so memory does not grow with the users.
+    Grouped,
+    /// Any other order: every user's purchases, held at once.
+    Held(Held),
 }
 
 /// Per model user index, the model item indices bought: sorted, each once, in one flat
 /// list (4 bytes per purchase and 4 per user; a `Vec` per user cost 40 bytes more each).
-struct Purchases {
+struct Held {
     /// User `u`'s items are `items[starts[u]..starts[u + 1]]`.
     starts: Vec<u32>,
     items: Vec<u32>,
 }
 
-impl Purchases {
+impl Held {
     fn users(&self) -> usize {
         self.starts.len() - 1
     }
@@ -213,6 +235,126 @@ impl Purchases {
     fn of(&self, user: usize) -> &[u32] {
         &self.items[self.starts[user] as usize..self.starts[user + 1] as usize]
     }
+}
+
+/// An interaction line as (user, item) model indices, `None` where not one.
+type Line = (Option<u32>, Option<u32>);
+
+/// The interactions' columns a purchase is read from.
+struct PurchaseColumns {
+    names: Vec<String>,
+    user_what: String,
+    item_what: String,
+    cancelled_what: Option<String>,
+}
+
+impl PurchaseColumns {
+    fn new(ctx: &RunContext<'_>, p: &Params) -> Result<Self, PluginError> {
+        let t = "interactions";
+        let has_cancelled = ctx.input(t)?.schema_ref().index_of(&p.cancelled_column).is_ok();
+        let mut names = vec![p.user_column.clone(), p.item_column.clone()];
+        if has_cancelled {
+            names.push(p.cancelled_column.clone());
+        }
+        Ok(PurchaseColumns {
+            names,
+            user_what: format!("{t}.{}", p.user_column),
+            item_what: format!("{t}.{}", p.item_column),
+            cancelled_what: has_cancelled.then(|| format!("{t}.{}", p.cancelled_column)),
+        })
+    }
+
+    fn open(&self, ctx: &RunContext<'_>) -> Result<InputStream, PluginError> {
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        ctx.input_stream("interactions", &names)
+    }
+
+    /// One batch's lines as (user, item) model indices: `None` for ids the model does not
+    /// know, and the item `None` too for a cancelled line.
+    fn lines(&self, batch: &RecordBatch, vocab: &Vocab) -> Result<Vec<Line>, PluginError> {
+        let users = vocab.users.positions(batch.column(0), &self.user_what)?;
+        let mut items = vocab.items.positions(batch.column(1), &self.item_what)?;
+        if let Some(what) = &self.cancelled_what {
+            for (item, cancelled) in items.iter_mut().zip(booleans(batch.column(2).as_ref(), what)?) {
+                if cancelled == Some(true) {
+                    *item = None;
+                }
+            }
+        }
+        Ok(users.into_iter().zip(items).collect())
+    }
+}
+
+/// How a walk over the users' purchases ended.
+enum Walk {
+    /// Every user with lines was handed over; the set says which.
+    Done(Bits),
+    /// The callback said stop.
+    Stopped,
+    /// A user's lines are not all together: `user` shows up again at `line` (from 1).
+    NotGrouped { line: u64, user: u32 },
+}
+
+/// A set of model user indices, a bit each.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn has(&self, i: u32) -> bool {
+        self.0[i as usize / 64] >> (i % 64) & 1 == 1
+    }
+    fn insert(&mut self, i: u32) {
+        self.0[i as usize / 64] |= 1 << (i % 64);
+    }
+}
+
+/// Hands each user of grouped interactions to `f` with their purchases (sorted, each
+/// once) as soon as their last line is read, in the file's order; lines of users the
+/// model does not know are skipped wherever they are. Stops at the first user whose
+/// lines are not together.
+fn walk_groups(
+    stream: InputStream,
+    columns: &PurchaseColumns,
+    vocab: &Vocab,
+    mut f: impl FnMut(u32, &[u32]) -> Result<bool, PluginError>,
+) -> Result<Walk, PluginError> {
+    let mut done = Bits::new(vocab.users.len());
+    let mut current: Option<u32> = None;
+    let mut bought: Vec<u32> = Vec::new();
+    let mut line = 0u64;
+    let mut finish = |user: u32, bought: &mut Vec<u32>, done: &mut Bits| {
+        bought.sort_unstable();
+        bought.dedup();
+        done.insert(user);
+        let go_on = f(user, bought);
+        bought.clear();
+        go_on
+    };
+    for batch in stream {
+        for (user, item) in columns.lines(&batch?, vocab)? {
+            line += 1;
+            let Some(user) = user else { continue };
+            if current != Some(user) {
+                if done.has(user) {
+                    return Ok(Walk::NotGrouped { line, user });
+                }
+                if let Some(last) = current.replace(user)
+                    && !finish(last, &mut bought, &mut done)?
+                {
+                    return Ok(Walk::Stopped);
+                }
+            }
+            bought.extend(item);
+        }
+    }
+    if let Some(last) = current
+        && !finish(last, &mut bought, &mut done)?
+    {
+        return Ok(Walk::Stopped);
+    }
+    Ok(Walk::Done(done))
 }
 
 impl Ranking {
@@ -228,20 +370,57 @@ impl Ranking {
         Ok(items.into_iter().zip(flags).filter(|(_, ok)| *ok == Some(false)).filter_map(|(i, _)| i).collect())
     }
 
-    /// What each user bought, read from the interactions as a stream (the plugin declares
-    /// them in `stream_inputs`, so the table is never in memory whole: at a million users
-    /// it was most of the run's peak). Two passes: lines per user, to size one flat list,
-    /// then the items, each user's sorted and deduplicated in place.
-    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Purchases, PluginError> {
+    /// What each user bought, and each item's number of distinct buyers. The
+    /// interactions are a stream (the plugin declares them in `stream_inputs`), never in
+    /// memory whole. The first pass counts the buyers and finds out whether each user's
+    /// lines are together; if they are, scoring reads them again one user at a time and
+    /// nothing per user is kept. If not (the first pass then stops at the first user seen
+    /// again) every user's purchases are held ([`Ranking::hold_purchases`]).
+    fn read_purchases(&self, ctx: &RunContext<'_>, vocab: &Vocab) -> Result<(Purchases, Vec<u32>), PluginError> {
+        let columns = PurchaseColumns::new(ctx, &self.params)?;
+        let mut buyers = vec![0u32; vocab.items.len()];
+        let count = |_: u32, bought: &[u32]| {
+            bought.iter().for_each(|&i| buyers[i as usize] += 1);
+            Ok(true)
+        };
+        match walk_groups(columns.open(ctx)?, &columns, vocab, count)? {
+            Walk::Done(_) | Walk::Stopped => {
+                ctx.log(LogLevel::Info, "interactions are grouped by user: purchases are read one user at a time");
+                Ok((Purchases::Grouped, buyers))
+            }
+            Walk::NotGrouped { line, user } => {
+                let id = vocab.users.id(user);
+                ctx.log(
+                    LogLevel::Info,
+                    &format!(
+                        "interactions are not grouped by user (user {id:?} again at row {line}): \
+                         every user's purchases are held"
+                    ),
+                );
+                let held = self.hold_purchases(ctx, &columns, vocab)?;
+                let mut buyers = vec![0u32; vocab.items.len()];
+                held.items.iter().for_each(|&i| buyers[i as usize] += 1);
+                Ok((Purchases::Held(held), buyers))
+            }
+        }
+    }
+
+    /// Every user's purchases at once, for interactions in any order. Two passes: lines
+    /// per user, to size one flat list, then the items, each user's sorted and
+    /// deduplicated in place.
+    fn hold_purchases(
+        &self,
+        ctx: &RunContext<'_>,
+        columns: &PurchaseColumns,
+        vocab: &Vocab,
+    ) -> Result<Held, PluginError> {
         let t = "interactions";
-        let p = &self.params;
-        let (user_what, item_what) = (format!("{t}.{}", p.user_column), format!("{t}.{}", p.item_column));
         let n = vocab.users.len();
         // Pass 1: lines per known user, an upper bound (pass 2 drops cancelled lines and
         // unknown items). `starts[u + 1]` counts user u, then the prefix sum makes starts.
         let mut starts = vec![0u32; n + 1];
-        for batch in ctx.input_stream(t, &[&p.user_column])? {
-            for u in vocab.users.positions(batch?.column(0), &user_what)?.into_iter().flatten() {
+        for batch in ctx.input_stream(t, &[&self.params.user_column])? {
+            for u in vocab.users.positions(batch?.column(0), &columns.user_what)?.into_iter().flatten() {
                 starts[u as usize + 1] += 1;
             }
         }
@@ -255,21 +434,9 @@ impl Ranking {
         // Pass 2: the items, each user's at their own cursor.
         let mut items = vec![0u32; total as usize];
         let mut cursor = starts[..n].to_vec();
-        let has_cancelled = ctx.input(t)?.schema_ref().index_of(&p.cancelled_column).is_ok();
-        let mut wanted = vec![p.user_column.as_str(), p.item_column.as_str()];
-        if has_cancelled {
-            wanted.push(&p.cancelled_column);
-        }
-        for batch in ctx.input_stream(t, &wanted)? {
-            let batch = batch?;
-            let users = vocab.users.positions(batch.column(0), &user_what)?;
-            let bought = vocab.items.positions(batch.column(1), &item_what)?;
-            let cancelled = match has_cancelled {
-                true => booleans(batch.column(2).as_ref(), &format!("{t}.{}", p.cancelled_column))?,
-                false => vec![Some(false); batch.num_rows()],
-            };
-            for ((user, item), cancelled) in users.into_iter().zip(bought).zip(cancelled) {
-                let (Some(u), Some(i), false) = (user, item, cancelled == Some(true)) else { continue };
+        for batch in columns.open(ctx)? {
+            for (user, item) in columns.lines(&batch?, vocab)? {
+                let (Some(u), Some(i)) = (user, item) else { continue };
                 let u = u as usize;
                 if cursor[u] == starts[u + 1] {
                     return Err(PluginError::input(format!("{t}: the input changed while it was read")));
@@ -294,26 +461,31 @@ impl Ranking {
         starts[n] = kept as u32;
         items.truncate(kept);
         items.shrink_to_fit();
-        Ok(Purchases { starts, items })
+        Ok(Held { starts, items })
     }
 
-    /// Scores every user's candidates batch by batch. With `overlap` (the default) the
-    /// batches are built on a thread of their own while this one scores, ranks and emits
-    /// the batch before, so preparing batch n + 1 overlaps scoring batch n; the channel
-    /// holds one batch, so at most three are alive at once whatever the number of users.
-    /// Without it each batch is built, then scored: ONNX Runtime then has the cores to
-    /// itself (one core machines; measuring the scoring stage alone).
+    /// Scores every user's candidates batch by batch. With `overlap` the batches are
+    /// built on a thread of their own while this one scores, ranks and emits the batch
+    /// before, so preparing batch n + 1 overlaps scoring batch n; the channel holds one
+    /// batch, so at most three are alive at once whatever the number of users. Without
+    /// it each batch is built, then scored: ONNX Runtime then has the cores to itself.
     fn score_all(
         &self,
         ctx: &mut RunContext<'_>,
         vocab: &Vocab,
-        bought: &Purchases,
+        purchases: &Purchases,
         pool: &Pool,
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
         let total = vocab.users.len() as u64;
-        let n_items = vocab.items.len();
-        let batch_pairs = self.params.batch_pairs.unwrap_or_else(|| auto_batch_pairs(pool.pairs(bought)));
+        let batch_pairs = self.params.batch_pairs.unwrap_or_else(|| auto_batch_pairs(pool.pairs(vocab.users.len())));
+        let walker = match purchases {
+            Purchases::Held(held) => Walker::Held(held),
+            Purchases::Grouped => {
+                let columns = PurchaseColumns::new(ctx, &self.params)?;
+                Walker::Grouped(columns.open(ctx)?, columns)
+            }
+        };
         let mut result = Ok(());
         let mut take = |batch: PairBatch, users_done: usize, ctx: &mut RunContext<'_>| {
             let step =
@@ -322,13 +494,13 @@ impl Ranking {
             step.map_err(|e| result = Err(e)).is_ok()
         };
         if !self.params.overlap {
-            build_batches(bought, pool, n_items, batch_pairs, |batch, done| take(batch, done, ctx));
-            return result;
+            let built = build_batches(walker, vocab, pool, batch_pairs, |batch, done| take(batch, done, ctx));
+            return result.and(built);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<(PairBatch, usize)>(1);
         let built = std::thread::scope(|scope| {
             let producer = scope
-                .spawn(move || build_batches(bought, pool, n_items, batch_pairs, |b, done| tx.send((b, done)).is_ok()));
+                .spawn(move || build_batches(walker, vocab, pool, batch_pairs, |b, done| tx.send((b, done)).is_ok()));
             for (batch, users_done) in rx.iter() {
                 if !take(batch, users_done, ctx) {
                     break;
@@ -338,10 +510,8 @@ impl Ranking {
             drop(rx);
             producer.join()
         });
-        if built.is_err() {
-            return Err(PluginError::internal("the batch builder panicked"));
-        }
-        result
+        let built = built.map_err(|_| PluginError::internal("the batch builder panicked"))?;
+        result.and(built)
     }
 
     /// Scores the pending pairs, keeps each user's top k and emits them.
@@ -391,40 +561,85 @@ fn top_k(scores: &[f32], items: &[i64], k: usize, best: &mut Vec<(f32, i64)>) {
     }
 }
 
+/// Each user's purchases, in the order the batch builder gets them.
+enum Walker<'a> {
+    Held(&'a Held),
+    /// The grouped interactions, read again.
+    Grouped(InputStream, PurchaseColumns),
+}
+
+impl Walker<'_> {
+    /// Hands every user of the vocabulary to `f` once, with their purchases, until `f`
+    /// says stop. Held: in index order. Grouped: in the file's order, then the users
+    /// without a line (in index order).
+    fn walk(
+        self,
+        vocab: &Vocab,
+        mut f: impl FnMut(u32, &[u32]) -> Result<bool, PluginError>,
+    ) -> Result<(), PluginError> {
+        match self {
+            Walker::Held(held) => {
+                for u in 0..held.users() {
+                    if !f(u as u32, held.of(u))? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Walker::Grouped(stream, columns) => match walk_groups(stream, &columns, vocab, &mut f)? {
+                Walk::Stopped => Ok(()),
+                Walk::NotGrouped { .. } => Err(PluginError::input("interactions: the input changed while it was read")),
+                Walk::Done(seen) => {
+                    for u in (0..vocab.users.len() as u32).filter(|&u| !seen.has(u)) {
+                        if !f(u, &[])? {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
 /// Hands each batch of at least `batch_pairs` pairs (the last may be smaller) to `take`
-/// with the number of users it completes; stops early when `take` says no. A user's
+/// with the number of users done so far; stops early when `take` says no. A user's
 /// candidates are the pool minus what they bought, found with a stamp per item (the
 /// user who last marked it) instead of a set lookup per pair.
 fn build_batches(
-    bought: &Purchases,
+    walker: Walker<'_>,
+    vocab: &Vocab,
     pool: &Pool,
-    n_items: usize,
     batch_pairs: usize,
     mut take: impl FnMut(PairBatch, usize) -> bool,
-) {
-    let mut stamp = vec![u32::MAX; n_items];
+) -> Result<(), PluginError> {
+    let mut stamp = vec![u32::MAX; vocab.items.len()];
     let mut batch = PairBatch::default();
-    for u in 0..bought.users() {
-        for &i in bought.of(u) {
-            stamp[i as usize] = u as u32;
+    let (mut users_done, mut stopped) = (0usize, false);
+    walker.walk(vocab, |u, bought| {
+        for &i in bought {
+            stamp[i as usize] = u;
         }
         let candidates: &[usize] = match pool {
             Pool::All(items) => items,
-            Pool::PerUser(lists) => lists.get(&u).map(Vec::as_slice).unwrap_or(&[]),
+            Pool::PerUser(lists) => lists.get(&(u as usize)).map(Vec::as_slice).unwrap_or(&[]),
         };
         let start = batch.items.len();
-        batch.items.extend(candidates.iter().filter(|&&i| stamp[i] != u as u32).map(|&i| i as i64));
+        batch.items.extend(candidates.iter().filter(|&&i| stamp[i] != u).map(|&i| i as i64));
         let n = batch.items.len() - start;
         if n > 0 {
-            batch.users.extend(std::iter::repeat_n(u as i64, n));
-            batch.spans.push((u, start, n));
+            batch.users.extend(std::iter::repeat_n(i64::from(u), n));
+            batch.spans.push((u as usize, start, n));
         }
-        if batch.items.len() >= batch_pairs && !take(std::mem::take(&mut batch), u + 1) {
-            return;
-        }
+        users_done += 1;
+        stopped = batch.items.len() >= batch_pairs && !take(std::mem::take(&mut batch), users_done);
+        Ok(!stopped)
+    })?;
+    if !stopped {
+        // The last, possibly empty, batch carries the final progress.
+        take(batch, users_done);
     }
-    // The last, possibly empty, batch carries the final progress.
-    take(batch, bought.users());
+    Ok(())
 }
 
 #[derive(Default)]
@@ -492,7 +707,7 @@ fn bind_features(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<Vec<(ModelInput,
 }
 
 /// A numeric column of input `table` as a value per model index; every id of the
-/// vocabulary needs a value.
+/// vocabulary needs a value. Read as a stream of the two columns (`users` is streamed).
 fn per_id(
     ctx: &RunContext<'_>,
     input: &ModelInput,
@@ -501,17 +716,18 @@ fn per_id(
     col: &str,
     index: &IdIndex,
 ) -> Result<Vec<f64>, PluginError> {
-    let batch = ctx.input(table)?;
     let key = format!("model_inputs.{}", input.input);
-    let values = numbers(
-        column(batch, table, col).map_err(|e| PluginError::params(format!("{key}: {e}")))?,
-        &format!("{table}.{col}"),
-    )?;
-    let positions = index.positions(column(batch, table, id_column)?, &format!("{table}.{id_column}"))?;
+    // The column's absence is a job error (the check names it the same way).
+    column(ctx.input(table)?, table, col).map_err(|e| PluginError::params(format!("{key}: {e}")))?;
     let mut out = vec![f64::NAN; index.len()];
-    for (i, v) in positions.into_iter().zip(values) {
-        if let (Some(i), Some(v)) = (i, v) {
-            out[i as usize] = v;
+    for batch in ctx.input_stream(table, &[id_column, col])? {
+        let batch = batch?;
+        let values = numbers(batch.column(1), &format!("{table}.{col}"))?;
+        let positions = index.positions(batch.column(0), &format!("{table}.{id_column}"))?;
+        for (i, v) in positions.into_iter().zip(values) {
+            if let (Some(i), Some(v)) = (i, v) {
+                out[i as usize] = v;
+            }
         }
     }
     if let Some(i) = out.iter().position(|v| v.is_nan()) {
@@ -577,9 +793,9 @@ enum Pool {
 impl Pool {
     /// About how many pairs a run scores: every user's candidates, before what they
     /// bought is taken out.
-    fn pairs(&self, bought: &Purchases) -> usize {
+    fn pairs(&self, users: usize) -> usize {
         match self {
-            Pool::All(items) => items.len() * bought.users(),
+            Pool::All(items) => items.len() * users,
             Pool::PerUser(lists) => lists.values().map(Vec::len).sum(),
         }
     }
@@ -618,18 +834,14 @@ fn upstream_pool(ctx: &RunContext<'_>, vocab: &Vocab) -> Result<HashMap<usize, V
 
 /// The `size` items with the most distinct buyers (ties: lower index first).
 /// Items in `unavailable` are left out before the pool is cut to `size`.
-fn popular_pool(bought: &Purchases, n_items: usize, size: usize, unavailable: &HashSet<u32>) -> Vec<usize> {
-    let mut buyers = vec![0u32; n_items];
-    for &i in &bought.items {
-        buyers[i as usize] += 1;
-    }
-    let mut order: Vec<usize> = (0..n_items).filter(|&i| !unavailable.contains(&(i as u32))).collect();
+fn popular_pool(buyers: &[u32], size: usize, unavailable: &HashSet<u32>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..buyers.len()).filter(|&i| !unavailable.contains(&(i as u32))).collect();
     order.sort_by(|&a, &b| buyers[b].cmp(&buyers[a]).then(a.cmp(&b)));
     order.truncate(size);
     order
 }
 
-export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"), stream_inputs = "interactions");
+export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"), stream_inputs = "interactions,users");
 
 #[cfg(test)]
 mod tests {
@@ -686,6 +898,7 @@ mod tests {
             .streamed("interactions")
             .stream_batch_rows(2)
             .input("users", vocab("user_id", &["u1", "u2"]))
+            .streamed("users")
             .input("items", items)
             .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
             .scorer(model)
@@ -775,6 +988,118 @@ mod tests {
         let out = one_line_batches(params, interactions, |items| vec![1.0; items.len()]);
         assert_eq!(list(&out, "u1"), ["a"]);
         assert!(list(&out, "u2").is_empty());
+    }
+
+    /// Interactions of 60 users over 40 items: duplicates (counted once, a rare item
+    /// bought five times by each of five users stays out of a pool of 12), cancelled
+    /// lines, lines of a user and of an item the model does not know, and users 55..60
+    /// with no line. As
+    /// (user, item, cancelled), in an order where each user's lines are together.
+    fn grouped_lines() -> Vec<(String, String, bool)> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut lines = Vec::new();
+        for u in 0..55 {
+            for _ in 0..1 + next(12) {
+                let item = if next(25) == 0 { "zz".to_string() } else { format!("i{}", next(40) * next(40) / 40) };
+                lines.push((format!("u{u}"), item, next(8) == 0));
+                if next(30) == 0 {
+                    lines.push(("stranger".to_string(), "i1".to_string(), false));
+                }
+            }
+            // five users buy a rare item five times each: five buyers, not 25
+            if u >= 50 {
+                lines.extend(std::iter::repeat_n((format!("u{u}"), "i39".to_string(), false), 5));
+            }
+        }
+        lines
+    }
+
+    fn lines_table(lines: &[(String, String, bool)]) -> RecordBatch {
+        let users: Vec<&str> = lines.iter().map(|l| l.0.as_str()).collect();
+        let items: Vec<&str> = lines.iter().map(|l| l.1.as_str()).collect();
+        let cancelled = BooleanArray::from(lines.iter().map(|l| l.2).collect::<Vec<_>>());
+        table(vec![
+            strings("user_id", &users),
+            strings("item_id", &items),
+            (Field::new("cancelled", DataType::Boolean, false), Arc::new(cancelled)),
+        ])
+    }
+
+    /// Ranks 60 users over 40 items with a model whose score mixes user and item.
+    fn rank_lines(
+        params: &str,
+        lines: &[(String, String, bool)],
+        batch_rows: usize,
+    ) -> recd_plugin_api::testing::Output {
+        let users: Vec<String> = (0..60).map(|u| format!("u{u}")).collect();
+        let items: Vec<String> = (0..40).map(|i| format!("i{i}")).collect();
+        let (users, items): (Vec<&str>, Vec<&str>) =
+            (users.iter().map(String::as_str).collect(), items.iter().map(String::as_str).collect());
+        Harness::new(params)
+            .input("interactions", lines_table(lines))
+            .streamed("interactions")
+            .stream_batch_rows(batch_rows)
+            .input("users", vocab("user_id", &users))
+            .streamed("users")
+            .input("items", vocab("item_id", &items))
+            .model_inputs(&[("user", "user", "int64"), ("item", "item", "int64")])
+            .scorer(|batch: &RecordBatch| {
+                let users = batch.column_by_name("user").unwrap().as_primitive::<Int64Type>();
+                let items = batch.column_by_name("item").unwrap().as_primitive::<Int64Type>();
+                let scores: Vec<f32> =
+                    users.values().iter().zip(items.values()).map(|(&u, &i)| ((u * 7 + i * 13) % 17) as f32).collect();
+                Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(Float32Array::from(scores)))]))
+            })
+            .run::<Ranking>()
+            .unwrap()
+    }
+
+    fn said(out: &recd_plugin_api::testing::Output, text: &str) -> bool {
+        out.logs.iter().any(|(_, line)| line.contains(text))
+    }
+
+    #[test]
+    fn grouped_interactions_read_one_user_at_a_time_give_the_lists_of_held_ones() {
+        let grouped = grouped_lines();
+        // The same lines in another order: u0's last line moved to the end.
+        let mut moved = grouped.clone();
+        let last_of_u0 = moved.iter().rposition(|l| l.0 == "u0").unwrap();
+        let line = moved.remove(last_of_u0);
+        moved.push(line);
+        // And fully interleaved: every third line first.
+        let interleaved: Vec<_> = (0..3).flat_map(|r| grouped.iter().skip(r).step_by(3).cloned()).collect();
+        for params in [
+            r#"{"k": 5, "batch_pairs": 50}"#,
+            r#"{"k": 5, "batch_pairs": 50, "overlap": true}"#,
+            r#"{"k": 3, "candidates": "popular", "popular_pool": 12, "batch_pairs": 7}"#,
+            r#"{"k": 3, "candidates": "popular", "popular_pool": 12, "overlap": true}"#,
+        ] {
+            let reference = rank_lines(params, &grouped, 1024);
+            assert!(said(&reference, "grouped by user: purchases are read one user at a time"), "{:?}", reference.logs);
+            let mut want = reference.rows();
+            want.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+            // every user the model knows has a list, those without a line too
+            assert_eq!(reference.users().len(), 60, "{params}");
+            for (lines, batch_rows, grouped_path) in
+                [(&grouped, 3, true), (&moved, 1024, false), (&interleaved, 5, false), (&interleaved, 1024, false)]
+            {
+                let out = rank_lines(params, lines, batch_rows);
+                let path = if grouped_path { "grouped by user" } else { "not grouped by user" };
+                assert!(said(&out, path), "{params}: {:?}", out.logs);
+                let mut got = out.rows();
+                got.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+                assert_eq!(got, want, "{params}, {path}, {batch_rows} rows a batch");
+            }
+        }
+        // The first user seen again is named.
+        let out = rank_lines(r#"{"k": 1}"#, &moved, 1024);
+        assert!(said(&out, &format!("user \"u0\" again at row {}", moved.len())), "{:?}", out.logs);
     }
 
     #[test]
