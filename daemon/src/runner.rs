@@ -445,12 +445,14 @@ struct Collector {
     staged: StagedVersion,
     max_items: usize,
     allow_empty: bool,
-    user: Option<String>,
+    /// Whether a user's rows are being collected, and whose (a buffer kept from user to user).
+    has_user: bool,
+    user_id: String,
     /// The current user's items end to end, and per item its end in `items` and its score:
     /// no allocation per row.
     items: String,
     list: Vec<(usize, f32)>,
-    done_users: HashSet<String>,
+    done_users: SeenUsers,
     row: u64,
     /// Stream row where the current user's rows began.
     user_first_row: u64,
@@ -462,10 +464,11 @@ impl Collector {
             staged,
             max_items: checks.max_items_per_user as usize,
             allow_empty: checks.allow_empty,
-            user: None,
+            has_user: false,
+            user_id: String::new(),
             items: String::new(),
             list: Vec::new(),
-            done_users: HashSet::new(),
+            done_users: SeenUsers::default(),
             row: 0,
             user_first_row: 0,
         }
@@ -498,7 +501,7 @@ impl Collector {
                 anyhow::bail!("output row {row}: null user");
             }
             let user = users.value(i);
-            if !self.done_users.insert(user.to_string()) {
+            if !self.done_users.insert(user, &mut self.staged)? {
                 anyhow::bail!("output row {row}: user {user:?} has a second row (a hash table has one row per user)");
             }
             let mut fields = Vec::with_capacity(batch.num_columns() - 1);
@@ -534,13 +537,15 @@ impl Collector {
             if item.len() > u16::MAX as usize {
                 anyhow::bail!("output row {row}: item id of {} bytes is too long", item.len());
             }
-            if self.user.as_deref() != Some(user) {
+            if !self.has_user || self.user_id != user {
                 self.finish_user()?;
                 self.user_first_row = row;
-                if !self.done_users.insert(user.to_string()) {
+                if !self.done_users.insert(user, &mut self.staged)? {
                     anyhow::bail!("output row {row}: rows of user {user:?} are not contiguous");
                 }
-                self.user = Some(user.to_string());
+                self.has_user = true;
+                self.user_id.clear();
+                self.user_id.push_str(user);
             }
             self.items.push_str(item);
             self.list.push((self.items.len(), score));
@@ -549,7 +554,10 @@ impl Collector {
     }
 
     fn finish_user(&mut self) -> anyhow::Result<()> {
-        let Some(user) = self.user.take() else { return Ok(()) };
+        if !std::mem::take(&mut self.has_user) {
+            return Ok(());
+        }
+        let user = self.user_id.as_str();
         let rows = (self.user_first_row, self.user_first_row + self.list.len() as u64);
         if self.list.len() > self.max_items {
             anyhow::bail!(
@@ -566,11 +574,10 @@ impl Collector {
             list.push((&self.items[start..end], score));
             start = end;
         }
-        let mut seen = HashSet::with_capacity(list.len());
-        if let Some(at) = list.iter().position(|(item, _)| !seen.insert(*item)) {
+        if let Some(at) = first_repeat(&list) {
             anyhow::bail!("output row {}: user {user:?} lists item {:?} twice", rows.0 + at as u64, list[at].0);
         }
-        self.staged.put_user(&user, &mut list)?;
+        self.staged.put_user(user, &mut list)?;
         self.items.clear();
         self.list.clear();
         Ok(())
@@ -578,6 +585,37 @@ impl Collector {
 
     fn into_staged(self) -> StagedVersion {
         self.staged
+    }
+}
+
+/// The position of the first item that an earlier one repeats. Lists are short (a job's
+/// `max_items_per_user`, 10 in most): comparing pairs costs less than a set built per user.
+fn first_repeat(list: &[(&str, f32)]) -> Option<usize> {
+    if list.len() <= 64 {
+        return (1..list.len()).find(|&at| list[..at].iter().any(|(item, _)| *item == list[at].0));
+    }
+    let mut seen = HashSet::with_capacity(list.len());
+    list.iter().position(|(item, _)| !seen.insert(*item))
+}
+
+/// The users a run has emitted, to refuse one that comes back: a 64-bit keyed hash each
+/// (a set of the ids themselves cost about 60 bytes a user, 60 MB at a million). A hash
+/// already there is confirmed in the version being written, so a collision between two
+/// users is never taken for a repeat.
+#[derive(Default)]
+struct SeenUsers<S = std::hash::RandomState> {
+    hashes: HashSet<u64>,
+    keys: S,
+}
+
+impl<S: std::hash::BuildHasher> SeenUsers<S> {
+    /// False if `user` was emitted before.
+    fn insert(&mut self, user: &str, staged: &mut StagedVersion) -> anyhow::Result<bool> {
+        if self.hashes.insert(self.keys.hash_one(user)) {
+            return Ok(true);
+        }
+        // Every user before this one is written by now: a repeat is in the version.
+        Ok(!staged.contains_user(user)?)
     }
 }
 
@@ -610,4 +648,57 @@ fn cell_text(column: &dyn arrow_array::Array, row: usize) -> Result<Option<Strin
         other => return Err(format!("type {other} cannot be a hash value")),
     };
     Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Retention;
+
+    /// Every id hashes alike: each user after the first is a collision.
+    #[derive(Default)]
+    struct OneHash;
+    impl std::hash::Hasher for OneHash {
+        fn finish(&self) -> u64 {
+            7
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn a_colliding_hash_is_no_repeat_but_a_user_seen_before_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+        let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
+        let mut seen: SeenUsers<std::hash::BuildHasherDefault<OneHash>> = SeenUsers::default();
+        for user in ["u1", "u2", "u3"] {
+            assert!(seen.insert(user, &mut staged).unwrap(), "{user} is new");
+            staged.put_user(user, &mut [("item", 1.0)]).unwrap();
+        }
+        assert!(!seen.insert("u2", &mut staged).unwrap(), "u2 came back");
+        // and with real hashes
+        let mut seen: SeenUsers = SeenUsers::default();
+        let mut staged = store.stage("t", "job", 2, TableKind::Lists).unwrap();
+        assert!(seen.insert("u1", &mut staged).unwrap());
+        staged.put_user("u1", &mut [("item", 1.0)]).unwrap();
+        assert!(seen.insert("u2", &mut staged).unwrap());
+        assert!(!seen.insert("u1", &mut staged).unwrap());
+    }
+
+    #[test]
+    fn the_first_repeated_item_is_found_in_short_and_long_lists() {
+        for n in [0usize, 1, 2, 10, 64, 65, 300] {
+            let names: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
+            let list: Vec<(&str, f32)> = names.iter().map(|n| (n.as_str(), 1.0)).collect();
+            assert_eq!(first_repeat(&list), None, "n={n}");
+            for (first, again) in [(0, n.saturating_sub(1)), (n / 3, n / 2)] {
+                if again <= first {
+                    continue;
+                }
+                let mut list = list.clone();
+                list[again].0 = names[first].as_str();
+                assert_eq!(first_repeat(&list), Some(again), "n={n}: item {first} again at {again}");
+            }
+        }
+    }
 }

@@ -598,6 +598,12 @@ impl StagedVersion {
         Ok(())
     }
 
+    /// Whether `user` is already written to this version (pending rows included).
+    pub fn contains_user(&mut self, user: &str) -> Result<bool, StoreError> {
+        self.write_pending()?;
+        Ok(self.tree.contains_key(user.as_bytes())?)
+    }
+
     fn write_pending(&mut self) -> Result<(), StoreError> {
         if self.pending > 0 {
             self.tree.apply_batch(std::mem::take(&mut self.batch))?;
