@@ -219,8 +219,10 @@ typedef struct RecdHost {
    * the plugin pulls them; the stream is written to *out and owned by the plugin, which
    * releases it. columns[0..n_columns) projects it onto those columns, in that order
    * (n_columns 0: every column); an unknown column is an error. Any input of the job
-   * can be opened, any number of times, each stream from the start. Returns RECD_OK,
-   * or RECD_HOST with err filled in (an unknown input or column, an unreadable file). */
+   * can be opened, any number of times, each stream from the start. Unlike the other
+   * callbacks, the stream may be pulled and released from any one thread at a time
+   * (never concurrently) until run() returns. Returns RECD_OK, or RECD_HOST with err
+   * filled in (an unknown input or column, an unreadable file). */
   int32_t (*open_stream)(void* ctx, const char* name, const char* const* columns,
                          size_t n_columns, struct ArrowArrayStream* out, RecdError* err);
 } RecdHost;

@@ -71,9 +71,6 @@ impl IdIndex {
     /// A vocabulary table's ids by their `positions` column (each of 0..n exactly once),
     /// as a model's `user_id,index` file gives them. `what` names the table in errors.
     pub fn from_positions(ids: &dyn Array, positions: &dyn Array, what: &str) -> Result<IdIndex, PluginError> {
-        if positions.len() != ids.len() {
-            return Err(PluginError::input(format!("{what}: {} ids but {} indices", ids.len(), positions.len())));
-        }
         let mut builder = IdIndexBuilder::new(what);
         builder.add(ids, positions)?;
         builder.finish()
@@ -152,9 +149,10 @@ impl IdIndex {
 
 /// An [`IdIndex`] built from a vocabulary table that arrives in batches (a streamed
 /// input), so the table itself is never held whole: `add` each batch's id and position
-/// columns, then `finish`. Rows are kept in file order as they come, 4 bytes a row for
-/// its position on top; a file already in position order (the usual `user_id,index`
-/// export) needs nothing more, any other order is put in position order at the end.
+/// columns, then `finish`. Rows are kept in file order as they come, with 4 bytes a row
+/// for its position (and 1 more while `finish` checks them). A file already in position
+/// order (the usual `user_id,index` export) is then the index; any other order is copied
+/// into position order at the end, the two copies alive together for that moment.
 pub struct IdIndexBuilder {
     what: String,
     /// The ids in row order (in position order too while `in_order`).
@@ -164,6 +162,8 @@ pub struct IdIndexBuilder {
     in_order: bool,
     /// The first row whose index is not a whole number in 0..u32::MAX, and its value.
     bad: Option<(usize, f64)>,
+    /// The first row with a null id or index.
+    null: Option<usize>,
     /// The first row whose id an earlier row has, and its index.
     twice: Option<(usize, String, u32)>,
 }
@@ -177,6 +177,7 @@ impl IdIndexBuilder {
             positions: Vec::new(),
             in_order: true,
             bad: None,
+            null: None,
             twice: None,
         }
     }
@@ -184,12 +185,19 @@ impl IdIndexBuilder {
     /// The next rows: their ids and their positions (a numeric column).
     pub fn add(&mut self, ids: &dyn Array, positions: &dyn Array) -> Result<(), PluginError> {
         let what = &self.what;
+        if ids.len() != positions.len() {
+            return Err(PluginError::input(format!("{what}: {} ids but {} indices", ids.len(), positions.len())));
+        }
         let ids = IdColumn::new(ids, what)?;
         let positions = numbers(positions, &format!("{what}.index"))?;
         for (at, p) in positions.into_iter().enumerate() {
             let row = self.positions.len();
             let (Some(p), Some(id)) = (p, ids.get(at)) else {
-                return Err(PluginError::input(format!("{what}: row {row} has a null id or index")));
+                // Reported by `finish`, unless an earlier row is wrong too.
+                self.null.get_or_insert(row);
+                self.positions.push(u32::MAX);
+                self.in_order = false;
+                continue;
             };
             let whole = p.fract() == 0.0 && p >= 0.0 && p < f64::from(u32::MAX);
             if !whole && self.bad.is_none() {
@@ -211,6 +219,9 @@ impl IdIndexBuilder {
         let (what, n) = (&self.what, self.positions.len());
         let mut seen = vec![false; n];
         for (row, &p) in self.positions.iter().enumerate() {
+            if self.null == Some(row) {
+                return Err(PluginError::input(format!("{what}: row {row} has a null id or index")));
+            }
             let value = match self.bad {
                 Some((bad_row, value)) if bad_row == row => value,
                 _ if (p as usize) < n && !seen[p as usize] => {
@@ -312,8 +323,16 @@ mod tests {
         assert_eq!(builder.finish().unwrap_err().message, "t: row 2: index 0 is out of 0..3 or repeated");
         let mut builder = IdIndexBuilder::new("t");
         builder.add(&StringArray::from(vec!["a"]), &Int64Array::from(vec![0])).unwrap();
-        let err = builder.add(&StringArray::from(vec![Some("b"), None]), &Int64Array::from(vec![1, 2])).unwrap_err();
-        assert_eq!(err.message, "t: row 2 has a null id or index");
+        builder.add(&StringArray::from(vec![Some("b"), None]), &Int64Array::from(vec![1, 2])).unwrap();
+        assert_eq!(builder.finish().unwrap_err().message, "t: row 2 has a null id or index");
+        // the first offending row is named, whatever is wrong with it
+        let mut builder = IdIndexBuilder::new("t");
+        builder.add(&StringArray::from(vec!["a", "b"]), &Int64Array::from(vec![9, 1])).unwrap();
+        builder.add(&StringArray::from(vec![None::<&str>]), &Int64Array::from(vec![2])).unwrap();
+        assert_eq!(builder.finish().unwrap_err().message, "t: row 0: index 9 is out of 0..3 or repeated");
+        let mut builder = IdIndexBuilder::new("t");
+        let err = builder.add(&StringArray::from(vec!["a", "b"]), &Int64Array::from(vec![0])).unwrap_err();
+        assert_eq!(err.message, "t: 2 ids but 1 indices");
     }
 
     #[test]

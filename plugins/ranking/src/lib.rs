@@ -291,8 +291,8 @@ enum Walk {
     Done(Bits),
     /// The callback said stop.
     Stopped,
-    /// A user's lines are not all together: `user` shows up again at `line` (from 1).
-    NotGrouped { line: u64, user: u32 },
+    /// A user's lines are not all together: `user` shows up again at `row` (from 0).
+    NotGrouped { row: u64, user: u32 },
 }
 
 /// A set of model user indices, a bit each.
@@ -323,7 +323,7 @@ fn walk_groups(
     let mut done = Bits::new(vocab.users.len());
     let mut current: Option<u32> = None;
     let mut bought: Vec<u32> = Vec::new();
-    let mut line = 0u64;
+    let mut row = 0u64;
     let mut finish = |user: u32, bought: &mut Vec<u32>, done: &mut Bits| {
         bought.sort_unstable();
         bought.dedup();
@@ -334,11 +334,12 @@ fn walk_groups(
     };
     for batch in stream {
         for (user, item) in columns.lines(&batch?, vocab)? {
-            line += 1;
+            let at = row;
+            row += 1;
             let Some(user) = user else { continue };
             if current != Some(user) {
                 if done.has(user) {
-                    return Ok(Walk::NotGrouped { line, user });
+                    return Ok(Walk::NotGrouped { row: at, user });
                 }
                 if let Some(last) = current.replace(user)
                     && !finish(last, &mut bought, &mut done)?
@@ -388,12 +389,12 @@ impl Ranking {
                 ctx.log(LogLevel::Info, "interactions are grouped by user: purchases are read one user at a time");
                 Ok((Purchases::Grouped, buyers))
             }
-            Walk::NotGrouped { line, user } => {
+            Walk::NotGrouped { row, user } => {
                 let id = vocab.users.id(user);
                 ctx.log(
                     LogLevel::Info,
                     &format!(
-                        "interactions are not grouped by user (user {id:?} again at row {line}): \
+                        "interactions are not grouped by user (user {id:?} again at row {row}): \
                          every user's purchases are held"
                     ),
                 );
@@ -1099,7 +1100,7 @@ mod tests {
         }
         // The first user seen again is named.
         let out = rank_lines(r#"{"k": 1}"#, &moved, 1024);
-        assert!(said(&out, &format!("user \"u0\" again at row {}", moved.len())), "{:?}", out.logs);
+        assert!(said(&out, &format!("user \"u0\" again at row {}", moved.len() - 1)), "{:?}", out.logs);
     }
 
     #[test]
