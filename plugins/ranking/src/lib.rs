@@ -214,7 +214,7 @@ enum Purchases {
     /// The interactions are grouped by user (each user's lines next to each other, as
     /// an export sorted by user gives them): read again while scoring, one user at a
     /// time, so memory does not grow with the users.
-    Grouped,
+    Grouped(PurchaseColumns),
     /// Any other order: every user's purchases, held at once.
     Held(Held),
 }
@@ -387,7 +387,7 @@ impl Ranking {
         match walk_groups(columns.open(ctx)?, &columns, vocab, count)? {
             Walk::Done(_) | Walk::Stopped => {
                 ctx.log(LogLevel::Info, "interactions are grouped by user: purchases are read one user at a time");
-                Ok((Purchases::Grouped, buyers))
+                Ok((Purchases::Grouped(columns), buyers))
             }
             Walk::NotGrouped { row, user } => {
                 let id = vocab.users.id(user);
@@ -399,7 +399,8 @@ impl Ranking {
                     ),
                 );
                 let held = self.hold_purchases(ctx, &columns, vocab)?;
-                let mut buyers = vec![0u32; vocab.items.len()];
+                // The first pass stopped part way: count again, from what is held.
+                buyers.fill(0);
                 held.items.iter().for_each(|&i| buyers[i as usize] += 1);
                 Ok((Purchases::Held(held), buyers))
             }
@@ -482,10 +483,7 @@ impl Ranking {
         let batch_pairs = self.params.batch_pairs.unwrap_or_else(|| auto_batch_pairs(pool.pairs(vocab.users.len())));
         let walker = match purchases {
             Purchases::Held(held) => Walker::Held(held),
-            Purchases::Grouped => {
-                let columns = PurchaseColumns::new(ctx, &self.params)?;
-                Walker::Grouped(columns.open(ctx)?, columns)
-            }
+            Purchases::Grouped(columns) => Walker::Grouped(columns.open(ctx)?, columns),
         };
         let mut result = Ok(());
         let mut take = |batch: PairBatch, users_done: usize, ctx: &mut RunContext<'_>| {
@@ -566,7 +564,7 @@ fn top_k(scores: &[f32], items: &[i64], k: usize, best: &mut Vec<(f32, i64)>) {
 enum Walker<'a> {
     Held(&'a Held),
     /// The grouped interactions, read again.
-    Grouped(InputStream, PurchaseColumns),
+    Grouped(InputStream, &'a PurchaseColumns),
 }
 
 impl Walker<'_> {
@@ -587,7 +585,7 @@ impl Walker<'_> {
                 }
                 Ok(())
             }
-            Walker::Grouped(stream, columns) => match walk_groups(stream, &columns, vocab, &mut f)? {
+            Walker::Grouped(stream, columns) => match walk_groups(stream, columns, vocab, &mut f)? {
                 Walk::Stopped => Ok(()),
                 Walk::NotGrouped { .. } => Err(PluginError::input("interactions: the input changed while it was read")),
                 Walk::Done(seen) => {
