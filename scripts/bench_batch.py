@@ -520,7 +520,7 @@ def main() -> int:
     p.add_argument("--datasets", default="retail,movielens,M,S:mlp",
                    help="datasets for the end-to-end rows: retail, movielens, or a workload size "
                         "with an optional model (M, S:mlp)")
-    p.add_argument("--rounds", type=int, default=3, help="runs per side and dataset; medians are reported")
+    p.add_argument("--rounds", type=int, default=5, help="runs per side and dataset; medians are reported")
     p.add_argument("--no-doc", action="store_true")
     p.add_argument("--gpu", action="store_true", help="also d): needs a CUDA GPU and ONNX Runtime's CUDA build")
     p.add_argument("--gpu-size", default="M", help="workload for the GPU rows")
