@@ -17,6 +17,7 @@ use crate::plugins::{self, ProbeCache, Registry};
 use crate::runner::{self, RunControl, RunError, RunReport};
 use crate::schedule;
 use crate::scheduler::Scheduler;
+use crate::shard::Shard;
 use crate::store::{RunRecord, Store};
 
 /// Runs kept in the history per job.
@@ -229,7 +230,8 @@ impl Daemon {
         let result = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             tracing::info!(table = %run_job.table, "run started");
-            runner::execute(&run_job, run_id, &daemon.config, &daemon.store, &daemon.plugins, &worker_control)
+            let (config, store, plugins) = (&daemon.config, &daemon.store, &daemon.plugins);
+            runner::execute(&run_job, run_id, config, store, plugins, &worker_control, Shard::WHOLE)
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));

@@ -5,6 +5,7 @@ mod config;
 mod daemon;
 mod eval;
 mod evaluate;
+mod export;
 mod job;
 mod loader;
 mod metrics;
@@ -14,6 +15,7 @@ mod runner;
 mod schedule;
 mod scheduler;
 mod server;
+mod shard;
 mod store;
 mod systemd;
 mod watch;
@@ -52,11 +54,19 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Ask the running daemon to run JOB now; waits, exits non-zero if the run fails
+    /// Ask the running daemon to run JOB now; waits, exits non-zero if the run fails. With
+    /// --export, run it here without a daemon and write its table as Parquet into DIR
     Run {
         job: String,
         #[arg(long)]
         admin_socket: Option<PathBuf>,
+        /// Write the run's rows as a Parquet part and its manifest into DIR (no daemon)
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+        /// Keep only shard I of N of the users (with --export); default: from
+        /// JOB_COMPLETION_INDEX and RECD_SHARDS when set, as in a Kubernetes Indexed Job
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
     },
     /// Print a user's list from a table, best first, read over the socket
     Get {
@@ -202,7 +212,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             override_path(&mut config.data_dir, data_dir);
             serve(config)
         }
-        Cmd::Run { job, admin_socket } => {
+        Cmd::Run { job, admin_socket, export: Some(dir), shard } => {
+            anyhow::ensure!(admin_socket.is_none(), "--export runs without a daemon: drop --admin-socket");
+            let shard = match shard {
+                Some(text) => shard::Shard::parse(&text)?,
+                None => shard::Shard::from_env(|k| std::env::var(k).ok())?.unwrap_or(shard::Shard::WHOLE),
+            };
+            let manifest = export::export(&config, &job, &dir, shard)?;
+            println!(
+                "job {} shard {}: {} users, {} rows exported to {}",
+                manifest.job,
+                manifest.shard,
+                manifest.users,
+                manifest.rows,
+                dir.join(&manifest.part).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { job, admin_socket, export: None, shard } => {
+            anyhow::ensure!(shard.is_none(), "--shard needs --export DIR: a daemon's run covers every user");
             override_path(&mut config.admin_socket, admin_socket);
             run(&config.admin_socket, &job)
         }

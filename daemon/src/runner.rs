@@ -15,6 +15,7 @@ use arrow_array::{Array, RecordBatch};
 use crate::config::Config;
 use crate::job::{Input, InputFormat, Job, OutputChecks};
 use crate::plugins::Registry;
+use crate::shard::Shard;
 use crate::store::{StagedVersion, Store, TableKind, VersionInfo};
 use crate::wire::{self, Message, RunSpec};
 
@@ -181,6 +182,8 @@ impl RunControl {
 
 /// Runs `job` once in a worker process and publishes its table, unless `control` stops it
 /// or it outlives the job's timeout.
+/// `shard`: the users whose rows are kept ([`Shard::WHOLE`] for every user); the rows of
+/// the others are dropped as they arrive.
 pub fn execute(
     job: &Job,
     run_id: u64,
@@ -188,6 +191,7 @@ pub fn execute(
     store: &Store,
     plugins: &Registry,
     control: &Arc<RunControl>,
+    shard: Shard,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     // The worker loads a snapshot: replacing the plugin file cannot touch this run.
@@ -234,7 +238,7 @@ pub fn execute(
 
     let mut staged = store.stage(&job.table, &job.name, run_id, job.kind)?;
     staged.fallback = job.fallback.clone();
-    let mut collector = Collector::new(staged, &job.checks);
+    let mut collector = Collector::new(staged, &job.checks, shard);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
         let _ = child.lock().expect("child lock").kill();
@@ -456,10 +460,16 @@ struct Collector {
     row: u64,
     /// Stream row where the current user's rows began.
     user_first_row: u64,
+    shard: Shard,
+    /// The user of the last row, when that user is outside the shard: their next rows are
+    /// dropped without hashing the id again.
+    skipping: Option<String>,
+    /// Users outside the shard, whose rows were dropped.
+    pub skipped_users: u64,
 }
 
 impl Collector {
-    fn new(staged: StagedVersion, checks: &OutputChecks) -> Self {
+    fn new(staged: StagedVersion, checks: &OutputChecks, shard: Shard) -> Self {
         Collector {
             staged,
             max_items: checks.max_items_per_user as usize,
@@ -471,7 +481,30 @@ impl Collector {
             done_users: SeenUsers::default(),
             row: 0,
             user_first_row: 0,
+            shard,
+            skipping: None,
+            skipped_users: 0,
         }
+    }
+
+    /// False for a row of a user outside the shard (counted once per run of rows).
+    fn keeps(&mut self, user: &str) -> bool {
+        if self.shard.is_whole() {
+            return true;
+        }
+        if self.skipping.as_deref() == Some(user) {
+            return false;
+        }
+        if self.shard.contains(user) {
+            self.skipping = None;
+            return true;
+        }
+        self.skipped_users += 1;
+        let mut buffer = self.skipping.take().unwrap_or_default();
+        buffer.clear();
+        buffer.push_str(user);
+        self.skipping = Some(buffer);
+        false
     }
 
     /// Closes the last user; refuses an empty result unless the job allows one.
@@ -501,6 +534,9 @@ impl Collector {
                 anyhow::bail!("output row {row}: null user");
             }
             let user = users.value(i);
+            if !self.keeps(user) {
+                continue;
+            }
             if !self.done_users.insert(user, &mut self.staged)? {
                 anyhow::bail!("output row {row}: user {user:?} has a second row (a hash table has one row per user)");
             }
@@ -536,6 +572,9 @@ impl Collector {
             }
             if item.len() > u16::MAX as usize {
                 anyhow::bail!("output row {row}: item id of {} bytes is too long", item.len());
+            }
+            if !self.keeps(user) {
+                continue;
             }
             if !self.has_user || self.user_id != user {
                 self.finish_user()?;

@@ -14,6 +14,7 @@ mod crash;
 mod devices;
 mod diversity;
 mod evaluation;
+mod export;
 mod fallback;
 mod faults;
 mod guide;

@@ -1,0 +1,250 @@
+//! `recd run JOB --export DIR [--shard I/N]`: one run of a job without a daemon, for a
+//! batch cluster (a Kubernetes Indexed Job runs one shard per pod). The run goes through
+//! the same worker, checks and staging as a daemon's (into a throwaway store in DIR), and
+//! its version is written as one Parquet part with a manifest beside it: what produced it
+//! (job, plugin, model and input fingerprints, shard) and what it holds (users, rows, the
+//! store's order-independent checksum, the part's SHA-256). The manifest is written last,
+//! by rename: a part without one is unfinished.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::job::{self, InputFormat, Job};
+use crate::plugins::{Registry, sha256_file};
+use crate::runner::{self, RunControl};
+use crate::shard::Shard;
+use crate::store::{self, Retention, ServedTable, Store, TableKind};
+
+/// Version of the manifest's layout.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Rows per Parquet row group batch written.
+const BATCH_ROWS: usize = 65_536;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub job: String,
+    pub table: String,
+    pub kind: TableKind,
+    pub shard: Shard,
+    /// SHA-256 of the plugin library that ran.
+    pub plugin_sha256: String,
+    /// SHA-256 of the model file and of its external data file (`<model>.data`) if it has
+    /// one; None for a job without a model.
+    pub model_sha256: Option<String>,
+    /// Per input name, the SHA-256 of its file.
+    pub inputs: BTreeMap<String, String>,
+    pub users: u64,
+    pub rows: u64,
+    /// The store's checksum of these users' values (see `store::VersionInfo::checksum`):
+    /// a sum, so the parts of one run add up to the checksum of the whole table.
+    pub checksum: u64,
+    /// The Parquet file, beside the manifest.
+    pub part: String,
+    pub part_sha256: String,
+    pub recd_version: String,
+    pub created_at: String,
+}
+
+/// Where shard `shard` of `job` goes in `dir`: (part, manifest).
+pub fn part_paths(dir: &Path, job: &str, shard: Shard) -> (PathBuf, PathBuf) {
+    let stem = format!("{job}-shard-{:05}-of-{:05}", shard.index, shard.count);
+    (dir.join(format!("{stem}.parquet")), dir.join(format!("{stem}.manifest.json")))
+}
+
+/// Runs `job_name` (a file in the jobs folder) for `shard`'s users and writes its part and
+/// manifest into `dir`.
+pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyhow::Result<Manifest> {
+    let file = config.jobs_dir.join(format!("{job_name}.toml"));
+    let job = job::load(&file, config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(input) = job.inputs.iter().find(|i| i.format == InputFormat::Table) {
+        anyhow::bail!(
+            "input `{}` reads table `{}`, which only a daemon serves: a run with --export reads files",
+            input.name,
+            input.path.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (part, manifest_path) = part_paths(dir, &job.name, shard);
+    let scratch = Scratch(dir.join(format!(".{}.tmp-{}", part_file_name(&part), std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    let mut run_config = config.clone();
+    run_config.data_dir = scratch.0.clone();
+    let store = Store::open(&scratch.0, Retention { count: 1, max_age: None })?;
+    let plugins = Registry::new(&scratch.0);
+    let run_id = chrono::Utc::now().timestamp_micros() as u64;
+    let report = runner::execute(&job, run_id, &run_config, &store, &plugins, &RunControl::new(), shard)
+        .map_err(|e| anyhow::anyhow!("job {}: {e}", job.name))?;
+    let served = store.served(&job.table).context("the run's version is not in the scratch store")?;
+    let tmp_part = scratch.0.join("part.parquet");
+    write_part(&served, &tmp_part)?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        job: job.name.clone(),
+        table: job.table.clone(),
+        kind: job.kind,
+        shard,
+        plugin_sha256: sha256_file(&job.plugin)?,
+        model_sha256: job.model.as_deref().map(model_sha256).transpose()?,
+        inputs: input_fingerprints(&job)?,
+        users: report.version.users,
+        rows: report.version.rows,
+        checksum: report.version.checksum,
+        part: part_file_name(&part),
+        part_sha256: sha256_file(&tmp_part)?,
+        recd_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+    };
+    drop(served);
+    drop(store);
+    std::fs::rename(&tmp_part, &part).with_context(|| format!("writing {}", part.display()))?;
+    let tmp_manifest = scratch.0.join("manifest.json");
+    std::fs::write(&tmp_manifest, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::rename(&tmp_manifest, &manifest_path).with_context(|| format!("writing {}", manifest_path.display()))?;
+    tracing::info!(
+        job = %job.name,
+        %shard,
+        users = manifest.users,
+        rows = manifest.rows,
+        "exported {} and {}",
+        part.display(),
+        manifest_path.display()
+    );
+    Ok(manifest)
+}
+
+fn part_file_name(part: &Path) -> String {
+    part.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The scratch store of one export, removed however the export ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn model_sha256(model: &Path) -> anyhow::Result<String> {
+    let mut text = sha256_file(model)?;
+    let data = PathBuf::from(format!("{}.data", model.display()));
+    if data.is_file() {
+        text = format!("{text}+{}", sha256_file(&data)?);
+    }
+    Ok(text)
+}
+
+fn input_fingerprints(job: &Job) -> anyhow::Result<BTreeMap<String, String>> {
+    job.inputs
+        .iter()
+        .map(|i| Ok((i.name.clone(), sha256_file(&i.path).with_context(|| format!("input `{}`", i.name))?)))
+        .collect()
+}
+
+/// Columns of an exported part of a table of lists: one row per (user, item), users in
+/// key order, each user's items best first (`rank` 1).
+pub fn lists_schema() -> SchemaRef {
+    runner::exported_table_schema()
+}
+
+/// Columns of an exported part of a table of hashes: one row per (user, field), fields in
+/// the order HGETALL gives them.
+pub fn hashes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new("field", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+    ]))
+}
+
+fn write_part(served: &ServedTable, path: &Path) -> anyhow::Result<()> {
+    let schema = match served.kind {
+        TableKind::Lists => lists_schema(),
+        TableKind::Hashes => hashes_schema(),
+    };
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let mut rows = PartRows::default();
+    for entry in served.iter_lists() {
+        let (user, value) = entry?;
+        let user = String::from_utf8_lossy(&user);
+        match served.kind {
+            TableKind::Lists => {
+                for (rank, (item, score)) in store::decode_list(&value).into_iter().enumerate() {
+                    rows.push(&user, &String::from_utf8_lossy(item), Cell::Score(score, rank as u32 + 1));
+                }
+            }
+            TableKind::Hashes => {
+                for (field, text) in store::decode_hash(&value) {
+                    let text = String::from_utf8_lossy(text).into_owned();
+                    rows.push(&user, &String::from_utf8_lossy(field), Cell::Text(text));
+                }
+            }
+        }
+        if rows.len() >= BATCH_ROWS {
+            writer.write(&rows.take(&schema, served.kind)?)?;
+        }
+    }
+    writer.write(&rows.take(&schema, served.kind)?)?;
+    writer.close()?;
+    Ok(())
+}
+
+enum Cell {
+    Score(f32, u32),
+    Text(String),
+}
+
+/// A batch of a part's rows being gathered.
+#[derive(Default)]
+struct PartRows {
+    users: Vec<String>,
+    keys: Vec<String>,
+    scores: Vec<f32>,
+    ranks: Vec<u32>,
+    texts: Vec<String>,
+}
+
+impl PartRows {
+    fn push(&mut self, user: &str, key: &str, cell: Cell) {
+        self.users.push(user.to_owned());
+        self.keys.push(key.to_owned());
+        match cell {
+            Cell::Score(score, rank) => {
+                self.scores.push(score);
+                self.ranks.push(rank);
+            }
+            Cell::Text(text) => self.texts.push(text),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    fn take(&mut self, schema: &SchemaRef, kind: TableKind) -> anyhow::Result<RecordBatch> {
+        let rows = std::mem::take(self);
+        let (users, keys) = (Arc::new(StringArray::from(rows.users)), Arc::new(StringArray::from(rows.keys)));
+        let columns: Vec<arrow_array::ArrayRef> = match kind {
+            TableKind::Lists => {
+                vec![users, keys, Arc::new(Float32Array::from(rows.scores)), Arc::new(UInt32Array::from(rows.ranks))]
+            }
+            TableKind::Hashes => vec![users, keys, Arc::new(StringArray::from(rows.texts))],
+        };
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
