@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::import;
 use crate::job::{self, Job, JobError, Overlap};
 use crate::metrics::Metrics;
 use crate::plugins::{self, ProbeCache, Registry};
@@ -205,6 +206,64 @@ impl Daemon {
             let known: Vec<&str> = set.jobs.keys().map(String::as_str).collect();
             format!("no job named `{name}` (jobs: {})", known.join(", "))
         })
+    }
+
+    /// `recd import TABLE DIR...`: publishes exported parts as one version of `table` (see
+    /// [`import::import`]), recorded in the history of the job that exported them.
+    pub async fn import(
+        self: &Arc<Self>,
+        table: &str,
+        dirs: Vec<std::path::PathBuf>,
+    ) -> Result<import::Imported, String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("the daemon is shutting down".into());
+        }
+        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let (daemon, name) = (Arc::clone(self), table.to_string());
+        let started = Utc::now();
+        let span = tracing::info_span!("import", table = %table, run_id);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            import::import(&daemon.store, &name, &dirs, run_id)
+        })
+        .await
+        .map_err(|e| format!("import task failed: {e}"))?;
+        match outcome {
+            Ok(imported) => {
+                let ended = Utc::now();
+                let v = &imported.version;
+                tracing::info!(
+                    table,
+                    version = v.version,
+                    users = v.users,
+                    rows = v.rows,
+                    "imported {} parts",
+                    imported.parts
+                );
+                self.write_record(RunRecord {
+                    run_id,
+                    job: imported.job.clone(),
+                    trigger: "import".into(),
+                    scheduled_for: None,
+                    started_at: stamp(started),
+                    ended_at: stamp(ended),
+                    seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
+                    status: "ok".into(),
+                    table: table.to_string(),
+                    version: Some(v.version),
+                    users: v.users,
+                    rows: v.rows,
+                    provider: None,
+                    error: None,
+                    worker: None,
+                });
+                Ok(imported)
+            }
+            Err(e) => {
+                tracing::warn!(table, "import refused: {e}");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// `recd run JOB`: runs it now (overlap policy applies) and waits for the outcome.

@@ -6,6 +6,7 @@ mod daemon;
 mod eval;
 mod evaluate;
 mod export;
+mod import;
 mod job;
 mod loader;
 mod metrics;
@@ -119,6 +120,16 @@ enum Cmd {
     Rollback {
         table: String,
         version: Option<u64>,
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Publish the parts `recd run JOB --export` wrote for TABLE (every shard, from one
+    /// run) as one new version, through the running daemon; a set that is incomplete or
+    /// mixed is refused with the reason and nothing is published
+    Import {
+        table: String,
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
         #[arg(long)]
         admin_socket: Option<PathBuf>,
     },
@@ -292,6 +303,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let version = version.map(|v| v.to_string());
             let mut args: Vec<&[u8]> = vec![b"ROLLBACK", table.as_bytes()];
             args.extend(version.as_deref().map(str::as_bytes));
+            print_reply(client::call(&config.admin_socket, &args)?)
+        }
+        Cmd::Import { table, dirs, admin_socket } => {
+            override_path(&mut config.admin_socket, admin_socket);
+            // The daemon reads the folders from its own working directory.
+            let dirs: Vec<String> = dirs
+                .iter()
+                .map(|d| std::path::absolute(d).map(|p| p.display().to_string()))
+                .collect::<Result<_, _>>()?;
+            let mut args: Vec<&[u8]> = vec![b"IMPORT", table.as_bytes()];
+            args.extend(dirs.iter().map(|d| d.as_bytes()));
             print_reply(client::call(&config.admin_socket, &args)?)
         }
         Cmd::Migrate { from, to } => {

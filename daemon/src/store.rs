@@ -598,6 +598,11 @@ impl StagedVersion {
         Ok(())
     }
 
+    /// The checksum of the rows staged so far (see [`VersionInfo::checksum`]).
+    pub fn checksum(&self) -> u64 {
+        self.checksum
+    }
+
     /// Whether `user` is already written to this version (pending rows included).
     pub fn contains_user(&mut self, user: &str) -> Result<bool, StoreError> {
         self.write_pending()?;

@@ -1,6 +1,7 @@
 //! `recd run JOB --export DIR [--shard I/N]`: a run without a daemon, written as a Parquet
 //! part and a manifest per shard. The parts of N shard processes together hold the table a
-//! daemon publishes for the same job, row for row and score for score.
+//! daemon publishes for the same job, row for row and score for score; `recd import`
+//! publishes a complete set as one version and refuses any other with the reason.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,20 +69,45 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// Every user's list as the daemon serves it: (item, score, rank), best first.
+fn served(d: &TestDaemon, users: impl Iterator<Item = String>) -> Rows {
+    let mut redis = d.redis();
+    let mut rows = Rows::new();
+    for user in users {
+        let flat: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(format!("ranking:{user}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut redis)
+            .unwrap();
+        let list = flat.chunks(2).enumerate().map(|(rank, p)| (p[0].clone(), p[1].parse().unwrap(), rank as u32 + 1));
+        rows.insert(user, list.collect());
+    }
+    rows
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn four_shard_processes_export_together_the_table_a_daemon_publishes() {
+fn four_shard_processes_imported_give_the_table_of_one_whole_run() {
     let d = TestDaemon::start(&[("ranking", &shipped_job("ranking"))]);
     d.run_job("ranking");
-    let out = d.dir.path().join("export");
+    let (out, whole_dir) = (d.dir.path().join("export"), d.dir.path().join("whole"));
     // Four shard processes at once, and one run of every user; none uses the daemon.
     let mut children: Vec<_> =
         (0..4).map(|i| export_cmd(&d, &out, Some(&format!("{i}/4"))).spawn().expect("spawn recd run")).collect();
-    children.push(export_cmd(&d, &out, None).spawn().unwrap());
+    children.push(export_cmd(&d, &whole_dir, None).spawn().unwrap());
     for (i, child) in children.into_iter().enumerate() {
         assert_ok(&child.wait_with_output().unwrap(), &format!("export {i}"));
     }
 
-    let (whole_manifest, whole) = read_part(&out, "ranking-shard-00000-of-00001");
+    let (whole_manifest, whole) = read_part(&whole_dir, "ranking-shard-00000-of-00001");
     let mut union = Rows::new();
     let mut checksum = 0u64;
     for i in 0..4u64 {
@@ -103,26 +129,81 @@ fn four_shard_processes_export_together_the_table_a_daemon_publishes() {
     // ... and the daemon's table, for every user, best first.
     let published = &d.history("ranking")[0];
     assert_eq!(published["users"].as_u64().unwrap(), union.len() as u64);
-    let mut redis = d.redis();
-    for (user, list) in &union {
-        let served: Vec<String> = redis::cmd("ZREVRANGE")
-            .arg(format!("ranking:{user}"))
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query(&mut redis)
-            .unwrap();
-        let served: Vec<(String, f32, u32)> = served
-            .chunks(2)
-            .enumerate()
-            .map(|(rank, pair)| (pair[0].clone(), pair[1].parse().unwrap(), rank as u32 + 1))
-            .collect();
-        assert_eq!(&served, list, "user {user}");
-    }
+    assert_eq!(served(&d, union.keys().cloned()), union, "the daemon's run");
     // Nothing of the runs is left behind but the parts and their manifests.
-    let left: Vec<String> =
-        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(left.len(), 10, "{left:?}");
+    assert_eq!(files_in(&out).len(), 8, "{:?}", files_in(&out));
+
+    // Imported, the four parts are the next version, the same table as the daemon's run.
+    let imported = d.cli(&["import", "ranking", out.to_str().unwrap()]);
+    assert_ok(&imported, "recd import");
+    let said = String::from_utf8_lossy(&imported.stdout);
+    assert!(said.contains("version 2: 4321 users, 43210 rows from 4 parts (job ranking)"), "{said}");
+    let record = &d.history("ranking")[0];
+    assert_eq!((record["trigger"].as_str(), record["version"].as_u64()), (Some("import"), Some(2)));
+    assert_eq!(served(&d, union.keys().cloned()), union, "the imported version");
+    assert_ok(&d.cli(&["verify"]), "recd verify");
+}
+
+#[test]
+fn an_incomplete_or_mixed_set_of_parts_is_refused_and_nothing_is_published() {
+    let d = TestDaemon::start(&[("ranking", &shipped_job("ranking"))]);
+    d.run_job("ranking");
+    let out = d.dir.path().join("export");
+    for i in 0..4 {
+        assert_ok(&export_cmd(&d, &out, Some(&format!("{i}/4"))).output().unwrap(), "export");
+    }
+    let before = served(&d, ["12347", "17850", "18287"].into_iter().map(String::from));
+    assert!(before.values().all(|list| list.len() == 10), "{before:?}");
+    let runs = d.history("ranking").len();
+    // A copy of the four parts, `change`d.
+    let variant = |name: &str, change: &dyn Fn(&Path)| {
+        let dir = d.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files_in(&out) {
+            std::fs::copy(out.join(&f), dir.join(&f)).unwrap();
+        }
+        change(&dir);
+        dir.to_str().unwrap().to_string()
+    };
+    let shard_file = |dir: &Path, i: u32, ext: &str| dir.join(format!("ranking-shard-{i:05}-of-00004.{ext}"));
+    let missing = variant("missing", &|dir| {
+        std::fs::remove_file(shard_file(dir, 2, "manifest.json")).unwrap();
+        std::fs::remove_file(shard_file(dir, 2, "parquet")).unwrap();
+    });
+    let mixed_model = variant("mixed", &|dir| {
+        let path = shard_file(dir, 3, "manifest.json");
+        let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        m["model_sha256"] = serde_json::json!("0".repeat(64));
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    });
+    let corrupted = variant("corrupted", &|dir| {
+        let path = shard_file(dir, 1, "parquet");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+    });
+    let whole = d.dir.path().join("whole");
+    assert_ok(&export_cmd(&d, &whole, None).output().unwrap(), "whole export");
+    let out = out.to_str().unwrap();
+    let cases: [(&str, Vec<&str>, &str); 5] = [
+        ("a missing shard", vec![&missing], "shards missing of 4: 2 (found 0, 1, 3)"),
+        ("a duplicated shard", vec![out, out], "shard 0/4 appears twice"),
+        ("mixed model versions", vec![&mixed_model], "differ in `model_sha256`"),
+        ("a corrupted part", vec![&corrupted], "the file is damaged or not the one exported"),
+        ("parts of two runs", vec![out, whole.to_str().unwrap()], "differ in `shard.count` (4 against 1)"),
+    ];
+    for (what, dirs, want) in cases {
+        let mut args = vec!["import", "ranking"];
+        args.extend(dirs);
+        let run = d.cli(&args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && err.contains(want), "{what}: expected {want:?}, got: {err}");
+        assert_eq!(d.history("ranking").len(), runs, "{what}: nothing recorded as published");
+        assert_eq!(served(&d, before.keys().cloned()), before, "{what}: the served table is unchanged");
+    }
+    // No version was left half-written.
+    assert_ok(&d.cli(&["verify"]), "recd verify");
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod history;
 mod hkeys;
 mod hlen;
 mod hmget;
+mod import;
 mod info;
 mod jobs;
 mod mget;
@@ -93,6 +94,7 @@ pub enum Command<'a> {
     Plugins,
     Pause(pause::Pause),
     Rollback(rollback::Rollback),
+    Import(import::Import),
     Verify,
 }
 
@@ -215,7 +217,7 @@ impl<'a> Command<'a> {
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
-            | "rollback" | "verify"
+            | "rollback" | "verify" | "import"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -230,6 +232,7 @@ impl<'a> Command<'a> {
             "pause" => Command::Pause(pause::Pause::parse(rest, true)?),
             "resume" => Command::Pause(pause::Pause::parse(rest, false)?),
             "rollback" => Command::Rollback(rollback::Rollback::parse(rest)?),
+            "import" => Command::Import(import::Import::parse(rest)?),
             "verify" => Command::Verify,
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
@@ -307,6 +310,7 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Plugins => plugins::apply(daemon, out),
         Command::Pause(c) => c.apply(daemon, out),
         Command::Rollback(c) => c.apply(daemon, out),
+        Command::Import(c) => c.apply(daemon, out).await,
         Command::Verify => verify::apply(daemon, out),
     }
     Flow::Continue
