@@ -512,8 +512,8 @@ impl Daemon {
                     for v in meta.versions.iter().rev() {
                         let _ = writeln!(
                             s,
-                            "    version {}: {} users, {} rows, published {} by job {} run {}",
-                            v.version, v.users, v.rows, v.published_at, v.job, v.run_id
+                            "    version {}: {} users, {} rows, published {} by job {} run {}, checksum {}",
+                            v.version, v.users, v.rows, v.published_at, v.job, v.run_id, v.checksum
                         );
                     }
                 }

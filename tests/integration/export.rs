@@ -141,6 +141,9 @@ fn four_shard_processes_imported_give_the_table_of_one_whole_run() {
     let record = &d.history("ranking")[0];
     assert_eq!((record["trigger"].as_str(), record["version"].as_u64()), (Some("import"), Some(2)));
     assert_eq!(served(&d, union.keys().cloned()), union, "the imported version");
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    let line = status.lines().find(|l| l.trim_start().starts_with("version 2:")).expect("version 2 in status");
+    assert!(line.ends_with(&format!("checksum {checksum}")), "the manifests' sum in status: {line}");
     assert_ok(&d.cli(&["verify"]), "recd verify");
 }
 
