@@ -118,6 +118,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
         %shard,
         users = manifest.users,
         rows = manifest.rows,
+        pairs_scored = report.stats.score_rows,
         "exported {} and {}",
         part.display(),
         manifest_path.display()

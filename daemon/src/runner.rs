@@ -213,6 +213,7 @@ pub fn execute(
         output: job.kind,
         device: job.device,
         onnxruntime: config.onnxruntime.clone(),
+        shard,
     };
     let exe = self_exe().map_err(anyhow::Error::from)?;
     let mut child = Command::new(exe)

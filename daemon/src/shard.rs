@@ -25,6 +25,12 @@ pub enum ShardError {
     BadEnv { index: String, count: String },
 }
 
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard::WHOLE
+    }
+}
+
 impl Shard {
     /// The whole run: one shard of one.
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };

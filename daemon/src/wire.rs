@@ -41,6 +41,9 @@ pub struct RunSpec {
     /// (input, column).
     pub known_users: Option<(String, String)>,
     pub known_items: Option<(String, String)>,
+    /// The users this run computes (the plugin asks through `in_shard`).
+    #[serde(default)]
+    pub shard: crate::shard::Shard,
 }
 
 /// What `recd probe-plugin` reads on stdin: the parts of a job its plugin and model judge

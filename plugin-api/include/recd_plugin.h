@@ -1,5 +1,5 @@
 /*
- * recd_plugin.h: the recd plugin ABI, version 1.2, for plugins written in C or C++.
+ * recd_plugin.h: the recd plugin ABI, version 1.3, for plugins written in C or C++.
  *
  * This header mirrors plugin-api/src/abi.rs field for field (same order, same types).
  * If the two disagree, abi.rs is right and this file is a bug.
@@ -121,7 +121,7 @@ struct ArrowArrayStream {
 /* Incremented on any incompatible change to the types below. */
 #define RECD_ABI_MAJOR 1u
 /* Incremented on compatible additions (new trailing fields, new codes). */
-#define RECD_ABI_MINOR 2u
+#define RECD_ABI_MINOR 3u
 
 /* Name of the one exported entry point. */
 #define RECD_ENTRY_SYMBOL "recd_plugin_entry"
@@ -225,6 +225,13 @@ typedef struct RecdHost {
    * filled in (an unknown input or column, an unreadable file). */
   int32_t (*open_stream)(void* ctx, const char* name, const char* const* columns,
                          size_t n_columns, struct ArrowArrayStream* out, RecdError* err);
+
+  /* Since ABI 1.3 (call it only from a plugin built for 1.3 or later). Non-zero if this
+   * run computes `user` (UTF-8, len bytes). A run can be one shard of a bigger one
+   * (`recd run --shard I/N`): the host keeps only the rows of its shard's users, so a
+   * plugin may skip the others' work. Calling it is never required; in a run of every
+   * user it is always non-zero. */
+  int32_t (*in_shard)(void* ctx, const uint8_t* user, size_t len);
 } RecdHost;
 
 /* The descriptor a plugin exports (static, immutable). abi_major and abi_minor come

@@ -17,7 +17,7 @@ pub use arrow_schema::ffi::FFI_ArrowSchema;
 /// Incremented on any incompatible change to the types below.
 pub const ABI_MAJOR: u32 = 1;
 /// Incremented on compatible additions (new trailing fields, new codes).
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 
 /// Name of the one exported entry point: `const RecdPluginV1 *recd_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &[u8] = b"recd_plugin_entry\0";
@@ -144,6 +144,12 @@ pub struct RecdHost {
         out: *mut FFI_ArrowArrayStream,
         err: *mut RecdError,
     ) -> i32,
+    /// Since 1.3 (a plugin built for 1.3 may call it; hosts that accept 1.3 plugins
+    /// provide it). Non-zero if this run computes `user` (UTF-8, `len` bytes). A run can
+    /// be one shard of a bigger one (`recd run --shard I/N`): the host keeps only the rows
+    /// of its shard's users, so a plugin may skip the others' work. Calling it is never
+    /// required; in a run of every user it is always non-zero.
+    pub in_shard: unsafe extern "C" fn(ctx: *mut c_void, user: *const u8, len: usize) -> i32,
 }
 
 /// The descriptor a plugin exports. `abi_major` and `abi_minor` come first and stay
@@ -229,7 +235,7 @@ int main(void) {
     S(RecdError) O(RecdError, code) O(RecdError, message)
     S(RecdTable) O(RecdTable, name) O(RecdTable, schema) O(RecdTable, array)
     S(RecdHost) O(RecdHost, ctx) O(RecdHost, score) O(RecdHost, emit) O(RecdHost, log)
-    O(RecdHost, progress) O(RecdHost, is_cancelled) O(RecdHost, open_stream)
+    O(RecdHost, progress) O(RecdHost, is_cancelled) O(RecdHost, open_stream) O(RecdHost, in_shard)
     S(RecdPluginV1) O(RecdPluginV1, abi_major) O(RecdPluginV1, abi_minor) O(RecdPluginV1, name)
     O(RecdPluginV1, version) O(RecdPluginV1, create) O(RecdPluginV1, run) O(RecdPluginV1, destroy)
     O(RecdPluginV1, check) O(RecdPluginV1, stream_inputs)
@@ -260,6 +266,7 @@ int main(void) {
             ("RecdHost.progress", offset_of!(RecdHost, progress)),
             ("RecdHost.is_cancelled", offset_of!(RecdHost, is_cancelled)),
             ("RecdHost.open_stream", offset_of!(RecdHost, open_stream)),
+            ("RecdHost.in_shard", offset_of!(RecdHost, in_shard)),
             ("RecdPluginV1", size_of::<RecdPluginV1>()),
             ("RecdPluginV1.abi_major", offset_of!(RecdPluginV1, abi_major)),
             ("RecdPluginV1.abi_minor", offset_of!(RecdPluginV1, abi_minor)),

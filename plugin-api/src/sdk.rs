@@ -233,6 +233,15 @@ impl<'a> RunContext<'a> {
         // SAFETY: plain call with the host's context.
         unsafe { (self.host.is_cancelled)(self.host.ctx) != 0 }
     }
+
+    /// Whether this run computes `user`: false for a user outside the shard of a sharded
+    /// run (`recd run --shard I/N`), whose rows the host would drop, so a strategy can
+    /// skip their work. Always true in a run of every user. Needs a host of ABI 1.3 or
+    /// later, which is any host that loads a plugin built with this SDK.
+    pub fn in_shard(&self, user: &str) -> bool {
+        // SAFETY: the bytes outlive the call.
+        unsafe { (self.host.in_shard)(self.host.ctx, user.as_ptr(), user.len()) != 0 }
+    }
 }
 
 /// An input read batch by batch ([`RunContext::input_stream`]); a failed read (a

@@ -34,6 +34,7 @@ pub struct Harness {
     stream_batch_rows: usize,
     scorer: Option<Scorer>,
     cancel_after_polls: Option<u64>,
+    in_shard: Option<fn(&str) -> bool>,
     hashes: bool,
 }
 
@@ -83,6 +84,7 @@ struct HostState {
     out: Output,
     polls: u64,
     cancel_after_polls: Option<u64>,
+    in_shard: Option<fn(&str) -> bool>,
 }
 
 impl Harness {
@@ -95,6 +97,7 @@ impl Harness {
             stream_batch_rows: 1024,
             scorer: None,
             cancel_after_polls: None,
+            in_shard: None,
             hashes: false,
         }
     }
@@ -147,6 +150,13 @@ impl Harness {
     /// Expects hash rows (a job with `output = "hashes"`): `user` utf8, then field columns.
     pub fn hashes(mut self) -> Harness {
         self.hashes = true;
+        self
+    }
+
+    /// Answers `in_shard` with `keeps` (default: every user is in), as a host does in a
+    /// sharded run; unlike a host, the harness keeps whatever rows the plugin emits.
+    pub fn shard(mut self, keeps: fn(&str) -> bool) -> Harness {
+        self.in_shard = Some(keeps);
         self
     }
 
@@ -206,6 +216,7 @@ impl Harness {
             out: Output::default(),
             polls: 0,
             cancel_after_polls: self.cancel_after_polls,
+            in_shard: self.in_shard,
         };
         let host = RecdHost {
             ctx: (&mut state as *mut HostState).cast(),
@@ -215,6 +226,7 @@ impl Harness {
             progress: progress_cb,
             is_cancelled: is_cancelled_cb,
             open_stream: open_stream_cb,
+            in_shard: in_shard_cb,
         };
         let mut err = RecdError::new();
         // SAFETY: instance from create_entry::<S>; tables and host outlive the call.
@@ -396,6 +408,13 @@ unsafe extern "C" fn open_stream_cb(
     // SAFETY: the plugin passes an empty stream struct it will own.
     unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(reader))) };
     code::OK
+}
+
+unsafe extern "C" fn in_shard_cb(ctx: *mut c_void, user: *const u8, len: usize) -> i32 {
+    let st = unsafe { state(ctx) };
+    // SAFETY: per the ABI, `len` bytes at `user`.
+    let user = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(user, len) });
+    i32::from(st.in_shard.is_none_or(|keeps| keeps(&user)))
 }
 
 unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {

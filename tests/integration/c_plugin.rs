@@ -142,7 +142,7 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     // refused when the job is loaded, before any run, with both versions named
     let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("future.toml:1: field `plugin`: plugin"), "{status}");
-    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.2"), "{status}");
+    assert!(status.contains("speaks ABI 2.0, this recd speaks ABI 1.3"), "{status}");
     assert!(
         status.contains("nothing.toml:1: field `plugin`: plugin")
             && status.contains("does not export `recd_plugin_entry`")

@@ -103,9 +103,17 @@ fn four_shard_processes_imported_give_the_table_of_one_whole_run() {
     let mut children: Vec<_> =
         (0..4).map(|i| export_cmd(&d, &out, Some(&format!("{i}/4"))).spawn().expect("spawn recd run")).collect();
     children.push(export_cmd(&d, &whole_dir, None).spawn().unwrap());
+    let mut scored = Vec::new();
     for (i, child) in children.into_iter().enumerate() {
-        assert_ok(&child.wait_with_output().unwrap(), &format!("export {i}"));
+        let done = child.wait_with_output().unwrap();
+        assert_ok(&done, &format!("export {i}"));
+        let log = String::from_utf8_lossy(&done.stderr).into_owned();
+        let pairs = log.split("pairs_scored=").nth(1).and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok());
+        scored.push(pairs.unwrap_or_else(|| panic!("export {i} logs no pairs_scored:\n{log}")));
     }
+    // Ranking asks `in_shard`: each shard scores only its users' pairs.
+    assert_eq!(scored[..4].iter().sum::<u64>(), scored[4], "pairs scored by the shards and by the whole run");
+    assert!(scored[..4].iter().all(|&n| n < scored[4] / 3), "{scored:?}");
 
     let (whole_manifest, whole) = read_part(&whole_dir, "ranking-shard-00000-of-00001");
     let mut union = Rows::new();

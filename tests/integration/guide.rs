@@ -65,5 +65,5 @@ fn the_plugin_guide_works_word_by_word() {
     assert!(stdout.contains("published table hello version 1"), "{stdout}");
     let listed = stdout.lines().skip_while(|l| !l.contains("published table hello")).skip(1).take(10).count();
     assert_eq!(listed, 10, "5 items with their scores from redis-cli:\n{stdout}");
-    assert!(stdout.contains("hello 0.1.0 abi 1.2 sha256 "), "{stdout}");
+    assert!(stdout.contains("hello 0.1.0 abi 1.3 sha256 "), "{stdout}");
 }

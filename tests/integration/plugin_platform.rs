@@ -136,10 +136,10 @@ fn a_new_build_is_used_by_the_next_run_while_a_running_one_keeps_its_code() {
 
     d.run_job("recent");
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
-    assert!(plugins.contains(&format!("recent 0.1.0 abi 1.2 sha256 {}", sha256_hex(&v1))), "{plugins}");
+    assert!(plugins.contains(&format!("recent 0.1.0 abi 1.3 sha256 {}", sha256_hex(&v1))), "{plugins}");
     std::fs::copy(&v2, &recent_so).unwrap(); // in place
     d.run_job("recent");
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
-    assert!(plugins.contains(&format!("recent 0.2.0 abi 1.2 sha256 {}", sha256_hex(&v2))), "{plugins}");
+    assert!(plugins.contains(&format!("recent 0.2.0 abi 1.3 sha256 {}", sha256_hex(&v2))), "{plugins}");
     assert!(plugins.contains(&recent_so.display().to_string()));
 }

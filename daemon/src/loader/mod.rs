@@ -45,6 +45,8 @@ pub trait Host {
     fn is_cancelled(&mut self) -> bool;
     /// Input `name` read as a stream, projected onto `columns` (empty: all).
     fn open_stream(&mut self, name: &str, columns: &[String]) -> Result<Box<dyn RecordBatchReader + Send>, String>;
+    /// Whether the run computes `user` (false outside the run's shard).
+    fn in_shard(&mut self, user: &str) -> bool;
 }
 
 type CheckFn = unsafe extern "C" fn(*mut c_void, *mut RecdTable, usize, *mut RecdError) -> i32;
@@ -185,6 +187,7 @@ impl Instance<'_> {
             progress: progress_cb,
             is_cancelled: is_cancelled_cb,
             open_stream: open_stream_cb,
+            in_shard: in_shard_cb,
         };
         let mut err = RecdError::new();
         // SAFETY: the instance came from this plugin's `create`; tables and vtable outlive
@@ -351,6 +354,17 @@ unsafe extern "C" fn progress_cb(ctx: *mut c_void, done: u64, total: u64) {
 unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
     // SAFETY: ctx per the vtable. A panicking host means: stop.
     catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.is_cancelled())).map(i32::from).unwrap_or(1)
+}
+
+unsafe extern "C" fn in_shard_cb(ctx: *mut c_void, user: *const u8, len: usize) -> i32 {
+    if user.is_null() {
+        return 1;
+    }
+    // SAFETY: ABI 1.3 contract for `in_shard`: `len` bytes at `user`. A panicking host
+    // means: compute the user (the host filters the rows anyway).
+    let bytes = unsafe { std::slice::from_raw_parts(user, len) };
+    let user = String::from_utf8_lossy(bytes);
+    catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.in_shard(&user))).map(i32::from).unwrap_or(1)
 }
 
 unsafe extern "C" fn open_stream_cb(

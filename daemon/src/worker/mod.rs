@@ -134,6 +134,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
         known_users,
         known_items,
         output,
+        shard: spec.shard,
         stats: WorkerStats::default(),
     };
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
@@ -254,6 +255,7 @@ struct WorkerHost<'o> {
     known_users: Option<(String, HashSet<String>)>,
     known_items: Option<(String, HashSet<String>)>,
     output: TableKind,
+    shard: crate::shard::Shard,
     stats: WorkerStats,
     /// The daemon stopped reading: tell the plugin to stop.
     broken: bool,
@@ -317,6 +319,10 @@ impl Host for WorkerHost<'_> {
         if wire::write_message(self.out, &Message::Progress { done, total }).is_err() {
             self.broken = true;
         }
+    }
+
+    fn in_shard(&mut self, user: &str) -> bool {
+        self.shard.contains(user)
     }
 
     fn is_cancelled(&mut self) -> bool {

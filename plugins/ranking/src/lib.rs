@@ -485,6 +485,8 @@ impl Ranking {
             Purchases::Held(held) => Walker::Held(held),
             Purchases::Grouped(columns) => Walker::Grouped(columns.open(ctx)?, columns),
         };
+        let others = other_shards(ctx, vocab);
+        let others = others.as_deref();
         let mut result = Ok(());
         let mut take = |batch: PairBatch, users_done: usize, ctx: &mut RunContext<'_>| {
             let step =
@@ -493,13 +495,14 @@ impl Ranking {
             step.map_err(|e| result = Err(e)).is_ok()
         };
         if !self.params.overlap {
-            let built = build_batches(walker, vocab, pool, batch_pairs, |batch, done| take(batch, done, ctx));
+            let built = build_batches(walker, vocab, pool, others, batch_pairs, |batch, done| take(batch, done, ctx));
             return result.and(built);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<(PairBatch, usize)>(1);
         let built = std::thread::scope(|scope| {
-            let producer = scope
-                .spawn(move || build_batches(walker, vocab, pool, batch_pairs, |b, done| tx.send((b, done)).is_ok()));
+            let producer = scope.spawn(move || {
+                build_batches(walker, vocab, pool, others, batch_pairs, |b, done| tx.send((b, done)).is_ok())
+            });
             for (batch, users_done) in rx.iter() {
                 if !take(batch, users_done, ctx) {
                     break;
@@ -605,10 +608,23 @@ impl Walker<'_> {
 /// with the number of users done so far; stops early when `take` says no. A user's
 /// candidates are the pool minus what they bought, found with a stamp per item (the
 /// user who last marked it) instead of a set lookup per pair.
+/// Per model user index, whether the user belongs to another shard of a sharded run (the
+/// host drops their rows, so they are not scored); None when this run computes everyone.
+fn other_shards(ctx: &RunContext<'_>, vocab: &Vocab) -> Option<Vec<bool>> {
+    let others: Vec<bool> = (0..vocab.users.len()).map(|u| !ctx.in_shard(vocab.users.id(u as u32))).collect();
+    let skipped = others.iter().filter(|&&o| o).count();
+    if skipped == 0 {
+        return None;
+    }
+    ctx.log(LogLevel::Info, &format!("a shard of the run: {skipped} of {} users are other shards'", others.len()));
+    Some(others)
+}
+
 fn build_batches(
     walker: Walker<'_>,
     vocab: &Vocab,
     pool: &Pool,
+    others: Option<&[bool]>,
     batch_pairs: usize,
     mut take: impl FnMut(PairBatch, usize) -> bool,
 ) -> Result<(), PluginError> {
@@ -616,6 +632,10 @@ fn build_batches(
     let mut batch = PairBatch::default();
     let (mut users_done, mut stopped) = (0usize, false);
     walker.walk(vocab, |u, bought| {
+        if others.is_some_and(|o| o[u as usize]) {
+            users_done += 1;
+            return Ok(true);
+        }
         for &i in bought {
             stamp[i as usize] = u;
         }
@@ -928,6 +948,22 @@ mod tests {
                 all.truncate(k);
                 assert_eq!(best, all, "n={n} k={k}");
             }
+        }
+    }
+
+    #[test]
+    fn in_a_shard_only_its_users_are_scored_and_their_lists_are_unchanged() {
+        for overlap in [false, true] {
+            let params = format!(r#"{{"k": 2, "overlap": {overlap}}}"#);
+            let whole = harness(&params).run::<Ranking>().unwrap();
+            let last_progress = |out: &recd_plugin_api::testing::Output| out.progress.last().copied();
+            let shard = harness(&params).shard(|user| user == "u2").run::<Ranking>().unwrap();
+            assert_eq!(shard.users(), ["u2"], "overlap {overlap}");
+            assert_eq!(shard.list("u2"), whole.list("u2"), "overlap {overlap}");
+            assert!(said(&shard, "a shard of the run: 1 of 2 users are other shards'"), "{:?}", shard.logs);
+            // progress still counts every user, skipped or not
+            assert_eq!(last_progress(&shard), last_progress(&whole));
+            assert!(!said(&whole, "a shard of the run"));
         }
     }
 
