@@ -28,7 +28,7 @@ use crate::store::{self, Retention, ServedTable, Store, TableKind};
 /// Version of the manifest's layout.
 pub const MANIFEST_FORMAT: u32 = 1;
 
-/// Rows per Parquet row group batch written.
+/// Rows per batch written (a part's or a `table:` input's).
 const BATCH_ROWS: usize = 65_536;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,13 +172,28 @@ pub fn hashes_schema() -> SchemaRef {
 }
 
 fn write_part(served: &ServedTable, path: &Path) -> anyhow::Result<()> {
-    let schema = match served.kind {
-        TableKind::Lists => lists_schema(),
-        TableKind::Hashes => hashes_schema(),
-    };
     let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let mut writer = ArrowWriter::try_new(file, part_schema(served.kind), Some(props))?;
+    table_batches(served, |batch| Ok(writer.write(&batch)?))?;
+    writer.close()?;
+    Ok(())
+}
+
+fn part_schema(kind: TableKind) -> SchemaRef {
+    match kind {
+        TableKind::Lists => lists_schema(),
+        TableKind::Hashes => hashes_schema(),
+    }
+}
+
+/// Hands `served`'s rows to `write` as record batches of about [`BATCH_ROWS`] rows, in
+/// [`lists_schema`] or [`hashes_schema`] (a `table:` input is the former, a part either).
+pub fn table_batches(
+    served: &ServedTable,
+    mut write: impl FnMut(RecordBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let schema = part_schema(served.kind);
     let mut rows = PartRows::default();
     for entry in served.iter_lists() {
         let (user, value) = entry?;
@@ -197,12 +212,10 @@ fn write_part(served: &ServedTable, path: &Path) -> anyhow::Result<()> {
             }
         }
         if rows.len() >= BATCH_ROWS {
-            writer.write(&rows.take(&schema, served.kind)?)?;
+            write(rows.take(&schema, served.kind)?)?;
         }
     }
-    writer.write(&rows.take(&schema, served.kind)?)?;
-    writer.close()?;
-    Ok(())
+    write(rows.take(&schema, served.kind)?)
 }
 
 enum Cell {

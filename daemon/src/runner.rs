@@ -336,48 +336,9 @@ pub fn exported_table_schema() -> arrow_schema::SchemaRef {
 fn write_table(served: &crate::store::ServedTable, path: &std::path::Path) -> anyhow::Result<()> {
     let schema = exported_table_schema();
     let mut writer = arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(path)?, &schema)?;
-    let mut rows = TableRows::default();
-    for entry in served.iter_lists() {
-        let (user, value) = entry?;
-        let user = String::from_utf8_lossy(&user).into_owned();
-        for (rank, (item, score)) in crate::store::decode_list(&value).into_iter().enumerate() {
-            rows.users.push(user.clone());
-            rows.items.push(String::from_utf8_lossy(item).into_owned());
-            rows.scores.push(score);
-            rows.ranks.push(rank as u32 + 1);
-        }
-        if rows.users.len() >= 65_536 {
-            writer.write(&rows.take(&schema)?)?;
-        }
-    }
-    writer.write(&rows.take(&schema)?)?;
+    crate::export::table_batches(served, |batch| Ok(writer.write(&batch)?))?;
     writer.finish()?;
     Ok(())
-}
-
-/// Rows of an exported table, gathered a batch at a time.
-#[derive(Default)]
-struct TableRows {
-    users: Vec<String>,
-    items: Vec<String>,
-    scores: Vec<f32>,
-    ranks: Vec<u32>,
-}
-
-impl TableRows {
-    fn take(&mut self, schema: &Arc<arrow_schema::Schema>) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        use arrow_array::{Float32Array, StringArray, UInt32Array};
-        let rows = std::mem::take(self);
-        RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from(rows.users)),
-                Arc::new(StringArray::from(rows.items)),
-                Arc::new(Float32Array::from(rows.scores)),
-                Arc::new(UInt32Array::from(rows.ranks)),
-            ],
-        )
-    }
 }
 
 /// Reads frames until the worker's final message or end of stream.

@@ -70,9 +70,11 @@ impl fmt::Display for Shard {
     }
 }
 
-/// FNV-1a, 64-bit.
+/// FNV-1a, 64-bit (the store's checksum hash).
 pub fn shard_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    let mut h = crate::store::Fnv64::new();
+    h.write(bytes);
+    h.finish()
 }
 
 #[cfg(test)]

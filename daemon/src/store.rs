@@ -787,20 +787,21 @@ fn row_hash(user: &[u8], value: &[u8]) -> u64 {
     h.finish()
 }
 
-/// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version.
-struct Fnv64(u64);
+/// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version
+/// (and, in `shard`, to spread users over shards).
+pub(crate) struct Fnv64(u64);
 
 impl Fnv64 {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Fnv64(0xcbf2_9ce4_8422_2325)
     }
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    fn finish(&self) -> u64 {
+    pub(crate) fn finish(&self) -> u64 {
         self.0
     }
 }
