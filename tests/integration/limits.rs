@@ -82,3 +82,61 @@ fn a_client_that_stops_reading_does_not_delay_others() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     drop(stalled);
 }
+
+/// Sends `bytes` on a fresh connection; everything the server answers until it closes.
+fn answer_to(d: &TestDaemon, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[test]
+fn malformed_frames_and_thousands_of_idle_clients_leave_others_served() {
+    let job = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let d = TestDaemon::start(&[("t", job)]);
+    d.run_job("t");
+    // Each malformed frame gets the protocol error redis-server 7 sends for it (its
+    // answers, recorded), and the connection is closed; what came before it on the
+    // connection is answered.
+    let cases: [(&[u8], &str); 4] = [
+        (b"*abc\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$-5\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n:5\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (b"PING\r\n*2\r\n$4\r\nECHO\r\n$zz\r\n", "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(answer_to(&d, bytes), want, "{:?}", String::from_utf8_lossy(bytes));
+    }
+    // Stricter than Redis, which takes any two bytes after a bulk string: recd wants CRLF.
+    let got = answer_to(&d, b"*1\r\n$4\r\nPINGxx");
+    assert_eq!(got, "-ERR Protocol error: bulk string not terminated by CRLF\r\n");
+    // Bytes that are no command: an error, as Redis answers, and the client may go on.
+    let mut s = UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0xff, 0xfe, b'*', b'\r', b'\n']).unwrap();
+    s.write_all(b"PING\r\n").unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"+PONG\r\n") {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"-ERR unknown command"), "{:?}", String::from_utf8_lossy(&got));
+    // 3,000 clients connect and say nothing; a well-behaved one is served throughout.
+    let idle: Vec<UnixStream> = (0..3000).map(|_| UnixStream::connect(d.socket()).unwrap()).collect();
+    let mut conn = d.redis();
+    let started = Instant::now();
+    for _ in 0..200 {
+        let list: Vec<String> = redis::cmd("ZREVRANGE").arg("t:u1").arg(0).arg(-1).query(&mut conn).unwrap();
+        assert_eq!(list.len(), 3);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // ... and a new client still gets in.
+    assert_eq!(ping(&d).1, "+PONG\r\n");
+    drop(idle);
+    assert!(d.cli(&["status"]).status.success());
+}

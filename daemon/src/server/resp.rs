@@ -44,7 +44,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, ProtocolError> {
     if buf[0] != b'*' {
         return parse_inline(buf);
     }
-    let Some((n, mut at)) = read_line_int(buf, 1)? else { return Ok(None) };
+    let Some((n, mut at)) = read_line_int(buf, 1, "invalid multibulk length")? else { return Ok(None) };
     if n < 0 {
         return Ok(Some((Args::new(), at)));
     }
@@ -60,7 +60,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<'_>, ProtocolError> {
         if buf[at] != b'$' {
             return invalid(format!("expected '$', got '{}'", buf[at] as char));
         }
-        let Some((len, start)) = read_line_int(buf, at + 1)? else { return Ok(None) };
+        let Some((len, start)) = read_line_int(buf, at + 1, "invalid bulk length")? else { return Ok(None) };
         if len < 0 || len as usize > MAX_BULK_LEN {
             return invalid("invalid bulk length");
         }
@@ -90,7 +90,8 @@ fn parse_inline(buf: &[u8]) -> Result<Parsed<'_>, ProtocolError> {
 }
 
 /// Reads an integer terminated by CRLF starting at `at`; returns it and the next offset.
-fn read_line_int(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
+/// A line that is no integer is refused with `what` (Redis's words for that line).
+fn read_line_int(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, ProtocolError> {
     let Some(rel) = buf.get(at..).and_then(|s| s.windows(2).position(|w| w == b"\r\n")) else {
         if buf.len() - at.min(buf.len()) > 32 {
             return invalid("length line too long");
@@ -100,7 +101,7 @@ fn read_line_int(buf: &[u8], at: usize) -> Result<Option<(i64, usize)>, Protocol
     let text = std::str::from_utf8(&buf[at..at + rel]).ok();
     match text.and_then(|t| t.parse::<i64>().ok()) {
         Some(n) => Ok(Some((n, at + rel + 2))),
-        None => invalid("invalid length"),
+        None => invalid(what),
     }
 }
 
@@ -124,7 +125,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> 
             Ok(Some((frame, end + 2)))
         }
         b'$' => {
-            let Some((len, start)) = read_line_int(buf, 1)? else { return Ok(None) };
+            let Some((len, start)) = read_line_int(buf, 1, "invalid length")? else { return Ok(None) };
             if len < 0 {
                 return Ok(Some((Frame::Null, start)));
             }
@@ -135,7 +136,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> 
             Ok(Some((Frame::Bulk(buf[start..end].to_vec()), end + 2)))
         }
         b'*' => {
-            let Some((n, mut at)) = read_line_int(buf, 1)? else { return Ok(None) };
+            let Some((n, mut at)) = read_line_int(buf, 1, "invalid length")? else { return Ok(None) };
             if n < 0 {
                 return Ok(Some((Frame::Null, at)));
             }
