@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is
 # missing (scripts/setup.sh) and build first.
-.PHONY: setup demo test lint model quality bench-serving bench-batch
+.PHONY: setup demo test lint model quality bench-serving bench-batch fuzz
 
 setup:
 	scripts/setup.sh
@@ -44,3 +44,16 @@ bench-batch: setup
 	PYTHONPATH=.deps/pytools python3 -c "import numpy, pandas, pyarrow, onnx, onnxruntime, redis" 2>/dev/null || \
 	  python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
 	python3 scripts/bench_batch.py
+
+# Fuzzes each target in fuzz/ (cargo-fuzz, libFuzzer with AddressSanitizer) for FUZZ_SECONDS
+# (default 600), starting from the committed seeds; the growing corpora stay in fuzz/corpus/
+# and any crash in fuzz/artifacts/. cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP=1 lets
+# the stable toolchain use them. See fuzz/README.md.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= resp
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t && \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096) || exit 1; \
+	done
