@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::job::{self, InputFormat, Job};
 use crate::plugins::{Registry, sha256_file};
-use crate::runner::{self, RunControl};
+use crate::runner::{self, RemoveOnDrop, RunControl};
 use crate::shard::Shard;
 use crate::store::{self, Retention, ServedTable, Store, TableKind};
 
@@ -39,7 +39,7 @@ pub struct Manifest {
     pub table: String,
     pub kind: TableKind,
     pub shard: Shard,
-    /// SHA-256 of the plugin library that ran.
+    /// SHA-256 of the plugin library that ran (its snapshot).
     pub plugin_sha256: String,
     /// SHA-256 of the model file and of its external data file (`<model>.data`) if it has
     /// one; None for a job without a model.
@@ -78,7 +78,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (part, manifest_path) = part_paths(dir, &job.name, shard);
-    let scratch = Scratch(dir.join(format!(".{}.tmp-{}", part_file_name(&part), std::process::id())));
+    let scratch = RemoveOnDrop(dir.join(format!(".{}.tmp-{}", part_file_name(&part), std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);
     let mut run_config = config.clone();
     run_config.data_dir = scratch.0.clone();
@@ -88,6 +88,8 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
     let report = runner::execute(&job, run_id, &run_config, &store, &plugins, &RunControl::new(), shard)
         .map_err(|e| anyhow::anyhow!("job {}: {e}", job.name))?;
     let served = store.served(&job.table).context("the run's version is not in the scratch store")?;
+    // The snapshot that ran, as the run recorded it (the file may have been replaced since).
+    let plugin_sha256 = plugins.list().into_iter().next().map(|p| p.sha256).context("the run recorded no plugin")?;
     let tmp_part = scratch.0.join("part.parquet");
     write_part(&served, &tmp_part)?;
     let manifest = Manifest {
@@ -96,7 +98,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
         table: job.table.clone(),
         kind: job.kind,
         shard,
-        plugin_sha256: sha256_file(&job.plugin)?,
+        plugin_sha256,
         model_sha256: job.model.as_deref().map(model_sha256).transpose()?,
         inputs: input_fingerprints(&job)?,
         users: report.version.users,
@@ -128,15 +130,6 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
 
 fn part_file_name(part: &Path) -> String {
     part.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-/// The scratch store of one export, removed however the export ends.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn model_sha256(model: &Path) -> anyhow::Result<String> {

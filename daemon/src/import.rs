@@ -106,13 +106,11 @@ fn read_manifests(table: &str, dirs: &[PathBuf]) -> Result<Vec<Found>, ImportErr
 fn complete_set(found: &[Found]) -> Result<Vec<&Found>, ImportError> {
     let first = &found[0];
     for other in &found[1..] {
-        if let Some(field) = differing_field(&first.manifest, &other.manifest) {
+        if let Some((field, a, b)) = differing_field(&first.manifest, &other.manifest) {
             return Err(refused(format!(
-                "parts of different runs: {} and {} differ in `{field}` ({} against {})",
+                "parts of different runs: {} and {} differ in `{field}` ({a} against {b})",
                 first.file.display(),
                 other.file.display(),
-                field_text(&first.manifest, field),
-                field_text(&other.manifest, field)
             )));
         }
     }
@@ -140,30 +138,23 @@ fn complete_set(found: &[Found]) -> Result<Vec<&Found>, ImportError> {
     Ok(by_index.into_values().collect())
 }
 
-/// The first field two parts of one run must share and these do not.
-fn differing_field(a: &Manifest, b: &Manifest) -> Option<&'static str> {
-    [
-        ("job", a.job == b.job),
-        ("kind", a.kind == b.kind),
-        ("shard.count", a.shard.count == b.shard.count),
-        ("plugin_sha256", a.plugin_sha256 == b.plugin_sha256),
-        ("model_sha256", a.model_sha256 == b.model_sha256),
-        ("inputs", a.inputs == b.inputs),
-    ]
-    .into_iter()
-    .find(|(_, same)| !same)
-    .map(|(field, _)| field)
-}
+/// A manifest field parts of one run share: its name and its value as text.
+type SharedField = (&'static str, fn(&Manifest) -> String);
 
-fn field_text(m: &Manifest, field: &str) -> String {
-    match field {
-        "job" => m.job.clone(),
-        "kind" => format!("{:?}", m.kind).to_lowercase(),
-        "shard.count" => m.shard.count.to_string(),
-        "plugin_sha256" => m.plugin_sha256.clone(),
-        "model_sha256" => m.model_sha256.clone().unwrap_or_else(|| "no model".into()),
-        _ => serde_json::to_string(&m.inputs).unwrap_or_default(),
-    }
+/// The first field two parts of one run must share and these do not, with both values.
+fn differing_field(a: &Manifest, b: &Manifest) -> Option<(&'static str, String, String)> {
+    let fields: [SharedField; 6] = [
+        ("job", |m| m.job.clone()),
+        ("kind", |m| format!("{:?}", m.kind).to_lowercase()),
+        ("shard.count", |m| m.shard.count.to_string()),
+        ("plugin_sha256", |m| m.plugin_sha256.clone()),
+        ("model_sha256", |m| m.model_sha256.clone().unwrap_or_else(|| "no model".into())),
+        ("inputs", |m| serde_json::to_string(&m.inputs).unwrap_or_default()),
+    ];
+    fields.into_iter().find_map(|(name, text)| {
+        let (x, y) = (text(a), text(b));
+        (x != y).then_some((name, x, y))
+    })
 }
 
 fn load_parts(staged: &mut StagedVersion, parts: &[&Found]) -> Result<(), ImportError> {

@@ -286,8 +286,8 @@ pub fn self_exe() -> std::io::Result<std::path::PathBuf> {
     if proc_exe.exists() { Ok(proc_exe) } else { std::env::current_exe() }
 }
 
-/// Deletes a run's scratch folder when the run is over, however it ends.
-struct RemoveOnDrop(std::path::PathBuf);
+/// Deletes a scratch folder (a run's, an export's) when its scope ends, however it ends.
+pub struct RemoveOnDrop(pub std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
