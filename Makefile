@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is
 # missing (scripts/setup.sh) and build first.
-.PHONY: setup demo test lint model quality bench-serving bench-batch fuzz
+.PHONY: setup demo test lint model quality bench-serving bench-batch fuzz soak
 
 setup:
 	scripts/setup.sh
@@ -50,10 +50,19 @@ bench-batch: setup
 # and any crash in fuzz/artifacts/. cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP=1 lets
 # the stable toolchain use them. See fuzz/README.md.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= resp
+FUZZ_TARGETS ?= resp job_file result_stream
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/corpus/$$t && \
 	  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096) || exit 1; \
 	done
+
+# Soak test (not in `make test`): the release daemon for SOAK_MINUTES (default 30) with jobs
+# every few seconds, job files edited and broken, plugin files replaced, 50 readers; prints
+# errors, memory over time and read latency percentiles (daemon/examples/soak.rs; work files
+# and report.md in target/soak/).
+SOAK_MINUTES ?= 30
+soak: setup
+	cargo build --release --workspace --examples
+	target/release/examples/soak --minutes $(SOAK_MINUTES)

@@ -8,7 +8,9 @@
 //! Entries are keyed by the *serving generation* of a version (a number handed out each
 //! time a version becomes current, see [`ReadCache::next_generation`]) and the user key.
 //! A publish or rollback starts a new generation, so an entry of a version no longer
-//! current can never be served; it just ages out. Memory is bounded by the weight
+//! current can never be served; when the last handle on that version goes, its entries
+//! are dropped ([`ReadCache::forget`]) rather than left to age out, so the cache holds
+//! what is served now and not stale copies up to its capacity. Memory is bounded by the weight
 //! capacity (bytes of values and keys); values are copied out of sled's node buffers on
 //! insert so an entry never pins a whole node.
 use std::hash::{Hash, Hasher};
@@ -70,6 +72,20 @@ impl ReadCache {
         self.generations.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Drops every entry of `generation`, a serving that has ended. One pass over the
+    /// cache, shard by shard; it runs once per publish or rollback.
+    pub fn forget(&self, generation: u64) {
+        if let Some(cache) = &self.cache {
+            cache.retain(|key, _| key.0 != generation);
+        }
+    }
+
+    /// Bytes of keys and values held.
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.weight())
+    }
+
     /// The value of `user` in `generation`, from the cache or else from `read`, which is
     /// then kept for the next reader. Absent keys are not cached.
     pub fn get_or_read<E>(
@@ -93,6 +109,25 @@ impl ReadCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_generation_frees_its_entries_and_keeps_the_others() {
+        let cache = ReadCache::new(1 << 20);
+        let (old, new) = (cache.next_generation(), cache.next_generation());
+        let calls = std::cell::Cell::new(0);
+        for user in 0..100u32 {
+            let user = user.to_le_bytes();
+            cache.get_or_read(old, &user, read_counting(&calls, &[1; 500])).unwrap();
+            cache.get_or_read(new, &user, read_counting(&calls, &[2; 100])).unwrap();
+        }
+        let both = cache.weight();
+        cache.forget(old);
+        assert_eq!(cache.weight(), both - 100 * (4 + 500 + 48));
+        // The other generation is still served from the cache.
+        let before = calls.get();
+        let v = cache.get_or_read(new, &7u32.to_le_bytes(), read_counting(&calls, b"x")).unwrap().unwrap();
+        assert_eq!((v.as_ref(), calls.get()), (&[2; 100][..], before));
+    }
 
     fn read_counting<'a>(
         calls: &'a std::cell::Cell<u32>,

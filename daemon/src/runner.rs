@@ -258,24 +258,54 @@ pub fn execute(
         (None, Ok(Some(Message::Failed { error }))) => Err(RunError::Failed(error)),
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    match outcome.and_then(|provider| collector.finish().map(|()| provider).map_err(RunError::from)) {
-        Ok((provider, stats)) => {
-            let version = store.publish(collector.into_staged())?;
-            Ok(RunReport {
-                job: job.name.clone(),
-                run_id,
-                table: job.table.clone(),
-                version,
-                provider,
-                seconds: started.elapsed().as_secs_f64(),
-                stats,
-            })
-        }
+    let ((provider, stats), version) = settle(store, collector, outcome)?;
+    Ok(RunReport {
+        job: job.name.clone(),
+        run_id,
+        table: job.table.clone(),
+        version,
+        provider,
+        seconds: started.elapsed().as_secs_f64(),
+        stats,
+    })
+}
+
+/// Publishes the collected version when the run succeeded and its last user passes the
+/// checks; discards it otherwise.
+fn settle<T>(
+    store: &Store,
+    mut collector: Collector,
+    outcome: Result<T, RunError>,
+) -> Result<(T, VersionInfo), RunError> {
+    match outcome.and_then(|value| collector.finish().map(|()| value).map_err(RunError::from)) {
+        Ok(value) => Ok((value, store.publish(collector.into_staged())?)),
         Err(e) => {
             store.discard(collector.into_staged())?;
             Err(e)
         }
     }
+}
+
+/// A worker's stdout taken as a run takes it (the same frames, checks, and publish or
+/// discard), with no worker process: what the `result_stream` fuzz target drives.
+pub fn publish_stream(
+    store: &Store,
+    table: &str,
+    kind: TableKind,
+    checks: &OutputChecks,
+    shard: Shard,
+    stream: &mut impl std::io::Read,
+) -> Result<VersionInfo, RunError> {
+    let staged = store.stage(table, "fuzz", 0, kind)?;
+    let mut collector = Collector::new(staged, checks, shard);
+    let control = RunControl::default();
+    let outcome = match read_worker(stream, &mut collector, &control) {
+        Ok(Some(Message::Done { .. })) => Ok(()),
+        Ok(Some(Message::Failed { error })) => Err(RunError::Failed(error)),
+        Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
+        Err(e) => Err(e.into()),
+    };
+    settle(store, collector, outcome).map(|((), version)| version)
 }
 
 /// This very executable, to start workers and probes with. `/proc/self/exe` names the

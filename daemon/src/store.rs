@@ -121,6 +121,14 @@ impl ServedTable {
     }
 }
 
+impl Drop for ServedTable {
+    /// Nobody reads this serving any more (a publish or rollback replaced it and the last
+    /// request on it ended): its cached values can never be served again.
+    fn drop(&mut self) {
+        self.cache.forget(self.generation);
+    }
+}
+
 /// One run of a job, as kept in the history.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {

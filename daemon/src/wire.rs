@@ -121,6 +121,16 @@ pub fn write_message(out: &mut impl Write, message: &Message) -> io::Result<()> 
     out.flush()
 }
 
+/// A batch of result rows as a row frame's payload: a self-contained Arrow IPC stream.
+pub fn encode_rows(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, arrow_schema::ArrowError> {
+    let mut bytes = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())?;
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    Ok(bytes)
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut header = [0u8; 5];

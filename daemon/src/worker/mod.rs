@@ -292,13 +292,7 @@ impl Host for WorkerHost<'_> {
                 }
             }
         }
-        let mut bytes = Vec::new();
-        {
-            let mut w =
-                arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).map_err(|e| e.to_string())?;
-            w.write(&batch).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())?;
-        }
+        let bytes = wire::encode_rows(&batch).map_err(|e| e.to_string())?;
         self.rows += batch.num_rows() as u64;
         wire::write_frame(self.out, wire::TAG_ROWS, &bytes).map_err(|e| {
             self.broken = true;

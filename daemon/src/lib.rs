@@ -1,0 +1,30 @@
+//! `recd`: the daemon (`serve`), its per-run child (`worker`) and the ops CLI.
+//!
+//! A library only so that the fuzz targets in `fuzz/` can reach the parsers through
+//! [`fuzzing`]; the binary (`main.rs`) calls [`cli::main`]. Nothing here is a stable API.
+
+pub mod cli;
+mod client;
+mod config;
+mod daemon;
+mod eval;
+mod evaluate;
+mod export;
+#[doc(hidden)]
+pub mod fuzzing;
+mod import;
+mod job;
+mod loader;
+mod metrics;
+mod plugins;
+mod read_cache;
+mod runner;
+mod schedule;
+mod scheduler;
+mod server;
+mod shard;
+mod store;
+mod systemd;
+mod watch;
+mod wire;
+mod worker;
