@@ -165,11 +165,6 @@ impl Soak {
         self.dir.join("var/recd.sock")
     }
 
-    fn admin(&self) -> anyhow::Result<redis::Connection> {
-        let url = format!("redis+unix://{}", self.dir.join("var/recd-admin.sock").display());
-        Ok(redis::Client::open(url)?.get_connection()?)
-    }
-
     fn run(&self, args: &Args, daemon: &mut Child) -> anyhow::Result<Outcome> {
         self.wait_for_tables(daemon)?;
         let started = Instant::now();
@@ -209,7 +204,7 @@ impl Soak {
             totals.merge(r.join().expect("a reader thread"));
         }
         let mutations = mutator.join().expect("the mutator thread");
-        let verify = match redis::cmd("VERIFY").query::<String>(&mut self.admin()?) {
+        let verify = match redis::cmd("VERIFY").query::<String>(&mut admin(&self.dir)?) {
             Ok(ok) => ok,
             Err(e) => format!("ERR {e}"),
         };
@@ -500,22 +495,24 @@ fn break_job_for_a_while(
     sleep: &dyn Fn(u64),
 ) -> anyhow::Result<()> {
     m.broken_files += 1;
-    let admin = || -> anyhow::Result<redis::Connection> {
-        let url = format!("redis+unix://{}", dir.join("var/recd-admin.sock").display());
-        Ok(redis::Client::open(url)?.get_connection()?)
-    };
-    let last_run_before = cold_start_ok_runs(&mut admin()?, 0)?.into_iter().max().unwrap_or(0);
+    let last_run_before = cold_start_ok_runs(&mut admin(dir)?, 0)?.into_iter().max().unwrap_or(0);
     write_file(&dir.join("jobs/cold-start.toml"), broken.as_bytes(), true)?;
     sleep(10);
-    let status: String = redis::cmd("STATUS").query(&mut admin()?)?;
+    let status: String = redis::cmd("STATUS").query(&mut admin(dir)?)?;
     let errors = status.split_once("job file errors:").map_or("", |(_, errors)| errors);
     if errors.lines().any(|l| l.contains("cold-start.toml:")) {
         m.broken_reported += 1;
     } else {
         m.problems.push(format!("broken cold-start.toml not reported in STATUS:\n{status}"));
     }
-    m.runs_while_broken += cold_start_ok_runs(&mut admin()?, last_run_before)?.len() as u64;
+    m.runs_while_broken += cold_start_ok_runs(&mut admin(dir)?, last_run_before)?.len() as u64;
     write_file(&dir.join("jobs/cold-start.toml"), good.as_bytes(), true)
+}
+
+/// A connection to the soak daemon's admin socket.
+fn admin(dir: &Path) -> anyhow::Result<redis::Connection> {
+    let url = format!("redis+unix://{}", dir.join("var/recd-admin.sock").display());
+    Ok(redis::Client::open(url)?.get_connection()?)
 }
 
 /// Run ids of cold-start's runs after `after` that published, from its kept history.

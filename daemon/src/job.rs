@@ -597,7 +597,6 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Line where `key = ...` is written, or 1 when the key is absent.
 /// The line of `key = ...`, or of a table header `[key]`; 1 when neither is found.
 fn line_of_key(text: &str, key: &str) -> usize {
     let header = format!("[{key}]");
