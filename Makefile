@@ -52,7 +52,7 @@ bench-batch: setup
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?= resp job_file result_stream
 fuzz:
-	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/corpus/$$t && \
 	  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096) || exit 1; \
@@ -62,7 +62,9 @@ fuzz:
 # every few seconds, job files edited and broken, plugin files replaced, 50 readers; prints
 # errors, memory over time and read latency percentiles (daemon/examples/soak.rs; work files
 # and report.md in target/soak/).
+# `setup.sh --tests` builds with the dev-dependencies' features, as the soak example needs:
+# the same build as `make test`, not a second one.
 SOAK_MINUTES ?= 30
-soak: setup
-	cargo build --release --workspace --examples
+soak:
+	scripts/setup.sh --tests
 	target/release/examples/soak --minutes $(SOAK_MINUTES)

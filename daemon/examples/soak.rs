@@ -2,7 +2,8 @@
 //! (default 30) with jobs firing every few seconds, job files edited and broken and plugin
 //! files replaced at random, and 50 clients reading without pause. Afterwards it reports the
 //! errors seen (target 0), the daemon's memory over time (target flat) and read latency
-//! percentiles per window, as Markdown on stdout and in `target/soak/report.md`.
+//! percentiles per window, as Markdown on stdout and in `target/soak/report.md` (every RSS
+//! sample in `target/soak/rss.csv`).
 //!
 //! Errors counted: a failed read or an empty answer where a list must exist, a failed run, a
 //! broken job file the daemon does not report, a store `VERIFY` finding, a daemon that dies.
@@ -64,8 +65,12 @@ fn main() -> anyhow::Result<()> {
     let outcome = soak.run(&args, &mut daemon);
     let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
     let exit = daemon.wait()?;
-    let report = outcome?.render(&args, &soak, exit.success());
+    let outcome = outcome?;
+    let report = outcome.render(&args, &soak, exit.success());
     std::fs::write(soak.dir.join("report.md"), &report)?;
+    // Every 5-second sample, to plot or to judge a plateau finer than the report's windows.
+    let samples: String = outcome.rss_mib.iter().map(|(at, mib)| format!("{at:.3},{mib:.1}\n")).collect();
+    std::fs::write(soak.dir.join("rss.csv"), format!("minutes,daemon_rss_mib\n{samples}"))?;
     println!("{report}");
     Ok(())
 }
@@ -107,6 +112,7 @@ struct Mutations {
 struct Window {
     latency: Histogram<u64>,
     rss_mib: f64,
+    store_mib: f64,
 }
 
 impl Soak {
@@ -214,8 +220,9 @@ impl Soak {
             .enumerate()
             .map(|(i, latency)| {
                 let end = (i + 1) as f64 * args.window_minutes;
-                let rss = rss_mib.iter().rev().find(|(at, _)| *at <= end).map_or(0.0, |(_, m)| *m);
-                Window { latency, rss_mib: rss }
+                let last_before =
+                    |series: &[(f64, f64)]| series.iter().rev().find(|(at, _)| *at <= end).map_or(0.0, |(_, m)| *m);
+                Window { latency, rss_mib: last_before(&rss_mib), store_mib: last_before(&store_mib) }
             })
             .collect();
         Ok(Outcome {
@@ -399,9 +406,10 @@ impl Reader {
         let (command, key) = match pick % 10 {
             0..=5 => ("ZREVRANGE", format!("synth:{:012}", self.next() % SYNTH_USERS)),
             // Customers the model lacks fall back to cold-start, new ones to its default.
-            6 | 7 => {
-                ("ZREVRANGE", if pick % 7 == 0 { format!("ranking:new-{pick}") } else { format!("ranking:{customer}") })
-            }
+            6 | 7 => (
+                "ZREVRANGE",
+                if pick.is_multiple_of(7) { format!("ranking:new-{pick}") } else { format!("ranking:{customer}") },
+            ),
             8 => ("ZREVRANGE", format!("diversity:{customer}")),
             _ => ("GET", "cold-start:__default__".to_owned()),
         };
@@ -639,7 +647,7 @@ impl Outcome {
         );
         let _ = writeln!(
             s,
-            "\n| minutes | reads/s | p50 µs | p99 µs | p99.9 µs | max µs | daemon RSS MiB |\n|---|---|---|---|---|---|---|"
+            "\n| minutes | reads/s | p50 µs | p99 µs | p99.9 µs | max µs | daemon RSS MiB | store on disk MiB |\n|---|---|---|---|---|---|---|---|"
         );
         for (i, w) in self.windows.iter().enumerate() {
             let secs =
@@ -647,7 +655,7 @@ impl Outcome {
             let h = &w.latency;
             let _ = writeln!(
                 s,
-                "| {:.0}–{:.0} | {:.0} | {} | {} | {} | {} | {:.0} |",
+                "| {:.0}–{:.0} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} |",
                 i as f64 * args.window_minutes,
                 (i + 1) as f64 * args.window_minutes,
                 h.len() as f64 / secs.max(1.0),
@@ -655,7 +663,8 @@ impl Outcome {
                 h.value_at_quantile(0.99),
                 h.value_at_quantile(0.999),
                 h.max(),
-                w.rss_mib
+                w.rss_mib,
+                w.store_mib
             );
         }
         for line in self.log_errors.iter().take(5).chain(m.problems.iter().take(5)) {

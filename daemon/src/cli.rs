@@ -454,12 +454,14 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     if let Err(e) = daemon.reload().await {
         tracing::error!("{e:#}");
     }
-    let read = bind(&config.socket, config.socket_mode)?;
-    let admin = bind(&config.admin_socket, 0o600)?;
     daemon.start_scheduler().await?;
+    // Watching before the sockets exist: a client that connects and then writes a job file
+    // (as the tests do) must not be able to beat the watcher to it.
     let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon))
         .map_err(|e| tracing::error!("live reload is off: cannot watch {}: {e}", config.jobs_dir.display()))
         .ok();
+    let read = bind(&config.socket, config.socket_mode)?;
+    let admin = bind(&config.admin_socket, 0o600)?;
     tracing::info!(socket = %config.socket.display(), admin = %config.admin_socket.display(), "serving");
     systemd::notify("READY=1");
 

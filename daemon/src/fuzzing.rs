@@ -90,9 +90,9 @@ fn exercise_job(parsed: &job::Job) {
     assert!(parsed.inputs.iter().all(|i| i.path.is_absolute() || i.format == job::InputFormat::Table));
     if let Some(schedule) = &parsed.schedule {
         let from = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a valid instant");
-        if let Some(next) = schedule.next_after(from) {
-            assert!(next > from, "next fire time {next} is not after {from}");
-        }
+        // Validation refused every pattern no date matches, so a valid one fires.
+        let next = schedule.next_after(from).expect("a valid schedule fires");
+        assert!(next > from, "next fire time {next} is not after {from}");
         let upcoming = schedule.upcoming(from, 3);
         assert!(upcoming.windows(2).all(|w| w[0] < w[1]), "fire times out of order: {upcoming:?}");
     }
@@ -114,6 +114,7 @@ pub enum StreamOutcome {
 /// the whole; bits 3..: `max_items_per_user` 1..=32), the rest is the stream. A refused
 /// stream must leave the served version as it was; a published one must be sound.
 pub fn result_stream(data: &[u8]) -> StreamOutcome {
+    use_the_daemons_panic_hook();
     let Some((&settings, stream)) = data.split_first() else { return StreamOutcome::Refused("no input".into()) };
     let kind = if settings & 1 == 1 { TableKind::Hashes } else { TableKind::Lists };
     let checks = OutputChecks {
@@ -146,6 +147,21 @@ pub fn result_stream(data: &[u8]) -> StreamOutcome {
             assert_eq!(before, after, "a refused stream changed the served version ({e})");
             StreamOutcome::Refused(refusal_text(&e))
         }
+    }
+}
+
+/// libFuzzer's panic hook aborts at every panic, even one the daemon catches (arrow-ipc's
+/// on a malformed stream, see `wire::decode_rows`). The daemon runs with Rust's default
+/// hook, which prints the message and unwinds; a hook that does the same (without the
+/// backtrace cargo-fuzz asks for, whose symbolising would slow the fuzzer a hundredfold)
+/// is put in, once, so that the target judges what the daemon does: a panic it catches is
+/// a refused stream, and one it does not catch still reaches libFuzzer's harness, which
+/// aborts and reports it.
+/// (`cfg(fuzzing)`: cargo-fuzz builds with it; the seed tests keep the test harness's hook.)
+fn use_the_daemons_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if cfg!(fuzzing) {
+        ONCE.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}"))));
     }
 }
 
@@ -218,7 +234,9 @@ fn fuzz_store() -> &'static Mutex<Store> {
         let dir: PathBuf = root.join(format!("recd-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let retention = Retention { count: 2, max_age: None };
-        Mutex::new(Store::open(&dir, retention).expect("the fuzz store opens"))
+        // A small page cache: the fuzzer's tables are tiny, and libFuzzer stops at 2 GiB.
+        let caches = store::Caches { sled_bytes: 64 << 20, read_bytes: 0 };
+        Mutex::new(Store::open_with(&dir, retention, caches).expect("the fuzz store opens"))
     })
 }
 
@@ -282,6 +300,17 @@ mod tests {
         }
     }
 
+    /// The result_stream target's first finding: arrow-ipc panicked, inside the daemon's run,
+    /// on a buffer whose offset lies past the message body. The run now fails and says why.
+    #[test]
+    fn a_buffer_past_the_ipc_body_fails_the_run_and_says_why() {
+        let data = std::fs::read(seed_dir("result_stream").join("bad-arrow-buffer-past-body")).unwrap();
+        match result_stream(&data) {
+            StreamOutcome::Refused(reason) => assert!(reason.contains("malformed Arrow IPC stream"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn the_committed_result_stream_seeds_are_the_built_ones() {
         let dir = seed_dir("result_stream");
@@ -316,8 +345,11 @@ mod tests {
     const ALLOW_EMPTY: u8 = 2;
     const HALF_SHARD: u8 = 4;
 
-    /// (file name, bytes, published (users, rows) or words of the refusal).
-    fn built_streams() -> Vec<(&'static str, Vec<u8>, Result<(u64, u64), &'static str>)> {
+    /// A built seed: its file name, its bytes, and the published (users, rows) or words of
+    /// the refusal.
+    type BuiltStream = (&'static str, Vec<u8>, Result<(u64, u64), &'static str>);
+
+    fn built_streams() -> Vec<BuiltStream> {
         let three_users = [
             rows(&[("u1", "a", 0.9), ("u1", "b", 0.5), ("u1", "c", 0.7), ("u2", "a", 0.1), ("u2", "d", 0.2)]),
             rows(&[("u3", "z", -1.0)]),
@@ -354,6 +386,8 @@ mod tests {
             ),
             ("bad-nan", stream(LISTS_MAX_10, &[rows(&[("u", "a", f32::NAN)]), done(1)]), Err("non-finite")),
             ("bad-tag", stream(LISTS_MAX_10, &[(b'X', vec![1, 2, 3])]), Err("unknown frame tag")),
+            ("bad-no-columns", stream(LISTS_MAX_10, &[no_columns(), done(1)]), Err("rows with 0 columns")),
+            ("bad-hash-no-columns", stream(HASHES, &[no_columns(), done(1)]), Err("rows with 0 columns")),
             ("bad-cut", cut(stream(LISTS_MAX_10, &[three_users[0].clone(), done(5)])), Err("")),
         ]
     }
@@ -380,6 +414,14 @@ mod tests {
             ("score", Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.2))) as ArrayRef),
         ])
         .unwrap();
+        (TAG_ROWS, wire::encode_rows(&batch).unwrap())
+    }
+
+    /// One row and no columns: a batch the Arrow IPC format allows and no table can take.
+    fn no_columns() -> Frame {
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(1));
+        let batch =
+            RecordBatch::try_new_with_options(Arc::new(arrow_schema::Schema::empty()), vec![], &options).unwrap();
         (TAG_ROWS, wire::encode_rows(&batch).unwrap())
     }
 

@@ -195,14 +195,16 @@ pub fn execute(
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     // The worker loads a snapshot: replacing the plugin file cannot touch this run.
-    let (snapshot, sha256) = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
+    // Held until the run ends: no prune removes it while the worker loads it.
+    let snapshot = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
+    let sha256 = snapshot.sha256.clone();
     let run_dir = config.data_dir.join("runs").join(run_id.to_string());
     let inputs = export_table_inputs(&job.inputs, store, &run_dir)?;
     let _cleanup = RemoveOnDrop(run_dir);
     let spec = RunSpec {
         job: job.name.clone(),
         run_id,
-        plugin: snapshot,
+        plugin: snapshot.path.clone(),
         expect_name: job.plugin_name.clone(),
         known_users: job.checks.known_users.clone(),
         known_items: job.checks.known_items.clone(),
@@ -380,9 +382,8 @@ fn read_worker(
     while let Some((tag, payload)) = wire::read_frame(stdout)? {
         match tag {
             wire::TAG_ROWS => {
-                let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(payload), None)?;
-                for batch in reader {
-                    collector.add(&batch?)?;
+                for batch in wire::decode_rows(payload)? {
+                    collector.add(&batch)?;
                 }
             }
             wire::TAG_MESSAGE => match serde_json::from_slice::<Message>(&payload)? {
@@ -509,6 +510,15 @@ impl Collector {
     }
 
     fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        // The worker checked its plugin's schema, but the stream is read as untrusted (a
+        // batch without columns was the `result_stream` fuzz target's second finding).
+        let (wanted, needs) = match self.staged.kind {
+            TableKind::Lists => (3..=3, "a lists table needs user, item, score"),
+            TableKind::Hashes => (1..=usize::MAX, "a hashes table needs the user first, then its fields"),
+        };
+        if !wanted.contains(&batch.num_columns()) {
+            anyhow::bail!("worker sent rows with {} columns; {needs}", batch.num_columns());
+        }
         match self.staged.kind {
             TableKind::Lists => self.add_lists(batch),
             TableKind::Hashes => self.add_hashes(batch),

@@ -49,6 +49,9 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
             ));
         }
     }
+    if let Some(problem) = empty_element(trimmed) {
+        return Err(format!("{expr:?}: {problem}"));
+    }
     CronParser::builder().seconds(Seconds::Optional).dom_and_dow(false).build().parse(trimmed).map_err(|e| {
         let detail = field_problem(trimmed).unwrap_or_else(|| e.to_string().trim_end_matches('.').to_string());
         format!("{expr:?}: {detail}")
@@ -57,6 +60,17 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
 
 const MONTHS: [&str; 12] = ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"];
 const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Finds an empty element in a field's comma list. croner reads `5,` as `5` but a field of
+/// commas alone as matching nothing: `56 , * * * *` then never fires, and finding that out
+/// walked every hour to the year 5000 (8.6 s; the `job_file` fuzz target's finding).
+fn empty_element(expr: &str) -> Option<String> {
+    let parts: Vec<&str> = expr.split_whitespace().collect();
+    let names = ["second", "minute", "hour", "day of month", "month", "day of week"];
+    let names = if parts.len() == 5 { &names[1..] } else { &names[..] };
+    let (part, name) = parts.iter().zip(names).find(|(part, _)| part.split(',').any(str::is_empty))?;
+    Some(format!("{name}: {part:?} has an empty element in its comma list"))
+}
 
 /// Finds a number outside its field's range, to say which field is wrong (croner only
 /// says "Number out of bounds").
@@ -93,7 +107,14 @@ pub fn parse_zone(name: &str) -> Result<Tz, String> {
 
 impl Schedule {
     pub fn new(expr: &str, tz: Tz) -> Result<Schedule, String> {
-        Ok(Schedule { expr: expr.trim().to_string(), tz, cron: parse_cron(expr)? })
+        let cron = parse_cron(expr)?;
+        // A pattern no date matches (the 30th of February, `7L` in croner's reading) would
+        // be accepted and never run. With every field non-empty the search steps at worst
+        // a day at a time to the year 5000: 30-60 ms, once per job file read.
+        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+            return Err(format!("{:?}: no date matches it, so it would never fire", expr.trim()));
+        }
+        Ok(Schedule { expr: expr.trim().to_string(), tz, cron })
     }
 
     /// The first fire time strictly after `t`.
@@ -116,7 +137,10 @@ impl Schedule {
     /// new offset. Skipped wall times never match; repeated ones match in both passes.
     fn next_real_time(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let (mut from, mut offset) = (t, self.offset_at(t));
-        for _ in 0..8 {
+        // Each pass gets past one offset change. A rare pattern crosses many: a leap-day
+        // job waits up to 8 years (16 changes), `MON#5` in February 28 (56); 256 passes
+        // cover 128 years of twice-yearly changes.
+        for _ in 0..256 {
             let next = self.cron.find_next_occurrence(&from.with_timezone(&offset), false).ok()?.with_timezone(&Utc);
             if self.offset_at(next) == offset {
                 return Some(next);
@@ -214,6 +238,20 @@ mod tests {
         assert_eq!(fires("@weekly", "UTC", "2026-01-01T00:10:00Z", 1), ["2026-01-04 00:00:00 +00:00"]);
     }
 
+    /// An interval job that fires only on leap days, in a zone with daylight saving: the
+    /// search crosses eight offset changes to the next leap day, and finds it.
+    #[test]
+    fn a_rare_interval_job_is_found_across_many_offset_changes() {
+        assert_eq!(
+            fires("*/30 * 29 2 *", "Europe/Berlin", "2028-03-01T00:00:00Z", 2),
+            ["2032-02-29 00:00:00 +01:00", "2032-02-29 00:30:00 +01:00"]
+        );
+        assert_eq!(
+            fires("0 */12 * 2 MON#5", "America/New_York", "2044-03-01T00:00:00Z", 1),
+            ["2072-02-29 00:00:00 -05:00"]
+        );
+    }
+
     #[test]
     fn day_of_month_or_day_of_week_as_in_classic_cron() {
         // the 1st of the month OR any Monday: Jan 1 2026 is a Thursday, Jan 5 a Monday
@@ -308,6 +346,10 @@ mod tests {
         assert!(parse_cron("* * *").unwrap_err().contains("expected 5 fields"));
         assert!(parse_cron("61 * * * *").is_err());
         assert!(parse_cron("@sometimes").is_err());
+        let empty = parse_cron("56 , * * * *").unwrap_err();
+        assert!(empty.contains("minute: \",\" has an empty element"), "{empty}");
+        assert!(parse_cron("0 1,,2 * * *").unwrap_err().contains("hour: \"1,,2\" has an empty element"));
+        assert!(parse_cron("0 5, * * *").is_err() && parse_cron("0 5,6 * * *").is_ok());
         assert!(parse_zone("Mars/Olympus").unwrap_err().contains("unknown time zone \"Mars/Olympus\""));
     }
 }

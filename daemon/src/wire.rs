@@ -131,6 +131,43 @@ pub fn encode_rows(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, arrow_sc
     Ok(bytes)
 }
 
+/// A row frame whose payload is not a readable Arrow IPC stream.
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    #[error("worker sent unreadable rows: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("worker sent a malformed Arrow IPC stream (the decoder panicked: {0})")]
+    DecoderPanicked(String),
+}
+
+/// Decodes a row frame's payload (an Arrow IPC stream) into its batches.
+///
+/// A worker's stdout is not trusted to be well formed: the plugin shares the worker's
+/// process and can write to it. arrow-ipc returns an error for most malformed streams but
+/// panics on some: a buffer whose offset lies past the message body (found by the
+/// `result_stream` fuzz target; its input is the seed `bad-arrow-buffer-past-body`), and
+/// unsupported schema fields (apache/arrow-rs#10437). Such a panic is caught here and fails
+/// the run like any other malformed frame; the daemon and its served tables are untouched.
+pub fn decode_rows(payload: Vec<u8>) -> Result<Vec<arrow_array::RecordBatch>, RowsError> {
+    // The closure owns the payload and returns owned batches: nothing it could leave half
+    // updated outlives a panic, so asserting unwind safety is sound.
+    let decode = std::panic::AssertUnwindSafe(move || {
+        arrow_ipc::reader::StreamReader::try_new(io::Cursor::new(payload), None)?.collect::<Result<Vec<_>, _>>()
+    });
+    match std::panic::catch_unwind(decode) {
+        Ok(batches) => Ok(batches?),
+        Err(panic) => Err(RowsError::DecoderPanicked(panic_text(panic.as_ref()))),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "no message".into(),
+    }
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut header = [0u8; 5];
