@@ -65,34 +65,38 @@ const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 /// commas alone as matching nothing: `56 , * * * *` then never fires, and finding that out
 /// walked every hour to the year 5000 (8.6 s; the `job_file` fuzz target's finding).
 fn empty_element(expr: &str) -> Option<String> {
-    let parts: Vec<&str> = expr.split_whitespace().collect();
-    let names = ["second", "minute", "hour", "day of month", "month", "day of week"];
-    let names = if parts.len() == 5 { &names[1..] } else { &names[..] };
-    let (part, name) = parts.iter().zip(names).find(|(part, _)| part.split(',').any(str::is_empty))?;
+    let (part, (name, ..)) = fields_of(expr).find(|(part, _)| part.split(',').any(str::is_empty))?;
     Some(format!("{name}: {part:?} has an empty element in its comma list"))
+}
+
+/// Each field's name and range, seconds first when there are six.
+const FIELDS: [(&str, u32, u32); 6] = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+];
+
+/// The expression's fields, each with its name and range.
+fn fields_of(expr: &str) -> impl Iterator<Item = (&str, &'static (&'static str, u32, u32))> {
+    let parts: Vec<&str> = expr.split_whitespace().collect();
+    let fields = if parts.len() == 5 { &FIELDS[1..] } else { &FIELDS[..] };
+    parts.into_iter().zip(fields)
 }
 
 /// Finds a number outside its field's range, to say which field is wrong (croner only
 /// says "Number out of bounds").
 fn field_problem(expr: &str) -> Option<String> {
-    const FIELDS: [(&str, u32, u32); 6] = [
-        ("second", 0, 59),
-        ("minute", 0, 59),
-        ("hour", 0, 23),
-        ("day of month", 1, 31),
-        ("month", 1, 12),
-        ("day of week", 0, 7),
-    ];
-    let parts: Vec<&str> = expr.split_whitespace().collect();
-    let fields = if parts.len() == 5 { &FIELDS[1..] } else { &FIELDS[..] };
-    for (part, (name, lo, hi)) in parts.iter().zip(fields) {
+    for (part, &(name, lo, hi)) in fields_of(expr) {
         let (range, step) = part.split_once('/').unwrap_or((part, ""));
         for token in range.split([',', '-']).chain(std::iter::once(step)).filter(|t| !t.is_empty() && *t != "*") {
             match token.parse::<u32>() {
-                Ok(n) if n < *lo || n > *hi => return Some(format!("{name} {n} is out of range {lo}-{hi}")),
+                Ok(n) if n < lo || n > hi => return Some(format!("{name} {n} is out of range {lo}-{hi}")),
                 Ok(_) => {}
-                Err(_) if *name == "month" && MONTHS.contains(&token.to_ascii_uppercase().as_str()) => {}
-                Err(_) if *name == "day of week" && DAYS.contains(&token.to_ascii_uppercase().as_str()) => {}
+                Err(_) if name == "month" && MONTHS.contains(&token.to_ascii_uppercase().as_str()) => {}
+                Err(_) if name == "day of week" && DAYS.contains(&token.to_ascii_uppercase().as_str()) => {}
                 Err(_) => return Some(format!("{name}: {token:?} is neither a number nor a name")),
             }
         }
