@@ -297,7 +297,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print_reply(client::call(&config.admin_socket, &args)?)
         }
         Cmd::Migrate { from, to } => {
+            // The copy is as private as the daemon's own store.
+            crate::fsutil::private_umask();
             let tables = store::Store::migrate(&from, &to)?;
+            crate::fsutil::make_private_dir(&to)?;
             println!("migrated {tables} tables from {} to {}", from.display(), to.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -416,7 +419,9 @@ fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             Err(e) => errors.push((file.clone(), e.to_string())),
         }
     }
-    for (file, e) in job::check_links(&set) {
+    let mut refused = job::check_links(&set);
+    refused.extend(job::check_tables(&set, &|_| None));
+    for (file, e) in refused {
         if checked.contains(&job::job_name(Path::new(&file))) {
             errors.push((PathBuf::from(file), e.to_string()));
         }
@@ -447,14 +452,23 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
 async fn serve_async(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    std::fs::create_dir_all(&config.data_dir)?;
+    // Everything recd writes from here on is private to its user, and so is what an older
+    // recd or a looser umask left in the data folder.
+    crate::fsutil::private_umask();
+    let fixed = crate::fsutil::make_private_dir(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("securing the data folder {}: {e}", config.data_dir.display()))?;
+    if fixed > 0 {
+        tracing::warn!(entries = fixed, dir = %config.data_dir.display(), "made the data folder private (0700/0600)");
+    }
     let store = store::Store::open_with(&config.data_dir, config.retention, config.caches)
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))?;
+    crate::runner::remove_leftover_run_dirs(&config.data_dir);
     let daemon = daemon::Daemon::new(config.clone(), store);
     if let Err(e) = daemon.reload().await {
         tracing::error!("{e:#}");
     }
     daemon.start_scheduler().await?;
+    daemon.watch_store(Duration::from_secs(2));
     // Watching before the sockets exist: a client that connects and then writes a job file
     // (as the tests do) must not be able to beat the watcher to it.
     let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon))
@@ -514,14 +528,9 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
 fn bind(path: &Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_socket_dir(dir)?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use by a running daemon", path.display());
-        }
-        std::fs::remove_file(path)?;
-    }
+    check_socket_path(path)?;
     // Bind under a temporary name, set the mode, then rename: the socket never exists at
     // its public path with the umask's looser permissions.
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -530,6 +539,55 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
     let listener =
         tokio::net::UnixListener::bind(&tmp).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    // Checked again: the rename would replace whatever appeared there meanwhile.
+    if let Err(e) = check_socket_path(path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)?;
     Ok(listener)
+}
+
+/// Creates the folders of a socket path that are missing, 0755: the process umask is
+/// private (0077), but apps of the socket's group must be able to reach it.
+fn create_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(d).map_err(|e| anyhow::anyhow!("creating {}: {e}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// Makes way for a socket at `path`: nothing there, or a stale socket (removed). A live
+/// daemon's socket, and anything that is not a socket (a file, a folder, a symlink), is
+/// refused and left as it is.
+fn check_socket_path(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    };
+    if !meta.file_type().is_socket() {
+        let what = if meta.is_symlink() {
+            "a symlink"
+        } else if meta.is_dir() {
+            "a folder"
+        } else if meta.is_file() {
+            "a regular file"
+        } else {
+            "not a socket"
+        };
+        anyhow::bail!(
+            "{} exists and is {what}: refusing to replace it with a socket (only a stale socket is replaced; remove it or choose another path)",
+            path.display()
+        );
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!("{} is in use by a running daemon", path.display());
+    }
+    std::fs::remove_file(path)?;
+    Ok(())
 }

@@ -14,6 +14,8 @@ pub const EMBEDDED_DEFAULTS: &str = include_str!("../../recd.toml");
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
     Io { file: String, source: std::io::Error },
+    #[error("{file}: cannot read: {message}")]
+    Read { file: String, message: String },
     #[error("{file}:{line}:{column}: {message}")]
     Syntax { file: String, line: usize, column: usize, message: String },
     #[error("{file}: field `{field}`: {message}")]
@@ -75,7 +77,21 @@ struct RawConfig {
     /// reads that miss the read cache.
     #[serde(default = "default_store_cache_mb")]
     store_cache_mb: u64,
+    /// Largest input or model file (MiB) a job may read; a bigger one is refused when
+    /// the job is loaded and when a run starts.
+    #[serde(default = "default_max_input_mb")]
+    max_input_mb: u64,
 }
+
+fn default_max_input_mb() -> u64 {
+    64 << 10
+}
+
+/// Upper bounds of the duration keys: far beyond any sensible value, and small enough that
+/// no deadline computed from them can overflow.
+const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 86_400;
+const MAX_IDLE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+const MAX_RETAIN_DAYS: f64 = 36_500.0;
 
 fn mib_to_bytes(mib: u64, field: &'static str, file: &str) -> Result<u64, ConfigError> {
     mib.checked_mul(1 << 20).ok_or_else(|| ConfigError::Invalid {
@@ -135,6 +151,7 @@ pub struct Config {
     pub limits: Limits,
     pub serve_threads: usize,
     pub caches: crate::store::Caches,
+    pub max_input_bytes: u64,
 }
 
 /// What one client may take of the server.
@@ -152,8 +169,8 @@ impl Config {
         match path {
             Some(path) => {
                 let file = path.display().to_string();
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
+                let text = crate::fsutil::read_text(path, crate::fsutil::MAX_JOB_FILE_BYTES)
+                    .map_err(|e| ConfigError::Read { file: file.clone(), message: e.to_string() })?;
                 let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 let base =
                     std::path::absolute(base).map_err(|source| ConfigError::Io { file: file.clone(), source })?;
@@ -219,11 +236,25 @@ impl Config {
             return Err(invalid("max_request_bytes", format!("must be at least 1024, got {}", raw.max_request_bytes)));
         }
         let retain_days = match raw.retain_days {
-            Some(d) if !(d.is_finite() && d > 0.0) => {
-                return Err(invalid("retain_days", format!("must be a positive number of days, got {d}")));
+            Some(d) if !(d.is_finite() && d > 0.0 && d <= MAX_RETAIN_DAYS) => {
+                return Err(invalid(
+                    "retain_days",
+                    format!("must be a positive number of days up to {MAX_RETAIN_DAYS}, got {d}"),
+                ));
             }
             other => other,
         };
+        for (field, value, max) in [
+            ("shutdown_grace_seconds", raw.shutdown_grace_seconds, MAX_SHUTDOWN_GRACE_SECONDS),
+            ("idle_timeout_seconds", raw.idle_timeout_seconds, MAX_IDLE_TIMEOUT_SECONDS),
+        ] {
+            if value > max {
+                return Err(invalid(field, format!("{value} is more than the maximum, {max}")));
+            }
+        }
+        if raw.max_input_mb == 0 {
+            return Err(invalid("max_input_mb", "must be at least 1".into()));
+        }
         let limits = Limits {
             max_clients: raw.max_clients,
             max_request_bytes: raw.max_request_bytes,
@@ -253,6 +284,7 @@ impl Config {
                 sled_bytes: mib_to_bytes(raw.store_cache_mb.max(16), "store_cache_mb", file)?,
                 read_bytes: mib_to_bytes(raw.read_cache_mb, "read_cache_mb", file)?,
             },
+            max_input_bytes: mib_to_bytes(raw.max_input_mb, "max_input_mb", file)?,
             serve_threads: match raw.serve_threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
                 n => n,

@@ -35,6 +35,9 @@ pub struct Daemon {
     next_run_id: AtomicU64,
     scheduler: Mutex<Option<Arc<Scheduler>>>,
     shutting_down: AtomicBool,
+    /// Run records the store could not take (a failed write): kept here, shown by
+    /// `recd history`, and written once the store is opened again.
+    unrecorded: Mutex<Vec<RunRecord>>,
 }
 
 #[derive(Default, Clone)]
@@ -104,6 +107,7 @@ impl Daemon {
             next_run_id: AtomicU64::new(seed),
             scheduler: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
+            unrecorded: Mutex::new(Vec::new()),
         })
     }
 
@@ -175,7 +179,14 @@ impl Daemon {
                     Err(err) => keep_previous(&mut set, &previous, &name, file.display().to_string(), err),
                 }
             }
-            for (file, err) in job::check_links(&set.jobs) {
+            let publishers = self.publishers();
+            let owner = |table: &str| {
+                let running = previous.jobs.values().find(|j| j.table == table).map(|j| j.name.clone());
+                running.or_else(|| publishers.get(table).cloned())
+            };
+            let mut refused = job::check_links(&set.jobs);
+            refused.extend(job::check_tables(&set.jobs, &owner));
+            for (file, err) in refused {
                 let name = job::job_name(std::path::Path::new(&file));
                 set.jobs.remove(&name);
                 keep_previous(&mut set, &previous, &name, file, err);
@@ -184,6 +195,18 @@ impl Daemon {
         };
         self.sync_schedule().await;
         Ok(errors)
+    }
+
+    /// Each table's publishing job: the job that published its current version.
+    fn publishers(&self) -> HashMap<String, String> {
+        let tables = self.store.tables().unwrap_or_default();
+        tables
+            .into_iter()
+            .filter_map(|(table, meta)| {
+                let current = meta.versions.iter().find(|v| v.version == meta.current)?;
+                Some((table, current.job.clone()))
+            })
+            .collect()
     }
 
     /// A job file parsed, validated, resolved, and its plugin checked (see
@@ -422,9 +445,58 @@ impl Daemon {
 
     fn write_record(&self, record: RunRecord) {
         self.metrics.run_finished(&record.job, &record.status, record.seconds, &record.table, record.rows);
-        if let Err(e) = self.store.record_run(&record, HISTORY_PER_JOB) {
-            tracing::error!(job = %record.job, "recording the run: {e}");
+        self.unrecorded.lock().expect("unrecorded").push(record);
+        self.write_unrecorded();
+    }
+
+    /// Writes the run records waiting for the store, oldest first; those it cannot write
+    /// wait for the next try.
+    fn write_unrecorded(&self) {
+        let mut waiting = self.unrecorded.lock().expect("unrecorded");
+        while let Some(record) = waiting.first() {
+            if let Err(e) = self.store.record_run(record, HISTORY_PER_JOB) {
+                tracing::warn!(job = %record.job, run_id = record.run_id, waiting = waiting.len(), "run record kept in memory until the store takes writes again: {e}");
+                return;
+            }
+            waiting.remove(0);
         }
+    }
+
+    /// While a failed write keeps the store closed to writes: tries to open it again
+    /// every `every` (see `Store::recover`), then writes the run records that waited.
+    pub fn watch_store(self: &Arc<Self>, every: Duration) {
+        let daemon = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(daemon) = daemon.upgrade() else { return };
+                let waiting = !daemon.unrecorded.lock().expect("unrecorded").is_empty();
+                if daemon.store.failure().is_none() && !waiting {
+                    continue;
+                }
+                let store = Arc::clone(&daemon.store);
+                let recovered = tokio::task::spawn_blocking(move || store.recover()).await;
+                if let Ok(Ok(())) = recovered {
+                    let d = Arc::clone(&daemon);
+                    let _ = tokio::task::spawn_blocking(move || d.write_unrecorded()).await;
+                }
+            }
+        });
+    }
+
+    /// The newest `n` runs of `job`, newest first, those waiting for the store included.
+    pub fn history(&self, job: &str, n: usize) -> Result<Vec<RunRecord>, String> {
+        let mut runs: Vec<RunRecord> =
+            self.unrecorded.lock().expect("unrecorded").iter().rev().filter(|r| r.job == job).cloned().collect();
+        match self.store.history(job, n) {
+            Ok(stored) => runs.extend(stored),
+            Err(e) if runs.is_empty() => return Err(e.to_string()),
+            Err(e) => tracing::warn!("reading the run history: {e}"),
+        }
+        runs.sort_by_key(|r| std::cmp::Reverse(r.run_id));
+        runs.dedup_by_key(|r| r.run_id);
+        runs.truncate(n);
+        Ok(runs)
     }
 
     fn schedule_retry(self: &Arc<Self>, job: &Job, trigger: &Trigger, err: &RunError) {
@@ -482,7 +554,7 @@ impl Daemon {
         if let Some(s) = scheduler {
             s.shutdown().await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = tokio::time::Instant::now().checked_add(grace);
         let mut cancelled = false;
         loop {
             let running: Vec<Arc<RunControl>> =
@@ -490,7 +562,7 @@ impl Daemon {
             if running.is_empty() {
                 return;
             }
-            if !cancelled && tokio::time::Instant::now() >= deadline {
+            if !cancelled && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 tracing::warn!(runs = running.len(), "grace period over: cancelling running runs");
                 running.iter().for_each(|c| c.cancel("the daemon is shutting down"));
                 cancelled = true;
@@ -503,12 +575,24 @@ impl Daemon {
     /// recent runs, job file errors.
     pub fn status_text(&self) -> String {
         let mut s = String::new();
+        let jobs = self.jobs();
+        if let Some(failure) = self.store.failure() {
+            let waiting = self.unrecorded.lock().expect("unrecorded").len();
+            let _ = writeln!(
+                s,
+                "store: not taking writes ({failure}); published versions keep serving; it is opened again once a test write succeeds ({waiting} run record(s) waiting)"
+            );
+        }
         let _ = writeln!(s, "tables:");
         match self.store.tables() {
             Ok(tables) => {
                 for (name, meta) in tables {
                     let serving = self.store.served(&name).map(|t| t.version).unwrap_or(0);
-                    let _ = writeln!(s, "  {name}: current version {}, serving version {serving}", meta.current);
+                    // Served until removed: say so, or a deleted job's table looks alive.
+                    let orphan =
+                        if jobs.jobs.values().any(|j| j.table == name) { "" } else { " (no job publishes it)" };
+                    let _ =
+                        writeln!(s, "  {name}: current version {}, serving version {serving}{orphan}", meta.current);
                     for v in meta.versions.iter().rev() {
                         let _ = writeln!(
                             s,
@@ -522,14 +606,14 @@ impl Daemon {
                 let _ = writeln!(s, "  error reading tables: {e}");
             }
         }
-        let set = self.jobs();
+        let set = jobs;
         let _ = writeln!(s, "jobs:");
         for (name, job) in &set.jobs {
             let _ = writeln!(s, "  {name}: {}", self.job_line(job));
             if let Some(d) = &job.description {
                 let _ = writeln!(s, "    {d}");
             }
-            for r in self.store.history(name, 5).unwrap_or_default() {
+            for r in self.history(name, 5).unwrap_or_default() {
                 let what = match (&r.status[..], &r.error) {
                     ("ok", _) => format!("version {} ({} users, {} rows)", r.version.unwrap_or(0), r.users, r.rows),
                     (_, Some(e)) => e.clone(),

@@ -62,6 +62,14 @@ pub fn job_file(data: &[u8]) -> JobOutcome {
         check_job_error(&e, text);
         return JobOutcome::Refused(e.to_string());
     }
+    // A second job naming the same table is refused, unless both declare it shared.
+    let twin = job::Job { name: "twin".into(), ..parsed.clone() };
+    let pair = std::collections::BTreeMap::from([(parsed.name.clone(), parsed.clone()), (twin.name.clone(), twin)]);
+    let refused = job::check_tables(&pair, &|_| Some(parsed.name.clone()));
+    assert_eq!(refused.len(), usize::from(!parsed.shared_table), "one of two jobs publishing a table is refused");
+    for (_, e) in &refused {
+        check_job_error(e, text);
+    }
     exercise_job(&parsed);
     JobOutcome::Valid
 }

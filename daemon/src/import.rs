@@ -72,7 +72,8 @@ fn read_manifests(table: &str, dirs: &[PathBuf]) -> Result<Vec<Found>, ImportErr
             .collect();
         files.sort();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|e| refused(format!("{}: {e}", file.display())))?;
+            let text = crate::fsutil::read_text(&file, crate::fsutil::MAX_JOB_FILE_BYTES)
+                .map_err(|e| refused(format!("{} {e}", file.display())))?;
             let manifest: Manifest = serde_json::from_str(&text)
                 .map_err(|e| refused(format!("{}: not a recd manifest: {e}", file.display())))?;
             if manifest.format != export::MANIFEST_FORMAT {
@@ -185,7 +186,7 @@ fn load_part(staged: &mut StagedVersion, found: &Found) -> Result<(), ImportErro
         )));
     }
     let (users0, rows0, checksum0) = (staged.users, staged.rows, staged.checksum());
-    let file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
+    let (file, _) = crate::fsutil::open_regular(&path, u64::MAX).map_err(|e| fail(e.to_string()))?;
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| fail(e.to_string()))?;
     let want = match m.kind {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::fsutil;
 use crate::schedule::{self, Schedule};
 use crate::store::TableKind;
 
@@ -73,8 +74,13 @@ pub struct RawJob {
     pub fallback: Vec<String>,
     /// Plugin name (`<plugins_dir>/librecd_<name>.so`) or a path to a `.so`.
     pub plugin: String,
-    /// Table the results are published to; defaults to the job name (file stem).
+    /// Table the results are published to; defaults to the job name (file stem). A table
+    /// has one publishing job, unless every job that names it sets `shared_table`.
     pub table: Option<String>,
+    /// `true` in every job that publishes one table together (e.g. a nightly full run and
+    /// an hourly refresh). Default false: a second job naming the table is an error.
+    #[serde(default)]
+    pub shared_table: bool,
     /// ONNX model file scored through the host callback.
     pub model: Option<String>,
     /// Binds model inputs to features the plugin offers: `<model input> = "<feature>"`.
@@ -182,6 +188,8 @@ pub struct Job {
     pub after: Vec<String>,
     pub plugin: PathBuf,
     pub table: String,
+    /// Other jobs may publish `table` too (they must say so as well).
+    pub shared_table: bool,
     pub model: Option<PathBuf>,
     /// (model input, feature) pairs of `[model_inputs]`, sorted by input.
     pub model_inputs: Vec<(String, String)>,
@@ -200,16 +208,25 @@ pub struct Job {
     pub after_line: usize,
     /// Line of `plugin`, for errors the plugin probe finds.
     pub plugin_line: usize,
+    /// Line of `table` (1 when the table is the job's name), for ownership errors.
+    pub table_line: usize,
 }
 
 /// Reads, parses, validates and resolves one job file.
 pub fn load(file: &Path, config: &Config) -> Result<Job, JobError> {
     let shown = file.display().to_string();
-    let text =
-        std::fs::read_to_string(file).map_err(|e| JobError::Io { file: shown.clone(), message: e.to_string() })?;
+    let text = read_job_file(file)?;
     let name = job_name(file);
     let job = parse_and_validate(&text, &shown, &name, &config.base_dir, &config.plugins_dir)?;
-    job.resolve(&text)
+    job.resolve(&text, config.max_input_bytes)
+}
+
+/// A job file's text: only a regular file (symlinks followed) of at most
+/// [`fsutil::MAX_JOB_FILE_BYTES`], so a FIFO or `/dev/zero` in the jobs folder is an error
+/// at once, not a reload that waits forever or reads without end.
+pub fn read_job_file(file: &Path) -> Result<String, JobError> {
+    fsutil::read_text(file, fsutil::MAX_JOB_FILE_BYTES)
+        .map_err(|e| JobError::Io { file: file.display().to_string(), message: e.to_string() })
 }
 
 pub fn job_name(file: &Path) -> String {
@@ -319,6 +336,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         after: raw.after,
         plugin,
         table,
+        shared_table: raw.shared_table,
         model: raw.model.as_deref().map(|m| absolute(base, m)),
         model_inputs,
         kind,
@@ -328,6 +346,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         description: raw.description,
         after_line: line_of_key(text, "after"),
         plugin_line: line_of_key(text, "plugin"),
+        table_line: line_of_key(text, "table"),
         plugin_name: (!by_path).then(|| raw.plugin.clone()),
         plugin_sha256: raw.plugin_sha256.clone(),
         checks,
@@ -386,6 +405,16 @@ fn output_checks(
     })
 }
 
+/// The largest value of each duration key, in seconds: beyond any sensible schedule, and
+/// small enough that no deadline computed from one can overflow (`timeout_seconds =
+/// 9223372036854775807` once passed validation and made every run's watchdog panic).
+pub const DURATION_LIMITS: [(&str, u64); 4] = [
+    ("timeout_seconds", 7 * 86_400),
+    ("retry_backoff_seconds", 86_400),
+    ("retry_backoff_max_seconds", 86_400),
+    ("starting_deadline_seconds", 366 * 86_400),
+];
+
 fn policy(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Policy, JobError> {
     let overlap = match raw.overlap.as_deref().unwrap_or("skip") {
         "skip" => Overlap::Skip,
@@ -395,7 +424,10 @@ fn policy(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Po
     };
     let positive = |field: &str, v: Option<u64>, default: u64| match v {
         Some(0) => Err(invalid(field, "must be at least 1".into())),
-        Some(n) => Ok(Duration::from_secs(n)),
+        Some(n) => match DURATION_LIMITS.iter().find(|(f, _)| *f == field) {
+            Some((_, max)) if n > *max => Err(invalid(field, format!("{n} is more than the maximum, {max}"))),
+            _ => Ok(Duration::from_secs(n)),
+        },
         None => Ok(Duration::from_secs(default)),
     };
     let retry_backoff = positive("retry_backoff_seconds", raw.retry_backoff_seconds, 10)?;
@@ -459,6 +491,49 @@ pub fn check_links(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
     errors
 }
 
+/// Checks that each table has one publishing job, or that every job publishing it sets
+/// `shared_table`: one job file must not be able to replace another job's table (and,
+/// through retention, its rollback versions). When jobs collide, the table's `owner`
+/// (the job that publishes it now, if the caller knows one) keeps it, else a job named
+/// like the table; every other job naming it gets an error naming the owner or the
+/// others. Returns (file, error) for each job in violation.
+pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option<String>) -> Vec<(String, JobError)> {
+    let mut by_table: BTreeMap<&str, Vec<&Job>> = BTreeMap::new();
+    for job in jobs.values() {
+        by_table.entry(&job.table).or_default().push(job);
+    }
+    let mut errors = Vec::new();
+    for (table, claimants) in by_table {
+        if claimants.len() < 2 || claimants.iter().all(|j| j.shared_table) {
+            continue;
+        }
+        let keeper = owner(table)
+            .filter(|o| claimants.iter().any(|j| j.name == *o))
+            .or_else(|| claimants.iter().find(|j| j.name == table).map(|j| j.name.clone()));
+        for job in claimants.iter().filter(|j| Some(&j.name) != keeper.as_ref()) {
+            let others: Vec<String> = match &keeper {
+                Some(k) => vec![k.clone()],
+                None => claimants.iter().filter(|o| o.name != job.name).map(|o| o.name.clone()).collect(),
+            };
+            let named: Vec<String> = others.iter().map(|o| format!("job {o:?} ({})", jobs[o].file.display())).collect();
+            let file = job.file.display().to_string();
+            errors.push((
+                file.clone(),
+                JobError::Invalid {
+                    file,
+                    line: job.table_line,
+                    field: "table".into(),
+                    message: format!(
+                        "table {table:?} is published by {}: a table has one publishing job (name another table, or set `shared_table = true` in every job that publishes it)",
+                        named.join(" and ")
+                    ),
+                },
+            ));
+        }
+    }
+    errors
+}
+
 /// A path of `after` links from `start` back to itself, if there is one.
 fn cycle_through(start: &str, jobs: &BTreeMap<String, Job>) -> Option<Vec<String>> {
     // Depth-first over "runs after" edges, downstream -> upstream.
@@ -486,7 +561,7 @@ impl Job {
     /// A plugin message that starts with `params.<key>` points at that key's line.
     pub fn probe_error(&self, field: &str, message: String) -> JobError {
         let file = self.file.display().to_string();
-        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let text = read_job_file(&self.file).unwrap_or_default();
         // Errors about a table's key say so first: `params.k: ...`, `model_inputs.user: ...`.
         let section = ["params", "model_inputs", "inputs"].into_iter().find(|s| *s == field);
         let Some(section) = section else {
@@ -511,24 +586,22 @@ impl Job {
         JobError::Invalid { file, line, field, message }
     }
 
-    /// Checks that the files the job names exist (the I/O half of validation).
-    pub fn resolve(self, text: &str) -> Result<Job, JobError> {
+    /// Checks that the files the job names are what it says (the I/O half of validation):
+    /// the plugin exists and is trusted (and matches its pin), the model and inputs are
+    /// regular files of at most `max_input_bytes`. A directory, FIFO or device in their
+    /// place is named as such.
+    pub fn resolve(self, text: &str, max_input_bytes: u64) -> Result<Job, JobError> {
         let file = self.file.display().to_string();
-        let missing = |field: &str, what: &str, path: &Path| JobError::Invalid {
+        let refuse = |field: &str, message: String| JobError::Invalid {
             file: file.clone(),
             line: line_of_key(text, field.rsplit('.').next().unwrap_or(field)),
             field: field.into(),
-            message: format!("{what} {} does not exist", path.display()),
-        };
-        if !self.plugin.is_file() {
-            return Err(missing("plugin", "unknown plugin: file", &self.plugin));
-        }
-        let refuse = |field: &str, message: String| JobError::Invalid {
-            file: file.clone(),
-            line: line_of_key(text, field),
-            field: field.into(),
             message,
         };
+        if let Err(e) = fsutil::check_regular(&self.plugin, u64::MAX) {
+            let what = if e == fsutil::FileError::Missing { "unknown plugin: file" } else { "plugin file" };
+            return Err(refuse("plugin", format!("{what} {} {e}", self.plugin.display())));
+        }
         crate::plugins::check_trust(&self.plugin).map_err(|m| refuse("plugin", m))?;
         if let Some(pin) = &self.plugin_sha256 {
             let sha = crate::plugins::sha256_file(&self.plugin).map_err(|e| refuse("plugin", e.to_string()))?;
@@ -536,18 +609,20 @@ impl Job {
                 return Err(refuse("plugin_sha256", format!("the plugin file has sha256 {sha}, not the pinned one")));
             }
         }
-        if let Some(model) = &self.model
-            && !model.is_file()
-        {
-            return Err(missing("model", "model file", model));
+        if let Some(model) = &self.model {
+            check_data_file(model, max_input_bytes).map_err(|m| refuse("model", format!("model file {m}")))?;
         }
         for input in self.inputs.iter().filter(|i| i.format != InputFormat::Table) {
-            if !input.path.is_file() {
-                return Err(missing(&format!("inputs.{}", input.name), "input file", &input.path));
-            }
+            check_data_file(&input.path, max_input_bytes)
+                .map_err(|m| refuse(&format!("inputs.{}", input.name), format!("input file {m}")))?;
         }
         Ok(self)
     }
+}
+
+/// Whether an input or model file can be read: "<path> <why not>" when it cannot.
+pub fn check_data_file(path: &Path, max_bytes: u64) -> Result<(), String> {
+    fsutil::check_regular(path, max_bytes).map_err(|e| format!("{} {e}", path.display()))
 }
 
 fn absolute(base: &Path, path: &str) -> PathBuf {
@@ -569,8 +644,22 @@ fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> JobError {
         && !message.contains("field `")
     {
         message = format!("field `{key}`: {message}");
+    } else if let Some(table) = header_on_line(text, line)
+        && !message.contains("field `")
+    {
+        // `[params]` twice: the parser says only "duplicate key".
+        let twice =
+            if message == "duplicate key" { format!(": [{table}] appears more than once") } else { String::new() };
+        message = format!("field `{table}`: {message}{twice}");
     }
     JobError::Syntax { file: file.into(), line, column, message }
+}
+
+/// The name of the `[table]` header on `line` (1-based), if that line is one.
+fn header_on_line(text: &str, line: usize) -> Option<String> {
+    let this = text.lines().nth(line.checked_sub(1)?)?.trim();
+    let name = this.strip_prefix('[')?.strip_suffix(']')?.trim().trim_matches(|c| c == '[' || c == ']').trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// The dotted key assigned on `line` (1-based), with its `[table]` prefix.
@@ -664,6 +753,78 @@ mod tests {
                 "jobs/d.toml:2: field `after`: no job named \"zz\" (jobs: a, b, c, d)",
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// Any value of a duration key either is refused, naming the key, or gives a policy
+        /// whose deadlines and retry waits can all be computed without overflow.
+        #[test]
+        fn every_duration_key_is_bounded(key in 0usize..4, value in 0u64..=i64::MAX as u64, attempt in proptest::prelude::any::<u32>()) {
+            let (field, max) = DURATION_LIMITS[key];
+            // The other backoff key is set so that only the one under test can be wrong.
+            let other = match field {
+                "retry_backoff_seconds" => "retry_backoff_max_seconds = 86400",
+                "retry_backoff_max_seconds" => "retry_backoff_seconds = 1",
+                _ => "",
+            };
+            let text = format!("plugin = \"x\"\n{field} = {value}\n{other}\n");
+            match check(&text) {
+                Err(e) => {
+                    proptest::prop_assert!(value == 0 || value > max, "{value} refused: {e}");
+                    proptest::prop_assert!(e.starts_with(&format!("jobs/j.toml:2: field `{field}`:")), "{e}");
+                }
+                Ok(job) => {
+                    proptest::prop_assert!(value >= 1 && value <= max);
+                    let p = &job.policy;
+                    let now = std::time::Instant::now();
+                    for d in [p.timeout, p.retry_backoff, p.retry_backoff_max, p.starting_deadline.unwrap_or_default()] {
+                        proptest::prop_assert!(now.checked_add(d).is_some());
+                        proptest::prop_assert!(chrono::TimeDelta::from_std(d).is_ok());
+                    }
+                    proptest::prop_assert!(p.backoff(attempt) <= p.retry_backoff_max.max(p.retry_backoff));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_has_one_publishing_job_unless_all_declare_it_shared() {
+        let job = |name: &str, extra: &str| {
+            let text = format!("plugin = \"x\"\n{extra}\n");
+            let job = parse_and_validate(&text, &format!("jobs/{name}.toml"), name, Path::new("/"), Path::new("/"));
+            (name.to_string(), job.unwrap())
+        };
+        let errors = |jobs: Vec<(String, Job)>, owner: Option<&str>| -> Vec<String> {
+            let set: BTreeMap<String, Job> = jobs.into_iter().collect();
+            check_tables(&set, &|_| owner.map(String::from)).into_iter().map(|(_, e)| e.to_string()).collect()
+        };
+        let why = "a table has one publishing job (name another table, or set `shared_table = true` in every job that publishes it)";
+        // The job named like the table keeps it; the newcomer is refused.
+        assert_eq!(
+            errors(vec![job("ranking", ""), job("zz", "table = \"ranking\"")], None),
+            [format!(
+                "jobs/zz.toml:2: field `table`: table \"ranking\" is published by job \"ranking\" (jobs/ranking.toml): {why}"
+            )]
+        );
+        // The job that publishes the table now keeps it, whatever the names.
+        assert_eq!(
+            errors(vec![job("ranking", ""), job("zz", "table = \"ranking\"")], Some("zz")),
+            [format!(
+                "jobs/ranking.toml:1: field `table`: table \"ranking\" is published by job \"zz\" (jobs/zz.toml): {why}"
+            )]
+        );
+        // Nobody owns it: each is told of the others.
+        assert_eq!(
+            errors(vec![job("a", "table = \"t\""), job("b", "table = \"t\"")], None),
+            [
+                format!("jobs/a.toml:2: field `table`: table \"t\" is published by job \"b\" (jobs/b.toml): {why}"),
+                format!("jobs/b.toml:2: field `table`: table \"t\" is published by job \"a\" (jobs/a.toml): {why}"),
+            ]
+        );
+        // Shared only when every publisher says so.
+        let shared = "table = \"t\"\nshared_table = true";
+        assert!(errors(vec![job("a", shared), job("b", shared)], None).is_empty());
+        assert_eq!(errors(vec![job("a", shared), job("b", "table = \"t\"")], Some("a")).len(), 1);
     }
 
     #[test]

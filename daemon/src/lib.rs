@@ -10,6 +10,7 @@ mod daemon;
 mod eval;
 mod evaluate;
 mod export;
+mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 mod import;

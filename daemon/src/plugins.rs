@@ -26,38 +26,111 @@ use crate::wire::{PluginDesc, ProbeRequest};
 /// A file changed this recently may still be being copied: wait for it to settle.
 const SETTLE: Duration = Duration::from_millis(500);
 
-/// Refuses a plugin file, or its folder, that another user could have written: writable
-/// by group or others, or owned by someone other than us or root.
-pub fn check_trust(path: &Path) -> Result<(), String> {
-    let me = fs::metadata("/proc/self").map(|m| m.uid()).map_err(|e| format!("cannot read our own uid: {e}"))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    for (what, p) in [("plugin file", path), ("plugin folder", dir)] {
-        let meta = fs::metadata(p).map_err(|e| format!("{what} {}: {e}", p.display()))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        // A sticky world-writable folder (like /tmp) lets nobody replace others' files.
-        let sticky_dir = what == "plugin folder" && mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && !sticky_dir {
-            return Err(format!(
-                "{what} {} is writable by group or others (mode {:04o}): refusing to load it (chmod go-w)",
-                p.display(),
-                mode
-            ));
+/// Symlinks followed in one path before giving up (Linux's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// Refuses a plugin that another user could have written or replaced, as sshd's
+/// StrictModes does: the path is resolved one component at a time, following symlinks, and
+/// every folder on the way (the folders of each symlink, the symlink targets' folders, up
+/// to the root) and the real file itself must be owned by us or root and not writable by
+/// group or others. A sticky folder that others can write (like /tmp) is accepted for an
+/// entry owned by us or root, since nobody else may rename or remove it there. Returns the
+/// real path of the file.
+pub fn check_trust(path: &Path) -> Result<PathBuf, String> {
+    let me = rustix::process::geteuid().as_raw();
+    let absolute = std::path::absolute(path).map_err(|e| format!("plugin file {}: {e}", path.display()))?;
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = components(&absolute).collect();
+    let mut real = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            real.pop();
+            continue;
         }
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(format!(
-                "{what} {} is owned by uid {}, not by recd (uid {me}) or root: refusing to load it",
-                p.display(),
-                meta.uid()
-            ));
+        let next = real.join(&part);
+        let entry = fs::symlink_metadata(&next)
+            .map_err(|e| format!("plugin file {}: {}: {e}", path.display(), next.display()))?;
+        check_folder(&real, &entry, me)?;
+        if entry.is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(format!("plugin file {}: more than {MAX_SYMLINKS} symlinks", path.display()));
+            }
+            let target = fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+            if target.is_absolute() {
+                real = PathBuf::from("/");
+            }
+            for c in components(&target).collect::<Vec<_>>().into_iter().rev() {
+                pending.push_front(c);
+            }
+            continue;
         }
+        real = next;
+    }
+    let meta = fs::metadata(&real).map_err(|e| format!("plugin file {}: {e}", real.display()))?;
+    let shown = if real == absolute {
+        real.display().to_string()
+    } else {
+        format!("{} (at {})", real.display(), path.display())
+    };
+    if !meta.is_file() {
+        return Err(format!("plugin file {shown} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "plugin file {shown} is writable by group or others (mode {mode:04o}): refusing to load it (chmod go-w)"
+        ));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "plugin file {shown} is owned by uid {}, not by recd (uid {me}) or root: refusing to load it",
+            meta.uid()
+        ));
+    }
+    Ok(real)
+}
+
+/// The path's parts after the root, `.` dropped (`..` is resolved by the walk).
+fn components(path: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+    use std::path::Component;
+    path.components().filter_map(|c| match c {
+        Component::Normal(part) => Some(part.to_os_string()),
+        Component::ParentDir => Some("..".into()),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    })
+}
+
+/// Whether `dir` lets no one but us or root replace its entry `entry`.
+fn check_folder(dir: &Path, entry: &fs::Metadata, me: u32) -> Result<(), String> {
+    let meta = fs::metadata(dir).map_err(|e| format!("plugin folder {}: {e}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "plugin folder {} is owned by uid {}, not by recd (uid {me}) or root: refusing to load from it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let sticky_and_ours = mode & 0o1000 != 0 && (entry.uid() == me || entry.uid() == 0);
+    if mode & 0o022 != 0 && !sticky_and_ours {
+        return Err(format!(
+            "plugin folder {} is writable by group or others (mode {mode:04o}): refusing to load it (chmod go-w)",
+            dir.display()
+        ));
     }
     Ok(())
 }
 
-/// The file's SHA-256, lowercase hex.
+/// The file's SHA-256, lowercase hex; only a regular file is read.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let (mut file, _) = crate::fsutil::open_regular(path, u64::MAX)
+        .map_err(|e| std::io::Error::other(format!("{} {e}", path.display())))?;
+    sha256_of(&mut file)
+}
+
+fn sha256_of(file: &mut fs::File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
-    let mut file = fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = file.read(&mut buf)?;
@@ -66,8 +139,19 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&hasher.finalize()))
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Free space a plugin snapshot must leave on the data folder's disk: the store needs room
+/// to publish, and a full disk is what makes sled fail.
+const SNAPSHOT_HEADROOM: u64 = 16 << 20;
+
+/// Names of snapshot copies in progress; any left at start-up are from a killed daemon.
+const TMP_SUFFIX: &str = ".tmp";
 
 /// What the daemon knows of a plugin file: its hash, and what its descriptor said when a
 /// worker last inspected it.
@@ -148,15 +232,22 @@ fn prune(dir: &Path, usage: &Usage) {
 
 impl Registry {
     pub fn new(data_dir: &Path) -> Registry {
-        Registry { dir: data_dir.join("plugins"), known: Mutex::new(BTreeMap::new()), usage: Arc::default() }
+        let dir = data_dir.join("plugins");
+        remove_leftover_copies(&dir);
+        Registry { dir, known: Mutex::new(BTreeMap::new()), usage: Arc::default() }
     }
 
     /// Checks `path`, waits for it to settle, and returns its snapshot, held until the
     /// returned value is dropped. The snapshot is shared by every run of the same content.
+    /// The file is read through one descriptor, opened on the real path the trust check
+    /// resolved: it is hashed, and copied (only if no snapshot of it exists) into a
+    /// temporary file that is removed on every path but the final rename.
     pub fn snapshot(&self, path: &Path, pin: Option<&str>) -> Result<Snapshot, String> {
-        check_trust(path)?;
-        wait_until_settled(path);
-        let sha = sha256_file(path).map_err(|e| format!("reading plugin {}: {e}", path.display()))?;
+        let real = check_trust(path)?;
+        wait_until_settled(&real);
+        let (mut file, meta) = crate::fsutil::open_regular(&real, u64::MAX)
+            .map_err(|e| format!("reading plugin {}: {} {e}", path.display(), real.display()))?;
+        let sha = sha256_of(&mut file).map_err(|e| format!("reading plugin {}: {e}", path.display()))?;
         if let Some(pin) = pin
             && pin != sha
         {
@@ -164,24 +255,46 @@ impl Registry {
         }
         // Held before the file is made, so that no prune removes it in between.
         let held = self.hold(path, &sha);
-        let snap = held.path.clone();
-        if !snap.exists() {
-            fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-            // Unique per call: two reloads may snapshot the same file at once (a watcher
-            // reload and `recd reload`), and must not rename each other's copy away.
-            static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let tmp = self.dir.join(format!(".{sha}.{}.{n}.tmp", std::process::id()));
-            fs::copy(path, &tmp).map_err(|e| format!("snapshotting plugin {}: {e}", path.display()))?;
-            // The copy must be what we hashed: a file rewritten meanwhile is caught here.
-            if sha256_file(&tmp).map_err(|e| e.to_string())? != sha {
-                let _ = fs::remove_file(&tmp);
-                return Err(format!("plugin {} changed while it was being read: try again", path.display()));
-            }
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o500)).map_err(|e| e.to_string())?;
-            fs::rename(&tmp, &snap).map_err(|e| e.to_string())?;
+        if !held.path.exists() {
+            self.copy_snapshot(path, &mut file, meta.len(), &sha, &held.path)?;
         }
         Ok(held)
+    }
+
+    /// Copies the plugin (`file`, hashed as `sha`) to `snap`, through a temporary file in
+    /// the snapshot folder; refuses when the copy would leave the disk nearly full.
+    fn copy_snapshot(&self, path: &Path, file: &mut fs::File, size: u64, sha: &str, snap: &Path) -> Result<(), String> {
+        use std::io::{Seek, Write};
+        let fail = |e: &dyn std::fmt::Display| format!("snapshotting plugin {}: {e}", path.display());
+        fs::create_dir_all(&self.dir).map_err(|e| fail(&format!("{}: {e}", self.dir.display())))?;
+        crate::fsutil::check_free_space(&self.dir, size.saturating_add(SNAPSHOT_HEADROOM)).map_err(|e| fail(&e))?;
+        // Unique per call: two reloads may snapshot the same file at once (a watcher reload
+        // and `recd reload`), and must not rename each other's copy away. Removed when
+        // dropped, so a failed copy (a full disk) leaves nothing behind.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{sha}."))
+            .suffix(TMP_SUFFIX)
+            .tempfile_in(&self.dir)
+            .map_err(|e| fail(&e))?;
+        file.rewind().map_err(|e| fail(&e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| fail(&e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(|e| fail(&e))?;
+        }
+        tmp.as_file().sync_all().map_err(|e| fail(&e))?;
+        // The copy must be what we hashed: a file rewritten meanwhile is caught here.
+        if hex(&hasher.finalize()) != sha {
+            return Err(format!("plugin {} changed while it was being read: try again", path.display()));
+        }
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o500)).map_err(|e| fail(&e))?;
+        tmp.persist(snap).map_err(|e| fail(&e.error))?;
+        Ok(())
     }
 
     fn hold(&self, path: &Path, sha: &str) -> Snapshot {
@@ -212,6 +325,24 @@ impl Registry {
 
     pub fn list(&self) -> Vec<PluginInfo> {
         self.known.lock().expect("registry").values().cloned().collect()
+    }
+}
+
+/// Removes snapshot copies a killed daemon left half-written (a running daemon removes its
+/// own on every path).
+fn remove_leftover_copies(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TMP_SUFFIX) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %entry.path().display(), "removed a half-written plugin snapshot"),
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), "cannot remove a half-written plugin snapshot: {e}")
+                }
+            }
+        }
     }
 }
 
@@ -359,7 +490,7 @@ mod tests {
         fs::write(&file, b"x").unwrap();
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(check_trust(&file), Ok(()));
+        assert_eq!(check_trust(&file), Ok(file.clone()));
         fs::set_permissions(&file, fs::Permissions::from_mode(0o664)).unwrap();
         let err = check_trust(&file).unwrap_err();
         assert!(err.contains("is writable by group or others (mode 0664)"), "{err}");
@@ -368,7 +499,68 @@ mod tests {
         let err = check_trust(&file).unwrap_err();
         assert!(err.starts_with("plugin folder"), "{err}");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-        assert_eq!(check_trust(&file), Ok(()), "a sticky folder like /tmp is fine");
+        assert_eq!(check_trust(&file), Ok(file.clone()), "a sticky folder like /tmp is fine");
+    }
+
+    /// The adversarial run's bypass: a symlink in a safe folder to a library in a folder
+    /// others can write, and a world-writable folder above the plugin's own.
+    #[test]
+    fn symlinks_are_resolved_and_every_folder_up_to_the_root_is_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let safe = root.path().join("safe");
+        let open = root.path().join("open");
+        fs::create_dir(&safe).unwrap();
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&safe, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o775)).unwrap();
+        let real = open.join("librecd_x.so");
+        fs::write(&real, b"x").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o644)).unwrap();
+        let link = safe.join("librecd_x.so");
+        std::os::unix::fs::symlink("../open/librecd_x.so", &link).unwrap();
+        let err = check_trust(&link).unwrap_err();
+        assert!(
+            err.contains(&format!("plugin folder {} is writable by group or others (mode 0775)", open.display())),
+            "{err}"
+        );
+        // Made safe, the link resolves to the real file.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check_trust(&link), Ok(real.clone()));
+        // A world-writable grandparent (not sticky) lets others swap the whole folder.
+        let deep = safe.join("a/b");
+        fs::create_dir_all(&deep).unwrap();
+        fs::set_permissions(safe.join("a"), fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&deep, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = deep.join("librecd_y.so");
+        fs::write(&file, b"y").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_trust(&file).unwrap_err();
+        assert!(err.contains(&format!("plugin folder {} is writable", safe.join("a").display())), "{err}");
+        // A symlink loop ends with an error.
+        let looped = safe.join("loop.so");
+        std::os::unix::fs::symlink("loop.so", &looped).unwrap();
+        assert!(check_trust(&looped).unwrap_err().contains("more than 40 symlinks"));
+    }
+
+    #[test]
+    fn snapshots_need_free_space_and_half_written_copies_are_removed_at_start() {
+        let data = tempfile::tempdir().unwrap();
+        let plugins = tempfile::tempdir().unwrap();
+        let file = plugins.path().join("librecd_x.so");
+        fs::write(&file, b"version one").unwrap();
+        let err = crate::fsutil::check_free_space(data.path(), u64::MAX).unwrap_err();
+        assert!(err.starts_with(&format!("not enough free space in {}: ", data.path().display())), "{err}");
+        let registry = Registry::new(data.path());
+        let held = registry.snapshot(&file, None).unwrap();
+        let snap_dir = data.path().join("plugins");
+        let names: Vec<String> =
+            fs::read_dir(&snap_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, [format!("{}.so", held.sha256)], "only the snapshot, no temporary copy");
+        // A copy left by a killed daemon is removed at the next start.
+        fs::write(snap_dir.join(".abc.123.tmp"), b"half").unwrap();
+        let _ = Registry::new(data.path());
+        assert!(!snap_dir.join(".abc.123.tmp").exists());
     }
 
     #[test]

@@ -155,28 +155,43 @@ impl RunControl {
     /// Waits for the run to end, a cancel or the timeout. When stopped: closes the worker's
     /// stdin to ask it to stop, waits `CANCEL_GRACE`, then kills it.
     fn watch(&self, timeout: Duration, stdin: ChildStdin, child: &Mutex<Child>) {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.state.lock().expect("control lock");
-        while !st.done && st.stop.is_none() {
-            let now = Instant::now();
-            if now >= deadline {
-                st.stop = Some(RunError::TimedOut(timeout.as_secs()));
-                break;
-            }
-            st = self.changed.wait_timeout(st, deadline - now).expect("control lock").0;
-        }
-        if st.done {
+        if !self.wait_for_stop(timeout) {
             return;
         }
         drop(stdin);
         let grace_end = Instant::now() + CANCEL_GRACE;
-        while !st.done && Instant::now() < grace_end {
-            st = self.changed.wait_timeout(st, grace_end - Instant::now()).expect("control lock").0;
+        let mut st = self.state.lock().expect("control lock");
+        while !st.done {
+            let left = grace_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self.changed.wait_timeout(st, left).expect("control lock").0;
         }
         if !st.done {
             tracing::warn!("worker did not stop within {}s of being asked: killing it", CANCEL_GRACE.as_secs());
             let _ = child.lock().expect("child lock").kill();
         }
+    }
+
+    /// Waits until the run ends by itself (false) or must be stopped (true): a cancel, or
+    /// `timeout` past (then recorded as the stop reason). Any timeout is safe: one too far
+    /// away for a deadline to be computed is never reached.
+    fn wait_for_stop(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = self.state.lock().expect("control lock");
+        while !st.done && st.stop.is_none() {
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(86_400),
+            };
+            if deadline.is_some() && left.is_zero() {
+                st.stop = Some(RunError::TimedOut(timeout.as_secs()));
+                break;
+            }
+            st = self.changed.wait_timeout(st, left).expect("control lock").0;
+        }
+        !st.done
     }
 }
 
@@ -198,6 +213,7 @@ pub fn execute(
     // Held until the run ends: no prune removes it while the worker loads it.
     let snapshot = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
     let sha256 = snapshot.sha256.clone();
+    check_files(job, config.max_input_bytes)?;
     let run_dir = config.data_dir.join("runs").join(run_id.to_string());
     let inputs = export_table_inputs(&job.inputs, store, &run_dir)?;
     let _cleanup = RemoveOnDrop(run_dir);
@@ -272,6 +288,19 @@ pub fn execute(
     })
 }
 
+/// The job's model and input files are still regular files within the size limit (they
+/// were when the job was loaded; a file can be replaced since).
+fn check_files(job: &Job, max_bytes: u64) -> Result<(), RunError> {
+    if let Some(model) = &job.model {
+        crate::job::check_data_file(model, max_bytes).map_err(|m| RunError::Failed(format!("model file {m}")))?;
+    }
+    for input in job.inputs.iter().filter(|i| i.format != InputFormat::Table) {
+        crate::job::check_data_file(&input.path, max_bytes)
+            .map_err(|m| RunError::Failed(format!("input `{}`: file {m}", input.name)))?;
+    }
+    Ok(())
+}
+
 /// Publishes the collected version when the run succeeded and its last user passes the
 /// checks; discards it otherwise.
 fn settle<T>(
@@ -316,6 +345,20 @@ pub fn publish_stream(
 pub fn self_exe() -> std::io::Result<std::path::PathBuf> {
     let proc_exe = std::path::PathBuf::from("/proc/self/exe");
     if proc_exe.exists() { Ok(proc_exe) } else { std::env::current_exe() }
+}
+
+/// Removes the scratch folders of runs a killed daemon left behind (`<data_dir>/runs/<id>`:
+/// exported `table:` inputs, as big as the tables). Called at start-up, before any run.
+pub fn remove_leftover_run_dirs(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("runs")) else { return };
+    for entry in entries.flatten() {
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(dir = %entry.path().display(), "removed the scratch folder of an interrupted run"),
+            Err(e) => {
+                tracing::warn!(dir = %entry.path().display(), "cannot remove an interrupted run's scratch folder: {e}")
+            }
+        }
+    }
 }
 
 /// Deletes a scratch folder (a run's, an export's) when its scope ends, however it ends.
@@ -706,6 +749,29 @@ mod tests {
             7
         }
         fn write(&mut self, _: &[u8]) {}
+    }
+
+    proptest::proptest! {
+        /// Whatever the timeout (a validated job's is at most a week, but nothing here
+        /// relies on it), the watchdog computes no overflowing deadline: a run that ended
+        /// is left alone, a cancelled one is stopped.
+        #[test]
+        fn the_watchdog_takes_any_timeout(secs in proptest::prelude::any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let timeout = Duration::new(secs, nanos);
+            let ended = RunControl::new();
+            ended.finish();
+            proptest::prop_assert!(!ended.wait_for_stop(timeout));
+            let cancelled = RunControl::new();
+            cancelled.cancel("test");
+            proptest::prop_assert!(cancelled.wait_for_stop(timeout));
+        }
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_is_stopped_as_timed_out() {
+        let control = RunControl::new();
+        assert!(control.wait_for_stop(Duration::from_millis(20)));
+        assert_eq!(control.stop_reason().map(|e| e.status()), Some("timeout"));
     }
 
     #[test]

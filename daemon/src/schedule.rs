@@ -226,6 +226,23 @@ mod tests {
         s.upcoming(utc(start), n).iter().map(show).collect()
     }
 
+    proptest::proptest! {
+        /// The catch-up check takes any deadline and any span of downtime without overflow.
+        #[test]
+        fn the_catch_up_check_takes_any_deadline(
+            deadline in proptest::prelude::any::<u64>(),
+            last in 0i64..253_402_300_000,
+            down in 0i64..253_402_300_000,
+        ) {
+            let hourly = Schedule::new("@hourly", Tz::UTC).unwrap();
+            let last = DateTime::from_timestamp(last, 0).unwrap();
+            let now = DateTime::from_timestamp((last.timestamp() + down).min(253_402_300_000), 0).unwrap();
+            if let Some(tick) = missed_tick_to_run(&hourly, last, now, std::time::Duration::from_secs(deadline)) {
+                proptest::prop_assert!(tick > last && tick <= now);
+            }
+        }
+    }
+
     #[test]
     fn five_six_fields_and_macros() {
         assert_eq!(

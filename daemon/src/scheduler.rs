@@ -83,9 +83,15 @@ impl Scheduler {
     async fn arm_now(self: Arc<Self>, name: String, generation: u64, after: DateTime<Utc>, daemon: Weak<Daemon>) {
         let Some(tick) = self.schedule_of(&name, generation).and_then(|s| s.next_after(after)) else { return };
         let delay = (tick - Utc::now()).to_std().unwrap_or_default();
+        // Ticks lie before the year 5000 (croner's horizon): always a valid instant, but
+        // checked rather than trusted.
+        let Some(at) = std::time::Instant::now().checked_add(delay) else {
+            tracing::error!(job = %name, %tick, "next tick is too far away to arm a timer for");
+            return;
+        };
         let me = Arc::downgrade(&self);
         let job_name = name.clone();
-        let timer = CronJob::new_one_shot_at_instant_async(std::time::Instant::now() + delay, move |_id, _lock| {
+        let timer = CronJob::new_one_shot_at_instant_async(at, move |_id, _lock| {
             let (me, daemon, name) = (me.clone(), daemon.clone(), job_name.clone());
             Box::pin(async move {
                 let Some(me) = me.upgrade() else { return };

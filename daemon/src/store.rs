@@ -13,7 +13,7 @@
 //! crash) is dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,10 @@ pub enum StoreError {
     Migrate(String),
     #[error("table `{table}` keeps no version {version} (retained: {retained})")]
     NotRetained { table: String, version: String, retained: String },
+    /// A write failed (a full disk, an I/O error) and the store has not been opened again
+    /// yet: published versions keep serving, nothing is written.
+    #[error("the store cannot be written: {0}")]
+    Unavailable(String),
 }
 
 /// Which published versions a table keeps: at most `count` (the current one included),
@@ -157,10 +161,13 @@ pub struct RunRecord {
 }
 
 pub struct Store {
-    db: sled::Db,
-    meta: sled::Tree,
-    history: sled::Tree,
-    state: sled::Tree,
+    dir: PathBuf,
+    caches: Caches,
+    /// The open database; None while it is being opened again after a failed write.
+    handles: RwLock<Option<Arc<Handles>>>,
+    /// The I/O error of a failed write, until the database is opened again: sled keeps the
+    /// first one and refuses every later write with it, so only a reopen recovers.
+    failure: Mutex<Option<String>>,
     served: RwLock<HashMap<String, Arc<ServedTable>>>,
     retention: Retention,
     /// Serialises publishes so version numbers and meta updates never race.
@@ -170,32 +177,35 @@ pub struct Store {
     read_cache: Arc<ReadCache>,
 }
 
-/// sled's own default page cache, 1 GiB.
-const SLED_DEFAULT_CACHE: u64 = 1 << 30;
-
-/// The store's two memory budgets.
-#[derive(Debug, Clone, Copy)]
-pub struct Caches {
-    /// sled's page cache: pages written or read, dirty pages until a flush.
-    pub sled_bytes: u64,
-    /// Values of current versions kept after a read ([`ReadCache`]); 0: none.
-    pub read_bytes: u64,
+/// The database and its fixed trees.
+struct Handles {
+    db: sled::Db,
+    meta: sled::Tree,
+    history: sled::Tree,
+    state: sled::Tree,
 }
 
-impl Store {
-    /// Opens the store with no read cache and sled's default page cache (tools, tests);
-    /// the daemon uses [`Store::open_with`].
-    pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
-        Store::open_with(dir, retention, Caches { sled_bytes: SLED_DEFAULT_CACHE, read_bytes: 0 })
-    }
-
-    pub fn open_with(dir: &Path, retention: Retention, caches: Caches) -> Result<Store, StoreError> {
+impl Handles {
+    /// Opens sled in `dir` and checks its format. sled locks its files; a database of
+    /// this process that was just closed can hold the lock a moment longer (its last
+    /// writes finish on sled's threads), so a lock is waited for up to `wait`.
+    fn open(dir: &Path, caches: Caches, wait: std::time::Duration) -> Result<Handles, StoreError> {
         // HighThroughput: on the M workload (100k users stored per run) runs took 3.0 s
         // against 3.4 s with sled's default LowSpace, the scoring beside them 1.3 s
         // against 1.6 s (the two share the cores), and the data dir after three runs
         // was the same size (260 MB).
-        let db =
-            sled::Config::new().path(dir).cache_capacity(caches.sled_bytes).mode(sled::Mode::HighThroughput).open()?;
+        let config = sled::Config::new().path(dir).cache_capacity(caches.sled_bytes).mode(sled::Mode::HighThroughput);
+        let deadline = std::time::Instant::now() + wait;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let meta = db.open_tree(META_TREE)?;
         match meta.get(KEY_FORMAT)? {
             None => {
@@ -213,21 +223,105 @@ impl Store {
             }
             Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
         }
+        Ok(Handles { history: db.open_tree(HISTORY_TREE)?, state: db.open_tree(STATE_TREE)?, db, meta })
+    }
+}
+
+/// sled's own default page cache, 1 GiB.
+const SLED_DEFAULT_CACHE: u64 = 1 << 30;
+
+/// The store's two memory budgets.
+#[derive(Debug, Clone, Copy)]
+pub struct Caches {
+    /// sled's page cache: pages written or read, dirty pages until a flush.
+    pub sled_bytes: u64,
+    /// Values of current versions kept after a read ([`ReadCache`]); 0: none.
+    pub read_bytes: u64,
+}
+
+/// How long an open waits for sled's lock (see [`Handles::open`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Bytes a reopen first writes (and syncs, and removes) to see that the disk takes writes
+/// again: a reopen on a disk still full would fail halfway.
+const PROBE_WRITE_BYTES: usize = 8 << 20;
+
+impl Store {
+    /// Opens the store with no read cache and sled's default page cache (tools, tests);
+    /// the daemon uses [`Store::open_with`].
+    pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
+        Store::open_with(dir, retention, Caches { sled_bytes: SLED_DEFAULT_CACHE, read_bytes: 0 })
+    }
+
+    pub fn open_with(dir: &Path, retention: Retention, caches: Caches) -> Result<Store, StoreError> {
+        let handles = Arc::new(Handles::open(dir, caches, LOCK_WAIT)?);
         let store = Store {
-            history: db.open_tree(HISTORY_TREE)?,
-            state: db.open_tree(STATE_TREE)?,
-            db,
-            meta,
+            dir: dir.to_path_buf(),
+            caches,
+            handles: RwLock::new(Some(Arc::clone(&handles))),
+            failure: Mutex::new(None),
             served: RwLock::new(HashMap::new()),
             retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
             staging: Mutex::new(HashSet::new()),
             read_cache: Arc::new(ReadCache::new(caches.read_bytes)),
         };
-        store.load_tables()?;
-        store.drop_unreferenced()?;
-        store.db.flush()?;
+        store.load_tables(&handles, &mut store.served.write().expect("served lock"))?;
+        store.drop_unreferenced(&handles)?;
+        handles.db.flush()?;
         Ok(store)
+    }
+
+    /// The open database, or why there is none.
+    fn h(&self) -> Result<Arc<Handles>, StoreError> {
+        self.handles.read().expect("handles lock").clone().ok_or_else(|| {
+            StoreError::Unavailable(self.failure().unwrap_or_else(|| "the store is being opened again".into()))
+        })
+    }
+
+    /// Runs a write: first opens the store again if an earlier write failed (and the
+    /// cause is gone); a write that fails with an I/O error marks the store failed.
+    fn writing<T>(&self, f: impl FnOnce(&Handles) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.recover()?;
+        self.write_checked(f)
+    }
+
+    /// Why writes are refused now, if they are (see [`Store::recover`]).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+
+    /// After a failed write: opens the database again, once no run is writing to it and a
+    /// test write to its folder succeeds (space was freed, the device is back). Nothing
+    /// published is lost: every version was flushed before it was made current, and sled
+    /// recovers its log on open. Readers wait while it is reopened (the served versions
+    /// hold the old database, which must close first). Ok when the store is sound.
+    pub fn recover(&self) -> Result<(), StoreError> {
+        let Some(cause) = self.failure() else { return Ok(()) };
+        let _publishing = self.publish_lock.lock().expect("publish lock");
+        let busy = self.staging.lock().expect("staging").len();
+        if busy > 0 {
+            return Err(StoreError::Unavailable(format!("{cause}; {busy} run(s) still write to it")));
+        }
+        probe_write(&self.dir).map_err(|e| {
+            StoreError::Unavailable(format!("{cause}; {} still cannot be written: {e}", self.dir.display()))
+        })?;
+        let mut served = self.served.write().expect("served lock");
+        let old = self.handles.write().expect("handles lock").take();
+        served.clear();
+        drop(old);
+        let handles = Arc::new(Handles::open(&self.dir, self.caches, LOCK_WAIT).map_err(|e| {
+            tracing::error!("opening the store again failed: {e}");
+            StoreError::Unavailable(format!("{cause}; opening it again failed: {e}"))
+        })?);
+        self.load_tables(&handles, &mut served)?;
+        drop(served);
+        *self.handles.write().expect("handles lock") = Some(Arc::clone(&handles));
+        self.drop_unreferenced(&handles)?;
+        handles.db.flush()?;
+        *self.failure.lock().expect("failure lock") = None;
+        tracing::info!("the store was opened again after a failed write ({cause}): writes resume");
+        Ok(())
     }
 
     /// Copies the store in `from` into a new store in `to` through sled's export/import,
@@ -257,31 +351,30 @@ impl Store {
         Ok(copied.tables()?.len())
     }
 
-    fn load_tables(&self) -> Result<(), StoreError> {
-        let mut served = self.served.write().expect("served lock");
-        for entry in self.meta.scan_prefix(TABLE_KEY_PREFIX) {
+    fn load_tables(&self, h: &Handles, served: &mut HashMap<String, Arc<ServedTable>>) -> Result<(), StoreError> {
+        for entry in h.meta.scan_prefix(TABLE_KEY_PREFIX) {
             let (key, value) = entry?;
             let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
             let meta = decode_meta(&table, &value)?;
-            let tree = self.db.open_tree(data_tree_name(&table, meta.current))?;
+            let tree = h.db.open_tree(data_tree_name(&table, meta.current))?;
             served.insert(table, Arc::new(self.serving(meta.current, meta.kind, meta.fallback, tree)));
         }
         Ok(())
     }
 
     /// Drops data trees no table's meta references: versions staged when we crashed.
-    fn drop_unreferenced(&self) -> Result<(), StoreError> {
+    fn drop_unreferenced(&self, h: &Handles) -> Result<(), StoreError> {
         let mut keep = HashSet::new();
-        for (table, meta) in self.tables()? {
+        for (table, meta) in tables_of(h)? {
             for v in &meta.versions {
                 keep.insert(data_tree_name(&table, v.version));
             }
         }
-        for name in self.db.tree_names() {
+        for name in h.db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
             if name.starts_with(DATA_TREE_PREFIX) && !keep.contains(&name) {
                 tracing::info!(tree = %name, "dropping unpublished data left by an interrupted run");
-                self.db.drop_tree(name.as_bytes())?;
+                h.db.drop_tree(name.as_bytes())?;
             }
         }
         Ok(())
@@ -289,14 +382,7 @@ impl Store {
 
     /// Every table with its metadata, sorted by name.
     pub fn tables(&self) -> Result<Vec<(String, TableMeta)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.meta.scan_prefix(TABLE_KEY_PREFIX) {
-            let (key, value) = entry?;
-            let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
-            let meta = decode_meta(&table, &value)?;
-            out.push((table, meta));
-        }
-        Ok(out)
+        tables_of(&*self.h()?)
     }
 
     /// A version about to become current, with a read-cache generation of its own.
@@ -312,8 +398,19 @@ impl Store {
 
     /// Starts a new, invisible version of `table`.
     pub fn stage(&self, table: &str, job: &str, run_id: u64, kind: TableKind) -> Result<StagedVersion, StoreError> {
+        self.writing(|h| self.stage_in(h, table, job, run_id, kind))
+    }
+
+    fn stage_in(
+        &self,
+        h: &Handles,
+        table: &str,
+        job: &str,
+        run_id: u64,
+        kind: TableKind,
+    ) -> Result<StagedVersion, StoreError> {
         let _guard = self.publish_lock.lock().expect("publish lock");
-        let last = self.table_meta(table)?.and_then(|m| m.versions.iter().map(|v| v.version).max());
+        let last = table_meta(h, table)?.and_then(|m| m.versions.iter().map(|v| v.version).max());
         // Above versions other runs are writing for this table now (two jobs may publish
         // one table): each run gets a tree of its own.
         let mut staging = self.staging.lock().expect("staging");
@@ -324,8 +421,8 @@ impl Store {
         let name = data_tree_name(table, version);
         // A tree at that number may exist from a crashed run that drop_unreferenced has
         // not seen (same process): start it empty.
-        self.db.drop_tree(name.as_bytes())?;
-        let tree = self.db.open_tree(&name)?;
+        h.db.drop_tree(name.as_bytes())?;
+        let tree = h.db.open_tree(&name)?;
         staging.insert(name);
         drop(staging);
         Ok(StagedVersion {
@@ -344,19 +441,41 @@ impl Store {
         })
     }
 
-    fn table_meta(&self, table: &str) -> Result<Option<TableMeta>, StoreError> {
-        match self.meta.get(table_key(table))? {
-            None => Ok(None),
-            Some(v) => decode_meta(table, &v).map(Some),
-        }
-    }
-
     /// Makes `staged` the current version of its table, atomically, after it is durable;
     /// then drops versions beyond the retention count.
     pub fn publish(&self, mut staged: StagedVersion) -> Result<VersionInfo, StoreError> {
         let _unstage = Unstage(self, data_tree_name(&staged.table, staged.version));
+        // Not through `writing`'s recovery: this version was written to the database as
+        // it is now, and is refused if that one has failed.
+        self.write_checked(|h| self.publish_in(h, &mut staged))
+    }
+
+    /// Runs a write on the open database without trying to recover first; an I/O error
+    /// marks the store failed.
+    fn write_checked<T>(&self, f: impl FnOnce(&Handles) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Some(cause) = self.failure() {
+            return Err(StoreError::Unavailable(cause));
+        }
+        let result = f(&*self.h()?);
+        if let Err(StoreError::Sled(sled::Error::Io(e))) = &result {
+            self.mark_failed(e);
+        }
+        result
+    }
+
+    fn mark_failed(&self, e: &std::io::Error) {
+        let mut failure = self.failure.lock().expect("failure lock");
+        if failure.is_none() {
+            tracing::error!(
+                "a store write failed: {e}; published versions keep serving, nothing is written until the store is opened again"
+            );
+            *failure = Some(format!("a write failed: {e}"));
+        }
+    }
+
+    fn publish_in(&self, h: &Handles, staged: &mut StagedVersion) -> Result<VersionInfo, StoreError> {
         staged.write_pending()?;
-        self.db.flush()?;
+        h.db.flush()?;
         let _guard = self.publish_lock.lock().expect("publish lock");
         let info = VersionInfo {
             version: staged.version,
@@ -367,7 +486,7 @@ impl Store {
             rows: staged.rows,
             checksum: staged.checksum,
         };
-        let mut meta = self.table_meta(&staged.table)?.unwrap_or(TableMeta {
+        let mut meta = table_meta(h, &staged.table)?.unwrap_or(TableMeta {
             current: info.version,
             kind: staged.kind,
             fallback: Vec::new(),
@@ -379,14 +498,14 @@ impl Store {
         meta.fallback = staged.fallback.clone();
         let dropped = self.apply_retention(&mut meta);
         let encoded = serde_json::to_vec(&meta).expect("meta serialises");
-        self.meta.insert(table_key(&staged.table), encoded)?;
-        self.meta.flush()?;
+        h.meta.insert(table_key(&staged.table), encoded)?;
+        h.meta.flush()?;
         self.served.write().expect("served lock").insert(
             staged.table.clone(),
             Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone())),
         );
         for v in dropped {
-            self.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
+            h.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
         }
         Ok(info)
     }
@@ -420,8 +539,12 @@ impl Store {
     /// flushed): `version`, or by default the newest one older than the current. Later
     /// publishes number on from the highest version ever kept.
     pub fn rollback(&self, table: &str, version: Option<u64>) -> Result<VersionInfo, StoreError> {
+        self.writing(|h| self.rollback_in(h, table, version))
+    }
+
+    fn rollback_in(&self, h: &Handles, table: &str, version: Option<u64>) -> Result<VersionInfo, StoreError> {
         let _guard = self.publish_lock.lock().expect("publish lock");
-        let mut meta = self.table_meta(table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
+        let mut meta = table_meta(h, table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
         let target = match version {
             Some(v) => meta.versions.iter().find(|i| i.version == v),
             None => meta.versions.iter().filter(|i| i.version < meta.current).max_by_key(|i| i.version),
@@ -433,9 +556,9 @@ impl Store {
             retained: meta.versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>().join(", "),
         })?;
         meta.current = target.version;
-        let tree = self.db.open_tree(data_tree_name(table, target.version))?;
-        self.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
-        self.meta.flush()?;
+        let tree = h.db.open_tree(data_tree_name(table, target.version))?;
+        h.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
+        h.meta.flush()?;
         let served = self.serving(target.version, meta.kind, meta.fallback, tree);
         self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
         Ok(target)
@@ -445,19 +568,23 @@ impl Store {
     /// users, rows and checksum with what was published; also finds data trees no table
     /// references (staging left behind). One line per finding; empty: all sound.
     pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+        self.writing(|h| self.verify_in(h))
+    }
+
+    fn verify_in(&self, h: &Handles) -> Result<Vec<String>, StoreError> {
         // Publishes wait while a verify runs: a version switched or dropped halfway through
         // the scan would read as a mismatch or a left-over tree.
         let _guard = self.publish_lock.lock().expect("publish lock");
         let mut problems = Vec::new();
         let mut referenced = HashSet::new();
-        for (table, meta) in self.tables()? {
+        for (table, meta) in tables_of(h)? {
             referenced.extend(meta.versions.iter().map(|v| data_tree_name(&table, v.version)));
             let Some(info) = meta.versions.iter().find(|v| v.version == meta.current) else {
                 problems.push(format!("{table}: current version {} is not among the retained ones", meta.current));
                 continue;
             };
             let (mut users, mut rows, mut checksum) = (0u64, 0u64, 0u64);
-            for entry in self.db.open_tree(data_tree_name(&table, info.version))?.iter() {
+            for entry in h.db.open_tree(data_tree_name(&table, info.version))?.iter() {
                 let (user, value) = entry?;
                 users += 1;
                 rows += match meta.kind {
@@ -474,7 +601,7 @@ impl Store {
             }
         }
         let staging = self.staging.lock().expect("staging").clone();
-        for name in self.db.tree_names() {
+        for name in h.db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
             if name.starts_with(DATA_TREE_PREFIX) && !referenced.contains(&name) && !staging.contains(&name) {
                 problems.push(format!("unreferenced data tree {name}"));
@@ -485,29 +612,35 @@ impl Store {
 
     /// Throws a staged version away.
     pub fn discard(&self, staged: StagedVersion) -> Result<(), StoreError> {
-        let _unstage = Unstage(self, data_tree_name(&staged.table, staged.version));
-        self.db.drop_tree(data_tree_name(&staged.table, staged.version).as_bytes())?;
-        Ok(())
+        let name = data_tree_name(&staged.table, staged.version);
+        let _unstage = Unstage(self, name.clone());
+        // A failed store drops what is left of the version when it is opened again.
+        self.write_checked(|h| {
+            h.db.drop_tree(name.as_bytes())?;
+            Ok(())
+        })
     }
 
     /// Appends a run to its job's history and keeps the newest `keep` of that job.
     pub fn record_run(&self, record: &RunRecord, keep: usize) -> Result<(), StoreError> {
-        let prefix = history_prefix(&record.job);
-        let mut key = prefix.clone();
-        key.extend_from_slice(&record.run_id.to_be_bytes());
-        self.history.insert(key, serde_json::to_vec(record).expect("record serialises"))?;
-        let keys: Vec<sled::IVec> = self.history.scan_prefix(&prefix).keys().collect::<Result<_, _>>()?;
-        for old in keys.iter().take(keys.len().saturating_sub(keep)) {
-            self.history.remove(old)?;
-        }
-        self.history.flush()?;
-        Ok(())
+        self.writing(|h| {
+            let prefix = history_prefix(&record.job);
+            let mut key = prefix.clone();
+            key.extend_from_slice(&record.run_id.to_be_bytes());
+            h.history.insert(key, serde_json::to_vec(record).expect("record serialises"))?;
+            let keys: Vec<sled::IVec> = h.history.scan_prefix(&prefix).keys().collect::<Result<_, _>>()?;
+            for old in keys.iter().take(keys.len().saturating_sub(keep)) {
+                h.history.remove(old)?;
+            }
+            h.history.flush()?;
+            Ok(())
+        })
     }
 
     /// The newest `n` runs of `job`, newest first.
     pub fn history(&self, job: &str, n: usize) -> Result<Vec<RunRecord>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.history.scan_prefix(history_prefix(job)).rev().take(n) {
+        for entry in self.h()?.history.scan_prefix(history_prefix(job)).rev().take(n) {
             let (_, value) = entry?;
             if let Ok(record) = serde_json::from_slice(&value) {
                 out.push(record);
@@ -518,20 +651,22 @@ impl Store {
 
     /// The last tick the scheduler handled for `job` (run, skipped or missed on purpose).
     pub fn last_tick(&self, job: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-        let Some(v) = self.state.get(format!("tick/{job}"))? else { return Ok(None) };
+        let Some(v) = self.h()?.state.get(format!("tick/{job}"))? else { return Ok(None) };
         Ok(chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(&v)).ok().map(|t| t.to_utc()))
     }
 
     pub fn set_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
-        self.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
-        self.state.flush()?;
-        Ok(())
+        self.writing(|h| {
+            h.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
+            h.state.flush()?;
+            Ok(())
+        })
     }
 
     /// Jobs paused with `recd pause` (kept across restarts).
     pub fn paused_jobs(&self) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
-        for key in self.state.scan_prefix("paused/").keys() {
+        for key in self.h()?.state.scan_prefix("paused/").keys() {
             out.push(String::from_utf8_lossy(&key?["paused/".len()..]).into_owned());
         }
         Ok(out)
@@ -539,18 +674,22 @@ impl Store {
 
     pub fn set_paused(&self, job: &str, paused: bool) -> Result<(), StoreError> {
         let key = format!("paused/{job}");
-        if paused {
-            self.state.insert(key, &b"1"[..])?;
-        } else {
-            self.state.remove(key)?;
-        }
-        self.state.flush()?;
-        Ok(())
+        self.writing(|h| {
+            if paused {
+                h.state.insert(key, &b"1"[..])?;
+            } else {
+                h.state.remove(key)?;
+            }
+            h.state.flush()?;
+            Ok(())
+        })
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.write_checked(|h| {
+            h.db.flush()?;
+            Ok(())
+        })
     }
 }
 
@@ -624,6 +763,37 @@ impl StagedVersion {
         }
         Ok(())
     }
+}
+
+fn table_meta(h: &Handles, table: &str) -> Result<Option<TableMeta>, StoreError> {
+    match h.meta.get(table_key(table))? {
+        None => Ok(None),
+        Some(v) => decode_meta(table, &v).map(Some),
+    }
+}
+
+fn tables_of(h: &Handles) -> Result<Vec<(String, TableMeta)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in h.meta.scan_prefix(TABLE_KEY_PREFIX) {
+        let (key, value) = entry?;
+        let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
+        let meta = decode_meta(&table, &value)?;
+        out.push((table, meta));
+    }
+    Ok(out)
+}
+
+/// Writes, syncs and removes a scratch file in `dir`: whether the disk takes writes.
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".recd-write-probe");
+    let result = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&vec![0u8; PROBE_WRITE_BYTES])?;
+        file.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
 }
 
 fn history_prefix(job: &str) -> Vec<u8> {
@@ -868,7 +1038,7 @@ mod tests {
         let dir = marked_store("1");
         let retention = Retention { count: 2, max_age: None };
         let store = Store::open(dir.path(), retention).unwrap();
-        let marked = store.meta.get(KEY_FORMAT).unwrap().unwrap();
+        let marked = store.h().unwrap().meta.get(KEY_FORMAT).unwrap().unwrap();
         assert_eq!(marked.as_ref(), FORMAT_VERSION.to_string().as_bytes());
         drop(store);
         let dir = marked_store("7");
@@ -981,7 +1151,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(120));
         // old, but current: kept
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
-        assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == data_tree_name("t", 1).as_bytes()));
+        assert!(!store.h().unwrap().db.tree_names().iter().any(|n| n.as_ref() == data_tree_name("t", 1).as_bytes()));
     }
 
     #[test]
@@ -1095,7 +1265,7 @@ mod tests {
         let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         assert!(store.served("t").is_none());
         let names: Vec<String> =
-            store.db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+            store.h().unwrap().db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         assert!(!names.iter().any(|n| n.starts_with(DATA_TREE_PREFIX)), "left: {names:?}");
     }
 }

@@ -4,7 +4,7 @@
 use crate::util::{TestDaemon, plugins_dir, ranking_job};
 
 fn faulty_job(mode: &str) -> String {
-    format!("plugin = \"faulty\"\ntable = \"faulty\"\n[params]\nmode = \"{mode}\"\n")
+    format!("plugin = \"faulty\"\ntable = \"faulty\"\nshared_table = true\n[params]\nmode = \"{mode}\"\n")
 }
 
 #[test]

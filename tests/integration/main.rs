@@ -7,6 +7,7 @@
 mod oracle;
 mod util;
 
+mod adversarial;
 mod c_plugin;
 mod churn;
 mod clients;

@@ -42,6 +42,8 @@ pub struct TestDaemon {
     env: Vec<(String, String)>,
     /// The recd executable `serve` runs from (default: cargo's).
     bin: PathBuf,
+    /// The umask `serve` starts with (default: the test process's).
+    umask: Option<u32>,
 }
 
 impl TestDaemon {
@@ -69,14 +71,33 @@ impl TestDaemon {
         ) + extra_config;
         std::fs::write(dir.path().join("recd.toml"), config).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = TestDaemon { dir, child: None, env, bin: PathBuf::from(RECD) };
+        let mut d = TestDaemon { dir, child: None, env, bin: PathBuf::from(RECD), umask: None };
+        d.spawn();
+        d
+    }
+
+    /// Like `start`, the daemon started under `umask` (through `sh -c 'umask ..; exec ..'`,
+    /// so the test process's own umask stays as it is).
+    pub fn start_umask(jobs: &[(&str, &str)], umask: u32) -> TestDaemon {
+        let mut d = Self::start_env(jobs, "", &[]);
+        d.stop();
+        d.umask = Some(umask);
+        std::fs::remove_dir_all(d.dir.path().join("data")).unwrap();
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(&self.bin)
+        let mut command = match self.umask {
+            None => Command::new(&self.bin),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("umask {mask:03o} && exec \"$0\" \"$@\"")).arg(&self.bin);
+                sh
+            }
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(self.config())
             .env("RECD_LOG", "info")

@@ -38,6 +38,9 @@ struct OutputBuffers {
 
 impl Engine {
     pub fn open(ort_lib: &Path, model: &Path, device: Device) -> anyhow::Result<Engine> {
+        // ONNX Runtime opens the model itself: a FIFO there would hang the worker in it.
+        crate::fsutil::check_regular(model, u64::MAX)
+            .map_err(|e| anyhow::anyhow!("model file {} {e}", model.display()))?;
         if !ort_lib.is_file() {
             anyhow::bail!(
                 "ONNX Runtime library {} not found (run `make setup`, or set ORT_DYLIB_PATH / `onnxruntime` in recd.toml)",

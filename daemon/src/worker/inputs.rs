@@ -12,6 +12,13 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::job::{Input, InputFormat};
 
+/// The input's file, if it is a regular file (a FIFO in its place must not block the run).
+fn open(input: &Input) -> anyhow::Result<File> {
+    let (file, _) = crate::fsutil::open_regular(&input.path, u64::MAX)
+        .map_err(|e| anyhow::anyhow!("{} {e}", input.path.display()))?;
+    Ok(file)
+}
+
 pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
     let batches = match input.format {
         InputFormat::Parquet => read_parquet(input),
@@ -46,14 +53,11 @@ pub fn named_schema(input: &Input) -> anyhow::Result<SchemaRef> {
 pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
     match input.format {
         InputFormat::Csv => {
-            let (schema, _) =
-                Format::default().with_header(true).infer_schema(File::open(&input.path)?, Some(10_000))?;
+            let (schema, _) = Format::default().with_header(true).infer_schema(open(input)?, Some(10_000))?;
             Ok(Arc::new(schema))
         }
-        InputFormat::Parquet => {
-            Ok(ParquetRecordBatchReaderBuilder::try_new(File::open(&input.path)?)?.schema().clone())
-        }
-        InputFormat::ArrowIpc => Ok(arrow_ipc::reader::FileReader::try_new(File::open(&input.path)?, None)?.schema()),
+        InputFormat::Parquet => Ok(ParquetRecordBatchReaderBuilder::try_new(open(input)?)?.schema().clone()),
+        InputFormat::ArrowIpc => Ok(arrow_ipc::reader::FileReader::try_new(open(input)?, None)?.schema()),
         InputFormat::Table => Ok(crate::runner::exported_table_schema()),
     }
 }
@@ -61,7 +65,7 @@ pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
 /// The whole file as one batch, decoded straight into it: reading in small batches and
 /// concatenating them held every row twice at the peak.
 fn read_parquet(input: &Input) -> anyhow::Result<Vec<RecordBatch>> {
-    let file = File::open(&input.path)?;
+    let file = open(input)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let rows = builder.metadata().file_metadata().num_rows().max(1) as usize;
     let reader = builder.with_batch_size(rows).build()?;
@@ -113,7 +117,7 @@ type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 
 /// The input's batches with columns `read_cols` (ascending positions in `full`).
 fn open_batches(input: &Input, full: &SchemaRef, read_cols: &[usize], batch_rows: usize) -> anyhow::Result<Batches> {
-    let file = File::open(&input.path)?;
+    let file = open(input)?;
     Ok(match input.format {
         InputFormat::Csv => Box::new(
             arrow_csv::ReaderBuilder::new(full.clone())

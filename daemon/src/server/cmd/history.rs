@@ -22,7 +22,7 @@ impl History {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        match daemon.store.history(&self.job, self.n) {
+        match daemon.history(&self.job, self.n) {
             Ok(runs) => resp::bulk(out, &serde_json::to_vec_pretty(&runs).expect("records serialise")),
             Err(e) => resp::error(out, &format!("ERR reading history: {e}")),
         }
