@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is
 # missing (scripts/setup.sh) and build first.
-.PHONY: setup demo test lint model quality bench-serving bench-batch fuzz soak
+.PHONY: setup demo test lint model quality bench-serving bench-fairness bench-batch fuzz soak
 
 setup:
 	scripts/setup.sh
@@ -35,6 +35,13 @@ quality: setup
 bench-serving:
 	cargo build --release --workspace
 	python3 scripts/bench_serving.py
+
+# Adds or replaces the fairness section of docs/performance.md: a client's top-10 reads timed
+# while 4 others read a 5,000,000-item list whole, on recd (ZREVRANGE and GET) and on a local
+# redis-server holding the same lists (work files in target/bench-fairness/).
+bench-fairness:
+	cargo build --release --workspace
+	python3 scripts/bench_fairness.py
 
 # Adds or replaces the batch section of docs/performance.md: the ranking job through recd vs
 # scripts/python_pipeline.py (pandas + onnxruntime + redis-py into a local redis-server) on the

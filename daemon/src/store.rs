@@ -882,6 +882,16 @@ impl<'a> ListEntries<'a> {
     pub fn remaining(&self) -> usize {
         self.left
     }
+
+    /// Where the next entry starts, to [`ListEntries::resume`] from.
+    pub fn position(&self) -> usize {
+        self.at
+    }
+
+    /// The entries of `bytes` from byte `at` (a [`ListEntries::position`]), `left` of them.
+    pub fn resume(bytes: &'a [u8], at: usize, left: usize) -> ListEntries<'a> {
+        ListEntries { bytes, at, left }
+    }
 }
 
 /// The list as GET's JSON when the value carries it, or None for a value written before

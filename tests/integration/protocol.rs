@@ -297,3 +297,60 @@ fn recd_specific_replies() {
     assert_eq!(d.redis_cli(&["ZCARD", "ranking:17850"]).trim(), "10");
     assert_eq!(d.redis_cli(&["PING"]).trim(), "PONG");
 }
+
+/// A range longer than one part of a reply (8,192 entries) is written in parts, with other
+/// clients served in between; the reply must be the very one Redis gives, whatever range
+/// and direction, in RESP2 and RESP3, also pipelined behind and before other requests.
+#[test]
+fn long_ranges_written_in_parts_answer_exactly_as_redis_server_does() {
+    let items = 20_000;
+    let job = format!(
+        "plugin = \"synthetic\"\nmax_items_per_user = {items}\n[params]\nusers = 3\nitems = 5\nbig_users = 1\nbig_items = {items}\n"
+    );
+    let d = TestDaemon::start(&[("s", &job)]);
+    d.run_job("s");
+    let redis = RedisServer::start();
+    let mut theirs = redis.conn();
+    for chunk in (0..items).collect::<Vec<u32>>().chunks(5000) {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg("s:big-0");
+        for item in chunk {
+            zadd.arg(items - item).arg(format!("big-item-{item}"));
+        }
+        let _: () = zadd.query(&mut theirs).unwrap();
+    }
+    let k = "s:big-0";
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["ZREVRANGE", k, "0", "-1", "WITHSCORES"],
+        vec!["ZREVRANGE", k, "0", "-1"],
+        vec!["ZRANGE", k, "0", "-1", "WITHSCORES"],
+        vec!["ZRANGE", k, "0", "-1", "REV"],
+        vec!["ZREVRANGE", k, "8190", "16400", "WITHSCORES"],
+        vec!["ZRANGE", k, "3", "-5", "WITHSCORES"],
+        vec!["ZRANGE", k, "-8193", "-1"],
+        vec!["ZREVRANGE", k, "19999", "25000"],
+        vec!["ZCARD", k],
+    ];
+    compare(&d.socket(), &redis.socket, &cases);
+    // Pipelined: a small read, a long one, a small one, answered in order.
+    {
+        let pipe = |socket: &std::path::Path| {
+            let mut conn = connect(socket, false);
+            let replies: Vec<Value> = redis::pipe()
+                .cmd("ZCARD")
+                .arg(k)
+                .cmd("ZREVRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(-1)
+                .cmd("ZREVRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(2)
+                .query(&mut conn)
+                .unwrap();
+            format!("{:?}", replies)
+        };
+        assert_eq!(pipe(&d.socket()), pipe(&redis.socket));
+    }
+}

@@ -53,6 +53,13 @@ async fn handle(
                     if !args.is_empty() {
                         flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
                     }
+                    if let Some(rest) = out.take_rest() {
+                        // A long reply: written part by part, others served in between.
+                        tokio::select! {
+                            r = write_in_parts(&mut stream, &mut out, rest) => r?,
+                            _ = stop.changed() => return Ok(()),
+                        }
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -79,20 +86,47 @@ async fn handle(
     }
 }
 
-/// Writes the whole reply with vectored writes: stored values go from the read cache to
-/// the socket without a copy into the reply buffer.
-async fn write_reply(stream: &mut UnixStream, reply: &resp::Reply) -> std::io::Result<()> {
-    if !reply.has_stored() {
-        return stream.write_all(&reply.buf).await;
+/// Writes `out` (the replies so far, ending with the first part of a long one), then each
+/// further part `rest` makes, yielding the thread between parts; `out` is left empty.
+async fn write_in_parts(
+    stream: &mut UnixStream,
+    out: &mut resp::Reply,
+    mut rest: Box<dyn resp::MoreReply>,
+) -> std::io::Result<()> {
+    loop {
+        write_reply(stream, out).await?;
+        out.clear();
+        tokio::task::yield_now().await;
+        if rest.next_part(out) {
+            return Ok(());
+        }
     }
-    let mut slices = reply.slices();
+}
+
+/// Bytes written to one connection before the serving thread is handed to the others: a
+/// client reading a 178 MB value as fast as the socket goes would otherwise keep the thread
+/// (the kernel takes a few hundred kB per write, and a write that never blocks never
+/// yields).
+const WRITE_TURN_BYTES: usize = 1 << 20;
+
+/// Writes the whole reply with vectored writes: stored values go from the read cache to
+/// the socket without a copy into the reply buffer. Yields after every
+/// [`WRITE_TURN_BYTES`].
+async fn write_reply(stream: &mut UnixStream, reply: &resp::Reply) -> std::io::Result<()> {
+    let mut slices = if reply.has_stored() { reply.slices() } else { vec![std::io::IoSlice::new(&reply.buf)] };
     let mut left: &mut [std::io::IoSlice<'_>] = &mut slices;
-    while !left.is_empty() {
+    let mut turn = 0;
+    while !left.is_empty() && !left[0].is_empty() {
         let n = stream.write_vectored(left).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         std::io::IoSlice::advance_slices(&mut left, n);
+        turn += n;
+        if turn >= WRITE_TURN_BYTES {
+            turn = 0;
+            tokio::task::yield_now().await;
+        }
     }
     Ok(())
 }

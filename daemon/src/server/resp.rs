@@ -205,6 +205,16 @@ pub struct Reply {
     pub resp3: bool,
     /// (offset in `buf` the value goes before, the stored value, its byte range)
     stored: Vec<(usize, sled::IVec, std::ops::Range<usize>)>,
+    /// The rest of a reply too long to build at once, made part by part.
+    rest: Option<Box<dyn MoreReply>>,
+}
+
+/// The rest of a long reply (ZRANGE over millions of entries): the connection writes what
+/// the reply holds, lets the serving thread's other connections in, then asks for the next
+/// part. Building such a reply at once took seconds, during which nobody else was served.
+pub trait MoreReply: Send + Sync + std::fmt::Debug {
+    /// Appends the next part to `out`; true when the reply is complete.
+    fn next_part(&mut self, out: &mut Reply) -> bool;
 }
 
 /// Below this a value is copied: an extra I/O vector costs more than the copy.
@@ -212,7 +222,17 @@ const BY_REFERENCE_BYTES: usize = 1024;
 
 impl Reply {
     pub fn new(capacity: usize) -> Reply {
-        Reply { buf: Vec::with_capacity(capacity), resp3: false, stored: Vec::new() }
+        Reply { buf: Vec::with_capacity(capacity), resp3: false, stored: Vec::new(), rest: None }
+    }
+
+    /// Leaves the rest of the current reply to `rest` (see [`MoreReply`]).
+    pub fn set_rest(&mut self, rest: Box<dyn MoreReply>) {
+        self.rest = Some(rest);
+    }
+
+    /// The rest of a long reply, if the last command left one.
+    pub fn take_rest(&mut self) -> Option<Box<dyn MoreReply>> {
+        self.rest.take()
     }
 
     /// A bulk string of `value[range]`, a stored value the reply keeps a handle on

@@ -405,12 +405,13 @@ pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[
     }
 }
 
-/// Like [`with_list`], on the stored bytes, for commands that read only part of a list.
-pub fn with_list_bytes(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[u8], &mut Reply)) {
+/// Like [`with_list`], on the stored value itself, for commands that read only part of a
+/// list (in place) or keep it for a reply made in parts.
+pub fn with_list_value(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&sled::IVec, &mut Reply)) {
     match lookup(daemon, key) {
         Some(Stored::List(bytes)) => f(&bytes, out),
         Some(Stored::Hash(_)) => resp::error(out, WRONGTYPE),
-        None => f(&0u32.to_le_bytes(), out),
+        None => f(&sled::IVec::from(&0u32.to_le_bytes()[..]), out),
     }
 }
 

@@ -2,9 +2,9 @@
 //! Redis's index rules (negative counts from the end; out of range gives an empty list).
 use std::sync::Arc;
 
-use super::{ParseResult, parse_int, with_list_bytes, wrong_args};
+use super::{ParseResult, parse_int, with_list_value, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::server::resp::{self, MoreReply, Reply};
 use crate::store::ListEntries;
 
 pub struct ZRange<'a> {
@@ -35,41 +35,103 @@ impl<'a> ZRange<'a> {
     }
 
     /// Reads only the entries asked for, in place: ZREVRANGE key 0 9 of a 100-item list
-    /// touches 10 entries and allocates nothing.
+    /// touches 10 entries and allocates nothing. A range of more than [`PART_ENTRIES`] is
+    /// answered in parts (see [`resp::MoreReply`]).
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_list_bytes(daemon, self.key, out, |bytes, out| {
-            let entries = ListEntries::new(bytes);
+        let withscores = self.withscores;
+        let rev = self.rev;
+        let (start, stop) = (self.start, self.stop);
+        with_list_value(daemon, self.key, out, |value, out| {
+            let entries = ListEntries::new(value);
             let len = entries.remaining();
-            let Some((from, to)) = rank_range(self.start, self.stop, len) else {
+            let Some((from, to)) = rank_range(start, stop, len) else {
                 resp::array_len(out, 0);
                 return;
             };
             let n = to - from + 1;
             // RESP2: member, score, member, score...; RESP3 (as Redis 7): [member, score] pairs
-            let flat = self.withscores && !out.resp3;
+            let flat = withscores && !out.resp3;
             resp::array_len(out, if flat { 2 * n } else { n });
             // Stored best first: descending rank r is entry r, ascending rank r is entry len-1-r.
-            if self.rev {
-                for entry in entries.skip(from).take(n) {
-                    self.write_entry(entry, out);
+            let mut entries = entries;
+            let rest = if rev {
+                if from > 0 {
+                    entries.nth(from - 1);
                 }
+                Entries::Forward { at: entries.position(), left: n }
             } else {
-                let picked: Vec<(&[u8], f32)> = entries.skip(len - 1 - to).take(n).collect();
-                for entry in picked.into_iter().rev() {
-                    self.write_entry(entry, out);
+                if len - 1 - to > 0 {
+                    entries.nth(len - 2 - to);
                 }
+                let mut starts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    starts.push(entries.position());
+                    entries.next();
+                }
+                Entries::Backward { starts }
+            };
+            let mut part = RangePart { value: value.clone(), entries: rest, withscores };
+            if !part.next_part(out) {
+                out.set_rest(Box::new(part));
             }
         });
     }
+}
 
-    fn write_entry(&self, (member, score): (&[u8], f32), out: &mut Reply) {
-        if self.withscores && out.resp3 {
-            resp::array_len(out, 2);
+/// Entries written per part of a long range reply: about a millisecond of work.
+pub const PART_ENTRIES: usize = 8192;
+
+/// What is left of a range reply.
+#[derive(Debug)]
+enum Entries {
+    /// Best first: `left` entries from byte `at` on.
+    Forward { at: usize, left: usize },
+    /// Worst first: the entries starting at these bytes, the last one first.
+    Backward { starts: Vec<usize> },
+}
+
+/// A range reply, written [`PART_ENTRIES`] entries at a time; holds its list value.
+#[derive(Debug)]
+struct RangePart {
+    value: sled::IVec,
+    entries: Entries,
+    withscores: bool,
+}
+
+impl MoreReply for RangePart {
+    fn next_part(&mut self, out: &mut Reply) -> bool {
+        let value: &[u8] = &self.value;
+        match &mut self.entries {
+            Entries::Forward { at, left } => {
+                let take = (*left).min(PART_ENTRIES);
+                let mut entries = ListEntries::resume(value, *at, *left);
+                for entry in entries.by_ref().take(take) {
+                    write_entry(self.withscores, entry, out);
+                }
+                *at = entries.position();
+                *left -= take;
+                *left == 0
+            }
+            Entries::Backward { starts } => {
+                for _ in 0..PART_ENTRIES {
+                    let Some(at) = starts.pop() else { break };
+                    if let Some(entry) = ListEntries::resume(value, at, 1).next() {
+                        write_entry(self.withscores, entry, out);
+                    }
+                }
+                starts.is_empty()
+            }
         }
-        resp::bulk(out, member);
-        if self.withscores {
-            out.double(score);
-        }
+    }
+}
+
+fn write_entry(withscores: bool, (member, score): (&[u8], f32), out: &mut Reply) {
+    if withscores && out.resp3 {
+        resp::array_len(out, 2);
+    }
+    resp::bulk(out, member);
+    if withscores {
+        out.double(score);
     }
 }
 

@@ -5,7 +5,10 @@
 //!   so `-r <users>` hits every user and only them;
 //! - `items` (default 100): items per user, distinct, `item-<n>` drawn from a catalogue
 //!   of `catalogue` (default 10000) by a xorshift generator seeded with `seed`;
-//! - `seed` (default 1): the same seed gives the same table.
+//! - `seed` (default 1): the same seed gives the same table;
+//! - `big_users` (default 0) more users, `big-0`, `big-1`, ..., with `big_items` items
+//!   each (`big-item-0` scored `big_items`, `big-item-1` scored one less, ...): the huge
+//!   lists of the serving fairness benchmark (`scripts/bench_fairness.py`).
 //!
 //! Scores strictly decrease down each list and are multiples of 1/16 (e.g. `873.4375`):
 //! exact in f32 and in f64, so recd and Redis write the very same score text.
@@ -27,6 +30,10 @@ struct Params {
     catalogue: u32,
     #[serde(default = "default_seed")]
     seed: u64,
+    #[serde(default)]
+    big_users: u32,
+    #[serde(default)]
+    big_items: u32,
 }
 
 fn default_users() -> u64 {
@@ -90,11 +97,15 @@ impl Strategy for Synthetic {
         if params.items > 1000 {
             return Err(PluginError::params("params.items: at most 1000"));
         }
+        // Scores are whole numbers up to big_items: exact in f32 up to 2^24.
+        if params.big_items > 1 << 24 || (params.big_users > 0 && params.big_items == 0) {
+            return Err(PluginError::params("params.big_items: between 1 and 16777216 when big_users is set"));
+        }
         Ok(Synthetic { params })
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
-        let Params { users, items, catalogue, seed } = self.params;
+        let Params { users, items, catalogue, seed, big_users, big_items } = self.params;
         let mut rng = XorShift::new(seed);
         let names: Vec<String> = (0..catalogue).map(|n| format!("item-{n}")).collect();
         // taken[n] == user + 1: item n is already in this user's list
@@ -122,6 +133,14 @@ impl Strategy for Synthetic {
                 ctx.emit(std::mem::take(&mut rows).into_batch()?)?;
                 ctx.progress(user + 1, users);
             }
+        }
+        for big in 0..big_users {
+            let name = format!("big-{big}");
+            let mut rows = OutputRows::new();
+            for item in 0..big_items {
+                rows.push(&name, &format!("big-item-{item}"), (big_items - item) as f32);
+            }
+            ctx.emit(rows.into_batch()?)?;
         }
         Ok(())
     }
