@@ -501,7 +501,11 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
-            _ = hup.recv() => watch::reload(&daemon, "SIGHUP").await,
+            // A reload may wait on plugin probes: never in the way of SIGTERM.
+            _ = hup.recv() => {
+                let daemon = Arc::clone(&daemon);
+                tokio::spawn(async move { watch::reload(&daemon, "SIGHUP").await });
+            }
         }
     }
     systemd::notify("STOPPING=1");
