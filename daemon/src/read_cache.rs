@@ -131,6 +131,12 @@ impl ReadCache {
         large.bytes -= freed;
     }
 
+    /// Whether a large value of `user` in `generation` is held.
+    #[cfg(test)]
+    pub fn holds_large(&self, generation: u64, user: &[u8]) -> bool {
+        self.large.lock().expect("large values").values.contains_key(&(generation, user.to_vec()))
+    }
+
     /// Bytes of keys and values held.
     #[cfg(test)]
     fn weight(&self) -> u64 {

@@ -18,7 +18,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::read_cache::ReadCache;
+use crate::read_cache::{LARGE_VALUE_BYTES, ReadCache};
+
+/// Huge values read into the cache when their version is published, at most (the cache
+/// bounds what it keeps anyway).
+const MAX_WARMED_USERS: usize = 64;
 
 /// 2: list values carry a flag and the offset of their JSON ([`encode_list`]), which a
 /// recd that knows only 1 would misread; a format-1 store is upgraded in place on open,
@@ -437,6 +441,7 @@ impl Store {
             users: 0,
             rows: 0,
             fallback: Vec::new(),
+            large_users: Vec::new(),
             checksum: 0,
         })
     }
@@ -500,10 +505,13 @@ impl Store {
         let encoded = serde_json::to_vec(&meta).expect("meta serialises");
         h.meta.insert(table_key(&staged.table), encoded)?;
         h.meta.flush()?;
-        self.served.write().expect("served lock").insert(
-            staged.table.clone(),
-            Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone())),
-        );
+        let serving = Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone()));
+        // Huge lists are copied into the read cache here, on the run's thread, rather than
+        // by their first reader on a serving thread (about 140 ms for 275 MB).
+        for user in &staged.large_users {
+            let _ = serving.get(user.as_bytes());
+        }
+        self.served.write().expect("served lock").insert(staged.table.clone(), serving);
         for v in dropped {
             h.db.drop_tree(data_tree_name(&staged.table, v).as_bytes())?;
         }
@@ -717,6 +725,8 @@ pub struct StagedVersion {
     pub rows: u64,
     /// Published with the version: see [`TableMeta::fallback`].
     pub fallback: Vec<String>,
+    /// Users whose value is at least [`LARGE_VALUE_BYTES`], read into the cache at publish.
+    large_users: Vec<String>,
     /// See [`VersionInfo::checksum`].
     checksum: u64,
 }
@@ -734,6 +744,9 @@ impl StagedVersion {
     }
 
     fn put(&mut self, user: &str, value: Vec<u8>, rows: usize) -> Result<(), StoreError> {
+        if value.len() >= LARGE_VALUE_BYTES && self.large_users.len() < MAX_WARMED_USERS {
+            self.large_users.push(user.to_string());
+        }
         self.checksum = self.checksum.wrapping_add(row_hash(user.as_bytes(), &value));
         self.batch.insert(user.as_bytes(), value);
         self.users += 1;
@@ -1259,6 +1272,22 @@ mod tests {
         let ids: Vec<u64> = store.history("a", 10).unwrap().iter().map(|r| r.run_id).collect();
         assert_eq!(ids, vec![1000, 300, 7]);
         assert_eq!(store.history("ab", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_published_huge_list_is_in_the_read_cache_before_anyone_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let caches = Caches { sled_bytes: 64 << 20, read_bytes: 64 << 20 };
+        let store = Store::open_with(dir.path(), Retention { count: 2, max_age: None }, caches).unwrap();
+        let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
+        let mut big: Vec<(String, f32)> = (0..40_000).map(|i| (format!("item-{i:05}"), i as f32)).collect();
+        staged.put_user("big", &mut big).unwrap();
+        staged.put_user("small", &mut [("i", 1.0)]).unwrap();
+        store.publish(staged).unwrap();
+        let served = store.served("t").unwrap();
+        assert!(store.read_cache.holds_large(served.generation, b"big"));
+        assert!(!store.read_cache.holds_large(served.generation, b"small"));
+        assert_eq!(decode_list(&served.get(b"big").unwrap().unwrap()).len(), 40_000);
     }
 
     #[test]
