@@ -252,17 +252,17 @@ impl Reply {
         !self.stored.is_empty()
     }
 
-    /// The reply's bytes in order, as slices for a vectored write.
-    pub fn slices(&self) -> Vec<std::io::IoSlice<'_>> {
-        let mut out = Vec::with_capacity(2 * self.stored.len() + 1);
+    /// The reply's bytes in order, in parts for a vectored write (none empty).
+    pub fn parts(&self) -> smallvec::SmallVec<[&[u8]; 8]> {
+        let mut out = smallvec::SmallVec::new();
         let mut at = 0;
         for (offset, value, range) in &self.stored {
-            out.push(std::io::IoSlice::new(&self.buf[at..*offset]));
-            out.push(std::io::IoSlice::new(&value[range.clone()]));
+            out.push(&self.buf[at..*offset]);
+            out.push(&value[range.clone()]);
             at = *offset;
         }
-        out.push(std::io::IoSlice::new(&self.buf[at..]));
-        out.retain(|s| !s.is_empty());
+        out.push(&self.buf[at..]);
+        out.retain(|s: &mut &[u8]| !s.is_empty());
         out
     }
 
@@ -439,11 +439,11 @@ mod tests {
         bulk(&mut want, &big[1000..3000]);
         bulk(&mut want, b"234");
         bulk(&mut want, &big[..1500]);
-        let joined: Vec<u8> = reply.slices().iter().flat_map(|s| s.iter().copied()).collect();
+        let joined: Vec<u8> = reply.parts().concat();
         assert_eq!(joined, want);
         assert!(reply.buf.len() < 100, "the big values stay out of the buffer");
         reply.clear();
-        assert!(reply.slices().is_empty() && reply.buf.is_empty());
+        assert!(reply.parts().is_empty() && reply.buf.is_empty());
     }
 
     #[test]
