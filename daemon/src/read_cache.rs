@@ -63,6 +63,9 @@ pub struct ReadCache {
     cache: Option<Cache<Key, sled::IVec, Bytes>>,
     /// Values of at least [`LARGE_VALUE_BYTES`], within half the capacity.
     large: Mutex<LargeValues>,
+    /// How many values `large` holds: a miss looks there only when it holds any, so the
+    /// common case (no huge lists) takes no lock and makes no key.
+    large_count: AtomicU64,
     generations: AtomicU64,
 }
 
@@ -105,7 +108,7 @@ impl ReadCache {
         let cache = (capacity_bytes > 0)
             .then(|| Cache::with_weighter((capacity_bytes / 2048).max(64) as usize, capacity_bytes, Bytes));
         let large = LargeValues { capacity: capacity_bytes / 2, ..LargeValues::default() };
-        ReadCache { cache, large: Mutex::new(large), generations: AtomicU64::new(1) }
+        ReadCache { cache, large: Mutex::new(large), large_count: AtomicU64::new(0), generations: AtomicU64::new(1) }
     }
 
     /// A number no version served before has had.
@@ -129,6 +132,7 @@ impl ReadCache {
             keep
         });
         large.bytes -= freed;
+        self.large_count.store(large.values.len() as u64, Ordering::Relaxed);
     }
 
     /// Whether a large value of `user` in `generation` is held.
@@ -155,14 +159,18 @@ impl ReadCache {
         if let Some(hit) = cache.get(&KeyRef(generation, user)) {
             return Ok(Some(hit));
         }
-        if let Some(hit) = self.large.lock().expect("large values").values.get(&(generation, user.to_vec())) {
+        if self.large_count.load(Ordering::Relaxed) > 0
+            && let Some(hit) = self.large.lock().expect("large values").values.get(&(generation, user.to_vec()))
+        {
             return Ok(Some(hit.clone()));
         }
         let value = read()?;
         if let Some(v) = &value {
             let copy = sled::IVec::from(v.as_ref());
             if copy.len() >= LARGE_VALUE_BYTES {
-                self.large.lock().expect("large values").insert(generation, user, copy);
+                let mut large = self.large.lock().expect("large values");
+                large.insert(generation, user, copy);
+                self.large_count.store(large.values.len() as u64, Ordering::Relaxed);
             } else {
                 cache.insert((generation, SmallVec::from_slice(user)), copy);
             }
