@@ -298,7 +298,7 @@ fn recd_specific_replies() {
     assert_eq!(d.redis_cli(&["PING"]).trim(), "PONG");
 }
 
-/// A range longer than one part of a reply (8,192 entries) is written in parts, with other
+/// A range longer than one part of a reply (2,048 entries) is written in parts, with other
 /// clients served in between; the reply must be the very one Redis gives, whatever range
 /// and direction, in RESP2 and RESP3, also pipelined behind and before other requests.
 #[test]

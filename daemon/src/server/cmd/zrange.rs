@@ -78,8 +78,10 @@ impl<'a> ZRange<'a> {
     }
 }
 
-/// Entries written per part of a long range reply: about a millisecond of work.
-pub const PART_ENTRIES: usize = 8192;
+/// Entries written per part of a long range reply: a fraction of a millisecond of work.
+/// With 8,192 the top-10 p99 beside four 5M-item readers was 1.8 to 5.8 ms, with 2,048
+/// 0.6 ms, and the huge replies came as fast.
+pub const PART_ENTRIES: usize = 2048;
 
 /// What is left of a range reply.
 #[derive(Debug)]
