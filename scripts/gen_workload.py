@@ -21,7 +21,7 @@ What is in a workload folder:
   fall after a start date inside the year, bunched towards it.
 - ``users.csv`` (user_id, index, segment) and ``items.csv`` (item_id, index, category):
   the models' vocabularies.
-- ``mf.onnx`` (weights in ``mf.onnx.data``, likewise for the MLP): a 32-factor dot-product model, as ``models/ranking/mf.onnx`` (inputs
+- ``mf.onnx`` (weights in ``mf.onnx.data``, likewise for the MLP): a 32-factor dot-product model, the graph of ``models/ranking/mf.onnx`` (inputs
   ``user``, ``item``; output ``score``); factors are segment and category centres plus
   noise, so scores carry the same taste structure as the interactions.
 - ``mlp.onnx``: the heavier benchmark ranker: user and item embeddings (32 each),
