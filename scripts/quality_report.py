@@ -734,8 +734,11 @@ def render(datasets: list[dict], results: dict) -> str:
     w(f"  line; MovieLens: `age_band` from `u.user`: {', '.join(b[2] for b in ML_AGE_BANDS)}), the same")
     w(f"  half-lives as `popularity`, `min_interactions = {MIN_INTERACTIONS}`, `explore_share = {EXPLORE_SHARE}`, "
       f"`new_item_days = {NEW_ITEM_DAYS}`,")
-    w(f"  `seed = {SEED}`; input `users` lists every user of the dataset with their segment, so users with no")
-    w("  history before the cut-off get their segment's list.")
+    w(f"  `seed = {SEED}`, and the plugin's defaults for the rest: segment lists shrunk towards the global")
+    w("  ranking by segment size (`segment_shrinkage = 100`) and earned exploration (a new item takes the")
+    w("  slot only if its Thompson draw beats the buy rate of the item it would displace); input `users` lists")
+    w("  every user of the dataset with their segment, so users with no history before the cut-off get their")
+    w("  segment's list.")
     w("- `global-popularity` (baseline of 3): plugin `cold-start`, no segment,")
     w(f"  `half_life_days = {PLAIN_COUNTS_HALF_LIFE}` (plain counts), no exploration, the same `users` without "
       "the segment,")

@@ -15,15 +15,24 @@
 //! their latest interaction row; segment rankings count each row in its user's segment
 //! (from `users`) or in the row's own segment (from `interactions`).
 //!
+//! Segment rankings are shrunk towards the global one by the segment's size: an item's
+//! segment score is `(w_s(i) + m * w(i) / W) / (W_s + m)`, with `w_s`, `W_s` the segment's
+//! decayed weights (of the item, in all), `w`, `W` the global ones and `m` =
+//! `segment_shrinkage` (decayed interactions; default 100): a small segment's few
+//! interactions bend the global ranking instead of replacing it.
+//!
 //! Exploration (`explore_share` > 0): new items (first bought within `new_item_days` of the
 //! newest interaction) have no popularity to speak of yet, so the last
-//! `round(k * explore_share)` slots of every list go to new items picked by Thompson
+//! `round(k * explore_share)` slots of every list may go to new items picked by Thompson
 //! sampling: each new item's buy rate gets a Beta(1 + s, 1 + f) posterior, s its distinct
 //! buyers, f the other users active since it appeared; one draw per item and list, the
-//! highest draws win among new items not in the list and not bought by the user. Each
-//! list's RNG is seeded from `seed` and the list's key, so a rerun gives the same lists.
-//! Explored items score just below the list's lowest exploit score, decreasing, so the
-//! served order is the chosen order.
+//! highest draws win among new items not in the list and not bought by the user. With
+//! `exploration = "earned"` (the default) a drawn item takes a slot only if its draw beats
+//! the buy rate of the item it would displace (`(1 + buyers) / (2 + active users)` over
+//! the same window), so exploring costs no hits in expectation; `"always"` gives the slots
+//! to new items whatever their draw. Each list's RNG is seeded from `seed` and the list's
+//! key, so a rerun gives the same lists. Explored items score just below the list's lowest
+//! exploit score, decreasing, so the served order is the chosen order.
 //!
 //! A ranking table that declares `fallback = ["cold-start"]` answers a user it lacks with
 //! that user's list here, and a user without one (never seen, or warm) with `__default__`.
@@ -64,6 +73,23 @@ struct Params {
     new_item_days: f64,
     #[serde(default = "default_seed")]
     seed: u64,
+    #[serde(default = "default_shrinkage")]
+    segment_shrinkage: f64,
+    #[serde(default)]
+    exploration: Exploration,
+}
+
+/// Whether a drawn new item must beat the item it displaces (see the module docs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Exploration {
+    #[default]
+    Earned,
+    Always,
+}
+
+fn default_shrinkage() -> f64 {
+    100.0
 }
 
 fn default_k() -> usize {
@@ -99,6 +125,12 @@ impl Params {
                     "params.{key}: must be a positive number of days, got {days}"
                 )));
             }
+        }
+        if !(self.segment_shrinkage.is_finite() && self.segment_shrinkage >= 0.0) {
+            return Err(PluginError::params(format!(
+                "params.segment_shrinkage: must be a number >= 0, got {}",
+                self.segment_shrinkage
+            )));
         }
         if let Some(n @ 0) = self.min_interactions {
             return Err(PluginError::params(format!("params.min_interactions: must be at least 1, got {n}")));
@@ -146,7 +178,7 @@ impl Strategy for ColdStart {
         let p = &self.params;
         let data = Data::read(ctx, p)?;
         let newest = data.rows.iter().map(|r| r.time).fold(f64::MIN, f64::max);
-        let pop = Popularity::new(&data.rows, newest, p.half_life_days * DAY);
+        let pop = Popularity::new(&data.rows, newest, p.half_life_days * DAY, p.segment_shrinkage);
         let explorer = Explorer::new(&data.rows, newest, p)?;
         let lists = Lists { k: p.k, explorer: explorer.as_ref() };
         let nobody = HashSet::new();
@@ -189,7 +221,7 @@ struct Popularity<'a> {
 }
 
 impl<'a> Popularity<'a> {
-    fn new(rows: &'a [Row], newest: f64, half_life: f64) -> Popularity<'a> {
+    fn new(rows: &'a [Row], newest: f64, half_life: f64, shrinkage: f64) -> Popularity<'a> {
         let mut global: HashMap<&str, f64> = HashMap::new();
         let mut by_segment: HashMap<&str, HashMap<&str, f64>> = HashMap::new();
         for r in rows {
@@ -199,7 +231,8 @@ impl<'a> Popularity<'a> {
                 *by_segment.entry(seg).or_default().entry(&r.item).or_default() += w;
             }
         }
-        let segments = by_segment.iter().map(|(s, m)| (*s, ranked(m))).collect();
+        let total: f64 = global.values().sum();
+        let segments = by_segment.iter().map(|(s, m)| (*s, ranked(&shrunk(m, &global, total, shrinkage)))).collect();
         Popularity { global: ranked(&global), segments }
     }
 
@@ -214,6 +247,27 @@ impl<'a> Popularity<'a> {
             .copied()
             .filter(move |(i, _)| !info.bought.contains(*i) && seen.insert(i))
     }
+}
+
+/// A segment's weights shrunk towards the global shares: `(w_s(i) + m * w(i) / W) / (W_s +
+/// m)` for every item (an item the segment never had gets its global share's part).
+fn shrunk<'a>(
+    segment: &HashMap<&'a str, f64>,
+    global: &HashMap<&'a str, f64>,
+    total: f64,
+    m: f64,
+) -> HashMap<&'a str, f64> {
+    if m == 0.0 || total <= 0.0 {
+        return segment.clone();
+    }
+    let seg_total: f64 = segment.values().sum();
+    global
+        .iter()
+        .map(|(item, w)| {
+            let own = segment.get(item).copied().unwrap_or(0.0);
+            (*item, (own + m * w / total) / (seg_total + m))
+        })
+        .collect()
 }
 
 fn ranked<'a>(weights: &HashMap<&'a str, f64>) -> Vec<(&'a str, f64)> {
@@ -245,7 +299,19 @@ impl<'a> Lists<'_, 'a> {
             strictly_decreasing(&mut list);
             return list;
         };
-        let picks = explorer.pick(key, slots, |i| !bought.contains(i) && !list.iter().any(|(l, _)| *l == i));
+        let drawn = explorer.pick(key, slots, |i| !bought.contains(i) && !list.iter().any(|(l, _)| *l == i));
+        // Earned: the j-th drawn item must beat the buy rate of the exploit item it would
+        // displace (the one that fills slot j otherwise).
+        let displaced: Vec<&str> = exploit.iter().skip(self.k - slots).map(|(i, _)| *i).collect();
+        let picks: Vec<&'a str> = drawn
+            .iter()
+            .enumerate()
+            .filter(|(j, (_, draw))| match (explorer.mode, displaced.get(*j)) {
+                (Exploration::Always, _) | (_, None) => true,
+                (Exploration::Earned, Some(item)) => *draw > explorer.rate(item),
+            })
+            .map(|(_, (i, _))| *i)
+            .collect();
         let spare = exploit.iter().skip(self.k - slots).filter(|(i, _)| !picks.contains(i));
         list.extend(spare.take(slots - picks.len()).map(|(i, w)| (*i, *w as f32)));
         strictly_decreasing(&mut list);
@@ -283,6 +349,11 @@ struct Explorer<'a> {
     items: Vec<NewItem<'a>>,
     slots: usize,
     seed: u64,
+    mode: Exploration,
+    /// Distinct buyers of every item within the new-item window, and the users active in
+    /// it: an established item's buy rate, to compare a draw with.
+    window_buyers: HashMap<&'a str, usize>,
+    window_active: usize,
 }
 
 struct NewItem<'a> {
@@ -323,7 +394,21 @@ impl<'a> Explorer<'a> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         items.sort_by(|a, b| a.item.cmp(b.item));
-        Ok(Some(Explorer { items, slots, seed: p.seed }))
+        let window_start = newest - window;
+        let mut in_window: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for r in rows.iter().filter(|r| r.time >= window_start) {
+            in_window.entry(&r.item).or_default().insert(&r.user);
+        }
+        let window_buyers = in_window.into_iter().map(|(i, u)| (i, u.len())).collect();
+        let window_active = last.len() - last.partition_point(|t| *t < window_start);
+        Ok(Some(Explorer { items, slots, seed: p.seed, mode: p.exploration, window_buyers, window_active }))
+    }
+
+    /// An established item's buy rate over the new-item window: the mean of its Beta(1 +
+    /// buyers, 1 + others active) posterior, as new items' rates are drawn.
+    fn rate(&self, item: &str) -> f64 {
+        let buyers = self.window_buyers.get(item).copied().unwrap_or(0);
+        (1.0 + buyers as f64) / (2.0 + self.window_active.max(buyers) as f64)
     }
 
     /// The first new items with their counts, for the run's log.
@@ -337,14 +422,15 @@ impl<'a> Explorer<'a> {
         format!("new items ({} in all): {}", self.items.len(), shown.join(", "))
     }
 
-    /// Up to `n` eligible new items, highest posterior draw first. Every new item is drawn,
-    /// eligible or not, so a list's draws depend only on the seed and its key.
-    fn pick(&self, key: &str, n: usize, eligible: impl Fn(&str) -> bool) -> Vec<&'a str> {
+    /// Up to `n` eligible new items with their draws, highest draw first. Every new item is
+    /// drawn, eligible or not, so a list's draws depend only on the seed and its key.
+    fn pick(&self, key: &str, n: usize, eligible: impl Fn(&str) -> bool) -> Vec<(&'a str, f64)> {
         let mut rng = ChaCha8Rng::seed_from_u64(list_seed(self.seed, key));
         let mut draws: Vec<(&'a str, f64)> =
             self.items.iter().map(|it| (it.item, it.posterior.sample(&mut rng))).filter(|(i, _)| eligible(i)).collect();
         draws.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
-        draws.into_iter().take(n).map(|(i, _)| i).collect()
+        draws.truncate(n);
+        draws
     }
 }
 
@@ -562,10 +648,11 @@ mod tests {
             ("u4", "b", 30, "UK"),
             ("u5", "c", 20, "FR"),
         ];
-        let out = Harness::new(r#"{"k": 3, "half_life_days": 10, "segment_column": "country"}"#)
-            .input("interactions", data(&rows))
-            .run::<ColdStart>()
-            .unwrap();
+        let out =
+            Harness::new(r#"{"k": 3, "half_life_days": 10, "segment_column": "country", "segment_shrinkage": 0}"#)
+                .input("interactions", data(&rows))
+                .run::<ColdStart>()
+                .unwrap();
         let items = |u: &str| items(&out, u);
         assert_eq!(items(DEFAULT_USER), ["b", "c", "a"]);
         let default = out.list(DEFAULT_USER);
@@ -607,7 +694,7 @@ mod tests {
         assert_eq!(users_with(r#"{"min_interactions": 1}"#), [DEFAULT_USER]);
         assert_eq!(users_with("{}"), [DEFAULT_USER, "u1", "u2", "u3", "u4", "u5"]);
         // segment lists stay, whoever is warm
-        let out = Harness::new(r#"{"min_interactions": 1, "segment_column": "country"}"#)
+        let out = Harness::new(r#"{"min_interactions": 1, "segment_column": "country", "segment_shrinkage": 0}"#)
             .input("interactions", with_cancelled(&rows, &cancelled))
             .run::<ColdStart>()
             .unwrap();
@@ -629,7 +716,7 @@ mod tests {
         // the users table wins over the interactions' `country`; z and w have no history;
         // u3, u4, u5 are not in it, so they have no segment
         let table = users(&["u1", "u2", "z", "w"], "country", &["FR", "FR", "FR", "DE"]);
-        let out = Harness::new(r#"{"k": 3, "segment_column": "country"}"#)
+        let out = Harness::new(r#"{"k": 3, "segment_column": "country", "segment_shrinkage": 0}"#)
             .input("interactions", data(&rows))
             .input("users", table)
             .run::<ColdStart>()
@@ -660,7 +747,7 @@ mod tests {
     fn segment_column_comes_from_either_table_or_the_error_lists_both() {
         let rows = [("u1", "a", 0, "UK"), ("u2", "b", 0, "FR")];
         // `users` without the column: the interactions' column serves
-        let out = Harness::new(r#"{"segment_column": "country"}"#)
+        let out = Harness::new(r#"{"segment_column": "country", "segment_shrinkage": 0}"#)
             .input("interactions", data(&rows))
             .input("users", users(&["u1"], "tier", &["gold"]))
             .run::<ColdStart>()
@@ -693,7 +780,7 @@ mod tests {
             ("u5", "c", 100, "uk"),
             ("u6", "z", 100, "fr"),
         ];
-        let out = Harness::new(r#"{"k": 3, "segment_column": "country"}"#)
+        let out = Harness::new(r#"{"k": 3, "segment_column": "country", "segment_shrinkage": 0}"#)
             .input("interactions", data(&rows))
             .run::<ColdStart>()
             .unwrap();
@@ -746,7 +833,7 @@ mod tests {
 
     #[test]
     fn exploration_fills_the_last_slots_with_new_items_not_bought() {
-        let out = explore(r#"{"k": 4, "explore_share": 0.5, "half_life_days": 1000}"#);
+        let out = explore(r#"{"k": 4, "explore_share": 0.5, "half_life_days": 1000, "exploration": "always"}"#);
         // last activity: a* day 0, b1 90, b2 100, b3 100. n1: 2 buyers of 3 active since
         // day 90; n2, n3: 1 of 2 since day 95 / 100. r1 (20 days old) is not new.
         let stats = "new items (3 in all): n1 (2 bought, 1 passed), n2 (1 bought, 1 passed), n3 (1 bought, 1 passed)";
@@ -772,7 +859,7 @@ mod tests {
         assert!((b3[2].1 - p3).abs() < 1e-5 && (b3[3].1 - p3 / 2.0).abs() < 1e-5, "{b3:?}");
 
         // r1 is new when the window reaches day 80 (inclusive): 2 buyers of 3 active since
-        let out = explore(r#"{"k": 4, "explore_share": 0.5, "new_item_days": 20}"#);
+        let out = explore(r#"{"k": 4, "explore_share": 0.5, "new_item_days": 20, "exploration": "always"}"#);
         assert!(out.logs.iter().any(|(_, m)| m.contains("(4 in all)") && m.contains("r1 (2 bought, 1 passed)")));
         // round(4 * 0.1) = 0 slots: no exploration at all
         assert_eq!(explore(r#"{"k": 4, "explore_share": 0.1}"#).rows(), explore(r#"{"k": 4}"#).rows());
@@ -780,7 +867,8 @@ mod tests {
 
     #[test]
     fn exploration_is_reproducible_and_differs_by_seed_and_list() {
-        let params = |seed: u64| format!(r#"{{"k": 4, "explore_share": 0.5, "seed": {seed}}}"#);
+        let params =
+            |seed: u64| format!(r#"{{"k": 4, "explore_share": 0.5, "seed": {seed}, "exploration": "always"}}"#);
         let first = explore(&params(42));
         assert_eq!(first.rows(), explore(&params(42)).rows());
         assert_ne!(first.rows(), explore(&params(7)).rows());
@@ -813,11 +901,12 @@ mod tests {
             }
             let z: Vec<String> = (0..400).map(|n| format!("z{n}")).collect();
             let z_refs: Vec<&str> = z.iter().map(String::as_str).collect();
-            let out = Harness::new(r#"{"k": 2, "explore_share": 0.5, "half_life_days": 10000}"#)
-                .input("interactions", data(&rows))
-                .input("users", users(&z_refs, "country", &vec!["UK"; z.len()]))
-                .run::<ColdStart>()
-                .unwrap();
+            let out =
+                Harness::new(r#"{"k": 2, "explore_share": 0.5, "half_life_days": 10000, "exploration": "always"}"#)
+                    .input("interactions", data(&rows))
+                    .input("users", users(&z_refs, "country", &vec!["UK"; z.len()]))
+                    .run::<ColdStart>()
+                    .unwrap();
             let picks: Vec<String> = z.iter().map(|u| items(&out, u)).map(|l| l[1].clone()).collect();
             assert!(z.iter().all(|u| items(&out, u)[0] == "old"));
             assert!(picks.iter().all(|i| i == "hot" || i == "cold"));
@@ -831,6 +920,68 @@ mod tests {
         // the posterior mean) gives cold a share, ~15.5% (62 of 400).
         let hot = hot_vs_cold(3);
         assert!((300..380).contains(&hot), "{hot}");
+    }
+
+    #[test]
+    fn segments_are_shrunk_towards_the_global_ranking_by_their_size() {
+        // Segment A: nine buys of g1; segment B: one buy of b1. All on the newest day, so
+        // each weighs 1: W = 10, W_B = 1.
+        let mut rows: Vec<(&str, &str, i64, &str)> =
+            (0..9).map(|n| (["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"][n], "g1", 100, "A")).collect();
+        rows.push(("b0", "b1", 100, "B"));
+        let segment_b = |m: f64| {
+            let params = format!(r#"{{"k": 2, "segment_column": "country", "segment_shrinkage": {m}}}"#);
+            let out = Harness::new(&params).input("interactions", data(&rows)).run::<ColdStart>().unwrap();
+            out.list(&format!("{SEGMENT_PREFIX}B"))
+        };
+        // m = 0: B's own ranking alone.
+        assert_eq!(segment_b(0.0)[0].0, "b1");
+        // m = 1: b1 (1 + 1 * 1/10) / 2 = 0.55 beats g1 (0 + 1 * 9/10) / 2 = 0.45.
+        let one = segment_b(1.0);
+        assert_eq!((one[0].0.as_str(), one[1].0.as_str()), ("b1", "g1"));
+        assert!((one[0].1 - 0.55).abs() < 1e-6 && (one[1].1 - 0.45).abs() < 1e-6, "{one:?}");
+        // m = 10: g1 9/11 = 0.818 beats b1 2/11 = 0.182: one buy no longer outweighs nine.
+        let ten = segment_b(10.0);
+        assert_eq!((ten[0].0.as_str(), ten[1].0.as_str()), ("g1", "b1"));
+        assert!((ten[0].1 - 9.0 / 11.0).abs() < 1e-6, "{ten:?}");
+    }
+
+    #[test]
+    fn earned_exploration_takes_a_slot_only_when_the_draw_beats_the_displaced_item() {
+        // old1 and old2 are established (first bought on day 0); on day 100 the ten users
+        // c0..c9 are active: all buy old1, nine buy old2 (buy rate (1 + 9) / (2 + 10) =
+        // 0.83), and `new` buyers of them buy the new item. 200 users without history get
+        // [old1, old2 or the new item].
+        let explored = |new_buyers: usize, mode: &str| {
+            let c: Vec<String> = (0..10).map(|n| format!("c{n}")).collect();
+            let mut rows: Vec<(&str, &str, i64, &str)> = vec![("o1", "old1", 0, "UK"), ("o1", "old2", 0, "UK")];
+            for (n, u) in c.iter().enumerate() {
+                rows.push((u, "old1", 100, "UK"));
+                if n < 9 {
+                    rows.push((u, "old2", 100, "UK"));
+                }
+                if n < new_buyers {
+                    rows.push((u, "new", 100, "UK"));
+                }
+            }
+            let z: Vec<String> = (0..200).map(|n| format!("z{n}")).collect();
+            let z_refs: Vec<&str> = z.iter().map(String::as_str).collect();
+            let params =
+                format!(r#"{{"k": 2, "explore_share": 0.5, "half_life_days": 10000, "exploration": "{mode}"}}"#);
+            let out = Harness::new(&params)
+                .input("interactions", data(&rows))
+                .input("users", users(&z_refs, "country", &vec!["UK"; z.len()]))
+                .run::<ColdStart>()
+                .unwrap();
+            assert!(z.iter().all(|u| items(&out, u)[0] == "old1"));
+            z.iter().filter(|u| items(&out, u)[1] == "new").count()
+        };
+        // One buyer of ten: Beta(2, 10) beats 0.83 about once in a million draws.
+        assert_eq!(explored(1, "earned"), 0, "a weak new item displaces nothing");
+        assert_eq!(explored(1, "always"), 200, "always: the slot is the new item's");
+        // Ten of ten: Beta(11, 1) beats 0.83 with probability 1 - 0.83^11 = 0.87.
+        let strong = explored(10, "earned");
+        assert!((150..=200).contains(&strong), "{strong}");
     }
 
     #[test]
@@ -851,6 +1002,7 @@ mod tests {
             (r#"{"min_interactions": 0}"#, "params.min_interactions: must be at least 1, got 0"),
             (r#"{"min_interactions": -2}"#, "params: invalid value: integer `-2`"),
             (r#"{"explore_share": 1.5}"#, "params.explore_share: must be in [0, 1), got 1.5"),
+            (r#"{"segment_shrinkage": -1}"#, "params.segment_shrinkage: must be a number >= 0, got -1"),
             (r#"{"explore_share": 1}"#, "params.explore_share: must be in [0, 1), got 1"),
             (r#"{"explore_share": -0.1}"#, "params.explore_share: must be in [0, 1), got -0.1"),
             (r#"{"new_item_days": -1}"#, "params.new_item_days: must be a positive number of days, got -1"),
