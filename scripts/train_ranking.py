@@ -35,7 +35,9 @@ only):
   Runtime gives the same bits whatever the batch;
 * ``users.csv`` -- ``user_id,index``; ``items.csv`` -- ``item_id,index``;
 * ``item_factors.parquet`` -- ``item_id`` (utf8), ``embedding`` (fixed_size_list<float32,
-  d>): the item factors without the popularity column, for embedding diversity;
+  d>): item embeddings for similarity (embedding diversity): ALS's item factors, or for
+  EASE^R each item's column of the rank-128 matrix (singular vectors scaled by their
+  singular values);
 * ``README.md`` -- the model card with the validation table (demo data only).
 
 Deterministic: fixed seed, single-threaded BLAS.
@@ -449,14 +451,17 @@ def fit_unpadded(data: Interactions, st: dict):
     # The blend's popularity column takes one of the EXPORT_RANK columns.
     r = min(EXPORT_RANK - (fam == "ease+popularity"), len(sv))
     U, V = Xd @ (left[:, :r] * sv[:r]), right[:r].T
+    # For similarity, an item is its column of B in this rank: right * sv. (Q's rows alone
+    # are near orthogonal to each other, every pair about as far apart as any other.)
+    emb = V * sv[:r]
     if fam == "ease":
-        return U, V, V
+        return U, V, emb
     # The blend ranks by zrow(S) + w z(pop); per user that orders items as S / sd_u + w z(pop)
     # does: one more column each side.
     S = U @ V.T
     sd = S.std(axis=1, keepdims=True) + 1e-12
     z = zscore(data.popularity(st["pop_half_life"]))
-    return np.hstack([U / sd, np.ones((len(U), 1))]), np.hstack([V, st["weight"] * z[:, None]]), V
+    return np.hstack([U / sd, np.ones((len(U), 1))]), np.hstack([V, st["weight"] * z[:, None]]), emb
 
 
 def fmt_ts(t: pd.Timestamp) -> str:
@@ -650,7 +655,8 @@ Only users and items with at least one positive pair are in the vocabulary
 unknown to the model (cold start: the job's `fallback` answers for them).
 `item_factors.parquet` holds one embedding per item of `items.csv`, in index order, for
 similarity uses (embedding diversity): `item_id` (utf8), `embedding`
-(`fixed_size_list<float32, d>`), the model's item factors without the popularity column.
+(`fixed_size_list<float32, d>`): for EASE^R, each item's column of the rank-{EXPORT_RANK} item-item
+matrix (so two items are close when the same purchases predict them).
 
 ## Training data
 

@@ -107,6 +107,22 @@ pub fn intra_list_diversity(list: &[&str], k: usize, distance: impl Fn(&str, &st
     Some(sum / pairs as f64)
 }
 
+/// (1 - cosine similarity) / 2 of two embeddings, in [0, 1]: 0 for the same direction, 1/2
+/// for unrelated (orthogonal), 1 for opposite. A zero vector is unrelated to anything.
+pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return 0.5;
+    }
+    ((1.0 - dot / (na.sqrt() * nb.sqrt())) / 2.0).clamp(0.0, 1.0)
+}
+
 /// Novelty: mean self-information -log2(p(item)) of the top k, where p(item) is the share
 /// of users who interacted with the item in the training period. Unseen items count as
 /// seen by one user (the rarest possible).
@@ -225,6 +241,16 @@ mod tests {
         close(novelty(&["a", "b"], 2, &pop, 8).unwrap(), 1.0);
         // an item never seen counts as seen once: -log2(1/8) = 3
         close(novelty(&["zzz"], 1, &pop, 8).unwrap(), 3.0);
+    }
+
+    #[test]
+    fn cosine_distance_is_zero_for_one_direction_and_one_for_opposite() {
+        close(cosine_distance(&[1.0, 2.0], &[2.0, 4.0]), 0.0);
+        close(cosine_distance(&[1.0, 0.0], &[0.0, 3.0]), 0.5);
+        close(cosine_distance(&[1.0, 1.0], &[-1.0, -1.0]), 1.0);
+        close(cosine_distance(&[0.0, 0.0], &[1.0, 1.0]), 0.5);
+        // cosine 24/25
+        close(cosine_distance(&[3.0, 4.0], &[4.0, 3.0]), 0.02);
     }
 
     #[test]

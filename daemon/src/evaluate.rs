@@ -42,6 +42,11 @@ pub struct EvalArgs {
     /// Item categories for intra-list diversity: FILE:COLUMN (items keyed by --item-column)
     #[arg(long, value_parser = file_and_column)]
     pub categories: Option<(PathBuf, String)>,
+    /// Item embeddings for intra-list diversity by distance: FILE:COLUMN, a list or
+    /// fixed-size list of floats per item (items keyed by --item-column), e.g. a ranking
+    /// model's item_factors.parquet:embedding. The distance of two items is (1 - cosine) / 2
+    #[arg(long, value_parser = file_and_column)]
+    pub embeddings: Option<(PathBuf, String)>,
     /// Count only users with at most this many distinct items before the cut-off (cold
     /// users; 0 = users new after the cut-off)
     #[arg(long)]
@@ -79,6 +84,9 @@ pub struct Report {
     pub coverage: f64,
     pub novelty: Option<f64>,
     pub intra_list_diversity: Option<f64>,
+    /// Mean pairwise embedding distance in the top k ((1 - cosine) / 2, in [0, 1]), with
+    /// --embeddings; items without an embedding are left out of the pairs.
+    pub embedding_diversity: Option<f64>,
 }
 
 /// One interaction: user, item, when.
@@ -134,6 +142,14 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         };
         mean(in_order().filter_map(|l| eval::intra_list_diversity(l, args.k, distance)))
     });
+    let embeddings =
+        args.embeddings.as_ref().map(|(file, col)| read_embeddings(file, &args.item_column, col)).transpose()?;
+    let embedding_diversity = embeddings.as_ref().and_then(|emb| {
+        mean(in_order().filter_map(|l| {
+            let known: Vec<&str> = l.iter().take(args.k).copied().filter(|i| emb.contains_key(*i)).collect();
+            eval::intra_list_diversity(&known, args.k, |a, b| eval::cosine_distance(&emb[a], &emb[b]))
+        }))
+    });
     Ok(Report {
         table: args.table.clone(),
         k: args.k,
@@ -148,6 +164,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         coverage: eval::coverage(lists.values(), args.k, catalogue.len()),
         novelty,
         intra_list_diversity: diversity,
+        embedding_diversity,
     })
 }
 
@@ -270,6 +287,7 @@ pub fn render(r: &Report) -> String {
         ("coverage", Some(r.coverage)),
         ("novelty (bits)", r.novelty),
         ("intra-list diversity", r.intra_list_diversity),
+        ("embedding diversity", r.embedding_diversity),
     ] {
         match v {
             Some(v) => {
@@ -343,6 +361,42 @@ fn read_categories(file: &Path, item_column: &str, category_column: &str) -> any
     let cats =
         ids_as_strings(column(&batch, "categories", category_column).map_err(err)?, category_column).map_err(err)?;
     Ok(items.into_iter().zip(cats).filter_map(|(i, c)| Some((i?, c?))).collect())
+}
+
+/// Each item's embedding from FILE's COLUMN (a list of floats per row).
+fn read_embeddings(file: &Path, item_column: &str, column_name: &str) -> anyhow::Result<HashMap<String, Vec<f32>>> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    let batch = crate::worker::read_input(&input(file, "embeddings")?)?;
+    let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", file.display());
+    let items = ids_as_strings(column(&batch, "embeddings", item_column).map_err(err)?, item_column).map_err(err)?;
+    let col = column(&batch, "embeddings", column_name).map_err(err)?;
+    let floats = |values: &arrow_array::ArrayRef| -> anyhow::Result<Vec<f32>> {
+        use arrow_array::types::{Float32Type, Float64Type};
+        match values.data_type() {
+            arrow_schema::DataType::Float32 => Ok(values.as_primitive::<Float32Type>().values().to_vec()),
+            arrow_schema::DataType::Float64 => {
+                Ok(values.as_primitive::<Float64Type>().values().iter().map(|v| *v as f32).collect())
+            }
+            other => anyhow::bail!("{}: column `{column_name}` holds {other}, not float32 or float64", file.display()),
+        }
+    };
+    let rows: Vec<Option<Vec<f32>>> = match col.data_type() {
+        arrow_schema::DataType::FixedSizeList(..) => {
+            let list = col.as_fixed_size_list();
+            (0..list.len())
+                .map(|r| (!list.is_null(r)).then(|| floats(&list.value(r))).transpose())
+                .collect::<Result<_, _>>()?
+        }
+        arrow_schema::DataType::List(_) => {
+            let list = col.as_list::<i32>();
+            (0..list.len())
+                .map(|r| (!list.is_null(r)).then(|| floats(&list.value(r))).transpose())
+                .collect::<Result<_, _>>()?
+        }
+        other => anyhow::bail!("{}: column `{column_name}` is {other}, not a list of numbers", file.display()),
+    };
+    Ok(items.into_iter().zip(rows).filter_map(|(i, v)| Some((i?, v?))).collect())
 }
 
 /// Each user's top k, read with ZREVRANGE over the socket, pipelined.

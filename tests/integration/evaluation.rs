@@ -52,6 +52,42 @@ fn eval_reports_hand_computed_metrics() {
     let human = d.cli(&["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("ndcg@k") && text.contains("intra-list diversity  n/a"), "{text}");
+
+    // Embedding diversity: u1's top 2 is [a, b]; each pair's distance is (1 - cosine) / 2.
+    let ild = |a: [f32; 2], b: [f32; 2]| {
+        let file = d.dir.path().join("emb.parquet");
+        write_embeddings(&file, &[("a", a), ("b", b), ("c", [1.0, 1.0])]);
+        let embeddings = format!("{}:embedding", file.display());
+        let args = ["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2"];
+        let out = d.cli(&[&args[..], &["--embeddings", &embeddings, "--json"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        r["embedding_diversity"].as_f64().unwrap()
+    };
+    assert!((ild([1.0, 0.0], [0.0, 2.0]) - 0.5).abs() < 1e-9, "orthogonal");
+    assert!(ild([1.0, 1.0], [3.0, 3.0]).abs() < 1e-9, "one direction");
+    assert!((ild([1.0, 0.0], [-1.0, 0.0]) - 1.0).abs() < 1e-9, "opposite");
+}
+
+/// A Parquet file of (item_id, embedding: fixed_size_list<float32, 2>), as
+/// train_ranking.py writes item_factors.parquet.
+fn write_embeddings(path: &std::path::Path, rows: &[(&str, [f32; 2])]) {
+    use arrow_array::{FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let values = Float32Array::from(rows.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<f32>>());
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    let emb = FixedSizeListArray::new(item.clone(), 2, Arc::new(values), None);
+    let schema = Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("embedding", DataType::FixedSizeList(item, 2), false),
+    ]);
+    let ids = StringArray::from(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+    let batch = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ids), Arc::new(emb)]).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
 }
 
 #[test]
