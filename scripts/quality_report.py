@@ -557,7 +557,7 @@ def evaluate_cold(ds: dict, work: str, d: "Daemon") -> dict:
 # --------------------------------------------------------------------------- one dataset
 
 
-def warm_truth(ds: dict, work: str) -> tuple[str, int]:
+def warm_truth(ds: dict, work: str) -> str:
     """The truth restricted to the users with history before the cut-off (the users a model
     can know): each keeps all their interactions, so the same past and relevant items."""
     table = pq.read_table(ds["truth"])
@@ -566,7 +566,7 @@ def warm_truth(ds: dict, work: str) -> tuple[str, int]:
     mask = pc.is_in(pc.cast(table.column("user_id"), pa.string()), value_set=pa.array(users, pa.string()))
     path = os.path.join(work, "truth-users-with-history.parquet")
     write_parquet(table.filter(mask), path)
-    return path, len(users)
+    return path
 
 
 def measure(ds: dict, work: str) -> dict:
@@ -587,7 +587,7 @@ def measure(ds: dict, work: str) -> dict:
         cats = ["--categories", f"{ds['categories']}:category"]
         log(f"{ds['key']}: evaluating")
         res["selection"] = said
-        warm, _ = warm_truth(ds, work)
+        warm = warm_truth(ds, work)
         warm_base = ["--truth", warm, "--cutoff", ds["cutoff"], "--k", str(K)]
         res["ranking"] = d.eval("ranking", *warm_base, *cats)
         res["popularity"] = d.eval("popularity", *warm_base, *cats)

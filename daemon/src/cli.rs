@@ -575,15 +575,7 @@ fn check_socket_path(path: &Path) -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
     if !meta.file_type().is_socket() {
-        let what = if meta.is_symlink() {
-            "a symlink"
-        } else if meta.is_dir() {
-            "a folder"
-        } else if meta.is_file() {
-            "a regular file"
-        } else {
-            "not a socket"
-        };
+        let what = crate::fsutil::kind_name(&meta.file_type());
         anyhow::bail!(
             "{} exists and is {what}: refusing to replace it with a socket (only a stale socket is replaced; remove it or choose another path)",
             path.display()

@@ -117,11 +117,17 @@ pub fn private_umask() {
 }
 
 fn check_kind(meta: &Metadata) -> Result<(), FileError> {
-    let t = meta.file_type();
-    let what = if t.is_file() {
-        return Ok(());
+    if meta.is_file() { Ok(()) } else { Err(FileError::NotRegular(kind_name(&meta.file_type()))) }
+}
+
+/// What a file is, for messages: "a regular file", "a directory", "a FIFO (named pipe)"...
+pub fn kind_name(t: &std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
     } else if t.is_dir() {
         "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
     } else if t.is_fifo() {
         "a FIFO (named pipe)"
     } else if t.is_char_device() {
@@ -132,8 +138,7 @@ fn check_kind(meta: &Metadata) -> Result<(), FileError> {
         "a socket"
     } else {
         "not a file"
-    };
-    Err(FileError::NotRegular(what))
+    }
 }
 
 fn io_error(e: std::io::Error) -> FileError {

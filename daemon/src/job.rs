@@ -702,6 +702,12 @@ fn line_of_key(text: &str, key: &str) -> usize {
 mod tests {
     use super::*;
 
+    /// (name, job) for a file `jobs/<name>.toml` holding `text`.
+    fn named(name: &str, text: &str) -> (String, Job) {
+        let job = parse_and_validate(text, &format!("jobs/{name}.toml"), name, Path::new("/"), Path::new("/"));
+        (name.to_string(), job.unwrap())
+    }
+
     fn check(text: &str) -> Result<Job, String> {
         parse_and_validate(text, "jobs/j.toml", "j", Path::new("/base"), Path::new("/plugins"))
             .map_err(|e| e.to_string())
@@ -736,11 +742,7 @@ mod tests {
 
     #[test]
     fn after_links_must_name_jobs_and_form_no_cycle() {
-        let job = |name: &str, after: &str| {
-            let text = format!("plugin = \"x\"\nafter = [{after}]\n");
-            let job = parse_and_validate(&text, &format!("jobs/{name}.toml"), name, Path::new("/"), Path::new("/"));
-            (name.to_string(), job.unwrap())
-        };
+        let job = |name: &str, after: &str| named(name, &format!("plugin = \"x\"\nafter = [{after}]\n"));
         let set: BTreeMap<String, Job> =
             [job("a", "\"b\""), job("b", "\"c\""), job("c", "\"a\""), job("d", "\"a\", \"zz\"")].into_iter().collect();
         let errors: Vec<String> = check_links(&set).into_iter().map(|(_, e)| e.to_string()).collect();
@@ -789,11 +791,7 @@ mod tests {
 
     #[test]
     fn a_table_has_one_publishing_job_unless_all_declare_it_shared() {
-        let job = |name: &str, extra: &str| {
-            let text = format!("plugin = \"x\"\n{extra}\n");
-            let job = parse_and_validate(&text, &format!("jobs/{name}.toml"), name, Path::new("/"), Path::new("/"));
-            (name.to_string(), job.unwrap())
-        };
+        let job = |name: &str, extra: &str| named(name, &format!("plugin = \"x\"\n{extra}\n"));
         let errors = |jobs: Vec<(String, Job)>, owner: Option<&str>| -> Vec<String> {
             let set: BTreeMap<String, Job> = jobs.into_iter().collect();
             check_tables(&set, &|_| owner.map(String::from)).into_iter().map(|(_, e)| e.to_string()).collect()
