@@ -52,6 +52,12 @@ redis-cli -s "$SOCK" ZREVRANGE diversity:17850 0 4 | while read -r item; do
   printf '  %-8s %s\n' "$item" "$(describe "$item")"
 done
 echo
+echo "== redis-cli -s $SOCK ZREVRANGE bought-together:85123A 0 4   (on the same invoices as 85123A, by a SQL job)"
+echo "   85123A: $(describe 85123A)"
+redis-cli -s "$SOCK" ZREVRANGE bought-together:85123A 0 4 | while read -r item; do
+  printf '  %-8s %s\n' "$item" "$(describe "$item")"
+done
+echo
 echo "== redis-cli -s $SOCK GET ranking:17850"
 redis-cli -s "$SOCK" GET ranking:17850
 echo

@@ -44,19 +44,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import quality_charts
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 RECD = os.path.join(ROOT, "target", "release", "recd")
 PLUGINS_DIR = os.path.join(ROOT, "target", "release")
 ONNXRUNTIME = os.path.join(ROOT, ".deps", "py", "onnxruntime", "capi", "libonnxruntime.so.1.31.1")
 WORK = os.path.join(ROOT, "target", "quality")
 OUT_DOC = os.path.join(ROOT, "docs", "quality.md")
+CHART_DIR = os.path.join(ROOT, "docs", "quality")  # the report's PNG charts, linked as quality/<name>
 RETAIL = os.path.join(ROOT, "data", "demo", "retail.parquet")
 RETAIL_ITEMS = os.path.join(ROOT, "data", "demo", "items.csv")
 CHURN_MODEL = os.path.join(ROOT, "models", "churn", "churn.onnx")
 ML_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ml-100k"))
 
 K = 10
-POOL_K = 50
+POOL_K = 100
 TRAIN_SCRIPT = os.path.join(ROOT, "scripts", "train_ranking.py")
 
 # Protocol constants (stated in the report).
@@ -74,14 +77,16 @@ SEED = 42
 MMR_LAMBDAS = (0.3, 0.5, 0.7, 1.0)
 MAX_PER_CATEGORY = 3
 EMBEDDING_LAMBDAS = (0.3, 0.5, 0.7, 0.85)
+CALIBRATION_LAMBDAS = (0.1, 0.2, 0.3, 0.5, 0.7)
 CHURN_AS_OF = "2011-09-09"
 CHURN_HORIZON = 90
 
 # Targets.
 RANKING_RATIO_TARGET = 1.3
 ILD_GAIN_TARGET = 0.30
+KL_DROP_TARGET = 0.30
 NDCG_LOSS_LIMIT = 0.10
-AUC_TARGET = 0.75
+AUC_TARGET = 0.78
 
 T0 = time.monotonic()
 
@@ -271,10 +276,12 @@ def lambda_name(lam: float) -> str:
 
 
 def diversity_settings() -> list[dict]:
-    s = [{"job": f"diversity-cat-l{lambda_name(lam)}", "similarity": "category", "lambda": lam,
+    s = [{"job": f"diversity-cat-l{lambda_name(lam)}", "mode": "mmr", "similarity": "category", "lambda": lam,
           "cap": MAX_PER_CATEGORY} for lam in MMR_LAMBDAS]
-    s += [{"job": f"diversity-emb-l{lambda_name(lam)}", "similarity": "embedding", "lambda": lam, "cap": None}
-          for lam in EMBEDDING_LAMBDAS]
+    s += [{"job": f"diversity-emb-l{lambda_name(lam)}", "mode": "mmr", "similarity": "embedding", "lambda": lam,
+           "cap": None} for lam in EMBEDDING_LAMBDAS]
+    s += [{"job": f"diversity-cal-l{lambda_name(lam)}", "mode": "calibration", "similarity": None, "lambda": lam,
+           "cap": None} for lam in CALIBRATION_LAMBDAS]
     return s
 
 
@@ -363,13 +370,18 @@ min_interactions = {MIN_INTERACTIONS}
     }
     for s in diversity_settings():
         inputs = [f'candidates = "table:ranking-pool"', f"items = {toml_str(ds['categories'])}"]
-        params = [f"k = {K}", f"lambda = {s['lambda']}", f"similarity = {toml_str(s['similarity'])}"]
+        params = [f"k = {K}", f"lambda = {s['lambda']}", f"mode = {toml_str(s['mode'])}"]
+        if s["similarity"] is not None:
+            params.append(f"similarity = {toml_str(s['similarity'])}")
         if s["similarity"] == "embedding":
             inputs.append(f"embeddings = {toml_str(os.path.join(model, 'item_factors.parquet'))}")
+        if s["mode"] == "calibration":
+            inputs.append(f"interactions = {toml_str(b)}")
         if s["cap"] is not None:
             params.append(f"max_per_category = {s['cap']}")
+        how = s["mode"] if s["similarity"] is None else f"{s['mode']}, {s['similarity']}"
         jobs[s["job"]] = (
-            f'description = "quality: ranking-pool re-ranked by MMR ({s["similarity"]}, lambda {s["lambda"]})"\n'
+            f'description = "quality: ranking-pool re-ranked ({how}, lambda {s["lambda"]})"\n'
             f'plugin = "diversity"\nknown_items = "items.item_id"\nmax_items_per_user = {K}\n\n'
             "[inputs]\n" + "\n".join(inputs) + "\n\n[params]\n" + "\n".join(params) + "\n")
     if ds["churn"]:
@@ -569,6 +581,19 @@ def warm_truth(ds: dict, work: str) -> str:
     return path
 
 
+def history_categories(ds: dict) -> float:
+    """The median number of distinct categories among the distinct items each user with
+    history had before the cut-off (cancelled lines left out): how many categories a
+    calibrated list would have to cover."""
+    past = pq.read_table(ds["before"]).to_pandas()
+    if "cancelled" in past:
+        past = past[~past["cancelled"]]
+    cats = pd.read_csv(ds["categories"], dtype=str, keep_default_na=False).set_index("item_id")["category"]
+    past = past.assign(item_id=past["item_id"].astype(str)).drop_duplicates(["user_id", "item_id"])
+    per_user = past.assign(category=past["item_id"].map(cats).fillna("")).groupby("user_id")["category"].nunique()
+    return float(per_user.median())
+
+
 def measure(ds: dict, work: str) -> dict:
     model, said = train(ds, work)
     jobs_dir = os.path.join(work, "jobs")
@@ -578,7 +603,7 @@ def measure(ds: dict, work: str) -> dict:
             f.write(text)
     d = Daemon(work)
     d.validate()
-    res: dict = {"runs": {}}
+    res: dict = {"runs": {}, "history_categories": history_categories(ds)}
     try:
         d.start()
         for job in run_order(ds):
@@ -667,6 +692,10 @@ def render(datasets: list[dict], results: dict) -> str:
     w("before the cut-off, and every table was scored by `recd eval` reading the lists over the socket, as an")
     w("app reads them.\n")
 
+    chart = results.get("charts", {}).get("strategies")
+    if chart:
+        w(f"![each strategy against its baseline, on both datasets](quality/{chart})\n")
+
     # ----- protocol
     w("## Protocol\n")
     w("**Datasets**\n")
@@ -723,14 +752,17 @@ def render(datasets: list[dict], results: dict) -> str:
       f"MovieLens, whose {ms['days_before']} days")
     w("  before the cut-off are about half of retail's span, so the last month still weighs most), per user")
     w("  minus what they had; every user with history before the cut-off gets a list.")
-    w(f"- diversity: plugin `diversity` (MMR) over `ranking-pool` (the ranking job with k = {POOL_K}), k = {K};")
+    w(f"- diversity: plugin `diversity` over `ranking-pool` (the ranking job with k = {POOL_K}), k = {K}; MMR with")
     w(f"  category similarity with `max_per_category = {MAX_PER_CATEGORY}` for lambda in "
       f"{', '.join(str(x) for x in MMR_LAMBDAS)} (lambda 1 keeps the")
     w(f"  ranking order: only the cap acts), and embedding similarity (the cut-off model's item factors) with")
     w(f"  lambda in {', '.join(str(x) for x in EMBEDDING_LAMBDAS)} and no cap. Compared with `ranking` (the same model's top {K}). With 0/1")
     w("  category similarity and relevance scaled to [0, 1], any lambda <= 0.5 puts an item of a new category")
     w("  first whenever the pool has one, so lambda 0.3 and 0.5 give (almost) the same lists. ILD is")
-    w("  measured by category, which the embedding setting does not look at.")
+    w("  measured by category, which the embedding setting does not look at. Calibration (`mode = \"calibration\"`,")
+    w(f"  input `interactions` = the data before the cut-off) for lambda in {', '.join(str(x) for x in CALIBRATION_LAMBDAS)}: "
+      "each list's category mix")
+    w("  pulled towards the mix of what the user had; calibration KL is measured by `recd eval` the same way.")
     w("- `cold-start`: plugin `cold-start` with segment lists (retail: `country`, from the customer's first")
     w(f"  line; MovieLens: `age_band` from `u.user`: {', '.join(b[2] for b in ML_AGE_BANDS)}), the same")
     w(f"  half-lives as `popularity`, `min_interactions = {MIN_INTERACTIONS}`, `explore_share = {EXPLORE_SHARE}`, "
@@ -810,43 +842,58 @@ def render(datasets: list[dict], results: dict) -> str:
           f"{f4(fb['ndcg'])}, ratio {f4(rt2)}) — {met(rt2 is not None and st(rt2) >= 1.0)}\n")
 
     # ----- 2. diversity
-    w("## 2. Diversity (MMR re-ranking of the ranking model's top 50)\n")
+    w(f"## 2. Diversity (re-ranking the ranking model's top {POOL_K})\n")
     w(f"Target: some setting raises embedding ILD@{K} (mean pairwise (1 - cosine) / 2 of the cut-off model's item")
-    w(f"embeddings, `recd eval --embeddings`) by >= {int(ILD_GAIN_TARGET * 100)}% over `ranking` for at most "
+    w(f"embeddings, `recd eval --embeddings`) by >= {int(ILD_GAIN_TARGET * 100)}% over `ranking`, or lowers "
+      f"calibration KL@{K} (Steck 2018, `recd eval --categories`) by >= {int(KL_DROP_TARGET * 100)}%, for at most "
       f"{int(NDCG_LOSS_LIMIT * 100)}% loss of nDCG@{K}.")
-    w("ILD by category is shown beside it; changes are relative to `ranking`.\n")
+    w("ILD by category is shown beside them; changes are relative to `ranking`.\n")
     for ds in datasets:
         res = results[ds["key"]]
         base = res["ranking-all"]
         w(f"### {ds['name']}\n")
-        w(f"| table | similarity | lambda | max per category | embedding ILD@{K} | change | category ILD@{K} | change | "
-          f"nDCG@{K} | change | within target |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        w(f"| table | mode | lambda | max per category | embedding ILD@{K} | change | category ILD@{K} | change | "
+          f"calibration KL@{K} | change | nDCG@{K} | change | within target |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         w(f"| `ranking` | — | — | — | {f4(base['embedding_diversity'])} | | {f4(base['intra_list_diversity'])} | | "
-          f"{f4(base['ndcg'])} | | |")
+          f"{f4(base['calibration_kl'])} | | {f4(base['ndcg'])} | | |")
         winners = []
         for s in res["diversity"]:
             r_ = s["report"]
             demb = change(r_["embedding_diversity"], base["embedding_diversity"])
             dcat = change(r_["intra_list_diversity"], base["intra_list_diversity"])
+            dkl = change(r_["calibration_kl"], base["calibration_kl"])
             dndcg = change(r_["ndcg"], base["ndcg"])
-            ok = (demb is not None and dndcg is not None and st(demb) >= ILD_GAIN_TARGET
-                  and st(dndcg) >= -NDCG_LOSS_LIMIT)
+            gains = []
+            if demb is not None and st(demb) >= ILD_GAIN_TARGET:
+                gains.append(f"embedding ILD {pct(demb)}")
+            if dkl is not None and st(dkl) <= -KL_DROP_TARGET:
+                gains.append(f"calibration KL {pct(dkl)}")
+            ok = bool(gains) and dndcg is not None and st(dndcg) >= -NDCG_LOSS_LIMIT
             if ok:
-                winners.append((s, demb, dndcg))
+                winners.append((s, gains, dndcg))
             cap = "—" if s["cap"] is None else str(s["cap"])
-            w(f"| `{s['job']}` | {s['similarity']} | {s['lambda']} | {cap} | {f4(r_['embedding_diversity'])} | "
-              f"{pct(demb)} | {f4(r_['intra_list_diversity'])} | {pct(dcat)} | {f4(r_['ndcg'])} | {pct(dndcg)} | "
-              f"{'yes' if ok else 'no'} |")
+            mode = s["mode"] if s["similarity"] is None else f"{s['mode']} ({s['similarity']})"
+            w(f"| `{s['job']}` | {mode} | {s['lambda']} | {cap} | {f4(r_['embedding_diversity'])} | "
+              f"{pct(demb)} | {f4(r_['intra_list_diversity'])} | {pct(dcat)} | {f4(r_['calibration_kl'])} | "
+              f"{pct(dkl)} | {f4(r_['ndcg'])} | {pct(dndcg)} | {'yes' if ok else 'no'} |")
         w("")
+        chart = res.get("charts", {}).get("tradeoff")
+        if chart:
+            w(f"![accuracy/diversity trade-off, {ds['name']}](quality/{chart})\n")
+        goal = (f"embedding ILD +{int(ILD_GAIN_TARGET * 100)}% or calibration KL -{int(KL_DROP_TARGET * 100)}% "
+                f"for <= {int(NDCG_LOSS_LIMIT * 100)}% nDCG loss")
         if winners:
-            best = max(winners, key=lambda t: (st(t[1]), st(t[2])))
-            names = ", ".join(f"`{s['job']}`" for s, _, _ in winners)
-            w(f"target: embedding ILD +{int(ILD_GAIN_TARGET * 100)}% for <= {int(NDCG_LOSS_LIMIT * 100)}% nDCG loss — "
-              f"met by {names} (largest gain: `{best[0]['job']}`, embedding ILD {pct(best[1])}, nDCG {pct(best[2])})\n")
+            names = ", ".join(f"`{s['job']}` ({'; '.join(g)}; nDCG {pct(d)})" for s, g, d in winners)
+            w(f"target: {goal} — met by {names}\n")
         else:
-            w(f"target: embedding ILD +{int(ILD_GAIN_TARGET * 100)}% for <= {int(NDCG_LOSS_LIMIT * 100)}% nDCG loss — "
-              "NOT met by any setting\n")
+            w(f"target: {goal} — NOT met by any setting\n")
+            if res["history_categories"] > K:
+                w(f"Why: a user with history had items of a median {res['history_categories']:g} distinct categories "
+                  f"(of {ds['stats']['categories']:,}) before the cut-off, more than a list of {K} can hold, so "
+                  "calibration KL keeps a high floor and every step towards it gives up relevant items; and the "
+                  "item embeddings come from the ranking model itself, so items far apart in them are the ones "
+                  "the model ranks low.\n")
 
     # ----- 3. cold start
     w("## 3. Cold start: cold users\n")
@@ -892,13 +939,37 @@ def render(datasets: list[dict], results: dict) -> str:
         w(f"| `recency_days` alone | {n(rc['users'])} | {n(rc['users_scored'])} | {n(rc['churned'])} | "
           f"{f4(rc['base_rate'])} | {f4(rc['roc_auc'])} | — | — |")
         w("")
+        w(f"Brier score {f4(c['brier'])} (always predicting the base rate: {f4(c['brier_base_rate'])}). "
+          "Reliability (`recd eval --churn`, ten bins of the probability):\n")
+        w("| probability | customers | mean predicted | observed churn |")
+        w("|---|---|---|---|")
+        for b in c["reliability"]:
+            w(f"| {b['lo']:.1f} – {b['hi']:.1f} | {n(b['count'])} | {f4(b['mean_predicted'])} | {f4(b['observed'])} |")
+        w("")
+        if c["tiers"]:
+            w("Risk tiers (the job's `high_risk = 0.7`, `medium_risk = 0.4`), by their measured precision (the share "
+              "of the tier that churned):\n")
+            w("| tier | customers | churned | precision |")
+            w("|---|---|---|---|")
+            for t in c["tiers"]:
+                w(f"| {t['tier']} | {n(t['users'])} | {n(t['churned'])} | {f4(t['precision'])} |")
+            w("")
+        chart = results[ds["key"]].get("charts", {}).get("churn")
+        if chart:
+            w(f"![churn ROC and reliability, {ds['name']}](quality/{chart})\n")
         auc = c["roc_auc"]
-        w(f"target: ROC AUC >= {AUC_TARGET} ({f4(auc)}; recency alone {f4(rc['roc_auc'])}) — "
-          f"{met(auc is not None and st(auc) >= AUC_TARGET)}\n")
+        ok = auc is not None and st(auc) >= AUC_TARGET
+        w(f"target: ROC AUC >= {AUC_TARGET} ({f4(auc)}; recency alone {f4(rc['roc_auc'])}) — {met(ok)}\n")
+        if not ok:
+            w("Why: richer purchase-history features (BG/NBD, inter-purchase intervals, returns, basket size,")
+            w("seasonality) and gradient-boosted trees reached at most about 0.744 on this holdout, and even a")
+            w("model fitted on the holdout customers' own labels (a diagnostic, not a model) reaches 0.749: see")
+            w("the experiment in [models/churn/README.md](../models/churn/README.md). Those figures are not")
+            w("re-measured by this run.\n")
 
     w("## How to reproduce\n")
     w("`make quality` (builds, installs the Python tools into `.deps/pytools`, then runs")
-    w("`scripts/quality_report.py`, which rewrites this file; work files in `target/quality/`). Needs")
+    w("`scripts/quality_report.py`, which rewrites this file and the charts in `docs/quality/`; work files in `target/quality/`). Needs")
     w("MovieLens 100K at `../shared/data/ml-100k`.")
     return "\n".join(out) + "\n"
 
@@ -937,6 +1008,8 @@ def main() -> int:
             ds = prepare(work)
             datasets.append(ds)
             results[key] = measure(ds, work)
+        quality_charts.draw_all(CHART_DIR, datasets, results, ILD_GAIN_TARGET, KL_DROP_TARGET, NDCG_LOSS_LIMIT)
+        log(f"drew the charts in {rel(CHART_DIR)}")
         text = render(datasets, results)
     except Failure as e:
         print(f"quality: FAILED: {e}", file=sys.stderr)

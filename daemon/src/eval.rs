@@ -123,6 +123,41 @@ pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
     ((1.0 - dot / (na.sqrt() * nb.sqrt())) / 2.0).clamp(0.0, 1.0)
 }
 
+/// Calibration miscalibration (Steck, "Calibrated Recommendations", RecSys 2018):
+/// KL(p || q~) between the category mix p of the items a user had and the mix q of their top
+/// k, with q~ = 0.99 q + 0.01 p so that a category missing from the list costs a finite
+/// amount. 0 when the list's mix is the history's; larger is less calibrated. Every item
+/// counts once with one category (`None`: one shared "no category"). None without history
+/// or list.
+pub fn calibration_kl<'a>(
+    history: impl IntoIterator<Item = &'a str>,
+    list: &[&'a str],
+    k: usize,
+    category: impl Fn(&str) -> Option<&'a str>,
+) -> Option<f64> {
+    const ALPHA: f64 = 0.01;
+    let mix = |items: &mut dyn Iterator<Item = &'a str>| {
+        let mut counts: HashMap<Option<&str>, f64> = HashMap::new();
+        let mut n = 0.0;
+        for i in items {
+            *counts.entry(category(i)).or_default() += 1.0;
+            n += 1.0;
+        }
+        (n > 0.0).then(|| counts.into_iter().map(|(c, v)| (c, v / n)).collect::<HashMap<_, _>>())
+    };
+    let p = mix(&mut history.into_iter())?;
+    let q = mix(&mut list.iter().take(k).copied())?;
+    // summed in category order: hash order would change the last bits run to run
+    let mut terms: Vec<(Option<&str>, f64)> = p.into_iter().collect();
+    terms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Some(
+        terms
+            .into_iter()
+            .map(|(c, pc)| pc * (pc / ((1.0 - ALPHA) * q.get(&c).copied().unwrap_or(0.0) + ALPHA * pc)).ln())
+            .sum(),
+    )
+}
+
 /// Novelty: mean self-information -log2(p(item)) of the top k, where p(item) is the share
 /// of users who interacted with the item in the training period. Unseen items count as
 /// seen by one user (the rarest possible).
@@ -165,6 +200,81 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     }
     let u = rank_sum - (positives * (positives + 1)) as f64 / 2.0;
     Some(u / (positives * negatives) as f64)
+}
+
+/// Brier score: the mean squared difference between probability and outcome (0 or 1).
+pub fn brier(probabilities: &[f64], labels: &[bool]) -> Option<f64> {
+    if probabilities.is_empty() {
+        return None;
+    }
+    let sum: f64 = probabilities.iter().zip(labels).map(|(&p, &y)| (p - f64::from(u8::from(y))).powi(2)).sum();
+    Some(sum / probabilities.len() as f64)
+}
+
+/// One bin of a reliability curve: predictions in [lo, hi), their mean and the observed
+/// rate of positives.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    pub mean_predicted: f64,
+    pub observed: f64,
+}
+
+/// Reliability curve over `bins` equal-width bins of [0, 1] (the last one includes 1);
+/// empty bins are left out. A calibrated model has observed ≈ mean_predicted in every bin.
+pub fn reliability(probabilities: &[f64], labels: &[bool], bins: usize) -> Vec<ReliabilityBin> {
+    let bins = bins.max(1);
+    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
+    for (&p, &y) in probabilities.iter().zip(labels) {
+        let b = ((p.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        sums[b].0 += 1;
+        sums[b].1 += p;
+        sums[b].2 += usize::from(y);
+    }
+    sums.into_iter()
+        .enumerate()
+        .filter(|(_, s)| s.0 > 0)
+        .map(|(b, (count, p_sum, positives))| ReliabilityBin {
+            lo: b as f64 / bins as f64,
+            hi: (b + 1) as f64 / bins as f64,
+            count,
+            mean_predicted: p_sum / count as f64,
+            observed: positives as f64 / count as f64,
+        })
+        .collect()
+}
+
+/// The ROC curve as (false positive rate, true positive rate) points, one per distinct
+/// score from the highest down, starting at (0, 0) and ending at (1, 1). Empty without
+/// both classes.
+pub fn roc_curve(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
+    let positives = labels.iter().filter(|&&l| l).count();
+    let negatives = labels.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Vec::new();
+    }
+    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < pairs.len() {
+        // every pair with this score crosses the threshold together
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            if pairs[j].1 {
+                tp += 1
+            } else {
+                fp += 1
+            }
+            j += 1;
+        }
+        points.push((fp as f64 / negatives as f64, tp as f64 / positives as f64));
+        i = j;
+    }
+    points
 }
 
 /// Mean binary cross-entropy, probabilities clipped to [1e-15, 1 - 1e-15].
@@ -244,6 +354,28 @@ mod tests {
     }
 
     #[test]
+    fn calibration_kl_matches_hand_computed_values() {
+        let category = |i: &str| match i {
+            "t1" | "t2" | "t3" => Some("toys"),
+            "b1" | "b2" => Some("books"),
+            _ => None,
+        };
+        // history: toys 2/3, books 1/3; list t3 b2: q = (1/2, 1/2)
+        let kl = calibration_kl(["t1", "t2", "b1"], &["t3", "b2"], 10, category).unwrap();
+        let want = 2.0 / 3.0 * (2.0f64 / 3.0 / (0.99 * 0.5 + 0.01 * 2.0 / 3.0)).ln()
+            + 1.0 / 3.0 * (1.0f64 / 3.0 / (0.99 * 0.5 + 0.01 / 3.0)).ln();
+        close(kl, want);
+        // the same mix: 0; k cuts the list (t3 only: books get 0.01 * 1/3)
+        close(calibration_kl(["t1", "b1"], &["t3", "b2"], 10, category).unwrap(), 0.0);
+        let only_toys = calibration_kl(["t1", "b1"], &["t3", "b2"], 1, category).unwrap();
+        close(only_toys, 0.5 * (0.5f64 / (0.99 + 0.005)).ln() + 0.5 * (0.5f64 / 0.005).ln());
+        // items without a category share one; no history or no list: none
+        close(calibration_kl(["x", "y"], &["z"], 10, category).unwrap(), 0.0);
+        assert_eq!(calibration_kl([], &["t1"], 10, category), None);
+        assert_eq!(calibration_kl(["t1"], &[], 10, category), None);
+    }
+
+    #[test]
     fn cosine_distance_is_zero_for_one_direction_and_one_for_opposite() {
         close(cosine_distance(&[1.0, 2.0], &[2.0, 4.0]), 0.0);
         close(cosine_distance(&[1.0, 0.0], &[0.0, 3.0]), 0.5);
@@ -251,6 +383,33 @@ mod tests {
         close(cosine_distance(&[0.0, 0.0], &[1.0, 1.0]), 0.5);
         // cosine 24/25
         close(cosine_distance(&[3.0, 4.0], &[4.0, 3.0]), 0.02);
+    }
+
+    #[test]
+    fn brier_reliability_and_roc_curve_match_hand_computed_values() {
+        let p = [0.9, 0.8, 0.4, 0.3, 0.4];
+        let y = [true, false, true, false, false];
+        // (0.1^2 + 0.8^2 + 0.6^2 + 0.3^2 + 0.4^2) / 5
+        close(brier(&p, &y).unwrap(), (0.01 + 0.64 + 0.36 + 0.09 + 0.16) / 5.0);
+        assert_eq!(brier(&[], &[]), None);
+        // 2 bins: [0, 0.5) holds 0.4 (+), 0.3, 0.4; [0.5, 1] holds 0.9 (+), 0.8
+        let bins = reliability(&p, &y, 2);
+        assert_eq!(bins.len(), 2);
+        assert_eq!((bins[0].count, bins[1].count), (3, 2));
+        close(bins[0].mean_predicted, 1.1 / 3.0);
+        close(bins[0].observed, 1.0 / 3.0);
+        close(bins[1].mean_predicted, 0.85);
+        close(bins[1].observed, 0.5);
+        // a probability of exactly 1 lands in the last bin; empty bins are left out
+        let bins = reliability(&[1.0, 0.05], &[true, false], 10);
+        assert_eq!(bins.iter().map(|b| (b.lo, b.count)).collect::<Vec<_>>(), [(0.0, 1), (0.9, 1)]);
+        // thresholds 0.9, 0.8, 0.4 (one + and one - together), 0.3
+        let roc = roc_curve(&p, &y);
+        assert_eq!(roc, [(0.0, 0.0), (0.0, 0.5), (1.0 / 3.0, 0.5), (2.0 / 3.0, 1.0), (1.0, 1.0)]);
+        // the area under it is the AUC
+        let area: f64 = roc.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
+        close(area, roc_auc(&p, &y).unwrap());
+        assert!(roc_curve(&[0.1], &[true]).is_empty());
     }
 
     #[test]

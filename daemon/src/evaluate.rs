@@ -39,7 +39,8 @@ pub struct EvalArgs {
     /// Count items a user had bought before the cut-off as relevant too
     #[arg(long)]
     pub include_repeats: bool,
-    /// Item categories for intra-list diversity: FILE:COLUMN (items keyed by --item-column)
+    /// Item categories for intra-list diversity and calibration KL: FILE:COLUMN (items
+    /// keyed by --item-column)
     #[arg(long, value_parser = file_and_column)]
     pub categories: Option<(PathBuf, String)>,
     /// Item embeddings for intra-list diversity by distance: FILE:COLUMN, a list or
@@ -60,6 +61,10 @@ pub struct EvalArgs {
     pub horizon_days: u32,
     #[arg(long, default_value = "probability")]
     pub probability_field: String,
+    /// With --churn: a hash field naming each user's risk tier; each tier's churn rate
+    /// (its precision as a "will churn" call) is reported. Users without it are left out
+    #[arg(long, default_value = "tier")]
+    pub tier_field: String,
 }
 
 fn file_and_column(text: &str) -> Result<(PathBuf, String), String> {
@@ -84,6 +89,9 @@ pub struct Report {
     pub coverage: f64,
     pub novelty: Option<f64>,
     pub intra_list_diversity: Option<f64>,
+    /// Mean calibration KL (Steck 2018) between each user's category mix before the
+    /// cut-off and their top k's, with --categories, over users with history and a list.
+    pub calibration_kl: Option<f64>,
     /// Mean pairwise embedding distance in the top k ((1 - cosine) / 2, in [0, 1]), with
     /// --embeddings; items without an embedding are left out of the pairs.
     pub embedding_diversity: Option<f64>,
@@ -142,6 +150,15 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         };
         mean(in_order().filter_map(|l| eval::intra_list_diversity(l, args.k, distance)))
     });
+    let calibration_kl = categories.as_ref().and_then(|cat| {
+        mean(users.iter().filter_map(|u| {
+            let history = had.get(u)?;
+            // history in item order: the sum is then the same on every run
+            let mut history: Vec<&str> = history.iter().copied().collect();
+            history.sort_unstable();
+            eval::calibration_kl(history, lists.get(u)?, args.k, |i| cat.get(i).map(String::as_str))
+        }))
+    });
     let embeddings =
         args.embeddings.as_ref().map(|(file, col)| read_embeddings(file, &args.item_column, col)).transpose()?;
     let embedding_diversity = embeddings.as_ref().and_then(|emb| {
@@ -164,6 +181,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         coverage: eval::coverage(lists.values(), args.k, catalogue.len()),
         novelty,
         intra_list_diversity: diversity,
+        calibration_kl,
         embedding_diversity,
     })
 }
@@ -184,6 +202,47 @@ pub struct ChurnReport {
     pub log_loss: Option<f64>,
     /// Log-loss of always predicting the observed base rate: the bar a model must clear.
     pub log_loss_base_rate: Option<f64>,
+    pub brier: Option<f64>,
+    /// Brier score of always predicting the base rate.
+    pub brier_base_rate: Option<f64>,
+    /// Ten equal-width bins of the probability: mean predicted vs observed churn.
+    pub reliability: Vec<eval::ReliabilityBin>,
+    /// (false positive rate, true positive rate) at each distinct probability.
+    pub roc: Vec<(f64, f64)>,
+    /// Per tier (the --tier-field value), highest churn rate first.
+    pub tiers: Vec<TierReport>,
+}
+
+/// How one risk tier did: its users, how many churned, and that share (the tier's
+/// precision when read as "these will churn").
+#[derive(Debug, Serialize)]
+pub struct TierReport {
+    pub tier: String,
+    pub users: usize,
+    pub churned: usize,
+    pub precision: f64,
+}
+
+fn tier_reports(tiers: &[Option<String>], labels: &[bool]) -> Vec<TierReport> {
+    let mut by_tier: std::collections::BTreeMap<&str, (usize, usize)> = std::collections::BTreeMap::new();
+    for (t, &y) in tiers.iter().zip(labels) {
+        if let Some(t) = t {
+            let e = by_tier.entry(t.as_str()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(y);
+        }
+    }
+    let mut out: Vec<TierReport> = by_tier
+        .into_iter()
+        .map(|(tier, (users, churned))| TierReport {
+            tier: tier.to_string(),
+            users,
+            churned,
+            precision: churned as f64 / users as f64,
+        })
+        .collect();
+    out.sort_by(|a, b| b.precision.total_cmp(&a.precision).then_with(|| a.tier.cmp(&b.tier)));
+    out
 }
 
 pub fn run_churn(args: &EvalArgs, socket: &Path) -> anyhow::Result<ChurnReport> {
@@ -207,11 +266,13 @@ pub fn run_churn(args: &EvalArgs, socket: &Path) -> anyhow::Result<ChurnReport> 
     let mut users: Vec<&str> = stayed.keys().copied().collect();
     users.sort_unstable();
     let probabilities = fetch_field(socket, &args.table, &users, &args.probability_field)?;
-    let (mut scores, mut labels) = (Vec::new(), Vec::new());
-    for (u, p) in users.iter().zip(probabilities) {
+    let tier_of = fetch_text(socket, &args.table, &users, &args.tier_field)?;
+    let (mut scores, mut labels, mut tiers) = (Vec::new(), Vec::new(), Vec::new());
+    for ((u, p), t) in users.iter().zip(probabilities).zip(tier_of) {
         if let Some(p) = p {
             scores.push(p);
             labels.push(!stayed[u]);
+            tiers.push(t);
         }
     }
     let churned = labels.iter().filter(|&&l| l).count();
@@ -227,6 +288,11 @@ pub fn run_churn(args: &EvalArgs, socket: &Path) -> anyhow::Result<ChurnReport> 
         roc_auc: eval::roc_auc(&scores, &labels),
         log_loss: eval::log_loss(&scores, &labels),
         log_loss_base_rate: eval::log_loss(&vec![base_rate; labels.len()], &labels),
+        brier: eval::brier(&scores, &labels),
+        brier_base_rate: eval::brier(&vec![base_rate; labels.len()], &labels),
+        reliability: eval::reliability(&scores, &labels, 10),
+        roc: eval::roc_curve(&scores, &labels),
+        tiers: tier_reports(&tiers, &labels),
     })
 }
 
@@ -241,11 +307,39 @@ pub fn render_churn(r: &ChurnReport) -> String {
     let _ = writeln!(s, "  {:<22}{}", "roc auc", show(r.roc_auc));
     let _ = writeln!(s, "  {:<22}{}", "log-loss", show(r.log_loss));
     let _ = writeln!(s, "  {:<22}{}", "log-loss, base rate", show(r.log_loss_base_rate));
+    let _ = writeln!(s, "  {:<22}{}", "brier", show(r.brier));
+    let _ = writeln!(s, "  {:<22}{}", "brier, base rate", show(r.brier_base_rate));
+    if !r.reliability.is_empty() {
+        let _ = writeln!(s, "reliability (probability bin: users, mean predicted, observed churn)");
+        for b in &r.reliability {
+            let _ =
+                writeln!(s, "  [{:.1}, {:.1}){:>8}   {:.4}   {:.4}", b.lo, b.hi, b.count, b.mean_predicted, b.observed);
+        }
+    }
+    if !r.tiers.is_empty() {
+        let _ = writeln!(s, "tiers (users, churned, precision)");
+        for t in &r.tiers {
+            let _ = writeln!(s, "  {:<12}{:>8}{:>8}   {:.4}", t.tier, t.users, t.churned, t.precision);
+        }
+    }
     s
 }
 
 /// Each user's hash field `field` as a number, read with HGET over the socket, pipelined.
 fn fetch_field(socket: &Path, table: &str, users: &[&str], field: &str) -> anyhow::Result<Vec<Option<f64>>> {
+    fetch_text(socket, table, users, field)?
+        .into_iter()
+        .map(|v| {
+            v.map(|text| {
+                text.parse().map_err(|_| anyhow::anyhow!("{table}: field `{field}` holds {text:?}, not a number"))
+            })
+            .transpose()
+        })
+        .collect()
+}
+
+/// Each user's hash field `field` as text (None where the user or field is absent).
+fn fetch_text(socket: &Path, table: &str, users: &[&str], field: &str) -> anyhow::Result<Vec<Option<String>>> {
     let mut out = Vec::with_capacity(users.len());
     for chunk in users.chunks(1000) {
         let requests: Vec<Vec<Vec<u8>>> = chunk
@@ -254,13 +348,7 @@ fn fetch_field(socket: &Path, table: &str, users: &[&str], field: &str) -> anyho
             .collect();
         for frame in crate::client::pipeline(socket, &requests)? {
             match frame {
-                Frame::Bulk(b) => {
-                    let text = String::from_utf8_lossy(&b);
-                    let p: f64 = text
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("{table}: field `{field}` holds {text:?}, not a number"))?;
-                    out.push(Some(p));
-                }
+                Frame::Bulk(b) => out.push(Some(String::from_utf8_lossy(&b).into_owned())),
                 Frame::Error(e) => anyhow::bail!("reading {table}: {e}"),
                 _ => out.push(None),
             }
@@ -287,6 +375,7 @@ pub fn render(r: &Report) -> String {
         ("coverage", Some(r.coverage)),
         ("novelty (bits)", r.novelty),
         ("intra-list diversity", r.intra_list_diversity),
+        ("calibration kl", r.calibration_kl),
         ("embedding diversity", r.embedding_diversity),
     ] {
         match v {

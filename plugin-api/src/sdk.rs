@@ -84,6 +84,11 @@ impl CheckContext {
         self.inputs.iter().any(|(n, _)| n == name)
     }
 
+    /// The names of the job's input tables, in the job file's order.
+    pub fn input_names(&self) -> Vec<&str> {
+        input_names(&self.inputs)
+    }
+
     /// Fails unless input `input` has `column`; the error names the job key `key` that
     /// asked for it: `params.user_column: input `interactions` has no column `uid` (...)`.
     pub fn require(&self, input: &str, column: &str, key: &str) -> Result<(), PluginError> {
@@ -100,10 +105,13 @@ impl CheckContext {
     }
 }
 
+fn input_names(inputs: &[(String, RecordBatch)]) -> Vec<&str> {
+    inputs.iter().map(|(n, _)| n.as_str()).filter(|n| *n != crate::abi::MODEL_INPUTS_TABLE).collect()
+}
+
 fn find_input<'b>(inputs: &'b [(String, RecordBatch)], name: &str) -> Result<&'b RecordBatch, PluginError> {
     inputs.iter().find(|(n, _)| n == name).map(|(_, b)| b).ok_or_else(|| {
-        let have: Vec<&str> =
-            inputs.iter().map(|(n, _)| n.as_str()).filter(|n| *n != crate::abi::MODEL_INPUTS_TABLE).collect();
+        let have = input_names(inputs);
         PluginError::input(format!("missing input table `{name}` (the job provides: {})", have.join(", ")))
     })
 }
@@ -120,6 +128,11 @@ impl<'a> RunContext<'a> {
         find_input(&self.inputs, name)
     }
 
+    /// The names of the job's input tables not yet taken, in the job file's order.
+    pub fn input_names(&self) -> Vec<&str> {
+        input_names(&self.inputs)
+    }
+
     /// Moves input `name` out of the context, so its memory is freed as soon as the
     /// strategy drops it (the host keeps no copy): for a big table read once, such as the
     /// interactions a strategy turns into its own compact form. Later `input(name)` calls
@@ -127,7 +140,7 @@ impl<'a> RunContext<'a> {
     pub fn take_input(&mut self, name: &str) -> Result<RecordBatch, PluginError> {
         find_input(&self.inputs, name)?;
         let at = self.inputs.iter().position(|(n, _)| n == name).expect("found above");
-        Ok(self.inputs.swap_remove(at).1)
+        Ok(self.inputs.remove(at).1)
     }
 
     /// Input `name` as a stream of record batches, read from its source as they are

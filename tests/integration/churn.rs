@@ -191,13 +191,18 @@ fn recd_eval_churn_scores_a_temporal_holdout() {
     let (by_user, _) = invoices();
     let mut conn = d.redis();
     let mut scored = Vec::new();
+    let mut tiers: std::collections::HashMap<String, (usize, usize)> = std::collections::HashMap::new();
     for (user, inv) in &by_user {
         if !inv.values().any(|v| v.0 < cutoff) {
             continue;
         }
         let churned = !inv.values().any(|v| v.0 >= cutoff && v.0 < cutoff + 90.0 * DAY);
         let p: f64 = redis::cmd("HGET").arg(format!("churn:{user}")).arg("probability").query(&mut conn).unwrap();
+        let tier: String = redis::cmd("HGET").arg(format!("churn:{user}")).arg("tier").query(&mut conn).unwrap();
         scored.push((p, churned));
+        let t = tiers.entry(tier).or_insert((0usize, 0usize));
+        t.0 += 1;
+        t.1 += usize::from(churned);
     }
     let churned = scored.iter().filter(|s| s.1).count();
     assert_eq!(report["users"], scored.len());
@@ -208,6 +213,22 @@ fn recd_eval_churn_scores_a_temporal_holdout() {
     let log_loss =
         -scored.iter().map(|(p, c)| if *c { p.ln() } else { (1.0 - p).ln() }).sum::<f64>() / scored.len() as f64;
     assert!((report["log_loss"].as_f64().unwrap() - log_loss).abs() < 1e-9);
+    let brier = scored.iter().map(|(p, c)| (p - if *c { 1.0 } else { 0.0 }).powi(2)).sum::<f64>() / scored.len() as f64;
+    assert!((report["brier"].as_f64().unwrap() - brier).abs() < 1e-9);
+    // every scored user is in one reliability bin; each tier's precision is its churn rate
+    let binned: u64 = report["reliability"].as_array().unwrap().iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(binned as usize, scored.len());
+    let reported = report["tiers"].as_array().unwrap();
+    assert_eq!(reported.len(), tiers.len(), "{reported:?}");
+    for t in reported {
+        let (users, churned) = tiers[t["tier"].as_str().unwrap()];
+        assert_eq!((t["users"].as_u64().unwrap() as usize, t["churned"].as_u64().unwrap() as usize), (users, churned));
+        assert!((t["precision"].as_f64().unwrap() - churned as f64 / users as f64).abs() < 1e-12);
+    }
+    // the ROC curve runs from (0, 0) to (1, 1)
+    let roc = report["roc"].as_array().unwrap();
+    assert_eq!((roc[0][0].as_f64(), roc[0][1].as_f64()), (Some(0.0), Some(0.0)));
+    assert_eq!((roc[roc.len() - 1][0].as_f64(), roc[roc.len() - 1][1].as_f64()), (Some(1.0), Some(1.0)));
     // the model must beat chance and the constant predictor on this holdout
     assert!(auc > 0.7, "auc {auc}");
     assert!(log_loss < report["log_loss_base_rate"].as_f64().unwrap());

@@ -49,6 +49,8 @@ fn eval_reports_hand_computed_metrics() {
     close(&r, "coverage", 2.0 / 3.0); // a, b shown of catalogue {x, b, z}
     close(&r, "novelty", 1.0); // a and b unseen in the past: -log2(1/2 users)
     close(&r, "intra_list_diversity", 1.0); // toys vs books
+    // calibration: u1 had only x (no category), the list has none of that: q~ = 0.01 p
+    close(&r, "calibration_kl", 100f64.ln());
     let human = d.cli(&["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("ndcg@k") && text.contains("intra-list diversity  n/a"), "{text}");

@@ -30,4 +30,5 @@ mod publish;
 mod ranking;
 mod reload;
 mod schedule;
+mod sql;
 mod strategies;

@@ -1,7 +1,7 @@
 //! diversity: re-ranks each user's list from an upstream table (input `candidates`, e.g.
-//! `table:ranking`) by maximal marginal relevance (Carbonell & Goldstein, 1998), so that
-//! similar items do not crowd the top.
+//! `table:ranking`) so that the top k is not k variations of one thing. Two modes:
 //!
+//! `mode = "mmr"` (default): maximal marginal relevance (Carbonell & Goldstein, 1998).
 //! Greedily, the next item is the candidate maximising
 //! `lambda * relevance - (1 - lambda) * max similarity to the items already chosen`, where
 //! relevance is the upstream score scaled to [0, 1] within the user's list. Similarity
@@ -13,16 +13,26 @@
 //!   pointing away from what is chosen gets a bonus. An item without a vector is
 //!   similar to nothing (0).
 //!
+//! `mode = "calibration"`: calibrated recommendations (Steck, RecSys 2018). The list's
+//! category mix should match the mix of what the user had (input `interactions`): a user
+//! who buys 70% kitchenware and 30% garden gets about that, not ten kitchen items and not
+//! a spread over categories they never touch. Greedily, the next item maximises
+//! `lambda * relevance - (1 - lambda) * KL(p || q~)`, where p is the share of each category
+//! among the distinct items the user had, q the share in the list so far with the
+//! candidate, and q~ = 0.99 q + 0.01 p (so KL stays finite). Items without a category count
+//! together as one category; a user without history keeps the upstream order. The same KL, over the top k, is what `recd eval --categories` reports
+//! as calibration.
+//!
 //! `max_per_category` is a hard cap on top; it always counts categories, so with embedding
 //! similarity it needs `items` too. Emitted scores are `k - position`, so the served order
 //! is the chosen order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
-use recd_plugin_api::columns::{column, ids_as_strings, numbers};
+use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
 use recd_plugin_api::{CheckContext, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
@@ -39,9 +49,22 @@ struct Params {
     #[serde(default = "default_item_column")]
     item_column: String,
     #[serde(default)]
-    similarity: Similarity,
+    mode: Mode,
+    /// MMR only; `None` is category.
+    similarity: Option<Similarity>,
     #[serde(default = "default_embedding_column")]
     embedding_column: String,
+    /// The user column of input `interactions` (calibration).
+    #[serde(default = "default_user_column")]
+    user_column: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Mmr,
+    Calibration,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -67,6 +90,19 @@ fn default_item_column() -> String {
 fn default_embedding_column() -> String {
     "embedding".into()
 }
+fn default_user_column() -> String {
+    "user_id".into()
+}
+
+/// Steck's alpha: q~ = (1 - alpha) q + alpha p keeps KL(p || q~) finite when the list lacks
+/// a category the user had.
+const CALIBRATION_ALPHA: f64 = 0.01;
+
+impl Params {
+    fn similarity(&self) -> Similarity {
+        self.similarity.unwrap_or_default()
+    }
+}
 
 struct Diversity {
     params: Params,
@@ -85,6 +121,11 @@ impl Strategy for Diversity {
         if params.max_per_category == Some(0) {
             return Err(PluginError::params("params.max_per_category: must be at least 1"));
         }
+        if params.mode == Mode::Calibration && params.similarity.is_some() {
+            return Err(PluginError::params(
+                "params.similarity: only for mode \"mmr\" (calibration compares category shares, not pairs)",
+            ));
+        }
         Ok(Diversity { params })
     }
 
@@ -93,11 +134,19 @@ impl Strategy for Diversity {
         for col in ["user", "item", "score"] {
             ctx.require("candidates", col, "inputs.candidates")?;
         }
-        if p.similarity == Similarity::Category || p.max_per_category.is_some() {
+        let needs_categories = match p.mode {
+            Mode::Calibration => true,
+            Mode::Mmr => p.similarity() == Similarity::Category || p.max_per_category.is_some(),
+        };
+        if needs_categories {
             ctx.require("items", &p.item_column, "params.item_column")?;
             ctx.require("items", &p.category_column, "params.category_column")?;
         }
-        if p.similarity == Similarity::Embedding {
+        if p.mode == Mode::Calibration {
+            ctx.require("interactions", &p.user_column, "params.user_column")?;
+            ctx.require("interactions", &p.item_column, "params.item_column")?;
+        }
+        if p.mode == Mode::Mmr && p.similarity() == Similarity::Embedding {
             ctx.require("embeddings", &p.item_column, "params.item_column")?;
             ctx.require("embeddings", &p.embedding_column, "params.embedding_column")?;
         }
@@ -106,6 +155,10 @@ impl Strategy for Diversity {
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
         let items = self.items(ctx)?;
+        let history = match self.params.mode {
+            Mode::Calibration => self.history(ctx, &items)?,
+            Mode::Mmr => HashMap::new(),
+        };
         let lists = candidates(ctx)?;
         let mut out = OutputRows::new();
         let total = lists.len() as u64;
@@ -113,7 +166,10 @@ impl Strategy for Diversity {
             if n % 1024 == 0 && ctx.is_cancelled() {
                 return Err(PluginError::cancelled());
             }
-            let picked = mmr(list, &items, &self.params);
+            let picked = match self.params.mode {
+                Mode::Mmr => mmr(list, &items, &self.params),
+                Mode::Calibration => calibrated(list, &items, history.get(user), &self.params),
+            };
             for (pos, item) in picked.iter().enumerate() {
                 out.push(user, item, (picked.len() - pos) as f32);
             }
@@ -131,6 +187,18 @@ struct Items {
 }
 
 impl Items {
+    /// The item's category for calibration; items without one share `NO_CATEGORY`.
+    fn category(&self, item: &str) -> &str {
+        self.categories.get(item).map_or(NO_CATEGORY, String::as_str)
+    }
+
+    /// Whether the cap leaves no room for another item of `item`'s category (items without
+    /// a category are never capped).
+    fn capped(&self, item: &str, per_category: &HashMap<&str, usize>, p: &Params) -> bool {
+        let cat = self.categories.get(item).map(String::as_str);
+        p.max_per_category.zip(cat).is_some_and(|(cap, c)| per_category.get(c).copied().unwrap_or(0) >= cap)
+    }
+
     fn similarity(&self, a: &str, b: &str) -> f64 {
         match &self.vectors {
             Some(vectors) => match (vectors.get(a), vectors.get(b)) {
@@ -148,7 +216,10 @@ impl Items {
 impl Diversity {
     fn items(&self, ctx: &RunContext<'_>) -> Result<Items, PluginError> {
         let p = &self.params;
-        let (categories, vectors) = match p.similarity {
+        if p.mode == Mode::Calibration {
+            return Ok(Items { categories: self.categories(ctx)?, vectors: None });
+        }
+        let (categories, vectors) = match p.similarity() {
             Similarity::Category => (self.categories(ctx)?, None),
             // categories only feed the cap here: without one, `items` is not needed
             Similarity::Embedding if p.max_per_category.is_none() => (HashMap::new(), Some(embeddings(ctx, p)?)),
@@ -171,6 +242,59 @@ impl Diversity {
         let cats = ids_as_strings(cats, &p.category_column)?;
         Ok(items.into_iter().zip(cats).filter_map(|(i, c)| Some((i?, c?))).collect())
     }
+
+    /// Each user's category shares (p in the module doc) over the distinct items they had
+    /// in input `interactions`; rows marked `cancelled` (when that column exists) do not count.
+    fn history(&self, ctx: &RunContext<'_>, items: &Items) -> Result<HashMap<String, Shares>, PluginError> {
+        let t = "interactions";
+        let p = &self.params;
+        let batch = ctx
+            .input(t)
+            .map_err(|e| PluginError::new(e.code, format!("mode \"calibration\" needs input `{t}`: {}", e.message)))?;
+        let users = ids_as_strings(column(batch, t, &p.user_column)?, &format!("{t}.{}", p.user_column))?;
+        let its = ids_as_strings(column(batch, t, &p.item_column)?, &format!("{t}.{}", p.item_column))?;
+        let cancelled = match batch.column_by_name("cancelled") {
+            Some(c) => booleans(c.as_ref(), &format!("{t}.cancelled"))?,
+            None => vec![None; batch.num_rows()],
+        };
+        let mut had: HashMap<String, HashSet<String>> = HashMap::new();
+        for ((u, i), c) in users.into_iter().zip(its).zip(cancelled) {
+            if let (Some(u), Some(i), false) = (u, i, c == Some(true)) {
+                had.entry(u).or_default().insert(i);
+            }
+        }
+        Ok(had.into_iter().map(|(u, set)| (u, shares(set.iter().map(|i| items.category(i))))).collect())
+    }
+}
+
+/// A distribution over categories: each category's share, summing to 1.
+type Shares = HashMap<String, f64>;
+
+/// How items without a category are counted in calibration (one category of their own).
+const NO_CATEGORY: &str = "";
+
+fn shares<'a>(categories: impl Iterator<Item = &'a str>) -> Shares {
+    let mut counts: HashMap<String, f64> = HashMap::new();
+    let mut n = 0.0;
+    for c in categories {
+        *counts.entry(c.to_string()).or_default() += 1.0;
+        n += 1.0;
+    }
+    counts.values_mut().for_each(|v| *v /= n);
+    counts
+}
+
+/// KL(p || q~), q~ = (1 - alpha) q + alpha p, where q is the category mix of the items
+/// counted in `counts` plus one more of category `added`.
+fn calibration_kl(p: &Shares, counts: &HashMap<&str, usize>, added: &str) -> f64 {
+    let n = counts.values().sum::<usize>() + 1;
+    p.iter()
+        .map(|(g, &pg)| {
+            let count = counts.get(g.as_str()).copied().unwrap_or(0) + usize::from(g == added);
+            let q = (1.0 - CALIBRATION_ALPHA) * (count as f64 / n as f64) + CALIBRATION_ALPHA * pg;
+            pg * (pg / q).ln()
+        })
+        .sum()
 }
 
 /// Each item's vector from input `embeddings`, scaled to unit length so that a dot product
@@ -262,10 +386,50 @@ fn candidates(ctx: &RunContext<'_>) -> Result<BTreeMap<String, Vec<(String, f64)
     Ok(lists)
 }
 
+/// Scores scaled to [0, 1] within one list (all 1 when they are all equal).
+fn relevance_scale(list: &[(String, f64)]) -> impl Fn(f64) -> f64 {
+    let (lo, hi) = list.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (_, s)| (lo.min(*s), hi.max(*s)));
+    move |s: f64| if hi > lo { (s - lo) / (hi - lo) } else { 1.0 }
+}
+
+/// Calibrated re-ranking over one list (best first), with the category cap; without a
+/// history, the first k the cap allows.
+fn calibrated<'a>(list: &'a [(String, f64)], items: &Items, history: Option<&Shares>, p: &Params) -> Vec<&'a str> {
+    let relevance = relevance_scale(list);
+    let mut left: Vec<usize> = (0..list.len()).collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut picked: Vec<&str> = Vec::new();
+    while picked.len() < p.k {
+        // the KL after one more item depends only on that item's category: once per category
+        let mut kl_after: HashMap<&str, f64> = HashMap::new();
+        let mut best: Option<(usize, f64)> = None;
+        for (slot, &c) in left.iter().enumerate() {
+            let item = list[c].0.as_str();
+            if items.capped(item, &counts, p) {
+                continue;
+            }
+            let g = items.category(item);
+            let kl = match history {
+                Some(h) => *kl_after.entry(g).or_insert_with(|| calibration_kl(h, &counts, g)),
+                None => 0.0,
+            };
+            let value = p.lambda * relevance(list[c].1) - (1.0 - p.lambda) * kl;
+            // strictly greater: ties keep the upstream order
+            if best.is_none_or(|(_, v)| value > v) {
+                best = Some((slot, value));
+            }
+        }
+        let Some((slot, _)) = best else { break };
+        let item = list[left.remove(slot)].0.as_str();
+        *counts.entry(items.category(item)).or_default() += 1;
+        picked.push(item);
+    }
+    picked
+}
+
 /// Maximal marginal relevance over one list (best first), with the category cap.
 fn mmr<'a>(list: &'a [(String, f64)], items: &Items, p: &Params) -> Vec<&'a str> {
-    let (lo, hi) = list.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (_, s)| (lo.min(*s), hi.max(*s)));
-    let relevance = |s: f64| if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
+    let relevance = relevance_scale(list);
     let mut left: Vec<usize> = (0..list.len()).collect();
     // each candidate's highest similarity to the items chosen so far, kept up to date
     // pick by pick rather than recomputed (k * n similarities per list, not k^2 * n)
@@ -273,13 +437,9 @@ fn mmr<'a>(list: &'a [(String, f64)], items: &Items, p: &Params) -> Vec<&'a str>
     let mut picked: Vec<&str> = Vec::new();
     let mut per_category: HashMap<&str, usize> = HashMap::new();
     while picked.len() < p.k {
-        let capped = |item: &str| {
-            let cat = items.categories.get(item).map(String::as_str);
-            p.max_per_category.zip(cat).is_some_and(|(cap, c)| per_category.get(c).copied().unwrap_or(0) >= cap)
-        };
         let mut best: Option<(usize, f64)> = None;
         for (slot, &c) in left.iter().enumerate() {
-            if capped(&list[c].0) {
+            if items.capped(&list[c].0, &per_category, p) {
                 continue;
             }
             let value = p.lambda * relevance(list[c].1) - (1.0 - p.lambda) * nearest[c];
@@ -542,6 +702,129 @@ mod tests {
         );
     }
 
+    /// u1 had two toys and a book (p: toys 2/3, books 1/3) and a game they cancelled; u2
+    /// had nothing. Both get the list of `run`: a 1.0 toys, b 0.9 toys, c 0.5 books, d 0.1 games.
+    fn run_calibration(params: &str) -> (Vec<String>, Vec<String>) {
+        let list = [("a", 1.0), ("b", 0.9), ("c", 0.5), ("d", 0.1)];
+        let rows: Vec<(&str, &str, f32)> =
+            ["u1", "u2"].iter().flat_map(|u| list.iter().map(move |(i, s)| (*u, *i, *s as f32))).collect();
+        let candidates = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("user", DataType::Utf8, false),
+                Field::new("item", DataType::Utf8, false),
+                Field::new("score", DataType::Float32, false),
+            ])),
+            vec![
+                strings(&rows.iter().map(|r| r.0).collect::<Vec<_>>()),
+                strings(&rows.iter().map(|r| r.1).collect::<Vec<_>>()),
+                Arc::new(Float32Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        let items = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("item_id", DataType::Utf8, false),
+                Field::new("category", DataType::Utf8, false),
+            ])),
+            vec![
+                strings(&["a", "b", "c", "d", "h1", "h2", "h3", "h4"]),
+                strings(&["toys", "toys", "books", "games", "toys", "toys", "books", "games"]),
+            ],
+        )
+        .unwrap();
+        let interactions = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Utf8, false),
+                Field::new("item_id", DataType::Utf8, false),
+                Field::new("cancelled", DataType::Boolean, false),
+            ])),
+            vec![
+                strings(&["u1", "u1", "u1", "u1", "u1"]),
+                strings(&["h1", "h2", "h2", "h3", "h4"]),
+                Arc::new(arrow_array::BooleanArray::from(vec![false, false, false, false, true])),
+            ],
+        )
+        .unwrap();
+        let out = Harness::new(params)
+            .input("candidates", candidates)
+            .input("items", items)
+            .input("interactions", interactions)
+            .run::<Diversity>()
+            .unwrap();
+        let list = |u: &str| out.list(u).into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        (list("u1"), list("u2"))
+    }
+
+    #[test]
+    fn calibration_matches_the_lists_category_mix_to_the_users_history() {
+        // lambda 1: relevance only
+        let (u1, u2) = run_calibration(r#"{"k": 3, "lambda": 1, "mode": "calibration"}"#);
+        assert_eq!(u1, ["a", "b", "c"]);
+        assert_eq!(u2, ["a", "b", "c"]);
+        // lambda 0, calibration only, against p = (toys 2/3, books 1/3), q~ = 0.99 q + 0.01 p:
+        // first a toy (KL 1.267; a book 2.706, a game 4.605); then a book (0.056; another toy
+        // 1.267); then a toy (0: the mix is exact). Were the cancelled game counted, p would
+        // be (1/2, 1/4, 1/4) and the third pick d (KL 0.057 against b's 0.937).
+        // u2 has no history: the upstream order.
+        let (u1, u2) = run_calibration(r#"{"k": 3, "lambda": 0, "mode": "calibration"}"#);
+        assert_eq!(u1, ["a", "c", "b"]);
+        assert_eq!(u2, ["a", "b", "c"]);
+        // lambda 0.5, second pick: b 0.5 * 0.889 - 0.5 * 1.267 = -0.19 loses to c 0.5 * 0.444
+        // - 0.5 * 0.056 = 0.19
+        let (u1, _) = run_calibration(r#"{"k": 3, "lambda": 0.5, "mode": "calibration"}"#);
+        assert_eq!(u1, ["a", "c", "b"]);
+        // the cap holds in calibration too
+        let (u1, _) = run_calibration(r#"{"k": 3, "lambda": 1, "mode": "calibration", "max_per_category": 1}"#);
+        assert_eq!(u1, ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn calibration_kl_is_steck_kl_with_alpha() {
+        let p: Shares = [("toys".to_string(), 2.0 / 3.0), ("books".to_string(), 1.0 / 3.0)].into();
+        let kl = calibration_kl(&p, &HashMap::from([("toys", 1)]), "books");
+        // q = (1/2, 1/2): q~ = 0.99 * 1/2 + 0.01 p
+        let want = 2.0 / 3.0 * ((2.0f64 / 3.0) / (0.495 + 0.01 * 2.0 / 3.0)).ln()
+            + 1.0 / 3.0 * ((1.0f64 / 3.0) / (0.495 + 0.01 / 3.0)).ln();
+        assert!((kl - want).abs() < 1e-12, "{kl} vs {want}");
+        assert!((want - 0.0555).abs() < 1e-3, "{want}");
+        // an exact mix gives 0
+        assert!(calibration_kl(&p, &HashMap::from([("toys", 1), ("books", 1)]), "toys").abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibration_needs_interactions_and_takes_no_similarity() {
+        let (cands, _) = near_duplicates();
+        let items = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("item_id", DataType::Utf8, false),
+                Field::new("category", DataType::Utf8, false),
+            ])),
+            vec![strings(&["a"]), strings(&["toys"])],
+        )
+        .unwrap();
+        let err = Harness::new(r#"{"mode": "calibration"}"#)
+            .input("candidates", cands.clone())
+            .input("items", items.clone())
+            .check::<Diversity>()
+            .unwrap_err();
+        assert!(err.message.starts_with("inputs: missing input table `interactions`"), "{}", err.message);
+        assert!(err.message.contains("(params.user_column needs it)"), "{}", err.message);
+        let err = Harness::new(r#"{"mode": "calibration"}"#)
+            .input("candidates", cands)
+            .input("items", items)
+            .run::<Diversity>()
+            .unwrap_err();
+        assert_eq!(err.code, recd_plugin_api::abi::code::INVALID_INPUT);
+        assert!(
+            err.message.starts_with("mode \"calibration\" needs input `interactions`: missing input table"),
+            "{}",
+            err.message
+        );
+        let err = Harness::new(r#"{"mode": "calibration", "similarity": "embedding"}"#).run::<Diversity>().unwrap_err();
+        assert_eq!(err.code, recd_plugin_api::abi::code::INVALID_PARAMS);
+        assert!(err.message.starts_with("params.similarity: only for mode \"mmr\""), "{}", err.message);
+    }
+
     #[test]
     fn bad_params_name_the_key() {
         let cases = [
@@ -551,6 +834,7 @@ mod tests {
             (r#"{"k": 0}"#, "params.k: must be 1..=1000, got 0"),
             (r#"{"similarity": "embedding", "lambda": 1.5}"#, "params.lambda: must be in [0, 1], got 1.5"),
             (r#"{"similarity": "cosine"}"#, "params: unknown variant `cosine`, expected `category` or `embedding`"),
+            (r#"{"mode": "kl"}"#, "params: unknown variant `kl`, expected `mmr` or `calibration`"),
         ];
         for (params, want) in cases {
             let err = Harness::new(params).run::<Diversity>().unwrap_err();
