@@ -480,6 +480,15 @@ mod tests {
         Arc::new(StringArray::from(values.to_vec()))
     }
 
+    /// Input `items`: (item_id, category).
+    fn item_categories(items: &[&str], categories: &[&str]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("item_id", DataType::Utf8, false),
+            Field::new("category", DataType::Utf8, false),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), vec![strings(items), strings(categories)]).unwrap()
+    }
+
     fn run(params: &str) -> Vec<String> {
         // u1: a 1.0 toys, b 0.9 toys, c 0.5 books, d 0.1 games
         let candidates = RecordBatch::try_new(
@@ -495,14 +504,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let items = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("item_id", DataType::Utf8, false),
-                Field::new("category", DataType::Utf8, false),
-            ])),
-            vec![strings(&["a", "b", "c", "d"]), strings(&["toys", "toys", "books", "games"])],
-        )
-        .unwrap();
+        let items = item_categories(&["a", "b", "c", "d"], &["toys", "toys", "books", "games"]);
         let out =
             Harness::new(params).input("candidates", candidates).input("items", items).run::<Diversity>().unwrap();
         out.list("u1").into_iter().map(|(i, _)| i).collect()
@@ -627,14 +629,7 @@ mod tests {
     #[test]
     fn embedding_similarity_with_a_category_cap_needs_items() {
         let (candidates, embeddings) = near_duplicates();
-        let items = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("item_id", DataType::Utf8, false),
-                Field::new("category", DataType::Utf8, false),
-            ])),
-            vec![strings(&["a", "b", "c", "d"]), strings(&["toys", "toys", "books", "toys"])],
-        )
-        .unwrap();
+        let items = item_categories(&["a", "b", "c", "d"], &["toys", "toys", "books", "toys"]);
         let params = r#"{"k": 4, "lambda": 1, "similarity": "embedding", "max_per_category": 1}"#;
         let out = Harness::new(params)
             .input("candidates", candidates.clone())
@@ -721,17 +716,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let items = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("item_id", DataType::Utf8, false),
-                Field::new("category", DataType::Utf8, false),
-            ])),
-            vec![
-                strings(&["a", "b", "c", "d", "h1", "h2", "h3", "h4"]),
-                strings(&["toys", "toys", "books", "games", "toys", "toys", "books", "games"]),
-            ],
-        )
-        .unwrap();
+        let items = item_categories(
+            &["a", "b", "c", "d", "h1", "h2", "h3", "h4"],
+            &["toys", "toys", "books", "games", "toys", "toys", "books", "games"],
+        );
         let interactions = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("user_id", DataType::Utf8, false),
@@ -794,14 +782,7 @@ mod tests {
     #[test]
     fn calibration_needs_interactions_and_takes_no_similarity() {
         let (cands, _) = near_duplicates();
-        let items = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("item_id", DataType::Utf8, false),
-                Field::new("category", DataType::Utf8, false),
-            ])),
-            vec![strings(&["a"]), strings(&["toys"])],
-        )
-        .unwrap();
+        let items = item_categories(&["a"], &["toys"]);
         let err = Harness::new(r#"{"mode": "calibration"}"#)
             .input("candidates", cands.clone())
             .input("items", items.clone())
