@@ -324,3 +324,55 @@ int main(void) {
         assert_eq!(c_view, rust_view());
     }
 }
+
+/// The docs must state the ABI version this crate defines: every sentence that gives "the"
+/// version (the header's first line, the README's layout table, the reference and the
+/// architecture doc, `validate --json` examples, the refusal message) is read back and
+/// compared with `ABI_MAJOR`/`ABI_MINOR`. Lines of a table are history (what 1.1 added, a
+/// 1.0 host's message) and are skipped.
+#[cfg(test)]
+mod docs_version {
+    use super::{ABI_MAJOR, ABI_MINOR};
+
+    /// The version right after each `marker` in `text`, with the line it is on.
+    fn stated<'t>(text: &'t str, marker: &str) -> Vec<(&'t str, String)> {
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('|')) {
+            for (at, _) in line.match_indices(marker) {
+                let rest = &line[at + marker.len()..];
+                let v: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+                out.push((line, v.trim_end_matches('.').to_string()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn docs_state_the_abi_version_this_crate_defines() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+        let want = format!("{ABI_MAJOR}.{ABI_MINOR}");
+        let checks: [(&str, &[&str]); 5] = [
+            ("plugin-api/include/recd_plugin.h", &["the recd plugin ABI, version "]),
+            ("README.md", &["ABI v1 ("]),
+            ("docs/plugin-abi.md", &["Version described here: **ABI ", "this recd speaks ABI ", "\"abi\":\""]),
+            ("docs/ARCHITECTURE.md", &["- **Version** ", "this recd speaks ABI "]),
+            ("docs/operations.md", &["this recd speaks ABI "]),
+        ];
+        let mut found = 0;
+        for (file, markers) in checks {
+            let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for marker in markers {
+                for (line, v) in stated(&text, marker) {
+                    assert_eq!(v, want, "{file} states ABI {v}, plugin-api defines {want}: {line}");
+                    found += 1;
+                }
+            }
+            let minor = format!("RECD_ABI_MINOR {ABI_MINOR}");
+            for line in text.lines().filter(|l| l.contains("`RECD_ABI_MINOR ")) {
+                assert!(line.contains(&minor), "{file} gives another RECD_ABI_MINOR than {ABI_MINOR}: {line}");
+            }
+        }
+        // each marker above is there at least once: a reworded sentence fails here, not silently
+        assert!(found >= 9, "only {found} version statements found");
+    }
+}
