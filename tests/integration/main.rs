@@ -14,6 +14,7 @@ mod clients;
 mod crash;
 mod devices;
 mod diversity;
+mod docs;
 mod evaluation;
 mod export;
 mod fallback;
