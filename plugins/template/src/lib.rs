@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use recd_plugin_api::columns::{column, ids_as_strings};
-use recd_plugin_api::{LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
+use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
 /// The job's `[params]`; unknown keys are refused with the key's name.
@@ -44,6 +44,14 @@ impl Strategy for Popular {
             return Err(PluginError::params("params.k: must be at least 1"));
         }
         Ok(Popular { params })
+    }
+
+    /// Called by `recd validate` and on reload, with each input's columns and no rows: a
+    /// column the params name but the input lacks is reported at that params key, before
+    /// any run.
+    fn check(&self, ctx: &CheckContext) -> Result<(), PluginError> {
+        ctx.require("interactions", &self.params.user_column, "params.user_column")?;
+        ctx.require("interactions", &self.params.item_column, "params.item_column")
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
@@ -130,6 +138,22 @@ mod tests {
         let err = Harness::new("{}").run::<Popular>().unwrap_err();
         assert_eq!(err.code, code::INVALID_INPUT);
         assert!(err.message.contains("missing input table `interactions`"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_check_names_a_missing_column_at_its_params_key() {
+        let data = interactions(&[("u1", "a")]);
+        assert_eq!(Harness::new("{}").input("interactions", data.clone()).check::<Popular>(), Ok(()));
+        let err =
+            Harness::new(r#"{"user_column": "customer"}"#).input("interactions", data).check::<Popular>().unwrap_err();
+        assert_eq!(err.code, code::INVALID_PARAMS);
+        assert!(
+            err.message.starts_with("params.user_column: input `interactions` has no column `customer`"),
+            "{}",
+            err.message
+        );
+        let err = Harness::new("{}").check::<Popular>().unwrap_err();
+        assert!(err.message.starts_with("inputs: missing input table `interactions`"), "{}", err.message);
     }
 
     #[test]
