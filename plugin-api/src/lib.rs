@@ -20,6 +20,11 @@ mod rows;
 mod sdk;
 pub mod testing;
 
+/// The Arrow crates of the version this SDK speaks, re-exported so that a plugin need not
+/// pin its own: `use recd_plugin_api::arrow_array::RecordBatch;`. A plugin that depends on
+/// Arrow itself must use this same major version, or its batches are other types.
+pub use {arrow_array, arrow_schema};
+
 pub use rows::OutputRows;
 pub use sdk::{CheckContext, InputStream, LogLevel, PluginError, RunContext, Strategy};
 
