@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
 use chrono::NaiveDateTime;
-use recd_plugin_api::columns::{booleans, column, ids_as_strings, seconds};
+use recd_plugin_api::columns::{booleans, column, float_lists, ids_as_strings, seconds};
 use serde::Serialize;
 
 use crate::eval;
@@ -454,38 +454,16 @@ fn read_categories(file: &Path, item_column: &str, category_column: &str) -> any
 
 /// Each item's embedding from FILE's COLUMN (a list of floats per row).
 fn read_embeddings(file: &Path, item_column: &str, column_name: &str) -> anyhow::Result<HashMap<String, Vec<f32>>> {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
     let batch = crate::worker::read_input(&input(file, "embeddings")?)?;
     let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", file.display());
     let items = ids_as_strings(column(&batch, "embeddings", item_column).map_err(err)?, item_column).map_err(err)?;
     let col = column(&batch, "embeddings", column_name).map_err(err)?;
-    let floats = |values: &arrow_array::ArrayRef| -> anyhow::Result<Vec<f32>> {
-        use arrow_array::types::{Float32Type, Float64Type};
-        match values.data_type() {
-            arrow_schema::DataType::Float32 => Ok(values.as_primitive::<Float32Type>().values().to_vec()),
-            arrow_schema::DataType::Float64 => {
-                Ok(values.as_primitive::<Float64Type>().values().iter().map(|v| *v as f32).collect())
-            }
-            other => anyhow::bail!("{}: column `{column_name}` holds {other}, not float32 or float64", file.display()),
-        }
-    };
-    let rows: Vec<Option<Vec<f32>>> = match col.data_type() {
-        arrow_schema::DataType::FixedSizeList(..) => {
-            let list = col.as_fixed_size_list();
-            (0..list.len())
-                .map(|r| (!list.is_null(r)).then(|| floats(&list.value(r))).transpose())
-                .collect::<Result<_, _>>()?
-        }
-        arrow_schema::DataType::List(_) => {
-            let list = col.as_list::<i32>();
-            (0..list.len())
-                .map(|r| (!list.is_null(r)).then(|| floats(&list.value(r))).transpose())
-                .collect::<Result<_, _>>()?
-        }
-        other => anyhow::bail!("{}: column `{column_name}` is {other}, not a list of numbers", file.display()),
-    };
-    Ok(items.into_iter().zip(rows).filter_map(|(i, v)| Some((i?, v?))).collect())
+    let rows = float_lists(col, &format!("column `{column_name}`")).map_err(err)?;
+    Ok(items
+        .into_iter()
+        .zip(rows)
+        .filter_map(|(i, v)| Some((i?, v?.into_iter().map(|x| x as f32).collect())))
+        .collect())
 }
 
 /// Each user's top k, read with ZREVRANGE over the socket, pipelined.

@@ -63,6 +63,35 @@ pub fn numbers(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
     Ok(out)
 }
 
+/// Reads a column of float vectors (a fixed-size list, list or large list of float32 or
+/// float64), one per row; a null row as `None`. A null inside a vector is an error naming
+/// its row (counted from 0).
+pub fn float_lists(col: &dyn Array, what: &str) -> Result<Vec<Option<Vec<f64>>>, PluginError> {
+    let element = match col.data_type() {
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => f.data_type(),
+        _ => &DataType::Null,
+    };
+    if !matches!(element, DataType::Float32 | DataType::Float64) {
+        return Err(PluginError::input(format!(
+            "{what}: expected a list of float32 or float64, found {}",
+            col.data_type()
+        )));
+    }
+    let rows: Vec<Option<arrow_array::ArrayRef>> = match col.data_type() {
+        DataType::FixedSizeList(..) => col.as_fixed_size_list().iter().collect(),
+        DataType::List(_) => col.as_list::<i32>().iter().collect(),
+        _ => col.as_list::<i64>().iter().collect(),
+    };
+    rows.into_iter()
+        .enumerate()
+        .map(|(row, values)| {
+            let Some(values) = values else { return Ok(None) };
+            let vector: Option<Vec<f64>> = numbers(values.as_ref(), what)?.into_iter().collect();
+            vector.map(Some).ok_or_else(|| PluginError::input(format!("{what} row {row}: the vector has a null value")))
+        })
+        .collect()
+}
+
 /// Reads a boolean column (nulls as `None`).
 pub fn booleans(col: &dyn Array, what: &str) -> Result<Vec<Option<bool>>, PluginError> {
     match col.data_type() {
@@ -99,4 +128,30 @@ pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
             return Err(PluginError::input(format!("{what}: expected a timestamp or integer seconds, found {other}")));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::types::{Float32Type, Float64Type};
+    use arrow_array::{FixedSizeListArray, ListArray, StringArray};
+
+    use super::*;
+
+    #[test]
+    fn float_lists_reads_every_list_shape_and_names_a_bad_row() {
+        let fixed = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+            [Some(vec![Some(1.5), Some(-2.0)]), None, Some(vec![Some(0.0), Some(4.0)])],
+            2,
+        );
+        assert_eq!(float_lists(&fixed, "e").unwrap(), [Some(vec![1.5, -2.0]), None, Some(vec![0.0, 4.0])]);
+        let ragged = ListArray::from_iter_primitive::<Float64Type, _, _>([Some(vec![Some(0.25)]), Some(vec![]), None]);
+        assert_eq!(float_lists(&ragged, "e").unwrap(), [Some(vec![0.25]), Some(vec![]), None]);
+        let holed = ListArray::from_iter_primitive::<Float64Type, _, _>([Some(vec![Some(1.0)]), Some(vec![None])]);
+        assert_eq!(float_lists(&holed, "e").unwrap_err().message, "e row 1: the vector has a null value");
+        let text = StringArray::from(vec!["[1, 2]"]);
+        assert_eq!(
+            float_lists(&text, "e").unwrap_err().message,
+            "e: expected a list of float32 or float64, found Utf8"
+        );
+    }
 }

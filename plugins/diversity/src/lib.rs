@@ -29,10 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef};
-use arrow_schema::DataType;
-use recd_plugin_api::columns::{booleans, column, ids_as_strings, numbers};
+use recd_plugin_api::columns::{booleans, column, float_lists, ids_as_strings, numbers};
 use recd_plugin_api::{CheckContext, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
@@ -308,12 +305,11 @@ fn embeddings(ctx: &RunContext<'_>, p: &Params) -> Result<HashMap<String, Vec<f6
     let items = ids_as_strings(column(batch, t, &p.item_column)?, &p.item_column)?;
     let col = column(batch, t, &p.embedding_column)
         .map_err(|e| PluginError::params(format!("params.embedding_column: {e}")))?;
-    let rows = list_rows(col, &format!("{t}.{}", p.embedding_column))?;
+    let rows = float_lists(col, &format!("{t}.{}", p.embedding_column))?;
     let mut vectors = HashMap::new();
     let mut first: Option<(usize, String, usize)> = None;
-    for (row, (item, values)) in items.into_iter().zip(rows).enumerate() {
-        let (Some(item), Some(values)) = (item, values) else { continue };
-        let v = vector_values(values.as_ref(), row, &item)?;
+    for (row, (item, v)) in items.into_iter().zip(rows).enumerate() {
+        let (Some(item), Some(v)) = (item, v) else { continue };
         match &first {
             None => first = Some((row, item.clone(), v.len())),
             Some((r0, i0, n)) if v.len() != *n => {
@@ -330,35 +326,6 @@ fn embeddings(ctx: &RunContext<'_>, p: &Params) -> Result<HashMap<String, Vec<f6
         };
     }
     Ok(vectors)
-}
-
-/// The rows of a list column of floats (fixed-size or not); nulls as `None`.
-fn list_rows(col: &dyn Array, what: &str) -> Result<Vec<Option<ArrayRef>>, PluginError> {
-    let element = match col.data_type() {
-        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => f.data_type(),
-        other => {
-            return Err(PluginError::input(format!("{what}: expected a list of float32 or float64, found {other}")));
-        }
-    };
-    if !matches!(element, DataType::Float32 | DataType::Float64) {
-        return Err(PluginError::input(format!(
-            "{what}: expected a list of float32 or float64, found {}",
-            col.data_type()
-        )));
-    }
-    Ok(match col.data_type() {
-        DataType::FixedSizeList(..) => col.as_fixed_size_list().iter().collect(),
-        DataType::List(_) => col.as_list::<i32>().iter().collect(),
-        _ => col.as_list::<i64>().iter().collect(),
-    })
-}
-
-fn vector_values(values: &dyn Array, row: usize, item: &str) -> Result<Vec<f64>, PluginError> {
-    let what = format!("input `embeddings` row {row} (item `{item}`)");
-    numbers(values, &what)?
-        .into_iter()
-        .map(|v| v.ok_or_else(|| PluginError::input(format!("{what}: the vector has a null value"))))
-        .collect()
 }
 
 /// `v` scaled to length 1; None for a vector with no direction (zero, or not finite).
@@ -470,7 +437,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow_array::types::{Float32Type, Float64Type};
-    use arrow_array::{FixedSizeListArray, Float32Array, ListArray, RecordBatch, StringArray};
+    use arrow_array::{Array, FixedSizeListArray, Float32Array, ListArray, RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
 
     use super::*;

@@ -96,8 +96,7 @@ impl Strategy for Sql {
             .into_iter()
             .map(|name| Ok((name.clone(), ctx.take_input(&name)?)))
             .collect::<Result<Vec<_>, PluginError>>()?;
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let runtime = runtime(threads)?;
+        let runtime = runtime(cores())?;
         // block_on polls this future on the calling thread, so every host call below (emit,
         // is_cancelled) is made from `run`'s thread, as the ABI requires; DataFusion's own
         // work runs on the runtime's worker threads
@@ -117,6 +116,11 @@ impl Strategy for Sql {
     }
 }
 
+/// The cores DataFusion may use: one thread and one partition each.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, PluginError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -131,8 +135,7 @@ fn query_error(e: impl std::fmt::Display) -> PluginError {
 
 /// The query planned over `tables` (checked: names, columns, types), not yet run.
 async fn plan(query: &str, tables: Vec<(String, arrow_array::RecordBatch)>) -> Result<DataFrame, PluginError> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let config = SessionConfig::new().with_target_partitions(threads).with_information_schema(false);
+    let config = SessionConfig::new().with_target_partitions(cores()).with_information_schema(false);
     let session = SessionContext::new_with_config(config);
     for (name, batch) in tables {
         let batch = bridge::to_datafusion(&batch).map_err(|e| PluginError::input(format!("input `{name}`: {e}")))?;

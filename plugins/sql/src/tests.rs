@@ -89,7 +89,7 @@ fn a_hash_query_keeps_number_and_text_types() {
                           MAX(ts) AS last_bought
                    FROM interactions GROUP BY user_id ORDER BY user_id"#;
     let out = Harness::new(&hash_params(query)).input("interactions", interactions()).hashes().run::<Sql>().unwrap();
-    let batch = arrow_select_concat(&out.batches);
+    let batch = only_batch(&out.batches);
     let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["user", "invoices", "cancelled_share", "last_bought"]);
     let users = batch.column(0).as_string::<i32>();
@@ -103,7 +103,7 @@ fn a_hash_query_keeps_number_and_text_types() {
     assert!(batch.column(3).as_string::<i32>().value(0).starts_with("1970-01-05"));
 }
 
-fn arrow_select_concat(batches: &[RecordBatch]) -> RecordBatch {
+fn only_batch(batches: &[RecordBatch]) -> RecordBatch {
     assert_eq!(batches.len(), 1, "one batch expected for this small result");
     batches[0].clone()
 }
