@@ -8,9 +8,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Float32Type;
-use arrow_array::{Array, RecordBatch};
+use arrow_array::RecordBatch;
+use recd_plugin_api::contract::{Assembler, Rules, UserSink};
 
 use crate::config::Config;
 use crate::job::{Input, InputFormat, Job, OutputChecks};
@@ -479,209 +478,63 @@ fn forward_stderr(stderr: std::process::ChildStderr, job: String, run_id: u64) -
     })
 }
 
-/// Groups streamed rows into per-user lists, checks them, and writes them to the staged
-/// version. One user's rows must be contiguous in the stream.
+/// Checks streamed rows against the output contract (the same one the worker and the
+/// plugin harness use) and writes each user's output to the staged version. One user's
+/// rows must be contiguous in the stream.
 struct Collector {
+    rows: Assembler,
+    sink: StagedSink,
+}
+
+/// Where the collector's users go: the staged version, minus the users outside the shard.
+struct StagedSink {
     staged: StagedVersion,
-    max_items: usize,
-    allow_empty: bool,
-    /// Whether a user's rows are being collected, and whose (a buffer kept from user to user).
-    has_user: bool,
-    user_id: String,
-    /// The current user's items end to end, and per item its end in `items` and its score:
-    /// no allocation per row.
-    items: String,
-    list: Vec<(usize, f32)>,
     done_users: SeenUsers,
-    row: u64,
-    /// Stream row where the current user's rows began.
-    user_first_row: u64,
     shard: Shard,
-    /// The user of the last row, when that user is outside the shard: their next rows are
-    /// dropped without hashing the id again.
-    skipping: Option<String>,
-    /// Users outside the shard, whose rows were dropped.
-    pub skipped_users: u64,
+}
+
+impl UserSink for StagedSink {
+    type Error = anyhow::Error;
+
+    fn first_time(&mut self, user: &str) -> anyhow::Result<bool> {
+        self.done_users.insert(user, &mut self.staged)
+    }
+
+    fn keeps(&mut self, user: &str) -> bool {
+        self.shard.is_whole() || self.shard.contains(user)
+    }
+
+    fn list(&mut self, user: &str, list: &mut Vec<(&str, f32)>) -> anyhow::Result<()> {
+        Ok(self.staged.put_user(user, list)?)
+    }
+
+    fn hash(&mut self, user: &str, fields: Vec<(String, String)>) -> anyhow::Result<()> {
+        Ok(self.staged.put_hash(user, &fields)?)
+    }
 }
 
 impl Collector {
     fn new(staged: StagedVersion, checks: &OutputChecks, shard: Shard) -> Self {
-        Collector {
-            staged,
-            max_items: checks.max_items_per_user as usize,
+        let rules = Rules {
+            kind: staged.kind.into(),
+            max_items_per_user: checks.max_items_per_user as usize,
             allow_empty: checks.allow_empty,
-            has_user: false,
-            user_id: String::new(),
-            items: String::new(),
-            list: Vec::new(),
-            done_users: SeenUsers::default(),
-            row: 0,
-            user_first_row: 0,
-            shard,
-            skipping: None,
-            skipped_users: 0,
-        }
-    }
-
-    /// False for a row of a user outside the shard (counted once per run of rows).
-    fn keeps(&mut self, user: &str) -> bool {
-        if self.shard.is_whole() {
-            return true;
-        }
-        if self.skipping.as_deref() == Some(user) {
-            return false;
-        }
-        if self.shard.contains(user) {
-            self.skipping = None;
-            return true;
-        }
-        self.skipped_users += 1;
-        let mut buffer = self.skipping.take().unwrap_or_default();
-        buffer.clear();
-        buffer.push_str(user);
-        self.skipping = Some(buffer);
-        false
+        };
+        Collector { rows: Assembler::new(rules), sink: StagedSink { staged, done_users: SeenUsers::default(), shard } }
     }
 
     /// Closes the last user; refuses an empty result unless the job allows one.
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.finish_user()?;
-        if self.staged.users == 0 && !self.allow_empty {
-            anyhow::bail!("the run emitted no rows (set `allow_empty = true` in the job to publish an empty table)");
-        }
-        Ok(())
+        self.rows.finish(&mut self.sink)
     }
 
     fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        // The worker checked its plugin's schema, but the stream is read as untrusted (a
-        // batch without columns was the `result_stream` fuzz target's second finding).
-        let columns = batch.num_columns();
-        match self.staged.kind {
-            TableKind::Lists if columns == 3 => self.add_lists(batch),
-            TableKind::Hashes if columns >= 1 => self.add_hashes(batch),
-            TableKind::Lists => {
-                anyhow::bail!("worker sent rows with {columns} columns; a lists table needs user, item, score")
-            }
-            TableKind::Hashes => {
-                anyhow::bail!(
-                    "worker sent rows with {columns} columns; a hashes table needs the user first, then its fields"
-                )
-            }
-        }
-    }
-
-    /// One row per user: column 0 the user, every other non-null cell a field.
-    fn add_hashes(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("user column is not utf8"))?;
-        let schema = batch.schema();
-        for i in 0..batch.num_rows() {
-            let row = self.row;
-            self.row += 1;
-            if users.is_null(i) {
-                anyhow::bail!("output row {row}: null user");
-            }
-            let user = users.value(i);
-            if !self.keeps(user) {
-                continue;
-            }
-            if !self.done_users.insert(user, &mut self.staged)? {
-                anyhow::bail!("output row {row}: user {user:?} has a second row (a hash table has one row per user)");
-            }
-            let mut fields = Vec::with_capacity(batch.num_columns() - 1);
-            for (field, column) in schema.fields().iter().zip(batch.columns()).skip(1) {
-                let value = cell_text(column.as_ref(), i)
-                    .map_err(|e| anyhow::anyhow!("output row {row}: user {user:?} field `{}`: {e}", field.name()))?;
-                if let Some(value) = value {
-                    fields.push((field.name().clone(), value));
-                }
-            }
-            self.staged.put_hash(user, &fields)?;
-        }
-        Ok(())
-    }
-
-    fn add_lists(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("user column is not utf8"))?;
-        let items = batch.column(1).as_string_opt::<i32>().ok_or_else(|| anyhow::anyhow!("item column is not utf8"))?;
-        let scores = batch
-            .column(2)
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| anyhow::anyhow!("score column is not float32"))?;
-        for i in 0..batch.num_rows() {
-            let row = self.row;
-            self.row += 1;
-            if users.is_null(i) || items.is_null(i) || scores.is_null(i) {
-                anyhow::bail!("output row {row}: null user, item or score");
-            }
-            let (user, item, score) = (users.value(i), items.value(i), scores.value(i));
-            if !score.is_finite() {
-                anyhow::bail!("output row {row}: user {user:?} item {item:?} has a non-finite score {score}");
-            }
-            if item.len() > u16::MAX as usize {
-                anyhow::bail!("output row {row}: item id of {} bytes is too long", item.len());
-            }
-            if !self.keeps(user) {
-                continue;
-            }
-            if !self.has_user || self.user_id != user {
-                self.finish_user()?;
-                self.user_first_row = row;
-                if !self.done_users.insert(user, &mut self.staged)? {
-                    anyhow::bail!("output row {row}: rows of user {user:?} are not contiguous");
-                }
-                self.has_user = true;
-                self.user_id.clear();
-                self.user_id.push_str(user);
-            }
-            self.items.push_str(item);
-            self.list.push((self.items.len(), score));
-        }
-        Ok(())
-    }
-
-    fn finish_user(&mut self) -> anyhow::Result<()> {
-        if !std::mem::take(&mut self.has_user) {
-            return Ok(());
-        }
-        let user = self.user_id.as_str();
-        let rows = (self.user_first_row, self.user_first_row + self.list.len() as u64);
-        if self.list.len() > self.max_items {
-            anyhow::bail!(
-                "output for user {user:?} lists {} items, more than max_items_per_user ({}) (rows {}..{})",
-                self.list.len(),
-                self.max_items,
-                rows.0,
-                rows.1
-            );
-        }
-        let mut start = 0;
-        let mut list: Vec<(&str, f32)> = Vec::with_capacity(self.list.len());
-        for &(end, score) in &self.list {
-            list.push((&self.items[start..end], score));
-            start = end;
-        }
-        if let Some(at) = first_repeat(&list) {
-            anyhow::bail!("output row {}: user {user:?} lists item {:?} twice", rows.0 + at as u64, list[at].0);
-        }
-        self.staged.put_user(user, &mut list)?;
-        self.items.clear();
-        self.list.clear();
-        Ok(())
+        self.rows.add(batch, &mut self.sink)
     }
 
     fn into_staged(self) -> StagedVersion {
-        self.staged
+        self.sink.staged
     }
-}
-
-/// The position of the first item that an earlier one repeats. Lists are short (a job's
-/// `max_items_per_user`, 10 in most): comparing pairs costs less than a set built per user.
-fn first_repeat(list: &[(&str, f32)]) -> Option<usize> {
-    if list.len() <= 64 {
-        return (1..list.len()).find(|&at| list[..at].iter().any(|(item, _)| *item == list[at].0));
-    }
-    let mut seen = HashSet::with_capacity(list.len());
-    list.iter().position(|(item, _)| !seen.insert(*item))
 }
 
 /// The users a run has emitted, to refuse one that comes back: a 64-bit keyed hash each
@@ -703,37 +556,6 @@ impl<S: std::hash::BuildHasher> SeenUsers<S> {
         // Every user before this one is written by now: a repeat is in the version.
         Ok(!staged.contains_user(user)?)
     }
-}
-
-/// A hash field's value as Redis would hold it: text; numbers in their shortest exact
-/// form. Null: no field.
-fn cell_text(column: &dyn arrow_array::Array, row: usize) -> Result<Option<String>, String> {
-    use arrow_array::types::{Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
-    use arrow_schema::DataType;
-    if column.is_null(row) {
-        return Ok(None);
-    }
-    let finite = |v: f64| if v.is_finite() { Ok(()) } else { Err(format!("non-finite value {v}")) };
-    let text = match column.data_type() {
-        DataType::Utf8 => column.as_string::<i32>().value(row).to_string(),
-        DataType::Boolean => (if column.as_boolean().value(row) { "1" } else { "0" }).to_string(),
-        DataType::Float32 => {
-            let v = column.as_primitive::<Float32Type>().value(row);
-            finite(f64::from(v))?;
-            crate::server::resp::format_score(v)
-        }
-        DataType::Float64 => {
-            let v = column.as_primitive::<Float64Type>().value(row);
-            finite(v)?;
-            v.to_string()
-        }
-        DataType::Int32 => column.as_primitive::<Int32Type>().value(row).to_string(),
-        DataType::Int64 => column.as_primitive::<Int64Type>().value(row).to_string(),
-        DataType::UInt32 => column.as_primitive::<UInt32Type>().value(row).to_string(),
-        DataType::UInt64 => column.as_primitive::<UInt64Type>().value(row).to_string(),
-        other => return Err(format!("type {other} cannot be a hash value")),
-    };
-    Ok(Some(text))
 }
 
 #[cfg(test)]
@@ -792,22 +614,5 @@ mod tests {
         staged.put_user("u1", &mut [("item", 1.0)]).unwrap();
         assert!(seen.insert("u2", &mut staged).unwrap());
         assert!(!seen.insert("u1", &mut staged).unwrap());
-    }
-
-    #[test]
-    fn the_first_repeated_item_is_found_in_short_and_long_lists() {
-        for n in [0usize, 1, 2, 10, 64, 65, 300] {
-            let names: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
-            let list: Vec<(&str, f32)> = names.iter().map(|n| (n.as_str(), 1.0)).collect();
-            assert_eq!(first_repeat(&list), None, "n={n}");
-            for (first, again) in [(0, n.saturating_sub(1)), (n / 3, n / 2)] {
-                if again <= first {
-                    continue;
-                }
-                let mut list = list.clone();
-                list[again].0 = names[first].as_str();
-                assert_eq!(first_repeat(&list), Some(again), "n={n}: item {first} again at {again}");
-            }
-        }
     }
 }

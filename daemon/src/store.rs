@@ -93,6 +93,15 @@ pub enum TableKind {
     Hashes,
 }
 
+impl From<TableKind> for recd_plugin_api::contract::OutputKind {
+    fn from(kind: TableKind) -> Self {
+        match kind {
+            TableKind::Lists => Self::Lists,
+            TableKind::Hashes => Self::Hashes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableMeta {
     pub current: u64,

@@ -14,6 +14,7 @@
 
 pub mod abi;
 pub mod columns;
+pub mod contract;
 pub mod ids;
 pub mod model;
 mod rows;

@@ -3,6 +3,13 @@
 //! both ways, the host callbacks), on small in-memory tables, with a closure standing in
 //! for the model. No daemon, no worker, no ONNX Runtime.
 //!
+//! The emitted rows are checked against the same output contract a host enforces
+//! ([`crate::contract`]): schema, nulls, finite scores, one user's rows together, no item
+//! twice, `max_items_per_user`, an empty result refused unless allowed, and the job's
+//! known users and items when declared. A rule broken fails `run` with the host's message.
+//! A panic inside a test callback (the scorer, the shard test) fails the test with that
+//! panic, not an abort.
+//!
 //! ```text
 //! let out = Harness::new(r#"{"k": 2}"#)
 //!     .input("interactions", interactions_batch)
@@ -11,8 +18,9 @@
 //! assert_eq!(out.list("u1"), vec![("i3".into(), 0.9), ("i1".into(), 0.5)]);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::{CString, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use arrow_array::cast::AsArray;
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, to_ffi};
@@ -21,6 +29,7 @@ use arrow_array::types::Float32Type;
 use arrow_array::{Array, RecordBatch, StructArray};
 
 use crate::abi::{RecdError, RecdHost, RecdTable, code};
+use crate::contract::{self, Assembler, KnownIds, OutputKind, Rules, UserSink, Violation};
 use crate::sdk::{batch_from_ffi, check_entry, create_entry, destroy_entry, run_entry};
 use crate::{LogLevel, PluginError, Strategy};
 
@@ -35,7 +44,10 @@ pub struct Harness {
     scorer: Option<Scorer>,
     cancel_after_polls: Option<u64>,
     in_shard: Option<fn(&str) -> bool>,
-    hashes: bool,
+    rules: Rules,
+    /// `(input, column)` every emitted user / item must appear in.
+    known_users: Option<(String, String)>,
+    known_items: Option<(String, String)>,
 }
 
 /// What a run produced.
@@ -44,6 +56,10 @@ pub struct Output {
     pub batches: Vec<RecordBatch>,
     pub logs: Vec<(LogLevel, String)>,
     pub progress: Vec<(u64, u64)>,
+    /// A hashes run's rows as a host stores them: per user, in emission order, each
+    /// non-null field with its value as text (numbers in their shortest exact form,
+    /// booleans 1 and 0).
+    pub hashes: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Output {
@@ -68,6 +84,11 @@ impl Output {
         self.rows().into_iter().filter(|(u, _, _)| u == user).map(|(_, i, s)| (i, s)).collect()
     }
 
+    /// One user's hash fields as a host stores them (`None`: no row for the user).
+    pub fn hash(&self, user: &str) -> Option<&[(String, String)]> {
+        self.hashes.iter().find(|(u, _)| u == user).map(|(_, fields)| fields.as_slice())
+    }
+
     /// Users with at least one row.
     pub fn users(&self) -> Vec<String> {
         let set: BTreeMap<String, ()> = self.rows().into_iter().map(|(u, _, _)| (u, ())).collect();
@@ -79,12 +100,91 @@ struct HostState {
     /// Every input whole, for `open_stream`.
     inputs: Vec<(String, RecordBatch)>,
     stream_batch_rows: usize,
-    hashes: bool,
     scorer: Option<Scorer>,
     out: Output,
     polls: u64,
     cancel_after_polls: Option<u64>,
     in_shard: Option<fn(&str) -> bool>,
+    checks: OutputChecks,
+    /// A panic in a test callback, re-raised once the run is over.
+    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// The host's output checks, as the harness runs them on every emitted batch.
+struct OutputChecks {
+    kind: OutputKind,
+    assembler: Assembler,
+    users: SeenUsers,
+    known_users: Option<KnownIds>,
+    known_items: Option<KnownIds>,
+    /// The first rule broken; the run fails with it whatever the plugin returns.
+    violation: Option<Violation>,
+}
+
+/// Users seen so far, and each hash row as stored.
+#[derive(Default)]
+struct SeenUsers {
+    seen: HashSet<String>,
+    hashes: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl UserSink for SeenUsers {
+    type Error = Violation;
+    fn first_time(&mut self, user: &str) -> Result<bool, Violation> {
+        Ok(self.seen.insert(user.to_string()))
+    }
+    fn list(&mut self, _: &str, _: &mut Vec<(&str, f32)>) -> Result<(), Violation> {
+        Ok(())
+    }
+    fn hash(&mut self, user: &str, fields: Vec<(String, String)>) -> Result<(), Violation> {
+        self.hashes.push((user.to_string(), fields));
+        Ok(())
+    }
+}
+
+impl OutputChecks {
+    /// Checks one emitted batch as a host does: schema and known ids where it is emitted,
+    /// then the row rules where it is stored.
+    fn emit(&mut self, batch: &RecordBatch) -> Result<(), Violation> {
+        if let Some(v) = &self.violation {
+            return Err(v.clone());
+        }
+        let first_row = self.assembler.rows();
+        let result = contract::check_schema(self.kind, batch.schema_ref())
+            .and_then(|()| self.known_users.as_ref().map_or(Ok(()), |k| k.check(batch, 0, first_row)))
+            .and_then(|()| self.known_items.as_ref().map_or(Ok(()), |k| k.check(batch, 1, first_row)))
+            .and_then(|()| self.assembler.add(batch, &mut self.users));
+        if let Err(v) = &result {
+            self.violation = Some(v.clone());
+        }
+        result
+    }
+}
+
+/// The ids of `(input, column)`, read from the whole input.
+fn known_ids(inputs: &[(String, RecordBatch)], at: Option<&(String, String)>) -> Result<Option<KnownIds>, PluginError> {
+    let Some((table, column)) = at else { return Ok(None) };
+    let source = format!("{table}.{column}");
+    let batch = &inputs
+        .iter()
+        .find(|(n, _)| n == table)
+        .ok_or_else(|| PluginError::input(format!("known ids {source}: the harness has no input `{table}`")))?
+        .1;
+    let array = crate::columns::column(batch, table, column)?;
+    let ids = crate::columns::ids_as_strings(array, &source)?;
+    Ok(Some(KnownIds { source, ids: ids.into_iter().flatten().collect() }))
+}
+
+/// Runs a test callback; a panic in it is kept for the end of the run (a panic cannot
+/// unwind through the plugin's C frames).
+fn guarded<T>(st: &mut HostState, f: impl FnOnce(&mut HostState) -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(|| f(st))) {
+        Ok(v) => Some(v),
+        Err(payload) => {
+            st.panic.get_or_insert(payload);
+            None
+        }
+    }
 }
 
 impl Harness {
@@ -98,7 +198,9 @@ impl Harness {
             scorer: None,
             cancel_after_polls: None,
             in_shard: None,
-            hashes: false,
+            rules: Rules::lists(contract::DEFAULT_MAX_ITEMS_PER_USER),
+            known_users: None,
+            known_items: None,
         }
     }
 
@@ -149,7 +251,31 @@ impl Harness {
 
     /// Expects hash rows (a job with `output = "hashes"`): `user` utf8, then field columns.
     pub fn hashes(mut self) -> Harness {
-        self.hashes = true;
+        self.rules.kind = OutputKind::Hashes;
+        self
+    }
+
+    /// As a job's `max_items_per_user` (default 1000, as in a job).
+    pub fn max_items_per_user(mut self, max: usize) -> Harness {
+        self.rules.max_items_per_user = max;
+        self
+    }
+
+    /// As a job's `allow_empty = true`: a run that emits nothing passes.
+    pub fn allow_empty(mut self) -> Harness {
+        self.rules.allow_empty = true;
+        self
+    }
+
+    /// As a job's `known_users = "input.column"`: every emitted user must appear there.
+    pub fn known_users(mut self, input: &str, column: &str) -> Harness {
+        self.known_users = Some((input.to_string(), column.to_string()));
+        self
+    }
+
+    /// As a job's `known_items = "input.column"`: every emitted item must appear there.
+    pub fn known_items(mut self, input: &str, column: &str) -> Harness {
+        self.known_items = Some((input.to_string(), column.to_string()));
         self
     }
 
@@ -207,16 +333,27 @@ impl Harness {
             .collect();
         let names = table_names(&handed);
         let mut tables = abi_tables(handed, &names)?;
+        let rules = self.rules;
+        let known_items = if rules.kind == OutputKind::Lists { self.known_items.as_ref() } else { None };
+        let checks = OutputChecks {
+            kind: rules.kind,
+            assembler: Assembler::new(rules),
+            users: SeenUsers::default(),
+            known_users: known_ids(&self.inputs, self.known_users.as_ref())?,
+            known_items: known_ids(&self.inputs, known_items)?,
+            violation: None,
+        };
         let instance = create::<S>(&self.params)?;
         let mut state = HostState {
             inputs: self.inputs,
             stream_batch_rows: self.stream_batch_rows,
-            hashes: self.hashes,
             scorer: self.scorer,
             out: Output::default(),
             polls: 0,
             cancel_after_polls: self.cancel_after_polls,
             in_shard: self.in_shard,
+            checks,
+            panic: None,
         };
         let host = RecdHost {
             ctx: (&mut state as *mut HostState).cast(),
@@ -234,9 +371,22 @@ impl Harness {
         // SAFETY: created above, not used again.
         unsafe { destroy_entry::<S>(instance) };
         drop(tables);
+        if let Some(payload) = state.panic.take() {
+            resume_unwind(payload);
+        }
+        // A broken rule fails the run as the host fails it, whatever the plugin made of
+        // the refused emit.
+        let checks = &mut state.checks;
+        let finished = match checks.violation.take() {
+            Some(v) => Err(v),
+            None if rc == code::OK => checks.assembler.finish(&mut checks.users),
+            None => Ok(()),
+        };
+        finished.map_err(|v| PluginError::new(code::HOST, v.to_string()))?;
         if rc != code::OK {
             return Err(PluginError::new(rc, err.message()));
         }
+        state.out.hashes = std::mem::take(&mut state.checks.users.hashes);
         Ok(state.out)
     }
 }
@@ -301,10 +451,13 @@ unsafe extern "C" fn score_cb(
         Err(e) => return fail(err, &e.message),
     };
     let st = unsafe { state(ctx) };
-    let Some(scorer) = st.scorer.as_mut() else { return fail(err, "the harness has no scorer (Harness::scorer)") };
-    let result = match scorer(&batch) {
-        Ok(r) => r,
-        Err(e) => return fail(err, &e),
+    if st.scorer.is_none() {
+        return fail(err, "the harness has no scorer (Harness::scorer)");
+    }
+    let result = match guarded(st, |st| st.scorer.as_mut().map(|scorer| scorer(&batch))) {
+        Some(Some(Ok(r))) => r,
+        Some(Some(Err(e))) => return fail(err, &e),
+        Some(None) | None => return fail(err, "the harness scorer panicked"),
     };
     match to_ffi(&StructArray::from(result).into_data()) {
         Ok((array, schema)) => {
@@ -329,25 +482,17 @@ unsafe extern "C" fn emit_cb(
     let (array, schema) = unsafe {
         (std::ptr::replace(array, FFI_ArrowArray::empty()), std::ptr::replace(schema, FFI_ArrowSchema::empty()))
     };
-    match unsafe { batch_from_ffi(array, &schema) } {
-        Ok(batch) => {
-            let types: Vec<String> =
-                batch.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
-            let hashes = unsafe { state(ctx) }.hashes;
-            if hashes && types.len() >= 2 && types[0] == "user Utf8" {
-                unsafe { state(ctx) }.out.batches.push(batch);
-                return code::OK;
-            }
-            if hashes || types != ["user Utf8", "item Utf8", "score Float32"] {
-                return fail(
-                    err,
-                    &format!("output rows must be (user Utf8, item Utf8, score Float32), got ({})", types.join(", ")),
-                );
-            }
-            unsafe { state(ctx) }.out.batches.push(batch);
+    let batch = match unsafe { batch_from_ffi(array, &schema) } {
+        Ok(batch) => batch,
+        Err(e) => return fail(err, &e.message),
+    };
+    let st = unsafe { state(ctx) };
+    match st.checks.emit(&batch) {
+        Ok(()) => {
+            st.out.batches.push(batch);
             code::OK
         }
-        Err(e) => fail(err, &e.message),
+        Err(v) => fail(err, &v.to_string()),
     }
 }
 
@@ -414,7 +559,9 @@ unsafe extern "C" fn in_shard_cb(ctx: *mut c_void, user: *const u8, len: usize) 
     let st = unsafe { state(ctx) };
     // SAFETY: per the ABI, `len` bytes at `user`.
     let user = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(user, len) });
-    i32::from(st.in_shard.is_none_or(|keeps| keeps(&user)))
+    let keeps = st.in_shard;
+    // A panicking shard test answers "not in the shard"; the panic is re-raised after the run.
+    i32::from(guarded(st, |_| keeps.is_none_or(|keeps| keeps(&user))).unwrap_or(false))
 }
 
 unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
@@ -487,7 +634,8 @@ mod tests {
             seen.push(err.message);
             let mut out = OutputRows::new();
             for (i, line) in seen.iter().enumerate() {
-                out.push("u", line, i as f32);
+                // Numbered: two passes read alike, and a list holds an item once.
+                out.push("u", &format!("{i} {line}"), i as f32);
             }
             ctx.emit(out.into_batch()?)
         }
@@ -510,7 +658,8 @@ mod tests {
             .stream_batch_rows(2)
             .run::<Streams>()
             .unwrap();
-        let lines: Vec<String> = out.list("u").into_iter().map(|(line, _)| line).collect();
+        let lines: Vec<String> =
+            out.list("u").into_iter().map(|(line, _)| line.split_once(' ').unwrap().1.to_string()).collect();
         assert_eq!(
             lines,
             [
@@ -526,5 +675,86 @@ mod tests {
     fn a_taken_input_leaves_the_context() {
         let out = Harness::new("{}").input("interactions", ids(3)).input("items", ids(2)).run::<TakesInput>().unwrap();
         assert_eq!(out.list("u"), vec![("3+2".to_string(), 1.0)]);
+    }
+
+    /// Emits the rows its params spell: `user:item:score` separated by `,`, one batch per
+    /// `;`-separated group.
+    struct Spelled(String);
+
+    impl Strategy for Spelled {
+        fn new(params: &str) -> Result<Self, PluginError> {
+            Ok(Spelled(params.to_string()))
+        }
+        fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+            // (The SDK hands empty params over as `{}`.)
+            for group in self.0.split(';').filter(|g| g.contains(':')) {
+                let mut out = OutputRows::new();
+                for row in group.split(',') {
+                    let parts: Vec<&str> = row.split(':').collect();
+                    out.push(parts[0], parts[1], parts[2].parse().expect("a score"));
+                }
+                ctx.emit(out.into_batch()?)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn run_spelled(rows: &str) -> Result<Output, PluginError> {
+        Harness::new(rows).input("items", ids(3)).run::<Spelled>()
+    }
+
+    #[test]
+    fn the_harness_refuses_what_the_host_refuses_with_the_host_message() {
+        let cases = [
+            ("u1:a:1,u1:b:NaN", "output row 1: user \"u1\" item \"b\" has a non-finite score NaN"),
+            ("u1:a:1,u2:a:1;u1:b:1", "output row 2: rows of user \"u1\" are not contiguous"),
+            ("u1:a:1,u1:a:2", "output row 1: user \"u1\" lists item \"a\" twice"),
+            ("", "the run emitted no rows (set `allow_empty = true` in the job to publish an empty table)"),
+        ];
+        for (rows, want) in cases {
+            let err = run_spelled(rows).unwrap_err();
+            assert_eq!((err.code, err.message.as_str()), (code::HOST, want), "{rows}");
+        }
+        assert_eq!(run_spelled("u1:a:1,u1:b:0.5;u2:c:1").unwrap().list("u1"), [("a".into(), 1.0), ("b".into(), 0.5)]);
+        let empty = Harness::new("").allow_empty().run::<Spelled>().unwrap();
+        assert!(empty.batches.is_empty());
+        let err = Harness::new("u1:a:1,u1:b:1,u1:c:1").max_items_per_user(2).run::<Spelled>().unwrap_err();
+        assert_eq!(err.message, "output for user \"u1\" lists 3 items, more than max_items_per_user (2) (rows 0..3)");
+    }
+
+    #[test]
+    fn known_users_and_items_are_enforced_when_declared() {
+        // `ids(3)` holds "0", "1", "2".
+        let harness = || Harness::new("0:1:1,0:2:1;2:7:1").input("items", ids(3));
+        assert!(harness().run::<Spelled>().is_ok());
+        assert!(harness().known_users("items", "id").run::<Spelled>().is_ok());
+        let err = harness().known_items("items", "id").run::<Spelled>().unwrap_err();
+        assert_eq!(err.message, "output row 2: item \"7\" does not appear in items.id");
+        let err = harness().known_items("items", "nope").run::<Spelled>().unwrap_err();
+        assert_eq!(err.message, "input `items` has no column `nope` (columns: id)");
+    }
+
+    /// Scores one batch and emits its first score.
+    struct ScoresOnce;
+
+    impl Strategy for ScoresOnce {
+        fn new(_: &str) -> Result<Self, PluginError> {
+            Ok(ScoresOnce)
+        }
+        fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+            let scored = ctx.score(ids(2))?;
+            let score = scored.column(0).as_primitive::<Float32Type>().value(0);
+            let mut out = OutputRows::new();
+            out.push("u", "i", score);
+            ctx.emit(out.into_batch()?)
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "the scorer's own assertion")]
+    fn a_panicking_scorer_fails_the_test_with_its_own_panic() {
+        let _ = Harness::new("{}")
+            .scorer(|_| -> Result<RecordBatch, String> { panic!("the scorer's own assertion") })
+            .run::<ScoresOnce>();
     }
 }

@@ -315,12 +315,13 @@ pub fn score(out: &mut Vec<u8>, s: f32) {
     bulk(out, ScoreText::new(s).as_bytes());
 }
 
-/// A score's text, as [`format_score`] gives it, appended to `out`.
+/// A score's text (the shortest that reads back as the value; `inf`, `-inf`) appended to `out`.
 pub fn write_score(out: &mut Vec<u8>, s: f32) {
     out.extend_from_slice(ScoreText::new(s).as_bytes());
 }
 
-pub fn format_score(s: f32) -> String {
+#[cfg(test)]
+fn format_score(s: f32) -> String {
     String::from_utf8(ScoreText::new(s).as_bytes().to_vec()).expect("score text is ASCII")
 }
 

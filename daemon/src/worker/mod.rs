@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::collections::HashSet;
 
 use arrow_array::RecordBatch;
-use arrow_array::cast::AsArray;
 use arrow_schema::DataType;
 use recd_plugin_api::abi::{self, level};
+use recd_plugin_api::contract::{self, KnownIds};
 
 use crate::loader::{self, Host, Plugin};
 use crate::store::TableKind;
@@ -150,7 +150,7 @@ fn known_ids(
     inputs: &[crate::job::Input],
     streamed: &[String],
     column: Option<&(String, String)>,
-) -> anyhow::Result<Option<(String, HashSet<String>)>> {
+) -> anyhow::Result<Option<KnownIds>> {
     let Some((table, col)) = column else { return Ok(None) };
     let what = format!("{table}.{col}");
     let ids_of = |batch: &RecordBatch| -> anyhow::Result<Vec<String>> {
@@ -171,7 +171,7 @@ fn known_ids(
             set.extend(ids_of(batch)?);
         }
     }
-    Ok(Some((what, set)))
+    Ok(Some(KnownIds { source: what, ids: set }))
 }
 
 /// `recd probe-plugin PATH`: loads the plugin (ABI checked first), creates an instance
@@ -252,8 +252,8 @@ struct WorkerHost<'o> {
     inputs: &'o [crate::job::Input],
     out: &'o mut BufWriter<File>,
     rows: u64,
-    known_users: Option<(String, HashSet<String>)>,
-    known_items: Option<(String, HashSet<String>)>,
+    known_users: Option<KnownIds>,
+    known_items: Option<KnownIds>,
     output: TableKind,
     shard: crate::shard::Shard,
     stats: WorkerStats,
@@ -276,20 +276,10 @@ impl Host for WorkerHost<'_> {
     }
 
     fn emit(&mut self, batch: RecordBatch) -> Result<(), String> {
-        match self.output {
-            TableKind::Lists => check_output_schema(&batch)?,
-            TableKind::Hashes => check_hash_schema(&batch)?,
-        }
-        for (col, known, what) in [(0, &self.known_users, "user"), (1, &self.known_items, "item")] {
-            if let Some((source, ids)) = known {
-                let values = batch.column(col).as_string::<i32>();
-                if let Some(row) = (0..batch.num_rows()).find(|&r| !ids.contains(values.value(r))) {
-                    return Err(format!(
-                        "output row {}: {what} {:?} does not appear in {source}",
-                        self.rows + row as u64,
-                        values.value(row)
-                    ));
-                }
+        contract::check_schema(self.output.into(), batch.schema_ref()).map_err(|e| e.to_string())?;
+        for (column, known) in [(0, &self.known_users), (1, &self.known_items)] {
+            if let Some(known) = known {
+                known.check(&batch, column, self.rows).map_err(|e| e.to_string())?;
             }
         }
         let bytes = wire::encode_rows(&batch).map_err(|e| e.to_string())?;
@@ -377,53 +367,4 @@ pub fn bind_model_inputs(model: &[(String, String)], binding: &[(String, String)
         ],
     )
     .map_err(|e| e.to_string())
-}
-
-/// Hash rows: `user` utf8 first, then at least one field column of a type a hash value can
-/// be written from.
-fn check_hash_schema(batch: &RecordBatch) -> Result<(), String> {
-    let schema = batch.schema();
-    let fields = schema.fields();
-    let first_ok = fields.first().is_some_and(|f| f.name() == abi::output::USER && f.data_type() == &DataType::Utf8);
-    if first_ok && fields.len() >= 2 {
-        let bad = fields.iter().skip(1).find(|f| {
-            !matches!(
-                f.data_type(),
-                DataType::Utf8
-                    | DataType::Boolean
-                    | DataType::Float32
-                    | DataType::Float64
-                    | DataType::Int32
-                    | DataType::Int64
-                    | DataType::UInt32
-                    | DataType::UInt64
-            )
-        });
-        return match bad {
-            None => Ok(()),
-            Some(f) => {
-                Err(format!("hash field `{}` has type {}, which cannot be a hash value", f.name(), f.data_type()))
-            }
-        };
-    }
-    let got: Vec<String> = fields.iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
-    Err(format!("hash rows must be (user Utf8, field columns...), got ({})", got.join(", ")))
-}
-
-/// Rows must be (`user` utf8, `item` utf8, `score` float32); checked here so a bad plugin
-/// fails with a message naming what it sent.
-fn check_output_schema(batch: &RecordBatch) -> Result<(), String> {
-    let want = [
-        (abi::output::USER, DataType::Utf8),
-        (abi::output::ITEM, DataType::Utf8),
-        (abi::output::SCORE, DataType::Float32),
-    ];
-    let schema = batch.schema();
-    let ok = schema.fields().len() == 3
-        && schema.fields().iter().zip(&want).all(|(f, (n, t))| f.name() == n && f.data_type() == t);
-    if ok {
-        return Ok(());
-    }
-    let got: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
-    Err(format!("output rows must be (user Utf8, item Utf8, score Float32), got ({})", got.join(", ")))
 }

@@ -184,8 +184,11 @@ fn null_results_and_bad_params_name_the_problem() {
 }
 
 #[test]
-fn an_empty_result_publishes_nothing_without_error() {
+fn an_empty_result_emits_nothing_and_fails_only_where_the_job_refuses_one() {
     let query = "SELECT user_id AS \"user\", item_id AS item, 1.0 AS score FROM interactions WHERE false";
-    let out = Harness::new(&params(query, None)).input("interactions", interactions()).run::<Sql>().unwrap();
+    let harness = || Harness::new(&params(query, None)).input("interactions", interactions());
+    let out = harness().allow_empty().run::<Sql>().unwrap();
     assert!(out.rows().is_empty());
+    let err = harness().run::<Sql>().unwrap_err();
+    assert!(err.message.starts_with("the run emitted no rows"), "{err}");
 }
