@@ -37,3 +37,5 @@ targets=()
 [ "${1:-}" = "--tests" ] && targets=(--all-targets)
 echo "setup: building (release)"
 cargo build --release --workspace --quiet "${targets[@]}"
+# The shipped binary and plugins without debug info; it is kept beside them in *.debug.
+scripts/split-debug.sh
