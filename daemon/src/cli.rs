@@ -137,7 +137,8 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// Plugins the daemon has loaded for runs: name, version, ABI, SHA-256, when
+    /// Plugin files: the build each holds (name, version, ABI, SHA-256), when it was first
+    /// seen there, and the latest run that loaded it
     Plugins {
         #[arg(long)]
         admin_socket: Option<PathBuf>,

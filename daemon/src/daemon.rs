@@ -276,9 +276,7 @@ impl Daemon {
                     version: Some(v.version),
                     users: v.users,
                     rows: v.rows,
-                    provider: None,
-                    error: None,
-                    worker: None,
+                    ..RunRecord::default()
                 });
                 Ok(imported)
             }
@@ -318,7 +316,7 @@ impl Daemon {
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));
         self.release(name);
-        self.record(&job, run_id, &trigger, started, &result);
+        self.record(&job, run_id, &trigger, started, &result, &control);
         match &result {
             Ok(report) => {
                 tracing::info!(%trigger, "{report}");
@@ -394,9 +392,8 @@ impl Daemon {
             version: None,
             users: 0,
             rows: 0,
-            provider: None,
             error: Some(reason.to_string()),
-            worker: None,
+            ..RunRecord::default()
         });
         format!("skipped: {reason}")
     }
@@ -408,8 +405,10 @@ impl Daemon {
         trigger: &Trigger,
         started: DateTime<Utc>,
         result: &Result<RunReport, RunError>,
+        control: &RunControl,
     ) {
         let ended = Utc::now();
+        let (plugin, model_sha256) = control.lineage();
         let mut record = RunRecord {
             run_id,
             job: job.name.clone(),
@@ -426,6 +425,8 @@ impl Daemon {
             provider: None,
             error: None,
             worker: None,
+            plugin,
+            model_sha256,
         };
         match result {
             Ok(r) => {

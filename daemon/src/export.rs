@@ -99,7 +99,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
         kind: job.kind,
         shard,
         plugin_sha256,
-        model_sha256: job.model.as_deref().map(model_sha256).transpose()?,
+        model_sha256: job.model.as_deref().map(crate::fsutil::model_sha256).transpose()?,
         inputs: input_fingerprints(&job)?,
         users: report.version.users,
         rows: report.version.rows,
@@ -130,15 +130,6 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
 
 fn part_file_name(part: &Path) -> String {
     part.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-fn model_sha256(model: &Path) -> anyhow::Result<String> {
-    let mut text = sha256_file(model)?;
-    let data = PathBuf::from(format!("{}.data", model.display()));
-    if data.is_file() {
-        text = format!("{text}+{}", sha256_file(&data)?);
-    }
-    Ok(text)
 }
 
 fn input_fingerprints(job: &Job) -> anyhow::Result<BTreeMap<String, String>> {

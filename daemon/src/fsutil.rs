@@ -148,6 +148,43 @@ fn io_error(e: std::io::Error) -> FileError {
     }
 }
 
+/// The file's SHA-256, lowercase hex; only a regular file is read.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let (mut file, _) =
+        open_regular(path, u64::MAX).map_err(|e| std::io::Error::other(format!("{} {e}", path.display())))?;
+    sha256_of(&mut file)
+}
+
+/// A model's fingerprint: the SHA-256 of its file, and `+` the SHA-256 of its external data
+/// file (`<model>.data`) when it has one.
+pub fn model_sha256(model: &Path) -> std::io::Result<String> {
+    let mut text = sha256_file(model)?;
+    let data = std::path::PathBuf::from(format!("{}.data", model.display()));
+    if data.is_file() {
+        text = format!("{text}+{}", sha256_file(&data)?);
+    }
+    Ok(text)
+}
+
+/// The SHA-256 of what is left to read of `file`, lowercase hex.
+pub fn sha256_of(file: &mut File) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

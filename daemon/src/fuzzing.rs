@@ -454,10 +454,16 @@ mod tests {
     }
 
     fn done(rows: u64) -> Frame {
-        message(Message::Done { provider: "cpu".into(), rows, plugin: Default::default(), stats: Default::default() })
+        message(Message::Done {
+            provider: "cpu".into(),
+            rows,
+            plugin: Default::default(),
+            stats: Default::default(),
+            model_sha256: None,
+        })
     }
 
     fn failed(error: &str) -> Frame {
-        message(Message::Failed { error: error.into() })
+        message(Message::Failed { error: error.into(), plugin: None })
     }
 }

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+pub use crate::fsutil::sha256_file;
+use crate::fsutil::{hex, sha256_of};
 use crate::wire::{PluginDesc, ProbeRequest};
 
 /// A file changed this recently may still be being copied: wait for it to settle.
@@ -122,28 +124,8 @@ fn check_folder(dir: &Path, entry: &fs::Metadata, me: u32) -> Result<(), String>
     Ok(())
 }
 
-/// The file's SHA-256, lowercase hex; only a regular file is read.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let (mut file, _) = crate::fsutil::open_regular(path, u64::MAX)
-        .map_err(|e| std::io::Error::other(format!("{} {e}", path.display())))?;
-    sha256_of(&mut file)
-}
-
-fn sha256_of(file: &mut fs::File) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn now_stamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Free space a plugin snapshot must leave on the data folder's disk: the store needs room
@@ -162,14 +144,25 @@ pub struct PluginInfo {
     pub name: String,
     pub version: String,
     pub abi: String,
-    /// When this content was first snapshotted for a run (RFC 3339).
-    pub loaded_at: String,
+    /// When this path was first seen with this content (RFC 3339): about when the build
+    /// was deployed; later runs of it leave it unchanged.
+    pub first_seen: String,
+    /// The latest run (by run id) that loaded a build from this path, and which build.
+    pub last_run: Option<LastRun>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct LastRun {
+    pub run_id: u64,
+    pub sha256: String,
 }
 
 /// Snapshots and what is known of them.
 pub struct Registry {
     dir: PathBuf,
     known: Mutex<BTreeMap<PathBuf, PluginInfo>>,
+    /// When each (path, content hash) was first snapshotted.
+    seen: Mutex<BTreeMap<(PathBuf, String), String>>,
     usage: Arc<Mutex<Usage>>,
 }
 
@@ -234,7 +227,7 @@ impl Registry {
     pub fn new(data_dir: &Path) -> Registry {
         let dir = data_dir.join("plugins");
         remove_leftover_copies(&dir);
-        Registry { dir, known: Mutex::new(BTreeMap::new()), usage: Arc::default() }
+        Registry { dir, known: Mutex::default(), seen: Mutex::default(), usage: Arc::default() }
     }
 
     /// Checks `path`, waits for it to settle, and returns its snapshot, held until the
@@ -253,6 +246,7 @@ impl Registry {
         {
             return Err(format!("plugin {} has sha256 {sha}, but the job pins {pin}", path.display()));
         }
+        self.seen.lock().expect("registry").entry((path.to_path_buf(), sha.clone())).or_insert_with(now_stamp);
         // Held before the file is made, so that no prune removes it in between.
         let held = self.hold(path, &sha);
         if !held.path.exists() {
@@ -304,23 +298,42 @@ impl Registry {
         Snapshot { path: self.dir.join(format!("{sha}.so")), sha256: sha.to_string(), usage: Arc::clone(&self.usage) }
     }
 
-    /// Records what a worker read from a snapshot's descriptor.
-    pub fn remember(&self, path: &Path, sha256: &str, name: &str, version: &str, abi: &str) {
+    /// Records what a worker (a run or a probe) read from the descriptor of `path`'s
+    /// snapshot `sha256`, if that is still the content the file was last seen with: a
+    /// report about an older build (a long run that ends after a hot swap) changes
+    /// nothing. A run also becomes the path's last run, unless a later run (by run id)
+    /// already is.
+    pub fn remember(&self, path: &Path, sha256: &str, plugin: &PluginDesc, run_id: Option<u64>) {
+        let latest = self.usage.lock().expect("snapshot usage").latest.get(path).cloned();
+        let first_seen = self.first_seen(path, sha256);
         let mut known = self.known.lock().expect("registry");
-        let same = known.get(path).is_some_and(|p| p.sha256 == sha256);
-        if !same {
-            known.insert(
-                path.to_path_buf(),
-                PluginInfo {
-                    path: path.to_path_buf(),
-                    sha256: sha256.to_string(),
-                    name: name.to_string(),
-                    version: version.to_string(),
-                    abi: abi.to_string(),
-                    loaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                },
-            );
+        let entry = known.entry(path.to_path_buf()).or_insert_with(|| PluginInfo {
+            path: path.to_path_buf(),
+            sha256: String::new(),
+            name: String::new(),
+            version: String::new(),
+            abi: String::new(),
+            first_seen: String::new(),
+            last_run: None,
+        });
+        if latest.as_deref() == Some(sha256) || entry.sha256.is_empty() {
+            entry.sha256 = sha256.to_string();
+            entry.name = plugin.name.clone();
+            entry.version = plugin.version.clone();
+            entry.abi = plugin.abi.clone();
+            entry.first_seen = first_seen;
         }
+        if let Some(run_id) = run_id
+            && entry.last_run.as_ref().is_none_or(|r| r.run_id < run_id)
+        {
+            entry.last_run = Some(LastRun { run_id, sha256: sha256.to_string() });
+        }
+    }
+
+    /// When `path` was first snapshotted with this content.
+    fn first_seen(&self, path: &Path, sha256: &str) -> String {
+        let seen = self.seen.lock().expect("registry");
+        seen.get(&(path.to_path_buf(), sha256.to_string())).cloned().unwrap_or_else(now_stamp)
     }
 
     pub fn list(&self) -> Vec<PluginInfo> {
@@ -454,7 +467,7 @@ impl Registry {
         let desc =
             result.map_err(|(field, message)| (field, message.replace(&snap, &job.plugin.display().to_string())))?;
         check_name(job, &desc)?;
-        self.remember(&job.plugin, sha, &desc.name, &desc.version, &desc.abi);
+        self.remember(&job.plugin, sha, &desc, None);
         Ok(desc)
     }
 }
@@ -585,6 +598,46 @@ mod tests {
         assert_ne!(sha, sha2);
         assert_eq!(fs::read(&snap).unwrap(), b"version one", "a running worker's snapshot is untouched");
         assert_eq!(fs::read(&snap2).unwrap(), b"version two");
+    }
+
+    /// The reviewer's case: a long run of build one ends after a hot swap and a run of build
+    /// two. `PLUGINS` must keep showing build two, and the last run by id; the time build
+    /// two was first seen stays when it runs again.
+    #[test]
+    fn reports_about_an_older_build_or_an_earlier_run_change_nothing() {
+        let data = tempfile::tempdir().unwrap();
+        let plugins = tempfile::tempdir().unwrap();
+        let file = plugins.path().join("librecd_x.so");
+        let old = SystemTime::now() - Duration::from_secs(10);
+        let write = |text: &str| {
+            fs::write(&file, text).unwrap();
+            fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        };
+        let desc = |version: &str| PluginDesc { name: "x".into(), version: version.into(), abi: "1.3".into() };
+        let reg = Registry::new(data.path());
+        write("version one");
+        let one = reg.snapshot(&file, None).unwrap(); // run 1 starts on build one
+        write("version two");
+        let two = reg.snapshot(&file, None).unwrap(); // run 2 starts on build two
+        reg.remember(&file, &two.sha256, &desc("2"), Some(2));
+        let seen_two = reg.list()[0].first_seen.clone();
+        reg.remember(&file, &one.sha256, &desc("1"), Some(1)); // run 1 ends last
+        let info = &reg.list()[0];
+        assert_eq!((info.version.as_str(), info.sha256.as_str()), ("2", two.sha256.as_str()));
+        assert_eq!(info.last_run, Some(LastRun { run_id: 2, sha256: two.sha256.clone() }));
+        std::thread::sleep(Duration::from_millis(5));
+        let again = reg.snapshot(&file, None).unwrap(); // run 3, same build
+        reg.remember(&file, &again.sha256, &desc("2"), Some(3));
+        let info = &reg.list()[0];
+        assert_eq!(info.first_seen, seen_two, "a build is first seen once");
+        assert_eq!(info.last_run.as_ref().map(|r| r.run_id), Some(3));
+        // a probe after the file changed back: the file's build changes, its last run does not
+        write("version one");
+        let probed = reg.snapshot(&file, None).unwrap();
+        reg.remember(&file, &probed.sha256, &desc("1"), None);
+        let info = &reg.list()[0];
+        assert_eq!((info.version.as_str(), info.sha256.as_str()), ("1", one.sha256.as_str()));
+        assert_eq!(info.last_run, Some(LastRun { run_id: 3, sha256: two.sha256.clone() }));
     }
 
     /// A snapshot goes once nothing holds it and its file has moved on; the one a file has

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::job::{Input, InputFormat, Job, OutputChecks};
 use crate::plugins::Registry;
 use crate::shard::Shard;
-use crate::store::{StagedVersion, Store, TableKind, VersionInfo};
+use crate::store::{PluginBuild, StagedVersion, Store, TableKind, VersionInfo};
 use crate::wire::{self, Message, RunSpec};
 
 /// Lines of worker stderr kept to explain a crash.
@@ -110,6 +110,9 @@ struct Control {
     progress: Option<(u64, u64)>,
     /// Last tenth of the way logged, so progress reaches the logs without flooding them.
     logged_tenth: u64,
+    /// The plugin build the run loaded, as far as known yet.
+    plugin: Option<PluginBuild>,
+    model_sha256: Option<String>,
 }
 
 impl RunControl {
@@ -140,6 +143,27 @@ impl RunControl {
     /// (done, total) as the plugin last reported it.
     pub fn progress(&self) -> Option<(u64, u64)> {
         self.state.lock().expect("control lock").progress
+    }
+
+    /// The plugin build and the model (its SHA-256) the run used, as far as known: the
+    /// plugin's hash from the moment it is snapshotted, its name, version and the model's
+    /// hash once the worker reports them.
+    pub fn lineage(&self) -> (Option<PluginBuild>, Option<String>) {
+        let st = self.state.lock().expect("control lock");
+        (st.plugin.clone(), st.model_sha256.clone())
+    }
+
+    fn set_plugin(&self, build: PluginBuild) {
+        self.state.lock().expect("control lock").plugin = Some(build);
+    }
+
+    fn set_reported(&self, plugin: &crate::wire::PluginDesc, model_sha256: Option<String>) {
+        let mut st = self.state.lock().expect("control lock");
+        if let Some(build) = st.plugin.as_mut() {
+            build.name = Some(plugin.name.clone());
+            build.version = Some(plugin.version.clone());
+        }
+        st.model_sha256 = model_sha256;
     }
 
     fn finish(&self) {
@@ -212,6 +236,11 @@ pub fn execute(
     // Held until the run ends: no prune removes it while the worker loads it.
     let snapshot = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
     let sha256 = snapshot.sha256.clone();
+    control.set_plugin(PluginBuild {
+        path: job.plugin.display().to_string(),
+        sha256: sha256.clone(),
+        ..PluginBuild::default()
+    });
     check_files(job, config.max_input_bytes)?;
     let run_dir = config.data_dir.join("runs").join(run_id.to_string());
     let inputs = export_table_inputs(&job.inputs, store, &run_dir)?;
@@ -268,11 +297,18 @@ pub fn execute(
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
         (None, Err(e)) => Err(e.into()),
-        (None, Ok(Some(Message::Done { provider, plugin, stats, .. }))) if status.success() => {
-            plugins.remember(&job.plugin, &sha256, &plugin.name, &plugin.version, &plugin.abi);
+        (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, .. }))) if status.success() => {
+            control.set_reported(&plugin, model_sha256);
+            plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
             Ok((provider, stats))
         }
-        (None, Ok(Some(Message::Failed { error }))) => Err(RunError::Failed(error)),
+        (None, Ok(Some(Message::Failed { error, plugin }))) => {
+            if let Some(plugin) = plugin {
+                control.set_reported(&plugin, None);
+                plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
+            }
+            Err(RunError::Failed(error))
+        }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
     let ((provider, stats), version) = settle(store, collector, outcome)?;
@@ -331,7 +367,7 @@ pub fn publish_stream(
     let control = RunControl::default();
     let outcome = match read_worker(stream, &mut collector, &control) {
         Ok(Some(Message::Done { .. })) => Ok(()),
-        Ok(Some(Message::Failed { error })) => Err(RunError::Failed(error)),
+        Ok(Some(Message::Failed { error, .. })) => Err(RunError::Failed(error)),
         Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
         Err(e) => Err(e.into()),
     };

@@ -147,7 +147,7 @@ impl Drop for ServedTable {
 }
 
 /// One run of a job, as kept in the history.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
     pub run_id: u64,
     pub job: String,
@@ -171,6 +171,26 @@ pub struct RunRecord {
     /// The worker's own measurements (scoring time, peak memory), for runs that finished.
     #[serde(default)]
     pub worker: Option<crate::wire::WorkerStats>,
+    /// The plugin build the run loaded (absent for skipped and imported runs, and in
+    /// records written before lineage was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginBuild>,
+    /// The SHA-256 of the model file the worker loaded (`<sha>+<sha>` with external data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+}
+
+/// Which plugin build a run used: the file's content hash (known from the snapshot, so
+/// also for a run that failed), and what its descriptor says (once a worker read it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PluginBuild {
+    /// The plugin file the job names.
+    pub path: String,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 pub struct Store {
@@ -1263,12 +1283,7 @@ mod tests {
             seconds: 0.0,
             status: "ok".into(),
             table: job.into(),
-            version: None,
-            users: 0,
-            rows: 0,
-            provider: None,
-            error: None,
-            worker: None,
+            ..RunRecord::default()
         };
         {
             let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();

@@ -103,9 +103,15 @@ pub enum Message {
         plugin: PluginDesc,
         #[serde(default)]
         stats: WorkerStats,
+        /// The SHA-256 of the model file the worker loaded, when the job has a model.
+        #[serde(default)]
+        model_sha256: Option<String>,
     },
     Failed {
         error: String,
+        /// The plugin's descriptor, when the run failed after loading it.
+        #[serde(default)]
+        plugin: Option<PluginDesc>,
     },
 }
 

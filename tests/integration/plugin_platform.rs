@@ -92,10 +92,8 @@ fn untrusted_or_unpinned_plugin_files_are_refused() {
     assert!(d.run_job("j").contains("version 2"));
 }
 
-/// sha256sum's answer, as an independent hash.
 fn sha256_hex(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    crate::util::sha256sum(path)
 }
 
 #[test]
@@ -133,13 +131,48 @@ fn a_new_build_is_used_by_the_next_run_while_a_running_one_keeps_its_code() {
     // the next run gets the new file: the template plugin, which rejects these params
     let out = d.cli(&["run", "slowone"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("plugin `template` rejected its params"));
+    // each run's history names the build it ran, the failed one too
+    let (template, faulty) =
+        (sha256_hex(&plugins_dir().join("librecd_template.so")), sha256_hex(&plugins_dir().join("librecd_faulty.so")));
+    let runs = d.history("slowone");
+    let builds: Vec<(&str, &str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap(),
+                r["plugin"]["name"].as_str().unwrap(),
+                r["plugin"]["sha256"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(builds, [("failed", "template", template.as_str()), ("ok", "faulty", faulty.as_str())], "{runs:?}");
+    let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
+    let slow_line = plugins.lines().find(|l| l.ends_with(&slow_so.display().to_string())).expect("slowone listed");
+    assert!(
+        slow_line.starts_with(&format!("template {} abi 1.3 sha256 {template} ", env!("CARGO_PKG_VERSION"))),
+        "{plugins}"
+    );
+    let failed_run = runs[0]["run_id"].as_u64().unwrap();
+    assert!(slow_line.contains(&format!(" last_run {failed_run} /")), "{plugins}");
 
     d.run_job("recent");
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
     assert!(plugins.contains(&format!("recent 0.1.0 abi 1.3 sha256 {}", sha256_hex(&v1))), "{plugins}");
+    let first_seen = |text: &str| {
+        let line = text.lines().find(|l| l.starts_with("recent ")).expect("recent listed").to_string();
+        line.split(" first_seen ").nth(1).unwrap().split(' ').next().unwrap().to_string()
+    };
+    let v1_seen = first_seen(&plugins);
+    d.run_job("recent");
+    let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
+    assert_eq!(first_seen(&plugins), v1_seen, "a second run of one build leaves its first_seen: {plugins}");
     std::fs::copy(&v2, &recent_so).unwrap(); // in place
     d.run_job("recent");
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
     assert!(plugins.contains(&format!("recent 0.2.0 abi 1.3 sha256 {}", sha256_hex(&v2))), "{plugins}");
+    assert_ne!(first_seen(&plugins), v1_seen, "{plugins}");
     assert!(plugins.contains(&recent_so.display().to_string()));
+    let runs = d.history("recent");
+    assert_eq!(runs[0]["plugin"]["version"], "0.2.0");
+    assert_eq!(runs[1]["plugin"]["version"], "0.1.0");
 }

@@ -25,6 +25,13 @@ fn top_ten_are_the_models_best_unseen_items_for_both_clients() {
     let mut d = TestDaemon::start(&[("ranking", &ranking_job(""))]);
     let report = d.run_job("ranking");
     assert!(report.contains("published table ranking version 1"), "{report}");
+    // lineage: the history names the build and the model, hashed independently here
+    let run = &d.history("ranking")[0];
+    let sha = |path: std::path::PathBuf| crate::util::sha256sum(&path);
+    assert_eq!(run["model_sha256"], sha(crate::util::root().join("models/ranking/mf.onnx")).as_str(), "{run}");
+    assert_eq!(run["plugin"]["sha256"], sha(crate::util::plugins_dir().join("librecd_ranking.so")).as_str(), "{run}");
+    assert_eq!(run["plugin"]["name"], "ranking", "{run}");
+    assert_eq!(run["plugin"]["version"], env!("CARGO_PKG_VERSION"), "{run}");
 
     let bought = purchases();
     let items = vocab_ids("items.csv");

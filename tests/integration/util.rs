@@ -24,6 +24,13 @@ pub fn onnxruntime() -> PathBuf {
     root().join(".deps/py/onnxruntime/capi/libonnxruntime.so.1.31.1")
 }
 
+/// sha256sum's answer for a file, as an independent hash.
+pub fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum runs");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("a hash").to_string()
+}
+
 /// A job file as shipped in `jobs/`, its relative data and model paths made absolute.
 pub fn shipped_job(name: &str) -> String {
     let text = std::fs::read_to_string(root().join(format!("jobs/{name}.toml"))).expect("shipped job file");

@@ -34,16 +34,18 @@ pub fn main() -> ExitCode {
         }
     };
     let mut out = BufWriter::with_capacity(1 << 20, out);
+    // Filled once the plugin is loaded, so a failure after that still names the build.
+    let mut loaded = None;
     let result = read_spec().and_then(|spec| {
         watch_for_cancel();
-        run(&spec, &mut out)
+        run(&spec, &mut out, &mut loaded)
     });
     let (message, code) = match result {
-        Ok((provider, rows, plugin, mut stats)) => {
+        Ok(Finished { provider, rows, plugin, mut stats, model_sha256 }) => {
             stats.peak_rss_bytes = peak_rss_bytes();
-            (Message::Done { provider, rows, plugin, stats }, ExitCode::SUCCESS)
+            (Message::Done { provider, rows, plugin, stats, model_sha256 }, ExitCode::SUCCESS)
         }
-        Err(e) => (Message::Failed { error: format!("{e:#}") }, ExitCode::FAILURE),
+        Err(e) => (Message::Failed { error: format!("{e:#}"), plugin: loaded }, ExitCode::FAILURE),
     };
     if wire::write_message(&mut out, &message).is_err() {
         return ExitCode::FAILURE;
@@ -87,9 +89,20 @@ fn proc_status_bytes(field: &str) -> u64 {
     kb.and_then(|v| v.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
 }
 
-fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64, PluginDesc, WorkerStats)> {
+/// What a run that ended well reports to the daemon.
+struct Finished {
+    provider: String,
+    rows: u64,
+    plugin: PluginDesc,
+    stats: WorkerStats,
+    model_sha256: Option<String>,
+}
+
+fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc>) -> anyhow::Result<Finished> {
     let plugin = Plugin::open(&spec.plugin)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, "plugin loaded");
+    let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
+    *loaded = Some(desc.clone());
     if let Some(want) = &spec.expect_name
         && plugin.name.replace('-', "_") != want.replace('-', "_")
     {
@@ -116,6 +129,12 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     tracing::debug!(rss_mib = rss_bytes() >> 20, streamed = ?streamed, "inputs read");
     let known_users = known_ids(&tables, &spec.inputs, streamed, spec.known_users.as_ref())?;
     let known_items = known_ids(&tables, &spec.inputs, streamed, spec.known_items.as_ref())?;
+    // Hashed just before ONNX Runtime reads it: the history names the model this run scored with.
+    let model_sha256 = spec
+        .model
+        .as_deref()
+        .map(|m| crate::fsutil::model_sha256(m).map_err(|e| anyhow::anyhow!("model file {e}")))
+        .transpose()?;
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
     if let Some(engine) = &engine {
         let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -139,8 +158,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>) -> anyhow::Result<(String, u64
     };
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
-    let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
-    Ok((provider, host.rows, desc, host.stats))
+    Ok(Finished { provider, rows: host.rows, plugin: desc, stats: host.stats, model_sha256 })
 }
 
 /// The ids of `(input, column)` as a set, for the output checks; from a streamed input
