@@ -8,10 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::server::resp::Frame;
-use crate::{
-    client, daemon, evaluate, export, job, metrics, plugins, server, shard, store, systemd, watch, wire, worker,
-};
+use crate::resp::Frame;
+use crate::{client, daemon, evaluate, export, job, plugins, server, shard, store, systemd, watch, wire, worker};
 
 #[derive(Parser)]
 #[command(name = "recd", version, about = "Precomputes recommendations and serves them over the Redis protocol")]
@@ -487,7 +485,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
         let (daemon, stop) = (daemon.clone(), stopped(stop_rx.clone()));
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve_http(addr, daemon, stop).await {
+            if let Err(e) = server::http::serve_http(addr, daemon, stop).await {
                 tracing::error!("metrics endpoint on {addr}: {e}");
             }
         });

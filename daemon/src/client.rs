@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use crate::server::resp::{self, Frame};
+use crate::resp::{self, Frame};
 
 pub fn call(socket: &Path, args: &[&[u8]]) -> anyhow::Result<Frame> {
     let mut stream = UnixStream::connect(socket)

@@ -186,7 +186,7 @@ impl Config {
 
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = crate::job::line_col(text, e.span().map(|s| s.start).unwrap_or(0));
+            let (line, column) = line_col(text, e.span().map(|s| s.start).unwrap_or(0));
             ConfigError::Syntax { file: file.into(), line, column, message: e.message().trim().to_string() }
         })?;
         let socket_mode = u32::from_str_radix(raw.socket_mode.trim_start_matches("0o"), 8)
@@ -291,6 +291,14 @@ impl Config {
             },
         })
     }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
 }
 
 #[cfg(test)]

@@ -136,7 +136,8 @@ impl Daemon {
         let jobs = self.jobs().jobs;
         let scheduler = self.scheduler.lock().expect("scheduler").clone();
         if let Some(s) = scheduler {
-            s.sync(&jobs, Arc::downgrade(self)).await;
+            let me: Arc<dyn crate::scheduler::OnTick> = Arc::clone(self) as _;
+            s.sync(&jobs, Arc::downgrade(&me)).await;
         }
     }
 
@@ -702,4 +703,9 @@ pub fn job_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf
 
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+impl crate::scheduler::OnTick for Daemon {
+    fn on_tick(self: Arc<Self>, job: &str, tick: DateTime<Utc>) {
+        Daemon::on_tick(&self, job, tick);
+    }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::eval;
 use crate::job::{Input, InputFormat};
-use crate::server::resp::Frame;
+use crate::resp::Frame;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {

@@ -8,28 +8,24 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
-use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::fsutil::sha256_file;
 use crate::job::{self, InputFormat, Job};
-use crate::plugins::{Registry, sha256_file};
+use crate::plugins::Registry;
 use crate::runner::{self, RemoveOnDrop, RunControl};
 use crate::shard::Shard;
-use crate::store::{self, Retention, ServedTable, Store, TableKind};
+use crate::store::{Retention, ServedTable, Store, TableKind};
+use crate::tables;
 
 /// Version of the manifest's layout.
 pub const MANIFEST_FORMAT: u32 = 1;
-
-/// Rows per batch written (a part's or a `table:` input's).
-const BATCH_ROWS: usize = 65_536;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -139,110 +135,11 @@ fn input_fingerprints(job: &Job) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Columns of an exported part of a table of lists: one row per (user, item), users in
-/// key order, each user's items best first (`rank` 1).
-pub fn lists_schema() -> SchemaRef {
-    runner::exported_table_schema()
-}
-
-/// Columns of an exported part of a table of hashes: one row per (user, field), fields in
-/// the order HGETALL gives them.
-pub fn hashes_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("user", DataType::Utf8, false),
-        Field::new("field", DataType::Utf8, false),
-        Field::new("value", DataType::Utf8, false),
-    ]))
-}
-
 fn write_part(served: &ServedTable, path: &Path) -> anyhow::Result<()> {
     let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = ArrowWriter::try_new(file, part_schema(served.kind), Some(props))?;
-    table_batches(served, |batch| Ok(writer.write(&batch)?))?;
+    let mut writer = ArrowWriter::try_new(file, tables::part_schema(served.kind), Some(props))?;
+    tables::table_batches(served, |batch| Ok(writer.write(&batch)?))?;
     writer.close()?;
     Ok(())
-}
-
-fn part_schema(kind: TableKind) -> SchemaRef {
-    match kind {
-        TableKind::Lists => lists_schema(),
-        TableKind::Hashes => hashes_schema(),
-    }
-}
-
-/// Hands `served`'s rows to `write` as record batches of about [`BATCH_ROWS`] rows, in
-/// [`lists_schema`] or [`hashes_schema`] (a `table:` input is the former, a part either).
-pub fn table_batches(
-    served: &ServedTable,
-    mut write: impl FnMut(RecordBatch) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let schema = part_schema(served.kind);
-    let mut rows = PartRows::default();
-    for entry in served.iter_lists() {
-        let (user, value) = entry?;
-        let user = String::from_utf8_lossy(&user);
-        match served.kind {
-            TableKind::Lists => {
-                for (rank, (item, score)) in store::decode_list(&value).into_iter().enumerate() {
-                    rows.push(&user, &String::from_utf8_lossy(item), Cell::Score(score, rank as u32 + 1));
-                }
-            }
-            TableKind::Hashes => {
-                for (field, text) in store::decode_hash(&value) {
-                    let text = String::from_utf8_lossy(text).into_owned();
-                    rows.push(&user, &String::from_utf8_lossy(field), Cell::Text(text));
-                }
-            }
-        }
-        if rows.len() >= BATCH_ROWS {
-            write(rows.take(&schema, served.kind)?)?;
-        }
-    }
-    write(rows.take(&schema, served.kind)?)
-}
-
-enum Cell {
-    Score(f32, u32),
-    Text(String),
-}
-
-/// A batch of a part's rows being gathered.
-#[derive(Default)]
-struct PartRows {
-    users: Vec<String>,
-    keys: Vec<String>,
-    scores: Vec<f32>,
-    ranks: Vec<u32>,
-    texts: Vec<String>,
-}
-
-impl PartRows {
-    fn push(&mut self, user: &str, key: &str, cell: Cell) {
-        self.users.push(user.to_owned());
-        self.keys.push(key.to_owned());
-        match cell {
-            Cell::Score(score, rank) => {
-                self.scores.push(score);
-                self.ranks.push(rank);
-            }
-            Cell::Text(text) => self.texts.push(text),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    fn take(&mut self, schema: &SchemaRef, kind: TableKind) -> anyhow::Result<RecordBatch> {
-        let rows = std::mem::take(self);
-        let (users, keys) = (Arc::new(StringArray::from(rows.users)), Arc::new(StringArray::from(rows.keys)));
-        let columns: Vec<arrow_array::ArrayRef> = match kind {
-            TableKind::Lists => {
-                vec![users, keys, Arc::new(Float32Array::from(rows.scores)), Arc::new(UInt32Array::from(rows.ranks))]
-            }
-            TableKind::Hashes => vec![users, keys, Arc::new(StringArray::from(rows.texts))],
-        };
-        Ok(RecordBatch::try_new(schema.clone(), columns)?)
-    }
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use crate::job::{self, JobError, OutputChecks};
+use crate::resp;
 use crate::runner::{self, RunError};
-use crate::server::resp;
 use crate::shard::Shard;
 use crate::store::{self, Retention, Store, TableKind, VersionInfo};
 

@@ -190,8 +190,8 @@ fn load_part(staged: &mut StagedVersion, found: &Found) -> Result<(), ImportErro
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| fail(e.to_string()))?;
     let want = match m.kind {
-        TableKind::Lists => export::lists_schema(),
-        TableKind::Hashes => export::hashes_schema(),
+        TableKind::Lists => crate::tables::lists_schema(),
+        TableKind::Hashes => crate::tables::hashes_schema(),
     };
     let mut user = UserRows::default();
     for batch in reader {

@@ -602,9 +602,9 @@ impl Job {
             let what = if e == fsutil::FileError::Missing { "unknown plugin: file" } else { "plugin file" };
             return Err(refuse("plugin", format!("{what} {} {e}", self.plugin.display())));
         }
-        crate::plugins::check_trust(&self.plugin).map_err(|m| refuse("plugin", m))?;
+        crate::trust::check_trust(&self.plugin).map_err(|m| refuse("plugin", m))?;
         if let Some(pin) = &self.plugin_sha256 {
-            let sha = crate::plugins::sha256_file(&self.plugin).map_err(|e| refuse("plugin", e.to_string()))?;
+            let sha = crate::fsutil::sha256_file(&self.plugin).map_err(|e| refuse("plugin", e.to_string()))?;
             if &sha != pin {
                 return Err(refuse("plugin_sha256", format!("the plugin file has sha256 {sha}, not the pinned one")));
             }
@@ -638,7 +638,7 @@ pub fn valid_name(name: &str) -> bool {
 /// line and the parser's message does not name it already.
 fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> JobError {
     let offset = e.span().map(|s| s.start).unwrap_or(0);
-    let (line, column) = line_col(text, offset);
+    let (line, column) = crate::config::line_col(text, offset);
     let mut message = e.message().trim().to_string();
     if let Some(key) = key_on_line(text, line)
         && !message.contains("field `")
@@ -676,14 +676,6 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
         Some(t) if !t.is_empty() => format!("{t}.{key}"),
         _ => key.to_string(),
     })
-}
-
-/// 1-based line and column of byte `offset` in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    (line, column)
 }
 
 /// The line of `key = ...`, or of a table header `[key]`; 1 when neither is found.

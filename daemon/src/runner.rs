@@ -261,7 +261,7 @@ pub fn execute(
         onnxruntime: config.onnxruntime.clone(),
         shard,
     };
-    let exe = self_exe().map_err(anyhow::Error::from)?;
+    let exe = wire::self_exe().map_err(anyhow::Error::from)?;
     let mut child = Command::new(exe)
         .arg("worker")
         .stdin(Stdio::piped())
@@ -374,14 +374,6 @@ pub fn publish_stream(
     settle(store, collector, outcome).map(|((), version)| version)
 }
 
-/// This very executable, to start workers and probes with. `/proc/self/exe` names the
-/// running binary's inode, so it still works after an upgrade replaced the file on disk
-/// (`current_exe` would give the path, now of another file or of none).
-pub fn self_exe() -> std::io::Result<std::path::PathBuf> {
-    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
-    if proc_exe.exists() { Ok(proc_exe) } else { std::env::current_exe() }
-}
-
 /// Removes the scratch folders of runs a killed daemon left behind (`<data_dir>/runs/<id>`:
 /// exported `table:` inputs, as big as the tables). Called at start-up, before any run.
 pub fn remove_leftover_run_dirs(data_dir: &std::path::Path) {
@@ -432,21 +424,10 @@ fn export_table_inputs(inputs: &[Input], store: &Store, run_dir: &std::path::Pat
     Ok(out)
 }
 
-/// Columns of a `table:<name>` input: user, item, score, rank (1 = best).
-pub fn exported_table_schema() -> arrow_schema::SchemaRef {
-    use arrow_schema::{DataType, Field, Schema};
-    Arc::new(Schema::new(vec![
-        Field::new("user", DataType::Utf8, false),
-        Field::new("item", DataType::Utf8, false),
-        Field::new("score", DataType::Float32, false),
-        Field::new("rank", DataType::UInt32, false),
-    ]))
-}
-
 fn write_table(served: &crate::store::ServedTable, path: &std::path::Path) -> anyhow::Result<()> {
-    let schema = exported_table_schema();
+    let schema = crate::tables::lists_schema();
     let mut writer = arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(path)?, &schema)?;
-    crate::export::table_batches(served, |batch| Ok(writer.write(&batch)?))?;
+    crate::tables::table_batches(served, |batch| Ok(writer.write(&batch)?))?;
     writer.finish()?;
     Ok(())
 }

@@ -14,9 +14,13 @@ use chrono::{DateTime, Utc};
 use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
 use uuid::Uuid;
 
-use crate::daemon::Daemon;
 use crate::job::Job;
 use crate::schedule::Schedule;
+
+/// What a tick is handed to (the daemon): the scheduler knows nothing else of it.
+pub trait OnTick: Send + Sync + 'static {
+    fn on_tick(self: Arc<Self>, job: &str, tick: DateTime<Utc>);
+}
 
 pub struct Scheduler {
     inner: JobScheduler,
@@ -39,7 +43,7 @@ impl Scheduler {
 
     /// Makes the timers match `jobs`: new schedules are armed, changed ones re-armed,
     /// removed ones dropped. Suspension is checked when a tick fires, not here.
-    pub async fn sync(self: &Arc<Self>, jobs: &BTreeMap<String, Job>, daemon: Weak<Daemon>) {
+    pub async fn sync(self: &Arc<Self>, jobs: &BTreeMap<String, Job>, daemon: Weak<dyn OnTick>) {
         let mut stale = Vec::new();
         let mut fresh = Vec::new();
         {
@@ -74,13 +78,13 @@ impl Scheduler {
         name: String,
         generation: u64,
         after: DateTime<Utc>,
-        daemon: Weak<Daemon>,
+        daemon: Weak<dyn OnTick>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let me = Arc::clone(self);
         Box::pin(async move { me.arm_now(name, generation, after, daemon).await })
     }
 
-    async fn arm_now(self: Arc<Self>, name: String, generation: u64, after: DateTime<Utc>, daemon: Weak<Daemon>) {
+    async fn arm_now(self: Arc<Self>, name: String, generation: u64, after: DateTime<Utc>, daemon: Weak<dyn OnTick>) {
         let Some(tick) = self.schedule_of(&name, generation).and_then(|s| s.next_after(after)) else { return };
         let delay = (tick - Utc::now()).to_std().unwrap_or_default();
         // Ticks lie before the year 5000 (croner's horizon): always a valid instant, but

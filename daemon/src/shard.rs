@@ -72,9 +72,28 @@ impl fmt::Display for Shard {
 
 /// FNV-1a, 64-bit (the store's checksum hash).
 pub fn shard_hash(bytes: &[u8]) -> u64 {
-    let mut h = crate::store::Fnv64::new();
+    let mut h = Fnv64::new();
     h.write(bytes);
     h.finish()
+}
+
+/// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version
+/// (and, in the store, to checksum a version).
+pub(crate) struct Fnv64(u64);
+
+impl Fnv64 {
+    pub(crate) fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[cfg(test)]

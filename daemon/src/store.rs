@@ -170,7 +170,7 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// The worker's own measurements (scoring time, peak memory), for runs that finished.
     #[serde(default)]
-    pub worker: Option<crate::wire::WorkerStats>,
+    pub worker: Option<WorkerStats>,
     /// The plugin build the run loaded (absent for skipped and imported runs, and in
     /// records written before lineage was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +178,18 @@ pub struct RunRecord {
     /// The SHA-256 of the model file the worker loaded (`<sha>+<sha>` with external data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+}
+
+/// What a worker measured of its own run, kept in the run history: the scoring stage
+/// (time inside ONNX Runtime calls, tensors in and out included) and its peak memory.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStats {
+    /// Host scoring calls, and (user, item) pairs or rows scored in them.
+    pub score_calls: u64,
+    pub score_rows: u64,
+    pub score_seconds: f64,
+    /// The worker's peak resident memory (VmHWM), in bytes.
+    pub peak_rss_bytes: u64,
 }
 
 /// Which plugin build a run used: the file's content hash (known from the snapshot, so
@@ -900,7 +912,7 @@ pub fn write_list_json(list: &[(&[u8], f32)], out: &mut Vec<u8>) {
             Err(_) => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(member)).expect("json string"),
         }
         out.extend_from_slice(b",\"score\":");
-        crate::server::resp::write_score(out, *score);
+        crate::resp::write_score(out, *score);
         out.push(b'}');
     }
     out.push(b']');
@@ -1010,30 +1022,11 @@ pub fn decode_hash(bytes: &[u8]) -> Vec<(&[u8], &[u8])> {
 
 /// One stored row's contribution to a version's checksum.
 fn row_hash(user: &[u8], value: &[u8]) -> u64 {
-    let mut h = Fnv64::new();
+    let mut h = crate::shard::Fnv64::new();
     h.write(user);
     h.write(&[0xff]);
     h.write(value);
     h.finish()
-}
-
-/// FNV-1a, 64-bit: tiny, stable across builds, good enough to detect a changed version
-/// (and, in `shard`, to spread users over shards).
-pub(crate) struct Fnv64(u64);
-
-impl Fnv64 {
-    pub(crate) fn new() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    pub(crate) fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 #[cfg(test)]

@@ -77,17 +77,7 @@ pub struct PluginDesc {
     pub abi: String,
 }
 
-/// What a worker measured of its own run, kept in the run history: the scoring stage
-/// (time inside ONNX Runtime calls, tensors in and out included) and its peak memory.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct WorkerStats {
-    /// Host scoring calls, and (user, item) pairs or rows scored in them.
-    pub score_calls: u64,
-    pub score_rows: u64,
-    pub score_seconds: f64,
-    /// The worker's peak resident memory (VmHWM), in bytes.
-    pub peak_rss_bytes: u64,
-}
+pub use crate::store::WorkerStats;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -190,6 +180,23 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut payload = vec![0u8; len];
     input.read_exact(&mut payload)?;
     Ok(Some((header[0], payload)))
+}
+
+/// What `recd probe-plugin` prints.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    pub plugin: Option<PluginDesc>,
+    /// The job file key the error is about: "plugin" or "params".
+    pub field: Option<String>,
+    pub error: Option<String>,
+}
+
+/// This very executable, to start workers and probes with. `/proc/self/exe` names the
+/// running binary's inode, so it still works after an upgrade replaced the file on disk
+/// (`current_exe` would give the path, now of another file or of none).
+pub fn self_exe() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() { Ok(proc_exe) } else { std::env::current_exe() }
 }
 
 #[cfg(test)]

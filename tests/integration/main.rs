@@ -21,6 +21,7 @@ mod fallback;
 mod faults;
 mod guide;
 mod jobs;
+mod layers;
 mod lifecycle;
 mod limits;
 mod observability;

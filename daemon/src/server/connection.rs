@@ -10,8 +10,8 @@ use tracing::Instrument;
 
 use super::Role;
 use super::cmd::{self, Client, Flow};
-use super::resp;
 use crate::daemon::Daemon;
+use crate::resp;
 
 pub async fn serve(stream: UnixStream, id: u64, role: Role, daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {
     let span = tracing::debug_span!("conn", id, role = ?role);

@@ -10,7 +10,7 @@
 
 pub mod cmd;
 mod connection;
-pub mod resp;
+pub mod http;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -58,7 +58,7 @@ pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
         }
         InputFormat::Parquet => Ok(ParquetRecordBatchReaderBuilder::try_new(open(input)?)?.schema().clone()),
         InputFormat::ArrowIpc => Ok(arrow_ipc::reader::FileReader::try_new(open(input)?, None)?.schema()),
-        InputFormat::Table => Ok(crate::runner::exported_table_schema()),
+        InputFormat::Table => Ok(crate::tables::lists_schema()),
     }
 }
 

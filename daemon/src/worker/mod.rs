@@ -22,7 +22,7 @@ use recd_plugin_api::contract::{self, KnownIds};
 
 use crate::loader::{self, Host, Plugin};
 use crate::store::TableKind;
-use crate::wire::{self, Message, PluginDesc, ProbeRequest, RunSpec, WorkerStats};
+use crate::wire::{self, Message, PluginDesc, Probe, ProbeRequest, RunSpec, WorkerStats};
 use engine::Engine;
 
 pub fn main() -> ExitCode {
@@ -253,15 +253,6 @@ fn probe_job(path: &std::path::Path, request: &ProbeRequest) -> Probe {
             fail(Some(desc), field, e.message)
         }
     }
-}
-
-/// What `recd probe-plugin` prints.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Probe {
-    pub plugin: Option<PluginDesc>,
-    /// The job file key the error is about: "plugin" or "params".
-    pub field: Option<String>,
-    pub error: Option<String>,
 }
 
 struct WorkerHost<'o> {

@@ -1,6 +1,6 @@
 //! CLIENT SETNAME | GETNAME | ID | SETINFO | INFO
 use super::{Client, ParseResult, wrong_args};
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub enum ClientCmd {
     SetName(String),

@@ -1,6 +1,6 @@
 //! COMMAND [COUNT | DOCS ... | INFO ...]: enough for redis-cli and client libraries,
 //! which probe it at start-up and cope with an empty answer.
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 use super::ParseResult;
 

@@ -1,6 +1,6 @@
 //! ECHO message
 use super::{ParseResult, wrong_args};
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct Echo<'a>(&'a [u8]);
 

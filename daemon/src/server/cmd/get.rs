@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Stored;
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 use crate::store::{decode_hash, decode_list, stored_list_json, write_list_json};
 
 pub struct Get<'a>(&'a [u8]);

@@ -1,7 +1,7 @@
 //! HELLO [protover [AUTH user pass] [SETNAME name]]: switches the connection to RESP2 or
 //! RESP3 and describes the server (a map in RESP3), as Redis 7 does.
 use super::{Client, ParseResult, parse_int};
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct Hello {
     /// None: HELLO without a version keeps the connection's protocol.

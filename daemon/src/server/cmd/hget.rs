@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_hash, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct HGet<'a> {
     key: &'a [u8],

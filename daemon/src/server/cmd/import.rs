@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct Import {
     table: String,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::ParseResult;
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 /// The Redis version whose read commands recd follows; some clients read it.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";

@@ -42,8 +42,8 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::Role;
-use super::resp::{self, Reply};
 use crate::daemon::Daemon;
+use crate::resp::{self, Reply};
 use crate::store::{ServedTable, TableKind, decode_hash, decode_list};
 
 /// The user key under which a cold-start table publishes its list for anyone.
@@ -267,7 +267,7 @@ fn unknown(name: &str, rest: &[&[u8]]) -> String {
 
 /// Parses and runs one request, writing its reply to `out`.
 pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
-    daemon.metrics.request(client.role);
+    daemon.metrics.request(client.role == crate::server::Role::Admin);
     let cmd = match Command::from_args(args, client.role) {
         Ok(cmd) => cmd,
         Err(reply) => {

@@ -1,6 +1,6 @@
 //! PING [message]
 use super::{ParseResult, wrong_args};
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct Ping<'a>(Option<&'a [u8]>);
 

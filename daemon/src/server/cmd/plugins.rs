@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     let mut s = String::new();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub async fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     match daemon.reload().await {

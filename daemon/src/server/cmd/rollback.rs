@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, parse_int, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct Rollback {
     table: String,

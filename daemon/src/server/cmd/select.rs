@@ -1,6 +1,6 @@
 //! SELECT index: recd has one database, 0.
 use super::{ParseResult, parse_int, wrong_args};
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub struct Select;
 

@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     resp::bulk(out, daemon.status_text().as_bytes());

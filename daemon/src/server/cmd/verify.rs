@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::daemon::Daemon;
-use crate::server::resp::{self, Reply};
+use crate::resp::{self, Reply};
 
 pub fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     match daemon.store.verify() {

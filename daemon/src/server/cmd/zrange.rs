@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, parse_int, with_list_value, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::{self, MoreReply, Reply};
+use crate::resp::{self, MoreReply, Reply};
 use crate::store::ListEntries;
 
 pub struct ZRange<'a> {

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use super::{ParseResult, with_list, wrong_args};
 use crate::daemon::Daemon;
-use crate::server::resp::Reply;
+use crate::resp::Reply;
 
 pub struct ZScore<'a> {
     key: &'a [u8],
