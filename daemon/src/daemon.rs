@@ -24,6 +24,23 @@ use crate::store::{RunRecord, Store};
 /// Runs kept in the history per job.
 pub const HISTORY_PER_JOB: usize = 50;
 
+/// Why `trigger` did not end in a published version. Only `Failed` means a run happened;
+/// the others are why none started.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("no job named `{name}` (jobs: {known})")]
+    NoJob { name: String, known: String },
+    #[error("job `{0}` is suspended")]
+    Suspended(String),
+    /// The overlap policy turned the trigger away (recorded as a `skipped` run).
+    #[error("skipped: {0}")]
+    Skipped(String),
+    #[error("run {run_id} of job {job} failed: {error}")]
+    Failed { run_id: u64, job: String, error: RunError },
+}
+
 pub struct Daemon {
     pub config: Config,
     pub store: Arc<Store>,
@@ -32,6 +49,9 @@ pub struct Daemon {
     probes: ProbeCache,
     jobs: RwLock<JobSet>,
     states: Mutex<HashMap<String, JobState>>,
+    /// Woken when a run's slot frees (or the daemon shuts down): a queued or replacing run
+    /// waits on it instead of polling.
+    slot_freed: tokio::sync::Notify,
     next_run_id: AtomicU64,
     scheduler: Mutex<Option<Arc<Scheduler>>>,
     shutting_down: AtomicBool,
@@ -104,6 +124,7 @@ impl Daemon {
             metrics: Metrics::default(),
             jobs: RwLock::new(JobSet::default()),
             states: Mutex::new(HashMap::new()),
+            slot_freed: tokio::sync::Notify::new(),
             next_run_id: AtomicU64::new(seed),
             scheduler: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
@@ -152,8 +173,10 @@ impl Daemon {
     fn spawn_trigger(self: &Arc<Self>, name: &str, trigger: Trigger) {
         let (daemon, name) = (Arc::clone(self), name.to_string());
         tokio::spawn(async move {
-            if let Err(e) = daemon.trigger(&name, trigger.clone()).await {
-                tracing::info!(job = %name, %trigger, "no run: {e}");
+            match daemon.trigger(&name, trigger.clone()).await {
+                // logged where it failed, with the run's span
+                Ok(_) | Err(TriggerError::Failed { .. }) => {}
+                Err(e) => tracing::info!(job = %name, %trigger, "no run: {e}"),
             }
         });
     }
@@ -224,11 +247,11 @@ impl Daemon {
         self.jobs.read().expect("jobs lock").clone()
     }
 
-    fn job(&self, name: &str) -> Result<Job, String> {
+    fn job(&self, name: &str) -> Result<Job, TriggerError> {
         let set = self.jobs.read().expect("jobs lock");
         set.jobs.get(name).cloned().ok_or_else(|| {
             let known: Vec<&str> = set.jobs.keys().map(String::as_str).collect();
-            format!("no job named `{name}` (jobs: {})", known.join(", "))
+            TriggerError::NoJob { name: name.to_string(), known: known.join(", ") }
         })
     }
 
@@ -289,18 +312,18 @@ impl Daemon {
     }
 
     /// `recd run JOB`: runs it now (overlap policy applies) and waits for the outcome.
-    pub async fn run_job(self: &Arc<Self>, name: &str) -> Result<RunReport, String> {
+    pub async fn run_job(self: &Arc<Self>, name: &str) -> Result<RunReport, TriggerError> {
         self.trigger(name, Trigger::Manual).await
     }
 
     /// Runs `name` for `trigger`, applying its policies, and records the run.
-    pub async fn trigger(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<RunReport, String> {
+    pub async fn trigger(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<RunReport, TriggerError> {
         if self.shutting_down.load(Ordering::Relaxed) {
-            return Err("the daemon is shutting down".into());
+            return Err(TriggerError::ShuttingDown);
         }
         let job = self.job(name)?;
         if trigger.is_automatic() && (job.policy.suspend || self.is_paused(name)) {
-            return Err(format!("job `{name}` is suspended"));
+            return Err(TriggerError::Suspended(name.to_string()));
         }
         let control = self.acquire(&job, &trigger).await?;
         let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
@@ -328,15 +351,19 @@ impl Daemon {
                 self.schedule_retry(&job, &trigger, e);
             }
         }
-        result.map_err(|e| format!("run {run_id} of job {name} failed: {e}"))
+        result.map_err(|error| TriggerError::Failed { run_id, job: name.to_string(), error })
     }
 
     /// Claims the job for a new run according to its overlap policy.
-    async fn acquire(&self, job: &Job, trigger: &Trigger) -> Result<Arc<RunControl>, String> {
+    async fn acquire(&self, job: &Job, trigger: &Trigger) -> Result<Arc<RunControl>, TriggerError> {
         let mut waiting_in_queue = false;
         loop {
+            // Registered before the slot is looked at, so a release in between still wakes us.
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             if self.shutting_down.load(Ordering::Relaxed) {
-                return Err("the daemon is shutting down".into());
+                return Err(TriggerError::ShuttingDown);
             }
             {
                 let mut states = self.states.lock().expect("states");
@@ -366,7 +393,7 @@ impl Daemon {
                     Overlap::Queue => {}
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            freed.await;
         }
     }
 
@@ -374,10 +401,11 @@ impl Daemon {
         if let Some(st) = self.states.lock().expect("states").get_mut(name) {
             st.running = None;
         }
+        self.slot_freed.notify_waiters();
     }
 
     /// Records a tick that did not run, and returns the reason.
-    fn skip(&self, job: &Job, trigger: &Trigger, reason: &str) -> String {
+    fn skip(&self, job: &Job, trigger: &Trigger, reason: &str) -> TriggerError {
         let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
         let now = Utc::now();
         self.write_record(RunRecord {
@@ -396,7 +424,7 @@ impl Daemon {
             error: Some(reason.to_string()),
             ..RunRecord::default()
         });
-        format!("skipped: {reason}")
+        TriggerError::Skipped(reason.to_string())
     }
 
     fn record(
@@ -543,7 +571,7 @@ impl Daemon {
     /// `recd pause|resume JOB`: stops or restarts scheduled and chained runs.
     pub fn set_paused(&self, name: &str, paused: bool) -> Result<(), String> {
         if paused {
-            self.job(name)?;
+            self.job(name).map_err(|e| e.to_string())?;
         }
         self.store.set_paused(name, paused).map_err(|e| e.to_string())
     }
@@ -552,6 +580,7 @@ impl Daemon {
     /// waits for their workers to end (their versions are discarded).
     pub async fn shutdown(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        self.slot_freed.notify_waiters();
         let scheduler = self.scheduler.lock().expect("scheduler").take();
         if let Some(s) = scheduler {
             s.shutdown().await;

@@ -309,9 +309,9 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Progress(c) => c.apply(daemon, out),
         Command::Plugins => plugins::apply(daemon, out),
         Command::Pause(c) => c.apply(daemon, out),
-        Command::Rollback(c) => c.apply(daemon, out),
+        Command::Rollback(c) => c.apply(daemon, out).await,
         Command::Import(c) => c.apply(daemon, out).await,
-        Command::Verify => verify::apply(daemon, out),
+        Command::Verify => verify::apply(daemon, out).await,
     }
     Flow::Continue
 }

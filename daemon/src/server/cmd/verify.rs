@@ -6,8 +6,13 @@ use std::sync::Arc;
 use crate::daemon::Daemon;
 use crate::resp::{self, Reply};
 
-pub fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
-    match daemon.store.verify() {
+/// A full scan of the store: on the blocking pool, never on a serving thread.
+pub async fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
+    let store = Arc::clone(&daemon.store);
+    let verified = tokio::task::spawn_blocking(move || store.verify())
+        .await
+        .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("verify task failed: {e}"))));
+    match verified {
         Ok(problems) if problems.is_empty() => {
             let n = daemon.store.tables().map(|t| t.len()).unwrap_or(0);
             resp::simple(out, &format!("OK {n} tables verified"));
