@@ -15,7 +15,7 @@ use crate::import;
 use crate::job::{self, Job, JobError, Overlap};
 use crate::metrics::Metrics;
 use crate::plugins::{self, ProbeCache, Registry};
-use crate::runner::{self, RunControl, RunError, RunReport};
+use crate::run::{self, RunControl, RunError, RunReport};
 use crate::schedule;
 use crate::scheduler::Scheduler;
 use crate::shard::Shard;
@@ -335,7 +335,7 @@ impl Daemon {
             let _enter = span.enter();
             tracing::info!(table = %run_job.table, "run started");
             let (config, store, plugins) = (&daemon.config, &daemon.store, &daemon.plugins);
-            runner::execute(&run_job, run_id, config, store, plugins, &worker_control, Shard::WHOLE)
+            run::execute(&run_job, run_id, config, store, plugins, &worker_control, Shard::WHOLE)
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::fsutil::sha256_file;
 use crate::job::{self, InputFormat, Job};
 use crate::plugins::Registry;
-use crate::runner::{self, RemoveOnDrop, RunControl};
+use crate::run::{self, RemoveOnDrop, RunControl};
 use crate::shard::Shard;
 use crate::store::{Retention, ServedTable, Store, TableKind};
 use crate::tables;
@@ -81,7 +81,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
     let store = Store::open(&scratch.0, Retention { count: 1, max_age: None })?;
     let plugins = Registry::new(&scratch.0);
     let run_id = chrono::Utc::now().timestamp_micros() as u64;
-    let report = runner::execute(&job, run_id, &run_config, &store, &plugins, &RunControl::new(), shard)
+    let report = run::execute(&job, run_id, &run_config, &store, &plugins, &RunControl::new(), shard)
         .map_err(|e| anyhow::anyhow!("job {}: {e}", job.name))?;
     let served = store.served(&job.table).context("the run's version is not in the scratch store")?;
     // The snapshot that ran, as the run recorded it (the file may have been replaced since).

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::job::{self, JobError, OutputChecks};
 use crate::resp;
-use crate::runner::{self, RunError};
+use crate::run::{self, RunError};
 use crate::shard::Shard;
 use crate::store::{self, Retention, Store, TableKind, VersionInfo};
 
@@ -138,7 +138,7 @@ pub fn result_stream(data: &[u8]) -> StreamOutcome {
         TableKind::Hashes => "fuzz_hashes",
     };
     let before = store.served(table).map(|t| t.version);
-    let outcome = runner::publish_stream(&store, table, kind, &checks, shard, &mut std::io::Cursor::new(stream));
+    let outcome = run::publish_stream(&store, table, kind, &checks, shard, &mut std::io::Cursor::new(stream));
     let problems = store.verify().expect("verify reads the store");
     assert!(problems.is_empty(), "the store is unsound after {outcome:?}: {problems:?}");
     match outcome {

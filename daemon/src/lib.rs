@@ -20,7 +20,7 @@ mod metrics;
 mod plugins;
 mod read_cache;
 mod resp;
-mod runner;
+mod run;
 mod schedule;
 mod scheduler;
 mod server;

@@ -1,0 +1,164 @@
+//! How the daemon stops a run: [`RunControl`] carries a cancel request, the run's
+//! progress and lineage, and the watchdog that enforces the job's timeout.
+
+use std::process::{Child, ChildStdin};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::RunError;
+use crate::store::PluginBuild;
+
+/// How long a worker asked to stop (its stdin closed, which plugins see through the
+/// cancellation callback) gets before it is killed.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// Lets the daemon stop a run: `cancel` asks, the watchdog enforces.
+#[derive(Default)]
+pub struct RunControl {
+    state: Mutex<Control>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Control {
+    stop: Option<RunError>,
+    done: bool,
+    /// Latest progress the plugin reported, in its own units.
+    progress: Option<(u64, u64)>,
+    /// Last tenth of the way logged, so progress reaches the logs without flooding them.
+    logged_tenth: u64,
+    /// The plugin build the run loaded, as far as known yet.
+    plugin: Option<PluginBuild>,
+    model_sha256: Option<String>,
+}
+
+impl RunControl {
+    pub fn new() -> Arc<RunControl> {
+        Arc::new(RunControl::default())
+    }
+
+    /// Asks the run to stop; the first reason given is the one reported.
+    pub fn cancel(&self, reason: &str) {
+        let mut st = self.state.lock().expect("control lock");
+        if st.stop.is_none() {
+            st.stop = Some(RunError::Cancelled(reason.to_string()));
+        }
+        self.changed.notify_all();
+    }
+
+    /// Records progress; logs it at each further tenth of the way.
+    pub(super) fn set_progress(&self, done: u64, total: u64) {
+        let mut st = self.state.lock().expect("control lock");
+        st.progress = Some((done, total));
+        let tenth = (done.saturating_mul(10)).checked_div(total).unwrap_or(0);
+        if tenth > st.logged_tenth {
+            st.logged_tenth = tenth;
+            tracing::info!(done, total, "progress {}%", tenth * 10);
+        }
+    }
+
+    /// (done, total) as the plugin last reported it.
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        self.state.lock().expect("control lock").progress
+    }
+
+    /// The plugin build and the model (its SHA-256) the run used, as far as known: the
+    /// plugin's hash from the moment it is snapshotted, its name, version and the model's
+    /// hash once the worker reports them.
+    pub fn lineage(&self) -> (Option<PluginBuild>, Option<String>) {
+        let st = self.state.lock().expect("control lock");
+        (st.plugin.clone(), st.model_sha256.clone())
+    }
+
+    pub(super) fn set_plugin(&self, build: PluginBuild) {
+        self.state.lock().expect("control lock").plugin = Some(build);
+    }
+
+    pub(super) fn set_reported(&self, plugin: &crate::wire::PluginDesc, model_sha256: Option<String>) {
+        let mut st = self.state.lock().expect("control lock");
+        if let Some(build) = st.plugin.as_mut() {
+            build.name = Some(plugin.name.clone());
+            build.version = Some(plugin.version.clone());
+        }
+        st.model_sha256 = model_sha256;
+    }
+
+    pub(super) fn finish(&self) {
+        self.state.lock().expect("control lock").done = true;
+        self.changed.notify_all();
+    }
+
+    pub(super) fn stop_reason(&self) -> Option<RunError> {
+        self.state.lock().expect("control lock").stop.clone()
+    }
+
+    /// Waits for the run to end, a cancel or the timeout. When stopped: closes the worker's
+    /// stdin to ask it to stop, waits `CANCEL_GRACE`, then kills it.
+    pub(super) fn watch(&self, timeout: Duration, stdin: ChildStdin, child: &Mutex<Child>) {
+        if !self.wait_for_stop(timeout) {
+            return;
+        }
+        drop(stdin);
+        let grace_end = Instant::now() + CANCEL_GRACE;
+        let mut st = self.state.lock().expect("control lock");
+        while !st.done {
+            let left = grace_end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self.changed.wait_timeout(st, left).expect("control lock").0;
+        }
+        if !st.done {
+            tracing::warn!("worker did not stop within {}s of being asked: killing it", CANCEL_GRACE.as_secs());
+            let _ = child.lock().expect("child lock").kill();
+        }
+    }
+
+    /// Waits until the run ends by itself (false) or must be stopped (true): a cancel, or
+    /// `timeout` past (then recorded as the stop reason). Any timeout is safe: one too far
+    /// away for a deadline to be computed is never reached.
+    pub(super) fn wait_for_stop(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = self.state.lock().expect("control lock");
+        while !st.done && st.stop.is_none() {
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(86_400),
+            };
+            if deadline.is_some() && left.is_zero() {
+                st.stop = Some(RunError::TimedOut(timeout.as_secs()));
+                break;
+            }
+            st = self.changed.wait_timeout(st, left).expect("control lock").0;
+        }
+        !st.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever the timeout (a validated job's is at most a week, but nothing here
+        /// relies on it), the watchdog computes no overflowing deadline: a run that ended
+        /// is left alone, a cancelled one is stopped.
+        #[test]
+        fn the_watchdog_takes_any_timeout(secs in proptest::prelude::any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let timeout = Duration::new(secs, nanos);
+            let ended = RunControl::new();
+            ended.finish();
+            proptest::prop_assert!(!ended.wait_for_stop(timeout));
+            let cancelled = RunControl::new();
+            cancelled.cancel("test");
+            proptest::prop_assert!(cancelled.wait_for_stop(timeout));
+        }
+    }
+
+    #[test]
+    fn a_run_past_its_timeout_is_stopped_as_timed_out() {
+        let control = RunControl::new();
+        assert!(control.wait_for_stop(Duration::from_millis(20)));
+        assert_eq!(control.stop_reason().map(|e| e.status()), Some("timeout"));
+    }
+}

@@ -1,0 +1,275 @@
+//! The daemon's side of a run: spawn `recd worker`, feed it the spec, stage the rows it
+//! streams into a new table version, and publish that version only if the worker ends
+//! cleanly and every row passed the checks. Blocking code: call it off the async runtime.
+
+use std::io::{BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::job::{InputFormat, Job, OutputChecks};
+use crate::plugins::Registry;
+use crate::shard::Shard;
+use crate::store::{PluginBuild, Store, TableKind, VersionInfo};
+
+mod collect;
+mod control;
+mod process;
+mod table_inputs;
+
+use crate::wire::{self, Message, RunSpec};
+use collect::Collector;
+pub use control::RunControl;
+use process::{describe, forward_stderr, tail_text};
+use table_inputs::export_table_inputs;
+pub use table_inputs::{RemoveOnDrop, remove_leftover_run_dirs};
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub run_id: u64,
+    pub table: String,
+    pub version: VersionInfo,
+    pub provider: String,
+    pub seconds: f64,
+    pub stats: crate::wire::WorkerStats,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job {} run {} published table {} version {}: {} users, {} rows in {:.2}s (provider {})",
+            self.job,
+            self.run_id,
+            self.table,
+            self.version.version,
+            self.version.users,
+            self.version.rows,
+            self.seconds,
+            self.provider
+        )?;
+        let s = &self.stats;
+        if s.score_calls > 0 {
+            write!(f, "; scoring {:.2}s in {} calls", s.score_seconds, s.score_calls)?;
+        }
+        if s.peak_rss_bytes > 0 {
+            write!(f, "; worker peak {} MiB", s.peak_rss_bytes >> 20)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a run did not publish.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out after {0}s; the worker was stopped and its version discarded")]
+    TimedOut(u64),
+    #[error("cancelled ({0}); the worker was stopped and its version discarded")]
+    Cancelled(String),
+}
+
+impl RunError {
+    /// The word run history records.
+    pub fn status(&self) -> &'static str {
+        match self {
+            RunError::Failed(_) => "failed",
+            RunError::TimedOut(_) => "timeout",
+            RunError::Cancelled(_) => "cancelled",
+        }
+    }
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(e: anyhow::Error) -> Self {
+        RunError::Failed(format!("{e:#}"))
+    }
+}
+
+impl From<crate::store::StoreError> for RunError {
+    fn from(e: crate::store::StoreError) -> Self {
+        RunError::Failed(format!("store: {e}"))
+    }
+}
+
+/// Runs `job` once in a worker process and publishes its table, unless `control` stops it
+/// or it outlives the job's timeout.
+/// `shard`: the users whose rows are kept ([`Shard::WHOLE`] for every user); the rows of
+/// the others are dropped as they arrive.
+pub fn execute(
+    job: &Job,
+    run_id: u64,
+    config: &Config,
+    store: &Store,
+    plugins: &Registry,
+    control: &Arc<RunControl>,
+    shard: Shard,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    // The worker loads a snapshot: replacing the plugin file cannot touch this run.
+    // Held until the run ends: no prune removes it while the worker loads it.
+    let snapshot = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
+    let sha256 = snapshot.sha256.clone();
+    control.set_plugin(PluginBuild {
+        path: job.plugin.display().to_string(),
+        sha256: sha256.clone(),
+        ..PluginBuild::default()
+    });
+    check_files(job, config.max_input_bytes)?;
+    let run_dir = config.data_dir.join("runs").join(run_id.to_string());
+    let inputs = export_table_inputs(&job.inputs, store, &run_dir)?;
+    let _cleanup = RemoveOnDrop(run_dir);
+    let spec = RunSpec {
+        job: job.name.clone(),
+        run_id,
+        plugin: snapshot.path.clone(),
+        expect_name: job.plugin_name.clone(),
+        known_users: job.checks.known_users.clone(),
+        known_items: job.checks.known_items.clone(),
+        params_json: job.params_json.clone(),
+        inputs,
+        model: job.model.clone(),
+        model_inputs: job.model_inputs.clone(),
+        output: job.kind,
+        device: job.device,
+        onnxruntime: config.onnxruntime.clone(),
+        shard,
+    };
+    let exe = wire::self_exe().map_err(anyhow::Error::from)?;
+    let mut child = Command::new(exe)
+        .arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RunError::Failed(format!("cannot start a worker: {e}")))?;
+    let stderr_tail = forward_stderr(child.stderr.take().expect("piped stderr"), job.name.clone(), run_id);
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+    // The spec is one line; stdin then stays open: closing it is how we ask the worker to
+    // stop. A worker that dies at once breaks the pipe; its exit status tells why.
+    let mut line = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
+    line.push(b'\n');
+    let _ = stdin.write_all(&line);
+    let child = Arc::new(Mutex::new(child));
+    let watchdog = {
+        let (control, child, timeout) = (Arc::clone(control), Arc::clone(&child), job.policy.timeout);
+        std::thread::spawn(move || control.watch(timeout, stdin, &child))
+    };
+
+    let mut staged = store.stage(&job.table, &job.name, run_id, job.kind)?;
+    staged.fallback = job.fallback.clone();
+    let mut collector = Collector::new(staged, &job.checks, shard);
+    let streamed = read_worker(&mut stdout, &mut collector, control);
+    if streamed.is_err() {
+        let _ = child.lock().expect("child lock").kill();
+    }
+    let status = child.lock().expect("child lock").wait().map_err(anyhow::Error::from)?;
+    control.finish();
+    let _ = watchdog.join();
+    let tail = stderr_tail.join().unwrap_or_default();
+    let outcome = match (control.stop_reason(), streamed) {
+        (Some(stop), _) => Err(stop),
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, .. }))) if status.success() => {
+            control.set_reported(&plugin, model_sha256);
+            plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
+            Ok((provider, stats))
+        }
+        (None, Ok(Some(Message::Failed { error, plugin }))) => {
+            if let Some(plugin) = plugin {
+                control.set_reported(&plugin, None);
+                plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
+            }
+            Err(RunError::Failed(error))
+        }
+        (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
+    };
+    let ((provider, stats), version) = settle(store, collector, outcome)?;
+    Ok(RunReport {
+        job: job.name.clone(),
+        run_id,
+        table: job.table.clone(),
+        version,
+        provider,
+        seconds: started.elapsed().as_secs_f64(),
+        stats,
+    })
+}
+
+/// The job's model and input files are still regular files within the size limit (they
+/// were when the job was loaded; a file can be replaced since).
+fn check_files(job: &Job, max_bytes: u64) -> Result<(), RunError> {
+    if let Some(model) = &job.model {
+        crate::job::check_data_file(model, max_bytes).map_err(|m| RunError::Failed(format!("model file {m}")))?;
+    }
+    for input in job.inputs.iter().filter(|i| i.format != InputFormat::Table) {
+        crate::job::check_data_file(&input.path, max_bytes)
+            .map_err(|m| RunError::Failed(format!("input `{}`: file {m}", input.name)))?;
+    }
+    Ok(())
+}
+
+/// Publishes the collected version when the run succeeded and its last user passes the
+/// checks; discards it otherwise.
+fn settle<T>(
+    store: &Store,
+    mut collector: Collector,
+    outcome: Result<T, RunError>,
+) -> Result<(T, VersionInfo), RunError> {
+    match outcome.and_then(|value| collector.finish().map(|()| value).map_err(RunError::from)) {
+        Ok(value) => Ok((value, store.publish(collector.into_staged())?)),
+        Err(e) => {
+            store.discard(collector.into_staged())?;
+            Err(e)
+        }
+    }
+}
+
+/// A worker's stdout taken as a run takes it (the same frames, checks, and publish or
+/// discard), with no worker process: what the `result_stream` fuzz target drives.
+pub fn publish_stream(
+    store: &Store,
+    table: &str,
+    kind: TableKind,
+    checks: &OutputChecks,
+    shard: Shard,
+    stream: &mut impl std::io::Read,
+) -> Result<VersionInfo, RunError> {
+    let staged = store.stage(table, "fuzz", 0, kind)?;
+    let mut collector = Collector::new(staged, checks, shard);
+    let control = RunControl::default();
+    let outcome = match read_worker(stream, &mut collector, &control) {
+        Ok(Some(Message::Done { .. })) => Ok(()),
+        Ok(Some(Message::Failed { error, .. })) => Err(RunError::Failed(error)),
+        Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
+        Err(e) => Err(e.into()),
+    };
+    settle(store, collector, outcome).map(|((), version)| version)
+}
+
+/// Reads frames until the worker's final message or end of stream.
+fn read_worker(
+    stdout: &mut impl std::io::Read,
+    collector: &mut Collector,
+    control: &RunControl,
+) -> anyhow::Result<Option<Message>> {
+    while let Some((tag, payload)) = wire::read_frame(stdout)? {
+        match tag {
+            wire::TAG_ROWS => {
+                for batch in wire::decode_rows(payload)? {
+                    collector.add(&batch)?;
+                }
+            }
+            wire::TAG_MESSAGE => match serde_json::from_slice::<Message>(&payload)? {
+                Message::Progress { done, total } => control.set_progress(done, total),
+                done_or_failed => return Ok(Some(done_or_failed)),
+            },
+            other => anyhow::bail!("worker sent an unknown frame tag {other:#x}"),
+        }
+    }
+    Ok(None)
+}

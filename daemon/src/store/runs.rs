@@ -1,0 +1,171 @@
+//! The run history and the scheduler's state the store keeps: one record per run (tree
+//! `history`, key `<job>\0<run id>`), each job's last tick and its pause (tree `state`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// One run of a job, as kept in the history.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub run_id: u64,
+    pub job: String,
+    /// What started it: "schedule", "manual", "retry N", "after <job>", "catch-up".
+    pub trigger: String,
+    /// The tick a scheduled or caught-up run was for.
+    #[serde(default)]
+    pub scheduled_for: Option<String>,
+    pub started_at: String,
+    pub ended_at: String,
+    pub seconds: f64,
+    /// "ok", "failed", "timeout", "cancelled" or "skipped".
+    pub status: String,
+    pub table: String,
+    pub version: Option<u64>,
+    pub users: u64,
+    pub rows: u64,
+    /// Execution provider that scored ("cpu", "cuda", "none").
+    pub provider: Option<String>,
+    pub error: Option<String>,
+    /// The worker's own measurements (scoring time, peak memory), for runs that finished.
+    #[serde(default)]
+    pub worker: Option<WorkerStats>,
+    /// The plugin build the run loaded (absent for skipped and imported runs, and in
+    /// records written before lineage was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginBuild>,
+    /// The SHA-256 of the model file the worker loaded (`<sha>+<sha>` with external data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+}
+
+/// What a worker measured of its own run, kept in the run history: the scoring stage
+/// (time inside ONNX Runtime calls, tensors in and out included) and its peak memory.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStats {
+    /// Host scoring calls, and (user, item) pairs or rows scored in them.
+    pub score_calls: u64,
+    pub score_rows: u64,
+    pub score_seconds: f64,
+    /// The worker's peak resident memory (VmHWM), in bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Which plugin build a run used: the file's content hash (known from the snapshot, so
+/// also for a run that failed), and what its descriptor says (once a worker read it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PluginBuild {
+    /// The plugin file the job names.
+    pub path: String,
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Store {
+    /// Appends a run to its job's history and keeps the newest `keep` of that job.
+    pub fn record_run(&self, record: &RunRecord, keep: usize) -> Result<(), StoreError> {
+        self.writing(|h| {
+            let prefix = history_prefix(&record.job);
+            let mut key = prefix.clone();
+            key.extend_from_slice(&record.run_id.to_be_bytes());
+            h.history.insert(key, serde_json::to_vec(record).expect("record serialises"))?;
+            let keys: Vec<sled::IVec> = h.history.scan_prefix(&prefix).keys().collect::<Result<_, _>>()?;
+            for old in keys.iter().take(keys.len().saturating_sub(keep)) {
+                h.history.remove(old)?;
+            }
+            h.history.flush()?;
+            Ok(())
+        })
+    }
+
+    /// The newest `n` runs of `job`, newest first.
+    pub fn history(&self, job: &str, n: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.h()?.history.scan_prefix(history_prefix(job)).rev().take(n) {
+            let (_, value) = entry?;
+            if let Ok(record) = serde_json::from_slice(&value) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last tick the scheduler handled for `job` (run, skipped or missed on purpose).
+    pub fn last_tick(&self, job: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let Some(v) = self.h()?.state.get(format!("tick/{job}"))? else { return Ok(None) };
+        Ok(chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(&v)).ok().map(|t| t.to_utc()))
+    }
+
+    pub fn set_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.writing(|h| {
+            h.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
+            h.state.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Jobs paused with `recd pause` (kept across restarts).
+    pub fn paused_jobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.h()?.state.scan_prefix("paused/").keys() {
+            out.push(String::from_utf8_lossy(&key?["paused/".len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn set_paused(&self, job: &str, paused: bool) -> Result<(), StoreError> {
+        let key = format!("paused/{job}");
+        self.writing(|h| {
+            if paused {
+                h.state.insert(key, &b"1"[..])?;
+            } else {
+                h.state.remove(key)?;
+            }
+            h.state.flush()?;
+            Ok(())
+        })
+    }
+}
+
+fn history_prefix(job: &str) -> Vec<u8> {
+    let mut p = job.as_bytes().to_vec();
+    p.push(0);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Retention;
+
+    #[test]
+    fn history_keeps_the_newest_runs_per_job_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |job: &str, run_id: u64| RunRecord {
+            run_id,
+            job: job.into(),
+            trigger: "manual".into(),
+            scheduled_for: None,
+            started_at: String::new(),
+            ended_at: String::new(),
+            seconds: 0.0,
+            status: "ok".into(),
+            table: job.into(),
+            ..RunRecord::default()
+        };
+        {
+            let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+            for id in [5, 300, 7, 1000] {
+                store.record_run(&record("a", id), 3).unwrap();
+            }
+            store.record_run(&record("ab", 1), 3).unwrap();
+        }
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+        let ids: Vec<u64> = store.history("a", 10).unwrap().iter().map(|r| r.run_id).collect();
+        assert_eq!(ids, vec![1000, 300, 7]);
+        assert_eq!(store.history("ab", 10).unwrap().len(), 1);
+    }
+}
