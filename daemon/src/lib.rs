@@ -8,7 +8,6 @@ mod client;
 mod config;
 mod daemon;
 mod eval;
-mod evaluate;
 mod export;
 mod fsutil;
 #[doc(hidden)]

@@ -6,6 +6,8 @@
 //! not bought before (`--include-repeats` keeps repeats). Users with no relevant item are
 //! not counted; a counted user without a list scores zero.
 
+pub mod metrics;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,6 @@ use chrono::NaiveDateTime;
 use recd_plugin_api::columns::{booleans, column, float_lists, ids_as_strings, seconds};
 use serde::Serialize;
 
-use crate::eval;
 use crate::job::{Input, InputFormat};
 use crate::resp::Frame;
 
@@ -137,10 +138,10 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         .map(|(u, l)| (*u, l.iter().map(String::as_str).collect()))
         .collect();
 
-    let (m, counted) = eval::mean_at_k(&lists, &relevant, args.k);
+    let (m, counted) = metrics::mean_at_k(&lists, &relevant, args.k);
     // Means in user order (sorted), so the last bits are the same on every run.
     let in_order = || users.iter().filter_map(|u| lists.get(u));
-    let novelty = mean(in_order().filter_map(|l| eval::novelty(l, args.k, &popularity, had.len())));
+    let novelty = mean(in_order().filter_map(|l| metrics::novelty(l, args.k, &popularity, had.len())));
     let categories =
         args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
     let diversity = categories.as_ref().and_then(|cat| {
@@ -148,7 +149,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
             (Some(x), Some(y)) if x == y => 0.0,
             _ => 1.0,
         };
-        mean(in_order().filter_map(|l| eval::intra_list_diversity(l, args.k, distance)))
+        mean(in_order().filter_map(|l| metrics::intra_list_diversity(l, args.k, distance)))
     });
     let calibration_kl = categories.as_ref().and_then(|cat| {
         mean(users.iter().filter_map(|u| {
@@ -156,7 +157,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
             // history in item order: the sum is then the same on every run
             let mut history: Vec<&str> = history.iter().copied().collect();
             history.sort_unstable();
-            eval::calibration_kl(history, lists.get(u)?, args.k, |i| cat.get(i).map(String::as_str))
+            metrics::calibration_kl(history, lists.get(u)?, args.k, |i| cat.get(i).map(String::as_str))
         }))
     });
     let embeddings =
@@ -164,7 +165,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
     let embedding_diversity = embeddings.as_ref().and_then(|emb| {
         mean(in_order().filter_map(|l| {
             let known: Vec<&str> = l.iter().take(args.k).copied().filter(|i| emb.contains_key(*i)).collect();
-            eval::intra_list_diversity(&known, args.k, |a, b| eval::cosine_distance(&emb[a], &emb[b]))
+            metrics::intra_list_diversity(&known, args.k, |a, b| metrics::cosine_distance(&emb[a], &emb[b]))
         }))
     });
     Ok(Report {
@@ -178,7 +179,7 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         ndcg: m.ndcg,
         map: m.ap,
         hit_rate: m.hit,
-        coverage: eval::coverage(lists.values(), args.k, catalogue.len()),
+        coverage: metrics::coverage(lists.values(), args.k, catalogue.len()),
         novelty,
         intra_list_diversity: diversity,
         calibration_kl,
@@ -206,7 +207,7 @@ pub struct ChurnReport {
     /// Brier score of always predicting the base rate.
     pub brier_base_rate: Option<f64>,
     /// Ten equal-width bins of the probability: mean predicted vs observed churn.
-    pub reliability: Vec<eval::ReliabilityBin>,
+    pub reliability: Vec<metrics::ReliabilityBin>,
     /// (false positive rate, true positive rate) at each distinct probability.
     pub roc: Vec<(f64, f64)>,
     /// Per tier (the --tier-field value), highest churn rate first.
@@ -285,13 +286,13 @@ pub fn run_churn(args: &EvalArgs, socket: &Path) -> anyhow::Result<ChurnReport> 
         users_scored: scores.len(),
         churned,
         base_rate,
-        roc_auc: eval::roc_auc(&scores, &labels),
-        log_loss: eval::log_loss(&scores, &labels),
-        log_loss_base_rate: eval::log_loss(&vec![base_rate; labels.len()], &labels),
-        brier: eval::brier(&scores, &labels),
-        brier_base_rate: eval::brier(&vec![base_rate; labels.len()], &labels),
-        reliability: eval::reliability(&scores, &labels, 10),
-        roc: eval::roc_curve(&scores, &labels),
+        roc_auc: metrics::roc_auc(&scores, &labels),
+        log_loss: metrics::log_loss(&scores, &labels),
+        log_loss_base_rate: metrics::log_loss(&vec![base_rate; labels.len()], &labels),
+        brier: metrics::brier(&scores, &labels),
+        brier_base_rate: metrics::brier(&vec![base_rate; labels.len()], &labels),
+        reliability: metrics::reliability(&scores, &labels, 10),
+        roc: metrics::roc_curve(&scores, &labels),
         tiers: tier_reports(&tiers, &labels),
     })
 }

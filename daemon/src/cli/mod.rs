@@ -1,0 +1,316 @@
+//! The command line: parses `recd`'s arguments and dispatches each subcommand. Commands
+//! for a running daemon go through one admin-call path ([`AdminSocket::call`]); `serve`
+//! and `validate` have files of their own.
+
+mod admin;
+mod serve;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::{client, eval, export, shard, store, worker};
+
+#[derive(Parser)]
+#[command(name = "recd", version, about = "Precomputes recommendations and serves them over the Redis protocol")]
+struct Cli {
+    /// Daemon settings (default: the embedded defaults, relative to the working directory)
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process; boxing would only obscure clap's derive")]
+enum Cmd {
+    /// Run the daemon: scheduler, store and sockets
+    Serve {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminSocket,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Ask the running daemon to run JOB now; waits, exits non-zero if the run fails. With
+    /// --export, run it here without a daemon and write its table as Parquet into DIR
+    Run {
+        job: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+        /// Write the run's rows as a Parquet part and its manifest into DIR (no daemon)
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+        /// Keep only shard I of N of the users (with --export); default: from
+        /// JOB_COMPLETION_INDEX and RECD_SHARDS when set, as in a Kubernetes Indexed Job
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+    },
+    /// Print a user's list from a table, best first, read over the socket
+    Get {
+        table: String,
+        user: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Check job files (default: every file in the jobs folder); exit 1 on any error
+    Validate { files: Vec<PathBuf> },
+    /// Ask the running daemon to re-read the jobs folder
+    Reload {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Tables, versions, jobs and job file errors of the running daemon
+    Status {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Each job with its next fire times in its zone
+    Jobs {
+        /// Fire times shown per job
+        #[arg(long, default_value_t = 3)]
+        next: usize,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// The newest runs of JOB (JSON): trigger, times, status, version, rows, error
+    History {
+        job: String,
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Stop scheduled and chained runs of JOB (kept across restarts)
+    Pause {
+        job: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Undo `recd pause JOB`
+    Resume {
+        job: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Make a retained version of TABLE current again (default: the one before the current)
+    Rollback {
+        table: String,
+        version: Option<u64>,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Publish the parts `recd run JOB --export` wrote for TABLE (every shard, from one
+    /// run) as one new version, through the running daemon; a set that is incomplete or
+    /// mixed is refused with the reason and nothing is published
+    Import {
+        table: String,
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Copy the store in FROM into a new store in TO (sled export/import, verified before and
+    /// after); for moving data between store formats. Run it with the daemon stopped.
+    Migrate {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Check every table's current version against its published checksum, and that no
+    /// staging data is left; exit 1 on any finding
+    Verify {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Quality of a published list table (or, with --churn, a churn table) against
+    /// interactions after a cut-off
+    Eval {
+        #[command(flatten)]
+        args: eval::EvalArgs,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Plugin files: the build each holds (name, version, ABI, SHA-256), when it was first
+    /// seen there, and the latest run that loaded it
+    Plugins {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Internal: one job run, spawned by `recd serve`
+    #[command(hide = true)]
+    Worker,
+    /// Internal: load a plugin and check params (stdin) in a throwaway process
+    #[command(hide = true)]
+    ProbePlugin { path: PathBuf },
+}
+
+/// `--admin-socket`, which every command that talks to the daemon's admin socket takes.
+#[derive(clap::Args)]
+struct AdminSocket {
+    /// The daemon's admin socket (default: `admin_socket` of the config)
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+}
+
+impl AdminSocket {
+    fn path(&self, config: &Config) -> PathBuf {
+        let mut path = config.admin_socket.clone();
+        override_path(&mut path, self.admin_socket.clone());
+        path
+    }
+
+    /// The one path of every plain admin command: send the request, print the reply, exit
+    /// non-zero on an error reply.
+    fn call(&self, config: &Config, args: &[&str]) -> anyhow::Result<ExitCode> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        admin::print_reply(client::call(&self.path(config), &args)?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Cmd::Worker => {
+            init_tracing(LogStyle::Worker);
+            return worker::main();
+        }
+        Cmd::ProbePlugin { path } => return worker::probe(path),
+        _ => {}
+    }
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("recd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `RECD_LOG` takes tracing's filter syntax. A worker logs without
+/// timestamps because the daemon re-logs its lines with its own.
+#[derive(PartialEq)]
+enum LogStyle {
+    Human,
+    Json,
+    Worker,
+}
+
+/// Filters come from `RECD_LOG`, else `RUST_LOG`, in tracing's syntax.
+fn init_tracing(style: LogStyle) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RECD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match style {
+        LogStyle::Human => fmt.init(),
+        LogStyle::Json => fmt.json().with_current_span(true).init(),
+        LogStyle::Worker => fmt.without_time().with_level(true).with_target(true).init(),
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref());
+    let json = matches!((&cli.command, &config), (Cmd::Serve { .. }, Ok(c)) if c.log_json);
+    init_tracing(if json { LogStyle::Json } else { LogStyle::Human });
+    let mut config = config?;
+    match cli.command {
+        Cmd::Serve { socket, admin, data_dir } => {
+            override_path(&mut config.socket, socket);
+            override_path(&mut config.admin_socket, admin.admin_socket);
+            override_path(&mut config.data_dir, data_dir);
+            serve::serve(config)
+        }
+        Cmd::Run { job, admin, export: Some(dir), shard } => {
+            anyhow::ensure!(admin.admin_socket.is_none(), "--export runs without a daemon: drop --admin-socket");
+            let shard = match shard {
+                Some(text) => shard::Shard::parse(&text)?,
+                None => shard::Shard::from_env(|k| std::env::var(k).ok())?.unwrap_or(shard::Shard::WHOLE),
+            };
+            let manifest = export::export(&config, &job, &dir, shard)?;
+            println!(
+                "job {} shard {}: {} users, {} rows exported to {}",
+                manifest.job,
+                manifest.shard,
+                manifest.users,
+                manifest.rows,
+                dir.join(&manifest.part).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { job, admin, export: None, shard } => {
+            anyhow::ensure!(shard.is_none(), "--shard needs --export DIR: a daemon's run covers every user");
+            admin::run(&admin.path(&config), &job)
+        }
+        Cmd::Get { table, user, socket } => {
+            override_path(&mut config.socket, socket);
+            let key = format!("{table}:{user}");
+            admin::get(&config.socket, &key)
+        }
+        Cmd::Validate { files } => validate::validate(&config, files),
+        Cmd::Reload { admin } => admin.call(&config, &["RELOAD"]),
+        Cmd::Status { admin } => admin.call(&config, &["STATUS"]),
+        Cmd::Jobs { next, admin } => admin.call(&config, &["JOBS", &next.to_string()]),
+        Cmd::History { job, last, admin } => admin.call(&config, &["HISTORY", &job, &last.to_string()]),
+        Cmd::Pause { job, admin } => admin.call(&config, &["PAUSE", &job]),
+        Cmd::Resume { job, admin } => admin.call(&config, &["RESUME", &job]),
+        Cmd::Eval { args, json, socket } => {
+            override_path(&mut config.socket, socket);
+            if args.churn {
+                let report = eval::run_churn(&args, &config.socket)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", eval::render_churn(&report));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = eval::run(&args, &config.socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", eval::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Plugins { admin } => admin.call(&config, &["PLUGINS"]),
+        Cmd::Rollback { table, version, admin } => {
+            let version = version.map(|v| v.to_string());
+            let args: Vec<&str> = ["ROLLBACK", &table].into_iter().chain(version.as_deref()).collect();
+            admin.call(&config, &args)
+        }
+        Cmd::Import { table, dirs, admin } => {
+            // The daemon reads the folders from its own working directory.
+            let dirs: Vec<String> = dirs
+                .iter()
+                .map(|d| std::path::absolute(d).map(|p| p.display().to_string()))
+                .collect::<Result<_, _>>()?;
+            let args: Vec<&str> =
+                ["IMPORT", table.as_str()].into_iter().chain(dirs.iter().map(String::as_str)).collect();
+            admin.call(&config, &args)
+        }
+        Cmd::Migrate { from, to } => {
+            // The copy is as private as the daemon's own store.
+            crate::fsutil::private_umask();
+            let tables = store::Store::migrate(&from, &to)?;
+            crate::fsutil::make_private_dir(&to)?;
+            println!("migrated {tables} tables from {} to {}", from.display(), to.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { admin } => admin.call(&config, &["VERIFY"]),
+        Cmd::Worker | Cmd::ProbePlugin { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn override_path(slot: &mut PathBuf, value: Option<PathBuf>) {
+    if let Some(v) = value {
+        *slot = std::path::absolute(&v).unwrap_or(v);
+    }
+}

@@ -1,0 +1,62 @@
+//! `recd validate [FILE...]`: every job file checked as a reload checks it (its plugin
+//! probed in a throwaway process), all errors reported at once.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::{daemon, job, plugins, wire};
+
+/// Checks every given file (default: the jobs folder) and reports all errors at once.
+/// `after` links are checked against the folder's jobs with the given files in place.
+pub(super) fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let folder = daemon::job_files(&config.jobs_dir).unwrap_or_default();
+    let files = if files.is_empty() { folder.clone() } else { files };
+    let mut set = std::collections::BTreeMap::new();
+    for file in &folder {
+        if let Ok(job) = job::load(file, config) {
+            set.insert(job.name.clone(), job);
+        }
+    }
+    let mut errors: Vec<(PathBuf, String)> = Vec::new();
+    let mut checked = Vec::new();
+    for file in &files {
+        // The plugin judges its params and its inputs' schemas, and the model its input
+        // bindings, in a probe process.
+        let outcome = job::load(file, config).and_then(|job| {
+            plugins::probe(&job.plugin, &wire::ProbeRequest::for_job(&job, &config.onnxruntime))
+                .and_then(|desc| plugins::check_name(&job, &desc))
+                .map_err(|(field, message)| job.probe_error(&field, message))?;
+            Ok(job)
+        });
+        match outcome {
+            Ok(job) => {
+                checked.push(job.name.clone());
+                set.insert(job.name.clone(), job);
+            }
+            Err(e) => errors.push((file.clone(), e.to_string())),
+        }
+    }
+    let mut refused = job::check_links(&set);
+    refused.extend(job::check_tables(&set, &|_| None));
+    for (file, e) in refused {
+        if checked.contains(&job::job_name(Path::new(&file))) {
+            errors.push((PathBuf::from(file), e.to_string()));
+        }
+    }
+    for name in &checked {
+        let job = &set[name];
+        if !errors.iter().any(|(f, _)| job::job_name(f) == *name) {
+            let when = match (&job.schedule, job.after.is_empty()) {
+                (Some(s), _) => format!("{:?} ({})", s.expr, s.tz),
+                (None, false) => format!("after {}", job.after.join(", ")),
+                (None, true) => "manual".into(),
+            };
+            println!("ok    {} (table {}, schedule {when})", job.file.display(), job.table);
+        }
+    }
+    for (_, e) in &errors {
+        println!("error {e}");
+    }
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
