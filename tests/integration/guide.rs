@@ -1,8 +1,8 @@
-//! docs/plugin-guide.md is executable: this test copies the checkout to a temp folder and
-//! runs every ```sh block of the guide there, in order, as a reader would, then checks the
-//! new plugin ran as a job and its table is served.
+//! docs/plugin-guide.md is executable: this test runs every ```sh block of the guide, in
+//! order, in an empty folder outside the checkout, as a reader would (the SDK a path
+//! dependency on the checkout, a `recd.toml` and a job of the reader's own), then checks
+//! the new plugin ran as a job, its table is served, and the checkout was left alone.
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::util::root;
@@ -26,37 +26,27 @@ fn guide_steps() -> String {
     script
 }
 
-/// The checkout's files (tracked and untracked, not ignored) copied to `dest`.
-fn copy_checkout(dest: &Path) {
-    let out = Command::new("git")
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
-        .current_dir(root())
-        .output()
-        .expect("git");
-    for path in out.stdout.split(|&b| b == 0).filter(|p| !p.is_empty()) {
-        let rel = Path::new(std::str::from_utf8(path).unwrap());
-        let (from, to) = (root().join(rel), dest.join(rel));
-        if from.is_file() {
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&from, &to).unwrap();
-        }
-    }
-}
-
 #[test]
-fn the_plugin_guide_works_word_by_word() {
+fn the_plugin_guide_works_word_by_word_from_an_empty_folder() {
+    // A reader's empty folder, outside the checkout; `RECD` names the checkout, whose
+    // `make demo` built recd (here: this test's build).
     let dir = tempfile::tempdir().unwrap();
-    let checkout = dir.path().join("recd");
-    copy_checkout(&checkout);
-    // `make setup` has run in a reader's checkout: share this build's target folder, so
-    // only the new plugin compiles (and recd, its deps and the ranking plugin are there).
-    std::os::unix::fs::symlink(crate::util::plugins_dir().parent().unwrap(), checkout.join("target")).unwrap();
+    let recd_bin = std::path::PathBuf::from(crate::util::RECD);
+    assert_eq!(
+        recd_bin.parent(),
+        Some(root().join("target/release").as_path()),
+        "the guide runs $RECD/target/release/recd"
+    );
     let script = guide_steps();
-    assert!(script.contains("cargo build --release -p recd-hello"), "the guide lost its build step");
+    assert!(script.contains("cargo build --release\n"), "the guide lost its build step");
+    assert!(!script.contains("sed -i"), "the guide edits files outside its folder");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(&checkout)
+        .current_dir(dir.path())
+        .env("RECD", root())
         .env("RECD_LOG", "warn")
+        // a reader's own build: a target folder of its own, not the workspace's
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .expect("bash");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -66,4 +56,9 @@ fn the_plugin_guide_works_word_by_word() {
     let listed = stdout.lines().skip_while(|l| !l.contains("published table hello")).skip(1).take(10).count();
     assert_eq!(listed, 10, "5 items with their scores from redis-cli:\n{stdout}");
     assert!(stdout.contains("hello 0.1.0 abi 1.3 sha256 "), "{stdout}");
+    // everything it made is in the reader's folder; the checkout is as it was
+    let plugin = dir.path().join("hello-plugin");
+    assert!(plugin.join("target/release/librecd_hello.so").is_file());
+    assert!(plugin.join("var/data").is_dir() && plugin.join("jobs/hello.toml").is_file());
+    assert!(!root().join("jobs/hello.toml").exists() && !root().join("plugins/hello").exists());
 }
