@@ -17,6 +17,7 @@ pub mod columns;
 pub mod contract;
 pub mod ids;
 pub mod model;
+pub mod params;
 mod rows;
 mod sdk;
 pub mod testing;
@@ -26,7 +27,7 @@ pub mod testing;
 /// Arrow itself must use this same major version, or its batches are other types.
 pub use {arrow_array, arrow_schema};
 
-pub use rows::OutputRows;
+pub use rows::{FieldType, HashRows, HashValue, OutputRows};
 pub use sdk::{CheckContext, InputStream, LogLevel, PluginError, RunContext, Strategy};
 
 #[doc(hidden)]

@@ -757,4 +757,42 @@ mod tests {
             .scorer(|_| -> Result<RecordBatch, String> { panic!("the scorer's own assertion") })
             .run::<ScoresOnce>();
     }
+
+    /// Emits two users' hashes through the hash-row builder.
+    struct Hashes;
+
+    impl Strategy for Hashes {
+        fn new(_: &str) -> Result<Self, PluginError> {
+            Ok(Hashes)
+        }
+        fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+            use crate::{FieldType, HashRows, HashValue};
+            let fields =
+                [("p", FieldType::Float), ("tier", FieldType::Text), ("n", FieldType::Int), ("vip", FieldType::Bool)];
+            let mut rows = HashRows::new(&fields);
+            rows.push(
+                "u1",
+                &[HashValue::Float(0.25), HashValue::Text("high"), HashValue::Int(-3), HashValue::Bool(true)],
+            )?;
+            rows.push("u2", &[HashValue::Float(1e-7), HashValue::Null, HashValue::Int(0), HashValue::Bool(false)])?;
+            ctx.emit(rows.into_batch()?)
+        }
+    }
+
+    #[test]
+    fn hash_rows_are_stored_as_a_host_stores_them() {
+        let out = Harness::new("{}").hashes().run::<Hashes>().unwrap();
+        let text = |fields: &[(&str, &str)]| -> Vec<(String, String)> {
+            fields.iter().map(|(f, v)| (f.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(
+            out.hash("u1"),
+            Some(text(&[("p", "0.25"), ("tier", "high"), ("n", "-3"), ("vip", "1")]).as_slice())
+        );
+        assert_eq!(out.hash("u2"), Some(text(&[("p", "0.0000001"), ("n", "0"), ("vip", "0")]).as_slice()));
+        assert_eq!(out.hash("u3"), None);
+        // the same rows where the job wants lists are refused, as a host refuses them
+        let err = Harness::new("{}").run::<Hashes>().unwrap_err();
+        assert!(err.message.starts_with("output rows must be (user Utf8, item Utf8, score Float32)"), "{err}");
+    }
 }

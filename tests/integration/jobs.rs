@@ -80,6 +80,19 @@ fn validate_checks_params_columns_and_model_bindings() {
             vec!["field `params.half_life_days`", "must be a positive number of days, got -3"],
         ),
         (
+            // a type error names the key and its line, not a position in internal JSON
+            "wrong_type",
+            shipped_job("cold-start").replace("k = 10\n", "k = \"ten\"\n"),
+            vec!["wrong_type.toml:15: field `params.k`: params.k: invalid type: string \"ten\", expected usize\n"],
+        ),
+        (
+            "unknown_key",
+            shipped_job("cold-start").replace("half_life_days = 30", "halflife_days = 30"),
+            vec![
+                "unknown_key.toml:16: field `params.halflife_days`: params.halflife_days: unknown field `halflife_days`",
+            ],
+        ),
+        (
             "lambda",
             shipped_job("diversity").replace("lambda = 0.7", "lambda = 1.5"),
             vec!["field `params.lambda`", "must be in [0, 1], got 1.5"],

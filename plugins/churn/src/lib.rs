@@ -109,8 +109,7 @@ struct Churn {
 
 impl Strategy for Churn {
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params =
-            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params = recd_plugin_api::params::parse(params_json)?;
         let (high, medium) = (params.high_risk, params.medium_risk);
         if !(high > 0.0 && high < 1.0) {
             return Err(PluginError::params(format!("params.high_risk: must be in (0, 1), got {high}")));
@@ -476,7 +475,7 @@ mod tests {
             (r#"{"high_risk": 1.5}"#, "params.high_risk: must be in (0, 1), got 1.5"),
             (r#"{"medium_risk": 0.9}"#, "params.medium_risk: must be in (0, high_risk = 0.7), got 0.9"),
             (r#"{"as_of": "yesterday"}"#, "params.as_of: expected YYYY-MM-DD"),
-            (r#"{"emit": "lists"}"#, "params: unknown variant `lists`"),
+            (r#"{"emit": "lists"}"#, "params.emit: unknown variant `lists`"),
             (r#"{"price_column": "cost"}"#, "params.price_column: input `interactions` has no column `cost`"),
         ];
         for (params, want) in cases {

@@ -156,8 +156,7 @@ struct ColdStart {
 
 impl Strategy for ColdStart {
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params =
-            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params = recd_plugin_api::params::parse(params_json)?;
         params.validate()?;
         Ok(ColdStart { params })
     }
@@ -998,16 +997,16 @@ mod tests {
         let cases = [
             (r#"{"half_life_days": -1}"#, "params.half_life_days: must be a positive number of days, got -1"),
             (r#"{"k": 0}"#, "params.k: must be 1..=1000, got 0"),
-            (r#"{"halflife": 3}"#, "params: unknown field `halflife`"),
+            (r#"{"halflife": 3}"#, "params.halflife: unknown field `halflife`"),
             (r#"{"min_interactions": 0}"#, "params.min_interactions: must be at least 1, got 0"),
-            (r#"{"min_interactions": -2}"#, "params: invalid value: integer `-2`"),
+            (r#"{"min_interactions": -2}"#, "params.min_interactions: invalid value: integer `-2`"),
             (r#"{"explore_share": 1.5}"#, "params.explore_share: must be in [0, 1), got 1.5"),
             (r#"{"segment_shrinkage": -1}"#, "params.segment_shrinkage: must be a number >= 0, got -1"),
             (r#"{"explore_share": 1}"#, "params.explore_share: must be in [0, 1), got 1"),
             (r#"{"explore_share": -0.1}"#, "params.explore_share: must be in [0, 1), got -0.1"),
             (r#"{"new_item_days": -1}"#, "params.new_item_days: must be a positive number of days, got -1"),
             (r#"{"new_item_days": 0}"#, "params.new_item_days: must be a positive number of days, got 0"),
-            (r#"{"seed": -1}"#, "params: invalid value: integer `-1`"),
+            (r#"{"seed": -1}"#, "params.seed: invalid value: integer `-1`"),
         ];
         for (params, want) in cases {
             let err = Harness::new(params).run::<ColdStart>().unwrap_err();

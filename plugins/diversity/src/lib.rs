@@ -107,8 +107,7 @@ struct Diversity {
 
 impl Strategy for Diversity {
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params =
-            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params = recd_plugin_api::params::parse(params_json)?;
         if params.k == 0 || params.k > 1000 {
             return Err(PluginError::params(format!("params.k: must be 1..=1000, got {}", params.k)));
         }
@@ -781,8 +780,11 @@ mod tests {
             (r#"{"max_per_category": 0}"#, "params.max_per_category: must be at least 1"),
             (r#"{"k": 0}"#, "params.k: must be 1..=1000, got 0"),
             (r#"{"similarity": "embedding", "lambda": 1.5}"#, "params.lambda: must be in [0, 1], got 1.5"),
-            (r#"{"similarity": "cosine"}"#, "params: unknown variant `cosine`, expected `category` or `embedding`"),
-            (r#"{"mode": "kl"}"#, "params: unknown variant `kl`, expected `mmr` or `calibration`"),
+            (
+                r#"{"similarity": "cosine"}"#,
+                "params.similarity: unknown variant `cosine`, expected `category` or `embedding`",
+            ),
+            (r#"{"mode": "kl"}"#, "params.mode: unknown variant `kl`, expected `mmr` or `calibration`"),
         ];
         for (params, want) in cases {
             let err = Harness::new(params).run::<Diversity>().unwrap_err();

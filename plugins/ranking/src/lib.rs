@@ -116,8 +116,7 @@ struct Ranking {
 
 impl Strategy for Ranking {
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params =
-            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params = recd_plugin_api::params::parse(params_json)?;
         if params.k == 0 || params.k > 10_000 {
             return Err(PluginError::params(format!("params.k: must be 1..=10000, got {}", params.k)));
         }
@@ -1265,12 +1264,12 @@ mod tests {
     fn params_are_checked_before_anything_runs() {
         let cases = [
             (r#"{"k": 0}"#, "params.k: must be 1..=10000, got 0"),
-            (r#"{"kk": 1}"#, "params: unknown field `kk`"),
+            (r#"{"kk": 1}"#, "params.kk: unknown field `kk`"),
             (
                 r#"{"k": 5, "candidates": "popular", "popular_pool": 3}"#,
                 "params.popular_pool: must be at least k (5), got 3",
             ),
-            (r#"{"candidates": "recent"}"#, "params: unknown variant `recent`"),
+            (r#"{"candidates": "recent"}"#, "params.candidates: unknown variant `recent`"),
         ];
         for (params, want) in cases {
             let err = harness(params).run::<Ranking>().unwrap_err();

@@ -60,8 +60,7 @@ struct Sql {
 
 impl Strategy for Sql {
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params =
-            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params = recd_plugin_api::params::parse(params_json)?;
         if params.query.trim().is_empty() {
             return Err(PluginError::params("params.query: is empty"));
         }

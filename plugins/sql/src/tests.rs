@@ -172,9 +172,12 @@ fn null_results_and_bad_params_name_the_problem() {
         (r#"{"query": "  "}"#, "params.query: is empty"),
         (r#"{"query": "SELECT 1", "k": 0}"#, "params.k: must be 1..=10000, got 0"),
         (r#"{}"#, "params: missing field `query`"),
-        (r#"{"query": "SELECT 1", "limit": 3}"#, "params: unknown field `limit`"),
+        (r#"{"query": "SELECT 1", "limit": 3}"#, "params.limit: unknown field `limit`"),
         (r#"{"query": "SELECT 1", "output": "hashes", "k": 3}"#, "params.k: only for output \"lists\""),
-        (r#"{"query": "SELECT 1", "output": "sets"}"#, "params: unknown variant `sets`, expected `lists` or `hashes`"),
+        (
+            r#"{"query": "SELECT 1", "output": "sets"}"#,
+            "params.output: unknown variant `sets`, expected `lists` or `hashes`",
+        ),
     ];
     for (p, want) in cases {
         let err = Harness::new(p).run::<Sql>().unwrap_err();

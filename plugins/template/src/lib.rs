@@ -38,8 +38,7 @@ struct Popular {
 impl Strategy for Popular {
     /// Validate everything here: the host calls this before any input is read.
     fn new(params_json: &str) -> Result<Self, PluginError> {
-        let params: Params =
-            serde_json::from_str(params_json).map_err(|e| PluginError::params(format!("params: {e}")))?;
+        let params: Params = recd_plugin_api::params::parse(params_json)?;
         if params.k == 0 {
             return Err(PluginError::params("params.k: must be at least 1"));
         }
