@@ -1,0 +1,122 @@
+//! The job set: every job file loaded and checked (reload), the last good definition kept
+//! when a file turns bad, and pauses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::*;
+
+#[derive(Default, Clone)]
+pub struct JobSet {
+    pub jobs: BTreeMap<String, Job>,
+    /// Per file, the error that keeps its previous definition (if any) in force.
+    pub errors: BTreeMap<String, JobError>,
+}
+
+impl Daemon {
+    /// Re-reads the jobs folder. A file that fails keeps its previous definition; a
+    /// removed file removes its job. Returns the errors, if any.
+    pub async fn reload(self: &Arc<Self>) -> anyhow::Result<Vec<JobError>> {
+        let files = job_files(&self.config.jobs_dir)?;
+        // Parsing is cheap; checking plugins spawns probe processes: off the runtime.
+        let daemon = Arc::clone(self);
+        let loaded = tokio::task::spawn_blocking(move || {
+            files.iter().map(|file| (file.clone(), daemon.load_and_check(file))).collect::<Vec<_>>()
+        })
+        .await?;
+        let errors = {
+            let mut set = self.jobs.write().expect("jobs lock");
+            let previous = std::mem::take(&mut *set);
+            for (file, result) in loaded {
+                let name = job::job_name(&file);
+                match result {
+                    Ok(job) => {
+                        set.jobs.insert(name, job);
+                    }
+                    Err(err) => keep_previous(&mut set, &previous, &name, file.display().to_string(), err),
+                }
+            }
+            let publishers = self.publishers();
+            let owner = |table: &str| {
+                let running = previous.jobs.values().find(|j| j.table == table).map(|j| j.name.clone());
+                running.or_else(|| publishers.get(table).cloned())
+            };
+            let mut refused = job::check_links(&set.jobs);
+            refused.extend(job::check_tables(&set.jobs, &owner));
+            for (file, err) in refused {
+                let name = job::job_name(std::path::Path::new(&file));
+                set.jobs.remove(&name);
+                keep_previous(&mut set, &previous, &name, file, err);
+            }
+            set.errors.values().cloned().collect()
+        };
+        self.sync_schedule().await;
+        Ok(errors)
+    }
+
+    /// Each table's publishing job: the job that published its current version.
+    pub(super) fn publishers(&self) -> HashMap<String, String> {
+        let tables = self.store.tables().unwrap_or_default();
+        tables
+            .into_iter()
+            .filter_map(|(table, meta)| {
+                let current = meta.versions.iter().find(|v| v.version == meta.current)?;
+                Some((table, current.job.clone()))
+            })
+            .collect()
+    }
+
+    /// A job file parsed, validated, resolved, and its plugin checked (see
+    /// `plugins::Registry::check_job`).
+    pub(super) fn load_and_check(&self, file: &std::path::Path) -> Result<Job, JobError> {
+        let job = job::load(file, &self.config)?;
+        self.plugins
+            .check_job(&job, &self.config.onnxruntime, &self.probes)
+            .map_err(|(field, message)| job.probe_error(&field, message))?;
+        Ok(job)
+    }
+
+    pub fn jobs(&self) -> JobSet {
+        self.jobs.read().expect("jobs lock").clone()
+    }
+
+    pub(super) fn job(&self, name: &str) -> Result<Job, TriggerError> {
+        let set = self.jobs.read().expect("jobs lock");
+        set.jobs.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = set.jobs.keys().map(String::as_str).collect();
+            TriggerError::NoJob { name: name.to_string(), known: known.join(", ") }
+        })
+    }
+
+    pub(super) fn is_paused(&self, name: &str) -> bool {
+        self.store.paused_jobs().map(|p| p.iter().any(|j| j == name)).unwrap_or(false)
+    }
+
+    /// `recd pause|resume JOB`: stops or restarts scheduled and chained runs.
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<(), String> {
+        if paused {
+            self.job(name).map_err(|e| e.to_string())?;
+        }
+        self.store.set_paused(name, paused).map_err(|e| e.to_string())
+    }
+}
+
+pub(super) fn keep_previous(set: &mut JobSet, previous: &JobSet, name: &str, file: String, err: JobError) {
+    tracing::error!(file = %file, "job file rejected, previous definition kept: {err}");
+    if let Some(old) = previous.jobs.get(name) {
+        set.jobs.insert(name.to_string(), old.clone());
+    }
+    set.errors.insert(file, err);
+}
+
+/// The `*.toml` files of the jobs folder, sorted.
+pub fn job_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("jobs folder {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,179 @@
+//! The serving process's state and the life of a run: job definitions (last good per
+//! file), which jobs are running, paused or queued, and the policies applied when a run is
+//! asked for: overlap, suspension, retries with backoff, chains, run history.
+//!
+//! `jobs.rs` keeps the job set (reload, pause), `runs.rs` the life of a run (trigger,
+//! overlap, retries, chains, records), `report.rs` the text of STATUS and JOBS.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::import;
+use crate::job::{self, Job, JobError, Overlap};
+use crate::metrics::Metrics;
+use crate::plugins::{self, ProbeCache, Registry};
+use crate::run::{self, RunControl, RunError, RunReport};
+use crate::schedule;
+use crate::scheduler::Scheduler;
+use crate::shard::Shard;
+use crate::store::{RunRecord, Store};
+
+/// The serving process: config, store, plugins, jobs and the state of their runs.
+pub struct Daemon {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub plugins: Registry,
+    probes: ProbeCache,
+    jobs: RwLock<JobSet>,
+    states: Mutex<HashMap<String, JobState>>,
+    /// Woken when a run's slot frees (or the daemon shuts down): a queued or replacing run
+    /// waits on it instead of polling.
+    slot_freed: tokio::sync::Notify,
+    next_run_id: AtomicU64,
+    scheduler: Mutex<Option<Arc<Scheduler>>>,
+    shutting_down: AtomicBool,
+    /// Run records the store could not take (a failed write): kept here, shown by
+    /// `recd history`, and written once the store is opened again.
+    unrecorded: Mutex<Vec<RunRecord>>,
+}
+
+mod jobs;
+mod report;
+mod runs;
+
+pub use jobs::{JobSet, job_files};
+use runs::JobState;
+pub use runs::{HISTORY_PER_JOB, Trigger, TriggerError};
+
+impl Daemon {
+    pub fn new(config: Config, store: Store) -> Arc<Daemon> {
+        // Run ids only need to be unique and increasing across restarts.
+        let seed = Utc::now().timestamp_millis().max(0) as u64;
+        Arc::new(Daemon {
+            plugins: Registry::new(&config.data_dir),
+            probes: plugins::new_probe_cache(),
+            config,
+            store: Arc::new(store),
+            metrics: Metrics::default(),
+            jobs: RwLock::new(JobSet::default()),
+            states: Mutex::new(HashMap::new()),
+            slot_freed: tokio::sync::Notify::new(),
+            next_run_id: AtomicU64::new(seed),
+            scheduler: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            unrecorded: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the timers; first runs, once, each missed tick that is within its job's
+    /// `starting_deadline_seconds` (the daemon was down when it was due).
+    pub async fn start_scheduler(self: &Arc<Self>) -> anyhow::Result<()> {
+        let now = Utc::now();
+        for (name, job) in self.jobs().jobs {
+            let Some(sched) = &job.schedule else { continue };
+            let last = self.store.last_tick(&name)?;
+            if let (Some(deadline), Some(last)) = (job.policy.starting_deadline, last)
+                && let Some(missed) = schedule::missed_tick_to_run(sched, last, now, deadline)
+            {
+                tracing::info!(job = %name, missed = %missed, "running a tick missed while the daemon was down");
+                self.spawn_trigger(&name, Trigger::CatchUp(missed));
+            }
+            self.store.set_last_tick(&name, now)?;
+        }
+        let scheduler = Scheduler::start().await?;
+        *self.scheduler.lock().expect("scheduler") = Some(scheduler);
+        self.sync_schedule().await;
+        Ok(())
+    }
+
+    pub(super) async fn sync_schedule(self: &Arc<Self>) {
+        let jobs = self.jobs().jobs;
+        let scheduler = self.scheduler.lock().expect("scheduler").clone();
+        if let Some(s) = scheduler {
+            let me: Arc<dyn crate::scheduler::OnTick> = Arc::clone(self) as _;
+            s.sync(&jobs, Arc::downgrade(&me)).await;
+        }
+    }
+
+    /// A scheduled tick of `name` is due.
+    pub fn on_tick(self: &Arc<Self>, name: &str, tick: DateTime<Utc>) {
+        if let Err(e) = self.store.set_last_tick(name, tick) {
+            tracing::error!(job = %name, "recording the tick: {e}");
+        }
+        self.spawn_trigger(name, Trigger::Schedule(tick));
+    }
+
+    pub(super) fn spawn_trigger(self: &Arc<Self>, name: &str, trigger: Trigger) {
+        let (daemon, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            match daemon.trigger(&name, trigger.clone()).await {
+                // logged where it failed, with the run's span
+                Ok(_) | Err(TriggerError::Failed { .. }) => {}
+                Err(e) => tracing::info!(job = %name, %trigger, "no run: {e}"),
+            }
+        });
+    }
+
+    /// While a failed write keeps the store closed to writes: tries to open it again
+    /// every `every` (see `Store::recover`), then writes the run records that waited.
+    pub fn watch_store(self: &Arc<Self>, every: Duration) {
+        let daemon = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(daemon) = daemon.upgrade() else { return };
+                let waiting = !daemon.unrecorded.lock().expect("unrecorded").is_empty();
+                if daemon.store.failure().is_none() && !waiting {
+                    continue;
+                }
+                let store = Arc::clone(&daemon.store);
+                let recovered = tokio::task::spawn_blocking(move || store.recover()).await;
+                if let Ok(Ok(())) = recovered {
+                    let d = Arc::clone(&daemon);
+                    let _ = tokio::task::spawn_blocking(move || d.write_unrecorded()).await;
+                }
+            }
+        });
+    }
+
+    /// Stops new runs, lets running ones finish for up to `grace`, then cancels them and
+    /// waits for their workers to end (their versions are discarded).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.slot_freed.notify_waiters();
+        let scheduler = self.scheduler.lock().expect("scheduler").take();
+        if let Some(s) = scheduler {
+            s.shutdown().await;
+        }
+        let deadline = tokio::time::Instant::now().checked_add(grace);
+        let mut cancelled = false;
+        loop {
+            let running: Vec<Arc<RunControl>> =
+                self.states.lock().expect("states").values().filter_map(|s| s.running.clone()).collect();
+            if running.is_empty() {
+                return;
+            }
+            if !cancelled && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                tracing::warn!(runs = running.len(), "grace period over: cancelling running runs");
+                running.iter().for_each(|c| c.cancel("the daemon is shutting down"));
+                cancelled = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+impl crate::scheduler::OnTick for Daemon {
+    fn on_tick(self: Arc<Self>, job: &str, tick: DateTime<Utc>) {
+        Daemon::on_tick(&self, job, tick);
+    }
+}

@@ -1,0 +1,116 @@
+//! The text of STATUS and JOBS: tables, jobs and their schedules, errors, recent runs.
+
+use std::fmt::Write as _;
+
+use chrono::Utc;
+
+use super::*;
+
+impl Daemon {
+    /// Human-readable state: tables and their versions, jobs with their next ticks and
+    /// recent runs, job file errors.
+    pub fn status_text(&self) -> String {
+        let mut s = String::new();
+        let jobs = self.jobs();
+        if let Some(failure) = self.store.failure() {
+            let waiting = self.unrecorded.lock().expect("unrecorded").len();
+            let _ = writeln!(
+                s,
+                "store: not taking writes ({failure}); published versions keep serving; it is opened again once a test write succeeds ({waiting} run record(s) waiting)"
+            );
+        }
+        let _ = writeln!(s, "tables:");
+        match self.store.tables() {
+            Ok(tables) => {
+                for (name, meta) in tables {
+                    let serving = self.store.served(&name).map(|t| t.version).unwrap_or(0);
+                    // Served until removed: say so, or a deleted job's table looks alive.
+                    let orphan =
+                        if jobs.jobs.values().any(|j| j.table == name) { "" } else { " (no job publishes it)" };
+                    let _ =
+                        writeln!(s, "  {name}: current version {}, serving version {serving}{orphan}", meta.current);
+                    for v in meta.versions.iter().rev() {
+                        let _ = writeln!(
+                            s,
+                            "    version {}: {} users, {} rows, published {} by job {} run {}, checksum {}",
+                            v.version, v.users, v.rows, v.published_at, v.job, v.run_id, v.checksum
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  error reading tables: {e}");
+            }
+        }
+        let set = jobs;
+        let _ = writeln!(s, "jobs:");
+        for (name, job) in &set.jobs {
+            let _ = writeln!(s, "  {name}: {}", self.job_line(job));
+            if let Some(d) = &job.description {
+                let _ = writeln!(s, "    {d}");
+            }
+            for r in self.history(name, 5).unwrap_or_default() {
+                let what = match (&r.status[..], &r.error) {
+                    ("ok", _) => format!("version {} ({} users, {} rows)", r.version.unwrap_or(0), r.users, r.rows),
+                    (_, Some(e)) => e.clone(),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "    run {} [{}] {} {} {:.2}s: {what}",
+                    r.run_id, r.trigger, r.started_at, r.status, r.seconds
+                );
+            }
+        }
+        if !set.errors.is_empty() {
+            let _ = writeln!(s, "job file errors:");
+            for e in set.errors.values() {
+                let _ = writeln!(s, "  {e}");
+            }
+        }
+        s
+    }
+
+    /// One job's schedule, state and next tick, for `recd status`.
+    pub(super) fn job_line(&self, job: &Job) -> String {
+        let running = self.states.lock().expect("states").get(&job.name).is_some_and(|s| s.running.is_some());
+        let mut flags = Vec::new();
+        if running {
+            flags.push("running".to_string());
+            if let Some((done, total)) = self.progress(&job.name) {
+                flags.push(format!("{done}/{total}"));
+            }
+        }
+        if job.policy.suspend {
+            flags.push("suspended".into());
+        }
+        if self.is_paused(&job.name) {
+            flags.push("paused".into());
+        }
+        let when = match &job.schedule {
+            Some(sched) => {
+                let next = sched.upcoming(Utc::now(), 1).first().map(schedule::show).unwrap_or_default();
+                format!("schedule {:?} ({}), next {next}", sched.expr, sched.tz)
+            }
+            None if !job.after.is_empty() => format!("after {}", job.after.join(", ")),
+            None => "manual".into(),
+        };
+        let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
+        format!("{when}, table {}{flags}", job.table)
+    }
+
+    /// `recd jobs`: each job with its next `n` fire times in its zone.
+    pub fn jobs_text(&self, n: usize) -> String {
+        let mut s = String::new();
+        let now = Utc::now();
+        for (name, job) in self.jobs().jobs {
+            let _ = writeln!(s, "{name}: {}", self.job_line(&job));
+            if let Some(sched) = &job.schedule {
+                for t in sched.upcoming(now, n) {
+                    let _ = writeln!(s, "    {}", schedule::show(&t));
+                }
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,363 @@
+//! The life of a run: what triggered it, the overlap policy, the run itself on a blocking
+//! thread, its record, retries with backoff and the jobs chained after it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+
+use super::*;
+
+/// Runs kept in the history per job.
+pub const HISTORY_PER_JOB: usize = 50;
+
+/// Why `trigger` did not end in a published version. Only `Failed` means a run happened;
+/// the others are why none started.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("no job named `{name}` (jobs: {known})")]
+    NoJob { name: String, known: String },
+    #[error("job `{0}` is suspended")]
+    Suspended(String),
+    /// The overlap policy turned the trigger away (recorded as a `skipped` run).
+    #[error("skipped: {0}")]
+    Skipped(String),
+    #[error("run {run_id} of job {job} failed: {error}")]
+    Failed { run_id: u64, job: String, error: RunError },
+}
+
+#[derive(Default)]
+pub(super) struct JobState {
+    pub(super) running: Option<Arc<RunControl>>,
+    pub(super) queued: bool,
+}
+
+/// What asked for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    Manual,
+    Schedule(DateTime<Utc>),
+    CatchUp(DateTime<Utc>),
+    Retry(u32),
+    After(String),
+}
+
+impl Trigger {
+    /// Every run that starts by itself (schedule, catch-up, chain, retry) honours
+    /// `suspend` and `recd pause`; only a manual run does not.
+    pub(super) fn is_automatic(&self) -> bool {
+        !matches!(self, Trigger::Manual)
+    }
+}
+
+impl Trigger {
+    pub(super) fn tick(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Trigger::Schedule(t) | Trigger::CatchUp(t) => Some(*t),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Manual => write!(f, "manual"),
+            Trigger::Schedule(_) => write!(f, "schedule"),
+            Trigger::CatchUp(_) => write!(f, "catch-up"),
+            Trigger::Retry(n) => write!(f, "retry {n}"),
+            Trigger::After(up) => write!(f, "after {up}"),
+        }
+    }
+}
+
+impl Daemon {
+    /// `recd import TABLE DIR...`: publishes exported parts as one version of `table` (see
+    /// [`import::import`]), recorded in the history of the job that exported them.
+    pub async fn import(
+        self: &Arc<Self>,
+        table: &str,
+        dirs: Vec<std::path::PathBuf>,
+    ) -> Result<import::Imported, String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("the daemon is shutting down".into());
+        }
+        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let (daemon, name) = (Arc::clone(self), table.to_string());
+        let started = Utc::now();
+        let span = tracing::info_span!("import", table = %table, run_id);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            import::import(&daemon.store, &name, &dirs, run_id)
+        })
+        .await
+        .map_err(|e| format!("import task failed: {e}"))?;
+        match outcome {
+            Ok(imported) => {
+                let ended = Utc::now();
+                let v = &imported.version;
+                tracing::info!(
+                    table,
+                    version = v.version,
+                    users = v.users,
+                    rows = v.rows,
+                    "imported {} parts",
+                    imported.parts
+                );
+                self.write_record(RunRecord {
+                    run_id,
+                    job: imported.job.clone(),
+                    trigger: "import".into(),
+                    scheduled_for: None,
+                    started_at: stamp(started),
+                    ended_at: stamp(ended),
+                    seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
+                    status: "ok".into(),
+                    table: table.to_string(),
+                    version: Some(v.version),
+                    users: v.users,
+                    rows: v.rows,
+                    ..RunRecord::default()
+                });
+                Ok(imported)
+            }
+            Err(e) => {
+                tracing::warn!(table, "import refused: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// `recd run JOB`: runs it now (overlap policy applies) and waits for the outcome.
+    pub async fn run_job(self: &Arc<Self>, name: &str) -> Result<RunReport, TriggerError> {
+        self.trigger(name, Trigger::Manual).await
+    }
+
+    /// Runs `name` for `trigger`, applying its policies, and records the run.
+    pub async fn trigger(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<RunReport, TriggerError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(TriggerError::ShuttingDown);
+        }
+        let job = self.job(name)?;
+        if trigger.is_automatic() && (job.policy.suspend || self.is_paused(name)) {
+            return Err(TriggerError::Suspended(name.to_string()));
+        }
+        let control = self.acquire(&job, &trigger).await?;
+        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let started = Utc::now();
+        let (daemon, run_job) = (Arc::clone(self), job.clone());
+        let span = tracing::info_span!("run", job = %name, run_id, trigger = %trigger);
+        let worker_control = Arc::clone(&control);
+        let result = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            tracing::info!(table = %run_job.table, "run started");
+            let (config, store, plugins) = (&daemon.config, &daemon.store, &daemon.plugins);
+            run::execute(&run_job, run_id, config, store, plugins, &worker_control, Shard::WHOLE)
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));
+        self.release(name);
+        self.record(&job, run_id, &trigger, started, &result, &control);
+        match &result {
+            Ok(report) => {
+                tracing::info!(%trigger, "{report}");
+                self.start_downstream(name);
+            }
+            Err(e) => {
+                tracing::error!(job = %name, run_id, %trigger, "run failed: {e}");
+                self.schedule_retry(&job, &trigger, e);
+            }
+        }
+        result.map_err(|error| TriggerError::Failed { run_id, job: name.to_string(), error })
+    }
+
+    /// Claims the job for a new run according to its overlap policy.
+    pub(super) async fn acquire(&self, job: &Job, trigger: &Trigger) -> Result<Arc<RunControl>, TriggerError> {
+        let mut waiting_in_queue = false;
+        loop {
+            // Registered before the slot is looked at, so a release in between still wakes us.
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return Err(TriggerError::ShuttingDown);
+            }
+            {
+                let mut states = self.states.lock().expect("states");
+                let st = states.entry(job.name.clone()).or_default();
+                let Some(running) = &st.running else {
+                    if waiting_in_queue {
+                        st.queued = false;
+                    }
+                    let control = RunControl::new();
+                    st.running = Some(Arc::clone(&control));
+                    return Ok(control);
+                };
+                match job.policy.overlap {
+                    Overlap::Skip => {
+                        drop(states);
+                        return Err(self.skip(job, trigger, "the previous run is still going (overlap = \"skip\")"));
+                    }
+                    Overlap::Replace => running.cancel("replaced by a newer run (overlap = \"replace\")"),
+                    Overlap::Queue if !waiting_in_queue => {
+                        if st.queued {
+                            drop(states);
+                            return Err(self.skip(job, trigger, "a run is already queued (overlap = \"queue\")"));
+                        }
+                        st.queued = true;
+                        waiting_in_queue = true;
+                    }
+                    Overlap::Queue => {}
+                }
+            }
+            freed.await;
+        }
+    }
+
+    pub(super) fn release(&self, name: &str) {
+        if let Some(st) = self.states.lock().expect("states").get_mut(name) {
+            st.running = None;
+        }
+        self.slot_freed.notify_waiters();
+    }
+
+    /// Records a tick that did not run, and returns the reason.
+    pub(super) fn skip(&self, job: &Job, trigger: &Trigger, reason: &str) -> TriggerError {
+        let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now();
+        self.write_record(RunRecord {
+            run_id,
+            job: job.name.clone(),
+            trigger: trigger.to_string(),
+            scheduled_for: trigger.tick().map(stamp),
+            started_at: stamp(now),
+            ended_at: stamp(now),
+            seconds: 0.0,
+            status: "skipped".into(),
+            table: job.table.clone(),
+            version: None,
+            users: 0,
+            rows: 0,
+            error: Some(reason.to_string()),
+            ..RunRecord::default()
+        });
+        TriggerError::Skipped(reason.to_string())
+    }
+
+    pub(super) fn record(
+        &self,
+        job: &Job,
+        run_id: u64,
+        trigger: &Trigger,
+        started: DateTime<Utc>,
+        result: &Result<RunReport, RunError>,
+        control: &RunControl,
+    ) {
+        let ended = Utc::now();
+        let (plugin, model_sha256) = control.lineage();
+        let mut record = RunRecord {
+            run_id,
+            job: job.name.clone(),
+            trigger: trigger.to_string(),
+            scheduled_for: trigger.tick().map(stamp),
+            started_at: stamp(started),
+            ended_at: stamp(ended),
+            seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
+            status: "ok".into(),
+            table: job.table.clone(),
+            version: None,
+            users: 0,
+            rows: 0,
+            provider: None,
+            error: None,
+            worker: None,
+            plugin,
+            model_sha256,
+        };
+        match result {
+            Ok(r) => {
+                record.version = Some(r.version.version);
+                record.users = r.version.users;
+                record.rows = r.version.rows;
+                record.provider = Some(r.provider.clone());
+                record.worker = Some(r.stats);
+            }
+            Err(e) => {
+                record.status = e.status().into();
+                record.error = Some(e.to_string());
+            }
+        }
+        self.write_record(record);
+    }
+
+    pub(super) fn write_record(&self, record: RunRecord) {
+        self.metrics.run_finished(&record.job, &record.status, record.seconds, &record.table, record.rows);
+        self.unrecorded.lock().expect("unrecorded").push(record);
+        self.write_unrecorded();
+    }
+
+    /// Writes the run records waiting for the store, oldest first; those it cannot write
+    /// wait for the next try.
+    pub(super) fn write_unrecorded(&self) {
+        let mut waiting = self.unrecorded.lock().expect("unrecorded");
+        while let Some(record) = waiting.first() {
+            if let Err(e) = self.store.record_run(record, HISTORY_PER_JOB) {
+                tracing::warn!(job = %record.job, run_id = record.run_id, waiting = waiting.len(), "run record kept in memory until the store takes writes again: {e}");
+                return;
+            }
+            waiting.remove(0);
+        }
+    }
+
+    /// The newest `n` runs of `job`, newest first, those waiting for the store included.
+    pub fn history(&self, job: &str, n: usize) -> Result<Vec<RunRecord>, String> {
+        let mut runs: Vec<RunRecord> =
+            self.unrecorded.lock().expect("unrecorded").iter().rev().filter(|r| r.job == job).cloned().collect();
+        match self.store.history(job, n) {
+            Ok(stored) => runs.extend(stored),
+            Err(e) if runs.is_empty() => return Err(e.to_string()),
+            Err(e) => tracing::warn!("reading the run history: {e}"),
+        }
+        runs.sort_by_key(|r| std::cmp::Reverse(r.run_id));
+        runs.dedup_by_key(|r| r.run_id);
+        runs.truncate(n);
+        Ok(runs)
+    }
+
+    pub(super) fn schedule_retry(self: &Arc<Self>, job: &Job, trigger: &Trigger, err: &RunError) {
+        if matches!(err, RunError::Cancelled(_)) {
+            return;
+        }
+        let attempt = match trigger {
+            Trigger::Retry(n) => n + 1,
+            _ => 1,
+        };
+        if attempt > job.policy.retries {
+            return;
+        }
+        let wait = job.policy.backoff(attempt);
+        tracing::info!(job = %job.name, attempt, "retrying in {}s", wait.as_secs_f64());
+        let (daemon, name) = (Arc::clone(self), job.name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            daemon.spawn_trigger(&name, Trigger::Retry(attempt));
+        });
+    }
+
+    /// Starts the jobs that run `after` this one.
+    pub(super) fn start_downstream(self: &Arc<Self>, name: &str) {
+        let downstream: Vec<String> =
+            self.jobs().jobs.values().filter(|j| j.after.iter().any(|a| a == name)).map(|j| j.name.clone()).collect();
+        for job in downstream {
+            self.spawn_trigger(&job, Trigger::After(name.to_string()));
+        }
+    }
+
+    /// Progress of the job's running run, if one is going and has reported any.
+    pub fn progress(&self, name: &str) -> Option<(u64, u64)> {
+        let states = self.states.lock().expect("states");
+        states.get(name)?.running.as_ref()?.progress()
+    }
+}
