@@ -15,6 +15,8 @@ test:
 lint:
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	cargo fmt --all -- --check
+	# the SDK reference plugin authors read (cargo doc): no broken links or markup
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -p recd-plugin-api
 
 # Retrains the ranking model from the demo data (needs the dev tools, see models/ranking/README.md).
 model:

@@ -1,4 +1,28 @@
-//! Small helpers strategies need to read input columns whatever their Arrow type.
+//! Small helpers strategies need to read input columns whatever their Arrow type: a CSV
+//! reader infers ids as integers where a Parquet file holds strings, counts come as any
+//! integer or float width. Every error names the input and the column.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use recd_plugin_api::arrow_array::{Int64Array, RecordBatch, StringArray};
+//! use recd_plugin_api::arrow_schema::{DataType, Field, Schema};
+//! use recd_plugin_api::columns::{column, ids_as_strings, numbers};
+//!
+//! let schema = Arc::new(Schema::new(vec![
+//!     Field::new("user_id", DataType::Int64, false),
+//!     Field::new("quantity", DataType::Int64, true),
+//! ]));
+//! let batch = RecordBatch::try_new(schema, vec![
+//!     Arc::new(Int64Array::from(vec![17850, 13047])),
+//!     Arc::new(Int64Array::from(vec![Some(6), None])),
+//! ]).unwrap();
+//! let ids = ids_as_strings(column(&batch, "interactions", "user_id").unwrap(), "user_id").unwrap();
+//! assert_eq!(ids, [Some("17850".to_string()), Some("13047".to_string())]);
+//! let quantity = numbers(column(&batch, "interactions", "quantity").unwrap(), "quantity").unwrap();
+//! assert_eq!(quantity, [Some(6.0), None]);
+//! let err = column(&batch, "interactions", "item_id").map(|_| ()).unwrap_err();
+//! assert_eq!(err.message, "input `interactions` has no column `item_id` (columns: user_id, quantity)");
+//! ```
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};

@@ -10,6 +10,19 @@ use crate::PluginError;
 use crate::abi::output;
 
 /// Output rows gathered one at a time; `into_batch` makes the batch `RunContext::emit` takes.
+/// Push one user's rows together (the host refuses a user whose rows come back after
+/// another user's), in any order of score: the host sorts each list.
+///
+/// ```
+/// use recd_plugin_api::OutputRows;
+///
+/// let mut rows = OutputRows::new();
+/// rows.push("u1", "i3", 0.9);
+/// rows.push("u1", "i1", 0.5);
+/// rows.push("u2", "i3", 0.7);
+/// let batch = rows.into_batch().unwrap();
+/// assert_eq!((batch.num_rows(), batch.schema().field(2).name().as_str()), (3, "score"));
+/// ```
 #[derive(Debug, Default)]
 pub struct OutputRows {
     users: Vec<String>,

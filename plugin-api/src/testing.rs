@@ -10,12 +10,39 @@
 //! A panic inside a test callback (the scorer, the shard test) fails the test with that
 //! panic, not an abort.
 //!
-//! ```text
-//! let out = Harness::new(r#"{"k": 2}"#)
-//!     .input("interactions", interactions_batch)
-//!     .scorer(|batch| Ok(my_scores(batch)))
-//!     .run::<MyStrategy>()?;
-//! assert_eq!(out.list("u1"), vec![("i3".into(), 0.9), ("i1".into(), 0.5)]);
+//! ```
+//! # use std::sync::Arc;
+//! # use recd_plugin_api::arrow_array::{Float32Array, RecordBatch};
+//! # use recd_plugin_api::arrow_schema::{DataType, Field, Schema};
+//! # use recd_plugin_api::{OutputRows, PluginError, RunContext, Strategy};
+//! use recd_plugin_api::testing::Harness;
+//!
+//! /// Scores one pair with the job's model and emits it.
+//! struct ScoresOne;
+//! impl Strategy for ScoresOne {
+//!     fn new(_: &str) -> Result<Self, PluginError> { Ok(ScoresOne) }
+//!     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+//!         # let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Float32, false)]));
+//!         # let pairs = RecordBatch::try_new(schema, vec![Arc::new(Float32Array::from(vec![2.0]))]).unwrap();
+//!         let scored = ctx.score(pairs)?;
+//!         let score = recd_plugin_api::columns::numbers(scored.column(0), "score")?[0].unwrap() as f32;
+//!         let mut out = OutputRows::new();
+//!         out.push("u1", "i1", score);
+//!         ctx.emit(out.into_batch()?)
+//!     }
+//! }
+//!
+//! // a closure stands in for the model: here, score = 10 x
+//! let out = Harness::new("{}")
+//!     .scorer(|batch| {
+//!         let x = recd_plugin_api::columns::numbers(batch.column(0), "x").map_err(|e| e.message)?;
+//!         let schema = Arc::new(Schema::new(vec![Field::new("score", DataType::Float32, false)]));
+//!         let scores = Float32Array::from_iter_values(x.into_iter().map(|v| 10.0 * v.unwrap() as f32));
+//!         RecordBatch::try_new(schema, vec![Arc::new(scores)]).map_err(|e| e.to_string())
+//!     })
+//!     .run::<ScoresOne>()
+//!     .unwrap();
+//! assert_eq!(out.list("u1"), [("i1".to_string(), 20.0)]);
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
