@@ -123,7 +123,12 @@ fn a_new_build_is_used_by_the_next_run_while_a_running_one_keeps_its_code() {
     let running = std::thread::spawn(move || {
         std::process::Command::new(bin).args(["run", "slowone", "--config"]).arg(config).output().unwrap()
     });
-    d.wait_for("the slow run", 10, || d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(()));
+    // Running is not enough: the file is overwritten only once the worker has loaded its
+    // snapshot (under load, an overwrite between the run's start and its snapshot made
+    // the run load the new file, which is right, and failed this test).
+    d.wait_for("the slow run's worker to load its plugin", 10, || {
+        d.log().lines().any(|l| l.contains("plugin loaded") && l.contains("slowone")).then_some(())
+    });
     // overwrite in place, not atomically, with another plugin's bytes
     std::fs::write(&slow_so, std::fs::read(plugins_dir().join("librecd_template.so")).unwrap()).unwrap();
     let out = running.join().unwrap();

@@ -32,6 +32,19 @@ fn top_ten_are_the_models_best_unseen_items_for_both_clients() {
     assert_eq!(run["plugin"]["sha256"], sha(crate::util::plugins_dir().join("librecd_ranking.so")).as_str(), "{run}");
     assert_eq!(run["plugin"]["name"], "ranking", "{run}");
     assert_eq!(run["plugin"]["version"], env!("CARGO_PKG_VERSION"), "{run}");
+    // stages: every one measured, and together no longer than the run
+    let secs = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v} in {run}"));
+    let worker = ["read_seconds", "model_load_seconds", "plugin_seconds", "score_seconds", "emit_seconds"];
+    let daemon = ["collect_seconds", "store_seconds", "publish_seconds"];
+    for stage in worker {
+        assert!(secs(&run["worker"][stage]) > 0.0, "{stage}: {run}");
+    }
+    for stage in daemon {
+        assert!(secs(&run["stages"][stage]) > 0.0, "{stage}: {run}");
+    }
+    let worker_total: f64 = worker.iter().map(|s| secs(&run["worker"][*s])).sum();
+    assert!(worker_total <= secs(&run["seconds"]) + 0.01, "worker stages {worker_total} s in a run of {run}");
+    assert!(d.log().contains("stages: worker read "), "the run log shows the stages");
 
     let bought = purchases();
     let items = vocab_ids("items.csv");

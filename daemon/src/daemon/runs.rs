@@ -275,6 +275,7 @@ impl Daemon {
             worker: None,
             plugin,
             model_sha256,
+            stages: None,
         };
         match result {
             Ok(r) => {
@@ -283,6 +284,7 @@ impl Daemon {
                 record.rows = r.version.rows;
                 record.provider = Some(r.provider.clone());
                 record.worker = Some(r.stats);
+                record.stages = Some(r.stages);
             }
             Err(e) => {
                 record.status = e.status().into();

@@ -2,6 +2,7 @@
 //! contract and written into the staged version.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use recd_plugin_api::contract::{Assembler, Rules, UserSink};
@@ -14,6 +15,8 @@ use crate::store::StagedVersion;
 /// plugin harness use) and writes each user's output to the staged version. One user's
 /// rows must be contiguous in the stream.
 pub(super) struct Collector {
+    /// Time inside `add` and `finish`, the store writes included.
+    seconds: f64,
     rows: Assembler,
     sink: StagedSink,
 }
@@ -21,6 +24,8 @@ pub(super) struct Collector {
 /// Where the collector's users go: the staged version, minus the users outside the shard.
 struct StagedSink {
     staged: StagedVersion,
+    /// Time spent writing users into the staged version (the run's `store` stage).
+    store_seconds: f64,
     done_users: SeenUsers,
     shard: Shard,
 }
@@ -37,11 +42,17 @@ impl UserSink for StagedSink {
     }
 
     fn list(&mut self, user: &str, list: &mut Vec<(&str, f32)>) -> anyhow::Result<()> {
-        Ok(self.staged.put_user(user, list)?)
+        let started = Instant::now();
+        let put = self.staged.put_user(user, list);
+        self.store_seconds += started.elapsed().as_secs_f64();
+        Ok(put?)
     }
 
     fn hash(&mut self, user: &str, fields: Vec<(String, String)>) -> anyhow::Result<()> {
-        Ok(self.staged.put_hash(user, &fields)?)
+        let started = Instant::now();
+        let put = self.staged.put_hash(user, &fields);
+        self.store_seconds += started.elapsed().as_secs_f64();
+        Ok(put?)
     }
 }
 
@@ -52,16 +63,31 @@ impl Collector {
             max_items_per_user: checks.max_items_per_user as usize,
             allow_empty: checks.allow_empty,
         };
-        Collector { rows: Assembler::new(rules), sink: StagedSink { staged, done_users: SeenUsers::default(), shard } }
+        Collector {
+            rows: Assembler::new(rules),
+            sink: StagedSink { staged, store_seconds: 0.0, done_users: SeenUsers::default(), shard },
+            seconds: 0.0,
+        }
     }
 
     /// Closes the last user; refuses an empty result unless the job allows one.
     pub(super) fn finish(&mut self) -> anyhow::Result<()> {
-        self.rows.finish(&mut self.sink)
+        let started = Instant::now();
+        let finished = self.rows.finish(&mut self.sink);
+        self.seconds += started.elapsed().as_secs_f64();
+        finished
     }
 
     pub(super) fn add(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        self.rows.add(batch, &mut self.sink)
+        let started = Instant::now();
+        let added = self.rows.add(batch, &mut self.sink);
+        self.seconds += started.elapsed().as_secs_f64();
+        added
+    }
+
+    /// (collect, store) seconds so far: the checks alone, and the staged writes.
+    pub(super) fn stage_seconds(&self) -> (f64, f64) {
+        ((self.seconds - self.sink.store_seconds).max(0.0), self.sink.store_seconds)
     }
 
     pub(super) fn into_staged(self) -> StagedVersion {

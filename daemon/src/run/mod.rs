@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::job::{InputFormat, Job, OutputChecks};
 use crate::plugins::Registry;
 use crate::shard::Shard;
-use crate::store::{PluginBuild, Store, TableKind, VersionInfo};
+use crate::store::{DaemonStages, PluginBuild, Store, TableKind, VersionInfo};
 
 mod collect;
 mod control;
@@ -34,6 +34,8 @@ pub struct RunReport {
     pub provider: String,
     pub seconds: f64,
     pub stats: crate::wire::WorkerStats,
+    /// Where the daemon's side of the run went.
+    pub stages: DaemonStages,
 }
 
 impl std::fmt::Display for RunReport {
@@ -188,8 +190,8 @@ pub fn execute(
         }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    let ((provider, stats), version) = settle(store, collector, outcome)?;
-    Ok(RunReport {
+    let ((provider, stats), version, stages) = settle(store, collector, outcome)?;
+    let report = RunReport {
         job: job.name.clone(),
         run_id,
         table: job.table.clone(),
@@ -197,7 +199,10 @@ pub fn execute(
         provider,
         seconds: started.elapsed().as_secs_f64(),
         stats,
-    })
+        stages,
+    };
+    tracing::info!("stages: worker {}; daemon {}", report.stats.stages_text(), report.stages.stages_text());
+    Ok(report)
 }
 
 /// The job's model and input files are still regular files within the size limit (they
@@ -219,9 +224,16 @@ fn settle<T>(
     store: &Store,
     mut collector: Collector,
     outcome: Result<T, RunError>,
-) -> Result<(T, VersionInfo), RunError> {
+) -> Result<(T, VersionInfo, DaemonStages), RunError> {
     match outcome.and_then(|value| collector.finish().map(|()| value).map_err(RunError::from)) {
-        Ok(value) => Ok((value, store.publish(collector.into_staged())?)),
+        Ok(value) => {
+            let (collect_seconds, store_seconds) = collector.stage_seconds();
+            let publishing = Instant::now();
+            let version = store.publish(collector.into_staged())?;
+            let stages =
+                DaemonStages { collect_seconds, store_seconds, publish_seconds: publishing.elapsed().as_secs_f64() };
+            Ok((value, version, stages))
+        }
         Err(e) => {
             store.discard(collector.into_staged())?;
             Err(e)
@@ -248,7 +260,7 @@ pub fn publish_stream(
         Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
         Err(e) => Err(e.into()),
     };
-    settle(store, collector, outcome).map(|((), version)| version)
+    settle(store, collector, outcome).map(|((), version, _)| version)
 }
 
 /// Reads frames until the worker's final message or end of stream.

@@ -26,7 +26,7 @@ mod staged;
 
 use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, write_list_json};
-pub use runs::{PluginBuild, RunRecord, WorkerStats};
+pub use runs::{DaemonStages, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
 use staged::Unstage;
 

@@ -37,11 +37,18 @@ pub struct RunRecord {
     /// The SHA-256 of the model file the worker loaded (`<sha>+<sha>` with external data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    /// The daemon's own stages, for runs that published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<DaemonStages>,
 }
 
-/// What a worker measured of its own run, kept in the run history: the scoring stage
-/// (time inside ONNX Runtime calls, tensors in and out included) and its peak memory.
+/// What a worker measured of its own run, kept in the run history: where its time went
+/// (inputs read before the run and pulled by the plugin during it, the model's loading,
+/// time inside ONNX Runtime calls with tensors in and out, emitting rows to the daemon, and
+/// the plugin's own work, which is the rest of its `run`) and its peak memory. Records
+/// written before a field existed read it as 0.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct WorkerStats {
     /// Host scoring calls, and (user, item) pairs or rows scored in them.
     pub score_calls: u64,
@@ -49,6 +56,46 @@ pub struct WorkerStats {
     pub score_seconds: f64,
     /// The worker's peak resident memory (VmHWM), in bytes.
     pub peak_rss_bytes: u64,
+    /// Reading inputs: whole tables before `run`, and streamed batches the plugin pulled.
+    pub read_seconds: f64,
+    /// Opening ONNX Runtime and the model (and hashing the model file).
+    pub model_load_seconds: f64,
+    /// Inside `emit`: checking rows, encoding them as Arrow IPC, writing them to the daemon
+    /// (which includes waiting while the daemon is busy storing).
+    pub emit_seconds: f64,
+    /// The plugin's own work: its `run` less scoring, emitting and streamed reads
+    /// (candidates, batches, top k, ...).
+    pub plugin_seconds: f64,
+}
+
+impl WorkerStats {
+    /// One line for logs and `recd run`: where the worker's time went.
+    pub fn stages_text(&self) -> String {
+        format!(
+            "read {:.2}s, model load {:.2}s, plugin {:.2}s, score {:.2}s, emit {:.2}s",
+            self.read_seconds, self.model_load_seconds, self.plugin_seconds, self.score_seconds, self.emit_seconds
+        )
+    }
+}
+
+/// Where the daemon's side of a run went: checking the streamed rows against the output
+/// contract (`collect`), writing them into the staged version (`store`), and making the
+/// version current with its flushes (`publish`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DaemonStages {
+    pub collect_seconds: f64,
+    pub store_seconds: f64,
+    pub publish_seconds: f64,
+}
+
+impl DaemonStages {
+    pub fn stages_text(&self) -> String {
+        format!(
+            "collect {:.2}s, store {:.2}s, publish {:.2}s",
+            self.collect_seconds, self.store_seconds, self.publish_seconds
+        )
+    }
 }
 
 /// Which plugin build a run used: the file's content hash (known from the snapshot, so

@@ -11,7 +11,9 @@ pub use inputs::read as read_input;
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Read, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use std::collections::HashSet;
 
@@ -116,6 +118,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         .create(&spec.params_json)
         .map_err(|e| anyhow::anyhow!("plugin `{}` rejected its params: {e}", plugin.name))?;
     let streamed = &plugin.stream_inputs;
+    let reading = Instant::now();
     let mut tables = Vec::new();
     for input in &spec.inputs {
         // A streamed input is read only when the plugin pulls it: here just its schema.
@@ -129,6 +132,8 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     tracing::debug!(rss_mib = rss_bytes() >> 20, streamed = ?streamed, "inputs read");
     let known_users = known_ids(&tables, &spec.inputs, streamed, spec.known_users.as_ref())?;
     let known_items = known_ids(&tables, &spec.inputs, streamed, spec.known_items.as_ref())?;
+    let read_seconds = reading.elapsed().as_secs_f64();
+    let loading = Instant::now();
     // Hashed just before ONNX Runtime reads it: the history names the model this run scored with.
     let model_sha256 = spec
         .model
@@ -140,6 +145,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
         tables.push((abi::MODEL_INPUTS_TABLE.to_string(), bound));
     }
+    let model_load_seconds = loading.elapsed().as_secs_f64();
     tracing::debug!(rss_mib = rss_bytes() >> 20, "model loaded");
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
     let known_items = if spec.output == TableKind::Hashes { None } else { known_items };
@@ -154,11 +160,18 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         known_items,
         output,
         shard: spec.shard,
-        stats: WorkerStats::default(),
+        stats: WorkerStats { read_seconds, model_load_seconds, ..WorkerStats::default() },
+        streamed_nanos: Arc::new(AtomicU64::new(0)),
     };
+    let running = Instant::now();
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
-    Ok(Finished { provider, rows: host.rows, plugin: desc, stats: host.stats, model_sha256 })
+    let mut stats = host.stats;
+    let streamed_seconds = host.streamed_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    stats.read_seconds += streamed_seconds;
+    let inside = stats.score_seconds + stats.emit_seconds + streamed_seconds;
+    stats.plugin_seconds = (running.elapsed().as_secs_f64() - inside).max(0.0);
+    Ok(Finished { provider, rows: host.rows, plugin: desc, stats, model_sha256 })
 }
 
 /// The ids of `(input, column)` as a set, for the output checks; from a streamed input
@@ -266,8 +279,29 @@ struct WorkerHost<'o> {
     output: TableKind,
     shard: crate::shard::Shard,
     stats: WorkerStats,
+    /// Time the plugin spent waiting on streamed input batches (read by the stream
+    /// readers it holds, on whatever thread it pulls them from).
+    streamed_nanos: Arc<AtomicU64>,
     /// The daemon stopped reading: tell the plugin to stop.
     broken: bool,
+}
+
+impl WorkerHost<'_> {
+    /// Checks a batch of output rows (schema, known ids) and writes it to the daemon.
+    fn send_rows(&mut self, batch: RecordBatch) -> Result<(), String> {
+        contract::check_schema(self.output.into(), batch.schema_ref()).map_err(|e| e.to_string())?;
+        for (column, known) in [(0, &self.known_users), (1, &self.known_items)] {
+            if let Some(known) = known {
+                known.check(&batch, column, self.rows).map_err(|e| e.to_string())?;
+            }
+        }
+        let bytes = wire::encode_rows(&batch).map_err(|e| e.to_string())?;
+        self.rows += batch.num_rows() as u64;
+        wire::write_frame(self.out, wire::TAG_ROWS, &bytes).map_err(|e| {
+            self.broken = true;
+            format!("the daemon stopped reading results: {e}")
+        })
+    }
 }
 
 impl Host for WorkerHost<'_> {
@@ -285,18 +319,10 @@ impl Host for WorkerHost<'_> {
     }
 
     fn emit(&mut self, batch: RecordBatch) -> Result<(), String> {
-        contract::check_schema(self.output.into(), batch.schema_ref()).map_err(|e| e.to_string())?;
-        for (column, known) in [(0, &self.known_users), (1, &self.known_items)] {
-            if let Some(known) = known {
-                known.check(&batch, column, self.rows).map_err(|e| e.to_string())?;
-            }
-        }
-        let bytes = wire::encode_rows(&batch).map_err(|e| e.to_string())?;
-        self.rows += batch.num_rows() as u64;
-        wire::write_frame(self.out, wire::TAG_ROWS, &bytes).map_err(|e| {
-            self.broken = true;
-            format!("the daemon stopped reading results: {e}")
-        })
+        let started = Instant::now();
+        let sent = self.send_rows(batch);
+        self.stats.emit_seconds += started.elapsed().as_secs_f64();
+        sent
     }
 
     fn log(&mut self, lvl: i32, message: &str) {
@@ -331,7 +357,31 @@ impl Host for WorkerHost<'_> {
             let have: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
             format!("missing input table `{name}` (the job provides: {})", have.join(", "))
         })?;
-        inputs::stream(input, columns).map_err(|e| format!("{e:#}"))
+        let reader = inputs::stream(input, columns).map_err(|e| format!("{e:#}"))?;
+        Ok(Box::new(TimedReader { inner: reader, nanos: Arc::clone(&self.streamed_nanos) }))
+    }
+}
+
+/// A streamed input whose reads are timed: the run's `read` stage, apart from the plugin's.
+struct TimedReader {
+    inner: Box<dyn arrow_array::RecordBatchReader + Send>,
+    nanos: Arc<AtomicU64>,
+}
+
+impl Iterator for TimedReader {
+    type Item = Result<RecordBatch, arrow_schema::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let started = Instant::now();
+        let batch = self.inner.next();
+        self.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        batch
+    }
+}
+
+impl arrow_array::RecordBatchReader for TimedReader {
+    fn schema(&self) -> arrow_schema::SchemaRef {
+        self.inner.schema()
     }
 }
 
