@@ -237,6 +237,16 @@ def loop_beside_load(job: Path, redis_sock: Path, duty: float) -> float:
     return loop["score"]
 
 
+# Where a run's time goes, as its history records it: the worker's stages, then the daemon's.
+STAGES = ["read", "model_load", "plugin", "score", "emit", "collect", "store", "publish"]
+
+
+def run_stages(record: dict) -> dict:
+    """One run's stage seconds from its history record (0 where a stage was not recorded)."""
+    worker, daemon = record.get("worker") or {}, record.get("stages") or {}
+    return {k: float(worker.get(f"{k}_seconds", daemon.get(f"{k}_seconds", 0.0))) for k in STAGES}
+
+
 def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
     """`rounds` runs of each side, alternating who goes first; medians reported."""
     work = Path(tempfile.mkdtemp(prefix=f"e2e-{name.replace(':', '-')}-", dir=WORK))
@@ -246,6 +256,7 @@ def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
     redis_sock = start_redis(procs, work)
     runs: dict[str, list] = {"recd": [], "python": [], "python_inside": [], "recd_score": [], "loop": [],
                              "loop_shared": [], "daemon_cpu": []}
+    stage_runs: list[dict] = []
     for r in range(rounds):
         for side in (["python", "recd"] if r % 2 else ["recd", "python"]):
             if side == "recd":
@@ -254,6 +265,7 @@ def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
                 runs["daemon_cpu"].append(recd.cpu_seconds() - cpu0)
                 last = recd.last_run()
                 runs["recd_score"].append(last["worker"]["score_seconds"])
+                stage_runs.append(run_stages(last))
             else:
                 wall, timings = python_pipeline(job, redis_sock)
                 runs["python"].append(wall)
@@ -277,6 +289,7 @@ def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
                   "calls": stats["score_calls"], "ratio": med["recd_score"] / med["loop"],
                   "daemon_cpu": med["daemon_cpu"], "loop_shared_s": med["loop_shared"]},
         "worker_rss": stats["peak_rss_bytes"], "daemon_rss": recd.peak_rss(),
+        "stages": {k: statistics.median(s[k] for s in stage_runs) for k in STAGES},
     }
     procs.stop_all()
     procs.started.clear()
@@ -465,6 +478,24 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         "again, beside a process that keeps one core as busy as the daemon was during recd's run",
         "(its CPU seconds over recd's run time). The target is judged against the loop alone.",
     ]
+    lines += [
+        "",
+        "### Where recd's time goes (stage medians, seconds)",
+        "",
+        "From each run's history: the worker's stages (inputs read, model load, the plugin's own",
+        "work, scoring, emitting rows), then the daemon's (checking rows and writing them, which",
+        "run beside the worker as its rows arrive, and publishing, after it ends). `rest` is the",
+        "whole job's wall time less the worker's stages and the publish (process starts, the",
+        "client, the daemon's last rows).",
+        "",
+        "| dataset | recd s | read | model load | plugin | score | emit | collect | store | publish | rest |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in e2e:
+        st = r["stages"]
+        rest = r["recd_s"] - sum(st[k] for k in STAGES if k not in ("collect", "store"))
+        lines.append(f"| {r['dataset']} | {r['recd_s']:.2f} | " + " | ".join(f"{st[k]:.2f}" for k in STAGES)
+                     + f" | {rest:.2f} |")
     lines += [
         "",
         "### c) Peak memory as users grow (factor model, 500 popular candidates per user)",
