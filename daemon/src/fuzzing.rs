@@ -460,6 +460,7 @@ mod tests {
             plugin: Default::default(),
             stats: Default::default(),
             model_sha256: None,
+            warnings: Vec::new(),
         })
     }
 

@@ -96,6 +96,9 @@ pub enum Message {
         /// The SHA-256 of the model file the worker loaded, when the job has a model.
         #[serde(default)]
         model_sha256: Option<String>,
+        /// What the run should record beside its result (e.g. `auto` scored on the CPU).
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     Failed {
         error: String,

@@ -56,6 +56,11 @@ fn cuda_fails_clearly_and_auto_falls_back_to_cpu() {
     assert_eq!(run["status"], "ok", "{run}");
     assert_eq!(run["provider"], "cpu", "the provider that actually ran is recorded: {run}");
     assert!(d.log().contains("device = \"auto\": CUDA unavailable"), "auto says it fell back:\n{}", d.log());
+    let warnings = run["warnings"].as_array().unwrap_or_else(|| panic!("no warnings in {run}"));
+    assert!(
+        warnings.len() == 1 && warnings[0].as_str().unwrap().starts_with("device = \"auto\": CUDA unavailable ("),
+        "the history keeps the fallback: {run}"
+    );
     let list: Vec<(String, f64)> =
         redis::cmd("ZREVRANGE").arg("ranking_auto:17850").arg(0).arg(9).arg("WITHSCORES").query(&mut conn).unwrap();
     assert_eq!(list.len(), 10, "the fallback run served its table");

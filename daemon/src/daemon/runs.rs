@@ -276,6 +276,7 @@ impl Daemon {
             plugin,
             model_sha256,
             stages: None,
+            warnings: Vec::new(),
         };
         match result {
             Ok(r) => {
@@ -285,6 +286,7 @@ impl Daemon {
                 record.provider = Some(r.provider.clone());
                 record.worker = Some(r.stats);
                 record.stages = Some(r.stages);
+                record.warnings.clone_from(&r.warnings);
             }
             Err(e) => {
                 record.status = e.status().into();

@@ -36,6 +36,8 @@ pub struct RunReport {
     pub stats: crate::wire::WorkerStats,
     /// Where the daemon's side of the run went.
     pub stages: DaemonStages,
+    /// What the worker asked to record beside the result (e.g. `auto` scored on the CPU).
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Display for RunReport {
@@ -176,10 +178,10 @@ pub fn execute(
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
         (None, Err(e)) => Err(e.into()),
-        (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, .. }))) if status.success() => {
+        (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, warnings, .. }))) if status.success() => {
             control.set_reported(&plugin, model_sha256);
             plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
-            Ok((provider, stats))
+            Ok((provider, stats, warnings))
         }
         (None, Ok(Some(Message::Failed { error, plugin }))) => {
             if let Some(plugin) = plugin {
@@ -190,7 +192,7 @@ pub fn execute(
         }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    let ((provider, stats), version, stages) = settle(store, collector, outcome)?;
+    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome)?;
     let report = RunReport {
         job: job.name.clone(),
         run_id,
@@ -200,6 +202,7 @@ pub fn execute(
         seconds: started.elapsed().as_secs_f64(),
         stats,
         stages,
+        warnings,
     };
     tracing::info!("stages: worker {}; daemon {}", report.stats.stages_text(), report.stages.stages_text());
     Ok(report)

@@ -40,6 +40,9 @@ pub struct RunRecord {
     /// The daemon's own stages, for runs that published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages: Option<DaemonStages>,
+    /// What the run reported beside its result, e.g. that `device = "auto"` scored on the CPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What a worker measured of its own run, kept in the run history: where its time went

@@ -19,6 +19,9 @@ pub struct Engine {
     session: Session,
     /// The execution provider that runs the model ("cpu" or "cuda").
     pub provider: String,
+    /// What the run should know of how the session was set up (`auto` falling back to the
+    /// CPU): logged, and kept in the run's history.
+    pub warnings: Vec<String>,
     outputs: OutputBuffers,
     _env: ort::environment::Environment,
 }
@@ -52,8 +55,8 @@ impl Engine {
             .with_name("recd")
             .build()
             .map_err(|e| anyhow::anyhow!("creating the ONNX Runtime environment: {e}"))?;
-        let (session, provider) = build_session(&env, model, device)?;
-        Ok(Engine { session, provider, outputs: OutputBuffers::default(), _env: env })
+        let (session, provider, warnings) = build_session(&env, model, device)?;
+        Ok(Engine { session, provider, warnings, outputs: OutputBuffers::default(), _env: env })
     }
 
     /// The model's inputs: name and element type ("int64", "float32"...).
@@ -156,8 +159,9 @@ fn build_session(
     env: &ort::environment::Environment,
     model: &Path,
     device: Device,
-) -> anyhow::Result<(Session, String)> {
+) -> anyhow::Result<(Session, String, Vec<String>)> {
     let err = |e: ort::Error<_>| anyhow::anyhow!("configuring the ONNX Runtime session: {e}");
+    let mut warnings = Vec::new();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow::anyhow!("creating a session builder: {e}"))?
@@ -184,7 +188,9 @@ fn build_session(
                     "cuda"
                 }
                 Err(e) => {
-                    tracing::warn!("device = \"auto\": CUDA unavailable ({e}), scoring on CPU");
+                    let warning = format!("device = \"auto\": CUDA unavailable ({e}), scoring on CPU");
+                    tracing::warn!("{warning}");
+                    warnings.push(warning);
                     "cpu"
                 }
             }
@@ -192,7 +198,7 @@ fn build_session(
     };
     let session =
         builder.commit_from_file(model).map_err(|e| anyhow::anyhow!("loading model {}: {e}", model.display()))?;
-    Ok((session, provider.to_string()))
+    Ok((session, provider.to_string(), warnings))
 }
 
 fn tensor_of<'a>(col: &'a ArrayRef, name: &str, dtype: &ValueType) -> Result<SessionInputValue<'a>, String> {

@@ -43,9 +43,9 @@ pub fn main() -> ExitCode {
         run(&spec, &mut out, &mut loaded)
     });
     let (message, code) = match result {
-        Ok(Finished { provider, rows, plugin, mut stats, model_sha256 }) => {
+        Ok(Finished { provider, rows, plugin, mut stats, model_sha256, warnings }) => {
             stats.peak_rss_bytes = peak_rss_bytes();
-            (Message::Done { provider, rows, plugin, stats, model_sha256 }, ExitCode::SUCCESS)
+            (Message::Done { provider, rows, plugin, stats, model_sha256, warnings }, ExitCode::SUCCESS)
         }
         Err(e) => (Message::Failed { error: format!("{e:#}"), plugin: loaded }, ExitCode::FAILURE),
     };
@@ -98,6 +98,7 @@ struct Finished {
     plugin: PluginDesc,
     stats: WorkerStats,
     model_sha256: Option<String>,
+    warnings: Vec<String>,
 }
 
 fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc>) -> anyhow::Result<Finished> {
@@ -148,6 +149,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     let model_load_seconds = loading.elapsed().as_secs_f64();
     tracing::debug!(rss_mib = rss_bytes() >> 20, "model loaded");
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
+    let warnings = engine.as_ref().map(|e| e.warnings.clone()).unwrap_or_default();
     let known_items = if spec.output == TableKind::Hashes { None } else { known_items };
     let output = spec.output;
     let mut host = WorkerHost {
@@ -171,7 +173,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     stats.read_seconds += streamed_seconds;
     let inside = stats.score_seconds + stats.emit_seconds + streamed_seconds;
     stats.plugin_seconds = (running.elapsed().as_secs_f64() - inside).max(0.0);
-    Ok(Finished { provider, rows: host.rows, plugin: desc, stats, model_sha256 })
+    Ok(Finished { provider, rows: host.rows, plugin: desc, stats, model_sha256, warnings })
 }
 
 /// The ids of `(input, column)` as a set, for the output checks; from a streamed input
