@@ -14,7 +14,7 @@ use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::export::{self, Manifest};
-use crate::plugins::sha256_file;
+use crate::fsutil::sha256_file;
 use crate::store::{StagedVersion, Store, StoreError, TableKind, VersionInfo};
 
 #[derive(Debug, thiserror::Error)]

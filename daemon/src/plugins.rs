@@ -21,9 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-pub use crate::fsutil::sha256_file;
 use crate::fsutil::{hex, sha256_of};
-pub use crate::trust::check_trust;
+use crate::trust::check_trust;
 use crate::wire::{PluginDesc, ProbeRequest};
 
 /// A file changed this recently may still be being copied: wait for it to settle.
@@ -513,7 +512,7 @@ mod tests {
         let mut want = vec![
             a1.path.clone(),
             a2.path.clone(),
-            data.path().join("plugins").join(format!("{}.so", sha256_file(&b).unwrap())),
+            data.path().join("plugins").join(format!("{}.so", crate::fsutil::sha256_file(&b).unwrap())),
         ];
         want.sort();
         assert_eq!(on_disk(), want, "a1 is held by its run, b1 is b's latest");

@@ -163,6 +163,25 @@ pub fn check_schema(kind: OutputKind, schema: &Schema) -> Result<(), Violation> 
     }
 }
 
+/// The checks a host makes where a batch is emitted, before it crosses to the writer: the
+/// schema for a table of `kind`, then the known users (column 0) and, for lists, the
+/// known items (column 1). `first_row` is the run-wide number of the batch's first row.
+pub fn check_emitted(
+    kind: OutputKind,
+    batch: &RecordBatch,
+    known_users: Option<&KnownIds>,
+    known_items: Option<&KnownIds>,
+    first_row: u64,
+) -> Result<(), Violation> {
+    check_schema(kind, batch.schema_ref())?;
+    for (column, known) in [(0, known_users), (1, known_items)] {
+        if let Some(known) = known {
+            known.check(batch, column, first_row)?;
+        }
+    }
+    Ok(())
+}
+
 /// The ids of one input column, which every emitted user (or item) must be among.
 #[derive(Debug, Clone, Default)]
 pub struct KnownIds {
@@ -172,6 +191,24 @@ pub struct KnownIds {
 }
 
 impl KnownIds {
+    /// The ids of column `column` of input `table`, read from `batches` one at a time (the
+    /// whole input, or its batches as streamed): ids as strings (integers in decimal),
+    /// nulls skipped.
+    pub fn read<B: std::borrow::Borrow<RecordBatch>>(
+        table: &str,
+        column: &str,
+        batches: impl IntoIterator<Item = Result<B, crate::PluginError>>,
+    ) -> Result<KnownIds, crate::PluginError> {
+        let source = format!("{table}.{column}");
+        let mut ids = HashSet::new();
+        for batch in batches {
+            let batch = batch?;
+            let array = crate::columns::column(batch.borrow(), table, column)?;
+            ids.extend(crate::columns::ids_as_strings(array, &source)?.into_iter().flatten());
+        }
+        Ok(KnownIds { source, ids })
+    }
+
     /// Refuses the first row whose id in `column` (0: user, 1: item) is not known.
     /// `first_row` is the run-wide number of the batch's first row.
     pub fn check(&self, batch: &RecordBatch, column: usize, first_row: u64) -> Result<(), Violation> {

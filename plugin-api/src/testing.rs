@@ -177,9 +177,8 @@ impl OutputChecks {
             return Err(v.clone());
         }
         let first_row = self.assembler.rows();
-        let result = contract::check_schema(self.kind, batch.schema_ref())
-            .and_then(|()| self.known_users.as_ref().map_or(Ok(()), |k| k.check(batch, 0, first_row)))
-            .and_then(|()| self.known_items.as_ref().map_or(Ok(()), |k| k.check(batch, 1, first_row)))
+        let (users, items) = (self.known_users.as_ref(), self.known_items.as_ref());
+        let result = contract::check_emitted(self.kind, batch, users, items, first_row)
             .and_then(|()| self.assembler.add(batch, &mut self.users));
         if let Err(v) = &result {
             self.violation = Some(v.clone());
@@ -191,15 +190,12 @@ impl OutputChecks {
 /// The ids of `(input, column)`, read from the whole input.
 fn known_ids(inputs: &[(String, RecordBatch)], at: Option<&(String, String)>) -> Result<Option<KnownIds>, PluginError> {
     let Some((table, column)) = at else { return Ok(None) };
-    let source = format!("{table}.{column}");
     let batch = &inputs
         .iter()
         .find(|(n, _)| n == table)
-        .ok_or_else(|| PluginError::input(format!("known ids {source}: the harness has no input `{table}`")))?
+        .ok_or_else(|| PluginError::input(format!("known ids {table}.{column}: the harness has no input `{table}`")))?
         .1;
-    let array = crate::columns::column(batch, table, column)?;
-    let ids = crate::columns::ids_as_strings(array, &source)?;
-    Ok(Some(KnownIds { source, ids: ids.into_iter().flatten().collect() }))
+    KnownIds::read(table, column, [Ok(batch)]).map(Some)
 }
 
 /// Runs a test callback; a panic in it is kept for the end of the run (a panic cannot

@@ -172,6 +172,7 @@ impl Daemon {
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
 impl crate::scheduler::OnTick for Daemon {
     fn on_tick(self: Arc<Self>, job: &str, tick: DateTime<Utc>) {
         Daemon::on_tick(&self, job, tick);

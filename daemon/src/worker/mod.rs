@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use std::collections::HashSet;
-
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
+use recd_plugin_api::PluginError;
 use recd_plugin_api::abi::{self, level};
 use recd_plugin_api::contract::{self, KnownIds};
 
@@ -91,6 +90,11 @@ fn proc_status_bytes(field: &str) -> u64 {
     kb.and_then(|v| v.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
 }
 
+/// What the daemon records of a loaded plugin: its descriptor's name, version and ABI.
+fn describe(plugin: &Plugin) -> PluginDesc {
+    PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() }
+}
+
 /// What a run that ended well reports to the daemon.
 struct Finished {
     provider: String,
@@ -104,7 +108,7 @@ struct Finished {
 fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc>) -> anyhow::Result<Finished> {
     let plugin = Plugin::open(&spec.plugin)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, "plugin loaded");
-    let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
+    let desc = describe(&plugin);
     *loaded = Some(desc.clone());
     if let Some(want) = &spec.expect_name
         && plugin.name.replace('-', "_") != want.replace('-', "_")
@@ -185,26 +189,19 @@ fn known_ids(
     column: Option<&(String, String)>,
 ) -> anyhow::Result<Option<KnownIds>> {
     let Some((table, col)) = column else { return Ok(None) };
-    let what = format!("{table}.{col}");
-    let ids_of = |batch: &RecordBatch| -> anyhow::Result<Vec<String>> {
-        let array = recd_plugin_api::columns::column(batch, table, col).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ids = recd_plugin_api::columns::ids_as_strings(array, &what).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(ids.into_iter().flatten().collect())
-    };
-    let mut set = HashSet::new();
-    match inputs.iter().find(|i| &i.name == table && streamed.contains(table)) {
+    let known = match inputs.iter().find(|i| &i.name == table && streamed.contains(table)) {
+        // only that column, batch by batch
         Some(input) => {
-            for batch in inputs::stream(input, std::slice::from_ref(col))? {
-                set.extend(ids_of(&batch?)?);
-            }
+            let batches = inputs::stream(input, std::slice::from_ref(col))?;
+            KnownIds::read(table, col, batches.map(|b| b.map_err(|e| PluginError::input(e.to_string()))))
         }
         None => {
             let batch =
                 &tables.iter().find(|(n, _)| n == table).ok_or_else(|| anyhow::anyhow!("no input `{table}`"))?.1;
-            set.extend(ids_of(batch)?);
+            KnownIds::read(table, col, [Ok(batch)])
         }
-    }
-    Ok(Some(KnownIds { source: what, ids: set }))
+    };
+    Ok(Some(known.map_err(|e| anyhow::anyhow!("{e}"))?))
 }
 
 /// `recd probe-plugin PATH`: loads the plugin (ABI checked first), creates an instance
@@ -238,7 +235,7 @@ fn probe_job(path: &std::path::Path, request: &ProbeRequest) -> Probe {
         Ok(p) => p,
         Err(e) => return fail(None, "plugin", e.to_string()),
     };
-    let desc = PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() };
+    let desc = describe(&plugin);
     let mut instance = match plugin.create(&request.params_json) {
         Ok(i) => i,
         Err(e) => return fail(Some(desc), "params", e.message),
@@ -291,12 +288,8 @@ struct WorkerHost<'o> {
 impl WorkerHost<'_> {
     /// Checks a batch of output rows (schema, known ids) and writes it to the daemon.
     fn send_rows(&mut self, batch: RecordBatch) -> Result<(), String> {
-        contract::check_schema(self.output.into(), batch.schema_ref()).map_err(|e| e.to_string())?;
-        for (column, known) in [(0, &self.known_users), (1, &self.known_items)] {
-            if let Some(known) = known {
-                known.check(&batch, column, self.rows).map_err(|e| e.to_string())?;
-            }
-        }
+        let (users, items) = (self.known_users.as_ref(), self.known_items.as_ref());
+        contract::check_emitted(self.output.into(), &batch, users, items, self.rows).map_err(|e| e.to_string())?;
         let bytes = wire::encode_rows(&batch).map_err(|e| e.to_string())?;
         self.rows += batch.num_rows() as u64;
         wire::write_frame(self.out, wire::TAG_ROWS, &bytes).map_err(|e| {
