@@ -147,13 +147,15 @@ impl ReadCache {
         self.cache.as_ref().map_or(0, |c| c.weight())
     }
 
-    /// The value of `user` in `generation`, from the cache or else from `read`, which is
-    /// then kept for the next reader. Absent keys are not cached.
+    /// The value of `user` in `generation`, from the cache or else from `read`; what is
+    /// read is kept for the next reader in the form `serve` makes of it (a list gains its
+    /// JSON there), and that form is returned. Absent keys are not cached.
     pub fn get_or_read<E>(
         &self,
         generation: u64,
         user: &[u8],
         read: impl FnOnce() -> Result<Option<sled::IVec>, E>,
+        serve: impl FnOnce(&[u8]) -> sled::IVec,
     ) -> Result<Option<sled::IVec>, E> {
         let Some(cache) = &self.cache else { return read() };
         if let Some(hit) = cache.get(&KeyRef(generation, user)) {
@@ -164,18 +166,17 @@ impl ReadCache {
         {
             return Ok(Some(hit.clone()));
         }
-        let value = read()?;
-        if let Some(v) = &value {
-            let copy = sled::IVec::from(v.as_ref());
-            if copy.len() >= LARGE_VALUE_BYTES {
-                let mut large = self.large.lock().expect("large values");
-                large.insert(generation, user, copy);
-                self.large_count.store(large.values.len() as u64, Ordering::Relaxed);
-            } else {
-                cache.insert((generation, SmallVec::from_slice(user)), copy);
-            }
+        let Some(value) = read()? else { return Ok(None) };
+        // A copy either way: an entry never pins one of sled's node buffers.
+        let kept = serve(&value);
+        if kept.len() >= LARGE_VALUE_BYTES {
+            let mut large = self.large.lock().expect("large values");
+            large.insert(generation, user, kept.clone());
+            self.large_count.store(large.values.len() as u64, Ordering::Relaxed);
+        } else {
+            cache.insert((generation, SmallVec::from_slice(user)), kept.clone());
         }
-        Ok(value)
+        Ok(Some(kept))
     }
 }
 
@@ -190,16 +191,36 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         for user in 0..100u32 {
             let user = user.to_le_bytes();
-            cache.get_or_read(old, &user, read_counting(&calls, &[1; 500])).unwrap();
-            cache.get_or_read(new, &user, read_counting(&calls, &[2; 100])).unwrap();
+            cache.get_or_read(old, &user, read_counting(&calls, &[1; 500]), as_is).unwrap();
+            cache.get_or_read(new, &user, read_counting(&calls, &[2; 100]), as_is).unwrap();
         }
         let both = cache.weight();
         cache.forget(old);
         assert_eq!(cache.weight(), both - 100 * (4 + 500 + 48));
         // The other generation is still served from the cache.
         let before = calls.get();
-        let v = cache.get_or_read(new, &7u32.to_le_bytes(), read_counting(&calls, b"x")).unwrap().unwrap();
+        let v = cache.get_or_read(new, &7u32.to_le_bytes(), read_counting(&calls, b"x"), as_is).unwrap().unwrap();
         assert_eq!((v.as_ref(), calls.get()), (&[2; 100][..], before));
+    }
+
+    #[test]
+    fn the_served_form_is_kept_and_returned_and_made_once() {
+        let cache = ReadCache::new(1 << 20);
+        let (calls, made) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let serve = |v: &[u8]| {
+            made.set(made.get() + 1);
+            sled::IVec::from([v, b"+json"].concat())
+        };
+        for _ in 0..3 {
+            let v = cache.get_or_read(1, b"u", read_counting(&calls, b"list"), serve).unwrap().unwrap();
+            assert_eq!(v.as_ref(), b"list+json");
+        }
+        assert_eq!((calls.get(), made.get()), (1, 1));
+    }
+
+    /// Keeps a value as it was read.
+    fn as_is(value: &[u8]) -> sled::IVec {
+        sled::IVec::from(value)
     }
 
     fn read_counting<'a>(
@@ -218,18 +239,18 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         let g = cache.next_generation();
         for _ in 0..3 {
-            let v = cache.get_or_read(g, b"u1", read_counting(&calls, b"old")).unwrap().unwrap();
+            let v = cache.get_or_read(g, b"u1", read_counting(&calls, b"old"), as_is).unwrap().unwrap();
             assert_eq!(v.as_ref(), b"old");
         }
         assert_eq!(calls.get(), 1);
         // A new generation (a publish) never sees the old generation's value.
         let g2 = cache.next_generation();
         assert_ne!(g, g2);
-        let v = cache.get_or_read(g2, b"u1", read_counting(&calls, b"new")).unwrap().unwrap();
+        let v = cache.get_or_read(g2, b"u1", read_counting(&calls, b"new"), as_is).unwrap().unwrap();
         assert_eq!(v.as_ref(), b"new");
         assert_eq!(calls.get(), 2);
         // Keys differ by their bytes, not only their hash prefix.
-        let v = cache.get_or_read(g2, b"u10", read_counting(&calls, b"other")).unwrap().unwrap();
+        let v = cache.get_or_read(g2, b"u10", read_counting(&calls, b"other"), as_is).unwrap().unwrap();
         assert_eq!(v.as_ref(), b"other");
         assert_eq!(calls.get(), 3);
     }
@@ -239,16 +260,21 @@ mod tests {
         let cache = ReadCache::new(0);
         let calls = std::cell::Cell::new(0);
         for _ in 0..2 {
-            cache.get_or_read(1, b"u", read_counting(&calls, b"v")).unwrap();
+            cache.get_or_read(1, b"u", read_counting(&calls, b"v"), as_is).unwrap();
         }
         assert_eq!(calls.get(), 2);
         let cache = ReadCache::new(1 << 20);
         let mut misses = 0;
         for _ in 0..2 {
-            let got: Result<_, ()> = cache.get_or_read(1, b"nobody", || {
-                misses += 1;
-                Ok(None)
-            });
+            let got: Result<_, ()> = cache.get_or_read(
+                1,
+                b"nobody",
+                || {
+                    misses += 1;
+                    Ok(None)
+                },
+                as_is,
+            );
             assert!(got.unwrap().is_none());
         }
         assert_eq!(misses, 2);
@@ -261,17 +287,17 @@ mod tests {
         let big = vec![3u8; 3 * LARGE_VALUE_BYTES / 2];
         let g = cache.next_generation();
         for _ in 0..3 {
-            let v = cache.get_or_read(g, b"big", read_counting(&calls, &big)).unwrap().unwrap();
+            let v = cache.get_or_read(g, b"big", read_counting(&calls, &big), as_is).unwrap().unwrap();
             assert_eq!(v.len(), big.len());
         }
         assert_eq!(calls.get(), 1, "a large value is read from the store once");
         // Half the capacity (4 MiB) holds two of them: a third pushes out the oldest.
         let g2 = cache.next_generation();
-        cache.get_or_read(g2, b"big", read_counting(&calls, &big)).unwrap();
+        cache.get_or_read(g2, b"big", read_counting(&calls, &big), as_is).unwrap();
         let g3 = cache.next_generation();
-        cache.get_or_read(g3, b"big", read_counting(&calls, &big)).unwrap();
+        cache.get_or_read(g3, b"big", read_counting(&calls, &big), as_is).unwrap();
         assert!(cache.large.lock().unwrap().bytes <= 4 * LARGE_VALUE_BYTES as u64);
-        cache.get_or_read(g, b"big", read_counting(&calls, &big)).unwrap();
+        cache.get_or_read(g, b"big", read_counting(&calls, &big), as_is).unwrap();
         assert_eq!(calls.get(), 4, "the oldest generation's copy was dropped for room");
         cache.forget(g3);
         let large = cache.large.lock().unwrap();
@@ -285,7 +311,7 @@ mod tests {
         let value = vec![7u8; 1000];
         for user in 0..1000u32 {
             let key = user.to_le_bytes();
-            cache.get_or_read(1, &key, || Ok::<_, ()>(Some(sled::IVec::from(value.as_slice())))).unwrap();
+            cache.get_or_read(1, &key, || Ok::<_, ()>(Some(sled::IVec::from(value.as_slice()))), as_is).unwrap();
         }
         let held = cache.cache.as_ref().unwrap().weight();
         assert!(held <= 64 * 1024, "holds {held} bytes");

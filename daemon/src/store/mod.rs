@@ -25,7 +25,7 @@ mod runs;
 mod staged;
 
 use codec::row_hash;
-pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, write_list_json};
+pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
 pub use runs::{DaemonStages, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
 use staged::Unstage;
@@ -142,9 +142,14 @@ impl ServedTable {
         self.tree.iter().map(|r| r.map_err(StoreError::from))
     }
 
-    /// The encoded list of `user`, if the version has one.
+    /// The value of `user`, if the version has one; a list in the form it is served from,
+    /// with its JSON, when it comes through the read cache.
     pub fn get(&self, user: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        self.cache.get_or_read(self.generation, user, || Ok(self.tree.get(user)?))
+        let serve = |stored: &[u8]| match self.kind {
+            TableKind::Lists => with_json(stored).map_or_else(|| sled::IVec::from(stored), sled::IVec::from),
+            TableKind::Hashes => sled::IVec::from(stored),
+        };
+        self.cache.get_or_read(self.generation, user, || Ok(self.tree.get(user)?), serve)
     }
 }
 

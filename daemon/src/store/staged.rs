@@ -1,7 +1,7 @@
 //! A version being written: rows go to a fresh data tree in batches; nothing reads it
 //! until [`Store::publish`] makes it current.
 
-use super::codec::{encode_hash, encode_list, row_hash};
+use super::codec::{encode_hash, encode_list, row_hash, served_list_len};
 use super::{MAX_WARMED_USERS, Store, StoreError, TableKind};
 use crate::read_cache::LARGE_VALUE_BYTES;
 
@@ -39,16 +39,20 @@ impl StagedVersion {
     /// Adds one user's list (any order; it is sorted here as Redis orders a sorted set).
     pub fn put_user<S: AsRef<str>>(&mut self, user: &str, list: &mut [(S, f32)]) -> Result<(), StoreError> {
         let value = encode_list(list);
-        self.put(user, value, list.len())
+        let served = served_list_len(&value);
+        self.put(user, value, list.len(), served)
     }
 
     /// Adds one user's hash: field names and values, in the order HGETALL gives them.
     pub fn put_hash(&mut self, user: &str, fields: &[(String, String)]) -> Result<(), StoreError> {
-        self.put(user, encode_hash(fields), 1)
+        let value = encode_hash(fields);
+        let served = value.len();
+        self.put(user, value, 1, served)
     }
 
-    pub(super) fn put(&mut self, user: &str, value: Vec<u8>, rows: usize) -> Result<(), StoreError> {
-        if value.len() >= LARGE_VALUE_BYTES && self.large_users.len() < MAX_WARMED_USERS {
+    /// `served`: about how large the value is in the read cache (lists gain their JSON there).
+    pub(super) fn put(&mut self, user: &str, value: Vec<u8>, rows: usize, served: usize) -> Result<(), StoreError> {
+        if served >= LARGE_VALUE_BYTES && self.large_users.len() < MAX_WARMED_USERS {
             self.large_users.push(user.to_string());
         }
         self.checksum = self.checksum.wrapping_add(row_hash(user.as_bytes(), &value));

@@ -35,6 +35,14 @@ impl Pool {
         }
     }
 
+    /// The most candidates one user can have.
+    pub(crate) fn max_per_user(&self) -> usize {
+        match self {
+            Pool::All(items) => items.len(),
+            Pool::PerUser(lists) => lists.values().map(Vec::len).max().unwrap_or(0),
+        }
+    }
+
     /// The pool with `items` taken out.
     pub(crate) fn without(self, items: &HashSet<u32>) -> Pool {
         let keep = |list: &mut Vec<usize>| list.retain(|i| !items.contains(&(*i as u32)));
