@@ -337,7 +337,7 @@ def gpu(procs: Procs, size: str, large: str, accel: str = "cuda") -> dict:
     runs the same steps without a GPU, to check this script (the report says so)."""
     wl = workload(size)
     base = (wl / "ranking-mlp.toml").read_text()
-    row = {"size": size, "accel": accel}
+    row = {"size": size, "device": accel}
     for device in (accel, "cpu"):
         text = base.replace('device = "cpu"', f'device = "{device}"')
         work = Path(tempfile.mkdtemp(prefix=f"gpu-{device}-", dir=WORK))
@@ -347,7 +347,7 @@ def gpu(procs: Procs, size: str, large: str, accel: str = "cuda") -> dict:
         if run["provider"] != device:
             raise Fail(f"device = {device!r} ran on {run['provider']!r}")
         w = run["worker"]
-        side = "accel" if device == accel and "accel" not in row else "cpu"
+        side = "cpu" if "accel" in row else "accel"
         row[side] = {"rows": w["score_rows"], "seconds": w["score_seconds"],
                      "rows_per_s": w["score_rows"] / w["score_seconds"]}
         log(f"gpu: recd {device}: {row[side]['rows_per_s']:,.0f} pairs/s")
@@ -435,11 +435,12 @@ def gpu_lines(g: dict | None) -> list[str]:
             f"binding (target: recd ≥ {GPU_LOOP_TARGET:g}× the loop's pairs/s), then the L workload's whole job",
             f"on CUDA with each model (target: ≤ {LARGE_JOB_TARGET:g}× its own scoring stage).",
         ]
-    acc, cpu, dev = g["accel"], g["cpu"], g.get("accel_name", "CUDA")
+    acc, cpu, dev = g["accel"], g["cpu"], "CUDA"
     lines = []
     if g.get("accel_name") == "CPU":
-        lines += ["**A check of this script without a GPU** (`--gpu-device cpu`): the rows marked CUDA ran on",
-                  "the CPU. These are not GPU figures.", ""]
+        dev = "CPU standing in for CUDA"
+        lines += ["**A check of this script without a GPU** (`--gpu-device cpu`): the rows marked \"CPU standing",
+                  "in for CUDA\" ran on the CPU. These are not GPU figures.", ""]
     x_cpu = acc["rows_per_s"] / cpu["rows_per_s"]
     lines += [
         f"MLP ranker (2 × 256 hidden) on workload {g['size']}: pairs per second in the scoring stage.",
