@@ -53,9 +53,6 @@ PYPATH = f"{ROOT / '.deps' / 'pytools'}:{ROOT / '.deps' / 'py'}"
 ML_DIR = (ROOT / ".." / "shared" / "data" / "ml-100k").resolve()
 WORK = ROOT / "target" / "bench-batch"
 DOC = ROOT / "docs" / "performance.md"
-# The datasets the end-to-end target is set for; others (the MLP) show where the
-# model itself bounds both sides.
-TARGET_DATASETS = ("retail", "movielens", "M")
 BEGIN, END = "<!-- bench-batch: begin -->", "<!-- bench-batch: end -->"
 # Targets (issue 22): the whole job against the Python pipeline, recd's scoring stage against
 # ONNX Runtime's own loop, and on a GPU host the scoring stage against a Python
@@ -315,7 +312,8 @@ def memory(procs: Procs, size: str) -> dict:
     run = recd.last_run()
     row = {"size": size, "users": info["users"], "items": info["items"], "lines": info["lines"],
            "pairs": run["worker"]["score_rows"], "wall": wall, "worker_rss": run["worker"]["peak_rss_bytes"],
-           "daemon_rss": recd.peak_rss(), "rows": run["rows"], "model_bytes": model_bytes(wl / "mf.onnx")}
+           "daemon_rss": recd.peak_rss(), "rows": run["rows"], "model_bytes": model_bytes(wl / "mf.onnx"),
+           "stages": run_stages(run)}
     log(f"memory {size}: worker {row['worker_rss'] >> 20} MiB, daemon {row['daemon_rss'] >> 20} MiB, {wall:.1f}s")
     procs.stop_all()
     procs.started.clear()
@@ -487,6 +485,20 @@ def mib(b: int) -> str:
     return f"{b / 2**20:,.0f}"
 
 
+def e2e_verdict(r: dict) -> str:
+    """The whole-job target, where the model lets any engine reach it: a job cannot take
+    less than its model's own ONNX Runtime loop, so Python / loop is the best ratio there
+    is. Where that ceiling is under the target the model bounds both sides (the MLP, or a
+    factor model with many factors and every unseen item a candidate); the row says so
+    and by how much, rather than judge a ratio no engine could give."""
+    ceiling = r["python_s"] / r["score"]["loop_s"]
+    if ceiling < E2E_TARGET:
+        share = r["score"]["loop_s"] / r["python_s"]
+        return (f"out of reach: the model's own loop is {share:.0%} of the Python pipeline "
+                f"(best possible {ceiling:.1f}×); recd at {r['ratio'] / ceiling:.0%} of that")
+    return "met" if r["ratio"] >= E2E_TARGET else "**NOT met**"
+
+
 def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict) -> str:
     lines = [
         BEGIN,
@@ -503,11 +515,7 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         "|---|--:|--:|--:|--:|--:|---|--:|--:|",
     ]
     for r in e2e:
-        if r["dataset"] in TARGET_DATASETS:
-            target = "met" if r["ratio"] >= E2E_TARGET else "**NOT met**"
-        else:
-            inside = r["score"]["recd_s"] / r["recd_s"]
-            target = f"none: model-bound ({inside:.0%} of recd's time in ONNX Runtime)"
+        target = e2e_verdict(r)
         lines.append(
             f"| {r['dataset']} | {r['users']:,} | {r['score']['rows']:,} | {r['recd_s']:.2f} | {r['python_s']:.2f} "
             f"| {r['ratio']:.2f} | {target} | {r['python_inside_s']:.2f} | {r['checked']} |"
@@ -565,6 +573,19 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
             f"| {mib(r['model_bytes'])} | {mib(r['worker_rss'])} | {mib(r['worker_rss'] - r['model_bytes'])} "
             f"| {mib(r['daemon_rss'])} |"
         )
+    if mem:
+        lines += [
+            "",
+            "Where those runs' time went (one run each, stage seconds as above):",
+            "",
+            "| workload | run s | " + " | ".join(k.replace("_", " ") for k in STAGES) + " | rest |",
+            "|---|--:|" + "--:|" * (len(STAGES) + 1),
+        ]
+        for r in mem:
+            st = r["stages"]
+            rest = r["wall"] - sum(st[k] for k in STAGES if k not in ("collect", "store"))
+            lines.append(f"| {r['size']} | {r['wall']:.2f} | " + " | ".join(f"{st[k]:.2f}" for k in STAGES)
+                         + f" | {rest:.2f} |")
     lines += [
         "",
         *memory_verdict(mem),
@@ -585,8 +606,8 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         "  order. Times are wall clock from process start to exit: for recd the `recd run` command",
         "  against a running daemon (a worker process, then publish and flush), for Python the",
         "  interpreter, its imports and the script.",
-        "- Datasets: retail = the demo data with the shipped ALS model (`jobs/ranking.toml`, every",
-        "  unseen item a candidate); MovieLens 100K read in place, every unseen movie a candidate,",
+        "- Datasets: retail = the demo data with the shipped model (`jobs/ranking.toml`: EASE^R and",
+        "  decayed popularity exported as a 128-factor dot product, every unseen item a candidate); MovieLens 100K read in place, every unseen movie a candidate,",
         "  a seeded 32-factor model; M and S = `scripts/gen_workload.py --size M|S` (seed 42), the 500",
         "  most-bought items minus the user's own, with the 32-factor model or (`S:mlp`) the MLP",
         "  ranker. Before a time counts, 200 sampled users' lists are compared (same items, scores",

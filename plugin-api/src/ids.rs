@@ -112,7 +112,7 @@ impl IdIndex {
         loop {
             match self.slots[slot] {
                 0 => return Err(slot),
-                p if self.id(p - 1) == id => return Ok(p - 1),
+                p if self.id_bytes(p - 1) == id.as_bytes() => return Ok(p - 1),
                 _ => slot = (slot + 1) & mask,
             }
         }
@@ -134,9 +134,14 @@ impl IdIndex {
 
     /// The id at `position` (panics past the end).
     pub fn id(&self, position: u32) -> &str {
+        std::str::from_utf8(self.id_bytes(position)).expect("ids are pushed as str")
+    }
+
+    /// The id at `position` as bytes: what a lookup compares, with no UTF-8 check per probe.
+    fn id_bytes(&self, position: u32) -> &[u8] {
         let p = position as usize;
         let start = if p == 0 { 0 } else { self.ends[p - 1] as usize };
-        std::str::from_utf8(&self.bytes[start..self.ends[p] as usize]).expect("ids are pushed as str")
+        &self.bytes[start..self.ends[p] as usize]
     }
 
     /// The position of each row's id in `col`: `None` for nulls and ids not in the index.

@@ -367,10 +367,10 @@ impl Ranking {
         }
         let (scores, items) = scorer.score(ctx, batch.users, batch.items)?;
         let mut out = OutputRows::new();
-        let mut best = Vec::with_capacity(self.params.k + 1);
+        let mut top = TopK::default();
         for &(u, start, n) in &batch.spans {
-            top_k(&scores[start..start + n], &items[start..start + n], self.params.k, &mut best);
-            for &(score, item) in &best {
+            top.select(&scores[start..start + n], &items[start..start + n], self.params.k);
+            for &(score, item) in &top.best {
                 out.push(vocab.users.id(u as u32), vocab.items.id(item as u32), score);
             }
         }

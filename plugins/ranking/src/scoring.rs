@@ -8,43 +8,56 @@ pub(crate) fn ranks_before(a: (f32, i64), b: (f32, i64)) -> bool {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)) == std::cmp::Ordering::Less
 }
 
-/// The `k` best of one user's (score, item) candidates into `best`, best first. One pass
-/// that keeps the k best so far in order. With k small next to the candidates (10 of
-/// hundreds or thousands) almost every candidate scores below the k-th so far: eight at a
-/// time are checked against that score with one comparison each (a loop the compiler
-/// turns into vector instructions), and in a group with one that might rank, only the
-/// candidates not below it go through the exact order. A NaN never passes `<`, so it takes the exact path, as before.
-pub(crate) fn top_k(scores: &[f32], items: &[i64], k: usize, best: &mut Vec<(f32, i64)>) {
-    const GROUP: usize = 8;
-    best.clear();
-    if k == 0 {
-        return;
-    }
-    let (groups, ids) = (scores.chunks_exact(GROUP), items.chunks_exact(GROUP));
-    let (rest_scores, rest_items) = (groups.remainder(), ids.remainder());
-    for (group, ids) in groups.zip(ids) {
-        // Once `best` is full, a candidate below its last score cannot rank.
-        if let Some(&(floor, _)) = best.get(k - 1)
-            && group.iter().fold(true, |all, &s| all & (s < floor))
-        {
-            continue;
-        }
-        offer_each(group, ids, k, best);
-    }
-    offer_each(rest_scores, rest_items, k, best);
+/// The `k` best of one user's (score, item) candidates, best first, kept in `top.best`.
+/// With k small next to the candidates (10 of hundreds or thousands) almost every
+/// candidate scores below the k-th best: a first pass finds a score the k-th best is at
+/// least ([`TopK::floor`]), and only candidates not below it go through the exact order,
+/// where each that ranks before the k-th so far takes its place.
+#[derive(Default)]
+pub(crate) struct TopK {
+    pub(crate) best: Vec<(f32, i64)>,
+    /// Scratch for the groups' maxima.
+    maxima: Vec<f32>,
 }
 
-/// [`top_k`]'s exact step: each candidate that ranks before the k-th so far takes its place.
-fn offer_each(scores: &[f32], items: &[i64], k: usize, best: &mut Vec<(f32, i64)>) {
-    for c in scores.iter().copied().zip(items.iter().copied()) {
-        if let Some(&worst) = best.get(k - 1) {
-            if c.0 < worst.0 || !ranks_before(c, worst) {
+impl TopK {
+    pub(crate) fn select(&mut self, scores: &[f32], items: &[i64], k: usize) {
+        self.best.clear();
+        if k == 0 {
+            return;
+        }
+        let floor = self.floor(scores, k).unwrap_or(f32::NEG_INFINITY);
+        for c in scores.iter().copied().zip(items.iter().copied()) {
+            // A NaN is never below: it takes the exact path, which ranks it as total_cmp does.
+            if c.0 < floor {
                 continue;
             }
-            best.pop();
+            if let Some(&worst) = self.best.get(k - 1) {
+                if c.0 < worst.0 || !ranks_before(c, worst) {
+                    continue;
+                }
+                self.best.pop();
+            }
+            let at = self.best.partition_point(|&b| ranks_before(b, c));
+            self.best.insert(at, c);
         }
-        let at = best.partition_point(|&b| ranks_before(b, c));
-        best.insert(at, c);
+    }
+
+    /// A score the k-th best is at least: the k-th largest of the maxima of groups of
+    /// eight. The k groups whose maxima are that or more each hold a candidate that
+    /// scores it or more, so at least k candidates do. Two vectorisable passes over the
+    /// scores and a selection among their eighth; on random scores about 2k candidates
+    /// are left for the exact order. A group's maximum is one of its scores (`max` passes
+    /// over NaN), so NaNs do not spoil the bound. None when there are too few groups to pay.
+    fn floor(&mut self, scores: &[f32], k: usize) -> Option<f32> {
+        const GROUP: usize = 8;
+        if scores.len() / GROUP < 2 * k {
+            return None;
+        }
+        self.maxima.clear();
+        self.maxima.extend(scores.chunks_exact(GROUP).map(|g| g.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s))));
+        let (_, kth, _) = self.maxima.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        Some(*kth)
     }
 }
 

@@ -71,25 +71,29 @@ fn top_k_keeps_the_best_in_rank_order_ties_by_item() {
         x ^= x << 17;
         x
     };
-    let mut best = Vec::new();
+    let mut top = TopK::default();
     // Values the group check must not skip wrongly: a NaN (ranks first, as total_cmp
     // orders it, and the host then refuses it), both zeros, infinities.
     let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NEG_INFINITY];
-    for (n, odd) in [0usize, 1, 5, 10, 11, 37, 500, 1001].into_iter().flat_map(|n| [(n, false), (n, true)]) {
+    // Scores from 8 values (many ties at the cut), or from 2^20 (few ties, so a floor a
+    // little too high would cut a candidate that ranks).
+    let cases = [0usize, 1, 5, 10, 11, 37, 500, 1001].into_iter();
+    for (n, odd, spread) in cases.flat_map(|n| [(n, false, 8), (n, true, 8), (n, false, 1 << 20), (n, true, 1 << 20)]) {
         let scores: Vec<f32> = (0..n)
-            .map(|_| match next() % 64 {
+            .map(|_| match next() % (64 * spread) {
                 r if odd && r < 5 => special[r as usize],
-                r => (r % 8) as f32 / 4.0,
+                r => (r % spread) as f32 / 4.0,
             })
             .collect();
         let items: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % 1009).collect();
         for k in [1usize, 3, 10] {
-            top_k(&scores, &items, k, &mut best);
+            top.select(&scores, &items, k);
+            let best = &top.best;
             let mut all: Vec<(f32, i64)> = scores.iter().copied().zip(items.iter().copied()).collect();
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             all.truncate(k);
             let bits = |l: &[(f32, i64)]| l.iter().map(|&(s, i)| (s.to_bits(), i)).collect::<Vec<_>>();
-            assert_eq!(bits(&best), bits(&all), "n={n} k={k} special values {odd}");
+            assert_eq!(bits(best), bits(&all), "n={n} k={k} special values {odd} spread {spread}");
         }
     }
 }
