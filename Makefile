@@ -34,22 +34,25 @@ quality: setup
 # Regenerates docs/performance.md: redis-benchmark against recd and against a local redis-server
 # holding the same 100,000 lists (ZREVRANGE and GET, 1 and 50 clients, with and without -P 16);
 # work files in target/bench-serving/. Needs redis-server and redis-tools (scripts/setup.sh).
+# The benchmarks build as `make test` does (`--all-targets`): the same feature set, so one
+# build serves both instead of a second one of the whole tree (about 10 minutes here).
 bench-serving:
-	cargo build --release --workspace
+	cargo build --release --workspace --all-targets
 	python3 scripts/bench_serving.py
 
 # Adds or replaces the fairness section of docs/performance.md: a client's top-10 reads timed
 # while 4 others read a 5,000,000-item list whole, on recd (ZREVRANGE and GET) and on a local
 # redis-server holding the same lists (work files in target/bench-fairness/).
 bench-fairness:
-	cargo build --release --workspace
+	cargo build --release --workspace --all-targets
 	python3 scripts/bench_fairness.py
 
 # Adds or replaces the batch section of docs/performance.md: the ranking job through recd vs
 # scripts/python_pipeline.py (pandas + onnxruntime + redis-py into a local redis-server) on the
 # demo data, MovieLens 100K and the generated M workload; recd's scoring stage vs a tight ONNX
 # Runtime loop; peak memory for the S, M and L workloads (generated once into target/bench-batch/).
-bench-batch: setup
+bench-batch:
+	scripts/setup.sh --tests
 	PYTHONPATH=.deps/pytools python3 -c "import numpy, pandas, pyarrow, onnx, onnxruntime, redis" 2>/dev/null || \
 	  python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
 	python3 scripts/bench_batch.py

@@ -543,7 +543,7 @@ def render_doc(results, m, meta) -> str:
             f"- Kernel: {m['kernel']}",
             f"- Redis: `{m['redis']}`",
             f"- Benchmark client: `{m['benchmark']}`",
-            f"- recd: commit `{m['commit']}`, release build (`cargo build --release --workspace`)",
+            f"- recd: commit `{m['commit']}`, release build (`cargo build --release --workspace --all-targets`)",
             f"- Load average (1, 5, 15 min) before the run: {meta['load_before']}; after: {meta['load_after']}.",
             "  The machine is shared with other work, so the numbers carry noise from it; the",
             "  benchmark client and the servers run on one machine (CPU placement: see Method).",
@@ -632,7 +632,7 @@ def main() -> int:
                    help="leave CPU placement to the scheduler (default: client on one CPU, servers on the others)")
     args = p.parse_args()
 
-    for path, hint in [(RECD, "cargo build --release --workspace"), (PLUGIN, "cargo build --release --workspace")]:
+    for path, hint in [(RECD, "cargo build --release --workspace --all-targets"), (PLUGIN, "cargo build --release --workspace --all-targets")]:
         if not path.is_file():
             raise Fail(f"{path} is missing: run `{hint}` (make bench-serving does)")
     for tool in ["redis-server", "redis-cli", "redis-benchmark"]:
