@@ -336,7 +336,7 @@ def gpu(procs: Procs, size: str, large: str, accel: str = "cuda") -> dict:
     wl = workload(size)
     base = (wl / "ranking-mlp.toml").read_text()
     row = {"size": size, "device": accel}
-    for device in (accel, "cpu"):
+    for side, device in (("accel", accel), ("cpu", "cpu")):
         text = base.replace('device = "cpu"', f'device = "{device}"')
         work = Path(tempfile.mkdtemp(prefix=f"gpu-{device}-", dir=WORK))
         recd = Recd(procs, work, text)
@@ -345,7 +345,6 @@ def gpu(procs: Procs, size: str, large: str, accel: str = "cuda") -> dict:
         if run["provider"] != device:
             raise Fail(f"device = {device!r} ran on {run['provider']!r}")
         w = run["worker"]
-        side = "cpu" if "accel" in row else "accel"
         row[side] = {"rows": w["score_rows"], "seconds": w["score_seconds"],
                      "rows_per_s": w["score_rows"] / w["score_seconds"]}
         log(f"gpu: recd {device}: {row[side]['rows_per_s']:,.0f} pairs/s")
@@ -435,7 +434,7 @@ def gpu_lines(g: dict | None) -> list[str]:
         ]
     acc, cpu, dev = g["accel"], g["cpu"], "CUDA"
     lines = []
-    if g.get("accel_name") == "CPU":
+    if g["device"] == "cpu":
         dev = "CPU standing in for CUDA"
         lines += ["**A check of this script without a GPU** (`--gpu-device cpu`): the rows marked \"CPU standing",
                   "in for CUDA\" ran on the CPU. These are not GPU figures.", ""]
@@ -661,7 +660,6 @@ def main() -> int:
             mem.append(memory(procs, size))
         if args.gpu:
             g = gpu(procs, args.gpu_size, args.gpu_large, args.gpu_device)
-            g["accel_name"] = args.gpu_device.upper()
     finally:
         procs.stop_all()
     meta = {"date": date, "load_before": load_before, "load_after": loadavg(), "run_time": time.monotonic() - t0,

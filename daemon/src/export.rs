@@ -81,11 +81,14 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
     let store = Store::open(&scratch.0, Retention { count: 1, max_age: None })?;
     let plugins = Registry::new(&scratch.0);
     let run_id = chrono::Utc::now().timestamp_micros() as u64;
-    let report = run::execute(&job, run_id, &run_config, &store, &plugins, &RunControl::new(), shard)
+    let control = RunControl::new();
+    let report = run::execute(&job, run_id, &run_config, &store, &plugins, &control, shard)
         .map_err(|e| anyhow::anyhow!("job {}: {e}", job.name))?;
     let served = store.served(&job.table).context("the run's version is not in the scratch store")?;
-    // The snapshot that ran, as the run recorded it (the file may have been replaced since).
-    let plugin_sha256 = plugins.list().into_iter().next().map(|p| p.sha256).context("the run recorded no plugin")?;
+    // The plugin snapshot and the model the run used, as it recorded them (either file may
+    // have been replaced since).
+    let (build, model_sha256) = control.lineage();
+    let plugin_sha256 = build.map(|b| b.sha256).context("the run recorded no plugin")?;
     let tmp_part = scratch.0.join("part.parquet");
     write_part(&served, &tmp_part)?;
     let manifest = Manifest {
@@ -95,7 +98,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
         kind: job.kind,
         shard,
         plugin_sha256,
-        model_sha256: job.model.as_deref().map(crate::fsutil::model_sha256).transpose()?,
+        model_sha256,
         inputs: input_fingerprints(&job)?,
         users: report.version.users,
         rows: report.version.rows,

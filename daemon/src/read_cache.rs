@@ -149,7 +149,8 @@ impl ReadCache {
 
     /// The value of `user` in `generation`, from the cache or else from `read`; what is
     /// read is kept for the next reader in the form `serve` makes of it (a list gains its
-    /// JSON there), and that form is returned. Absent keys are not cached.
+    /// JSON there), and that form is returned. Absent keys are not cached; with the cache
+    /// off, the value is returned as read.
     pub fn get_or_read<E>(
         &self,
         generation: u64,

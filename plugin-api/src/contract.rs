@@ -174,6 +174,8 @@ pub fn check_emitted(
     first_row: u64,
 ) -> Result<(), Violation> {
     check_schema(kind, batch.schema_ref())?;
+    // A hash row's column 1 is a field name, not an item.
+    let known_items = known_items.filter(|_| kind == OutputKind::Lists);
     for (column, known) in [(0, known_users), (1, known_items)] {
         if let Some(known) = known {
             known.check(batch, column, first_row)?;
@@ -286,6 +288,11 @@ impl Assembler {
             skipping: None,
             skipped_users: 0,
         }
+    }
+
+    /// The kind of table the rows are for.
+    pub(crate) fn kind(&self) -> OutputKind {
+        self.rules.kind
     }
 
     /// Rows seen so far, kept or not.
@@ -537,20 +544,11 @@ mod tests {
     }
 
     fn rows(rows: &[(&str, &str, f32)]) -> RecordBatch {
-        let schema = Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new("item", DataType::Utf8, false),
-            Field::new("score", DataType::Float32, false),
-        ]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.2))),
-            ],
-        )
-        .unwrap()
+        let mut out = crate::OutputRows::new();
+        for &(user, item, score) in rows {
+            out.push(user, item, score);
+        }
+        out.into_batch().unwrap()
     }
 
     fn assemble(rules: Rules, batches: &[RecordBatch], sink: &mut Record) -> Result<(), Violation> {

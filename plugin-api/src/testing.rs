@@ -139,7 +139,6 @@ struct HostState {
 
 /// The host's output checks, as the harness runs them on every emitted batch.
 struct OutputChecks {
-    kind: OutputKind,
     assembler: Assembler,
     users: SeenUsers,
     known_users: Option<KnownIds>,
@@ -178,7 +177,7 @@ impl OutputChecks {
         }
         let first_row = self.assembler.rows();
         let (users, items) = (self.known_users.as_ref(), self.known_items.as_ref());
-        let result = contract::check_emitted(self.kind, batch, users, items, first_row)
+        let result = contract::check_emitted(self.assembler.kind(), batch, users, items, first_row)
             .and_then(|()| self.assembler.add(batch, &mut self.users));
         if let Err(v) = &result {
             self.violation = Some(v.clone());
@@ -357,13 +356,11 @@ impl Harness {
         let names = table_names(&handed);
         let mut tables = abi_tables(handed, &names)?;
         let rules = self.rules;
-        let known_items = if rules.kind == OutputKind::Lists { self.known_items.as_ref() } else { None };
         let checks = OutputChecks {
-            kind: rules.kind,
             assembler: Assembler::new(rules),
             users: SeenUsers::default(),
             known_users: known_ids(&self.inputs, self.known_users.as_ref())?,
-            known_items: known_ids(&self.inputs, known_items)?,
+            known_items: known_ids(&self.inputs, self.known_items.as_ref())?,
             violation: None,
         };
         let instance = create::<S>(&self.params)?;
@@ -477,10 +474,10 @@ unsafe extern "C" fn score_cb(
     if st.scorer.is_none() {
         return fail(err, "the harness has no scorer (Harness::scorer)");
     }
-    let result = match guarded(st, |st| st.scorer.as_mut().map(|scorer| scorer(&batch))) {
-        Some(Some(Ok(r))) => r,
-        Some(Some(Err(e))) => return fail(err, &e),
-        Some(None) | None => return fail(err, "the harness scorer panicked"),
+    let result = match guarded(st, |st| (st.scorer.as_mut().expect("a scorer, checked above"))(&batch)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return fail(err, &e),
+        None => return fail(err, "the harness scorer panicked"),
     };
     match to_ffi(&StructArray::from(result).into_data()) {
         Ok((array, schema)) => {

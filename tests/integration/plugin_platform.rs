@@ -86,14 +86,10 @@ fn untrusted_or_unpinned_plugin_files_are_refused() {
     d.write_job("j", &job(&format!("plugin_sha256 = \"{wrong}\"")));
     let err = String::from_utf8_lossy(&d.cli(&["reload"]).stderr).into_owned();
     assert!(err.contains("field `plugin_sha256`: the plugin file has sha256"), "{err}");
-    let sha = sha256_hex(&so);
+    let sha = crate::util::sha256sum(&so);
     d.write_job("j", &job(&format!("plugin_sha256 = \"{sha}\"")));
     assert!(d.cli(&["reload"]).status.success());
     assert!(d.run_job("j").contains("version 2"));
-}
-
-fn sha256_hex(path: &Path) -> String {
-    crate::util::sha256sum(path)
 }
 
 #[test]
@@ -137,8 +133,10 @@ fn a_new_build_is_used_by_the_next_run_while_a_running_one_keeps_its_code() {
     let out = d.cli(&["run", "slowone"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("plugin `template` rejected its params"));
     // each run's history names the build it ran, the failed one too
-    let (template, faulty) =
-        (sha256_hex(&plugins_dir().join("librecd_template.so")), sha256_hex(&plugins_dir().join("librecd_faulty.so")));
+    let (template, faulty) = (
+        crate::util::sha256sum(&plugins_dir().join("librecd_template.so")),
+        crate::util::sha256sum(&plugins_dir().join("librecd_faulty.so")),
+    );
     let runs = d.history("slowone");
     let builds: Vec<(&str, &str, &str)> = runs
         .iter()
@@ -162,7 +160,7 @@ fn a_new_build_is_used_by_the_next_run_while_a_running_one_keeps_its_code() {
 
     d.run_job("recent");
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
-    assert!(plugins.contains(&format!("recent 0.1.0 abi 1.3 sha256 {}", sha256_hex(&v1))), "{plugins}");
+    assert!(plugins.contains(&format!("recent 0.1.0 abi 1.3 sha256 {}", crate::util::sha256sum(&v1))), "{plugins}");
     let first_seen = |text: &str| {
         let line = text.lines().find(|l| l.starts_with("recent ")).expect("recent listed").to_string();
         line.split(" first_seen ").nth(1).unwrap().split(' ').next().unwrap().to_string()
@@ -174,7 +172,7 @@ fn a_new_build_is_used_by_the_next_run_while_a_running_one_keeps_its_code() {
     std::fs::copy(&v2, &recent_so).unwrap(); // in place
     d.run_job("recent");
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
-    assert!(plugins.contains(&format!("recent 0.2.0 abi 1.3 sha256 {}", sha256_hex(&v2))), "{plugins}");
+    assert!(plugins.contains(&format!("recent 0.2.0 abi 1.3 sha256 {}", crate::util::sha256sum(&v2))), "{plugins}");
     assert_ne!(first_seen(&plugins), v1_seen, "{plugins}");
     assert!(plugins.contains(&recent_so.display().to_string()));
     let runs = d.history("recent");

@@ -267,16 +267,9 @@ impl Daemon {
             seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
             status: "ok".into(),
             table: job.table.clone(),
-            version: None,
-            users: 0,
-            rows: 0,
-            provider: None,
-            error: None,
-            worker: None,
             plugin,
             model_sha256,
-            stages: None,
-            warnings: Vec::new(),
+            ..RunRecord::default()
         };
         match result {
             Ok(r) => {

@@ -175,19 +175,22 @@ pub fn execute(
     control.finish();
     let _ = watchdog.join();
     let tail = stderr_tail.join().unwrap_or_default();
+    // The build the worker reports, in the run's lineage and the plugin registry.
+    let record_build = |plugin: Option<wire::PluginDesc>, model_sha256: Option<String>| {
+        if let Some(plugin) = plugin {
+            control.set_reported(&plugin, model_sha256);
+            plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
+        }
+    };
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
         (None, Err(e)) => Err(e.into()),
         (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, warnings, .. }))) if status.success() => {
-            control.set_reported(&plugin, model_sha256);
-            plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
+            record_build(Some(plugin), model_sha256);
             Ok((provider, stats, warnings))
         }
         (None, Ok(Some(Message::Failed { error, plugin }))) => {
-            if let Some(plugin) = plugin {
-                control.set_reported(&plugin, None);
-                plugins.remember(&job.plugin, &sha256, &plugin, Some(run_id));
-            }
+            record_build(plugin, None);
             Err(RunError::Failed(error))
         }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),

@@ -31,13 +31,14 @@ pub fn with_json(bytes: &[u8]) -> Option<Vec<u8>> {
     if word & HAS_JSON != 0 {
         return None;
     }
-    let entries = decode_list(bytes);
-    let stored: usize = entries.iter().map(|(m, _)| 6 + m.len()).sum();
-    let mut out = Vec::with_capacity(8 + 2 * stored + entries.len() * 24);
+    let mut reader = ListEntries::new(bytes);
+    let entries: Vec<(&[u8], f32)> = reader.by_ref().collect();
+    let stored = &bytes[4..reader.position()];
+    let mut out = Vec::with_capacity(8 + 2 * stored.len() + entries.len() * 24);
     out.extend_from_slice(&(word | HAS_JSON).to_le_bytes());
-    let json_at = u32::try_from(8 + stored).ok()?;
+    let json_at = u32::try_from(8 + stored.len()).ok()?;
     out.extend_from_slice(&json_at.to_le_bytes());
-    out.extend_from_slice(&bytes[4..4 + stored]);
+    out.extend_from_slice(stored);
     write_list_json(&entries, &mut out);
     Some(out)
 }

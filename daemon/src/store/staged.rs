@@ -39,19 +39,20 @@ impl StagedVersion {
     /// Adds one user's list (any order; it is sorted here as Redis orders a sorted set).
     pub fn put_user<S: AsRef<str>>(&mut self, user: &str, list: &mut [(S, f32)]) -> Result<(), StoreError> {
         let value = encode_list(list);
-        let served = served_list_len(&value);
-        self.put(user, value, list.len(), served)
+        self.put(user, value, list.len())
     }
 
     /// Adds one user's hash: field names and values, in the order HGETALL gives them.
     pub fn put_hash(&mut self, user: &str, fields: &[(String, String)]) -> Result<(), StoreError> {
-        let value = encode_hash(fields);
-        let served = value.len();
-        self.put(user, value, 1, served)
+        self.put(user, encode_hash(fields), 1)
     }
 
-    /// `served`: about how large the value is in the read cache (lists gain their JSON there).
-    pub(super) fn put(&mut self, user: &str, value: Vec<u8>, rows: usize, served: usize) -> Result<(), StoreError> {
+    pub(super) fn put(&mut self, user: &str, value: Vec<u8>, rows: usize) -> Result<(), StoreError> {
+        // Sized as the read cache will hold it: a list gains its JSON there.
+        let served = match self.kind {
+            TableKind::Lists => served_list_len(&value),
+            TableKind::Hashes => value.len(),
+        };
         if served >= LARGE_VALUE_BYTES && self.large_users.len() < MAX_WARMED_USERS {
             self.large_users.push(user.to_string());
         }

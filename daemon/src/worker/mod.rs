@@ -42,9 +42,11 @@ pub fn main() -> ExitCode {
         run(&spec, &mut out, &mut loaded)
     });
     let (message, code) = match result {
-        Ok(Finished { provider, rows, plugin, mut stats, model_sha256, warnings }) => {
-            stats.peak_rss_bytes = peak_rss_bytes();
-            (Message::Done { provider, rows, plugin, stats, model_sha256, warnings }, ExitCode::SUCCESS)
+        Ok(mut done) => {
+            if let Message::Done { stats, .. } = &mut done {
+                stats.peak_rss_bytes = peak_rss_bytes();
+            }
+            (done, ExitCode::SUCCESS)
         }
         Err(e) => (Message::Failed { error: format!("{e:#}"), plugin: loaded }, ExitCode::FAILURE),
     };
@@ -95,17 +97,9 @@ fn describe(plugin: &Plugin) -> PluginDesc {
     PluginDesc { name: plugin.name.clone(), version: plugin.version.clone(), abi: plugin.abi() }
 }
 
-/// What a run that ended well reports to the daemon.
-struct Finished {
-    provider: String,
-    rows: u64,
-    plugin: PluginDesc,
-    stats: WorkerStats,
-    model_sha256: Option<String>,
-    warnings: Vec<String>,
-}
-
-fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc>) -> anyhow::Result<Finished> {
+/// Runs the plugin; what a run that ended well reports to the daemon ([`Message::Done`],
+/// the peak memory left for `main` to fill in last).
+fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc>) -> anyhow::Result<Message> {
     let plugin = Plugin::open(&spec.plugin)?;
     tracing::info!(plugin = %plugin.name, version = %plugin.version, "plugin loaded");
     let desc = describe(&plugin);
@@ -154,7 +148,6 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     tracing::debug!(rss_mib = rss_bytes() >> 20, "model loaded");
     let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
     let warnings = engine.as_ref().map(|e| e.warnings.clone()).unwrap_or_default();
-    let known_items = if spec.output == TableKind::Hashes { None } else { known_items };
     let output = spec.output;
     let mut host = WorkerHost {
         engine,
@@ -177,7 +170,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     stats.read_seconds += streamed_seconds;
     let inside = stats.score_seconds + stats.emit_seconds + streamed_seconds;
     stats.plugin_seconds = (running.elapsed().as_secs_f64() - inside).max(0.0);
-    Ok(Finished { provider, rows: host.rows, plugin: desc, stats, model_sha256, warnings })
+    Ok(Message::Done { provider, rows: host.rows, plugin: desc, stats, model_sha256, warnings })
 }
 
 /// The ids of `(input, column)` as a set, for the output checks; from a streamed input
