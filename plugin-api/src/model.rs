@@ -3,7 +3,9 @@
 //! name, the feature the job's `[model_inputs]` binds to it (by default, the input's own
 //! name) and the element type the model wants. A strategy builds each scoring batch from
 //! it: for every row, the named feature's values as a column named after the input, via
-//! [`model_column`].
+//! [`model_column`]. Column `batch_rows` (the same in every row) is how many rows per
+//! `score` call the host prefers for the model's device, 0 for no preference
+//! ([`preferred_batch_rows`]).
 
 use std::sync::Arc;
 
@@ -40,6 +42,17 @@ pub fn read_model_inputs(batch: &RecordBatch) -> Result<Vec<ModelInput>, PluginE
         .zip(dtypes)
         .map(|((input, feature), dtype)| ModelInput { input, feature, dtype })
         .collect())
+}
+
+/// The rows per `score` call the host prefers ([`MODEL_INPUTS_TABLE`] column
+/// `batch_rows`): None when it has none (0, or a host older than the column). A recd
+/// worker prefers none on the CPU, where the strategy's own rule knows its work best,
+/// and a size chosen for the GPU's free memory on CUDA.
+pub fn preferred_batch_rows(batch: &RecordBatch) -> Option<usize> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt64Type;
+    let rows = batch.column_by_name("batch_rows")?.as_primitive_opt::<UInt64Type>()?;
+    rows.iter().flatten().next().filter(|&n| n > 0).and_then(|n| usize::try_from(n).ok())
 }
 
 /// A feature's values for a batch of rows.

@@ -187,6 +187,15 @@ impl<'a> RunContext<'a> {
         }
     }
 
+    /// How many rows per [`score`](Self::score) call the host prefers for the job's
+    /// model, if it has a preference: a model on a GPU wants far larger calls than one on
+    /// the CPU. A strategy that sizes its batches itself uses this when the job sets no
+    /// size of its own.
+    pub fn preferred_batch_rows(&self) -> Option<usize> {
+        let batch = self.inputs.iter().find(|(n, _)| n == crate::abi::MODEL_INPUTS_TABLE).map(|(_, b)| b)?;
+        crate::model::preferred_batch_rows(batch)
+    }
+
     /// Scores `batch` (one column per model input) with the job's model.
     pub fn score(&mut self, batch: RecordBatch) -> Result<RecordBatch, PluginError> {
         let (mut in_array, mut in_schema) = batch_to_ffi(batch)?;

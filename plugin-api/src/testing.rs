@@ -247,18 +247,27 @@ impl Harness {
     }
 
     /// Declares the model's inputs as the host would: (input, bound feature, dtype) rows
-    /// of the `__model_inputs` table (replacing any declared before).
+    /// of the `__model_inputs` table (replacing any declared before), from a host with no
+    /// preferred batch size.
     pub fn model_inputs(self, rows: &[(&str, &str, &str)]) -> Harness {
-        use arrow_array::StringArray;
+        self.model_inputs_preferring(rows, 0)
+    }
+
+    /// As [`model_inputs`](Self::model_inputs), from a host that prefers `batch_rows`
+    /// rows per `score` call, as a recd worker whose model runs on a GPU does.
+    pub fn model_inputs_preferring(self, rows: &[(&str, &str, &str)], batch_rows: u64) -> Harness {
+        use arrow_array::{StringArray, UInt64Array};
         use arrow_schema::{DataType, Field, Schema};
         use std::sync::Arc;
         let col = |i: usize| -> Arc<dyn Array> {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| [r.0, r.1, r.2][i])))
         };
-        let schema = Schema::new(
-            ["input", "feature", "dtype"].iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>(),
-        );
-        let batch = RecordBatch::try_new(Arc::new(schema), vec![col(0), col(1), col(2)]).expect("model inputs table");
+        let mut fields: Vec<Field> =
+            ["input", "feature", "dtype"].iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect();
+        fields.push(Field::new("batch_rows", DataType::UInt64, false));
+        let preferred: Arc<dyn Array> = Arc::new(UInt64Array::from(vec![batch_rows; rows.len()]));
+        let columns = vec![col(0), col(1), col(2), preferred];
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("model inputs table");
         let mut h = self;
         h.inputs.retain(|(n, _)| n != crate::abi::MODEL_INPUTS_TABLE);
         h.input(crate::abi::MODEL_INPUTS_TABLE, batch)

@@ -141,13 +141,12 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         .transpose()?;
     let engine = spec.model.as_deref().map(|m| Engine::open(&spec.onnxruntime, m, spec.device)).transpose()?;
     if let Some(engine) = &engine {
-        let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bound = bind_model_inputs(&engine.inputs(), &spec.model_inputs, engine.preferred_batch_rows())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         tables.push((abi::MODEL_INPUTS_TABLE.to_string(), bound));
     }
     let model_load_seconds = loading.elapsed().as_secs_f64();
     tracing::debug!(rss_mib = rss_bytes() >> 20, "model loaded");
-    let provider = engine.as_ref().map(|e| e.provider.clone()).unwrap_or_else(|| "none".into());
-    let warnings = engine.as_ref().map(|e| e.warnings.clone()).unwrap_or_default();
     let output = spec.output;
     let mut host = WorkerHost {
         engine,
@@ -165,6 +164,12 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     let running = Instant::now();
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     host.out.flush()?;
+    // Read after the run: under `device = "auto"` a CUDA failure moves scoring to the CPU
+    // part way, with a warning.
+    let (provider, warnings) = match &host.engine {
+        Some(e) => (e.provider.clone(), e.warnings.clone()),
+        None => ("none".to_string(), Vec::new()),
+    };
     let mut stats = host.stats;
     let streamed_seconds = host.streamed_nanos.load(Ordering::Relaxed) as f64 / 1e9;
     stats.read_seconds += streamed_seconds;
@@ -244,7 +249,7 @@ fn probe_job(path: &std::path::Path, request: &ProbeRequest) -> Probe {
         let bound = Engine::open(&request.onnxruntime, model, crate::job::Device::Cpu)
             .map_err(|e| ("model", format!("{e:#}")))
             .and_then(|engine| {
-                bind_model_inputs(&engine.inputs(), &request.model_inputs).map_err(|e| ("model_inputs", e))
+                bind_model_inputs(&engine.inputs(), &request.model_inputs, 0).map_err(|e| ("model_inputs", e))
             });
         match bound {
             Ok(table) => tables.push((abi::MODEL_INPUTS_TABLE.to_string(), table)),
@@ -376,9 +381,14 @@ impl arrow_array::RecordBatchReader for TimedReader {
 /// The `__model_inputs` table a plugin reads to build scoring batches: one row per model
 /// input with the feature bound to it and the element type the model wants. With no
 /// `[model_inputs]` in the job each input is bound to the feature of its own name; with
-/// one, it must bind exactly the model's inputs.
-pub fn bind_model_inputs(model: &[(String, String)], binding: &[(String, String)]) -> Result<RecordBatch, String> {
-    use arrow_array::StringArray;
+/// one, it must bind exactly the model's inputs. Every row also carries `batch_rows`, the
+/// rows per call the host prefers for the model's device (0: none, the plugin's rule).
+pub fn bind_model_inputs(
+    model: &[(String, String)],
+    binding: &[(String, String)],
+    batch_rows: u64,
+) -> Result<RecordBatch, String> {
+    use arrow_array::{StringArray, UInt64Array};
     use arrow_schema::{Field, Schema};
     let names: Vec<&str> = model.iter().map(|(n, _)| n.as_str()).collect();
     if let Some((input, _)) = binding.iter().find(|(i, _)| !names.contains(&i.as_str())) {
@@ -404,6 +414,7 @@ pub fn bind_model_inputs(model: &[(String, String)], binding: &[(String, String)
         Field::new("input", DataType::Utf8, false),
         Field::new("feature", DataType::Utf8, false),
         Field::new("dtype", DataType::Utf8, false),
+        Field::new("batch_rows", DataType::UInt64, false),
     ]);
     RecordBatch::try_new(
         std::sync::Arc::new(schema),
@@ -411,6 +422,7 @@ pub fn bind_model_inputs(model: &[(String, String)], binding: &[(String, String)
             std::sync::Arc::new(StringArray::from_iter_values(names.iter())),
             std::sync::Arc::new(StringArray::from(features)),
             std::sync::Arc::new(StringArray::from_iter_values(model.iter().map(|(_, t)| t.as_str()))),
+            std::sync::Arc::new(UInt64Array::from(vec![batch_rows; model.len()])),
         ],
     )
     .map_err(|e| e.to_string())

@@ -60,7 +60,8 @@ struct Params {
     /// Size of the popular pool when `candidates = "popular"`.
     #[serde(default = "default_pool")]
     popular_pool: usize,
-    /// (user, item) pairs scored per host call; unset: chosen by [`auto_batch_pairs`].
+    /// (user, item) pairs scored per host call; unset: the host's preferred size for the
+    /// model's device (a GPU's), else chosen by [`auto_batch_pairs`].
     batch_pairs: Option<usize>,
     /// Build the next batch while the current one is scored; default: on machines with
     /// more than two cores.
@@ -318,7 +319,12 @@ impl Ranking {
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
         let total = vocab.users.len() as u64;
-        let batch_pairs = self.params.batch_pairs.unwrap_or_else(|| auto_batch_pairs(pool.pairs(vocab.users.len())));
+        // The job's size, else the host's for the model's device (a GPU's), else ours.
+        let batch_pairs = self
+            .params
+            .batch_pairs
+            .or_else(|| ctx.preferred_batch_rows())
+            .unwrap_or_else(|| auto_batch_pairs(pool.pairs(vocab.users.len())));
         let walker = match purchases {
             Purchases::Held(held) => Walker::Held(held),
             Purchases::Grouped(columns) => Walker::Grouped(columns.open(ctx)?, columns),

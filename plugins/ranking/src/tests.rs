@@ -421,3 +421,28 @@ fn params_are_checked_before_anything_runs() {
         assert!(err.message.starts_with(want), "{params}: {}", err.message);
     }
 }
+
+#[test]
+fn a_batch_holds_the_jobs_size_else_the_hosts_preferred_size_else_the_plugins_own() {
+    // u1 and u2 have three unseen items each; a batch ends with the user that fills it.
+    let calls = |params: &str, host_prefers: u64| -> Vec<usize> {
+        let sizes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = sizes.clone();
+        let model = move |batch: &RecordBatch| {
+            seen.borrow_mut().push(batch.num_rows());
+            let scores = Float32Array::from(vec![0.5f32; batch.num_rows()]);
+            Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(scores))]))
+        };
+        let inputs = [("user", "user", "int64"), ("item", "item", "int64")];
+        let run = harness(params).model_inputs_preferring(&inputs, host_prefers).scorer(model).run::<Ranking>();
+        assert_eq!(run.unwrap().users(), ["u1", "u2"], "{params}, host prefers {host_prefers}");
+        sizes.take()
+    };
+    // No preference anywhere: the plugin's rule (at least 4,096 pairs): one call.
+    assert_eq!(calls(r#"{"k": 2}"#, 0), [6]);
+    // The host prefers one row a call (as for a GPU, in larger numbers): a user a call.
+    assert_eq!(calls(r#"{"k": 2}"#, 1), [3, 3]);
+    // The job's own size wins over the host's, both ways.
+    assert_eq!(calls(r#"{"k": 2, "batch_pairs": 100}"#, 1), [6]);
+    assert_eq!(calls(r#"{"k": 2, "batch_pairs": 1}"#, 100), [3, 3]);
+}
