@@ -63,10 +63,14 @@ struct Params {
     /// (user, item) pairs scored per host call; unset: the host's preferred size for the
     /// model's device (a GPU's), else chosen by [`auto_batch_pairs`].
     batch_pairs: Option<usize>,
-    /// Build the next batch while the current one is scored; default: on machines with
-    /// more than two cores.
+    /// Build the next batch while the current one is scored, and rank scored batches on
+    /// the cores left ([`Ranking::pipeline`]); default: on machines with more than two
+    /// cores.
     #[serde(default = "default_overlap")]
     overlap: bool,
+    /// Threads ranking scored batches in the overlapped pipeline; unset: the cores
+    /// left beside the batch builder and the thread calling the model, at least one.
+    ranking_threads: Option<usize>,
     #[serde(default = "default_user_column")]
     user_column: String,
     #[serde(default = "default_item_column")]
@@ -131,6 +135,9 @@ impl Strategy for Ranking {
         }
         if params.batch_pairs == Some(0) {
             return Err(PluginError::params("params.batch_pairs: must be positive"));
+        }
+        if params.ranking_threads.is_some_and(|n| n == 0 || n > 1024) {
+            return Err(PluginError::params("params.ranking_threads: must be 1..=1024"));
         }
         if params.candidates == Candidates::Popular && params.popular_pool < params.k {
             return Err(PluginError::params(format!(
@@ -305,11 +312,9 @@ impl Ranking {
         Ok(Held { starts, items })
     }
 
-    /// Scores every user's candidates batch by batch. With `overlap` the batches are
-    /// built on a thread of their own while this one scores, ranks and emits the batch
-    /// before, so preparing batch n + 1 overlaps scoring batch n; the channel holds one
-    /// batch, so at most three are alive at once whatever the number of users. Without
-    /// it each batch is built, then scored: ONNX Runtime then has the cores to itself.
+    /// Scores every user's candidates batch by batch. Without `overlap` each batch is
+    /// built, scored, ranked and emitted in turn on this thread: ONNX Runtime then has
+    /// the cores to itself. With it, the work is a pipeline ([`Ranking::pipeline`]).
     fn score_all(
         &self,
         ctx: &mut RunContext<'_>,
@@ -331,57 +336,128 @@ impl Ranking {
         };
         let others = other_shards(ctx, vocab);
         let others = others.as_deref();
+        if self.params.overlap {
+            return self.pipeline(ctx, vocab, (walker, pool, others, batch_pairs), scorer);
+        }
         let mut result = Ok(());
-        let mut take = |batch: PairBatch, users_done: usize, ctx: &mut RunContext<'_>| {
-            let step =
-                if ctx.is_cancelled() { Err(PluginError::cancelled()) } else { self.flush(ctx, vocab, batch, scorer) };
+        let built = build_batches(walker, vocab, pool, others, batch_pairs, |batch, users_done| {
+            let step = if ctx.is_cancelled() {
+                Err(PluginError::cancelled())
+            } else {
+                scorer.score_batch(ctx, batch).and_then(|scored| match scored {
+                    Some(scored) => ctx.emit(self.select(vocab, &scored)?),
+                    None => Ok(()),
+                })
+            };
             ctx.progress(users_done as u64, total);
             step.map_err(|e| result = Err(e)).is_ok()
-        };
-        if !self.params.overlap {
-            let built = build_batches(walker, vocab, pool, others, batch_pairs, |batch, done| take(batch, done, ctx));
-            return result.and(built);
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(PairBatch, usize)>(1);
-        let built = std::thread::scope(|scope| {
-            let producer = scope.spawn(move || {
-                build_batches(walker, vocab, pool, others, batch_pairs, |b, done| tx.send((b, done)).is_ok())
-            });
-            for (batch, users_done) in rx.iter() {
-                if !take(batch, users_done, ctx) {
-                    break;
-                }
-            }
-            // Hang up first: a producer blocked on a full channel then stops.
-            drop(rx);
-            producer.join()
         });
-        let built = built.map_err(|_| PluginError::internal("the batch builder panicked"))?;
         result.and(built)
     }
 
-    /// Scores the pending pairs, keeps each user's top k and emits them.
-    fn flush(
+    /// The overlapped pipeline: one thread builds the batches, this one scores them (the
+    /// host's callbacks are called from the thread that called `run`), and `selectors`
+    /// threads keep each user's top k and make the rows, which this thread emits between
+    /// model calls. So on a host with cores to spare the model never waits for the
+    /// batch before it to be built or ranked. Every channel is bounded by a few batches
+    /// (the rows going back are bounded by the batches in flight), so memory does not
+    /// grow with the users. Rows are emitted in the order ranking finishes; each user's
+    /// rows stay together in one batch.
+    fn pipeline(
         &self,
         ctx: &mut RunContext<'_>,
         vocab: &Vocab,
-        batch: PairBatch,
+        (walker, pool, others, batch_pairs): (Walker<'_>, &Pool, Option<&[bool]>, usize),
         scorer: &Scorer,
     ) -> Result<(), PluginError> {
-        if batch.items.is_empty() {
-            return Ok(());
-        }
-        let (scores, items) = scorer.score(ctx, batch.users, batch.items)?;
+        use std::sync::{Mutex, mpsc};
+        let total = vocab.users.len() as u64;
+        let selectors = self.params.ranking_threads.unwrap_or_else(selector_threads);
+        let (built_tx, built_rx) = mpsc::sync_channel::<(PairBatch, usize)>(1);
+        let (scored_tx, scored_rx) = mpsc::sync_channel::<Scored>(selectors);
+        let scored_rx = Mutex::new(scored_rx);
+        let (rows_tx, rows_rx) = mpsc::channel::<Result<RecordBatch, PluginError>>();
+        std::thread::scope(|scope| {
+            let producer = scope.spawn(move || {
+                build_batches(walker, vocab, pool, others, batch_pairs, |b, done| built_tx.send((b, done)).is_ok())
+            });
+            let ranked: Vec<_> = (0..selectors)
+                .map(|_| {
+                    let (scored_rx, rows_tx) = (&scored_rx, rows_tx.clone());
+                    scope.spawn(move || {
+                        // The lock is held only to take the next batch.
+                        while let Ok(scored) = { scored_rx.lock().map(|rx| rx.recv()) }.unwrap_or(Err(mpsc::RecvError))
+                        {
+                            if rows_tx.send(self.select(vocab, &scored)).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            drop(rows_tx);
+            let emit_ready = |ctx: &mut RunContext<'_>, wait: bool| -> Result<(), PluginError> {
+                let mut next = if wait { rows_rx.recv().ok() } else { rows_rx.try_recv().ok() };
+                while let Some(rows) = next {
+                    ctx.emit(rows?)?;
+                    next = if wait { rows_rx.recv().ok() } else { rows_rx.try_recv().ok() };
+                }
+                Ok(())
+            };
+            let mut result = Ok(());
+            for (batch, users_done) in built_rx.iter() {
+                let step = if ctx.is_cancelled() {
+                    Err(PluginError::cancelled())
+                } else {
+                    scorer.score_batch(ctx, batch).and_then(|scored| match scored {
+                        Some(scored) => {
+                            scored_tx.send(scored).map_err(|_| PluginError::internal("a ranking thread stopped"))
+                        }
+                        None => Ok(()),
+                    })
+                };
+                let step = step.and_then(|()| emit_ready(ctx, false));
+                ctx.progress(users_done as u64, total);
+                if let Err(e) = step {
+                    result = Err(e);
+                    break;
+                }
+            }
+            // Hang up first: a producer blocked on a full channel then stops, and the
+            // ranking threads finish what they hold and end.
+            drop(built_rx);
+            drop(scored_tx);
+            if result.is_ok() {
+                result = emit_ready(ctx, true);
+            }
+            drop(rows_rx);
+            let joined = ranked.into_iter().map(|t| t.join()).collect::<Result<Vec<()>, _>>();
+            let built = producer.join();
+            match (built, joined) {
+                (Ok(built), Ok(_)) => result.and(built),
+                _ => Err(PluginError::internal("a ranking pipeline thread panicked")),
+            }
+        })
+    }
+
+    /// Each user's top k of a scored batch, as rows to emit.
+    fn select(&self, vocab: &Vocab, scored: &Scored) -> Result<RecordBatch, PluginError> {
         let mut out = OutputRows::new();
         let mut top = TopK::default();
-        for &(u, start, n) in &batch.spans {
-            top.select(&scores[start..start + n], &items[start..start + n], self.params.k);
+        for &(u, start, n) in &scored.spans {
+            top.select(&scored.scores[start..start + n], &scored.items[start..start + n], self.params.k);
             for &(score, item) in &top.best {
                 out.push(vocab.users.id(u as u32), vocab.items.id(item as u32), score);
             }
         }
-        ctx.emit(out.into_batch()?)
+        out.into_batch()
     }
+}
+
+/// Threads that rank scored batches in the pipeline: the cores left beside the batch
+/// builder and the thread that calls the model, at least one.
+fn selector_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(2)).max(1)
 }
 
 export_plugin!(Ranking, name = "ranking", version = env!("CARGO_PKG_VERSION"), stream_inputs = "interactions,users");

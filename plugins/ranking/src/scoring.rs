@@ -120,6 +120,14 @@ impl PairBatch {
     }
 }
 
+/// A batch's scores with its items, and each user's span of them.
+pub(crate) struct Scored {
+    /// (user index, first pair, number of pairs)
+    pub(crate) spans: Vec<(usize, usize, usize)>,
+    pub(crate) scores: ScalarBuffer<f32>,
+    pub(crate) items: ScalarBuffer<i64>,
+}
+
 /// Where a model input's values come from, per (user, item) pair.
 pub(crate) enum Source {
     UserIndex,
@@ -211,6 +219,19 @@ impl Scorer {
     /// Scores (user, item) pairs of model indices; gives back the scores and the items.
     /// The index vectors become the model's int64 columns as they are (Arrow takes the
     /// vectors over, no copy), and the items are read back from that same buffer.
+    /// Scores a batch's pairs; None for a batch without any (the last one may be).
+    pub(crate) fn score_batch(
+        &self,
+        ctx: &mut RunContext<'_>,
+        batch: PairBatch,
+    ) -> Result<Option<Scored>, PluginError> {
+        if batch.items.is_empty() {
+            return Ok(None);
+        }
+        let (scores, items) = self.score(ctx, batch.users, batch.items)?;
+        Ok(Some(Scored { spans: batch.spans, scores, items }))
+    }
+
     pub(crate) fn score(
         &self,
         ctx: &mut RunContext<'_>,

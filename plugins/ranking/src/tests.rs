@@ -257,6 +257,7 @@ fn grouped_interactions_read_one_user_at_a_time_give_the_lists_of_held_ones() {
         r#"{"k": 5, "batch_pairs": 50, "overlap": true}"#,
         r#"{"k": 3, "candidates": "popular", "popular_pool": 12, "batch_pairs": 7}"#,
         r#"{"k": 3, "candidates": "popular", "popular_pool": 12, "overlap": true}"#,
+        r#"{"k": 4, "batch_pairs": 9, "overlap": true, "ranking_threads": 3}"#,
     ] {
         let reference = rank_lines(params, &grouped, 1024);
         assert!(said(&reference, "grouped by user: purchases are read one user at a time"), "{:?}", reference.logs);
@@ -288,8 +289,27 @@ fn overlapped_batches_stop_cleanly_on_cancel_and_on_a_scoring_error() {
     assert_eq!(err.code, recd_plugin_api::abi::code::CANCELLED, "{err:?}");
     let err = harness(params).scorer(|_| Err("model exploded".into())).run::<Ranking>().unwrap_err();
     assert!(err.message.contains("model exploded"), "{err:?}");
-    // and without a fault both ways give the same lists
+    // With several ranking threads too, and a scoring error late in the run.
+    let many = r#"{"k": 2, "batch_pairs": 1, "overlap": true, "ranking_threads": 4}"#;
+    let err = harness(many).cancel_after(2).run::<Ranking>().unwrap_err();
+    assert_eq!(err.code, recd_plugin_api::abi::code::CANCELLED, "{err:?}");
+    let mut calls = 0;
+    let failing_second = move |batch: &RecordBatch| {
+        calls += 1;
+        if calls == 2 {
+            return Err("model exploded on call 2".to_string());
+        }
+        let scores = Float32Array::from(vec![1.0f32; batch.num_rows()]);
+        Ok(table(vec![(Field::new("score", DataType::Float32, false), Arc::new(scores))]))
+    };
+    let err = harness(many).scorer(failing_second).run::<Ranking>().unwrap_err();
+    assert!(err.message.contains("model exploded on call 2"), "{err:?}");
+    // and without a fault every way gives the same lists
     let overlapped = harness(params).run::<Ranking>().unwrap();
+    let pooled = harness(many).run::<Ranking>().unwrap();
+    for user in ["u1", "u2"] {
+        assert_eq!(list(&pooled, user), list(&overlapped, user));
+    }
     let sequential = harness(r#"{"k": 2, "batch_pairs": 1, "overlap": false}"#).run::<Ranking>().unwrap();
     for user in ["u1", "u2"] {
         assert_eq!(list(&overlapped, user), list(&sequential, user));
