@@ -24,7 +24,8 @@ pub(super) struct Collector {
 /// Where the collector's users go: the staged version, minus the users outside the shard.
 struct StagedSink {
     staged: StagedVersion,
-    /// Time spent writing users into the staged version (the run's `store` stage).
+    /// Time spent handing users to the staged version, which its writer threads apply
+    /// beside this one (their time is the run's `store` stage).
     store_seconds: f64,
     done_users: SeenUsers,
     shard: Shard,
@@ -85,9 +86,15 @@ impl Collector {
         added
     }
 
-    /// (collect, store) seconds so far: the checks alone, and the staged writes.
-    pub(super) fn stage_seconds(&self) -> (f64, f64) {
-        ((self.seconds - self.sink.store_seconds).max(0.0), self.sink.store_seconds)
+    /// Seconds spent collecting so far: the checks and the encoding, less handing the
+    /// users over to the staged version's writers.
+    pub(super) fn collect_seconds(&self) -> f64 {
+        (self.seconds - self.sink.store_seconds).max(0.0)
+    }
+
+    /// The staged version's writing time (see [`StagedVersion::write_nanos`]).
+    pub(super) fn write_nanos(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.sink.staged.write_nanos()
     }
 
     pub(super) fn into_staged(self) -> StagedVersion {

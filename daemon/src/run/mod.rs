@@ -233,9 +233,11 @@ fn settle<T>(
 ) -> Result<(T, VersionInfo, DaemonStages), RunError> {
     match outcome.and_then(|value| collector.finish().map(|()| value).map_err(RunError::from)) {
         Ok(value) => {
-            let (collect_seconds, store_seconds) = collector.stage_seconds();
+            let (collect_seconds, writing) = (collector.collect_seconds(), collector.write_nanos());
             let publishing = Instant::now();
             let version = store.publish(collector.into_staged())?;
+            // Read after the publish, which waits for the last rows to be written.
+            let store_seconds = writing.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
             let stages =
                 DaemonStages { collect_seconds, store_seconds, publish_seconds: publishing.elapsed().as_secs_f64() };
             Ok((value, version, stages))

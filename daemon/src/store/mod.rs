@@ -434,6 +434,9 @@ impl Store {
             kind,
             tree,
             batch: sled::Batch::default(),
+            writers: None,
+            writer_threads: staged::writer_threads(),
+            applying: Default::default(),
             pending: 0,
             users: 0,
             rows: 0,
@@ -616,7 +619,9 @@ impl Store {
     }
 
     /// Throws a staged version away.
-    pub fn discard(&self, staged: StagedVersion) -> Result<(), StoreError> {
+    pub fn discard(&self, mut staged: StagedVersion) -> Result<(), StoreError> {
+        // Its writer threads finish before its tree goes.
+        drop(staged.writers.take());
         let name = data_tree_name(&staged.table, staged.version);
         let _unstage = Unstage(self, name.clone());
         // A failed store drops what is left of the version when it is opened again.
@@ -832,6 +837,45 @@ mod tests {
         assert_eq!(store.publish(a).unwrap().version, 1, "discarding b left a's tree alone");
         assert_eq!(decode_list(&store.served("t").unwrap().get(b"u").unwrap().unwrap())[0].0, b"a");
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn rows_applied_by_several_writer_threads_are_all_in_the_version_and_a_discard_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+        let user = |u: usize| format!("user-{u:05}");
+        let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
+        staged.writer_threads = 3;
+        let applying = staged.write_nanos();
+        // Five batches of 4,096 users and a partial one, over three threads.
+        for u in 0..21_000 {
+            staged.put_user(&user(u), &mut [(format!("i{u}"), (u + 1) as f32), ("common".into(), 0.5)]).unwrap();
+        }
+        let info = store.publish(staged).unwrap();
+        assert_eq!((info.users, info.rows), (21_000, 42_000));
+        assert!(applying.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        let served = store.served("t").unwrap();
+        for u in [0, 4_095, 4_096, 12_345, 20_479, 20_480, 20_999] {
+            let value = served.get(user(u).as_bytes()).unwrap().unwrap();
+            let list = decode_list(&value);
+            let items: Vec<&[u8]> = list.iter().map(|(item, _)| *item).collect();
+            assert_eq!(items, [format!("i{u}").as_bytes(), b"common"], "user {u}");
+        }
+        // What is stored sums to the checksum taken as the rows were staged.
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        // A version discarded while its threads write: they finish, its tree goes, and
+        // the published one is untouched.
+        let mut doomed = store.stage("t", "job", 2, TableKind::Lists).unwrap();
+        doomed.writer_threads = 3;
+        for u in 0..13_000 {
+            doomed.put_user(&user(u), &mut [("x", 1.0)]).unwrap();
+        }
+        store.discard(doomed).unwrap();
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        assert_eq!(store.served("t").unwrap().version, 1);
+        let names: Vec<String> =
+            store.h().unwrap().db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        assert!(!names.iter().any(|n| n == &data_tree_name("t", 2)), "{names:?}");
     }
 
     #[test]
