@@ -147,7 +147,14 @@ fn pool() -> &'static [std::sync::mpsc::SyncSender<Job>] {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(2);
                 std::thread::Builder::new()
                     .name(format!("store-writer-{i}"))
-                    .spawn(move || rx.into_iter().for_each(|job| job()))
+                    .spawn(move || {
+                        // Background work: reads on the socket and the worker's model come
+                        // first. A writer that lags fills its queue, which holds the
+                        // collecting thread and so the worker: it cannot fall far behind.
+                        // (Linux applies a thread id's niceness to that thread alone.)
+                        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS);
+                        rx.into_iter().for_each(|job| job())
+                    })
                     .expect("starting a store writer thread");
                 tx
             })
@@ -220,6 +227,11 @@ impl Drop for Writers {
         let _ = self.wait();
     }
 }
+
+/// The writer threads' niceness (0 is the daemon's own). With it the M workload's scoring
+/// stage went from 0.72-0.88 s to 0.60-0.66 s in one A/B on this 2-core machine, the
+/// whole job a little faster too.
+const WRITER_NICENESS: i32 = 10;
 
 /// Threads in the pool; a version uses [`writer_threads`] of them.
 const MAX_WRITER_THREADS: usize = 4;
