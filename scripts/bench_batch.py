@@ -418,7 +418,11 @@ def memory_verdict(mem: list[dict]) -> list[str]:
         "buyers) and holds nobody's purchases beyond their turn. In any other order it holds every "
         f"user's purchases at once, 4 bytes per line and per user: {mib(held)} MiB more at {large['size']}.",
         "- The daemon's peak is its store: sled's page cache (`store_cache_mb`, 256 MiB by default) "
-        "and sled's own bookkeeping while a publish writes every user's list.",
+        "and sled's own bookkeeping while a publish writes every user's list. The rows are checked "
+        "and encoded on the thread that collects them and written by a store writer thread beside "
+        "it; each thread allocates from its own malloc arena, so the peak is higher than with one "
+        "thread doing both (411 MiB at L when measured so, 2026-12-05), for a whole job about a "
+        "quarter faster.",
     ]
 
 

@@ -433,7 +433,7 @@ impl Store {
             version,
             kind,
             tree,
-            batch: sled::Batch::default(),
+            batch: Vec::new(),
             writers: None,
             writer_threads: staged::writer_threads(),
             applying: Default::default(),

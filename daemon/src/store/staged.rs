@@ -25,7 +25,8 @@ pub struct StagedVersion {
     pub version: u64,
     pub kind: TableKind,
     pub(super) tree: sled::Tree,
-    pub(super) batch: sled::Batch,
+    /// Rows staged and not yet handed to the writers: (user, encoded value).
+    pub(super) batch: Vec<(Box<str>, Vec<u8>)>,
     /// Where full batches go; started with the first one, with `writer_threads` threads.
     pub(super) writers: Option<Writers>,
     pub(super) writer_threads: usize,
@@ -64,11 +65,11 @@ impl StagedVersion {
             self.large_users.push(user.to_string());
         }
         self.checksum = self.checksum.wrapping_add(row_hash(user.as_bytes(), &value));
-        self.batch.insert(user.as_bytes(), value);
+        self.batch.push((user.into(), value));
         self.users += 1;
         self.rows += rows as u64;
         self.pending += 1;
-        if self.pending >= 4096 {
+        if self.pending >= BATCH_USERS {
             self.send_pending()?;
         }
         Ok(())
@@ -96,7 +97,7 @@ impl StagedVersion {
         if self.pending > 0 {
             let writers =
                 self.writers.get_or_insert_with(|| Writers::start(&self.tree, &self.applying, self.writer_threads));
-            writers.send(std::mem::take(&mut self.batch))?;
+            writers.send(std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_USERS)))?;
             self.pending = 0;
         }
         Ok(())
@@ -169,7 +170,12 @@ impl Writers {
     }
 
     /// Queues a batch for the next thread in turn; the error a batch before met, if any.
-    fn send(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+    /// The writer copies each row into the sled batch itself: what sled keeps is then
+    /// allocated by the writer thread, from its own malloc arena, instead of by the
+    /// collecting thread and kept in that thread's arena too (with the rows encoded on
+    /// one thread and kept by another, the daemon's peak was about twice the inline
+    /// writer's: 814 against 411 MiB on the L workload).
+    fn send(&mut self, rows: Vec<(Box<str>, Vec<u8>)>) -> Result<(), StoreError> {
         self.check()?;
         let (tree, applying, failed) = (self.tree.clone(), self.applying.clone(), self.failed.clone());
         let job: Job = Box::new(move || {
@@ -177,6 +183,11 @@ impl Writers {
                 return;
             }
             let started = std::time::Instant::now();
+            let mut batch = sled::Batch::default();
+            for (user, value) in &rows {
+                batch.insert(user.as_bytes(), value.as_slice());
+            }
+            drop(rows);
             let applied = tree.apply_batch(batch);
             applying.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             if let Err(e) = applied {
@@ -232,6 +243,9 @@ impl Drop for Writers {
 /// stage went from 0.72-0.88 s to 0.60-0.66 s in one A/B on this 2-core machine, the
 /// whole job a little faster too.
 const WRITER_NICENESS: i32 = 10;
+
+/// Users per batch handed to a writer.
+const BATCH_USERS: usize = 4096;
 
 /// Threads in the pool; a version uses [`writer_threads`] of them.
 const MAX_WRITER_THREADS: usize = 4;
