@@ -200,9 +200,10 @@ impl Writers {
         Ok(())
     }
 
+    /// The error a batch of this version met, if any (kept: later batches stay unapplied).
     fn check(&self) -> Result<(), StoreError> {
-        match self.failed.lock().expect("writer errors").take() {
-            Some(e) => Err(e.into()),
+        match &*self.failed.lock().expect("writer errors") {
+            Some(e) => Err(e.clone().into()),
             None => Ok(()),
         }
     }
