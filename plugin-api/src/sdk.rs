@@ -180,8 +180,7 @@ impl<'a> RunContext<'a> {
     /// The job's model inputs and the features bound to them; an error if the job has no
     /// model.
     pub fn model_inputs(&self) -> Result<Vec<crate::model::ModelInput>, PluginError> {
-        let batch = self.inputs.iter().find(|(n, _)| n == crate::abi::MODEL_INPUTS_TABLE).map(|(_, b)| b);
-        match batch {
+        match self.model_inputs_table() {
             Some(b) => crate::model::read_model_inputs(b),
             None => Err(PluginError::params("this strategy scores with a model: the job needs `model`")),
         }
@@ -192,8 +191,11 @@ impl<'a> RunContext<'a> {
     /// the CPU. A strategy that sizes its batches itself uses this when the job sets no
     /// size of its own.
     pub fn preferred_batch_rows(&self) -> Option<usize> {
-        let batch = self.inputs.iter().find(|(n, _)| n == crate::abi::MODEL_INPUTS_TABLE).map(|(_, b)| b)?;
-        crate::model::preferred_batch_rows(batch)
+        crate::model::preferred_batch_rows(self.model_inputs_table()?)
+    }
+
+    fn model_inputs_table(&self) -> Option<&RecordBatch> {
+        self.inputs.iter().find(|(n, _)| n == crate::abi::MODEL_INPUTS_TABLE).map(|(_, b)| b)
     }
 
     /// Scores `batch` (one column per model input) with the job's model.

@@ -437,7 +437,6 @@ impl Store {
             writers: None,
             writer_threads: staged::writer_threads(),
             applying: Default::default(),
-            pending: 0,
             users: 0,
             rows: 0,
             fallback: Vec::new(),

@@ -31,8 +31,7 @@ pub struct StagedVersion {
     pub(super) writers: Option<Writers>,
     pub(super) writer_threads: usize,
     /// Nanoseconds the writer threads spent applying batches, summed over them.
-    pub(super) applying: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub(super) pending: usize,
+    pub(super) applying: Arc<AtomicU64>,
     pub users: u64,
     pub rows: u64,
     /// Published with the version: see [`TableMeta::fallback`].
@@ -68,8 +67,7 @@ impl StagedVersion {
         self.batch.push((user.into(), value));
         self.users += 1;
         self.rows += rows as u64;
-        self.pending += 1;
-        if self.pending >= BATCH_USERS {
+        if self.batch.len() >= BATCH_USERS {
             self.send_pending()?;
         }
         Ok(())
@@ -77,7 +75,7 @@ impl StagedVersion {
 
     /// The nanoseconds the writer threads spend applying this version's rows to its tree,
     /// summed over them (read it after publishing for the whole of it).
-    pub fn write_nanos(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    pub fn write_nanos(&self) -> Arc<AtomicU64> {
         self.applying.clone()
     }
 
@@ -94,11 +92,10 @@ impl StagedVersion {
 
     /// Hands the pending rows to the writer threads (without waiting for them).
     fn send_pending(&mut self) -> Result<(), StoreError> {
-        if self.pending > 0 {
+        if !self.batch.is_empty() {
             let writers =
                 self.writers.get_or_insert_with(|| Writers::start(&self.tree, &self.applying, self.writer_threads));
             writers.send(std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_USERS)))?;
-            self.pending = 0;
         }
         Ok(())
     }
@@ -107,10 +104,7 @@ impl StagedVersion {
     /// there (before a lookup in it, and before publishing).
     pub(super) fn write_pending(&mut self) -> Result<(), StoreError> {
         self.send_pending()?;
-        match self.writers.take() {
-            Some(writers) => writers.finish(),
-            None => Ok(()),
-        }
+        self.writers.as_mut().map_or(Ok(()), Writers::wait)
     }
 }
 
@@ -210,8 +204,10 @@ impl Writers {
 
     /// Waits until every batch queued so far is applied (each thread's queue is in
     /// order: a marker behind them answers once they are); the first error of any.
-    fn wait(&self) -> Result<(), StoreError> {
-        let answers: Vec<_> = pool()[..self.threads.min(self.next)]
+    fn wait(&mut self) -> Result<(), StoreError> {
+        // The threads given a batch since the last wait; none are left after this one.
+        let used = self.threads.min(std::mem::take(&mut self.next));
+        let answers: Vec<_> = pool()[..used]
             .iter()
             .map(|queue| {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -225,10 +221,6 @@ impl Writers {
             answer.recv().map_err(|_| sled::Error::ReportableBug("a store writer thread ended".into()))?;
         }
         self.check()
-    }
-
-    fn finish(self) -> Result<(), StoreError> {
-        self.wait()
     }
 }
 

@@ -48,9 +48,9 @@ struct DeviceIo {
     outputs_in: MemoryInfo<'static>,
     /// Where the inputs are staged (pinned memory on CUDA).
     staging: Allocator,
-    /// The staged input tensors, by model input, for batches of `rows` rows.
+    /// The staged input tensors, by model input, for batches of `rows` rows (None: none yet).
     staged: Vec<(String, ort::value::DynTensor)>,
-    rows: usize,
+    rows: Option<usize>,
     /// Tests: the error ONNX Runtime would give on a device this machine lacks.
     #[cfg(test)]
     fails_with: Option<String>,
@@ -63,7 +63,7 @@ impl DeviceIo {
             outputs_in,
             staging,
             staged: Vec::new(),
-            rows: 0,
+            rows: None,
             #[cfg(test)]
             fails_with: None,
         })
@@ -113,9 +113,9 @@ impl DeviceIo {
     /// batch length changes).
     fn stage(&mut self, session: &Session, batch: &RecordBatch) -> Result<(), CallError> {
         let rows = batch.num_rows();
-        if rows != self.rows || self.staged.len() != session.inputs().len() {
+        if self.rows != Some(rows) {
             self.staged.clear();
-            self.rows = 0;
+            self.rows = None;
             for outlet in session.inputs() {
                 let ty = outlet
                     .dtype()
@@ -125,7 +125,7 @@ impl DeviceIo {
                     .map_err(|e| CallError::Runtime(format!("staging model input `{}`: {e}", outlet.name())))?;
                 self.staged.push((outlet.name().to_string(), tensor));
             }
-            self.rows = rows;
+            self.rows = Some(rows);
         }
         for (name, tensor) in &mut self.staged {
             let col = batch

@@ -341,14 +341,7 @@ impl Ranking {
         }
         let mut result = Ok(());
         let built = build_batches(walker, vocab, pool, others, batch_pairs, |batch, users_done| {
-            let step = if ctx.is_cancelled() {
-                Err(PluginError::cancelled())
-            } else {
-                scorer.score_batch(ctx, batch).and_then(|scored| match scored {
-                    Some(scored) => ctx.emit(self.select(vocab, &scored)?),
-                    None => Ok(()),
-                })
-            };
+            let step = score_step(ctx, scorer, batch, |ctx, scored| ctx.emit(self.select(vocab, &scored)?));
             ctx.progress(users_done as u64, total);
             step.map_err(|e| result = Err(e)).is_ok()
         });
@@ -386,8 +379,7 @@ impl Ranking {
                     let (scored_rx, rows_tx) = (&scored_rx, rows_tx.clone());
                     scope.spawn(move || {
                         // The lock is held only to take the next batch.
-                        while let Ok(scored) = { scored_rx.lock().map(|rx| rx.recv()) }.unwrap_or(Err(mpsc::RecvError))
-                        {
+                        while let Some(scored) = scored_rx.lock().ok().and_then(|rx| rx.recv().ok()) {
                             if rows_tx.send(self.select(vocab, &scored)).is_err() {
                                 break;
                             }
@@ -396,26 +388,18 @@ impl Ranking {
                 })
                 .collect();
             drop(rows_tx);
+            // Emits the rows ranked so far; with `wait`, every row still to come.
             let emit_ready = |ctx: &mut RunContext<'_>, wait: bool| -> Result<(), PluginError> {
-                let mut next = if wait { rows_rx.recv().ok() } else { rows_rx.try_recv().ok() };
-                while let Some(rows) = next {
+                while let Some(rows) = if wait { rows_rx.recv().ok() } else { rows_rx.try_recv().ok() } {
                     ctx.emit(rows?)?;
-                    next = if wait { rows_rx.recv().ok() } else { rows_rx.try_recv().ok() };
                 }
                 Ok(())
             };
             let mut result = Ok(());
             for (batch, users_done) in built_rx.iter() {
-                let step = if ctx.is_cancelled() {
-                    Err(PluginError::cancelled())
-                } else {
-                    scorer.score_batch(ctx, batch).and_then(|scored| match scored {
-                        Some(scored) => {
-                            scored_tx.send(scored).map_err(|_| PluginError::internal("a ranking thread stopped"))
-                        }
-                        None => Ok(()),
-                    })
-                };
+                let step = score_step(ctx, scorer, batch, |_, scored| {
+                    scored_tx.send(scored).map_err(|_| PluginError::internal("a ranking thread stopped"))
+                });
                 let step = step.and_then(|()| emit_ready(ctx, false));
                 ctx.progress(users_done as u64, total);
                 if let Err(e) = step {
@@ -451,6 +435,23 @@ impl Ranking {
             }
         }
         out.into_batch()
+    }
+}
+
+/// Scores a batch unless the run is cancelled, and hands the scores to `then` (a batch
+/// without pairs has none).
+fn score_step(
+    ctx: &mut RunContext<'_>,
+    scorer: &Scorer,
+    batch: PairBatch,
+    then: impl FnOnce(&mut RunContext<'_>, Scored) -> Result<(), PluginError>,
+) -> Result<(), PluginError> {
+    if ctx.is_cancelled() {
+        return Err(PluginError::cancelled());
+    }
+    match scorer.score_batch(ctx, batch)? {
+        Some(scored) => then(ctx, scored),
+        None => Ok(()),
     }
 }
 

@@ -216,9 +216,6 @@ pub(crate) fn per_id(
 }
 
 impl Scorer {
-    /// Scores (user, item) pairs of model indices; gives back the scores and the items.
-    /// The index vectors become the model's int64 columns as they are (Arrow takes the
-    /// vectors over, no copy), and the items are read back from that same buffer.
     /// Scores a batch's pairs; None for a batch without any (the last one may be).
     pub(crate) fn score_batch(
         &self,
@@ -232,6 +229,9 @@ impl Scorer {
         Ok(Some(Scored { spans: batch.spans, scores, items }))
     }
 
+    /// Scores (user, item) pairs of model indices; gives back the scores and the items.
+    /// The index vectors become the model's int64 columns as they are (Arrow takes the
+    /// vectors over, no copy), and the items are read back from that same buffer.
     pub(crate) fn score(
         &self,
         ctx: &mut RunContext<'_>,
