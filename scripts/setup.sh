@@ -4,7 +4,9 @@
 #   libonnxruntime.so and the tests use its Python binding as an independent scorer);
 # - Debian's redis-tools (redis-cli, redis-benchmark) and redis-server (the reference
 #   server the protocol tests compare against);
-# - with --tests, redis-py from PyPI into .deps/py (a client the tests drive recd with).
+# - with --tests, redis-py from PyPI into .deps/py (a client the tests drive recd with), and
+#   the training scripts' imports (scripts/requirements-train.txt) into .deps/pytools (the
+#   tests run a training command job end to end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,11 @@ fi
 if [ "${1:-}" = "--tests" ] && ! PYTHONPATH=.deps/py python3 -c "import redis, sys; sys.exit(redis.__version__ != '6.4.0')" 2>/dev/null; then
   echo "setup: installing redis==6.4.0 (redis-py, for the client tests) into .deps/py"
   python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .deps/py "redis==6.4.0"
+fi
+
+if [ "${1:-}" = "--tests" ] && ! PYTHONPATH=.deps/pytools python3 -c "import numpy, pandas, pyarrow, onnx" 2>/dev/null; then
+  echo "setup: installing the training scripts' packages (scripts/requirements-train.txt) into .deps/pytools"
+  python3 -m pip install --quiet --disable-pip-version-check --target .deps/pytools -r scripts/requirements-train.txt
 fi
 
 if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then

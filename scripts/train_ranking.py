@@ -38,6 +38,9 @@ only):
   d>): item embeddings for similarity (embedding diversity): ALS's item factors, or for
   EASE^R each item's column of the rank-128 matrix (singular vectors scaled by their
   singular values);
+* ``metrics.json`` -- the training data's size (lines, users, items, positive pairs) and,
+  unless ``--no-validation``, the chosen setting's mean validation nDCG@10: what recd's model
+  registry records when a command job runs this script (``produces = "registry:<name>"``);
 * ``README.md`` -- the model card with the validation table (demo data only).
 
 Deterministic: fixed seed, single-threaded BLAS.
@@ -58,6 +61,7 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -720,6 +724,19 @@ trend); scores are not probabilities.
 # --------------------------------------------------------------------------- main
 
 
+def write_metrics(path: str, *, data, n_lines: int, chosen: dict) -> None:
+    """What recd's model registry records of this version (``metrics.json``: names to
+    numbers): the training data's size and, when the setting was chosen by validation, its
+    mean nDCG@K over the validation windows."""
+    metrics = {"lines": n_lines, "users": len(data.users), "items": len(data.items), "positive_pairs": len(data.pairs)}
+    if "ndcg" in chosen:
+        metrics[f"validation_ndcg@{K}"] = round(float(chosen["ndcg"]), 6)
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="Train the ranking model and export it to ONNX: time-decayed popularity, implicit ALS, "
@@ -810,6 +827,7 @@ def main(argv=None) -> int:
 
     verified = verify_onnx(onnx_path, U, V)
     write_item_factors(args.out, emb)
+    write_metrics(os.path.join(args.out, "metrics.json"), data=data, n_lines=len(df), chosen=chosen)
 
     if results and demo_data:
         write_card(os.path.join(args.out, "README.md"), data_path=args.data, data=data, chosen=chosen,

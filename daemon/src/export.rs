@@ -65,6 +65,11 @@ pub fn part_paths(dir: &Path, job: &str, shard: Shard) -> (PathBuf, PathBuf) {
 pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyhow::Result<Manifest> {
     let file = config.jobs_dir.join(format!("{job_name}.toml"));
     let job = job::load(&file, config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if job.command.is_some() {
+        anyhow::bail!("job {job_name} runs a command: it publishes no table to export");
+    }
+    // The registry lives in the real data dir, not the run's scratch store.
+    let (job, _) = crate::models::pin(&job, &config.data_dir)?;
     if let Some(input) = job.inputs.iter().find(|i| i.format == InputFormat::Table) {
         anyhow::bail!(
             "input `{}` reads table `{}`, which only a daemon serves: a run with --export reads files",
@@ -84,6 +89,7 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
     let control = RunControl::new();
     let report = run::execute(&job, run_id, &run_config, &store, &plugins, &control, shard)
         .map_err(|e| anyhow::anyhow!("job {}: {e}", job.name))?;
+    let version = report.table_version().context("the run published no table")?;
     let served = store.served(&job.table).context("the run's version is not in the scratch store")?;
     // The plugin snapshot and the model the run used, as it recorded them (either file may
     // have been replaced since).
@@ -100,9 +106,9 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
         plugin_sha256,
         model_sha256,
         inputs: input_fingerprints(&job)?,
-        users: report.version.users,
-        rows: report.version.rows,
-        checksum: report.version.checksum,
+        users: version.users,
+        rows: version.rows,
+        checksum: version.checksum,
         part: part_file_name(&part),
         part_sha256: sha256_file(&tmp_part)?,
         recd_version: env!("CARGO_PKG_VERSION").to_string(),

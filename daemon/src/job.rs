@@ -72,8 +72,22 @@ pub struct RawJob {
     /// `<fallback>:__default__` (what a cold-start table publishes).
     #[serde(default)]
     pub fallback: Vec<String>,
-    /// Plugin name (`<plugins_dir>/librecd_<name>.so`) or a path to a `.so`.
-    pub plugin: String,
+    /// Plugin name (`<plugins_dir>/librecd_<name>.so`) or a path to a `.so`. A job runs
+    /// either a plugin or a `command`.
+    pub plugin: Option<String>,
+    /// A program and its arguments, run instead of a plugin (training, preparation). `{output}`
+    /// in an argument is the folder a model version is written to (with `produces`),
+    /// `{inputs.<name>}` an input's path. A name without '/' is looked up in PATH; a
+    /// relative path is from the folder of recd.toml, where the command also runs.
+    pub command: Option<Vec<String>>,
+    /// Environment variables the command gets beside the daemon's own.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `registry:<name>`: the command writes a model version into `{output}`, which is
+    /// published as the next version of registry model `<name>` when the command succeeds.
+    pub produces: Option<String>,
+    /// The version's ONNX file; default: the one `.onnx` file the command wrote.
+    pub model_file: Option<String>,
     /// Table the results are published to; defaults to the job name (file stem). A table
     /// has one publishing job, unless every job that names it sets `shared_table`.
     pub table: Option<String>,
@@ -81,7 +95,8 @@ pub struct RawJob {
     /// an hourly refresh). Default false: a second job naming the table is an error.
     #[serde(default)]
     pub shared_table: bool,
-    /// ONNX model file scored through the host callback.
+    /// ONNX model file scored through the host callback, or `registry:<name>` for the
+    /// current version of a registry model at the start of each run.
     pub model: Option<String>,
     /// Binds model inputs to features the plugin offers: `<model input> = "<feature>"`.
     /// When given, every input of the model must be bound. Unset: each input is bound to
@@ -93,7 +108,8 @@ pub struct RawJob {
     pub output: Option<String>,
     /// Where to score: "cpu" (default), "cuda" (strict) or "auto".
     pub device: Option<String>,
-    /// Named input tables: name = "path.parquet" | "path.csv".
+    /// Named input tables: name = "path.parquet" | "path.csv" | "table:<name>" |
+    /// "registry:<model>/<file>" (a file of the model's current version).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
     /// Free-form parameters handed to the plugin, which validates them.
@@ -175,6 +191,10 @@ pub struct Input {
     pub name: String,
     pub path: PathBuf,
     pub format: InputFormat,
+    /// A file of a registry model's version (`registry:<model>/<file>`): `path` is the file
+    /// name until the run pins the version (the registry's `pin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 /// A validated job. Paths are absolute; `resolve` has checked they exist.
@@ -191,6 +211,12 @@ pub struct Job {
     /// Other jobs may publish `table` too (they must say so as well).
     pub shared_table: bool,
     pub model: Option<PathBuf>,
+    /// `model = "registry:<name>"`: the registry model whose current version a run scores
+    /// with (`model` is set when the run pins it).
+    pub registry_model: Option<String>,
+    /// A command job: what it runs instead of a plugin (then `plugin` is empty and the job
+    /// publishes no table).
+    pub command: Option<CommandSpec>,
     /// (model input, feature) pairs of `[model_inputs]`, sorted by input.
     pub model_inputs: Vec<(String, String)>,
     pub kind: TableKind,
@@ -211,6 +237,33 @@ pub struct Job {
     /// Line of `table` (1 when the table is the job's name), for ownership errors.
     pub table_line: usize,
 }
+
+/// What a command job runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSpec {
+    /// The program (absolute if the job gave a path) and its arguments, placeholders kept.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The registry model the command's output becomes a version of.
+    pub produces: Option<String>,
+    pub model_file: Option<String>,
+}
+
+/// Keys that only plugin jobs take, refused in a command job.
+const PLUGIN_ONLY: [&str; 12] = [
+    "table",
+    "shared_table",
+    "model",
+    "model_inputs",
+    "output",
+    "device",
+    "params",
+    "fallback",
+    "known_users",
+    "known_items",
+    "max_items_per_user",
+    "plugin_sha256",
+];
 
 /// Reads, parses, validates and resolves one job file.
 pub fn load(file: &Path, config: &Config) -> Result<Job, JobError> {
@@ -277,13 +330,20 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
             format!("{table:?} must be letters, digits, '-' or '_' (it prefixes keys as `<table>:<user>`)"),
         ));
     }
-    let by_path = raw.plugin.ends_with(".so") || raw.plugin.contains('/');
-    let plugin = if by_path {
-        absolute(base, &raw.plugin)
-    } else if valid_name(&raw.plugin) {
-        plugins_dir.join(format!("librecd_{}.so", raw.plugin.replace('-', "_")))
-    } else {
-        return Err(invalid("plugin", format!("{:?} is neither a plugin name nor a path to a .so", raw.plugin)));
+    let command = command_spec(&raw, base, &invalid)?;
+    let (plugin, by_path) = match (&raw.plugin, &command) {
+        (Some(p), None) => (
+            plugin_path(p, base, plugins_dir)
+                .ok_or_else(|| invalid("plugin", format!("{p:?} is neither a plugin name nor a path to a .so")))?,
+            p.ends_with(".so") || p.contains('/'),
+        ),
+        (None, Some(_)) => (PathBuf::new(), true),
+        (Some(_), Some(_)) => {
+            return Err(invalid("command", "a job runs either a `plugin` or a `command`, not both".into()));
+        }
+        (None, None) => {
+            return Err(invalid("plugin", "missing: a job runs a `plugin` (or a `command`)".into()));
+        }
     };
     let device = match raw.device.as_deref().unwrap_or("cpu") {
         "cpu" => Device::Cpu,
@@ -300,7 +360,22 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
                     format!("{path:?}: expected table:<another table's name>"),
                 ));
             }
-            inputs.push(Input { name: input.clone(), path: PathBuf::from(table), format: InputFormat::Table });
+            if command.is_some() {
+                return Err(invalid(
+                    &format!("inputs.{input}"),
+                    format!("{path:?}: a command job reads files, not tables"),
+                ));
+            }
+            inputs.push(Input {
+                name: input.clone(),
+                path: PathBuf::from(table),
+                format: InputFormat::Table,
+                registry: None,
+            });
+            continue;
+        }
+        if let Some(rest) = path.strip_prefix("registry:") {
+            inputs.push(registry_input(input, rest).map_err(|m| invalid(&format!("inputs.{input}"), m))?);
             continue;
         }
         let Some(format) = InputFormat::from_path(Path::new(path)) else {
@@ -309,7 +384,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
                 format!("{path:?}: expected a .csv, .parquet or .arrow file, or table:<name>"),
             ));
         };
-        inputs.push(Input { name: input.clone(), path: absolute(base, path), format });
+        inputs.push(Input { name: input.clone(), path: absolute(base, path), format, registry: None });
     }
     if let Some(pin) = &raw.plugin_sha256
         && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
@@ -328,6 +403,14 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     }
     let params_json = serde_json::to_string(&raw.params)
         .map_err(|e| invalid("params", format!("cannot be expressed as JSON: {e}")))?;
+    let (model, registry_model) = match raw.model.as_deref() {
+        Some(m) => match m.strip_prefix("registry:") {
+            Some(name) if valid_name(name) => (None, Some(name.to_string())),
+            Some(_) => return Err(invalid("model", format!("{m:?}: expected registry:<model name>"))),
+            None => (Some(absolute(base, m)), None),
+        },
+        None => (None, None),
+    };
     Ok(Job {
         name: name.to_string(),
         file: PathBuf::from(file),
@@ -335,9 +418,11 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         policy,
         after: raw.after,
         plugin,
-        table,
+        table: if command.is_some() { String::new() } else { table },
         shared_table: raw.shared_table,
-        model: raw.model.as_deref().map(|m| absolute(base, m)),
+        model,
+        registry_model,
+        command,
         model_inputs,
         kind,
         device,
@@ -347,11 +432,161 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         after_line: line_of_key(text, "after"),
         plugin_line: line_of_key(text, "plugin"),
         table_line: line_of_key(text, "table"),
-        plugin_name: (!by_path).then(|| raw.plugin.clone()),
+        plugin_name: if by_path { None } else { raw.plugin.clone() },
         plugin_sha256: raw.plugin_sha256.clone(),
         checks,
         fallback: raw.fallback.clone(),
     })
+}
+
+/// A named plugin's file in the plugins folder, or a path to a `.so`; None for neither.
+fn plugin_path(plugin: &str, base: &Path, plugins_dir: &Path) -> Option<PathBuf> {
+    if plugin.ends_with(".so") || plugin.contains('/') {
+        Some(absolute(base, plugin))
+    } else if valid_name(plugin) {
+        Some(plugins_dir.join(format!("librecd_{}.so", plugin.replace('-', "_"))))
+    } else {
+        None
+    }
+}
+
+/// `<model>/<file>` of `registry:<model>/<file>`: a file of the model's current version.
+fn registry_input(input: &str, rest: &str) -> Result<Input, String> {
+    let bad = || format!("\"registry:{rest}\": expected registry:<model>/<file name>");
+    let (model, file) = rest.split_once('/').ok_or_else(bad)?;
+    if !valid_name(model) || !valid_file_name(file) {
+        return Err(bad());
+    }
+    let format = InputFormat::from_path(Path::new(file))
+        .ok_or_else(|| format!("\"registry:{rest}\": expected a .csv, .parquet or .arrow file"))?;
+    Ok(Input { name: input.into(), path: PathBuf::from(file), format, registry: Some(model.into()) })
+}
+
+/// A command job's program, environment and product; None for a plugin job. Refuses the
+/// keys only plugin jobs take, and `produces`/`model_file`/`env` without a command.
+fn command_spec(
+    raw: &RawJob,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> JobError,
+) -> Result<Option<CommandSpec>, JobError> {
+    let Some(argv) = &raw.command else {
+        for (key, set) in [
+            ("produces", raw.produces.is_some()),
+            ("model_file", raw.model_file.is_some()),
+            ("env", !raw.env.is_empty()),
+        ] {
+            if set {
+                return Err(invalid(key, "applies to command jobs; this job has no `command`".into()));
+            }
+        }
+        return Ok(None);
+    };
+    let set = [
+        raw.table.is_some(),
+        raw.shared_table,
+        raw.model.is_some(),
+        !raw.model_inputs.is_empty(),
+        raw.output.is_some(),
+        raw.device.is_some(),
+        !raw.params.is_empty(),
+        !raw.fallback.is_empty(),
+        raw.known_users.is_some(),
+        raw.known_items.is_some(),
+        raw.max_items_per_user.is_some(),
+        raw.plugin_sha256.is_some(),
+    ];
+    if let Some((key, _)) = PLUGIN_ONLY.iter().zip(set).find(|(_, set)| *set) {
+        return Err(invalid(key, "applies to plugin jobs; this job runs a `command`".into()));
+    }
+    if raw.allow_empty {
+        return Err(invalid("allow_empty", "applies to plugin jobs; this job runs a `command`".into()));
+    }
+    let Some(program) = argv.first().filter(|p| !p.trim().is_empty()) else {
+        return Err(invalid("command", "names no program: expected [\"program\", \"arg\", ...]".into()));
+    };
+    let mut argv = argv.clone();
+    if program.contains('/') {
+        argv[0] = absolute(base, program).display().to_string();
+    }
+    for name in raw.env.keys() {
+        let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok || name.starts_with("RECD_") {
+            return Err(invalid(
+                &format!("env.{name}"),
+                format!(
+                    "{name:?}: expected a variable name (letters, digits, '_'), not starting with RECD_ (recd sets those)"
+                ),
+            ));
+        }
+    }
+    let produces = match raw.produces.as_deref() {
+        None => None,
+        Some(p) => match p.strip_prefix("registry:") {
+            Some(name) if valid_name(name) => Some(name.to_string()),
+            _ => return Err(invalid("produces", format!("{p:?}: expected registry:<model name>"))),
+        },
+    };
+    if let Some(file) = &raw.model_file {
+        if produces.is_none() {
+            return Err(invalid(
+                "model_file",
+                "names the ONNX file of a version the job `produces`; it produces none".into(),
+            ));
+        }
+        if !valid_file_name(file) || !file.ends_with(".onnx") {
+            return Err(invalid("model_file", format!("{file:?}: expected a file name ending in .onnx")));
+        }
+    }
+    for (i, arg) in argv.iter().enumerate() {
+        check_placeholders(arg, produces.is_some(), &raw.inputs)
+            .map_err(|m| invalid("command", format!("argument {i} ({arg:?}): {m}")))?;
+    }
+    Ok(Some(CommandSpec {
+        argv,
+        env: raw.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        produces,
+        model_file: raw.model_file.clone(),
+    }))
+}
+
+/// Each placeholder in a command argument, a `{name}` of lower-case letters, digits, `_`,
+/// `-` and `.`, is `{output}` (with `produces`) or `{inputs.<name>}` of an input the job
+/// has. Other braces (`{"auc": 1}`, `${HOME}`) are left as they are.
+fn check_placeholders(arg: &str, produces: bool, inputs: &BTreeMap<String, String>) -> Result<(), String> {
+    for name in placeholders(arg) {
+        match name.strip_prefix("inputs.") {
+            Some(input) if inputs.contains_key(input) => {}
+            Some(input) => {
+                let names: Vec<&str> = inputs.keys().map(String::as_str).collect();
+                return Err(format!("no input named {input:?} (inputs: {})", names.join(", ")));
+            }
+            None if name == "output" && produces => {}
+            None if name == "output" => {
+                return Err("{output} is the folder of a version the job `produces`; it produces none".into());
+            }
+            None => return Err(format!("unknown placeholder {{{name}}} (known: {{output}}, {{inputs.<name>}})")),
+        }
+    }
+    Ok(())
+}
+
+/// The names of the `{name}` placeholders in `arg` (see [`check_placeholders`]).
+pub fn placeholders(arg: &str) -> Vec<&str> {
+    let is_name =
+        |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        if let Some(close) = rest.find('}')
+            && is_name(&rest[..close])
+        {
+            out.push(&rest[..close]);
+            rest = &rest[close + 1..];
+        }
+    }
+    out
 }
 
 fn model_inputs(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Vec<(String, String)>, JobError> {
@@ -499,10 +734,10 @@ pub fn check_links(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
 /// others. Returns (file, error) for each job in violation.
 pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option<String>) -> Vec<(String, JobError)> {
     let mut by_table: BTreeMap<&str, Vec<&Job>> = BTreeMap::new();
-    for job in jobs.values() {
+    for job in jobs.values().filter(|j| j.command.is_none()) {
         by_table.entry(&job.table).or_default().push(job);
     }
-    let mut errors = Vec::new();
+    let mut errors = producers(jobs);
     for (table, claimants) in by_table {
         if claimants.len() < 2 || claimants.iter().all(|j| j.shared_table) {
             continue;
@@ -534,6 +769,39 @@ pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option
     errors
 }
 
+/// A registry model has one producing job: the first by name keeps it, every other job
+/// producing it gets an error.
+fn producers(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
+    let mut first: BTreeMap<&str, &Job> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for job in jobs.values() {
+        let Some(model) = job.command.as_ref().and_then(|c| c.produces.as_deref()) else { continue };
+        match first.get(model) {
+            None => {
+                first.insert(model, job);
+            }
+            Some(keeper) => {
+                let file = job.file.display().to_string();
+                let text = read_job_file(&job.file).unwrap_or_default();
+                errors.push((
+                    file.clone(),
+                    JobError::Invalid {
+                        file,
+                        line: line_of_key(&text, "produces"),
+                        field: "produces".into(),
+                        message: format!(
+                            "registry model {model:?} is produced by job {:?} ({}): a registry model has one producing job",
+                            keeper.name,
+                            keeper.file.display()
+                        ),
+                    },
+                ));
+            }
+        }
+    }
+    errors
+}
+
 /// A path of `after` links from `start` back to itself, if there is one.
 fn cycle_through(start: &str, jobs: &BTreeMap<String, Job>) -> Option<Vec<String>> {
     // Depth-first over "runs after" edges, downstream -> upstream.
@@ -557,6 +825,16 @@ fn cycle_through(start: &str, jobs: &BTreeMap<String, Job>) -> Option<Vec<String
 }
 
 impl Job {
+    /// What a run of the job makes current, for listings: `table <t>`,
+    /// `registry model <m>`, or `command` for a command that produces nothing.
+    pub fn publishes(&self) -> String {
+        match &self.command {
+            None => format!("table {}", self.table),
+            Some(CommandSpec { produces: Some(m), .. }) => format!("command, registry model {m}"),
+            Some(_) => "command".into(),
+        }
+    }
+
     /// An error the plugin probe reported about key `field` ("plugin" or "params").
     /// A plugin message that starts with `params.<key>` points at that key's line.
     pub fn probe_error(&self, field: &str, message: String) -> JobError {
@@ -598,6 +876,24 @@ impl Job {
             field: field.into(),
             message,
         };
+        match &self.command {
+            Some(command) => {
+                find_program(&command.argv[0]).map_err(|m| refuse("command", m))?;
+            }
+            None => self.resolve_plugin(&refuse)?,
+        }
+        if let Some(model) = &self.model {
+            check_data_file(model, max_input_bytes).map_err(|m| refuse("model", format!("model file {m}")))?;
+        }
+        for input in self.inputs.iter().filter(|i| i.format != InputFormat::Table && i.registry.is_none()) {
+            check_data_file(&input.path, max_input_bytes)
+                .map_err(|m| refuse(&format!("inputs.{}", input.name), format!("input file {m}")))?;
+        }
+        Ok(self)
+    }
+
+    /// The plugin exists and is trusted, and matches its pin.
+    fn resolve_plugin(&self, refuse: &dyn Fn(&str, String) -> JobError) -> Result<(), JobError> {
         if let Err(e) = fsutil::check_regular(&self.plugin, u64::MAX) {
             let what = if e == fsutil::FileError::Missing { "unknown plugin: file" } else { "plugin file" };
             return Err(refuse("plugin", format!("{what} {} {e}", self.plugin.display())));
@@ -609,15 +905,24 @@ impl Job {
                 return Err(refuse("plugin_sha256", format!("the plugin file has sha256 {sha}, not the pinned one")));
             }
         }
-        if let Some(model) = &self.model {
-            check_data_file(model, max_input_bytes).map_err(|m| refuse("model", format!("model file {m}")))?;
-        }
-        for input in self.inputs.iter().filter(|i| i.format != InputFormat::Table) {
-            check_data_file(&input.path, max_input_bytes)
-                .map_err(|m| refuse(&format!("inputs.{}", input.name), format!("input file {m}")))?;
-        }
-        Ok(self)
+        Ok(())
     }
+}
+
+/// Where a command's program is: a path as given (a regular, executable file), or the first
+/// match of a bare name in PATH.
+pub fn find_program(program: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return if executable(&path) { Ok(path) } else { Err(format!("program {program} is not an executable file")) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("program {program:?} is not found in PATH"))
 }
 
 /// Whether an input or model file can be read: "<path> <why not>" when it cannot.
@@ -628,6 +933,12 @@ pub fn check_data_file(path: &Path, max_bytes: u64) -> Result<(), String> {
 fn absolute(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// A plain file name (of a registry model version's files): no path separators, not
+/// hidden, not `..`.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains('/') && !name.contains('\0')
 }
 
 pub fn valid_name(name: &str) -> bool {

@@ -16,6 +16,7 @@ mod import;
 mod job;
 mod loader;
 mod metrics;
+mod models;
 mod plugins;
 mod read_cache;
 mod resp;

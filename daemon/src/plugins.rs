@@ -346,12 +346,12 @@ impl Registry {
     pub fn check_job(
         &self,
         job: &crate::job::Job,
-        onnxruntime: &Path,
+        config: &crate::config::Config,
         cache: &ProbeCache,
     ) -> Result<PluginDesc, (String, String)> {
         let held = self.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(|m| ("plugin".to_string(), m))?;
         let (snapshot, sha) = (&held.path, &held.sha256);
-        let request = ProbeRequest::for_job(job, onnxruntime);
+        let request = probe_request(job, config)?;
         let key = (sha.clone(), serde_json::to_string(&request).expect("probe request serialises"));
         let cached = cache.lock().expect("probe cache").get(&key).cloned();
         let result = match cached {
@@ -373,6 +373,26 @@ impl Registry {
         check_name(job, &desc)?;
         self.remember(&job.plugin, sha, &desc, None);
         Ok(desc)
+    }
+}
+
+/// What a job's probe judges: the job with its registry references pinned to the current
+/// versions (the probe checks those files), or, while a registry model it reads has no
+/// version yet, the plugin and its params only (`check: false`; the first run checks the rest).
+pub fn probe_request(job: &crate::job::Job, config: &crate::config::Config) -> Result<ProbeRequest, (String, String)> {
+    match crate::models::pin(job, &config.data_dir) {
+        Ok((pinned, _)) => Ok(ProbeRequest::for_job(&pinned, &config.onnxruntime)),
+        Err(crate::models::ModelError::NoVersion(_)) => {
+            let mut request = ProbeRequest::for_job(job, &config.onnxruntime);
+            request.inputs.retain(|i| i.registry.is_none());
+            request.check = false;
+            Ok(request)
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let field = if message.starts_with("inputs.") { "inputs" } else { "model" };
+            Err((field.to_string(), message))
+        }
     }
 }
 

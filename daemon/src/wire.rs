@@ -55,6 +55,14 @@ pub struct ProbeRequest {
     pub model: Option<PathBuf>,
     pub model_inputs: Vec<(String, String)>,
     pub onnxruntime: PathBuf,
+    /// Whether the plugin's `check` runs. Not while a registry model the job reads has no
+    /// version yet: then only the plugin and its params are judged before the first run.
+    #[serde(default = "yes")]
+    pub check: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ProbeRequest {
@@ -65,6 +73,7 @@ impl ProbeRequest {
             model: job.model.clone(),
             model_inputs: job.model_inputs.clone(),
             onnxruntime: onnxruntime.to_path_buf(),
+            check: true,
         }
     }
 }

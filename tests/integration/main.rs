@@ -24,6 +24,7 @@ mod jobs;
 mod layers;
 mod lifecycle;
 mod limits;
+mod models;
 mod observability;
 mod plugin_platform;
 mod policies;

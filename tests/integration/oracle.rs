@@ -30,9 +30,14 @@ pub fn purchases() -> HashMap<String, HashSet<String>> {
     out
 }
 
-/// The ids of a vocabulary CSV (`<id>,index`), in file order.
+/// The ids of a vocabulary CSV (`<id>,index`) of the shipped model, in file order.
 pub fn vocab_ids(file: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(root().join("models/ranking").join(file)).unwrap();
+    vocab_ids_in(&root().join("models/ranking"), file)
+}
+
+/// The ids of a vocabulary CSV (`<id>,index`) in model folder `dir`, in file order.
+pub fn vocab_ids_in(dir: &std::path::Path, file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
     text.lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect()
 }
 
@@ -54,7 +59,12 @@ json.dump([float(s) for s in scores], sys.stdout)
 
 /// Scores (user id, item id) pairs with the committed model through onnxruntime in Python.
 pub fn model_scores(pairs: &[(String, String)]) -> Vec<f32> {
-    let dir = root().join("models/ranking");
+    model_scores_in(&root().join("models/ranking"), pairs)
+}
+
+/// Scores (user id, item id) pairs with `dir`'s mf.onnx and vocabularies, through
+/// onnxruntime in Python.
+pub fn model_scores_in(dir: &std::path::Path, pairs: &[(String, String)]) -> Vec<f32> {
     let req = serde_json::json!({
         "users": dir.join("users.csv"),
         "items": dir.join("items.csv"),

@@ -104,6 +104,17 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// Registry models: kept versions with their hashes, training metrics and the runs that
+    /// used them; promote or roll back a version
+    #[command(args_conflicts_with_subcommands = true)]
+    Models {
+        /// The model to list (default: every registry model)
+        name: Option<String>,
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
     /// Publish the parts `recd run JOB --export` wrote for TABLE (every shard, from one
     /// run) as one new version, through the running daemon; a set that is incomplete or
     /// mixed is refused with the reason and nothing is published
@@ -153,6 +164,14 @@ enum Cmd {
 }
 
 /// `--admin-socket`, which every command that talks to the daemon's admin socket takes.
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Make kept VERSION of NAME current (older or newer than the current one)
+    Promote { name: String, version: u64 },
+    /// Make the version before NAME's current one current again (or VERSION)
+    Rollback { name: String, version: Option<u64> },
+}
+
 #[derive(clap::Args)]
 struct AdminSocket {
     /// The daemon's admin socket (default: `admin_socket` of the config)
@@ -284,6 +303,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rollback { table, version, admin } => {
             let version = version.map(|v| v.to_string());
             let args: Vec<&str> = ["ROLLBACK", &table].into_iter().chain(version.as_deref()).collect();
+            admin.call(&config, &args)
+        }
+        Cmd::Models { name, action, admin } => {
+            let args: Vec<String> = match action {
+                None => name.into_iter().collect(),
+                Some(ModelsAction::Promote { name, version }) => vec!["PROMOTE".into(), name, version.to_string()],
+                Some(ModelsAction::Rollback { name, version }) => {
+                    ["ROLLBACK".to_string(), name].into_iter().chain(version.map(|v| v.to_string())).collect()
+                }
+            };
+            let args: Vec<&str> = std::iter::once("MODELS").chain(args.iter().map(String::as_str)).collect();
             admin.call(&config, &args)
         }
         Cmd::Import { table, dirs, admin } => {

@@ -29,6 +29,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     let store = store::Store::open_with(&config.data_dir, config.retention, config.caches)
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", config.data_dir.display()))?;
     crate::run::remove_leftover_run_dirs(&config.data_dir);
+    crate::models::remove_leftover_staging(&config.data_dir);
     let daemon = daemon::Daemon::new(config.clone(), store);
     if let Err(e) = daemon.reload().await {
         tracing::error!("{e:#}");

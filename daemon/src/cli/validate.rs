@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::{daemon, job, plugins, wire};
+use crate::{daemon, job, plugins};
 
 /// Checks every given file (default: the jobs folder) and reports all errors at once.
 /// `after` links are checked against the folder's jobs with the given files in place.
@@ -24,9 +24,12 @@ pub(super) fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<E
         // The plugin judges its params and its inputs' schemas, and the model its input
         // bindings, in a probe process.
         let outcome = job::load(file, config).and_then(|job| {
-            plugins::probe(&job.plugin, &wire::ProbeRequest::for_job(&job, &config.onnxruntime))
-                .and_then(|desc| plugins::check_name(&job, &desc))
-                .map_err(|(field, message)| job.probe_error(&field, message))?;
+            if job.command.is_none() {
+                plugins::probe_request(&job, config)
+                    .and_then(|request| plugins::probe(&job.plugin, &request))
+                    .and_then(|desc| plugins::check_name(&job, &desc))
+                    .map_err(|(field, message)| job.probe_error(&field, message))?;
+            }
             Ok(job)
         });
         match outcome {
@@ -52,7 +55,7 @@ pub(super) fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<E
                 (None, false) => format!("after {}", job.after.join(", ")),
                 (None, true) => "manual".into(),
             };
-            println!("ok    {} (table {}, schedule {when})", job.file.display(), job.table);
+            println!("ok    {} ({}, schedule {when})", job.file.display(), job.publishes());
         }
     }
     for (_, e) in &errors {

@@ -70,8 +70,12 @@ impl Daemon {
     /// `plugins::Registry::check_job`).
     pub(super) fn load_and_check(&self, file: &std::path::Path) -> Result<Job, JobError> {
         let job = job::load(file, &self.config)?;
+        if job.command.is_some() {
+            // No plugin to probe: `load` found the program.
+            return Ok(job);
+        }
         self.plugins
-            .check_job(&job, &self.config.onnxruntime, &self.probes)
+            .check_job(&job, &self.config, &self.probes)
             .map_err(|(field, message)| job.probe_error(&field, message))?;
         Ok(job)
     }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::import;
 use crate::job::{self, Job, JobError, Overlap};
 use crate::metrics::Metrics;
+use crate::models;
 use crate::plugins::{self, ProbeCache, Registry};
 use crate::run::{self, RunControl, RunError, RunReport};
 use crate::schedule;

@@ -1,4 +1,5 @@
-//! The text of STATUS and JOBS: tables, jobs and their schedules, errors, recent runs.
+//! The text of STATUS, JOBS and MODELS: tables, jobs and their schedules, errors, recent
+//! runs, registry models.
 
 use std::fmt::Write as _;
 
@@ -51,6 +52,10 @@ impl Daemon {
             }
             for r in self.history(name, 5).unwrap_or_default() {
                 let what = match (&r.status[..], &r.error) {
+                    ("ok", _) if r.version.is_none() => match &r.produced {
+                        Some(m) => format!("published registry model version {m}"),
+                        None => "command ok".into(),
+                    },
                     ("ok", _) => format!("version {} ({} users, {} rows)", r.version.unwrap_or(0), r.users, r.rows),
                     (_, Some(e)) => e.clone(),
                     _ => String::new(),
@@ -96,7 +101,7 @@ impl Daemon {
             None => "manual".into(),
         };
         let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
-        format!("{when}, table {}{flags}", job.table)
+        format!("{when}, {}{flags}", job.publishes())
     }
 
     /// `recd jobs`: each job with its next `n` fire times in its zone.
@@ -112,5 +117,56 @@ impl Daemon {
             }
         }
         s
+    }
+
+    /// `recd models [NAME]`: each registry model's kept versions, newest first, and the runs
+    /// in the history that read each one.
+    pub fn models_text(&self, only: Option<&str>) -> Result<String, String> {
+        let data_dir = &self.config.data_dir;
+        let names = match only {
+            Some(name) => {
+                models::current(data_dir, name).map_err(|e| e.to_string())?;
+                vec![name.to_string()]
+            }
+            None => models::names(data_dir),
+        };
+        let jobs = self.jobs();
+        let mut s = String::new();
+        for name in names {
+            let current = models::current_version(data_dir, &name).map_err(|e| e.to_string())?;
+            let _ = writeln!(s, "{name}: current version {}", current.unwrap_or(0));
+            let readers = jobs.jobs.values().filter(|j| {
+                j.registry_model.as_deref() == Some(name.as_str())
+                    || j.inputs.iter().any(|i| i.registry.as_deref() == Some(name.as_str()))
+            });
+            let runs: Vec<RunRecord> =
+                readers.flat_map(|j| self.history(&j.name, HISTORY_PER_JOB).unwrap_or_default()).collect();
+            for v in models::versions(data_dir, &name).map_err(|e| e.to_string())?.iter().rev() {
+                let mark = if Some(v.version) == current { " (current)" } else { "" };
+                let _ = writeln!(
+                    s,
+                    "  version {}{mark}: published {} by job {} run {}; {} sha256 {}",
+                    v.version, v.published_at, v.job, v.run_id, v.model_file, v.model_sha256
+                );
+                let files: Vec<String> = v.files.iter().map(|f| format!("{} ({} bytes)", f.name, f.bytes)).collect();
+                let _ = writeln!(s, "    files: {}", files.join(", "));
+                if !v.metrics.is_empty() {
+                    let metrics: Vec<String> = v.metrics.iter().map(|(k, m)| format!("{k}={m}")).collect();
+                    let _ = writeln!(s, "    metrics: {}", metrics.join(", "));
+                }
+                let tag = format!("{name}@{}", v.version);
+                let mut used: Vec<&RunRecord> = runs.iter().filter(|r| r.models.contains(&tag)).collect();
+                used.sort_by_key(|r| std::cmp::Reverse(r.run_id));
+                if !used.is_empty() {
+                    let shown: Vec<String> =
+                        used.iter().map(|r| format!("{} run {} ({})", r.job, r.run_id, r.status)).collect();
+                    let _ = writeln!(s, "    used by: {}", shown.join(", "));
+                }
+            }
+        }
+        if s.is_empty() {
+            s.push_str("no registry models (a command job with `produces = \"registry:<name>\"` publishes them)\n");
+        }
+        Ok(s)
     }
 }

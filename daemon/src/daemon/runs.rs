@@ -154,7 +154,10 @@ impl Daemon {
             let _enter = span.enter();
             tracing::info!(table = %run_job.table, "run started");
             let (config, store, plugins) = (&daemon.config, &daemon.store, &daemon.plugins);
-            run::execute(&run_job, run_id, config, store, plugins, &worker_control, Shard::WHOLE)
+            match &run_job.command {
+                Some(command) => run::execute_command(&run_job, command, run_id, config, &worker_control),
+                None => run::execute(&run_job, run_id, config, store, plugins, &worker_control, Shard::WHOLE),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));
@@ -257,6 +260,7 @@ impl Daemon {
     ) {
         let ended = Utc::now();
         let (plugin, model_sha256) = control.lineage();
+        let (models, output) = control.models_and_output();
         let mut record = RunRecord {
             run_id,
             job: job.name.clone(),
@@ -269,13 +273,21 @@ impl Daemon {
             table: job.table.clone(),
             plugin,
             model_sha256,
+            models,
+            output,
             ..RunRecord::default()
         };
         match result {
             Ok(r) => {
-                record.version = Some(r.version.version);
-                record.users = r.version.users;
-                record.rows = r.version.rows;
+                match &r.published {
+                    run::Published::Table(v) => {
+                        record.version = Some(v.version);
+                        record.users = v.users;
+                        record.rows = v.rows;
+                    }
+                    run::Published::Model(m) => record.produced = Some(format!("{}@{}", m.name, m.version)),
+                    run::Published::Nothing => {}
+                }
                 record.provider = Some(r.provider.clone());
                 record.worker = Some(r.stats);
                 record.stages = Some(r.stages);

@@ -403,7 +403,7 @@ fn parse_cutoff(text: &str) -> anyhow::Result<NaiveDateTime> {
 fn input(path: &Path, name: &str) -> anyhow::Result<Input> {
     let format = InputFormat::from_path(path)
         .ok_or_else(|| anyhow::anyhow!("{}: expected a .csv, .parquet or .arrow file", path.display()))?;
-    Ok(Input { name: name.into(), path: path.to_path_buf(), format })
+    Ok(Input { name: name.into(), path: path.to_path_buf(), format, registry: None })
 }
 
 fn read_interactions(args: &EvalArgs) -> anyhow::Result<Vec<Row>> {

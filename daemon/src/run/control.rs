@@ -30,6 +30,10 @@ struct Control {
     /// The plugin build the run loaded, as far as known yet.
     plugin: Option<PluginBuild>,
     model_sha256: Option<String>,
+    /// Registry model versions the run pinned, `<name>@<version>`.
+    models: Vec<String>,
+    /// A command's last lines of output.
+    output: Option<String>,
 }
 
 impl RunControl {
@@ -70,6 +74,21 @@ impl RunControl {
         (st.plugin.clone(), st.model_sha256.clone())
     }
 
+    /// The registry model versions (`<name>@<version>`) and the command output the run
+    /// recorded, as far as it got.
+    pub fn models_and_output(&self) -> (Vec<String>, Option<String>) {
+        let st = self.state.lock().expect("control lock");
+        (st.models.clone(), st.output.clone())
+    }
+
+    pub(super) fn set_models(&self, models: Vec<String>) {
+        self.state.lock().expect("control lock").models = models;
+    }
+
+    pub(super) fn set_output(&self, output: String) {
+        self.state.lock().expect("control lock").output = Some(output);
+    }
+
     pub(super) fn set_plugin(&self, build: PluginBuild) {
         self.state.lock().expect("control lock").plugin = Some(build);
     }
@@ -95,10 +114,22 @@ impl RunControl {
     /// Waits for the run to end, a cancel or the timeout. When stopped: closes the worker's
     /// stdin to ask it to stop, waits `CANCEL_GRACE`, then kills it.
     pub(super) fn watch(&self, timeout: Duration, stdin: ChildStdin, child: &Mutex<Child>) {
+        self.watch_with(
+            timeout,
+            move || drop(stdin),
+            || {
+                let _ = child.lock().expect("child lock").kill();
+            },
+        );
+    }
+
+    /// Waits for the run to end, a cancel or the timeout. When stopped: `ask`s the process
+    /// to stop, waits `CANCEL_GRACE`, then `force`s it.
+    pub(super) fn watch_with(&self, timeout: Duration, ask: impl FnOnce(), force: impl FnOnce()) {
         if !self.wait_for_stop(timeout) {
             return;
         }
-        drop(stdin);
+        ask();
         let grace_end = Instant::now() + CANCEL_GRACE;
         let mut st = self.state.lock().expect("control lock");
         while !st.done {
@@ -109,8 +140,9 @@ impl RunControl {
             st = self.changed.wait_timeout(st, left).expect("control lock").0;
         }
         if !st.done {
-            tracing::warn!("worker did not stop within {}s of being asked: killing it", CANCEL_GRACE.as_secs());
-            let _ = child.lock().expect("child lock").kill();
+            tracing::warn!("the run did not stop within {}s of being asked: killing it", CANCEL_GRACE.as_secs());
+            drop(st);
+            force();
         }
     }
 

@@ -9,28 +9,43 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::job::{InputFormat, Job, OutputChecks};
+use crate::models::ModelVersion;
 use crate::plugins::Registry;
 use crate::shard::Shard;
 use crate::store::{DaemonStages, PluginBuild, Store, TableKind, VersionInfo};
 
 mod collect;
+mod command;
 mod control;
 mod process;
 mod table_inputs;
 
 use crate::wire::{self, Message, RunSpec};
 use collect::Collector;
+pub use command::execute_command;
 pub use control::RunControl;
 use process::{describe, forward_stderr, tail_text};
 use table_inputs::export_table_inputs;
 pub use table_inputs::{RemoveOnDrop, remove_leftover_run_dirs};
 
+/// What a run made current.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// A plugin job's new table version.
+    Table(VersionInfo),
+    /// A command job's new registry model version.
+    Model(ModelVersion),
+    /// A command job that produces no model.
+    Nothing,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub job: String,
     pub run_id: u64,
+    /// The table a plugin job publishes; empty for a command job.
     pub table: String,
-    pub version: VersionInfo,
+    pub published: Published,
     pub provider: String,
     pub seconds: f64,
     pub stats: crate::wire::WorkerStats,
@@ -38,22 +53,40 @@ pub struct RunReport {
     pub stages: DaemonStages,
     /// What the worker asked to record beside the result (e.g. `auto` scored on the CPU).
     pub warnings: Vec<String>,
+    /// The registry model versions the run read (its model, its `registry:` inputs).
+    pub models_used: Vec<ModelVersion>,
+}
+
+impl RunReport {
+    /// The table version a plugin job published.
+    pub fn table_version(&self) -> Option<&VersionInfo> {
+        match &self.published {
+            Published::Table(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "job {} run {} published table {} version {}: {} users, {} rows in {:.2}s (provider {})",
-            self.job,
-            self.run_id,
-            self.table,
-            self.version.version,
-            self.version.users,
-            self.version.rows,
-            self.seconds,
-            self.provider
-        )?;
+        match &self.published {
+            Published::Table(v) => write!(
+                f,
+                "job {} run {} published table {} version {}: {} users, {} rows in {:.2}s (provider {})",
+                self.job, self.run_id, self.table, v.version, v.users, v.rows, self.seconds, self.provider
+            )?,
+            Published::Model(m) => write!(
+                f,
+                "job {} run {} published registry model {} version {} ({}, sha256 {}) in {:.2}s",
+                self.job, self.run_id, m.name, m.version, m.model_file, m.model_sha256, self.seconds
+            )?,
+            Published::Nothing => {
+                write!(f, "job {} run {} ran its command in {:.2}s", self.job, self.run_id, self.seconds)?
+            }
+        }
+        for m in &self.models_used {
+            write!(f, "; used registry model {} version {}", m.name, m.version)?;
+        }
         let s = &self.stats;
         if s.score_calls > 0 {
             write!(f, "; scoring {:.2}s in {} calls", s.score_seconds, s.score_calls)?;
@@ -113,6 +146,11 @@ pub fn execute(
     shard: Shard,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
+    // Registry references become the current versions' files, read once for the whole run.
+    let (pinned, models_used) =
+        crate::models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
+    control.set_models(models_used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect());
+    let job = &pinned;
     // The worker loads a snapshot: replacing the plugin file cannot touch this run.
     // Held until the run ends: no prune removes it while the worker loads it.
     let snapshot = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
@@ -200,12 +238,13 @@ pub fn execute(
         job: job.name.clone(),
         run_id,
         table: job.table.clone(),
-        version,
+        published: Published::Table(version),
         provider,
         seconds: started.elapsed().as_secs_f64(),
         stats,
         stages,
         warnings,
+        models_used,
     };
     tracing::info!("stages: worker {}; daemon {}", report.stats.stages_text(), report.stages.stages_text());
     Ok(report)
@@ -213,11 +252,11 @@ pub fn execute(
 
 /// The job's model and input files are still regular files within the size limit (they
 /// were when the job was loaded; a file can be replaced since).
-fn check_files(job: &Job, max_bytes: u64) -> Result<(), RunError> {
+pub(super) fn check_files(job: &Job, max_bytes: u64) -> Result<(), RunError> {
     if let Some(model) = &job.model {
         crate::job::check_data_file(model, max_bytes).map_err(|m| RunError::Failed(format!("model file {m}")))?;
     }
-    for input in job.inputs.iter().filter(|i| i.format != InputFormat::Table) {
+    for input in job.inputs.iter().filter(|i| i.format != InputFormat::Table && i.registry.is_none()) {
         crate::job::check_data_file(&input.path, max_bytes)
             .map_err(|m| RunError::Failed(format!("input `{}`: file {m}", input.name)))?;
     }

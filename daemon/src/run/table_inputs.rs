@@ -55,7 +55,7 @@ pub(super) fn export_table_inputs(
         std::fs::create_dir_all(run_dir).map_err(anyhow::Error::from)?;
         let path = run_dir.join(format!("{}.arrow", input.name));
         write_table(&served, &path).map_err(|e| RunError::Failed(format!("exporting table `{table}`: {e:#}")))?;
-        out.push(Input { name: input.name.clone(), path, format: InputFormat::ArrowIpc });
+        out.push(Input { name: input.name.clone(), path, format: InputFormat::ArrowIpc, registry: None });
     }
     Ok(out)
 }

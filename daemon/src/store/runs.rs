@@ -43,6 +43,15 @@ pub struct RunRecord {
     /// What the run reported beside its result, e.g. that `device = "auto"` scored on the CPU.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The registry model versions the run read, `<name>@<version>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// The registry model version a command job published, `<name>@<version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produced: Option<String>,
+    /// A command job's last lines of output (stdout and stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// What a worker measured of its own run, kept in the run history: where its time went

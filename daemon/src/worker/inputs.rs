@@ -229,7 +229,7 @@ mod tests {
         w.finish().unwrap();
         [(csv, InputFormat::Csv), (parquet, InputFormat::Parquet), (ipc, InputFormat::ArrowIpc)]
             .into_iter()
-            .map(|(path, format)| Input { name: "t".into(), path, format })
+            .map(|(path, format)| Input { name: "t".into(), path, format, registry: None })
             .collect()
     }
 

@@ -238,6 +238,9 @@ fn probe_job(path: &std::path::Path, request: &ProbeRequest) -> Probe {
         Ok(i) => i,
         Err(e) => return fail(Some(desc), "params", e.message),
     };
+    if !request.check {
+        return Probe { plugin: Some(desc), field: None, error: None };
+    }
     let mut tables = Vec::new();
     for input in &request.inputs {
         match inputs::schema(input) {

@@ -21,6 +21,7 @@ mod import;
 mod info;
 mod jobs;
 mod mget;
+mod models;
 mod pause;
 mod ping;
 mod plugins;
@@ -94,6 +95,7 @@ pub enum Command<'a> {
     Plugins,
     Pause(pause::Pause),
     Rollback(rollback::Rollback),
+    Models(models::Models),
     Import(import::Import),
     Verify,
 }
@@ -217,7 +219,7 @@ impl<'a> Command<'a> {
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
-            | "rollback" | "verify" | "import"
+            | "rollback" | "verify" | "import" | "models"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -234,6 +236,7 @@ impl<'a> Command<'a> {
             "rollback" => Command::Rollback(rollback::Rollback::parse(rest)?),
             "import" => Command::Import(import::Import::parse(rest)?),
             "verify" => Command::Verify,
+            "models" => Command::Models(models::Models::parse(rest)?),
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
             }
@@ -312,6 +315,7 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Rollback(c) => c.apply(daemon, out).await,
         Command::Import(c) => c.apply(daemon, out).await,
         Command::Verify => verify::apply(daemon, out).await,
+        Command::Models(c) => c.apply(daemon, out).await,
     }
     Flow::Continue
 }

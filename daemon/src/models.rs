@@ -1,0 +1,477 @@
+//! The model registry: trained models as numbered versions on disk,
+//! `<data_dir>/models/<name>/<version>/`, each holding the files a command job wrote (the
+//! ONNX file and any side files: vocabularies, embeddings, `metrics.json`) and
+//! [`META_FILE`], what recd recorded of it. The current version is the number in
+//! `<name>/CURRENT`.
+//!
+//! Publishing is atomic as a table's is: the command writes into a staging folder; its
+//! files are hashed and synced, the folder renamed to its version number and synced, then
+//! `CURRENT` is replaced by one rename of a synced file. A reader (a run pinning its model,
+//! `recd validate`) reads `CURRENT` without a lock and sees the old or the new version,
+//! never a mix. Only the daemon writes (one publish at a time, [`WRITE_LOCK`]); the sled
+//! lock keeps a second daemon off the data dir.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::job::Job;
+
+/// What recd records in each version's folder.
+pub const META_FILE: &str = "recd-version.json";
+/// The training metrics a command may write beside its model: a JSON object of numbers.
+pub const METRICS_FILE: &str = "metrics.json";
+const CURRENT_FILE: &str = "CURRENT";
+const STAGING_PREFIX: &str = ".staging-";
+
+/// Serialises the registry's writes (publish, rollback, retention) within the daemon.
+static WRITE_LOCK: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("registry model `{0}` has no version yet (a command job with `produces = \"registry:{0}\"` publishes one)")]
+    NoVersion(String),
+    #[error("registry model `{name}` has no version {version} (versions: {kept})")]
+    NotKept { name: String, version: u64, kept: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("model registry: {0}")]
+    Io(String),
+}
+
+fn io(context: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ModelError {
+    let at = format!("{context} {}", path.display());
+    move |e| ModelError::Io(format!("{at}: {e}"))
+}
+
+/// One file of a version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VersionFile {
+    /// Path within the version folder.
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What recd records of a model version ([`META_FILE`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u64,
+    pub published_at: String,
+    /// The command job and run that produced it.
+    pub job: String,
+    pub run_id: u64,
+    /// The ONNX file a scoring job loads.
+    pub model_file: String,
+    pub model_sha256: String,
+    pub files: Vec<VersionFile>,
+    /// The command's [`METRICS_FILE`], if it wrote one.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    pub recd_version: String,
+}
+
+/// A registry model's version as a run uses it: its folder and what was recorded.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub dir: PathBuf,
+    pub meta: ModelVersion,
+}
+
+pub fn root(data_dir: &Path) -> PathBuf {
+    data_dir.join("models")
+}
+
+/// The folder a run's command writes its model version into.
+pub fn staging_dir(data_dir: &Path, name: &str, run_id: u64) -> PathBuf {
+    root(data_dir).join(name).join(format!("{STAGING_PREFIX}{run_id}"))
+}
+
+/// Registry model names, sorted.
+pub fn names(data_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root(data_dir))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(CURRENT_FILE).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The version `CURRENT` names; None before the first publish.
+pub fn current_version(data_dir: &Path, name: &str) -> Result<Option<u64>, ModelError> {
+    let file = root(data_dir).join(name).join(CURRENT_FILE);
+    match fsutil::read_text(&file, 64) {
+        Ok(text) => {
+            text.trim().parse().map(Some).map_err(|_| {
+                ModelError::Io(format!("{} holds {:?}, not a version number", file.display(), text.trim()))
+            })
+        }
+        Err(fsutil::FileError::Missing) => Ok(None),
+        Err(e) => Err(ModelError::Io(format!("{} {e}", file.display()))),
+    }
+}
+
+/// The current version of `name`, with its folder.
+pub fn current(data_dir: &Path, name: &str) -> Result<Pinned, ModelError> {
+    let version = current_version(data_dir, name)?.ok_or_else(|| ModelError::NoVersion(name.into()))?;
+    version_of(data_dir, name, version)
+}
+
+/// One kept version of `name`.
+pub fn version_of(data_dir: &Path, name: &str, version: u64) -> Result<Pinned, ModelError> {
+    let dir = root(data_dir).join(name).join(version.to_string());
+    let file = dir.join(META_FILE);
+    let text = fsutil::read_text(&file, fsutil::MAX_JOB_FILE_BYTES).map_err(|e| match e {
+        fsutil::FileError::Missing => {
+            ModelError::NotKept { name: name.into(), version, kept: kept_list(data_dir, name) }
+        }
+        e => ModelError::Io(format!("{} {e}", file.display())),
+    })?;
+    let meta = serde_json::from_str(&text).map_err(|e| ModelError::Io(format!("{}: {e}", file.display())))?;
+    Ok(Pinned { dir, meta })
+}
+
+/// The kept versions of `name`, oldest first.
+pub fn versions(data_dir: &Path, name: &str) -> Result<Vec<ModelVersion>, ModelError> {
+    version_numbers(data_dir, name).into_iter().map(|v| version_of(data_dir, name, v).map(|p| p.meta)).collect()
+}
+
+fn version_numbers(data_dir: &Path, name: &str) -> Vec<u64> {
+    let mut numbers: Vec<u64> = std::fs::read_dir(root(data_dir).join(name))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+fn kept_list(data_dir: &Path, name: &str) -> String {
+    let kept: Vec<String> = version_numbers(data_dir, name).iter().map(u64::to_string).collect();
+    if kept.is_empty() { "none".into() } else { kept.join(", ") }
+}
+
+/// What a publish needs besides the staged folder.
+pub struct Publish<'a> {
+    pub job: &'a str,
+    pub run_id: u64,
+    /// The ONNX file; None: the one `.onnx` file at the folder's top.
+    pub model_file: Option<&'a str>,
+    /// Largest file accepted (`max_input_bytes`: a scoring run reads it).
+    pub max_bytes: u64,
+    /// Versions kept besides the current one's.
+    pub keep: usize,
+}
+
+/// Makes the folder a command wrote (`staged`) the next version of `name`, and current.
+/// Checks it first: regular files only, within the size limit, the model file present,
+/// `metrics.json` an object of numbers. The folder is moved, not copied.
+pub fn publish(data_dir: &Path, name: &str, staged: &Path, p: &Publish<'_>) -> Result<ModelVersion, ModelError> {
+    let files = list_files(staged, p.max_bytes)?;
+    let model_file = match p.model_file {
+        Some(f) if files.iter().any(|v| v.name == f) => f.to_string(),
+        Some(f) => return Err(invalid_output(format!("has no {f} (the job's `model_file`)"), &files)),
+        None => {
+            let onnx: Vec<&VersionFile> = files.iter().filter(|f| f.name.ends_with(".onnx")).collect();
+            match onnx.as_slice() {
+                [one] => one.name.clone(),
+                [] => return Err(invalid_output("has no .onnx file".into(), &files)),
+                _ => return Err(invalid_output("has several .onnx files: name one with `model_file`".into(), &files)),
+            }
+        }
+    };
+    let metrics = read_metrics(staged)?;
+    let _lock = WRITE_LOCK.lock().expect("registry lock");
+    let version =
+        version_numbers(data_dir, name).last().copied().unwrap_or(0).max(current_version(data_dir, name)?.unwrap_or(0))
+            + 1;
+    let model_sha256 = files.iter().find(|f| f.name == model_file).map(|f| f.sha256.clone()).unwrap_or_default();
+    let meta = ModelVersion {
+        name: name.into(),
+        version,
+        published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        job: p.job.into(),
+        run_id: p.run_id,
+        model_file,
+        model_sha256,
+        files,
+        metrics,
+        recd_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    write_synced(&staged.join(META_FILE), &serde_json::to_vec_pretty(&meta).expect("meta serialises"))?;
+    sync_dir(staged)?;
+    let dir = root(data_dir).join(name).join(version.to_string());
+    std::fs::rename(staged, &dir).map_err(io("cannot move the version into", &dir))?;
+    sync_dir(dir.parent().expect("a version has a parent"))?;
+    set_current_locked(data_dir, name, version)?;
+    drop_old(data_dir, name, version, p.keep);
+    Ok(meta)
+}
+
+fn invalid_output(why: String, files: &[VersionFile]) -> ModelError {
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    ModelError::Invalid(format!(
+        "the command's output {why} (files: {})",
+        if names.is_empty() { "none".into() } else { names.join(", ") }
+    ))
+}
+
+/// Every file under `dir` (relative names, sorted), hashed and synced; anything but
+/// folders and regular files is refused (a symlink could point anywhere).
+fn list_files(dir: &Path, max_bytes: u64) -> Result<Vec<VersionFile>, ModelError> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let entries = std::fs::read_dir(dir.join(&rel)).map_err(io("cannot read", &dir.join(&rel)))?;
+        for entry in entries {
+            let entry = entry.map_err(io("cannot read", &dir.join(&rel)))?;
+            let name = rel.join(entry.file_name());
+            let kind = entry.file_type().map_err(io("cannot read", &entry.path()))?;
+            if kind.is_dir() {
+                stack.push(name);
+                continue;
+            }
+            let shown = name.display().to_string();
+            if !kind.is_file() {
+                return Err(ModelError::Invalid(format!(
+                    "the command's output {shown} is {}, not a regular file",
+                    fsutil::kind_name(&kind)
+                )));
+            }
+            if shown == META_FILE {
+                return Err(ModelError::Invalid(format!(
+                    "the command's output must not hold {META_FILE} (recd writes it)"
+                )));
+            }
+            let (mut file, meta) = fsutil::open_regular(&entry.path(), max_bytes)
+                .map_err(|e| ModelError::Invalid(format!("the command's output {shown} {e}")))?;
+            let sha256 = fsutil::sha256_of(&mut file).map_err(io("cannot read", &entry.path()))?;
+            file.sync_all().map_err(io("cannot sync", &entry.path()))?;
+            out.push(VersionFile { name: shown, bytes: meta.len(), sha256 });
+        }
+        sync_dir(&dir.join(&rel))?;
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn read_metrics(dir: &Path) -> Result<BTreeMap<String, f64>, ModelError> {
+    let file = dir.join(METRICS_FILE);
+    let text = match fsutil::read_text(&file, fsutil::MAX_JOB_FILE_BYTES) {
+        Ok(t) => t,
+        Err(fsutil::FileError::Missing) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(ModelError::Invalid(format!("the command's {METRICS_FILE} {e}"))),
+    };
+    let bad = |why: String| ModelError::Invalid(format!("the command's {METRICS_FILE}: {why}"));
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let object = value.as_object().ok_or_else(|| bad("expected an object of metric names to numbers".into()))?;
+    object
+        .iter()
+        .map(|(k, v)| match v.as_f64() {
+            Some(n) => Ok((k.clone(), n)),
+            None => Err(bad(format!("metric {k:?} is {v}, not a number"))),
+        })
+        .collect()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let mut file = std::fs::File::create(path).map_err(io("cannot write", path))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io("cannot write", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ModelError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io("cannot sync", dir))
+}
+
+/// Points `CURRENT` at `version`: a synced temporary file renamed over it.
+fn set_current_locked(data_dir: &Path, name: &str, version: u64) -> Result<(), ModelError> {
+    let folder = root(data_dir).join(name);
+    let tmp = folder.join(format!("{CURRENT_FILE}.tmp"));
+    write_synced(&tmp, format!("{version}\n").as_bytes())?;
+    std::fs::rename(&tmp, folder.join(CURRENT_FILE)).map_err(io("cannot replace", &folder.join(CURRENT_FILE)))?;
+    sync_dir(&folder)
+}
+
+/// Makes a kept version current again (`recd models rollback|promote`): `version`, or by
+/// default the newest one older than the current.
+pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<ModelVersion, ModelError> {
+    let _lock = WRITE_LOCK.lock().expect("registry lock");
+    let now = current_version(data_dir, name)?.ok_or_else(|| ModelError::NoVersion(name.into()))?;
+    let target = match version {
+        Some(v) => v,
+        None => *version_numbers(data_dir, name).iter().rev().find(|v| **v < now).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "registry model `{name}` has no version older than the current one, {now} (versions: {})",
+                kept_list(data_dir, name)
+            ))
+        })?,
+    };
+    let pinned = version_of(data_dir, name, target)?;
+    set_current_locked(data_dir, name, target)?;
+    Ok(pinned.meta)
+}
+
+/// Removes versions beyond the newest `keep`, never the current one.
+fn drop_old(data_dir: &Path, name: &str, current: u64, keep: usize) {
+    let numbers = version_numbers(data_dir, name);
+    let excess = numbers.len().saturating_sub(keep.max(1));
+    for v in numbers.into_iter().filter(|v| *v != current).take(excess) {
+        let dir = root(data_dir).join(name).join(v.to_string());
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("registry model {name}: cannot remove old version {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Staging folders a crash left behind (their runs are gone); called at start.
+pub fn remove_leftover_staging(data_dir: &Path) {
+    for model in std::fs::read_dir(root(data_dir)).into_iter().flatten().filter_map(|e| e.ok()) {
+        for entry in std::fs::read_dir(model.path()).into_iter().flatten().filter_map(|e| e.ok()) {
+            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// The job with its registry references made concrete: the model file and the input files
+/// of the current version of each registry model it names, read once, so every reference
+/// to one model in a run is to the same version. Also returns the versions pinned.
+pub fn pin(job: &Job, data_dir: &Path) -> Result<(Job, Vec<ModelVersion>), ModelError> {
+    let mut pinned: BTreeMap<String, Pinned> = BTreeMap::new();
+    let mut get = |name: &str| -> Result<Pinned, ModelError> {
+        if let Some(p) = pinned.get(name) {
+            return Ok(p.clone());
+        }
+        let p = current(data_dir, name)?;
+        pinned.insert(name.into(), p.clone());
+        Ok(p)
+    };
+    let mut job = job.clone();
+    if let Some(name) = &job.registry_model {
+        let p = get(name)?;
+        job.model = Some(p.dir.join(&p.meta.model_file));
+        job.registry_model = None;
+    }
+    for input in job.inputs.iter_mut() {
+        let Some(name) = &input.registry else { continue };
+        let p = get(name)?;
+        let file = input.path.display().to_string();
+        if !p.meta.files.iter().any(|f| f.name == file) {
+            let names: Vec<&str> = p.meta.files.iter().map(|f| f.name.as_str()).collect();
+            return Err(ModelError::Invalid(format!(
+                "inputs.{}: registry model `{name}` version {} has no file {file} (files: {})",
+                input.name,
+                p.meta.version,
+                names.join(", ")
+            )));
+        }
+        input.path = p.dir.join(&file);
+        input.registry = None;
+    }
+    Ok((job, pinned.into_values().map(|p| p.meta).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(data: &Path, name: &str, run: u64, files: &[(&str, &str)]) -> PathBuf {
+        let dir = staging_dir(data, name, run);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, text) in files {
+            std::fs::write(dir.join(f), text).unwrap();
+        }
+        dir
+    }
+
+    fn publish_one(data: &Path, run: u64, files: &[(&str, &str)]) -> Result<ModelVersion, ModelError> {
+        let staged = stage(data, "m", run, files);
+        publish(
+            data,
+            "m",
+            &staged,
+            &Publish { job: "train", run_id: run, model_file: None, max_bytes: 1 << 20, keep: 2 },
+        )
+    }
+
+    #[test]
+    fn versions_publish_in_order_hashed_and_old_ones_are_dropped() {
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(current(data.path(), "m").unwrap_err(), ModelError::NoVersion("m".into()));
+        let v1 =
+            publish_one(data.path(), 7, &[("a.onnx", "one"), ("users.csv", "u"), ("metrics.json", "{\"ndcg\": 0.25}")])
+                .unwrap();
+        assert_eq!((v1.version, v1.model_file.as_str(), v1.run_id), (1, "a.onnx", 7));
+        // sha256("one"), computed independently
+        assert_eq!(v1.model_sha256, "7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed");
+        assert_eq!(v1.metrics, BTreeMap::from([("ndcg".to_string(), 0.25)]));
+        assert_eq!(
+            v1.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["a.onnx", "metrics.json", "users.csv"]
+        );
+        assert!(!staging_dir(data.path(), "m", 7).exists(), "the staging folder became the version");
+        for run in 8..=10 {
+            publish_one(data.path(), run, &[("a.onnx", &run.to_string())]).unwrap();
+        }
+        let kept: Vec<u64> = versions(data.path(), "m").unwrap().iter().map(|v| v.version).collect();
+        assert_eq!(kept, [3, 4]);
+        let now = current(data.path(), "m").unwrap();
+        assert_eq!(now.meta.version, 4);
+        assert_eq!(std::fs::read_to_string(now.dir.join("a.onnx")).unwrap(), "10");
+        assert_eq!(names(data.path()), ["m"]);
+    }
+
+    #[test]
+    fn rollback_and_promote_move_current_among_kept_versions() {
+        let data = tempfile::tempdir().unwrap();
+        for run in 1..=2 {
+            publish_one(data.path(), run, &[("a.onnx", "x")]).unwrap();
+        }
+        assert_eq!(set_current(data.path(), "m", None).unwrap().version, 1);
+        assert!(set_current(data.path(), "m", None).unwrap_err().to_string().contains("no version older"));
+        assert_eq!(set_current(data.path(), "m", Some(2)).unwrap().version, 2);
+        assert_eq!(
+            set_current(data.path(), "m", Some(9)).unwrap_err().to_string(),
+            "registry model `m` has no version 9 (versions: 1, 2)"
+        );
+        // A publish after a rollback numbers on from the highest version.
+        set_current(data.path(), "m", Some(1)).unwrap();
+        assert_eq!(publish_one(data.path(), 3, &[("a.onnx", "y")]).unwrap().version, 3);
+    }
+
+    #[test]
+    fn bad_output_is_refused_and_nothing_changes() {
+        let data = tempfile::tempdir().unwrap();
+        publish_one(data.path(), 1, &[("a.onnx", "x")]).unwrap();
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("users.csv", "u")], "the command's output has no .onnx file (files: users.csv)"),
+            (&[("a.onnx", "x"), ("b.onnx", "y")], "has several .onnx files"),
+            (&[("a.onnx", "x"), ("metrics.json", "{\"auc\": \"high\"}")], "metric \"auc\" is \"high\", not a number"),
+            (&[("a.onnx", "x"), ("metrics.json", "[1]")], "expected an object"),
+        ];
+        for (run, (files, want)) in (2..).zip(cases) {
+            let err = publish_one(data.path(), run, files).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        let staged = stage(data.path(), "m", 9, &[("a.onnx", "x")]);
+        std::os::unix::fs::symlink("/etc/passwd", staged.join("link")).unwrap();
+        let err = publish(
+            data.path(),
+            "m",
+            &staged,
+            &Publish { job: "t", run_id: 9, model_file: None, max_bytes: 1 << 20, keep: 2 },
+        );
+        assert!(err.unwrap_err().to_string().contains("link is a symlink, not a regular file"), "symlinks are refused");
+        assert_eq!(current(data.path(), "m").unwrap().meta.version, 1);
+        assert_eq!(versions(data.path(), "m").unwrap().len(), 1);
+    }
+}

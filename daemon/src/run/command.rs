@@ -1,0 +1,208 @@
+//! A command job's run: its program runs as a child in a process group of its own, in the
+//! folder of recd.toml; its output goes to the log line by line and its last lines into
+//! the run history. With `produces`, the folder it wrote becomes the registry model's next
+//! version once it exits 0 (see [`crate::models::publish`]); a command that fails, times
+//! out or is cancelled publishes nothing.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rustix::process::Signal;
+
+use super::process::describe;
+use super::{Published, RemoveOnDrop, RunControl, RunError, RunReport, check_files};
+use crate::config::Config;
+use crate::job::{CommandSpec, Input, Job};
+use crate::models;
+
+/// Lines of a command's output kept for the run history.
+pub const OUTPUT_TAIL_LINES: usize = 20;
+/// Longest line kept (a progress bar can be one endless line).
+const OUTPUT_LINE_CHARS: usize = 400;
+
+pub fn execute_command(
+    job: &Job,
+    command: &CommandSpec,
+    run_id: u64,
+    config: &Config,
+    control: &Arc<RunControl>,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    check_files(job, config.max_input_bytes)?;
+    let (job, used) = models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
+    control.set_models(used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect());
+    let output = command.produces.as_ref().map(|name| models::staging_dir(&config.data_dir, name, run_id));
+    if let Some(dir) = &output {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RunError::Failed(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    }
+    let _cleanup = output.clone().map(RemoveOnDrop);
+    let argv = substitute(&command.argv, output.as_deref(), &job.inputs);
+    // stdout and stderr share one pipe, so their lines keep the order they were written in.
+    let (reader, writer) = std::io::pipe().map_err(|e| RunError::Failed(format!("cannot create a pipe: {e}")))?;
+    let writer_too = writer.try_clone().map_err(|e| RunError::Failed(format!("cannot create a pipe: {e}")))?;
+    let mut cmd = build(&argv, &job, command, run_id, output.as_deref(), &config.base_dir);
+    cmd.stdout(writer).stderr(writer_too);
+    let spawned = cmd.spawn();
+    // Our copies of the write end go, or the reader would never see the end of the output.
+    drop(cmd);
+    let mut child = spawned.map_err(|e| RunError::Failed(format!("cannot start command {}: {e}", argv[0])))?;
+    let group = child.id() as i32;
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(OUTPUT_TAIL_LINES)));
+    let output_reader = forward(reader, &job.name, run_id, &tail);
+    let watchdog = {
+        let (control, timeout) = (Arc::clone(control), job.policy.timeout);
+        std::thread::spawn(move || {
+            control.watch_with(timeout, || signal_group(group, Signal::TERM), || signal_group(group, Signal::KILL))
+        })
+    };
+    let status = child.wait().map_err(|e| RunError::Failed(format!("waiting for the command: {e}")));
+    // What the command left running in its group ends with it: a run is over when its
+    // command exits, and a straggler would hold the output pipes open.
+    signal_group(group, Signal::KILL);
+    control.finish();
+    let _ = watchdog.join();
+    let _ = output_reader.join();
+    let output_tail = tail.lock().expect("tail").iter().cloned().collect::<Vec<_>>().join("\n");
+    control.set_output(output_tail.clone());
+    let status = status?;
+    if let Some(stop) = control.stop_reason() {
+        return Err(stop);
+    }
+    if !status.success() {
+        let last = output_tail.lines().last().map(|l| format!("; last output: {l}")).unwrap_or_default();
+        return Err(RunError::Failed(format!("command {} ended with {}{last}", argv[0], describe(status))));
+    }
+    let published = match (&command.produces, &output) {
+        (Some(name), Some(dir)) => {
+            let publish = models::Publish {
+                job: &job.name,
+                run_id,
+                model_file: command.model_file.as_deref(),
+                max_bytes: config.max_input_bytes,
+                keep: config.retention.count,
+            };
+            let version = models::publish(&config.data_dir, name, dir, &publish)
+                .map_err(|e| RunError::Failed(format!("registry model `{name}`: {e}")))?;
+            Published::Model(version)
+        }
+        _ => Published::Nothing,
+    };
+    Ok(RunReport {
+        job: job.name.clone(),
+        run_id,
+        table: String::new(),
+        published,
+        provider: "none".into(),
+        seconds: started.elapsed().as_secs_f64(),
+        stats: Default::default(),
+        stages: Default::default(),
+        warnings: Vec::new(),
+        models_used: used,
+    })
+}
+
+/// The command, its arguments with placeholders filled, its environment: the daemon's,
+/// then `RECD_JOB`, `RECD_RUN_ID`, `RECD_OUTPUT` (with `produces`) and
+/// `RECD_INPUT_<NAME>` for each input, then the job's `[env]`.
+fn build(argv: &[String], job: &Job, spec: &CommandSpec, run_id: u64, output: Option<&Path>, base: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(base)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .env("RECD_JOB", &job.name)
+        .env("RECD_RUN_ID", run_id.to_string());
+    if let Some(dir) = output {
+        cmd.env("RECD_OUTPUT", dir);
+    }
+    for input in &job.inputs {
+        cmd.env(format!("RECD_INPUT_{}", env_name(&input.name)), &input.path);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// An input name as part of a variable name: upper case, '-' as '_'.
+fn env_name(input: &str) -> String {
+    input.chars().map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }).collect()
+}
+
+/// `{output}` and `{inputs.<name>}` replaced (the job's validation accepted only these).
+fn substitute(argv: &[String], output: Option<&Path>, inputs: &[Input]) -> Vec<String> {
+    argv.iter()
+        .map(|arg| {
+            let mut arg = arg.clone();
+            if let Some(dir) = output {
+                arg = arg.replace("{output}", &dir.display().to_string());
+            }
+            for input in inputs {
+                arg = arg.replace(&format!("{{inputs.{}}}", input.name), &input.path.display().to_string());
+            }
+            arg
+        })
+        .collect()
+}
+
+/// Sends `signal` to every process of the command's group; a group already gone is no error.
+fn signal_group(group: i32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(group) {
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+/// Logs each line of the command's output (stdout and stderr) under target `command` and
+/// keeps the last ones.
+fn forward(
+    stream: impl std::io::Read + Send + 'static,
+    job: &str,
+    run_id: u64,
+    tail: &Arc<Mutex<VecDeque<String>>>,
+) -> std::thread::JoinHandle<()> {
+    let (job, tail) = (job.to_string(), Arc::clone(tail));
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut bytes = Vec::new();
+        // Lines as bytes: a command may print anything, not only UTF-8.
+        while reader.read_until(b'\n', &mut bytes).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&bytes);
+            let line: String = text.trim_end_matches(['\n', '\r']).chars().take(OUTPUT_LINE_CHARS).collect();
+            bytes.clear();
+            tracing::info!(target: "command", job = %job, run_id, "{line}");
+            let mut t = tail.lock().expect("tail");
+            if t.len() == OUTPUT_TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn placeholders_become_the_output_folder_and_input_paths() {
+        let inputs = vec![Input {
+            name: "interactions".into(),
+            path: PathBuf::from("/d/i.parquet"),
+            format: crate::job::InputFormat::Parquet,
+            registry: None,
+        }];
+        let argv: Vec<String> =
+            ["train", "--data={inputs.interactions}", "--out", "{output}/m", "{x}"].map(String::from).into();
+        assert_eq!(
+            substitute(&argv, Some(Path::new("/data/models/m/.staging-3")), &inputs),
+            ["train", "--data=/d/i.parquet", "--out", "/data/models/m/.staging-3/m", "{x}"]
+        );
+        assert_eq!(env_name("item-factors"), "ITEM_FACTORS");
+    }
+}

@@ -1,0 +1,198 @@
+//! Command jobs and the model registry: a training command publishes model versions that a
+//! chained scoring job reads as `registry:<name>`; a failing, empty or hanging command
+//! publishes nothing; versions are listed, rolled back and promoted.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::oracle::{model_scores_in, purchases, vocab_ids_in};
+use crate::util::{TestDaemon, root, sha256sum, shipped_job};
+
+/// The shipped training script on the demo data, as a command job: the popularity family
+/// without validation (seconds, where choosing the family takes minutes).
+fn train_job() -> String {
+    let r = root().display().to_string();
+    format!(
+        r#"description = "retrains the ranking model"
+command = ["python3", "{r}/scripts/train_ranking.py", "--data", "{{inputs.interactions}}",
+           "--out", "{{output}}", "--family", "popularity", "--no-validation"]
+produces = "registry:ranking"
+model_file = "mf.onnx"
+timeout_seconds = 300
+
+[env]
+PYTHONPATH = "{r}/.deps/pytools"
+
+[inputs]
+interactions = "{r}/data/demo/retail.parquet"
+"#
+    )
+}
+
+/// The shipped ranking job scoring with the registry's current version and its vocabularies,
+/// run after each training.
+fn scoring_job() -> String {
+    let r = root().display().to_string();
+    let job = shipped_job("ranking")
+        .replace("schedule = \"0 3 * * *\"", "after = [\"train\"]")
+        .replace(&format!("\"{r}/models/ranking/mf.onnx\""), "\"registry:ranking\"")
+        .replace(&format!("\"{r}/models/ranking/users.csv\""), "\"registry:ranking/users.csv\"")
+        .replace(&format!("\"{r}/models/ranking/items.csv\""), "\"registry:ranking/items.csv\"")
+        .replace("fallback = [\"cold-start\"]", "");
+    assert!(job.contains("model = \"registry:ranking\"") && job.contains("registry:ranking/items.csv"), "{job}");
+    job
+}
+
+fn version_dir(d: &TestDaemon, version: u64) -> PathBuf {
+    d.dir.path().join(format!("data/models/ranking/{version}"))
+}
+
+/// The newest run of `job` once it has one with run id above `after`.
+fn run_after(d: &TestDaemon, job: &str, after: u64) -> serde_json::Value {
+    d.wait_for(&format!("a run of {job} after run {after}"), 120, || {
+        d.history(job).into_iter().find(|r| r["run_id"].as_u64().unwrap_or(0) > after && r["status"] != "running")
+    })
+}
+
+fn cli_ok(d: &TestDaemon, args: &[&str]) -> String {
+    let out = d.cli(args);
+    assert!(out.status.success(), "recd {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_training_command_publishes_model_versions_that_the_chained_ranking_job_scores_with() {
+    let d = TestDaemon::start(&[("train", &train_job()), ("ranking", &scoring_job())]);
+    // Before any version the scoring job loads (its model is checked at its first run) and
+    // a run of it fails saying why.
+    let status = cli_ok(&d, &["status"]);
+    assert!(!status.contains("job file errors"), "{status}");
+    let early = d.cli(&["run", "ranking"]);
+    let said = String::from_utf8_lossy(&early.stderr);
+    assert!(said.contains("registry model `ranking` has no version yet"), "{said}");
+
+    let report = d.run_job("train");
+    assert!(report.contains("published registry model ranking version 1 (mf.onnx, sha256 "), "{report}");
+    let train = &d.history("train")[0];
+    assert_eq!(train["produced"], "ranking@1", "{train}");
+    assert!(train["output"].as_str().unwrap().contains("wrote "), "the command's output is kept: {train}");
+
+    // The version on disk: what the command wrote, hashed as recd recorded it.
+    let v1 = version_dir(&d, 1);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v1.join("recd-version.json")).unwrap()).unwrap();
+    assert_eq!(meta["model_sha256"], sha256sum(&v1.join("mf.onnx")).as_str());
+    for file in meta["files"].as_array().unwrap() {
+        let name = file["name"].as_str().unwrap();
+        assert_eq!(file["sha256"], sha256sum(&v1.join(name)).as_str(), "{name}");
+    }
+    let users = vocab_ids_in(&v1, "users.csv");
+    assert_eq!(meta["metrics"]["users"].as_f64(), Some(users.len() as f64), "{meta}");
+    assert_eq!(std::fs::read_to_string(d.dir.path().join("data/models/ranking/CURRENT")).unwrap().trim(), "1");
+
+    // The chained run scored with version 1 and its vocabularies.
+    let scored = run_after(&d, "ranking", train["run_id"].as_u64().unwrap());
+    assert_eq!(scored["status"], "ok", "{scored}");
+    assert_eq!(scored["trigger"], "after train");
+    assert_eq!(scored["models"], serde_json::json!(["ranking@1"]));
+    assert_eq!(scored["model_sha256"], meta["model_sha256"]);
+    assert_eq!(scored["users"], users.len(), "every user of version 1's vocabulary has a list");
+    check_lists_against_model(&d, &v1);
+
+    // A second training: version 2, scored in the next chained run; then a rollback to 1.
+    let before = scored["run_id"].as_u64().unwrap();
+    assert!(d.run_job("train").contains("registry model ranking version 2"));
+    let second = run_after(&d, "ranking", before + 1);
+    assert_eq!(second["models"], serde_json::json!(["ranking@2"]), "{second}");
+    let listing = cli_ok(&d, &["models"]);
+    assert!(listing.contains("ranking: current version 2"), "{listing}");
+    assert!(listing.contains("version 1: published"), "{listing}");
+    assert!(listing.contains(&format!("used by: ranking run {} (ok)", scored["run_id"])), "{listing}");
+    assert!(listing.contains(&format!("users={}", users.len())), "{listing}");
+    let rolled = cli_ok(&d, &["models", "rollback", "ranking"]);
+    assert!(rolled.starts_with("OK model ranking version 1"), "{rolled}");
+    d.run_job("ranking");
+    assert_eq!(d.history("ranking")[0]["models"], serde_json::json!(["ranking@1"]));
+    assert!(cli_ok(&d, &["models", "promote", "ranking", "2"]).starts_with("OK model ranking version 2"));
+    let refused = d.cli(&["models", "promote", "ranking", "7"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has no version 7 (versions: 1, 2)"));
+}
+
+/// Every served item of a few customers scores, by ONNX Runtime in Python on the
+/// version's own files, as served; nothing better was left out; nothing bought is listed.
+fn check_lists_against_model(d: &TestDaemon, version: &Path) {
+    let bought = purchases();
+    let items = vocab_ids_in(version, "items.csv");
+    let mut conn = d.redis();
+    let customers: Vec<String> = vocab_ids_in(version, "users.csv").into_iter().step_by(997).take(4).collect();
+    for c in &customers {
+        let list: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(format!("ranking:{c}"))
+            .arg(0)
+            .arg(9)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(list.len(), 10, "{c}");
+        let mine: HashSet<String> = bought.get(c).cloned().unwrap_or_default();
+        let pairs: Vec<(String, String)> =
+            items.iter().filter(|i| !mine.contains(*i)).map(|i| (c.clone(), i.clone())).collect();
+        let scores = model_scores_in(version, &pairs);
+        let mut expected: Vec<(&str, f32)> = pairs.iter().zip(&scores).map(|((_, i), s)| (i.as_str(), *s)).collect();
+        expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (item, score) in &list {
+            let model = expected.iter().find(|(i, _)| i == item).map(|(_, s)| *s);
+            let model = model.unwrap_or_else(|| panic!("{c}/{item} is not an unseen item"));
+            assert!((model as f64 - score).abs() < 1e-5, "{c}/{item}: served {score}, model {model}");
+        }
+        assert!(list[9].1 >= expected[10].1 as f64 - 1e-5, "{c}: a better item was left out");
+    }
+}
+
+#[test]
+fn a_failing_empty_or_hanging_command_publishes_nothing_and_says_why() {
+    let command = |script: &str, timeout: u64| {
+        format!(
+            "command = [\"sh\", \"-c\", '''{script}''', \"{{output}}\"]\nproduces = \"registry:m\"\ntimeout_seconds = {timeout}\n"
+        )
+    };
+    let good = "echo trained; printf model > \"$0/m.onnx\"; echo '{\"auc\": 0.75}' > \"$0/metrics.json\"";
+    let d = TestDaemon::start(&[("train", &command(good, 60))]);
+    assert!(d.run_job("train").contains("published registry model m version 1"));
+
+    // Exit 3 after writing a model: nothing published, the output's tail in the history.
+    let rewrite = |text: String| {
+        d.write_job("train", &text);
+        cli_ok(&d, &["reload"]);
+    };
+    rewrite(command("printf x > \"$RECD_OUTPUT/m.onnx\"; echo step one; echo broken >&2; exit 3", 60));
+    let failed = d.cli(&["run", "train"]);
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(said.contains("command sh ended with exit code 3; last output: broken"), "{said}");
+    let run = &d.history("train")[0];
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["output"], "step one\nbroken", "{run}");
+
+    // Exit 0 without a model file.
+    rewrite(command("echo nothing to see", 60));
+    let empty = String::from_utf8_lossy(&d.cli(&["run", "train"]).stderr).into_owned();
+    assert!(empty.contains("registry model `m`: the command's output has no .onnx file (files: none)"), "{empty}");
+
+    // A command that outlives its timeout is stopped with everything it started.
+    let marker = format!("sleep 61.{}", std::process::id());
+    rewrite(command(&format!("{marker} & {marker}; echo never"), 1));
+    let hung = String::from_utf8_lossy(&d.cli(&["run", "train"]).stderr).into_owned();
+    assert!(hung.contains("timed out after 1s"), "{hung}");
+    let left = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes of the command outlived it: {}", String::from_utf8_lossy(&left.stdout));
+
+    // Through all of it version 1 stayed current, with its metrics, and no staging is left.
+    let listing = cli_ok(&d, &["models", "m"]);
+    assert!(listing.contains("m: current version 1") && listing.contains("metrics: auc=0.75"), "{listing}");
+    let left: Vec<String> = std::fs::read_dir(d.dir.path().join("data/models/m"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.iter().filter(|n| n.starts_with('.')).count(), 0, "{left:?}");
+}
