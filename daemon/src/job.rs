@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::config::Config;
 use crate::fsutil;
 use crate::schedule::{self, Schedule};
-use crate::store::TableKind;
+use crate::store::{Gate, TableKind};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum JobError {
@@ -115,7 +115,33 @@ pub struct RawJob {
     /// Free-form parameters handed to the plugin, which validates them.
     #[serde(default)]
     pub params: toml::Table,
+    /// What a new version must satisfy to go live; one that fails is held.
+    pub gate: Option<RawGate>,
     pub description: Option<String>,
+}
+
+/// `[gate]` as written; see docs/jobs.md.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub min_users: Option<u64>,
+    pub min_rows: Option<u64>,
+    pub min_users_ratio: Option<f64>,
+    pub min_rows_ratio: Option<f64>,
+    pub max_changed_share: Option<f64>,
+    pub changed_jaccard: Option<f64>,
+    pub max_score_psi: Option<f64>,
+    /// Command jobs: a metric of the version's `metrics.json` (higher is better).
+    pub metric: Option<String>,
+    pub max_metric_drop: Option<f64>,
+}
+
+/// A command job's gate on its model versions: `metric` of the new version's
+/// `metrics.json` must be at least the current version's less `max_drop`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelGate {
+    pub metric: String,
+    pub max_drop: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -229,6 +255,8 @@ pub struct Job {
     pub plugin_name: Option<String>,
     pub plugin_sha256: Option<String>,
     pub checks: OutputChecks,
+    /// `[gate]` of a plugin job (empty: none).
+    pub gate: Gate,
     pub fallback: Vec<String>,
     /// Line of the `after` key, for errors found when checking jobs together.
     pub after_line: usize,
@@ -247,6 +275,7 @@ pub struct CommandSpec {
     /// The registry model the command's output becomes a version of.
     pub produces: Option<String>,
     pub model_file: Option<String>,
+    pub gate: Option<ModelGate>,
 }
 
 /// Keys that only plugin jobs take, refused in a command job.
@@ -397,6 +426,10 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         other => return Err(invalid("output", format!("expected \"lists\" or \"hashes\", got {other:?}"))),
     };
     let checks = output_checks(&raw, &inputs, kind, &invalid)?;
+    let gate = match &command {
+        Some(_) => Gate::default(),
+        None => table_gate(raw.gate.as_ref(), kind, &invalid)?,
+    };
     let model_inputs = model_inputs(&raw, &invalid)?;
     if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t) || **t == table) {
         return Err(invalid("fallback", format!("{bad:?} is not another table's name")));
@@ -435,6 +468,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         plugin_name: if by_path { None } else { raw.plugin.clone() },
         plugin_sha256: raw.plugin_sha256.clone(),
         checks,
+        gate,
         fallback: raw.fallback.clone(),
     })
 }
@@ -542,12 +576,122 @@ fn command_spec(
         check_placeholders(arg, produces.is_some(), &raw.inputs)
             .map_err(|m| invalid("command", format!("argument {i} ({arg:?}): {m}")))?;
     }
+    let mut vars = BTreeMap::new();
+    for input in raw.inputs.keys() {
+        if let Some(other) = vars.insert(input_env_var(input), input) {
+            return Err(invalid(
+                &format!("inputs.{input}"),
+                format!("inputs {other:?} and {input:?} would both be {} for the command", input_env_var(input)),
+            ));
+        }
+    }
+    let gate = model_gate(raw.gate.as_ref(), produces.is_some(), invalid)?;
     Ok(Some(CommandSpec {
         argv,
         env: raw.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         produces,
         model_file: raw.model_file.clone(),
+        gate,
     }))
+}
+
+/// A plugin job's `[gate]`: counts, ratios and shares in range; list comparisons on lists;
+/// no model metric.
+fn table_gate(
+    raw: Option<&RawGate>,
+    kind: TableKind,
+    invalid: &dyn Fn(&str, String) -> JobError,
+) -> Result<Gate, JobError> {
+    let Some(g) = raw else { return Ok(Gate::default()) };
+    for (key, set) in [("metric", g.metric.is_some()), ("max_metric_drop", g.max_metric_drop.is_some())] {
+        if set {
+            return Err(invalid(
+                &format!("gate.{key}"),
+                "gates a command job's model versions; this job runs a plugin".into(),
+            ));
+        }
+    }
+    let share = |key: &str, v: Option<f64>, zero_ok: bool| -> Result<Option<f64>, JobError> {
+        match v {
+            Some(x) if !(x <= 1.0 && (x > 0.0 || (zero_ok && x == 0.0))) => {
+                let range = if zero_ok { "[0, 1]" } else { "(0, 1]" };
+                Err(invalid(&format!("gate.{key}"), format!("must be in {range}, got {x}")))
+            }
+            other => Ok(other),
+        }
+    };
+    let gate = Gate {
+        min_users: g.min_users,
+        min_rows: g.min_rows,
+        min_users_ratio: share("min_users_ratio", g.min_users_ratio, false)?,
+        min_rows_ratio: share("min_rows_ratio", g.min_rows_ratio, false)?,
+        max_changed_share: share("max_changed_share", g.max_changed_share, true)?,
+        changed_jaccard: share("changed_jaccard", g.changed_jaccard, false)?.unwrap_or(0.5),
+        max_score_psi: match g.max_score_psi {
+            Some(x) if !(x > 0.0 && x.is_finite()) => {
+                return Err(invalid("gate.max_score_psi", format!("must be a positive number, got {x}")));
+            }
+            other => other,
+        },
+    };
+    if g.changed_jaccard.is_some() && g.max_changed_share.is_none() {
+        return Err(invalid("gate.changed_jaccard", "qualifies max_changed_share, which the gate does not set".into()));
+    }
+    if kind == TableKind::Hashes {
+        for (key, set) in
+            [("max_changed_share", gate.max_changed_share.is_some()), ("max_score_psi", gate.max_score_psi.is_some())]
+        {
+            if set {
+                return Err(invalid(
+                    &format!("gate.{key}"),
+                    "compares lists; this job has `output = \"hashes\"`".into(),
+                ));
+            }
+        }
+    }
+    if gate.is_empty() {
+        return Err(invalid(
+            "gate",
+            "sets no check (min_users, min_rows, min_users_ratio, min_rows_ratio, max_changed_share, max_score_psi)"
+                .into(),
+        ));
+    }
+    Ok(gate)
+}
+
+/// A command job's `[gate]`: a metric of its model versions, and nothing else.
+fn model_gate(
+    raw: Option<&RawGate>,
+    produces: bool,
+    invalid: &dyn Fn(&str, String) -> JobError,
+) -> Result<Option<ModelGate>, JobError> {
+    let Some(g) = raw else { return Ok(None) };
+    let table_keys = [
+        ("min_users", g.min_users.is_some()),
+        ("min_rows", g.min_rows.is_some()),
+        ("min_users_ratio", g.min_users_ratio.is_some()),
+        ("min_rows_ratio", g.min_rows_ratio.is_some()),
+        ("max_changed_share", g.max_changed_share.is_some()),
+        ("changed_jaccard", g.changed_jaccard.is_some()),
+        ("max_score_psi", g.max_score_psi.is_some()),
+    ];
+    if let Some((key, _)) = table_keys.iter().find(|(_, set)| *set) {
+        return Err(invalid(
+            &format!("gate.{key}"),
+            "gates a table; a command job's gate takes `metric` and `max_metric_drop`".into(),
+        ));
+    }
+    if !produces {
+        return Err(invalid("gate", "gates the model versions a command `produces`; it produces none".into()));
+    }
+    let Some(metric) = g.metric.clone().filter(|m| !m.trim().is_empty()) else {
+        return Err(invalid("gate", "needs `metric`: the name of a number in the version's metrics.json".into()));
+    };
+    let max_drop = g.max_metric_drop.unwrap_or(0.0);
+    if !(max_drop >= 0.0 && max_drop.is_finite()) {
+        return Err(invalid("gate.max_metric_drop", format!("must be 0 or more, got {max_drop}")));
+    }
+    Ok(Some(ModelGate { metric, max_drop }))
 }
 
 /// Each placeholder in a command argument, a `{name}` of lower-case letters, digits, `_`,
@@ -737,7 +881,7 @@ pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option
     for job in jobs.values().filter(|j| j.command.is_none()) {
         by_table.entry(&job.table).or_default().push(job);
     }
-    let mut errors = producers(jobs);
+    let mut errors = Vec::new();
     for (table, claimants) in by_table {
         if claimants.len() < 2 || claimants.iter().all(|j| j.shared_table) {
             continue;
@@ -769,34 +913,33 @@ pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option
     errors
 }
 
-/// A registry model has one producing job: the first by name keeps it, every other job
+/// A registry model has one producing job: the one that produced its current version
+/// (`owner`, when it is among them) keeps it, else the first by name; every other job
 /// producing it gets an error.
-fn producers(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
-    let mut first: BTreeMap<&str, &Job> = BTreeMap::new();
-    let mut errors = Vec::new();
+pub fn check_producers(
+    jobs: &BTreeMap<String, Job>,
+    owner: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(String, JobError)> {
+    let mut by_model: BTreeMap<&str, Vec<&Job>> = BTreeMap::new();
     for job in jobs.values() {
-        let Some(model) = job.command.as_ref().and_then(|c| c.produces.as_deref()) else { continue };
-        match first.get(model) {
-            None => {
-                first.insert(model, job);
-            }
-            Some(keeper) => {
-                let file = job.file.display().to_string();
-                let text = read_job_file(&job.file).unwrap_or_default();
-                errors.push((
-                    file.clone(),
-                    JobError::Invalid {
-                        file,
-                        line: line_of_key(&text, "produces"),
-                        field: "produces".into(),
-                        message: format!(
-                            "registry model {model:?} is produced by job {:?} ({}): a registry model has one producing job",
-                            keeper.name,
-                            keeper.file.display()
-                        ),
-                    },
-                ));
-            }
+        if let Some(model) = job.command.as_ref().and_then(|c| c.produces.as_deref()) {
+            by_model.entry(model).or_default().push(job);
+        }
+    }
+    let mut errors = Vec::new();
+    for (model, claimants) in by_model {
+        let owned = owner(model).and_then(|o| claimants.iter().position(|j| j.name == o));
+        let keeper = claimants[owned.unwrap_or(0)];
+        for job in claimants.iter().filter(|j| j.name != keeper.name) {
+            let file = job.file.display().to_string();
+            let text = read_job_file(&job.file).unwrap_or_default();
+            let message = format!(
+                "registry model {model:?} is produced by job {:?} ({}): a registry model has one producing job",
+                keeper.name,
+                keeper.file.display()
+            );
+            let line = line_of_key(&text, "produces");
+            errors.push((file.clone(), JobError::Invalid { file, line, field: "produces".into(), message }));
         }
     }
     errors
@@ -933,6 +1076,13 @@ pub fn check_data_file(path: &Path, max_bytes: u64) -> Result<(), String> {
 fn absolute(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// The variable a command job's input path is in: `RECD_INPUT_<NAME>`, the name in upper
+/// case with '-' as '_'.
+pub fn input_env_var(input: &str) -> String {
+    let name: String = input.chars().map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }).collect();
+    format!("RECD_INPUT_{name}")
 }
 
 /// A plain file name (of a registry model version's files): no path separators, not

@@ -19,17 +19,52 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::job::Job;
+use crate::job::{Job, ModelGate};
 
 /// What recd records in each version's folder.
 pub const META_FILE: &str = "recd-version.json";
 /// The training metrics a command may write beside its model: a JSON object of numbers.
 pub const METRICS_FILE: &str = "metrics.json";
 const CURRENT_FILE: &str = "CURRENT";
+/// The number of the last version published, held or not.
+const LAST_FILE: &str = "LAST";
 const STAGING_PREFIX: &str = ".staging-";
 
 /// Serialises the registry's writes (publish, rollback, retention) within the daemon.
 static WRITE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Versions runs of this process have pinned, with how many runs hold each: retention
+/// leaves their folders alone (a worker reads its inputs while it runs).
+static PINNED: Mutex<BTreeMap<(String, u64), usize>> = Mutex::new(BTreeMap::new());
+
+/// The versions one run pinned; released when dropped, at the end of the run.
+#[derive(Debug, Default)]
+pub struct Pins(Vec<(String, u64)>);
+
+impl Pins {
+    fn hold(&mut self, name: &str, version: u64) {
+        *PINNED.lock().expect("pins").entry((name.to_string(), version)).or_default() += 1;
+        self.0.push((name.to_string(), version));
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut pinned = PINNED.lock().expect("pins");
+        for key in self.0.drain(..) {
+            if let Some(n) = pinned.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    pinned.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn is_pinned(name: &str, version: u64) -> bool {
+    PINNED.lock().expect("pins").contains_key(&(name.to_string(), version))
+}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
@@ -74,6 +109,12 @@ pub struct ModelVersion {
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
     pub recd_version: String,
+    /// Failed the producing job's `[gate]`: kept, not current, until promoted or discarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// Why the gate failed it (kept after a promote).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate_failed: Vec<String>,
 }
 
 /// A registry model's version as a run uses it: its folder and what was recorded.
@@ -144,11 +185,16 @@ pub fn versions(data_dir: &Path, name: &str) -> Result<Vec<ModelVersion>, ModelE
     version_numbers(data_dir, name).into_iter().map(|v| version_of(data_dir, name, v).map(|p| p.meta)).collect()
 }
 
+/// The numbers of the complete versions of `name` (a folder with its [`META_FILE`]).
 fn version_numbers(data_dir: &Path, name: &str) -> Vec<u64> {
     let mut numbers: Vec<u64> = std::fs::read_dir(root(data_dir).join(name))
         .into_iter()
         .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().to_str()?.parse().ok()?;
+            e.path().join(META_FILE).is_file().then_some(n)
+        })
         .collect();
     numbers.sort_unstable();
     numbers
@@ -169,18 +215,28 @@ pub struct Publish<'a> {
     pub max_bytes: u64,
     /// Versions kept besides the current one's.
     pub keep: usize,
+    /// The producing job's gate on its versions' metrics.
+    pub gate: Option<&'a ModelGate>,
 }
 
 /// Makes the folder a command wrote (`staged`) the next version of `name`, and current.
 /// Checks it first: regular files only, within the size limit, the model file present,
 /// `metrics.json` an object of numbers. The folder is moved, not copied.
 pub fn publish(data_dir: &Path, name: &str, staged: &Path, p: &Publish<'_>) -> Result<ModelVersion, ModelError> {
+    // The command may have replaced its folder: only a real folder becomes a version.
+    if !std::fs::symlink_metadata(staged).is_ok_and(|m| m.is_dir()) {
+        return Err(ModelError::Invalid(format!(
+            "the command's output folder {} is no longer a folder",
+            staged.display()
+        )));
+    }
     let files = list_files(staged, p.max_bytes)?;
     let model_file = match p.model_file {
         Some(f) if files.iter().any(|v| v.name == f) => f.to_string(),
         Some(f) => return Err(invalid_output(format!("has no {f} (the job's `model_file`)"), &files)),
         None => {
-            let onnx: Vec<&VersionFile> = files.iter().filter(|f| f.name.ends_with(".onnx")).collect();
+            let onnx: Vec<&VersionFile> =
+                files.iter().filter(|f| f.name.ends_with(".onnx") && !f.name.contains('/')).collect();
             match onnx.as_slice() {
                 [one] => one.name.clone(),
                 [] => return Err(invalid_output("has no .onnx file".into(), &files)),
@@ -190,10 +246,12 @@ pub fn publish(data_dir: &Path, name: &str, staged: &Path, p: &Publish<'_>) -> R
     };
     let metrics = read_metrics(staged)?;
     let _lock = WRITE_LOCK.lock().expect("registry lock");
-    let version =
-        version_numbers(data_dir, name).last().copied().unwrap_or(0).max(current_version(data_dir, name)?.unwrap_or(0))
-            + 1;
+    let version = next_version(data_dir, name)?;
     let model_sha256 = files.iter().find(|f| f.name == model_file).map(|f| f.sha256.clone()).unwrap_or_default();
+    let gate_failed = match p.gate {
+        Some(gate) => check_metric(data_dir, name, gate, &metrics)?,
+        None => Vec::new(),
+    };
     let meta = ModelVersion {
         name: name.into(),
         version,
@@ -205,15 +263,76 @@ pub fn publish(data_dir: &Path, name: &str, staged: &Path, p: &Publish<'_>) -> R
         files,
         metrics,
         recd_version: env!("CARGO_PKG_VERSION").into(),
+        held: !gate_failed.is_empty(),
+        gate_failed,
     };
     write_synced(&staged.join(META_FILE), &serde_json::to_vec_pretty(&meta).expect("meta serialises"))?;
     sync_dir(staged)?;
     let dir = root(data_dir).join(name).join(version.to_string());
     std::fs::rename(staged, &dir).map_err(io("cannot move the version into", &dir))?;
     sync_dir(dir.parent().expect("a version has a parent"))?;
+    if meta.held {
+        return Ok(meta);
+    }
     set_current_locked(data_dir, name, version)?;
     drop_old(data_dir, name, version, p.keep);
     Ok(meta)
+}
+
+/// Why a version with `metrics` fails `gate` against the current version (empty: it
+/// passes). Without a current version, or one without the metric, only the metric's
+/// presence is checked.
+fn check_metric(
+    data_dir: &Path,
+    name: &str,
+    gate: &ModelGate,
+    metrics: &BTreeMap<String, f64>,
+) -> Result<Vec<String>, ModelError> {
+    let Some(new) = metrics.get(&gate.metric) else {
+        return Ok(vec![format!("{METRICS_FILE} has no `{}` (the gate's metric)", gate.metric)]);
+    };
+    let Some(current) = current_version(data_dir, name)? else { return Ok(Vec::new()) };
+    let before = version_of(data_dir, name, current)?.meta;
+    match before.metrics.get(&gate.metric) {
+        Some(old) if *new < old - gate.max_drop => Ok(vec![format!(
+            "{} = {new} is below the current version {current}'s {old} by more than max_metric_drop {}",
+            gate.metric, gate.max_drop
+        )]),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Throws a held version away (`recd models discard`): only a held one, never the current.
+pub fn discard(data_dir: &Path, name: &str, version: u64) -> Result<ModelVersion, ModelError> {
+    let _lock = WRITE_LOCK.lock().expect("registry lock");
+    let pinned = version_of(data_dir, name, version)?;
+    if !pinned.meta.held || current_version(data_dir, name)? == Some(version) {
+        return Err(ModelError::Invalid(format!(
+            "registry model `{name}` version {version} is not held; only a version its gate held can be discarded"
+        )));
+    }
+    let gone = root(data_dir).join(name).join(format!("{STAGING_PREFIX}drop-{version}"));
+    std::fs::rename(&pinned.dir, &gone).map_err(io("cannot remove", &pinned.dir))?;
+    sync_dir(&root(data_dir).join(name))?;
+    std::fs::remove_dir_all(&gone).map_err(io("cannot remove", &gone))?;
+    Ok(pinned.meta)
+}
+
+/// The next version number: above every version kept, and above the last one ever
+/// published ([`LAST_FILE`]), so a discarded or dropped number is never used again.
+fn next_version(data_dir: &Path, name: &str) -> Result<u64, ModelError> {
+    let folder = root(data_dir).join(name);
+    let last = match fsutil::read_text(&folder.join(LAST_FILE), 64) {
+        Ok(text) => text.trim().parse().unwrap_or(0),
+        Err(_) => 0,
+    };
+    let kept = version_numbers(data_dir, name).last().copied().unwrap_or(0);
+    let version = last.max(kept).max(current_version(data_dir, name)?.unwrap_or(0)) + 1;
+    std::fs::create_dir_all(&folder).map_err(io("cannot create", &folder))?;
+    let tmp = folder.join(format!("{LAST_FILE}.tmp"));
+    write_synced(&tmp, format!("{version}\n").as_bytes())?;
+    std::fs::rename(&tmp, folder.join(LAST_FILE)).map_err(io("cannot replace", &folder.join(LAST_FILE)))?;
+    Ok(version)
 }
 
 fn invalid_output(why: String, files: &[VersionFile]) -> ModelError {
@@ -305,16 +424,25 @@ fn set_current_locked(data_dir: &Path, name: &str, version: u64) -> Result<(), M
 pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<ModelVersion, ModelError> {
     let _lock = WRITE_LOCK.lock().expect("registry lock");
     let now = current_version(data_dir, name)?.ok_or_else(|| ModelError::NoVersion(name.into()))?;
+    let held = |v: u64| version_of(data_dir, name, v).is_ok_and(|p| p.meta.held);
     let target = match version {
         Some(v) => v,
-        None => *version_numbers(data_dir, name).iter().rev().find(|v| **v < now).ok_or_else(|| {
+        None => *version_numbers(data_dir, name).iter().rev().find(|v| **v < now && !held(**v)).ok_or_else(|| {
             ModelError::Invalid(format!(
                 "registry model `{name}` has no version older than the current one, {now} (versions: {})",
                 kept_list(data_dir, name)
             ))
         })?,
     };
-    let pinned = version_of(data_dir, name, target)?;
+    let mut pinned = version_of(data_dir, name, target)?;
+    if pinned.meta.held {
+        // Promoted: no longer held (the gate's reasons stay in its record).
+        pinned.meta.held = false;
+        let tmp = pinned.dir.join(format!(".{META_FILE}.tmp"));
+        write_synced(&tmp, &serde_json::to_vec_pretty(&pinned.meta).expect("meta serialises"))?;
+        std::fs::rename(&tmp, pinned.dir.join(META_FILE)).map_err(io("cannot replace", &pinned.dir.join(META_FILE)))?;
+        sync_dir(&pinned.dir)?;
+    }
     set_current_locked(data_dir, name, target)?;
     Ok(pinned.meta)
 }
@@ -323,11 +451,20 @@ pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<
 fn drop_old(data_dir: &Path, name: &str, current: u64, keep: usize) {
     let numbers = version_numbers(data_dir, name);
     let excess = numbers.len().saturating_sub(keep.max(1));
-    for v in numbers.into_iter().filter(|v| *v != current).take(excess) {
-        let dir = root(data_dir).join(name).join(v.to_string());
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!("registry model {name}: cannot remove old version {}: {e}", dir.display());
-        }
+    // A held version waits for ops to settle it; a pinned one is being read by a run.
+    let held = |v: u64| version_of(data_dir, name, v).is_ok_and(|p| p.meta.held);
+    for v in numbers.into_iter().filter(|v| *v != current && !held(*v) && !is_pinned(name, *v)).take(excess) {
+        remove_version(data_dir, name, v);
+    }
+}
+
+/// Takes a version folder out of the registry in one rename (to a staging name, which a
+/// start after a crash removes), then deletes it.
+fn remove_version(data_dir: &Path, name: &str, version: u64) {
+    let dir = root(data_dir).join(name).join(version.to_string());
+    let gone = root(data_dir).join(name).join(format!("{STAGING_PREFIX}drop-{version}"));
+    if let Err(e) = std::fs::rename(&dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone)) {
+        tracing::warn!("registry model {name}: cannot remove version {}: {e}", dir.display());
     }
 }
 
@@ -344,14 +481,18 @@ pub fn remove_leftover_staging(data_dir: &Path) {
 
 /// The job with its registry references made concrete: the model file and the input files
 /// of the current version of each registry model it names, read once, so every reference
-/// to one model in a run is to the same version. Also returns the versions pinned.
-pub fn pin(job: &Job, data_dir: &Path) -> Result<(Job, Vec<ModelVersion>), ModelError> {
+/// to one model in a run is to the same version. Also returns the versions pinned, and
+/// [`Pins`] that keep retention off them while held.
+pub fn pin(job: &Job, data_dir: &Path) -> Result<(Job, Vec<ModelVersion>, Pins), ModelError> {
+    let mut pins = Pins::default();
+    let _lock = WRITE_LOCK.lock().expect("registry lock");
     let mut pinned: BTreeMap<String, Pinned> = BTreeMap::new();
     let mut get = |name: &str| -> Result<Pinned, ModelError> {
         if let Some(p) = pinned.get(name) {
             return Ok(p.clone());
         }
         let p = current(data_dir, name)?;
+        pins.hold(name, p.meta.version);
         pinned.insert(name.into(), p.clone());
         Ok(p)
     };
@@ -363,7 +504,10 @@ pub fn pin(job: &Job, data_dir: &Path) -> Result<(Job, Vec<ModelVersion>), Model
     }
     for input in job.inputs.iter_mut() {
         let Some(name) = &input.registry else { continue };
-        let p = get(name)?;
+        let p = get(name).map_err(|e| match e {
+            ModelError::NoVersion(_) => e,
+            e => ModelError::Invalid(format!("inputs.{}: {e}", input.name)),
+        })?;
         let file = input.path.display().to_string();
         if !p.meta.files.iter().any(|f| f.name == file) {
             let names: Vec<&str> = p.meta.files.iter().map(|f| f.name.as_str()).collect();
@@ -377,7 +521,7 @@ pub fn pin(job: &Job, data_dir: &Path) -> Result<(Job, Vec<ModelVersion>), Model
         input.path = p.dir.join(&file);
         input.registry = None;
     }
-    Ok((job, pinned.into_values().map(|p| p.meta).collect()))
+    Ok((job, pinned.into_values().map(|p| p.meta).collect(), pins))
 }
 
 #[cfg(test)]
@@ -399,7 +543,7 @@ mod tests {
             data,
             "m",
             &staged,
-            &Publish { job: "train", run_id: run, model_file: None, max_bytes: 1 << 20, keep: 2 },
+            &Publish { job: "train", run_id: run, model_file: None, max_bytes: 1 << 20, keep: 2, gate: None },
         )
     }
 
@@ -468,10 +612,42 @@ mod tests {
             data.path(),
             "m",
             &staged,
-            &Publish { job: "t", run_id: 9, model_file: None, max_bytes: 1 << 20, keep: 2 },
+            &Publish { job: "t", run_id: 9, model_file: None, max_bytes: 1 << 20, keep: 2, gate: None },
         );
         assert!(err.unwrap_err().to_string().contains("link is a symlink, not a regular file"), "symlinks are refused");
         assert_eq!(current(data.path(), "m").unwrap().meta.version, 1);
         assert_eq!(versions(data.path(), "m").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_whose_metric_drops_is_held_until_promoted_or_discarded() {
+        let data = tempfile::tempdir().unwrap();
+        let gate = ModelGate { metric: "ndcg".into(), max_drop: 0.01 };
+        let with = |run: u64, metrics: &str| {
+            let staged = stage(data.path(), "m", run, &[("a.onnx", "x"), ("metrics.json", metrics)]);
+            let p = Publish { job: "t", run_id: run, model_file: None, max_bytes: 1 << 20, keep: 1, gate: Some(&gate) };
+            publish(data.path(), "m", &staged, &p).unwrap()
+        };
+        assert!(!with(1, "{\"ndcg\": 0.30}").held);
+        assert!(!with(2, "{\"ndcg\": 0.295}").held, "within max_metric_drop");
+        let dropped = with(3, "{\"ndcg\": 0.25}");
+        assert!(dropped.held);
+        assert_eq!(
+            dropped.gate_failed,
+            ["ndcg = 0.25 is below the current version 2's 0.295 by more than max_metric_drop 0.01"]
+        );
+        let missing = with(4, "{\"auc\": 0.9}");
+        assert_eq!(missing.gate_failed, ["metrics.json has no `ndcg` (the gate's metric)"]);
+        assert_eq!(current_version(data.path(), "m").unwrap(), Some(2), "held versions are not current");
+        // Held versions outlive retention (keep 1), are skipped by a default rollback,
+        // and only they can be discarded.
+        assert_eq!(versions(data.path(), "m").unwrap().iter().map(|v| v.version).collect::<Vec<_>>(), [2, 3, 4]);
+        assert!(discard(data.path(), "m", 2).is_err());
+        assert_eq!(discard(data.path(), "m", 4).unwrap().version, 4);
+        let promoted = set_current(data.path(), "m", Some(3)).unwrap();
+        assert!(!promoted.held && !promoted.gate_failed.is_empty());
+        assert!(!current(data.path(), "m").unwrap().meta.held);
+        assert_eq!(set_current(data.path(), "m", None).unwrap().version, 2);
+        assert_eq!(with(5, "{\"ndcg\": 0.3}").version, 5, "a discarded number is not used again");
     }
 }

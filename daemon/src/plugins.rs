@@ -381,7 +381,7 @@ impl Registry {
 /// version yet, the plugin and its params only (`check: false`; the first run checks the rest).
 pub fn probe_request(job: &crate::job::Job, config: &crate::config::Config) -> Result<ProbeRequest, (String, String)> {
     match crate::models::pin(job, &config.data_dir) {
-        Ok((pinned, _)) => Ok(ProbeRequest::for_job(&pinned, &config.onnxruntime)),
+        Ok((pinned, _, _pins)) => Ok(ProbeRequest::for_job(&pinned, &config.onnxruntime)),
         Err(crate::models::ModelError::NoVersion(_)) => {
             let mut request = ProbeRequest::for_job(job, &config.onnxruntime);
             request.inputs.retain(|i| i.registry.is_none());

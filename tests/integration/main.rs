@@ -19,6 +19,7 @@ mod evaluation;
 mod export;
 mod fallback;
 mod faults;
+mod gates;
 mod guide;
 mod jobs;
 mod layers;

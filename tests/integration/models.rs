@@ -154,7 +154,7 @@ fn check_lists_against_model(d: &TestDaemon, version: &Path) {
 fn a_failing_empty_or_hanging_command_publishes_nothing_and_says_why() {
     let command = |script: &str, timeout: u64| {
         format!(
-            "command = [\"sh\", \"-c\", '''{script}''', \"{{output}}\"]\nproduces = \"registry:m\"\ntimeout_seconds = {timeout}\n"
+            "command = [\"sh\", \"-c\", '''{script}''', \"{{output}}\"]\nproduces = \"registry:m\"\ntimeout_seconds = {timeout}\n[gate]\nmetric = \"auc\"\nmax_metric_drop = 0.05\n"
         )
     };
     let good = "echo trained; printf model > \"$0/m.onnx\"; echo '{\"auc\": 0.75}' > \"$0/metrics.json\"";
@@ -187,6 +187,23 @@ fn a_failing_empty_or_hanging_command_publishes_nothing_and_says_why() {
     let left = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
     assert!(left.stdout.is_empty(), "processes of the command outlived it: {}", String::from_utf8_lossy(&left.stdout));
 
+    // A version whose metric drops is held: version 1 stays current; a discard settles it.
+    rewrite(command("printf m > \"$0/m.onnx\"; echo '{\"auc\": 0.5}' > \"$0/metrics.json\"", 60));
+    let out = d.cli(&["run", "train"]);
+    let gated = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        gated.contains("was gated: registry model m version 2 held by its gate: auc = 0.5 is below the current version 1's 0.75 by more than max_metric_drop 0.05"),
+        "{gated}"
+    );
+    assert_eq!(d.history("train")[0]["status"], "gated");
+    let listing = cli_ok(&d, &["models", "m"]);
+    assert!(
+        listing.contains("m: current version 1") && listing.contains("version 2 (held by its gate: auc = 0.5"),
+        "{listing}"
+    );
+    assert_eq!(cli_ok(&d, &["models", "discard", "m", "2"]).trim(), "OK model m version 2 discarded");
+    assert!(!d.dir.path().join("data/models/m/2").exists());
+
     // Through all of it version 1 stayed current, with its metrics, and no staging is left.
     let listing = cli_ok(&d, &["models", "m"]);
     assert!(listing.contains("m: current version 1") && listing.contains("metrics: auc=0.75"), "{listing}");
@@ -195,4 +212,18 @@ fn a_failing_empty_or_hanging_command_publishes_nothing_and_says_why() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left.iter().filter(|n| n.starts_with('.')).count(), 0, "{left:?}");
+
+    // A process that left the command's group keeps the output pipe open: the run still
+    // ends (after the cancel grace), and the number of the discarded version 2 is not reused.
+    let straggler = format!("sleep 62.{}", std::process::id());
+    rewrite(command(
+        &format!(
+            "printf m > \"$0/m.onnx\"; echo '{{\"auc\": 0.8}}' > \"$0/metrics.json\"; setsid {straggler} & sleep 0.5"
+        ),
+        60,
+    ));
+    let started = std::time::Instant::now();
+    assert!(d.run_job("train").contains("published registry model m version 3"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "the run waited for the straggler");
+    let _ = std::process::Command::new("pkill").args(["-f", &straggler]).status();
 }

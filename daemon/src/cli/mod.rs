@@ -104,6 +104,20 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// Make VERSION of TABLE current, a version its job's gate held included
+    Promote {
+        table: String,
+        version: u64,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Throw away VERSION of TABLE, which its job's gate held
+    Discard {
+        table: String,
+        version: u64,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
     /// Registry models: kept versions with their hashes, training metrics and the runs that
     /// used them; promote or roll back a version
     #[command(args_conflicts_with_subcommands = true)]
@@ -170,6 +184,8 @@ enum ModelsAction {
     Promote { name: String, version: u64 },
     /// Make the version before NAME's current one current again (or VERSION)
     Rollback { name: String, version: Option<u64> },
+    /// Throw away VERSION of NAME, which its job's gate held
+    Discard { name: String, version: u64 },
 }
 
 #[derive(clap::Args)]
@@ -305,10 +321,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let args: Vec<&str> = ["ROLLBACK", &table].into_iter().chain(version.as_deref()).collect();
             admin.call(&config, &args)
         }
+        Cmd::Promote { table, version, admin } => admin.call(&config, &["PROMOTE", &table, &version.to_string()]),
+        Cmd::Discard { table, version, admin } => admin.call(&config, &["DISCARD", &table, &version.to_string()]),
         Cmd::Models { name, action, admin } => {
             let args: Vec<String> = match action {
                 None => name.into_iter().collect(),
                 Some(ModelsAction::Promote { name, version }) => vec!["PROMOTE".into(), name, version.to_string()],
+                Some(ModelsAction::Discard { name, version }) => vec!["DISCARD".into(), name, version.to_string()],
                 Some(ModelsAction::Rollback { name, version }) => {
                     ["ROLLBACK".to_string(), name].into_iter().chain(version.map(|v| v.to_string())).collect()
                 }

@@ -42,6 +42,9 @@ pub(super) fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<E
     }
     let mut refused = job::check_links(&set);
     refused.extend(job::check_tables(&set, &|_| None));
+    refused.extend(job::check_producers(&set, &|model| {
+        crate::models::current(&config.data_dir, model).ok().map(|p| p.meta.job)
+    }));
     for (file, e) in refused {
         if checked.contains(&job::job_name(Path::new(&file))) {
             errors.push((PathBuf::from(file), e.to_string()));

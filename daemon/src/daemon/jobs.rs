@@ -43,6 +43,10 @@ impl Daemon {
             };
             let mut refused = job::check_links(&set.jobs);
             refused.extend(job::check_tables(&set.jobs, &owner));
+            // A model's producer: the job whose run made its current version.
+            let data_dir = self.config.data_dir.clone();
+            let producer = |model: &str| crate::models::current(&data_dir, model).ok().map(|p| p.meta.job);
+            refused.extend(job::check_producers(&set.jobs, &producer));
             for (file, err) in refused {
                 let name = job::job_name(std::path::Path::new(&file));
                 set.jobs.remove(&name);

@@ -31,9 +31,13 @@ impl Daemon {
                     let _ =
                         writeln!(s, "  {name}: current version {}, serving version {serving}{orphan}", meta.current);
                     for v in meta.versions.iter().rev() {
+                        let held = match (&v.gate, v.held) {
+                            (Some(g), true) => format!(" HELD by its gate: {}", g.failed.join("; ")),
+                            _ => String::new(),
+                        };
                         let _ = writeln!(
                             s,
-                            "    version {}: {} users, {} rows, published {} by job {} run {}, checksum {}",
+                            "    version {}: {} users, {} rows, published {} by job {} run {}, checksum {}{held}",
                             v.version, v.users, v.rows, v.published_at, v.job, v.run_id, v.checksum
                         );
                     }
@@ -142,7 +146,13 @@ impl Daemon {
             let runs: Vec<RunRecord> =
                 readers.flat_map(|j| self.history(&j.name, HISTORY_PER_JOB).unwrap_or_default()).collect();
             for v in models::versions(data_dir, &name).map_err(|e| e.to_string())?.iter().rev() {
-                let mark = if Some(v.version) == current { " (current)" } else { "" };
+                let mark = if Some(v.version) == current {
+                    " (current)".to_string()
+                } else if v.held {
+                    format!(" (held by its gate: {})", v.gate_failed.join("; "))
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     s,
                     "  version {}{mark}: published {} by job {} run {}; {} sha256 {}",

@@ -26,6 +26,9 @@ pub enum TriggerError {
     Skipped(String),
     #[error("run {run_id} of job {job} failed: {error}")]
     Failed { run_id: u64, job: String, error: RunError },
+    /// The run made a version its gate held (`recd promote` or `recd discard` settle it).
+    #[error("run {run_id} of job {job} was gated: {why}")]
+    Gated { run_id: u64, job: String, why: String },
 }
 
 #[derive(Default)]
@@ -164,6 +167,15 @@ impl Daemon {
         self.release(name);
         self.record(&job, run_id, &trigger, started, &result, &control);
         match &result {
+            Ok(report) if report.held().is_some() => {
+                // Nothing new is served: nothing downstream runs, and a retry would be gated the same.
+                tracing::warn!(%trigger, "{report}");
+                return Err(TriggerError::Gated {
+                    run_id,
+                    job: name.to_string(),
+                    why: report.held().unwrap_or_default(),
+                });
+            }
             Ok(report) => {
                 tracing::info!(%trigger, "{report}");
                 self.start_downstream(name);
@@ -284,9 +296,14 @@ impl Daemon {
                         record.version = Some(v.version);
                         record.users = v.users;
                         record.rows = v.rows;
+                        record.gate.clone_from(&v.gate);
                     }
                     run::Published::Model(m) => record.produced = Some(format!("{}@{}", m.name, m.version)),
                     run::Published::Nothing => {}
+                }
+                if let Some(held) = r.held() {
+                    record.status = "gated".into();
+                    record.error = Some(held);
                 }
                 record.provider = Some(r.provider.clone());
                 record.worker = Some(r.stats);

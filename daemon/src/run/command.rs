@@ -32,8 +32,14 @@ pub fn execute_command(
     control: &Arc<RunControl>,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    check_files(job, config.max_input_bytes)?;
-    let (job, used) = models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
+    // Held until the run ends: retention keeps the pinned versions' files.
+    let (job, used, _pins) = models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
+    check_files(&job, config.max_input_bytes)?;
+    // The program as the job was checked with: the daemon's PATH, its file trusted as a
+    // plugin's is (a job's `[env]` PATH does not pick another one).
+    let program = crate::job::find_program(&command.argv[0])
+        .and_then(|p| crate::trust::check_trust(&p).map(|_| p))
+        .map_err(|m| RunError::Failed(format!("command: {m}")))?;
     control.set_models(used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect());
     let output = command.produces.as_ref().map(|name| models::staging_dir(&config.data_dir, name, run_id));
     if let Some(dir) = &output {
@@ -42,7 +48,8 @@ pub fn execute_command(
             .map_err(|e| RunError::Failed(format!("cannot create the output folder {}: {e}", dir.display())))?;
     }
     let _cleanup = output.clone().map(RemoveOnDrop);
-    let argv = substitute(&command.argv, output.as_deref(), &job.inputs);
+    let mut argv = substitute(&command.argv, output.as_deref(), &job.inputs);
+    argv[0] = program.display().to_string();
     // stdout and stderr share one pipe, so their lines keep the order they were written in.
     let (reader, writer) = std::io::pipe().map_err(|e| RunError::Failed(format!("cannot create a pipe: {e}")))?;
     let writer_too = writer.try_clone().map_err(|e| RunError::Failed(format!("cannot create a pipe: {e}")))?;
@@ -54,7 +61,8 @@ pub fn execute_command(
     let mut child = spawned.map_err(|e| RunError::Failed(format!("cannot start command {}: {e}", argv[0])))?;
     let group = child.id() as i32;
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(OUTPUT_TAIL_LINES)));
-    let output_reader = forward(reader, &job.name, run_id, &tail);
+    let (read_all, output_read) = std::sync::mpsc::channel::<()>();
+    let _output_reader = forward(reader, &job.name, run_id, &tail, read_all);
     let watchdog = {
         let (control, timeout) = (Arc::clone(control), job.policy.timeout);
         std::thread::spawn(move || {
@@ -67,7 +75,13 @@ pub fn execute_command(
     signal_group(group, Signal::KILL);
     control.finish();
     let _ = watchdog.join();
-    let _ = output_reader.join();
+    // A process that left the group (setsid, a daemonising helper) can hold the pipe open:
+    // the run does not wait for it longer than a cancel would.
+    if output_read.recv_timeout(super::control::CANCEL_GRACE) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+        tracing::warn!(
+            "the command's output is still open after it exited (a process it started outside its group?): not waiting for it"
+        );
+    }
     let output_tail = tail.lock().expect("tail").iter().cloned().collect::<Vec<_>>().join("\n");
     control.set_output(output_tail.clone());
     let status = status?;
@@ -76,7 +90,7 @@ pub fn execute_command(
     }
     if !status.success() {
         let last = output_tail.lines().last().map(|l| format!("; last output: {l}")).unwrap_or_default();
-        return Err(RunError::Failed(format!("command {} ended with {}{last}", argv[0], describe(status))));
+        return Err(RunError::Failed(format!("command {} ended with {}{last}", command.argv[0], describe(status))));
     }
     let published = match (&command.produces, &output) {
         (Some(name), Some(dir)) => {
@@ -86,6 +100,7 @@ pub fn execute_command(
                 model_file: command.model_file.as_deref(),
                 max_bytes: config.max_input_bytes,
                 keep: config.retention.count,
+                gate: command.gate.as_ref(),
             };
             let version = models::publish(&config.data_dir, name, dir, &publish)
                 .map_err(|e| RunError::Failed(format!("registry model `{name}`: {e}")))?;
@@ -123,29 +138,38 @@ fn build(argv: &[String], job: &Job, spec: &CommandSpec, run_id: u64, output: Op
         cmd.env("RECD_OUTPUT", dir);
     }
     for input in &job.inputs {
-        cmd.env(format!("RECD_INPUT_{}", env_name(&input.name)), &input.path);
+        cmd.env(crate::job::input_env_var(&input.name), &input.path);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
-/// An input name as part of a variable name: upper case, '-' as '_'.
-fn env_name(input: &str) -> String {
-    input.chars().map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }).collect()
-}
-
-/// `{output}` and `{inputs.<name>}` replaced (the job's validation accepted only these).
+/// `{output}` and `{inputs.<name>}` replaced (the job's validation accepted only these), in
+/// one pass: a path that holds braces itself is not read again.
 fn substitute(argv: &[String], output: Option<&Path>, inputs: &[Input]) -> Vec<String> {
+    let value = |name: &str| -> Option<String> {
+        match name.strip_prefix("inputs.") {
+            Some(input) => inputs.iter().find(|i| i.name == input).map(|i| i.path.display().to_string()),
+            None if name == "output" => output.map(|d| d.display().to_string()),
+            None => None,
+        }
+    };
     argv.iter()
         .map(|arg| {
-            let mut arg = arg.clone();
-            if let Some(dir) = output {
-                arg = arg.replace("{output}", &dir.display().to_string());
+            let mut out = String::with_capacity(arg.len());
+            let mut rest = arg.as_str();
+            for name in crate::job::placeholders(arg) {
+                let token = format!("{{{name}}}");
+                let at = rest.find(&token).expect("a placeholder is in its argument");
+                out.push_str(&rest[..at]);
+                match value(name) {
+                    Some(v) => out.push_str(&v),
+                    None => out.push_str(&token),
+                }
+                rest = &rest[at + token.len()..];
             }
-            for input in inputs {
-                arg = arg.replace(&format!("{{inputs.{}}}", input.name), &input.path.display().to_string());
-            }
-            arg
+            out.push_str(rest);
+            out
         })
         .collect()
 }
@@ -164,6 +188,7 @@ fn forward(
     job: &str,
     run_id: u64,
     tail: &Arc<Mutex<VecDeque<String>>>,
+    done: std::sync::mpsc::Sender<()>,
 ) -> std::thread::JoinHandle<()> {
     let (job, tail) = (job.to_string(), Arc::clone(tail));
     std::thread::spawn(move || {
@@ -181,6 +206,7 @@ fn forward(
             }
             t.push_back(line);
         }
+        let _ = done.send(());
     })
 }
 
@@ -203,6 +229,6 @@ mod tests {
             substitute(&argv, Some(Path::new("/data/models/m/.staging-3")), &inputs),
             ["train", "--data=/d/i.parquet", "--out", "/data/models/m/.staging-3/m", "{x}"]
         );
-        assert_eq!(env_name("item-factors"), "ITEM_FACTORS");
+        assert_eq!(crate::job::input_env_var("item-factors"), "RECD_INPUT_ITEM_FACTORS");
     }
 }

@@ -12,7 +12,7 @@ use crate::job::{InputFormat, Job, OutputChecks};
 use crate::models::ModelVersion;
 use crate::plugins::Registry;
 use crate::shard::Shard;
-use crate::store::{DaemonStages, PluginBuild, Store, TableKind, VersionInfo};
+use crate::store::{DaemonStages, Gate, PluginBuild, Store, TableKind, VersionInfo};
 
 mod collect;
 mod command;
@@ -58,6 +58,23 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Why a gate held the version the run made (None: it is current, or there is none).
+    pub fn held(&self) -> Option<String> {
+        match &self.published {
+            Published::Table(v) if v.held => {
+                let why = v.gate.as_ref().map(|g| g.failed.join("; ")).unwrap_or_default();
+                Some(format!("table {} version {} held by its gate: {why}", self.table, v.version))
+            }
+            Published::Model(m) if m.held => Some(format!(
+                "registry model {} version {} held by its gate: {}",
+                m.name,
+                m.version,
+                m.gate_failed.join("; ")
+            )),
+            _ => None,
+        }
+    }
+
     /// The table version a plugin job published.
     pub fn table_version(&self) -> Option<&VersionInfo> {
         match &self.published {
@@ -69,6 +86,9 @@ impl RunReport {
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(held) = self.held() {
+            return write!(f, "job {} run {}: {held}", self.job, self.run_id);
+        }
         match &self.published {
             Published::Table(v) => write!(
                 f,
@@ -147,7 +167,8 @@ pub fn execute(
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     // Registry references become the current versions' files, read once for the whole run.
-    let (pinned, models_used) =
+    // Held until the run ends: retention keeps the pinned versions' files.
+    let (pinned, models_used, _pins) =
         crate::models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
     control.set_models(models_used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect());
     let job = &pinned;
@@ -233,7 +254,7 @@ pub fn execute(
         }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome)?;
+    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome, &job.gate)?;
     let report = RunReport {
         job: job.name.clone(),
         run_id,
@@ -269,12 +290,13 @@ fn settle<T>(
     store: &Store,
     mut collector: Collector,
     outcome: Result<T, RunError>,
+    gate: &Gate,
 ) -> Result<(T, VersionInfo, DaemonStages), RunError> {
     match outcome.and_then(|value| collector.finish().map(|()| value).map_err(RunError::from)) {
         Ok(value) => {
             let (collect_seconds, writing) = (collector.collect_seconds(), collector.write_nanos());
             let publishing = Instant::now();
-            let version = store.publish(collector.into_staged())?;
+            let version = store.publish_gated(collector.into_staged(), gate)?;
             // Read after the publish, which waits for the last rows to be written.
             let store_seconds = writing.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
             let stages =
@@ -307,7 +329,7 @@ pub fn publish_stream(
         Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
         Err(e) => Err(e.into()),
     };
-    settle(store, collector, outcome).map(|((), version, _)| version)
+    settle(store, collector, outcome, &Gate::default()).map(|((), version, _)| version)
 }
 
 /// Reads frames until the worker's final message or end of stream.

@@ -21,11 +21,13 @@ use serde::{Deserialize, Serialize};
 use crate::read_cache::ReadCache;
 
 mod codec;
+mod gate;
 mod runs;
 mod staged;
 
 use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
+pub use gate::{Gate, GateResult};
 pub use runs::{DaemonStages, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
 use staged::Unstage;
@@ -65,6 +67,10 @@ pub enum StoreError {
     Migrate(String),
     #[error("table `{table}` keeps no version {version} (retained: {retained})")]
     NotRetained { table: String, version: String, retained: String },
+    #[error(
+        "table `{table}` has no held version {version} (held: {held}); only a version a gate held can be discarded"
+    )]
+    NotHeld { table: String, version: u64, held: String },
     /// A write failed (a full disk, an I/O error) and the store has not been opened again
     /// yet: published versions keep serving, nothing is written.
     #[error("the store cannot be written: {0}")]
@@ -77,6 +83,12 @@ pub enum StoreError {
 pub struct Retention {
     pub count: usize,
     pub max_age: Option<std::time::Duration>,
+}
+
+/// The held versions of a table, for messages: "3, 5" or "none".
+fn held_list(meta: &TableMeta) -> String {
+    let held: Vec<String> = meta.versions.iter().filter(|v| v.held).map(|v| v.version.to_string()).collect();
+    if held.is_empty() { "none".into() } else { held.join(", ") }
 }
 
 /// One retained version of a table.
@@ -92,6 +104,12 @@ pub struct VersionInfo {
     /// in whatever order the rows came, so [`Store::verify`] recomputes it from the stored
     /// version and proves it is exactly what was published.
     pub checksum: u64,
+    /// Failed a publish gate: stored, not served, until promoted or discarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// What the job's `[gate]` measured and why it failed (absent without a gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateResult>,
 }
 
 /// What a table's values are: Redis sorted sets (ZRANGE...) or hashes (HGETALL...).
@@ -357,6 +375,10 @@ impl Store {
             let (key, value) = entry?;
             let table = String::from_utf8_lossy(&key[TABLE_KEY_PREFIX.len()..]).into_owned();
             let meta = decode_meta(&table, &value)?;
+            if meta.current == 0 {
+                // Its only versions are held: nothing is served until one is promoted.
+                continue;
+            }
             let tree = h.db.open_tree(data_tree_name(&table, meta.current))?;
             served.insert(table, Arc::new(self.serving(meta.current, meta.kind, meta.fallback, tree)));
         }
@@ -447,11 +469,18 @@ impl Store {
 
     /// Makes `staged` the current version of its table, atomically, after it is durable;
     /// then drops versions beyond the retention count.
-    pub fn publish(&self, mut staged: StagedVersion) -> Result<VersionInfo, StoreError> {
+    pub fn publish(&self, staged: StagedVersion) -> Result<VersionInfo, StoreError> {
+        self.publish_gated(staged, &Gate::default())
+    }
+
+    /// Like [`Store::publish`], unless the version fails `gate` against itself and the
+    /// current version: then it is kept as held (`held` in the result), and the current
+    /// version stays.
+    pub fn publish_gated(&self, mut staged: StagedVersion, gate: &Gate) -> Result<VersionInfo, StoreError> {
         let _unstage = Unstage(self, data_tree_name(&staged.table, staged.version));
         // Not through `writing`'s recovery: this version was written to the database as
         // it is now, and is refused if that one has failed.
-        self.write_checked(|h| self.publish_in(h, &mut staged))
+        self.write_checked(|h| self.publish_in(h, &mut staged, gate))
     }
 
     /// Runs a write on the open database without trying to recover first; an I/O error
@@ -477,10 +506,20 @@ impl Store {
         }
     }
 
-    fn publish_in(&self, h: &Handles, staged: &mut StagedVersion) -> Result<VersionInfo, StoreError> {
+    fn publish_in(&self, h: &Handles, staged: &mut StagedVersion, gate: &Gate) -> Result<VersionInfo, StoreError> {
         staged.write_pending()?;
         h.db.flush()?;
         let _guard = self.publish_lock.lock().expect("publish lock");
+        let previous = table_meta(h, &staged.table)?;
+        let gated = if gate.is_empty() {
+            None
+        } else {
+            let current = previous.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current));
+            let tree = current.map(|v| h.db.open_tree(data_tree_name(&staged.table, v.version))).transpose()?;
+            let against = current.zip(tree.as_ref());
+            Some(gate::check(gate, staged.kind, (staged.users, staged.rows), &staged.tree, against)?)
+        };
+        let held = gated.as_ref().is_some_and(|g| !g.failed.is_empty());
         let info = VersionInfo {
             version: staged.version,
             published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -489,8 +528,13 @@ impl Store {
             users: staged.users,
             rows: staged.rows,
             checksum: staged.checksum,
+            held,
+            gate: gated,
         };
-        let mut meta = table_meta(h, &staged.table)?.unwrap_or(TableMeta {
+        if held {
+            return self.hold_in(h, staged, previous, info);
+        }
+        let mut meta = previous.unwrap_or(TableMeta {
             current: info.version,
             kind: staged.kind,
             fallback: Vec::new(),
@@ -517,6 +561,44 @@ impl Store {
         Ok(info)
     }
 
+    /// Keeps a version that failed its gate: listed among the table's versions, its tree
+    /// durable, the current version and what is served unchanged. A table's first version
+    /// can be held too: then the table has no current version (`current` 0) until a promote.
+    fn hold_in(
+        &self,
+        h: &Handles,
+        staged: &StagedVersion,
+        previous: Option<TableMeta>,
+        info: VersionInfo,
+    ) -> Result<VersionInfo, StoreError> {
+        let mut meta = previous.unwrap_or(TableMeta {
+            current: 0,
+            kind: staged.kind,
+            fallback: staged.fallback.clone(),
+            versions: Vec::new(),
+        });
+        meta.versions.push(info.clone());
+        h.meta.insert(table_key(&staged.table), serde_json::to_vec(&meta).expect("meta serialises"))?;
+        h.meta.flush()?;
+        Ok(info)
+    }
+
+    /// Throws a held version away (`recd discard`); only a held version, never the current one.
+    pub fn discard_held(&self, table: &str, version: u64) -> Result<VersionInfo, StoreError> {
+        self.writing(|h| {
+            let _guard = self.publish_lock.lock().expect("publish lock");
+            let mut meta = table_meta(h, table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
+            let Some(at) = meta.versions.iter().position(|v| v.version == version && v.held) else {
+                return Err(StoreError::NotHeld { table: table.to_owned(), version, held: held_list(&meta) });
+            };
+            let dropped = meta.versions.remove(at);
+            h.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
+            h.meta.flush()?;
+            h.db.drop_tree(data_tree_name(table, version).as_bytes())?;
+            Ok(dropped)
+        })
+    }
+
     /// Drops from `meta` the versions retention no longer keeps (never the current one);
     /// returns their numbers, whose trees the caller drops once the meta is written.
     fn apply_retention(&self, meta: &mut TableMeta) -> Vec<u64> {
@@ -528,15 +610,16 @@ impl Store {
         };
         let mut dropped = Vec::new();
         let current = meta.current;
+        // A held version waits for ops to settle it.
         meta.versions.retain(|v| {
-            let keep = v.version == current || !too_old(v);
+            let keep = v.version == current || v.held || !too_old(v);
             if !keep {
                 dropped.push(v.version);
             }
             keep
         });
         while meta.versions.len() > self.retention.count {
-            let Some(at) = meta.versions.iter().position(|v| v.version != current) else { break };
+            let Some(at) = meta.versions.iter().position(|v| v.version != current && !v.held) else { break };
             dropped.push(meta.versions.remove(at).version);
         }
         dropped
@@ -554,7 +637,7 @@ impl Store {
         let mut meta = table_meta(h, table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
         let target = match version {
             Some(v) => meta.versions.iter().find(|i| i.version == v),
-            None => meta.versions.iter().filter(|i| i.version < meta.current).max_by_key(|i| i.version),
+            None => meta.versions.iter().filter(|i| i.version < meta.current && !i.held).max_by_key(|i| i.version),
         }
         .cloned()
         .ok_or_else(|| StoreError::NotRetained {
@@ -563,6 +646,12 @@ impl Store {
             retained: meta.versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>().join(", "),
         })?;
         meta.current = target.version;
+        // A held version made current is promoted: it is no longer held.
+        let mut target = target;
+        target.held = false;
+        if let Some(v) = meta.versions.iter_mut().find(|v| v.version == target.version) {
+            v.held = false;
+        }
         let tree = h.db.open_tree(data_tree_name(table, target.version))?;
         h.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
         h.meta.flush()?;
@@ -586,6 +675,9 @@ impl Store {
         let mut referenced = HashSet::new();
         for (table, meta) in tables_of(h)? {
             referenced.extend(meta.versions.iter().map(|v| data_tree_name(&table, v.version)));
+            if meta.current == 0 {
+                continue;
+            }
             let Some(info) = meta.versions.iter().find(|v| v.version == meta.current) else {
                 problems.push(format!("{table}: current version {} is not among the retained ones", meta.current));
                 continue;

@@ -18,7 +18,7 @@ pub struct RunRecord {
     pub started_at: String,
     pub ended_at: String,
     pub seconds: f64,
-    /// "ok", "failed", "timeout", "cancelled" or "skipped".
+    /// "ok", "gated" (its version is held), "failed", "timeout", "cancelled" or "skipped".
     pub status: String,
     pub table: String,
     pub version: Option<u64>,
@@ -52,6 +52,9 @@ pub struct RunRecord {
     /// A command job's last lines of output (stdout and stderr).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// What the job's `[gate]` measured of the version, and why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<super::GateResult>,
 }
 
 /// What a worker measured of its own run, kept in the run history: where its time went

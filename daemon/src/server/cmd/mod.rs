@@ -6,6 +6,7 @@
 mod client;
 mod command;
 mod config;
+mod discard;
 mod echo;
 mod exists;
 mod get;
@@ -26,6 +27,7 @@ mod pause;
 mod ping;
 mod plugins;
 mod progress;
+mod promote;
 mod reload;
 mod rollback;
 mod run;
@@ -96,6 +98,8 @@ pub enum Command<'a> {
     Pause(pause::Pause),
     Rollback(rollback::Rollback),
     Models(models::Models),
+    Promote(promote::Promote),
+    Discard(discard::Discard),
     Import(import::Import),
     Verify,
 }
@@ -219,7 +223,7 @@ impl<'a> Command<'a> {
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
-            | "rollback" | "verify" | "import" | "models"
+            | "rollback" | "verify" | "import" | "models" | "promote" | "discard"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -237,6 +241,8 @@ impl<'a> Command<'a> {
             "import" => Command::Import(import::Import::parse(rest)?),
             "verify" => Command::Verify,
             "models" => Command::Models(models::Models::parse(rest)?),
+            "promote" => Command::Promote(promote::Promote::parse(rest)?),
+            "discard" => Command::Discard(discard::Discard::parse(rest)?),
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
             }
@@ -316,6 +322,8 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Import(c) => c.apply(daemon, out).await,
         Command::Verify => verify::apply(daemon, out).await,
         Command::Models(c) => c.apply(daemon, out).await,
+        Command::Promote(c) => c.apply(daemon, out).await,
+        Command::Discard(c) => c.apply(daemon, out).await,
     }
     Flow::Continue
 }

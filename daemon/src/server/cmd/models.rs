@@ -3,7 +3,9 @@
 //!   one marked: when and by which run it was published, the model file's SHA-256, its
 //!   files, its training metrics, and the runs in the history that used it.
 //! - `MODELS PROMOTE name version`: makes a kept version current (older or newer).
-//! - `MODELS ROLLBACK name [version]`: by default the newest version older than the current.
+//! - `MODELS ROLLBACK name [version]`: by default the newest version older than the current
+//!   that is not held.
+//! - `MODELS DISCARD name version`: throws away a version its job's gate held.
 //!
 //! Answers text (a bulk string) or `+OK model <m> version <v> ...`.
 use std::sync::Arc;
@@ -20,10 +22,26 @@ enum Answer {
 pub enum Models {
     List(Option<String>),
     SetCurrent { name: String, version: Option<u64> },
+    Discard { name: String, version: u64 },
 }
 
 impl Models {
     pub fn parse(args: &[&[u8]]) -> ParseResult<Models> {
+        let parsed = Self::parse_args(args)?;
+        // A model name is a folder name in the registry: nothing else may reach the disk.
+        let name = match &parsed {
+            Models::List(name) => name.as_deref(),
+            Models::SetCurrent { name, .. } | Models::Discard { name, .. } => Some(name.as_str()),
+        };
+        match name {
+            Some(n) if !crate::job::valid_name(n) => {
+                Err(format!("ERR {n:?} is not a model name (letters, digits, '-' or '_')"))
+            }
+            _ => Ok(parsed),
+        }
+    }
+
+    fn parse_args(args: &[&[u8]]) -> ParseResult<Models> {
         let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
         let version = |v: &[u8]| -> ParseResult<u64> { u64::try_from(parse_int(v)?).map_err(|_| super::not_integer()) };
         let verb = args.first().map(|a| a.to_ascii_lowercase());
@@ -34,7 +52,8 @@ impl Models {
             (Some(b"rollback"), [_, name, v]) => {
                 Ok(Models::SetCurrent { name: text(name), version: Some(version(v)?) })
             }
-            (Some(b"promote" | b"rollback"), _) => Err(wrong_args("models")),
+            (Some(b"discard"), [_, name, v]) => Ok(Models::Discard { name: text(name), version: version(v)? }),
+            (Some(b"promote" | b"rollback" | b"discard"), _) => Err(wrong_args("models")),
             (_, [name]) => Ok(Models::List(Some(text(name)))),
             _ => Err(wrong_args("models")),
         }
@@ -49,6 +68,11 @@ impl Models {
                 let set = crate::models::set_current(&d.config.data_dir, &name, version).map_err(|e| e.to_string())?;
                 tracing::info!(model = %name, version = set.version, "registry model version made current");
                 Ok(Answer::Done(format!("OK model {name} version {} (published {})", set.version, set.published_at)))
+            }
+            Models::Discard { name, version } => {
+                crate::models::discard(&d.config.data_dir, &name, version).map_err(|e| e.to_string())?;
+                tracing::info!(model = %name, version, "held registry model version discarded");
+                Ok(Answer::Done(format!("OK model {name} version {version} discarded")))
             }
         })
         .await

@@ -1,0 +1,223 @@
+//! Publish gates: what a staged version must satisfy, compared with itself and with the
+//! version current now, before it is made current. A version that fails one is kept as
+//! *held* (stored, listed, not served) until `recd promote` or `recd discard` settles it.
+//!
+//! Checked in bounded memory: the counts come with the staged version; the list checks
+//! read the current version once (a sample of its scores, at most [`SAMPLE`]) and the new
+//! version once, looking each user up in the current one.
+
+use std::collections::HashSet;
+
+use super::codec::decode_list;
+use super::{StoreError, TableKind, VersionInfo};
+
+/// Scores of the current version sampled for the score distribution's bins.
+const SAMPLE: usize = 100_000;
+/// Bins of the score distribution: deciles of the current version's scores.
+const BINS: usize = 10;
+
+/// A job's `[gate]` for a table (see docs/jobs.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gate {
+    pub min_users: Option<u64>,
+    pub min_rows: Option<u64>,
+    /// Of the current version's users / rows.
+    pub min_users_ratio: Option<f64>,
+    pub min_rows_ratio: Option<f64>,
+    /// Most of the users in both versions whose list changed: the Jaccard similarity of
+    /// its items with the current list below `changed_jaccard`.
+    pub max_changed_share: Option<f64>,
+    pub changed_jaccard: f64,
+    /// Largest population stability index of the scores against the current version's.
+    pub max_score_psi: Option<f64>,
+}
+
+impl Gate {
+    pub fn is_empty(&self) -> bool {
+        self.min_users.is_none()
+            && self.min_rows.is_none()
+            && self.min_users_ratio.is_none()
+            && self.min_rows_ratio.is_none()
+            && self.max_changed_share.is_none()
+            && self.max_score_psi.is_none()
+    }
+
+    fn compares_lists(&self) -> bool {
+        self.max_changed_share.is_some() || self.max_score_psi.is_some()
+    }
+}
+
+/// What the gate measured of a version, and the reasons it failed (empty: it passed).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GateResult {
+    /// Share of the users in both versions whose list changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_share: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_psi: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+/// Checks a version of `users` and `rows` whose lists are in `new` against `gate`;
+/// `current` is the version served now (none: the comparisons pass, there is nothing to
+/// compare with).
+pub(super) fn check(
+    gate: &Gate,
+    kind: TableKind,
+    (users, rows): (u64, u64),
+    new: &sled::Tree,
+    current: Option<(&VersionInfo, &sled::Tree)>,
+) -> Result<GateResult, StoreError> {
+    let mut result = GateResult::default();
+    let mut fail = |m: String| result.failed.push(m);
+    if let Some(min) = gate.min_users.filter(|m| users < *m) {
+        fail(format!("{users} users, fewer than min_users {min}"));
+    }
+    if let Some(min) = gate.min_rows.filter(|m| rows < *m) {
+        fail(format!("{rows} rows, fewer than min_rows {min}"));
+    }
+    let Some((info, old)) = current else { return Ok(result) };
+    let ratio = |what: &str, new: u64, old: u64, min: Option<f64>| {
+        let min = min?;
+        let needed = (old as f64 * min).ceil() as u64;
+        (new < needed).then(|| {
+            format!(
+                "{new} {what}, fewer than min_{what}_ratio {min} of the current version's {old} (at least {needed})"
+            )
+        })
+    };
+    if let Some(m) = ratio("users", users, info.users, gate.min_users_ratio) {
+        result.failed.push(m);
+    }
+    if let Some(m) = ratio("rows", rows, info.rows, gate.min_rows_ratio) {
+        result.failed.push(m);
+    }
+    if kind == TableKind::Lists && gate.compares_lists() {
+        compare_lists(gate, new, old, &mut result)?;
+    }
+    Ok(result)
+}
+
+/// The changed share and the scores' PSI, each checked against its limit.
+fn compare_lists(gate: &Gate, new: &sled::Tree, old: &sled::Tree, result: &mut GateResult) -> Result<(), StoreError> {
+    let edges = decile_edges(old)?;
+    let (mut old_bins, mut new_bins) = ([0u64; BINS], [0u64; BINS]);
+    for entry in old.iter() {
+        let (_, value) = entry?;
+        for (_, score) in decode_list(&value) {
+            old_bins[bin(&edges, score)] += 1;
+        }
+    }
+    let (mut both, mut changed) = (0u64, 0u64);
+    for entry in new.iter() {
+        let (user, value) = entry?;
+        let list = decode_list(&value);
+        for (_, score) in &list {
+            new_bins[bin(&edges, *score)] += 1;
+        }
+        if let Some(before) = old.get(&user)? {
+            both += 1;
+            let before: HashSet<&[u8]> = decode_list(&before).into_iter().map(|(i, _)| i).collect();
+            if jaccard(&before, list.iter().map(|(i, _)| *i)) < gate.changed_jaccard {
+                changed += 1;
+            }
+        }
+    }
+    let share = if both == 0 { 0.0 } else { changed as f64 / both as f64 };
+    result.changed_share = Some(share);
+    if let Some(max) = gate.max_changed_share.filter(|m| share > *m) {
+        result.failed.push(format!(
+            "{changed} of the {both} users in both versions ({:.1}%) have a changed list (Jaccard below {}), more than max_changed_share {max}",
+            share * 100.0,
+            gate.changed_jaccard
+        ));
+    }
+    let psi = psi(&old_bins, &new_bins);
+    result.score_psi = Some(psi);
+    if let Some(max) = gate.max_score_psi.filter(|m| psi > *m) {
+        result.failed.push(format!(
+            "score distribution PSI {psi:.4} against the current version's, more than max_score_psi {max}"
+        ));
+    }
+    Ok(())
+}
+
+/// The 9 inner edges of the deciles of the current version's scores, from a sample of
+/// them: every `step`-th score, the step doubled (and the sample halved) whenever it fills.
+fn decile_edges(old: &sled::Tree) -> Result<Vec<f32>, StoreError> {
+    let (mut sample, mut step, mut seen) = (Vec::new(), 1u64, 0u64);
+    for entry in old.iter() {
+        let (_, value) = entry?;
+        for (_, score) in decode_list(&value) {
+            if seen.is_multiple_of(step) {
+                sample.push(score);
+                if sample.len() == SAMPLE {
+                    let mut keep = false;
+                    sample.retain(|_| {
+                        keep = !keep;
+                        keep
+                    });
+                    step *= 2;
+                }
+            }
+            seen += 1;
+        }
+    }
+    sample.sort_by(f32::total_cmp);
+    if sample.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok((1..BINS).map(|b| sample[b * (sample.len() - 1) / BINS]).collect())
+}
+
+fn bin(edges: &[f32], score: f32) -> usize {
+    edges.partition_point(|e| *e < score).min(BINS - 1)
+}
+
+/// Population stability index of the new scores' bins against the current ones':
+/// sum of (new share - old share) * ln(new share / old share); an empty bin counts as a
+/// share of 0.0001, so the index stays finite.
+fn psi(old: &[u64; BINS], new: &[u64; BINS]) -> f64 {
+    let (old_total, new_total) = (old.iter().sum::<u64>().max(1) as f64, new.iter().sum::<u64>().max(1) as f64);
+    old.iter()
+        .zip(new)
+        .map(|(&o, &n)| {
+            let (p, q) = ((o as f64 / old_total).max(1e-4), (n as f64 / new_total).max(1e-4));
+            (q - p) * (q / p).ln()
+        })
+        .sum()
+}
+
+fn jaccard<'a>(before: &HashSet<&'a [u8]>, after: impl Iterator<Item = &'a [u8]>) -> f64 {
+    let after: HashSet<&[u8]> = after.collect();
+    let union = before.union(&after).count();
+    if union == 0 { 1.0 } else { before.intersection(&after).count() as f64 / union as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psi_is_zero_for_the_same_distribution_and_grows_with_a_shift() {
+        let even = [100u64; BINS];
+        assert!(psi(&even, &even).abs() < 1e-12);
+        let mut shifted = [0u64; BINS];
+        shifted[..5].copy_from_slice(&[200; 5]);
+        // Half the bins doubled, half emptied: 5 * (0.1 * ln 2) + 5 * ((0.0001 - 0.1) * ln(0.001)).
+        let want = 5.0 * 0.1 * 2f64.ln() + 5.0 * (0.0001 - 0.1) * (0.0001f64 / 0.1).ln();
+        assert!((psi(&even, &shifted) - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn jaccard_and_bins_follow_their_definitions() {
+        let a: HashSet<&[u8]> = [b"x".as_slice(), b"y", b"z"].into_iter().collect();
+        assert_eq!(jaccard(&a, [b"x".as_slice(), b"y", b"w"].into_iter()), 2.0 / 4.0);
+        assert_eq!(jaccard(&HashSet::new(), std::iter::empty()), 1.0);
+        let edges: Vec<f32> = (1..10).map(|e| e as f32).collect();
+        assert_eq!(bin(&edges, 0.5), 0);
+        assert_eq!(bin(&edges, 1.0), 0);
+        assert_eq!(bin(&edges, 9.5), 9);
+    }
+}
