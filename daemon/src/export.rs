@@ -69,7 +69,9 @@ pub fn export(config: &Config, job_name: &str, dir: &Path, shard: Shard) -> anyh
         anyhow::bail!("job {job_name} runs a command: it publishes no table to export");
     }
     // The registry lives in the real data dir, not the run's scratch store.
-    let (job, _, _pins) = crate::models::pin(&job, &config.data_dir)?;
+    let (mut job, _, _pins) = crate::models::pin(&job, &config.data_dir)?;
+    // A part is a shard, not the table: the job's gate applies when the parts are imported.
+    job.gate = Default::default();
     if let Some(input) = job.inputs.iter().find(|i| i.format == InputFormat::Table) {
         anyhow::bail!(
             "input `{}` reads table `{}`, which only a daemon serves: a run with --export reads files",

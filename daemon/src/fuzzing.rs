@@ -461,6 +461,7 @@ mod tests {
             stats: Default::default(),
             model_sha256: None,
             warnings: Vec::new(),
+            input_rows: Default::default(),
         })
     }
 

@@ -15,7 +15,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::export::{self, Manifest};
 use crate::fsutil::sha256_file;
-use crate::store::{StagedVersion, Store, StoreError, TableKind, VersionInfo};
+use crate::store::{
+    Gate, InputLineage, Lineage, PluginBuild, StagedVersion, Store, StoreError, TableKind, VersionInfo,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -36,13 +38,35 @@ pub struct Imported {
     pub version: VersionInfo,
 }
 
+/// What the manifests say of the run that made the parts (they agree on it, or the import
+/// is refused): the plugin and model hashes, each input's hash, the recd that ran it.
+fn lineage_of(manifest: &Manifest) -> Lineage {
+    Lineage {
+        plugin: Some(PluginBuild { sha256: manifest.plugin_sha256.clone(), ..PluginBuild::default() }),
+        model_sha256: manifest.model_sha256.clone(),
+        inputs: manifest
+            .inputs
+            .iter()
+            .map(|(name, sha)| InputLineage {
+                name: name.clone(),
+                sha256: Some(sha.clone()),
+                ..InputLineage::default()
+            })
+            .collect(),
+        recd_version: manifest.recd_version.clone(),
+        ..Lineage::default()
+    }
+}
+
 /// A manifest and the file it was read from.
 struct Found {
     file: PathBuf,
     manifest: Manifest,
 }
 
-pub fn import(store: &Store, table: &str, dirs: &[PathBuf], run_id: u64) -> Result<Imported, ImportError> {
+/// Publishes the parts in `dirs` as one version of `table`, through `gate` (the gate of the
+/// job that publishes the table: a held import is not served).
+pub fn import(store: &Store, table: &str, dirs: &[PathBuf], run_id: u64, gate: &Gate) -> Result<Imported, ImportError> {
     let found = read_manifests(table, dirs)?;
     let parts = complete_set(&found)?;
     let first = &parts[0].manifest;
@@ -50,7 +74,8 @@ pub fn import(store: &Store, table: &str, dirs: &[PathBuf], run_id: u64) -> Resu
     staged.fallback = store.served(table).map(|t| t.fallback.clone()).unwrap_or_default();
     match load_parts(&mut staged, &parts) {
         Ok(()) => {
-            let version = store.publish(staged)?;
+            staged.lineage = Some(lineage_of(first));
+            let version = store.publish_gated(staged, gate)?;
             Ok(Imported { job: first.job.clone(), parts: parts.len(), version })
         }
         Err(e) => {

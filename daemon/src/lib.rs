@@ -14,6 +14,7 @@ mod fsutil;
 pub mod fuzzing;
 mod import;
 mod job;
+mod lineage;
 mod loader;
 mod metrics;
 mod models;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::job::{Job, ModelGate};
+use crate::store::Lineage;
 
 /// What recd records in each version's folder.
 pub const META_FILE: &str = "recd-version.json";
@@ -115,6 +116,10 @@ pub struct ModelVersion {
     /// Why the gate failed it (kept after a promote).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gate_failed: Vec<String>,
+    /// The command run's inputs (files, hashes, registry versions) and the hash of its
+    /// command line and environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
 }
 
 /// A registry model's version as a run uses it: its folder and what was recorded.
@@ -139,7 +144,7 @@ pub fn names(data_dir: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(CURRENT_FILE).is_file())
+        .filter(|e| e.path().join(CURRENT_FILE).is_file() || e.path().join(LAST_FILE).is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
@@ -217,6 +222,7 @@ pub struct Publish<'a> {
     pub keep: usize,
     /// The producing job's gate on its versions' metrics.
     pub gate: Option<&'a ModelGate>,
+    pub lineage: Lineage,
 }
 
 /// Makes the folder a command wrote (`staged`) the next version of `name`, and current.
@@ -265,6 +271,7 @@ pub fn publish(data_dir: &Path, name: &str, staged: &Path, p: &Publish<'_>) -> R
         recd_version: env!("CARGO_PKG_VERSION").into(),
         held: !gate_failed.is_empty(),
         gate_failed,
+        lineage: Some(p.lineage.clone()),
     };
     write_synced(&staged.join(META_FILE), &serde_json::to_vec_pretty(&meta).expect("meta serialises"))?;
     sync_dir(staged)?;
@@ -423,16 +430,19 @@ fn set_current_locked(data_dir: &Path, name: &str, version: u64) -> Result<(), M
 /// default the newest one older than the current.
 pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<ModelVersion, ModelError> {
     let _lock = WRITE_LOCK.lock().expect("registry lock");
-    let now = current_version(data_dir, name)?.ok_or_else(|| ModelError::NoVersion(name.into()))?;
     let held = |v: u64| version_of(data_dir, name, v).is_ok_and(|p| p.meta.held);
     let target = match version {
+        // A first version held by its gate can be promoted: there is no current one yet.
         Some(v) => v,
-        None => *version_numbers(data_dir, name).iter().rev().find(|v| **v < now && !held(**v)).ok_or_else(|| {
-            ModelError::Invalid(format!(
-                "registry model `{name}` has no version older than the current one, {now} (versions: {})",
-                kept_list(data_dir, name)
-            ))
-        })?,
+        None => {
+            let now = current_version(data_dir, name)?.ok_or_else(|| ModelError::NoVersion(name.into()))?;
+            *version_numbers(data_dir, name).iter().rev().find(|v| **v < now && !held(**v)).ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "registry model `{name}` has no version older than the current one, {now} (versions: {})",
+                    kept_list(data_dir, name)
+                ))
+            })?
+        }
     };
     let mut pinned = version_of(data_dir, name, target)?;
     if pinned.meta.held {
@@ -450,10 +460,12 @@ pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<
 /// Removes versions beyond the newest `keep`, never the current one.
 fn drop_old(data_dir: &Path, name: &str, current: u64, keep: usize) {
     let numbers = version_numbers(data_dir, name);
-    let excess = numbers.len().saturating_sub(keep.max(1));
-    // A held version waits for ops to settle it; a pinned one is being read by a run.
+    // A held version waits for ops to settle it, and does not count; a pinned one is
+    // being read by a run.
     let held = |v: u64| version_of(data_dir, name, v).is_ok_and(|p| p.meta.held);
-    for v in numbers.into_iter().filter(|v| *v != current && !held(*v) && !is_pinned(name, *v)).take(excess) {
+    let numbers: Vec<u64> = numbers.into_iter().filter(|v| !held(*v)).collect();
+    let excess = numbers.len().saturating_sub(keep.max(1));
+    for v in numbers.into_iter().filter(|v| *v != current && !is_pinned(name, *v)).take(excess) {
         remove_version(data_dir, name, v);
     }
 }
@@ -485,6 +497,9 @@ pub fn remove_leftover_staging(data_dir: &Path) {
 /// [`Pins`] that keep retention off them while held.
 pub fn pin(job: &Job, data_dir: &Path) -> Result<(Job, Vec<ModelVersion>, Pins), ModelError> {
     let mut pins = Pins::default();
+    if job.registry_model.is_none() && job.inputs.iter().all(|i| i.registry.is_none()) {
+        return Ok((job.clone(), Vec::new(), pins));
+    }
     let _lock = WRITE_LOCK.lock().expect("registry lock");
     let mut pinned: BTreeMap<String, Pinned> = BTreeMap::new();
     let mut get = |name: &str| -> Result<Pinned, ModelError> {
@@ -543,7 +558,15 @@ mod tests {
             data,
             "m",
             &staged,
-            &Publish { job: "train", run_id: run, model_file: None, max_bytes: 1 << 20, keep: 2, gate: None },
+            &Publish {
+                job: "train",
+                run_id: run,
+                model_file: None,
+                max_bytes: 1 << 20,
+                keep: 2,
+                gate: None,
+                lineage: Lineage::default(),
+            },
         )
     }
 
@@ -612,7 +635,15 @@ mod tests {
             data.path(),
             "m",
             &staged,
-            &Publish { job: "t", run_id: 9, model_file: None, max_bytes: 1 << 20, keep: 2, gate: None },
+            &Publish {
+                job: "t",
+                run_id: 9,
+                model_file: None,
+                max_bytes: 1 << 20,
+                keep: 2,
+                gate: None,
+                lineage: Lineage::default(),
+            },
         );
         assert!(err.unwrap_err().to_string().contains("link is a symlink, not a regular file"), "symlinks are refused");
         assert_eq!(current(data.path(), "m").unwrap().meta.version, 1);
@@ -625,7 +656,15 @@ mod tests {
         let gate = ModelGate { metric: "ndcg".into(), max_drop: 0.01 };
         let with = |run: u64, metrics: &str| {
             let staged = stage(data.path(), "m", run, &[("a.onnx", "x"), ("metrics.json", metrics)]);
-            let p = Publish { job: "t", run_id: run, model_file: None, max_bytes: 1 << 20, keep: 1, gate: Some(&gate) };
+            let p = Publish {
+                job: "t",
+                run_id: run,
+                model_file: None,
+                max_bytes: 1 << 20,
+                keep: 1,
+                gate: Some(&gate),
+                lineage: Lineage::default(),
+            };
             publish(data.path(), "m", &staged, &p).unwrap()
         };
         assert!(!with(1, "{\"ndcg\": 0.30}").held);

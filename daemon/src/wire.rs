@@ -108,6 +108,9 @@ pub enum Message {
         /// What the run should record beside its result (e.g. `auto` scored on the CPU).
         #[serde(default)]
         warnings: Vec<String>,
+        /// Rows read per input (the most of any one pass over a streamed input).
+        #[serde(default)]
+        input_rows: std::collections::BTreeMap<String, u64>,
     },
     Failed {
         error: String,

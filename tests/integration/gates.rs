@@ -53,16 +53,30 @@ fn a_version_that_fails_its_gate_is_held_until_promoted_or_discarded() {
     assert!(status.contains("ranking: current version 2, serving version 2"), "{status}");
     assert!(status.contains("version 3:") && status.contains("HELD by its gate"), "{status}");
 
-    // Promoted, it is served and no longer held; a default rollback skips nothing held.
+    // Promoted, it is served and no longer held.
     let promoted = String::from_utf8_lossy(&d.cli(&["promote", "ranking", "3"]).stdout).into_owned();
     assert!(promoted.starts_with("OK table ranking version 3 promoted"), "{promoted}");
     assert_eq!(list_len(&d, &lost[0]), 0, "version 3 has no list for {}", lost[0]);
 
-    // A quarter now: held again, then discarded; the current version is not discardable.
-    let (quarter, _) = cut_users(d.dir.path(), |n| n / 4);
+    // A quarter now: held again. Held versions survive a restart as held: version 3 keeps
+    // serving the users version 4 lost.
+    let (quarter, lost_again) = cut_users(d.dir.path(), |n| n / 4);
     d.write_job("ranking", &full.replace(&users_path, &quarter.display().to_string()));
     d.cli(&["reload"]);
     assert!(!d.cli(&["run", "ranking"]).status.success());
+    let mut d = d;
+    assert!(d.stop(), "{}", d.log());
+    d.restart();
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("current version 3") && status.contains("version 4:"), "{status}");
+    assert!(status.contains("HELD by its gate"), "{status}");
+    assert_eq!(list_len(&d, &lost_again[0]), 10, "version 3 still serves {}", lost_again[0]);
+    // A default rollback skips the held version 4 (and goes back to 2); forward to 3 again.
+    let back = String::from_utf8_lossy(&d.cli(&["rollback", "ranking"]).stdout).into_owned();
+    assert!(back.starts_with("OK table ranking version 2"), "{back}");
+    assert!(d.cli(&["rollback", "ranking", "3"]).status.success());
+
+    // Discarded: gone, its number not used again; the current version is not discardable.
     let refused = d.cli(&["discard", "ranking", "3"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("table `ranking` has no held version 3 (held: 4)"));
     let discarded = String::from_utf8_lossy(&d.cli(&["discard", "ranking", "4"]).stdout).into_owned();
@@ -71,10 +85,8 @@ fn a_version_that_fails_its_gate_is_held_until_promoted_or_discarded() {
     assert!(!status.contains("version 4:") && status.contains("current version 3"), "{status}");
     let verify = String::from_utf8_lossy(&d.cli(&["verify"]).stdout).into_owned();
     assert!(verify.starts_with("OK"), "no data of the discarded version is left: {verify}");
-    // Held versions survive a restart as held, and the table keeps serving version 3.
-    let mut d = d;
-    assert!(d.stop(), "{}", d.log());
-    d.restart();
-    assert_eq!(list_len(&d, &lost[0]), 0);
+    d.write_job("ranking", &full);
+    d.cli(&["reload"]);
+    assert!(d.run_job("ranking").contains("published table ranking version 5"), "4 is not used again");
     assert!(d.stop(), "{}", d.log());
 }

@@ -98,6 +98,7 @@ fn a_training_command_publishes_model_versions_that_the_chained_ranking_job_scor
     assert_eq!(scored["model_sha256"], meta["model_sha256"]);
     assert_eq!(scored["users"], users.len(), "every user of version 1's vocabulary has a list");
     check_lists_against_model(&d, &v1);
+    check_lineage(&d, &v1, &scored, train);
 
     // A second training: version 2, scored in the next chained run; then a rollback to 1.
     let before = scored["run_id"].as_u64().unwrap();
@@ -117,6 +118,51 @@ fn a_training_command_publishes_model_versions_that_the_chained_ranking_job_scor
     let refused = d.cli(&["models", "promote", "ranking", "7"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("has no version 7 (versions: 1, 2)"));
+}
+
+/// The ranking table's version 1 and its run record name what made them, each hash
+/// recomputed here with sha256sum and each row count read from the files.
+fn check_lineage(d: &TestDaemon, v1: &Path, scored: &serde_json::Value, train: &serde_json::Value) {
+    let version: serde_json::Value = serde_json::from_slice(&d.cli(&["lineage", "ranking"]).stdout).unwrap();
+    let lineage = &version["lineage"];
+    assert_eq!(version["version"], 1, "{version}");
+    assert_eq!(lineage["models"], serde_json::json!(["ranking@1"]), "{lineage}");
+    assert_eq!(lineage["model_sha256"], sha256sum(&v1.join("mf.onnx")).as_str());
+    let plugin = crate::util::plugins_dir().join("librecd_ranking.so");
+    assert_eq!(lineage["plugin"]["sha256"], sha256sum(&plugin).as_str());
+    assert_eq!(lineage["recd_version"], env!("CARGO_PKG_VERSION"));
+    let params = d.dir.path().join("params.json");
+    std::fs::write(&params, r#"{"candidates":"unseen","k":10}"#).unwrap();
+    assert_eq!(lineage["params_sha256"], sha256sum(&params).as_str(), "the hash of the params as JSON");
+    let data = root().join("data/demo/retail.parquet");
+    let rows = |p: &Path| {
+        let file = std::fs::File::open(p).unwrap();
+        parquet::file::reader::SerializedFileReader::new(file).map(|r| {
+            use parquet::file::reader::FileReader;
+            r.metadata().file_metadata().num_rows() as u64
+        })
+    };
+    let input = |name: &str| lineage["inputs"].as_array().unwrap().iter().find(|i| i["name"] == name).cloned().unwrap();
+    let interactions = input("interactions");
+    assert_eq!(interactions["path"], data.display().to_string().as_str());
+    assert_eq!(interactions["sha256"], sha256sum(&data).as_str());
+    assert_eq!(interactions["bytes"], std::fs::metadata(&data).unwrap().len());
+    assert_eq!(interactions["rows"], rows(&data).unwrap(), "{interactions}");
+    let users = input("users");
+    assert_eq!(users["registry"], "ranking@1");
+    assert_eq!(users["sha256"], sha256sum(&v1.join("users.csv")).as_str());
+    assert_eq!(users["rows"], vocab_ids_in(v1, "users.csv").len() as u64, "{users}");
+    // The run record carries the same, and so does the training run and its model version.
+    assert_eq!(scored["inputs"], lineage["inputs"], "{scored}");
+    assert_eq!(scored["params_sha256"], lineage["params_sha256"]);
+    assert_eq!(train["inputs"][0]["sha256"], sha256sum(&data).as_str(), "{train}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v1.join("recd-version.json")).unwrap()).unwrap();
+    assert_eq!(meta["lineage"]["inputs"], train["inputs"], "{meta}");
+    // `recd status --json` has the tables, their lineage and the registry.
+    let status: serde_json::Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["tables"]["ranking"]["versions"][0]["lineage"], *lineage);
+    assert_eq!(status["models"]["ranking"]["current"], 1);
 }
 
 /// Every served item of a few customers scores, by ONNX Runtime in Python on the

@@ -66,6 +66,18 @@ enum Cmd {
     },
     /// Tables, versions, jobs and job file errors of the running daemon
     Status {
+        /// One JSON object: tables with every retained version's gate results and lineage,
+        /// registry models, jobs, job file errors
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Where a version of TABLE came from (default: the current one), as JSON: plugin
+    /// build, model, each input's file, size, SHA-256 and rows, params hash, gate results
+    Lineage {
+        table: String,
+        version: Option<u64>,
         #[command(flatten)]
         admin: AdminSocket,
     },
@@ -291,7 +303,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Validate { files } => validate::validate(&config, files),
         Cmd::Reload { admin } => admin.call(&config, &["RELOAD"]),
-        Cmd::Status { admin } => admin.call(&config, &["STATUS"]),
+        Cmd::Status { json: false, admin } => admin.call(&config, &["STATUS"]),
+        Cmd::Status { json: true, admin } => admin.call(&config, &["STATUS", "JSON"]),
+        Cmd::Lineage { table, version, admin } => {
+            let version = version.map(|v| v.to_string());
+            let args: Vec<&str> = ["LINEAGE", &table].into_iter().chain(version.as_deref()).collect();
+            admin.call(&config, &args)
+        }
         Cmd::Jobs { next, admin } => admin.call(&config, &["JOBS", &next.to_string()]),
         Cmd::History { job, last, admin } => admin.call(&config, &["HISTORY", &job, &last.to_string()]),
         Cmd::Pause { job, admin } => admin.call(&config, &["PAUSE", &job]),

@@ -129,7 +129,9 @@ impl Daemon {
         let data_dir = &self.config.data_dir;
         let names = match only {
             Some(name) => {
-                models::current(data_dir, name).map_err(|e| e.to_string())?;
+                if models::versions(data_dir, name).map_err(|e| e.to_string())?.is_empty() {
+                    return Err(models::ModelError::NoVersion(name.to_string()).to_string());
+                }
                 vec![name.to_string()]
             }
             None => models::names(data_dir),
@@ -178,5 +180,30 @@ impl Daemon {
             s.push_str("no registry models (a command job with `produces = \"registry:<name>\"` publishes them)\n");
         }
         Ok(s)
+    }
+
+    /// `recd status --json`: what `status_text` says, as data.
+    pub fn status_json(&self) -> Result<serde_json::Value, String> {
+        let tables: serde_json::Map<String, serde_json::Value> = self
+            .store
+            .tables()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(name, meta)| (name, serde_json::to_value(&meta).expect("meta serialises")))
+            .collect();
+        let data_dir = &self.config.data_dir;
+        let models: serde_json::Map<String, serde_json::Value> = models::names(data_dir)
+            .into_iter()
+            .map(|name| {
+                let versions = models::versions(data_dir, &name).unwrap_or_default();
+                let current = models::current_version(data_dir, &name).ok().flatten();
+                (name, serde_json::json!({ "current": current, "versions": versions }))
+            })
+            .collect();
+        let set = self.jobs();
+        let jobs: serde_json::Map<String, serde_json::Value> =
+            set.jobs.values().map(|j| (j.name.clone(), serde_json::Value::String(self.job_line(j)))).collect();
+        let errors: Vec<String> = set.errors.values().map(|e| e.to_string()).collect();
+        Ok(serde_json::json!({ "tables": tables, "models": models, "jobs": jobs, "job_errors": errors }))
     }
 }

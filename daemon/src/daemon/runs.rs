@@ -91,9 +91,10 @@ impl Daemon {
         let (daemon, name) = (Arc::clone(self), table.to_string());
         let started = Utc::now();
         let span = tracing::info_span!("import", table = %table, run_id);
+        let gate = self.jobs().jobs.values().find(|j| j.table == table).map(|j| j.gate.clone()).unwrap_or_default();
         let outcome = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            import::import(&daemon.store, &name, &dirs, run_id)
+            import::import(&daemon.store, &name, &dirs, run_id, &gate)
         })
         .await
         .map_err(|e| format!("import task failed: {e}"))?;
@@ -117,11 +118,16 @@ impl Daemon {
                     started_at: stamp(started),
                     ended_at: stamp(ended),
                     seconds: (ended - started).num_milliseconds() as f64 / 1000.0,
-                    status: "ok".into(),
+                    status: if v.held { "gated" } else { "ok" }.into(),
                     table: table.to_string(),
                     version: Some(v.version),
                     users: v.users,
                     rows: v.rows,
+                    gate: v.gate.clone(),
+                    error: v.held.then(|| {
+                        let why = v.gate.as_ref().map(|g| g.failed.join("; ")).unwrap_or_default();
+                        format!("table {table} version {} held by its gate: {why}", v.version)
+                    }),
                     ..RunRecord::default()
                 });
                 Ok(imported)
@@ -273,6 +279,7 @@ impl Daemon {
         let ended = Utc::now();
         let (plugin, model_sha256) = control.lineage();
         let (models, output) = control.models_and_output();
+        let (inputs, params_sha256) = control.inputs();
         let mut record = RunRecord {
             run_id,
             job: job.name.clone(),
@@ -287,6 +294,9 @@ impl Daemon {
             model_sha256,
             models,
             output,
+            inputs,
+            params_sha256,
+            recd_version: Some(env!("CARGO_PKG_VERSION").into()),
             ..RunRecord::default()
         };
         match result {

@@ -18,6 +18,7 @@ use super::{Published, RemoveOnDrop, RunControl, RunError, RunReport, check_file
 use crate::config::Config;
 use crate::job::{CommandSpec, Input, Job};
 use crate::models;
+use crate::store::Lineage;
 
 /// Lines of a command's output kept for the run history.
 pub const OUTPUT_TAIL_LINES: usize = 20;
@@ -33,8 +34,13 @@ pub fn execute_command(
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     // Held until the run ends: retention keeps the pinned versions' files.
-    let (job, used, _pins) = models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
+    let (original, (job, used, _pins)) =
+        (job, models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?);
     check_files(&job, config.max_input_bytes)?;
+    let inputs = crate::lineage::inputs(&original.inputs, &job.inputs, &Default::default(), &used);
+    let command_line = serde_json::to_string(&(&command.argv, &command.env)).expect("a command line serialises");
+    let params_sha256 = crate::lineage::sha256_text(&command_line);
+    control.set_inputs(inputs.clone(), params_sha256.clone());
     // The program as the job was checked with: the daemon's PATH, its file trusted as a
     // plugin's is (a job's `[env]` PATH does not pick another one).
     let program = crate::job::find_program(&command.argv[0])
@@ -101,6 +107,13 @@ pub fn execute_command(
                 max_bytes: config.max_input_bytes,
                 keep: config.retention.count,
                 gate: command.gate.as_ref(),
+                lineage: Lineage {
+                    models: used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect(),
+                    inputs,
+                    params_sha256: Some(params_sha256),
+                    recd_version: env!("CARGO_PKG_VERSION").into(),
+                    ..Lineage::default()
+                },
             };
             let version = models::publish(&config.data_dir, name, dir, &publish)
                 .map_err(|e| RunError::Failed(format!("registry model `{name}`: {e}")))?;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::RunError;
-use crate::store::PluginBuild;
+use crate::store::{InputLineage, PluginBuild};
 
 /// How long a worker asked to stop (its stdin closed, which plugins see through the
 /// cancellation callback) gets before it is killed.
@@ -34,6 +34,9 @@ struct Control {
     models: Vec<String>,
     /// A command's last lines of output.
     output: Option<String>,
+    /// The run's inputs and params hash, once known.
+    inputs: Vec<InputLineage>,
+    params_sha256: Option<String>,
 }
 
 impl RunControl {
@@ -79,6 +82,18 @@ impl RunControl {
     pub fn models_and_output(&self) -> (Vec<String>, Option<String>) {
         let st = self.state.lock().expect("control lock");
         (st.models.clone(), st.output.clone())
+    }
+
+    /// The run's inputs (files, hashes, rows, table versions) and its params' hash.
+    pub fn inputs(&self) -> (Vec<InputLineage>, Option<String>) {
+        let st = self.state.lock().expect("control lock");
+        (st.inputs.clone(), st.params_sha256.clone())
+    }
+
+    pub(super) fn set_inputs(&self, inputs: Vec<InputLineage>, params_sha256: String) {
+        let mut st = self.state.lock().expect("control lock");
+        st.inputs = inputs;
+        st.params_sha256 = Some(params_sha256);
     }
 
     pub(super) fn set_models(&self, models: Vec<String>) {

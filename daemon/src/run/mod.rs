@@ -12,7 +12,7 @@ use crate::job::{InputFormat, Job, OutputChecks};
 use crate::models::ModelVersion;
 use crate::plugins::Registry;
 use crate::shard::Shard;
-use crate::store::{DaemonStages, Gate, PluginBuild, Store, TableKind, VersionInfo};
+use crate::store::{DaemonStages, Gate, Lineage, PluginBuild, Store, TableKind, VersionInfo};
 
 mod collect;
 mod command;
@@ -171,7 +171,7 @@ pub fn execute(
     let (pinned, models_used, _pins) =
         crate::models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?;
     control.set_models(models_used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect());
-    let job = &pinned;
+    let (original, job) = (job, &pinned);
     // The worker loads a snapshot: replacing the plugin file cannot touch this run.
     // Held until the run ends: no prune removes it while the worker loads it.
     let snapshot = plugins.snapshot(&job.plugin, job.plugin_sha256.as_deref()).map_err(RunError::Failed)?;
@@ -183,8 +183,13 @@ pub fn execute(
     });
     check_files(job, config.max_input_bytes)?;
     let run_dir = config.data_dir.join("runs").join(run_id.to_string());
-    let inputs = export_table_inputs(&job.inputs, store, &run_dir)?;
+    let (inputs, table_versions) = export_table_inputs(&job.inputs, store, &run_dir)?;
     let _cleanup = RemoveOnDrop(run_dir);
+    // Inputs are hashed beside the worker's run (a hash is kept while its file is unchanged).
+    let lineage_inputs = {
+        let (written, read, models) = (original.inputs.clone(), inputs.clone(), models_used.clone());
+        std::thread::spawn(move || crate::lineage::inputs(&written, &read, &table_versions, &models))
+    };
     let spec = RunSpec {
         job: job.name.clone(),
         run_id,
@@ -234,6 +239,7 @@ pub fn execute(
     control.finish();
     let _ = watchdog.join();
     let tail = stderr_tail.join().unwrap_or_default();
+    let mut input_lineage = lineage_inputs.join().unwrap_or_default();
     // The build the worker reports, in the run's lineage and the plugin registry.
     let record_build = |plugin: Option<wire::PluginDesc>, model_sha256: Option<String>| {
         if let Some(plugin) = plugin {
@@ -244,8 +250,13 @@ pub fn execute(
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
         (None, Err(e)) => Err(e.into()),
-        (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, warnings, .. }))) if status.success() => {
+        (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, warnings, input_rows, .. })))
+            if status.success() =>
+        {
             record_build(Some(plugin), model_sha256);
+            for input in &mut input_lineage {
+                input.rows = input_rows.get(&input.name).copied();
+            }
             Ok((provider, stats, warnings))
         }
         (None, Ok(Some(Message::Failed { error, plugin }))) => {
@@ -254,7 +265,18 @@ pub fn execute(
         }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
-    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome, &job.gate)?;
+    let params_sha256 = crate::lineage::sha256_text(&job.params_json);
+    control.set_inputs(input_lineage.clone(), params_sha256.clone());
+    let (plugin_build, model_sha256) = control.lineage();
+    let lineage = Lineage {
+        plugin: plugin_build,
+        model_sha256,
+        models: models_used.iter().map(|m| format!("{}@{}", m.name, m.version)).collect(),
+        inputs: input_lineage,
+        params_sha256: Some(params_sha256),
+        recd_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome, &job.gate, Some(lineage))?;
     let report = RunReport {
         job: job.name.clone(),
         run_id,
@@ -291,12 +313,15 @@ fn settle<T>(
     mut collector: Collector,
     outcome: Result<T, RunError>,
     gate: &Gate,
+    lineage: Option<Lineage>,
 ) -> Result<(T, VersionInfo, DaemonStages), RunError> {
     match outcome.and_then(|value| collector.finish().map(|()| value).map_err(RunError::from)) {
         Ok(value) => {
             let (collect_seconds, writing) = (collector.collect_seconds(), collector.write_nanos());
             let publishing = Instant::now();
-            let version = store.publish_gated(collector.into_staged(), gate)?;
+            let mut staged = collector.into_staged();
+            staged.lineage = lineage;
+            let version = store.publish_gated(staged, gate)?;
             // Read after the publish, which waits for the last rows to be written.
             let store_seconds = writing.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
             let stages =
@@ -329,7 +354,7 @@ pub fn publish_stream(
         Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
         Err(e) => Err(e.into()),
     };
-    settle(store, collector, outcome, &Gate::default()).map(|((), version, _)| version)
+    settle(store, collector, outcome, &Gate::default(), None).map(|((), version, _)| version)
 }
 
 /// Reads frames until the worker's final message or end of stream.

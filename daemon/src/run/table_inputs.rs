@@ -30,13 +30,15 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Writes each `table:<name>` input, as currently served, to an Arrow IPC file the worker
-/// reads (columns user, item, score, rank); other inputs pass through.
+/// reads (columns user, item, score, rank); other inputs pass through. Also gives the
+/// version each table input was exported at, by input name.
 pub(super) fn export_table_inputs(
     inputs: &[Input],
     store: &Store,
     run_dir: &std::path::Path,
-) -> Result<Vec<Input>, RunError> {
+) -> Result<(Vec<Input>, std::collections::BTreeMap<String, u64>), RunError> {
     let mut out = Vec::with_capacity(inputs.len());
+    let mut versions = std::collections::BTreeMap::new();
     for input in inputs {
         if input.format != InputFormat::Table {
             out.push(input.clone());
@@ -55,9 +57,10 @@ pub(super) fn export_table_inputs(
         std::fs::create_dir_all(run_dir).map_err(anyhow::Error::from)?;
         let path = run_dir.join(format!("{}.arrow", input.name));
         write_table(&served, &path).map_err(|e| RunError::Failed(format!("exporting table `{table}`: {e:#}")))?;
+        versions.insert(input.name.clone(), served.version);
         out.push(Input { name: input.name.clone(), path, format: InputFormat::ArrowIpc, registry: None });
     }
-    Ok(out)
+    Ok((out, versions))
 }
 
 fn write_table(served: &crate::store::ServedTable, path: &std::path::Path) -> anyhow::Result<()> {

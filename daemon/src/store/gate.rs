@@ -3,8 +3,9 @@
 //! *held* (stored, listed, not served) until `recd promote` or `recd discard` settles it.
 //!
 //! Checked in bounded memory: the counts come with the staged version; the list checks
-//! read the current version once (a sample of its scores, at most [`SAMPLE`]) and the new
-//! version once, looking each user up in the current one.
+//! read the current version twice (a sample of its scores, at most [`SAMPLE`], for the
+//! deciles, then its histogram) and the new version once, looking each user up in the
+//! current one.
 
 use std::collections::HashSet;
 
@@ -80,7 +81,8 @@ pub(super) fn check(
     let Some((info, old)) = current else { return Ok(result) };
     let ratio = |what: &str, new: u64, old: u64, min: Option<f64>| {
         let min = min?;
-        let needed = (old as f64 * min).ceil() as u64;
+        // 100 * 0.55 is 55.000000000000007 in floating point: 55 of 100 passes 0.55.
+        let needed = (old as f64 * min - 1e-9).ceil() as u64;
         (new < needed).then(|| {
             format!(
                 "{new} {what}, fewer than min_{what}_ratio {min} of the current version's {old} (at least {needed})"
@@ -143,25 +145,28 @@ fn compare_lists(gate: &Gate, new: &sled::Tree, old: &sled::Tree, result: &mut G
     Ok(())
 }
 
-/// The 9 inner edges of the deciles of the current version's scores, from a sample of
-/// them: every `step`-th score, the step doubled (and the sample halved) whenever it fills.
+/// The 9 inner edges of the deciles of the current version's scores, from a uniform sample
+/// of at most [`SAMPLE`] of them (reservoir sampling with a fixed seed, so a gate gives the
+/// same verdict on the same versions).
 fn decile_edges(old: &sled::Tree) -> Result<Vec<f32>, StoreError> {
-    let (mut sample, mut step, mut seen) = (Vec::new(), 1u64, 0u64);
+    let (mut sample, mut seen) = (Vec::with_capacity(SAMPLE), 0u64);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for entry in old.iter() {
         let (_, value) = entry?;
         for (_, score) in decode_list(&value) {
-            if seen.is_multiple_of(step) {
-                sample.push(score);
-                if sample.len() == SAMPLE {
-                    let mut keep = false;
-                    sample.retain(|_| {
-                        keep = !keep;
-                        keep
-                    });
-                    step *= 2;
-                }
-            }
             seen += 1;
+            if sample.len() < SAMPLE {
+                sample.push(score);
+                continue;
+            }
+            // xorshift64*
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            let at = rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % seen;
+            if let Some(slot) = sample.get_mut(at as usize) {
+                *slot = score;
+            }
         }
     }
     sample.sort_by(f32::total_cmp);
@@ -208,6 +213,46 @@ mod tests {
         // Half the bins doubled, half emptied: 5 * (0.1 * ln 2) + 5 * ((0.0001 - 0.1) * ln(0.001)).
         let want = 5.0 * 0.1 * 2f64.ln() + 5.0 * (0.0001 - 0.1) * (0.0001f64 / 0.1).ln();
         assert!((psi(&even, &shifted) - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_ratio_threshold_takes_exact_shares() {
+        let gate = Gate { min_users_ratio: Some(0.55), ..Gate::default() };
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let info = |users| VersionInfo {
+            version: 1,
+            published_at: String::new(),
+            job: String::new(),
+            run_id: 0,
+            users,
+            rows: 0,
+            checksum: 0,
+            held: false,
+            gate: None,
+            lineage: None,
+        };
+        let verdict = |users| check(&gate, TableKind::Lists, (users, 0), &tree, Some((&info(100), &tree))).unwrap();
+        assert!(verdict(55).failed.is_empty(), "55 of 100 is 0.55");
+        assert_eq!(verdict(54).failed.len(), 1);
+    }
+
+    #[test]
+    fn deciles_sample_every_rank_of_long_tables() {
+        // 50,000 users with lists of 64 (3.2 million scores, past the sample): user u's item
+        // at rank r scores r, so each rank is a 64th of the scores and the deciles fall
+        // near 6.4, 12.8, ... whatever the sampling.
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for u in 0..50_000u32 {
+            let mut list: Vec<(String, f32)> = (0..64).map(|r| (format!("i{r}"), r as f32)).collect();
+            tree.insert(u.to_be_bytes(), super::super::codec::encode_list(&mut list)).unwrap();
+        }
+        let edges = decile_edges(&tree).unwrap();
+        for (b, e) in edges.iter().enumerate() {
+            let want = 64.0 * (b + 1) as f32 / 10.0;
+            assert!((e - want).abs() <= 1.5, "edge {b}: {e}, want about {want}: {edges:?}");
+        }
     }
 
     #[test]

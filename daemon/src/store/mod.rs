@@ -28,7 +28,7 @@ mod staged;
 use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
 pub use gate::{Gate, GateResult};
-pub use runs::{DaemonStages, PluginBuild, RunRecord, WorkerStats};
+pub use runs::{DaemonStages, InputLineage, Lineage, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
 use staged::Unstage;
 
@@ -110,6 +110,9 @@ pub struct VersionInfo {
     /// What the job's `[gate]` measured and why it failed (absent without a gate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateResult>,
+    /// Where the version came from (absent for versions published before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
 }
 
 /// What a table's values are: Redis sorted sets (ZRANGE...) or hashes (HGETALL...).
@@ -141,6 +144,10 @@ pub struct TableMeta {
     pub fallback: Vec<String>,
     /// Oldest first; the current one is among them.
     pub versions: Vec<VersionInfo>,
+    /// The highest version number ever published or held: a discarded number is not
+    /// used again (0 in metadata written before it was kept).
+    #[serde(default)]
+    pub last: u64,
 }
 
 /// A version being served: the handle readers use for the duration of one request.
@@ -433,7 +440,7 @@ impl Store {
         kind: TableKind,
     ) -> Result<StagedVersion, StoreError> {
         let _guard = self.publish_lock.lock().expect("publish lock");
-        let last = table_meta(h, table)?.and_then(|m| m.versions.iter().map(|v| v.version).max());
+        let last = table_meta(h, table)?.map(|m| m.versions.iter().map(|v| v.version).max().unwrap_or(0).max(m.last));
         // Above versions other runs are writing for this table now (two jobs may publish
         // one table): each run gets a tree of its own.
         let mut staging = self.staging.lock().expect("staging");
@@ -464,11 +471,13 @@ impl Store {
             fallback: Vec::new(),
             large_users: Vec::new(),
             checksum: 0,
+            lineage: None,
         })
     }
 
     /// Makes `staged` the current version of its table, atomically, after it is durable;
     /// then drops versions beyond the retention count.
+    #[cfg(test)]
     pub fn publish(&self, staged: StagedVersion) -> Result<VersionInfo, StoreError> {
         self.publish_gated(staged, &Gate::default())
     }
@@ -509,16 +518,29 @@ impl Store {
     fn publish_in(&self, h: &Handles, staged: &mut StagedVersion, gate: &Gate) -> Result<VersionInfo, StoreError> {
         staged.write_pending()?;
         h.db.flush()?;
-        let _guard = self.publish_lock.lock().expect("publish lock");
-        let previous = table_meta(h, &staged.table)?;
-        let gated = if gate.is_empty() {
-            None
-        } else {
+        // The gate's scans run before the publish lock (they can take seconds on a large
+        // table), and again under it only if the current version changed meanwhile.
+        let check = |previous: &Option<TableMeta>| -> Result<Option<GateResult>, StoreError> {
+            if gate.is_empty() {
+                return Ok(None);
+            }
             let current = previous.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current));
             let tree = current.map(|v| h.db.open_tree(data_tree_name(&staged.table, v.version))).transpose()?;
-            let against = current.zip(tree.as_ref());
-            Some(gate::check(gate, staged.kind, (staged.users, staged.rows), &staged.tree, against)?)
+            Ok(Some(gate::check(
+                gate,
+                staged.kind,
+                (staged.users, staged.rows),
+                &staged.tree,
+                current.zip(tree.as_ref()),
+            )?))
         };
+        let before = table_meta(h, &staged.table)?;
+        let mut gated = check(&before)?;
+        let _guard = self.publish_lock.lock().expect("publish lock");
+        let previous = table_meta(h, &staged.table)?;
+        if previous.as_ref().map(|m| m.current) != before.as_ref().map(|m| m.current) {
+            gated = check(&previous)?;
+        }
         let held = gated.as_ref().is_some_and(|g| !g.failed.is_empty());
         let info = VersionInfo {
             version: staged.version,
@@ -530,6 +552,7 @@ impl Store {
             checksum: staged.checksum,
             held,
             gate: gated,
+            lineage: staged.lineage.take(),
         };
         if held {
             return self.hold_in(h, staged, previous, info);
@@ -539,9 +562,11 @@ impl Store {
             kind: staged.kind,
             fallback: Vec::new(),
             versions: Vec::new(),
+            last: 0,
         });
         meta.versions.push(info.clone());
         meta.current = info.version;
+        meta.last = meta.last.max(info.version);
         meta.kind = staged.kind;
         meta.fallback = staged.fallback.clone();
         let dropped = self.apply_retention(&mut meta);
@@ -576,8 +601,10 @@ impl Store {
             kind: staged.kind,
             fallback: staged.fallback.clone(),
             versions: Vec::new(),
+            last: 0,
         });
         meta.versions.push(info.clone());
+        meta.last = meta.last.max(info.version);
         h.meta.insert(table_key(&staged.table), serde_json::to_vec(&meta).expect("meta serialises"))?;
         h.meta.flush()?;
         Ok(info)
@@ -618,7 +645,8 @@ impl Store {
             }
             keep
         });
-        while meta.versions.len() > self.retention.count {
+        // Held versions are not counted: they cannot push out the versions a rollback needs.
+        while meta.versions.iter().filter(|v| !v.held).count() > self.retention.count {
             let Some(at) = meta.versions.iter().position(|v| v.version != current && !v.held) else { break };
             dropped.push(meta.versions.remove(at).version);
         }

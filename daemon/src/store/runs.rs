@@ -55,6 +55,53 @@ pub struct RunRecord {
     /// What the job's `[gate]` measured of the version, and why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<super::GateResult>,
+    /// Each input the run read: file, size, SHA-256, rows, or the table version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputLineage>,
+    /// SHA-256 of the job's `[params]` as the plugin got them (JSON), or of a command's
+    /// arguments and environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recd_version: Option<String>,
+}
+
+/// One input of a run, as it was when the run started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InputLineage {
+    pub name: String,
+    /// The file read (for a `table:` input, the table's name).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Rows the worker read (the most of any one pass over a streamed input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// A `table:` input: the version served when the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<u64>,
+    /// A `registry:` input: `<model>@<version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+}
+
+/// Where a table version came from: kept with the version, shown by `recd lineage`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Lineage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginBuild>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+    /// Registry model versions read, `<name>@<version>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputLineage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_sha256: Option<String>,
+    pub recd_version: String,
 }
 
 /// What a worker measured of its own run, kept in the run history: where its time went

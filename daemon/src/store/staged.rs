@@ -40,6 +40,8 @@ pub struct StagedVersion {
     pub(super) large_users: Vec<String>,
     /// See [`VersionInfo::checksum`].
     pub(super) checksum: u64,
+    /// Published with the version: see [`VersionInfo::lineage`].
+    pub lineage: Option<super::Lineage>,
 }
 
 impl StagedVersion {

@@ -119,12 +119,15 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     let streamed = &plugin.stream_inputs;
     let reading = Instant::now();
     let mut tables = Vec::new();
+    let input_rows: InputRows = Arc::default();
     for input in &spec.inputs {
         // A streamed input is read only when the plugin pulls it: here just its schema.
         let batch = if streamed.contains(&input.name) {
             RecordBatch::new_empty(inputs::named_schema(input)?)
         } else {
-            inputs::read(input)?
+            let batch = inputs::read(input)?;
+            input_rows.lock().expect("input rows").insert(input.name.clone(), batch.num_rows() as u64);
+            batch
         };
         tables.push((input.name.clone(), batch));
     }
@@ -160,6 +163,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         shard: spec.shard,
         stats: WorkerStats { read_seconds, model_load_seconds, ..WorkerStats::default() },
         streamed_nanos: Arc::new(AtomicU64::new(0)),
+        input_rows: Arc::clone(&input_rows),
     };
     let running = Instant::now();
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
@@ -171,11 +175,14 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         None => ("none".to_string(), Vec::new()),
     };
     let mut stats = host.stats;
+    let host_rows = host.rows;
     let streamed_seconds = host.streamed_nanos.load(Ordering::Relaxed) as f64 / 1e9;
     stats.read_seconds += streamed_seconds;
     let inside = stats.score_seconds + stats.emit_seconds + streamed_seconds;
     stats.plugin_seconds = (running.elapsed().as_secs_f64() - inside).max(0.0);
-    Ok(Message::Done { provider, rows: host.rows, plugin: desc, stats, model_sha256, warnings })
+    drop(host);
+    let input_rows = input_rows.lock().expect("input rows").clone();
+    Ok(Message::Done { provider, rows: host_rows, plugin: desc, stats, model_sha256, warnings, input_rows })
 }
 
 /// The ids of `(input, column)` as a set, for the output checks; from a streamed input
@@ -284,7 +291,12 @@ struct WorkerHost<'o> {
     streamed_nanos: Arc<AtomicU64>,
     /// The daemon stopped reading: tell the plugin to stop.
     broken: bool,
+    /// Rows read per input, for the run's lineage.
+    input_rows: InputRows,
 }
+
+/// Rows read per input: a whole input's, or the most one pass over a streamed input read.
+type InputRows = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
 
 impl WorkerHost<'_> {
     /// Checks a batch of output rows (schema, known ids) and writes it to the daemon.
@@ -354,7 +366,13 @@ impl Host for WorkerHost<'_> {
             format!("missing input table `{name}` (the job provides: {})", have.join(", "))
         })?;
         let reader = inputs::stream(input, columns).map_err(|e| format!("{e:#}"))?;
-        Ok(Box::new(TimedReader { inner: reader, nanos: Arc::clone(&self.streamed_nanos) }))
+        Ok(Box::new(TimedReader {
+            inner: reader,
+            nanos: Arc::clone(&self.streamed_nanos),
+            input: name.to_string(),
+            rows: 0,
+            counts: Arc::clone(&self.input_rows),
+        }))
     }
 }
 
@@ -362,6 +380,18 @@ impl Host for WorkerHost<'_> {
 struct TimedReader {
     inner: Box<dyn arrow_array::RecordBatchReader + Send>,
     nanos: Arc<AtomicU64>,
+    /// The input's name and the rows this pass read, recorded in `counts` when it ends.
+    input: String,
+    rows: u64,
+    counts: InputRows,
+}
+
+impl Drop for TimedReader {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("input rows");
+        let seen = counts.entry(std::mem::take(&mut self.input)).or_default();
+        *seen = (*seen).max(self.rows);
+    }
 }
 
 impl Iterator for TimedReader {
@@ -371,6 +401,9 @@ impl Iterator for TimedReader {
         let started = Instant::now();
         let batch = self.inner.next();
         self.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some(Ok(b)) = &batch {
+            self.rows += b.num_rows() as u64;
+        }
         batch
     }
 }

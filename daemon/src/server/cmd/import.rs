@@ -26,6 +26,14 @@ impl Import {
 
     pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         match daemon.import(&self.table, self.dirs).await {
+            Ok(imported) if imported.version.held => {
+                let v = &imported.version;
+                let why = v.gate.as_ref().map(|g| g.failed.join("; ")).unwrap_or_default();
+                resp::error(
+                    out,
+                    &format!("ERR imported as table {} version {}, held by its gate: {why}", self.table, v.version),
+                );
+            }
             Ok(imported) => {
                 let v = &imported.version;
                 let text = format!(

@@ -21,6 +21,7 @@ mod hmget;
 mod import;
 mod info;
 mod jobs;
+mod lineage;
 mod mget;
 mod models;
 mod pause;
@@ -90,7 +91,8 @@ pub enum Command<'a> {
     Quit,
     Run(run::Run),
     Reload,
-    Status,
+    Status(status::Status),
+    Lineage(lineage::Lineage),
     Jobs(jobs::Jobs),
     History(history::History),
     Progress(progress::Progress),
@@ -223,14 +225,15 @@ impl<'a> Command<'a> {
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
-            | "rollback" | "verify" | "import" | "models" | "promote" | "discard"
+            | "rollback" | "verify" | "import" | "models" | "promote" | "discard" | "lineage"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
             }
             "run" => Command::Run(run::Run::parse(rest)?),
             "reload" => Command::Reload,
-            "status" => Command::Status,
+            "status" => Command::Status(status::Status::parse(rest)?),
+            "lineage" => Command::Lineage(lineage::Lineage::parse(rest)?),
             "jobs" => Command::Jobs(jobs::Jobs::parse(rest)?),
             "history" => Command::History(history::History::parse(rest)?),
             "progress" => Command::Progress(progress::Progress::parse(rest)?),
@@ -312,7 +315,8 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         }
         Command::Run(c) => c.apply(daemon, out).await,
         Command::Reload => reload::apply(daemon, out).await,
-        Command::Status => status::apply(daemon, out),
+        Command::Status(c) => c.apply(daemon, out),
+        Command::Lineage(c) => c.apply(daemon, out),
         Command::Jobs(c) => c.apply(daemon, out),
         Command::History(c) => c.apply(daemon, out),
         Command::Progress(c) => c.apply(daemon, out),
