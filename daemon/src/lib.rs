@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod daemon;
 mod eval;
+mod experiment;
 mod export;
 mod fsutil;
 #[doc(hidden)]

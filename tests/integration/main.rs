@@ -16,6 +16,7 @@ mod devices;
 mod diversity;
 mod docs;
 mod evaluation;
+mod experiments;
 mod export;
 mod fallback;
 mod faults;

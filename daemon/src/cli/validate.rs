@@ -61,6 +61,13 @@ pub(super) fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<E
             println!("ok    {} ({}, schedule {when})", job.file.display(), job.publishes());
         }
     }
+    for file in daemon::experiment_files(&config.jobs_dir).unwrap_or_default() {
+        let (name, shown) = (crate::experiment::name_of(&file), file.display().to_string());
+        match job::read_job_file(&file).and_then(|text| crate::experiment::parse(&text, &shown, &name)) {
+            Ok(e) => println!("ok    {shown} (experiment, {} variants)", e.variants.len()),
+            Err(e) => errors.push((file.clone(), e.to_string())),
+        }
+    }
     for (_, e) in &errors {
         println!("error {e}");
     }

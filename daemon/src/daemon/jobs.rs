@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::*;
+use crate::experiment;
 
 #[derive(Default, Clone)]
 pub struct JobSet {
@@ -52,8 +53,18 @@ impl Daemon {
                 set.jobs.remove(&name);
                 keep_previous(&mut set, &previous, &name, file, err);
             }
-            set.errors.values().cloned().collect()
+            set.errors.values().cloned().collect::<Vec<_>>()
         };
+        let daemon = Arc::clone(self);
+        let experiment_errors = tokio::task::spawn_blocking(move || daemon.reload_experiments()).await?;
+        let mut errors = errors;
+        {
+            let mut set = self.jobs.write().expect("jobs lock");
+            for (file, err) in experiment_errors {
+                errors.push(err.clone());
+                set.errors.insert(file, err);
+            }
+        }
         self.sync_schedule().await;
         Ok(errors)
     }
@@ -117,13 +128,104 @@ pub(super) fn keep_previous(set: &mut JobSet, previous: &JobSet, name: &str, fil
     set.errors.insert(file, err);
 }
 
-/// The `*.toml` files of the jobs folder, sorted.
+impl Daemon {
+    /// Re-reads the experiment files of the jobs folder: a file that fails keeps its previous
+    /// experiment; each one's bucket assignment is adjusted to its shares and kept in the
+    /// store. Returns (file, error) for each file refused.
+    fn reload_experiments(&self) -> Vec<(String, JobError)> {
+        let files = experiment_files(&self.config.jobs_dir).unwrap_or_default();
+        let previous = Arc::clone(&self.experiments.read().expect("experiments lock"));
+        let tables: BTreeMap<String, String> = self
+            .jobs()
+            .jobs
+            .values()
+            .filter(|j| j.command.is_none())
+            .map(|j| (j.table.clone(), j.name.clone()))
+            .collect();
+        let (mut next, mut errors) = (experiment::Experiments::new(), Vec::new());
+        for file in files {
+            let (name, shown) = (experiment::name_of(&file), file.display().to_string());
+            let loaded = job::read_job_file(&file)
+                .and_then(|text| experiment::parse(&text, &shown, &name))
+                .and_then(|e| match tables.get(&e.name) {
+                    // A key `<name>:<user>` would read the table, never the experiment.
+                    Some(job) => Err(JobError::Invalid {
+                        file: shown.clone(),
+                        line: 1,
+                        field: "name".into(),
+                        message: format!("experiment {:?} has the name of a table (published by job {job:?})", e.name),
+                    }),
+                    None => Ok(e),
+                })
+                .and_then(|e| self.assign(e).map_err(|message| JobError::Io { file: shown.clone(), message }));
+            match loaded {
+                Ok(live) => {
+                    next.insert(name, live);
+                }
+                Err(e) => {
+                    tracing::error!(file = %shown, "experiment file rejected, previous definition kept: {e}");
+                    if let Some(old) = previous.get(&name) {
+                        next.insert(name, Arc::clone(old));
+                    }
+                    errors.push((shown, e));
+                }
+            }
+        }
+        *self.experiments.write().expect("experiments lock") = Arc::new(next);
+        errors
+    }
+
+    /// The experiment with its buckets: the stored assignment adjusted to its shares (and
+    /// stored again when that moved any bucket).
+    fn assign(&self, experiment: experiment::Experiment) -> Result<Arc<experiment::Live>, String> {
+        let key = format!("experiment/{}", experiment.name);
+        let stored: Option<experiment::Assignment> =
+            self.store.state_value(&key).map_err(|e| e.to_string())?.and_then(|v| serde_json::from_slice(&v).ok());
+        let assignment = experiment.assign(stored.as_ref());
+        if stored.as_ref() != Some(&assignment) {
+            let bytes = serde_json::to_vec(&assignment).expect("an assignment serialises");
+            self.store.set_state_value(&key, &bytes).map_err(|e| format!("storing its assignment: {e}"))?;
+            tracing::info!(experiment = %experiment.name, "experiment assignment stored");
+        }
+        Ok(Arc::new(experiment::Live { experiment, assignment }))
+    }
+
+    /// The live experiment named `name`, if there is one (read path: only for a key whose
+    /// table does not exist).
+    pub fn experiment(&self, name: &str) -> Option<Arc<experiment::Live>> {
+        self.experiments.read().expect("experiments lock").get(name).cloned()
+    }
+
+    /// Every live experiment.
+    pub fn experiments(&self) -> Arc<experiment::Experiments> {
+        Arc::clone(&self.experiments.read().expect("experiments lock"))
+    }
+}
+
+/// The experiment files (`*.experiment.toml`) of the jobs folder, sorted.
+pub fn experiment_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("jobs folder {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.ends_with(experiment::SUFFIX) && !n.starts_with('.')
+            })
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The `*.toml` files of the jobs folder, sorted, experiment files apart.
 pub fn job_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("jobs folder {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(experiment::SUFFIX)))
         .collect();
     files.sort();
     Ok(files)

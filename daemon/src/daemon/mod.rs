@@ -32,6 +32,9 @@ pub struct Daemon {
     pub plugins: Registry,
     probes: ProbeCache,
     jobs: RwLock<JobSet>,
+    /// The live experiments, read on the serving path (apart from the job set, which is
+    /// cloned by whoever reads it).
+    experiments: RwLock<Arc<crate::experiment::Experiments>>,
     states: Mutex<HashMap<String, JobState>>,
     /// Woken when a run's slot frees (or the daemon shuts down): a queued or replacing run
     /// waits on it instead of polling.
@@ -48,7 +51,7 @@ mod jobs;
 mod report;
 mod runs;
 
-pub use jobs::{JobSet, job_files};
+pub use jobs::{JobSet, experiment_files, job_files};
 use runs::JobState;
 pub use runs::{HISTORY_PER_JOB, Trigger, TriggerError};
 
@@ -63,6 +66,7 @@ impl Daemon {
             store: Arc::new(store),
             metrics: Metrics::default(),
             jobs: RwLock::new(JobSet::default()),
+            experiments: RwLock::new(Arc::default()),
             states: Mutex::new(HashMap::new()),
             slot_freed: tokio::sync::Notify::new(),
             next_run_id: AtomicU64::new(seed),

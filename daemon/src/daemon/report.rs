@@ -71,6 +71,19 @@ impl Daemon {
                 );
             }
         }
+        let experiments = self.experiments();
+        if !experiments.is_empty() {
+            let _ = writeln!(s, "experiments:");
+            for (name, live) in experiments.iter() {
+                let e = &live.experiment;
+                let variants: Vec<String> = e
+                    .variants
+                    .iter()
+                    .map(|v| format!("{} -> table {} {}%", v.name, v.table, v.share * 100.0))
+                    .collect();
+                let _ = writeln!(s, "  {name}: salt {:?}: {}", e.salt, variants.join(", "));
+            }
+        }
         if !set.errors.is_empty() {
             let _ = writeln!(s, "job file errors:");
             for e in set.errors.values() {
@@ -204,6 +217,21 @@ impl Daemon {
         let jobs: serde_json::Map<String, serde_json::Value> =
             set.jobs.values().map(|j| (j.name.clone(), serde_json::Value::String(self.job_line(j)))).collect();
         let errors: Vec<String> = set.errors.values().map(|e| e.to_string()).collect();
-        Ok(serde_json::json!({ "tables": tables, "models": models, "jobs": jobs, "job_errors": errors }))
+        let experiments: serde_json::Map<String, serde_json::Value> = self
+            .experiments()
+            .iter()
+            .map(|(name, live)| {
+                let e = &live.experiment;
+                let variants: Vec<serde_json::Value> = e
+                    .variants
+                    .iter()
+                    .map(|v| serde_json::json!({ "name": v.name, "table": v.table, "share": v.share }))
+                    .collect();
+                (name.clone(), serde_json::json!({ "salt": e.salt, "variants": variants }))
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "tables": tables, "models": models, "experiments": experiments, "jobs": jobs, "job_errors": errors
+        }))
     }
 }

@@ -225,6 +225,21 @@ impl Store {
         Ok(out)
     }
 
+    /// A value the daemon keeps in the state tree under `key` (an experiment's bucket
+    /// assignment, `experiment/<name>`).
+    pub fn state_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.h()?.state.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes `value` under `key` in the state tree, flushed.
+    pub fn set_state_value(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.writing(|h| {
+            h.state.insert(key, value)?;
+            h.state.flush()?;
+            Ok(())
+        })
+    }
+
     pub fn set_paused(&self, job: &str, paused: bool) -> Result<(), StoreError> {
         let key = format!("paused/{job}");
         self.writing(|h| {

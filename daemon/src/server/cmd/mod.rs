@@ -354,7 +354,22 @@ impl<'d> Snapshot<'d> {
     pub fn get(&mut self, key: &[u8]) -> Option<Stored> {
         let colon = key.iter().position(|&b| b == b':')?;
         let (table, user) = (&key[..colon], &key[colon + 1..]);
+        let Some(served) = self.table(table) else {
+            // Not a table: an experiment answers with the user's variant's value.
+            let live = std::str::from_utf8(table).ok().and_then(|name| self.daemon.experiment(name))?;
+            let variant = live.variant(user).table.clone();
+            return self.get_in(variant.as_bytes(), user);
+        };
+        self.answer(served, table, user)
+    }
+
+    /// The value of `user` in `table` (or its fallbacks).
+    fn get_in(&mut self, table: &[u8], user: &[u8]) -> Option<Stored> {
         let served = self.table(table)?;
+        self.answer(served, table, user)
+    }
+
+    fn answer(&mut self, served: Arc<ServedTable>, table: &[u8], user: &[u8]) -> Option<Stored> {
         if let Some(value) = read(&served, table, user) {
             return Some(Stored::new(served.kind, value));
         }
@@ -403,6 +418,16 @@ impl Stored {
     }
 }
 
+/// The experiment and user of `key` when its table part names an experiment and no table.
+fn experiment_key<'k>(daemon: &Daemon, key: &'k [u8]) -> Option<(Arc<crate::experiment::Live>, &'k [u8])> {
+    let colon = key.iter().position(|&b| b == b':')?;
+    let name = std::str::from_utf8(&key[..colon]).ok()?;
+    if daemon.store.served(name).is_some() {
+        return None;
+    }
+    Some((daemon.experiment(name)?, &key[colon + 1..]))
+}
+
 /// Redis's answer to a command on a value of another type.
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
@@ -432,8 +457,13 @@ pub fn with_list_value(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnO
 }
 
 /// Runs `f` on the decoded hash for `key`, fields in stored order (empty when absent); a
-/// list gets WRONGTYPE.
+/// list gets WRONGTYPE. The key of an experiment (`<experiment>:<user>`, no table of that
+/// name) reads as the hash of the user's assignment: `variant` and `table`.
 pub fn with_hash(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[(&[u8], &[u8])], &mut Reply)) {
+    if let Some((live, user)) = experiment_key(daemon, key) {
+        let variant = live.variant(user);
+        return f(&[(b"variant", variant.name.as_bytes()), (b"table", variant.table.as_bytes())], out);
+    }
     match lookup(daemon, key) {
         Some(Stored::Hash(bytes)) => f(&decode_hash(&bytes), out),
         Some(Stored::List(_)) => resp::error(out, WRONGTYPE),

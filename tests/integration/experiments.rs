@@ -1,0 +1,102 @@
+//! A/B experiments: `<experiment>:<user>` reads the user's variant's list, `HGET ... variant`
+//! names it; the assignment is deterministic, follows the shares, survives restarts and a
+//! share change moves only the users it must.
+
+use std::collections::BTreeMap;
+
+use crate::util::TestDaemon;
+
+const USERS: u64 = 20_000;
+
+fn synthetic(seed: u32) -> String {
+    format!("plugin = \"synthetic\"\n[params]\nusers = {USERS}\nitems = 5\nseed = {seed}\n")
+}
+
+fn experiment(a: f64, b: f64) -> String {
+    format!(
+        "salt = \"homepage-1\"\n[[variant]]\nname = \"control\"\ntable = \"a\"\nshare = {a}\n[[variant]]\ntable = \"b\"\nshare = {b}\n"
+    )
+}
+
+/// Each user's variant, read with HGET, pipelined 1,000 at a time.
+fn variants(d: &TestDaemon) -> Vec<String> {
+    let mut conn = d.redis();
+    let mut out = Vec::with_capacity(USERS as usize);
+    for start in (0..USERS).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for u in start..(start + 1000).min(USERS) {
+            pipe.cmd("HGET").arg(format!("homepage:{u:012}")).arg("variant");
+        }
+        out.extend(pipe.query::<Vec<String>>(&mut conn).unwrap());
+    }
+    out
+}
+
+#[test]
+fn experiment_reads_follow_a_deterministic_assignment_and_a_share_change_moves_only_what_it_must() {
+    let mut d = TestDaemon::start(&[("a", &synthetic(1)), ("b", &synthetic(2))]);
+    d.run_job("a");
+    d.run_job("b");
+    std::fs::write(d.jobs_dir().join("homepage.experiment.toml"), experiment(0.3, 0.7)).unwrap();
+    let reload = d.cli(&["reload"]);
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+
+    let first = variants(&d);
+    let count = |v: &[String], name: &str| v.iter().filter(|x| *x == name).count() as f64 / USERS as f64;
+    assert!((count(&first, "control") - 0.3).abs() < 0.01, "control share {}", count(&first, "control"));
+    assert!((count(&first, "b") - 0.7).abs() < 0.01);
+    // A user's list is their variant's table's list, and HGETALL names both.
+    let mut conn = d.redis();
+    for u in (0..USERS).step_by(997) {
+        let user = format!("{u:012}");
+        let table = if first[u as usize] == "control" { "a" } else { "b" };
+        let mine: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(format!("homepage:{user}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
+        let theirs: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(format!("{table}:{user}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)
+            .unwrap();
+        assert!(!mine.is_empty());
+        assert_eq!(mine, theirs, "{user}");
+        let all: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(format!("homepage:{user}")).query(&mut conn).unwrap();
+        assert_eq!(
+            all,
+            BTreeMap::from([("variant".into(), first[u as usize].clone()), ("table".into(), table.into())])
+        );
+    }
+
+    // The same after a restart: the assignment is kept.
+    assert!(d.stop(), "{}", d.log());
+    d.restart();
+    assert_eq!(variants(&d), first, "a restart keeps every user's variant");
+
+    // 0.3/0.7 -> 0.4/0.6: only users moving from b to control, about 10% of them.
+    d.write_job("homepage.experiment", &experiment(0.4, 0.6));
+    assert!(d.cli(&["reload"]).status.success());
+    let second = variants(&d);
+    let moved: Vec<usize> = (0..USERS as usize).filter(|&u| first[u] != second[u]).collect();
+    assert!(moved.iter().all(|&u| first[u] == "b" && second[u] == "control"), "only b -> control moves");
+    let share = moved.len() as f64 / USERS as f64;
+    assert!((share - 0.1).abs() < 0.01, "{share} of the users moved, 0.1 must");
+
+    // A bad file keeps the experiment as it was, and says why.
+    d.write_job("homepage.experiment", &experiment(0.5, 0.6));
+    let _ = d.cli(&["reload"]);
+    assert_eq!(variants(&d), second);
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("homepage.experiment.toml:") && status.contains("the shares add up to 1.1, not 1"),
+        "{status}"
+    );
+    assert!(status.contains("homepage: salt \"homepage-1\""), "{status}");
+    assert!(d.stop(), "{}", d.log());
+}
