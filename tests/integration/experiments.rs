@@ -9,7 +9,7 @@ use crate::util::TestDaemon;
 const USERS: u64 = 20_000;
 
 fn synthetic(seed: u32) -> String {
-    format!("plugin = \"synthetic\"\n[params]\nusers = {USERS}\nitems = 5\nseed = {seed}\n")
+    format!("plugin = \"synthetic\"\n[params]\nusers = {USERS}\nitems = 5\ncatalogue = 20\nseed = {seed}\n")
 }
 
 fn experiment(a: f64, b: f64) -> String {
@@ -98,5 +98,50 @@ fn experiment_reads_follow_a_deterministic_assignment_and_a_share_change_moves_o
         "{status}"
     );
     assert!(status.contains("homepage: salt \"homepage-1\""), "{status}");
+    check_eval_per_variant(&d, &second);
     assert!(d.stop(), "{}", d.log());
+}
+
+/// `recd eval` on the experiment scores each variant over its own users: the hit rate of
+/// each, counted here from the variant tables' lists, is the report's.
+fn check_eval_per_variant(d: &TestDaemon, variants: &[String]) {
+    // One held-out purchase per user, of item-3 (some lists hold it, some not); Parquet,
+    // so the zero-padded ids stay strings.
+    let truth = d.dir.path().join("truth.parquet");
+    let users: Vec<String> = (0..USERS).map(|u| format!("{u:012}")).collect();
+    let batch = arrow_array::RecordBatch::try_from_iter([
+        ("user_id", std::sync::Arc::new(arrow_array::StringArray::from(users)) as arrow_array::ArrayRef),
+        ("item_id", std::sync::Arc::new(arrow_array::StringArray::from(vec!["item-3"; USERS as usize])) as _),
+        (
+            "ts",
+            std::sync::Arc::new(arrow_array::TimestampSecondArray::from(vec![1_609_545_600i64; USERS as usize])) as _,
+        ),
+    ])
+    .unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&truth).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let out = d.cli(&["eval", "homepage", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut conn = d.redis();
+    let mut hits: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for u in 0..USERS {
+        let variant = variants[u as usize].as_str();
+        let table = if variant == "control" { "a" } else { "b" };
+        let list: Vec<String> =
+            redis::cmd("ZREVRANGE").arg(format!("{table}:{u:012}")).arg(0).arg(9).query(&mut conn).unwrap();
+        let e = hits.entry(variant).or_default();
+        e.0 += 1;
+        e.1 += usize::from(list.iter().any(|i| i == "item-3"));
+    }
+    let reported = report["variants"].as_array().unwrap_or_else(|| panic!("no variants in {report}"));
+    assert_eq!(reported.len(), 2, "{report}");
+    for v in reported {
+        let (users, hit) = hits[v["variant"].as_str().unwrap()];
+        assert_eq!(v["users"], users, "{v}");
+        assert!((v["hit_rate"].as_f64().unwrap() - hit as f64 / users as f64).abs() < 1e-9, "{v}: {hit} of {users}");
+    }
+    assert_eq!(report["users"], USERS);
 }

@@ -96,6 +96,17 @@ pub struct Report {
     /// Mean pairwise embedding distance in the top k ((1 - cosine) / 2, in [0, 1]), with
     /// --embeddings; items without an embedding are left out of the pairs.
     pub embedding_diversity: Option<f64>,
+    /// For an A/B experiment, the same metrics over each variant's users.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantReport>,
+}
+
+/// One variant of an experiment, scored over the users it is shown to.
+#[derive(Debug, Serialize)]
+pub struct VariantReport {
+    pub variant: String,
+    #[serde(flatten)]
+    pub report: Report,
 }
 
 /// One interaction: user, item, when.
@@ -137,21 +148,68 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         .filter(|(_, l)| !l.is_empty())
         .map(|(u, l)| (*u, l.iter().map(String::as_str).collect()))
         .collect();
+    let categories =
+        args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
+    let embeddings =
+        args.embeddings.as_ref().map(|(file, col)| read_embeddings(file, &args.item_column, col)).transpose()?;
+    let truth = Truth { had: &had, popularity: &popularity, relevant: &relevant, catalogue: catalogue.len() };
+    let extra = Extra { categories: categories.as_ref(), embeddings: embeddings.as_ref() };
+    let mut report = score(args, &users, &lists, &truth, &extra);
+    // An experiment's users are also scored per variant (the variant each user is shown).
+    if let Some(variants) = fetch_variants(socket, &args.table, &users)? {
+        let mut names: Vec<&str> = variants.iter().flatten().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let group: Vec<&str> =
+                users.iter().zip(&variants).filter(|(_, v)| v.as_deref() == Some(name)).map(|(u, _)| *u).collect();
+            let mut r = score(args, &group, &lists, &truth, &extra);
+            r.table = format!("{} variant {name}", args.table);
+            report.variants.push(VariantReport { variant: name.to_string(), report: r });
+        }
+    }
+    Ok(report)
+}
 
+/// What the held-out data says: each user's past items, items' past buyers, each user's
+/// relevant items from the cut-off on, the catalogue's size.
+struct Truth<'a> {
+    had: &'a HashMap<&'a str, HashSet<&'a str>>,
+    popularity: &'a HashMap<&'a str, usize>,
+    relevant: &'a HashMap<&'a str, HashSet<&'a str>>,
+    catalogue: usize,
+}
+
+/// The optional item data: categories and embeddings.
+struct Extra<'a> {
+    categories: Option<&'a HashMap<String, String>>,
+    embeddings: Option<&'a HashMap<String, Vec<f32>>>,
+}
+
+/// The metrics over `users` (sorted) with their `lists`.
+fn score(
+    args: &EvalArgs,
+    users: &[&str],
+    lists: &HashMap<&str, Vec<&str>>,
+    truth: &Truth<'_>,
+    extra: &Extra<'_>,
+) -> Report {
+    let lists: HashMap<&str, Vec<&str>> = users.iter().filter_map(|u| lists.get(u).map(|l| (*u, l.clone()))).collect();
+    let relevant: HashMap<&str, HashSet<&str>> =
+        users.iter().filter_map(|u| truth.relevant.get(u).map(|r| (*u, r.clone()))).collect();
+    let (had, popularity) = (truth.had, truth.popularity);
     let (m, counted) = metrics::mean_at_k(&lists, &relevant, args.k);
     // Means in user order (sorted), so the last bits are the same on every run.
     let in_order = || users.iter().filter_map(|u| lists.get(u));
-    let novelty = mean(in_order().filter_map(|l| metrics::novelty(l, args.k, &popularity, had.len())));
-    let categories =
-        args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
-    let diversity = categories.as_ref().and_then(|cat| {
+    let novelty = mean(in_order().filter_map(|l| metrics::novelty(l, args.k, popularity, had.len())));
+    let diversity = extra.categories.and_then(|cat| {
         let distance = |a: &str, b: &str| match (cat.get(a), cat.get(b)) {
             (Some(x), Some(y)) if x == y => 0.0,
             _ => 1.0,
         };
         mean(in_order().filter_map(|l| metrics::intra_list_diversity(l, args.k, distance)))
     });
-    let calibration_kl = categories.as_ref().and_then(|cat| {
+    let calibration_kl = extra.categories.and_then(|cat| {
         mean(users.iter().filter_map(|u| {
             let history = had.get(u)?;
             // history in item order: the sum is then the same on every run
@@ -160,15 +218,13 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
             metrics::calibration_kl(history, lists.get(u)?, args.k, |i| cat.get(i).map(String::as_str))
         }))
     });
-    let embeddings =
-        args.embeddings.as_ref().map(|(file, col)| read_embeddings(file, &args.item_column, col)).transpose()?;
-    let embedding_diversity = embeddings.as_ref().and_then(|emb| {
+    let embedding_diversity = extra.embeddings.and_then(|emb| {
         mean(in_order().filter_map(|l| {
             let known: Vec<&str> = l.iter().take(args.k).copied().filter(|i| emb.contains_key(*i)).collect();
             metrics::intra_list_diversity(&known, args.k, |a, b| metrics::cosine_distance(&emb[a], &emb[b]))
         }))
     });
-    Ok(Report {
+    Report {
         table: args.table.clone(),
         k: args.k,
         cutoff: args.cutoff.clone(),
@@ -179,12 +235,24 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         ndcg: m.ndcg,
         map: m.ap,
         hit_rate: m.hit,
-        coverage: metrics::coverage(lists.values(), args.k, catalogue.len()),
+        coverage: metrics::coverage(lists.values(), args.k, truth.catalogue),
         novelty,
         intra_list_diversity: diversity,
         calibration_kl,
         embedding_diversity,
-    })
+        variants: Vec::new(),
+    }
+}
+
+/// Each user's variant when `table` is an A/B experiment (`HGET <experiment>:<user>
+/// variant` answers), else None (a list table answers WRONGTYPE, a missing one nothing).
+fn fetch_variants(socket: &Path, table: &str, users: &[&str]) -> anyhow::Result<Option<Vec<Option<String>>>> {
+    let Some(first) = users.first() else { return Ok(None) };
+    let probe = vec![vec![b"HGET".to_vec(), format!("{table}:{first}").into_bytes(), b"variant".to_vec()]];
+    match crate::client::pipeline(socket, &probe)?.into_iter().next() {
+        Some(Frame::Bulk(_)) => Ok(Some(fetch_text(socket, table, users, "variant")?)),
+        _ => Ok(None),
+    }
 }
 
 /// `recd eval --churn`: how well a churn table's probabilities rank who actually left.
@@ -387,6 +455,9 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(s, "  {name:<22}n/a");
             }
         }
+    }
+    for v in &r.variants {
+        s.push_str(&render(&v.report));
     }
     s
 }
