@@ -62,6 +62,9 @@ pub struct Experiment {
 pub struct Assignment {
     pub salt: String,
     pub variants: Vec<String>,
+    /// Each variant's table, beside its name: a variant renamed keeps its buckets.
+    #[serde(default)]
+    pub tables: Vec<String>,
     /// Per bucket, an index into `variants`.
     pub buckets: Vec<u16>,
 }
@@ -111,8 +114,9 @@ pub fn parse(text: &str, file: &str, name: &str) -> Result<Experiment, JobError>
                 format!("{name:?}: each variant needs its own name (letters, digits, '-' or '_')"),
             ));
         }
-        if !(v.share > 0.0 && v.share <= 1.0) {
-            return Err(invalid("variant.share", format!("variant {name:?}: must be in (0, 1], got {}", v.share)));
+        // At least one bucket each (which also bounds the number of variants).
+        if !(v.share * BUCKETS as f64 >= 1.0 && v.share <= 1.0) {
+            return Err(invalid("variant.share", format!("variant {name:?}: must be in [0.0001, 1], got {}", v.share)));
         }
         variants.push(Variant { name, table: v.table, share: v.share });
     }
@@ -153,14 +157,23 @@ impl Experiment {
     /// new quotas.
     pub fn assign(&self, previous: Option<&Assignment>) -> Assignment {
         let names: Vec<String> = self.variants.iter().map(|v| v.name.clone()).collect();
+        let tables: Vec<String> = self.variants.iter().map(|v| v.table.clone()).collect();
         let quotas = self.quotas();
-        // Each bucket's variant by index in the new list; None: free.
+        // Each bucket's variant by index in the new list; None: free. An old variant is
+        // the new one of its name, else the one of its table that no old variant names
+        // (a rename keeps the users).
         let mut owner: Vec<Option<usize>> = match previous.filter(|p| p.salt == self.salt) {
-            Some(p) => p
-                .buckets
-                .iter()
-                .map(|&b| p.variants.get(b as usize).and_then(|n| names.iter().position(|m| m == n)))
-                .collect(),
+            Some(p) => {
+                let map: Vec<Option<usize>> = (0..p.variants.len())
+                    .map(|i| {
+                        names.iter().position(|m| *m == p.variants[i]).or_else(|| {
+                            let by_table = tables.iter().position(|t| Some(t) == p.tables.get(i))?;
+                            (!p.variants.contains(&names[by_table])).then_some(by_table)
+                        })
+                    })
+                    .collect();
+                p.buckets.iter().map(|&b| map.get(b as usize).copied().flatten()).collect()
+            }
             None => vec![None; BUCKETS],
         };
         owner.resize(BUCKETS, None);
@@ -187,7 +200,7 @@ impl Experiment {
             }
         }
         let buckets = owner.into_iter().map(|o| o.expect("every bucket assigned") as u16).collect();
-        Assignment { salt: self.salt.clone(), variants: names, buckets }
+        Assignment { salt: self.salt.clone(), variants: names, tables, buckets }
     }
 }
 
@@ -265,6 +278,20 @@ mod tests {
             .filter(|u| before.variant(format!("{u}").as_bytes()).name != after.variant(format!("{u}").as_bytes()).name)
             .count();
         assert!(redrawn > 5000, "a new salt redraws the users: {redrawn} of 10,000 moved");
+        // Variants renamed keep their users (matched by table).
+        let renamed = parse(
+            "salt = \"s1\"\n[[variant]]\nname = \"x\"\ntable = \"a\"\nshare = 0.5\n[[variant]]\nname = \"y\"\ntable = \"b\"\nshare = 0.2\n[[variant]]\nname = \"z\"\ntable = \"c\"\nshare = 0.3\n",
+            "jobs/e.experiment.toml",
+            "e",
+        )
+        .unwrap();
+        let after_rename = renamed.assign(Some(&second));
+        let same_tables = second
+            .buckets
+            .iter()
+            .zip(&after_rename.buckets)
+            .all(|(a, b)| second.tables[*a as usize] == after_rename.tables[*b as usize]);
+        assert!(same_tables, "a rename moves nobody");
         // A variant dropped: its buckets, and only those, go to the others.
         let dropped = experiment(&[("a", 0.6), ("b", 0.4)]);
         let third = dropped.assign(Some(&second));

@@ -143,6 +143,7 @@ impl Daemon {
             .map(|j| (j.table.clone(), j.name.clone()))
             .collect();
         let (mut next, mut errors) = (experiment::Experiments::new(), Vec::new());
+        let files_names: Vec<String> = files.iter().map(|f| experiment::name_of(f)).collect();
         for file in files {
             let (name, shown) = (experiment::name_of(&file), file.display().to_string());
             let loaded = job::read_job_file(&file)
@@ -155,7 +156,15 @@ impl Daemon {
                         field: "name".into(),
                         message: format!("experiment {:?} has the name of a table (published by job {job:?})", e.name),
                     }),
-                    None => Ok(e),
+                    None => match e.variants.iter().find(|v| files_names.contains(&v.table)) {
+                        Some(v) => Err(JobError::Invalid {
+                            file: shown.clone(),
+                            line: 1,
+                            field: "variant.table".into(),
+                            message: format!("variant {:?}: {:?} is an experiment, not a table", v.name, v.table),
+                        }),
+                        None => Ok(e),
+                    },
                 })
                 .and_then(|e| self.assign(e).map_err(|message| JobError::Io { file: shown.clone(), message }));
             match loaded {
@@ -163,8 +172,10 @@ impl Daemon {
                     next.insert(name, live);
                 }
                 Err(e) => {
-                    tracing::error!(file = %shown, "experiment file rejected, previous definition kept: {e}");
-                    if let Some(old) = previous.get(&name) {
+                    // An experiment named like a table is dropped: the table takes its keys.
+                    let clash = tables.contains_key(&name);
+                    tracing::error!(file = %shown, "experiment file rejected{}: {e}", if clash { "" } else { ", previous definition kept" });
+                    if let Some(old) = previous.get(&name).filter(|_| !clash) {
                         next.insert(name, Arc::clone(old));
                     }
                     errors.push((shown, e));

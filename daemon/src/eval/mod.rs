@@ -248,11 +248,16 @@ fn score(
 /// variant` answers), else None (a list table answers WRONGTYPE, a missing one nothing).
 fn fetch_variants(socket: &Path, table: &str, users: &[&str]) -> anyhow::Result<Option<Vec<Option<String>>>> {
     let Some(first) = users.first() else { return Ok(None) };
-    let probe = vec![vec![b"HGET".to_vec(), format!("{table}:{first}").into_bytes(), b"variant".to_vec()]];
-    match crate::client::pipeline(socket, &probe)?.into_iter().next() {
-        Some(Frame::Bulk(_)) => Ok(Some(fetch_text(socket, table, users, "variant")?)),
-        _ => Ok(None),
+    // An experiment's key answers both fields; a hash table with a `variant` field alone
+    // is not taken for one.
+    let key = format!("{table}:{first}").into_bytes();
+    let probe: Vec<Vec<Vec<u8>>> =
+        ["variant", "table"].iter().map(|f| vec![b"HGET".to_vec(), key.clone(), f.as_bytes().to_vec()]).collect();
+    let answers = crate::client::pipeline(socket, &probe)?;
+    if answers.iter().all(|a| matches!(a, Frame::Bulk(_))) && answers.len() == 2 {
+        return Ok(Some(fetch_text(socket, table, users, "variant")?));
     }
+    Ok(None)
 }
 
 /// `recd eval --churn`: how well a churn table's probabilities rank who actually left.

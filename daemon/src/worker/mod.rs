@@ -380,18 +380,10 @@ impl Host for WorkerHost<'_> {
 struct TimedReader {
     inner: Box<dyn arrow_array::RecordBatchReader + Send>,
     nanos: Arc<AtomicU64>,
-    /// The input's name and the rows this pass read, recorded in `counts` when it ends.
+    /// The input's name and the rows this pass read, recorded in `counts` as it reads.
     input: String,
     rows: u64,
     counts: InputRows,
-}
-
-impl Drop for TimedReader {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().expect("input rows");
-        let seen = counts.entry(std::mem::take(&mut self.input)).or_default();
-        *seen = (*seen).max(self.rows);
-    }
 }
 
 impl Iterator for TimedReader {
@@ -403,6 +395,10 @@ impl Iterator for TimedReader {
         self.nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if let Some(Ok(b)) = &batch {
             self.rows += b.num_rows() as u64;
+            // Kept as it grows: a reader the plugin still holds at the end is counted too.
+            let mut counts = self.counts.lock().expect("input rows");
+            let seen = counts.entry(self.input.clone()).or_default();
+            *seen = (*seen).max(self.rows);
         }
         batch
     }

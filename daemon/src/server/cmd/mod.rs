@@ -460,11 +460,16 @@ pub fn with_list_value(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnO
 /// list gets WRONGTYPE. The key of an experiment (`<experiment>:<user>`, no table of that
 /// name) reads as the hash of the user's assignment: `variant` and `table`.
 pub fn with_hash(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[(&[u8], &[u8])], &mut Reply)) {
-    if let Some((live, user)) = experiment_key(daemon, key) {
+    // A hash table's key resolves once; the experiment check runs only when the key read
+    // as a list or as nothing.
+    let found = lookup(daemon, key);
+    if !matches!(found, Some(Stored::Hash(_)))
+        && let Some((live, user)) = experiment_key(daemon, key)
+    {
         let variant = live.variant(user);
         return f(&[(b"variant", variant.name.as_bytes()), (b"table", variant.table.as_bytes())], out);
     }
-    match lookup(daemon, key) {
+    match found {
         Some(Stored::Hash(bytes)) => f(&decode_hash(&bytes), out),
         Some(Stored::List(_)) => resp::error(out, WRONGTYPE),
         None => f(&[], out),
