@@ -83,7 +83,7 @@ pub fn parse(text: &str, file: &str, name: &str) -> Result<Experiment, JobError>
     })?;
     let invalid = |field: &str, message: String| JobError::Invalid {
         file: file.into(),
-        line: line_of(text, field.rsplit('.').next().unwrap_or(field)),
+        line: crate::job::line_of_key(text, field.rsplit('.').next().unwrap_or(field)),
         field: field.into(),
         message,
     };
@@ -125,16 +125,6 @@ pub fn parse(text: &str, file: &str, name: &str) -> Result<Experiment, JobError>
         return Err(invalid("variant.share", format!("the shares add up to {total}, not 1")));
     }
     Ok(Experiment { name: name.into(), file: file.into(), salt: raw.salt, description: raw.description, variants })
-}
-
-/// The 1-based line of the first `key = ` or `[[key]]`; 1 when there is none.
-fn line_of(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) || l.trim_end() == format!("[[{key}]]")
-        })
-        .map_or(1, |i| i + 1)
 }
 
 impl Experiment {

@@ -1140,12 +1140,15 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
 }
 
 /// The line of `key = ...`, or of a table header `[key]`; 1 when neither is found.
-fn line_of_key(text: &str, key: &str) -> usize {
-    let header = format!("[{key}]");
+/// (An array of tables, `[[key]]`, counts as its header too.)
+pub fn line_of_key(text: &str, key: &str) -> usize {
+    let (header, array) = (format!("[{key}]"), format!("[[{key}]]"));
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) || l.trim_end() == header
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.trim_end() == header
+                || l.trim_end() == array
         })
         .map(|i| i + 1)
         .unwrap_or(1)

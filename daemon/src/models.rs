@@ -318,10 +318,7 @@ pub fn discard(data_dir: &Path, name: &str, version: u64) -> Result<ModelVersion
             "registry model `{name}` version {version} is not held; only a version its gate held can be discarded"
         )));
     }
-    let gone = root(data_dir).join(name).join(format!("{STAGING_PREFIX}drop-{version}"));
-    std::fs::rename(&pinned.dir, &gone).map_err(io("cannot remove", &pinned.dir))?;
-    sync_dir(&root(data_dir).join(name))?;
-    std::fs::remove_dir_all(&gone).map_err(io("cannot remove", &gone))?;
+    remove_version(data_dir, name, version).map_err(io("cannot remove", &pinned.dir))?;
     Ok(pinned.meta)
 }
 
@@ -466,18 +463,20 @@ fn drop_old(data_dir: &Path, name: &str, current: u64, keep: usize) {
     let numbers: Vec<u64> = numbers.into_iter().filter(|v| !held(*v)).collect();
     let excess = numbers.len().saturating_sub(keep.max(1));
     for v in numbers.into_iter().filter(|v| *v != current && !is_pinned(name, *v)).take(excess) {
-        remove_version(data_dir, name, v);
+        if let Err(e) = remove_version(data_dir, name, v) {
+            tracing::warn!("registry model {name}: cannot remove version {v}: {e}");
+        }
     }
 }
 
 /// Takes a version folder out of the registry in one rename (to a staging name, which a
 /// start after a crash removes), then deletes it.
-fn remove_version(data_dir: &Path, name: &str, version: u64) {
-    let dir = root(data_dir).join(name).join(version.to_string());
-    let gone = root(data_dir).join(name).join(format!("{STAGING_PREFIX}drop-{version}"));
-    if let Err(e) = std::fs::rename(&dir, &gone).and_then(|()| std::fs::remove_dir_all(&gone)) {
-        tracing::warn!("registry model {name}: cannot remove version {}: {e}", dir.display());
-    }
+fn remove_version(data_dir: &Path, name: &str, version: u64) -> std::io::Result<()> {
+    let folder = root(data_dir).join(name);
+    let gone = folder.join(format!("{STAGING_PREFIX}drop-{version}"));
+    std::fs::rename(folder.join(version.to_string()), &gone)?;
+    std::fs::File::open(&folder)?.sync_all()?;
+    std::fs::remove_dir_all(&gone)
 }
 
 /// Staging folders a crash left behind (their runs are gone); called at start.
