@@ -205,6 +205,8 @@ pub struct Reply {
     pub resp3: bool,
     /// (offset in `buf` the value goes before, the stored value, its byte range)
     stored: Vec<(usize, sled::IVec, std::ops::Range<usize>)>,
+    /// Bytes of the values in `stored`.
+    stored_bytes: usize,
     /// The rest of a reply too long to build at once, made part by part.
     rest: Option<Box<dyn MoreReply>>,
 }
@@ -222,7 +224,7 @@ const BY_REFERENCE_BYTES: usize = 1024;
 
 impl Reply {
     pub fn new(capacity: usize) -> Reply {
-        Reply { buf: Vec::with_capacity(capacity), resp3: false, stored: Vec::new(), rest: None }
+        Reply { buf: Vec::with_capacity(capacity), resp3: false, stored: Vec::new(), stored_bytes: 0, rest: None }
     }
 
     /// Leaves the rest of the current reply to `rest` (see [`MoreReply`]).
@@ -243,8 +245,14 @@ impl Reply {
             return;
         }
         header(&mut self.buf, b'$', range.len());
+        self.stored_bytes += range.len();
         self.stored.push((self.buf.len(), value.clone(), range));
         self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Bytes the reply will write, stored values included.
+    pub fn total_len(&self) -> usize {
+        self.buf.len() + self.stored_bytes
     }
 
     /// Whether the reply refers to stored values (else it is all in `buf`).
@@ -270,6 +278,7 @@ impl Reply {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.stored.clear();
+        self.stored_bytes = 0;
     }
 
     pub fn null(&mut self) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::util::TestDaemon;
 
-const USERS: u64 = 20_000;
+const USERS: u64 = 100_000;
 
 fn synthetic(seed: u32) -> String {
     format!("plugin = \"synthetic\"\n[params]\nusers = {USERS}\nitems = 5\ncatalogue = 20\nseed = {seed}\n")
@@ -18,18 +18,13 @@ fn experiment(a: f64, b: f64) -> String {
     )
 }
 
-/// Each user's variant, read with HGET, pipelined 1,000 at a time.
+/// Each user's variant, read with HGET, all in one pipeline.
 fn variants(d: &TestDaemon) -> Vec<String> {
-    let mut conn = d.redis();
-    let mut out = Vec::with_capacity(USERS as usize);
-    for start in (0..USERS).step_by(1000) {
-        let mut pipe = redis::pipe();
-        for u in start..(start + 1000).min(USERS) {
-            pipe.cmd("HGET").arg(format!("homepage:{u:012}")).arg("variant");
-        }
-        out.extend(pipe.query::<Vec<String>>(&mut conn).unwrap());
+    let mut pipe = redis::pipe();
+    for u in 0..USERS {
+        pipe.cmd("HGET").arg(format!("homepage:{u:012}")).arg("variant");
     }
-    out
+    pipe.query::<Vec<String>>(&mut d.redis()).unwrap()
 }
 
 #[test]

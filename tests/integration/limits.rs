@@ -73,16 +73,20 @@ fn a_client_that_stops_reading_does_not_delay_others() {
     let job = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
     let d = TestDaemon::start(&[("t", job)]);
     d.run_job("t");
-    // A pipelines thousands of requests and never reads the answers: its socket buffer
-    // fills and the server's writes to it block.
+    // A pipelines millions of requests and never reads the answers: its socket buffer
+    // fills, the server's writes to it block, and the server reads ahead until its
+    // read-ahead bound (64 MiB) is full.
     let mut stalled = UnixStream::connect(d.socket()).unwrap();
     stalled.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
     let request = b"ZREVRANGE t:u1 0 -1 WITHSCORES\r\n".repeat(1000);
-    for _ in 0..200 {
+    let mut blocked = false;
+    for _ in 0..4000 {
         if stalled.write_all(&request).is_err() {
-            break; // the server stopped reading from A: it is blocked on A, as intended
+            blocked = true; // the server stopped reading from A: it is blocked on A, as intended
+            break;
         }
     }
+    assert!(blocked, "the server read 128 MB ahead from a client that reads nothing");
     // B is served as usual, at once
     assert_served_promptly(&d);
     drop(stalled);

@@ -260,6 +260,21 @@ fn recd_specific_replies() {
         assert_eq!(r, &want, "pipelined reply {i}");
     }
 
+    // A pipeline far longer than the socket buffers, sent whole before any answer is read
+    // (as redis-rs sends a pipe): the server reads on while it writes, so neither side
+    // waits on the other.
+    let long = d.redis();
+    long.set_write_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    long.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut long = long;
+    let mut pipe = redis::pipe();
+    for _ in 0..20_000 {
+        pipe.cmd("ZREVRANGE").arg("ranking:17850").arg(0).arg(-1).arg("WITHSCORES");
+    }
+    let replies: Vec<Vec<(String, f64)>> = pipe.query(&mut long).expect("a long pipeline is answered");
+    assert_eq!(replies.len(), 20_000);
+    assert!(replies.iter().all(|r| *r == list), "every pipelined reply is the list");
+
     // HELLO 2, CLIENT and COMMAND as client libraries use them; INFO lists the table
     let hello: Vec<Value> = redis::cmd("HELLO").arg(2).arg("SETNAME").arg("app1").query(&mut conn).unwrap();
     assert!(hello.contains(&Value::BulkString(b"proto".to_vec())));

@@ -1,9 +1,13 @@
-//! One client connection: read what is there, answer every complete request in it
-//! (pipelining), write the answers in one go.
+//! One client connection: answer every complete request the client sent (pipelining),
+//! write the answers in batches, and keep reading while a batch is written.
+//!
+//! Reading on while writing is what keeps a client that writes a long pipeline before it
+//! reads anything (redis-rs sends a whole `pipe()` first) from deadlocking with us: both
+//! would block on a full socket buffer. redis-server reads on for the same reason.
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -13,11 +17,36 @@ use super::cmd::{self, Client, Flow};
 use crate::daemon::Daemon;
 use crate::resp;
 
+/// Requests read ahead while replies are written, at most. A client that sends more
+/// before reading any answer waits for the answers to drain, as a Redis client past
+/// `client-query-buffer-limit` would be cut off; this bounds a connection's memory.
+pub const READ_AHEAD_BYTES: usize = 64 << 20;
+
+/// Replies gathered before they are written: requests after this wait in the input, so a
+/// long pipeline never builds all its answers in memory at once.
+const REPLY_BATCH_BYTES: usize = 1 << 20;
+
+/// A connection's input buffer to start with, and what it shrinks back to once it is
+/// empty and larger than [`LARGE_BUFFER_BYTES`].
+const INITIAL_BUFFER_BYTES: usize = 4096;
+const LARGE_BUFFER_BYTES: usize = 64 << 10;
+
+/// Room made in the input buffer before each read ahead.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
 pub async fn serve(stream: UnixStream, id: u64, role: Role, daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {
     let span = tracing::debug_span!("conn", id, role = ?role);
     if let Err(e) = handle(stream, id, role, daemon, stop).instrument(span).await {
         tracing::debug!(id, "connection closed: {e}");
     }
+}
+
+/// What the client sent and the server has not answered yet.
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    /// The client closed its side; what is in `buf` is all there will be.
+    closed: bool,
 }
 
 async fn handle(
@@ -27,38 +56,25 @@ async fn handle(
     daemon: Arc<Daemon>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut input: Vec<u8> = Vec::with_capacity(4096);
+    let mut inbox = Inbox { buf: Vec::with_capacity(INITIAL_BUFFER_BYTES), closed: false };
     // Lives as long as the connection: it also remembers the protocol HELLO chose.
     let mut out = resp::Reply::new(4096);
     let mut client = Client { id, role, name: None };
     let limits = daemon.config.limits;
     loop {
-        let read = tokio::select! {
-            r = read_some(&mut stream, &mut input, limits.idle_timeout) => r?,
-            _ = stop.changed() => return Ok(()),
-        };
-        let Some(read) = read else {
-            tracing::debug!(id, "idle for {:?}: closing", limits.idle_timeout);
-            return Ok(());
-        };
-        if read == 0 {
-            return Ok(());
-        }
         let mut used = 0;
         let mut flow = Flow::Continue;
+        let mut batch_full = false;
         while flow == Flow::Continue {
-            match resp::parse_request(&input[used..]) {
+            if out.total_len() >= REPLY_BATCH_BYTES {
+                batch_full = true;
+                break;
+            }
+            match resp::parse_request(&inbox.buf[used..]) {
                 Ok(Some((args, n))) => {
                     used += n;
                     if !args.is_empty() {
                         flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
-                    }
-                    if let Some(rest) = out.take_rest() {
-                        // A long reply: written part by part, others served in between.
-                        tokio::select! {
-                            r = write_in_parts(&mut stream, &mut out, rest) => r?,
-                            _ = stop.changed() => return Ok(()),
-                        }
                     }
                 }
                 Ok(None) => break,
@@ -67,21 +83,54 @@ async fn handle(
                     flow = Flow::Close;
                 }
             }
+            if let Some(rest) = out.take_rest() {
+                // A long reply: written part by part, others served in between.
+                tokio::select! {
+                    r = write_in_parts(&mut stream, &mut out, rest, &mut inbox) => r?,
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
         }
-        input.drain(..used);
-        if flow == Flow::Continue && input.len() > limits.max_request_bytes {
+        inbox.buf.drain(..used);
+        if inbox.buf.is_empty() && inbox.buf.capacity() > LARGE_BUFFER_BYTES {
+            // A long pipeline or a large request is over: give back what it took.
+            inbox.buf.shrink_to(INITIAL_BUFFER_BYTES);
+        }
+        // Past here, what is left is the start of one request.
+        if flow == Flow::Continue && !batch_full && inbox.buf.len() > limits.max_request_bytes {
             let limit = limits.max_request_bytes;
             resp::error(&mut out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
             flow = Flow::Close;
         }
-        // A client that stopped reading must not hold up shutdown.
-        tokio::select! {
-            r = write_reply(&mut stream, &out) => r?,
-            _ = stop.changed() => return Ok(()),
+        let unread = inbox.buf.len();
+        if !out.is_empty() {
+            // A client that stopped reading must not hold up shutdown.
+            tokio::select! {
+                r = write_reading(&mut stream, &out, &mut inbox) => r?,
+                _ = stop.changed() => return Ok(()),
+            }
+            out.clear();
         }
-        out.clear();
         if flow == Flow::Close {
             return Ok(());
+        }
+        if batch_full || inbox.buf.len() > unread {
+            continue; // requests are waiting, or more came in during the write
+        }
+        if inbox.closed {
+            return Ok(());
+        }
+        let read = tokio::select! {
+            r = read_some(&mut stream, &mut inbox.buf, limits.idle_timeout) => r?,
+            _ = stop.changed() => return Ok(()),
+        };
+        match read {
+            None => {
+                tracing::debug!(id, "idle for {:?}: closing", limits.idle_timeout);
+                return Ok(());
+            }
+            Some(0) => return Ok(()),
+            Some(_) => {}
         }
     }
 }
@@ -92,13 +141,43 @@ async fn write_in_parts(
     stream: &mut UnixStream,
     out: &mut resp::Reply,
     mut rest: Box<dyn resp::MoreReply>,
+    inbox: &mut Inbox,
 ) -> std::io::Result<()> {
     loop {
-        write_reply(stream, out).await?;
+        write_reading(stream, out, inbox).await?;
         out.clear();
         tokio::task::yield_now().await;
         if rest.next_part(out) {
             return Ok(());
+        }
+    }
+}
+
+/// Writes `reply` while reading what the client sends meanwhile into `inbox`, up to
+/// [`READ_AHEAD_BYTES`].
+async fn write_reading(stream: &mut UnixStream, reply: &resp::Reply, inbox: &mut Inbox) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.split();
+    let write = write_reply(&mut writer, reply);
+    tokio::pin!(write);
+    // Most replies fit the socket buffer and are written at once: no read ahead, and no
+    // buffer grown for it.
+    tokio::select! {
+        biased;
+        r = &mut write => return r,
+        _ = std::future::ready(()) => {}
+    }
+    loop {
+        if inbox.closed || inbox.buf.len() >= READ_AHEAD_BYTES {
+            return write.await;
+        }
+        inbox.buf.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            r = &mut write => return r,
+            r = reader.read_buf(&mut inbox.buf) => {
+                if r? == 0 {
+                    inbox.closed = true;
+                }
+            }
         }
     }
 }
@@ -116,7 +195,7 @@ const WRITE_CALL_BYTES: usize = 256 << 10;
 /// Writes the whole reply with vectored writes: stored values go from the read cache to
 /// the socket without a copy into the reply buffer. Each call is offered at most
 /// [`WRITE_CALL_BYTES`], and the thread is yielded after every [`WRITE_TURN_BYTES`].
-async fn write_reply(stream: &mut UnixStream, reply: &resp::Reply) -> std::io::Result<()> {
+async fn write_reply<W: AsyncWrite + Unpin>(stream: &mut W, reply: &resp::Reply) -> std::io::Result<()> {
     if !reply.has_stored() && reply.buf.len() <= WRITE_CALL_BYTES {
         // The common case, a few small replies: one plain write.
         return stream.write_all(&reply.buf).await;
