@@ -12,8 +12,9 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::fsutil;
+use crate::quality::ListMetric;
 use crate::schedule::{self, Schedule};
-use crate::store::{Gate, TableKind};
+use crate::store::{Gate, HoldoutGate, TableKind};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum JobError {
@@ -131,9 +132,14 @@ pub struct RawGate {
     pub max_changed_share: Option<f64>,
     pub changed_jaccard: Option<f64>,
     pub max_score_psi: Option<f64>,
-    /// Command jobs: a metric of the version's `metrics.json` (higher is better).
+    /// Command jobs: a metric of the version's `metrics.json` (higher is better). Plugin
+    /// jobs with `holdout`: a list metric, `ndcg@10` by default.
     pub metric: Option<String>,
     pub max_metric_drop: Option<f64>,
+    /// Plugin jobs: interactions (CSV, Parquet or Arrow) the lists are scored against.
+    pub holdout: Option<String>,
+    pub holdout_user_column: Option<String>,
+    pub holdout_item_column: Option<String>,
 }
 
 /// A command job's gate on its model versions: `metric` of the new version's
@@ -428,7 +434,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
     let checks = output_checks(&raw, &inputs, kind, &invalid)?;
     let gate = match &command {
         Some(_) => Gate::default(),
-        None => table_gate(raw.gate.as_ref(), kind, &invalid)?,
+        None => table_gate(raw.gate.as_ref(), kind, base, &invalid)?,
     };
     let model_inputs = model_inputs(&raw, &invalid)?;
     if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t) || **t == table) {
@@ -600,17 +606,10 @@ fn command_spec(
 fn table_gate(
     raw: Option<&RawGate>,
     kind: TableKind,
+    base: &Path,
     invalid: &dyn Fn(&str, String) -> JobError,
 ) -> Result<Gate, JobError> {
     let Some(g) = raw else { return Ok(Gate::default()) };
-    for (key, set) in [("metric", g.metric.is_some()), ("max_metric_drop", g.max_metric_drop.is_some())] {
-        if set {
-            return Err(invalid(
-                &format!("gate.{key}"),
-                "gates a command job's model versions; this job runs a plugin".into(),
-            ));
-        }
-    }
     let share = |key: &str, v: Option<f64>, zero_ok: bool| -> Result<Option<f64>, JobError> {
         match v {
             Some(x) if !(x <= 1.0 && (x > 0.0 || (zero_ok && x == 0.0))) => {
@@ -633,14 +632,17 @@ fn table_gate(
             }
             other => other,
         },
+        holdout: holdout_gate(g, base, invalid)?,
     };
     if g.changed_jaccard.is_some() && g.max_changed_share.is_none() {
         return Err(invalid("gate.changed_jaccard", "qualifies max_changed_share, which the gate does not set".into()));
     }
     if kind == TableKind::Hashes {
-        for (key, set) in
-            [("max_changed_share", gate.max_changed_share.is_some()), ("max_score_psi", gate.max_score_psi.is_some())]
-        {
+        for (key, set) in [
+            ("max_changed_share", gate.max_changed_share.is_some()),
+            ("max_score_psi", gate.max_score_psi.is_some()),
+            ("holdout", gate.holdout.is_some()),
+        ] {
             if set {
                 return Err(invalid(
                     &format!("gate.{key}"),
@@ -652,11 +654,58 @@ fn table_gate(
     if gate.is_empty() {
         return Err(invalid(
             "gate",
-            "sets no check (min_users, min_rows, min_users_ratio, min_rows_ratio, max_changed_share, max_score_psi)"
+            "sets no check (min_users, min_rows, min_users_ratio, min_rows_ratio, max_changed_share, max_score_psi, holdout)"
                 .into(),
         ));
     }
     Ok(gate)
+}
+
+/// `holdout`, its columns, `metric` and `max_metric_drop` of a plugin job's `[gate]`.
+fn holdout_gate(
+    g: &RawGate,
+    base: &Path,
+    invalid: &dyn Fn(&str, String) -> JobError,
+) -> Result<Option<HoldoutGate>, JobError> {
+    let Some(path) = &g.holdout else {
+        let keys = [
+            ("metric", g.metric.is_some()),
+            ("max_metric_drop", g.max_metric_drop.is_some()),
+            ("holdout_user_column", g.holdout_user_column.is_some()),
+            ("holdout_item_column", g.holdout_item_column.is_some()),
+        ];
+        if let Some((key, _)) = keys.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                &format!("gate.{key}"),
+                "qualifies `holdout` (interactions the lists are scored against), which the gate does not set".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if InputFormat::from_path(Path::new(path)).is_none_or(|f| f == InputFormat::Table) {
+        return Err(invalid("gate.holdout", format!("{path:?}: expected a .csv, .parquet or .arrow file")));
+    }
+    let metric = match &g.metric {
+        Some(m) => m.parse().map_err(|e| invalid("gate.metric", e))?,
+        None => ListMetric { kind: crate::quality::MetricKind::Ndcg, k: 10 },
+    };
+    let max_drop = g.max_metric_drop.unwrap_or(0.0);
+    if !(max_drop >= 0.0 && max_drop.is_finite()) {
+        return Err(invalid("gate.max_metric_drop", format!("must be 0 or more, got {max_drop}")));
+    }
+    let column = |key: &str, v: &Option<String>, default: &str| match v.as_deref().map(str::trim) {
+        Some("") => Err(invalid(&format!("gate.{key}"), "must name a column".into())),
+        Some(c) => Ok(c.to_string()),
+        None => Ok(default.to_string()),
+    };
+    Ok(Some(HoldoutGate {
+        path: absolute(base, path),
+        user_column: column("holdout_user_column", &g.holdout_user_column, "user_id")?,
+        item_column: column("holdout_item_column", &g.holdout_item_column, "item_id")?,
+        metric,
+        max_drop,
+        truth: None,
+    }))
 }
 
 /// A command job's `[gate]`: a metric of its model versions, and nothing else.
@@ -674,6 +723,9 @@ fn model_gate(
         ("max_changed_share", g.max_changed_share.is_some()),
         ("changed_jaccard", g.changed_jaccard.is_some()),
         ("max_score_psi", g.max_score_psi.is_some()),
+        ("holdout", g.holdout.is_some()),
+        ("holdout_user_column", g.holdout_user_column.is_some()),
+        ("holdout_item_column", g.holdout_item_column.is_some()),
     ];
     if let Some((key, _)) = table_keys.iter().find(|(_, set)| *set) {
         return Err(invalid(
@@ -1032,6 +1084,10 @@ impl Job {
             check_data_file(&input.path, max_input_bytes)
                 .map_err(|m| refuse(&format!("inputs.{}", input.name), format!("input file {m}")))?;
         }
+        if let Some(h) = &self.gate.holdout {
+            check_data_file(&h.path, max_input_bytes)
+                .map_err(|m| refuse("gate.holdout", format!("holdout file {m}")))?;
+        }
         Ok(self)
     }
 
@@ -1179,6 +1235,75 @@ mod tests {
             cases.push((name.to_string(), job.to_string(), want.trim_end().to_string()));
         }
         cases
+    }
+
+    /// Each TOML example in docs/jobs.md and docs/operations.md, marked
+    /// `<!-- example: KIND ... -->` above it, is valid: a job example `whole` as it is,
+    /// else merged into its base job (a shipped job, or a minimal command job), the
+    /// example's keys and tables over the base's; an `experiment` file; a `config`.
+    #[test]
+    fn every_example_in_the_docs_validates() {
+        let mut seen = 0;
+        for (doc, text) in [
+            ("docs/jobs.md", include_str!("../../docs/jobs.md")),
+            ("docs/operations.md", include_str!("../../docs/operations.md")),
+        ] {
+            for (kind, block) in toml_examples(doc, text) {
+                let checked = match kind.as_str() {
+                    "experiment" => {
+                        crate::experiment::parse(&block, "x.experiment.toml", "x").map(drop).map_err(|e| e.to_string())
+                    }
+                    "config" => crate::config::Config::parse(&block, "recd.toml", Path::new("/base"))
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    job => check(&job_example(job, &block)).map(drop),
+                };
+                if let Err(e) = checked {
+                    panic!("{doc}: a {kind} example is not valid: {e}\n{block}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 13, "only {seen} examples found");
+    }
+
+    /// The ```toml blocks of a doc, each with the kind its marker line names.
+    fn toml_examples(doc: &str, text: &str) -> Vec<(String, String)> {
+        let (mut out, mut marker, mut lines) = (Vec::new(), None, text.lines());
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("<!-- example: ") {
+                marker = rest.split_whitespace().next().map(str::to_string);
+            } else if line == "```toml" {
+                let kind = marker.take().unwrap_or_else(|| panic!("{doc}: a toml block without an example marker"));
+                let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+                out.push((kind, block.join("\n")));
+            }
+        }
+        out
+    }
+
+    /// A job example merged into its base job, as TOML.
+    fn job_example(kind: &str, block: &str) -> String {
+        fn merge(into: &mut toml::Table, from: toml::Table) {
+            for (key, value) in from {
+                match (into.get_mut(&key), value) {
+                    (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                    (_, value) => {
+                        into.insert(key, value);
+                    }
+                }
+            }
+        }
+        let base = match kind {
+            "whole" => return block.to_string(),
+            "ranking" => include_str!("../../jobs/ranking.toml"),
+            "churn" => include_str!("../../jobs/churn.toml"),
+            "command" => "command = [\"true\"]\nproduces = \"registry:m\"\n",
+            other => panic!("unknown example kind {other:?}"),
+        };
+        let mut job: toml::Table = base.parse().unwrap();
+        merge(&mut job, block.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{block}")));
+        toml::to_string(&job).unwrap()
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod export;
 mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
+mod holdout;
 mod import;
 mod job;
 mod lineage;
@@ -20,6 +21,7 @@ mod loader;
 mod metrics;
 mod models;
 mod plugins;
+mod quality;
 mod read_cache;
 mod resp;
 mod run;

@@ -445,13 +445,55 @@ pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<
     if pinned.meta.held {
         // Promoted: no longer held (the gate's reasons stay in its record).
         pinned.meta.held = false;
-        let tmp = pinned.dir.join(format!(".{META_FILE}.tmp"));
-        write_synced(&tmp, &serde_json::to_vec_pretty(&pinned.meta).expect("meta serialises"))?;
-        std::fs::rename(&tmp, pinned.dir.join(META_FILE)).map_err(io("cannot replace", &pinned.dir.join(META_FILE)))?;
-        sync_dir(&pinned.dir)?;
+        write_meta(&pinned)?;
     }
     set_current_locked(data_dir, name, target)?;
     Ok(pinned.meta)
+}
+
+/// Holds `version` after the lists a scoring job made with it failed that job's holdout
+/// gate: it is marked held with `reason`, and if it is current, `back_to` (the version the
+/// served lists came from) or else the newest older version not held is made current.
+/// Returns the version current afterwards; None, and nothing changed, when no version is
+/// left to go back to (a held version is never current).
+pub fn hold(
+    data_dir: &Path,
+    name: &str,
+    version: u64,
+    back_to: Option<u64>,
+    reason: &str,
+) -> Result<Option<u64>, ModelError> {
+    let _lock = WRITE_LOCK.lock().expect("registry lock");
+    let mut pinned = version_of(data_dir, name, version)?;
+    let current = current_version(data_dir, name)?;
+    let usable = |v: u64| v != version && version_of(data_dir, name, v).is_ok_and(|p| !p.meta.held);
+    let target = match current {
+        Some(now) if now == version => {
+            let older = || version_numbers(data_dir, name).into_iter().rev().find(|v| *v < version && usable(*v));
+            match back_to.filter(|v| usable(*v)).or_else(older) {
+                Some(target) => Some(target),
+                None => return Ok(None),
+            }
+        }
+        _ => None,
+    };
+    if !pinned.meta.held {
+        pinned.meta.held = true;
+        pinned.meta.gate_failed.push(reason.to_string());
+        write_meta(&pinned)?;
+    }
+    if let Some(target) = target {
+        set_current_locked(data_dir, name, target)?;
+    }
+    Ok(target.or(current))
+}
+
+/// Replaces a version's [`META_FILE`] with `pinned.meta` (synced, then renamed).
+fn write_meta(pinned: &Pinned) -> Result<(), ModelError> {
+    let tmp = pinned.dir.join(format!(".{META_FILE}.tmp"));
+    write_synced(&tmp, &serde_json::to_vec_pretty(&pinned.meta).expect("meta serialises"))?;
+    std::fs::rename(&tmp, pinned.dir.join(META_FILE)).map_err(io("cannot replace", &pinned.dir.join(META_FILE)))?;
+    sync_dir(&pinned.dir)
 }
 
 /// Removes versions beyond the newest `keep`, never the current one.
@@ -647,6 +689,35 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("link is a symlink, not a regular file"), "symlinks are refused");
         assert_eq!(current(data.path(), "m").unwrap().meta.version, 1);
         assert_eq!(versions(data.path(), "m").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn holding_a_current_version_makes_the_served_one_current_again() {
+        let data = tempfile::tempdir().unwrap();
+        let current = || current_version(data.path(), "m").unwrap();
+        let is_held = |v| version_of(data.path(), "m", v).unwrap().meta.held;
+        for run in 1..=3 {
+            publish_one(data.path(), run, &[("a.onnx", "x")]).unwrap();
+        }
+        // Retention kept 2 and 3; 3 is current.
+        assert_eq!(hold(data.path(), "m", 3, Some(2), "fell").unwrap(), Some(2));
+        assert!(is_held(3));
+        assert_eq!(version_of(data.path(), "m", 3).unwrap().meta.gate_failed, ["fell"]);
+        assert_eq!(current(), Some(2));
+        // Holding again changes nothing.
+        assert_eq!(hold(data.path(), "m", 3, Some(2), "fell").unwrap(), Some(2));
+        assert_eq!(version_of(data.path(), "m", 3).unwrap().meta.gate_failed, ["fell"]);
+        // The only usable version cannot be held: nothing would be current.
+        assert_eq!(hold(data.path(), "m", 2, None, "last").unwrap(), None);
+        assert!(!is_held(2));
+        // The served version gone (1, dropped): the newest older one not held.
+        publish_one(data.path(), 4, &[("a.onnx", "x")]).unwrap();
+        assert_eq!(hold(data.path(), "m", 4, Some(1), "fell").unwrap(), Some(2));
+        // A version that is not current is only marked.
+        publish_one(data.path(), 5, &[("a.onnx", "x")]).unwrap();
+        assert_eq!(hold(data.path(), "m", 2, None, "also").unwrap(), Some(5));
+        assert!(is_held(2));
+        assert_eq!(current(), Some(5));
     }
 
     #[test]

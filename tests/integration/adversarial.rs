@@ -94,6 +94,8 @@ fn inputs_and_models_that_are_not_regular_files_are_named_as_such() {
     d.write_job("b", &job(&model));
     let fifo_input = format!("[inputs]\nevents = \"{}\"", data.join("pipe.csv").display());
     d.write_job("c", &job(&fifo_input));
+    let fifo_holdout = format!("[gate]\nholdout = \"{}\"", data.join("pipe.csv").display());
+    d.write_job("f", &job(&fifo_holdout));
     let out = cli_within(&d, &["validate"], 20);
     let said = text(&out);
     for want in [
@@ -107,6 +109,10 @@ fn inputs_and_models_that_are_not_regular_files_are_named_as_such() {
         ),
         format!(
             "c.toml:3: field `inputs.events`: input file {} is a FIFO (named pipe), not a regular file",
+            data.join("pipe.csv").display()
+        ),
+        format!(
+            "f.toml:3: field `gate.holdout`: holdout file {} is a FIFO (named pipe), not a regular file",
             data.join("pipe.csv").display()
         ),
     ] {

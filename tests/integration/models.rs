@@ -2,7 +2,7 @@
 //! chained scoring job reads as `registry:<name>`; a failing, empty or hanging command
 //! publishes nothing; versions are listed, rolled back and promoted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::oracle::{model_scores_in, purchases, vocab_ids_in};
@@ -272,4 +272,118 @@ fn a_failing_empty_or_hanging_command_publishes_nothing_and_says_why() {
     assert!(d.run_job("train").contains("published registry model m version 3"));
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "the run waited for the straggler");
     let _ = std::process::Command::new("pkill").args(["-f", &straggler]).status();
+}
+
+/// The demo data cut at `cutoff` (epoch ms): the past as a Parquet file (what the scoring
+/// job knows users bought), and the purchases from the cut-off on as a holdout CSV, with
+/// each holdout user's items.
+fn split_demo(dir: &Path, cutoff_ms: i64) -> (PathBuf, PathBuf, BTreeMap<String, HashSet<String>>) {
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(root().join("data/demo/retail.parquet")).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let past = dir.join("past.parquet");
+    let mut writer = None;
+    let mut holdout: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ts = batch.column_by_name("ts").unwrap().as_primitive::<arrow_array::types::TimestampMillisecondType>();
+        let users = batch.column_by_name("user_id").unwrap().as_string::<i32>();
+        let items = batch.column_by_name("item_id").unwrap().as_string::<i32>();
+        let cancelled = batch.column_by_name("cancelled").unwrap().as_boolean();
+        for i in 0..batch.num_rows() {
+            if ts.value(i) >= cutoff_ms && !cancelled.value(i) {
+                holdout.entry(users.value(i).into()).or_default().insert(items.value(i).into());
+            }
+        }
+        let before: arrow_array::BooleanArray = ts.iter().map(|t| t.map(|t| t < cutoff_ms)).collect();
+        let kept = arrow_select::filter::filter_record_batch(&batch, &before).unwrap();
+        let w = writer.get_or_insert_with(|| {
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&past).unwrap(), batch.schema(), None).unwrap()
+        });
+        w.write(&kept).unwrap();
+    }
+    writer.unwrap().close().unwrap();
+    let truth = dir.join("holdout.csv");
+    let mut csv = String::from("user_id,item_id\n");
+    for (user, items) in &holdout {
+        for item in items {
+            csv.push_str(&format!("{user},{item}\n"));
+        }
+    }
+    std::fs::write(&truth, csv).unwrap();
+    (past, truth, holdout)
+}
+
+/// Hit rate at 10 of the served `ranking` lists over the holdout's users (a user without a
+/// list scores 0), computed here from the lists as an app reads them.
+fn served_hit_rate(d: &TestDaemon, holdout: &BTreeMap<String, HashSet<String>>) -> (f64, Vec<Vec<String>>) {
+    let mut pipe = redis::pipe();
+    for user in holdout.keys() {
+        pipe.cmd("ZREVRANGE").arg(format!("ranking:{user}")).arg(0).arg(9);
+    }
+    let lists: Vec<Vec<String>> = pipe.query(&mut d.redis()).unwrap();
+    let hits = holdout.values().zip(&lists).filter(|(items, list)| list.iter().any(|i| items.contains(i))).count();
+    (hits as f64 / holdout.len() as f64, lists)
+}
+
+#[test]
+fn a_model_whose_lists_fall_on_the_holdout_is_held_and_the_served_lists_stay() {
+    // 2011-11-01T00:00:00Z: the scoring job knows purchases before it; the gate judges
+    // lists by the purchases from it on.
+    let cutoff_ms = 1_320_105_600_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (past, holdout_path, holdout) = split_demo(dir.path(), cutoff_ms);
+    let r = root().display().to_string();
+    let train = |cutoff: &str| {
+        train_job().replace("\"--no-validation\"]", &format!("\"--no-validation\", \"--cutoff\", \"{cutoff}\"]"))
+    };
+    let gate = format!(
+        "\n[gate]\nholdout = \"{}\"\nmetric = \"hit_rate@10\"\nmax_metric_drop = 0.01\n",
+        holdout_path.display()
+    );
+    let scoring = scoring_job().replace(&format!("\"{r}/data/demo/retail.parquet\""), &format!("{:?}", past)) + &gate;
+    assert!(scoring.contains("past.parquet"), "{scoring}");
+    let d = TestDaemon::start(&[("train", &train("2011-11-01")), ("ranking", &scoring)]);
+
+    // Version 1, trained on everything before the cut-off: published, its hit rate measured.
+    d.run_job("train");
+    let first = run_after(&d, "ranking", d.history("train")[0]["run_id"].as_u64().unwrap());
+    assert_eq!(first["status"], "ok", "{first}");
+    let measured = &first["gate"]["holdout"];
+    assert_eq!(measured["metric"], "hit_rate@10", "{first}");
+    assert_eq!(measured["users"], holdout.len(), "{first}");
+    let (served, lists) = served_hit_rate(&d, &holdout);
+    let recorded = measured["value"].as_f64().unwrap();
+    assert!((recorded - served).abs() < 1e-9, "the gate measured {recorded}, the served lists score {served}");
+    assert!(served > 0.05, "a model trained before the holdout finds some of it: {served}");
+
+    // Version 2, trained on a truncated export (two months of data): its lists fall on
+    // the holdout, so the table version is held and so is the model version.
+    d.write_job("train", &train("2011-01-15"));
+    assert!(d.cli(&["reload"]).status.success());
+    let report = d.run_job("train");
+    assert!(report.contains("registry model ranking version 2"), "{report}");
+    let second = run_after(&d, "ranking", first["run_id"].as_u64().unwrap() + 1);
+    assert_eq!(second["status"], "gated", "{second}");
+    assert_eq!(second["models"], serde_json::json!(["ranking@2"]), "{second}");
+    let (value, current) =
+        (second["gate"]["holdout"]["value"].as_f64().unwrap(), second["gate"]["holdout"]["current"].as_f64().unwrap());
+    assert!((current - served).abs() < 1e-9, "the served version scored again on the same holdout: {second}");
+    assert!(value < current - 0.01, "{second}");
+    let error = second["error"].as_str().unwrap();
+    assert!(error.contains("hit_rate@10") && error.contains("below the current version 1's"), "{error}");
+    assert!(error.contains("registry model versions held with it: ranking@2 (current again: 1)"), "{error}");
+
+    // The served lists are version 1's, the registry is back on version 1, and the next
+    // run scores with it and publishes.
+    assert_eq!(served_hit_rate(&d, &holdout).1, lists, "the held version is not served");
+    assert_eq!(std::fs::read_to_string(d.dir.path().join("data/models/ranking/CURRENT")).unwrap().trim(), "1");
+    let listing = cli_ok(&d, &["models", "ranking"]);
+    assert!(listing.contains("ranking: current version 1"), "{listing}");
+    assert!(listing.contains("fell on the holdout"), "{listing}");
+    d.run_job("ranking");
+    let third = &d.history("ranking")[0];
+    assert_eq!(third["status"], "ok", "{third}");
+    assert_eq!(third["models"], serde_json::json!(["ranking@1"]), "{third}");
 }

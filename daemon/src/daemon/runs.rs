@@ -94,6 +94,7 @@ impl Daemon {
         let gate = self.jobs().jobs.values().find(|j| j.table == table).map(|j| j.gate.clone()).unwrap_or_default();
         let outcome = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
+            let gate = crate::holdout::loaded(&gate).map_err(import::ImportError::Refused)?;
             import::import(&daemon.store, &name, &dirs, run_id, &gate)
         })
         .await

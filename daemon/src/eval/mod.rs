@@ -6,7 +6,7 @@
 //! not bought before (`--include-repeats` keeps repeats). Users with no relevant item are
 //! not counted; a counted user without a list scores zero.
 
-pub mod metrics;
+use crate::quality as metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

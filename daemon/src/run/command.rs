@@ -132,6 +132,7 @@ pub fn execute_command(
         stages: Default::default(),
         warnings: Vec::new(),
         models_used: used,
+        models_held: Vec::new(),
     })
 }
 

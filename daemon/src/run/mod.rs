@@ -55,6 +55,8 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// The registry model versions the run read (its model, its `registry:` inputs).
     pub models_used: Vec<ModelVersion>,
+    /// Those held because the lists made with them fell on the gate's holdout.
+    pub models_held: Vec<String>,
 }
 
 impl RunReport {
@@ -63,7 +65,11 @@ impl RunReport {
         match &self.published {
             Published::Table(v) if v.held => {
                 let why = v.gate.as_ref().map(|g| g.failed.join("; ")).unwrap_or_default();
-                Some(format!("table {} version {} held by its gate: {why}", self.table, v.version))
+                let models = match self.models_held.is_empty() {
+                    true => String::new(),
+                    false => format!("; registry model versions held with it: {}", self.models_held.join(", ")),
+                };
+                Some(format!("table {} version {} held by its gate: {why}{models}", self.table, v.version))
             }
             Published::Model(m) if m.held => Some(format!(
                 "registry model {} version {} held by its gate: {}",
@@ -182,6 +188,7 @@ pub fn execute(
         ..PluginBuild::default()
     });
     check_files(job, config.max_input_bytes)?;
+    let gate = crate::holdout::loaded(&job.gate).map_err(RunError::Failed)?;
     let run_dir = config.data_dir.join("runs").join(run_id.to_string());
     let (inputs, table_versions) = export_table_inputs(&job.inputs, store, &run_dir)?;
     let _cleanup = RemoveOnDrop(run_dir);
@@ -276,7 +283,13 @@ pub fn execute(
         params_sha256: Some(params_sha256),
         recd_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome, &job.gate, Some(lineage))?;
+    let serving = current_lineage(store, &job.table);
+    let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome, &gate, Some(lineage))?;
+    let models_held = if version.gate.as_ref().is_some_and(|g| g.holdout.as_ref().is_some_and(|h| h.dropped)) {
+        hold_models(&config.data_dir, &models_used, serving.as_ref(), &job.table, version.version)
+    } else {
+        Vec::new()
+    };
     let report = RunReport {
         job: job.name.clone(),
         run_id,
@@ -288,9 +301,51 @@ pub fn execute(
         stages,
         warnings,
         models_used,
+        models_held,
     };
     tracing::info!("stages: worker {}; daemon {}", report.stats.stages_text(), report.stages.stages_text());
     Ok(report)
+}
+
+/// The lineage of the version of `table` served now, if it has one.
+fn current_lineage(store: &Store, table: &str) -> Option<Lineage> {
+    let tables = store.tables().ok()?;
+    let (_, meta) = tables.into_iter().find(|(name, _)| name == table)?;
+    meta.versions.into_iter().find(|v| v.version == meta.current)?.lineage
+}
+
+/// After a version's lists fell on the holdout: the registry model versions the run used
+/// that the served version was not built from are held too, and each model's current
+/// version goes back to the one the served lists came from. Without this, the next run
+/// would score with the same model and be held again. Returns what was held, as
+/// `<name>@<version> (current again: <version>)`.
+fn hold_models(
+    data_dir: &std::path::Path,
+    used: &[ModelVersion],
+    serving: Option<&Lineage>,
+    table: &str,
+    version: u64,
+) -> Vec<String> {
+    let served_with =
+        |name: &str| serving?.models.iter().find_map(|m| m.strip_prefix(name)?.strip_prefix('@')?.parse::<u64>().ok());
+    let mut held = Vec::new();
+    for m in used {
+        let before = served_with(&m.name);
+        if before == Some(m.version) {
+            continue; // the served lists came from this version too: the data changed, not the model
+        }
+        let reason = format!("table {table} version {version} built with it fell on the holdout");
+        match crate::models::hold(data_dir, &m.name, m.version, before, &reason) {
+            Ok(Some(now)) => held.push(format!("{}@{} (current again: {now})", m.name, m.version)),
+            Ok(None) => tracing::warn!(
+                "registry model {} version {}: not held, no earlier version to go back to",
+                m.name,
+                m.version
+            ),
+            Err(e) => tracing::warn!("registry model {} version {}: cannot hold it: {e}", m.name, m.version),
+        }
+    }
+    held
 }
 
 /// The job's model and input files are still regular files within the size limit (they
@@ -302,6 +357,10 @@ pub(super) fn check_files(job: &Job, max_bytes: u64) -> Result<(), RunError> {
     for input in job.inputs.iter().filter(|i| i.format != InputFormat::Table && i.registry.is_none()) {
         crate::job::check_data_file(&input.path, max_bytes)
             .map_err(|m| RunError::Failed(format!("input `{}`: file {m}", input.name)))?;
+    }
+    if let Some(h) = &job.gate.holdout {
+        crate::job::check_data_file(&h.path, max_bytes)
+            .map_err(|m| RunError::Failed(format!("gate holdout: file {m}")))?;
     }
     Ok(())
 }

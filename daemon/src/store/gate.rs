@@ -5,12 +5,16 @@
 //! Checked in bounded memory: the counts come with the staged version; the list checks
 //! read the current version twice (a sample of its scores, at most [`SAMPLE`], for the
 //! deciles, then its histogram) and the new version once, looking each user up in the
-//! current one.
+//! current one. A holdout check looks each holdout user up in both versions; the
+//! holdout itself is held in memory (loaded by the run, not here).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::codec::decode_list;
 use super::{StoreError, TableKind, VersionInfo};
+use crate::quality::ListMetric;
 
 /// Scores of the current version sampled for the score distribution's bins.
 const SAMPLE: usize = 100_000;
@@ -31,6 +35,43 @@ pub struct Gate {
     pub changed_jaccard: f64,
     /// Largest population stability index of the scores against the current version's.
     pub max_score_psi: Option<f64>,
+    /// The lists' quality on interactions the job did not see.
+    pub holdout: Option<HoldoutGate>,
+}
+
+/// `holdout` in a job's `[gate]`: `metric` of the new version's lists, scored against
+/// each holdout user's items, may fall below the current version's (scored the same way
+/// on the same users) by at most `max_drop`.
+#[derive(Debug, Clone)]
+pub struct HoldoutGate {
+    pub path: PathBuf,
+    pub user_column: String,
+    pub item_column: String,
+    pub metric: ListMetric,
+    pub max_drop: f64,
+    /// The holdout as read at the start of a run (None in a job as loaded).
+    pub truth: Option<Arc<HoldoutTruth>>,
+}
+
+/// Jobs compare by what they say, not by what a run read.
+impl PartialEq for HoldoutGate {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.path, &self.user_column, &self.item_column, self.metric, self.max_drop)
+            == (&other.path, &other.user_column, &other.item_column, other.metric, other.max_drop)
+    }
+}
+
+/// A holdout's users (sorted, so the metric's sum is the same on every run) with the
+/// items each interacted with.
+#[derive(Default)]
+pub struct HoldoutTruth {
+    pub users: Vec<(String, HashSet<String>)>,
+}
+
+impl std::fmt::Debug for HoldoutTruth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HoldoutTruth {{ {} users }}", self.users.len())
+    }
 }
 
 impl Gate {
@@ -41,6 +82,7 @@ impl Gate {
             && self.min_rows_ratio.is_none()
             && self.max_changed_share.is_none()
             && self.max_score_psi.is_none()
+            && self.holdout.is_none()
     }
 
     fn compares_lists(&self) -> bool {
@@ -56,8 +98,25 @@ pub struct GateResult {
     pub changed_share: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_psi: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<HoldoutResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
+}
+
+/// The holdout metric of the new version and of the version current when it was checked.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HoldoutResult {
+    /// e.g. `ndcg@10`.
+    pub metric: String,
+    /// Holdout users scored (each counts, with or without a list).
+    pub users: usize,
+    pub value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<f64>,
+    /// The value fell below the current one by more than the gate allows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
 }
 
 /// Checks a version of `users` and `rows` whose lists are in `new` against `gate`;
@@ -77,6 +136,9 @@ pub(super) fn check(
     }
     if let Some(min) = gate.min_rows.filter(|m| rows < *m) {
         fail(format!("{rows} rows, fewer than min_rows {min}"));
+    }
+    if let Some(h) = gate.holdout.as_ref().filter(|_| kind == TableKind::Lists) {
+        check_holdout(h, new, current, &mut result)?;
     }
     let Some((info, old)) = current else { return Ok(result) };
     let ratio = |what: &str, new: u64, old: u64, min: Option<f64>| {
@@ -99,6 +161,57 @@ pub(super) fn check(
         compare_lists(gate, new, old, &mut result)?;
     }
     Ok(result)
+}
+
+/// The holdout metric of both versions, the new one's checked against the current one's.
+fn check_holdout(
+    h: &HoldoutGate,
+    new: &sled::Tree,
+    current: Option<(&VersionInfo, &sled::Tree)>,
+    result: &mut GateResult,
+) -> Result<(), StoreError> {
+    let Some(truth) = &h.truth else {
+        result.failed.push(format!("holdout {} was not read for this version", h.path.display()));
+        return Ok(());
+    };
+    let value = holdout_metric(h.metric, truth, new)?;
+    let mut measured =
+        HoldoutResult { metric: h.metric.to_string(), users: truth.users.len(), value, ..HoldoutResult::default() };
+    if let Some((info, old)) = current {
+        let before = holdout_metric(h.metric, truth, old)?;
+        measured.current = Some(before);
+        // A tolerance for the float sums: the same lists pass whatever max_drop is.
+        if value < before - h.max_drop - 1e-12 {
+            measured.dropped = true;
+            result.failed.push(format!(
+                "{} {value:.4} on holdout {} ({} users) is below the current version {}'s {before:.4} by more than max_metric_drop {}",
+                h.metric,
+                h.path.display(),
+                truth.users.len(),
+                info.version,
+                h.max_drop
+            ));
+        }
+    }
+    result.holdout = Some(measured);
+    Ok(())
+}
+
+/// Mean of `metric` over the holdout's users, each user's list read from `tree` (a user
+/// without a list scores 0; fallbacks are not consulted).
+fn holdout_metric(metric: ListMetric, truth: &HoldoutTruth, tree: &sled::Tree) -> Result<f64, StoreError> {
+    if truth.users.is_empty() {
+        return Ok(0.0);
+    }
+    let mut sum = 0.0;
+    for (user, items) in &truth.users {
+        let relevant: HashSet<&str> = items.iter().map(String::as_str).collect();
+        let Some(value) = tree.get(user.as_bytes())? else { continue };
+        let list: Vec<&str> =
+            decode_list(&value).into_iter().map(|(item, _)| std::str::from_utf8(item).unwrap_or("")).collect();
+        sum += metric.of(&list, &relevant);
+    }
+    Ok(sum / truth.users.len() as f64)
 }
 
 /// The changed share and the scores' PSI, each checked against its limit.
@@ -235,6 +348,70 @@ mod tests {
         let verdict = |users| check(&gate, TableKind::Lists, (users, 0), &tree, Some((&info(100), &tree))).unwrap();
         assert!(verdict(55).failed.is_empty(), "55 of 100 is 0.55");
         assert_eq!(verdict(54).failed.len(), 1);
+    }
+
+    #[test]
+    fn the_holdout_check_scores_both_versions_on_the_same_users() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = |name: &str, lists: &[(&str, &[&str])]| {
+            let t = db.open_tree(name).unwrap();
+            for (user, items) in lists {
+                let mut list: Vec<(String, f32)> =
+                    items.iter().enumerate().map(|(r, i)| (i.to_string(), 10.0 - r as f32)).collect();
+                t.insert(user.as_bytes(), super::super::codec::encode_list(&mut list)).unwrap();
+            }
+            t
+        };
+        // u1 bought x, u2 bought y, u3 bought z (and has no list anywhere).
+        let truth = HoldoutTruth {
+            users: ["u1", "u2", "u3"]
+                .iter()
+                .zip(["x", "y", "z"])
+                .map(|(u, i)| (u.to_string(), HashSet::from([i.to_string()])))
+                .collect(),
+        };
+        let old = tree("old", &[("u1", &["x", "a"]), ("u2", &["y", "b"])]);
+        let new = tree("new", &[("u1", &["x", "a"]), ("u2", &["b", "c"])]);
+        let gate = |max_drop| Gate {
+            holdout: Some(HoldoutGate {
+                path: "h.csv".into(),
+                user_column: "user_id".into(),
+                item_column: "item_id".into(),
+                metric: "hit_rate@1".parse().unwrap(),
+                max_drop,
+                truth: Some(Arc::new(HoldoutTruth { users: truth.users.clone() })),
+            }),
+            ..Gate::default()
+        };
+        let info = VersionInfo {
+            version: 4,
+            published_at: String::new(),
+            job: String::new(),
+            run_id: 0,
+            users: 2,
+            rows: 4,
+            checksum: 0,
+            held: false,
+            gate: None,
+            lineage: None,
+        };
+        let verdict = |max_drop| check(&gate(max_drop), TableKind::Lists, (2, 4), &new, Some((&info, &old))).unwrap();
+        // hit@1: old 2 of 3 users, new 1 of 3.
+        let r = verdict(0.1);
+        let h = r.holdout.clone().unwrap();
+        assert_eq!((h.metric.as_str(), h.users), ("hit_rate@1", 3));
+        assert!((h.value - 1.0 / 3.0).abs() < 1e-12 && (h.current.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert!(h.dropped);
+        assert_eq!(
+            r.failed,
+            [
+                "hit_rate@1 0.3333 on holdout h.csv (3 users) is below the current version 4's 0.6667 by more than max_metric_drop 0.1"
+            ]
+        );
+        assert!(verdict(0.34).failed.is_empty(), "a drop within max_metric_drop passes");
+        // The first version has nothing to compare with: measured, passed.
+        let first = check(&gate(0.0), TableKind::Lists, (2, 4), &new, None).unwrap();
+        assert!(first.failed.is_empty() && first.holdout.unwrap().current.is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod staged;
 
 use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
-pub use gate::{Gate, GateResult};
+pub use gate::{Gate, GateResult, HoldoutGate, HoldoutTruth};
 pub use runs::{DaemonStages, InputLineage, Lineage, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
 use staged::Unstage;

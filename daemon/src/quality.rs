@@ -1,5 +1,6 @@
 //! Offline quality metrics for published lists against held-out interactions, and for
-//! churn probabilities against observed churn. Pure functions here; `recd eval` feeds them.
+//! churn probabilities against observed churn. Pure functions here; `recd eval` and a
+//! gate's holdout check feed them.
 //!
 //! Conventions (stated in `recd eval`'s output): a user counts when they have at least one
 //! relevant item; @k metrics use the first k items of the list (fewer if the list is
@@ -16,6 +17,69 @@ pub struct AtK {
     /// Average precision at k, normalised by min(k, |relevant|).
     pub ap: f64,
     pub hit: f64,
+}
+
+/// One of the [`AtK`] metrics at a given k, as a job's gate names it: `ndcg@10`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ListMetric {
+    pub kind: MetricKind,
+    pub k: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Precision,
+    Recall,
+    Ndcg,
+    Map,
+    HitRate,
+}
+
+const METRIC_NAMES: [(&str, MetricKind); 5] = [
+    ("precision", MetricKind::Precision),
+    ("recall", MetricKind::Recall),
+    ("ndcg", MetricKind::Ndcg),
+    ("map", MetricKind::Map),
+    ("hit_rate", MetricKind::HitRate),
+];
+
+impl std::str::FromStr for ListMetric {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = || {
+            let names: Vec<&str> = METRIC_NAMES.iter().map(|(n, _)| *n).collect();
+            format!(
+                "expected <metric>@<k> with a metric of {} and k at least 1, e.g. ndcg@10; got {text:?}",
+                names.join(", ")
+            )
+        };
+        let (name, k) = text.split_once('@').ok_or_else(expected)?;
+        let kind = METRIC_NAMES.iter().find(|(n, _)| *n == name).map(|(_, kind)| *kind).ok_or_else(expected)?;
+        let k: usize = k.parse().ok().filter(|k| *k > 0).ok_or_else(expected)?;
+        Ok(ListMetric { kind, k })
+    }
+}
+
+impl std::fmt::Display for ListMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = METRIC_NAMES.iter().find(|(_, kind)| *kind == self.kind).map_or("?", |(n, _)| *n);
+        write!(f, "{name}@{}", self.k)
+    }
+}
+
+impl ListMetric {
+    /// This metric of one list against one user's relevant items.
+    pub fn of(&self, list: &[&str], relevant: &HashSet<&str>) -> f64 {
+        let m = at_k(list, relevant, self.k);
+        match self.kind {
+            MetricKind::Precision => m.precision,
+            MetricKind::Recall => m.recall,
+            MetricKind::Ndcg => m.ndcg,
+            MetricKind::Map => m.ap,
+            MetricKind::HitRate => m.hit,
+        }
+    }
 }
 
 /// Metrics of one list against one user's relevant items.
@@ -303,6 +367,22 @@ mod tests {
 
     fn set<'a>(items: &[&'a str]) -> HashSet<&'a str> {
         items.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_list_metric_is_named_metric_at_k_and_picks_its_value() {
+        let m: ListMetric = "ndcg@4".parse().unwrap();
+        assert_eq!(m, ListMetric { kind: MetricKind::Ndcg, k: 4 });
+        assert_eq!(m.to_string(), "ndcg@4");
+        let list = ["a", "b", "c", "d", "e"];
+        let relevant = set(&["b", "d", "z"]);
+        close(m.of(&list, &relevant), at_k(&list, &relevant, 4).ndcg);
+        let hit: ListMetric = "hit_rate@1".parse().unwrap();
+        assert_eq!(hit.of(&list, &relevant), 0.0, "b is second");
+        assert_eq!("map@2".parse::<ListMetric>().unwrap().to_string(), "map@2");
+        for bad in ["ndcg", "ndcg@0", "auc@10", "@10", "ndcg@x"] {
+            assert!(bad.parse::<ListMetric>().unwrap_err().contains(&format!("{bad:?}")), "{bad}");
+        }
     }
 
     #[test]
