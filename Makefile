@@ -57,6 +57,13 @@ bench-batch:
 	  python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
 	python3 scripts/bench_batch.py
 
+# Adds or replaces the gate section of docs/performance.md: the same synthetic table (1,000,000
+# users x 10 items) published with and without every gate check, alternating in one daemon.
+bench-gate:
+	scripts/setup.sh
+	cargo build --release --workspace --all-targets
+	python3 scripts/bench_gate.py
+
 # Fuzzes each target in fuzz/ (cargo-fuzz, libFuzzer with AddressSanitizer) for FUZZ_SECONDS
 # (default 600), starting from the committed seeds; the growing corpora stay in fuzz/corpus/
 # and any crash in fuzz/artifacts/. cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP=1 lets

@@ -27,7 +27,8 @@ fn read(h: &HoldoutGate) -> Result<HoldoutTruth, String> {
     let format =
         InputFormat::from_path(&h.path).ok_or_else(|| format!("holdout {shown}: not a CSV, Parquet or Arrow file"))?;
     let input = Input { name: "holdout".into(), path: h.path.clone(), format, registry: None };
-    let batch = crate::worker::read_input(&input).map_err(|e| format!("holdout {shown}: {e:#}"))?;
+    let ids = [h.user_column.as_str(), h.item_column.as_str()];
+    let batch = crate::worker::read_input_with_text(&input, &ids).map_err(|e| format!("holdout {shown}: {e:#}"))?;
     let err = |e: recd_plugin_api::PluginError| format!("holdout {shown}: {e}");
     let users = ids_as_strings(column(&batch, "holdout", &h.user_column).map_err(err)?, &h.user_column).map_err(err)?;
     let items = ids_as_strings(column(&batch, "holdout", &h.item_column).map_err(err)?, &h.item_column).map_err(err)?;

@@ -451,41 +451,46 @@ pub fn set_current(data_dir: &Path, name: &str, version: Option<u64>) -> Result<
     Ok(pinned.meta)
 }
 
+/// What [`hold`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Held; it was current, and `now` is current again.
+    RolledBack { now: u64 },
+    /// Held; it was not current (`now` is).
+    Marked { now: Option<u64> },
+    /// Not held: it is current and no other version can take its place.
+    NoOther,
+}
+
 /// Holds `version` after the lists a scoring job made with it failed that job's holdout
 /// gate: it is marked held with `reason`, and if it is current, `back_to` (the version the
-/// served lists came from) or else the newest older version not held is made current.
-/// Returns the version current afterwards; None, and nothing changed, when no version is
-/// left to go back to (a held version is never current).
+/// served lists came from) or else the newest older version not held is made current
+/// first, so `CURRENT` never names a held version, whatever fails half way.
 pub fn hold(
     data_dir: &Path,
     name: &str,
     version: u64,
     back_to: Option<u64>,
     reason: &str,
-) -> Result<Option<u64>, ModelError> {
+) -> Result<Holding, ModelError> {
     let _lock = WRITE_LOCK.lock().expect("registry lock");
     let mut pinned = version_of(data_dir, name, version)?;
     let current = current_version(data_dir, name)?;
     let usable = |v: u64| v != version && version_of(data_dir, name, v).is_ok_and(|p| !p.meta.held);
-    let target = match current {
-        Some(now) if now == version => {
-            let older = || version_numbers(data_dir, name).into_iter().rev().find(|v| *v < version && usable(*v));
-            match back_to.filter(|v| usable(*v)).or_else(older) {
-                Some(target) => Some(target),
-                None => return Ok(None),
-            }
-        }
-        _ => None,
+    let holding = if current == Some(version) {
+        let older = || version_numbers(data_dir, name).into_iter().rev().find(|v| *v < version && usable(*v));
+        let Some(target) = back_to.filter(|v| usable(*v)).or_else(older) else { return Ok(Holding::NoOther) };
+        set_current_locked(data_dir, name, target)?;
+        Holding::RolledBack { now: target }
+    } else {
+        Holding::Marked { now: current }
     };
     if !pinned.meta.held {
         pinned.meta.held = true;
         pinned.meta.gate_failed.push(reason.to_string());
         write_meta(&pinned)?;
     }
-    if let Some(target) = target {
-        set_current_locked(data_dir, name, target)?;
-    }
-    Ok(target.or(current))
+    Ok(holding)
 }
 
 /// Replaces a version's [`META_FILE`] with `pinned.meta` (synced, then renamed).
@@ -700,22 +705,22 @@ mod tests {
             publish_one(data.path(), run, &[("a.onnx", "x")]).unwrap();
         }
         // Retention kept 2 and 3; 3 is current.
-        assert_eq!(hold(data.path(), "m", 3, Some(2), "fell").unwrap(), Some(2));
+        assert_eq!(hold(data.path(), "m", 3, Some(2), "fell").unwrap(), Holding::RolledBack { now: 2 });
         assert!(is_held(3));
         assert_eq!(version_of(data.path(), "m", 3).unwrap().meta.gate_failed, ["fell"]);
         assert_eq!(current(), Some(2));
         // Holding again changes nothing.
-        assert_eq!(hold(data.path(), "m", 3, Some(2), "fell").unwrap(), Some(2));
+        assert_eq!(hold(data.path(), "m", 3, Some(2), "fell").unwrap(), Holding::Marked { now: Some(2) });
         assert_eq!(version_of(data.path(), "m", 3).unwrap().meta.gate_failed, ["fell"]);
         // The only usable version cannot be held: nothing would be current.
-        assert_eq!(hold(data.path(), "m", 2, None, "last").unwrap(), None);
+        assert_eq!(hold(data.path(), "m", 2, None, "last").unwrap(), Holding::NoOther);
         assert!(!is_held(2));
         // The served version gone (1, dropped): the newest older one not held.
         publish_one(data.path(), 4, &[("a.onnx", "x")]).unwrap();
-        assert_eq!(hold(data.path(), "m", 4, Some(1), "fell").unwrap(), Some(2));
+        assert_eq!(hold(data.path(), "m", 4, Some(1), "fell").unwrap(), Holding::RolledBack { now: 2 });
         // A version that is not current is only marked.
         publish_one(data.path(), 5, &[("a.onnx", "x")]).unwrap();
-        assert_eq!(hold(data.path(), "m", 2, None, "also").unwrap(), Some(5));
+        assert_eq!(hold(data.path(), "m", 2, None, "also").unwrap(), Holding::Marked { now: Some(5) });
         assert!(is_held(2));
         assert_eq!(current(), Some(5));
     }

@@ -373,7 +373,7 @@ fn a_model_whose_lists_fall_on_the_holdout_is_held_and_the_served_lists_stay() {
     assert!(value < current - 0.01, "{second}");
     let error = second["error"].as_str().unwrap();
     assert!(error.contains("hit_rate@10") && error.contains("below the current version 1's"), "{error}");
-    assert!(error.contains("registry model versions held with it: ranking@2 (current again: 1)"), "{error}");
+    assert!(error.contains("registry model versions: ranking@2 held (current again: 1)"), "{error}");
 
     // The served lists are version 1's, the registry is back on version 1, and the next
     // run scores with it and publishes.
@@ -386,4 +386,19 @@ fn a_model_whose_lists_fall_on_the_holdout_is_held_and_the_served_lists_stay() {
     let third = &d.history("ranking")[0];
     assert_eq!(third["status"], "ok", "{third}");
     assert_eq!(third["models"], serde_json::json!(["ranking@1"]), "{third}");
+
+    // Lists cut to one item by the params, with the model the served lists came from: the
+    // table version is held, the model is not (the params changed, not the model).
+    d.write_job("ranking", &scoring.replace("k = 10", "k = 1"));
+    assert!(d.cli(&["reload"]).status.success());
+    let out = d.cli(&["run", "ranking"]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let fourth = &d.history("ranking")[0];
+    assert_eq!(fourth["status"], "gated", "{fourth}");
+    assert_eq!(fourth["models"], serde_json::json!(["ranking@1"]), "{fourth}");
+    assert!(!fourth["error"].as_str().unwrap().contains("registry model"), "{fourth}");
+    assert_eq!(std::fs::read_to_string(d.dir.path().join("data/models/ranking/CURRENT")).unwrap().trim(), "1");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(version_dir(&d, 1).join("recd-version.json")).unwrap()).unwrap();
+    assert!(meta.get("held").is_none(), "{meta}");
 }

@@ -274,6 +274,24 @@ fn recd_specific_replies() {
     let replies: Vec<Vec<(String, f64)>> = pipe.query(&mut long).expect("a long pipeline is answered");
     assert_eq!(replies.len(), 20_000);
     assert!(replies.iter().all(|r| *r == list), "every pipelined reply is the list");
+    // The same sent by a client that then closes its side: every request is answered
+    // before the server closes.
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut writer = raw.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            writer.write_all(&b"ZREVRANGE ranking:17850 0 -1 WITHSCORES\r\n".repeat(20_000)).unwrap();
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        raw.read_to_end(&mut got).unwrap();
+        sender.join().unwrap();
+        let header = format!("*{}\r\n", 2 * list.len());
+        let text = String::from_utf8(got).unwrap();
+        assert_eq!(text.matches(&header).count(), 20_000, "every request of a half-closed pipeline is answered");
+    }
 
     // HELLO 2, CLIENT and COMMAND as client libraries use them; INFO lists the table
     let hello: Vec<Value> = redis::cmd("HELLO").arg(2).arg("SETNAME").arg("app1").query(&mut conn).unwrap();

@@ -483,7 +483,8 @@ fn input(path: &Path, name: &str) -> anyhow::Result<Input> {
 }
 
 fn read_interactions(args: &EvalArgs) -> anyhow::Result<Vec<Row>> {
-    let batch = crate::worker::read_input(&input(&args.truth, "truth")?)?;
+    let ids = [args.user_column.as_str(), args.item_column.as_str()];
+    let batch = crate::worker::read_input_with_text(&input(&args.truth, "truth")?, &ids)?;
     let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", args.truth.display());
     let users =
         ids_as_strings(column(&batch, "truth", &args.user_column).map_err(err)?, &args.user_column).map_err(err)?;
@@ -521,7 +522,7 @@ fn times(batch: &RecordBatch, name: &str) -> Result<Vec<Option<NaiveDateTime>>, 
 }
 
 fn read_categories(file: &Path, item_column: &str, category_column: &str) -> anyhow::Result<HashMap<String, String>> {
-    let batch = crate::worker::read_input(&input(file, "categories")?)?;
+    let batch = crate::worker::read_input_with_text(&input(file, "categories")?, &[item_column, category_column])?;
     let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", file.display());
     let items = ids_as_strings(column(&batch, "categories", item_column).map_err(err)?, item_column).map_err(err)?;
     let cats =
@@ -531,7 +532,7 @@ fn read_categories(file: &Path, item_column: &str, category_column: &str) -> any
 
 /// Each item's embedding from FILE's COLUMN (a list of floats per row).
 fn read_embeddings(file: &Path, item_column: &str, column_name: &str) -> anyhow::Result<HashMap<String, Vec<f32>>> {
-    let batch = crate::worker::read_input(&input(file, "embeddings")?)?;
+    let batch = crate::worker::read_input_with_text(&input(file, "embeddings")?, &[item_column])?;
     let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", file.display());
     let items = ids_as_strings(column(&batch, "embeddings", item_column).map_err(err)?, item_column).map_err(err)?;
     let col = column(&batch, "embeddings", column_name).map_err(err)?;

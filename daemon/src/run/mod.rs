@@ -55,7 +55,8 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// The registry model versions the run read (its model, its `registry:` inputs).
     pub models_used: Vec<ModelVersion>,
-    /// Those held because the lists made with them fell on the gate's holdout.
+    /// What became of the registry versions the run read when its lists fell on the
+    /// gate's holdout (see `hold_models`).
     pub models_held: Vec<String>,
 }
 
@@ -67,7 +68,7 @@ impl RunReport {
                 let why = v.gate.as_ref().map(|g| g.failed.join("; ")).unwrap_or_default();
                 let models = match self.models_held.is_empty() {
                     true => String::new(),
-                    false => format!("; registry model versions held with it: {}", self.models_held.join(", ")),
+                    false => format!("; registry model versions: {}", self.models_held.join(", ")),
                 };
                 Some(format!("table {} version {} held by its gate: {why}{models}", self.table, v.version))
             }
@@ -283,12 +284,18 @@ pub fn execute(
         params_sha256: Some(params_sha256),
         recd_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let serving = current_lineage(store, &job.table);
     let ((provider, stats, warnings), version, stages) = settle(store, collector, outcome, &gate, Some(lineage))?;
-    let models_held = if version.gate.as_ref().is_some_and(|g| g.holdout.as_ref().is_some_and(|h| h.dropped)) {
-        hold_models(&config.data_dir, &models_used, serving.as_ref(), &job.table, version.version)
-    } else {
-        Vec::new()
+    // The version the holdout compared with, when the new lists fell on it.
+    let fell_against = version.gate.as_ref().and_then(|g| g.holdout.as_ref()).filter(|h| h.dropped);
+    let models_held = match fell_against.and_then(|h| h.current_version) {
+        Some(served) => hold_models(
+            &config.data_dir,
+            &models_used,
+            (served, lineage_of(store, &job.table, served)),
+            &job.table,
+            version.version,
+        ),
+        None => Vec::new(),
     };
     let report = RunReport {
         job: job.name.clone(),
@@ -307,45 +314,55 @@ pub fn execute(
     Ok(report)
 }
 
-/// The lineage of the version of `table` served now, if it has one.
-fn current_lineage(store: &Store, table: &str) -> Option<Lineage> {
+/// The lineage of version `version` of `table`, if it is kept and has one.
+fn lineage_of(store: &Store, table: &str, version: u64) -> Option<Lineage> {
     let tables = store.tables().ok()?;
     let (_, meta) = tables.into_iter().find(|(name, _)| name == table)?;
-    meta.versions.into_iter().find(|v| v.version == meta.current)?.lineage
+    meta.versions.into_iter().find(|v| v.version == version)?.lineage
 }
 
-/// After a version's lists fell on the holdout: the registry model versions the run used
-/// that the served version was not built from are held too, and each model's current
-/// version goes back to the one the served lists came from. Without this, the next run
-/// would score with the same model and be held again. Returns what was held, as
-/// `<name>@<version> (current again: <version>)`.
+/// After a version's lists fell on the holdout against the `served` version: each
+/// registry version the run read (its model, its `registry:` inputs) that differs from
+/// the one the served lists were made with is held too, and that model's current version
+/// goes back to the served one. Without this the next run would score with the same
+/// model and be held again. A version the served lists also came from stays: the data or
+/// the params changed, not the model. Returns one note per registry version read but
+/// one that stayed for that reason, e.g. `ranking@2 held (current again: 1)`.
 fn hold_models(
     data_dir: &std::path::Path,
     used: &[ModelVersion],
-    serving: Option<&Lineage>,
+    (served, lineage): (u64, Option<Lineage>),
     table: &str,
     version: u64,
 ) -> Vec<String> {
-    let served_with =
-        |name: &str| serving?.models.iter().find_map(|m| m.strip_prefix(name)?.strip_prefix('@')?.parse::<u64>().ok());
-    let mut held = Vec::new();
+    use crate::models::Holding;
+    let served_with = |name: &str| {
+        lineage.as_ref()?.models.iter().find_map(|m| m.strip_prefix(name)?.strip_prefix('@')?.parse::<u64>().ok())
+    };
+    let mut notes = Vec::new();
     for m in used {
-        let before = served_with(&m.name);
-        if before == Some(m.version) {
-            continue; // the served lists came from this version too: the data changed, not the model
-        }
-        let reason = format!("table {table} version {version} built with it fell on the holdout");
-        match crate::models::hold(data_dir, &m.name, m.version, before, &reason) {
-            Ok(Some(now)) => held.push(format!("{}@{} (current again: {now})", m.name, m.version)),
-            Ok(None) => tracing::warn!(
-                "registry model {} version {}: not held, no earlier version to go back to",
-                m.name,
-                m.version
-            ),
-            Err(e) => tracing::warn!("registry model {} version {}: cannot hold it: {e}", m.name, m.version),
-        }
+        let what = format!("{}@{}", m.name, m.version);
+        let before = match served_with(&m.name) {
+            Some(v) if v == m.version => continue,
+            Some(v) => v,
+            None => {
+                notes.push(format!(
+                    "{what} not held: version {served} of {table} does not record which {} made it",
+                    m.name
+                ));
+                continue;
+            }
+        };
+        let reason = format!("table {table} version {version} made with it fell on the holdout");
+        notes.push(match crate::models::hold(data_dir, &m.name, m.version, Some(before), &reason) {
+            Ok(Holding::RolledBack { now }) => format!("{what} held (current again: {now})"),
+            Ok(Holding::Marked { now: Some(now) }) => format!("{what} held (current: {now})"),
+            Ok(Holding::Marked { now: None }) => format!("{what} held"),
+            Ok(Holding::NoOther) => format!("{what} not held: no other version of {} to make current", m.name),
+            Err(e) => format!("{what} not held: {e}"),
+        });
     }
-    held
+    notes
 }
 
 /// The job's model and input files are still regular files within the size limit (they

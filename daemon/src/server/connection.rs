@@ -26,8 +26,8 @@ pub const READ_AHEAD_BYTES: usize = 64 << 20;
 /// long pipeline never builds all its answers in memory at once.
 const REPLY_BATCH_BYTES: usize = 1 << 20;
 
-/// A connection's input buffer to start with, and what it shrinks back to once it is
-/// empty and larger than [`LARGE_BUFFER_BYTES`].
+/// A connection's input buffer to start with, and the least it shrinks back to once it is
+/// larger than [`LARGE_BUFFER_BYTES`] and three quarters empty.
 const INITIAL_BUFFER_BYTES: usize = 4096;
 const LARGE_BUFFER_BYTES: usize = 64 << 10;
 
@@ -41,12 +41,34 @@ pub async fn serve(stream: UnixStream, id: u64, role: Role, daemon: Arc<Daemon>,
     }
 }
 
-/// What the client sent and the server has not answered yet.
+/// What the client sent and the server has not answered yet: `buf[start..]`.
 #[derive(Default)]
 struct Inbox {
     buf: Vec<u8>,
+    /// Bytes of `buf` already answered. Moved past as requests are answered; the buffer
+    /// is compacted only once they are half of it, so a long pipeline is not moved down
+    /// after every batch.
+    start: usize,
     /// The client closed its side; what is in `buf` is all there will be.
     closed: bool,
+}
+
+impl Inbox {
+    fn unanswered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Drops the answered bytes when they are half the buffer, and gives memory back
+    /// once a long pipeline or a large request is over.
+    fn compact(&mut self) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() > LARGE_BUFFER_BYTES && self.buf.len() <= self.buf.capacity() / 4 {
+            self.buf.shrink_to((self.buf.len() * 2).max(INITIAL_BUFFER_BYTES));
+        }
+    }
 }
 
 async fn handle(
@@ -56,13 +78,12 @@ async fn handle(
     daemon: Arc<Daemon>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut inbox = Inbox { buf: Vec::with_capacity(INITIAL_BUFFER_BYTES), closed: false };
+    let mut inbox = Inbox { buf: Vec::with_capacity(INITIAL_BUFFER_BYTES), start: 0, closed: false };
     // Lives as long as the connection: it also remembers the protocol HELLO chose.
     let mut out = resp::Reply::new(4096);
     let mut client = Client { id, role, name: None };
     let limits = daemon.config.limits;
     loop {
-        let mut used = 0;
         let mut flow = Flow::Continue;
         let mut batch_full = false;
         while flow == Flow::Continue {
@@ -70,9 +91,9 @@ async fn handle(
                 batch_full = true;
                 break;
             }
-            match resp::parse_request(&inbox.buf[used..]) {
+            match resp::parse_request(&inbox.buf[inbox.start..]) {
                 Ok(Some((args, n))) => {
-                    used += n;
+                    inbox.start += n;
                     if !args.is_empty() {
                         flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
                     }
@@ -91,13 +112,9 @@ async fn handle(
                 }
             }
         }
-        inbox.buf.drain(..used);
-        if inbox.buf.is_empty() && inbox.buf.capacity() > LARGE_BUFFER_BYTES {
-            // A long pipeline or a large request is over: give back what it took.
-            inbox.buf.shrink_to(INITIAL_BUFFER_BYTES);
-        }
+        inbox.compact();
         // Past here, what is left is the start of one request.
-        if flow == Flow::Continue && !batch_full && inbox.buf.len() > limits.max_request_bytes {
+        if flow == Flow::Continue && !batch_full && inbox.unanswered() > limits.max_request_bytes {
             let limit = limits.max_request_bytes;
             resp::error(&mut out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
             flow = Flow::Close;
@@ -167,7 +184,7 @@ async fn write_reading(stream: &mut UnixStream, reply: &resp::Reply, inbox: &mut
         _ = std::future::ready(()) => {}
     }
     loop {
-        if inbox.closed || inbox.buf.len() >= READ_AHEAD_BYTES {
+        if inbox.closed || inbox.unanswered() >= READ_AHEAD_BYTES {
             return write.await;
         }
         inbox.buf.reserve(READ_CHUNK_BYTES);
@@ -300,6 +317,22 @@ mod tests {
         write_reply(&mut ours, &reply).await.unwrap();
         drop(ours);
         assert!(reader.await.unwrap() == want, "the bytes differ");
+    }
+
+    #[test]
+    fn the_inbox_moves_answered_bytes_down_only_once_they_are_half_of_it() {
+        let mut inbox = Inbox { buf: b"abcdefgh".to_vec(), start: 3, closed: false };
+        inbox.compact();
+        assert_eq!((inbox.buf.as_slice(), inbox.start), (b"abcdefgh".as_slice(), 3), "3 of 8: kept");
+        inbox.start = 4;
+        inbox.compact();
+        assert_eq!((inbox.buf.as_slice(), inbox.start), (b"efgh".as_slice(), 0));
+        // A buffer grown by a long pipeline shrinks once mostly empty.
+        let mut big = Inbox { buf: Vec::with_capacity(8 << 20), start: 0, closed: false };
+        big.buf.extend_from_slice(&[b'x'; 1000]);
+        big.start = 1000;
+        big.compact();
+        assert!(big.buf.is_empty() && big.buf.capacity() < LARGE_BUFFER_BYTES, "{}", big.buf.capacity());
     }
 
     #[test]

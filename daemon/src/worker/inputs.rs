@@ -20,9 +20,17 @@ fn open(input: &Input) -> anyhow::Result<File> {
 }
 
 pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
+    read_with_text(input, &[])
+}
+
+/// [`read`], with the CSV columns named in `text` read as text whatever their values
+/// look like: an id column of `017850`, `000123` would be inferred as integers and lose
+/// its zeros (Parquet and Arrow files say their own types).
+pub fn read_with_text(input: &Input, text: &[&str]) -> anyhow::Result<RecordBatch> {
     let batches = match input.format {
         InputFormat::Parquet => read_parquet(input),
         _ => schema(input).and_then(|full| {
+            let full = as_text(&full, text);
             let every: Vec<usize> = (0..full.fields().len()).collect();
             Ok(open_batches(input, &full, &every, STREAM_BATCH_ROWS)?.collect::<Result<Vec<_>, _>>()?)
         }),
@@ -36,6 +44,22 @@ pub fn read(input: &Input) -> anyhow::Result<RecordBatch> {
         return Ok(batches.into_iter().next().expect("one batch"));
     }
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
+/// `schema` with the fields named in `text` turned to UTF-8.
+fn as_text(schema: &SchemaRef, text: &[&str]) -> SchemaRef {
+    if text.is_empty() {
+        return schema.clone();
+    }
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match text.contains(&f.name().as_str()) {
+            true => f.as_ref().clone().with_data_type(arrow_schema::DataType::Utf8),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(arrow_schema::Schema::new(fields))
 }
 
 /// An error about `input`, naming it and its file.
@@ -208,6 +232,23 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn csv_id_columns_named_as_text_keep_their_leading_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.csv");
+        std::fs::write(&path, "user_id,item_id,n\n017850,0042,7\n000123,9,8\n").unwrap();
+        let input = Input { name: "ids".into(), path, format: InputFormat::Csv, registry: None };
+        let inferred = read(&input).unwrap();
+        assert_eq!(inferred.column(0).as_primitive::<Int64Type>().value(0), 17850, "inferred as integers");
+        let batch = read_with_text(&input, &["user_id", "item_id"]).unwrap();
+        let text = |c: usize| -> Vec<String> {
+            batch.column(c).as_string::<i32>().iter().map(|v| v.unwrap().into()).collect()
+        };
+        assert_eq!(text(0), ["017850", "000123"]);
+        assert_eq!(text(1), ["0042", "9"]);
+        assert_eq!(batch.column(2).as_primitive::<Int64Type>().values().to_vec(), [7, 8], "other columns as inferred");
     }
 
     /// The same table in each format the worker reads.

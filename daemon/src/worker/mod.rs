@@ -6,7 +6,7 @@
 mod engine;
 mod inputs;
 
-pub use inputs::read as read_input;
+pub use inputs::read_with_text as read_input_with_text;
 
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Read, Write};
