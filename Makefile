@@ -22,7 +22,7 @@ lint:
 model:
 	python3 -m pip install --quiet --target .deps/pytools -r scripts/requirements-dev.txt
 	PYTHONPATH=.deps/pytools python3 scripts/derive_demo_data.py
-	PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py
+	PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py --out models/ranking
 
 # Regenerates docs/quality.md: every strategy trained and run through the daemon on data before a
 # cut-off and scored with `recd eval` on what follows (retail demo data and MovieLens 100K, read in

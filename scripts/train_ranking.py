@@ -18,16 +18,18 @@ moves the first). The setting with the best mean is retrained on everything read
 exported. With ``--cutoff DATE`` nothing at or after DATE is read, so a report can judge
 the model on what follows.
 
-Data: ``data/demo/retail.parquet`` by default; ``--data`` takes any interactions Parquet
-with ``user_id`` and ``item_id`` (utf8 or dictionary of utf8) and ``ts`` (timestamp of any
-unit, naive or with a time zone, or integer epoch seconds); optionally ``cancelled``
-(bool; absent = nothing cancelled), ``quantity`` (absent = +1 per line, -1 per cancelled
-line) and ``invoice`` (absent = every line its own event). A (user, item) pair is positive
-when its net quantity is above 0; only users and items with a positive are in the
-vocabularies. A user's lists never hold an item of one of their non-cancelled lines.
+Data: ``--data`` takes any interactions file, Parquet or CSV, with a user, an item and a
+time column (``user_id``, ``item_id``, ``ts`` unless ``--user-column``, ``--item-column``,
+``--time-column`` name others). Ids may be strings or integers (a CSV's are read as text,
+so ``017850`` keeps its zero). The time may be a timestamp of any unit, naive (taken as
+UTC) or with a time zone, ISO text, or epoch seconds or milliseconds (``--time-unit``;
+``auto`` takes numbers above 10^11 as milliseconds). Optionally ``cancelled`` (bool; absent
+= nothing cancelled), ``quantity`` (absent = +1 per line, -1 per cancelled line) and
+``invoice`` (absent = every line its own event). A (user, item) pair is positive when its
+net quantity is above 0; only users and items with a positive are in the vocabularies. A
+user's lists never hold an item of one of their non-cancelled lines.
 
-Outputs (``--out DIR``; the shipped model in models/ranking/ by default, for the demo data
-only):
+Outputs (``--out DIR``, required: the shipped model is ``--out models/ranking``):
 * ``mf.onnx`` -- inputs ``user`` int64 [N], ``item`` int64 [N] (model indices); output
   ``score`` float32 [N] = dot(user_factors[user], item_factors[item]). EASE^R's item-item
   matrix is exported as its rank-128 factorisation (127 for the blend, whose popularity is
@@ -45,10 +47,13 @@ only):
 
 Deterministic: fixed seed, single-threaded BLAS.
 
-Usage:
-    PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py            # the shipped model
+Usage (``--help`` works without the packages; ``scripts/setup.sh --tests`` installs them
+into .deps/pytools):
+    PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py --out models/ranking   # the shipped model
     PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py --data FILE --cutoff DATE --out DIR
-    PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py --help
+    PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py --data ratings.csv --user-column userId \
+        --item-column movieId --time-column timestamp --out DIR
+    python3 scripts/train_ranking.py --help
 """
 
 from __future__ import annotations
@@ -65,14 +70,11 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 DEFAULT_DATA = os.path.join(ROOT, "data", "demo", "retail.parquet")
 DEFAULT_OUT = os.path.join(ROOT, "models", "ranking")
+# Milliseconds since 1970 pass 10^11 in March 1973; seconds reach it in the year 5138.
+EPOCH_MS_ABOVE = 10**11
 
 FACTORS = 32
 ITERATIONS = 15
@@ -99,38 +101,81 @@ REQUIRED = ("user_id", "item_id", "ts")
 OPTIONAL = ("invoice", "quantity", "cancelled")
 
 
-def load(path: str) -> pd.DataFrame:
-    """Read an interactions Parquet into columns invoice, user_id, item_id, quantity, ts, cancelled.
-
-    Required: user_id, item_id (utf8; large_utf8 / dictionary-of-utf8 also accepted)
-    and ts (timestamp of any unit, naive or with a time zone -- converted to UTC
-    and made naive --, or integer epoch seconds).  Optional, with the defaults
-    used when absent: cancelled (bool, all false), quantity (+1 per line, -1 per
-    cancelled line), invoice (every line its own invoice).  Rows with a null
-    user_id, item_id or ts are dropped; a null cancelled counts as false.
-    """
-    names = set(pq.read_schema(path).names)
-    missing = [c for c in REQUIRED if c not in names]
+def read_table(path: str, columns: dict[str, str]):
+    """The file's columns named in `columns` (its name -> ours), renamed to ours: Parquet,
+    or CSV with the id columns read as text."""
+    if path.lower().endswith(".csv"):
+        import pyarrow.csv as pv
+        with open(path, newline="") as f:
+            header = f.readline().rstrip("\r\n").split(",")
+        names = set(header)
+        ids = {c: pa.string() for c in (columns_of(columns, "user_id"), columns_of(columns, "item_id")) if c in names}
+        t = pv.read_csv(path, convert_options=pv.ConvertOptions(column_types=ids,
+                                                               include_columns=[c for c in columns if c in names]))
+    else:
+        names = set(pq.read_schema(path).names)
+        t = pq.read_table(path, columns=[c for c in columns if c in names])
+    missing = [theirs for theirs, ours in columns.items() if ours in REQUIRED and theirs not in names]
     if missing:
-        raise SystemExit(f"{path}: missing required column(s) {missing} (need {list(REQUIRED)})")
-    t = pq.read_table(path, columns=[c for c in OPTIONAL + REQUIRED if c in names])
+        raise SystemExit(f"{path}: no column {', '.join(missing)} (columns: {', '.join(sorted(names))}); "
+                         "--user-column, --item-column and --time-column name the file's own")
+    return t.rename_columns([columns[c] for c in t.column_names])
+
+
+def columns_of(columns: dict[str, str], ours: str) -> str:
+    """The file's name of our column `ours`."""
+    return next(theirs for theirs, o in columns.items() if o == ours)
+
+
+def epoch(values, unit: str, path: str, name: str):
+    """Integer or float epoch times as timestamp[s]: `unit` s, ms, or auto (by magnitude)."""
+    v = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if unit == "auto":
+        unit = "ms" if np.nanmax(np.abs(v)) > EPOCH_MS_ABOVE else "s"
+        print(f"{name}: epoch {'milliseconds' if unit == 'ms' else 'seconds'} (by magnitude; --time-unit sets it)")
+    seconds = v / 1000.0 if unit == "ms" else v
+    return pa.array(pd.to_datetime(seconds, unit="s").astype("datetime64[s]"), type=pa.timestamp("s"))
+
+
+def to_utc_seconds(col, unit: str, path: str, name: str):
+    """A time column as naive UTC timestamp[s]: timestamps of any unit (naive ones taken as
+    UTC, zoned ones converted), ISO text, or epoch numbers."""
+    typ = col.type
+    if pa.types.is_timestamp(typ):
+        if typ.tz is not None:
+            col = col.cast(pa.timestamp(typ.unit, tz="UTC")).cast(pa.timestamp(typ.unit))
+        return col.cast(pa.timestamp("s"), safe=False)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return epoch(col, unit, path, name)
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        parsed = pd.to_datetime(col.to_pandas(), utc=True, errors="coerce", format="mixed")
+        bad = int(parsed.isna().sum() - col.null_count)
+        if bad:
+            raise SystemExit(f"{path}: column {name}: {bad} value(s) are not times")
+        return pa.array(parsed.dt.tz_localize(None).astype("datetime64[s]"), type=pa.timestamp("s"))
+    raise SystemExit(f"{path}: column {name} must hold times (a timestamp, ISO text or epoch numbers), found {typ}")
+
+
+def load(path: str, names: dict[str, str] | None = None, time_unit: str = "auto") -> pd.DataFrame:
+    """Read an interactions file into columns invoice, user_id, item_id, quantity, ts, cancelled.
+
+    `names` maps our column names to the file's (default: the same). Required: the user
+    and item ids (text, dictionary of text, or integers) and the time (see
+    `to_utc_seconds`). Optional, with the defaults used when absent: cancelled (bool, all
+    false), quantity (+1 per line, -1 per cancelled line), invoice (every line its own
+    invoice). Rows with a null user, item or time are dropped; a null cancelled counts as
+    false.
+    """
+    names = {c: c for c in OPTIONAL + REQUIRED} | (names or {})
+    t = read_table(path, {theirs: ours for ours, theirs in names.items()})
     for c in ("user_id", "item_id"):
         typ = t.schema.field(c).type
         if pa.types.is_dictionary(typ):
             typ = typ.value_type
-        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
-            raise SystemExit(f"{path}: column {c} must be utf8, found {t.schema.field(c).type}")
+        if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)):
+            raise SystemExit(f"{path}: column {names[c]} must hold text or integer ids, found {t.schema.field(c).type}")
         t = t.set_column(t.schema.get_field_index(c), c, t.column(c).cast(pa.string()))
-    ts_type = t.schema.field("ts").type
-    if pa.types.is_timestamp(ts_type):
-        ts = t.column("ts")
-        if ts_type.tz is not None:
-            ts = ts.cast(pa.timestamp(ts_type.unit, tz="UTC")).cast(pa.timestamp(ts_type.unit))
-        ts = ts.cast(pa.timestamp("s"), safe=False)
-    elif pa.types.is_integer(ts_type):
-        ts = t.column("ts").cast(pa.int64()).cast(pa.timestamp("s"))
-    else:
-        raise SystemExit(f"{path}: column ts must be a timestamp or integer epoch seconds, found {ts_type}")
+    ts = to_utc_seconds(t.column("ts").combine_chunks(), time_unit, path, names["ts"])
     t = t.set_column(t.schema.get_field_index("ts"), "ts", ts)
     df = t.to_pandas()
     df["ts"] = df["ts"].astype("datetime64[s]")
@@ -704,11 +749,12 @@ ONNX Runtime's vectorised sum then gives every score the same bits whatever the 
 ## Retraining
 
 ```sh
-make model      # or: PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py
+make model      # or: PYTHONPATH=.deps/pytools python3 scripts/train_ranking.py --out models/ranking
 ```
 
 `scripts/train_ranking.py --help` lists the options: `--data FILE` takes any interactions
-Parquet with the documented columns, `--cutoff DATE` trains on what comes before it,
+file (Parquet or CSV; `--user-column`, `--item-column`, `--time-column` name its columns),
+`--out DIR` is where the model goes, `--cutoff DATE` trains on what comes before it,
 `--family NAME` skips the selection. Deterministic on one machine (single-threaded BLAS).
 
 ## Limitations
@@ -745,15 +791,23 @@ def main(argv=None) -> int:
         epilog="Writes DIR/mf.onnx (inputs user, item: int64 [N]; output score: float32 [N]), users.csv, "
                "items.csv (id,index), item_factors.parquet and, for the demo data, README.md (the model card).")
     ap.add_argument("--data", default=DEFAULT_DATA,
-                    help="interactions Parquet: user_id, item_id (utf8, or dictionary of utf8), ts (timestamp of "
-                         "any unit, with or without a time zone, or integer epoch seconds); optional cancelled "
-                         "(bool), quantity (int), invoice (default: the demo data, data/demo/retail.parquet)")
-    ap.add_argument("--out", required=False, default=None, metavar="DIR",
-                    help="folder to write the model to; required unless --data is the demo data (then "
-                         f"default {os.path.relpath(DEFAULT_OUT, ROOT)}, the shipped model)")
-    ap.add_argument("--cutoff", type=pd.Timestamp, default=None, metavar="DATE",
-                    help="read only lines with ts < DATE (validation and final model); default: all")
-    ap.add_argument("--validation-cutoff", type=pd.Timestamp, default=None, metavar="DATE",
+                    help="interactions, Parquet or CSV: user and item ids (text or integers) and a time "
+                         "(a timestamp with or without a zone, ISO text, or epoch seconds or milliseconds); "
+                         "optional cancelled (bool), quantity (int), invoice (default: the demo data, "
+                         "data/demo/retail.parquet)")
+    ap.add_argument("--user-column", default="user_id", help="the file's user id column (default user_id)")
+    ap.add_argument("--item-column", default="item_id", help="the file's item id column (default item_id)")
+    ap.add_argument("--time-column", default="ts", help="the file's time column (default ts)")
+    ap.add_argument("--time-unit", choices=("auto", "s", "ms"), default="auto",
+                    help="unit of a numeric time column: epoch seconds, milliseconds, or auto (numbers above "
+                         "10^11 are milliseconds)")
+    ap.add_argument("--out", metavar="DIR",
+                    help="folder to write the model to, required (created; files in it are replaced). The "
+                         f"shipped demo model is --out {os.path.relpath(DEFAULT_OUT, ROOT)}")
+    ap.add_argument("--cutoff", default=None, metavar="DATE",
+                    help="read only lines with ts < DATE (validation and final model; a date or ISO time, "
+                         "UTC); default: all")
+    ap.add_argument("--validation-cutoff", default=None, metavar="DATE",
                     help=f"start of the latest validation window (default: the day of the {100 * VALIDATION_SHARE:.0f}%% "
                          "time quantile of the lines read)")
     ap.add_argument("--family", choices=FAMILIES, default=None,
@@ -763,6 +817,15 @@ def main(argv=None) -> int:
     ap.add_argument("--factors-only", metavar="DIR", default=None,
                     help="only write DIR/item_factors.parquet from DIR/mf.onnx and DIR/items.csv")
     args = ap.parse_args(argv)
+    if args.out is None and args.factors_only is None:
+        ap.error(f"--out DIR is required (the shipped demo model: --out {os.path.relpath(DEFAULT_OUT, ROOT)})")
+    load_packages()
+    for key in ("cutoff", "validation_cutoff"):
+        if getattr(args, key) is not None:
+            try:
+                setattr(args, key, pd.Timestamp(getattr(args, key)))
+            except ValueError:
+                ap.error(f"--{key.replace('_', '-')}: not a date or time: {getattr(args, key)!r}")
 
     t0 = time.time()
     if args.factors_only is not None:
@@ -770,12 +833,9 @@ def main(argv=None) -> int:
         print(f"done in {time.time() - t0:.1f}s")
         return 0
     demo_data = os.path.realpath(args.data) == os.path.realpath(DEFAULT_DATA)
-    if args.out is None:
-        if not demo_data:
-            ap.error("--out DIR is required with --data (the default folder holds the shipped demo model)")
-        args.out = DEFAULT_OUT
 
-    df = load(args.data)
+    names = {"user_id": args.user_column, "item_id": args.item_column, "ts": args.time_column}
+    df = load(args.data, names, args.time_unit)
     if args.cutoff is not None:
         n_all = len(df)
         df = df[df["ts"] < args.cutoff].reset_index(drop=True)
@@ -836,6 +896,20 @@ def main(argv=None) -> int:
         print(f"wrote {os.path.relpath(os.path.join(args.out, 'README.md'), ROOT)}")
     print(f"done in {time.time() - t0:.1f}s")
     return 0
+
+
+def load_packages() -> None:
+    """numpy, pandas and pyarrow, imported once the arguments are read: `--help` and a
+    usage error need none of them."""
+    global np, pd, pa, pq
+    try:
+        import numpy as np
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise SystemExit(f"train_ranking.py needs numpy, pandas, pyarrow and onnx ({e}): `scripts/setup.sh --tests` "
+                         "installs them into .deps/pytools; run with PYTHONPATH=.deps/pytools")
 
 
 if __name__ == "__main__":

@@ -437,8 +437,10 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         None => table_gate(raw.gate.as_ref(), kind, base, &invalid)?,
     };
     let model_inputs = model_inputs(&raw, &invalid)?;
-    if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t) || **t == table) {
-        return Err(invalid("fallback", format!("{bad:?} is not another table's name")));
+    // The table itself may be a fallback: its own `__default__` list answers users it
+    // has no list for (a popularity table that answers everyone).
+    if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t)) {
+        return Err(invalid("fallback", format!("{bad:?} is not a table name")));
     }
     let params_json = serde_json::to_string(&raw.params)
         .map_err(|e| invalid("params", format!("cannot be expressed as JSON: {e}")))?;
@@ -1237,7 +1239,7 @@ mod tests {
         cases
     }
 
-    /// Each TOML example in docs/jobs.md and docs/operations.md, marked
+    /// Each TOML example in docs/jobs.md, docs/operations.md and docs/your-data.md, marked
     /// `<!-- example: KIND ... -->` above it, is valid: a job example `whole` as it is,
     /// else merged into its base job (a shipped job, or a minimal command job), the
     /// example's keys and tables over the base's; an `experiment` file; a `config`.
@@ -1247,6 +1249,7 @@ mod tests {
         for (doc, text) in [
             ("docs/jobs.md", include_str!("../../docs/jobs.md")),
             ("docs/operations.md", include_str!("../../docs/operations.md")),
+            ("docs/your-data.md", include_str!("../../docs/your-data.md")),
         ] {
             for (kind, block) in toml_examples(doc, text) {
                 let checked = match kind.as_str() {
@@ -1264,7 +1267,7 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 13, "only {seen} examples found");
+        assert!(seen >= 15, "only {seen} examples found");
     }
 
     /// The ```toml blocks of a doc, each with the kind its marker line names.

@@ -23,6 +23,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// A dropped table's series go with it.
+    pub fn forget_table(&self, table: &str) {
+        self.rows.lock().expect("metrics").remove(table);
+    }
+
     pub fn run_finished(&self, job: &str, status: &str, seconds: f64, table: &str, rows: u64) {
         *self.runs.lock().expect("metrics").entry((job.into(), status.into())).or_default() += 1;
         if status != "skipped" {

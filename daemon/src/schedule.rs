@@ -13,7 +13,7 @@
 //!   occurrence. Interval jobs (a wildcard or step in seconds, minutes or hours) follow
 //!   real time: they skip the nonexistent times and run in both passes of a repeated hour.
 
-use chrono::{DateTime, FixedOffset, Offset, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::{Cron, JobType};
@@ -123,10 +123,14 @@ impl Schedule {
 
     /// The first fire time strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match self.cron.determine_job_type() {
+        // Ticks are whole seconds. croner keeps the fraction of the time it starts from: a
+        // job armed at 11:19:18.232 would fire at 11:19:20.232, 11:19:40.232, ...
+        let t = t.with_nanosecond(0).unwrap_or(t);
+        let next = match self.cron.determine_job_type() {
             JobType::FixedTime => self.next_fixed_time(t),
             JobType::IntervalWildcard => self.next_real_time(t),
-        }
+        };
+        next.map(|n| n.with_nanosecond(0).unwrap_or(n))
     }
 
     /// Fixed-time jobs: croner's wall-clock walk already snaps a time in a DST gap to the
@@ -241,6 +245,17 @@ mod tests {
                 proptest::prop_assert!(tick > last && tick <= now);
             }
         }
+    }
+
+    #[test]
+    fn ticks_fall_on_whole_seconds_whatever_the_fraction_of_the_start() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let every20 = Schedule::new("*/20 * * * * *", Tz::UTC).unwrap();
+        assert_eq!(every20.next_after(at("2026-12-05T11:19:18.232Z")), Some(at("2026-12-05T11:19:20Z")));
+        assert_eq!(every20.next_after(at("2026-12-05T11:19:20.000Z")), Some(at("2026-12-05T11:19:40Z")));
+        assert_eq!(every20.next_after(at("2026-12-05T11:19:20.500Z")), Some(at("2026-12-05T11:19:40Z")));
+        let nightly = Schedule::new("30 2 * * *", Tz::Europe__Berlin).unwrap();
+        assert_eq!(nightly.next_after(at("2026-12-05T00:00:00.999Z")), Some(at("2026-12-05T01:30:00Z")));
     }
 
     #[test]

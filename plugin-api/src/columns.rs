@@ -124,8 +124,13 @@ pub fn booleans(col: &dyn Array, what: &str) -> Result<Vec<Option<bool>>, Plugin
     }
 }
 
+/// Integers above this are epoch milliseconds, not seconds: milliseconds since 1970 pass
+/// it in March 1973, seconds only in the year 5138.
+pub const EPOCH_MS_ABOVE: i64 = 100_000_000_000;
+
 /// Reads a time column as seconds since 1970 (fractions kept): any Arrow timestamp unit,
-/// or plain integer seconds. Nulls as `None`.
+/// or plain integers, epoch seconds or, when any value's magnitude passes
+/// [`EPOCH_MS_ABOVE`], epoch milliseconds (the whole column). Nulls as `None`.
 pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginError> {
     use arrow_array::types::{
         TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
@@ -147,7 +152,11 @@ pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             scaled(col.as_primitive::<TimestampNanosecondType>().iter().collect(), 1e9)
         }
-        DataType::Int64 => scaled(col.as_primitive::<Int64Type>().iter().collect(), 1.0),
+        DataType::Int64 => {
+            let values: Vec<Option<i64>> = col.as_primitive::<Int64Type>().iter().collect();
+            let millis = values.iter().flatten().any(|v| v.unsigned_abs() > EPOCH_MS_ABOVE as u64);
+            scaled(values, if millis { 1e3 } else { 1.0 })
+        }
         other => {
             return Err(PluginError::input(format!("{what}: expected a timestamp or integer seconds, found {other}")));
         }
@@ -157,9 +166,17 @@ pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
 #[cfg(test)]
 mod tests {
     use arrow_array::types::{Float32Type, Float64Type};
-    use arrow_array::{FixedSizeListArray, ListArray, StringArray};
+    use arrow_array::{FixedSizeListArray, Int64Array, ListArray, StringArray};
 
     use super::*;
+
+    #[test]
+    fn integer_times_are_epoch_seconds_or_by_their_size_milliseconds() {
+        let secs = Int64Array::from(vec![Some(1_609_459_200), None, Some(0)]);
+        assert_eq!(seconds(&secs, "ts").unwrap(), [Some(1_609_459_200.0), None, Some(0.0)]);
+        let millis = Int64Array::from(vec![Some(1_609_459_200_500), Some(1_000)]);
+        assert_eq!(seconds(&millis, "ts").unwrap(), [Some(1_609_459_200.5), Some(1.0)]);
+    }
 
     #[test]
     fn float_lists_reads_every_list_shape_and_names_a_bad_row() {

@@ -184,6 +184,20 @@ pub fn check_emitted(
     Ok(())
 }
 
+/// The user key of a table's list for anyone it has no list for: a job with
+/// `fallback = ["t"]` answers an unknown user with `t:__default__` (docs/protocol.md).
+pub const DEFAULT_USER: &str = "__default__";
+
+/// The start of the user key of a segment's default list (`__segment__:UK`), which the
+/// cold-start strategy publishes beside [`DEFAULT_USER`].
+pub const SEGMENT_USER_PREFIX: &str = "__segment__:";
+
+/// Whether `user` is one of the keys above: a default list, not a user, so no input's
+/// user column has it and `known_users` lets it through.
+pub fn is_default_list(user: &str) -> bool {
+    user == DEFAULT_USER || user.starts_with(SEGMENT_USER_PREFIX)
+}
+
 /// The ids of one input column, which every emitted user (or item) must be among.
 #[derive(Debug, Clone, Default)]
 pub struct KnownIds {
@@ -219,7 +233,13 @@ impl KnownIds {
             .column(column)
             .as_string_opt::<i32>()
             .ok_or_else(|| Violation(format!("output {what} column is not utf8")))?;
-        match (0..batch.num_rows()).find(|&r| values.is_valid(r) && !self.ids.contains(values.value(r))) {
+        // Default lists are keyed by a name no input has (see `is_default_list`).
+        let stranger = |r: usize| {
+            let id = values.value(r);
+            let known = self.ids.contains(id) || (column == 0 && is_default_list(id));
+            !known
+        };
+        match (0..batch.num_rows()).find(|&r| values.is_valid(r) && stranger(r)) {
             None => Ok(()),
             Some(r) => Err(Violation::at(
                 first_row + r as u64,
@@ -679,6 +699,20 @@ mod tests {
             "output row 11: item \"z\" does not appear in items.item_id"
         );
         assert_eq!(known.check(&batch.slice(0, 1), 1, 0), Ok(()));
+    }
+
+    #[test]
+    fn known_users_let_default_lists_through_and_known_items_do_not() {
+        let known = KnownIds { source: "interactions.user_id".into(), ids: ["u1".to_string()].into() };
+        let batch = rows(&[("u1", "a", 1.0), ("__default__", "a", 1.0), ("__segment__:UK", "a", 1.0)]);
+        assert_eq!(known.check(&batch, 0, 0), Ok(()));
+        let stranger = rows(&[("__default__", "a", 1.0), ("u9", "a", 1.0)]);
+        assert_eq!(
+            known.check(&stranger, 0, 0).unwrap_err().to_string(),
+            "output row 1: user \"u9\" does not appear in interactions.user_id"
+        );
+        let items = KnownIds { source: "items.item_id".into(), ids: ["a".to_string()].into() };
+        assert!(items.check(&rows(&[("u1", "__default__", 1.0)]), 1, 0).is_err(), "an item is never a default list");
     }
 
     #[test]

@@ -240,7 +240,10 @@ fn leftovers_of_killed_runs_are_removed_at_start_and_orphaned_tables_are_shown()
     d.restart();
     assert!(!leftover.parent().unwrap().exists(), "the killed run's folder is removed at start");
     let s = status(&d);
-    assert!(s.contains("  gone: current version 1, serving version 1 (no job publishes it)"), "{s}");
+    assert!(
+        s.contains("  gone: current version 1, serving version 1 (no job publishes it: `recd drop` removes it)"),
+        "{s}"
+    );
 }
 
 /// A tmpfs of `mib` MiB mounted at `dir` for the test's life; None (with the reason

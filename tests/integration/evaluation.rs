@@ -125,3 +125,69 @@ fn max_past_items_counts_only_cold_users() {
     assert_eq!(new_only["users"], 1);
     close(&new_only, "hit_rate", 0.0);
 }
+
+#[test]
+fn eval_selects_warm_or_cold_users_and_counts_fallback_answers() {
+    // table t: u1 -> a (3), b (2), c (1); table t2: u9 only, falling back to t.
+    let t = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let t2 = "plugin = \"faulty\"\ntable = \"t2\"\nfallback = [\"t\"]\n[params]\nmode = \"ok\"\nuser = \"u9\"\n";
+    let d = TestDaemon::start(&[("j", t), ("k", t2)]);
+    d.run_job("j");
+    d.run_job("k");
+    let truth = d.dir.path().join("truth.csv");
+    // u1 (one item before, b after), u3 (two before, q after), u4 (new, a after)
+    std::fs::write(
+        &truth,
+        "user_id,item_id,ts\nu1,x,2020-12-01T00:00:00\nu1,b,2021-01-05T00:00:00\n\
+         u3,x,2020-12-01T00:00:00\nu3,y,2020-12-02T00:00:00\nu3,q,2021-01-05T00:00:00\n\
+         u4,a,2021-01-07T00:00:00\n",
+    )
+    .unwrap();
+    let eval = |table: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args =
+            vec!["eval", table, "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2", "--json"];
+        args.extend_from_slice(extra);
+        let out = d.cli(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let warm = eval("t", &["--warm-only"]);
+    assert_eq!(warm["users"], 2, "u1 and u3");
+    close(&warm, "hit_rate", 0.5);
+    let cold = eval("t", &["--cold-only"]);
+    assert_eq!(cold["users"], 1, "u4");
+    assert_eq!(eval("t", &[])["users_from_fallback"], 0);
+    // t2 has no list for u1: t's answers for it, which the app is shown and eval scores,
+    // unless it is asked for t2's own lists only.
+    let shown = eval("t2", &[]);
+    assert_eq!((shown["users"].as_u64(), shown["users_with_list"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(shown["users_from_fallback"], 1);
+    close(&shown, "hit_rate", 1.0 / 3.0);
+    let own = eval("t2", &["--own-lists-only"]);
+    assert_eq!(own["users_with_list"], 0);
+    close(&own, "hit_rate", 0.0);
+    let both = d.cli(&[
+        "eval",
+        "t",
+        "--truth",
+        truth.to_str().unwrap(),
+        "--cutoff",
+        "2021-01-01",
+        "--warm-only",
+        "--cold-only",
+    ]);
+    assert!(!both.status.success(), "--warm-only and --cold-only exclude each other");
+    // The CLI and the socket say where an answer came from.
+    let got = d.cli(&["get", "t2", "u1"]);
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(text.starts_with("(from t:u1)\n  1  a"), "{text}");
+    let own = String::from_utf8_lossy(&d.cli(&["get", "t2", "u9"]).stdout).into_owned();
+    assert!(!own.contains("(from"), "{own}");
+    let sourced: String = redis::cmd("GET").arg("t2:u1").arg("WITHSOURCE").query(&mut d.redis()).unwrap();
+    let sourced: serde_json::Value = serde_json::from_str(&sourced).unwrap();
+    assert_eq!((sourced["source"].as_str(), sourced["fallback"].as_bool()), (Some("t:u1"), Some(true)), "{sourced}");
+    let plain: String = redis::cmd("GET").arg("t2:u1").query(&mut d.redis()).unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&plain).unwrap(), sourced["value"]);
+    let none: Option<String> = redis::cmd("GET").arg("t2:nobody").arg("WITHSOURCE").query(&mut d.redis()).unwrap();
+    assert_eq!(none, None);
+}

@@ -48,3 +48,24 @@ fn every_user_gets_a_non_empty_list() {
     // a table without fallback still answers nothing for a stranger
     assert!(read(&mut conn, "cold-start:no-such-customer-42").is_empty());
 }
+
+#[test]
+fn a_cold_start_table_with_known_users_falls_back_to_its_own_default() {
+    // known_users checks the real users; `__default__` and the segments' defaults are
+    // default lists, not users. And a table may be its own fallback: strangers get its
+    // `__default__`.
+    let job =
+        format!("known_users = \"interactions.user_id\"\nfallback = [\"cold-start\"]\n{}", shipped_job("cold-start"));
+    let d = TestDaemon::start(&[("cold-start", &job)]);
+    let report = d.run_job("cold-start");
+    assert!(report.contains("published table cold-start"), "{report}");
+    let mut conn = d.redis();
+    let default = read(&mut conn, "cold-start:__default__");
+    assert_eq!(default.len(), 10);
+    assert_eq!(read(&mut conn, "cold-start:no-such-customer-42"), default);
+    // A customer who bought the default's first item has a list of their own without it.
+    let bought = purchases();
+    let known = bought.iter().filter(|(_, items)| items.contains(&default[0].0)).map(|(u, _)| u).min().unwrap();
+    let own = read(&mut conn, &format!("cold-start:{known}"));
+    assert!(!own.is_empty() && own.iter().all(|(i, _)| *i != default[0].0), "{known}: {own:?}");
+}

@@ -108,3 +108,28 @@ fn recd_migrate_moves_the_store_to_a_new_data_dir() {
     let list: Vec<String> = redis::cmd("ZREVRANGE").arg("t:u1").arg(0).arg(-1).query(&mut d.redis()).unwrap();
     assert_eq!(list.len(), 3);
 }
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_says_another_holds_it() {
+    let d = TestDaemon::start(&[]);
+    let config = std::fs::read_to_string(d.config())
+        .unwrap()
+        .replace("\"recd.sock\"", "\"second.sock\"")
+        .replace("\"admin.sock\"", "\"second-admin.sock\"");
+    let second = d.dir.path().join("second.toml");
+    std::fs::write(&second, config).unwrap();
+    let out = std::process::Command::new(crate::util::RECD).args(["serve", "--config"]).arg(&second).output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    let lock = d.dir.path().join("data/db");
+    assert!(
+        said.contains(&format!(
+            "another process holds the lock on {}: is another recd serving this data_dir?",
+            lock.display()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("WouldBlock"), "{said}");
+    let pong: String = redis::cmd("PING").query(&mut d.redis()).unwrap();
+    assert_eq!(pong, "PONG", "the first daemon keeps serving");
+}

@@ -402,3 +402,70 @@ fn a_model_whose_lists_fall_on_the_holdout_is_held_and_the_served_lists_stay() {
         serde_json::from_slice(&std::fs::read(version_dir(&d, 1).join("recd-version.json")).unwrap()).unwrap();
     assert!(meta.get("held").is_none(), "{meta}");
 }
+
+/// `scripts/train_ranking.py` with `args`, with the training packages on the path (or not).
+fn train_ranking(args: &[&str], with_packages: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(root().join("scripts/train_ranking.py")).args(args).env_remove("PYTHONPATH");
+    if with_packages {
+        cmd.env("PYTHONPATH", root().join(".deps/pytools"));
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_training_script_takes_any_column_names_ids_and_time_forms() {
+    // Without its packages: --help works, a missing --out is a usage error.
+    let help = train_ranking(&["--help"], false);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--user-column"));
+    let no_out = train_ranking(&["--data", "x.csv"], false);
+    assert_eq!(no_out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_out.stderr).contains("--out DIR is required"));
+
+    // 40 users (zero-padded integer ids) x 12 items, times with a zone, as a CSV with its
+    // own column names; the same lines as a Parquet with a zone-aware timestamp.
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("uid,sku,when\n");
+    let (mut users, mut items, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    for u in 0..40u32 {
+        for k in 0..6u32 {
+            let item = format!("i{}", (u * 7 + k * 5) % 12);
+            let at = 1_609_459_200 + i64::from(u * 3600 + k * 86_400); // from 2021-01-01T00:00Z
+            let when = chrono::DateTime::from_timestamp(at, 0).unwrap().with_timezone(&chrono_tz::Europe::Berlin);
+            csv.push_str(&format!("{:05},{item},{}\n", u, when.to_rfc3339()));
+            users.push(format!("{u:05}"));
+            items.push(item);
+            times.push(at);
+        }
+    }
+    std::fs::write(dir.path().join("lines.csv"), csv).unwrap();
+    let zoned = arrow_array::TimestampSecondArray::from(times).with_timezone("Europe/Berlin");
+    let batch = arrow_array::RecordBatch::try_from_iter([
+        ("user_id", std::sync::Arc::new(arrow_array::StringArray::from(users)) as arrow_array::ArrayRef),
+        ("item_id", std::sync::Arc::new(arrow_array::StringArray::from(items)) as _),
+        ("ts", std::sync::Arc::new(zoned) as _),
+    ])
+    .unwrap();
+    let parquet = dir.path().join("lines.parquet");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&parquet).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let fast = ["--family", "popularity", "--no-validation"];
+    for (data, mapping) in [
+        ("lines.csv", &["--user-column", "uid", "--item-column", "sku", "--time-column", "when"][..]),
+        ("lines.parquet", &[][..]),
+    ] {
+        let out = dir.path().join(format!("model-{data}"));
+        let path = dir.path().join(data);
+        let args = [&["--data", path.to_str().unwrap(), "--out", out.to_str().unwrap()][..], mapping, &fast].concat();
+        let run = train_ranking(&args, true);
+        assert!(run.status.success(), "{data}: {}", String::from_utf8_lossy(&run.stderr));
+        let said = String::from_utf8_lossy(&run.stdout);
+        // 2021-01-01T00:00Z to 2021-01-07T15:00Z (user 39, 5 days on), in UTC whatever the zone written
+        assert!(said.contains("(2021-01-01 00:00:00 .. 2021-01-07 15:00:00)"), "{data}: {said}");
+        let users = vocab_ids_in(&out, "users.csv");
+        assert_eq!(users.len(), 40, "{data}");
+        assert!(users.contains(&"00007".to_string()), "{data}: ids keep their zeros: {users:?}");
+    }
+}

@@ -140,6 +140,15 @@ fn a_job_runs_after_its_upstream_publishes() {
     assert_eq!(history[0]["trigger"], "after up");
     let n: i64 = redis::cmd("ZCARD").arg("down:u2").query(&mut d.redis()).unwrap();
     assert_eq!(n, 3);
+    // The history as printed ends its last line; a job with a schedule and an upstream
+    // shows both.
+    let printed = d.cli(&["history", "down"]);
+    assert!(printed.stdout.ends_with(b"]\n"), "{:?}", String::from_utf8_lossy(&printed.stdout));
+    d.write_job("down", &down.replace("after = ", "schedule = \"0 3 * * *\"\nafter = "));
+    assert!(d.cli(&["reload"]).status.success());
+    let jobs = String::from_utf8_lossy(&d.cli(&["jobs"]).stdout).into_owned();
+    let line = jobs.lines().find(|l| l.starts_with("down: ")).unwrap_or_default();
+    assert!(line.contains("schedule \"0 3 * * *\"") && line.contains(", after up,"), "{jobs}");
 }
 
 #[test]
@@ -151,12 +160,16 @@ fn suspend_and_pause_stop_scheduled_runs_until_lifted() {
     // lifting `suspend` in the file (live reload) lets the schedule fire
     d.write_job("j", &job(every_second, "mode = \"ok\""));
     d.wait_for("a scheduled run", 10, || (!d.history("j").is_empty()).then_some(()));
+    // Ticks fall on whole seconds, whatever the fraction of the second the job was loaded at.
+    let tick = d.history("j")[0]["scheduled_for"].as_str().unwrap().to_string();
+    assert!(tick.ends_with(".000Z"), "scheduled for {tick}");
     assert!(d.cli(&["pause", "j"]).status.success());
     std::thread::sleep(Duration::from_millis(1200)); // a run already under way may finish
     let paused_at = d.history("j").len();
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(d.history("j").len(), paused_at, "a paused job ran");
     assert!(String::from_utf8_lossy(&d.cli(&["status"]).stdout).contains("[paused]"));
+    assert!(d.log().contains("no run: job `j` is paused"), "the log names a pause a pause:\n{}", d.log());
     assert!(d.cli(&["resume", "j"]).status.success());
     d.wait_for("a run after resume", 10, || (d.history("j").len() > paused_at).then_some(()));
 }

@@ -73,3 +73,47 @@ fn sighup_reloads_the_jobs_folder() {
     d.wait_for("the SIGHUP reload", 5, || d.log().contains("SIGHUP: jobs reloaded").then_some(()));
     assert!(d.cli(&["status"]).status.success(), "the daemon keeps serving after SIGHUP");
 }
+
+#[test]
+fn a_deleted_jobs_table_stays_until_dropped_and_drop_refuses_a_table_in_use() {
+    let publisher = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let reader = "plugin = \"faulty\"\ntable = \"t2\"\nfallback = [\"t\"]\n[params]\nmode = \"ok\"\n";
+    let d = TestDaemon::start(&[("a", publisher), ("c", reader)]);
+    d.run_job("a");
+    let drop = |table: &str| {
+        let out = d.cli(&["drop", table]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = drop("t");
+    assert!(!ok && said.contains("table `t` is published by job `a`"), "{said}");
+    std::fs::remove_file(d.jobs_dir().join("a.toml")).unwrap();
+    assert!(d.cli(&["reload"]).status.success());
+    // The job is gone; its table still serves, as before.
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("  t: current version 1, serving version 1 (no job publishes it: `recd drop` removes it)"),
+        "{status}"
+    );
+    let (ok, said) = drop("t");
+    assert!(!ok && said.contains("table `t` is a fallback of job `c`"), "{said}");
+    d.write_job("c", &reader.replace("fallback = [\"t\"]\n", ""));
+    assert!(d.cli(&["reload"]).status.success());
+    let (ok, said) = drop("t");
+    assert!(ok && said.starts_with("OK table t dropped (1 versions)"), "{said}");
+    let gone = |d: &TestDaemon| {
+        let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+        let info: String = redis::cmd("INFO").query(&mut d.redis()).unwrap();
+        let n: i64 = redis::cmd("ZCARD").arg("t:u1").query(&mut d.redis()).unwrap();
+        !status.contains("  t: current version") && !info.contains("table=\"t\"") && n == 0
+    };
+    assert!(gone(&d), "the table shows after its drop");
+    let (ok, said) = drop("t");
+    assert!(!ok && said.contains("no table `t`"), "{said}");
+    let mut d = d;
+    assert!(d.stop());
+    d.restart();
+    assert!(gone(&d), "the table is back after a restart");
+}

@@ -55,7 +55,11 @@ pub(super) fn print_reply(frame: Frame) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Frame::Bulk(b) => {
-            print!("{}", String::from_utf8_lossy(&b));
+            // Texts end with a newline; JSON answers (`recd history`) do not: add one, so
+            // the shell's prompt starts on its own line.
+            let text = String::from_utf8_lossy(&b);
+            let end = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+            print!("{text}{end}");
             Ok(ExitCode::SUCCESS)
         }
         other => {
@@ -66,16 +70,33 @@ pub(super) fn print_reply(frame: Frame) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn get(socket: &Path, key: &str) -> anyhow::Result<ExitCode> {
-    let frame = client::call(socket, &[b"ZREVRANGE", key.as_bytes(), b"0", b"-1", b"WITHSCORES"])?;
-    let Frame::Array(items) = frame else { return print_reply(frame) };
-    if items.is_empty() {
-        eprintln!("no list for {key}");
-        return Ok(ExitCode::FAILURE);
-    }
-    for (rank, pair) in items.chunks(2).enumerate() {
-        if let [Frame::Bulk(item), Frame::Bulk(score)] = pair {
-            println!("{:>3}  {:<12} {}", rank + 1, String::from_utf8_lossy(item), String::from_utf8_lossy(score));
+    let json = match client::call(socket, &[b"GET", key.as_bytes(), b"WITHSOURCE"])? {
+        Frame::Bulk(json) => json,
+        Frame::Null => {
+            eprintln!("no list for {key}");
+            return Ok(ExitCode::FAILURE);
         }
+        other => return print_reply(other),
+    };
+    let answer: serde_json::Value = serde_json::from_slice(&json)?;
+    // Where the answer came from, when not the key itself: a fallback's list or default.
+    let source = answer["source"].as_str().unwrap_or_default();
+    if source != key {
+        println!("(from {source})");
+    }
+    let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    match &answer["value"] {
+        serde_json::Value::Array(list) => {
+            for (rank, entry) in list.iter().enumerate() {
+                println!("{:>3}  {:<12} {}", rank + 1, text(&entry["item"]), text(&entry["score"]));
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (field, value) in fields {
+                println!("{field}: {}", text(value));
+            }
+        }
+        other => println!("{other}"),
     }
     Ok(ExitCode::SUCCESS)
 }

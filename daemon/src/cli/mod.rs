@@ -130,6 +130,12 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// Remove TABLE, which no job publishes any more, with every version it keeps
+    Drop {
+        table: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
     /// Registry models: kept versions with their hashes, training metrics and the runs that
     /// used them; promote or roll back a version
     #[command(args_conflicts_with_subcommands = true)]
@@ -341,6 +347,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Promote { table, version, admin } => admin.call(&config, &["PROMOTE", &table, &version.to_string()]),
         Cmd::Discard { table, version, admin } => admin.call(&config, &["DISCARD", &table, &version.to_string()]),
+        Cmd::Drop { table, admin } => admin.call(&config, &["DROP", &table]),
         Cmd::Models { name, action, admin } => {
             let args: Vec<String> = match action {
                 None => name.into_iter().collect(),

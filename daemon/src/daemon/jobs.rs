@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::experiment;
+use crate::job::InputFormat;
 
 #[derive(Default, Clone)]
 pub struct JobSet {
@@ -205,6 +206,28 @@ impl Daemon {
     /// table does not exist).
     pub fn experiment(&self, name: &str) -> Option<Arc<experiment::Live>> {
         self.experiments.read().expect("experiments lock").get(name).cloned()
+    }
+
+    /// Why `table` cannot be dropped now (`recd drop`): a job publishes it, another job
+    /// falls back to it, or an experiment serves it; Ok when nothing does.
+    pub fn table_in_use(&self, table: &str) -> Result<(), String> {
+        let jobs = self.jobs();
+        if let Some(job) = jobs.jobs.values().find(|j| j.table == table) {
+            return Err(format!("is published by job `{}` ({}): remove that job first", job.name, job.file.display()));
+        }
+        if let Some(job) = jobs.jobs.values().find(|j| j.table != table && j.fallback.iter().any(|f| f == table)) {
+            return Err(format!("is a fallback of job `{}` ({})", job.name, job.file.display()));
+        }
+        let reads = |j: &&Job| j.inputs.iter().any(|i| i.format == InputFormat::Table && i.path.as_os_str() == table);
+        if let Some(job) = jobs.jobs.values().find(reads) {
+            return Err(format!("is an input of job `{}` ({})", job.name, job.file.display()));
+        }
+        for (name, live) in self.experiments().iter() {
+            if live.experiment.variants.iter().any(|v| v.table == table) {
+                return Err(format!("is a variant of experiment `{name}`"));
+            }
+        }
+        Ok(())
     }
 
     /// Every live experiment.

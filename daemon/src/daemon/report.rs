@@ -26,8 +26,11 @@ impl Daemon {
                 for (name, meta) in tables {
                     let serving = self.store.served(&name).map(|t| t.version).unwrap_or(0);
                     // Served until removed: say so, or a deleted job's table looks alive.
-                    let orphan =
-                        if jobs.jobs.values().any(|j| j.table == name) { "" } else { " (no job publishes it)" };
+                    let orphan = if jobs.jobs.values().any(|j| j.table == name) {
+                        ""
+                    } else {
+                        " (no job publishes it: `recd drop` removes it)"
+                    };
                     let _ =
                         writeln!(s, "  {name}: current version {}, serving version {serving}{orphan}", meta.current);
                     for v in meta.versions.iter().rev() {
@@ -109,13 +112,15 @@ impl Daemon {
         if self.is_paused(&job.name) {
             flags.push("paused".into());
         }
-        let when = match &job.schedule {
-            Some(sched) => {
+        let after = (!job.after.is_empty()).then(|| format!("after {}", job.after.join(", ")));
+        let when = match (&job.schedule, after) {
+            (Some(sched), after) => {
                 let next = sched.upcoming(Utc::now(), 1).first().map(schedule::show).unwrap_or_default();
-                format!("schedule {:?} ({}), next {next}", sched.expr, sched.tz)
+                let after = after.map(|a| format!(", {a}")).unwrap_or_default();
+                format!("schedule {:?} ({}), next {next}{after}", sched.expr, sched.tz)
             }
-            None if !job.after.is_empty() => format!("after {}", job.after.join(", ")),
-            None => "manual".into(),
+            (None, Some(after)) => after,
+            (None, None) => "manual".into(),
         };
         let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
         format!("{when}, {}{flags}", job.publishes())

@@ -19,8 +19,9 @@ pub enum TriggerError {
     ShuttingDown,
     #[error("no job named `{name}` (jobs: {known})")]
     NoJob { name: String, known: String },
-    #[error("job `{0}` is suspended")]
-    Suspended(String),
+    /// `why`: "suspended" (`suspend = true` in its file) or "paused" (`recd pause`).
+    #[error("job `{name}` is {why}")]
+    Suspended { name: String, why: &'static str },
     /// The overlap policy turned the trigger away (recorded as a `skipped` run).
     #[error("skipped: {0}")]
     Skipped(String),
@@ -151,8 +152,11 @@ impl Daemon {
             return Err(TriggerError::ShuttingDown);
         }
         let job = self.job(name)?;
-        if trigger.is_automatic() && (job.policy.suspend || self.is_paused(name)) {
-            return Err(TriggerError::Suspended(name.to_string()));
+        if trigger.is_automatic() {
+            let why = if job.policy.suspend { Some("suspended") } else { self.is_paused(name).then_some("paused") };
+            if let Some(why) = why {
+                return Err(TriggerError::Suspended { name: name.to_string(), why });
+            }
         }
         let control = self.acquire(&job, &trigger).await?;
         let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);

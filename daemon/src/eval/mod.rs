@@ -51,8 +51,18 @@ pub struct EvalArgs {
     pub embeddings: Option<(PathBuf, String)>,
     /// Count only users with at most this many distinct items before the cut-off (cold
     /// users; 0 = users new after the cut-off)
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["warm_only", "cold_only"])]
     pub max_past_items: Option<usize>,
+    /// Count only users with at least one item before the cut-off
+    #[arg(long, conflicts_with = "cold_only")]
+    pub warm_only: bool,
+    /// Count only users new after the cut-off (as --max-past-items 0)
+    #[arg(long)]
+    pub cold_only: bool,
+    /// Score only the table's own lists: a user answered by a fallback counts as having
+    /// no list (by default a fallback's answer is scored as what the app shows)
+    #[arg(long)]
+    pub own_lists_only: bool,
     /// Score a churn table instead (hashes with a probability field): ROC AUC and log-loss
     /// of each user's probability against "bought nothing within --horizon-days of the
     /// cut-off", over the users who bought before it
@@ -82,6 +92,9 @@ pub struct Report {
     pub cutoff: String,
     pub users: usize,
     pub users_with_list: usize,
+    /// Of the counted users, those whose list came from a fallback (scored as theirs
+    /// unless --own-lists-only).
+    pub users_from_fallback: usize,
     pub precision: f64,
     pub recall: f64,
     pub ndcg: f64,
@@ -134,25 +147,38 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         }
     }
     let catalogue: HashSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-    // With --max-past-items only cold users count: the others leave the truth altogether.
-    if let Some(max) = args.max_past_items {
-        relevant.retain(|u, _| had.get(u).map_or(0, HashSet::len) <= max);
+    // With --max-past-items (--cold-only: 0) only cold users count, with --warm-only only
+    // the others: the rest leave the truth altogether.
+    let past = |u: &str| had.get(u).map_or(0, HashSet::len);
+    if let Some(max) = args.max_past_items.or(args.cold_only.then_some(0)) {
+        relevant.retain(|u, _| past(u) <= max);
+    }
+    if args.warm_only {
+        relevant.retain(|u, _| past(u) > 0);
     }
 
     let mut users: Vec<&str> = relevant.keys().copied().collect();
     users.sort_unstable();
     let fetched = fetch_lists(socket, &args.table, &users, args.k)?;
+    let from_fallback: HashSet<&str> =
+        users.iter().zip(&fetched).filter(|(_, a)| a.fallback).map(|(u, _)| *u).collect();
     let lists: HashMap<&str, Vec<&str>> = users
         .iter()
         .zip(&fetched)
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(u, l)| (*u, l.iter().map(String::as_str).collect()))
+        .filter(|(_, a)| !(a.items.is_empty() || (args.own_lists_only && a.fallback)))
+        .map(|(u, a)| (*u, a.items.iter().map(String::as_str).collect()))
         .collect();
     let categories =
         args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
     let embeddings =
         args.embeddings.as_ref().map(|(file, col)| read_embeddings(file, &args.item_column, col)).transpose()?;
-    let truth = Truth { had: &had, popularity: &popularity, relevant: &relevant, catalogue: catalogue.len() };
+    let truth = Truth {
+        had: &had,
+        popularity: &popularity,
+        relevant: &relevant,
+        catalogue: catalogue.len(),
+        from_fallback: &from_fallback,
+    };
     let extra = Extra { categories: categories.as_ref(), embeddings: embeddings.as_ref() };
     let mut report = score(args, &users, &lists, &truth, &extra);
     // An experiment's users are also scored per variant (the variant each user is shown).
@@ -178,6 +204,8 @@ struct Truth<'a> {
     popularity: &'a HashMap<&'a str, usize>,
     relevant: &'a HashMap<&'a str, HashSet<&'a str>>,
     catalogue: usize,
+    /// Users a fallback answered.
+    from_fallback: &'a HashSet<&'a str>,
 }
 
 /// The optional item data: categories and embeddings.
@@ -230,6 +258,7 @@ fn score(
         cutoff: args.cutoff.clone(),
         users: counted,
         users_with_list: lists.len(),
+        users_from_fallback: users.iter().filter(|u| truth.from_fallback.contains(*u)).count(),
         precision: m.precision,
         recall: m.recall,
         ndcg: m.ndcg,
@@ -439,7 +468,11 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table {} against interactions from {} on, k = {}", r.table, r.cutoff, r.k);
-    let _ = writeln!(s, "users with relevant items: {} ({} have a list)", r.users, r.users_with_list);
+    let _ = writeln!(
+        s,
+        "users with relevant items: {} ({} have a list; a fallback answered {})",
+        r.users, r.users_with_list, r.users_from_fallback
+    );
     for (name, v) in [
         ("precision@k", Some(r.precision)),
         ("recall@k", Some(r.recall)),
@@ -545,35 +578,52 @@ fn read_embeddings(file: &Path, item_column: &str, column_name: &str) -> anyhow:
 }
 
 /// Each user's top k, read with ZREVRANGE over the socket, pipelined.
-fn fetch_lists(socket: &Path, table: &str, users: &[&str], k: usize) -> anyhow::Result<Vec<Vec<String>>> {
-    let stop = (k.max(1) - 1).to_string();
+/// A user's answer: the first k items, and whether a fallback gave them.
+struct Answer {
+    items: Vec<String>,
+    fallback: bool,
+}
+
+/// Each user's answer from `table`, read as an app reads it (`GET key WITHSOURCE`).
+fn fetch_lists(socket: &Path, table: &str, users: &[&str], k: usize) -> anyhow::Result<Vec<Answer>> {
     let mut out = Vec::with_capacity(users.len());
     for chunk in users.chunks(1000) {
         let requests: Vec<Vec<Vec<u8>>> = chunk
             .iter()
-            .map(|u| {
-                vec![
-                    b"ZREVRANGE".to_vec(),
-                    format!("{table}:{u}").into_bytes(),
-                    b"0".to_vec(),
-                    stop.clone().into_bytes(),
-                ]
-            })
+            .map(|u| vec![b"GET".to_vec(), format!("{table}:{u}").into_bytes(), b"WITHSOURCE".to_vec()])
             .collect();
         for frame in crate::client::pipeline(socket, &requests)? {
-            match frame {
-                Frame::Array(items) => out.push(
-                    items
-                        .into_iter()
-                        .filter_map(|f| {
-                            if let Frame::Bulk(b) = f { Some(String::from_utf8_lossy(&b).into_owned()) } else { None }
-                        })
-                        .collect(),
-                ),
+            out.push(match frame {
+                Frame::Bulk(json) => answer(&json).map_err(|e| anyhow::anyhow!("reading {table}: {e}"))?,
                 Frame::Error(e) => anyhow::bail!("reading {table}: {e}"),
-                _ => out.push(Vec::new()),
-            }
+                _ => Answer { items: Vec::new(), fallback: false },
+            });
         }
     }
+    for a in &mut out {
+        a.items.truncate(k.max(1));
+    }
     Ok(out)
+}
+
+/// An answer from its `GET ... WITHSOURCE` JSON.
+fn answer(json: &[u8]) -> Result<Answer, String> {
+    #[derive(serde::Deserialize)]
+    struct Sourced {
+        fallback: bool,
+        value: serde_json::Value,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        item: String,
+    }
+    let sourced: Sourced = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let items = match sourced.value {
+        serde_json::Value::Object(_) => return Err("it holds hashes, not lists (a churn table: --churn)".into()),
+        value => {
+            let entries: Vec<Entry> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            entries.into_iter().map(|e| e.item).collect()
+        }
+    };
+    Ok(Answer { items, fallback: sourced.fallback })
 }

@@ -56,6 +56,11 @@ pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error(
+        "another process holds the lock on {}: is another recd serving this data_dir? Stop it, or give this recd a data_dir of its own",
+        .0.join("db").display()
+    )]
+    Locked(std::path::PathBuf),
+    #[error(
         "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); keep the data dir of the recd that wrote it, or move it with that recd's `recd migrate` (docs/operations.md)"
     )]
     Format { found: String },
@@ -224,9 +229,10 @@ impl Handles {
         let deadline = std::time::Instant::now() + wait;
         let db = loop {
             match config.open() {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked(dir.to_path_buf()));
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 other => break other?,
@@ -623,6 +629,23 @@ impl Store {
             h.meta.flush()?;
             h.db.drop_tree(data_tree_name(table, version).as_bytes())?;
             Ok(dropped)
+        })
+    }
+
+    /// Removes `table` and every version it keeps (`recd drop`). The meta entry goes
+    /// first, flushed: a crash before the trees are dropped leaves only unreferenced
+    /// trees, which the next start drops. Readers stop seeing the table at once.
+    pub fn drop_table(&self, table: &str) -> Result<TableMeta, StoreError> {
+        self.writing(|h| {
+            let _guard = self.publish_lock.lock().expect("publish lock");
+            let meta = table_meta(h, table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
+            h.meta.remove(table_key(table))?;
+            h.meta.flush()?;
+            self.served.write().expect("served lock").remove(table);
+            for v in &meta.versions {
+                h.db.drop_tree(data_tree_name(table, v.version).as_bytes())?;
+            }
+            Ok(meta)
         })
     }
 

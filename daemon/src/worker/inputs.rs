@@ -46,6 +46,40 @@ pub fn read_with_text(input: &Input, text: &[&str]) -> anyhow::Result<RecordBatc
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
+/// Rows a CSV's column types are inferred from.
+const INFER_ROWS: usize = 10_000;
+
+/// The CSV columns inferred as integers whose text has a leading zero (`017850`) in the
+/// rows the types were inferred from: ids, not numbers, read as text so that they keep
+/// their zeros (and match the same ids read elsewhere as text).
+fn zero_padded(input: &Input, inferred: &SchemaRef) -> anyhow::Result<Vec<String>> {
+    let ints: Vec<usize> =
+        (0..inferred.fields().len()).filter(|&i| inferred.field(i).data_type().is_integer()).collect();
+    if ints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = as_text(inferred, &ints.iter().map(|&i| inferred.field(i).name().as_str()).collect::<Vec<_>>());
+    let mut reader = arrow_csv::ReaderBuilder::new(text)
+        .with_format(Format::default().with_header(true))
+        .with_batch_size(INFER_ROWS)
+        .with_projection(ints.clone())
+        .build(open(input)?)?;
+    let Some(batch) = reader.next().transpose()? else { return Ok(Vec::new()) };
+    let padded = |col: &dyn arrow_array::Array| {
+        let values = arrow_array::cast::AsArray::as_string::<i32>(col);
+        values.iter().flatten().any(|v| {
+            let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+            digits.len() > 1 && digits.starts_with('0')
+        })
+    };
+    Ok(ints
+        .iter()
+        .enumerate()
+        .filter(|(at, _)| padded(batch.column(*at).as_ref()))
+        .map(|(_, &i)| inferred.field(i).name().clone())
+        .collect())
+}
+
 /// `schema` with the fields named in `text` turned to UTF-8.
 fn as_text(schema: &SchemaRef, text: &[&str]) -> SchemaRef {
     if text.is_empty() {
@@ -77,8 +111,11 @@ pub fn named_schema(input: &Input) -> anyhow::Result<SchemaRef> {
 pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
     match input.format {
         InputFormat::Csv => {
-            let (schema, _) = Format::default().with_header(true).infer_schema(open(input)?, Some(10_000))?;
-            Ok(Arc::new(schema))
+            let (schema, _) = Format::default().with_header(true).infer_schema(open(input)?, Some(INFER_ROWS))?;
+            let schema = Arc::new(schema);
+            let padded = zero_padded(input, &schema)?;
+            let padded: Vec<&str> = padded.iter().map(String::as_str).collect();
+            Ok(as_text(&schema, &padded))
         }
         InputFormat::Parquet => Ok(ParquetRecordBatchReaderBuilder::try_new(open(input)?)?.schema().clone()),
         InputFormat::ArrowIpc => Ok(arrow_ipc::reader::FileReader::try_new(open(input)?, None)?.schema()),
@@ -235,13 +272,24 @@ mod tests {
     }
 
     #[test]
-    fn csv_id_columns_named_as_text_keep_their_leading_zeros() {
+    fn csv_ids_with_leading_zeros_are_read_as_text() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.csv");
         std::fs::write(&path, "user_id,item_id,n\n017850,0042,7\n000123,9,8\n").unwrap();
         let input = Input { name: "ids".into(), path, format: InputFormat::Csv, registry: None };
+        // Zero-padded in the rows types are inferred from: text, whatever is asked.
         let inferred = read(&input).unwrap();
-        assert_eq!(inferred.column(0).as_primitive::<Int64Type>().value(0), 17850, "inferred as integers");
+        let as_read = |b: &RecordBatch, c: usize| -> Vec<String> {
+            b.column(c).as_string::<i32>().iter().map(|v| v.unwrap().into()).collect()
+        };
+        assert_eq!(as_read(&inferred, 0), ["017850", "000123"]);
+        assert_eq!(as_read(&inferred, 1), ["0042", "9"]);
+        // Plain integers stay integers, unless asked for as text.
+        let plain = dir.path().join("plain.csv");
+        std::fs::write(&plain, "user_id,n\n17850,7\n-0,8\n").unwrap();
+        let plain = Input { name: "plain".into(), path: plain, format: InputFormat::Csv, registry: None };
+        assert_eq!(read(&plain).unwrap().column(0).as_primitive::<Int64Type>().value(0), 17850);
+        assert_eq!(as_read(&read_with_text(&plain, &["user_id"]).unwrap(), 0), ["17850", "-0"]);
         let batch = read_with_text(&input, &["user_id", "item_id"]).unwrap();
         let text = |c: usize| -> Vec<String> {
             batch.column(c).as_string::<i32>().iter().map(|v| v.unwrap().into()).collect()

@@ -47,8 +47,7 @@ use recd_plugin_api::columns::{booleans, column, ids_as_strings, seconds};
 use recd_plugin_api::{CheckContext, LogLevel, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
 
-pub const DEFAULT_USER: &str = "__default__";
-pub const SEGMENT_PREFIX: &str = "__segment__:";
+pub use recd_plugin_api::contract::{DEFAULT_USER, SEGMENT_USER_PREFIX as SEGMENT_PREFIX};
 
 const DAY: f64 = 86_400.0;
 

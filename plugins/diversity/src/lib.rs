@@ -130,19 +130,26 @@ impl Strategy for Diversity {
         for col in ["user", "item", "score"] {
             ctx.require("candidates", col, "inputs.candidates")?;
         }
-        let needs_categories = match p.mode {
-            Mode::Calibration => true,
-            Mode::Mmr => p.similarity() == Similarity::Category || p.max_per_category.is_some(),
+        // What needs item categories, named in the error when `items` is missing (the
+        // key the job set, not a column key it may never have written).
+        let categories_for = match p.mode {
+            Mode::Calibration => Some("mode \"calibration\""),
+            Mode::Mmr if p.max_per_category.is_some() => Some("params.max_per_category"),
+            Mode::Mmr if p.similarity() == Similarity::Category => Some("similarity \"category\" (the default)"),
+            Mode::Mmr => None,
         };
-        if needs_categories {
+        if let Some(why) = categories_for {
+            present(ctx, "items", why)?;
             ctx.require("items", &p.item_column, "params.item_column")?;
             ctx.require("items", &p.category_column, "params.category_column")?;
         }
         if p.mode == Mode::Calibration {
+            present(ctx, "interactions", "mode \"calibration\"")?;
             ctx.require("interactions", &p.user_column, "params.user_column")?;
             ctx.require("interactions", &p.item_column, "params.item_column")?;
         }
         if p.mode == Mode::Mmr && p.similarity() == Similarity::Embedding {
+            present(ctx, "embeddings", "similarity \"embedding\"")?;
             ctx.require("embeddings", &p.item_column, "params.item_column")?;
             ctx.require("embeddings", &p.embedding_column, "params.embedding_column")?;
         }
@@ -207,6 +214,11 @@ impl Items {
             },
         }
     }
+}
+
+/// Fails unless the job has input `input`, saying what needs it.
+fn present(ctx: &CheckContext, input: &str, why: &str) -> Result<(), PluginError> {
+    ctx.input(input).map(|_| ()).map_err(|e| PluginError::params(format!("inputs: {e} ({why} needs it)")))
 }
 
 impl Diversity {
@@ -746,6 +758,20 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_items_input_is_blamed_on_the_key_that_needs_it() {
+        let (cands, _) = near_duplicates();
+        let missing = |params: &str| {
+            Harness::new(params).input("candidates", cands.clone()).check::<Diversity>().unwrap_err().message
+        };
+        let capped = missing(r#"{"similarity": "embedding", "max_per_category": 2}"#);
+        assert!(capped.starts_with("inputs: missing input table `items`"), "{capped}");
+        assert!(capped.ends_with("(params.max_per_category needs it)"), "{capped}");
+        assert!(!capped.contains("item_column"), "{capped}");
+        let default = missing("{}");
+        assert!(default.ends_with("(similarity \"category\" (the default) needs it)"), "{default}");
+    }
+
+    #[test]
     fn calibration_needs_interactions_and_takes_no_similarity() {
         let (cands, _) = near_duplicates();
         let items = item_categories(&["a"], &["toys"]);
@@ -755,7 +781,7 @@ mod tests {
             .check::<Diversity>()
             .unwrap_err();
         assert!(err.message.starts_with("inputs: missing input table `interactions`"), "{}", err.message);
-        assert!(err.message.contains("(params.user_column needs it)"), "{}", err.message);
+        assert!(err.message.contains("(mode \"calibration\" needs it)"), "{}", err.message);
         let err = Harness::new(r#"{"mode": "calibration"}"#)
             .input("candidates", cands)
             .input("items", items)

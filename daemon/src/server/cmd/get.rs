@@ -2,26 +2,67 @@
 //! `[{"item":"85123A","score":0.53},...]`; a hash, as an object whose numeric values are
 //! JSON numbers: `{"probability":0.81,"tier":"high"}`.
 //! (Redis would answer WRONGTYPE; recd offers both views of one value.)
+//!
+//! GET key WITHSOURCE (recd extension):
+//! `{"source":"cold-start:__default__","fallback":true,"value":[...]}`, the key that
+//! answered (the table's own, or a fallback's user or default) and the value; null when
+//! nothing answers.
 use std::sync::Arc;
 
-use super::Stored;
-use super::{ParseResult, wrong_args};
+use super::{ParseResult, Snapshot, Stored, wrong_args};
 use crate::daemon::Daemon;
 use crate::resp::{self, Reply};
 use crate::store::{decode_hash, decode_list, stored_list_json, write_list_json};
 
-pub struct Get<'a>(&'a [u8]);
+pub struct Get<'a> {
+    key: &'a [u8],
+    with_source: bool,
+}
 
 impl<'a> Get<'a> {
     pub fn parse(args: &[&'a [u8]]) -> ParseResult<Get<'a>> {
         match args {
-            [k] => Ok(Get(k)),
+            [k] => Ok(Get { key: k, with_source: false }),
+            [k, option] if option.eq_ignore_ascii_case(b"withsource") => Ok(Get { key: k, with_source: true }),
+            // Anything else is what Redis says of a GET with more than a key.
             _ => Err(wrong_args("get")),
         }
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        write_json(super::lookup(daemon, self.0), out);
+        if !self.with_source {
+            return write_json(super::lookup(daemon, self.key), out);
+        }
+        match Snapshot::new(daemon).get_sourced(self.key) {
+            None => out.null(),
+            Some((stored, source, fallback)) => {
+                let mut json = b"{\"source\":".to_vec();
+                json.extend_from_slice(serde_json::to_string(&source).expect("json string").as_bytes());
+                json.extend_from_slice(if fallback {
+                    b",\"fallback\":true,\"value\":"
+                } else {
+                    b",\"fallback\":false,\"value\":"
+                });
+                json.extend_from_slice(&json_of(&stored));
+                json.push(b'}');
+                resp::bulk(out, &json);
+            }
+        }
+    }
+}
+
+/// The JSON of a stored value, as GET answers it.
+fn json_of(stored: &Stored) -> Vec<u8> {
+    match stored {
+        Stored::List(bytes) => match stored_list_json(bytes) {
+            Some(json) => json.to_vec(),
+            None => {
+                let mut json = Vec::new();
+                write_list_json(&decode_list(bytes), &mut json);
+                json
+            }
+        },
+        Stored::Hash(bytes) => hash_json(&decode_hash(bytes)),
     }
 }
 

@@ -7,6 +7,7 @@ mod client;
 mod command;
 mod config;
 mod discard;
+mod drop;
 mod echo;
 mod exists;
 mod get;
@@ -51,7 +52,7 @@ use crate::resp::{self, Reply};
 use crate::store::{ServedTable, TableKind, decode_hash, decode_list};
 
 /// The user key under which a cold-start table publishes its list for anyone.
-const DEFAULT_USER: &[u8] = b"__default__";
+const DEFAULT_USER: &[u8] = recd_plugin_api::contract::DEFAULT_USER.as_bytes();
 
 /// Per-connection state commands may read or change.
 pub struct Client {
@@ -102,6 +103,7 @@ pub enum Command<'a> {
     Models(models::Models),
     Promote(promote::Promote),
     Discard(discard::Discard),
+    Drop(drop::Drop),
     Import(import::Import),
     Verify,
 }
@@ -225,7 +227,7 @@ impl<'a> Command<'a> {
             "info" => Command::Info(info::Info::parse(rest)?),
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
-            | "rollback" | "verify" | "import" | "models" | "promote" | "discard" | "lineage"
+            | "rollback" | "verify" | "import" | "models" | "promote" | "discard" | "drop" | "lineage"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -246,6 +248,7 @@ impl<'a> Command<'a> {
             "models" => Command::Models(models::Models::parse(rest)?),
             "promote" => Command::Promote(promote::Promote::parse(rest)?),
             "discard" => Command::Discard(discard::Discard::parse(rest)?),
+            "drop" => Command::Drop(drop::Drop::parse(rest)?),
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
             }
@@ -328,6 +331,7 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Models(c) => c.apply(daemon, out).await,
         Command::Promote(c) => c.apply(daemon, out).await,
         Command::Discard(c) => c.apply(daemon, out).await,
+        Command::Drop(c) => c.apply(daemon, out).await,
     }
     Flow::Continue
 }
@@ -343,6 +347,19 @@ pub struct Snapshot<'d> {
 
 type TableName = SmallVec<[u8; 24]>;
 
+/// Which table answered a read (inline names: the read path does not allocate).
+enum Answered {
+    /// The key's own table (an experiment's: its variant's).
+    Own { table: TableName },
+    /// A fallback, with the user's own list there, or its `__default__` (`default`).
+    Fallback { table: TableName, default: bool },
+}
+
+/// The user part of `<table>:<user>`.
+fn user_of(key: &[u8]) -> &[u8] {
+    key.iter().position(|&b| b == b':').map_or(&[], |c| &key[c + 1..])
+}
+
 impl<'d> Snapshot<'d> {
     pub fn new(daemon: &'d Daemon) -> Self {
         Snapshot { daemon, tables: SmallVec::new() }
@@ -352,32 +369,50 @@ impl<'d> Snapshot<'d> {
     /// answered by its fallback tables, in order: `<fallback>:<user>`, then
     /// `<fallback>:__default__`.
     pub fn get(&mut self, key: &[u8]) -> Option<Stored> {
+        self.get_answered(key).map(|(stored, _)| stored)
+    }
+
+    /// Like [`Snapshot::get`], with the key that answered: `<table>:<user>` itself, or a
+    /// fallback's `<fallback>:<user>` or `<fallback>:__default__` (`GET key WITHSOURCE`),
+    /// and whether it was a fallback.
+    pub fn get_sourced(&mut self, key: &[u8]) -> Option<(Stored, String, bool)> {
+        let (stored, answered) = self.get_answered(key)?;
+        let text = String::from_utf8_lossy;
+        Some(match answered {
+            Answered::Own { table } => (stored, format!("{}:{}", text(&table), text(user_of(key))), false),
+            Answered::Fallback { table, default } => {
+                let user = if default { DEFAULT_USER } else { user_of(key) };
+                (stored, format!("{}:{}", text(&table), text(user)), true)
+            }
+        })
+    }
+
+    fn get_answered(&mut self, key: &[u8]) -> Option<(Stored, Answered)> {
         let colon = key.iter().position(|&b| b == b':')?;
         let (table, user) = (&key[..colon], &key[colon + 1..]);
         let Some(served) = self.table(table) else {
             // Not a table: an experiment answers with the user's variant's value.
             let live = std::str::from_utf8(table).ok().and_then(|name| self.daemon.experiment(name))?;
             let variant = live.variant(user).table.clone();
-            return self.get_in(variant.as_bytes(), user);
+            let served = self.table(variant.as_bytes())?;
+            return self.answer(served, variant.as_bytes(), user);
         };
         self.answer(served, table, user)
     }
 
-    /// The value of `user` in `table` (or its fallbacks).
-    fn get_in(&mut self, table: &[u8], user: &[u8]) -> Option<Stored> {
-        let served = self.table(table)?;
-        self.answer(served, table, user)
-    }
-
-    fn answer(&mut self, served: Arc<ServedTable>, table: &[u8], user: &[u8]) -> Option<Stored> {
+    fn answer(&mut self, served: Arc<ServedTable>, table: &[u8], user: &[u8]) -> Option<(Stored, Answered)> {
         if let Some(value) = read(&served, table, user) {
-            return Some(Stored::new(served.kind, value));
+            return Some((Stored::new(served.kind, value), Answered::Own { table: TableName::from_slice(table) }));
         }
         for fb in &served.fallback {
             let Some(fb_table) = self.table(fb.as_bytes()) else { continue };
-            let found = read(&fb_table, fb.as_bytes(), user).or_else(|| read(&fb_table, fb.as_bytes(), DEFAULT_USER));
+            let (found, default) = match read(&fb_table, fb.as_bytes(), user) {
+                Some(value) => (Some(value), false),
+                None => (read(&fb_table, fb.as_bytes(), DEFAULT_USER), true),
+            };
             if let Some(value) = found {
-                return Some(Stored::new(fb_table.kind, value));
+                let table = TableName::from_slice(fb.as_bytes());
+                return Some((Stored::new(fb_table.kind, value), Answered::Fallback { table, default }));
             }
         }
         None

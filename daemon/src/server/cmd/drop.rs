@@ -1,0 +1,40 @@
+//! DROP table (admin socket): removes a table no job publishes any more, with every
+//! version it keeps; readers stop seeing it at once. Refused while a job publishes the
+//! table, another job falls back to it, or an experiment serves it. Answers
+//! `+OK table <t> dropped (<n> versions)`.
+use std::sync::Arc;
+
+use super::{ParseResult, wrong_args};
+use crate::daemon::Daemon;
+use crate::resp::{self, Reply};
+
+pub struct Drop {
+    table: String,
+}
+
+impl Drop {
+    pub fn parse(args: &[&[u8]]) -> ParseResult<Drop> {
+        let [t] = args else { return Err(wrong_args("drop")) };
+        Ok(Drop { table: String::from_utf8_lossy(t).into_owned() })
+    }
+
+    /// Drops trees and flushes: on the blocking pool.
+    pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
+        if let Err(why) = daemon.table_in_use(&self.table) {
+            resp::error(out, &format!("ERR table `{}` {why}", self.table));
+            return;
+        }
+        let (store, table) = (Arc::clone(&daemon.store), self.table.clone());
+        let dropped = tokio::task::spawn_blocking(move || store.drop_table(&table))
+            .await
+            .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("drop task failed: {e}"))));
+        match dropped {
+            Ok(meta) => {
+                daemon.metrics.forget_table(&self.table);
+                tracing::info!(table = %self.table, versions = meta.versions.len(), "table dropped");
+                resp::simple(out, &format!("OK table {} dropped ({} versions)", self.table, meta.versions.len()));
+            }
+            Err(e) => resp::error(out, &format!("ERR {e}")),
+        }
+    }
+}
