@@ -106,9 +106,9 @@ def read_table(path: str, columns: dict[str, str]):
     or CSV with the id columns read as text."""
     if path.lower().endswith(".csv"):
         import pyarrow.csv as pv
-        with open(path, newline="") as f:
-            header = f.readline().rstrip("\r\n").split(",")
-        names = set(header)
+        import csv
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            names = set(next(csv.reader(f), []))
         ids = {c: pa.string() for c in (columns_of(columns, "user_id"), columns_of(columns, "item_id")) if c in names}
         t = pv.read_csv(path, convert_options=pv.ConvertOptions(column_types=ids,
                                                                include_columns=[c for c in columns if c in names]))
@@ -131,7 +131,11 @@ def epoch(values, unit: str, path: str, name: str):
     """Integer or float epoch times as timestamp[s]: `unit` s, ms, or auto (by magnitude)."""
     v = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
     if unit == "auto":
-        unit = "ms" if np.nanmax(np.abs(v)) > EPOCH_MS_ABOVE else "s"
+        large = np.abs(v[~np.isnan(v)]) > EPOCH_MS_ABOVE
+        if large.any() and not large.all():
+            raise SystemExit(f"{path}: column {name} mixes epoch seconds and milliseconds (values on both sides "
+                             f"of {EPOCH_MS_ABOVE}); --time-unit says which")
+        unit = "ms" if large.any() else "s"
         print(f"{name}: epoch {'milliseconds' if unit == 'ms' else 'seconds'} (by magnitude; --time-unit sets it)")
     seconds = v / 1000.0 if unit == "ms" else v
     return pa.array(pd.to_datetime(seconds, unit="s").astype("datetime64[s]"), type=pa.timestamp("s"))
@@ -823,7 +827,9 @@ def main(argv=None) -> int:
     for key in ("cutoff", "validation_cutoff"):
         if getattr(args, key) is not None:
             try:
-                setattr(args, key, pd.Timestamp(getattr(args, key)))
+                t = pd.Timestamp(getattr(args, key))
+                # Data times are naive UTC: a zoned cut-off is converted to them.
+                setattr(args, key, t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t)
             except ValueError:
                 ap.error(f"--{key.replace('_', '-')}: not a date or time: {getattr(args, key)!r}")
 

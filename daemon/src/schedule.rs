@@ -190,6 +190,8 @@ impl Schedule {
     pub fn last_in(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let prev = self.cron.find_previous_occurrence(&until.with_timezone(&self.tz), true).ok()?;
         let prev = prev.with_timezone(&Utc);
+        // Whole seconds, as `next_after` gives them (croner keeps `until`'s fraction).
+        let prev = prev.with_nanosecond(0).unwrap_or(prev);
         (prev > after).then_some(prev)
     }
 }

@@ -129,8 +129,9 @@ pub fn booleans(col: &dyn Array, what: &str) -> Result<Vec<Option<bool>>, Plugin
 pub const EPOCH_MS_ABOVE: i64 = 100_000_000_000;
 
 /// Reads a time column as seconds since 1970 (fractions kept): any Arrow timestamp unit,
-/// or plain integers, epoch seconds or, when any value's magnitude passes
-/// [`EPOCH_MS_ABOVE`], epoch milliseconds (the whole column). Nulls as `None`.
+/// or plain integers, epoch seconds or, when every value's magnitude passes
+/// [`EPOCH_MS_ABOVE`], epoch milliseconds. A column with values on both sides of it is
+/// refused: one stray value must not turn every time into 1970. Nulls as `None`.
 pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginError> {
     use arrow_array::types::{
         TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
@@ -154,7 +155,13 @@ pub fn seconds(col: &dyn Array, what: &str) -> Result<Vec<Option<f64>>, PluginEr
         }
         DataType::Int64 => {
             let values: Vec<Option<i64>> = col.as_primitive::<Int64Type>().iter().collect();
-            let millis = values.iter().flatten().any(|v| v.unsigned_abs() > EPOCH_MS_ABOVE as u64);
+            let large = |v: &i64| v.unsigned_abs() > EPOCH_MS_ABOVE as u64;
+            let millis = values.iter().flatten().any(large);
+            if millis && !values.iter().flatten().all(large) {
+                return Err(PluginError::input(format!(
+                    "{what}: mixes epoch seconds and milliseconds (values on both sides of {EPOCH_MS_ABOVE})"
+                )));
+            }
             scaled(values, if millis { 1e3 } else { 1.0 })
         }
         other => {
@@ -174,8 +181,10 @@ mod tests {
     fn integer_times_are_epoch_seconds_or_by_their_size_milliseconds() {
         let secs = Int64Array::from(vec![Some(1_609_459_200), None, Some(0)]);
         assert_eq!(seconds(&secs, "ts").unwrap(), [Some(1_609_459_200.0), None, Some(0.0)]);
-        let millis = Int64Array::from(vec![Some(1_609_459_200_500), Some(1_000)]);
-        assert_eq!(seconds(&millis, "ts").unwrap(), [Some(1_609_459_200.5), Some(1.0)]);
+        let millis = Int64Array::from(vec![Some(1_609_459_200_500), None, Some(1_609_459_201_000)]);
+        assert_eq!(seconds(&millis, "ts").unwrap(), [Some(1_609_459_200.5), None, Some(1_609_459_201.0)]);
+        let mixed = Int64Array::from(vec![Some(1_609_459_200), Some(253_402_300_799_000)]);
+        assert!(seconds(&mixed, "ts").unwrap_err().message.contains("mixes epoch seconds and milliseconds"));
     }
 
     #[test]

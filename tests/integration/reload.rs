@@ -117,3 +117,38 @@ fn a_deleted_jobs_table_stays_until_dropped_and_drop_refuses_a_table_in_use() {
     d.restart();
     assert!(gone(&d), "the table is back after a restart");
 }
+
+#[test]
+fn a_table_a_run_is_still_writing_is_not_dropped() {
+    let ok = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let d = TestDaemon::start(&[("a", ok)]);
+    d.run_job("a");
+    d.write_job("a", &ok.replace("mode = \"ok\"", "mode = \"slow\"\nseconds = 3.0"));
+    assert!(d.cli(&["reload"]).status.success());
+    let run = std::thread::scope(|s| {
+        let run = s.spawn(|| d.cli(&["run", "a"]));
+        d.wait_for("the slow run", 10, || {
+            String::from_utf8_lossy(&d.cli(&["jobs"]).stdout).contains("[running").then_some(())
+        });
+        // Past the run's start (plugin snapshot, worker start): it is writing its version.
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        // The job is deleted while its run goes on: the run's version is not lost, and the
+        // table cannot be dropped under it.
+        std::fs::remove_file(d.jobs_dir().join("a.toml")).unwrap();
+        assert!(d.cli(&["reload"]).status.success());
+        let drop = d.cli(&["drop", "t"]);
+        let said = String::from_utf8_lossy(&drop.stderr).into_owned();
+        assert!(
+            !drop.status.success() && said.contains("a run or import is writing a version of table `t`"),
+            "{said} {}\n{}",
+            String::from_utf8_lossy(&drop.stdout),
+            d.log()
+        );
+        run.join().unwrap()
+    });
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("  t: current version 2"), "{status}");
+    let drop = d.cli(&["drop", "t"]);
+    assert!(drop.status.success(), "{}", String::from_utf8_lossy(&drop.stderr));
+}

@@ -79,10 +79,13 @@ pub(super) fn get(socket: &Path, key: &str) -> anyhow::Result<ExitCode> {
         other => return print_reply(other),
     };
     let answer: serde_json::Value = serde_json::from_slice(&json)?;
-    // Where the answer came from, when not the key itself: a fallback's list or default.
-    let source = answer["source"].as_str().unwrap_or_default();
-    if source != key {
-        println!("(from {source})");
+    if answer["value"].as_array().is_some_and(Vec::is_empty) {
+        eprintln!("no list for {key}");
+        return Ok(ExitCode::FAILURE);
+    }
+    // Where the answer came from when a fallback gave it: its user's list or its default.
+    if answer["fallback"].as_bool() == Some(true) {
+        println!("(from {})", answer["source"].as_str().unwrap_or_default());
     }
     let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     match &answer["value"] {

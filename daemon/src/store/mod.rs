@@ -60,6 +60,8 @@ pub enum StoreError {
         .0.join("db").display()
     )]
     Locked(std::path::PathBuf),
+    #[error("{0}")]
+    Busy(String),
     #[error(
         "store format version {found} is not supported (this recd writes {FORMAT_VERSION}); keep the data dir of the recd that wrote it, or move it with that recd's `recd migrate` (docs/operations.md)"
     )]
@@ -639,6 +641,14 @@ impl Store {
         self.writing(|h| {
             let _guard = self.publish_lock.lock().expect("publish lock");
             let meta = table_meta(h, table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
+            // A run or import still writing a version would publish it after the drop and
+            // bring the table back without its history.
+            let prefix = format!("{DATA_TREE_PREFIX}{table}/");
+            if self.staging.lock().expect("staging").iter().any(|n| n.starts_with(&prefix)) {
+                return Err(StoreError::Busy(format!(
+                    "a run or import is writing a version of table `{table}`: drop it once that ends"
+                )));
+            }
             h.meta.remove(table_key(table))?;
             h.meta.flush()?;
             self.served.write().expect("served lock").remove(table);

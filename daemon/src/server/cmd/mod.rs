@@ -347,17 +347,13 @@ pub struct Snapshot<'d> {
 
 type TableName = SmallVec<[u8; 24]>;
 
-/// Which table answered a read (inline names: the read path does not allocate).
+/// Which table answered a read (no names: the read path does not allocate).
 enum Answered {
     /// The key's own table (an experiment's: its variant's).
-    Own { table: TableName },
-    /// A fallback, with the user's own list there, or its `__default__` (`default`).
-    Fallback { table: TableName, default: bool },
-}
-
-/// The user part of `<table>:<user>`.
-fn user_of(key: &[u8]) -> &[u8] {
-    key.iter().position(|&b| b == b':').map_or(&[], |c| &key[c + 1..])
+    Own,
+    /// The table's `fallback[index]`, with the user's own list there, or its
+    /// `__default__` (`default`).
+    Fallback { index: usize, default: bool },
 }
 
 impl<'d> Snapshot<'d> {
@@ -369,25 +365,38 @@ impl<'d> Snapshot<'d> {
     /// answered by its fallback tables, in order: `<fallback>:<user>`, then
     /// `<fallback>:__default__`.
     pub fn get(&mut self, key: &[u8]) -> Option<Stored> {
-        self.get_answered(key).map(|(stored, _)| stored)
+        self.get_answered(key).map(|(stored, ..)| stored)
     }
 
     /// Like [`Snapshot::get`], with the key that answered: `<table>:<user>` itself, or a
     /// fallback's `<fallback>:<user>` or `<fallback>:__default__` (`GET key WITHSOURCE`),
     /// and whether it was a fallback.
     pub fn get_sourced(&mut self, key: &[u8]) -> Option<(Stored, String, bool)> {
-        let (stored, answered) = self.get_answered(key)?;
+        let (stored, answered, served) = self.get_answered(key)?;
+        let (table, user) = key.split_at(key.iter().position(|&b| b == b':')?);
+        let user = &user[1..];
         let text = String::from_utf8_lossy;
         Some(match answered {
-            Answered::Own { table } => (stored, format!("{}:{}", text(&table), text(user_of(key))), false),
-            Answered::Fallback { table, default } => {
-                let user = if default { DEFAULT_USER } else { user_of(key) };
-                (stored, format!("{}:{}", text(&table), text(user)), true)
+            // The key's table, or an experiment's variant table.
+            Answered::Own => {
+                let own = match self.daemon.store.served(&text(table)) {
+                    Some(_) => text(table).into_owned(),
+                    None => std::str::from_utf8(table)
+                        .ok()
+                        .and_then(|n| self.daemon.experiment(n))
+                        .map_or_else(|| text(table).into_owned(), |live| live.variant(user).table.clone()),
+                };
+                (stored, format!("{own}:{}", text(user)), false)
+            }
+            Answered::Fallback { index, default } => {
+                let user = if default { DEFAULT_USER } else { user };
+                (stored, format!("{}:{}", served.fallback[index], text(user)), true)
             }
         })
     }
 
-    fn get_answered(&mut self, key: &[u8]) -> Option<(Stored, Answered)> {
+    /// The value for `key`, which table answered, and the table the key resolved to.
+    fn get_answered(&mut self, key: &[u8]) -> Option<(Stored, Answered, Arc<ServedTable>)> {
         let colon = key.iter().position(|&b| b == b':')?;
         let (table, user) = (&key[..colon], &key[colon + 1..]);
         let Some(served) = self.table(table) else {
@@ -400,19 +409,25 @@ impl<'d> Snapshot<'d> {
         self.answer(served, table, user)
     }
 
-    fn answer(&mut self, served: Arc<ServedTable>, table: &[u8], user: &[u8]) -> Option<(Stored, Answered)> {
+    fn answer(
+        &mut self,
+        served: Arc<ServedTable>,
+        table: &[u8],
+        user: &[u8],
+    ) -> Option<(Stored, Answered, Arc<ServedTable>)> {
         if let Some(value) = read(&served, table, user) {
-            return Some((Stored::new(served.kind, value), Answered::Own { table: TableName::from_slice(table) }));
+            return Some((Stored::new(served.kind, value), Answered::Own, served));
         }
-        for fb in &served.fallback {
+        for (index, fb) in served.fallback.iter().enumerate() {
             let Some(fb_table) = self.table(fb.as_bytes()) else { continue };
-            let (found, default) = match read(&fb_table, fb.as_bytes(), user) {
+            // A table that is its own fallback has just been asked for the user.
+            let own_user = (fb.as_bytes() != table).then(|| read(&fb_table, fb.as_bytes(), user)).flatten();
+            let (found, default) = match own_user {
                 Some(value) => (Some(value), false),
                 None => (read(&fb_table, fb.as_bytes(), DEFAULT_USER), true),
             };
             if let Some(value) = found {
-                let table = TableName::from_slice(fb.as_bytes());
-                return Some((Stored::new(fb_table.kind, value), Answered::Fallback { table, default }));
+                return Some((Stored::new(fb_table.kind, value), Answered::Fallback { index, default }, served));
             }
         }
         None
