@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use recd_plugin_api::columns::{booleans, column, ids_as_strings};
 
-use crate::job::{Input, InputFormat};
+use crate::job::Input;
 use crate::store::{Gate, HoldoutGate, HoldoutTruth};
 
 /// `gate` with its holdout read (the same gate when it has none).
@@ -24,9 +24,8 @@ pub fn loaded(gate: &Gate) -> Result<Gate, String> {
 /// are rows a `cancelled` column marks true (as `recd eval` reads interactions).
 fn read(h: &HoldoutGate) -> Result<HoldoutTruth, String> {
     let shown = h.path.display();
-    let format =
-        InputFormat::from_path(&h.path).ok_or_else(|| format!("holdout {shown}: not a CSV, Parquet or Arrow file"))?;
-    let input = Input { name: "holdout".into(), path: h.path.clone(), format, registry: None };
+    let input =
+        Input::file("holdout", &h.path).ok_or_else(|| format!("holdout {shown}: not a CSV, Parquet or Arrow file"))?;
     let ids = [h.user_column.as_str(), h.item_column.as_str()];
     let batch = crate::worker::read_input_with_text(&input, &ids).map_err(|e| format!("holdout {shown}: {e:#}"))?;
     let err = |e: recd_plugin_api::PluginError| format!("holdout {shown}: {e}");

@@ -229,6 +229,19 @@ pub struct Input {
     pub registry: Option<String>,
 }
 
+impl Input {
+    /// A data file read outside a job (`recd eval`'s files, a gate's holdout), by the
+    /// format its extension names.
+    pub fn file(name: &str, path: &Path) -> Option<Input> {
+        Some(Input {
+            name: name.into(),
+            path: path.to_path_buf(),
+            format: InputFormat::from_path(path)?,
+            registry: None,
+        })
+    }
+}
+
 /// A validated job. Paths are absolute; `resolve` has checked they exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -684,17 +697,14 @@ fn holdout_gate(
         }
         return Ok(None);
     };
-    if InputFormat::from_path(Path::new(path)).is_none_or(|f| f == InputFormat::Table) {
+    if InputFormat::from_path(Path::new(path)).is_none() {
         return Err(invalid("gate.holdout", format!("{path:?}: expected a .csv, .parquet or .arrow file")));
     }
     let metric = match &g.metric {
         Some(m) => m.parse().map_err(|e| invalid("gate.metric", e))?,
         None => ListMetric { kind: crate::quality::MetricKind::Ndcg, k: 10 },
     };
-    let max_drop = g.max_metric_drop.unwrap_or(0.0);
-    if !(max_drop >= 0.0 && max_drop.is_finite()) {
-        return Err(invalid("gate.max_metric_drop", format!("must be 0 or more, got {max_drop}")));
-    }
+    let max_drop = max_metric_drop(g, invalid)?;
     let column = |key: &str, v: &Option<String>, default: &str| match v.as_deref().map(str::trim) {
         Some("") => Err(invalid(&format!("gate.{key}"), "must name a column".into())),
         Some(c) => Ok(c.to_string()),
@@ -741,11 +751,15 @@ fn model_gate(
     let Some(metric) = g.metric.clone().filter(|m| !m.trim().is_empty()) else {
         return Err(invalid("gate", "needs `metric`: the name of a number in the version's metrics.json".into()));
     };
-    let max_drop = g.max_metric_drop.unwrap_or(0.0);
-    if !(max_drop >= 0.0 && max_drop.is_finite()) {
-        return Err(invalid("gate.max_metric_drop", format!("must be 0 or more, got {max_drop}")));
+    Ok(Some(ModelGate { metric, max_drop: max_metric_drop(g, invalid)? }))
+}
+
+/// `max_metric_drop` of either gate: 0 or more, default 0.
+fn max_metric_drop(g: &RawGate, invalid: &dyn Fn(&str, String) -> JobError) -> Result<f64, JobError> {
+    match g.max_metric_drop.unwrap_or(0.0) {
+        d if d >= 0.0 && d.is_finite() => Ok(d),
+        d => Err(invalid("gate.max_metric_drop", format!("must be 0 or more, got {d}"))),
     }
-    Ok(Some(ModelGate { metric, max_drop }))
 }
 
 /// Each placeholder in a command argument, a `{name}` of lower-case letters, digits, `_`,

@@ -92,11 +92,9 @@ fn write_embeddings(path: &std::path::Path, rows: &[(&str, [f32; 2])]) {
     writer.close().unwrap();
 }
 
-#[test]
-fn max_past_items_counts_only_cold_users() {
-    // table t: u1 -> a (3), b (2), c (1); u1 is cold (one item before), u3 warm (two)
-    let d = TestDaemon::start(&[("j", "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n")]);
-    d.run_job("j");
+/// Interactions with a cut-off at 2021-01-01: u1 had one item before (b after), u3 two
+/// (q after), u4 none (a after).
+fn cold_and_warm_truth(d: &TestDaemon) -> std::path::PathBuf {
     let truth = d.dir.path().join("truth.csv");
     std::fs::write(
         &truth,
@@ -105,14 +103,26 @@ fn max_past_items_counts_only_cold_users() {
          u4,a,2021-01-07T00:00:00\n",
     )
     .unwrap();
-    let eval = |extra: &[&str]| -> serde_json::Value {
-        let mut args =
-            vec!["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2", "--json"];
-        args.extend_from_slice(extra);
-        let out = d.cli(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    truth
+}
+
+/// `recd eval TABLE` at k = 2 against `truth` from 2021-01-01, as JSON.
+fn eval_json(d: &TestDaemon, truth: &std::path::Path, table: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args =
+        vec!["eval", table, "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2", "--json"];
+    args.extend_from_slice(extra);
+    let out = d.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn max_past_items_counts_only_cold_users() {
+    // table t: u1 -> a (3), b (2), c (1); u1 is cold (one item before), u3 warm (two)
+    let d = TestDaemon::start(&[("j", "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n")]);
+    d.run_job("j");
+    let truth = cold_and_warm_truth(&d);
+    let eval = |extra: &[&str]| eval_json(&d, &truth, "t", extra);
     // everyone with something new: u1 (hit b), u3 (no list), u4 (new, no list)
     let all = eval(&[]);
     assert_eq!(all["users"], 3);
@@ -134,23 +144,8 @@ fn eval_selects_warm_or_cold_users_and_counts_fallback_answers() {
     let d = TestDaemon::start(&[("j", t), ("k", t2)]);
     d.run_job("j");
     d.run_job("k");
-    let truth = d.dir.path().join("truth.csv");
-    // u1 (one item before, b after), u3 (two before, q after), u4 (new, a after)
-    std::fs::write(
-        &truth,
-        "user_id,item_id,ts\nu1,x,2020-12-01T00:00:00\nu1,b,2021-01-05T00:00:00\n\
-         u3,x,2020-12-01T00:00:00\nu3,y,2020-12-02T00:00:00\nu3,q,2021-01-05T00:00:00\n\
-         u4,a,2021-01-07T00:00:00\n",
-    )
-    .unwrap();
-    let eval = |table: &str, extra: &[&str]| -> serde_json::Value {
-        let mut args =
-            vec!["eval", table, "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2", "--json"];
-        args.extend_from_slice(extra);
-        let out = d.cli(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let truth = cold_and_warm_truth(&d);
+    let eval = |table: &str, extra: &[&str]| eval_json(&d, &truth, table, extra);
     let warm = eval("t", &["--warm-only"]);
     assert_eq!(warm["users"], 2, "u1 and u3");
     close(&warm, "hit_rate", 0.5);

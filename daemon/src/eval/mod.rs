@@ -17,7 +17,7 @@ use chrono::NaiveDateTime;
 use recd_plugin_api::columns::{booleans, column, float_lists, ids_as_strings, seconds};
 use serde::Serialize;
 
-use crate::job::{Input, InputFormat};
+use crate::job::Input;
 use crate::resp::Frame;
 
 #[derive(clap::Args)]
@@ -510,9 +510,8 @@ fn parse_cutoff(text: &str) -> anyhow::Result<NaiveDateTime> {
 }
 
 fn input(path: &Path, name: &str) -> anyhow::Result<Input> {
-    let format = InputFormat::from_path(path)
-        .ok_or_else(|| anyhow::anyhow!("{}: expected a .csv, .parquet or .arrow file", path.display()))?;
-    Ok(Input { name: name.into(), path: path.to_path_buf(), format, registry: None })
+    Input::file(name, path)
+        .ok_or_else(|| anyhow::anyhow!("{}: expected a .csv, .parquet or .arrow file", path.display()))
 }
 
 fn read_interactions(args: &EvalArgs) -> anyhow::Result<Vec<Row>> {
