@@ -22,6 +22,7 @@ mod fallback;
 mod faults;
 mod gates;
 mod guide;
+mod init;
 mod jobs;
 mod layers;
 mod lifecycle;

@@ -49,6 +49,10 @@ pub struct TestDaemon {
     env: Vec<(String, String)>,
     /// The recd executable `serve` runs from (default: cargo's).
     bin: PathBuf,
+    /// Its `recd.toml`, read socket and admin socket.
+    config: PathBuf,
+    socket: PathBuf,
+    admin_socket: PathBuf,
     /// The umask `serve` starts with (default: the test process's).
     umask: Option<u32>,
 }
@@ -78,7 +82,34 @@ impl TestDaemon {
         ) + extra_config;
         std::fs::write(dir.path().join("recd.toml"), config).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = TestDaemon { dir, child: None, env, bin: PathBuf::from(RECD), umask: None };
+        let at = dir.path().to_path_buf();
+        let mut d = TestDaemon {
+            child: None,
+            env,
+            bin: PathBuf::from(RECD),
+            umask: None,
+            config: at.join("recd.toml"),
+            socket: at.join("recd.sock"),
+            admin_socket: at.join("admin.sock"),
+            dir,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts `recd serve` on a setup `recd init` wrote into `home` (inside `dir`, which
+    /// the daemon keeps alive): its `recd.toml`, sockets in `var/`, its log beside them.
+    pub fn start_init(dir: tempfile::TempDir, home: &Path) -> TestDaemon {
+        let mut d = TestDaemon {
+            child: None,
+            env: Vec::new(),
+            bin: PathBuf::from(RECD),
+            umask: None,
+            config: home.join("recd.toml"),
+            socket: home.join("var/recd.sock"),
+            admin_socket: home.join("var/recd-admin.sock"),
+            dir,
+        };
         d.spawn();
         d
     }
@@ -124,16 +155,16 @@ impl TestDaemon {
     }
 
     pub fn config(&self) -> PathBuf {
-        self.dir.path().join("recd.toml")
+        self.config.clone()
     }
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("recd.sock")
+        self.socket.clone()
     }
     pub fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
+        self.admin_socket.clone()
     }
     pub fn jobs_dir(&self) -> PathBuf {
-        self.dir.path().join("jobs")
+        self.config.parent().expect("the config's folder").join("jobs")
     }
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()

@@ -3,6 +3,7 @@
 //! and `validate` have files of their own.
 
 mod admin;
+mod init;
 mod serve;
 mod validate;
 
@@ -56,6 +57,13 @@ enum Cmd {
         user: String,
         #[arg(long)]
         socket: Option<PathBuf>,
+    },
+    /// Set recd up for your own interactions file in a new folder: recd.toml, popularity,
+    /// ranking (with a model trained here) and diversity jobs, validated; prints the
+    /// commands to serve, run, read and evaluate. Refuses to overwrite anything
+    Init {
+        #[command(flatten)]
+        args: init::InitArgs,
     },
     /// Check job files (default: every file in the jobs folder); exit 1 on any error
     Validate { files: Vec<PathBuf> },
@@ -308,6 +316,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             admin::get(&config.socket, &key)
         }
         Cmd::Validate { files } => validate::validate(&config, files),
+        Cmd::Init { args } => init::init(&args, &config),
         Cmd::Reload { admin } => admin.call(&config, &["RELOAD"]),
         Cmd::Status { json: false, admin } => admin.call(&config, &["STATUS"]),
         Cmd::Status { json: true, admin } => admin.call(&config, &["STATUS", "JSON"]),

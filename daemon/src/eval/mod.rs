@@ -500,7 +500,7 @@ pub fn render(r: &Report) -> String {
     s
 }
 
-fn parse_cutoff(text: &str) -> anyhow::Result<NaiveDateTime> {
+pub fn parse_cutoff(text: &str) -> anyhow::Result<NaiveDateTime> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
     }

@@ -2,6 +2,7 @@
 //! each ([`read`]), or as a stream of batches for a plugin that pulls them ([`stream`]).
 
 use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchReader};
@@ -52,7 +53,7 @@ const INFER_ROWS: usize = 10_000;
 /// The CSV columns inferred as integers whose text has a leading zero (`017850`) in the
 /// rows the types were inferred from: ids, not numbers, read as text so that they keep
 /// their zeros (and match the same ids read elsewhere as text).
-fn zero_padded(input: &Input, inferred: &SchemaRef) -> anyhow::Result<Vec<String>> {
+fn zero_padded(file: File, format: Format, inferred: &SchemaRef) -> anyhow::Result<Vec<String>> {
     let ints: Vec<usize> =
         (0..inferred.fields().len()).filter(|&i| inferred.field(i).data_type().is_integer()).collect();
     if ints.is_empty() {
@@ -60,10 +61,10 @@ fn zero_padded(input: &Input, inferred: &SchemaRef) -> anyhow::Result<Vec<String
     }
     let text = as_text(inferred, &ints.iter().map(|&i| inferred.field(i).name().as_str()).collect::<Vec<_>>());
     let mut reader = arrow_csv::ReaderBuilder::new(text)
-        .with_format(Format::default().with_header(true))
+        .with_format(format)
         .with_batch_size(INFER_ROWS)
         .with_projection(ints.clone())
-        .build(open(input)?)?;
+        .build(file)?;
     let Some(batch) = reader.next().transpose()? else { return Ok(Vec::new()) };
     let padded = |col: &dyn arrow_array::Array| {
         let values = arrow_array::cast::AsArray::as_string::<i32>(col);
@@ -78,6 +79,35 @@ fn zero_padded(input: &Input, inferred: &SchemaRef) -> anyhow::Result<Vec<String
         .filter(|(at, _)| padded(batch.column(*at).as_ref()))
         .map(|(_, &i)| inferred.field(i).name().clone())
         .collect())
+}
+
+/// A delimited text file that is not a job input's CSV (`recd init`'s source): fields
+/// split by `delimiter`, and named by `names` for a file without a header row. Types are
+/// inferred as for CSV inputs, zero-padded integer columns read as text.
+pub fn read_delimited(path: &Path, delimiter: u8, names: Option<&[String]>) -> anyhow::Result<RecordBatch> {
+    let open = || -> anyhow::Result<File> {
+        let (file, _) = crate::fsutil::open_regular(path, u64::MAX).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(file)
+    };
+    let format = Format::default().with_delimiter(delimiter).with_header(names.is_none());
+    let (inferred, _) = format.clone().infer_schema(open()?, Some(INFER_ROWS))?;
+    let inferred = match names {
+        None => Arc::new(inferred),
+        Some(names) if names.len() == inferred.fields().len() => Arc::new(arrow_schema::Schema::new(
+            inferred.fields().iter().zip(names).map(|(f, n)| f.as_ref().clone().with_name(n)).collect::<Vec<_>>(),
+        )),
+        Some(names) => anyhow::bail!(
+            "{} column names given, but the first lines have {} fields (is the delimiter right?)",
+            names.len(),
+            inferred.fields().len()
+        ),
+    };
+    let padded = zero_padded(open()?, format.clone(), &inferred)?;
+    let schema = as_text(&inferred, &padded.iter().map(String::as_str).collect::<Vec<_>>());
+    let reader = arrow_csv::ReaderBuilder::new(schema.clone()).with_format(format).build(open()?)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(batches.iter().any(|b| b.num_rows() > 0), "no rows");
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
 /// `schema` with the fields named in `text` turned to UTF-8.
@@ -113,7 +143,7 @@ pub fn schema(input: &Input) -> anyhow::Result<arrow_schema::SchemaRef> {
         InputFormat::Csv => {
             let (schema, _) = Format::default().with_header(true).infer_schema(open(input)?, Some(INFER_ROWS))?;
             let schema = Arc::new(schema);
-            let padded = zero_padded(input, &schema)?;
+            let padded = zero_padded(open(input)?, Format::default().with_header(true), &schema)?;
             let padded: Vec<&str> = padded.iter().map(String::as_str).collect();
             Ok(as_text(&schema, &padded))
         }

@@ -6,6 +6,7 @@
 mod engine;
 mod inputs;
 
+pub use inputs::read_delimited;
 pub use inputs::read_with_text as read_input_with_text;
 
 use std::fs::File;
