@@ -103,7 +103,7 @@ OPTIONAL = ("invoice", "quantity", "cancelled")
 
 def read_table(path: str, columns: dict[str, str]):
     """The file's columns named in `columns` (its name -> ours), renamed to ours: Parquet,
-    or CSV with the id columns read as text."""
+    an Arrow IPC file (.arrow, .ipc), or CSV with the id columns read as text."""
     if path.lower().endswith(".csv"):
         import pyarrow.csv as pv
         import csv
@@ -112,6 +112,12 @@ def read_table(path: str, columns: dict[str, str]):
         ids = {c: pa.string() for c in (columns_of(columns, "user_id"), columns_of(columns, "item_id")) if c in names}
         t = pv.read_csv(path, convert_options=pv.ConvertOptions(column_types=ids,
                                                                include_columns=[c for c in columns if c in names]))
+    elif path.lower().endswith((".arrow", ".ipc")):
+        import pyarrow.ipc as ipc
+        with pa.memory_map(path) as source:
+            t = ipc.open_file(source).read_all()
+        names = set(t.schema.names)
+        t = t.select([c for c in columns if c in names])
     else:
         names = set(pq.read_schema(path).names)
         t = pq.read_table(path, columns=[c for c in columns if c in names])
@@ -795,7 +801,7 @@ def main(argv=None) -> int:
         epilog="Writes DIR/mf.onnx (inputs user, item: int64 [N]; output score: float32 [N]), users.csv, "
                "items.csv (id,index), item_factors.parquet and, for the demo data, README.md (the model card).")
     ap.add_argument("--data", default=DEFAULT_DATA,
-                    help="interactions, Parquet or CSV: user and item ids (text or integers) and a time "
+                    help="interactions, Parquet, Arrow IPC or CSV: user and item ids (text or integers) and a time "
                          "(a timestamp with or without a zone, ISO text, or epoch seconds or milliseconds); "
                          "optional cancelled (bool), quantity (int), invoice (default: the demo data, "
                          "data/demo/retail.parquet)")

@@ -190,21 +190,26 @@ pub fn cosine_distance(a: &[f32], b: &[f32]) -> f64 {
 /// Calibration miscalibration (Steck, "Calibrated Recommendations", RecSys 2018):
 /// KL(p || q~) between the category mix p of the items a user had and the mix q of their top
 /// k, with q~ = 0.99 q + 0.01 p so that a category missing from the list costs a finite
-/// amount. 0 when the list's mix is the history's; larger is less calibrated. Every item
-/// counts once with one category (`None`: one shared "no category"). None without history
-/// or list.
+/// amount. 0 when the list's mix is the history's; larger is less calibrated. An item with n
+/// categories counts 1/n towards each (Steck's p(g|i)); items without one share one "no
+/// category". None without history or list.
 pub fn calibration_kl<'a>(
     history: impl IntoIterator<Item = &'a str>,
     list: &[&'a str],
     k: usize,
-    category: impl Fn(&str) -> Option<&'a str>,
+    categories: impl Fn(&str) -> &'a [String],
 ) -> Option<f64> {
     const ALPHA: f64 = 0.01;
     let mix = |items: &mut dyn Iterator<Item = &'a str>| {
         let mut counts: HashMap<Option<&str>, f64> = HashMap::new();
         let mut n = 0.0;
         for i in items {
-            *counts.entry(category(i)).or_default() += 1.0;
+            match categories(i) {
+                [] => *counts.entry(None).or_default() += 1.0,
+                cats => {
+                    cats.iter().for_each(|c| *counts.entry(Some(c.as_str())).or_default() += 1.0 / cats.len() as f64)
+                }
+            }
             n += 1.0;
         }
         (n > 0.0).then(|| counts.into_iter().map(|(c, v)| (c, v / n)).collect::<HashMap<_, _>>())
@@ -435,10 +440,15 @@ mod tests {
 
     #[test]
     fn calibration_kl_matches_hand_computed_values() {
-        let category = |i: &str| match i {
-            "t1" | "t2" | "t3" => Some("toys"),
-            "b1" | "b2" => Some("books"),
-            _ => None,
+        let (toys, books, both) =
+            (vec!["toys".to_string()], vec!["books".to_string()], vec!["books".into(), "toys".into()]);
+        let category = |i: &str| -> &[String] {
+            match i {
+                "t1" | "t2" | "t3" => &toys,
+                "b1" | "b2" => &books,
+                "tb" => &both,
+                _ => &[],
+            }
         };
         // history: toys 2/3, books 1/3; list t3 b2: q = (1/2, 1/2)
         let kl = calibration_kl(["t1", "t2", "b1"], &["t3", "b2"], 10, category).unwrap();
@@ -453,6 +463,10 @@ mod tests {
         close(calibration_kl(["x", "y"], &["z"], 10, category).unwrap(), 0.0);
         assert_eq!(calibration_kl([], &["t1"], 10, category), None);
         assert_eq!(calibration_kl(["t1"], &[], 10, category), None);
+        // an item in two categories counts half in each: history tb = (1/2, 1/2) is t3 b2's mix
+        close(calibration_kl(["tb"], &["t3", "b2"], 10, category).unwrap(), 0.0);
+        let half = calibration_kl(["t1", "b1"], &["tb"], 10, category).unwrap();
+        close(half, 0.0);
     }
 
     #[test]

@@ -72,6 +72,7 @@
 //! ```
 
 pub mod abi;
+pub mod categories;
 pub mod columns;
 pub mod contract;
 pub mod ids;

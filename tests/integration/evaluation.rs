@@ -51,6 +51,27 @@ fn eval_reports_hand_computed_metrics() {
     close(&r, "intra_list_diversity", 1.0); // toys vs books
     // calibration: u1 had only x (no category), the list has none of that: q~ = 0.01 p
     close(&r, "calibration_kl", 100f64.ln());
+    // Several categories per item: a is toys and books (two rows), b "books|games" split by
+    // the separator. Distance 1 - Jaccard({books, toys}, {books, games}) = 1 - 1/3; x is
+    // toys: p = (toys 1), q = a's halves + b's halves = (books 1/2, toys 1/4, games 1/4).
+    let many = d.dir.path().join("many.csv");
+    std::fs::write(
+        &many,
+        "item_id,category
+a,toys
+a,books
+b,books|games
+x,toys
+",
+    )
+    .unwrap();
+    let categories = format!("{}:category", many.display());
+    let args = ["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2", "--json"];
+    let out = d.cli(&[&args[..], &["--categories", &categories, "--category-separator", "|"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    close(&r, "intra_list_diversity", 2.0 / 3.0);
+    close(&r, "calibration_kl", (1.0f64 / (0.99 * 0.25 + 0.01)).ln());
     let human = d.cli(&["eval", "t", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--k", "2"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("ndcg@k") && text.contains("intra-list diversity  n/a"), "{text}");

@@ -17,6 +17,8 @@ use crate::util::{RECD, TestDaemon, root};
 
 /// 1998-03-01T00:00:00Z: MovieLens 100K runs from 1997-09-20 to 1998-04-23.
 const ML_CUTOFF: i64 = 888_710_400;
+/// 2011-11-15T12:00:00Z, the cut-off of the demo data's two exports.
+const CUTOFF_MS: i64 = 1_321_358_400_000;
 
 fn init(args: &[&str]) -> Output {
     // No --config: the plugins and ONNX Runtime are found through the checkout recd was
@@ -96,6 +98,8 @@ fn movielens_100k_from_init_to_lists_read_with_redis_cli_and_evaluated() {
 
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("movielens");
+    // An empty folder is filled (it stays the same folder: it may be the shell's).
+    std::fs::create_dir(&home).unwrap();
     let out = init_ok(&[
         home.to_str().unwrap(),
         "--interactions",
@@ -136,15 +140,12 @@ fn movielens_100k_from_init_to_lists_read_with_redis_cli_and_evaluated() {
     let from_ranking: HashSet<&String> = ranked.iter().map(|(i, _)| i).collect();
     assert!(diverse.iter().all(|(i, _)| from_ranking.contains(i)), "diversity re-ranks ranking's list: {diverse:?}");
 
-    // The printed eval command, for both tables: the model beats time-decayed popularity
-    // on users with a history.
-    let truth = home.join("data/interactions.parquet");
-    assert!(out.contains(&format!("eval ranking --truth {}", truth.display())), "{out}");
+    // The printed eval commands, run as printed (warm users, as JSON): the model beats
+    // time-decayed popularity on users with a history.
     let ndcg = |table: &str| -> f64 {
-        let args =
-            ["eval", table, "--truth", truth.to_str().unwrap(), "--cutoff", "1998-03-01", "--warm-only", "--json"];
-        let out = d.cli(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = out.lines().find(|l| l.contains(&format!(" eval {table} "))).expect("an eval command");
+        let out = Command::new("sh").arg("-c").arg(format!("{line} --warm-only --json")).output().unwrap();
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(report["users"].as_u64().unwrap() > 100, "{report}");
         report["ndcg"].as_f64().unwrap()
@@ -253,15 +254,23 @@ fn init_takes_a_csv_with_other_column_names_and_a_parquet_with_zoned_times() {
         items.to_str().unwrap(),
         "--items-id-column",
         "item_id",
+        "--category-separator",
+        "|",
         "--timezone",
         "Europe/London",
         "--k",
         "6",
     ]);
     assert!(out.contains(&format!("{} interactions", rows.len())), "{out}");
+    // The span in UTC: the +01:00 of each time is taken into account.
+    let utc = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%d %H:%M UTC").to_string();
+    let (first, last) = (rows.iter().map(|r| r.2).min().unwrap(), rows.iter().map(|r| r.2).max().unwrap());
+    assert!(out.contains(&format!("from {} to {}", utc(first), utc(last))), "{out}");
     let popularity = std::fs::read_to_string(home.join("jobs/popularity.toml")).unwrap();
     assert!(popularity.contains(&format!("interactions = \"{}\"", csv.display())), "read in place:\n{popularity}");
     assert!(popularity.contains("timezone = \"Europe/London\""), "{popularity}");
+    let diversity = std::fs::read_to_string(home.join("jobs/diversity.toml")).unwrap();
+    assert!(diversity.contains("category_separator = \"|\""), "{diversity}");
 
     // Running init again on the same folder is refused and changes nothing.
     let before = std::fs::read_to_string(home.join("recd.toml")).unwrap();
@@ -285,9 +294,10 @@ fn init_takes_a_csv_with_other_column_names_and_a_parquet_with_zoned_times() {
         assert_eq!(diverse.len(), 3, "{diverse:?}");
         let mut per_category: HashMap<&str, usize> = HashMap::new();
         for (item, _) in &diverse {
-            *per_category.entry(categories.get(item).map_or("", String::as_str)).or_default() += 1;
+            let category = categories.get(item).unwrap_or_else(|| panic!("{item} is in items.csv"));
+            *per_category.entry(category).or_default() += 1;
         }
-        assert!(per_category.iter().all(|(c, n)| c.is_empty() || *n <= 2), "at most 2 per category: {per_category:?}");
+        assert!(per_category.values().all(|n| *n <= 2), "at most 2 per category: {per_category:?}");
         let uk = list(&d, "popularity:__segment__:United Kingdom");
         assert_eq!(uk.len(), 6, "a list per country: {uk:?}");
     }
@@ -312,7 +322,6 @@ fn init_takes_a_csv_with_other_column_names_and_a_parquet_with_zoned_times() {
         text += &format!("{u},\"{c}\"\n");
     }
     std::fs::write(&users, text).unwrap();
-    let cutoff_ms = 1_321_315_200_000; // 2011-11-15
     let home = tmp.path().join("orders");
     init_ok(&[
         home.to_str().unwrap(),
@@ -329,18 +338,20 @@ fn init_takes_a_csv_with_other_column_names_and_a_parquet_with_zoned_times() {
         "--segment-column",
         "region",
         "--cutoff",
-        "2011-11-15",
+        "2011-11-15T13:00:00+01:00",
     ]);
+    // Midday, in trading hours: times read an hour off (the zone ignored) would move rows
+    // across the cut-off.
     let past = std::fs::File::open(home.join("data/past.parquet")).unwrap();
     let mut kept = 0;
     for batch in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(past).unwrap().build().unwrap()
     {
         let b = batch.unwrap();
         let at = b.column_by_name("at").unwrap().as_primitive::<TimestampMillisecondType>();
-        assert!(at.values().iter().all(|&t| t < cutoff_ms), "the past holds only times before the cut-off");
+        assert!(at.values().iter().all(|&t| t < CUTOFF_MS), "the past holds only times before the cut-off");
         kept += b.num_rows();
     }
-    assert_eq!(kept, rows.iter().filter(|r| r.2 < cutoff_ms).count());
+    assert_eq!(kept, rows.iter().filter(|r| r.2 < CUTOFF_MS).count());
 
     let d = TestDaemon::start_init(tempfile::tempdir().unwrap(), &home);
     run_every_job(&d);
@@ -348,7 +359,7 @@ fn init_takes_a_csv_with_other_column_names_and_a_parquet_with_zoned_times() {
     let ranked = list(&d, &format!("ranking:{user}"));
     assert_eq!(ranked.len(), 10, "{ranked:?}");
     assert_best_first(&format!("ranking:{user}"), &ranked);
-    let had: HashSet<&String> = rows.iter().filter(|r| r.0 == user && r.2 < cutoff_ms).map(|r| &r.1).collect();
+    let had: HashSet<&String> = rows.iter().filter(|r| r.0 == user && r.2 < CUTOFF_MS).map(|r| &r.1).collect();
     assert!(ranked.iter().all(|(i, _)| !had.contains(i)), "nothing the user had before the cut-off");
     let country = regions[&user].clone();
     assert!(!list(&d, &format!("popularity:__segment__:{country}")).is_empty(), "segments from the users file");
@@ -363,7 +374,8 @@ fn init_refuses_a_bad_mapping_before_writing_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("new");
     let retail = root().join("data/demo/retail.parquet");
-    let cases: [(Vec<&str>, &str); 4] = [
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["--timezone", "Europe/Londn"], "--timezone Europe/Londn: not an IANA time zone"),
         (vec!["--user-column", "customer"], "--user-column customer: "),
         (vec!["--cutoff", "2001-01-01"], "--cutoff 2001-01-01: no interaction is before it"),
         (vec!["--cutoff", "2030-01-01"], "none is left for `recd eval`"),
@@ -386,4 +398,29 @@ fn init_refuses_a_bad_mapping_before_writing_anything() {
     let out = init(&[home.to_str().unwrap(), "--interactions", tsv.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--delimiter"), "{out:?}");
     assert_eq!(entries(tmp.path()), ["ratings.data"]);
+
+    // A setup that fails validation once in place (a trainer that writes no real model) is
+    // taken out again: a new folder goes, an existing empty one is left empty.
+    let trainer = tmp.path().join("bad_trainer.py");
+    std::fs::write(
+        &trainer,
+        "import os, sys\nout = sys.argv[sys.argv.index('--out') + 1]\nos.makedirs(out)\n\
+         open(os.path.join(out, 'mf.onnx'), 'w').write('not a model')\n\
+         open(os.path.join(out, 'users.csv'), 'w').write('user_id,index\\n17850,0\\n')\n\
+         open(os.path.join(out, 'items.csv'), 'w').write('item_id,index\\n85123A,0\\n')\n\
+         open(os.path.join(out, 'item_factors.parquet'), 'w').write('')\n\
+         open(os.path.join(out, 'metrics.json'), 'w').write('{}')\n",
+    )
+    .unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for target in [&home, &empty] {
+        let args = [target.to_str().unwrap(), "--interactions", retail.to_str().unwrap(), "--trainer"];
+        let out = init(&[&args[..], &[trainer.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("do not validate"), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("error"), "validate's errors are shown");
+    }
+    assert_eq!(entries(tmp.path()), ["bad_trainer.py", "empty", "ratings.data"]);
+    assert!(entries(&empty).is_empty(), "{:?}", entries(&empty));
 }

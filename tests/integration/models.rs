@@ -451,10 +451,16 @@ fn the_training_script_takes_any_column_names_ids_and_time_forms() {
         parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&parquet).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
+    // and as an Arrow IPC file, which `recd init` may hand the trainer as it is
+    let ipc = std::fs::File::create(dir.path().join("lines.arrow")).unwrap();
+    let mut w = arrow_ipc::writer::FileWriter::try_new(ipc, &batch.schema()).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
     let fast = ["--family", "popularity", "--no-validation"];
     for (data, mapping) in [
         ("lines.csv", &["--user-column", "uid", "--item-column", "sku", "--time-column", "when"][..]),
         ("lines.parquet", &[][..]),
+        ("lines.arrow", &[][..]),
     ] {
         let out = dir.path().join(format!("model-{data}"));
         let path = dir.path().join(data);

@@ -98,7 +98,8 @@ impl TestDaemon {
     }
 
     /// Starts `recd serve` on a setup `recd init` wrote into `home` (inside `dir`, which
-    /// the daemon keeps alive): its `recd.toml`, sockets in `var/`, its log beside them.
+    /// the daemon keeps alive): its `recd.toml` and sockets in `var/`; the log goes to
+    /// `dir/daemon.log`.
     pub fn start_init(dir: tempfile::TempDir, home: &Path) -> TestDaemon {
         let mut d = TestDaemon {
             child: None,

@@ -41,9 +41,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub include_repeats: bool,
     /// Item categories for intra-list diversity and calibration KL: FILE:COLUMN (items
-    /// keyed by --item-column)
+    /// keyed by --item-column; an item listed on several rows has each row's category)
     #[arg(long, value_parser = file_and_column)]
     pub categories: Option<(PathBuf, String)>,
+    /// Splits one --categories cell into several (`|` for `Drama|Comedy`), as the diversity
+    /// plugin's category_separator does
+    #[arg(long, requires = "categories", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub category_separator: Option<String>,
     /// Item embeddings for intra-list diversity by distance: FILE:COLUMN, a list or
     /// fixed-size list of floats per item (items keyed by --item-column), e.g. a ranking
     /// model's item_factors.parquet:embedding. The distance of two items is (1 - cosine) / 2
@@ -168,8 +172,11 @@ pub fn run(args: &EvalArgs, socket: &Path) -> anyhow::Result<Report> {
         .filter(|(_, a)| !(a.items.is_empty() || (args.own_lists_only && a.fallback)))
         .map(|(u, a)| (*u, a.items.iter().map(String::as_str).collect()))
         .collect();
-    let categories =
-        args.categories.as_ref().map(|(file, col)| read_categories(file, &args.item_column, col)).transpose()?;
+    let categories = args
+        .categories
+        .as_ref()
+        .map(|(file, col)| read_categories(file, &args.item_column, col, args.category_separator.as_deref()))
+        .transpose()?;
     let embeddings =
         args.embeddings.as_ref().map(|(file, col)| read_embeddings(file, &args.item_column, col)).transpose()?;
     let truth = Truth {
@@ -210,7 +217,7 @@ struct Truth<'a> {
 
 /// The optional item data: categories and embeddings.
 struct Extra<'a> {
-    categories: Option<&'a HashMap<String, String>>,
+    categories: Option<&'a HashMap<String, Vec<String>>>,
     embeddings: Option<&'a HashMap<String, Vec<f32>>>,
 }
 
@@ -231,10 +238,9 @@ fn score(
     let in_order = || users.iter().filter_map(|u| lists.get(u));
     let novelty = mean(in_order().filter_map(|l| metrics::novelty(l, args.k, popularity, had.len())));
     let diversity = extra.categories.and_then(|cat| {
-        let distance = |a: &str, b: &str| match (cat.get(a), cat.get(b)) {
-            (Some(x), Some(y)) if x == y => 0.0,
-            _ => 1.0,
-        };
+        // the share of categories two items do not have in common (1 for an item without one)
+        let of = |i: &str| cat.get(i).map_or(&[][..], Vec::as_slice);
+        let distance = |a: &str, b: &str| 1.0 - recd_plugin_api::categories::jaccard(of(a), of(b));
         mean(in_order().filter_map(|l| metrics::intra_list_diversity(l, args.k, distance)))
     });
     let calibration_kl = extra.categories.and_then(|cat| {
@@ -243,7 +249,7 @@ fn score(
             // history in item order: the sum is then the same on every run
             let mut history: Vec<&str> = history.iter().copied().collect();
             history.sort_unstable();
-            metrics::calibration_kl(history, lists.get(u)?, args.k, |i| cat.get(i).map(String::as_str))
+            metrics::calibration_kl(history, lists.get(u)?, args.k, |i| cat.get(i).map_or(&[][..], Vec::as_slice))
         }))
     });
     let embedding_diversity = extra.embeddings.and_then(|emb| {
@@ -553,13 +559,18 @@ fn times(batch: &RecordBatch, name: &str) -> Result<Vec<Option<NaiveDateTime>>, 
         .collect())
 }
 
-fn read_categories(file: &Path, item_column: &str, category_column: &str) -> anyhow::Result<HashMap<String, String>> {
+fn read_categories(
+    file: &Path,
+    item_column: &str,
+    category_column: &str,
+    separator: Option<&str>,
+) -> anyhow::Result<HashMap<String, Vec<String>>> {
     let batch = crate::worker::read_input_with_text(&input(file, "categories")?, &[item_column, category_column])?;
     let err = |e: recd_plugin_api::PluginError| anyhow::anyhow!("{}: {e}", file.display());
     let items = ids_as_strings(column(&batch, "categories", item_column).map_err(err)?, item_column).map_err(err)?;
     let cats =
         ids_as_strings(column(&batch, "categories", category_column).map_err(err)?, category_column).map_err(err)?;
-    Ok(items.into_iter().zip(cats).filter_map(|(i, c)| Some((i?, c?))).collect())
+    Ok(recd_plugin_api::categories::collect(items.into_iter().zip(cats), separator))
 }
 
 /// Each item's embedding from FILE's COLUMN (a list of floats per row).

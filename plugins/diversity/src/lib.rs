@@ -6,8 +6,10 @@
 //! `lambda * relevance - (1 - lambda) * max similarity to the items already chosen`, where
 //! relevance is the upstream score scaled to [0, 1] within the user's list. Similarity
 //! (`similarity`):
-//! - `category` (default): 1 for two items of the same category, else 0 (categories from
-//!   input `items`);
+//! - `category` (default): the share of categories two items have in common (Jaccard: 1 for
+//!   the same single category, 0 for none shared), categories from input `items`. An item
+//!   may have several: one per row, or several in one cell split by `category_separator`
+//!   (e.g. `"|"`);
 //! - `embedding`: the cosine of the items' vectors (input `embeddings`, e.g. the ranking
 //!   model's item factors), so "near-duplicate" is a matter of degree and a candidate
 //!   pointing away from what is chosen gets a bonus. An item without a vector is
@@ -19,16 +21,18 @@
 //! a spread over categories they never touch. Greedily, the next item maximises
 //! `lambda * relevance - (1 - lambda) * KL(p || q~)`, where p is the share of each category
 //! among the distinct items the user had, q the share in the list so far with the
-//! candidate, and q~ = 0.99 q + 0.01 p (so KL stays finite). Items without a category count
-//! together as one category; a user without history keeps the upstream order. The same KL, over the top k, is what `recd eval --categories` reports
+//! candidate, and q~ = 0.99 q + 0.01 p (so KL stays finite). An item with n categories
+//! counts 1/n towards each (Steck's p(g|i)); items without a category count together as one
+//! category; a user without history keeps the upstream order. The same KL, over the top k, is what `recd eval --categories` reports
 //! as calibration.
 //!
-//! `max_per_category` is a hard cap on top; it always counts categories, so with embedding
-//! similarity it needs `items` too. Emitted scores are `k - position`, so the served order
+//! `max_per_category` is a hard cap on top: an item is left out once any of its categories
+//! is full. It always counts categories, so with embedding similarity it needs `items` too. Emitted scores are `k - position`, so the served order
 //! is the chosen order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use recd_plugin_api::categories::{collect, jaccard};
 use recd_plugin_api::columns::{booleans, column, float_lists, ids_as_strings, numbers};
 use recd_plugin_api::{CheckContext, OutputRows, PluginError, RunContext, Strategy, export_plugin};
 use serde::Deserialize;
@@ -43,6 +47,8 @@ struct Params {
     max_per_category: Option<usize>,
     #[serde(default = "default_category_column")]
     category_column: String,
+    /// Splits one `items` cell into several categories (`"|"` for `Drama|Comedy`).
+    category_separator: Option<String>,
     #[serde(default = "default_item_column")]
     item_column: String,
     #[serde(default)]
@@ -113,6 +119,9 @@ impl Strategy for Diversity {
         }
         if !(0.0..=1.0).contains(&params.lambda) {
             return Err(PluginError::params(format!("params.lambda: must be in [0, 1], got {}", params.lambda)));
+        }
+        if params.category_separator.as_deref() == Some("") {
+            return Err(PluginError::params("params.category_separator: must not be empty"));
         }
         if params.max_per_category == Some(0) {
             return Err(PluginError::params("params.max_per_category: must be at least 1"));
@@ -185,21 +194,39 @@ impl Strategy for Diversity {
 /// What MMR knows of items: categories (for the cap, and for category similarity) and,
 /// with embedding similarity, unit vectors.
 struct Items {
-    categories: HashMap<String, String>,
+    /// Each item's categories, sorted and distinct.
+    categories: HashMap<String, Vec<String>>,
     vectors: Option<HashMap<String, Vec<f64>>>,
 }
 
 impl Items {
-    /// The item's category for calibration; items without one share `NO_CATEGORY`.
-    fn category(&self, item: &str) -> &str {
-        self.categories.get(item).map_or(NO_CATEGORY, String::as_str)
+    /// The item's categories (none: empty).
+    fn categories_of(&self, item: &str) -> &[String] {
+        self.categories.get(item).map_or(&[], Vec::as_slice)
     }
 
-    /// Whether the cap leaves no room for another item of `item`'s category (items without
-    /// a category are never capped).
+    /// Whether the cap leaves no room for `item`: one of its categories is full (items
+    /// without a category are never capped).
     fn capped(&self, item: &str, per_category: &HashMap<&str, usize>, p: &Params) -> bool {
-        let cat = self.categories.get(item).map(String::as_str);
-        p.max_per_category.zip(cat).is_some_and(|(cap, c)| per_category.get(c).copied().unwrap_or(0) >= cap)
+        p.max_per_category.is_some_and(|cap| {
+            self.categories_of(item).iter().any(|c| per_category.get(c.as_str()).copied().unwrap_or(0) >= cap)
+        })
+    }
+
+    /// Counts a picked item against each of its categories' caps.
+    fn count<'a>(&'a self, item: &str, per_category: &mut HashMap<&'a str, usize>) {
+        for c in self.categories_of(item) {
+            *per_category.entry(c.as_str()).or_default() += 1;
+        }
+    }
+
+    /// The item's weight in each category for calibration: 1/n in each of its n, or all of
+    /// it in `NO_CATEGORY`.
+    fn weights(&self, item: &str) -> Vec<(&str, f64)> {
+        match self.categories_of(item) {
+            [] => vec![(NO_CATEGORY, 1.0)],
+            cats => cats.iter().map(|c| (c.as_str(), 1.0 / cats.len() as f64)).collect(),
+        }
     }
 
     fn similarity(&self, a: &str, b: &str) -> f64 {
@@ -208,10 +235,7 @@ impl Items {
                 (Some(x), Some(y)) => x.iter().zip(y).map(|(x, y)| x * y).sum(),
                 _ => 0.0,
             },
-            None => match (self.categories.get(a), self.categories.get(b)) {
-                (Some(x), Some(y)) if x == y => 1.0,
-                _ => 0.0,
-            },
+            None => jaccard(self.categories_of(a), self.categories_of(b)),
         }
     }
 }
@@ -241,14 +265,14 @@ impl Diversity {
         Ok(Items { categories, vectors })
     }
 
-    fn categories(&self, ctx: &RunContext<'_>) -> Result<HashMap<String, String>, PluginError> {
+    fn categories(&self, ctx: &RunContext<'_>) -> Result<HashMap<String, Vec<String>>, PluginError> {
         let batch = ctx.input("items")?;
         let p = &self.params;
         let items = ids_as_strings(column(batch, "items", &p.item_column)?, &p.item_column)?;
         let cats = column(batch, "items", &p.category_column)
             .map_err(|e| PluginError::params(format!("params.category_column: {e}")))?;
         let cats = ids_as_strings(cats, &p.category_column)?;
-        Ok(items.into_iter().zip(cats).filter_map(|(i, c)| Some((i?, c?))).collect())
+        Ok(collect(items.into_iter().zip(cats), p.category_separator.as_deref()))
     }
 
     /// Each user's category shares (p in the module doc) over the distinct items they had
@@ -265,41 +289,46 @@ impl Diversity {
             Some(c) => booleans(c.as_ref(), &format!("{t}.cancelled"))?,
             None => vec![None; batch.num_rows()],
         };
-        let mut had: HashMap<String, HashSet<String>> = HashMap::new();
+        // ordered: the fractional weights then add up to the same last bits on every run
+        let mut had: HashMap<String, BTreeSet<String>> = HashMap::new();
         for ((u, i), c) in users.into_iter().zip(its).zip(cancelled) {
             if let (Some(u), Some(i), false) = (u, i, c == Some(true)) {
                 had.entry(u).or_default().insert(i);
             }
         }
-        Ok(had.into_iter().map(|(u, set)| (u, shares(set.iter().map(|i| items.category(i))))).collect())
+        Ok(had.into_iter().map(|(u, set)| (u, shares(set.iter().map(|i| items.weights(i))))).collect())
     }
 }
 
-/// A distribution over categories: each category's share, summing to 1.
-type Shares = HashMap<String, f64>;
+/// A distribution over categories: each category's share, summing to 1 (ordered, so that
+/// sums over it come out the same on every run).
+type Shares = BTreeMap<String, f64>;
 
 /// How items without a category are counted in calibration (one category of their own).
 const NO_CATEGORY: &str = "";
 
-fn shares<'a>(categories: impl Iterator<Item = &'a str>) -> Shares {
-    let mut counts: HashMap<String, f64> = HashMap::new();
+fn shares<'a>(items: impl Iterator<Item = Vec<(&'a str, f64)>>) -> Shares {
+    let mut counts: Shares = BTreeMap::new();
     let mut n = 0.0;
-    for c in categories {
-        *counts.entry(c.to_string()).or_default() += 1.0;
+    for weights in items {
+        for (c, w) in weights {
+            *counts.entry(c.to_string()).or_default() += w;
+        }
         n += 1.0;
     }
     counts.values_mut().for_each(|v| *v /= n);
     counts
 }
 
-/// KL(p || q~), q~ = (1 - alpha) q + alpha p, where q is the category mix of the items
-/// counted in `counts` plus one more of category `added`.
-fn calibration_kl(p: &Shares, counts: &HashMap<&str, usize>, added: &str) -> f64 {
-    let n = counts.values().sum::<usize>() + 1;
+/// KL(p || q~), q~ = (1 - alpha) q + alpha p, where q is the category mix of the `picked`
+/// items whose weights `mix` sums, plus one more item with weights `added`.
+fn calibration_kl(p: &Shares, mix: &HashMap<&str, f64>, picked: usize, added: &[(&str, f64)]) -> f64 {
+    let n = (picked + 1) as f64;
     p.iter()
         .map(|(g, &pg)| {
-            let count = counts.get(g.as_str()).copied().unwrap_or(0) + usize::from(g == added);
-            let q = (1.0 - CALIBRATION_ALPHA) * (count as f64 / n as f64) + CALIBRATION_ALPHA * pg;
+            let extra: f64 = added.iter().filter(|(c, _)| *c == g.as_str()).map(|(_, w)| w).sum();
+            let weight = mix.get(g.as_str()).copied().unwrap_or(0.0) + extra;
+            let q = (1.0 - CALIBRATION_ALPHA) * (weight / n) + CALIBRATION_ALPHA * pg;
             pg * (pg / q).ln()
         })
         .sum()
@@ -375,20 +404,22 @@ fn relevance_scale(list: &[(String, f64)]) -> impl Fn(f64) -> f64 {
 fn calibrated<'a>(list: &'a [(String, f64)], items: &Items, history: Option<&Shares>, p: &Params) -> Vec<&'a str> {
     let relevance = relevance_scale(list);
     let mut left: Vec<usize> = (0..list.len()).collect();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
+    let mut per_category: HashMap<&str, usize> = HashMap::new();
+    let mut mix: HashMap<&str, f64> = HashMap::new();
     let mut picked: Vec<&str> = Vec::new();
     while picked.len() < p.k {
-        // the KL after one more item depends only on that item's category: once per category
-        let mut kl_after: HashMap<&str, f64> = HashMap::new();
+        // the KL after one more item depends only on that item's categories: once per set
+        let mut kl_after: HashMap<&[String], f64> = HashMap::new();
         let mut best: Option<(usize, f64)> = None;
         for (slot, &c) in left.iter().enumerate() {
             let item = list[c].0.as_str();
-            if items.capped(item, &counts, p) {
+            if items.capped(item, &per_category, p) {
                 continue;
             }
-            let g = items.category(item);
             let kl = match history {
-                Some(h) => *kl_after.entry(g).or_insert_with(|| calibration_kl(h, &counts, g)),
+                Some(h) => *kl_after
+                    .entry(items.categories_of(item))
+                    .or_insert_with(|| calibration_kl(h, &mix, picked.len(), &items.weights(item))),
                 None => 0.0,
             };
             let value = p.lambda * relevance(list[c].1) - (1.0 - p.lambda) * kl;
@@ -399,7 +430,10 @@ fn calibrated<'a>(list: &'a [(String, f64)], items: &Items, history: Option<&Sha
         }
         let Some((slot, _)) = best else { break };
         let item = list[left.remove(slot)].0.as_str();
-        *counts.entry(items.category(item)).or_default() += 1;
+        items.count(item, &mut per_category);
+        for (c, w) in items.weights(item) {
+            *mix.entry(c).or_default() += w;
+        }
         picked.push(item);
     }
     picked
@@ -433,9 +467,7 @@ fn mmr<'a>(list: &'a [(String, f64)], items: &Items, p: &Params) -> Vec<&'a str>
             // the first pick sets it outright: a negative cosine is a bonus, not below "none"
             nearest[c] = if picked.is_empty() { s } else { nearest[c].max(s) };
         }
-        if let Some(cat) = items.categories.get(item) {
-            *per_category.entry(cat.as_str()).or_default() += 1;
-        }
+        items.count(item, &mut per_category);
         picked.push(item);
     }
     picked
@@ -747,14 +779,52 @@ mod tests {
     #[test]
     fn calibration_kl_is_steck_kl_with_alpha() {
         let p: Shares = [("toys".to_string(), 2.0 / 3.0), ("books".to_string(), 1.0 / 3.0)].into();
-        let kl = calibration_kl(&p, &HashMap::from([("toys", 1)]), "books");
+        let kl = calibration_kl(&p, &HashMap::from([("toys", 1.0)]), 1, &[("books", 1.0)]);
         // q = (1/2, 1/2): q~ = 0.99 * 1/2 + 0.01 p
         let want = 2.0 / 3.0 * ((2.0f64 / 3.0) / (0.495 + 0.01 * 2.0 / 3.0)).ln()
             + 1.0 / 3.0 * ((1.0f64 / 3.0) / (0.495 + 0.01 / 3.0)).ln();
         assert!((kl - want).abs() < 1e-12, "{kl} vs {want}");
         assert!((want - 0.0555).abs() < 1e-3, "{want}");
         // an exact mix gives 0
-        assert!(calibration_kl(&p, &HashMap::from([("toys", 1), ("books", 1)]), "toys").abs() < 1e-12);
+        assert!(calibration_kl(&p, &HashMap::from([("toys", 1.0), ("books", 1.0)]), 2, &[("toys", 1.0)]).abs() < 1e-12);
+        // an item in both categories counts half in each: after a toy and it, q = (3/4, 1/4)
+        let half = calibration_kl(&p, &HashMap::from([("toys", 1.0)]), 1, &[("toys", 0.5), ("books", 0.5)]);
+        let want = 2.0 / 3.0 * ((2.0f64 / 3.0) / (0.99 * 0.75 + 0.01 * 2.0 / 3.0)).ln()
+            + 1.0 / 3.0 * ((1.0f64 / 3.0) / (0.99 * 0.25 + 0.01 / 3.0)).ln();
+        assert!((half - want).abs() < 1e-12, "{half} vs {want}");
+    }
+
+    /// Candidates a 1.0, b 0.9, c 0.8, d 0.7 for u1; `items` rows as given.
+    fn run_with_items(params: &str, items: &[(&str, &str)]) -> Vec<String> {
+        let cands = candidates(&[("a", 1.0), ("b", 0.9), ("c", 0.8), ("d", 0.7)]);
+        let ids: Vec<&str> = items.iter().map(|r| r.0).collect();
+        let cats: Vec<&str> = items.iter().map(|r| r.1).collect();
+        let out = Harness::new(params)
+            .input("candidates", cands)
+            .input("items", item_categories(&ids, &cats))
+            .run::<Diversity>()
+            .unwrap();
+        out.list("u1").into_iter().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn an_item_has_every_category_of_its_rows_or_of_its_separated_cell() {
+        // a: drama+comedy, b: comedy, c: drama, d: war. Cap 1 per category: after a, both
+        // b and c are full, so d; with one category per item (the last row) c would follow.
+        let rows = [("a", "drama"), ("a", "comedy"), ("b", "comedy"), ("c", "drama"), ("d", "war")];
+        assert_eq!(run_with_items(r#"{"k": 3, "lambda": 1, "max_per_category": 1}"#, &rows), ["a", "d"]);
+        let cells = [("a", "drama|comedy"), ("b", "comedy"), ("c", "drama"), ("d", "war")];
+        let split = r#"{"k": 3, "lambda": 1, "max_per_category": 1, "category_separator": "|"}"#;
+        assert_eq!(run_with_items(split, &cells), ["a", "d"]);
+        // Without the separator "drama|comedy" is one category of its own: nothing is full.
+        assert_eq!(run_with_items(r#"{"k": 3, "lambda": 1, "max_per_category": 1}"#, &cells), ["a", "b", "c"]);
+        // MMR by Jaccard: after a, b and c are half alike (1/2), d not at all. lambda 0.5:
+        // b 0.5 * 0.667 - 0.5 * 0.5 = 0.083, c 0.5 * 0.333 - 0.25 = -0.083, d 0 - 0 = 0: b.
+        assert_eq!(run_with_items(r#"{"k": 2, "lambda": 0.5}"#, &rows), ["a", "b"]);
+        // lambda 0.4: b 0.4 * 0.667 - 0.6 * 0.5 = -0.033 loses to d's 0.
+        assert_eq!(run_with_items(r#"{"k": 2, "lambda": 0.4}"#, &rows), ["a", "d"]);
+        let empty = Harness::new(r#"{"category_separator": ""}"#).check::<Diversity>();
+        assert!(empty.unwrap_err().message.contains("params.category_separator"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
+
 use super::source::Place;
 use super::{InitArgs, Setup};
 use crate::config::{Config, EMBEDDED_DEFAULTS};
@@ -13,27 +15,34 @@ use crate::config::{Config, EMBEDDED_DEFAULTS};
 pub const MODEL_DIR: &str = "models/ranking";
 
 /// Writes `recd.toml` and `jobs/*.toml` into `staging`; returns the job names in run order.
-pub fn write(args: &InitArgs, config: &Config, staging: &Path, data: &Place) -> anyhow::Result<Vec<&'static str>> {
-    let (plugins, onnxruntime) = shipped_parts(config)?;
+/// `parts`: the plugins folder and the ONNX Runtime library ([`shipped_parts`]).
+pub fn write(
+    args: &InitArgs,
+    parts: &(PathBuf, PathBuf),
+    staging: &Path,
+    data: &Place,
+) -> anyhow::Result<Vec<&'static str>> {
+    let (plugins, onnxruntime) = parts;
     let settings = format!(
-        "# Written by `recd init` for {}. Relative paths are resolved against this file's\n\
-         # folder; the checkout's recd.toml describes every setting.\n\
+        "# Written by `recd init` (the interactions file is named in jobs/). Relative paths are\n\
+         # resolved against this file's folder; the checkout's recd.toml describes every setting.\n\
          data_dir = \"var/data\"\n\
          socket = \"var/recd.sock\"\n\
          admin_socket = \"var/recd-admin.sock\"\n\
          jobs_dir = \"jobs\"\n\
          plugins_dir = {}\n\
          onnxruntime = {}\n",
-        std::path::absolute(&args.interactions)?.display(),
         quoted(&plugins.display().to_string()),
         quoted(&onnxruntime.display().to_string()),
     );
-    std::fs::write(staging.join("recd.toml"), settings)?;
+    let written =
+        |path: PathBuf, text: &str| std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()));
+    written(staging.join("recd.toml"), &settings)?;
     std::fs::create_dir_all(staging.join("jobs"))?;
     let jobs =
         [("popularity", popularity(args, data)?), ("ranking", ranking(args, data)), ("diversity", diversity(args)?)];
     for (name, text) in &jobs {
-        std::fs::write(staging.join("jobs").join(format!("{name}.toml")), text)?;
+        written(staging.join("jobs").join(format!("{name}.toml")), text)?;
     }
     Ok(jobs.iter().map(|(name, _)| *name).collect())
 }
@@ -47,30 +56,29 @@ fn absolute(path: &Path) -> anyhow::Result<String> {
     Ok(quoted(&std::path::absolute(path)?.display().to_string()))
 }
 
-/// The plugins folder and ONNX Runtime library this recd runs with: its config's (the
-/// embedded defaults resolve against the working directory), else the checkout's it was
-/// built in.
-fn shipped_parts(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// The plugins folder and ONNX Runtime library the setup names: the plugins beside this
+/// recd's executable (a build puts them there), else its config's (the embedded defaults
+/// resolve against the working directory), else those of the checkout it was built in.
+pub fn shipped_parts(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe()?;
-    let checkout = exe.ancestors().nth(3).map(|root| Config::parse(EMBEDDED_DEFAULTS, "recd.toml", root));
-    let mut candidates = vec![(config.plugins_dir.clone(), config.onnxruntime.clone())];
-    if let Some(Ok(defaults)) = checkout {
-        candidates.push((defaults.plugins_dir, defaults.onnxruntime));
+    let mut plugins = exe.parent().into_iter().map(Path::to_path_buf).collect::<Vec<_>>();
+    let mut libraries = vec![config.onnxruntime.clone()];
+    plugins.push(config.plugins_dir.clone());
+    if let Some(Ok(checkout)) = exe.ancestors().nth(3).map(|root| Config::parse(EMBEDDED_DEFAULTS, "recd.toml", root)) {
+        plugins.push(checkout.plugins_dir);
+        libraries.push(checkout.onnxruntime);
     }
-    let plugins =
-        candidates.iter().map(|(p, _)| p).find(|p| p.join("librecd_ranking.so").is_file()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "no librecd_ranking.so in {} (build the workspace, or give --config with plugins_dir)",
-                config.plugins_dir.display()
-            )
-        })?;
-    let onnxruntime = candidates.iter().map(|(_, o)| o).find(|o| o.is_file()).ok_or_else(|| {
+    let tried = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let found = plugins.iter().find(|p| p.join("librecd_ranking.so").is_file()).ok_or_else(|| {
+        anyhow::anyhow!("no librecd_ranking.so in {} (scripts/setup.sh builds the plugins)", tried(&plugins))
+    })?;
+    let library = libraries.iter().find(|o| o.is_file()).ok_or_else(|| {
         anyhow::anyhow!(
             "ONNX Runtime is not at {} (scripts/setup.sh installs it; ORT_DYLIB_PATH names another)",
-            config.onnxruntime.display()
+            tried(&libraries)
         )
     })?;
-    Ok((plugins.clone(), onnxruntime.clone()))
+    Ok((found.clone(), library.clone()))
 }
 
 fn columns(args: &InitArgs) -> String {
@@ -145,6 +153,9 @@ fn diversity(args: &InitArgs) -> anyhow::Result<String> {
             let _ =
                 writeln!(s, "items = {}\n\n[params]\nk = {k}\nlambda = 0.7\nmax_per_category = 2", absolute(items)?);
             let _ = writeln!(s, "item_column = {}\ncategory_column = {}", quoted(id), quoted(&args.category_column));
+            if let Some(separator) = &args.category_separator {
+                let _ = writeln!(s, "category_separator = {}", quoted(separator));
+            }
         }
         None => {
             let _ = writeln!(s, "embeddings = \"{MODEL_DIR}/item_factors.parquet\"  # the model's item vectors");
@@ -158,8 +169,9 @@ fn diversity(args: &InitArgs) -> anyhow::Result<String> {
 pub fn next_steps(args: &InitArgs, setup: &Setup, dir: &Path) -> String {
     let recd = std::env::current_exe().map_or_else(|_| "recd".into(), |p| p.display().to_string());
     let config = dir.join("recd.toml");
-    let cmd = format!("{recd} --config {}", config.display());
-    let user = &setup.model.sample_user;
+    let cmd = format!("{} --config {}", sh(&recd), sh(&config.display().to_string()));
+    let user = &sh(&setup.model.sample_user);
+    let ranking_key = sh(&format!("ranking:{}", setup.model.sample_user));
     let mut s = format!("\nwrote {}: recd.toml, jobs/{{{}}}.toml, {MODEL_DIR}/", dir.display(), setup.jobs.join(","));
     if let Place::Written(rel) = &setup.jobs_data {
         let _ = write!(s, ", {rel}");
@@ -175,21 +187,47 @@ pub fn next_steps(args: &InitArgs, setup: &Setup, dir: &Path) -> String {
     let _ = writeln!(s, "  {cmd} serve &");
     let _ = writeln!(s, "  {cmd} run popularity       # ranking, then diversity, follow it");
     let _ = writeln!(s, "  {cmd} get ranking {user}");
-    let _ =
-        writeln!(s, "  redis-cli -s {} ZREVRANGE ranking:{user} 0 9 WITHSCORES", dir.join("var/recd.sock").display());
+    let _ = writeln!(
+        s,
+        "  redis-cli -s {} ZREVRANGE {ranking_key} 0 9 WITHSCORES",
+        sh(&dir.join("var/recd.sock").display().to_string())
+    );
     if let Some((_, cutoff)) = &setup.summary.past {
         let _ = writeln!(s, "\nevaluate on what happened from the cut-off on:");
         for table in ["ranking", "popularity"] {
             let _ = writeln!(
                 s,
-                "  {cmd} eval {table} --truth {} --cutoff {cutoff} --k {} --user-column {} --item-column {} --time-column {}",
-                setup.truth.under(dir).display(),
+                "  {cmd} eval {table} --truth {} --cutoff {} --k {} --user-column {} --item-column {} --time-column {}",
+                sh(&setup.truth.under(dir).display().to_string()),
+                sh(cutoff),
                 args.k,
-                args.user_column,
-                args.item_column,
-                args.time_column,
+                sh(&args.user_column),
+                sh(&args.item_column),
+                sh(&args.time_column),
             );
         }
     }
     s
+}
+
+/// `text` as one shell word: as is when it is plainly safe, else in single quotes.
+fn sh(text: &str) -> String {
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    match plain {
+        true => text.to_string(),
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sh;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(sh("/tmp/a/recd.toml"), "/tmp/a/recd.toml");
+        assert_eq!(sh("my data/x.csv"), "'my data/x.csv'");
+        assert_eq!(sh("it's"), r"'it'\''s'");
+        assert_eq!(sh("ranking:__segment__:United Kingdom"), "'ranking:__segment__:United Kingdom'");
+    }
 }

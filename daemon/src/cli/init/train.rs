@@ -16,19 +16,20 @@ pub struct Model {
     pub sample_user: String,
 }
 
-pub fn train(args: &InitArgs, data: &Path, out: &Path) -> anyhow::Result<Model> {
-    let script = trainer(args)?;
+pub fn train(args: &InitArgs, script: &Path, data: &Path, out: &Path) -> anyhow::Result<Model> {
     println!("training the ranking model with {} (its output follows on stderr)", script.display());
     let mut cmd = Command::new(&args.python);
-    cmd.arg(&script).arg("--data").arg(data);
+    cmd.arg(script).arg("--data").arg(data);
     cmd.args(["--user-column", &args.user_column, "--item-column", &args.item_column]);
     cmd.args(["--time-column", &args.time_column]).arg("--out").arg(out);
-    if let Some(tools) = pytools(&script) {
-        let mut path = std::ffi::OsString::from(tools);
-        if let Some(old) = std::env::var_os("PYTHONPATH") {
+    // The checkout's packages are built for its python3; another interpreter (a venv, say)
+    // brings its own. After PYTHONPATH's own entries, which come first.
+    if let (Some(tools), true) = (pytools(script), args.python == DEFAULT_PYTHON) {
+        let mut path = std::env::var_os("PYTHONPATH").unwrap_or_default();
+        if !path.is_empty() {
             path.push(":");
-            path.push(old);
         }
+        path.push(tools);
         cmd.env("PYTHONPATH", path);
     }
     // Its progress goes to stderr: stdout stays recd init's own summary.
@@ -38,10 +39,14 @@ pub fn train(args: &InitArgs, data: &Path, out: &Path) -> anyhow::Result<Model> 
     read_model(out)
 }
 
+/// `--python`'s default.
+pub const DEFAULT_PYTHON: &str = "python3";
+
 /// `--trainer`, else `scripts/train_ranking.py` of the checkout this `recd` was built in
 /// (it runs from `target/release/`).
-fn trainer(args: &InitArgs) -> anyhow::Result<PathBuf> {
+pub fn trainer(args: &InitArgs) -> anyhow::Result<PathBuf> {
     if let Some(path) = &args.trainer {
+        anyhow::ensure!(path.is_file(), "--trainer {}: no such file", path.display());
         return Ok(std::path::absolute(path)?);
     }
     let exe = std::env::current_exe()?;
