@@ -33,7 +33,9 @@ quality: setup
 
 # Regenerates docs/performance.md: redis-benchmark against recd and against a local redis-server
 # holding the same 100,000 lists (ZREVRANGE and GET, 1 and 50 clients, with and without -P 16);
-# work files in target/bench-serving/. Needs redis-server and redis-tools (scripts/setup.sh).
+# then hot-key rows (one key, Zipf-distributed keys, uniform as a check of the client) read by
+# benches/loadgen (recd-loadgen) from both servers, pinned and not; work files in
+# target/bench-serving/. Needs redis-server and redis-tools (scripts/setup.sh).
 # The benchmarks build as `make test` does (`--all-targets`): the same feature set, so one
 # build serves both instead of a second one of the whole tree (about 10 minutes here).
 bench-serving:

@@ -20,7 +20,10 @@ Python standard library only. The script:
 4. runs redis-benchmark for every row (``ZREVRANGE <key> 0 9 WITHSCORES`` and ``GET <key>``,
    1 and 50 clients, without and with ``-P 16``), against recd and against Redis one
    after the other, random users with ``-r <users>``;
-5. prints the table and writes it, with the machine and the method, to
+5. runs the hot-key rows (unless ``--no-hot-keys``): ``recd-loadgen`` (``benches/loadgen``,
+   one client for both servers) reads one key, Zipf-distributed keys and, as a check of the
+   client against redis-benchmark, uniform keys, 1 and 50 clients, pinned and not;
+6. prints the tables and writes them, with the machine and the method, to
    ``docs/performance.md`` (unless ``--no-doc``).
 
 Every process it starts is stopped (SIGTERM, then SIGKILL) whatever happens, by its own
@@ -52,6 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECD = ROOT / "target" / "release" / "recd"
 PLUGIN = ROOT / "target" / "release" / "librecd_synthetic.so"
+LOADGEN = ROOT / "target" / "release" / "recd-loadgen"
 ORT = ROOT / ".deps" / "py" / "onnxruntime" / "capi" / "libonnxruntime.so.1.31.1"
 DOC = ROOT / "docs" / "performance.md"
 TABLE = "bench"
@@ -204,7 +208,8 @@ DOC_HEAD = """# Performance
 Measured, never typed in: each section below is written by its benchmark command and
 replaced when that command runs again (the other sections are left as they are).
 
-- `make bench-serving`: reads over the socket, recd vs `redis-server` (redis-benchmark).
+- `make bench-serving`: reads over the socket, recd vs `redis-server` (redis-benchmark), and
+  hot keys (recd-loadgen).
 - `make bench-batch`: whole jobs vs the Python pipeline, the scoring stage vs ONNX
   Runtime's own loop, and peak memory as users grow.
 """
@@ -487,6 +492,114 @@ def benchmark(sock: Path, clients: int, pipeline: int, requests: int, users: int
     }
 
 
+def loadgen(sock: Path, clients: int, requests: int, keys: int, dist: str, command: str, prefix: str,
+            client_cpus: set[int] | None = None) -> dict:
+    """One recd-loadgen run; its output has redis-benchmark's --csv form."""
+    argv = [str(LOADGEN), "--socket", str(sock), "--clients", str(clients), "--requests", str(requests),
+            "--keys", str(keys), "--dist", dist, "--command", command, "--prefix", prefix]
+    t0 = time.monotonic()
+    pin_client = (lambda: os.sched_setaffinity(0, client_cpus)) if client_cpus else None
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=pin_client)
+    rows = [r for r in csv.reader(io.StringIO(run.stdout)) if r]
+    if run.returncode != 0 or len(rows) != 2:
+        raise Fail(f"{' '.join(argv)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+    got = dict(zip(rows[0], rows[1]))
+    return {"rps": float(got["rps"]), "p50": float(got["p50_latency_ms"]), "p99": float(got["p99_latency_ms"]),
+            "wall": time.monotonic() - t0}
+
+
+HOT_DISTS = [("one key", "one"), ("Zipf s=1", "zipf:1"), ("uniform", "uniform")]
+
+
+def hot_key_rows(recd_sock: Path, redis_sock: Path, procs, users: int, requests: int, rounds: int,
+                 split) -> list[dict]:
+    """recd vs Redis under recd-loadgen, every key choice, 1 and 50 clients, pinned (client
+    on one CPU, servers on the others) and not."""
+    rows = []
+    i = 0
+    all_cpus = set(os.sched_getaffinity(0))
+    for pinned in ([True, False] if split else [False]):
+        for _, proc in procs.started:
+            pin(proc.pid, split[1] if pinned else all_cpus)
+        client_cpus = split[0] if pinned else None
+        for label, command, recd_prefix, redis_prefix in [
+            ("ZREVRANGE <key> 0 9 WITHSCORES", "zrevrange", f"{TABLE}:", f"{TABLE}:"),
+            ("GET <key>", "get", f"{TABLE}:", "json:"),
+        ]:
+            for keys_label, dist in HOT_DISTS:
+                for clients in (1, 50):
+                    runs: dict[str, list[dict]] = {"recd": [], "redis": []}
+                    for _ in range(rounds):
+                        order = [("recd", recd_sock, recd_prefix), ("redis", redis_sock, redis_prefix)]
+                        if i % 2:
+                            order.reverse()
+                        i += 1
+                        for who, sock, prefix in order:
+                            res = loadgen(sock, clients, requests, users, dist, command, prefix, client_cpus)
+                            runs[who].append(res)
+                            log(f"{who:5} {label} {keys_label} -c {clients} {'pinned' if pinned else 'unpinned'}: "
+                                f"{fmt_rps(res['rps'])} req/s, p99 {res['p99']:.3f} ms")
+                    row = {"label": label, "keys": keys_label, "clients": clients, "pinned": pinned}
+                    for who, got in runs.items():
+                        row[who] = {k: statistics.median(r[k] for r in got) for k in ("rps", "p50", "p99")}
+                    a, r = row["recd"], row["redis"]
+                    row["rps_ratio"] = a["rps"] / r["rps"]
+                    row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
+                    row["met"] = a["rps"] >= r["rps"] and a["p99"] <= r["p99"]
+                    rows.append(row)
+    if split:  # back to the placement of the main rows
+        for _, proc in procs.started:
+            pin(proc.pid, split[1])
+    return rows
+
+
+def render_hot_rows(results: list[dict]) -> list[str]:
+    lines = [
+        "| command | keys | clients | pinned | recd req/s | Redis req/s | req/s ratio | recd p99 ms "
+        "| Redis p99 ms | p99 ratio | targets |",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in results:
+        a, r = row["recd"], row["redis"]
+        lines.append(
+            f"| `{row['label']}` | {row['keys']} | {row['clients']} | {'yes' if row['pinned'] else 'no'} "
+            f"| {fmt_rps(a['rps'])} | {fmt_rps(r['rps'])} | {row['rps_ratio']:.2f} "
+            f"| {a['p99']:.3f} | {r['p99']:.3f} | {row['p99_ratio']:.2f} "
+            f"| {'met' if row['met'] else '**NOT met**'} |"
+        )
+    return lines
+
+
+def render_hot_doc(results, meta) -> str:
+    met = sum(1 for r in results if r["met"])
+    return "\n".join(
+        [
+            "<!-- bench-hot-keys: begin -->",
+            "## Serving hot keys: recd vs redis-server",
+            "",
+            "Generated by `make bench-serving` with the table above (same run, same servers, same",
+            "lists): do not edit by hand. Real traffic is not uniform: a fallback's `__default__`",
+            "list is read for every unknown user, and a few popular users read far more than the",
+            "rest. redis-benchmark can only pick keys uniformly (`-r`), so these rows use",
+            "`recd-loadgen` (`benches/loadgen`), one client for both servers: a single-threaded",
+            "event loop like redis-benchmark's, each connection one request at a time, latency from",
+            "the write to the whole reply. Keys: **one key** (`bench:000000000000` only), **Zipf s=1**",
+            f"over all {meta['users']:,} users (key rank r read with weight 1/r: the hottest key takes",
+            f"{100 / sum(1 / r for r in range(1, meta['users'] + 1)):.1f}% of reads), and **uniform**, the",
+            "same key choice as the table above, to show this client measures as redis-benchmark",
+            "does. GET reads `json:<user>` on Redis, as above. **Pinned**: the client on one CPU,",
+            "both servers on the others; not pinned: everything on every CPU.",
+            f"{meta['hot_requests']:,} requests per run, {meta['rounds']} runs per row and server",
+            "(alternating who goes first), medians.",
+            "",
+            *render_hot_rows(results),
+            "",
+            f"**{met} of {len(results)} rows meet both targets** (req/s ratio ≥ 1.0 and p99 ratio ≤ 1.0).",
+            "<!-- bench-hot-keys: end -->",
+        ]
+    )
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -628,11 +741,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="runs per row and server; the median is reported")
     p.add_argument("--keep", action="store_true", help="keep the work folder (store, logs)")
     p.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/performance.md")
+    p.add_argument("--no-hot-keys", action="store_true", help="skip the hot-key rows (recd-loadgen)")
+    p.add_argument("--hot-requests", type=int, default=100_000, help="requests per hot-key run")
     p.add_argument("--no-pin", action="store_true",
                    help="leave CPU placement to the scheduler (default: client on one CPU, servers on the others)")
     args = p.parse_args()
 
-    for path, hint in [(RECD, "cargo build --release --workspace --all-targets"), (PLUGIN, "cargo build --release --workspace --all-targets")]:
+    for path, hint in [(RECD, "cargo build --release --workspace --all-targets"), (PLUGIN, "cargo build --release --workspace --all-targets"), (LOADGEN, "cargo build --release --workspace --all-targets")]:
         if not path.is_file():
             raise Fail(f"{path} is missing: run `{hint}` (make bench-serving does)")
     for tool in ["redis-server", "redis-cli", "redis-benchmark"]:
@@ -705,6 +820,8 @@ def main() -> int:
                     row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
                     row["met"] = a["rps"] >= r["rps"] and a["p99"] <= r["p99"]
                     results.append(row)
+        hot = [] if args.no_hot_keys else hot_key_rows(
+            recd_sock, redis_sock, procs, args.users, args.hot_requests, args.rounds, split)
         for _, proc in procs.started:
             if proc.poll() is not None:
                 raise Fail(f"a server exited during the benchmark (status {proc.returncode})")
@@ -741,6 +858,7 @@ def main() -> int:
         "load_after": loadavg(),
         "run_time": run_time,
         "rounds": args.rounds,
+        "hot_requests": args.hot_requests,
         **memory,
     }
     print()
@@ -748,8 +866,14 @@ def main() -> int:
     print()
     met = sum(1 for r in results if r["met"])
     print(f"targets (req/s ratio >= 1.0 and p99 <= Redis's) met in {met} of {len(results)} rows; run time {run_time:.0f}s")
+    if hot:
+        print()
+        print("\n".join(render_hot_rows(hot)))
+        print(f"hot-key targets met in {sum(1 for r in hot if r['met'])} of {len(hot)} rows")
     if not args.no_doc:
         write_section(DOC, "bench-serving", render_doc(results, m, meta))
+        if hot:
+            write_section(DOC, "bench-hot-keys", render_hot_doc(hot, meta))
         log(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 
