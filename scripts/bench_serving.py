@@ -470,6 +470,12 @@ def benchmark(sock: Path, clients: int, pipeline: int, requests: int, users: int
         "-c", str(clients), "-n", str(requests), "-r", str(users), "-P", str(pipeline),
         "--csv", *cmd,
     ]
+    return measure(argv, client_cpus)
+
+
+def measure(argv: list[str], client_cpus: set[int] | None) -> dict:
+    """Runs a client that prints redis-benchmark's --csv form (redis-benchmark itself, or
+    recd-loadgen), on `client_cpus` when given; its rate and latencies."""
     t0 = time.monotonic()
     pin_client = (lambda: os.sched_setaffinity(0, client_cpus)) if client_cpus else None
     run = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=pin_client)
@@ -497,15 +503,20 @@ def loadgen(sock: Path, clients: int, requests: int, keys: int, dist: str, comma
     """One recd-loadgen run; its output has redis-benchmark's --csv form."""
     argv = [str(LOADGEN), "--socket", str(sock), "--clients", str(clients), "--requests", str(requests),
             "--keys", str(keys), "--dist", dist, "--command", command, "--prefix", prefix]
-    t0 = time.monotonic()
-    pin_client = (lambda: os.sched_setaffinity(0, client_cpus)) if client_cpus else None
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=pin_client)
-    rows = [r for r in csv.reader(io.StringIO(run.stdout)) if r]
-    if run.returncode != 0 or len(rows) != 2:
-        raise Fail(f"{' '.join(argv)} failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
-    got = dict(zip(rows[0], rows[1]))
-    return {"rps": float(got["rps"]), "p50": float(got["p50_latency_ms"]), "p99": float(got["p99_latency_ms"]),
-            "wall": time.monotonic() - t0}
+    return measure(argv, client_cpus)
+
+
+def summarise(row: dict, runs: dict[str, list[dict]]) -> dict:
+    """`row` with each server's medians over its runs, the recd / Redis ratios and whether
+    both targets are met (req/s at least Redis's, p99 no worse)."""
+    for who, got in runs.items():
+        row[who] = {k: statistics.median(r[k] for r in got) for k in ("rps", "p50", "p99")}
+        row[who]["rounds"] = got
+    a, r = row["recd"], row["redis"]
+    row["rps_ratio"] = a["rps"] / r["rps"]
+    row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
+    row["met"] = a["rps"] >= r["rps"] and a["p99"] <= r["p99"]
+    return row
 
 
 HOT_DISTS = [("one key", "one"), ("Zipf s=1", "zipf:1"), ("uniform", "uniform")]
@@ -540,13 +551,7 @@ def hot_key_rows(recd_sock: Path, redis_sock: Path, procs, users: int, requests:
                             log(f"{who:5} {label} {keys_label} -c {clients} {'pinned' if pinned else 'unpinned'}: "
                                 f"{fmt_rps(res['rps'])} req/s, p99 {res['p99']:.3f} ms")
                     row = {"label": label, "keys": keys_label, "clients": clients, "pinned": pinned}
-                    for who, got in runs.items():
-                        row[who] = {k: statistics.median(r[k] for r in got) for k in ("rps", "p50", "p99")}
-                    a, r = row["recd"], row["redis"]
-                    row["rps_ratio"] = a["rps"] / r["rps"]
-                    row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
-                    row["met"] = a["rps"] >= r["rps"] and a["p99"] <= r["p99"]
-                    rows.append(row)
+                    rows.append(summarise(row, runs))
     if split:  # back to the placement of the main rows
         for _, proc in procs.started:
             pin(proc.pid, split[1])
@@ -812,14 +817,7 @@ def main() -> int:
                             )
                             if res["stderr"]:
                                 log(f"  redis-benchmark stderr ({who}): {res['stderr'][:500]}")
-                    for who, got in runs.items():
-                        row[who] = {k: statistics.median(r[k] for r in got) for k in ("rps", "p50", "p99")}
-                        row[who]["rounds"] = got
-                    a, r = row["recd"], row["redis"]
-                    row["rps_ratio"] = a["rps"] / r["rps"]
-                    row["p99_ratio"] = a["p99"] / r["p99"] if r["p99"] > 0 else float("inf")
-                    row["met"] = a["rps"] >= r["rps"] and a["p99"] <= r["p99"]
-                    results.append(row)
+                    results.append(summarise(row, runs))
         hot = [] if args.no_hot_keys else hot_key_rows(
             recd_sock, redis_sock, procs, args.users, args.hot_requests, args.rounds, split)
         for _, proc in procs.started:
