@@ -75,7 +75,9 @@ fn measure(args: Args) -> anyhow::Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let at = |q: f64| ms(latencies[((done - 1.0) * q).round() as usize]);
     let mean = latencies.iter().map(|d| ms(*d)).sum::<f64>() / done;
-    println!("\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"");
+    println!(
+        "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\""
+    );
     println!(
         "\"{} {}\",\"{:.2}\",\"{mean:.3}\",\"{:.3}\",\"{:.3}\",\"{:.3}\",\"{:.3}\",\"{:.3}\"",
         args.command,

@@ -101,22 +101,15 @@ pub fn read(args: &InitArgs) -> anyhow::Result<Source> {
             (batch, false)
         }
     };
-    let have = || batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
     let mut mapped = vec![
-        ("--user-column", &args.user_column),
-        ("--item-column", &args.item_column),
-        ("--time-column", &args.time_column),
+        ("--user-column", args.user_column.as_str()),
+        ("--item-column", args.item_column.as_str()),
+        ("--time-column", args.time_column.as_str()),
     ];
     if let (Some(segment), None) = (&args.segment_column, &args.users) {
-        mapped.push(("--segment-column", segment));
+        mapped.push(("--segment-column", segment.as_str()));
     }
-    for (flag, name) in mapped {
-        anyhow::ensure!(
-            batch.schema().column_with_name(name).is_some(),
-            "{flag} {name}: {shown} has no column {name:?} (it has: {})",
-            have()
-        );
-    }
+    require(&batch, &shown, &mapped)?;
     let times = seconds(batch.column_by_name(&args.time_column).expect("checked").as_ref(), &args.time_column)
         .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
     anyhow::ensure!(times.iter().any(Option::is_some), "{shown}: column {:?} has no times", args.time_column);
@@ -239,11 +232,16 @@ fn check_columns(path: &Path, flag: &str, columns: &[(&str, &str)]) -> anyhow::R
     })?;
     let ids: Vec<&str> = columns.iter().take(1).map(|(_, name)| *name).collect();
     let batch = crate::worker::read_input_with_text(&input, &ids)?;
-    for (what, name) in columns {
+    require(&batch, &format!("{flag} {}", path.display()), columns)
+}
+
+/// Fails unless `batch` (from `file`, as the message names it) has each column, naming the
+/// flag that asked for it and the columns it does have.
+fn require(batch: &RecordBatch, file: &str, columns: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (flag, name) in columns {
         anyhow::ensure!(
             batch.schema().column_with_name(name).is_some(),
-            "{what} {name}: {flag} {} has no column {name:?} (it has: {})",
-            path.display(),
+            "{flag} {name}: {file} has no column {name:?} (it has: {})",
             batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
         );
     }
