@@ -6,7 +6,8 @@
 #   server the protocol tests compare against);
 # - with --tests, redis-py from PyPI into .deps/py (a client the tests drive recd with), and
 #   the training scripts' imports (scripts/requirements-train.txt) into .deps/pytools (the
-#   tests run a training command job end to end).
+#   tests run a training command job end to end), and Debian's chromium (the dashboard's
+#   browser test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,15 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/nul
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools redis-server >/dev/null
+fi
+
+# Headless Chromium: the dashboard's browser test (tests/integration/dashboard.rs).
+if [ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (the dashboard's browser test)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 # `--tests` builds the test targets too: dev-dependencies change the feature set of shared

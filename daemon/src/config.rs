@@ -51,6 +51,9 @@ struct RawConfig {
     shutdown_grace_seconds: u64,
     /// Opt-in: serve Prometheus metrics on this loopback address, e.g. "127.0.0.1:9187".
     metrics_listen: Option<String>,
+    /// Opt-in: also serve the read-only ops dashboard on `metrics_listen`.
+    #[serde(default)]
+    dashboard: bool,
     /// "human" (default) or "json" log lines.
     #[serde(default = "default_log_format")]
     log_format: String,
@@ -147,6 +150,8 @@ pub struct Config {
     pub retention: crate::store::Retention,
     pub shutdown_grace_seconds: u64,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the dashboard (`/`, `/api/...`) beside `/metrics`.
+    pub dashboard: bool,
     pub log_json: bool,
     pub limits: Limits,
     pub serve_threads: usize,
@@ -217,6 +222,13 @@ impl Config {
                 }
             },
         };
+        if raw.dashboard && metrics_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                file: file.into(),
+                field: "dashboard",
+                message: "needs `metrics_listen`: the dashboard is served on that listener".into(),
+            });
+        }
         let log_json = match raw.log_format.as_str() {
             "human" => false,
             "json" => true,
@@ -278,6 +290,7 @@ impl Config {
             },
             shutdown_grace_seconds: raw.shutdown_grace_seconds,
             metrics_listen,
+            dashboard: raw.dashboard,
             log_json,
             limits,
             caches: crate::store::Caches {
@@ -317,5 +330,19 @@ mod tests {
         let text = EMBEDDED_DEFAULTS.replace("\"0660\"", "\"rw-\"");
         let err = Config::parse(&text, "recd.toml", Path::new("/")).unwrap_err().to_string();
         assert!(err.contains("recd.toml: field `socket_mode`"), "{err}");
+    }
+
+    #[test]
+    fn metrics_and_dashboard_stay_on_localhost() {
+        let parse = |extra: &str| Config::parse(&format!("{EMBEDDED_DEFAULTS}\n{extra}"), "recd.toml", Path::new("/"));
+        let err = |extra: &str| parse(extra).unwrap_err().to_string();
+        assert!(
+            err("metrics_listen = \"0.0.0.0:9187\"")
+                .contains("field `metrics_listen`: \"0.0.0.0:9187\" is not a loopback address")
+        );
+        assert!(err("dashboard = true").contains("field `dashboard`: needs `metrics_listen`"));
+        let on = parse("metrics_listen = \"[::1]:9187\"\ndashboard = true").unwrap();
+        assert!(on.dashboard && on.metrics_listen.is_some_and(|a| a.ip().is_loopback()));
+        assert!(!Config::parse(EMBEDDED_DEFAULTS, "recd.toml", Path::new("/")).unwrap().dashboard);
     }
 }

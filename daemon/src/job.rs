@@ -119,6 +119,26 @@ pub struct RawJob {
     /// What a new version must satisfy to go live; one that fails is held.
     pub gate: Option<RawGate>,
     pub description: Option<String>,
+    /// Where the dashboard finds item titles: `{ input, id, title }`.
+    pub item_titles: Option<RawItemTitles>,
+}
+
+/// `item_titles = { input = "items", id = "item_id", title = "description" }` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawItemTitles {
+    pub input: String,
+    pub id: String,
+    pub title: String,
+}
+
+/// A file of the job's inputs that names items: the dashboard shows `title` beside the
+/// items of a user's list (read by the daemon when a user is looked up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemTitles {
+    pub input: Input,
+    pub id: String,
+    pub title: String,
 }
 
 /// `[gate]` as written; see docs/jobs.md.
@@ -270,6 +290,7 @@ pub struct Job {
     /// `[params]` as JSON, the form the plugin ABI takes.
     pub params_json: String,
     pub description: Option<String>,
+    pub item_titles: Option<ItemTitles>,
     /// The plugin's own name when the job named it (then its descriptor must match).
     pub plugin_name: Option<String>,
     pub plugin_sha256: Option<String>,
@@ -450,6 +471,16 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         None => table_gate(raw.gate.as_ref(), kind, base, &invalid)?,
     };
     let model_inputs = model_inputs(&raw, &invalid)?;
+    let item_titles = match &raw.item_titles {
+        None => None,
+        Some(t) => match inputs.iter().find(|i| i.name == t.input) {
+            Some(input) if input.format != InputFormat::Table && input.registry.is_none() => {
+                Some(ItemTitles { input: input.clone(), id: t.id.clone(), title: t.title.clone() })
+            }
+            Some(_) => return Err(invalid("item_titles", format!("input {:?} is not a file", t.input))),
+            None => return Err(invalid("item_titles", format!("input {:?} is not one of [inputs]", t.input))),
+        },
+    };
     // The table itself may be a fallback: its own `__default__` list answers users it
     // has no list for (a popularity table that answers everyone).
     if let Some(bad) = raw.fallback.iter().find(|t| !valid_name(t)) {
@@ -483,6 +514,7 @@ fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugin
         inputs,
         params_json,
         description: raw.description,
+        item_titles,
         after_line: line_of_key(text, "after"),
         plugin_line: line_of_key(text, "plugin"),
         table_line: line_of_key(text, "table"),

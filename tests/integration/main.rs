@@ -12,6 +12,7 @@ mod c_plugin;
 mod churn;
 mod clients;
 mod crash;
+mod dashboard;
 mod devices;
 mod diversity;
 mod docs;

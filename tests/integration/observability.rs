@@ -11,7 +11,7 @@ fn free_port() -> u16 {
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -36,8 +36,15 @@ fn progress_metrics_and_json_logs() {
     assert!(run.join().unwrap().status.success());
     assert!(seen.iter().any(|&(done, total)| total == 4321 && done > 0 && done <= total), "progress seen: {seen:?}");
 
+    // Reads on the read socket, each its own batch: each is one observation of the latency
+    // histogram (the INFO below comes after the scrape).
+    let mut reader = d.redis();
+    for _ in 0..20 {
+        let _: Vec<String> = redis::cmd("ZREVRANGE").arg("ranking:1").arg(0).arg(9).query(&mut reader).unwrap();
+    }
     let metrics = http_get(port, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(metrics.contains("application/openmetrics-text") && metrics.ends_with("# EOF\n"), "{metrics}");
     for want in [
         "recd_runs_total{job=\"ranking\",status=\"ok\"} 1",
         "recd_rows_published_total{table=\"ranking\"} 43210",
@@ -46,9 +53,20 @@ fn progress_metrics_and_json_logs() {
     ] {
         assert!(metrics.contains(want), "missing {want:?} in:\n{metrics}");
     }
-    assert!(http_get(port, "/other").starts_with("HTTP/1.0 404"));
+    let value = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let reads = value("recd_read_latency_seconds_count ");
+    assert!(reads >= 20.0, "{reads} reads observed:\n{metrics}");
+    assert_eq!(value("recd_read_latency_seconds_bucket{le=\"+Inf\"}"), reads);
+    // A top-10 read answers in well under a second, so the 1 s bucket holds every read.
+    assert_eq!(value("recd_read_latency_seconds_bucket{le=\"1.0\"}"), reads);
+    assert!(value("recd_read_latency_seconds_sum ") > 0.0);
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
     let info: String = redis::cmd("INFO").query(&mut d.redis()).unwrap();
     assert!(info.contains("# Stats") && info.contains("recd_runs_total{job=\"ranking\",status=\"ok\"} 1"), "{info}");
+    assert!(info.contains("recd_read_latency_seconds_count") && !info.contains("_bucket{"), "{info}");
 
     let log = d.log();
     let lines: Vec<serde_json::Value> =

@@ -108,7 +108,7 @@ impl Daemon {
         })
     }
 
-    pub(super) fn is_paused(&self, name: &str) -> bool {
+    pub(crate) fn is_paused(&self, name: &str) -> bool {
         self.store.paused_jobs().map(|p| p.iter().any(|j| j == name)).unwrap_or(false)
     }
 

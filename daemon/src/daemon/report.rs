@@ -96,9 +96,14 @@ impl Daemon {
         s
     }
 
+    /// Whether a run of the job is going now.
+    pub(crate) fn is_running(&self, name: &str) -> bool {
+        self.states.lock().expect("states").get(name).is_some_and(|s| s.running.is_some())
+    }
+
     /// One job's schedule, state and next tick, for `recd status`.
     pub(super) fn job_line(&self, job: &Job) -> String {
-        let running = self.states.lock().expect("states").get(&job.name).is_some_and(|s| s.running.is_some());
+        let running = self.is_running(&job.name);
         let mut flags = Vec::new();
         if running {
             flags.push("running".to_string());

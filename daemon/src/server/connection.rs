@@ -84,6 +84,9 @@ async fn handle(
     let mut client = Client { id, role, name: None };
     let limits = daemon.config.limits;
     loop {
+        // The read latency of this batch counts from here: its bytes have been read.
+        let began = std::time::Instant::now();
+        let mut answered = 0u64;
         let mut flow = Flow::Continue;
         let mut batch_full = false;
         while flow == Flow::Continue {
@@ -96,6 +99,7 @@ async fn handle(
                     inbox.start += n;
                     if !args.is_empty() {
                         flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
+                        answered += 1;
                     }
                 }
                 Ok(None) => break,
@@ -127,6 +131,9 @@ async fn handle(
                 _ = stop.changed() => return Ok(()),
             }
             out.clear();
+        }
+        if role == Role::Read && answered > 0 {
+            daemon.metrics.read_latency(began.elapsed(), answered);
         }
         if flow == Flow::Close {
             return Ok(());

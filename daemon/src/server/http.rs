@@ -1,45 +1,86 @@
-//! The metrics listener: `GET /metrics` over plain HTTP/1.0 on `metrics_listen`, the
-//! Prometheus text of [`crate::metrics::Metrics::render`].
+//! The HTTP listener on `metrics_listen` (axum on hyper): `GET /metrics`, the OpenMetrics
+//! text of [`crate::metrics::Metrics::render`], and with `dashboard = true` the dashboard
+//! ([`super::dashboard`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
-/// Serves `GET /metrics` on `addr` until `shutdown` resolves.
+use crate::daemon::Daemon;
+
+/// What Prometheus asks for and what `prometheus-client` writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves the listener's routes on `addr` until `shutdown` resolves.
 pub async fn serve_http(
     addr: SocketAddr,
-    daemon: std::sync::Arc<crate::daemon::Daemon>,
-    shutdown: impl std::future::Future<Output = ()>,
+    daemon: Arc<Daemon>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    tokio::pin!(shutdown);
-    loop {
-        let (mut conn, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let daemon = std::sync::Arc::clone(&daemon);
-        tokio::spawn(async move {
-            let mut req = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => req.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
-            let (status, body) = if req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?") {
-                ("200 OK", daemon.metrics.render(&daemon.store))
-            } else {
-                ("404 Not Found", "only GET /metrics is served here\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
+    axum::serve(listener, router(daemon)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+fn router(daemon: Arc<Daemon>) -> Router {
+    let mut routes = Router::new().route("/metrics", get(metrics));
+    if daemon.config.dashboard {
+        routes = routes.merge(super::dashboard::routes());
+    }
+    routes.fallback(not_found).layer(middleware::from_fn(loopback_host_only)).with_state(daemon)
+}
+
+/// Refuses a request whose `Host` is not a loopback name: a web page whose own host name
+/// resolves to 127.0.0.1 (DNS rebinding) would otherwise read this listener from a browser.
+async fn loopback_host_only(request: Request, next: Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if is_loopback_host(host) {
+        next.run(request).await
+    } else {
+        (StatusCode::FORBIDDEN, "this listener answers requests for 127.0.0.1, localhost or [::1] only\n")
+            .into_response()
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:9187`, `127.0.0.1:9187`, `localhost:9187`; a bare `[::1]` has no port.
+        Some((name, port)) if !host.ends_with(']') && port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(name.to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost" | "[::1]")
+}
+
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    // `render` reads the tables' versions from the store (sled): off the async threads.
+    match tokio::task::spawn_blocking(move || daemon.metrics.render(&daemon.store)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "not found: this listener serves GET /metrics (and the dashboard at / when it is on)\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_host_names_pass() {
+        for host in ["127.0.0.1:9187", "localhost:9187", "LOCALHOST", "[::1]:9187", "[::1]", "127.0.0.1"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["", "evil.example:9187", "127.0.0.1.evil.example", "localhost.evil:80", "[::2]:9187", "10.0.0.1"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod cmd;
 mod connection;
+mod dashboard;
 pub mod http;
 
 use std::future::Future;

@@ -40,7 +40,9 @@ impl Info {
             }
         }
         s.push_str("\r\n# Stats\r\n");
-        for line in daemon.metrics.render(&daemon.store).lines().filter(|l| !l.starts_with('#')) {
+        // Sums and counts only: the buckets are for Prometheus, dozens of lines each.
+        let text = daemon.metrics.render(&daemon.store);
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")) {
             let _ = write!(s, "{line}\r\n");
         }
         resp::bulk(out, s.as_bytes());

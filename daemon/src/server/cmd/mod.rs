@@ -433,6 +433,11 @@ impl<'d> Snapshot<'d> {
         None
     }
 
+    /// The version of `table` this snapshot reads (None: no such table).
+    pub fn version(&mut self, table: &str) -> Option<u64> {
+        self.table(table.as_bytes()).map(|t| t.version)
+    }
+
     fn table(&mut self, name: &[u8]) -> Option<Arc<ServedTable>> {
         if let Some((_, served)) = self.tables.iter().find(|(t, _)| t.as_slice() == name) {
             return served.clone();
