@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is
 # missing (scripts/setup.sh) and build first.
-.PHONY: setup demo test lint model quality bench-serving bench-fairness bench-batch fuzz soak
+.PHONY: setup demo test lint deb model quality bench-serving bench-fairness bench-batch fuzz soak
 
 setup:
 	scripts/setup.sh
@@ -11,6 +11,11 @@ demo: setup
 test:
 	scripts/setup.sh --tests
 	cargo test --release --workspace
+
+# target/deb/recd_<version>_amd64.deb: the stripped binary, plugins, ONNX Runtime, config and
+# demo jobs under /etc/recd, the systemd unit (scripts/deb/; docs/operations.md, "Debian package").
+deb: setup
+	scripts/deb/build.sh target/deb
 
 lint:
 	cargo clippy --release --workspace --all-targets -- -D warnings

@@ -7,7 +7,7 @@
 # - with --tests, redis-py from PyPI into .deps/py (a client the tests drive recd with), and
 #   the training scripts' imports (scripts/requirements-train.txt) into .deps/pytools (the
 #   tests run a training command job end to end), and Debian's chromium (the dashboard's
-#   browser test).
+#   browser test) and dpkg-dev (the package test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,13 +39,19 @@ if ! command -v redis-cli >/dev/null 2>&1 || ! command -v redis-server >/dev/nul
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-tools redis-server >/dev/null
 fi
 
-# Headless Chromium: the dashboard's browser test (tests/integration/dashboard.rs).
-if [ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null 2>&1; then
-  echo "setup: installing chromium (the dashboard's browser test)"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+# Headless Chromium for the dashboard's browser test (tests/integration/dashboard.rs), and
+# dpkg-dev's dpkg-shlibdeps for the package test (tests/integration/package.rs, make deb).
+if [ "${1:-}" = "--tests" ]; then
+  missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]} (the dashboard's browser test, the package test)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
 
 # `--tests` builds the test targets too: dev-dependencies change the feature set of shared

@@ -30,6 +30,7 @@ mod lifecycle;
 mod limits;
 mod models;
 mod observability;
+mod package;
 mod plugin_platform;
 mod policies;
 mod protocol;

@@ -115,6 +115,29 @@ impl TestDaemon {
         d
     }
 
+    /// Starts `bin serve --config config` as installed somewhere else (an unpacked
+    /// package), its sockets where that config says; the log goes to `dir/daemon.log`.
+    pub fn start_installed(
+        dir: tempfile::TempDir,
+        bin: &Path,
+        config: &Path,
+        socket: &Path,
+        admin: &Path,
+    ) -> TestDaemon {
+        let mut d = TestDaemon {
+            child: None,
+            env: Vec::new(),
+            bin: bin.to_path_buf(),
+            umask: None,
+            config: config.to_path_buf(),
+            socket: socket.to_path_buf(),
+            admin_socket: admin.to_path_buf(),
+            dir,
+        };
+        d.spawn();
+        d
+    }
+
     /// Like `start`, the daemon started under `umask` (through `sh -c 'umask ..; exec ..'`,
     /// so the test process's own umask stays as it is).
     pub fn start_umask(jobs: &[(&str, &str)], umask: u32) -> TestDaemon {

@@ -58,12 +58,17 @@ fn absolute(path: &Path) -> anyhow::Result<String> {
 
 /// The plugins folder and ONNX Runtime library the setup names: the plugins beside this
 /// recd's executable (a build puts them there), else its config's (the embedded defaults
-/// resolve against the working directory), else those of the checkout it was built in.
+/// resolve against the working directory), else an installed package's (`/usr/bin/recd`:
+/// `/usr/lib/recd/`), else those of the checkout it was built in.
 pub fn shipped_parts(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     let exe = std::env::current_exe()?;
     let mut plugins = exe.parent().into_iter().map(Path::to_path_buf).collect::<Vec<_>>();
     let mut libraries = vec![config.onnxruntime.clone()];
     plugins.push(config.plugins_dir.clone());
+    if let (Some(prefix), Some(library)) = (exe.parent().and_then(Path::parent), config.onnxruntime.file_name()) {
+        plugins.push(prefix.join("lib/recd/plugins"));
+        libraries.push(prefix.join("lib/recd").join(library));
+    }
     if let Some(Ok(checkout)) = exe.ancestors().nth(3).map(|root| Config::parse(EMBEDDED_DEFAULTS, "recd.toml", root)) {
         plugins.push(checkout.plugins_dir);
         libraries.push(checkout.onnxruntime);

@@ -43,21 +43,22 @@ pub fn train(args: &InitArgs, script: &Path, data: &Path, out: &Path) -> anyhow:
 pub const DEFAULT_PYTHON: &str = "python3";
 
 /// `--trainer`, else `scripts/train_ranking.py` of the checkout this `recd` was built in
-/// (it runs from `target/release/`).
+/// (it runs from `target/release/`), else the one an installed package ships beside it
+/// (`/usr/bin/recd`: `/usr/share/recd/scripts/train_ranking.py`).
 pub fn trainer(args: &InitArgs) -> anyhow::Result<PathBuf> {
     if let Some(path) = &args.trainer {
         anyhow::ensure!(path.is_file(), "--trainer {}: no such file", path.display());
         return Ok(std::path::absolute(path)?);
     }
     let exe = std::env::current_exe()?;
-    exe.ancestors().skip(1).take(3).map(|dir| dir.join("scripts/train_ranking.py")).find(|p| p.is_file()).ok_or_else(
-        || {
-            anyhow::anyhow!(
-                "scripts/train_ranking.py is not in the checkout around {}: give --trainer FILE",
-                exe.display()
-            )
-        },
-    )
+    let checkout = exe.ancestors().skip(1).take(3).map(|dir| dir.join("scripts/train_ranking.py"));
+    let package = exe.parent().and_then(Path::parent).map(|prefix| prefix.join("share/recd/scripts/train_ranking.py"));
+    checkout.chain(package).find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "scripts/train_ranking.py is neither in the checkout around {} nor in the package's share/recd/scripts: give --trainer FILE",
+            exe.display()
+        )
+    })
 }
 
 /// The checkout's `.deps/pytools` (where `scripts/setup.sh --tests` installs the training
