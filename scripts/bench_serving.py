@@ -48,7 +48,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -278,8 +280,17 @@ def loadavg() -> str:
 # ---------------------------------------------------------------- steps
 
 
-def start_recd(procs: Procs, work: Path, users: int, items: int, seed: int) -> tuple[Path, Path]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_recd(procs: Procs, work: Path, users: int, items: int, seed: int) -> tuple[Path, Path, int]:
+    """recd serving the synthetic table, with the dashboard on (the dashboard rows poll it;
+    the other rows leave it idle). Its socket, config and HTTP port."""
     (work / "jobs").mkdir()
+    port = free_port()
     (work / "recd.toml").write_text(
         'data_dir = "data"\n'
         'socket = "recd.sock"\n'
@@ -287,6 +298,8 @@ def start_recd(procs: Procs, work: Path, users: int, items: int, seed: int) -> t
         'jobs_dir = "jobs"\n'
         f'plugins_dir = "{RECD.parent}"\n'
         f'onnxruntime = "{ORT}"\n'
+        f'metrics_listen = "127.0.0.1:{port}"\n'
+        "dashboard = true\n"
     )
     (work / "jobs" / "synthetic.toml").write_text(
         "# the serving benchmark's table: made-up lists, no schedule (run by the script)\n"
@@ -314,7 +327,7 @@ def start_recd(procs: Procs, work: Path, users: int, items: int, seed: int) -> t
     if run.returncode != 0:
         raise Fail(f"recd run synthetic failed ({run.returncode}):\n{run.stderr}{run.stdout}\n{tail(work / 'recd.log')}")
     log(f"{run.stdout.strip()} [{time.monotonic() - t0:.1f}s wall]")
-    return work / "recd.sock", config
+    return work / "recd.sock", config, port
 
 
 def start_redis(procs: Procs, work: Path) -> Path:
@@ -558,6 +571,88 @@ def hot_key_rows(recd_sock: Path, redis_sock: Path, procs, users: int, requests:
     return rows
 
 
+class Poller:
+    """Polls the dashboard's endpoints as fast as a page would never do (the overview and a
+    user lookup every `interval` seconds) on a thread placed on `cpus` (the client's), so
+    its own work does not land on the server's CPU."""
+
+    def __init__(self, port: int, users: int, cpus: set[int] | None, interval: float = 0.1):
+        self.port, self.users, self.cpus, self.interval = port, users, cpus, interval
+        self.stop = threading.Event()
+        self.polls = 0
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+        rng = random.Random(7)
+        try:
+            while not self.stop.is_set():
+                user = f"{rng.randrange(self.users):012d}"
+                for path in ("/api/overview", f"/api/user?id={user}"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+                        r.read()
+                    self.polls += 1
+                self.stop.wait(self.interval)
+        except OSError as e:
+            self.error = str(e)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        if self.error:
+            raise Fail(f"polling the dashboard failed: {self.error}")
+
+
+def dashboard_rows(recd_sock: Path, port: int, users: int, requests: int, rounds: int, split) -> list[dict]:
+    """recd alone, 50 clients on uniform keys, with the dashboard idle and while it is polled
+    every 100 ms, alternating; the servers as the main rows place them."""
+    client_cpus = split[0] if split else None
+    rows = []
+    for label, command in [("ZREVRANGE <key> 0 9 WITHSCORES", "zrevrange"), ("GET <key>", "get")]:
+        runs: dict[str, list[dict]] = {"quiet": [], "polled": []}
+        polls = 0
+        for i in range(rounds):
+            for who in (["quiet", "polled"] if i % 2 == 0 else ["polled", "quiet"]):
+                if who == "polled":
+                    with Poller(port, users, client_cpus) as poller:
+                        res = loadgen(recd_sock, 50, requests, users, "uniform", command, f"{TABLE}:", client_cpus)
+                    polls += poller.polls
+                    res["polls_per_s"] = poller.polls / res["wall"]
+                else:
+                    res = loadgen(recd_sock, 50, requests, users, "uniform", command, f"{TABLE}:", client_cpus)
+                runs[who].append(res)
+                log(f"recd  {label} uniform -c 50, dashboard {who}: {fmt_rps(res['rps'])} req/s, p99 {res['p99']:.3f} ms")
+        row = {"label": label}
+        for who, got in runs.items():
+            row[who] = {k: statistics.median(r[k] for r in got) for k in ("rps", "p99")}
+        row["polls_per_s"] = statistics.median(r["polls_per_s"] for r in runs["polled"])
+        row["rps_ratio"] = row["polled"]["rps"] / row["quiet"]["rps"]
+        row["p99_ratio"] = row["polled"]["p99"] / row["quiet"]["p99"]
+        rows.append(row)
+    return rows
+
+
+def render_dashboard_rows(rows: list[dict]) -> list[str]:
+    lines = [
+        "| command | keys | clients | idle req/s | polled req/s | req/s ratio | idle p99 ms | polled p99 ms "
+        "| p99 ratio | dashboard requests/s |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['label']}` | uniform | 50 | {fmt_rps(r['quiet']['rps'])} | {fmt_rps(r['polled']['rps'])} "
+            f"| {r['rps_ratio']:.2f} | {r['quiet']['p99']:.3f} | {r['polled']['p99']:.3f} | {r['p99_ratio']:.2f} "
+            f"| {r['polls_per_s']:.1f} |"
+        )
+    return lines
+
+
 def render_hot_rows(results: list[dict]) -> list[str]:
     lines = [
         "| command | keys | clients | pinned | recd req/s | Redis req/s | req/s ratio | recd p99 ms "
@@ -575,8 +670,19 @@ def render_hot_rows(results: list[dict]) -> list[str]:
     return lines
 
 
-def render_hot_doc(results, meta) -> str:
+def render_hot_doc(results, meta, dashboard) -> str:
     met = sum(1 for r in results if r["met"])
+    dash = [] if not dashboard else [
+        "",
+        "### Reads while the dashboard is polled",
+        "",
+        "recd alone, the same client and lists, with the dashboard (`dashboard = true`, on",
+        "`metrics_listen`) idle and while a poller reads `/api/overview` and one user's",
+        "`/api/user` every 100 ms (the page itself polls every 5 s), alternating, medians. The",
+        "poller runs on the client's CPU when pinned.",
+        "",
+        *render_dashboard_rows(dashboard),
+    ]
     return "\n".join(
         [
             "<!-- bench-hot-keys: begin -->",
@@ -600,6 +706,7 @@ def render_hot_doc(results, meta) -> str:
             *render_hot_rows(results),
             "",
             f"**{met} of {len(results)} rows meet both targets** (req/s ratio ≥ 1.0 and p99 ratio ≤ 1.0).",
+            *dash,
             "<!-- bench-hot-keys: end -->",
         ]
     )
@@ -777,7 +884,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_term)
     results = []
     try:
-        recd_sock, _config = start_recd(procs, work, args.users, args.items, args.seed)
+        recd_sock, _config, http_port = start_recd(procs, work, args.users, args.items, args.seed)
         redis_sock = start_redis(procs, work)
         fill_redis(recd_sock, redis_sock, args.users, args.items)
         checked = check_same(recd_sock, redis_sock, args.users, args.items)
@@ -820,6 +927,8 @@ def main() -> int:
                     results.append(summarise(row, runs))
         hot = [] if args.no_hot_keys else hot_key_rows(
             recd_sock, redis_sock, procs, args.users, args.hot_requests, args.rounds, split)
+        dashboard = [] if args.no_hot_keys else dashboard_rows(
+            recd_sock, http_port, args.users, args.hot_requests, args.rounds, split)
         for _, proc in procs.started:
             if proc.poll() is not None:
                 raise Fail(f"a server exited during the benchmark (status {proc.returncode})")
@@ -868,10 +977,12 @@ def main() -> int:
         print()
         print("\n".join(render_hot_rows(hot)))
         print(f"hot-key targets met in {sum(1 for r in hot if r['met'])} of {len(hot)} rows")
+        print()
+        print("\n".join(render_dashboard_rows(dashboard)))
     if not args.no_doc:
         write_section(DOC, "bench-serving", render_doc(results, m, meta))
         if hot:
-            write_section(DOC, "bench-hot-keys", render_hot_doc(hot, meta))
+            write_section(DOC, "bench-hot-keys", render_hot_doc(hot, meta, dashboard))
         log(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 
