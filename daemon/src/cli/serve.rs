@@ -51,12 +51,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|v| *v).await;
     };
     if let Some(addr) = config.metrics_listen {
-        let (daemon, stop) = (daemon.clone(), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = server::http::serve_http(addr, daemon, stop).await {
-                tracing::error!("metrics endpoint on {addr}: {e}");
-            }
-        });
+        server::http::spawn(addr, daemon.clone(), stopped(stop_rx.clone()));
     }
     let read_server = tokio::spawn(server::run(read, stopped(stop_rx.clone()), daemon.clone(), server::Role::Read));
     let admin_server = tokio::spawn(server::run(admin, stopped(stop_rx), daemon.clone(), server::Role::Admin));

@@ -17,8 +17,35 @@ use crate::daemon::Daemon;
 /// What Prometheus asks for and what `prometheus-client` writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The CPU priority of the listener's thread: the lowest (nice 19). On a busy machine the
+/// read socket's threads always go first; a scrape or a dashboard poll waits a little.
+const HTTP_NICE: i32 = 19;
+
+/// Serves the listener on a thread of its own, with its own runtime, at [`HTTP_NICE`]:
+/// building the dashboard's JSON or a scrape then never takes a core from the read
+/// socket's serving threads (threads its runtime starts inherit the priority). The thread
+/// stops when `shutdown` resolves; a failure is logged and the daemon runs without it.
+pub fn spawn(addr: SocketAddr, daemon: Arc<Daemon>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    let started = std::thread::Builder::new().name("recd-http".into()).spawn(move || {
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), HTTP_NICE) {
+            tracing::warn!("metrics listener: cannot lower its priority: {e}");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let result = match runtime {
+            Ok(runtime) => runtime.block_on(serve_http(addr, daemon, shutdown)),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::error!("metrics endpoint on {addr}: {e}");
+        }
+    });
+    if let Err(e) = started {
+        tracing::error!("metrics endpoint on {addr}: cannot start its thread: {e}");
+    }
+}
+
 /// Serves the listener's routes on `addr` until `shutdown` resolves.
-pub async fn serve_http(
+async fn serve_http(
     addr: SocketAddr,
     daemon: Arc<Daemon>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -9,8 +9,9 @@
 //! - `GET /api/user?id=U`: what an app reading `<table>:U` gets from each table now, with
 //!   item titles where a job names them (`item_titles = { input, id, title }`).
 //!
-//! It runs on the daemon's main runtime, not on the read socket's serving threads, so a
-//! page being polled does not take turns with reads.
+//! It runs on the listener's own thread at the lowest CPU priority ([`super::http::spawn`]),
+//! not on the read socket's serving threads, so a page being polled does not take turns
+//! with reads.
 
 mod titles;
 
