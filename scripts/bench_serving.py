@@ -35,6 +35,7 @@ replies that differ, a redis-benchmark error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -641,17 +642,14 @@ def dashboard_rows(recd_sock: Path, port: int, users: int, requests: int, rounds
     rows = []
     for label, command in [("ZREVRANGE <key> 0 9 WITHSCORES", "zrevrange"), ("GET <key>", "get")]:
         runs: dict[str, list[dict]] = {"quiet": [], "polled": []}
-        polls = 0
         for i in range(rounds):
             for who in (["quiet", "polled"] if i % 2 == 0 else ["polled", "quiet"]):
                 before = read_latency(port)
-                if who == "polled":
-                    with Poller(port, users, client_cpus) as poller:
-                        res = loadgen(recd_sock, 50, requests, users, "uniform", command, f"{TABLE}:", client_cpus)
-                    polls += poller.polls
-                    res["polls_per_s"] = poller.polls / res["wall"]
-                else:
+                poller = Poller(port, users, client_cpus) if who == "polled" else None
+                with poller or contextlib.nullcontext():
                     res = loadgen(recd_sock, 50, requests, users, "uniform", command, f"{TABLE}:", client_cpus)
+                if poller:
+                    res["polls_per_s"] = poller.polls / res["wall"]
                 res.update(daemon_latency(before, read_latency(port)))
                 runs[who].append(res)
                 log(f"recd  {label} uniform -c 50, dashboard {who}: {fmt_rps(res['rps'])} req/s, p99 {res['p99']:.3f} ms")

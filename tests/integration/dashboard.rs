@@ -4,26 +4,10 @@
 //! screenshot goes to the test's work folder and to `target/dashboard/dashboard.png`
 //! (docs/operations.md shows a copy).
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::{TestDaemon, plugins_dir, root, shipped_job};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// (status line, body) of a GET.
-fn http_get(port: u16, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (head.to_string(), body.to_string())
-}
+use crate::util::{TestDaemon, free_port, http_get, http_get_as, plugins_dir, root, shipped_job};
 
 /// Chromium, headless, on `url`, with `args` (`--dump-dom` or `--screenshot=...`): its
 /// stdout and stderr. The profile lives in `work` so runs do not share state.
@@ -48,37 +32,6 @@ fn chromium(work: &Path, url: &str, args: &[&str]) -> (String, String) {
 /// Chromium's log lines of the page's console (`INFO:CONSOLE:<line>] "<message>", ...`).
 fn console_messages(log: &str) -> Vec<&str> {
     log.lines().filter(|l| l.contains(":CONSOLE")).collect()
-}
-
-/// Item id -> description, read from the demo items file here (not through recd).
-fn demo_titles() -> HashMap<String, String> {
-    let text = std::fs::read_to_string(root().join("data/demo/items.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|line| {
-            let fields = csv_fields(line);
-            (fields[0].clone(), fields[1].clone())
-        })
-        .collect()
-}
-
-/// One CSV line's fields, with RFC 4180 quoting.
-fn csv_fields(line: &str) -> Vec<String> {
-    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            _ => field.push(c),
-        }
-    }
-    fields.push(field);
-    fields
 }
 
 #[test]
@@ -144,10 +97,7 @@ fn dashboard_renders_jobs_runs_tables_and_a_users_lists_in_a_browser() {
     let (head, _) = http_get(port, "/app.js");
     assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{head}");
     // A request for another host name (DNS rebinding) is refused.
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET /api/overview HTTP/1.1\r\nHost: rebind.example:{port}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut refused = String::new();
-    s.read_to_string(&mut refused).unwrap();
+    let (refused, _) = http_get_as(port, &format!("rebind.example:{port}"), "/api/overview");
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
 
     // The page, rendered by Chromium with its script run and its fetches answered.
@@ -184,7 +134,7 @@ fn dashboard_renders_jobs_runs_tables_and_a_users_lists_in_a_browser() {
     let diversity: Vec<String> =
         redis::cmd("ZREVRANGE").arg("diversity:17850").arg(0).arg(-1).query(&mut conn).unwrap();
     assert_eq!(shown("diversity"), diversity);
-    let titles = demo_titles();
+    let titles = crate::oracle::item_descriptions();
     for (rank, item) in diversity.iter().enumerate() {
         let title = titles[item].replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
         let row = format!(

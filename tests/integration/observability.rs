@@ -1,21 +1,7 @@
 //! What ops watch: progress of a running job, Prometheus metrics on an opt-in localhost
 //! port and in INFO, JSON log lines carrying the run's span fields.
 
-use std::io::{Read, Write};
-
-use crate::util::{TestDaemon, ranking_job};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
+use crate::util::{TestDaemon, free_port, http_get, ranking_job};
 
 #[test]
 fn progress_metrics_and_json_logs() {
@@ -42,9 +28,9 @@ fn progress_metrics_and_json_logs() {
     for _ in 0..20 {
         let _: Vec<String> = redis::cmd("ZREVRANGE").arg("ranking:1").arg(0).arg(9).query(&mut reader).unwrap();
     }
-    let metrics = http_get(port, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
-    assert!(metrics.contains("application/openmetrics-text") && metrics.ends_with("# EOF\n"), "{metrics}");
+    let (head, metrics) = http_get(port, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains("application/openmetrics-text"), "{head}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     for want in [
         "recd_runs_total{job=\"ranking\",status=\"ok\"} 1",
         "recd_rows_published_total{table=\"ranking\"} 43210",
@@ -63,7 +49,7 @@ fn progress_metrics_and_json_logs() {
     // A top-10 read answers in well under a second, so the 1 s bucket holds every read.
     assert_eq!(value("recd_read_latency_seconds_bucket{le=\"1.0\"}"), reads);
     assert!(value("recd_read_latency_seconds_sum ") > 0.0);
-    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
+    assert!(http_get(port, "/other").0.starts_with("HTTP/1.1 404"));
     let info: String = redis::cmd("INFO").query(&mut d.redis()).unwrap();
     assert!(info.contains("# Stats") && info.contains("recd_runs_total{job=\"ranking\",status=\"ok\"} 1"), "{info}");
     assert!(info.contains("recd_read_latency_seconds_count") && !info.contains("_bucket{"), "{info}");

@@ -30,6 +30,22 @@ pub fn purchases() -> HashMap<String, HashSet<String>> {
     out
 }
 
+/// item id -> description, from the demo items Parquet file (the jobs read the CSV).
+pub fn item_descriptions() -> HashMap<String, String> {
+    let file = std::fs::File::open(root().join("data/demo/items.parquet")).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut out = HashMap::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let items = batch.column_by_name("item_id").unwrap().as_string::<i32>().clone();
+        let descriptions = batch.column_by_name("description").unwrap().as_string::<i32>().clone();
+        for i in 0..batch.num_rows() {
+            out.insert(items.value(i).to_string(), descriptions.value(i).to_string());
+        }
+    }
+    out
+}
+
 /// The ids of a vocabulary CSV (`<id>,index`) of the shipped model, in file order.
 pub fn vocab_ids(file: &str) -> Vec<String> {
     vocab_ids_in(&root().join("models/ranking"), file)

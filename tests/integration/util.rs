@@ -43,6 +43,27 @@ pub fn ranking_job(extra_params: &str) -> String {
     format!("{}{extra_params}\n", shipped_job("ranking"))
 }
 
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// (head, body) of `GET path` on a local HTTP port, sent with `Host: host`.
+pub fn http_get_as(port: u16, host: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.to_string(), body.to_string())
+}
+
+/// (head, body) of `GET path` on a local HTTP port.
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    http_get_as(port, "localhost", path)
+}
+
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,

@@ -167,15 +167,15 @@ fn tables_json(daemon: &Daemon) -> Value {
 }
 
 /// What `<table>:<user>` reads as in every table now (fallbacks applied, as for apps),
-/// and which key answered it, each table's from one snapshot of the store.
+/// and which key answered it, all from one snapshot of the served versions.
 fn user_json(daemon: &Daemon, user: &str) -> Value {
     let titles = titles::for_jobs(daemon);
     let tables = daemon.store.tables().unwrap_or_default();
+    let mut snapshot = Snapshot::new(daemon);
     let found: Vec<Value> = tables
         .iter()
         .map(|(table, meta)| {
             let key = format!("{table}:{user}");
-            let mut snapshot = Snapshot::new(daemon);
             let (entries, source, fallback) = match snapshot.get_sourced(key.as_bytes()) {
                 None => (Value::Null, None, false),
                 Some((stored, source, fallback)) => (entries_json(stored, &titles), Some(source), fallback),
