@@ -180,8 +180,27 @@ pub fn integer(out: &mut Vec<u8>, n: i64) {
 
 pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     header(out, b'$', bytes.len());
-    out.extend_from_slice(bytes);
+    extend_in_chunks(out, bytes);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Copies of at most this many bytes stay on glibc's vector path (see [`extend_in_chunks`]).
+const COPY_CHUNK_BYTES: usize = 2048;
+
+/// Appends `bytes` in chunks of [`COPY_CHUNK_BYTES`]. Above 2112 bytes, glibc 2.36's
+/// `memcpy` on a CPU with fast short `rep movsb` (this AMD EPYC) switches to `rep movsb`,
+/// which here runs four times slower when the destination lies 1 to 31 bytes past the
+/// source modulo 64: a 3.7 kB list took 164 ns instead of 42. Where a value lands in a reply
+/// decides that, so copying GET's JSON (see [`BY_REFERENCE_BYTES`]) would pay it on one read
+/// in two. In chunks, the vector path copies it in 40-50 ns at any alignment.
+fn extend_in_chunks(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.len() <= COPY_CHUNK_BYTES {
+        return out.extend_from_slice(bytes);
+    }
+    out.reserve(bytes.len());
+    for chunk in bytes.chunks(COPY_CHUNK_BYTES) {
+        out.extend_from_slice(chunk);
+    }
 }
 
 pub fn null(out: &mut Vec<u8>) {
@@ -219,8 +238,13 @@ pub trait MoreReply: Send + Sync + std::fmt::Debug {
     fn next_part(&mut self, out: &mut Reply) -> bool;
 }
 
-/// Below this a value is copied: an extra I/O vector costs more than the copy.
-const BY_REFERENCE_BYTES: usize = 1024;
+/// Below this a value is copied into the reply. Measured here on a Unix socket (a reply and
+/// its read, per value): copied in chunks and sent in one part, 2.32 µs at 3.7 kB against
+/// 2.35 µs for a three-part `writev` of the stored value; at 6 kB the copy loses (3.39 against
+/// 3.28 µs), and at 16 kB by a fifth. Served, the copy wins by more: GET of one hot key with
+/// 50 clients, 167k against 153k requests/s with the old bound of 1 kB (side by side, 4
+/// rounds each), and pipelined GET (`-P 16`) no slower.
+const BY_REFERENCE_BYTES: usize = 4 << 10;
 
 impl Reply {
     pub fn new(capacity: usize) -> Reply {
@@ -237,8 +261,9 @@ impl Reply {
         self.rest.take()
     }
 
-    /// A bulk string of `value[range]`, a stored value the reply keeps a handle on
-    /// instead of copying it (a GET's pre-encoded JSON is a few kB).
+    /// A bulk string of `value[range]`, a stored value: from [`BY_REFERENCE_BYTES`] up the
+    /// reply keeps a handle on it and writes it from the cache; smaller ones (a 100-item
+    /// list's JSON, 3.7 kB) are copied.
     pub fn bulk_stored(&mut self, value: &sled::IVec, range: std::ops::Range<usize>) {
         if range.len() < BY_REFERENCE_BYTES {
             bulk(&mut self.buf, &value[range]);
@@ -437,23 +462,44 @@ mod tests {
 
     #[test]
     fn stored_values_are_referenced_not_copied_and_the_slices_give_the_whole_reply() {
-        let big = sled::IVec::from(vec![b'x'; 3000]);
+        let big = sled::IVec::from((0..12_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
         let small = sled::IVec::from(&b"0123456789"[..]);
         let mut reply = Reply::new(64);
         array_len(&mut reply, 3);
-        reply.bulk_stored(&big, 1000..3000);
+        reply.bulk_stored(&big, 5000..12_000);
         reply.bulk_stored(&small, 2..5);
-        reply.bulk_stored(&big, 0..1500);
+        reply.bulk_stored(&big, 0..BY_REFERENCE_BYTES);
         let mut want = Vec::new();
         array_len(&mut want, 3);
-        bulk(&mut want, &big[1000..3000]);
+        bulk(&mut want, &big[5000..]);
         bulk(&mut want, b"234");
-        bulk(&mut want, &big[..1500]);
+        bulk(&mut want, &big[..BY_REFERENCE_BYTES]);
         let joined: Vec<u8> = reply.parts().concat();
         assert_eq!(joined, want);
         assert!(reply.buf.len() < 100, "the big values stay out of the buffer");
         reply.clear();
         assert!(reply.parts().is_empty() && reply.buf.is_empty());
+        // One byte under the bound: copied.
+        reply.bulk_stored(&big, 0..BY_REFERENCE_BYTES - 1);
+        assert!(!reply.has_stored() && reply.buf.len() > BY_REFERENCE_BYTES - 1);
+        assert_eq!(
+            reply.parts().concat(),
+            [format!("${}\r\n", BY_REFERENCE_BYTES - 1).as_bytes(), &big[..BY_REFERENCE_BYTES - 1], b"\r\n"].concat()
+        );
+    }
+
+    #[test]
+    fn a_bulk_copied_in_chunks_holds_every_byte_in_order() {
+        let value: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        for len in [0, 1, COPY_CHUNK_BYTES - 1, COPY_CHUNK_BYTES, COPY_CHUNK_BYTES + 1, 3708, 10_000] {
+            // After an odd prefix, as a value lands after other replies.
+            let mut out = b"+OK\r\n".to_vec();
+            bulk(&mut out, &value[..len]);
+            let mut want = format!("+OK\r\n${len}\r\n").into_bytes();
+            want.extend_from_slice(&value[..len]);
+            want.extend_from_slice(b"\r\n");
+            assert!(out == want, "length {len}");
+        }
     }
 
     #[test]
