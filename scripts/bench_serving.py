@@ -663,37 +663,49 @@ def dashboard_rows(recd_sock: Path, port: int, users: int, requests: int, rounds
     return rows
 
 
-def render_dashboard_rows(rows: list[dict]) -> list[str]:
-    lines = [
-        "| command | keys | clients | idle req/s | polled req/s | req/s ratio | client p99 ms idle / polled "
-        "| daemon mean µs idle / polled | daemon p99 ≤ ms idle / polled | dashboard requests/s |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+def markdown_table(columns: str, aligns: str, rows: list[list[str]]) -> list[str]:
+    """A Markdown table: `columns` and `aligns` separated by "|" (aligns: "l" left, "r"
+    right), then one line per row of cells."""
+    align = {"l": "---", "r": "--:"}
+    return [
+        "| " + " | ".join(c.strip() for c in columns.split("|")) + " |",
+        "|" + "|".join(align[a.strip()] for a in aligns.split("|")) + "|",
+        *("| " + " | ".join(cells) + " |" for cells in rows),
     ]
-    for r in rows:
-        q, p = r["quiet"], r["polled"]
-        lines.append(
-            f"| `{r['label']}` | uniform | 50 | {fmt_rps(q['rps'])} | {fmt_rps(p['rps'])} | {r['rps_ratio']:.2f} "
-            f"| {q['p99']:.3f} / {p['p99']:.3f} | {q['srv_mean_us']:.1f} / {p['srv_mean_us']:.1f} "
-            f"| {q['srv_p99_ms']:g} / {p['srv_p99_ms']:g} | {r['polls_per_s']:.1f} |"
-        )
-    return lines
+
+
+def met_text(row: dict) -> str:
+    return "met" if row["met"] else "**NOT met**"
+
+
+def render_dashboard_rows(rows: list[dict]) -> list[str]:
+    return markdown_table(
+        "command | keys | clients | idle req/s | polled req/s | req/s ratio | client p99 ms idle / polled"
+        " | daemon mean µs idle / polled | daemon p99 ≤ ms idle / polled | dashboard requests/s",
+        "l|l|r|r|r|r|r|r|r|r",
+        [
+            [f"`{r['label']}`", "uniform", "50", fmt_rps(q["rps"]), fmt_rps(p["rps"]), f"{r['rps_ratio']:.2f}",
+             f"{q['p99']:.3f} / {p['p99']:.3f}", f"{q['srv_mean_us']:.1f} / {p['srv_mean_us']:.1f}",
+             f"{q['srv_p99_ms']:g} / {p['srv_p99_ms']:g}", f"{r['polls_per_s']:.1f}"]
+            for r in rows
+            for q, p in [(r["quiet"], r["polled"])]
+        ],
+    )
 
 
 def render_hot_rows(results: list[dict]) -> list[str]:
-    lines = [
-        "| command | keys | clients | pinned | recd req/s | Redis req/s | req/s ratio | recd p99 ms "
-        "| Redis p99 ms | p99 ratio | targets |",
-        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for row in results:
-        a, r = row["recd"], row["redis"]
-        lines.append(
-            f"| `{row['label']}` | {row['keys']} | {row['clients']} | {'yes' if row['pinned'] else 'no'} "
-            f"| {fmt_rps(a['rps'])} | {fmt_rps(r['rps'])} | {row['rps_ratio']:.2f} "
-            f"| {a['p99']:.3f} | {r['p99']:.3f} | {row['p99_ratio']:.2f} "
-            f"| {'met' if row['met'] else '**NOT met**'} |"
-        )
-    return lines
+    return markdown_table(
+        "command | keys | clients | pinned | recd req/s | Redis req/s | req/s ratio | recd p99 ms"
+        " | Redis p99 ms | p99 ratio | targets",
+        "l|l|r|l|r|r|r|r|r|r|l",
+        [
+            [f"`{row['label']}`", row["keys"], str(row["clients"]), "yes" if row["pinned"] else "no",
+             fmt_rps(a["rps"]), fmt_rps(r["rps"]), f"{row['rps_ratio']:.2f}",
+             f"{a['p99']:.3f}", f"{r['p99']:.3f}", f"{row['p99_ratio']:.2f}", met_text(row)]
+            for row in results
+            for a, r in [(row["recd"], row["redis"])]
+        ],
+    )
 
 
 # Why GET with 50 clients trails: what profiling found (perf on both servers' serving
@@ -768,20 +780,19 @@ def fmt_rps(x: float) -> str:
 
 
 def render_rows(results: list[dict]) -> list[str]:
-    lines = [
-        "| command | clients | pipeline | recd req/s | Redis req/s | req/s ratio | recd p50 ms | Redis p50 ms "
-        "| recd p99 ms | Redis p99 ms | p99 ratio | targets |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
-    ]
-    for row in results:
-        a, r = row["recd"], row["redis"]
-        lines.append(
-            f"| `{row['label']}` | {row['clients']} | {row['pipeline']} "
-            f"| {fmt_rps(a['rps'])} | {fmt_rps(r['rps'])} | {row['rps_ratio']:.2f} "
-            f"| {a['p50']:.3f} | {r['p50']:.3f} | {a['p99']:.3f} | {r['p99']:.3f} | {row['p99_ratio']:.2f} "
-            f"| {'met' if row['met'] else '**NOT met**'} |"
-        )
-    return lines
+    return markdown_table(
+        "command | clients | pipeline | recd req/s | Redis req/s | req/s ratio | recd p50 ms | Redis p50 ms"
+        " | recd p99 ms | Redis p99 ms | p99 ratio | targets",
+        "l|r|r|r|r|r|r|r|r|r|r|l",
+        [
+            [f"`{row['label']}`", str(row["clients"]), str(row["pipeline"]),
+             fmt_rps(a["rps"]), fmt_rps(r["rps"]), f"{row['rps_ratio']:.2f}",
+             f"{a['p50']:.3f}", f"{r['p50']:.3f}", f"{a['p99']:.3f}", f"{r['p99']:.3f}", f"{row['p99_ratio']:.2f}",
+             met_text(row)]
+            for row in results
+            for a, r in [(row["recd"], row["redis"])]
+        ],
+    )
 
 
 def render_doc(results, m, meta) -> str:
