@@ -179,10 +179,18 @@ fn recd_eval_churn_scores_a_temporal_holdout() {
     let d = TestDaemon::start(&[("churn", &job)]);
     d.run_job("churn");
     let truth = root().join("data/demo/retail.parquet");
-    let out =
-        d.cli(&["eval", "churn", "--churn", "--truth", truth.to_str().unwrap(), "--cutoff", "2011-09-09", "--json"]);
+    let args = ["eval", "churn", "--churn", "--truth", truth.to_str().unwrap(), "--cutoff", "2011-09-09", "--json"];
+    let out = d.cli(&[&args[..], &["--record"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // --record kept the same numbers with the version read, for the dashboard
+    let lineage: serde_json::Value = serde_json::from_slice(&d.cli(&["lineage", "churn"]).stdout).unwrap();
+    let kept = &lineage["eval"];
+    assert_eq!(kept["setting"], "churn within 90 days, field probability", "{lineage}");
+    assert_eq!(kept["users"], report["users_scored"]);
+    for name in ["roc_auc", "log_loss", "log_loss_base_rate", "brier", "brier_base_rate", "base_rate"] {
+        assert_eq!(kept["metrics"][name], report[name], "{name} in {kept}");
+    }
 
     // Independently: who bought before the cut-off, and who bought again within 90 days.
     let cutoff =

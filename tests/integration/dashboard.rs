@@ -51,8 +51,16 @@ fn dashboard_renders_jobs_runs_tables_and_a_users_lists_in_a_browser() {
         &format!("metrics_listen = \"127.0.0.1:{port}\"\ndashboard = true\n"),
     );
     d.run_job("cold-start");
+    // Each ranking version's quality, recorded by `recd eval --record` for the charts.
+    let truth = root().join("data/demo/retail.parquet");
+    let eval = |table: &str| {
+        let out = d.cli(&["eval", table, "--truth", truth.to_str().unwrap(), "--cutoff", "2011-11-01", "--record"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
     d.run_job("ranking");
+    eval("ranking");
     d.run_job("ranking");
+    eval("ranking");
     let ok_runs = |job: &str| d.history(job).iter().filter(|r| r["status"] == "ok").count();
     d.wait_for("two diversity runs after ranking", 60, || (ok_runs("diversity") >= 2).then_some(()));
     assert!(!d.cli(&["run", "errs"]).status.success());
@@ -72,6 +80,12 @@ fn dashboard_renders_jobs_runs_tables_and_a_users_lists_in_a_browser() {
     assert_eq!(ranking_table["serving"], 2);
     let v2 = &ranking_table["versions"][1];
     assert!(v2["gate"]["changed_share"].is_number(), "{ranking_table}");
+    for v in ranking_table["versions"].as_array().unwrap() {
+        // The demo's lists leave out what a user bought, after the cut-off too, so they
+        // hit nothing (docs/operations.md says so).
+        assert_eq!(v["eval"]["metrics"]["hit_rate@k"], 0.0, "{v}");
+        assert!(v["eval"]["metrics"]["coverage"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    }
     let (_, user) = http_get(port, "/api/user?id=17850");
     let user: serde_json::Value = serde_json::from_str(&user).unwrap();
     let list = |table: &str| user["tables"].as_array().unwrap().iter().find(|t| t["table"] == table).unwrap().clone();
@@ -121,6 +135,12 @@ fn dashboard_renders_jobs_runs_tables_and_a_users_lists_in_a_browser() {
     assert!(dom.matches(r#"data-status="ok""#).count() >= 5, "ok runs in the timeline:\n{dom}");
     assert!(dom.contains(r#"<tr class="serving" data-version="2">"#), "ranking's serving version:\n{dom}");
     assert!(dom.contains("ranking: share of lists changed"), "the quality chart:\n{dom}");
+    for chart in ["ranking ndcg@k", "ranking recall@k", "ranking coverage"] {
+        assert!(dom.contains(&format!(r#"data-eval="{chart}""#)), "no {chart} chart:\n{dom}");
+    }
+    assert!(dom.contains("k=10, all users, fallback answers scored; latest: version 2"), "eval setting:\n{dom}");
+    let ndcg = dom.split(r#"data-eval="ranking ndcg@k""#).nth(1).and_then(|c| c.split("</svg>").next()).unwrap();
+    assert!(ndcg.contains(">v1</text>") && ndcg.contains(">v2</text>"), "both versions charted:\n{ndcg}");
     // The user's lists as the page shows them: ranking's items in order, and diversity's
     // with the titles of the demo items file.
     let shown = |table: &str| -> Vec<String> {

@@ -207,3 +207,49 @@ fn eval_selects_warm_or_cold_users_and_counts_fallback_answers() {
     let none: Option<String> = redis::cmd("GET").arg("t2:nobody").arg("WITHSOURCE").query(&mut d.redis()).unwrap();
     assert_eq!(none, None);
 }
+
+/// `recd lineage t VERSION`'s eval record, as JSON (null without one).
+fn recorded(d: &TestDaemon, version: u64) -> serde_json::Value {
+    let out = d.cli(&["lineage", "t", &version.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["eval"].clone()
+}
+
+#[test]
+fn eval_record_keeps_the_numbers_with_the_version_read() {
+    let d = TestDaemon::start(&[("j", "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n")]);
+    d.run_job("j");
+    let truth = cold_and_warm_truth(&d);
+    let report = eval_json(&d, &truth, "t", &["--record"]);
+    let kept = recorded(&d, 1);
+    assert_eq!(kept["setting"], "k=2, all users, fallback answers scored", "{kept}");
+    assert_eq!(kept["users"], report["users"]);
+    assert_eq!(kept["cutoff"], "2021-01-01T00:00:00", "the cut-off given as 2021-01-01");
+    for (kept_name, name) in
+        [("ndcg@k", "ndcg"), ("recall@k", "recall"), ("hit_rate@k", "hit_rate"), ("coverage", "coverage")]
+    {
+        assert_eq!(kept["metrics"][kept_name], report[name], "{kept_name} in {kept}");
+    }
+    assert!(kept["metrics"].get("calibration_kl").is_none(), "not measured, not recorded: {kept}");
+
+    // A new version has no record until one is made; the old version keeps its own.
+    d.run_job("j");
+    assert_eq!(recorded(&d, 2), serde_json::Value::Null);
+    let cold = eval_json(&d, &truth, "t", &["--cold-only", "--record"]);
+    assert_eq!(recorded(&d, 2)["setting"], "k=2, users new after the cut-off, fallback answers scored");
+    assert_eq!(recorded(&d, 2)["metrics"]["hit_rate@k"], cold["hit_rate"]);
+    assert_eq!(recorded(&d, 1), kept);
+
+    // Refusals name what is wrong, and nothing is recorded.
+    let args = ["eval", "nope", "--truth", truth.to_str().unwrap(), "--cutoff", "2021-01-01", "--record"];
+    let out = d.cli(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--record: no table `nope`"), "{out:?}");
+    let json = r#"{"setting":"s","cutoff":"c","users":1,"metrics":{"ndcg@k":0.5},"extra":1}"#;
+    let err = redis::cmd("EVALRECORD").arg("t").arg(2).arg(json).query::<String>(&mut d.admin()).unwrap_err();
+    assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+    let err = redis::cmd("EVALRECORD").arg("t").arg(2).arg(json).query::<String>(&mut d.redis()).unwrap_err();
+    assert!(err.to_string().contains("control command: use the admin socket"), "{err}");
+    assert_eq!(recorded(&d, 2)["metrics"]["hit_rate@k"], cold["hit_rate"]);
+}

@@ -188,6 +188,12 @@ enum Cmd {
         json: bool,
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Keep the numbers with the version read (through the admin socket), for the
+        /// dashboard's quality charts and `recd lineage`
+        #[arg(long)]
+        record: bool,
+        #[command(flatten)]
+        admin: AdminSocket,
     },
     /// Plugin files: the build each holds (name, version, ABI, SHA-256), when it was first
     /// seen there, and the latest run that loaded it
@@ -329,22 +335,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::History { job, last, admin } => admin.call(&config, &["HISTORY", &job, &last.to_string()]),
         Cmd::Pause { job, admin } => admin.call(&config, &["PAUSE", &job]),
         Cmd::Resume { job, admin } => admin.call(&config, &["RESUME", &job]),
-        Cmd::Eval { args, json, socket } => {
+        Cmd::Eval { args, json, socket, record, admin } => {
             override_path(&mut config.socket, socket);
-            if args.churn {
+            let admin = admin.path(&config);
+            // The version read is the one serving when the evaluation starts.
+            let version = record.then(|| eval::serving_version(&admin, &args.table)).transpose()?;
+            let (text, kept) = if args.churn {
                 let report = eval::run_churn(&args, &config.socket)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    print!("{}", eval::render_churn(&report));
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let report = eval::run(&args, &config.socket)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let text =
+                    if json { serde_json::to_string_pretty(&report)? + "\n" } else { eval::render_churn(&report) };
+                (text, report.to_record(&args))
             } else {
-                print!("{}", eval::render(&report));
+                let report = eval::run(&args, &config.socket)?;
+                let text = if json { serde_json::to_string_pretty(&report)? + "\n" } else { eval::render(&report) };
+                (text, report.to_record(&args))
+            };
+            print!("{text}");
+            if let Some(version) = version {
+                anyhow::ensure!(kept.users > 0, "--record: no user was counted (or scored), so nothing is recorded");
+                eval::send_record(&admin, &args.table, version, &kept)?;
+                eprintln!("recorded with table `{}` version {version}", args.table);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -8,6 +8,9 @@
 
 use crate::quality as metrics;
 
+mod record;
+pub use record::{send_record, serving_version};
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -377,6 +377,7 @@ mod tests {
             held: false,
             gate: None,
             lineage: None,
+            eval: None,
         };
         let verdict = |users| check(&gate, TableKind::Lists, (users, 0), &tree, Some((&info(100), &tree))).unwrap();
         assert!(verdict(55).failed.is_empty(), "55 of 100 is 0.55");
@@ -427,6 +428,7 @@ mod tests {
             held: false,
             gate: None,
             lineage: None,
+            eval: None,
         };
         let verdict = |max_drop| check(&gate(max_drop), TableKind::Lists, (2, 4), &new, Some((&info, &old))).unwrap();
         // hit@1: old 2 of 3 users, new 1 of 3.

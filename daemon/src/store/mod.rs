@@ -21,12 +21,14 @@ use serde::{Deserialize, Serialize};
 use crate::read_cache::ReadCache;
 
 mod codec;
+mod evals;
 mod gate;
 mod runs;
 mod staged;
 
 use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
+pub use evals::EvalRecord;
 pub use gate::{Gate, GateResult, HoldoutGate, HoldoutTruth};
 pub use runs::{DaemonStages, InputLineage, Lineage, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
@@ -98,6 +100,11 @@ fn held_list(meta: &TableMeta) -> String {
     if held.is_empty() { "none".into() } else { held.join(", ") }
 }
 
+/// The retained versions of a table, for messages: "3, 4, 5".
+pub(crate) fn retained_list(meta: &TableMeta) -> String {
+    meta.versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// One retained version of a table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VersionInfo {
@@ -120,6 +127,9 @@ pub struct VersionInfo {
     /// Where the version came from (absent for versions published before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// The latest `recd eval --record` of this version (absent until one is recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalRecord>,
 }
 
 /// What a table's values are: Redis sorted sets (ZRANGE...) or hashes (HGETALL...).
@@ -561,6 +571,7 @@ impl Store {
             held,
             gate: gated,
             lineage: staged.lineage.take(),
+            eval: None,
         };
         if held {
             return self.hold_in(h, staged, previous, info);
@@ -704,7 +715,7 @@ impl Store {
         .ok_or_else(|| StoreError::NotRetained {
             table: table.to_owned(),
             version: version.map_or("older than the current one".into(), |v| v.to_string()),
-            retained: meta.versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>().join(", "),
+            retained: retained_list(&meta),
         })?;
         meta.current = target.version;
         // A held version made current is promoted: it is no longer held.

@@ -35,13 +35,14 @@ impl Lineage {
         let want = self.version.unwrap_or(meta.current);
         match meta.versions.iter().find(|v| v.version == want) {
             Some(v) => resp::bulk(out, &serde_json::to_vec_pretty(v).expect("a version serialises")),
-            None => {
-                let kept: Vec<String> = meta.versions.iter().map(|v| v.version.to_string()).collect();
-                resp::error(
-                    out,
-                    &format!("ERR table `{}` keeps no version {want} (retained: {})", self.table, kept.join(", ")),
-                );
-            }
+            None => resp::error(
+                out,
+                &format!(
+                    "ERR table `{}` keeps no version {want} (retained: {})",
+                    self.table,
+                    crate::store::retained_list(&meta)
+                ),
+            ),
         }
     }
 }

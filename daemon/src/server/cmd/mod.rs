@@ -9,6 +9,7 @@ mod config;
 mod discard;
 mod drop;
 mod echo;
+mod evalrecord;
 mod exists;
 mod get;
 mod hello;
@@ -106,6 +107,7 @@ pub enum Command<'a> {
     Drop(drop::Drop),
     Import(import::Import),
     Verify,
+    EvalRecord(evalrecord::EvalRecord),
 }
 
 /// Commands that change data in Redis: answered with `-READONLY`.
@@ -228,6 +230,7 @@ impl<'a> Command<'a> {
             "quit" => Command::Quit,
             "run" | "reload" | "status" | "jobs" | "pause" | "resume" | "history" | "progress" | "plugins"
             | "rollback" | "verify" | "import" | "models" | "promote" | "discard" | "drop" | "lineage"
+            | "evalrecord"
                 if role != Role::Admin =>
             {
                 return Err(format!("NOPERM '{name}' is a control command: use the admin socket"));
@@ -249,6 +252,7 @@ impl<'a> Command<'a> {
             "promote" => Command::Promote(promote::Promote::parse(rest)?),
             "discard" => Command::Discard(discard::Discard::parse(rest)?),
             "drop" => Command::Drop(drop::Drop::parse(rest)?),
+            "evalrecord" => Command::EvalRecord(evalrecord::EvalRecord::parse(rest)?),
             w if WRITE_COMMANDS.contains(&w) => {
                 return Err("READONLY recd serves precomputed tables: writes are not accepted".to_string());
             }
@@ -328,6 +332,7 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Rollback(c) => c.apply(daemon, out).await,
         Command::Import(c) => c.apply(daemon, out).await,
         Command::Verify => verify::apply(daemon, out).await,
+        Command::EvalRecord(c) => c.apply(daemon, out).await,
         Command::Models(c) => c.apply(daemon, out).await,
         Command::Promote(c) => c.apply(daemon, out).await,
         Command::Discard(c) => c.apply(daemon, out).await,

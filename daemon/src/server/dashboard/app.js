@@ -205,11 +205,38 @@ function drawQuality(tables) {
     if (changed.length) {
       charts.push(lineChart(`${t.name}: share of lists changed`, changed.map((v) => [v.version, v.gate.changed_share])));
     }
+    charts.push(...evalCharts(t));
   }
   box.replaceChildren(...(charts.length ? [el("div", { class: "charts" }, charts)]
-    : [el("div", { class: "muted" }, "No quality recorded yet: a job's [gate] records its holdout metric and the share of changed lists with each version.")]));
+    : [el("div", { class: "muted" }, "No quality recorded yet: a job's [gate] records its holdout metric and the share of changed lists with each version, and `recd eval --record` the evaluation of the version it read.")]));
 }
 
+// Measures charted from `recd eval --record`, where the latest record has them.
+const EVAL_MEASURES = ["ndcg@k", "recall@k", "coverage", "roc_auc", "log_loss"];
+
+// The recorded evaluations of a table, one chart per measure, over the versions whose
+// record has the latest record's setting (other settings do not compare); each point's
+// tooltip gives its cut-off.
+function evalCharts(t) {
+  const recorded = t.versions.filter((v) => v.eval);
+  if (!recorded.length) return [];
+  const newer = (a, b) => (b.eval.recorded_at > a.eval.recorded_at
+    || (b.eval.recorded_at === a.eval.recorded_at && b.version > a.version) ? b : a);
+  const latest = recorded.reduce(newer);
+  const same = recorded.filter((v) => v.eval.setting === latest.eval.setting);
+  const about = `${latest.eval.setting}; latest: version ${latest.version}, cut-off ${latest.eval.cutoff}, `
+    + `${latest.eval.users.toLocaleString()} users, recorded ${when(latest.eval.recorded_at)}`;
+  return EVAL_MEASURES.filter((m) => m in latest.eval.metrics).map((m) => {
+    const points = same.filter((v) => typeof v.eval.metrics[m] === "number")
+      .map((v) => [v.version, v.eval.metrics[m], `cut-off ${v.eval.cutoff}`]);
+    const chart = lineChart(`${t.name}: ${m} (recd eval)`, points);
+    chart.dataset.eval = `${t.name} ${m}`;
+    chart.append(el("div", { class: "muted" }, about));
+    return chart;
+  });
+}
+
+// `points`: [version, value, optional note for the tooltip], oldest first.
 function lineChart(title, points) {
   const [w, h, pad] = [280, 120, 28];
   const ys = points.map((p) => p[1]);
@@ -222,7 +249,8 @@ function lineChart(title, points) {
     points: points.map((p, i) => `${x(i)},${y(p[1])}`).join(" "), fill: "none", stroke: "#2e6fd0", "stroke-width": 2,
   }));
   points.forEach((p, i) => {
-    chart.append(svg("circle", { cx: x(i), cy: y(p[1]), r: 3, fill: "#2e6fd0" }, svg("title", {}, `version ${p[0]}: ${p[1].toFixed(4)}`)));
+    const note = p[2] ? `, ${p[2]}` : "";
+    chart.append(svg("circle", { cx: x(i), cy: y(p[1]), r: 3, fill: "#2e6fd0" }, svg("title", {}, `version ${p[0]}: ${p[1].toFixed(4)}${note}`)));
     chart.append(svg("text", { x: x(i), y: h - 8, "text-anchor": "middle" }, "v" + p[0]));
   });
   chart.append(svg("text", { x: 2, y: 12 }, hi.toFixed(3)));
