@@ -1,5 +1,6 @@
-//! Limits of the read socket (recd.toml): clients at once, request size, idle time; and a
-//! client that stops reading never delays the others.
+//! Limits of the read socket (recd.toml): clients at once, request size, idle time; a
+//! client that stops reading never delays the others, and one that never pauses does not
+//! hold up shutdown.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -142,4 +143,36 @@ fn malformed_frames_and_thousands_of_idle_clients_leave_others_served() {
     assert_eq!(ping(&d).1, "+PONG\r\n");
     drop(idle);
     assert!(d.cli(&["status"]).status.success());
+}
+
+#[test]
+fn a_client_that_never_pauses_does_not_hold_up_shutdown() {
+    let job = "plugin = \"faulty\"\ntable = \"t\"\n[params]\nmode = \"ok\"\n";
+    let mut d = TestDaemon::start(&[("t", job)]);
+    d.run_job("t");
+    // One thread writes requests without end, another reads the answers as they come: the
+    // server always has input waiting on this connection.
+    let writer = UnixStream::connect(d.socket()).unwrap();
+    let mut reader = writer.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let request = b"ZREVRANGE t:u1 0 -1 WITHSCORES\r\n".repeat(500);
+        let mut w = &writer;
+        while w.write_all(&request).is_ok() {}
+    });
+    let (tx, answered) = std::sync::mpsc::channel();
+    let drain = std::thread::spawn(move || {
+        let (mut buf, mut total, mut tx) = (vec![0u8; 1 << 16], 0usize, Some(tx));
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            total += n;
+            if total > 1 << 20
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    answered.recv_timeout(Duration::from_secs(10)).expect("the flood is being answered");
+    assert!(d.stop(), "the daemon exits on SIGTERM while a client floods it\n{}", d.log());
+    flood.join().unwrap();
+    drain.join().unwrap();
 }

@@ -1,6 +1,6 @@
 //! The RESP server, shaped as `run(listener, shutdown, ...)` (after mini-redis): it
 //! accepts until `shutdown` resolves, then tells every connection to close after the
-//! request in hand and waits for them. The read socket and the admin socket run the same
+//! batch of requests in hand and waits for them. The read socket and the admin socket run the same
 //! code; only the admin one accepts control commands.
 //!
 //! Connections are served thread-per-core: `serve_threads` single-threaded runtimes, each
