@@ -415,12 +415,9 @@ pub fn render_churn(r: &ChurnReport) -> String {
         "churn table {} against {} days from {} on: {} users bought before, {} scored, {} churned (base rate {:.4})",
         r.table, r.horizon_days, r.cutoff, r.users, r.users_scored, r.churned, r.base_rate
     );
-    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
-    let _ = writeln!(s, "  {:<22}{}", "roc auc", show(r.roc_auc));
-    let _ = writeln!(s, "  {:<22}{}", "log-loss", show(r.log_loss));
-    let _ = writeln!(s, "  {:<22}{}", "log-loss, base rate", show(r.log_loss_base_rate));
-    let _ = writeln!(s, "  {:<22}{}", "brier", show(r.brier));
-    let _ = writeln!(s, "  {:<22}{}", "brier, base rate", show(r.brier_base_rate));
+    for (_, name, v) in r.measures() {
+        let _ = writeln!(s, "  {name:<22}{}", v.map_or("n/a".to_string(), |v| format!("{v:.4}")));
+    }
     if !r.reliability.is_empty() {
         let _ = writeln!(s, "reliability (probability bin: users, mean predicted, observed churn)");
         for b in &r.reliability {
@@ -474,6 +471,37 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
+impl Report {
+    /// Each measure as (key in a record, label in the text, value when measured).
+    fn measures(&self) -> [(&'static str, &'static str, Option<f64>); 10] {
+        [
+            ("precision@k", "precision@k", Some(self.precision)),
+            ("recall@k", "recall@k", Some(self.recall)),
+            ("ndcg@k", "ndcg@k", Some(self.ndcg)),
+            ("map@k", "map@k", Some(self.map)),
+            ("hit_rate@k", "hit rate@k", Some(self.hit_rate)),
+            ("coverage", "coverage", Some(self.coverage)),
+            ("novelty", "novelty (bits)", self.novelty),
+            ("intra_list_diversity", "intra-list diversity", self.intra_list_diversity),
+            ("calibration_kl", "calibration kl", self.calibration_kl),
+            ("embedding_diversity", "embedding diversity", self.embedding_diversity),
+        ]
+    }
+}
+
+impl ChurnReport {
+    /// Each measure as (key in a record, label in the text, value when measured).
+    fn measures(&self) -> [(&'static str, &'static str, Option<f64>); 5] {
+        [
+            ("roc_auc", "roc auc", self.roc_auc),
+            ("log_loss", "log-loss", self.log_loss),
+            ("log_loss_base_rate", "log-loss, base rate", self.log_loss_base_rate),
+            ("brier", "brier", self.brier),
+            ("brier_base_rate", "brier, base rate", self.brier_base_rate),
+        ]
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table {} against interactions from {} on, k = {}", r.table, r.cutoff, r.k);
@@ -482,18 +510,7 @@ pub fn render(r: &Report) -> String {
         "users with relevant items: {} ({} have a list; a fallback answered {})",
         r.users, r.users_with_list, r.users_from_fallback
     );
-    for (name, v) in [
-        ("precision@k", Some(r.precision)),
-        ("recall@k", Some(r.recall)),
-        ("ndcg@k", Some(r.ndcg)),
-        ("map@k", Some(r.map)),
-        ("hit rate@k", Some(r.hit_rate)),
-        ("coverage", Some(r.coverage)),
-        ("novelty (bits)", r.novelty),
-        ("intra-list diversity", r.intra_list_diversity),
-        ("calibration kl", r.calibration_kl),
-        ("embedding diversity", r.embedding_diversity),
-    ] {
+    for (_, name, v) in r.measures() {
         match v {
             Some(v) => {
                 let _ = writeln!(s, "  {name:<22}{v:.4}");

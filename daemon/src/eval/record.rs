@@ -65,21 +65,7 @@ fn list_setting(args: &EvalArgs) -> String {
 impl Report {
     /// The numbers to record.
     pub fn to_record(&self, args: &EvalArgs) -> EvalRecord {
-        let mut metrics = BTreeMap::new();
-        for (name, value) in [
-            ("precision@k", Some(self.precision)),
-            ("recall@k", Some(self.recall)),
-            ("ndcg@k", Some(self.ndcg)),
-            ("map@k", Some(self.map)),
-            ("hit_rate@k", Some(self.hit_rate)),
-            ("coverage", Some(self.coverage)),
-            ("novelty", self.novelty),
-            ("intra_list_diversity", self.intra_list_diversity),
-            ("calibration_kl", self.calibration_kl),
-            ("embedding_diversity", self.embedding_diversity),
-        ] {
-            insert(&mut metrics, name, value);
-        }
+        let metrics = kept(self.measures().into_iter().map(|(key, _, v)| (key, v)));
         EvalRecord {
             recorded_at: String::new(),
             setting: list_setting(args),
@@ -93,17 +79,8 @@ impl Report {
 impl ChurnReport {
     /// The numbers to record.
     pub fn to_record(&self, args: &EvalArgs) -> EvalRecord {
-        let mut metrics = BTreeMap::new();
-        for (name, value) in [
-            ("roc_auc", self.roc_auc),
-            ("log_loss", self.log_loss),
-            ("log_loss_base_rate", self.log_loss_base_rate),
-            ("brier", self.brier),
-            ("brier_base_rate", self.brier_base_rate),
-            ("base_rate", Some(self.base_rate)),
-        ] {
-            insert(&mut metrics, name, value);
-        }
+        let measured = self.measures().into_iter().map(|(key, _, v)| (key, v));
+        let metrics = kept(measured.chain([("base_rate", Some(self.base_rate))]));
         EvalRecord {
             recorded_at: String::new(),
             setting: format!("churn within {} days, field {}", self.horizon_days, args.probability_field),
@@ -119,11 +96,9 @@ fn cutoff_text(given: &str) -> String {
     super::parse_cutoff(given).map_or_else(|_| given.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
 }
 
-/// A measured, finite value only: n/a and NaN (no users) are left out.
-fn insert(metrics: &mut BTreeMap<String, f64>, name: &str, value: Option<f64>) {
-    if let Some(v) = value.filter(|v| v.is_finite()) {
-        metrics.insert(name.to_string(), v);
-    }
+/// The measured, finite values only: n/a and NaN (no users) are left out.
+fn kept<'a>(measures: impl Iterator<Item = (&'a str, Option<f64>)>) -> BTreeMap<String, f64> {
+    measures.filter_map(|(key, v)| v.filter(|v| v.is_finite()).map(|v| (key.to_string(), v))).collect()
 }
 
 #[cfg(test)]
