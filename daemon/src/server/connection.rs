@@ -340,6 +340,9 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         theirs.write_all(&b"PING\r\n".repeat(1000)).await.unwrap();
         theirs.shutdown().await.unwrap();
+        // The requests are seen as readable before the connection is served: its reads and
+        // writes never wait, so only the check between batches can see a stop.
+        ours.readable().await.unwrap();
         let daemon = daemon_in(dir.path());
         let server = tokio::spawn(handle(ours, 1, Role::Read, daemon, stop));
         let mut got = Vec::new();
@@ -352,9 +355,8 @@ mod tests {
         got
     }
 
-    /// At shutdown, requests waiting are not answered and the connection closes; also when
-    /// the server's sender is gone. (Here the first read waits, so the kept wait sees the
-    /// stop; the check between batches is for clients whose I/O never waits.)
+    /// At shutdown, requests waiting are not answered and the connection closes, though
+    /// no read or write of it would wait; also when the server's sender is gone.
     #[tokio::test]
     async fn a_connection_with_requests_waiting_closes_at_shutdown_unanswered() {
         let (tx, rx) = watch::channel(false);
