@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Handles, Store, StoreError, VersionInfo, retained_list, table_key, table_meta};
+use super::{Handles, Store, StoreError, VersionInfo, retained_list, table_meta, write_meta};
 
 /// One evaluation of one version, as `recd eval` measured it.
 /// Stored data: unknown fields are kept out of the way, not refused, so a store a later
@@ -45,14 +45,13 @@ impl Store {
         // would drop this record or bring back a version it dropped.
         let _guard = self.publish_lock.lock().expect("publish lock");
         let mut meta = table_meta(h, table)?.ok_or_else(|| StoreError::NoTable(table.to_owned()))?;
-        let retained = retained_list(&meta);
         let Some(info) = meta.versions.iter_mut().find(|v| v.version == version) else {
+            let retained = retained_list(&meta);
             return Err(StoreError::NotRetained { table: table.to_owned(), version: version.to_string(), retained });
         };
         info.eval = Some(record);
         let info = info.clone();
-        h.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
-        h.meta.flush()?;
+        write_meta(h, table, &meta)?;
         Ok(info)
     }
 }

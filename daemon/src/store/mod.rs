@@ -589,9 +589,7 @@ impl Store {
         meta.kind = staged.kind;
         meta.fallback = staged.fallback.clone();
         let dropped = self.apply_retention(&mut meta);
-        let encoded = serde_json::to_vec(&meta).expect("meta serialises");
-        h.meta.insert(table_key(&staged.table), encoded)?;
-        h.meta.flush()?;
+        write_meta(h, &staged.table, &meta)?;
         let serving = Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone()));
         // Huge lists are copied into the read cache here, on the run's thread, rather than
         // by their first reader on a serving thread (about 140 ms for 275 MB).
@@ -624,8 +622,7 @@ impl Store {
         });
         meta.versions.push(info.clone());
         meta.last = meta.last.max(info.version);
-        h.meta.insert(table_key(&staged.table), serde_json::to_vec(&meta).expect("meta serialises"))?;
-        h.meta.flush()?;
+        write_meta(h, &staged.table, &meta)?;
         Ok(info)
     }
 
@@ -638,8 +635,7 @@ impl Store {
                 return Err(StoreError::NotHeld { table: table.to_owned(), version, held: held_list(&meta) });
             };
             let dropped = meta.versions.remove(at);
-            h.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
-            h.meta.flush()?;
+            write_meta(h, table, &meta)?;
             h.db.drop_tree(data_tree_name(table, version).as_bytes())?;
             Ok(dropped)
         })
@@ -725,8 +721,7 @@ impl Store {
             v.held = false;
         }
         let tree = h.db.open_tree(data_tree_name(table, target.version))?;
-        h.meta.insert(table_key(table), serde_json::to_vec(&meta).expect("meta serialises"))?;
-        h.meta.flush()?;
+        write_meta(h, table, &meta)?;
         let served = self.serving(target.version, meta.kind, meta.fallback, tree);
         self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
         Ok(target)
@@ -800,6 +795,13 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Writes `table`'s meta and flushes it: the one step that makes a change to it durable.
+fn write_meta(h: &Handles, table: &str, meta: &TableMeta) -> Result<(), StoreError> {
+    h.meta.insert(table_key(table), serde_json::to_vec(meta).expect("meta serialises"))?;
+    h.meta.flush()?;
+    Ok(())
 }
 
 fn table_meta(h: &Handles, table: &str) -> Result<Option<TableMeta>, StoreError> {
