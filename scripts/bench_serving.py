@@ -627,7 +627,7 @@ def read_latency(port: int) -> tuple[list[tuple[float, float]], float]:
 
 def daemon_latency(before, after) -> dict:
     """Between two readings of the histogram: the mean read latency the daemon measured
-    (from a request's bytes read to its reply written: what the client's own scheduling
+    (from the serving turn that read a request to its reply written: what the client's own scheduling
     cannot touch) and the bucket bound its 99th percentile falls under."""
     counts = [(le, a - b) for (le, a), (_, b) in zip(after[0], before[0])]
     n = counts[-1][1]
@@ -711,21 +711,23 @@ def render_hot_rows(results: list[dict]) -> list[str]:
 # Why GET with 50 clients trails: what profiling found (perf on both servers' serving
 # threads, same client, 2026-12-05). Fixed text: the run above measures, this explains.
 HOT_GET_NOTE = [
-    "Where GET with 50 clients stands (profiled with `perf` on 2026-12-05): both servers make",
-    "the same system calls per request (one read, one write, one event-loop wait per batch of",
-    "ready connections) and spend about four fifths of their CPU in the kernel's Unix-socket",
-    "code. Two differences were found and fixed, each measured side by side against the build",
+    "Where GET stands (profiled with `perf` on 2026-12-05): both servers make the same system",
+    "calls per request (one read, one write, one event-loop wait per batch of ready",
+    "connections) and spend about four fifths of their CPU in the kernel's Unix-socket code.",
+    "Two differences were found and fixed, each measured side by side against the build",
     "before it. (1) A 3.7 kB list is copied into the reply in 2 kB chunks (glibc's `memcpy`",
     "takes a slow path on this CPU above 2112 bytes: see `daemon/src/resp.rs`) instead of sent",
-    "by a `writev` of the stored value: GET of one key from 153k to 167k requests/s. (2) The",
-    "kernel charges socket buffers to the memory cgroup through a per-CPU cache of at most a",
-    "page: a 4 kB reply written between the frees of two small request buffers made it refill",
-    "and drain a page on every request (6% of recd's serving thread, 3% of Redis's, which",
-    "reads every ready client before it writes). Batches of replies of 2 kB or more are now",
-    "written after a yield, in Redis's order: GET of one key from 233k to 241k requests/s",
-    "(Redis 264k in that sitting), of uniform keys from 166k to 174k (Redis 174k). Each",
-    "connection also keeps one wait for shutdown instead of registering a fresh one per",
-    "request (2% of the serving thread): GET of one key from 162k to 167k in a slower sitting.",
+    "by a `writev` of the stored value: GET of one key from 153k to 167k requests/s. (2) Each",
+    "read connection was a tokio task: every request took a wake and two polls of a task and",
+    "its futures, and recd's serving thread spent more time in user space than Redis's (925",
+    "and 979 samples against 657 and 827, for the same 400,000 GETs of one key with 50",
+    "clients, `perf` at 2 kHz). The read socket is now served by one event loop per serving",
+    "thread, in Redis's order (read and answer every ready connection, then write every",
+    "answer): 502 and 647 samples. Side by side, pinned, GET of one key: 234k requests/s as",
+    "tasks, 261k as a loop, Redis 239k (50 clients); 25.2k, 24.9k and 20.9k (1 client). The",
+    "loop registers each connection for writes too, as tokio did; registered for reads only,",
+    "as Redis does, it served one client 20.7k requests/s, since a reply read no longer woke",
+    "the thread before the next request came.",
 ]
 
 
@@ -740,7 +742,7 @@ def render_hot_doc(results, meta, dashboard) -> str:
         "`/api/user` every 100 ms (the page itself polls every 5 s), alternating, medians. The",
         "poller runs on the client's CPU when pinned, so its bursts also delay the client: the",
         "client's p99 counts that. The daemon's own read latency (`recd_read_latency_seconds`,",
-        "from a request's bytes read to its reply written, read from `/metrics` around each run)",
+        "from the serving turn that read a request to its reply written, read from `/metrics` around each run)",
         "does not; its p99 is the histogram bucket bound it falls under. The listener and the",
         "dashboard run on a thread of their own at nice 19.",
         "",
@@ -879,7 +881,7 @@ def render_doc(results, m, meta) -> str:
             "`-P 16`) to the first read event of the replies, and recorded once for each request of",
             "the batch; parsing the replies is left out. It reports p50/p99 from an HDR histogram in",
             "milliseconds with 3 decimals. Both servers answer RESP2 (redis-benchmark's default).",
-            "recd runs with its defaults: `serve_threads = 0`, one single-threaded serving runtime",
+            "recd runs with its defaults: `serve_threads = 0`, one serving thread (an event loop)",
             "per core but one (on this 2-core machine: one), each connection on one of them;",
             "Redis 7.0 serves from one thread. " + pinned_text(meta["pinned"]),
             "",

@@ -27,7 +27,9 @@ impl RedisServer {
             .spawn()
             .expect("redis-server (make setup installs it)");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        // Until it accepts: its socket file exists from the bind, before it listens (a
+        // connection then was refused).
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

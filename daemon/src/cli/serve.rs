@@ -43,6 +43,8 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         .ok();
     let read = bind(&config.socket, config.socket_mode)?;
     let admin = bind(&config.admin_socket, 0o600)?;
+    let readers = server::ReadServer::start(config.serve_threads, &daemon)
+        .map_err(|e| anyhow::anyhow!("starting the serving threads: {e}"))?;
     tracing::info!(socket = %config.socket.display(), admin = %config.admin_socket.display(), "serving");
     systemd::notify("READY=1");
 
@@ -53,8 +55,8 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
         server::http::spawn(addr, daemon.clone(), stopped(stop_rx.clone()));
     }
-    let read_server = tokio::spawn(server::run(read, stopped(stop_rx.clone()), daemon.clone(), server::Role::Read));
-    let admin_server = tokio::spawn(server::run(admin, stopped(stop_rx), daemon.clone(), server::Role::Admin));
+    let read_server = tokio::spawn(server::serve_reads(read, readers, stopped(stop_rx.clone()), daemon.clone()));
+    let admin_server = tokio::spawn(server::serve_admin(admin, stopped(stop_rx), daemon.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

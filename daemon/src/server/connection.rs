@@ -1,5 +1,7 @@
-//! One client connection: answer every complete request the client sent (pipelining),
-//! write the answers in batches, and keep reading while a batch is written.
+//! One admin connection, a tokio task: answer every complete request the client sent
+//! (pipelining), write the answers in batches, and keep reading while a batch is written.
+//! (The read socket's connections run in the serving threads' event loops, `event_loop.rs`,
+//! which do the same with the pieces shared from here.)
 //!
 //! Reading on while writing is what keeps a client that writes a long pipeline before it
 //! reads anything (redis-rs sends a whole `pipe()` first) from deadlocking with us: both
@@ -20,57 +22,47 @@ use crate::resp;
 /// Requests read ahead while replies are written, at most. A client that sends more
 /// before reading any answer waits for the answers to drain, as a Redis client past
 /// `client-query-buffer-limit` would be cut off; this bounds a connection's memory.
-pub const READ_AHEAD_BYTES: usize = 64 << 20;
+pub(super) const READ_AHEAD_BYTES: usize = 64 << 20;
 
 /// Replies gathered before they are written: requests after this wait in the input, so a
 /// long pipeline never builds all its answers in memory at once.
-const REPLY_BATCH_BYTES: usize = 1 << 20;
+pub(super) const REPLY_BATCH_BYTES: usize = 1 << 20;
 
 /// A connection's input buffer to start with, and the least it shrinks back to once it is
 /// larger than [`LARGE_BUFFER_BYTES`] and three quarters empty.
 const INITIAL_BUFFER_BYTES: usize = 4096;
 const LARGE_BUFFER_BYTES: usize = 64 << 10;
 
-/// A batch of replies totalling at least this is written after the other ready connections
-/// of the thread have read their requests (a yield), not at once. The kernel charges socket
-/// buffers to the memory cgroup through a per-CPU cache of at most a page: writing a
-/// page-sized reply between the frees of two small request buffers made the cache refill
-/// and drain a page on every request (profiled: 6% of the serving thread, against 3% for
-/// Redis, which reads all ready clients before it writes). The yield costs a turn of the
-/// thread's scheduler (with one client, an extra `epoll_wait` that returns at once);
-/// smaller replies gain nothing from it.
-const YIELD_BEFORE_WRITE_BYTES: usize = 2048;
-
 /// Room made in the input buffer before each read ahead.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
-pub async fn serve(stream: UnixStream, id: u64, role: Role, daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {
-    let span = tracing::debug_span!("conn", id, role = ?role);
-    if let Err(e) = handle(stream, id, role, daemon, stop).instrument(span).await {
+pub async fn serve(stream: UnixStream, id: u64, daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {
+    let span = tracing::debug_span!("conn", id, role = ?Role::Admin);
+    if let Err(e) = handle(stream, id, daemon, stop).instrument(span).await {
         tracing::debug!(id, "connection closed: {e}");
     }
 }
 
 /// What the client sent and the server has not answered yet: `buf[start..]`.
 #[derive(Default)]
-struct Inbox {
-    buf: Vec<u8>,
+pub(super) struct Inbox {
+    pub(super) buf: Vec<u8>,
     /// Bytes of `buf` already answered. Moved past as requests are answered; the buffer
     /// is compacted only once they are half of it, so a long pipeline is not moved down
     /// after every batch.
-    start: usize,
+    pub(super) start: usize,
     /// The client closed its side; what is in `buf` is all there will be.
-    closed: bool,
+    pub(super) closed: bool,
 }
 
 impl Inbox {
-    fn unanswered(&self) -> usize {
+    pub(super) fn unanswered(&self) -> usize {
         self.buf.len() - self.start
     }
 
     /// Drops the answered bytes when they are half the buffer, and gives memory back
     /// once a long pipeline or a large request is over.
-    fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -84,14 +76,13 @@ impl Inbox {
 async fn handle(
     mut stream: UnixStream,
     id: u64,
-    role: Role,
     daemon: Arc<Daemon>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut inbox = Inbox { buf: Vec::with_capacity(INITIAL_BUFFER_BYTES), start: 0, closed: false };
     // Lives as long as the connection: it also remembers the protocol HELLO chose.
     let mut out = resp::Reply::new(4096);
-    let mut client = Client { id, role, name: None };
+    let mut client = Client { id, role: Role::Admin, name: None };
     let limits = daemon.config.limits;
     // Shutdown is seen two ways: between batches, by a look at the channel's version (an
     // atomic load), so a client that never lets a read or write wait cannot hold it up;
@@ -109,9 +100,6 @@ async fn handle(
         if seen.has_changed().unwrap_or(true) {
             return Ok(());
         }
-        // The read latency of this batch counts from here: its bytes have been read.
-        let began = std::time::Instant::now();
-        let mut answered = 0u64;
         let mut flow = Flow::Continue;
         let mut batch_full = false;
         while flow == Flow::Continue {
@@ -124,7 +112,6 @@ async fn handle(
                     inbox.start += n;
                     if !args.is_empty() {
                         flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
-                        answered += 1;
                     }
                 }
                 Ok(None) => break,
@@ -144,18 +131,11 @@ async fn handle(
         }
         inbox.compact();
         // Past here, what is left is the start of one request.
-        if flow == Flow::Continue && !batch_full && inbox.unanswered() > limits.max_request_bytes {
-            let limit = limits.max_request_bytes;
-            resp::error(&mut out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
+        if flow == Flow::Continue && !batch_full && refused_oversized(&inbox, limits.max_request_bytes, &mut out) {
             flow = Flow::Close;
         }
         let unread = inbox.buf.len();
         if !out.is_empty() {
-            if out.total_len() >= YIELD_BEFORE_WRITE_BYTES {
-                // Other connections ready on this thread read their requests first, as
-                // Redis answers all it read before it writes (see the constant).
-                tokio::task::yield_now().await;
-            }
             // A client that stopped reading must not hold up shutdown.
             tokio::select! {
                 biased;
@@ -163,9 +143,6 @@ async fn handle(
                 () = &mut stopped => return Ok(()),
             }
             out.clear();
-        }
-        if role == Role::Read && answered > 0 {
-            daemon.metrics.read_latency(began.elapsed(), answered);
         }
         if flow == Flow::Close {
             return Ok(());
@@ -190,6 +167,16 @@ async fn handle(
             Some(_) => {}
         }
     }
+}
+
+/// Once a batch is answered, what is left of the inbox is the start of one request: past
+/// `limit` bytes, it gets an error and the connection closes (true).
+pub(super) fn refused_oversized(inbox: &Inbox, limit: usize, out: &mut resp::Reply) -> bool {
+    if inbox.unanswered() <= limit {
+        return false;
+    }
+    resp::error(out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
+    true
 }
 
 /// Writes `out` (the replies so far, ending with the first part of a long one), then each
@@ -239,15 +226,16 @@ async fn write_reading(stream: &mut UnixStream, reply: &resp::Reply, inbox: &mut
     }
 }
 
-/// Bytes written to one connection before the serving thread is handed to the others: a
-/// client reading a 218 MB value as fast as the socket goes would otherwise keep the thread
-/// (a write that never blocks never yields).
-const WRITE_TURN_BYTES: usize = 1 << 20;
+/// Bytes written to one connection before the thread is handed to the others (a yield
+/// here, the end of the connection's turn in `event_loop.rs`): a client reading a 218 MB
+/// value as fast as the socket goes would otherwise keep the thread (a write that never
+/// blocks never yields).
+pub(super) const WRITE_TURN_BYTES: usize = 1 << 20;
 
 /// Bytes offered to one write call. Linux copies all it is given while the reader keeps
 /// draining the socket: one `writev` of a 218 MB value took 272 ms, the thread's other
 /// connections waiting.
-const WRITE_CALL_BYTES: usize = 256 << 10;
+pub(super) const WRITE_CALL_BYTES: usize = 256 << 10;
 
 /// Writes the whole reply with vectored writes: stored values go from the read cache to
 /// the socket without a copy into the reply buffer. Each call is offered at most
@@ -290,7 +278,11 @@ async fn write_reply<W: AsyncWrite + Unpin>(stream: &mut W, reply: &resp::Reply)
 }
 
 /// The first `max` bytes of `slices`, the first one from byte `offset` on.
-fn bounded<'a>(slices: &[&'a [u8]], offset: usize, max: usize) -> smallvec::SmallVec<[std::io::IoSlice<'a>; 8]> {
+pub(super) fn bounded<'a>(
+    slices: &[&'a [u8]],
+    offset: usize,
+    max: usize,
+) -> smallvec::SmallVec<[std::io::IoSlice<'a>; 8]> {
     let mut out = smallvec::SmallVec::new();
     let mut room = max;
     for (k, bytes) in slices.iter().enumerate() {
@@ -344,7 +336,7 @@ mod tests {
         // writes never wait, so only the check between batches can see a stop.
         ours.readable().await.unwrap();
         let daemon = daemon_in(dir.path());
-        let server = tokio::spawn(handle(ours, 1, Role::Read, daemon, stop));
+        let server = tokio::spawn(handle(ours, 1, daemon, stop));
         let mut got = Vec::new();
         // Closed with requests unread, the server's end resets: a close all the same.
         match theirs.read_to_end(&mut got).await {

@@ -284,14 +284,49 @@ fn unknown(name: &str, rest: &[&[u8]]) -> String {
     format!("ERR unknown command '{name}', with args beginning with: {}", shown.join(" "))
 }
 
-/// Parses and runs one request, writing its reply to `out`.
+/// Parses and runs one request, writing its reply to `out`. Control commands that wait (on the scheduler, the store's publish
+/// lock, a worker) finish here; everything else is answered by [`execute_now`].
 pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
+    let cmd = match execute_now(args, daemon, client, out) {
+        Now::Answered => return Flow::Continue,
+        Now::Close => return Flow::Close,
+        Now::Later(cmd) => cmd,
+    };
+    match cmd {
+        Command::Run(c) => c.apply(daemon, out).await,
+        Command::Reload => reload::apply(daemon, out).await,
+        Command::Rollback(c) => c.apply(daemon, out).await,
+        Command::Import(c) => c.apply(daemon, out).await,
+        Command::Verify => verify::apply(daemon, out).await,
+        Command::EvalRecord(c) => c.apply(daemon, out).await,
+        Command::Models(c) => c.apply(daemon, out).await,
+        Command::Promote(c) => c.apply(daemon, out).await,
+        Command::Discard(c) => c.apply(daemon, out).await,
+        Command::Drop(c) => c.apply(daemon, out).await,
+        _ => unreachable!("execute_now answers every command that does not wait"),
+    }
+    Flow::Continue
+}
+
+/// What [`execute_now`] did with a request.
+pub enum Now<'a> {
+    /// Answered; the connection goes on.
+    Answered,
+    /// Answered, and the connection closes after this reply (QUIT).
+    Close,
+    /// A control command that waits: [`execute`] runs it. Never for the read socket,
+    /// whose clients cannot name one.
+    Later(Command<'a>),
+}
+
+/// Answers a request that needs no waiting, on the calling thread.
+pub fn execute_now<'a>(args: &[&'a [u8]], daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Now<'a> {
     daemon.metrics.request(client.role == crate::server::Role::Admin);
     let cmd = match Command::from_args(args, client.role) {
         Ok(cmd) => cmd,
         Err(reply) => {
             resp::error(out, &reply);
-            return Flow::Continue;
+            return Now::Answered;
         }
     };
     match cmd {
@@ -318,10 +353,8 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Info(c) => c.apply(daemon, out),
         Command::Quit => {
             resp::simple(out, "OK");
-            return Flow::Close;
+            return Now::Close;
         }
-        Command::Run(c) => c.apply(daemon, out).await,
-        Command::Reload => reload::apply(daemon, out).await,
         Command::Status(c) => c.apply(daemon, out),
         Command::Lineage(c) => c.apply(daemon, out),
         Command::Jobs(c) => c.apply(daemon, out),
@@ -329,16 +362,19 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Progress(c) => c.apply(daemon, out),
         Command::Plugins => plugins::apply(daemon, out),
         Command::Pause(c) => c.apply(daemon, out),
-        Command::Rollback(c) => c.apply(daemon, out).await,
-        Command::Import(c) => c.apply(daemon, out).await,
-        Command::Verify => verify::apply(daemon, out).await,
-        Command::EvalRecord(c) => c.apply(daemon, out).await,
-        Command::Models(c) => c.apply(daemon, out).await,
-        Command::Promote(c) => c.apply(daemon, out).await,
-        Command::Discard(c) => c.apply(daemon, out).await,
-        Command::Drop(c) => c.apply(daemon, out).await,
+        // Listed, not matched by a wildcard: a new command must be placed on one side.
+        waits @ (Command::Run(_)
+        | Command::Reload
+        | Command::Rollback(_)
+        | Command::Import(_)
+        | Command::Verify
+        | Command::EvalRecord(_)
+        | Command::Models(_)
+        | Command::Promote(_)
+        | Command::Discard(_)
+        | Command::Drop(_)) => return Now::Later(waits),
     }
-    Flow::Continue
+    Now::Answered
 }
 
 /// The table versions one request reads. Each table is resolved once per request, so a
