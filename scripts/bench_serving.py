@@ -627,7 +627,7 @@ def read_latency(port: int) -> tuple[list[tuple[float, float]], float]:
 
 def daemon_latency(before, after) -> dict:
     """Between two readings of the histogram: the mean read latency the daemon measured
-    (from the serving turn that read a request to its reply written: what the client's own scheduling
+    (from the serving turn that answered a request to its reply written: what the client's own scheduling
     cannot touch) and the bucket bound its 99th percentile falls under."""
     counts = [(le, a - b) for (le, a), (_, b) in zip(after[0], before[0])]
     n = counts[-1][1]
@@ -742,7 +742,7 @@ def render_hot_doc(results, meta, dashboard) -> str:
         "`/api/user` every 100 ms (the page itself polls every 5 s), alternating, medians. The",
         "poller runs on the client's CPU when pinned, so its bursts also delay the client: the",
         "client's p99 counts that. The daemon's own read latency (`recd_read_latency_seconds`,",
-        "from the serving turn that read a request to its reply written, read from `/metrics` around each run)",
+        "from the serving turn that answered a request to its reply written, read from `/metrics` around each run)",
         "does not; its p99 is the histogram bucket bound it falls under. The listener and the",
         "dashboard run on a thread of their own at nice 19.",
         "",

@@ -99,7 +99,7 @@ impl Metrics {
     }
 
     /// `requests` read requests answered together (one pipelined batch), `elapsed` from
-    /// the start of the serving turn that read and answered them to their replies written.
+    /// the start of the serving turn that answered them to their replies written.
     pub fn read_latency(&self, elapsed: Duration, requests: u64) {
         self.read_latency.observe(elapsed.as_secs_f64(), requests);
     }
@@ -136,7 +136,7 @@ impl Metrics {
         registry.register("recd_refused_clients", "Connections refused at max_clients", self.refused_clients.clone());
         registry.register(
             "recd_read_latency_seconds",
-            "Read socket: time from the serving turn that read a request to its reply written (a pipelined batch shares one time)",
+            "Read socket: time from the serving turn that answered a request to its reply written (a pipelined batch shares one time)",
             self.read_latency.snapshot(),
         );
         let mut text = String::new();

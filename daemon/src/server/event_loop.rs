@@ -137,6 +137,12 @@ struct Conn {
     /// The socket may hold bytes not read yet: an event said so, or a read stopped at a
     /// bound before the socket was drained.
     unread: bool,
+    /// The client closed its side (or the socket failed), as an event said: reads go on
+    /// to the end of input, past a short read, since no further event will come for it.
+    hung_up: bool,
+    /// The last read stopped at this turn's share ([`READ_TURN_BYTES`]): read on in the
+    /// next turn, even while a write is blocked.
+    read_turn_full: bool,
     /// The inbox may hold requests not looked at yet: bytes were read since, or answering
     /// stopped before its end (a full batch, a long reply). They are looked at in a later
     /// turn, though no event comes for them.
@@ -151,6 +157,38 @@ struct Conn {
     /// When the connection last read a byte or finished writing (the start of that turn):
     /// the idle timeout counts from here.
     last_active: Instant,
+}
+
+impl Conn {
+    fn new(id: u64, stream: UnixStream) -> Conn {
+        let now = Instant::now();
+        Conn {
+            stream,
+            span: tracing::debug_span!("conn", id, role = ?Role::Read),
+            client: Client { id, role: Role::Read, name: None },
+            inbox: Inbox::default(),
+            out: resp::Reply::new(4096),
+            written: 0,
+            answered: 0,
+            answered_since: now,
+            rest: None,
+            // The client may have written before the socket was registered.
+            unread: true,
+            hung_up: false,
+            read_turn_full: false,
+            unparsed: false,
+            blocked: false,
+            closing: false,
+            queued: false,
+            last_active: now,
+        }
+    }
+
+    /// Drops what the connection owes (it closes without another write).
+    fn abandon(&mut self) {
+        self.out.clear();
+        (self.rest, self.answered, self.unparsed, self.blocked, self.closing) = (None, 0, false, false, true);
+    }
 }
 
 /// What a connection does after a turn.
@@ -182,7 +220,8 @@ impl Drop for Loop {
     /// The loop ended (shutdown, or a failure): its connections close as they drop, with
     /// requests read and not answered; they no longer count against `max_clients`.
     fn drop(&mut self) {
-        self.live.fetch_sub(self.conns.len(), Ordering::Relaxed);
+        let waiting = self.incoming.try_iter().count(); // handed over, never taken
+        self.live.fetch_sub(self.conns.len() + waiting, Ordering::Relaxed);
     }
 }
 
@@ -227,6 +266,9 @@ impl Loop {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     conn.unread = true;
                 }
+                if event.is_read_closed() || event.is_error() {
+                    conn.hung_up = true;
+                }
                 if event.is_writable() {
                     conn.blocked = false;
                 }
@@ -262,25 +304,7 @@ impl Loop {
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            let now = Instant::now();
-            entry.insert(Conn {
-                stream,
-                span: tracing::debug_span!("conn", id, role = ?Role::Read),
-                client: Client { id, role: Role::Read, name: None },
-                inbox: Inbox::default(),
-                out: resp::Reply::new(4096),
-                written: 0,
-                answered: 0,
-                answered_since: now,
-                rest: None,
-                // The client may have written before the socket was registered.
-                unread: true,
-                unparsed: false,
-                blocked: false,
-                closing: false,
-                queued: false,
-                last_active: now,
-            });
+            entry.insert(Conn::new(id, stream));
             self.again.push(k);
         }
     }
@@ -349,9 +373,7 @@ fn read_and_answer(conn: &mut Conn, daemon: &Arc<Daemon>, scratch: &mut [u8], be
         let bound = READ_AHEAD_BYTES.max(daemon.config.limits.max_request_bytes + 1);
         if let Err(e) = read_input(conn, scratch, bound, began) {
             tracing::debug!(id = conn.client.id, "connection closed: {e}");
-            // Nothing more is written: `write_out` closes it.
-            conn.out.clear();
-            (conn.rest, conn.blocked, conn.closing) = (None, false, true);
+            conn.abandon(); // `write_out` closes it
             return;
         }
     }
@@ -368,9 +390,14 @@ fn read_and_answer(conn: &mut Conn, daemon: &Arc<Daemon>, scratch: &mut [u8], be
 /// read, or `bound` bytes wait unanswered; `now` is when the turn began.
 fn read_input(conn: &mut Conn, scratch: &mut [u8], bound: usize, now: Instant) -> io::Result<()> {
     let mut this_turn = 0;
+    conn.read_turn_full = false;
     while !conn.inbox.closed {
-        if conn.inbox.unanswered() >= bound || this_turn >= READ_TURN_BYTES {
-            return Ok(()); // `unread` stays: read on in a later turn
+        if conn.inbox.unanswered() >= bound {
+            return Ok(()); // `unread` stays: read on once requests are answered
+        }
+        if this_turn >= READ_TURN_BYTES {
+            conn.read_turn_full = true;
+            return Ok(());
         }
         match conn.stream.read(scratch) {
             Ok(0) => conn.inbox.closed = true,
@@ -379,7 +406,7 @@ fn read_input(conn: &mut Conn, scratch: &mut [u8], bound: usize, now: Instant) -
                 conn.unparsed = true;
                 conn.last_active = now;
                 this_turn += n;
-                if n < scratch.len() {
+                if n < scratch.len() && !conn.hung_up {
                     // A short read drained the socket; a later byte brings a new event.
                     break;
                 }
@@ -400,8 +427,7 @@ fn answer_caught(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
         Ok(answered) => answered,
         Err(_) => {
             tracing::error!(id = conn.client.id, "a request panicked: closing the connection");
-            conn.out.clear();
-            (conn.rest, conn.unparsed, conn.closing) = (None, false, true);
+            conn.abandon();
             0
         }
     }
@@ -457,7 +483,9 @@ fn answer(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
 /// began.
 fn write_out(conn: &mut Conn, now: Instant) -> io::Result<Next> {
     if conn.blocked {
-        return Ok(Next::Wait);
+        // Reading goes on while a write waits (see `connection.rs`); a socket that only
+        // filled this turn's share sends no new event for what is left.
+        return Ok(if conn.read_turn_full { Next::Again } else { Next::Wait });
     }
     if !conn.out.is_empty() {
         match write_some(&mut conn.stream, &conn.out, &mut conn.written)? {
@@ -474,8 +502,15 @@ fn write_out(conn: &mut Conn, now: Instant) -> io::Result<Next> {
         }
     }
     if let Some(rest) = conn.rest.as_mut() {
-        if rest.next_part(&mut conn.out) {
-            conn.rest = None;
+        // Reply code, like a request's: a panic closes this connection only.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rest.next_part(&mut conn.out))) {
+            Ok(done) if done => conn.rest = None,
+            Ok(_) => {}
+            Err(_) => {
+                tracing::error!(id = conn.client.id, "a long reply panicked: closing the connection");
+                conn.abandon();
+                return Ok(Next::Close);
+            }
         }
         return Ok(Next::Again);
     }
@@ -548,11 +583,16 @@ mod tests {
 
     use super::*;
 
-    /// Serving threads over an empty store on the embedded defaults, in `dir`.
-    fn server_in(dir: &std::path::Path) -> ReadServer {
+    /// A daemon over an empty store on the embedded defaults, in `dir`.
+    fn daemon_in(dir: &std::path::Path) -> Arc<Daemon> {
         let config = crate::config::Config::parse(crate::config::EMBEDDED_DEFAULTS, "recd.toml", dir).unwrap();
         let store = crate::store::Store::open_with(&config.data_dir, config.retention, config.caches).unwrap();
-        ReadServer::start(1, &Daemon::new(config, store)).unwrap()
+        Daemon::new(config, store)
+    }
+
+    /// One serving thread for such a daemon.
+    fn server_in(dir: &std::path::Path) -> ReadServer {
+        ReadServer::start(1, &daemon_in(dir)).unwrap()
     }
 
     /// A connected pair: ours, non-blocking, for the server; the client's, blocking, whose
@@ -588,20 +628,63 @@ mod tests {
     }
 
     /// A request after a full batch of replies is looked at though no event comes for it:
-    /// here a malformed one, which gets its error and a close.
+    /// here a malformed one, which gets its error and a close. (The connection is driven
+    /// turn by turn, so the batch is full whatever the socket's pace.)
     #[test]
     fn what_follows_a_full_batch_is_answered_without_a_new_event() {
         let dir = tempfile::tempdir().unwrap();
-        let server = server_in(dir.path());
-        let (ours, theirs) = pair();
-        server.hand(1, ours);
+        let daemon = daemon_in(dir.path());
+        let (ours, mut theirs) = pair();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).unwrap();
+            got
+        });
         let arg = "x".repeat(4000);
+        let reply = format!("$4000\r\n{arg}\r\n");
+        let batch = REPLY_BATCH_BYTES.div_ceil(reply.len()); // the last one fills it
+        let mut conn = Conn::new(1, UnixStream::from_std(ours));
         let echo = format!("*2\r\n$4\r\nECHO\r\n$4000\r\n{arg}\r\n");
-        // 300 replies of 4 kB: more than one batch (1 MiB).
-        let got = String::from_utf8(exchange(theirs, [echo.repeat(300), "*abc\r\n".into()].concat().into())).unwrap();
-        let replies = format!("$4000\r\n{arg}\r\n").repeat(300);
+        conn.inbox.buf = [echo.repeat(batch), "*abc\r\n".into()].concat().into_bytes();
+        (conn.unread, conn.unparsed) = (false, true);
+        let mut scratch = vec![0; READ_BYTES];
+        let mut turns = 0;
+        let last = loop {
+            turns += 1;
+            assert!(turns < 100_000, "no end");
+            read_and_answer(&mut conn, &daemon, &mut scratch, Instant::now());
+            match write_out(&mut conn, Instant::now()).unwrap() {
+                Next::Again => {}
+                Next::Wait if conn.blocked => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    conn.blocked = false; // as a writable event does
+                }
+                next => break next,
+            }
+        };
+        assert_eq!(last, Next::Close, "after {turns} turns");
+        drop(conn);
+        let got = String::from_utf8(reader.join().unwrap()).unwrap();
+        let replies = reply.repeat(batch);
         assert!(got.starts_with(&replies), "{} bytes", got.len());
         assert!(got[replies.len()..].starts_with("-ERR Protocol error"), "{}", &got[replies.len()..]);
+    }
+
+    /// A client that sends the end of its input right after its last bytes, before the
+    /// thread looks, is seen to close: one event says both.
+    #[test]
+    fn a_close_that_comes_with_the_last_bytes_closes_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = server_in(dir.path());
+        for id in 1..=20 {
+            let (ours, mut theirs) = pair();
+            server.hand(id, ours);
+            std::thread::sleep(Duration::from_millis(20)); // taken and registered
+            theirs.write_all(b"*1\r\n$4\r\nPI").unwrap();
+            theirs.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(read_to_close(theirs), b"", "connection {id}");
+        }
+        server.stop();
     }
 
     #[test]
