@@ -31,7 +31,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::Role;
-use super::cmd::{self, Client, Now};
+use super::cmd::{self, Client, Flow, Now};
 use super::connection::{
     Inbox, READ_AHEAD_BYTES, REPLY_BATCH_BYTES, WRITE_CALL_BYTES, WRITE_TURN_BYTES, bounded, refused_oversized,
 };
@@ -378,7 +378,7 @@ fn read_and_answer(conn: &mut Conn, daemon: &Arc<Daemon>, scratch: &mut [u8], be
         }
     }
     if conn.unparsed && conn.out.is_empty() && conn.rest.is_none() && !conn.closing {
-        let answered = answer_caught(conn, daemon);
+        let answered = caught(conn, "a request", |c| answer(c, daemon)).unwrap_or(0);
         if answered > 0 {
             conn.answered = answered;
             conn.answered_since = began;
@@ -420,15 +420,16 @@ fn read_input(conn: &mut Conn, scratch: &mut [u8], bound: usize, now: Instant) -
     Ok(())
 }
 
-/// [`answer`], where a command that panics closes its connection only (the thread serves
-/// others): the panic is logged, the connection's replies are dropped.
-fn answer_caught(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(conn, daemon))) {
-        Ok(answered) => answered,
+/// Runs `what` (command or reply code) for `conn`. A panic in it closes this connection
+/// only, the thread serving the others: it is logged, and what the connection owed is
+/// dropped (None).
+fn caught<T>(conn: &mut Conn, what: &str, run: impl FnOnce(&mut Conn) -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut *conn))) {
+        Ok(value) => Some(value),
         Err(_) => {
-            tracing::error!(id = conn.client.id, "a request panicked: closing the connection");
+            tracing::error!(id = conn.client.id, "{what} panicked: closing the connection");
             conn.abandon();
-            0
+            None
         }
     }
 }
@@ -449,8 +450,8 @@ fn answer(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
                 }
                 answered += 1;
                 match cmd::execute_now(&args, daemon, &mut conn.client, &mut conn.out) {
-                    Now::Answered => {}
-                    Now::Close => {
+                    Now::Done(Flow::Continue) => {}
+                    Now::Done(Flow::Close) => {
                         conn.closing = true;
                         break;
                     }
@@ -501,16 +502,11 @@ fn write_out(conn: &mut Conn, now: Instant) -> io::Result<Next> {
             }
         }
     }
-    if let Some(rest) = conn.rest.as_mut() {
-        // Reply code, like a request's: a panic closes this connection only.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rest.next_part(&mut conn.out))) {
-            Ok(done) if done => conn.rest = None,
-            Ok(_) => {}
-            Err(_) => {
-                tracing::error!(id = conn.client.id, "a long reply panicked: closing the connection");
-                conn.abandon();
-                return Ok(Next::Close);
-            }
+    if let Some(mut rest) = conn.rest.take() {
+        match caught(conn, "a long reply", |c| rest.next_part(&mut c.out)) {
+            Some(false) => conn.rest = Some(rest),
+            Some(true) => {}
+            None => return Ok(Next::Close),
         }
         return Ok(Next::Again);
     }

@@ -288,8 +288,7 @@ fn unknown(name: &str, rest: &[&[u8]]) -> String {
 /// lock, a worker) finish here; everything else is answered by [`execute_now`].
 pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
     let cmd = match execute_now(args, daemon, client, out) {
-        Now::Answered => return Flow::Continue,
-        Now::Close => return Flow::Close,
+        Now::Done(flow) => return flow,
         Now::Later(cmd) => cmd,
     };
     match cmd {
@@ -310,10 +309,8 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
 
 /// What [`execute_now`] did with a request.
 pub enum Now<'a> {
-    /// Answered; the connection goes on.
-    Answered,
-    /// Answered, and the connection closes after this reply (QUIT).
-    Close,
+    /// Answered; the connection goes on or closes after this reply (QUIT).
+    Done(Flow),
     /// A control command that waits: [`execute`] runs it. Never for the read socket,
     /// whose clients cannot name one.
     Later(Command<'a>),
@@ -326,7 +323,7 @@ pub fn execute_now<'a>(args: &[&'a [u8]], daemon: &Arc<Daemon>, client: &mut Cli
         Ok(cmd) => cmd,
         Err(reply) => {
             resp::error(out, &reply);
-            return Now::Answered;
+            return Now::Done(Flow::Continue);
         }
     };
     match cmd {
@@ -353,7 +350,7 @@ pub fn execute_now<'a>(args: &[&'a [u8]], daemon: &Arc<Daemon>, client: &mut Cli
         Command::Info(c) => c.apply(daemon, out),
         Command::Quit => {
             resp::simple(out, "OK");
-            return Now::Close;
+            return Now::Done(Flow::Close);
         }
         Command::Status(c) => c.apply(daemon, out),
         Command::Lineage(c) => c.apply(daemon, out),
@@ -374,7 +371,7 @@ pub fn execute_now<'a>(args: &[&'a [u8]], daemon: &Arc<Daemon>, client: &mut Cli
         | Command::Discard(_)
         | Command::Drop(_)) => return Now::Later(waits),
     }
-    Now::Answered
+    Now::Done(Flow::Continue)
 }
 
 /// The table versions one request reads. Each table is resolved once per request, so a
