@@ -317,13 +317,7 @@ async fn read_some(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A daemon on the embedded defaults with an empty store in `dir`.
-    fn daemon_in(dir: &std::path::Path) -> Arc<Daemon> {
-        let config = crate::config::Config::parse(crate::config::EMBEDDED_DEFAULTS, "recd.toml", dir).unwrap();
-        let store = crate::store::Store::open_with(&config.data_dir, config.retention, config.caches).unwrap();
-        Daemon::new(config, store)
-    }
+    use crate::server::testing::{daemon_in, long_reply};
 
     /// What a client that sends 1,000 PINGs and closes its sending side reads until the
     /// server closes the connection.
@@ -363,17 +357,7 @@ mod tests {
     /// whatever the reader's pace.
     #[tokio::test]
     async fn a_long_reply_written_in_bounded_calls_arrives_whole() {
-        let big = sled::IVec::from((0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-        let mut reply = resp::Reply::new(64);
-        resp::array_len(&mut reply, 3);
-        reply.bulk_stored(&big, 7..big.len());
-        resp::bulk(&mut reply, b"small");
-        reply.bulk_stored(&big, 0..1_000_000);
-        let mut want = Vec::new();
-        resp::array_len(&mut want, 3);
-        resp::bulk(&mut want, &big[7..]);
-        resp::bulk(&mut want, b"small");
-        resp::bulk(&mut want, &big[..1_000_000]);
+        let (reply, want) = long_reply();
         let (mut ours, mut theirs) = UnixStream::pair().unwrap();
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();

@@ -578,15 +578,9 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+    use crate::server::testing::{daemon_in, long_reply};
 
-    /// A daemon over an empty store on the embedded defaults, in `dir`.
-    fn daemon_in(dir: &std::path::Path) -> Arc<Daemon> {
-        let config = crate::config::Config::parse(crate::config::EMBEDDED_DEFAULTS, "recd.toml", dir).unwrap();
-        let store = crate::store::Store::open_with(&config.data_dir, config.retention, config.caches).unwrap();
-        Daemon::new(config, store)
-    }
-
-    /// One serving thread for such a daemon.
+    /// One serving thread for a daemon on the embedded defaults, with an empty store in `dir`.
     fn server_in(dir: &std::path::Path) -> ReadServer {
         ReadServer::start(1, &daemon_in(dir)).unwrap()
     }
@@ -726,22 +720,6 @@ mod tests {
         theirs.write_all(b"PING\r\nQUIT\r\nPING\r\n").unwrap();
         assert_eq!(read_to_close(theirs), b"+PONG\r\n+OK\r\n");
         server.stop();
-    }
-
-    /// A reply of stored values far larger than one write call, and the bytes it must give.
-    fn long_reply() -> (resp::Reply, Vec<u8>) {
-        let big = sled::IVec::from((0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-        let mut reply = resp::Reply::new(64);
-        resp::array_len(&mut reply, 3);
-        reply.bulk_stored(&big, 7..big.len());
-        resp::bulk(&mut reply, b"small");
-        reply.bulk_stored(&big, 0..1_000_000);
-        let mut want = Vec::new();
-        resp::array_len(&mut want, 3);
-        resp::bulk(&mut want, &big[7..]);
-        resp::bulk(&mut want, b"small");
-        resp::bulk(&mut want, &big[..1_000_000]);
-        (reply, want)
     }
 
     /// Written to a socket whatever the reader's pace, a long reply arrives whole and in

@@ -111,3 +111,35 @@ async fn accept_failed(e: std::io::Error) {
     tracing::warn!("accept failed: {e}");
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
+
+/// What the connection tests of both sockets build on.
+#[cfg(test)]
+mod testing {
+    use std::sync::Arc;
+
+    use crate::daemon::Daemon;
+    use crate::resp;
+
+    /// A daemon on the embedded defaults with an empty store in `dir`.
+    pub fn daemon_in(dir: &std::path::Path) -> Arc<Daemon> {
+        let config = crate::config::Config::parse(crate::config::EMBEDDED_DEFAULTS, "recd.toml", dir).unwrap();
+        let store = crate::store::Store::open_with(&config.data_dir, config.retention, config.caches).unwrap();
+        Daemon::new(config, store)
+    }
+
+    /// A reply of stored values far larger than one write call, and the bytes it must give.
+    pub fn long_reply() -> (resp::Reply, Vec<u8>) {
+        let big = sled::IVec::from((0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let mut reply = resp::Reply::new(64);
+        resp::array_len(&mut reply, 3);
+        reply.bulk_stored(&big, 7..big.len());
+        resp::bulk(&mut reply, b"small");
+        reply.bulk_stored(&big, 0..1_000_000);
+        let mut want = Vec::new();
+        resp::array_len(&mut want, 3);
+        resp::bulk(&mut want, &big[7..]);
+        resp::bulk(&mut want, b"small");
+        resp::bulk(&mut want, &big[..1_000_000]);
+        (reply, want)
+    }
+}
