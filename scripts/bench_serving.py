@@ -711,10 +711,10 @@ def render_hot_rows(results: list[dict]) -> list[str]:
 # Why GET with 50 clients trails: what profiling found (perf on both servers' serving
 # threads, same client, 2026-12-05). Fixed text: the run above measures, this explains.
 HOT_GET_NOTE = [
-    "Where GET stands (profiled with `perf` on 2026-12-05): both servers make the same system",
-    "calls per request (one read, one write, one event-loop wait per batch of ready",
-    "connections) and spend about four fifths of their CPU in the kernel's Unix-socket code.",
-    "Two differences were found and fixed, each measured side by side against the build",
+    "Where GET stands (profiled with `perf` on 2026-12-05): both servers make one read and one",
+    "write per request and spend about four fifths of their CPU in the kernel's Unix-socket",
+    "code.",
+    "Three differences were found and fixed, each measured side by side against the build",
     "before it. (1) A 3.7 kB list is copied into the reply in 2 kB chunks (glibc's `memcpy`",
     "takes a slow path on this CPU above 2112 bytes: see `daemon/src/resp.rs`) instead of sent",
     "by a `writev` of the stored value: GET of one key from 153k to 167k requests/s. (2) Each",
@@ -727,7 +727,18 @@ HOT_GET_NOTE = [
     "tasks, 261k as a loop, Redis 239k (50 clients); 25.2k, 24.9k and 20.9k (1 client). The",
     "loop registers each connection for writes too, as tokio did; registered for reads only,",
     "as Redis does, it served one client 20.7k requests/s, since a reply read no longer woke",
-    "the thread before the next request came.",
+    "the thread before the next request came. (3) Faster than Redis, recd's thread ran out of",
+    "work more often and slept: 0.10-0.22 times per request under redis-benchmark (50",
+    "clients), Redis's 0.03-0.07. Each sleep makes the client's next write wake the thread,",
+    "and on this VM (the guest halts an idle CPU at once) redis-benchmark's `send` spent 11% of",
+    "its time waking recd against 6% waking Redis: the client, the bottleneck of the rows",
+    "with 50 clients and no pipeline, served fewer requests. The thread now looks for",
+    "requests for a window that follows the gaps between them (up to 50 µs,",
+    "`busy_poll_microseconds`; see docs/operations.md) before it sleeps. Side by side,",
+    "redis-benchmark `-c 50 -P 1`, pinned: GET 115.6k requests/s without it, 132.0k with it,",
+    "Redis 123.7k (the client's CPU per request 8.40, 7.35 and 7.85 µs); ZREVRANGE 109.6k,",
+    "126.4k and 109.5k. One client, GET of one key: 26.3k, 42.7k and 21.7k, for 15.7, 22.8",
+    "and 20.3 µs of the serving thread's CPU per request.",
 ]
 
 

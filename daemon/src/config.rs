@@ -72,6 +72,10 @@ struct RawConfig {
     /// reading a Unix socket run on the same machine and need a core too.
     #[serde(default)]
     serve_threads: usize,
+    /// Microseconds a serving thread keeps looking for requests after its last work before
+    /// it sleeps, at most (the window adapts to the gaps between requests); 0: never.
+    #[serde(default = "default_busy_poll_microseconds")]
+    busy_poll_microseconds: u64,
     /// Memory (MiB) for values already read, kept so the next read of the same user skips
     /// sled's B-tree; 0 turns it off. Bounded: the least useful values are evicted.
     #[serde(default = "default_read_cache_mb")]
@@ -94,6 +98,9 @@ fn default_max_input_mb() -> u64 {
 /// no deadline computed from them can overflow.
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 86_400;
 const MAX_IDLE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+/// A window past a millisecond would keep a core busy between requests that come too
+/// seldom for a wake-up to matter.
+const MAX_BUSY_POLL_MICROSECONDS: u64 = 1_000;
 const MAX_RETAIN_DAYS: f64 = 36_500.0;
 
 fn mib_to_bytes(mib: u64, field: &'static str, file: &str) -> Result<u64, ConfigError> {
@@ -102,6 +109,10 @@ fn mib_to_bytes(mib: u64, field: &'static str, file: &str) -> Result<u64, Config
         field,
         message: format!("{mib} MiB is more memory than a 64-bit count of bytes holds"),
     })
+}
+
+fn default_busy_poll_microseconds() -> u64 {
+    50
 }
 
 fn default_read_cache_mb() -> u64 {
@@ -155,6 +166,8 @@ pub struct Config {
     pub log_json: bool,
     pub limits: Limits,
     pub serve_threads: usize,
+    /// The longest a serving thread looks for requests before it sleeps (`server::busy_poll`).
+    pub busy_poll: std::time::Duration,
     pub caches: crate::store::Caches,
     pub max_input_bytes: u64,
 }
@@ -259,6 +272,7 @@ impl Config {
         for (field, value, max) in [
             ("shutdown_grace_seconds", raw.shutdown_grace_seconds, MAX_SHUTDOWN_GRACE_SECONDS),
             ("idle_timeout_seconds", raw.idle_timeout_seconds, MAX_IDLE_TIMEOUT_SECONDS),
+            ("busy_poll_microseconds", raw.busy_poll_microseconds, MAX_BUSY_POLL_MICROSECONDS),
         ] {
             if value > max {
                 return Err(invalid(field, format!("{value} is more than the maximum, {max}")));
@@ -302,6 +316,7 @@ impl Config {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
                 n => n,
             },
+            busy_poll: std::time::Duration::from_micros(raw.busy_poll_microseconds),
         })
     }
 }
@@ -330,6 +345,18 @@ mod tests {
         let text = EMBEDDED_DEFAULTS.replace("\"0660\"", "\"rw-\"");
         let err = Config::parse(&text, "recd.toml", Path::new("/")).unwrap_err().to_string();
         assert!(err.contains("recd.toml: field `socket_mode`"), "{err}");
+    }
+
+    #[test]
+    fn busy_poll_defaults_to_50_microseconds_and_is_bounded() {
+        let with = |line: &str| {
+            let text = EMBEDDED_DEFAULTS.replace("busy_poll_microseconds = 50\n", line);
+            Config::parse(&text, "recd.toml", Path::new("/"))
+        };
+        assert_eq!(with("").unwrap().busy_poll, std::time::Duration::from_micros(50));
+        assert!(with("busy_poll_microseconds = 0\n").unwrap().busy_poll.is_zero());
+        let err = with("busy_poll_microseconds = 1001\n").unwrap_err().to_string();
+        assert!(err.contains("field `busy_poll_microseconds`: 1001 is more than the maximum, 1000"), "{err}");
     }
 
     #[test]

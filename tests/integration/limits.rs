@@ -1,6 +1,6 @@
 //! Limits of the read socket (recd.toml): clients at once, request size, idle time; a
 //! client that stops reading never delays the others, and one that never pauses does not
-//! hold up shutdown.
+//! hold up shutdown; the serving threads' busy polling ends when requests stop.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -175,4 +175,40 @@ fn a_client_that_never_pauses_does_not_hold_up_shutdown() {
     assert!(d.stop(), "the daemon exits on SIGTERM while a client floods it\n{}", d.log());
     flood.join().unwrap();
     drain.join().unwrap();
+}
+
+/// CPU time the daemon's serving threads have used, in clock ticks, and how many there are.
+fn serving_ticks(d: &TestDaemon) -> (u64, usize) {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap();
+    let serving: Vec<u64> = tasks
+        .map(|t| t.unwrap().path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with("recd-serve-")))
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+            // fields after the command's closing parenthesis: utime and stime are 12th and 13th
+            let fields: Vec<u64> =
+                stat.rsplit_once(')').unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+            fields[11] + fields[12]
+        })
+        .collect();
+    (serving.iter().sum(), serving.len())
+}
+
+#[test]
+fn serving_threads_stop_looking_for_requests_once_they_stop_coming() {
+    // Requests back to back grow the busy-poll window (up to 50 µs by default); it must
+    // still end after the last one, not keep a core busy.
+    let d = TestDaemon::start(&[]);
+    let mut conn = d.redis();
+    for _ in 0..5_000 {
+        let _: String = redis::cmd("PING").query(&mut conn).unwrap();
+    }
+    let (before, threads) = serving_ticks(&d);
+    assert!(threads >= 1, "no thread named recd-serve-*");
+    std::thread::sleep(Duration::from_secs(1));
+    let used = serving_ticks(&d).0 - before;
+    let clk_tck = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap().stdout;
+    let per_second: u64 = String::from_utf8_lossy(&clk_tck).trim().parse().unwrap();
+    assert!(used <= per_second / 20, "serving threads used {used} ticks (of {per_second}) in an idle second: over 5%");
+    let _: String = redis::cmd("PING").query(&mut conn).unwrap();
 }

@@ -10,6 +10,7 @@
 //! waking workers). The admin socket's connections are tasks on the main runtime
 //! (`connection.rs`): its commands may wait on the scheduler or the store.
 
+mod busy_poll;
 pub mod cmd;
 mod connection;
 mod dashboard;
