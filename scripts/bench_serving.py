@@ -927,7 +927,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--requests", type=int, default=100_000, help="requests per row without pipelining")
     p.add_argument("--requests-pipelined", type=int, default=400_000, help="requests per row with -P 16")
-    p.add_argument("--rounds", type=int, default=3, help="runs per row and server; the median is reported")
+    p.add_argument("--rounds", type=int, default=5, help="runs per row and server; the median is reported")
     p.add_argument("--keep", action="store_true", help="keep the work folder (store, logs)")
     p.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/performance.md")
     p.add_argument("--no-hot-keys", action="store_true", help="skip the hot-key rows (recd-loadgen)")
