@@ -98,10 +98,10 @@ fn default_max_input_mb() -> u64 {
 /// no deadline computed from them can overflow.
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 86_400;
 const MAX_IDLE_TIMEOUT_SECONDS: u64 = 30 * 86_400;
-/// A window past a millisecond would keep a core busy between requests that come too
-/// seldom for a wake-up to matter.
-const MAX_BUSY_POLL_MICROSECONDS: u64 = 1_000;
 const MAX_RETAIN_DAYS: f64 = 36_500.0;
+/// A busy-poll window past a millisecond would keep a core busy between requests that come
+/// too seldom for a wake-up to matter.
+const MAX_BUSY_POLL_MICROSECONDS: u64 = 1_000;
 
 fn mib_to_bytes(mib: u64, field: &'static str, file: &str) -> Result<u64, ConfigError> {
     mib.checked_mul(1 << 20).ok_or_else(|| ConfigError::Invalid {
