@@ -3,10 +3,10 @@
 //! Why look at all: a request that finds the serving thread asleep makes the *client's*
 //! write wake it, and where an idle CPU halts (a VM: halting and its wake-up both exit to
 //! the host) that wake-up is the dearest part of a small request. Measured under
-//! redis-benchmark (GET, 50 clients, pinned), recd's serving thread slept 0.10-0.22 times
-//! per request against Redis's 0.03-0.07 (recd answers faster, so it runs out of work
-//! more often), and redis-benchmark's `send` spent 11% of its time waking recd against 6%
-//! waking Redis: the client, the bottleneck, served fewer requests per second.
+//! redis-benchmark (GET and ZREVRANGE, 50 clients, pinned), recd's serving thread slept
+//! 0.08-0.22 times per request against Redis's 0.005-0.08 (recd answers faster, so it runs
+//! out of work more often), and redis-benchmark's `send` spent 11% of its time waking recd
+//! against 6% waking Redis (GET): the client, the bottleneck, served fewer requests.
 //!
 //! Why adaptive: looking costs a core while it lasts. The window follows the gaps between
 //! requests, as KVM's halt polling does: a sleep that ended within `max` of the last work
