@@ -420,9 +420,8 @@ def memory_verdict(mem: list[dict]) -> list[str]:
         "- The daemon's peak is its store: sled's page cache (`store_cache_mb`, 256 MiB by default) "
         "and sled's own bookkeeping while a publish writes every user's list. The rows are checked "
         "and encoded on the thread that collects them and written by a store writer thread beside "
-        "it; each thread allocates from its own malloc arena, so the peak is higher than with one "
-        "thread doing both (411 MiB at L when measured so, 2026-12-05), for a whole job about a "
-        "quarter faster.",
+        "it, for a whole job about a quarter faster than with one thread doing both. recd allocates "
+        "through jemalloc: docs/internals.md, \"Memory allocator\", compares it with glibc's malloc.",
     ]
 
 

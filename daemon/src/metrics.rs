@@ -139,10 +139,48 @@ impl Metrics {
             "Read socket: time from the serving turn that answered a request to its reply written (a pipelined batch shares one time)",
             self.read_latency.snapshot(),
         );
+        register_allocator(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
         text
     }
+}
+
+/// The allocator's gauges, read at each render; left out, with a warning, if jemalloc does
+/// not answer.
+fn register_allocator(registry: &mut Registry) {
+    let (allocated, resident) = match allocator_bytes() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!("reading the allocator's statistics failed: {e}");
+            return;
+        }
+    };
+    let gauge_of = |bytes: usize| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        gauge
+    };
+    registry.register(
+        "recd_allocator_allocated_bytes",
+        "Bytes the daemon holds through its allocator (jemalloc's stats.allocated)",
+        gauge_of(allocated),
+    );
+    registry.register(
+        "recd_allocator_resident_bytes",
+        "Bytes the allocator keeps resident: the allocated bytes, freed pages not yet returned to the system, its own metadata (jemalloc's stats.resident)",
+        gauge_of(resident),
+    );
+}
+
+/// jemalloc's allocated and resident bytes, refreshed first: it caches its statistics
+/// until its epoch advances. One refresh and read at a time, so a scrape beside an INFO
+/// cannot pair figures of two refreshes.
+fn allocator_bytes() -> Result<(usize, usize), tikv_jemalloc_ctl::Error> {
+    static REFRESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = REFRESH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tikv_jemalloc_ctl::epoch::advance()?;
+    Ok((tikv_jemalloc_ctl::stats::allocated::read()?, tikv_jemalloc_ctl::stats::resident::read()?))
 }
 
 /// A histogram of fixed buckets that observes without a lock: one atomic add per bucket

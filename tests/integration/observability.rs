@@ -49,10 +49,16 @@ fn progress_metrics_and_json_logs() {
     // A top-10 read answers in well under a second, so the 1 s bucket holds every read.
     assert_eq!(value("recd_read_latency_seconds_bucket{le=\"1.0\"}"), reads);
     assert!(value("recd_read_latency_seconds_sum ") > 0.0);
+    // The allocator's figures: `recd` allocates through jemalloc (with the system allocator
+    // jemalloc would hold next to nothing), and jemalloc documents resident ≥ allocated.
+    let allocated = value("recd_allocator_allocated_bytes ");
+    assert!(allocated >= 1_048_576.0, "{allocated} bytes allocated through jemalloc:\n{metrics}");
+    assert!(value("recd_allocator_resident_bytes ") >= allocated, "{metrics}");
     assert!(http_get(port, "/other").0.starts_with("HTTP/1.1 404"));
     let info: String = redis::cmd("INFO").query(&mut d.redis()).unwrap();
     assert!(info.contains("# Stats") && info.contains("recd_runs_total{job=\"ranking\",status=\"ok\"} 1"), "{info}");
     assert!(info.contains("recd_read_latency_seconds_count") && !info.contains("_bucket{"), "{info}");
+    assert!(info.contains("recd_allocator_resident_bytes "), "{info}");
 
     let log = d.log();
     let lines: Vec<serde_json::Value> =

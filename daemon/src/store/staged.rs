@@ -167,10 +167,10 @@ impl Writers {
 
     /// Queues a batch for the next thread in turn; the error a batch before met, if any.
     /// The writer copies each row into the sled batch itself: what sled keeps is then
-    /// allocated by the writer thread, from its own malloc arena, instead of by the
-    /// collecting thread and kept in that thread's arena too (with the rows encoded on
-    /// one thread and kept by another, the daemon's peak was about twice the inline
-    /// writer's: 814 against 411 MiB on the L workload).
+    /// allocated on the writer thread, not on the collecting thread too (under glibc's
+    /// malloc, an arena per thread, with the rows encoded on one thread and kept by
+    /// another the daemon's peak was about twice the inline writer's: 814 against 411 MiB
+    /// on the L workload).
     fn send(&mut self, rows: Vec<(Box<str>, Vec<u8>)>) -> Result<(), StoreError> {
         self.check()?;
         let (tree, applying, failed) = (self.tree.clone(), self.applying.clone(), self.failed.clone());
