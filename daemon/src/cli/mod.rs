@@ -336,6 +336,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Pause { job, admin } => admin.call(&config, &["PAUSE", &job]),
         Cmd::Resume { job, admin } => admin.call(&config, &["RESUME", &job]),
         Cmd::Eval { args, json, socket, record, admin } => {
+            // Reads go over the read socket; only a record is sent to the admin socket.
+            anyhow::ensure!(
+                record || admin.admin_socket.is_none(),
+                "--admin-socket is used only with --record (eval reads the table over the read socket: --socket)"
+            );
             override_path(&mut config.socket, socket);
             let admin = admin.path(&config);
             // The version read is the one serving when the evaluation starts.
