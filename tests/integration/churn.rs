@@ -183,6 +183,20 @@ fn recd_eval_churn_scores_a_temporal_holdout() {
     let out = d.cli(&[&args[..], &["--record"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A list flag with --churn, or a churn flag without it, is refused rather than ignored.
+    for extra in [&["--k", "5"][..], &["--cold-only"][..]] {
+        let out = d.cli(&[&args[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let named = stderr.contains("cannot be used with") && stderr.contains(&format!("'{}", extra[0]));
+        assert!(!out.status.success() && named, "{extra:?}: {out:?}");
+    }
+    let lists = ["eval", "churn", "--truth", truth.to_str().unwrap(), "--cutoff", "2011-09-09", "--horizon-days", "30"];
+    let out = d.cli(&lists);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("required arguments were not provided:\n  --churn"),
+        "{out:?}"
+    );
     // --record kept the same numbers with the version read, for the dashboard
     let lineage: serde_json::Value = serde_json::from_slice(&d.cli(&["lineage", "churn"]).stdout).unwrap();
     let kept = &lineage["eval"];

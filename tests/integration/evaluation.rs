@@ -249,7 +249,7 @@ fn eval_record_keeps_the_numbers_with_the_version_read() {
     let elsewhere = d.admin_socket().with_extension("elsewhere");
     let out = d.cli(&[&args[..6], &["--admin-socket", elsewhere.to_str().unwrap()]].concat());
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-socket is used only with --record"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-socket needs --record"), "{out:?}");
     let json = r#"{"setting":"s","cutoff":"c","users":1,"metrics":{"ndcg@k":0.5},"extra":1}"#;
     let err = redis::cmd("EVALRECORD").arg("t").arg(2).arg(json).query::<String>(&mut d.admin()).unwrap_err();
     assert!(err.to_string().contains("unknown field `extra`"), "{err}");

@@ -339,7 +339,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // Reads go over the read socket; only a record is sent to the admin socket.
             anyhow::ensure!(
                 record || admin.admin_socket.is_none(),
-                "--admin-socket is used only with --record (eval reads the table over the read socket: --socket)"
+                "--admin-socket needs --record: eval reads the table over the read socket (--socket)"
             );
             override_path(&mut config.socket, socket);
             let admin = admin.path(&config);

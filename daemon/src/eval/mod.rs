@@ -32,7 +32,7 @@ pub struct EvalArgs {
     /// Date (2011-11-01) or RFC 3339 time splitting past from held-out
     #[arg(long)]
     pub cutoff: String,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, conflicts_with = "churn")]
     pub k: usize,
     #[arg(long, default_value = "user_id")]
     pub user_column: String,
@@ -41,11 +41,11 @@ pub struct EvalArgs {
     #[arg(long, default_value = "ts")]
     pub time_column: String,
     /// Count items a user had bought before the cut-off as relevant too
-    #[arg(long)]
+    #[arg(long, conflicts_with = "churn")]
     pub include_repeats: bool,
     /// Item categories for intra-list diversity and calibration KL: FILE:COLUMN (items
     /// keyed by --item-column; an item listed on several rows has each row's category)
-    #[arg(long, value_parser = file_and_column)]
+    #[arg(long, value_parser = file_and_column, conflicts_with = "churn")]
     pub categories: Option<(PathBuf, String)>,
     /// Splits one --categories cell into several (`|` for `Drama|Comedy`), as the diversity
     /// plugin's category_separator does
@@ -54,34 +54,35 @@ pub struct EvalArgs {
     /// Item embeddings for intra-list diversity by distance: FILE:COLUMN, a list or
     /// fixed-size list of floats per item (items keyed by --item-column), e.g. a ranking
     /// model's item_factors.parquet:embedding. The distance of two items is (1 - cosine) / 2
-    #[arg(long, value_parser = file_and_column)]
+    #[arg(long, value_parser = file_and_column, conflicts_with = "churn")]
     pub embeddings: Option<(PathBuf, String)>,
     /// Count only users with at most this many distinct items before the cut-off (cold
     /// users; 0 = users new after the cut-off)
-    #[arg(long, conflicts_with_all = ["warm_only", "cold_only"])]
+    #[arg(long, conflicts_with_all = ["warm_only", "cold_only", "churn"])]
     pub max_past_items: Option<usize>,
     /// Count only users with at least one item before the cut-off
-    #[arg(long, conflicts_with = "cold_only")]
+    #[arg(long, conflicts_with_all = ["cold_only", "churn"])]
     pub warm_only: bool,
     /// Count only users new after the cut-off (as --max-past-items 0)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "churn")]
     pub cold_only: bool,
     /// Score only the table's own lists: a user answered by a fallback counts as having
     /// no list (by default a fallback's answer is scored as what the app shows)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "churn")]
     pub own_lists_only: bool,
     /// Score a churn table instead (hashes with a probability field): ROC AUC and log-loss
     /// of each user's probability against "bought nothing within --horizon-days of the
-    /// cut-off", over the users who bought before it
+    /// cut-off", over the users who bought before it. The list flags (--k, --cold-only,
+    /// --categories, ...) are refused with it, and the churn flags without it
     #[arg(long)]
     pub churn: bool,
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = 90, requires = "churn")]
     pub horizon_days: u32,
-    #[arg(long, default_value = "probability")]
+    #[arg(long, default_value = "probability", requires = "churn")]
     pub probability_field: String,
     /// With --churn: a hash field naming each user's risk tier; each tier's churn rate
     /// (its precision as a "will churn" call) is reported. Users without it are left out
-    #[arg(long, default_value = "tier")]
+    #[arg(long, default_value = "tier", requires = "churn")]
     pub tier_field: String,
 }
 
