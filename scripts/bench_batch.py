@@ -12,6 +12,8 @@ a) **End to end.** For each dataset (the retail demo data with the shipped model
    numpy argpartition + redis-py into a local redis-server), in alternating order. Both
    are timed from process start to exit. A sample of users is checked to get the same
    lists from both before any number counts.
+   One more recd run per dataset times one client's reads of the served table while
+   the run writes its next version, against the same reads with the daemon idle.
 b) **Scoring stage.** The worker times its ONNX Runtime calls (tensors in and out
    included) and keeps them in the run history; `python_pipeline.py --score-only` builds
    the very same batches first and then times nothing but `session.run` over them, with
@@ -39,12 +41,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import Conn, Fail, Procs, loadavg, machine, tail, wait_for_socket, write_section  # noqa: E402
+from bench_serving import Conn, Fail, Procs, loadavg, machine, pct, tail, wait_for_socket, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RECD = ROOT / "target" / "release" / "recd"
@@ -243,6 +246,67 @@ def loop_beside_load(job: Path, redis_sock: Path, duty: float) -> float:
     return loop["score"]
 
 
+def read_latencies(sock: Path, users: list[str], every: float, stop: threading.Event | None = None) -> list[float]:
+    """Milliseconds per read of each user's top 10 from the served table, one client, one read
+    at a time, the i-th at about `i * every` seconds from the first (in bursts: the client
+    waits only once it is 2 ms ahead, as shorter sleeps overshoot; back to back when it cannot
+    keep up), until the users run out or `stop` is set."""
+    conn, out = Conn(sock), []
+    start = time.perf_counter()
+    for i, u in enumerate(users):
+        ahead = start + i * every - time.perf_counter()
+        if ahead > 0.002 and (stop.wait(ahead) if stop else time.sleep(ahead)):
+            break
+        t = time.perf_counter()
+        got = conn.call("ZREVRANGE", f"ranking:{u}", "0", "9")
+        out.append((time.perf_counter() - t) * 1e3)
+        if not isinstance(got, list) or not got:
+            raise Fail(f"user {u}: unexpected reply {got!r:.200}")
+        if stop is not None and stop.is_set():
+            break
+    conn.close()
+    return out
+
+
+def latency_row(ms: list[float]) -> dict:
+    return {"n": len(ms), "p50": pct(ms, 0.50), "p99": pct(ms, 0.99), "max": max(ms)}
+
+
+def reads_during_run(recd: Recd, users: list[str], run_s: float) -> dict:
+    """One client's read latency while a run writes the table's next version (reads of the
+    version served until its publish), against the same reads with the daemon idle. Each
+    list is read once, in a shuffled order (a first read misses the read cache and goes to
+    sled, where a store writer could hold it up): half of the users during the run, paced
+    over 1.25 times its median time so that they outlast it, the other half as paced, idle.
+    Call it before anything else reads the current version."""
+    if len(users) < 2:
+        raise Fail("reads during a run need at least two users")
+    order = users[:]
+    random.Random(2).shuffle(order)
+    during, idle = order[0::2], order[1::2]
+    every = 1.25 * run_s / len(during)
+    stop, got = threading.Event(), {}
+
+    def read() -> None:
+        try:
+            got["ms"] = read_latencies(recd.work / "recd.sock", during, every, stop)
+        except Exception as e:  # reported by this thread's caller below
+            got["error"] = e
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        recd.run()
+    finally:
+        stop.set()
+        reader.join()
+    if "error" in got:
+        raise Fail(f"reading during a run failed: {got['error']!r}")
+    busy = got["ms"]
+    calm = read_latencies(recd.work / "recd.sock", idle[: len(busy)], every)
+    return {"during": latency_row(busy), "idle": latency_row(calm), "outlasted": len(busy) < len(during)}
+
+
 # Where a run's time goes, as its history records it: the worker's stages, then the daemon's.
 STAGES = ["read", "model_load", "plugin", "score", "emit", "collect", "store", "publish"]
 
@@ -284,6 +348,11 @@ def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
             raise Fail(f"{name}: the loop scored {loop['rows']} pairs, recd {last['worker']['score_rows']}")
         # ... and again beside a process as busy as the daemon was during recd's run
         runs["loop_shared"].append(loop_beside_load(job, redis_sock, runs["daemon_cpu"][-1] / runs["recd"][-1]))
+    # first: same_lists' reads would put some of the current version's lists in the read cache
+    reads = reads_during_run(recd, vocab_users(job_text), statistics.median(runs["recd"]))
+    d, i = reads["during"], reads["idle"]
+    log(f"{name}: reads during a run p99 {d['p99']:.2f} ms, max {d['max']:.1f} ms; idle p99 {i['p99']:.2f} ms, "
+        f"max {i['max']:.1f} ms" + ("" if reads["outlasted"] else "; the reads ran out before the run ended"))
     checked = same_lists(work / "recd" / "recd.sock", redis_sock, vocab_users(job_text))
     med = {k: statistics.median(v) for k, v in runs.items()}
     stats = last["worker"]
@@ -296,6 +365,7 @@ def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
                   "daemon_cpu": med["daemon_cpu"], "loop_shared_s": med["loop_shared"]},
         "worker_rss": stats["peak_rss_bytes"], "daemon_rss": recd.peak_rss(),
         "stages": {k: statistics.median(s[k] for s in stage_runs) for k in STAGES},
+        "reads": reads,
     }
     procs.stop_all()
     procs.started.clear()
@@ -562,6 +632,27 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         rest = r["recd_s"] - sum(st[k] for k in STAGES if k not in ("collect", "store"))
         lines.append(f"| {r['dataset']} | {r['recd_s']:.2f} | " + " | ".join(f"{st[k]:.2f}" for k in STAGES)
                      + f" | {rest:.2f} |")
+    lines += [
+        "",
+        "### Reads while a job writes (milliseconds per read)",
+        "",
+        "One more recd run per dataset, while one client reads users' top 10 from the version",
+        "served until the run publishes, one read at a time, each list once (a first read misses",
+        "the read cache and reads sled), in a shuffled order, paced to last 1.25 times the run's",
+        "median time (back to back where the client cannot keep up), until the run ends; then",
+        "as many reads of other users, paced the same, with the daemon idle. A store whose",
+        "writers held readers up would show as a p99 or max far above the idle columns; the",
+        "reads during the run also share the cores with the worker's scoring, so part of any",
+        "gap is CPU. The client's own time is included (a Python client).",
+        "",
+        "| dataset | reads during the run | p50 | p99 | max | reads, daemon idle | p50 | p99 | max |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in e2e:
+        d, i = r["reads"]["during"], r["reads"]["idle"]
+        ran_out = "" if r["reads"]["outlasted"] else " (the reads ran out before the run ended)"
+        lines.append(f"| {r['dataset']}{ran_out} | {d['n']:,} | {d['p50']:.3f} | {d['p99']:.2f} | {d['max']:.1f} "
+                     f"| {i['n']:,} | {i['p50']:.3f} | {i['p99']:.2f} | {i['max']:.1f} |")
     lines += [
         "",
         "### c) Peak memory as users grow (factor model, 500 popular candidates per user)",

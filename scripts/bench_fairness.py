@@ -177,11 +177,6 @@ def probe(sock_path: Path, seconds: float) -> list[float]:
     return out
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def measure(name: str, sock_path: Path, heavy_request: bytes | None, heavy: int, seconds: float) -> dict:
     stop = threading.Event()
     threads: list[Heavy] = []
@@ -198,9 +193,9 @@ def measure(name: str, sock_path: Path, heavy_request: bytes | None, heavy: int,
     row = {
         "case": name,
         "reads": len(lat),
-        "p50": pct(lat, 0.50),
-        "p99": pct(lat, 0.99),
-        "p999": pct(lat, 0.999),
+        "p50": bs.pct(lat, 0.50),
+        "p99": bs.pct(lat, 0.99),
+        "p999": bs.pct(lat, 0.999),
         "max": max(lat),
         "heavy": sum(t.replies for t in threads),
     }

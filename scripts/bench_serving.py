@@ -165,6 +165,12 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, what: str, logfile: Path
         time.sleep(0.05)
 
 
+def pct(xs: list[float], q: float) -> float:
+    """The q-quantile of xs, nearest rank."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
 def tail(path: Path, n: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])

@@ -11,6 +11,10 @@
 //! resolve a table to a tree handle once per request, so one answer never mixes versions.
 //! On open, every data tree that no meta key references (a staged version interrupted by a
 //! crash) is dropped.
+//!
+//! No sled batches, transactions or `checksum()`: in sled 0.34 each takes a process-wide
+//! lock exclusively, and from its first use every read and insert of every tree takes that
+//! lock too (see `Writers::send` in `staged`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
