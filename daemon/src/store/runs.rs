@@ -185,8 +185,7 @@ impl Store {
             for old in keys.iter().take(keys.len().saturating_sub(keep)) {
                 h.history.remove(old)?;
             }
-            h.history.flush()?;
-            Ok(())
+            h.sync()
         })
     }
 
@@ -211,8 +210,7 @@ impl Store {
     pub fn set_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
         self.writing(|h| {
             h.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
-            h.state.flush()?;
-            Ok(())
+            h.sync()
         })
     }
 
@@ -235,8 +233,7 @@ impl Store {
     pub fn set_state_value(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.writing(|h| {
             h.state.insert(key, value)?;
-            h.state.flush()?;
-            Ok(())
+            h.sync()
         })
     }
 
@@ -248,8 +245,7 @@ impl Store {
             } else {
                 h.state.remove(key)?;
             }
-            h.state.flush()?;
-            Ok(())
+            h.sync()
         })
     }
 }
