@@ -8,8 +8,8 @@
 //!
 //! Publishing writes a whole version into a fresh tree, syncs (`Handles::sync`), then
 //! replaces the table's meta key in one insert and syncs again: that insert is the atomic
-//! switch. Readers
-//! resolve a table to a tree handle once per request, so one answer never mixes versions.
+//! switch. Readers resolve a table to a tree handle once per request, so one answer never
+//! mixes versions.
 //! On open, every data tree that no meta key references (a staged version interrupted by a
 //! crash) is dropped.
 //!

@@ -174,11 +174,10 @@ impl Writers {
     /// each batch of 4,096 rows (the slowest read during an M run 23-78 ms, 2.3-3.3 ms with
     /// inserts) and the writer threads took turns. Without batches the daemon also used 16%
     /// less CPU per M run and peaked at 159 MiB against 263. The writer copies each row into
-    /// sled itself: what sled keeps is then
-    /// allocated on the writer thread, not on the collecting thread too (under glibc's
-    /// malloc, an arena per thread, with the rows encoded on one thread and kept by
-    /// another the daemon's peak was about twice the inline writer's: 814 against 411 MiB
-    /// on the L workload).
+    /// sled itself: what sled keeps is then allocated on the writer thread, not on the
+    /// collecting thread too (under glibc's malloc, an arena per thread, with the rows
+    /// encoded on one thread and kept by another the daemon's peak was about twice the
+    /// inline writer's: 814 against 411 MiB on the L workload).
     fn send(&mut self, rows: Vec<(Box<str>, Vec<u8>)>) -> Result<(), StoreError> {
         self.check()?;
         let (tree, applying, failed) = (self.tree.clone(), self.applying.clone(), self.failed.clone());
