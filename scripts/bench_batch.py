@@ -372,11 +372,12 @@ def end_to_end(procs: Procs, name: str, job_text: str, rounds: int) -> dict:
         # ... and again beside a process as busy as the daemon was during recd's run
         runs["loop_shared"].append(loop_beside_load(job, redis_sock, runs["daemon_cpu"][-1] / runs["recd"][-1]))
     # first: same_lists' reads would put some of the current version's lists in the read cache
-    reads = reads_during_run(recd, vocab_users(job_text), statistics.median(runs["recd"]))
+    users = vocab_users(job_text)
+    reads = reads_during_run(recd, users, statistics.median(runs["recd"]))
     d, i = reads["during"], reads["idle"]
     log(f"{name}: reads during a run p99 {d['p99']:.2f} ms, max {d['max']:.1f} ms; idle p99 {i['p99']:.2f} ms, "
         f"max {i['max']:.1f} ms" + ("" if reads["outlasted"] else "; the reads ran out before the run ended"))
-    checked = same_lists(work / "recd" / "recd.sock", redis_sock, vocab_users(job_text))
+    checked = same_lists(work / "recd" / "recd.sock", redis_sock, users)
     idle_writes = idle_write_rate(recd)
     med = {k: statistics.median(v) for k, v in runs.items()}
     stats = last["worker"]
