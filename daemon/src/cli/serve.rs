@@ -84,6 +84,10 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = read_server.await;
     let _ = admin_server.await;
+    // Records a skipped or imported run left in the blocking pool's queue (which does not
+    // run queued tasks at shutdown), and waits for one being written.
+    let d = Arc::clone(&daemon);
+    let _ = tokio::task::spawn_blocking(move || d.write_unrecorded()).await;
     daemon.store.flush()?;
     for path in [&config.socket, &config.admin_socket] {
         let _ = std::fs::remove_file(path);

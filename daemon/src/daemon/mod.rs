@@ -22,7 +22,7 @@ use crate::run::{self, RunControl, RunError, RunReport};
 use crate::schedule;
 use crate::scheduler::Scheduler;
 use crate::shard::Shard;
-use crate::store::{RunRecord, Store};
+use crate::store::{RunRecord, Store, StoreError};
 
 /// The serving process: config, store, plugins, jobs and the state of their runs.
 pub struct Daemon {
@@ -42,9 +42,12 @@ pub struct Daemon {
     next_run_id: AtomicU64,
     scheduler: Mutex<Option<Arc<Scheduler>>>,
     shutting_down: AtomicBool,
-    /// Run records the store could not take (a failed write): kept here, shown by
-    /// `recd history`, and written once the store is opened again.
+    /// Run records not in the store yet: each waits here while it is written, and those
+    /// the store could not take (a failed write) until it is opened again. `recd history`
+    /// shows them.
     unrecorded: Mutex<Vec<RunRecord>>,
+    /// Held by the one thread writing `unrecorded` to the store.
+    recording: Mutex<()>,
 }
 
 mod jobs;
@@ -73,28 +76,41 @@ impl Daemon {
             scheduler: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             unrecorded: Mutex::new(Vec::new()),
+            recording: Mutex::new(()),
         })
     }
 
     /// Starts the timers; first runs, once, each missed tick that is within its job's
     /// `starting_deadline_seconds` (the daemon was down when it was due).
     pub async fn start_scheduler(self: &Arc<Self>) -> anyhow::Result<()> {
-        let now = Utc::now();
-        for (name, job) in self.jobs().jobs {
-            let Some(sched) = &job.schedule else { continue };
-            let last = self.store.last_tick(&name)?;
-            if let (Some(deadline), Some(last)) = (job.policy.starting_deadline, last)
-                && let Some(missed) = schedule::missed_tick_to_run(sched, last, now, deadline)
-            {
-                tracing::info!(job = %name, missed = %missed, "running a tick missed while the daemon was down");
-                self.spawn_trigger(&name, Trigger::CatchUp(missed));
-            }
-            self.store.set_last_tick(&name, now)?;
+        let daemon = Arc::clone(self);
+        // Each tick recorded is a sync of the store's files: on the blocking pool.
+        let missed = tokio::task::spawn_blocking(move || daemon.record_start_ticks(Utc::now())).await??;
+        for (name, tick) in missed {
+            tracing::info!(job = %name, missed = %tick, "running a tick missed while the daemon was down");
+            self.spawn_trigger(&name, Trigger::CatchUp(tick));
         }
         let scheduler = Scheduler::start().await?;
         *self.scheduler.lock().expect("scheduler") = Some(scheduler);
         self.sync_schedule().await;
         Ok(())
+    }
+
+    /// Records `now` as each scheduled job's last tick, and returns the ticks missed while
+    /// the daemon was down that are within their job's deadline, one per job at most.
+    fn record_start_ticks(&self, now: DateTime<Utc>) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let mut missed = Vec::new();
+        for (name, job) in self.jobs().jobs {
+            let Some(sched) = &job.schedule else { continue };
+            let last = self.store.last_tick(&name)?;
+            if let (Some(deadline), Some(last)) = (job.policy.starting_deadline, last)
+                && let Some(tick) = schedule::missed_tick_to_run(sched, last, now, deadline)
+            {
+                missed.push((name.clone(), tick));
+            }
+            self.store.set_last_tick(&name, now)?;
+        }
+        Ok(missed)
     }
 
     pub(super) async fn sync_schedule(self: &Arc<Self>) {
@@ -106,12 +122,21 @@ impl Daemon {
         }
     }
 
-    /// A scheduled tick of `name` is due.
+    /// A scheduled tick of `name` is due: recorded (a sync of the store's files, on the
+    /// blocking pool), then run.
     pub fn on_tick(self: &Arc<Self>, name: &str, tick: DateTime<Utc>) {
-        if let Err(e) = self.store.set_last_tick(name, tick) {
-            tracing::error!(job = %name, "recording the tick: {e}");
-        }
-        self.spawn_trigger(name, Trigger::Schedule(tick));
+        let (daemon, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            let (store, job) = (Arc::clone(&daemon.store), name.clone());
+            let recorded = tokio::task::spawn_blocking(move || store.set_last_tick(&job, tick))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = recorded {
+                tracing::error!(job = %name, "recording the tick: {e}");
+            }
+            daemon.spawn_trigger(&name, Trigger::Schedule(tick));
+        });
     }
 
     pub(super) fn spawn_trigger(self: &Arc<Self>, name: &str, trigger: Trigger) {

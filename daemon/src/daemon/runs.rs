@@ -131,7 +131,8 @@ impl Daemon {
                         format!("table {table} version {} held by its gate: {why}", v.version)
                     }),
                     ..RunRecord::default()
-                });
+                })
+                .await;
                 Ok(imported)
             }
             Err(e) => {
@@ -175,8 +176,10 @@ impl Daemon {
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));
+        // Recorded before the slot is freed: shutdown waits for running slots, so no
+        // record is still on its way to the store when the daemon exits.
+        self.record(&job, run_id, &trigger, started, &result, &control).await;
         self.release(name);
-        self.record(&job, run_id, &trigger, started, &result, &control);
         match &result {
             Ok(report) if report.held().is_some() => {
                 // Nothing new is served: nothing downstream runs, and a retry would be gated the same.
@@ -200,7 +203,11 @@ impl Daemon {
     }
 
     /// Claims the job for a new run according to its overlap policy.
-    pub(super) async fn acquire(&self, job: &Job, trigger: &Trigger) -> Result<Arc<RunControl>, TriggerError> {
+    pub(super) async fn acquire(
+        self: &Arc<Self>,
+        job: &Job,
+        trigger: &Trigger,
+    ) -> Result<Arc<RunControl>, TriggerError> {
         let mut waiting_in_queue = false;
         loop {
             // Registered before the slot is looked at, so a release in between still wakes us.
@@ -210,7 +217,8 @@ impl Daemon {
             if self.shutting_down.load(Ordering::Relaxed) {
                 return Err(TriggerError::ShuttingDown);
             }
-            {
+            // The lock is let go before the skip is recorded (an await).
+            let skipped = {
                 let mut states = self.states.lock().expect("states");
                 let st = states.entry(job.name.clone()).or_default();
                 let Some(running) = &st.running else {
@@ -222,21 +230,24 @@ impl Daemon {
                     return Ok(control);
                 };
                 match job.policy.overlap {
-                    Overlap::Skip => {
-                        drop(states);
-                        return Err(self.skip(job, trigger, "the previous run is still going (overlap = \"skip\")"));
+                    Overlap::Skip => Some("the previous run is still going (overlap = \"skip\")"),
+                    Overlap::Replace => {
+                        running.cancel("replaced by a newer run (overlap = \"replace\")");
+                        None
                     }
-                    Overlap::Replace => running.cancel("replaced by a newer run (overlap = \"replace\")"),
+                    Overlap::Queue if !waiting_in_queue && st.queued => {
+                        Some("a run is already queued (overlap = \"queue\")")
+                    }
                     Overlap::Queue if !waiting_in_queue => {
-                        if st.queued {
-                            drop(states);
-                            return Err(self.skip(job, trigger, "a run is already queued (overlap = \"queue\")"));
-                        }
                         st.queued = true;
                         waiting_in_queue = true;
+                        None
                     }
-                    Overlap::Queue => {}
+                    Overlap::Queue => None,
                 }
+            };
+            if let Some(reason) = skipped {
+                return Err(self.skip(job, trigger, reason).await);
             }
             freed.await;
         }
@@ -250,7 +261,7 @@ impl Daemon {
     }
 
     /// Records a tick that did not run, and returns the reason.
-    pub(super) fn skip(&self, job: &Job, trigger: &Trigger, reason: &str) -> TriggerError {
+    pub(super) async fn skip(self: &Arc<Self>, job: &Job, trigger: &Trigger, reason: &str) -> TriggerError {
         let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
         let now = Utc::now();
         self.write_record(RunRecord {
@@ -268,12 +279,13 @@ impl Daemon {
             rows: 0,
             error: Some(reason.to_string()),
             ..RunRecord::default()
-        });
+        })
+        .await;
         TriggerError::Skipped(reason.to_string())
     }
 
-    pub(super) fn record(
-        &self,
+    pub(super) async fn record(
+        self: &Arc<Self>,
         job: &Job,
         run_id: u64,
         trigger: &Trigger,
@@ -330,25 +342,37 @@ impl Daemon {
                 record.error = Some(e.to_string());
             }
         }
-        self.write_record(record);
+        self.write_record(record).await;
     }
 
-    pub(super) fn write_record(&self, record: RunRecord) {
+    /// Counts a finished run and writes its record. The write syncs the store's files (a
+    /// journal commit, longer while other programs write to the filesystem): on the
+    /// blocking pool, never on the runtime's threads. A record the task could not write
+    /// waits in memory for `watch_store`.
+    pub(super) async fn write_record(self: &Arc<Self>, record: RunRecord) {
         self.metrics.run_finished(&record.job, &record.status, record.seconds, &record.table, record.rows);
         self.unrecorded.lock().expect("unrecorded").push(record);
-        self.write_unrecorded();
+        let daemon = Arc::clone(self);
+        if let Err(e) = tokio::task::spawn_blocking(move || daemon.write_unrecorded()).await {
+            tracing::error!("writing run records: {e}");
+        }
     }
 
     /// Writes the run records waiting for the store, oldest first; those it cannot write
-    /// wait for the next try.
-    pub(super) fn write_unrecorded(&self) {
-        let mut waiting = self.unrecorded.lock().expect("unrecorded");
-        while let Some(record) = waiting.first() {
-            if let Err(e) = self.store.record_run(record, HISTORY_PER_JOB) {
-                tracing::warn!(job = %record.job, run_id = record.run_id, waiting = waiting.len(), "run record kept in memory until the store takes writes again: {e}");
+    /// wait for the next try. One writer at a time, and the list is not locked while a
+    /// record is written (a sync): `history` and `STATUS` read it from the runtime's
+    /// threads. A record is taken off the list once written, so readers see it in one
+    /// place or both (`history` keeps one), never in neither.
+    pub fn write_unrecorded(&self) {
+        let _one_writer = self.recording.lock().expect("recording");
+        loop {
+            let Some(record) = self.unrecorded.lock().expect("unrecorded").first().cloned() else { return };
+            if let Err(e) = self.store.record_run(&record, HISTORY_PER_JOB) {
+                let waiting = self.unrecorded.lock().expect("unrecorded").len();
+                tracing::warn!(job = %record.job, run_id = record.run_id, waiting, "run record kept in memory until the store takes writes again: {e}");
                 return;
             }
-            waiting.remove(0);
+            self.unrecorded.lock().expect("unrecorded").retain(|r| r.run_id != record.run_id);
         }
     }
 

@@ -204,12 +204,18 @@ impl Store {
     /// The last tick the scheduler handled for `job` (run, skipped or missed on purpose).
     pub fn last_tick(&self, job: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
         let Some(v) = self.h()?.state.get(format!("tick/{job}"))? else { return Ok(None) };
-        Ok(chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(&v)).ok().map(|t| t.to_utc()))
+        Ok(parse_tick(&v))
     }
 
+    /// Records `tick` as `job`'s last tick unless a later one is recorded: ticks are
+    /// written from the blocking pool, and two of a fast schedule may land out of order.
     pub fn set_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        let text = tick.to_rfc3339();
         self.writing(|h| {
-            h.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
+            h.state.update_and_fetch(format!("tick/{job}"), |stored| match stored {
+                Some(v) if parse_tick(v).is_some_and(|last| last >= tick) => Some(v.to_vec()),
+                _ => Some(text.as_bytes().to_vec()),
+            })?;
             h.sync()
         })
     }
@@ -250,6 +256,10 @@ impl Store {
     }
 }
 
+fn parse_tick(stored: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(stored)).ok().map(|t| t.to_utc())
+}
+
 fn history_prefix(job: &str) -> Vec<u8> {
     let mut p = job.as_bytes().to_vec();
     p.push(0);
@@ -260,6 +270,19 @@ fn history_prefix(job: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::store::Retention;
+
+    #[test]
+    fn a_tick_recorded_late_never_moves_the_last_tick_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        store.set_last_tick("j", at("2026-12-06T10:00:02Z")).unwrap();
+        store.set_last_tick("j", at("2026-12-06T10:00:01Z")).unwrap();
+        assert_eq!(store.last_tick("j").unwrap(), Some(at("2026-12-06T10:00:02Z")));
+        store.set_last_tick("j", at("2026-12-06T10:00:03Z")).unwrap();
+        assert_eq!(store.last_tick("j").unwrap(), Some(at("2026-12-06T10:00:03Z")));
+        assert_eq!(store.last_tick("other").unwrap(), None);
+    }
 
     #[test]
     fn history_keeps_the_newest_runs_per_job_across_reopen() {

@@ -240,7 +240,7 @@ impl Drop for Writers {
 /// The writer threads' niceness (0 is the daemon's own). With it the M workload's scoring
 /// stage went from 0.72-0.88 s to 0.60-0.66 s in one A/B on this 2-core machine, the
 /// whole job a little faster too.
-const WRITER_NICENESS: i32 = 10;
+pub(super) const WRITER_NICENESS: i32 = 10;
 
 /// Users per batch handed to a writer.
 const BATCH_USERS: usize = 4096;

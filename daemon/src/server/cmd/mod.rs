@@ -284,8 +284,9 @@ fn unknown(name: &str, rest: &[&[u8]]) -> String {
     format!("ERR unknown command '{name}', with args beginning with: {}", shown.join(" "))
 }
 
-/// Parses and runs one request, writing its reply to `out`. Control commands that wait (on the scheduler, the store's publish
-/// lock, a worker) finish here; everything else is answered by [`execute_now`].
+/// Parses and runs one request, writing its reply to `out`. Control commands that wait (on
+/// the scheduler, the store's publish lock, a sync of the store's files, a worker) finish
+/// here; everything else is answered by [`execute_now`].
 pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, out: &mut Reply) -> Flow {
     let cmd = match execute_now(args, daemon, client, out) {
         Now::Done(flow) => return flow,
@@ -302,6 +303,7 @@ pub async fn execute(args: &[&[u8]], daemon: &Arc<Daemon>, client: &mut Client, 
         Command::Promote(c) => c.apply(daemon, out).await,
         Command::Discard(c) => c.apply(daemon, out).await,
         Command::Drop(c) => c.apply(daemon, out).await,
+        Command::Pause(c) => c.apply(daemon, out).await,
         _ => unreachable!("execute_now answers every command that does not wait"),
     }
     Flow::Continue
@@ -358,7 +360,6 @@ pub fn execute_now<'a>(args: &[&'a [u8]], daemon: &Arc<Daemon>, client: &mut Cli
         Command::History(c) => c.apply(daemon, out),
         Command::Progress(c) => c.apply(daemon, out),
         Command::Plugins => plugins::apply(daemon, out),
-        Command::Pause(c) => c.apply(daemon, out),
         // Listed, not matched by a wildcard: a new command must be placed on one side.
         waits @ (Command::Run(_)
         | Command::Reload
@@ -369,7 +370,8 @@ pub fn execute_now<'a>(args: &[&'a [u8]], daemon: &Arc<Daemon>, client: &mut Cli
         | Command::Models(_)
         | Command::Promote(_)
         | Command::Discard(_)
-        | Command::Drop(_)) => return Now::Later(waits),
+        | Command::Drop(_)
+        | Command::Pause(_)) => return Now::Later(waits),
     }
     Now::Done(Flow::Continue)
 }

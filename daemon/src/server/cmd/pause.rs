@@ -19,9 +19,14 @@ impl Pause {
         }
     }
 
-    pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        match daemon.set_paused(&self.job, self.paused) {
-            Ok(()) => resp::simple(out, if self.paused { "OK paused" } else { "OK resumed" }),
+    /// Stored and synced: on the blocking pool.
+    pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
+        let (d, paused) = (Arc::clone(daemon), self.paused);
+        let set = tokio::task::spawn_blocking(move || d.set_paused(&self.job, paused))
+            .await
+            .unwrap_or_else(|e| Err(format!("pause task failed: {e}")));
+        match set {
+            Ok(()) => resp::simple(out, if paused { "OK paused" } else { "OK resumed" }),
             Err(e) => resp::error(out, &format!("ERR {e}")),
         }
     }
