@@ -429,11 +429,13 @@ def memory(procs: Procs, size: str) -> dict:
     # first version, which sled reads back to free; then what it holds once idle.
     for _ in range(LIVED_RUNS - 1):
         recd.run()
-    row.update(lived_peak=recd.peak_rss(), lived_allocated=recd.allocated())
+    row["lived_peak"] = recd.peak_rss()
+    # Read after a wait: the dropped version's pages are freed on a thread of their own
+    # within seconds, and the allocator returns freed pages only after its decay time.
     time.sleep(IDLE_AFTER_S)
-    row["lived_idle_rss"] = recd.rss()
-    log(f"memory {size}: daemon after {LIVED_RUNS} runs: peak {row['lived_peak'] >> 20} MiB, "
-        f"{row['lived_allocated'] >> 20} MiB allocated, RSS {row['lived_idle_rss'] >> 20} MiB {IDLE_AFTER_S} s later")
+    row.update(lived_allocated=recd.allocated(), lived_idle_rss=recd.rss())
+    log(f"memory {size}: daemon after {LIVED_RUNS} runs: peak {row['lived_peak'] >> 20} MiB; {IDLE_AFTER_S} s later "
+        f"{row['lived_allocated'] >> 20} MiB allocated, RSS {row['lived_idle_rss'] >> 20} MiB")
     procs.stop_all()
     procs.started.clear()
     shutil.rmtree(work, ignore_errors=True)
@@ -441,7 +443,8 @@ def memory(procs: Procs, size: str) -> dict:
 
 
 # c)'s long-lived daemon: runs per workload (3 or more, so retention drops a version), and
-# the idle wait before its RSS is read (jemalloc gives freed pages back after a 10 s decay).
+# the idle wait before its memory is read (jemalloc gives freed pages back to the system
+# some 10 s after they are freed, as it next allocates).
 LIVED_RUNS = 3
 IDLE_AFTER_S = 30
 
@@ -549,8 +552,8 @@ def memory_verdict(mem: list[dict]) -> list[str]:
         "through jemalloc: docs/internals.md, \"Memory allocator\", compares it with glibc's malloc.",
         f"- A daemon that lives on ({LIVED_RUNS} runs): from the third publish on, retention drops a version, and "
         "sled reads a dropped version's pages back to free them, so the peak over those runs holds one "
-        "version more. What it allocates after them is sled's page cache and bookkeeping for the versions "
-        f"kept; its RSS {IDLE_AFTER_S} s later adds what jemalloc has not yet given back.",
+        f"version more. {IDLE_AFTER_S} s later, what it allocates is sled's page cache and bookkeeping for "
+        "the versions kept; its RSS adds what jemalloc has not given back to the system.",
     ]
 
 
@@ -733,7 +736,7 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         "",
         "| workload | users | items | interaction lines | pairs scored | run s | model MiB | worker peak MiB "
         "| worker peak beyond the model MiB | daemon peak MiB "
-        f"| daemon peak over {LIVED_RUNS} runs MiB | daemon allocated after them MiB | daemon RSS {IDLE_AFTER_S} s later MiB |",
+        f"| daemon peak over {LIVED_RUNS} runs MiB | {IDLE_AFTER_S} s later: daemon allocated MiB | {IDLE_AFTER_S} s later: daemon RSS MiB |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in mem:
@@ -786,7 +789,7 @@ def render(e2e: list[dict], mem: list[dict], g: dict | None, m: dict, meta: dict
         "  batches first and times `session.run` alone, with nothing else running.",
         "- Peak memory: the worker's VmHWM (reported by the worker at the end of its run) and the",
         "  daemon's VmHWM over its life (it starts fresh for each workload), after the first run and",
-        f"  after {LIVED_RUNS}; then jemalloc's allocated bytes (INFO) and, {IDLE_AFTER_S} s later, the daemon's VmRSS.",
+        f"  after {LIVED_RUNS}; {IDLE_AFTER_S} s after those, jemalloc's allocated bytes (INFO) and the daemon's VmRSS.",
         END,
     ]
     return "\n".join(lines) + "\n"

@@ -128,7 +128,7 @@ impl Daemon {
         let (daemon, name) = (Arc::clone(self), name.to_string());
         tokio::spawn(async move {
             let (store, job) = (Arc::clone(&daemon.store), name.clone());
-            let recorded = tokio::task::spawn_blocking(move || store.set_last_tick(&job, tick))
+            let recorded = tokio::task::spawn_blocking(move || store.advance_last_tick(&job, tick))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));

@@ -176,10 +176,11 @@ impl Daemon {
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Failed(format!("run task failed: {e}"))));
-        // Recorded before the slot is freed: shutdown waits for running slots, so no
-        // record is still on its way to the store when the daemon exits.
-        self.record(&job, run_id, &trigger, started, &result, &control).await;
+        // Listed before the slot is freed (shutdown waits for the slots, then writes what is
+        // listed), written after it: a sync does not hold up a queued or skipped trigger.
+        self.record(&job, run_id, &trigger, started, &result, &control);
         self.release(name);
+        self.write_listed_records().await;
         match &result {
             Ok(report) if report.held().is_some() => {
                 // Nothing new is served: nothing downstream runs, and a retry would be gated the same.
@@ -284,8 +285,9 @@ impl Daemon {
         TriggerError::Skipped(reason.to_string())
     }
 
-    pub(super) async fn record(
-        self: &Arc<Self>,
+    /// Lists the run's record for the store (see [`Daemon::write_listed_records`]).
+    pub(super) fn record(
+        &self,
         job: &Job,
         run_id: u64,
         trigger: &Trigger,
@@ -342,16 +344,26 @@ impl Daemon {
                 record.error = Some(e.to_string());
             }
         }
-        self.write_record(record).await;
+        self.list_record(record);
     }
 
-    /// Counts a finished run and writes its record. The write syncs the store's files (a
-    /// journal commit, longer while other programs write to the filesystem): on the
-    /// blocking pool, never on the runtime's threads. A record the task could not write
-    /// waits in memory for `watch_store`.
-    pub(super) async fn write_record(self: &Arc<Self>, record: RunRecord) {
+    /// Counts a finished run and lists its record for the store.
+    fn list_record(&self, record: RunRecord) {
         self.metrics.run_finished(&record.job, &record.status, record.seconds, &record.table, record.rows);
         self.unrecorded.lock().expect("unrecorded").push(record);
+    }
+
+    /// Lists a record and writes it.
+    pub(super) async fn write_record(self: &Arc<Self>, record: RunRecord) {
+        self.list_record(record);
+        self.write_listed_records().await;
+    }
+
+    /// Writes the listed records. Each write syncs the store's files (a journal commit,
+    /// longer while other programs write to the filesystem): on the blocking pool, never
+    /// on the runtime's threads. A record the task could not write waits in memory for
+    /// `watch_store`.
+    async fn write_listed_records(self: &Arc<Self>) {
         let daemon = Arc::clone(self);
         if let Err(e) = tokio::task::spawn_blocking(move || daemon.write_unrecorded()).await {
             tracing::error!("writing run records: {e}");
@@ -364,7 +376,8 @@ impl Daemon {
     /// threads. A record is taken off the list once written, so readers see it in one
     /// place or both (`history` keeps one), never in neither.
     pub fn write_unrecorded(&self) {
-        let _one_writer = self.recording.lock().expect("recording");
+        // Guards nothing but the turn: a panic while writing leaves nothing to repair.
+        let _one_writer = self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             let Some(record) = self.unrecorded.lock().expect("unrecorded").first().cloned() else { return };
             if let Err(e) = self.store.record_run(&record, HISTORY_PER_JOB) {

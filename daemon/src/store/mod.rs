@@ -876,18 +876,19 @@ fn table_key(table: &str) -> Vec<u8> {
     format!("{TABLE_KEY_PREFIX}{table}").into_bytes()
 }
 
-/// Drops a tree; its pages' memory is freed on a thread of its own.
+/// Drops a tree; a thread of its own then frees its pages' memory.
 ///
 /// sled walks a dropped tree reading each page (from disk if need be) and retires it under
-/// one epoch guard. Retired objects are freed only as pins collect the epoch's garbage (up
-/// to eight expired bags of 64 per collection, on every 128th pin of any thread), and
-/// freeing a page runs a closure that scans sled's whole free-page list, so the work grows
-/// with the square of the pages dropped. Left to chance, a dropped 1M-user version stayed
-/// allocated, about 350 MB, until other threads had pinned enough (the next run's writers,
-/// or about a minute of an idle daemon's flusher), and its closures ran on whichever
-/// threads pinned, the serving threads among them (docs/internals.md, "Store layout and
-/// publish protocol", Retention). The reclaim thread takes that work off the publish lock,
-/// the run and the serving threads.
+/// one epoch guard, on this thread. Retired objects are freed only as pins collect the
+/// epoch's garbage (up to eight expired bags of 64 per collection, on every 128th pin of
+/// each thread and on each flush), and freeing a page runs a closure that scans sled's
+/// whole free-page list, so that work grows with the square of the pages dropped. Left to
+/// chance, a dropped 1M-user version stayed allocated, 230-360 MB, until other threads had
+/// pinned enough (the next run's writers, or about a minute of an idle daemon's flusher),
+/// its closures running on whichever threads pinned, the serving threads among them
+/// (docs/internals.md, "Store layout and publish protocol", Retention). The reclaim thread
+/// frees it within seconds and does most of that work itself; other threads' pins still
+/// collect a share.
 fn drop_tree(db: &sled::Db, name: impl AsRef<[u8]>) -> sled::Result<bool> {
     let dropped = db.drop_tree(name)?;
     if dropped {
@@ -899,20 +900,24 @@ fn drop_tree(db: &sled::Db, name: impl AsRef<[u8]>) -> sled::Result<bool> {
     Ok(dropped)
 }
 
-/// Collects the epoch's garbage: 64 rounds of 1,024 flushes (each frees up to 512 retired
-/// objects once their epoch has passed), a millisecond apart so that a thread pinned in an
-/// older epoch for a moment does not leave the rest behind. With nothing left to free the
-/// 65,536 flushes cost about 10 ms of CPU where 21 threads have pinned (measured on a
-/// 2-core machine; each flush looks at every thread's epoch).
+/// How long the reclaim thread keeps collecting after a drop, at least: a thread pinned in
+/// an older epoch for a while (another drop's walk, a read waiting on the disk) holds back
+/// what expires after it.
+const RECLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Collects the epoch's garbage for at least [`RECLAIM_FOR`]: rounds of 1,024 flushes
+/// (each frees up to 512 retired objects once their epoch has passed), 10 ms apart. With
+/// nothing left to free a round costs about 0.15 ms of CPU where 21 threads have pinned
+/// (measured on a 2-core machine; each flush looks at every thread's epoch).
 fn reclaim_retired() {
     // Background work, as the store's writers: reads on the socket come first.
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), staged::WRITER_NICENESS);
     let started = std::time::Instant::now();
-    for _ in 0..64 {
+    while started.elapsed() < RECLAIM_FOR {
         for _ in 0..1024 {
             crossbeam_epoch::pin().flush();
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "collected a dropped tree's pages");
 }

@@ -207,16 +207,30 @@ impl Store {
         Ok(parse_tick(&v))
     }
 
-    /// Records `tick` as `job`'s last tick unless a later one is recorded: ticks are
-    /// written from the blocking pool, and two of a fast schedule may land out of order.
+    /// Records `tick` as `job`'s last tick (at start: whatever is stored, even a tick
+    /// ahead of a clock that was set back).
     pub fn set_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
-        let text = tick.to_rfc3339();
         self.writing(|h| {
-            h.state.update_and_fetch(format!("tick/{job}"), |stored| match stored {
-                Some(v) if parse_tick(v).is_some_and(|last| last >= tick) => Some(v.to_vec()),
-                _ => Some(text.as_bytes().to_vec()),
-            })?;
+            h.state.insert(format!("tick/{job}"), tick.to_rfc3339().as_bytes())?;
             h.sync()
+        })
+    }
+
+    /// Records `tick` as `job`'s last tick unless a later one is recorded: scheduled ticks
+    /// are written from the blocking pool, and two of a fast schedule may land out of
+    /// order.
+    pub fn advance_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        let text = tick.to_rfc3339();
+        let mut advanced = false;
+        self.writing(|h| {
+            h.state.fetch_and_update(format!("tick/{job}"), |stored| match stored {
+                Some(v) if parse_tick(v).is_some_and(|last| last >= tick) => Some(v.to_vec()),
+                _ => {
+                    advanced = true;
+                    Some(text.as_bytes().to_vec())
+                }
+            })?;
+            if advanced { h.sync() } else { Ok(()) }
         })
     }
 
@@ -276,11 +290,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
         let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
-        store.set_last_tick("j", at("2026-12-06T10:00:02Z")).unwrap();
-        store.set_last_tick("j", at("2026-12-06T10:00:01Z")).unwrap();
+        store.advance_last_tick("j", at("2026-12-06T10:00:02Z")).unwrap();
+        store.advance_last_tick("j", at("2026-12-06T10:00:01Z")).unwrap();
         assert_eq!(store.last_tick("j").unwrap(), Some(at("2026-12-06T10:00:02Z")));
-        store.set_last_tick("j", at("2026-12-06T10:00:03Z")).unwrap();
+        store.advance_last_tick("j", at("2026-12-06T10:00:03Z")).unwrap();
         assert_eq!(store.last_tick("j").unwrap(), Some(at("2026-12-06T10:00:03Z")));
+        // At start the daemon writes its own clock's time, whatever is stored.
+        store.set_last_tick("j", at("2026-12-06T09:00:00Z")).unwrap();
+        assert_eq!(store.last_tick("j").unwrap(), Some(at("2026-12-06T09:00:00Z")));
         assert_eq!(store.last_tick("other").unwrap(), None);
     }
 
