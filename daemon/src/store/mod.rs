@@ -28,6 +28,7 @@ use crate::read_cache::ReadCache;
 mod codec;
 mod evals;
 mod gate;
+mod retire;
 mod runs;
 mod staged;
 
@@ -35,6 +36,7 @@ use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
 pub use evals::EvalRecord;
 pub use gate::{Gate, GateResult, HoldoutGate, HoldoutTruth};
+use retire::{Retiring, drop_tree};
 pub use runs::{DaemonStages, InputLineage, Lineage, PluginBuild, RunRecord, WorkerStats};
 pub use staged::StagedVersion;
 use staged::Unstage;
@@ -222,6 +224,8 @@ pub struct Store {
     publish_lock: Mutex<()>,
     /// Data trees of versions being written now: not yet referenced, and not left over.
     staging: Mutex<HashSet<String>>,
+    /// Trees of versions retention let go, being dropped.
+    retiring: Arc<Retiring>,
     read_cache: Arc<ReadCache>,
 }
 
@@ -344,6 +348,7 @@ impl Store {
             retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
             staging: Mutex::new(HashSet::new()),
+            retiring: Arc::default(),
             read_cache: Arc::new(ReadCache::new(caches.read_bytes)),
         };
         store.load_tables(&handles, &mut store.served.write().expect("served lock"))?;
@@ -386,6 +391,8 @@ impl Store {
         probe_write(&self.dir).map_err(|e| {
             StoreError::Unavailable(format!("{cause}; {} still cannot be written: {e}", self.dir.display()))
         })?;
+        // A retired tree's thread holds the database too, which must close before it opens.
+        self.retiring.wait();
         let mut served = self.served.write().expect("served lock");
         let old = self.handles.write().expect("handles lock").take();
         served.clear();
@@ -498,10 +505,13 @@ impl Store {
         let last = table_meta(h, table)?.map(|m| m.versions.iter().map(|v| v.version).max().unwrap_or(0).max(m.last));
         // Above versions other runs are writing for this table now (two jobs may publish
         // one table): each run gets a tree of its own.
+        // Above trees still being dropped too: a table dropped and published again starts
+        // its numbers anew, and the name must not be one a retiring thread will drop.
         let mut staging = self.staging.lock().expect("staging");
         let prefix = data_tree_name(table, 0);
         let prefix = &prefix[..prefix.len() - 20];
-        let staged = staging.iter().filter_map(|n| n.strip_prefix(prefix)?.parse::<u64>().ok()).max();
+        let retiring = self.retiring.names();
+        let staged = staging.iter().chain(&retiring).filter_map(|n| n.strip_prefix(prefix)?.parse::<u64>().ok()).max();
         let version = last.unwrap_or(0).max(staged.unwrap_or(0)) + 1;
         let name = data_tree_name(table, version);
         // A tree at that number may exist from a crashed run that drop_unreferenced has
@@ -535,7 +545,7 @@ impl Store {
     }
 
     /// Makes `staged` the current version of its table, atomically, after it is durable;
-    /// then drops versions beyond the retention count.
+    /// then hands the versions beyond retention to a thread that drops them.
     #[cfg(test)]
     pub fn publish(&self, staged: StagedVersion) -> Result<VersionInfo, StoreError> {
         self.publish_gated(staged, &Gate::default())
@@ -638,9 +648,7 @@ impl Store {
             let _ = serving.get(user.as_bytes());
         }
         self.served.write().expect("served lock").insert(staged.table.clone(), serving);
-        for v in dropped {
-            drop_tree(&h.db, data_tree_name(&staged.table, v).as_bytes())?;
-        }
+        self.retiring.retire(&h.db, dropped.into_iter().map(|v| data_tree_name(&staged.table, v)).collect());
         Ok(info)
     }
 
@@ -776,8 +784,8 @@ impl Store {
     }
 
     fn verify_in(&self, h: &Handles) -> Result<Vec<String>, StoreError> {
-        // Publishes wait while a verify runs: a version switched or dropped halfway through
-        // the scan would read as a mismatch or a left-over tree.
+        // Publishes wait while a verify runs: a version switched halfway through the scan
+        // would read as a mismatch. Trees still being dropped are listed in `retiring`.
         let _guard = self.publish_lock.lock().expect("publish lock");
         let mut problems = Vec::new();
         let mut referenced = HashSet::new();
@@ -808,9 +816,11 @@ impl Store {
             }
         }
         let staging = self.staging.lock().expect("staging").clone();
+        let retiring = self.retiring.names();
         for name in h.db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
-            if name.starts_with(DATA_TREE_PREFIX) && !referenced.contains(&name) && !staging.contains(&name) {
+            let known = referenced.contains(&name) || staging.contains(&name) || retiring.contains(&name);
+            if name.starts_with(DATA_TREE_PREFIX) && !known {
                 problems.push(format!("unreferenced data tree {name}"));
             }
         }
@@ -830,8 +840,18 @@ impl Store {
         })
     }
 
+    /// Makes every write so far durable, the drops of retired versions included.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.retiring.wait();
         self.write_checked(Handles::sync)
+    }
+}
+
+impl Drop for Store {
+    /// A tree half dropped when the process ends can stay in the data dir for good (sled
+    /// lets go of its name before it walks its pages): its drop finishes first.
+    fn drop(&mut self) {
+        self.retiring.wait();
     }
 }
 
@@ -874,52 +894,6 @@ fn probe_write(dir: &Path) -> std::io::Result<()> {
 
 fn table_key(table: &str) -> Vec<u8> {
     format!("{TABLE_KEY_PREFIX}{table}").into_bytes()
-}
-
-/// Drops a tree; a thread of its own then frees its pages' memory.
-///
-/// sled walks a dropped tree reading each page (from disk if need be) and retires it under
-/// one epoch guard, on this thread. Retired objects are freed only as pins collect the
-/// epoch's garbage (up to eight expired bags of 64 per collection, on every 128th pin of
-/// each thread and on each flush), and freeing a page runs a closure that scans sled's
-/// whole free-page list, so that work grows with the square of the pages dropped. Left to
-/// chance, a dropped 1M-user version stayed allocated, 230-360 MB, until other threads had
-/// pinned enough (the next run's writers, or about a minute of an idle daemon's flusher),
-/// its closures running on whichever threads pinned, the serving threads among them
-/// (docs/internals.md, "Store layout and publish protocol", Retention). The reclaim thread
-/// frees it within seconds and does most of that work itself; other threads' pins still
-/// collect a share.
-fn drop_tree(db: &sled::Db, name: impl AsRef<[u8]>) -> sled::Result<bool> {
-    let dropped = db.drop_tree(name)?;
-    if dropped {
-        let spawned = std::thread::Builder::new().name("recd-reclaim".into()).spawn(reclaim_retired);
-        if let Err(e) = spawned {
-            tracing::warn!("no thread to free a dropped version's memory ({e}): later store work frees it");
-        }
-    }
-    Ok(dropped)
-}
-
-/// How long the reclaim thread keeps collecting after a drop, at least: a thread pinned in
-/// an older epoch for a while (another drop's walk, a read waiting on the disk) holds back
-/// what expires after it.
-const RECLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Collects the epoch's garbage for at least [`RECLAIM_FOR`]: rounds of 1,024 flushes
-/// (each frees up to 512 retired objects once their epoch has passed), 10 ms apart. With
-/// nothing left to free a round costs about 0.15 ms of CPU where 21 threads have pinned
-/// (measured on a 2-core machine; each flush looks at every thread's epoch).
-fn reclaim_retired() {
-    // Background work, as the store's writers: reads on the socket come first.
-    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), staged::WRITER_NICENESS);
-    let started = std::time::Instant::now();
-    while started.elapsed() < RECLAIM_FOR {
-        for _ in 0..1024 {
-            crossbeam_epoch::pin().flush();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "collected a dropped tree's pages");
 }
 
 fn data_tree_name(table: &str, version: u64) -> String {
@@ -1050,6 +1024,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(120));
         // old, but current: kept
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        store.flush().unwrap();
         assert!(!store.h().unwrap().db.tree_names().iter().any(|n| n.as_ref() == data_tree_name("t", 1).as_bytes()));
     }
 
