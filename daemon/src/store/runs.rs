@@ -221,16 +221,14 @@ impl Store {
     /// order.
     pub fn advance_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
         let text = tick.to_rfc3339();
-        let mut advanced = false;
         self.writing(|h| {
             h.state.fetch_and_update(format!("tick/{job}"), |stored| match stored {
                 Some(v) if parse_tick(v).is_some_and(|last| last >= tick) => Some(v.to_vec()),
-                _ => {
-                    advanced = true;
-                    Some(text.as_bytes().to_vec())
-                }
+                _ => Some(text.as_bytes().to_vec()),
             })?;
-            if advanced { h.sync() } else { Ok(()) }
+            // Synced either way: a tick that lands late may find the later one written
+            // and not yet durable (its writer syncs after), and the update writes anyway.
+            h.sync()
         })
     }
 

@@ -22,9 +22,7 @@ impl Discard {
     /// Drops a tree and flushes: on the blocking pool.
     pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let (store, table, version) = (Arc::clone(&daemon.store), self.table.clone(), self.version);
-        let discarded = tokio::task::spawn_blocking(move || store.discard_held(&table, version))
-            .await
-            .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("discard task failed: {e}"))));
+        let discarded = super::on_blocking_pool("discard", move || store.discard_held(&table, version)).await;
         match discarded {
             Ok(info) => {
                 tracing::info!(table = %self.table, version = info.version, "held version discarded");

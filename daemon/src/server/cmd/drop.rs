@@ -25,9 +25,7 @@ impl Drop {
             return;
         }
         let (store, table) = (Arc::clone(&daemon.store), self.table.clone());
-        let dropped = tokio::task::spawn_blocking(move || store.drop_table(&table))
-            .await
-            .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("drop task failed: {e}"))));
+        let dropped = super::on_blocking_pool("drop", move || store.drop_table(&table)).await;
         match dropped {
             Ok(meta) => {
                 daemon.metrics.forget_table(&self.table);

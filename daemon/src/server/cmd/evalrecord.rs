@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{ParseResult, parse_int, wrong_args};
 use crate::daemon::Daemon;
 use crate::resp::{self, Reply};
-use crate::store::{self, StoreError};
+use crate::store;
 
 pub struct EvalRecord {
     table: String,
@@ -59,9 +59,8 @@ impl EvalRecord {
     pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let store = Arc::clone(&daemon.store);
         let (table, version) = (self.table.clone(), self.version);
-        let recorded = tokio::task::spawn_blocking(move || store.record_eval(&table, version, self.record))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("evalrecord task failed: {e}"))));
+        let recorded =
+            super::on_blocking_pool("evalrecord", move || store.record_eval(&table, version, self.record)).await;
         match recorded {
             Ok(_) => {
                 tracing::info!(table = %self.table, version, "eval recorded");

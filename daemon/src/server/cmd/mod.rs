@@ -186,6 +186,18 @@ const WRITE_COMMANDS: &[&str] = &[
 /// What a command parse can fail with: the error reply's text.
 pub type ParseResult<T> = Result<T, String>;
 
+/// Runs a store call on the blocking pool, never on a serving thread or the runtime's own
+/// (a write ends in a sync, which waits for whatever else the filesystem has to write; a
+/// verify scans the store). A task that panicked answers as the store unavailable.
+async fn on_blocking_pool<T: Send + 'static>(
+    command: &str,
+    call: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("{command} task failed: {e}"))))
+}
+
 pub fn wrong_args(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
 }

@@ -22,9 +22,7 @@ impl Promote {
     /// Writes and flushes the store: on the blocking pool, never on a serving thread.
     pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let (store, table, version) = (Arc::clone(&daemon.store), self.table.clone(), self.version);
-        let promoted = tokio::task::spawn_blocking(move || store.rollback(&table, Some(version)))
-            .await
-            .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("promote task failed: {e}"))));
+        let promoted = super::on_blocking_pool("promote", move || store.rollback(&table, Some(version))).await;
         match promoted {
             Ok(info) => {
                 tracing::info!(table = %self.table, version = info.version, "promoted");

@@ -24,9 +24,7 @@ impl Rollback {
     /// Writes and flushes the store: on the blocking pool, never on a serving thread.
     pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let (store, table, version) = (Arc::clone(&daemon.store), self.table.clone(), self.version);
-        let rolled = tokio::task::spawn_blocking(move || store.rollback(&table, version))
-            .await
-            .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("rollback task failed: {e}"))));
+        let rolled = super::on_blocking_pool("rollback", move || store.rollback(&table, version)).await;
         match rolled {
             Ok(info) => {
                 tracing::info!(table = %self.table, version = info.version, "rolled back");

@@ -9,9 +9,7 @@ use crate::resp::{self, Reply};
 /// A full scan of the store: on the blocking pool, never on a serving thread.
 pub async fn apply(daemon: &Arc<Daemon>, out: &mut Reply) {
     let store = Arc::clone(&daemon.store);
-    let verified = tokio::task::spawn_blocking(move || store.verify())
-        .await
-        .unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(format!("verify task failed: {e}"))));
+    let verified = super::on_blocking_pool("verify", move || store.verify()).await;
     match verified {
         Ok(problems) if problems.is_empty() => {
             let n = daemon.store.tables().map(|t| t.len()).unwrap_or(0);
