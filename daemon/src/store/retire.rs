@@ -181,14 +181,20 @@ mod tests {
         Store::open(dir, Retention { count: 1, max_age: None }).unwrap()
     }
 
+    /// Publishes versions 1 and 2 of table `t`, holding the thread that drops version 1
+    /// before its walk, as a slow drop would, until the guard goes.
+    fn publish_two_holding_the_drop(store: &Store) -> std::sync::MutexGuard<'_, ()> {
+        store.publish(staged(store, 1)).unwrap();
+        let turn = store.retiring.walking.lock().unwrap();
+        assert_eq!(store.publish(staged(store, 2)).unwrap().version, 2);
+        turn
+    }
+
     #[test]
     fn a_publish_leaves_the_drop_to_a_thread_and_a_flush_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = keep_one(dir.path());
-        store.publish(staged(&store, 1)).unwrap();
-        // Holds the retiring thread before its walk, as a slow drop would.
-        let turn = store.retiring.walking.lock().unwrap();
-        assert_eq!(store.publish(staged(&store, 2)).unwrap().version, 2);
+        let turn = publish_two_holding_the_drop(&store);
         let db = store.h().unwrap().db.clone();
         assert_eq!(data_trees(&db), [data_tree_name("t", 1), data_tree_name("t", 2)]);
         assert_eq!(store.served("t").unwrap().version, 2);
@@ -221,9 +227,7 @@ mod tests {
     fn a_version_being_dropped_keeps_its_number_from_a_new_version_of_its_table() {
         let dir = tempfile::tempdir().unwrap();
         let store = keep_one(dir.path());
-        store.publish(staged(&store, 1)).unwrap();
-        let turn = store.retiring.walking.lock().unwrap();
-        store.publish(staged(&store, 2)).unwrap();
+        let turn = publish_two_holding_the_drop(&store);
         // Dropped and published again: the table starts its numbers anew, while version
         // 1's tree still waits for its thread.
         store.drop_table("t").unwrap();
