@@ -1,7 +1,7 @@
 //! Dropping trees, and freeing what sled keeps of them afterwards.
 //!
 //! sled drops a tree by walking it: it reads each page back (from disk if need be) and
-//! retires it under one epoch guard, on the dropping thread. For a version of 1,000,000
+//! hands it to crossbeam-epoch's garbage, under one epoch guard, on the dropping thread. For a version of 1,000,000
 //! users that walk took 0.6-1.0 s on a 2-core machine, and a publish spent it under the
 //! publish lock, after the switch, with the run still waiting. The versions retention lets
 //! go at a publish are dropped by [`Retiring`] on a thread of its own instead; the other
@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use super::staged::WRITER_NICENESS;
+use super::staged::lower_priority;
 
 /// Trees of versions retention let go, dropped in the background. While one is listed
 /// here nothing references it (the meta that let it go is written first), a verify does not
@@ -21,9 +21,10 @@ use super::staged::WRITER_NICENESS;
 pub(super) struct Retiring {
     names: Mutex<HashSet<String>>,
     dropped: Condvar,
-    /// Held by the thread walking a tree: one walk at a time, as when publishes dropped
-    /// their versions under the publish lock (a walk holds a version's pages until they
-    /// are freed, 230-360 MB for 1,000,000 users).
+    /// Held by the thread walking trees: one retention walk at a time, as when publishes
+    /// dropped their versions under the publish lock. Walks side by side would each take a
+    /// core beside the runs and read their versions' pages back at once (230-360 MB for
+    /// 1,000,000 users); the epoch's garbage of one may still be freed while the next walks.
     walking: Mutex<()>,
 }
 
@@ -40,9 +41,9 @@ impl Retiring {
         let (retiring, db_for_thread, names_for_thread) = (Arc::clone(self), db.clone(), names.clone());
         let spawned = std::thread::Builder::new().name("recd-retire".into()).spawn(move || {
             // Background work, as the store's writers: reads and runs come first.
-            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS);
+            lower_priority();
             if retiring.drop_trees(db_for_thread, &names_for_thread) {
-                reclaim_retired();
+                collect_epoch_garbage();
             }
         });
         if let Err(e) = spawned {
@@ -71,7 +72,9 @@ impl Retiring {
     }
 
     /// Waits until every tree handed to [`Retiring::retire`] is dropped (not yet freed):
-    /// before a flush that must hold the drops, before the database is opened again.
+    /// before a flush that must hold the drops, before the database is opened again. It
+    /// waits for an empty list, so a caller must not let publishes add to it meanwhile
+    /// (`recover` holds the publish lock; the others run with no runs left).
     pub(super) fn wait(&self) {
         drop(self.dropped.wait_while(self.listed(), |names| !names.is_empty()).unwrap_or_else(PoisonError::into_inner));
     }
@@ -106,18 +109,8 @@ impl Drop for Dropping<'_> {
     }
 }
 
-/// Drops a tree on this thread; a thread of its own then frees its pages' memory.
-///
-/// A dropped tree's retired pages are freed only as pins collect the epoch's garbage (up to
-/// eight expired bags of 64 per collection, on every 128th pin of each thread and on each
-/// flush), and freeing a page runs a closure that scans sled's whole free-page list, so
-/// that work grows with the square of the pages dropped. Left to chance, a dropped
-/// 1M-user version stayed allocated, 230-360 MB, until other threads had pinned enough
-/// (the next run's writers, or about a minute of an idle daemon's flusher), its closures
-/// running on whichever threads pinned, the serving threads among them
-/// (docs/internals.md, "Store layout and publish protocol", Retention). The reclaim thread
-/// frees it within seconds and does most of that work itself; other threads' pins still
-/// collect a share.
+/// Drops a tree on this thread; a thread of its own then frees its pages' memory
+/// ([`collect_epoch_garbage`]).
 pub(super) fn drop_tree(db: &sled::Db, name: impl AsRef<[u8]>) -> sled::Result<bool> {
     let dropped = db.drop_tree(name)?;
     if dropped {
@@ -129,8 +122,8 @@ pub(super) fn drop_tree(db: &sled::Db, name: impl AsRef<[u8]>) -> sled::Result<b
 /// Starts a `recd-reclaim` thread that frees what dropped trees left to the epoch.
 fn start_reclaiming() {
     let spawned = std::thread::Builder::new().name("recd-reclaim".into()).spawn(|| {
-        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS);
-        reclaim_retired();
+        lower_priority();
+        collect_epoch_garbage();
     });
     if let Err(e) = spawned {
         tracing::warn!("no thread to free a dropped version's memory ({e}): later store work frees it");
@@ -143,10 +136,21 @@ fn start_reclaiming() {
 const RECLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Collects the epoch's garbage for at least [`RECLAIM_FOR`]: rounds of 1,024 flushes
-/// (each frees up to 512 retired objects once their epoch has passed), 10 ms apart. With
-/// nothing left to free a round costs about 0.15 ms of CPU where 21 threads have pinned
-/// (measured on a 2-core machine; each flush looks at every thread's epoch).
-fn reclaim_retired() {
+/// (each frees up to 512 objects once their epoch has passed), 10 ms apart. With nothing
+/// left to free a round costs about 0.15 ms of CPU where 21 threads have pinned (measured
+/// on a 2-core machine; each flush looks at every thread's epoch).
+///
+/// A dropped tree's pages are freed only as pins collect the epoch's garbage (up to eight
+/// expired bags of 64 per collection, on every 128th pin of each thread and on each
+/// flush), and freeing a page runs a closure that scans sled's whole free-page list, so
+/// that work grows with the square of the pages dropped. Left to chance, a dropped
+/// 1M-user version stayed allocated, 230-360 MB, until other threads had pinned enough
+/// (the next run's writers, or about a minute of an idle daemon's flusher), its closures
+/// running on whichever threads pinned, the serving threads among them
+/// (docs/internals.md, "Store layout and publish protocol", Retention). This thread frees
+/// it within seconds and does most of that work itself; other threads' pins still collect
+/// a share.
+fn collect_epoch_garbage() {
     let started = std::time::Instant::now();
     while started.elapsed() < RECLAIM_FOR {
         for _ in 0..1024 {
@@ -160,6 +164,7 @@ fn reclaim_retired() {
 #[cfg(test)]
 mod tests {
     use super::super::{Retention, Store, TableKind, data_tree_name};
+    use std::sync::{Arc, Mutex, MutexGuard};
     use std::time::Duration;
 
     fn data_trees(db: &sled::Db) -> Vec<String> {
@@ -182,10 +187,10 @@ mod tests {
     }
 
     /// Publishes versions 1 and 2 of table `t`, holding the thread that drops version 1
-    /// before its walk, as a slow drop would, until the guard goes.
-    fn publish_two_holding_the_drop(store: &Store) -> std::sync::MutexGuard<'_, ()> {
+    /// before its walk, as a slow drop would, until the guard goes (`walking`: the store's).
+    fn publish_two_holding_the_drop<'w>(store: &Store, walking: &'w Mutex<()>) -> MutexGuard<'w, ()> {
         store.publish(staged(store, 1)).unwrap();
-        let turn = store.retiring.walking.lock().unwrap();
+        let turn = walking.lock().unwrap();
         assert_eq!(store.publish(staged(store, 2)).unwrap().version, 2);
         turn
     }
@@ -194,7 +199,7 @@ mod tests {
     fn a_publish_leaves_the_drop_to_a_thread_and_a_flush_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = keep_one(dir.path());
-        let turn = publish_two_holding_the_drop(&store);
+        let turn = publish_two_holding_the_drop(&store, &store.retiring.walking);
         let db = store.h().unwrap().db.clone();
         assert_eq!(data_trees(&db), [data_tree_name("t", 1), data_tree_name("t", 2)]);
         assert_eq!(store.served("t").unwrap().version, 2);
@@ -208,9 +213,23 @@ mod tests {
             flush.join().unwrap().unwrap();
         });
         assert_eq!(data_trees(&db), [data_tree_name("t", 2)]);
-        drop((db, store));
-        // Nothing was left for the next open to drop. (sled's threads of a database just
-        // closed can hold its lock a moment longer.)
+    }
+
+    #[test]
+    fn closing_the_store_waits_for_a_drop_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keep_one(dir.path());
+        let retiring = Arc::clone(&store.retiring);
+        let turn = publish_two_holding_the_drop(&store, &retiring.walking);
+        std::thread::scope(|s| {
+            let close = s.spawn(move || drop(store));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!close.is_finished(), "the store closed with a drop under way");
+            drop(turn);
+            close.join().unwrap();
+        });
+        // Nothing is left half dropped, nor for the next open to drop. (sled's threads of a
+        // database just closed can hold its lock a moment longer.)
         let open = || {
             std::thread::sleep(Duration::from_millis(20));
             sled::Config::new().path(dir.path()).open()
@@ -227,7 +246,7 @@ mod tests {
     fn a_version_being_dropped_keeps_its_number_from_a_new_version_of_its_table() {
         let dir = tempfile::tempdir().unwrap();
         let store = keep_one(dir.path());
-        let turn = publish_two_holding_the_drop(&store);
+        let turn = publish_two_holding_the_drop(&store, &store.retiring.walking);
         // Dropped and published again: the table starts its numbers anew, while version
         // 1's tree still waits for its thread.
         store.drop_table("t").unwrap();

@@ -218,7 +218,7 @@ impl Store {
 
     /// Records `tick` as `job`'s last tick unless a later one is recorded: scheduled ticks
     /// are written from the blocking pool, and two of a fast schedule may land out of
-    /// order.
+    /// order. Synced either way.
     pub fn advance_last_tick(&self, job: &str, tick: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
         let text = tick.to_rfc3339();
         self.writing(|h| {
@@ -226,8 +226,8 @@ impl Store {
                 Some(v) if parse_tick(v).is_some_and(|last| last >= tick) => Some(v.to_vec()),
                 _ => Some(text.as_bytes().to_vec()),
             })?;
-            // Synced either way: a tick that lands late may find the later one written
-            // and not yet durable (its writer syncs after), and the update writes anyway.
+            // Synced even when the stored tick is kept: it may be a later tick whose writer
+            // has not synced yet, and the caller counts its tick recorded once this returns.
             h.sync()
         })
     }

@@ -148,8 +148,7 @@ fn pool() -> &'static [std::sync::mpsc::SyncSender<Job>] {
                         // Background work: reads on the socket and the worker's model come
                         // first. A writer that lags fills its queue, which holds the
                         // collecting thread and so the worker: it cannot fall far behind.
-                        // (Linux applies a thread id's niceness to that thread alone.)
-                        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS);
+                        lower_priority();
                         rx.into_iter().for_each(|job| job())
                     })
                     .expect("starting a store writer thread");
@@ -237,10 +236,16 @@ impl Drop for Writers {
     }
 }
 
+/// Gives the calling thread [`WRITER_NICENESS`], as the store's background threads run.
+/// (Linux applies a thread id's niceness to that thread alone.)
+pub(super) fn lower_priority() {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS);
+}
+
 /// The writer threads' niceness (0 is the daemon's own). With it the M workload's scoring
 /// stage went from 0.72-0.88 s to 0.60-0.66 s in one A/B on this 2-core machine, the
 /// whole job a little faster too.
-pub(super) const WRITER_NICENESS: i32 = 10;
+const WRITER_NICENESS: i32 = 10;
 
 /// Users per batch handed to a writer.
 const BATCH_USERS: usize = 4096;
