@@ -1,13 +1,13 @@
 //! Dropping trees, and freeing what sled keeps of them afterwards.
 //!
 //! sled drops a tree by walking it: it reads each page back (from disk if need be) and
-//! hands it to crossbeam-epoch's garbage, under one epoch guard, on the dropping thread. For a version of 1,000,000
-//! users that walk took 0.6-1.0 s on a 2-core machine, and a publish spent it under the
-//! publish lock, after the switch, with the run still waiting. The versions retention lets
-//! go at a publish are dropped by [`Retiring`] on a thread of its own instead; the other
-//! drops (a staged version discarded or cleared, a held version discarded, a table
-//! dropped, trees left over at open) stay where they are, since what comes next may reuse
-//! the tree's name or must see it gone.
+//! hands it to crossbeam-epoch's garbage, under one epoch guard, on the dropping thread.
+//! For a version of 1,000,000 users that walk took 0.6-1.0 s on a 2-core machine, and a
+//! publish spent it under the publish lock, after the switch, with the run still waiting.
+//! The versions retention lets go at a publish are dropped by [`Retiring`] on a thread of
+//! its own instead; the other drops (a staged version discarded or cleared, a held version
+//! discarded, a table dropped, trees left over at open) stay where they are, since what
+//! comes next may reuse the tree's name or must see it gone.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
