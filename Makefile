@@ -22,6 +22,8 @@ lint:
 	cargo fmt --all -- --check
 	# the SDK reference plugin authors read (cargo doc): no broken links or markup
 	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -p recd-plugin-api
+	# and the daemon's: its doc links must name items that exist and are public
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -p recd
 
 # Retrains the ranking model from the demo data (needs the dev tools, see models/ranking/README.md).
 model:

@@ -1,5 +1,5 @@
 //! The command line: parses `recd`'s arguments and dispatches each subcommand. Commands
-//! for a running daemon go through one admin-call path ([`AdminSocket::call`]); `serve`
+//! for a running daemon go through one admin-call path (`AdminSocket::call`); `serve`
 //! and `validate` have files of their own.
 
 mod admin;
