@@ -158,7 +158,7 @@ fn a_dropped_version_gives_its_memory_back() {
     d.run_job("t");
     // Read once, after a pause: a read of the store (INFO reads it) pins, and enough
     // pins would collect the pages with or without the reclaim thread. The drop itself
-    // runs after the publish, on a thread of its own, and its collecting for 2 s after.
+    // runs after the publish, on a thread of its own, which then collects for 2 s.
     std::thread::sleep(Duration::from_secs(4));
     let after_drops = allocated_bytes(&d);
     eprintln!("allocated: {:.0} MB after one publish, {:.0} MB after two drops", one_version / 1e6, after_drops / 1e6);

@@ -504,9 +504,9 @@ impl Store {
         let _guard = self.publish_lock.lock().expect("publish lock");
         let last = table_meta(h, table)?.map(|m| m.versions.iter().map(|v| v.version).max().unwrap_or(0).max(m.last));
         // Above versions other runs are writing for this table now (two jobs may publish
-        // one table): each run gets a tree of its own.
-        // Above trees still being dropped too: a table dropped and published again starts
-        // its numbers anew, and the name must not be one a retiring thread will drop.
+        // one table), so each run gets a tree of its own; and above trees still being
+        // dropped (a table dropped and published again starts its numbers anew), so the
+        // name is never one a retiring thread will drop.
         let mut staging = self.staging.lock().expect("staging");
         let prefix = data_tree_name(table, 0);
         let prefix = &prefix[..prefix.len() - 20];
