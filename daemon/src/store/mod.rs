@@ -183,6 +183,8 @@ pub struct ServedTable {
     /// This serving of the version, for the read cache: new at every publish and rollback.
     generation: u64,
     cache: Arc<ReadCache>,
+    /// Keeps the tree from being dropped while this serving is read.
+    _lease: retire::Lease,
 }
 
 impl ServedTable {
@@ -449,7 +451,8 @@ impl Store {
                 continue;
             }
             let tree = h.db.open_tree(data_tree_name(&table, meta.current))?;
-            served.insert(table, Arc::new(self.serving(meta.current, meta.kind, meta.fallback, tree)));
+            let serving = self.serving(&table, meta.current, meta.kind, meta.fallback, tree);
+            served.insert(table, Arc::new(serving));
         }
         Ok(())
     }
@@ -477,10 +480,19 @@ impl Store {
         tables_of(&*self.h()?)
     }
 
-    /// A version about to become current, with a read-cache generation of its own.
-    fn serving(&self, version: u64, kind: TableKind, fallback: Vec<String>, tree: sled::Tree) -> ServedTable {
+    /// A version about to become current, with a read-cache generation of its own and a
+    /// lease that holds off its tree's drop while it is read.
+    fn serving(
+        &self,
+        table: &str,
+        version: u64,
+        kind: TableKind,
+        fallback: Vec<String>,
+        tree: sled::Tree,
+    ) -> ServedTable {
         let generation = self.read_cache.next_generation();
-        ServedTable { version, kind, fallback, tree, generation, cache: self.read_cache.clone() }
+        let _lease = self.retiring.lease(data_tree_name(table, version));
+        ServedTable { version, kind, fallback, tree, generation, cache: self.read_cache.clone(), _lease }
     }
 
     /// The version of `table` readers see now.
@@ -588,27 +600,38 @@ impl Store {
         staged.write_pending()?;
         h.sync()?;
         // The gate's scans run before the publish lock (they can take seconds on a large
-        // table), and again under it only if the current version changed meanwhile.
-        let check = |previous: &Option<TableMeta>| -> Result<Option<GateResult>, StoreError> {
-            if gate.is_empty() {
-                return Ok(None);
-            }
+        // table), and again under it only if the current version changed meanwhile. Gives
+        // the result and the current version it stands for (0: none).
+        let check = |previous: &Option<TableMeta>, locked: bool| -> Result<(Option<GateResult>, u64), StoreError> {
             let current = previous.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current));
-            let tree = current.map(|v| h.db.open_tree(data_tree_name(&staged.table, v.version))).transpose()?;
-            Ok(Some(gate::check(
-                gate,
-                staged.kind,
-                (staged.users, staged.rows),
-                &staged.tree,
-                current.zip(tree.as_ref()),
-            )?))
+            if gate.is_empty() {
+                return Ok((None, current.map_or(0, |v| v.version)));
+            }
+            let serving = if locked { None } else { self.served(&staged.table) };
+            let opened;
+            let tree = match current {
+                None => None,
+                // Under the lock the current version's tree cannot be being dropped.
+                Some(v) if locked => {
+                    opened = h.db.open_tree(data_tree_name(&staged.table, v.version))?;
+                    Some(&opened)
+                }
+                // Before it, a racing publish may have let the version go: its serving holds
+                // off the drop, where opening a dropped tree's name would create an empty one.
+                // Another version served is a publish switching now: left to the lock.
+                Some(v) => match serving.as_deref() {
+                    Some(s) if s.version == v.version => Some(&s.tree),
+                    _ => return Ok((None, 0)),
+                },
+            };
+            let result = gate::check(gate, staged.kind, (staged.users, staged.rows), &staged.tree, current.zip(tree))?;
+            Ok((Some(result), current.map_or(0, |v| v.version)))
         };
-        let before = table_meta(h, &staged.table)?;
-        let mut gated = check(&before)?;
+        let (mut gated, checked) = check(&table_meta(h, &staged.table)?, false)?;
         let _guard = self.publish_lock.lock().expect("publish lock");
         let previous = table_meta(h, &staged.table)?;
-        if previous.as_ref().map(|m| m.current) != before.as_ref().map(|m| m.current) {
-            gated = check(&previous)?;
+        if previous.as_ref().map_or(0, |m| m.current) != checked {
+            gated = check(&previous, true)?.0;
         }
         let held = gated.as_ref().is_some_and(|g| !g.failed.is_empty());
         let info = VersionInfo {
@@ -641,7 +664,13 @@ impl Store {
         meta.fallback = staged.fallback.clone();
         let dropped = self.apply_retention(&mut meta);
         write_meta(h, &staged.table, &meta)?;
-        let serving = Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone()));
+        let serving = Arc::new(self.serving(
+            &staged.table,
+            info.version,
+            staged.kind,
+            meta.fallback.clone(),
+            staged.tree.clone(),
+        ));
         // Huge lists are copied into the read cache here, on the run's thread, rather than
         // by their first reader on a serving thread (about 140 ms for 275 MB).
         for user in &staged.large_users {
@@ -692,7 +721,8 @@ impl Store {
 
     /// Removes `table` and every version it keeps (`recd drop`). The meta entry goes
     /// first, flushed: a crash before the trees are dropped leaves only unreferenced
-    /// trees, which the next start drops. Readers stop seeing the table at once.
+    /// trees, which the next start drops. New requests stop seeing the table at once; its
+    /// trees are dropped in the background once the requests under way have ended.
     pub fn drop_table(&self, table: &str) -> Result<TableMeta, StoreError> {
         self.writing(|h| {
             let _guard = self.publish_lock.lock().expect("publish lock");
@@ -708,9 +738,7 @@ impl Store {
             h.meta.remove(table_key(table))?;
             h.sync()?;
             self.served.write().expect("served lock").remove(table);
-            for v in &meta.versions {
-                drop_tree(&h.db, data_tree_name(table, v.version).as_bytes())?;
-            }
+            self.retiring.retire(&h.db, meta.versions.iter().map(|v| data_tree_name(table, v.version)).collect());
             Ok(meta)
         })
     }
@@ -771,7 +799,7 @@ impl Store {
         }
         let tree = h.db.open_tree(data_tree_name(table, target.version))?;
         write_meta(h, table, &meta)?;
-        let served = self.serving(target.version, meta.kind, meta.fallback, tree);
+        let served = self.serving(table, target.version, meta.kind, meta.fallback, tree);
         self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
         Ok(target)
     }

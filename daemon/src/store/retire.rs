@@ -4,19 +4,22 @@
 //! hands it to crossbeam-epoch's garbage, under one epoch guard, on the dropping thread.
 //! For a version of 1,000,000 users that walk took 0.6-1.0 s on a 2-core machine, and a
 //! publish spent it under the publish lock, after the switch, with the run still waiting.
-//! The versions retention lets go at a publish are dropped by [`Retiring`] on a thread of
-//! its own instead; the other drops (a staged version discarded or cleared, a held version
-//! discarded, a table dropped, trees left over at open) stay where they are, since what
-//! comes next may reuse the tree's name or must see it gone.
+//! The versions retention lets go at a publish, and those of a table dropped (`recd drop`),
+//! are dropped by [`Retiring`] on a thread of its own instead, once nobody reads them (see
+//! [`Retiring::lease`]). The other drops (a staged version discarded or cleared, a held
+//! version discarded, trees left over at open) stay where they are: none is served, and
+//! what comes next may reuse the tree's name or must see it gone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use super::staged::lower_priority;
 
-/// Trees of versions retention let go, dropped in the background. While one is listed
-/// here nothing references it (the meta that let it go is written first), a verify does not
-/// report it, and a new version of its table is numbered above it.
+/// Trees of versions retention or `recd drop` let go, dropped in the background, and the
+/// leases that hold off the drop of a tree being read. While a tree is listed here nothing
+/// references it (the meta that let it go is written first), a verify does not report it,
+/// and a new version of its table is numbered above it.
 #[derive(Default)]
 pub(super) struct Retiring {
     names: Mutex<HashSet<String>>,
@@ -26,7 +29,17 @@ pub(super) struct Retiring {
     /// core beside the runs and read their versions' pages back at once (230-360 MB for
     /// 1,000,000 users); the epoch's garbage of one may still be freed while the next walks.
     walking: Mutex<()>,
+    /// How many servings readers may hold, by tree name: see [`Retiring::lease`]. A name,
+    /// not a tree: after a drop that gave up waiting, a table dropped and published again,
+    /// or the store opened again, a reader of the old tree can hold off the drop of a new one
+    /// of the same name, for [`READERS_WAIT_MAX`] at most.
+    leases: Mutex<HashMap<String, usize>>,
+    unleased: Condvar,
 }
+
+/// How long a drop waits for the readers of its trees at most before it goes ahead.
+/// Requests end in milliseconds; an export of a large table input can take seconds.
+const READERS_WAIT_MAX: Duration = Duration::from_secs(60);
 
 impl Retiring {
     /// Drops the trees `names` on a `recd-retire` thread and returns at once (on this
@@ -56,8 +69,10 @@ impl Retiring {
 
     /// Drops `names`' trees; whether any was there to drop.
     fn drop_trees(&self, db: sled::Db, names: &[String]) -> bool {
-        let _turn = self.walking.lock().unwrap_or_else(PoisonError::into_inner);
         let dropping = Dropping { retiring: self, db: Some(db), names };
+        // Before the turn: a slow reader of one table holds up no other table's drops.
+        self.wait_for_readers(names);
+        let _turn = self.walking.lock().unwrap_or_else(PoisonError::into_inner);
         let db = dropping.db.as_ref().expect("the database");
         let mut any = false;
         for name in names {
@@ -65,7 +80,7 @@ impl Retiring {
                 Ok(dropped) => any |= dropped,
                 // sled refuses every later write with the same error, and an unreferenced
                 // tree still named is dropped at the next open.
-                Err(e) => tracing::warn!(tree = %name, "dropping a version retention let go failed: {e}"),
+                Err(e) => tracing::warn!(tree = %name, "dropping a version let go failed: {e}"),
             }
         }
         any
@@ -74,9 +89,37 @@ impl Retiring {
     /// Waits until every tree handed to [`Retiring::retire`] is dropped (not yet freed):
     /// before a flush that must hold the drops, before the database is opened again. It
     /// waits for an empty list, so a caller must not let publishes add to it meanwhile
-    /// (`recover` holds the publish lock; the others run with no runs left).
+    /// (`recover` holds the publish lock; the others run with no runs left). A drop waits
+    /// for its readers first, up to [`READERS_WAIT_MAX`].
     pub(super) fn wait(&self) {
         drop(self.dropped.wait_while(self.listed(), |names| !names.is_empty()).unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Marks `name`'s tree as being served until the lease goes: a drop of the tree waits
+    /// for it (up to [`READERS_WAIT_MAX`]). A request or a table export under way on a
+    /// version a publish has just replaced, or a table just dropped, then ends on that
+    /// version, where sled would answer it with an error (`CollectionNotFound`) once the
+    /// tree is dropped.
+    pub(super) fn lease(self: &Arc<Self>, name: String) -> Lease {
+        *self.leased().entry(name.clone()).or_default() += 1;
+        Lease { retiring: Arc::clone(self), name }
+    }
+
+    /// Waits until no serving of `names`' trees is left, or [`READERS_WAIT_MAX`] has passed.
+    fn wait_for_readers(&self, names: &[String]) {
+        let (leases, waited) = self
+            .unleased
+            .wait_timeout_while(self.leased(), READERS_WAIT_MAX, |leases| names.iter().any(|n| leases.contains_key(n)))
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(leases);
+        if waited.timed_out() {
+            let secs = READERS_WAIT_MAX.as_secs();
+            tracing::warn!(trees = ?names, "dropping versions still read after {secs}s: their readers get errors");
+        }
+    }
+
+    fn leased(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The trees being dropped now.
@@ -87,6 +130,25 @@ impl Retiring {
     /// The list, whatever a panic on another thread left it in.
     fn listed(&self) -> MutexGuard<'_, HashSet<String>> {
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A serving's hold on its tree ([`Retiring::lease`]).
+pub(super) struct Lease {
+    retiring: Arc<Retiring>,
+    name: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut leases = self.retiring.leased();
+        if let Some(count) = leases.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                leases.remove(&self.name);
+                self.retiring.unleased.notify_all();
+            }
+        }
     }
 }
 
@@ -247,18 +309,65 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = keep_one(dir.path());
         let turn = publish_two_holding_the_drop(&store, &store.retiring.walking);
-        // Dropped and published again: the table starts its numbers anew, while version
-        // 1's tree still waits for its thread.
+        // Dropped and published again: the table starts its numbers anew, above the trees
+        // of versions 1 and 2, which still wait for their thread.
         store.drop_table("t").unwrap();
         let again = staged(&store, 3);
-        assert_eq!(again.version, 2, "numbered above the tree being dropped");
+        assert_eq!(again.version, 3, "numbered above the trees being dropped");
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
         drop(turn);
         store.retiring.wait();
         store.publish(again).unwrap();
         let served = store.served("t").unwrap();
-        assert_eq!(served.version, 2);
+        assert_eq!(served.version, 3);
         assert!(served.get(b"user-1999").unwrap().is_some());
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
-        assert_eq!(data_trees(&store.h().unwrap().db), [data_tree_name("t", 2)]);
+        assert_eq!(data_trees(&store.h().unwrap().db), [data_tree_name("t", 3)]);
+    }
+
+    /// Reads `user-0` from `served` once its tree could have been dropped (`dropped` says
+    /// whether it was, within a second), then lets go of it: the drop waits for it, so the
+    /// read finds version `version`'s value.
+    fn read_while_it_could_be_dropped(
+        served: Arc<super::super::ServedTable>,
+        version: u64,
+        dropped: impl Fn() -> bool,
+    ) {
+        let started = std::time::Instant::now();
+        while !dropped() && started.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!dropped(), "version {version}'s tree went while a reader held it");
+        let list = served.get(b"user-0").expect("a read of the version let go").expect("its value");
+        assert_eq!(super::super::decode_list(&list), [(&b"i"[..], version as f32)]);
+    }
+
+    /// Publishes version 1 of `t` and holds its serving, as a request under way would.
+    fn publish_one_and_read_it(store: &Store) -> (Arc<super::super::ServedTable>, sled::Db) {
+        store.publish(staged(store, 1)).unwrap();
+        (store.served("t").unwrap(), store.h().unwrap().db.clone())
+    }
+
+    #[test]
+    fn a_replaced_version_being_read_is_dropped_once_its_readers_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keep_one(dir.path());
+        let (reader, db) = publish_one_and_read_it(&store);
+        store.publish(staged(&store, 2)).unwrap();
+        read_while_it_could_be_dropped(reader, 1, || !data_trees(&db).contains(&data_tree_name("t", 1)));
+        store.flush().unwrap();
+        assert_eq!(data_trees(&db), [data_tree_name("t", 2)]);
+    }
+
+    #[test]
+    fn a_dropped_table_being_read_is_dropped_once_its_readers_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keep_one(dir.path());
+        let (reader, db) = publish_one_and_read_it(&store);
+        assert_eq!(store.drop_table("t").unwrap().current, 1);
+        assert!(store.served("t").is_none(), "new requests no longer see the table");
+        read_while_it_could_be_dropped(reader, 1, || data_trees(&db).is_empty());
+        store.flush().unwrap();
+        assert_eq!(data_trees(&db), Vec::<String>::new());
     }
 }
