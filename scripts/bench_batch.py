@@ -443,8 +443,8 @@ def memory(procs: Procs, size: str) -> dict:
 
 
 # c)'s long-lived daemon: runs per workload (3 or more, so retention drops a version), and
-# the idle wait before its memory is read (jemalloc gives freed pages back to the system
-# some 10 s after they are freed, as it next allocates).
+# the idle wait before its memory is read (jemalloc's background threads give freed pages
+# back to the system some 10 s after they are freed).
 LIVED_RUNS = 3
 IDLE_AFTER_S = 30
 
