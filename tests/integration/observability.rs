@@ -59,6 +59,11 @@ fn progress_metrics_and_json_logs() {
     assert!(info.contains("# Stats") && info.contains("recd_runs_total{job=\"ranking\",status=\"ok\"} 1"), "{info}");
     assert!(info.contains("recd_read_latency_seconds_count") && !info.contains("_bucket{"), "{info}");
     assert!(info.contains("recd_allocator_resident_bytes "), "{info}");
+    // jemalloc's background threads return what the daemon frees while it idles.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap();
+    let names: Vec<String> =
+        threads.map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap_or_default()).collect();
+    assert!(names.iter().any(|n| n.trim() == "jemalloc_bg_thd"), "{names:?}");
 
     let log = d.log();
     let lines: Vec<serde_json::Value> =
@@ -67,4 +72,56 @@ fn progress_metrics_and_json_logs() {
     assert_eq!(started["span"]["job"], "ranking", "{started}");
     assert!(started["span"]["run_id"].is_number() || started["span"]["run_id"].is_string(), "{started}");
     assert!(lines.iter().any(|l| l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("progress "))));
+}
+
+/// The metrics listener serves 64 connections at once, and closes one that sends no request
+/// within 10 s: connections left open and silent can neither lock ops out nor take the
+/// daemon's file descriptors.
+#[test]
+fn the_metrics_listener_bounds_its_connections_and_closes_silent_ones() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let port = free_port();
+    let d = TestDaemon::start_with(&[], &format!("metrics_listen = \"127.0.0.1:{port}\"\n"));
+    d.wait_for("the metrics listener", 10, || TcpStream::connect(("127.0.0.1", port)).ok());
+    let connect = move || {
+        let connection = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        connection.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        connection
+    };
+    let opened = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..63).map(|_| connect()).collect();
+    // The 64th is served (a request on a connection kept open), and then holds its slot.
+    let mut kept = connect();
+    write!(kept, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut head = [0; 15];
+    kept.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK");
+    silent.push(kept);
+    let scrape = std::thread::spawn(move || {
+        let mut connection = connect();
+        write!(connection, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        connection.read_to_string(&mut answer).map(|_| answer)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!scrape.is_finished(), "a 65th connection was served while 64 held every slot");
+    for (n, mut connection) in silent.into_iter().enumerate() {
+        let mut rest = Vec::new();
+        match connection.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a silent connection was still open after 30 s: {e}"),
+        }
+        if n == 0 {
+            let closed_after = opened.elapsed();
+            assert!(
+                closed_after < Duration::from_secs(20),
+                "the first silent connection closed after {closed_after:?}"
+            );
+        }
+    }
+    let answer = scrape.join().unwrap().expect("the scrape is answered once the silent connections are closed");
+    assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("# EOF\n"), "{answer}");
 }

@@ -16,11 +16,15 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts jemalloc's background threads, which hand pages freed for 10 s back to the system.
-/// Without them jemalloc purges only as later allocations pass by: 30 s after runs of the L
-/// workload an idle daemon's RSS was 649-771 MiB without them, 638 MiB with them, at 439 MiB
-/// allocated (docs/internals.md, "Memory allocator").
+/// Starts jemalloc's background threads, which hand freed pages back to the system within
+/// about 10 s of their being freed. Without them jemalloc purges only as the daemon
+/// allocates and frees: 30 s after runs of the L workload an idle daemon's RSS was 649-771
+/// MiB without them, 638-639 MiB with them, at 439 MiB allocated (docs/internals.md,
+/// "Memory allocator"). An operator's own `_RJEM_MALLOC_CONF` is left to decide.
 fn return_freed_memory_while_idle() {
+    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+        return;
+    }
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(
             "jemalloc's background threads did not start ({e}): freed memory is returned only as the daemon allocates"

@@ -2,8 +2,10 @@
 //! text of [`crate::metrics::Metrics::render`], and with `dashboard = true` the dashboard
 //! ([`super::dashboard`]).
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -11,6 +13,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::daemon::Daemon;
 
@@ -44,7 +50,29 @@ pub fn spawn(addr: SocketAddr, daemon: Arc<Daemon>, shutdown: impl std::future::
     }
 }
 
-/// Serves the listener's routes on `addr` until `shutdown` resolves.
+/// Connections the listener serves at once; more wait in the kernel's accept queue. Idle
+/// connections cannot take the daemon's file descriptors, which its store and sockets need.
+const HTTP_MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may take to send a request's headers, or stay idle between
+/// requests, before it is closed: a client that opens connections and sends nothing (or a
+/// byte at a time) holds a slot this long.
+const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one connection is served at most: the header timeout does not run while a
+/// response waits to be written, so a client that sends requests and never reads the
+/// answers would hold its slot for good. Then the connection is asked to close (an idle one
+/// closes at once, a request under way may end), and dropped [`HTTP_CLOSE_GRACE`] later.
+/// Prometheus and the dashboard's page reconnect as they need.
+const HTTP_CONNECTION_MAX: Duration = Duration::from_secs(60);
+const HTTP_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The most a connection buffers, in and out (hyper's least is 8 KiB): requests here are
+/// well under 1 KiB, and a response larger than this is written as the client reads.
+const HTTP_BUFFER_MAX: usize = 16 * 1024;
+
+/// Serves the listener's routes on `addr` until `shutdown` resolves; connections still open
+/// then are closed with the thread's runtime (a response being written is cut).
 async fn serve_http(
     addr: SocketAddr,
     daemon: Arc<Daemon>,
@@ -52,8 +80,57 @@ async fn serve_http(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    axum::serve(listener, router(daemon)).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+    let routes = router(daemon);
+    let slots = Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, slot) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = accept_in_a_slot(&listener, &slots) => accepted,
+        };
+        tokio::spawn(serve_connection(stream, routes.clone(), slot));
+    }
+}
+
+/// Serves one connection, holding `slot` until it is closed.
+async fn serve_connection(stream: TcpStream, routes: Router, slot: OwnedSemaphorePermit) {
+    let _slot = slot;
+    let service = TowerToHyperService::new(routes);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_TIMEOUT)
+        .max_buf_size(HTTP_BUFFER_MAX)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let served = match tokio::time::timeout(HTTP_CONNECTION_MAX, connection.as_mut()).await {
+        Ok(served) => served,
+        Err(_) => {
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(HTTP_CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!("metrics listener: a connection ended: {e}");
+    }
+}
+
+/// The next connection, once one of the listener's slots is free.
+async fn accept_in_a_slot(listener: &TcpListener, slots: &Arc<Semaphore>) -> (TcpStream, OwnedSemaphorePermit) {
+    let slot = Arc::clone(slots).acquire_owned().await.expect("the slots are never closed");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, slot),
+            // The client gave up before it was accepted: nothing to wait for.
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset) => {
+                tracing::debug!("metrics listener: a connection went before it was accepted: {e}");
+            }
+            // Out of file descriptors, say: the listener waits rather than spins.
+            Err(e) => {
+                tracing::warn!("metrics listener: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 fn router(daemon: Arc<Daemon>) -> Router {
