@@ -87,7 +87,7 @@ fn the_metrics_listener_bounds_its_connections_and_closes_silent_ones() {
     d.wait_for("the metrics listener", 10, || TcpStream::connect(("127.0.0.1", port)).ok());
     let connect = move || {
         let connection = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        connection.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        connection.set_read_timeout(Some(Duration::from_secs(50))).unwrap();
         connection
     };
     let opened = Instant::now();
@@ -112,12 +112,13 @@ fn the_metrics_listener_bounds_its_connections_and_closes_silent_ones() {
         match connection.read_to_end(&mut rest) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("a silent connection was still open after 30 s: {e}"),
+            Err(e) => panic!("a silent connection was still open after 50 s: {e}"),
         }
         if n == 0 {
+            // The 10 s header timeout, well before the 60 s a connection is served at most.
             let closed_after = opened.elapsed();
             assert!(
-                closed_after < Duration::from_secs(20),
+                closed_after < Duration::from_secs(40),
                 "the first silent connection closed after {closed_after:?}"
             );
         }

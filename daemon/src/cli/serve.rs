@@ -18,11 +18,11 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
 /// Starts jemalloc's background threads, which hand freed pages back to the system within
 /// about 10 s of their being freed. Without them jemalloc purges only as the daemon
-/// allocates and frees: 30 s after runs of the L workload an idle daemon's RSS was 649-771
-/// MiB without them, 638-639 MiB with them, at 439 MiB allocated (docs/internals.md,
-/// "Memory allocator"). An operator's own `_RJEM_MALLOC_CONF` is left to decide.
+/// allocates and frees, so what an idle daemon keeps depends on what it did last
+/// (docs/internals.md, "Memory allocator"). An operator's `_RJEM_MALLOC_CONF` that names
+/// `background_thread` decides instead.
 fn return_freed_memory_while_idle() {
-    if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+    if std::env::var("_RJEM_MALLOC_CONF").is_ok_and(|conf| conf.contains("background_thread")) {
         return;
     }
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {

@@ -2,7 +2,6 @@
 //! text of [`crate::metrics::Metrics::render`], and with `dashboard = true` the dashboard
 //! ([`super::dashboard`]).
 
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,9 +91,8 @@ async fn serve_http(
     }
 }
 
-/// Serves one connection, holding `slot` until it is closed.
-async fn serve_connection(stream: TcpStream, routes: Router, slot: OwnedSemaphorePermit) {
-    let _slot = slot;
+/// Serves one connection, holding its slot until it is closed.
+async fn serve_connection(stream: TcpStream, routes: Router, _slot: OwnedSemaphorePermit) {
     let service = TowerToHyperService::new(routes);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -120,15 +118,7 @@ async fn accept_in_a_slot(listener: &TcpListener, slots: &Arc<Semaphore>) -> (Tc
     loop {
         match listener.accept().await {
             Ok((stream, _)) => return (stream, slot),
-            // The client gave up before it was accepted: nothing to wait for.
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset) => {
-                tracing::debug!("metrics listener: a connection went before it was accepted: {e}");
-            }
-            // Out of file descriptors, say: the listener waits rather than spins.
-            Err(e) => {
-                tracing::warn!("metrics listener: accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Err(e) => super::accept_failed(e).await,
         }
     }
 }

@@ -226,7 +226,8 @@ pub struct Store {
     publish_lock: Mutex<()>,
     /// Data trees of versions being written now: not yet referenced, and not left over.
     staging: Mutex<HashSet<String>>,
-    /// Trees of versions retention let go, being dropped.
+    /// Trees of versions retention or `recd drop` let go, being dropped once nobody reads
+    /// them (the leases of the servings).
     retiring: Arc<Retiring>,
     read_cache: Arc<ReadCache>,
 }
@@ -451,8 +452,7 @@ impl Store {
                 continue;
             }
             let tree = h.db.open_tree(data_tree_name(&table, meta.current))?;
-            let serving = self.serving(&table, meta.current, meta.kind, meta.fallback, tree);
-            served.insert(table, Arc::new(serving));
+            served.insert(table, Arc::new(self.serving(meta.current, meta.kind, meta.fallback, tree)));
         }
         Ok(())
     }
@@ -482,16 +482,9 @@ impl Store {
 
     /// A version about to become current, with a read-cache generation of its own and a
     /// lease that holds off its tree's drop while it is read.
-    fn serving(
-        &self,
-        table: &str,
-        version: u64,
-        kind: TableKind,
-        fallback: Vec<String>,
-        tree: sled::Tree,
-    ) -> ServedTable {
+    fn serving(&self, version: u64, kind: TableKind, fallback: Vec<String>, tree: sled::Tree) -> ServedTable {
         let generation = self.read_cache.next_generation();
-        let _lease = self.retiring.lease(data_tree_name(table, version));
+        let _lease = self.retiring.lease(&tree);
         ServedTable { version, kind, fallback, tree, generation, cache: self.read_cache.clone(), _lease }
     }
 
@@ -600,39 +593,36 @@ impl Store {
         staged.write_pending()?;
         h.sync()?;
         // The gate's scans run before the publish lock (they can take seconds on a large
-        // table), and again under it only if the current version changed meanwhile. Gives
-        // the result and the current version it stands for (0: none).
-        let check = |previous: &Option<TableMeta>, locked: bool| -> Result<(Option<GateResult>, u64), StoreError> {
-            let current = previous.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current));
-            if gate.is_empty() {
-                return Ok((None, current.map_or(0, |v| v.version)));
-            }
-            let serving = if locked { None } else { self.served(&staged.table) };
-            let opened;
-            let tree = match current {
-                None => None,
-                // Under the lock the current version's tree cannot be being dropped.
-                Some(v) if locked => {
-                    opened = h.db.open_tree(data_tree_name(&staged.table, v.version))?;
-                    Some(&opened)
-                }
-                // Before it, a racing publish may have let the version go: its serving holds
-                // off the drop, where opening a dropped tree's name would create an empty one.
-                // Another version served is a publish switching now: left to the lock.
-                Some(v) => match serving.as_deref() {
-                    Some(s) if s.version == v.version => Some(&s.tree),
-                    _ => return Ok((None, 0)),
-                },
-            };
-            let result = gate::check(gate, staged.kind, (staged.users, staged.rows), &staged.tree, current.zip(tree))?;
-            Ok((Some(result), current.map_or(0, |v| v.version)))
+        // table), and again under it only if the current version changed meanwhile.
+        let gate_against = |current: Option<(&VersionInfo, &sled::Tree)>| {
+            gate::check(gate, staged.kind, (staged.users, staged.rows), &staged.tree, current)
         };
-        let (mut gated, checked) = check(&table_meta(h, &staged.table)?, false)?;
+        let before = table_meta(h, &staged.table)?;
+        let serving = self.served(&staged.table);
+        // Before the lock the current version is read through its serving: a racing publish
+        // may have let it go, the serving's lease holds off its drop, and opening a dropped
+        // tree's name would create an empty tree. Another version served is a publish
+        // switching now: the check is left to the lock. Each check keeps the version it
+        // compared with (0: none).
+        let early = match (gate.is_empty(), current_version(&before), serving.as_deref()) {
+            (true, ..) => None,
+            (false, None, _) => Some((0, gate_against(None)?)),
+            (false, Some(v), Some(s)) if s.version == v.version => Some((v.version, gate_against(Some((v, &s.tree)))?)),
+            (false, ..) => None,
+        };
+        drop(serving);
         let _guard = self.publish_lock.lock().expect("publish lock");
         let previous = table_meta(h, &staged.table)?;
-        if previous.as_ref().map_or(0, |m| m.current) != checked {
-            gated = check(&previous, true)?.0;
-        }
+        let current = current_version(&previous);
+        let gated = match early {
+            _ if gate.is_empty() => None,
+            Some((compared, result)) if compared == current.map_or(0, |v| v.version) => Some(result),
+            // Under the lock the current version's tree cannot be being dropped.
+            _ => {
+                let tree = current.map(|v| h.db.open_tree(data_tree_name(&staged.table, v.version))).transpose()?;
+                Some(gate_against(current.zip(tree.as_ref()))?)
+            }
+        };
         let held = gated.as_ref().is_some_and(|g| !g.failed.is_empty());
         let info = VersionInfo {
             version: staged.version,
@@ -664,13 +654,7 @@ impl Store {
         meta.fallback = staged.fallback.clone();
         let dropped = self.apply_retention(&mut meta);
         write_meta(h, &staged.table, &meta)?;
-        let serving = Arc::new(self.serving(
-            &staged.table,
-            info.version,
-            staged.kind,
-            meta.fallback.clone(),
-            staged.tree.clone(),
-        ));
+        let serving = Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone()));
         // Huge lists are copied into the read cache here, on the run's thread, rather than
         // by their first reader on a serving thread (about 140 ms for 275 MB).
         for user in &staged.large_users {
@@ -799,7 +783,7 @@ impl Store {
         }
         let tree = h.db.open_tree(data_tree_name(table, target.version))?;
         write_meta(h, table, &meta)?;
-        let served = self.serving(table, target.version, meta.kind, meta.fallback, tree);
+        let served = self.serving(target.version, meta.kind, meta.fallback, tree);
         self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
         Ok(target)
     }
@@ -881,6 +865,11 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.retiring.wait();
     }
+}
+
+/// The current version's entry in `meta`, if the table has one.
+fn current_version(meta: &Option<TableMeta>) -> Option<&VersionInfo> {
+    meta.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current))
 }
 
 /// Writes `table`'s meta and syncs it: the one step that makes a change to it durable.
@@ -1191,5 +1180,27 @@ mod tests {
         let names: Vec<String> =
             store.h().unwrap().db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         assert!(!names.iter().any(|n| n.starts_with(DATA_TREE_PREFIX)), "left: {names:?}");
+    }
+
+    #[test]
+    fn a_gate_compares_with_the_current_version_while_the_served_one_lags() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        let lists = |item: &str, run: u64| {
+            let mut staged = store.stage("t", "job", run, TableKind::Lists).unwrap();
+            for u in 0..100 {
+                staged.put_user(&format!("user-{u}"), &mut [(item, 1.0)]).unwrap();
+            }
+            staged
+        };
+        store.publish(lists("a", 1)).unwrap();
+        let first = store.served("t").unwrap();
+        store.publish(lists("b", 2)).unwrap();
+        // As while a publish of version 2 switches: its meta written, version 1 still served.
+        store.served.write().unwrap().insert("t".into(), first);
+        let gate = Gate { max_changed_share: Some(0.5), changed_jaccard: 0.5, ..Gate::default() };
+        let info = store.publish_gated(lists("b", 3), &gate).unwrap();
+        assert!(!info.held, "compared with version 1's lists, not the current version's: {:?}", info.gate);
+        assert_eq!(info.gate.and_then(|g| g.changed_share), Some(0.0));
     }
 }

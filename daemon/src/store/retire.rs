@@ -16,24 +16,23 @@ use std::time::Duration;
 
 use super::staged::lower_priority;
 
-/// Trees of versions retention or `recd drop` let go, dropped in the background, and the
-/// leases that hold off the drop of a tree being read. While a tree is listed here nothing
+/// Trees of versions retention or `recd drop` let go, dropped in the background once their
+/// readers end (the leases of their servings). While a tree is listed here nothing
 /// references it (the meta that let it go is written first), a verify does not report it,
 /// and a new version of its table is numbered above it.
 #[derive(Default)]
 pub(super) struct Retiring {
     names: Mutex<HashSet<String>>,
     dropped: Condvar,
-    /// Held by the thread walking trees: one retention walk at a time, as when publishes
+    /// Held by the thread walking trees: one walk at a time, as when publishes
     /// dropped their versions under the publish lock. Walks side by side would each take a
     /// core beside the runs and read their versions' pages back at once (230-360 MB for
     /// 1,000,000 users); the epoch's garbage of one may still be freed while the next walks.
     walking: Mutex<()>,
-    /// How many servings readers may hold, by tree name: see [`Retiring::lease`]. A name,
-    /// not a tree: after a drop that gave up waiting, a table dropped and published again,
+    /// Live servings per tree name: see [`Retiring::lease`]. A name, not a tree: after a drop that gave up waiting, a table dropped and published again,
     /// or the store opened again, a reader of the old tree can hold off the drop of a new one
     /// of the same name, for [`READERS_WAIT_MAX`] at most.
-    leases: Mutex<HashMap<String, usize>>,
+    leases: Mutex<HashMap<Vec<u8>, usize>>,
     unleased: Condvar,
 }
 
@@ -42,8 +41,8 @@ pub(super) struct Retiring {
 const READERS_WAIT_MAX: Duration = Duration::from_secs(60);
 
 impl Retiring {
-    /// Drops the trees `names` on a `recd-retire` thread and returns at once (on this
-    /// thread if none can start). Call it after the meta that lets them go is durable: a
+    /// Drops the trees `names` on a `recd-retire` thread and returns at once (if none can
+    /// start, on this thread, after their readers' wait too). Call it after the meta that lets them go is durable: a
     /// crash before a tree is dropped then leaves it unreferenced, for the next open to
     /// drop.
     pub(super) fn retire(self: &Arc<Self>, db: &sled::Db, names: Vec<String>) {
@@ -95,12 +94,13 @@ impl Retiring {
         drop(self.dropped.wait_while(self.listed(), |names| !names.is_empty()).unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Marks `name`'s tree as being served until the lease goes: a drop of the tree waits
+    /// Marks `tree` as being served until the lease goes: a drop of the tree waits
     /// for it (up to [`READERS_WAIT_MAX`]). A request or a table export under way on a
     /// version a publish has just replaced, or a table just dropped, then ends on that
     /// version, where sled would answer it with an error (`CollectionNotFound`) once the
     /// tree is dropped.
-    pub(super) fn lease(self: &Arc<Self>, name: String) -> Lease {
+    pub(super) fn lease(self: &Arc<Self>, tree: &sled::Tree) -> Lease {
+        let name = tree.name().to_vec();
         *self.leased().entry(name.clone()).or_default() += 1;
         Lease { retiring: Arc::clone(self), name }
     }
@@ -109,7 +109,9 @@ impl Retiring {
     fn wait_for_readers(&self, names: &[String]) {
         let (leases, waited) = self
             .unleased
-            .wait_timeout_while(self.leased(), READERS_WAIT_MAX, |leases| names.iter().any(|n| leases.contains_key(n)))
+            .wait_timeout_while(self.leased(), READERS_WAIT_MAX, |leases| {
+                names.iter().any(|n| leases.contains_key(n.as_bytes()))
+            })
             .unwrap_or_else(PoisonError::into_inner);
         drop(leases);
         if waited.timed_out() {
@@ -118,7 +120,7 @@ impl Retiring {
         }
     }
 
-    fn leased(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+    fn leased(&self) -> MutexGuard<'_, HashMap<Vec<u8>, usize>> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -136,18 +138,17 @@ impl Retiring {
 /// A serving's hold on its tree ([`Retiring::lease`]).
 pub(super) struct Lease {
     retiring: Arc<Retiring>,
-    name: String,
+    name: Vec<u8>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut leases = self.retiring.leased();
-        if let Some(count) = leases.get_mut(&self.name) {
-            *count -= 1;
-            if *count == 0 {
-                leases.remove(&self.name);
-                self.retiring.unleased.notify_all();
-            }
+        let count = leases.get_mut(&self.name).expect("a lease is counted until it is dropped");
+        *count -= 1;
+        if *count == 0 {
+            leases.remove(&self.name);
+            self.retiring.unleased.notify_all();
         }
     }
 }

@@ -18,7 +18,8 @@ impl Drop {
         Ok(Drop { table: String::from_utf8_lossy(t).into_owned() })
     }
 
-    /// Drops trees and flushes: on the blocking pool.
+    /// Removes the table's meta entry and syncs (its trees go to the `recd-retire` thread):
+    /// on the blocking pool.
     pub async fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         if let Err(why) = daemon.table_in_use(&self.table) {
             resp::error(out, &format!("ERR table `{}` {why}", self.table));
