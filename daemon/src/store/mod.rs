@@ -597,20 +597,20 @@ impl Store {
         let gate_against = |current: Option<(&VersionInfo, &sled::Tree)>| {
             gate::check(gate, staged.kind, (staged.users, staged.rows), &staged.tree, current)
         };
-        let before = table_meta(h, &staged.table)?;
-        let serving = self.served(&staged.table);
         // Before the lock the current version is read through its serving: a racing publish
         // may have let it go, the serving's lease holds off its drop, and opening a dropped
         // tree's name would create an empty tree. Another version served is a publish
         // switching now: the check is left to the lock. Each check keeps the version it
         // compared with (0: none).
-        let early = match (gate.is_empty(), current_version(&before), serving.as_deref()) {
-            (true, ..) => None,
-            (false, None, _) => Some((0, gate_against(None)?)),
-            (false, Some(v), Some(s)) if s.version == v.version => Some((v.version, gate_against(Some((v, &s.tree)))?)),
-            (false, ..) => None,
+        let early = match current_version(&table_meta(h, &staged.table)?) {
+            _ if gate.is_empty() => None,
+            None => Some((0, gate_against(None)?)),
+            Some(v) => self
+                .served(&staged.table)
+                .filter(|s| s.version == v.version)
+                .map(|s| gate_against(Some((v, &s.tree))).map(|result| (v.version, result)))
+                .transpose()?,
         };
-        drop(serving);
         let _guard = self.publish_lock.lock().expect("publish lock");
         let previous = table_meta(h, &staged.table)?;
         let current = current_version(&previous);

@@ -29,9 +29,10 @@ pub(super) struct Retiring {
     /// core beside the runs and read their versions' pages back at once (230-360 MB for
     /// 1,000,000 users); the epoch's garbage of one may still be freed while the next walks.
     walking: Mutex<()>,
-    /// Live servings per tree name: see [`Retiring::lease`]. A name, not a tree: after a drop that gave up waiting, a table dropped and published again,
-    /// or the store opened again, a reader of the old tree can hold off the drop of a new one
-    /// of the same name, for [`READERS_WAIT_MAX`] at most.
+    /// Live servings per tree name: see [`Retiring::lease`]. A name, not a tree: after a
+    /// drop that gave up waiting, a table dropped and published again, or the store opened
+    /// again, a reader of the old tree can hold off the drop of a new one of the same name,
+    /// for [`READERS_WAIT_MAX`] at most.
     leases: Mutex<HashMap<Vec<u8>, usize>>,
     unleased: Condvar,
 }
@@ -42,9 +43,9 @@ const READERS_WAIT_MAX: Duration = Duration::from_secs(60);
 
 impl Retiring {
     /// Drops the trees `names` on a `recd-retire` thread and returns at once (if none can
-    /// start, on this thread, after their readers' wait too). Call it after the meta that lets them go is durable: a
-    /// crash before a tree is dropped then leaves it unreferenced, for the next open to
-    /// drop.
+    /// start, on this thread, after their readers' wait too). Call it after the meta that
+    /// lets them go is durable: a crash before a tree is dropped then leaves it
+    /// unreferenced, for the next open to drop.
     pub(super) fn retire(self: &Arc<Self>, db: &sled::Db, names: Vec<String>) {
         if names.is_empty() {
             return;
