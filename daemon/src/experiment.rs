@@ -83,7 +83,7 @@ pub fn parse(text: &str, file: &str, name: &str) -> Result<Experiment, JobError>
     })?;
     let invalid = |field: &str, message: String| JobError::Invalid {
         file: file.into(),
-        line: crate::job::line_of_key(text, field.rsplit('.').next().unwrap_or(field)),
+        line: crate::job::line_of_key(text, field),
         field: field.into(),
         message,
     };

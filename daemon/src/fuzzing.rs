@@ -58,14 +58,14 @@ pub fn job_file(data: &[u8]) -> JobOutcome {
         Ok(parsed) => parsed,
     };
     let jobs = std::collections::BTreeMap::from([(parsed.name.clone(), parsed.clone())]);
-    if let Some((_, e)) = job::check_links(&jobs).into_iter().next() {
+    if let Some((_, e)) = job::check_links(&jobs, &Default::default()).into_iter().next() {
         check_job_error(&e, text);
         return JobOutcome::Refused(e.to_string());
     }
     // A second job naming the same table is refused, unless both declare it shared.
     let twin = job::Job { name: "twin".into(), ..parsed.clone() };
     let pair = std::collections::BTreeMap::from([(parsed.name.clone(), parsed.clone()), (twin.name.clone(), twin)]);
-    let refused = job::check_tables(&pair, &|_| Some(parsed.name.clone()));
+    let refused = job::check_tables(&pair, &|_| Some(parsed.name.clone()), &Default::default());
     assert_eq!(refused.len(), usize::from(!parsed.shared_table), "one of two jobs publishing a table is refused");
     for (_, e) in &refused {
         check_job_error(e, text);

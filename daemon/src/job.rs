@@ -370,7 +370,7 @@ pub fn parse_and_validate(
 fn validate(raw: RawJob, text: &str, file: &str, name: &str, base: &Path, plugins_dir: &Path) -> Result<Job, JobError> {
     let invalid = |field: &str, message: String| JobError::Invalid {
         file: file.into(),
-        line: line_of_key(text, field.rsplit('.').next().unwrap_or(field)),
+        line: line_of_key(text, field),
         field: field.into(),
         message,
     };
@@ -937,21 +937,25 @@ fn policy(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Po
 
 /// Checks the jobs of one folder together: every `after` names a job of the set, and the
 /// `after` links form no cycle. Returns (file, error) for each job in violation.
-pub fn check_links(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
+/// Checks each job's `after` links: they name jobs in `jobs` (one among `failing`, whose
+/// file is there but refused, is named as such) and form no cycle.
+pub fn check_links(jobs: &BTreeMap<String, Job>, failing: &BTreeMap<String, String>) -> Vec<(String, JobError)> {
     let mut errors = Vec::new();
     for (name, job) in jobs {
         let file = job.file.display().to_string();
         for upstream in &job.after {
             if !jobs.contains_key(upstream) {
-                let known: Vec<&str> = jobs.keys().map(String::as_str).collect();
+                let message = match failing.get(upstream) {
+                    Some(its_file) => format!("job {upstream:?} is refused ({its_file} has errors)"),
+                    None => {
+                        let known: Vec<&str> = jobs.keys().map(String::as_str).collect();
+                        format!("no job named {upstream:?} (jobs: {})", known.join(", "))
+                    }
+                };
+                let line = job.after_line;
                 errors.push((
                     file.clone(),
-                    JobError::Invalid {
-                        file: file.clone(),
-                        line: job.after_line,
-                        field: "after".into(),
-                        message: format!("no job named {upstream:?} (jobs: {})", known.join(", ")),
-                    },
+                    JobError::Invalid { file: file.clone(), line, field: "after".into(), message },
                 ));
             }
         }
@@ -975,14 +979,31 @@ pub fn check_links(jobs: &BTreeMap<String, Job>) -> Vec<(String, JobError)> {
 /// through retention, its rollback versions). When jobs collide, the table's `owner`
 /// (the job that publishes it now, if the caller knows one) keeps it, else a job named
 /// like the table; every other job naming it gets an error naming the owner or the
-/// others. Returns (file, error) for each job in violation.
-pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option<String>) -> Vec<(String, JobError)> {
+/// others. An owner among `failing` (jobs whose file is there but refused: name, file)
+/// keeps its table from every job that does not share it, as if it were loaded: a broken
+/// file at start-up must not hand its table to another job. Returns (file, error) for
+/// each job in violation.
+pub fn check_tables(
+    jobs: &BTreeMap<String, Job>,
+    owner: &dyn Fn(&str) -> Option<String>,
+    failing: &BTreeMap<String, String>,
+) -> Vec<(String, JobError)> {
     let mut by_table: BTreeMap<&str, Vec<&Job>> = BTreeMap::new();
     for job in jobs.values().filter(|j| j.command.is_none()) {
         by_table.entry(&job.table).or_default().push(job);
     }
     let mut errors = Vec::new();
     for (table, claimants) in by_table {
+        let absent_owner = owner(table).filter(|o| !jobs.contains_key(o)).and_then(|o| Some((failing.get(&o)?, o)));
+        if let Some((owner_file, owner)) = absent_owner {
+            for job in claimants.iter().filter(|j| !j.shared_table) {
+                let message = format!(
+                    "table {table:?} is published by job {owner:?} ({owner_file}), whose file has errors: fix that file first (a table has one publishing job; to move it, delete {owner_file})"
+                );
+                errors.push(table_error(job, message));
+            }
+            continue;
+        }
         if claimants.len() < 2 || claimants.iter().all(|j| j.shared_table) {
             continue;
         }
@@ -995,22 +1016,76 @@ pub fn check_tables(jobs: &BTreeMap<String, Job>, owner: &dyn Fn(&str) -> Option
                 None => claimants.iter().filter(|o| o.name != job.name).map(|o| o.name.clone()).collect(),
             };
             let named: Vec<String> = others.iter().map(|o| format!("job {o:?} ({})", jobs[o].file.display())).collect();
-            let file = job.file.display().to_string();
-            errors.push((
-                file.clone(),
-                JobError::Invalid {
-                    file,
-                    line: job.table_line,
-                    field: "table".into(),
-                    message: format!(
-                        "table {table:?} is published by {}: a table has one publishing job (name another table, or set `shared_table = true` in every job that publishes it)",
-                        named.join(" and ")
-                    ),
-                },
-            ));
+            let message = format!(
+                "table {table:?} is published by {}: a table has one publishing job (name another table, or set `shared_table = true` in every job that publishes it)",
+                named.join(" and ")
+            );
+            errors.push(table_error(job, message));
         }
     }
     errors
+}
+
+fn table_error(job: &Job, message: String) -> (String, JobError) {
+    let file = job.file.display().to_string();
+    (file.clone(), JobError::Invalid { file, line: job.table_line, field: "table".into(), message })
+}
+
+/// What the checks of a whole job set need beyond its jobs.
+pub struct SetContext<'a> {
+    /// The job that publishes a table now: it keeps the table when jobs collide.
+    pub owner: &'a dyn Fn(&str) -> Option<String>,
+    /// The job that produced a registry model's current version.
+    pub producer: &'a dyn Fn(&str) -> Option<String>,
+    /// A job's definition before this check (the daemon's last good one), put back when
+    /// the job is refused.
+    pub previous: &'a dyn Fn(&str) -> Option<Job>,
+    /// Jobs whose file is there but was refused before the set checks: name, file.
+    pub failing: BTreeMap<String, String>,
+}
+
+/// Runs the checks of a whole set (`after` links, one publisher per table, one producer
+/// per registry model) until they pass, since what is left after a refusal can still fail
+/// (a job taken out leaves a link dangling, a definition put back can close a cycle).
+/// Each round, the refused jobs that have a new definition get their previous one back
+/// (or are taken out, without one); only when every job refused is already on its
+/// previous definition are those taken out. So a last good definition stays while it
+/// fits with the others, and this ends. Returns (file, error) for each job refused, the
+/// first error of a file first (the one about its own text).
+pub fn settle(jobs: &mut BTreeMap<String, Job>, mut context: SetContext<'_>) -> Vec<(String, JobError)> {
+    let mut put_back = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    loop {
+        let failing: BTreeMap<String, String> = context
+            .failing
+            .iter()
+            .filter(|(name, _)| !jobs.contains_key(*name))
+            .map(|(n, f)| (n.clone(), f.clone()))
+            .collect();
+        let mut refused = check_links(jobs, &failing);
+        refused.extend(check_tables(jobs, context.owner, &failing));
+        refused.extend(check_producers(jobs, context.producer));
+        if refused.is_empty() {
+            return all;
+        }
+        let new_ones = refused.iter().any(|(file, _)| !put_back.contains(&job_name(Path::new(file))));
+        // This round acts on the jobs with a new definition only, while there are any.
+        refused.retain(|(file, _)| !new_ones || !put_back.contains(&job_name(Path::new(file))));
+        let mut acted = std::collections::HashSet::new();
+        for (file, _) in &refused {
+            let name = job_name(Path::new(file));
+            if !acted.insert(name.clone()) {
+                continue; // a second error of the same job this round
+            }
+            jobs.remove(&name);
+            if let Some(previous) = (context.previous)(&name).filter(|_| new_ones) {
+                jobs.insert(name.clone(), previous);
+                put_back.insert(name.clone());
+            }
+            context.failing.insert(name, file.clone());
+        }
+        all.extend(refused);
+    }
 }
 
 /// A registry model has one producing job: the one that produced its current version
@@ -1096,12 +1171,8 @@ impl Job {
             .and_then(|m| m.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
             .filter(|k| !k.is_empty());
         let keyed = key.and_then(|k| {
-            // within the section: up to the next table header
-            let at = text.lines().skip(header).take_while(|l| !l.trim_start().starts_with('[')).position(|l| {
-                let l = l.trim_start();
-                l.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with('='))
-            })?;
-            Some((format!("{section}.{k}"), header + at + 1))
+            let path = format!("{section}.{k}");
+            key_line(&text, &path).map(|line| (path, line))
         });
         let (field, line) = keyed.unwrap_or((section.into(), header));
         JobError::Invalid { file, line, field, message }
@@ -1115,7 +1186,7 @@ impl Job {
         let file = self.file.display().to_string();
         let refuse = |field: &str, message: String| JobError::Invalid {
             file: file.clone(),
-            line: line_of_key(text, field.rsplit('.').next().unwrap_or(field)),
+            line: line_of_key(text, field),
             field: field.into(),
             message,
         };
@@ -1243,9 +1314,39 @@ fn key_on_line(text: &str, line: usize) -> Option<String> {
     })
 }
 
-/// The line of `key = ...`, or of a table header `[key]`; 1 when neither is found.
-/// (An array of tables, `[[key]]`, counts as its header too.)
-pub fn line_of_key(text: &str, key: &str) -> usize {
+/// The line of key `path` (`schedule`, `inputs.events`, `gate.holdout.users`; `[n]` picks
+/// an element of an array of tables) in the job file `text`, found by TOML's own parse, so
+/// a key is found in its table and however it is written (quoted, dotted, inline).
+pub fn key_line(text: &str, path: &str) -> Option<usize> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let mut table = document.get_ref();
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (key, index) = match segment.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let (found, value) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+        if segments.peek().is_none() {
+            return Some(text[..found.span().start].matches('\n').count() + 1);
+        }
+        table = match value.get_ref() {
+            toml::de::DeValue::Table(t) => t,
+            toml::de::DeValue::Array(a) => a.get(index.unwrap_or(0))?.get_ref().as_table()?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// [`key_line`], or for a file TOML cannot parse the first line that sets or opens the
+/// path's last key; line 1 when there is none.
+pub fn line_of_key(text: &str, path: &str) -> usize {
+    if let Some(line) = key_line(text, path) {
+        return line;
+    }
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let key = key.split_once('[').map_or(key, |(k, _)| k);
     let (header, array) = (format!("[{key}]"), format!("[[{key}]]"));
     text.lines()
         .position(|l| {
@@ -1375,7 +1476,7 @@ mod tests {
         let job = |name: &str, after: &str| named(name, &format!("plugin = \"x\"\nafter = [{after}]\n"));
         let set: BTreeMap<String, Job> =
             [job("a", "\"b\""), job("b", "\"c\""), job("c", "\"a\""), job("d", "\"a\", \"zz\"")].into_iter().collect();
-        let errors: Vec<String> = check_links(&set).into_iter().map(|(_, e)| e.to_string()).collect();
+        let errors: Vec<String> = check_links(&set, &BTreeMap::new()).into_iter().map(|(_, e)| e.to_string()).collect();
         assert_eq!(
             errors,
             [
@@ -1424,7 +1525,10 @@ mod tests {
         let job = |name: &str, extra: &str| named(name, &format!("plugin = \"x\"\n{extra}\n"));
         let errors = |jobs: Vec<(String, Job)>, owner: Option<&str>| -> Vec<String> {
             let set: BTreeMap<String, Job> = jobs.into_iter().collect();
-            check_tables(&set, &|_| owner.map(String::from)).into_iter().map(|(_, e)| e.to_string()).collect()
+            check_tables(&set, &|_| owner.map(String::from), &BTreeMap::new())
+                .into_iter()
+                .map(|(_, e)| e.to_string())
+                .collect()
         };
         let why = "a table has one publishing job (name another table, or set `shared_table = true` in every job that publishes it)";
         // The job named like the table keeps it; the newcomer is refused.
@@ -1453,6 +1557,99 @@ mod tests {
         let shared = "table = \"t\"\nshared_table = true";
         assert!(errors(vec![job("a", shared), job("b", shared)], None).is_empty());
         assert_eq!(errors(vec![job("a", shared), job("b", "table = \"t\"")], Some("a")).len(), 1);
+    }
+
+    #[test]
+    fn a_table_whose_publisher_has_a_broken_file_is_not_taken_by_another_job() {
+        let job = |name: &str, extra: &str| named(name, &format!("plugin = \"x\"\n{extra}\n"));
+        let set: BTreeMap<String, Job> =
+            [job("zz", "table = \"t1\""), job("shared", "table = \"t1\"\nshared_table = true")].into_iter().collect();
+        let failing = BTreeMap::from([("t1".to_string(), "jobs/t1.toml".to_string())]);
+        let errors: Vec<String> =
+            check_tables(&set, &|_| Some("t1".into()), &failing).into_iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            [
+                "jobs/zz.toml:2: field `table`: table \"t1\" is published by job \"t1\" (jobs/t1.toml), whose file has errors: fix that file first (a table has one publishing job; to move it, delete jobs/t1.toml)"
+            ]
+        );
+        // Its file deleted, the table is free to move to the job that names it.
+        let moved: BTreeMap<String, Job> = [job("zz", "table = \"t1\"")].into_iter().collect();
+        assert!(check_tables(&moved, &|_| Some("t1".into()), &BTreeMap::new()).is_empty());
+    }
+
+    /// Runs [`settle`] over `jobs` with `previous` as the last good definitions and no
+    /// table owners; returns what is left in force and the errors, in order.
+    fn settled(jobs: Vec<(String, Job)>, previous: Vec<(String, Job)>) -> (Vec<String>, Vec<String>) {
+        let mut set: BTreeMap<String, Job> = jobs.into_iter().collect();
+        let previous: BTreeMap<String, Job> = previous.into_iter().collect();
+        let previous_job = |name: &str| previous.get(name).cloned();
+        let context =
+            SetContext { owner: &|_| None, producer: &|_| None, previous: &previous_job, failing: BTreeMap::new() };
+        let errors = settle(&mut set, context).into_iter().map(|(_, e)| e.to_string()).collect();
+        let in_force = set
+            .values()
+            .map(|j| format!("{}{}", j.name, j.after.iter().map(|a| format!(" after {a}")).collect::<String>()))
+            .collect();
+        (in_force, errors)
+    }
+
+    #[test]
+    fn a_definition_put_back_is_checked_again_and_a_cycle_never_goes_live() {
+        let job = |name: &str, extra: &str| named(name, &format!("plugin = \"x\"\n{extra}\n"));
+        // In force: la after lb. The edit points la at lc and at lc's table (refused, so
+        // la's old link comes back) and lb after la: with la's old link, a cycle.
+        let previous = vec![job("la", "after = [\"lb\"]"), job("lb", ""), job("lc", "")];
+        let edited = vec![job("la", "after = [\"lc\"]\ntable = \"lc\""), job("lb", "after = [\"la\"]"), job("lc", "")];
+        let (in_force, errors) = settled(edited, previous);
+        assert_eq!(in_force, ["la after lb", "lb", "lc"], "both keep their last good definitions");
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("jobs/la.toml:3: field `table`: table \"lc\" is published by job \"lc\""),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(errors[1], "jobs/lb.toml:2: field `after`: cycle: lb -> la -> lb");
+        // Put back, two old definitions can still clash with each other: then they go too.
+        let previous = vec![job("la", "after = [\"lb\"]"), job("lb", "after = [\"la\"]")];
+        let edited = vec![
+            job("la", "after = [\"lc\"]\ntable = \"lc\""),
+            job("lb", "after = [\"lc\"]\ntable = \"lc\""),
+            job("lc", ""),
+        ];
+        let (in_force, errors) = settled(edited, previous);
+        assert_eq!(in_force, ["lc"]);
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+    }
+
+    #[test]
+    fn a_link_to_a_refused_job_is_refused_too() {
+        let job = |name: &str, after: &str| named(name, &format!("plugin = \"x\"\nafter = [\"{after}\"]\n"));
+        let (in_force, errors) = settled(vec![job("ca", "cb"), job("cb", "ca"), job("cc", "ca")], vec![]);
+        assert_eq!(in_force, Vec::<String>::new());
+        assert_eq!(
+            errors,
+            [
+                "jobs/ca.toml:2: field `after`: cycle: ca -> cb -> ca",
+                "jobs/cb.toml:2: field `after`: cycle: cb -> ca -> cb",
+                "jobs/cc.toml:2: field `after`: job \"ca\" is refused (jobs/ca.toml has errors)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_is_found_in_its_own_table_however_it_is_written() {
+        let text = "\"schedule\" = \"* * * * *\"\nplugin = \"x\"\n[params]\nitems = 3\n\n[inputs]\nitems = \"i.csv\"\ngate.min_users_ratio = 0.5\n[[variant]]\ntable = \"a\"\n[[variant]]\ntable = \"b\"\n";
+        assert_eq!(line_of_key(text, "schedule"), 1);
+        assert_eq!(line_of_key(text, "params.items"), 4);
+        assert_eq!(line_of_key(text, "inputs.items"), 7);
+        assert_eq!(line_of_key(text, "inputs.gate.min_users_ratio"), 8);
+        assert_eq!(line_of_key(text, "variant[1].table"), 12);
+        assert_eq!(line_of_key(text, "inputs"), 6);
+        // Not a key of the file: the old rule, then line 1.
+        assert_eq!(line_of_key(text, "params.nothere"), 1);
+        // A file TOML cannot read: the first line that sets the last key.
+        assert_eq!(line_of_key("plugin = \"x\"\n[inputs]\nitems = \"i.csv\"\n=\n", "inputs.items"), 3);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! A library only so that the fuzz targets in `fuzz/` can reach the parsers through
 //! [`fuzzing`]; the binary (`main.rs`) calls [`cli::main`]. Nothing here is a stable API.
 
+mod child;
 pub mod cli;
 mod client;
 mod config;

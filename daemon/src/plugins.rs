@@ -300,38 +300,55 @@ fn probe_once(path: &Path, request: &ProbeRequest) -> (Result<PluginDesc, (Strin
 
 fn run_probe(path: &Path, request_json: &str) -> Result<crate::wire::Probe, String> {
     use std::io::Write;
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = crate::wire::self_exe().map_err(|e| e.to_string())?;
+    // A group of its own, killed when the probe ends: nothing the plugin starts outlives the
+    // probe or holds its output open.
     let mut child = Command::new(exe)
         .arg("probe-plugin")
         .arg(path)
+        .env(crate::child::PARENT_PID_VAR, std::process::id().to_string())
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start a probe: {e}"))?;
     let _ = child.stdin.take().expect("piped stdin").write_all(request_json.as_bytes());
+    let stdout = crate::child::read_last(child.stdout.take().expect("piped stdout"), 1 << 20);
+    let stderr = crate::child::read_last(child.stderr.take().expect("piped stderr"), 64 << 10);
     let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+    let pid = child.id();
+    // Not reaped while its group is killed: until then no other group can take its id.
+    let mut timed_out = false;
+    while !crate::child::has_ended(pid, false) {
         if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "loading plugin {} and checking the job took over {}s",
-                path.display(),
-                PROBE_TIMEOUT.as_secs()
-            ));
+            timed_out = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).map_err(|_| {
-        format!(
-            "loading plugin {} crashed the probe ({}): {}",
+    crate::child::kill_group(pid);
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if timed_out {
+        return Err(format!(
+            "loading plugin {} and checking the job took over {}s",
             path.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            PROBE_TIMEOUT.as_secs()
+        ));
+    }
+    // A process the plugin started outside the group can hold the pipes open: not waited for.
+    let output =
+        |read: std::sync::mpsc::Receiver<Vec<u8>>| read.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+    let (out, err) = (output(stdout), output(stderr));
+    let line = String::from_utf8_lossy(&out);
+    let line = line.trim().lines().last().unwrap_or("");
+    serde_json::from_str(line).map_err(|_| {
+        format!(
+            "loading plugin {} crashed the probe ({status}): {}",
+            path.display(),
+            String::from_utf8_lossy(&err).lines().last().unwrap_or("")
         )
     })
 }

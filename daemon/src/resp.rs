@@ -89,6 +89,71 @@ fn parse_inline(buf: &[u8]) -> Result<Parsed<'_>, ProtocolError> {
     Ok(Some((args, nl + 1)))
 }
 
+/// How far an incomplete request has been checked, so that the next look goes on from
+/// there ([`scan_request`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scan {
+    /// Where the request begins in the caller's buffer; `usize::MAX`: no scan under way.
+    pub from: usize,
+    /// The first byte not checked yet, counted from the request's start; 0: not even its
+    /// count of arguments.
+    at: usize,
+    /// Arguments not checked yet, once the count is read.
+    remaining: usize,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan { from: usize::MAX, at: 0, remaining: 0 }
+    }
+}
+
+impl Scan {
+    pub fn starting_at(from: usize) -> Scan {
+        Scan { from, ..Scan::default() }
+    }
+}
+
+/// Whether `request` (from a request's first byte) holds the whole request, checked on
+/// from `scan`, which it moves on. Parsing an incomplete request of many arguments again
+/// from its start after every read of a client that sends it in small pieces costs the
+/// square of its size; this looks at each argument's header once. Anything malformed
+/// counts as whole: [`parse_request`] then says what is wrong. An inline request is
+/// whole at its newline (at most [`MAX_INLINE_LEN`] bytes are looked through).
+pub fn scan_request(request: &[u8], scan: &mut Scan) -> bool {
+    if request.first() != Some(&b'*') {
+        return true;
+    }
+    if scan.at == 0 {
+        match read_line_int(request, 1, "") {
+            Ok(Some((n, at))) if n > 0 && n as usize <= MAX_ARRAY_LEN => (scan.at, scan.remaining) = (at, n as usize),
+            Ok(None) => return false,
+            _ => return true,
+        }
+    }
+    while scan.remaining > 0 {
+        if scan.at >= request.len() {
+            return false;
+        }
+        if request[scan.at] != b'$' {
+            return true;
+        }
+        match read_line_int(request, scan.at + 1, "") {
+            Ok(Some((len, start))) if len >= 0 && len as usize <= MAX_BULK_LEN => {
+                let end = start + len as usize + 2;
+                if request.len() < end {
+                    return false;
+                }
+                scan.at = end;
+                scan.remaining -= 1;
+            }
+            Ok(None) => return false,
+            _ => return true,
+        }
+    }
+    true
+}
+
 /// Reads an integer terminated by CRLF starting at `at`; returns it and the next offset.
 /// A line that is no integer is refused with `what` (Redis's words for that line).
 fn read_line_int(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, ProtocolError> {
@@ -98,11 +163,26 @@ fn read_line_int(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize
         }
         return Ok(None);
     };
-    let text = std::str::from_utf8(&buf[at..at + rel]).ok();
-    match text.and_then(|t| t.parse::<i64>().ok()) {
+    match strict_int(&buf[at..at + rel]) {
         Some(n) => Ok(Some((n, at + rel + 2))),
         None => invalid(what),
     }
+}
+
+/// An integer as Redis reads one (`string2ll`): an optional `-`, then digits with no
+/// leading zero; `0` itself, but not `-0`, `+1`, `01` or spaces, which Rust's own parse
+/// would take.
+pub fn strict_int(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == text.len(),
+        [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Parses one reply frame (for the CLI client).
@@ -411,6 +491,44 @@ pub fn request(args: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request of many arguments fed a byte at a time: the scan says "incomplete" until
+    /// its last byte, never goes back, and each argument's header is read once (the point
+    /// it has reached is past every argument that is whole).
+    #[test]
+    fn a_request_sent_in_pieces_is_scanned_on_from_where_it_stopped() {
+        let args: Vec<Vec<u8>> = (0..500).map(|i| format!("a{i}").into_bytes()).collect();
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        let mut ends = Vec::new();
+        for a in &args {
+            request.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            request.extend_from_slice(a);
+            request.extend_from_slice(b"\r\n");
+            ends.push(request.len());
+        }
+        let mut scan = Scan::starting_at(0);
+        let mut last_at = 0;
+        for len in 1..request.len() {
+            assert!(!scan_request(&request[..len], &mut scan), "whole at {len} of {}", request.len());
+            assert!(scan.at >= last_at, "went back");
+            let whole_args = ends.iter().filter(|&&e| e <= len).count();
+            let first_arg = request.iter().position(|&b| b == b'$').unwrap();
+            let want = match whole_args {
+                0 if len < first_arg => 0,
+                0 => first_arg,
+                n => ends[n - 1],
+            };
+            assert_eq!(scan.at, want, "at {len}");
+            last_at = scan.at;
+        }
+        assert!(scan_request(&request, &mut scan));
+        let (parsed, n) = parse_request(&request).unwrap().unwrap();
+        assert_eq!((parsed.len(), n), (500, request.len()));
+        // malformed, or inline: whole at once, for the parse to judge
+        for bad in [&b"*x\r\n"[..], b"*2\r\n:1\r\n", b"*1\r\n$-3\r\n", b"PING"] {
+            assert!(scan_request(bad, &mut Scan::starting_at(0)), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     fn args<'a>(v: &[&'a str]) -> Args<'a> {
         v.iter().map(|s| s.as_bytes()).collect()

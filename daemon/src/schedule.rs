@@ -6,8 +6,9 @@
 //! and day-of-week with AND. Here:
 //! - 5 fields (minute hour day month weekday) as in classic cron, or 6 with seconds first,
 //!   or a macro (`@hourly`, `@daily`/`@midnight`, `@weekly`, `@monthly`, `@yearly`/`@annually`);
-//! - day-of-month and day-of-week combine with OR when both are restricted, as in classic
-//!   cron (`0 9 1 * MON` is the 1st of the month and every Monday);
+//! - day-of-month and day-of-week combine with OR when both are restricted, as in Vixie
+//!   cron (`0 9 1 * MON` is the 1st of the month and every Monday), and with AND when one
+//!   begins with `*` (`0 9 */2 * MON`: Mondays that fall on odd days);
 //! - DST, as Vixie cron does it: a job at a fixed time that falls in a skipped hour runs at
 //!   the first valid time after the gap; in a repeated hour it runs once, at the first
 //!   occurrence. Interval jobs (a wildcard or step in seconds, minutes or hours) follow
@@ -52,7 +53,12 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
     if let Some(problem) = empty_element(trimmed) {
         return Err(format!("{expr:?}: {problem}"));
     }
-    CronParser::builder().seconds(Seconds::Optional).dom_and_dow(false).build().parse(trimmed).map_err(|e| {
+    // Vixie cron's rule: a day field that begins with `*` (`*`, `*/2`) counts as
+    // unrestricted, and the two then combine with AND; only two restricted fields combine
+    // with OR. croner would read `*/2` as restricted.
+    let starred = |name: &str| fields_of(trimmed).any(|(part, (field, ..))| *field == name && part.starts_with('*'));
+    let and = starred("day of month") || starred("day of week");
+    CronParser::builder().seconds(Seconds::Optional).dom_and_dow(and).build().parse(trimmed).map_err(|e| {
         let detail = field_problem(trimmed).unwrap_or_else(|| e.to_string().trim_end_matches('.').to_string());
         format!("{expr:?}: {detail}")
     })
@@ -150,10 +156,7 @@ impl Schedule {
         // cover 128 years of twice-yearly changes.
         for _ in 0..256 {
             let next = self.cron.find_next_occurrence(&from.with_timezone(&offset), false).ok()?.with_timezone(&Utc);
-            if self.offset_at(next) == offset {
-                return Some(next);
-            }
-            let change = self.first_change(from, next, offset);
+            let Some(change) = self.first_change(from, next, offset) else { return Some(next) };
             // Search again from just before the change, reading the wall clock the new way.
             (from, offset) = (change - TimeDelta::seconds(1), self.offset_at(change));
         }
@@ -164,8 +167,24 @@ impl Schedule {
         self.tz.offset_from_utc_datetime(&t.naive_utc()).fix()
     }
 
-    /// The first instant in `(lo, hi]` whose offset is not `offset` (it exists: hi's differs).
-    fn first_change(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>, offset: FixedOffset) -> DateTime<Utc> {
+    /// The first instant in `(lo, hi]` whose offset is not `offset`, if any. Looked for a day
+    /// at a time, then to the second: two changes can lie between the ends with the same
+    /// offset at both (a yearly job, from one October to the next, crosses March's and
+    /// October's), and zones change their offset at most once a day.
+    fn first_change(&self, lo: DateTime<Utc>, hi: DateTime<Utc>, offset: FixedOffset) -> Option<DateTime<Utc>> {
+        let mut day_start = lo;
+        while day_start < hi {
+            let day_end = (day_start + TimeDelta::days(1)).min(hi);
+            if self.offset_at(day_end) != offset {
+                return Some(self.change_within(day_start, day_end, offset));
+            }
+            day_start = day_end;
+        }
+        None
+    }
+
+    /// The first instant in `(lo, hi]` whose offset is not `offset` (hi's is not).
+    fn change_within(&self, mut lo: DateTime<Utc>, mut hi: DateTime<Utc>, offset: FixedOffset) -> DateTime<Utc> {
         while hi - lo > TimeDelta::seconds(1) {
             let mid = lo + (hi - lo) / 2;
             if self.offset_at(mid) == offset {
@@ -296,6 +315,34 @@ mod tests {
         assert_eq!(
             fires("0 9 1 * MON", "UTC", "2026-01-01T00:00:00Z", 3),
             ["2026-01-01 09:00:00 +00:00", "2026-01-05 09:00:00 +00:00", "2026-01-12 09:00:00 +00:00"]
+        );
+    }
+
+    #[test]
+    fn a_day_field_that_begins_with_a_star_combines_with_and_as_in_vixie_cron() {
+        // Mondays that fall on odd days: Jan 5 2026 is a Monday, Jan 12 and 26 even ones.
+        assert_eq!(
+            fires("0 9 */2 * MON", "UTC", "2026-01-01T00:00:00Z", 3),
+            ["2026-01-05 09:00:00 +00:00", "2026-01-19 09:00:00 +00:00", "2026-02-09 09:00:00 +00:00"]
+        );
+        // `*/1` for the day of week restricts nothing: the 1st of each month.
+        assert_eq!(fires("0 9 1 * */1", "UTC", "2026-01-02T00:00:00Z", 1), ["2026-02-01 09:00:00 +00:00"]);
+    }
+
+    /// A yearly interval job on the day the clocks go back: from one such day to the next
+    /// the offset changes twice and is the same at both ends, and the search must still
+    /// see the repeated hour.
+    #[test]
+    fn a_yearly_interval_job_runs_in_both_passes_of_its_repeated_hour() {
+        assert_eq!(
+            fires("*/30 2 31 10 *", "Europe/Berlin", "2026-12-04T00:00:00Z", 5),
+            [
+                "2027-10-31 02:00:00 +02:00",
+                "2027-10-31 02:30:00 +02:00",
+                "2027-10-31 02:00:00 +01:00",
+                "2027-10-31 02:30:00 +01:00",
+                "2028-10-31 02:00:00 +01:00"
+            ]
         );
     }
 

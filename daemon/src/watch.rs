@@ -1,45 +1,185 @@
 //! Live reload: watches the jobs folder (the folder, not the files: editors save by writing
 //! a temp file and renaming it over the original) and reloads after changes settle.
 //! Access events are ignored, or our own reads of the files would trigger reloads forever.
+//!
+//! Folder events do not see everything the job set is read from: an edit of a job file
+//! through a symlink (the event is in the target's folder), a jobs folder swapped or made
+//! anew (the watch stays on the old one), a plugin file replaced (it lives elsewhere). So
+//! every [`POLL`] the watcher also looks at what those paths lead to, and reloads when
+//! that changed, as Prometheus's file discovery backs its events with a periodic re-read.
 
-use std::path::Path;
-use std::sync::Weak;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
-use crate::daemon::Daemon;
+use crate::daemon::{self, Daemon};
 
 /// How long changes must be quiet before a reload.
 const SETTLE: Duration = Duration::from_millis(300);
 
-pub type JobsWatcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+/// How often the sources of the job set are looked at besides the folder's events.
+const POLL: Duration = Duration::from_secs(1);
 
-/// Starts watching `dir`; the watch lasts as long as the returned value.
-pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>) -> anyhow::Result<JobsWatcher> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut debouncer = new_debouncer(SETTLE, None, move |result: DebounceEventResult| match result {
+type FolderWatch = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+
+/// The watch on the jobs folder; it ends when this is dropped.
+pub struct JobsWatcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for JobsWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts watching `dir` for `daemon`, whose job set was just loaded.
+pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>) -> JobsWatcher {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let folder = new_debouncer(SETTLE, None, move |result: DebounceEventResult| match result {
         Ok(events) => {
             if events.iter().any(|e| !matches!(e.kind, EventKind::Access(_))) {
                 let _ = tx.send(());
             }
         }
         Err(errors) => errors.iter().for_each(|e| tracing::warn!("watching the jobs folder: {e}")),
-    })?;
-    debouncer.watch(dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            while rx.try_recv().is_ok() {}
-            let Some(daemon) = daemon.upgrade() else { return };
-            reload(&daemon, "jobs folder changed").await;
-        }
     });
-    Ok(debouncer)
+    let mut folder = folder
+        .map_err(|e| tracing::warn!("cannot watch folders ({e}): changes to the jobs apply within {POLL:?} instead"))
+        .ok();
+    if let Some(folder) = &mut folder {
+        start_watching(folder, dir);
+    }
+    let seen = daemon.upgrade().map(|d| Sources::now(dir, &d)).unwrap_or_default();
+    let task = tokio::spawn(follow(dir.to_path_buf(), daemon, folder, rx, seen));
+    JobsWatcher { task }
+}
+
+fn start_watching(folder: &mut FolderWatch, dir: &Path) {
+    if let Err(e) = folder.watch(dir, RecursiveMode::NonRecursive) {
+        tracing::warn!("cannot watch the jobs folder {} ({e}): changes apply within {POLL:?}", dir.display());
+    }
+}
+
+/// Reloads after the folder's events settle, and when [`Sources`] differ from those the
+/// last reload read and have stayed so for a look (a file being written is not read half
+/// way); watches the folder anew when the path leads to another one.
+async fn follow(
+    dir: PathBuf,
+    daemon: Weak<Daemon>,
+    mut folder: Option<FolderWatch>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    mut seen: Sources,
+) {
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without a folder watch (or once it ended), the looks alone.
+    let mut events_open = folder.is_some();
+    let mut changing: Option<Sources> = None;
+    loop {
+        let event = tokio::select! {
+            event = events.recv(), if events_open => {
+                while events.try_recv().is_ok() {}
+                events_open = event.is_some();
+                event.is_some()
+            }
+            _ = poll.tick() => false,
+        };
+        let Some(daemon) = daemon.upgrade() else { return };
+        let now = sources_now(&dir, &daemon).await;
+        if !event {
+            if now == seen {
+                changing = None;
+                continue;
+            }
+            // Changed since the last reload: reloaded once it is the same at the next look.
+            if changing.as_ref() != Some(&now) {
+                changing = Some(now);
+                continue;
+            }
+        }
+        changing = None;
+        if now.folder != seen.folder
+            && let Some(folder) = &mut folder
+        {
+            tracing::info!("jobs folder {} is another folder now: watching it", dir.display());
+            let _ = folder.unwatch(&dir);
+            start_watching(folder, &dir);
+        }
+        reload(&daemon, if event { "jobs folder changed" } else { "job files or plugins changed" }).await;
+        // What the reload read, unless a job file changed while it ran (the next look then
+        // sees that change), with the plugins the reloaded jobs name.
+        let after = sources_now(&dir, &daemon).await;
+        seen = if after.folder == now.folder && after.job_files == now.job_files { after } else { now };
+    }
+}
+
+async fn sources_now(dir: &Path, daemon: &Arc<Daemon>) -> Sources {
+    let (dir, daemon) = (dir.to_path_buf(), Arc::clone(daemon));
+    tokio::task::spawn_blocking(move || Sources::now(&dir, &daemon)).await.unwrap_or_default()
+}
+
+/// What the job set is read from, as the file system shows it now: the folder the jobs
+/// path leads to, each job and experiment file (through a symlink, its target) and the
+/// plugin file of each job the last reload read (in force or refused), by identity, size
+/// and change times.
+#[derive(Default, PartialEq)]
+struct Sources {
+    /// The folder's device and inode (its times change with every temp file in it).
+    folder: Option<(u64, u64)>,
+    job_files: Vec<(PathBuf, Option<FileStamp>)>,
+    plugins: Vec<(PathBuf, Option<FileStamp>)>,
+}
+
+#[derive(PartialEq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            device: m.dev(),
+            inode: m.ino(),
+            size: m.size(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+impl Sources {
+    fn now(dir: &Path, daemon: &Daemon) -> Sources {
+        let stamped = |paths: Vec<PathBuf>| {
+            paths
+                .into_iter()
+                .map(|path| {
+                    let stamp = FileStamp::of(&path);
+                    (path, stamp)
+                })
+                .collect()
+        };
+        let mut job_files = daemon::job_files(dir).unwrap_or_default();
+        job_files.extend(daemon::experiment_files(dir).unwrap_or_default());
+        Sources {
+            folder: FileStamp::of(dir).map(|f| (f.device, f.inode)),
+            job_files: stamped(job_files),
+            plugins: stamped(daemon.jobs().plugins.into_iter().collect()),
+        }
+    }
 }
 
 /// Reloads and logs the outcome; shared by the watcher and SIGHUP.
-pub async fn reload(daemon: &std::sync::Arc<Daemon>, why: &str) {
+pub async fn reload(daemon: &Arc<Daemon>, why: &str) {
     match daemon.reload().await {
         Ok(errors) if errors.is_empty() => tracing::info!("{why}: jobs reloaded"),
         Ok(errors) => {

@@ -121,6 +121,10 @@ pub enum Message {
 }
 
 pub fn write_frame(out: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
+    if payload.len() > MAX_FRAME {
+        let len = payload.len();
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a frame of {len} bytes is over {MAX_FRAME}")));
+    }
     out.write_all(&[tag])?;
     out.write_all(&(payload.len() as u32).to_le_bytes())?;
     out.write_all(payload)
@@ -140,6 +144,40 @@ pub fn encode_rows(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, arrow_sc
     w.finish()?;
     drop(w);
     Ok(bytes)
+}
+
+/// Writes `batch` as row frames of at most `limit` bytes each, its rows in order: a batch
+/// too large for one is halved until its parts fit (a plugin may emit any number of rows
+/// at once). Every part is encoded before the first is written, so a batch refused (a
+/// row larger than a frame, one Arrow cannot encode) sends nothing. Returns how many
+/// frames were written.
+pub fn write_rows(out: &mut impl Write, batch: &arrow_array::RecordBatch, limit: usize) -> io::Result<usize> {
+    let mut parts = Vec::new();
+    encode_parts(batch, limit, &mut parts)?;
+    for part in &parts {
+        write_frame(out, TAG_ROWS, part)?;
+    }
+    Ok(parts.len())
+}
+
+fn encode_parts(batch: &arrow_array::RecordBatch, limit: usize, parts: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    let bytes = encode_rows(batch).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let rows = batch.num_rows();
+    if bytes.len() <= limit {
+        parts.push(bytes);
+        return Ok(());
+    }
+    if rows < 2 {
+        let len = bytes.len();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("one row of {len} bytes is over the {limit} a frame holds"),
+        ));
+    }
+    drop(bytes);
+    let half = rows / 2;
+    encode_parts(&batch.slice(0, half), limit, parts)?;
+    encode_parts(&batch.slice(half, rows - half), limit, parts)
 }
 
 /// A row frame whose payload is not a readable Arrow IPC stream.
@@ -232,5 +270,27 @@ mod tests {
         // a truncated frame is an error, not a clean end
         let mut cut = &buf[..3];
         assert!(read_frame(&mut cut).is_err());
+    }
+
+    #[test]
+    fn a_batch_too_large_for_a_frame_is_written_as_several_in_order() {
+        use arrow_array::{Int64Array, RecordBatch};
+        let column = Int64Array::from_iter_values(0..10_000);
+        let batch = RecordBatch::try_from_iter([("n", std::sync::Arc::new(column) as arrow_array::ArrayRef)]).unwrap();
+        let mut buf = Vec::new();
+        let frames = write_rows(&mut buf, &batch, 8 * 1024).unwrap();
+        assert!(frames > 8, "{frames} frames");
+        let (mut r, mut seen) = (&buf[..], Vec::new());
+        while let Some((tag, payload)) = read_frame(&mut r).unwrap() {
+            assert_eq!(tag, TAG_ROWS);
+            assert!(payload.len() <= 8 * 1024);
+            for part in decode_rows(payload).unwrap() {
+                let n = part.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                seen.extend(n.values().iter().copied());
+            }
+        }
+        assert_eq!(seen, (0..10_000).collect::<Vec<i64>>());
+        // one row that cannot fit says so
+        assert!(write_rows(&mut Vec::new(), &batch.slice(0, 1), 16).is_err());
     }
 }

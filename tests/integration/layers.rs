@@ -105,7 +105,7 @@ fn the_worker_imports_only_what_a_run_needs() {
     let graph = module_imports();
     // `store` for one type, the table kind a run writes, never the store's code; `job` for
     // the types of a run's spec (inputs, device).
-    let allowed = ["fsutil", "job", "loader", "shard", "store", "tables", "wire"];
+    let allowed = ["child", "fsutil", "job", "loader", "shard", "store", "tables", "wire"];
     let beyond: Vec<&String> = graph["worker"].iter().filter(|m| !allowed.contains(&m.as_str())).collect();
     assert!(beyond.is_empty(), "the worker imports {beyond:?}");
 }

@@ -111,11 +111,15 @@ fn malformed_frames_and_thousands_of_idle_clients_leave_others_served() {
     // Each malformed frame gets the protocol error redis-server 7 sends for it (its
     // answers, recorded), and the connection is closed; what came before it on the
     // connection is answered.
-    let cases: [(&[u8], &str); 4] = [
+    let cases: [(&[u8], &str); 7] = [
         (b"*abc\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
         (b"*1\r\n$-5\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
         (b"*1\r\n:5\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
         (b"PING\r\n*2\r\n$4\r\nECHO\r\n$zz\r\n", "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"),
+        // lengths as Redis reads numbers: no sign, no leading zero
+        (b"*+1\r\n$4\r\nPING\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$+4\r\nPING\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*01\r\n$4\r\nPING\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
     ];
     for (bytes, want) in cases {
         assert_eq!(answer_to(&d, bytes), want, "{:?}", String::from_utf8_lossy(bytes));

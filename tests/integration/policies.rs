@@ -106,6 +106,53 @@ fn overlap_queue_runs_once_more_after_the_running_run() {
     assert!(ts(&history[0], "started_at") >= ts(&history[2], "ended_at"));
 }
 
+/// A run that waits for its turn runs the job as its file stands when the turn comes: an
+/// edit made meanwhile applies, and a job deleted meanwhile does not run.
+#[test]
+fn a_queued_run_runs_the_job_as_it_stands_when_its_turn_comes() {
+    let slow = |seconds: u32, user: &str| {
+        job("overlap = \"queue\"", &format!("mode = \"slow\"\nseconds = {seconds}\nuser = \"{user}\""))
+    };
+    let d = TestDaemon::start(&[("j", &slow(4, "first"))]);
+    let wait_running = || {
+        d.wait_for("a run to start", 10, || {
+            d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(())
+        })
+    };
+    // Reloads so far, and a wait for one more (the watcher's, or its look's).
+    let reloads = || d.log().matches("jobs reloaded").count();
+    let reloaded_since = |before: usize| {
+        d.wait_for("a reload", 10, || (d.log().matches("jobs reloaded").count() > before).then_some(()))
+    };
+    let first = run_in_background(&d, "j");
+    wait_running();
+    let queued = run_in_background(&d, "j");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = reloads();
+    d.write_job("j", &slow(0, "edited"));
+    reloaded_since(before);
+    assert!(first.join().unwrap().status.success());
+    let queued = queued.join().unwrap();
+    assert!(queued.status.success(), "{}", err(&queued));
+    assert_eq!(d.redis_cli(&["EXISTS", "t:edited"]).trim(), "1", "the queued run ran the edited job");
+    assert_eq!(d.redis_cli(&["EXISTS", "t:first"]).trim(), "0", "the queued run ran the edited job");
+
+    let before = reloads();
+    d.write_job("j", &slow(4, "first"));
+    reloaded_since(before);
+    let first = run_in_background(&d, "j");
+    wait_running();
+    let queued = run_in_background(&d, "j");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = reloads();
+    std::fs::remove_file(d.jobs_dir().join("j.toml")).unwrap();
+    reloaded_since(before);
+    assert!(first.join().unwrap().status.success());
+    let queued = queued.join().unwrap();
+    assert!(!queued.status.success());
+    assert!(err(&queued).contains("no job named `j`"), "{}", err(&queued));
+}
+
 #[test]
 fn failed_runs_are_retried_with_doubling_backoff() {
     let d = TestDaemon::start(&[]);

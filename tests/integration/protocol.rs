@@ -147,6 +147,16 @@ fn read_commands_answer_exactly_as_redis_server_does() {
         vec!["SELECT", "0"],
         vec!["SELECT", "16"],
         vec!["SELECT", "x"],
+        // integers as Redis reads them: no sign, no leading zero, no "-0"
+        vec!["ZREVRANGE", k, "0", "+1"],
+        vec!["ZREVRANGE", k, "0", "01"],
+        vec!["ZREVRANGE", k, "-0", "1"],
+        vec!["SELECT", "00"],
+        vec!["HELLO", "03"],
+        vec!["CLIENT", "SETNAME", "a b"],
+        vec!["CLIENT", "SETNAME", "a\nb"],
+        vec!["CLIENT", "SETNAME", "a", "b"],
+        vec!["CLIENT", "ID", "x"],
         // what clients and redis-benchmark ask at start-up
         vec!["CONFIG", "GET", "save"],
         vec!["CONFIG", "GET", "appendonly"],
@@ -205,6 +215,20 @@ fn hash_commands_answer_exactly_as_redis_server_does() {
         vec!["EXISTS", h, z, "churn:nobody"],
     ];
     compare(&d.socket(), &redis.socket, &cases);
+
+    // An experiment whose variants are tables of hashes: the hash commands on its keys
+    // answer the user's assignment, not the variant's hash.
+    let experiment = "salt = \"s1\"\n[[variant]]\nname = \"control\"\ntable = \"churn\"\nshare = 0.5\n[[variant]]\nname = \"treated\"\ntable = \"churn\"\nshare = 0.5\n";
+    std::fs::write(d.jobs_dir().join("homepage.experiment.toml"), experiment).unwrap();
+    assert!(d.cli(&["reload"]).status.success());
+    for u in ["17850", "12347"] {
+        let key = format!("homepage:{u}");
+        let variant: Option<String> = redis::cmd("HGET").arg(&key).arg("variant").query(&mut ours).unwrap();
+        let variant = variant.unwrap_or_default();
+        assert!(variant == "control" || variant == "treated", "{key}: variant {variant:?}");
+        let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(&mut ours).unwrap();
+        assert_eq!(all, [("variant".to_string(), variant), ("table".to_string(), "churn".to_string())]);
+    }
 }
 
 #[test]

@@ -63,6 +63,70 @@ fn edits_renames_and_deletes_apply_within_two_seconds() {
     assert!(!status.contains("swp") && !status.contains("4913") && !status.contains("toml~"), "{status}");
 }
 
+fn status_text(d: &TestDaemon) -> String {
+    String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned()
+}
+
+/// Edits that no folder event shows: a job file's symlink target rewritten, and its
+/// plugin replaced by a broken file and then restored (a copy beside the shipped ones).
+#[test]
+fn edits_through_a_symlink_and_a_replaced_plugin_apply_too() {
+    let outside = tempfile::tempdir().unwrap();
+    let plugin = outside.path().join("librecd_faulty.so");
+    std::fs::copy(crate::util::plugins_dir().join("librecd_faulty.so"), &plugin).unwrap();
+    let target = outside.path().join("linked.toml");
+    let job = |zone: &str| {
+        format!(
+            "schedule = \"0 3 * * *\"\ntimezone = \"{zone}\"\nplugin = \"{}\"\n[params]\nmode = \"ok\"\n",
+            plugin.display()
+        )
+    };
+    std::fs::write(&target, job("UTC")).unwrap();
+    let d = TestDaemon::start(&[]);
+    std::os::unix::fs::symlink(&target, d.jobs_dir().join("linked.toml")).unwrap();
+    until(&d, "the linked job", |t| t.contains("linked: schedule \"0 3 * * *\" (UTC)"));
+
+    // rewritten in place, where the jobs folder sees nothing
+    std::fs::write(&target, job("Europe/Berlin")).unwrap();
+    until(&d, "the edit of the link's target", |t| t.contains("(Europe/Berlin)"));
+
+    // the plugin broken, then restored: the error shows, then goes
+    let good = std::fs::read(&plugin).unwrap();
+    let tmp = outside.path().join("tmp.so");
+    std::fs::write(&tmp, b"not a shared library").unwrap();
+    std::fs::rename(&tmp, &plugin).unwrap();
+    d.wait_for("the plugin's error", 5, || status_text(&d).contains("linked.toml:3: field `plugin`").then_some(()));
+    std::fs::write(&tmp, good).unwrap();
+    std::fs::rename(&tmp, &plugin).unwrap();
+    d.wait_for("the error to clear", 5, || (!status_text(&d).contains("field `plugin`")).then_some(()));
+}
+
+/// A job whose file is broken when the daemon starts keeps its table: another job naming
+/// the table is refused, and the table's versions stay for the job once its file is fixed.
+#[test]
+fn a_broken_job_file_at_start_up_keeps_its_table_from_other_jobs() {
+    let ok = "plugin = \"faulty\"\n[params]\nmode = \"ok\"\n";
+    let mut d = TestDaemon::start(&[("t1", ok)]);
+    d.run_job("t1");
+    d.run_job("t1");
+    assert!(d.stop());
+    d.write_job("t1", &format!("device = \"tpu\"\n{ok}"));
+    d.write_job("zz", &format!("table = \"t1\"\n{ok}"));
+    d.restart();
+    let status = status_text(&d);
+    assert!(
+        status.contains("zz.toml:1: field `table`: table \"t1\" is published by job \"t1\"")
+            && status.contains("whose file has errors"),
+        "{status}"
+    );
+    let out = d.cli(&["run", "zz"]);
+    assert!(!out.status.success(), "zz ran");
+    d.write_job("t1", ok);
+    d.wait_for("t1 back", 5, || status_text(&d).contains("t1: manual").then_some(()));
+    assert!(status_text(&d).contains("t1: current version 2"), "{}", status_text(&d));
+    assert!(d.cli(&["run", "t1"]).status.success());
+}
+
 #[test]
 fn sighup_reloads_the_jobs_folder() {
     let d = TestDaemon::start(&[]);

@@ -55,9 +55,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     daemon.watch_store(Duration::from_secs(2));
     // Watching before the sockets exist: a client that connects and then writes a job file
     // (as the tests do) must not be able to beat the watcher to it.
-    let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon))
-        .map_err(|e| tracing::error!("live reload is off: cannot watch {}: {e}", config.jobs_dir.display()))
-        .ok();
+    let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon));
     let read = bind(&config.socket, config.socket_mode)?;
     let admin = bind(&config.admin_socket, 0o600)?;
     let readers = server::ReadServer::start(config.serve_threads, &daemon)

@@ -40,18 +40,17 @@ pub(super) fn validate(config: &Config, files: Vec<PathBuf>) -> anyhow::Result<E
             Err(e) => errors.push((file.clone(), e.to_string())),
         }
     }
-    let mut refused = job::check_links(&set);
-    refused.extend(job::check_tables(&set, &|_| None));
-    refused.extend(job::check_producers(&set, &|model| {
-        crate::models::current(&config.data_dir, model).ok().map(|p| p.meta.job)
-    }));
-    for (file, e) in refused {
+    let producer = |model: &str| crate::models::current(&config.data_dir, model).ok().map(|p| p.meta.job);
+    let failing = errors.iter().map(|(file, _)| (job::job_name(file), file.display().to_string())).collect();
+    let context = job::SetContext { owner: &|_| None, producer: &producer, previous: &|_| None, failing };
+    for (file, e) in job::settle(&mut set, context) {
         if checked.contains(&job::job_name(Path::new(&file))) {
             errors.push((PathBuf::from(file), e.to_string()));
         }
     }
     for name in &checked {
-        let job = &set[name];
+        // Not in the set: refused by the checks across files (an error above).
+        let Some(job) = set.get(name) else { continue };
         if !errors.iter().any(|(f, _)| job::job_name(f) == *name) {
             let when = match (&job.schedule, job.after.is_empty()) {
                 (Some(s), _) => format!("{:?} ({})", s.expr, s.tz),

@@ -13,12 +13,16 @@ pub struct JobSet {
     pub jobs: BTreeMap<String, Job>,
     /// Per file, the error that keeps its previous definition (if any) in force.
     pub errors: BTreeMap<String, JobError>,
+    /// The plugin files the jobs read at the last reload name, refused ones' included:
+    /// the watcher reloads when one changes (a fixed plugin clears its error).
+    pub plugins: std::collections::BTreeSet<std::path::PathBuf>,
 }
 
 impl Daemon {
     /// Re-reads the jobs folder. A file that fails keeps its previous definition; a
     /// removed file removes its job. Returns the errors, if any.
     pub async fn reload(self: &Arc<Self>) -> anyhow::Result<Vec<JobError>> {
+        let _turn = self.reloading.lock().await;
         let files = job_files(&self.config.jobs_dir)?;
         // Parsing is cheap; checking plugins spawns probe processes: off the runtime.
         let daemon = Arc::clone(self);
@@ -29,7 +33,8 @@ impl Daemon {
         let errors = {
             let mut set = self.jobs.write().expect("jobs lock");
             let previous = std::mem::take(&mut *set);
-            for (file, result) in loaded {
+            for (file, (plugin, result)) in loaded {
+                set.plugins.extend(plugin);
                 let name = job::job_name(&file);
                 match result {
                     Ok(job) => {
@@ -43,17 +48,31 @@ impl Daemon {
                 let running = previous.jobs.values().find(|j| j.table == table).map(|j| j.name.clone());
                 running.or_else(|| publishers.get(table).cloned())
             };
-            let mut refused = job::check_links(&set.jobs);
-            refused.extend(job::check_tables(&set.jobs, &owner));
             // A model's producer: the job whose run made its current version.
             let data_dir = self.config.data_dir.clone();
             let producer = |model: &str| crate::models::current(&data_dir, model).ok().map(|p| p.meta.job);
-            refused.extend(job::check_producers(&set.jobs, &producer));
-            for (file, err) in refused {
-                let name = job::job_name(std::path::Path::new(&file));
-                set.jobs.remove(&name);
-                keep_previous(&mut set, &previous, &name, file, err);
+            let failing = set
+                .errors
+                .keys()
+                .map(|file| (job::job_name(std::path::Path::new(file)), file.clone()))
+                .filter(|(name, _)| !set.jobs.contains_key(name))
+                .collect();
+            let previous_job = |name: &str| previous.jobs.get(name).cloned();
+            let context = job::SetContext { owner: &owner, producer: &producer, previous: &previous_job, failing };
+            for (file, err) in job::settle(&mut set.jobs, context) {
+                let kept = if set.jobs.contains_key(&job::job_name(std::path::Path::new(&file))) {
+                    "previous definition kept"
+                } else {
+                    "no definition in force"
+                };
+                tracing::error!(file = %file, "job file rejected, {kept}: {err}");
+                // The first error about a file is about its own text; later ones, about
+                // the definition put back in its place, are logged only.
+                set.errors.entry(file).or_insert(err);
             }
+            let in_force: Vec<_> =
+                set.jobs.values().filter(|j| j.command.is_none()).map(|j| j.plugin.clone()).collect();
+            set.plugins.extend(in_force);
             set.errors.values().cloned().collect::<Vec<_>>()
         };
         let daemon = Arc::clone(self);
@@ -83,17 +102,19 @@ impl Daemon {
     }
 
     /// A job file parsed, validated, resolved, and its plugin checked (see
-    /// `plugins::Registry::check_job`).
-    pub(super) fn load_and_check(&self, file: &std::path::Path) -> Result<Job, JobError> {
-        let job = job::load(file, &self.config)?;
+    /// `plugins::Registry::check_job`); with the plugin file it names, if it got that far.
+    pub(super) fn load_and_check(&self, file: &std::path::Path) -> (Option<std::path::PathBuf>, Result<Job, JobError>) {
+        let job = match job::load(file, &self.config) {
+            Ok(job) => job,
+            Err(e) => return (None, Err(e)),
+        };
         if job.command.is_some() {
             // No plugin to probe: `load` found the program.
-            return Ok(job);
+            return (None, Ok(job));
         }
-        self.plugins
-            .check_job(&job, &self.config, &self.probes)
-            .map_err(|(field, message)| job.probe_error(&field, message))?;
-        Ok(job)
+        let plugin = Some(job.plugin.clone());
+        let checked = self.plugins.check_job(&job, &self.config, &self.probes);
+        (plugin, checked.map(|_| job.clone()).map_err(|(field, message)| job.probe_error(&field, message)))
     }
 
     pub fn jobs(&self) -> JobSet {

@@ -32,6 +32,9 @@ pub struct Daemon {
     pub plugins: Registry,
     probes: ProbeCache,
     jobs: RwLock<JobSet>,
+    /// Held through each reload (the watcher's, SIGHUP's, `recd reload`'s): one at a time,
+    /// in the order they began, so a slow one cannot put back what a newer one read.
+    reloading: tokio::sync::Mutex<()>,
     /// The live experiments, read on the serving path (apart from the job set, which is
     /// cloned by whoever reads it).
     experiments: RwLock<Arc<crate::experiment::Experiments>>,
@@ -69,6 +72,7 @@ impl Daemon {
             store: Arc::new(store),
             metrics: Metrics::default(),
             jobs: RwLock::new(JobSet::default()),
+            reloading: tokio::sync::Mutex::new(()),
             experiments: RwLock::new(Arc::default()),
             states: Mutex::new(HashMap::new()),
             slot_freed: tokio::sync::Notify::new(),

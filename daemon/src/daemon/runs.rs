@@ -152,14 +152,17 @@ impl Daemon {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(TriggerError::ShuttingDown);
         }
-        let job = self.job(name)?;
-        if trigger.is_automatic() {
-            let why = if job.policy.suspend { Some("suspended") } else { self.is_paused(name).then_some("paused") };
-            if let Some(why) = why {
-                return Err(TriggerError::Suspended { name: name.to_string(), why });
-            }
-        }
+        let job = self.runnable(name, &trigger)?;
         let control = self.acquire(&job, &trigger).await?;
+        // A run that waited for its turn (`overlap = "queue"` or `"replace"`) runs the job
+        // as it is now: its file may have changed, turned `suspend` on, or gone meanwhile.
+        let job = match self.runnable(name, &trigger) {
+            Ok(job) => job,
+            Err(e) => {
+                self.release(name);
+                return Err(e);
+            }
+        };
         let run_id = self.next_run_id.fetch_add(1, Ordering::Relaxed);
         let started = Utc::now();
         let (daemon, run_job) = (Arc::clone(self), job.clone());
@@ -201,6 +204,19 @@ impl Daemon {
             }
         }
         result.map_err(|error| TriggerError::Failed { run_id, job: name.to_string(), error })
+    }
+
+    /// The job's definition in force, if `trigger` may run it now: an automatic trigger
+    /// honours `suspend` and `recd pause`.
+    fn runnable(&self, name: &str, trigger: &Trigger) -> Result<Job, TriggerError> {
+        let job = self.job(name)?;
+        if trigger.is_automatic() {
+            let why = if job.policy.suspend { Some("suspended") } else { self.is_paused(name).then_some("paused") };
+            if let Some(why) = why {
+                return Err(TriggerError::Suspended { name: name.to_string(), why });
+            }
+        }
+        Ok(job)
     }
 
     /// Claims the job for a new run according to its overlap policy.

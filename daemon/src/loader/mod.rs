@@ -430,7 +430,9 @@ pub fn take_stdout_for_frames() -> std::io::Result<File> {
     use std::os::fd::FromRawFd;
     // SAFETY: plain fd syscalls on the process's own descriptors.
     unsafe {
-        let fd = libc::dup(1);
+        // Close-on-exec: a process the plugin starts must not hold the result stream open
+        // (the daemon reads it to its end).
+        let fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
         if fd < 0 || libc::dup2(2, 1) < 0 {
             return Err(std::io::Error::last_os_error());
         }

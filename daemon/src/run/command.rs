@@ -4,17 +4,16 @@
 //! version once it exits 0 (see [`crate::models::publish`]); a command that fails, times
 //! out or is cancelled publishes nothing.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::process::Signal;
 
-use super::process::describe;
+use super::process::{Source, describe, forward};
 use super::{Published, RemoveOnDrop, RunControl, RunError, RunReport, check_files};
+use crate::child::{kill_group, signal_group, wait_unreaped};
 use crate::config::Config;
 use crate::job::{CommandSpec, Input, Job};
 use crate::models;
@@ -22,8 +21,6 @@ use crate::store::Lineage;
 
 /// Lines of a command's output kept for the run history.
 pub const OUTPUT_TAIL_LINES: usize = 20;
-/// Longest line kept (a progress bar can be one endless line).
-const OUTPUT_LINE_CHARS: usize = 400;
 
 pub fn execute_command(
     job: &Job,
@@ -65,30 +62,26 @@ pub fn execute_command(
     // Our copies of the write end go, or the reader would never see the end of the output.
     drop(cmd);
     let mut child = spawned.map_err(|e| RunError::Failed(format!("cannot start command {}: {e}", argv[0])))?;
-    let group = child.id() as i32;
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(OUTPUT_TAIL_LINES)));
-    let (read_all, output_read) = std::sync::mpsc::channel::<()>();
-    let _output_reader = forward(reader, &job.name, run_id, &tail, read_all);
+    let group = child.id();
+    let forwarded = forward(reader, Source::Command, &job.name, run_id, OUTPUT_TAIL_LINES);
     let watchdog = {
         let (control, timeout) = (Arc::clone(control), job.policy.timeout);
         std::thread::spawn(move || {
             control.watch_with(timeout, || signal_group(group, Signal::TERM), || signal_group(group, Signal::KILL))
         })
     };
-    let status = child.wait().map_err(|e| RunError::Failed(format!("waiting for the command: {e}")));
     // What the command left running in its group ends with it: a run is over when its
-    // command exits, and a straggler would hold the output pipes open.
-    signal_group(group, Signal::KILL);
+    // command exits, and a straggler would hold the output pipes open. Killed before the
+    // command is reaped, and the watchdog stopped before too: until then the group's id
+    // stays taken, and no other group can have it.
+    wait_unreaped(child.id());
+    kill_group(child.id());
     control.finish();
     let _ = watchdog.join();
+    let status = child.wait().map_err(|e| RunError::Failed(format!("waiting for the command: {e}")));
     // A process that left the group (setsid, a daemonising helper) can hold the pipe open:
     // the run does not wait for it longer than a cancel would.
-    if output_read.recv_timeout(super::control::CANCEL_GRACE) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-        tracing::warn!(
-            "the command's output is still open after it exited (a process it started outside its group?): not waiting for it"
-        );
-    }
-    let output_tail = tail.lock().expect("tail").iter().cloned().collect::<Vec<_>>().join("\n");
+    let output_tail = forwarded.tail(super::control::CANCEL_GRACE).join("\n");
     control.set_output(output_tail.clone());
     let status = status?;
     if let Some(stop) = control.stop_reason() {
@@ -186,42 +179,6 @@ fn substitute(argv: &[String], output: Option<&Path>, inputs: &[Input]) -> Vec<S
             out
         })
         .collect()
-}
-
-/// Sends `signal` to every process of the command's group; a group already gone is no error.
-fn signal_group(group: i32, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(group) {
-        let _ = rustix::process::kill_process_group(pid, signal);
-    }
-}
-
-/// Logs each line of the command's output (stdout and stderr) under target `command` and
-/// keeps the last ones.
-fn forward(
-    stream: impl std::io::Read + Send + 'static,
-    job: &str,
-    run_id: u64,
-    tail: &Arc<Mutex<VecDeque<String>>>,
-    done: std::sync::mpsc::Sender<()>,
-) -> std::thread::JoinHandle<()> {
-    let (job, tail) = (job.to_string(), Arc::clone(tail));
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut bytes = Vec::new();
-        // Lines as bytes: a command may print anything, not only UTF-8.
-        while reader.read_until(b'\n', &mut bytes).is_ok_and(|n| n > 0) {
-            let text = String::from_utf8_lossy(&bytes);
-            let line: String = text.trim_end_matches(['\n', '\r']).chars().take(OUTPUT_LINE_CHARS).collect();
-            bytes.clear();
-            tracing::info!(target: "command", job = %job, run_id, "{line}");
-            let mut t = tail.lock().expect("tail");
-            if t.len() == OUTPUT_TAIL_LINES {
-                t.pop_front();
-            }
-            t.push_back(line);
-        }
-        let _ = done.send(());
-    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! How the daemon stops a run: [`RunControl`] carries a cancel request, the run's
 //! progress and lineage, and the watchdog that enforces the job's timeout.
 
-use std::process::{Child, ChildStdin};
+use std::process::ChildStdin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,14 +128,10 @@ impl RunControl {
 
     /// Waits for the run to end, a cancel or the timeout. When stopped: closes the worker's
     /// stdin to ask it to stop, waits `CANCEL_GRACE`, then kills it.
-    pub(super) fn watch(&self, timeout: Duration, stdin: ChildStdin, child: &Mutex<Child>) {
-        self.watch_with(
-            timeout,
-            move || drop(stdin),
-            || {
-                let _ = child.lock().expect("child lock").kill();
-            },
-        );
+    /// Watches a worker, the leader of its own process group: stopped, it is asked through
+    /// its stdin, then its whole group is killed.
+    pub(super) fn watch(&self, timeout: Duration, stdin: ChildStdin, worker_pid: u32) {
+        self.watch_with(timeout, move || drop(stdin), || crate::child::kill_group(worker_pid));
     }
 
     /// Waits for the run to end, a cancel or the timeout. When stopped: `ask`s the process

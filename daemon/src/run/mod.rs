@@ -3,8 +3,9 @@
 //! cleanly and every row passed the checks. Blocking code: call it off the async runtime.
 
 use std::io::{BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
@@ -20,11 +21,12 @@ mod control;
 mod process;
 mod table_inputs;
 
+use crate::child::kill_group;
 use crate::wire::{self, Message, RunSpec};
 use collect::Collector;
 pub use command::execute_command;
 pub use control::RunControl;
-use process::{describe, forward_stderr, tail_text};
+use process::{STDERR_TAIL, Source, describe, forward, tail_text};
 use table_inputs::export_table_inputs;
 pub use table_inputs::{RemoveOnDrop, remove_leftover_run_dirs};
 
@@ -215,14 +217,19 @@ pub fn execute(
         shard,
     };
     let exe = wire::self_exe().map_err(anyhow::Error::from)?;
+    // A group of its own: what the plugin starts (a helper left running) ends with the run,
+    // and cannot hold the run's pipes open past it.
     let mut child = Command::new(exe)
         .arg("worker")
+        .env(crate::child::PARENT_PID_VAR, std::process::id().to_string())
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| RunError::Failed(format!("cannot start a worker: {e}")))?;
-    let stderr_tail = forward_stderr(child.stderr.take().expect("piped stderr"), job.name.clone(), run_id);
+    let worker_pid = child.id();
+    let stderr = forward(child.stderr.take().expect("piped stderr"), Source::Worker, &job.name, run_id, STDERR_TAIL);
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
     // The spec is one line; stdin then stays open: closing it is how we ask the worker to
@@ -230,10 +237,9 @@ pub fn execute(
     let mut line = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
     line.push(b'\n');
     let _ = stdin.write_all(&line);
-    let child = Arc::new(Mutex::new(child));
     let watchdog = {
-        let (control, child, timeout) = (Arc::clone(control), Arc::clone(&child), job.policy.timeout);
-        std::thread::spawn(move || control.watch(timeout, stdin, &child))
+        let (control, timeout) = (Arc::clone(control), job.policy.timeout);
+        std::thread::spawn(move || control.watch(timeout, stdin, worker_pid))
     };
 
     let mut staged = store.stage(&job.table, &job.name, run_id, job.kind)?;
@@ -241,12 +247,17 @@ pub fn execute(
     let mut collector = Collector::new(staged, &job.checks, shard);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
-        let _ = child.lock().expect("child lock").kill();
+        kill_group(worker_pid);
     }
-    let status = child.lock().expect("child lock").wait().map_err(anyhow::Error::from)?;
+    // What the plugin left running ends with the run. The group is killed while the worker
+    // is not reaped yet, and the watchdog is stopped before it is: until then its id stays
+    // taken, and no other group can have it.
+    crate::child::wait_unreaped(worker_pid);
+    kill_group(worker_pid);
     control.finish();
     let _ = watchdog.join();
-    let tail = stderr_tail.join().unwrap_or_default();
+    let status = child.wait().map_err(anyhow::Error::from)?;
+    let tail = stderr.tail(control::CANCEL_GRACE);
     let mut input_lineage = lineage_inputs.join().unwrap_or_default();
     // The build the worker reports, in the run's lineage and the plugin registry.
     let record_build = |plugin: Option<wire::PluginDesc>, model_sha256: Option<String>| {
@@ -257,6 +268,11 @@ pub fn execute(
     };
     let outcome = match (control.stop_reason(), streamed) {
         (Some(stop), _) => Err(stop),
+        // A stream cut short by the worker's death: its death says why (a signal, the OOM
+        // killer's SIGKILL), not the half frame.
+        (None, Err(e)) if !status.success() && is_cut_short(&e) => {
+            Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail))))
+        }
         (None, Err(e)) => Err(e.into()),
         (None, Ok(Some(Message::Done { provider, plugin, stats, model_sha256, warnings, input_rows, .. })))
             if status.success() =>
@@ -273,6 +289,15 @@ pub fn execute(
         }
         (None, Ok(_)) => Err(RunError::Failed(format!("worker died ({}){}", describe(status), tail_text(&tail)))),
     };
+    // Ops know the file they dropped in, not the run's snapshot of it.
+    let outcome = outcome.map_err(|e| match e {
+        RunError::Failed(message) => {
+            let snapshot_path = snapshot.path.display().to_string();
+            let short = sha256.get(..12).unwrap_or(&sha256);
+            RunError::Failed(message.replace(&snapshot_path, &format!("{} (sha256 {short}…)", job.plugin.display())))
+        }
+        other => other,
+    });
     let params_sha256 = crate::lineage::sha256_text(&job.params_json);
     control.set_inputs(input_lineage.clone(), params_sha256.clone());
     let (plugin_build, model_sha256) = control.lineage();
@@ -431,6 +456,11 @@ pub fn publish_stream(
         Err(e) => Err(e.into()),
     };
     settle(store, collector, outcome, &Gate::default(), None).map(|((), version, _)| version)
+}
+
+/// Whether reading the worker's stream failed because it ended in the middle of a frame.
+fn is_cut_short(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
 /// Reads frames until the worker's final message or end of stream.

@@ -2,7 +2,7 @@
 //! described in words (exit code, or the signal and what it usually means).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
 
 /// Lines of worker stderr kept to explain a crash.
@@ -31,23 +31,101 @@ pub(super) fn tail_text(tail: &[String]) -> String {
     if tail.is_empty() { String::new() } else { format!("; last worker output: {}", tail.join(" | ")) }
 }
 
-/// Forwards the worker's log lines into ours (under the run's span fields) and keeps the
-/// last few to explain a crash.
-pub(super) fn forward_stderr(
-    stderr: std::process::ChildStderr,
-    job: String,
+/// Whose output a forwarder logs (the log target).
+#[derive(Clone, Copy)]
+pub(super) enum Source {
+    Worker,
+    Command,
+}
+
+/// The longest output line logged and kept: the rest of a longer one is dropped. A child
+/// that writes without newlines (a progress bar, a plugin gone wrong) would otherwise grow
+/// one line in the daemon's memory until it ran out (1.5 GB made the daemon's peak 3.2 GB).
+pub(super) const LINE_MAX_BYTES: usize = 4096;
+
+/// A thread forwarding a child's output into our log, line by line, keeping the last ones.
+pub(super) struct Forwarded {
+    tail: Arc<Mutex<VecDeque<String>>>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Forwarded {
+    /// The last lines, once the output has ended or `wait` has passed: a process the child
+    /// started outside its group can hold the pipe open, and the run does not wait for it.
+    pub(super) fn tail(&self, wait: std::time::Duration) -> Vec<String> {
+        if self.ended.recv_timeout(wait) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            tracing::warn!(
+                "a run's output is still open after its process ended (a process it started outside its group?): not waiting for it"
+            );
+        }
+        self.tail.lock().expect("tail").iter().cloned().collect()
+    }
+}
+
+/// Forwards `stream`'s lines into our log (under the run's span fields, target `worker` or
+/// `command`), as bytes (any encoding: shown lossily) cut at [`LINE_MAX_BYTES`], and keeps
+/// the last `keep` to explain how the run ended.
+pub(super) fn forward(
+    stream: impl std::io::Read + Send + 'static,
+    source: Source,
+    job: &str,
     run_id: u64,
-) -> std::thread::JoinHandle<Vec<String>> {
+    keep: usize,
+) -> Forwarded {
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(keep)));
+    let (done, ended) = std::sync::mpsc::channel();
+    let (job, kept) = (job.to_string(), Arc::clone(&tail));
     std::thread::spawn(move || {
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            tracing::info!(target: "worker", job = %job, run_id, "{line}");
-            let mut t = tail.lock().expect("tail");
-            if t.len() == STDERR_TAIL {
+        let mut reader = BufReader::new(stream);
+        let mut bytes = Vec::new();
+        while let Ok(Some(line)) = next_line(&mut reader, &mut bytes) {
+            match source {
+                Source::Worker => tracing::info!(target: "worker", job = %job, run_id, "{line}"),
+                Source::Command => tracing::info!(target: "command", job = %job, run_id, "{line}"),
+            }
+            let mut t = kept.lock().expect("tail");
+            if t.len() == keep {
                 t.pop_front();
             }
             t.push_back(line);
         }
-        tail.lock().expect("tail").iter().cloned().collect()
-    })
+        let _ = done.send(());
+    });
+    Forwarded { tail, ended }
+}
+
+/// The next line of `reader`, without its line end, at most [`LINE_MAX_BYTES`] of it (the
+/// rest is read and dropped); None at the end.
+fn next_line(reader: &mut impl BufRead, bytes: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    bytes.clear();
+    let n = reader.by_ref().take(LINE_MAX_BYTES as u64).read_until(b'\n', bytes)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let cut = bytes.last() != Some(&b'\n') && n == LINE_MAX_BYTES;
+    if cut {
+        skip_to_line_end(reader)?;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.trim_end_matches(['\n', '\r']);
+    Ok(Some(if cut { format!("{line}… (cut at {LINE_MAX_BYTES} bytes)") } else { line.to_string() }))
+}
+
+fn skip_to_line_end(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(());
+        }
+        match available.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let len = available.len();
+                reader.consume(len);
+            }
+        }
+    }
 }

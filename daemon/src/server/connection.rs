@@ -53,9 +53,36 @@ pub(super) struct Inbox {
     pub(super) start: usize,
     /// The client closed its side; what is in `buf` is all there will be.
     pub(super) closed: bool,
+    /// How far the request at `start` was checked while it was incomplete.
+    scan: resp::Scan,
 }
 
 impl Inbox {
+    /// Whether the request at `start` is worth parsing: a request seen for the first time
+    /// is parsed at once (it is most often whole); one found incomplete
+    /// ([`Inbox::note_incomplete`]) is checked on from where the last look stopped, and
+    /// parsed again only once whole (or malformed, which the parse then refuses).
+    pub(super) fn holds_whole_request(&mut self) -> bool {
+        if self.scan.from != self.start {
+            return true;
+        }
+        let whole = resp::scan_request(&self.buf[self.start..], &mut self.scan);
+        if whole {
+            // The next request may begin at this same offset once the buffer is compacted.
+            self.scan = resp::Scan::default();
+        }
+        whole
+    }
+
+    /// The request at `start` was parsed and found incomplete: the next reads are checked
+    /// on from how far it goes now.
+    pub(super) fn note_incomplete(&mut self) {
+        if self.scan.from != self.start {
+            self.scan = resp::Scan::starting_at(self.start);
+            resp::scan_request(&self.buf[self.start..], &mut self.scan);
+        }
+    }
+
     pub(super) fn unanswered(&self) -> usize {
         self.buf.len() - self.start
     }
@@ -79,7 +106,7 @@ async fn handle(
     daemon: Arc<Daemon>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut inbox = Inbox { buf: Vec::with_capacity(INITIAL_BUFFER_BYTES), start: 0, closed: false };
+    let mut inbox = Inbox { buf: Vec::with_capacity(INITIAL_BUFFER_BYTES), ..Inbox::default() };
     // Lives as long as the connection: it also remembers the protocol HELLO chose.
     let mut out = resp::Reply::new(4096);
     let mut client = Client { id, role: Role::Admin, name: None };
@@ -101,20 +128,27 @@ async fn handle(
             return Ok(());
         }
         let mut flow = Flow::Continue;
-        let mut batch_full = false;
+        let (mut batch_full, mut incomplete) = (false, false);
         while flow == Flow::Continue {
             if out.total_len() >= REPLY_BATCH_BYTES {
                 batch_full = true;
                 break;
             }
+            if !inbox.holds_whole_request() {
+                break;
+            }
             match resp::parse_request(&inbox.buf[inbox.start..]) {
+                Ok(Some((_, n))) if too_large(n, limits.max_request_bytes, &mut out) => flow = Flow::Close,
                 Ok(Some((args, n))) => {
                     inbox.start += n;
                     if !args.is_empty() {
                         flow = cmd::execute(&args, &daemon, &mut client, &mut out).await;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    incomplete = true;
+                    break;
+                }
                 Err(e) => {
                     resp::error(&mut out, &format!("ERR {e}"));
                     flow = Flow::Close;
@@ -130,6 +164,9 @@ async fn handle(
             }
         }
         inbox.compact();
+        if incomplete {
+            inbox.note_incomplete();
+        }
         // Past here, what is left is the start of one request.
         if flow == Flow::Continue && !batch_full && refused_oversized(&inbox, limits.max_request_bytes, &mut out) {
             flow = Flow::Close;
@@ -172,7 +209,14 @@ async fn handle(
 /// Once a batch is answered, what is left of the inbox is the start of one request: past
 /// `limit` bytes, it gets an error and the connection closes (true).
 pub(super) fn refused_oversized(inbox: &Inbox, limit: usize, out: &mut resp::Reply) -> bool {
-    if inbox.unanswered() <= limit {
+    too_large(inbox.unanswered(), limit, out)
+}
+
+/// A request of `bytes` (whole, or the part received) past `limit` gets an error, and the
+/// connection closes (true). A whole request is checked too: one that arrives within one
+/// read is parsed before the check of what is left over could see it.
+pub(super) fn too_large(bytes: usize, limit: usize, out: &mut resp::Reply) -> bool {
+    if bytes <= limit {
         return false;
     }
     resp::error(out, &format!("ERR request larger than max_request_bytes ({limit}): closing"));
@@ -378,14 +422,14 @@ mod tests {
 
     #[test]
     fn the_inbox_moves_answered_bytes_down_only_once_they_are_half_of_it() {
-        let mut inbox = Inbox { buf: b"abcdefgh".to_vec(), start: 3, closed: false };
+        let mut inbox = Inbox { buf: b"abcdefgh".to_vec(), start: 3, ..Inbox::default() };
         inbox.compact();
         assert_eq!((inbox.buf.as_slice(), inbox.start), (b"abcdefgh".as_slice(), 3), "3 of 8: kept");
         inbox.start = 4;
         inbox.compact();
         assert_eq!((inbox.buf.as_slice(), inbox.start), (b"efgh".as_slice(), 0));
         // A buffer grown by a long pipeline shrinks once mostly empty.
-        let mut big = Inbox { buf: Vec::with_capacity(8 << 20), start: 0, closed: false };
+        let mut big = Inbox { buf: Vec::with_capacity(8 << 20), ..Inbox::default() };
         big.buf.extend_from_slice(&[b'x'; 1000]);
         big.start = 1000;
         big.compact();

@@ -39,6 +39,7 @@ use super::busy_poll::BusyPoll;
 use super::cmd::{self, Client, Flow, Now};
 use super::connection::{
     Inbox, READ_AHEAD_BYTES, REPLY_BATCH_BYTES, WRITE_CALL_BYTES, WRITE_TURN_BYTES, bounded, refused_oversized,
+    too_large,
 };
 use crate::daemon::Daemon;
 use crate::resp;
@@ -465,7 +466,15 @@ fn answer(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
         if conn.out.total_len() >= REPLY_BATCH_BYTES {
             break;
         }
+        if !conn.inbox.holds_whole_request() {
+            conn.unparsed = false;
+            break;
+        }
         match resp::parse_request(&conn.inbox.buf[conn.inbox.start..]) {
+            Ok(Some((_, n))) if too_large(n, daemon.config.limits.max_request_bytes, &mut conn.out) => {
+                conn.closing = true;
+                break;
+            }
             Ok(Some((args, n))) => {
                 conn.inbox.start += n;
                 if args.is_empty() {
@@ -497,6 +506,9 @@ fn answer(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
         }
     }
     conn.inbox.compact();
+    if !conn.unparsed {
+        conn.inbox.note_incomplete();
+    }
     if !conn.closing && !conn.unparsed {
         conn.closing = refused_oversized(&conn.inbox, daemon.config.limits.max_request_bytes, &mut conn.out);
     }
@@ -738,6 +750,16 @@ mod tests {
         let request = [b"*2\r\n$4\r\nECHO\r\n$2000000\r\n".to_vec(), vec![b'x'; 1_100_000]].concat();
         let got = String::from_utf8(exchange(theirs, request)).unwrap();
         assert!(got.starts_with("-ERR request larger than max_request_bytes (1048576)"), "{got}");
+        // A whole one, sent at once: read within a turn or two, it is refused all the same.
+        let (ours, theirs) = pair();
+        server.hand(3, ours);
+        let request = [b"*2\r\n$4\r\nECHO\r\n$1100000\r\n".to_vec(), vec![b'x'; 1_100_000], b"\r\n".to_vec()].concat();
+        let got = String::from_utf8(exchange(theirs, request)).unwrap();
+        assert!(
+            got.starts_with("-ERR request larger than max_request_bytes (1048576)"),
+            "{}",
+            &got[..got.len().min(60)]
+        );
         let (ours, mut theirs) = pair();
         server.hand(2, ours);
         theirs.write_all(b"PING\r\nQUIT\r\nPING\r\n").unwrap();

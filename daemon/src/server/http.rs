@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -53,22 +54,31 @@ pub fn spawn(addr: SocketAddr, daemon: Arc<Daemon>, shutdown: impl std::future::
 /// connections cannot take the daemon's file descriptors, which its store and sockets need.
 const HTTP_MAX_CONNECTIONS: usize = 64;
 
-/// How long a connection may take to send a request's headers, or stay idle between
-/// requests, before it is closed: a client that opens connections and sends nothing (or a
-/// byte at a time) holds a slot this long.
-const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a connection is bounded in time and in memory.
+#[derive(Clone, Copy)]
+struct ConnectionLimits {
+    /// How long a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed: a client that opens connections and sends nothing (or
+    /// a byte at a time) holds a slot this long.
+    header_timeout: Duration,
+    /// How long one connection is served at most: the header timeout does not run while a
+    /// response waits to be written, so a client that sends requests and never reads the
+    /// answers would hold its slot for good. Then the connection is asked to close (an idle
+    /// one closes at once, a request under way may end), and dropped `close_grace` later.
+    /// Prometheus and the dashboard's page reconnect as they need.
+    connection_max: Duration,
+    close_grace: Duration,
+    /// The most a connection buffers, in and out (hyper's least is 8 KiB): requests here
+    /// are well under 1 KiB, and a response larger than this is written as the client reads.
+    buffer_max: usize,
+}
 
-/// How long one connection is served at most: the header timeout does not run while a
-/// response waits to be written, so a client that sends requests and never reads the
-/// answers would hold its slot for good. Then the connection is asked to close (an idle one
-/// closes at once, a request under way may end), and dropped [`HTTP_CLOSE_GRACE`] later.
-/// Prometheus and the dashboard's page reconnect as they need.
-const HTTP_CONNECTION_MAX: Duration = Duration::from_secs(60);
-const HTTP_CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// The most a connection buffers, in and out (hyper's least is 8 KiB): requests here are
-/// well under 1 KiB, and a response larger than this is written as the client reads.
-const HTTP_BUFFER_MAX: usize = 16 * 1024;
+const HTTP_LIMITS: ConnectionLimits = ConnectionLimits {
+    header_timeout: Duration::from_secs(10),
+    connection_max: Duration::from_secs(60),
+    close_grace: Duration::from_secs(5),
+    buffer_max: 16 * 1024,
+};
 
 /// Serves the listener's routes on `addr` until `shutdown` resolves; connections still open
 /// then are closed with the thread's runtime (a response being written is cut).
@@ -87,24 +97,27 @@ async fn serve_http(
             () = &mut shutdown => return Ok(()),
             accepted = accept_in_a_slot(&listener, &slots) => accepted,
         };
-        tokio::spawn(serve_connection(stream, routes.clone(), slot));
+        tokio::spawn(serve_connection(stream, routes.clone(), HTTP_LIMITS, slot));
     }
 }
 
 /// Serves one connection, holding its slot until it is closed.
-async fn serve_connection(stream: TcpStream, routes: Router, _slot: OwnedSemaphorePermit) {
+async fn serve_connection<S>(stream: S, routes: Router, limits: ConnectionLimits, _slot: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(routes);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HTTP_HEADER_TIMEOUT)
-        .max_buf_size(HTTP_BUFFER_MAX)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.buffer_max)
         .serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
-    let served = match tokio::time::timeout(HTTP_CONNECTION_MAX, connection.as_mut()).await {
+    let served = match tokio::time::timeout(limits.connection_max, connection.as_mut()).await {
         Ok(served) => served,
         Err(_) => {
             connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(HTTP_CLOSE_GRACE, connection).await.unwrap_or(Ok(()))
+            tokio::time::timeout(limits.close_grace, connection).await.unwrap_or(Ok(()))
         }
     };
     if let Err(e) = served {
@@ -166,7 +179,43 @@ async fn not_found() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use super::{ConnectionLimits, is_loopback_host, serve_connection};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client that asks for a large response and never reads it: hyper's header timeout
+    /// does not run while the response waits to be written, so only the cap on a
+    /// connection's time frees its slot (the cap and grace scaled down from 60 s and 5 s).
+    #[tokio::test]
+    async fn a_client_that_never_reads_its_response_is_dropped_after_the_cap() {
+        const BODY: usize = 1 << 20;
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_secs(30),
+            connection_max: Duration::from_millis(400),
+            close_grace: Duration::from_millis(200),
+            buffer_max: 16 * 1024,
+        };
+        let routes = axum::Router::new().route("/big", axum::routing::get(|| async { "x".repeat(BODY) }));
+        let (mut client, server) = tokio::io::duplex(4096);
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let slot = Arc::clone(&slots).acquire_owned().await.unwrap();
+        client.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let started = Instant::now();
+        let served = tokio::time::timeout(Duration::from_secs(20), serve_connection(server, routes, limits, slot));
+        served.await.expect("the connection outlived its cap");
+        let took = started.elapsed();
+        assert!(took >= limits.connection_max + limits.close_grace, "closed after {took:?}, before the cap and grace");
+        assert_eq!(slots.available_permits(), 1, "the slot is free again");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "the response had begun: {:?}",
+            String::from_utf8_lossy(&got[..got.len().min(40)])
+        );
+        assert!(got.len() < BODY, "the response was cut, not finished ({} bytes)", got.len());
+    }
 
     #[test]
     fn only_loopback_host_names_pass() {

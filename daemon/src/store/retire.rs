@@ -20,7 +20,6 @@ use super::staged::lower_priority;
 /// readers end (the leases of their servings). While a tree is listed here nothing
 /// references it (the meta that let it go is written first), a verify does not report it,
 /// and a new version of its table is numbered above it.
-#[derive(Default)]
 pub(super) struct Retiring {
     names: Mutex<HashSet<String>>,
     dropped: Condvar,
@@ -29,12 +28,36 @@ pub(super) struct Retiring {
     /// core beside the runs and read their versions' pages back at once (230-360 MB for
     /// 1,000,000 users); the epoch's garbage of one may still be freed while the next walks.
     walking: Mutex<()>,
-    /// Live servings per tree name: see [`Retiring::lease`]. A name, not a tree: after a
-    /// drop that gave up waiting, a table dropped and published again, or the store opened
-    /// again, a reader of the old tree can hold off the drop of a new one of the same name,
-    /// for [`READERS_WAIT_MAX`] at most.
-    leases: Mutex<HashMap<Vec<u8>, usize>>,
+    /// Live servings per tree name: see [`Retiring::lease`].
+    leases: Mutex<Leases>,
     unleased: Condvar,
+    /// [`READERS_WAIT_MAX`] in milliseconds (tests change it).
+    readers_wait_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Retiring {
+    fn default() -> Self {
+        Retiring {
+            names: Mutex::default(),
+            dropped: Condvar::new(),
+            walking: Mutex::default(),
+            leases: Mutex::default(),
+            unleased: Condvar::new(),
+            readers_wait_ms: (READERS_WAIT_MAX.as_millis() as u64).into(),
+        }
+    }
+}
+
+/// The servings of each tree name, counted under a token that a drop giving up on them
+/// retires with the tree: the readers it left behind then neither count toward nor take
+/// from a new tree of the same name (a table dropped and published again starts at
+/// version 1), which a drop would otherwise wait for in vain. (After `recover` reopens
+/// the store, readers still on the old handles share the new trees' tokens until a drop
+/// gives up on them.)
+#[derive(Default)]
+struct Leases {
+    live: HashMap<Vec<u8>, (u64, usize)>,
+    tokens: u64,
 }
 
 /// How long a drop waits for the readers of its trees at most before it goes ahead.
@@ -102,26 +125,37 @@ impl Retiring {
     /// tree is dropped.
     pub(super) fn lease(self: &Arc<Self>, tree: &sled::Tree) -> Lease {
         let name = tree.name().to_vec();
-        *self.leased().entry(name.clone()).or_default() += 1;
-        Lease { retiring: Arc::clone(self), name }
+        let mut leases = self.leased();
+        let Leases { live, tokens } = &mut *leases;
+        let (token, count) = live.entry(name.clone()).or_insert_with(|| {
+            *tokens += 1;
+            (*tokens, 0)
+        });
+        *count += 1;
+        Lease { retiring: Arc::clone(self), name, token: *token }
     }
 
-    /// Waits until no serving of `names`' trees is left, or [`READERS_WAIT_MAX`] has passed.
+    /// Waits until no serving of `names`' trees is left, or [`READERS_WAIT_MAX`] has passed;
+    /// then the readers left, if any, no longer count for these names.
     fn wait_for_readers(&self, names: &[String]) {
-        let (leases, waited) = self
+        let wait_max = Duration::from_millis(self.readers_wait_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let (mut leases, waited) = self
             .unleased
-            .wait_timeout_while(self.leased(), READERS_WAIT_MAX, |leases| {
-                names.iter().any(|n| leases.contains_key(n.as_bytes()))
+            .wait_timeout_while(self.leased(), wait_max, |leases| {
+                names.iter().any(|n| leases.live.contains_key(n.as_bytes()))
             })
             .unwrap_or_else(PoisonError::into_inner);
-        drop(leases);
         if waited.timed_out() {
-            let secs = READERS_WAIT_MAX.as_secs();
+            names.iter().for_each(|n| {
+                leases.live.remove(n.as_bytes());
+            });
+            drop(leases);
+            let secs = wait_max.as_secs_f64();
             tracing::warn!(trees = ?names, "dropping versions still read after {secs}s: their readers get errors");
         }
     }
 
-    fn leased(&self) -> MutexGuard<'_, HashMap<Vec<u8>, usize>> {
+    fn leased(&self) -> MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -140,15 +174,20 @@ impl Retiring {
 pub(super) struct Lease {
     retiring: Arc<Retiring>,
     name: Vec<u8>,
+    token: u64,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut leases = self.retiring.leased();
-        let count = leases.get_mut(&self.name).expect("a lease is counted until it is dropped");
+        // Not counted any more if a drop gave up waiting for it.
+        let Some((token, count)) = leases.live.get_mut(&self.name) else { return };
+        if *token != self.token {
+            return;
+        }
         *count -= 1;
         if *count == 0 {
-            leases.remove(&self.name);
+            leases.live.remove(&self.name);
             self.retiring.unleased.notify_all();
         }
     }
@@ -359,6 +398,34 @@ mod tests {
         read_while_it_could_be_dropped(reader, 1, || !data_trees(&db).contains(&data_tree_name("t", 1)));
         store.flush().unwrap();
         assert_eq!(data_trees(&db), [data_tree_name("t", 2)]);
+    }
+
+    #[test]
+    fn readers_a_drop_gave_up_on_do_not_hold_off_a_new_tree_of_the_same_name() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let store = keep_one(dir.path());
+        store.retiring.readers_wait_ms.store(300, Ordering::Relaxed);
+        let (stale, db) = publish_one_and_read_it(&store);
+        store.drop_table("t").unwrap();
+        store.retiring.wait();
+        assert_eq!(data_trees(&db), Vec::<String>::new(), "the drop went ahead after its wait");
+        // Published again once its trees are gone: version 1, the tree name of the old one.
+        // Its drop (by the next publish) would wait the full minute for the old reader.
+        store.retiring.readers_wait_ms.store(60_000, Ordering::Relaxed);
+        store.publish(staged(&store, 1)).unwrap();
+        assert_eq!(data_trees(&db), [data_tree_name("t", 1)]);
+        let started = std::time::Instant::now();
+        store.publish(staged(&store, 2)).unwrap();
+        store.retiring.wait();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the new version 1's drop waited for the old one's reader"
+        );
+        assert_eq!(data_trees(&db), [data_tree_name("t", 2)]);
+        drop(stale);
+        let served = store.served("t").unwrap();
+        assert_eq!(served.get(b"user-0").unwrap().map(|l| super::super::decode_list(&l)[0].1), Some(2.0));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::wire::{self, Message, PluginDesc, Probe, ProbeRequest, RunSpec, Worke
 use engine::Engine;
 
 pub fn main() -> ExitCode {
+    crate::child::die_with_parent();
     let out = match loader::take_stdout_for_frames() {
         Ok(f) => f,
         Err(e) => {
@@ -216,6 +217,7 @@ fn known_ids(
 /// line. The daemon and `recd validate` use it to check a job before any run, without
 /// loading plugin or model code themselves. Reads a [`ProbeRequest`] on stdin.
 pub fn probe(path: &std::path::Path) -> ExitCode {
+    crate::child::die_with_parent();
     // As in a run: whatever the plugin prints must not spoil our one line of JSON.
     let Ok(mut out) = loader::take_stdout_for_frames() else { return ExitCode::FAILURE };
     let mut text = String::new();
@@ -304,12 +306,20 @@ impl WorkerHost<'_> {
     fn send_rows(&mut self, batch: RecordBatch) -> Result<(), String> {
         let (users, items) = (self.known_users.as_ref(), self.known_items.as_ref());
         contract::check_emitted(self.output.into(), &batch, users, items, self.rows).map_err(|e| e.to_string())?;
-        let bytes = wire::encode_rows(&batch).map_err(|e| e.to_string())?;
-        self.rows += batch.num_rows() as u64;
-        wire::write_frame(self.out, wire::TAG_ROWS, &bytes).map_err(|e| {
-            self.broken = true;
-            format!("the daemon stopped reading results: {e}")
-        })
+        match wire::write_rows(self.out, &batch, wire::MAX_FRAME) {
+            Ok(_) => {
+                self.rows += batch.num_rows() as u64;
+                Ok(())
+            }
+            // The batch itself (a row too large, a batch Arrow cannot encode), not the pipe.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) => {
+                Err(e.to_string())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(format!("the daemon stopped reading results: {e}"))
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ impl Hello {
             match (opt.to_ascii_lowercase().as_slice(), tail) {
                 (b"auth", [_, _, more @ ..]) => rest = more,
                 (b"setname", [name, more @ ..]) => {
-                    setname = Some(String::from_utf8_lossy(name).into_owned());
+                    setname = Some(super::client::client_name(name)?);
                     rest = more;
                 }
                 _ => return Err(format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(opt))),

@@ -43,6 +43,7 @@ mod zrange;
 mod zrevrange;
 mod zscore;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -207,7 +208,7 @@ pub fn not_integer() -> String {
 }
 
 pub fn parse_int(arg: &[u8]) -> ParseResult<i64> {
-    std::str::from_utf8(arg).ok().and_then(|s| s.parse().ok()).ok_or_else(not_integer)
+    resp::strict_int(arg).ok_or_else(not_integer)
 }
 
 impl<'a> Command<'a> {
@@ -278,7 +279,8 @@ impl<'a> Command<'a> {
 const MAX_COMMAND_NAME: usize = 32;
 
 /// The command name in lower case, in `buf` (no allocation per request); a name that
-/// does not fit, or is not UTF-8, comes back as is and matches no command.
+/// does not fit, or is not UTF-8, comes back in a string of its own (lower case too, as
+/// errors show it) and matches no command.
 fn lowercase_name<'b>(name: &'b [u8], buf: &'b mut [u8; MAX_COMMAND_NAME]) -> std::borrow::Cow<'b, str> {
     if name.len() <= MAX_COMMAND_NAME {
         let lower = &mut buf[..name.len()];
@@ -288,7 +290,7 @@ fn lowercase_name<'b>(name: &'b [u8], buf: &'b mut [u8; MAX_COMMAND_NAME]) -> st
             return std::borrow::Cow::Borrowed(s);
         }
     }
-    String::from_utf8_lossy(name)
+    std::borrow::Cow::Owned(String::from_utf8_lossy(name).to_ascii_lowercase())
 }
 
 fn unknown(name: &str, rest: &[&[u8]]) -> String {
@@ -395,7 +397,13 @@ pub struct Snapshot<'d> {
     daemon: &'d Daemon,
     /// Inline: a request names a table or two, and reads must not allocate.
     tables: SmallVec<[(TableName, Option<Arc<ServedTable>>); 2]>,
+    /// The tables after the first [`SCANNED_TABLES`], by name: a request of 60,000 keys,
+    /// each naming another table, looked each up in a list took 6 s of the serving thread.
+    more_tables: HashMap<TableName, Option<Arc<ServedTable>>>,
 }
+
+/// How many tables a snapshot keeps in its inline list before it keeps them by name.
+const SCANNED_TABLES: usize = 8;
 
 type TableName = SmallVec<[u8; 24]>;
 
@@ -410,7 +418,7 @@ enum Answered {
 
 impl<'d> Snapshot<'d> {
     pub fn new(daemon: &'d Daemon) -> Self {
-        Snapshot { daemon, tables: SmallVec::new() }
+        Snapshot { daemon, tables: SmallVec::new(), more_tables: HashMap::new() }
     }
 
     /// The stored value for `key` (`<table>:<user>`), if any. A user the table lacks is
@@ -494,8 +502,15 @@ impl<'d> Snapshot<'d> {
         if let Some((_, served)) = self.tables.iter().find(|(t, _)| t.as_slice() == name) {
             return served.clone();
         }
+        if let Some(served) = self.more_tables.get(name) {
+            return served.clone();
+        }
         let served = std::str::from_utf8(name).ok().and_then(|t| self.daemon.store.served(t));
-        self.tables.push((TableName::from_slice(name), served.clone()));
+        if self.tables.len() < SCANNED_TABLES {
+            self.tables.push((TableName::from_slice(name), served.clone()));
+        } else {
+            self.more_tables.insert(TableName::from_slice(name), served.clone());
+        }
         served
     }
 }
@@ -567,16 +582,13 @@ pub fn with_list_value(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnO
 /// list gets WRONGTYPE. The key of an experiment (`<experiment>:<user>`, no table of that
 /// name) reads as the hash of the user's assignment: `variant` and `table`.
 pub fn with_hash(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[(&[u8], &[u8])], &mut Reply)) {
-    // A hash table's key resolves once; the experiment check runs only when the key read
-    // as a list or as nothing.
-    let found = lookup(daemon, key);
-    if !matches!(found, Some(Stored::Hash(_)))
-        && let Some((live, user)) = experiment_key(daemon, key)
-    {
+    // Before the lookup, which would follow the experiment to its variant's value (a hash,
+    // when the variants are tables of hashes).
+    if let Some((live, user)) = experiment_key(daemon, key) {
         let variant = live.variant(user);
         return f(&[(b"variant", variant.name.as_bytes()), (b"table", variant.table.as_bytes())], out);
     }
-    match found {
+    match lookup(daemon, key) {
         Some(Stored::Hash(bytes)) => f(&decode_hash(&bytes), out),
         Some(Stored::List(_)) => resp::error(out, WRONGTYPE),
         None => f(&[], out),

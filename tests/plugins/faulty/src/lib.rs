@@ -6,7 +6,13 @@
 //!   (never checks cancellation);
 //! - bad output the host must refuse before publishing: "nan", "dup", "many" (`count`
 //!   items for one user), "empty", "stranger" (an unknown user), "scattered" (one user's
-//!   rows apart), "badschema".
+//!   rows apart), "badschema";
+//! - misbehaviour outside the plugin's own thread: "helper" starts `sleep 600` (its
+//!   process id written to `state_file`; it holds the worker's output open) and fails;
+//!   "spew" writes `count` MiB to stderr with no newline, then a line that is not UTF-8
+//!   and the line "after the spew", and fails.
+//!
+//! With `pid_file`, the plugin first writes its process id there.
 
 use std::sync::Arc;
 
@@ -29,6 +35,8 @@ struct Params {
     fail_first: u32,
     #[serde(default)]
     count: u32,
+    #[serde(default)]
+    pid_file: Option<String>,
 }
 
 struct Faulty {
@@ -43,6 +51,9 @@ impl Strategy for Faulty {
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result<(), PluginError> {
+        if let Some(file) = &self.params.pid_file {
+            std::fs::write(file, std::process::id().to_string()).map_err(|e| PluginError::internal(e.to_string()))?;
+        }
         match self.params.mode.as_str() {
             "ok" => ctx.emit(rows(self.params.user.as_deref().unwrap_or("u1"))),
             "panic" => panic!("faulty plugin was asked to panic"),
@@ -108,6 +119,29 @@ impl Strategy for Faulty {
                 )
                 .expect("static batch");
                 ctx.emit(b)
+            }
+            "helper" => {
+                let helper = std::process::Command::new("sleep")
+                    .arg("600")
+                    .spawn()
+                    .map_err(|e| PluginError::internal(format!("starting the helper: {e}")))?;
+                let file = self
+                    .params
+                    .state_file
+                    .as_deref()
+                    .ok_or_else(|| PluginError::params("params.state_file: required"))?;
+                std::fs::write(file, helper.id().to_string()).map_err(|e| PluginError::internal(e.to_string()))?;
+                Err(PluginError::internal("faulty plugin left a helper running"))
+            }
+            "spew" => {
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                let mib = vec![b'x'; 1 << 20];
+                for _ in 0..self.params.count {
+                    let _ = err.write_all(&mib);
+                }
+                let _ = err.write_all(b"\n\xff\xfe not UTF-8\nafter the spew\n");
+                Err(PluginError::internal("faulty plugin spewed"))
             }
             other => Err(PluginError::params(format!("params.mode: unknown mode `{other}`"))),
         }
