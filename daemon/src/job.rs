@@ -336,11 +336,23 @@ const PLUGIN_ONLY: [&str; 12] = [
 
 /// Reads, parses, validates and resolves one job file.
 pub fn load(file: &Path, config: &Config) -> Result<Job, JobError> {
+    load_naming_plugin(file, config).1
+}
+
+/// [`load`], with the plugin file the job names once its text is read (also when the
+/// file is then refused: missing, untrusted).
+pub fn load_naming_plugin(file: &Path, config: &Config) -> (Option<PathBuf>, Result<Job, JobError>) {
     let shown = file.display().to_string();
-    let text = read_job_file(file)?;
-    let name = job_name(file);
-    let job = parse_and_validate(&text, &shown, &name, &config.base_dir, &config.plugins_dir)?;
-    job.resolve(&text, config.max_input_bytes)
+    let parsed = read_job_file(file).and_then(|text| {
+        let job = parse_and_validate(&text, &shown, &job_name(file), &config.base_dir, &config.plugins_dir)?;
+        Ok((text, job))
+    });
+    match parsed {
+        Ok((text, job)) => {
+            (job.command.is_none().then(|| job.plugin.clone()), job.resolve(&text, config.max_input_bytes))
+        }
+        Err(e) => (None, Err(e)),
+    }
 }
 
 /// A job file's text: only a regular file (symlinks followed) of at most

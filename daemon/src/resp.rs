@@ -144,6 +144,9 @@ pub fn scan_request(request: &[u8], scan: &mut Scan) -> bool {
                 if request.len() < end {
                     return false;
                 }
+                if &request[end - 2..end] != b"\r\n" {
+                    return true;
+                }
                 scan.at = end;
                 scan.remaining -= 1;
             }
@@ -525,7 +528,7 @@ mod tests {
         let (parsed, n) = parse_request(&request).unwrap().unwrap();
         assert_eq!((parsed.len(), n), (500, request.len()));
         // malformed, or inline: whole at once, for the parse to judge
-        for bad in [&b"*x\r\n"[..], b"*2\r\n:1\r\n", b"*1\r\n$-3\r\n", b"PING"] {
+        for bad in [&b"*x\r\n"[..], b"*2\r\n:1\r\n", b"*1\r\n$-3\r\n", b"*2\r\n$1\r\nxyz", b"PING"] {
             assert!(scan_request(bad, &mut Scan::starting_at(0)), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -37,8 +37,17 @@ impl Drop for JobsWatcher {
     }
 }
 
-/// Starts watching `dir` for `daemon`, whose job set was just loaded.
-pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>) -> JobsWatcher {
+/// The jobs folder and its files as the first reload will read them: taken before it, so
+/// that an edit made while it runs is seen by the watcher that starts after it.
+pub struct Baseline(Sources);
+
+pub fn baseline(dir: &Path) -> Baseline {
+    let (folder, job_files) = job_sources(dir);
+    Baseline(Sources { folder, job_files, plugins: Vec::new() })
+}
+
+/// Starts watching `dir` for `daemon`, whose job set was loaded after `baseline`.
+pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>, baseline: Baseline) -> JobsWatcher {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let folder = new_debouncer(SETTLE, None, move |result: DebounceEventResult| match result {
         Ok(events) => {
@@ -54,7 +63,8 @@ pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>) -> JobsWatcher {
     if let Some(folder) = &mut folder {
         start_watching(folder, dir);
     }
-    let seen = daemon.upgrade().map(|d| Sources::now(dir, &d)).unwrap_or_default();
+    let plugins = daemon.upgrade().map(|d| Sources::now(dir, &d).plugins).unwrap_or_default();
+    let seen = Sources { plugins, ..baseline.0 };
     let task = tokio::spawn(follow(dir.to_path_buf(), daemon, folder, rx, seen));
     JobsWatcher { task }
 }
@@ -111,11 +121,24 @@ async fn follow(
             start_watching(folder, &dir);
         }
         reload(&daemon, if event { "jobs folder changed" } else { "job files or plugins changed" }).await;
-        // What the reload read, unless a job file changed while it ran (the next look then
-        // sees that change), with the plugins the reloaded jobs name.
-        let after = sources_now(&dir, &daemon).await;
-        seen = if after.folder == now.folder && after.job_files == now.job_files { after } else { now };
+        seen = read_by_the_reload(now, sources_now(&dir, &daemon).await);
     }
+}
+
+/// What a reload read, from the sources looked at before it (`before`) and after it
+/// (`after`): the plugins the reloaded jobs name, each as it was before the reload where
+/// it was looked at then, else unknown (a plugin replaced while the reload ran shows as a
+/// change at the next look, at the cost of one reload more when a job names a new one).
+fn read_by_the_reload(before: Sources, after: Sources) -> Sources {
+    let plugins = after
+        .plugins
+        .into_iter()
+        .map(|(path, _)| {
+            let stamp = before.plugins.iter().find(|(p, _)| *p == path).and_then(|(_, s)| s.clone());
+            (path, stamp)
+        })
+        .collect();
+    Sources { plugins, ..before }
 }
 
 async fn sources_now(dir: &Path, daemon: &Arc<Daemon>) -> Sources {
@@ -131,11 +154,14 @@ async fn sources_now(dir: &Path, daemon: &Arc<Daemon>) -> Sources {
 struct Sources {
     /// The folder's device and inode (its times change with every temp file in it).
     folder: Option<(u64, u64)>,
-    job_files: Vec<(PathBuf, Option<FileStamp>)>,
-    plugins: Vec<(PathBuf, Option<FileStamp>)>,
+    job_files: Stamps,
+    plugins: Stamps,
 }
 
-#[derive(PartialEq)]
+/// Files and their stamps (None: not there, or not known).
+type Stamps = Vec<(PathBuf, Option<FileStamp>)>;
+
+#[derive(Clone, PartialEq)]
 struct FileStamp {
     device: u64,
     inode: u64,
@@ -159,22 +185,8 @@ impl FileStamp {
 
 impl Sources {
     fn now(dir: &Path, daemon: &Daemon) -> Sources {
-        let stamped = |paths: Vec<PathBuf>| {
-            paths
-                .into_iter()
-                .map(|path| {
-                    let stamp = FileStamp::of(&path);
-                    (path, stamp)
-                })
-                .collect()
-        };
-        let mut job_files = daemon::job_files(dir).unwrap_or_default();
-        job_files.extend(daemon::experiment_files(dir).unwrap_or_default());
-        Sources {
-            folder: FileStamp::of(dir).map(|f| (f.device, f.inode)),
-            job_files: stamped(job_files),
-            plugins: stamped(daemon.jobs().plugins.into_iter().collect()),
-        }
+        let (folder, job_files) = job_sources(dir);
+        Sources { folder, job_files, plugins: stamped(daemon.jobs().plugins.into_iter().collect()) }
     }
 }
 
@@ -187,4 +199,21 @@ pub async fn reload(daemon: &Arc<Daemon>, why: &str) {
         }
         Err(e) => tracing::error!("{why}: reload failed: {e:#}"),
     }
+}
+
+/// The folder's identity and each job and experiment file's stamp.
+fn job_sources(dir: &Path) -> (Option<(u64, u64)>, Stamps) {
+    let mut job_files = daemon::job_files(dir).unwrap_or_default();
+    job_files.extend(daemon::experiment_files(dir).unwrap_or_default());
+    (FileStamp::of(dir).map(|f| (f.device, f.inode)), stamped(job_files))
+}
+
+fn stamped(paths: Vec<PathBuf>) -> Stamps {
+    paths
+        .into_iter()
+        .map(|path| {
+            let stamp = FileStamp::of(&path);
+            (path, stamp)
+        })
+        .collect()
 }

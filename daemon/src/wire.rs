@@ -153,31 +153,42 @@ pub fn encode_rows(batch: &arrow_array::RecordBatch) -> Result<Vec<u8>, arrow_sc
 /// frames were written.
 pub fn write_rows(out: &mut impl Write, batch: &arrow_array::RecordBatch, limit: usize) -> io::Result<usize> {
     let mut parts = Vec::new();
-    encode_parts(batch, limit, &mut parts)?;
+    encode_parts(batch, limit, usize::MAX, &mut parts)?;
     for part in &parts {
         write_frame(out, TAG_ROWS, part)?;
     }
     Ok(parts.len())
 }
 
-fn encode_parts(batch: &arrow_array::RecordBatch, limit: usize, parts: &mut Vec<Vec<u8>>) -> io::Result<()> {
+/// Encodes `batch` into `parts` of at most `limit` bytes; `whole` is what the batch it was
+/// split from encoded to.
+fn encode_parts(
+    batch: &arrow_array::RecordBatch,
+    limit: usize,
+    whole: usize,
+    parts: &mut Vec<Vec<u8>>,
+) -> io::Result<()> {
     let bytes = encode_rows(batch).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let rows = batch.num_rows();
-    if bytes.len() <= limit {
+    let (rows, len) = (batch.num_rows(), bytes.len());
+    if len <= limit {
         parts.push(bytes);
         return Ok(());
     }
     if rows < 2 {
-        let len = bytes.len();
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("one row of {len} bytes is over the {limit} a frame holds"),
-        ));
+        let message = format!("one row of {len} bytes is over the {limit} a frame holds");
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+    }
+    if len >= whole {
+        // Arrow writes some sliced columns whole (views, dictionaries): halving gains nothing.
+        let message = format!(
+            "a batch of {rows} rows encodes to {len} bytes however it is split, over the {limit} a frame holds: emit smaller batches"
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     }
     drop(bytes);
     let half = rows / 2;
-    encode_parts(&batch.slice(0, half), limit, parts)?;
-    encode_parts(&batch.slice(half, rows - half), limit, parts)
+    encode_parts(&batch.slice(0, half), limit, len, parts)?;
+    encode_parts(&batch.slice(half, rows - half), limit, len, parts)
 }
 
 /// A row frame whose payload is not a readable Arrow IPC stream.

@@ -88,17 +88,28 @@ fn edits_through_a_symlink_and_a_replaced_plugin_apply_too() {
 
     // rewritten in place, where the jobs folder sees nothing
     std::fs::write(&target, job("Europe/Berlin")).unwrap();
-    until(&d, "the edit of the link's target", |t| t.contains("(Europe/Berlin)"));
+    d.wait_for("the edit of the link's target", 15, || jobs_text(&d).contains("(Europe/Berlin)").then_some(()));
 
     // the plugin broken, then restored: the error shows, then goes
     let good = std::fs::read(&plugin).unwrap();
     let tmp = outside.path().join("tmp.so");
     std::fs::write(&tmp, b"not a shared library").unwrap();
     std::fs::rename(&tmp, &plugin).unwrap();
-    d.wait_for("the plugin's error", 5, || status_text(&d).contains("linked.toml:3: field `plugin`").then_some(()));
+    d.wait_for("the plugin's error", 15, || status_text(&d).contains("linked.toml:3: field `plugin`").then_some(()));
     std::fs::write(&tmp, good).unwrap();
     std::fs::rename(&tmp, &plugin).unwrap();
-    d.wait_for("the error to clear", 5, || (!status_text(&d).contains("field `plugin`")).then_some(()));
+    d.wait_for("the error to clear", 15, || (!status_text(&d).contains("field `plugin`")).then_some(()));
+
+    // a new job whose plugin is not installed yet: refused, then loaded once it is
+    let later = outside.path().join("librecd_later.so");
+    d.write_job("later", &format!("plugin = \"{}\"\n[params]\nmode = \"ok\"\n", later.display()));
+    d.wait_for("the missing plugin's error", 15, || {
+        status_text(&d).contains("later.toml:1: field `plugin`").then_some(())
+    });
+    std::fs::write(&tmp, std::fs::read(&plugin).unwrap()).unwrap();
+    std::fs::rename(&tmp, &later).unwrap();
+    d.wait_for("the installed plugin", 15, || jobs_text(&d).contains("later: manual").then_some(()));
+    assert!(!status_text(&d).contains("field `plugin`"), "{}", status_text(&d));
 }
 
 /// A job whose file is broken when the daemon starts keeps its table: another job naming

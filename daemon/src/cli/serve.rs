@@ -48,6 +48,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     crate::run::remove_leftover_run_dirs(&config.data_dir);
     crate::models::remove_leftover_staging(&config.data_dir);
     let daemon = daemon::Daemon::new(config.clone(), store);
+    let jobs_as_read = watch::baseline(&config.jobs_dir);
     if let Err(e) = daemon.reload().await {
         tracing::error!("{e:#}");
     }
@@ -55,7 +56,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     daemon.watch_store(Duration::from_secs(2));
     // Watching before the sockets exist: a client that connects and then writes a job file
     // (as the tests do) must not be able to beat the watcher to it.
-    let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon));
+    let _watcher = watch::watch_jobs(&config.jobs_dir, Arc::downgrade(&daemon), jobs_as_read);
     let read = bind(&config.socket, config.socket_mode)?;
     let admin = bind(&config.admin_socket, 0o600)?;
     let readers = server::ReadServer::start(config.serve_threads, &daemon)

@@ -104,15 +104,15 @@ impl Daemon {
     /// A job file parsed, validated, resolved, and its plugin checked (see
     /// `plugins::Registry::check_job`); with the plugin file it names, if it got that far.
     pub(super) fn load_and_check(&self, file: &std::path::Path) -> (Option<std::path::PathBuf>, Result<Job, JobError>) {
-        let job = match job::load(file, &self.config) {
+        let (plugin, loaded) = job::load_naming_plugin(file, &self.config);
+        let job = match loaded {
             Ok(job) => job,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (plugin, Err(e)),
         };
         if job.command.is_some() {
             // No plugin to probe: `load` found the program.
             return (None, Ok(job));
         }
-        let plugin = Some(job.plugin.clone());
         let checked = self.plugins.check_job(&job, &self.config, &self.probes);
         (plugin, checked.map(|_| job.clone()).map_err(|(field, message)| job.probe_error(&field, message)))
     }

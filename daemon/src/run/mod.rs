@@ -242,21 +242,32 @@ pub fn execute(
         std::thread::spawn(move || control.watch(timeout, stdin, worker_pid))
     };
 
-    let mut staged = store.stage(&job.table, &job.name, run_id, job.kind)?;
+    // What the plugin left running ends with the run. The group is killed while the worker
+    // is not reaped yet, and the watchdog is stopped before it is: until then its id stays
+    // taken, and no other group can have it.
+    let end_worker = || {
+        crate::child::wait_unreaped(worker_pid);
+        kill_group(worker_pid);
+        control.finish();
+        let _ = watchdog.join();
+        child.wait().map_err(anyhow::Error::from)
+    };
+    let staged = store.stage(&job.table, &job.name, run_id, job.kind);
+    let mut staged = match staged {
+        Ok(staged) => staged,
+        Err(e) => {
+            kill_group(worker_pid);
+            end_worker()?;
+            return Err(e.into());
+        }
+    };
     staged.fallback = job.fallback.clone();
     let mut collector = Collector::new(staged, &job.checks, shard);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
         kill_group(worker_pid);
     }
-    // What the plugin left running ends with the run. The group is killed while the worker
-    // is not reaped yet, and the watchdog is stopped before it is: until then its id stays
-    // taken, and no other group can have it.
-    crate::child::wait_unreaped(worker_pid);
-    kill_group(worker_pid);
-    control.finish();
-    let _ = watchdog.join();
-    let status = child.wait().map_err(anyhow::Error::from)?;
+    let status = end_worker()?;
     let tail = stderr.tail(control::CANCEL_GRACE);
     let mut input_lineage = lineage_inputs.join().unwrap_or_default();
     // The build the worker reports, in the run's lineage and the plugin registry.
