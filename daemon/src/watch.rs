@@ -8,6 +8,7 @@
 //! every [`POLL`] the watcher also looks at what those paths lead to, and reloads when
 //! that changed, as Prometheus's file discovery backs its events with a periodic re-read.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -63,7 +64,7 @@ pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>, baseline: Baseline) -> JobsW
     if let Some(folder) = &mut folder {
         start_watching(folder, dir);
     }
-    let plugins = daemon.upgrade().map(|d| Sources::now(dir, &d).plugins).unwrap_or_default();
+    let plugins = daemon.upgrade().map(|d| stamped(d.plugin_files().into_iter().collect())).unwrap_or_default();
     let seen = Sources { plugins, ..baseline.0 };
     let task = tokio::spawn(follow(dir.to_path_buf(), daemon, folder, rx, seen));
     JobsWatcher { task }
@@ -121,19 +122,18 @@ async fn follow(
             start_watching(folder, &dir);
         }
         reload(&daemon, if event { "jobs folder changed" } else { "job files or plugins changed" }).await;
-        seen = read_by_the_reload(now, sources_now(&dir, &daemon).await);
+        seen = read_by_the_reload(now, daemon.plugin_files());
     }
 }
 
-/// What a reload read, from the sources looked at before it (`before`) and after it
-/// (`after`): the plugins the reloaded jobs name, each as it was before the reload where
+/// What a reload read, from the sources looked at before it (`before`) and the plugin
+/// files the reloaded jobs name (`named`): each plugin as it was before the reload where
 /// it was looked at then, else unknown (a plugin replaced while the reload ran shows as a
 /// change at the next look, at the cost of one reload more when a job names a new one).
-fn read_by_the_reload(before: Sources, after: Sources) -> Sources {
-    let plugins = after
-        .plugins
+fn read_by_the_reload(before: Sources, named: BTreeSet<PathBuf>) -> Sources {
+    let plugins = named
         .into_iter()
-        .map(|(path, _)| {
+        .map(|path| {
             let stamp = before.plugins.iter().find(|(p, _)| *p == path).and_then(|(_, s)| s.clone());
             (path, stamp)
         })
@@ -186,7 +186,7 @@ impl FileStamp {
 impl Sources {
     fn now(dir: &Path, daemon: &Daemon) -> Sources {
         let (folder, job_files) = job_sources(dir);
-        Sources { folder, job_files, plugins: stamped(daemon.jobs().plugins.into_iter().collect()) }
+        Sources { folder, job_files, plugins: stamped(daemon.plugin_files().into_iter().collect()) }
     }
 }
 

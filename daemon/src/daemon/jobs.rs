@@ -113,12 +113,20 @@ impl Daemon {
             // No plugin to probe: `load` found the program.
             return (None, Ok(job));
         }
-        let checked = self.plugins.check_job(&job, &self.config, &self.probes);
-        (plugin, checked.map(|_| job.clone()).map_err(|(field, message)| job.probe_error(&field, message)))
+        match self.plugins.check_job(&job, &self.config, &self.probes) {
+            Ok(_) => (plugin, Ok(job)),
+            Err((field, message)) => (plugin, Err(job.probe_error(&field, message))),
+        }
     }
 
     pub fn jobs(&self) -> JobSet {
         self.jobs.read().expect("jobs lock").clone()
+    }
+
+    /// The plugin files the last reload's jobs name ([`JobSet::plugins`]), without a copy
+    /// of the rest of the job set (the watcher asks every second).
+    pub fn plugin_files(&self) -> std::collections::BTreeSet<std::path::PathBuf> {
+        self.jobs.read().expect("jobs lock").plugins.clone()
     }
 
     pub(super) fn job(&self, name: &str) -> Result<Job, TriggerError> {

@@ -74,8 +74,8 @@ pub fn execute_command(
     // command exits, and a straggler would hold the output pipes open. Killed before the
     // command is reaped, and the watchdog stopped before too: until then the group's id
     // stays taken, and no other group can have it.
-    wait_unreaped(child.id());
-    kill_group(child.id());
+    wait_unreaped(group);
+    kill_group(group);
     control.finish();
     let _ = watchdog.join();
     let status = child.wait().map_err(|e| RunError::Failed(format!("waiting for the command: {e}")));

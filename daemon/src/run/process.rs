@@ -66,7 +66,7 @@ impl Forwarded {
 /// `command`), as bytes (any encoding: shown lossily) cut at [`LINE_MAX_BYTES`], and keeps
 /// the last `keep` to explain how the run ended.
 pub(super) fn forward(
-    stream: impl std::io::Read + Send + 'static,
+    stream: impl Read + Send + 'static,
     source: Source,
     job: &str,
     run_id: u64,
