@@ -84,6 +84,10 @@ struct RawConfig {
     /// reads that miss the read cache.
     #[serde(default = "default_store_cache_mb")]
     store_cache_mb: u64,
+    /// Disk space (MiB) the store keeps in a file of its own, given back when the disk is
+    /// full so the store can still open and drop a failed run's rows; 0: none.
+    #[serde(default = "default_disk_reserve_mb")]
+    disk_reserve_mb: u64,
     /// Largest input or model file (MiB) a job may read; a bigger one is refused when
     /// the job is loaded and when a run starts.
     #[serde(default = "default_max_input_mb")]
@@ -107,7 +111,7 @@ fn mib_to_bytes(mib: u64, field: &'static str, file: &str) -> Result<u64, Config
     mib.checked_mul(1 << 20).ok_or_else(|| ConfigError::Invalid {
         file: file.into(),
         field,
-        message: format!("{mib} MiB is more memory than a 64-bit count of bytes holds"),
+        message: format!("{mib} MiB is more than a 64-bit count of bytes holds"),
     })
 }
 
@@ -121,6 +125,10 @@ fn default_read_cache_mb() -> u64 {
 
 fn default_store_cache_mb() -> u64 {
     256
+}
+
+fn default_disk_reserve_mb() -> u64 {
+    64
 }
 
 fn default_max_clients() -> usize {
@@ -310,6 +318,7 @@ impl Config {
             caches: crate::store::Caches {
                 sled_bytes: mib_to_bytes(raw.store_cache_mb.max(16), "store_cache_mb", file)?,
                 read_bytes: mib_to_bytes(raw.read_cache_mb, "read_cache_mb", file)?,
+                disk_reserve_bytes: mib_to_bytes(raw.disk_reserve_mb, "disk_reserve_mb", file)?,
             },
             max_input_bytes: mib_to_bytes(raw.max_input_mb, "max_input_mb", file)?,
             serve_threads: match raw.serve_threads {

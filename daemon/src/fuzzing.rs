@@ -243,7 +243,7 @@ fn fuzz_store() -> &'static Mutex<Store> {
         let _ = std::fs::remove_dir_all(&dir);
         let retention = Retention { count: 2, max_age: None };
         // A small page cache: the fuzzer's tables are tiny, and libFuzzer stops at 2 GiB.
-        let caches = store::Caches { sled_bytes: 64 << 20, read_bytes: 0 };
+        let caches = store::Caches { sled_bytes: 64 << 20, read_bytes: 0, disk_reserve_bytes: 0 };
         Mutex::new(Store::open_with(&dir, retention, caches).expect("the fuzz store opens"))
     })
 }

@@ -292,9 +292,101 @@ fn fill_disk(path: &Path) -> u64 {
 }
 
 #[test]
+fn the_disk_reserve_opens_a_full_disk_and_runs_stop_before_the_disk_is_full() {
+    let synthetic = |users: u32, seed: u32| {
+        format!("plugin = \"synthetic\"\n[params]\nusers = {users}\nitems = 100\nseed = {seed}\n")
+    };
+    let slow = "plugin = \"faulty\"\ntable = \"s\"\n[params]\nmode = \"slow\"\nseconds = 3\n";
+    let mut d = TestDaemon::start(&[("t", &synthetic(2000, 1)), ("slow", slow)]);
+    d.stop();
+    let data = d.dir.path().join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&data, 256) else { return };
+    d.restart();
+    let reserve = data.join(".recd-reserve");
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 64 << 20, "the default reserve is made at start");
+    d.run_job("t");
+    let served = |d: &TestDaemon| -> Vec<String> {
+        redis::cmd("ZREVRANGE").arg("t:000000000007").arg(0).arg(-1).query(&mut d.redis()).unwrap()
+    };
+    let published = served(&d);
+    assert_eq!(published.len(), 100);
+    let filler = data.join("filler");
+    let reserve_back = |d: &TestDaemon| {
+        d.wait_for("the reserve to be made again", 20, || (!status(d).contains("disk reserve missing")).then_some(()));
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 64 << 20);
+    };
+
+    // Another program fills the disk while recd is stopped: recd gives back its reserve to
+    // open the store, serves, and makes the reserve again once space is freed.
+    d.stop();
+    assert!(fill_disk(&filler) > 0);
+    d.restart();
+    assert_eq!(served(&d), published);
+    assert!(!reserve.exists());
+    let s = status(&d);
+    assert!(s.contains("store: disk reserve missing (given back to open the store"), "{s}");
+    std::fs::remove_file(&filler).unwrap();
+    reserve_back(&d);
+
+    // A run whose own rows would fill the disk is stopped while 64 MiB are still free: it
+    // fails, naming the cause, its rows are dropped, and the store goes on taking writes.
+    d.write_job("big", &synthetic(200_000, 2));
+    d.wait_for("job big", 10, || status(&d).contains("  big: manual").then_some(()));
+    let out = cli_within(&d, &["run", "big"], 120);
+    assert!(!out.status.success(), "a run that would fill the disk must fail");
+    assert!(text(&out).contains("the data disk is nearly full: "), "{}", text(&out));
+    assert!(text(&out).contains("less than the 64 MiB recd keeps free (`disk_reserve_mb`)"), "{}", text(&out));
+    let s = status(&d);
+    assert!(!s.contains("not taking writes") && !s.contains("disk reserve missing"), "{s}");
+    let out = cli_within(&d, &["verify"], 60);
+    assert!(out.status.success(), "nothing of the stopped run is left: {}", text(&out));
+    assert_eq!(served(&d), published);
+
+    // sled keeps the stopped run's space for its next writes: a small run still publishes.
+    d.run_job("slow");
+
+    // The disk fills up under a run: it is stopped before sled's writes fail, and new
+    // versions are refused with a clear error until space is freed. (Other writes, the
+    // run's record say, can find the disk full too: the store then waits for space, as it
+    // does without a reserve.)
+    let running = {
+        let config = d.config();
+        std::thread::spawn(move || Command::new(RECD).args(["run", "slow", "--config"]).arg(config).output().unwrap())
+    };
+    d.wait_for("the slow run", 10, || status(&d).contains("[running]").then_some(()));
+    assert!(fill_disk(&filler) > 0);
+    let out = running.join().unwrap();
+    let full = |out: &Output| {
+        let text = text(out);
+        text.contains("the data disk is nearly full: 0 MiB free") || text.contains("No space left on device")
+    };
+    assert!(full(&out), "{}", text(&out));
+    assert_eq!(served(&d), published);
+    let out = cli_within(&d, &["run", "t"], 60);
+    assert!(
+        !out.status.success() && (full(&out) || text(&out).contains("the store cannot be written")),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(&filler).unwrap();
+    reserve_back(&d);
+    d.wait_for("the store to take writes", 20, || (!status(&d).contains("not taking writes")).then_some(()));
+    let out = cli_within(&d, &["verify"], 60);
+    assert!(out.status.success(), "the failed run's rows are dropped: {}", text(&out));
+    d.write_job("t", &synthetic(2000, 3));
+    assert!(d.cli(&["reload"]).status.success());
+    let out = d.run_job("t");
+    assert!(out.contains("published table t version 2"), "{out}");
+    assert_ne!(served(&d), published);
+    assert!(d.stop(), "{}", d.log());
+}
+
+#[test]
 fn a_full_disk_fails_the_run_and_the_store_takes_writes_again_once_space_is_freed() {
     let synthetic = |seed: u32| format!("plugin = \"synthetic\"\n[params]\nusers = 20000\nitems = 20\nseed = {seed}\n");
-    let mut d = TestDaemon::start(&[("t", &synthetic(1))]);
+    // No disk reserve: the store fails as sled does, and waits for space to be freed.
+    let mut d = TestDaemon::start_with(&[("t", &synthetic(1))], "disk_reserve_mb = 0\n");
     d.stop();
     let data = d.dir.path().join("data");
     std::fs::remove_dir_all(&data).unwrap();

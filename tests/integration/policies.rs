@@ -69,6 +69,40 @@ fn overlap_skip_records_the_skipped_tick() {
 }
 
 #[test]
+fn a_shared_tables_run_that_began_first_and_ends_last_is_superseded_not_published_or_retried() {
+    let shared = |params: &str| {
+        format!(
+            "plugin = \"faulty\"\ntable = \"t\"\nshared_table = true\nretries = 2\nretry_backoff_seconds = 1\n[params]\n{params}\n"
+        )
+    };
+    let d = TestDaemon::start(&[
+        ("nightly", &shared("mode = \"slow\"\nseconds = 3\nuser = \"old\"")),
+        ("hourly", &shared("mode = \"ok\"\nuser = \"new\"")),
+    ]);
+    let nightly = run_in_background(&d, "nightly");
+    d.wait_for("the nightly run to start", 10, || {
+        d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500)); // its version is staged
+    d.run_job("hourly");
+    let nightly = nightly.join().unwrap();
+    assert!(!nightly.status.success());
+    let want = "table `t` version 1 is not published: version 2 (job `hourly`, run ";
+    assert!(err(&nightly).contains(want), "{}", err(&nightly));
+    let mut conn = d.redis();
+    let mut served = |user: &str| -> Vec<String> {
+        redis::cmd("ZREVRANGE").arg(format!("t:{user}")).arg(0).arg(-1).query(&mut conn).unwrap()
+    };
+    assert_eq!(served("new"), ["a", "b", "c"]);
+    assert_eq!(served("old"), Vec::<String>::new());
+    // Not retried: a retry would put the older results back (its backoff is 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(statuses(&d, "nightly"), ["superseded"]);
+    let out = d.cli(&["verify"]);
+    assert!(out.status.success(), "nothing of the superseded version is left: {}", err(&out));
+}
+
+#[test]
 fn overlap_replace_cancels_the_running_run() {
     let d = TestDaemon::start(&[("j", &job("overlap = \"replace\"", "mode = \"slow\"\nseconds = 1.5"))]);
     let first = run_in_background(&d, "j");

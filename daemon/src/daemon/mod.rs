@@ -156,12 +156,17 @@ impl Daemon {
 
     /// While a failed write keeps the store closed to writes: tries to open it again
     /// every `every` (see `Store::recover`), then writes the run records that waited.
+    /// While the disk reserve is missing, tries to make it again as often.
     pub fn watch_store(self: &Arc<Self>, every: Duration) {
         let daemon = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(daemon) = daemon.upgrade() else { return };
+                if daemon.store.failure().is_none() && daemon.store.reserve_missing().is_some() {
+                    let store = Arc::clone(&daemon.store);
+                    let _ = tokio::task::spawn_blocking(move || store.keep_reserve()).await;
+                }
                 let waiting = !daemon.unrecorded.lock().expect("unrecorded").is_empty();
                 if daemon.store.failure().is_none() && !waiting {
                     continue;

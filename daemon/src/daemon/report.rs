@@ -20,6 +20,12 @@ impl Daemon {
                 "store: not taking writes ({failure}); published versions keep serving; it is opened again once a test write succeeds ({waiting} run record(s) waiting)"
             );
         }
+        if let Some(why) = self.store.reserve_missing() {
+            let _ = writeln!(
+                s,
+                "store: disk reserve missing ({why}); free space on the data disk: until the reserve is made again, a run that fills the disk leaves the store closed to writes until space is freed"
+            );
+        }
         let _ = writeln!(s, "tables:");
         match self.store.tables() {
             Ok(tables) => {

@@ -421,7 +421,7 @@ impl Daemon {
     }
 
     pub(super) fn schedule_retry(self: &Arc<Self>, job: &Job, trigger: &Trigger, err: &RunError) {
-        if matches!(err, RunError::Cancelled(_)) {
+        if matches!(err, RunError::Cancelled(_) | RunError::Superseded(_)) {
             return;
         }
         let attempt = match trigger {

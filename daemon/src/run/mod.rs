@@ -136,6 +136,9 @@ pub enum RunError {
     TimedOut(u64),
     #[error("cancelled ({0}); the worker was stopped and its version discarded")]
     Cancelled(String),
+    /// Another run of its shared table began later and published first: not retried.
+    #[error("{0}")]
+    Superseded(String),
 }
 
 impl RunError {
@@ -145,6 +148,7 @@ impl RunError {
             RunError::Failed(_) => "failed",
             RunError::TimedOut(_) => "timeout",
             RunError::Cancelled(_) => "cancelled",
+            RunError::Superseded(_) => "superseded",
         }
     }
 }
@@ -157,7 +161,10 @@ impl From<anyhow::Error> for RunError {
 
 impl From<crate::store::StoreError> for RunError {
     fn from(e: crate::store::StoreError) -> Self {
-        RunError::Failed(format!("store: {e}"))
+        match e {
+            crate::store::StoreError::Superseded { .. } => RunError::Superseded(e.to_string()),
+            e => RunError::Failed(format!("store: {e}")),
+        }
     }
 }
 

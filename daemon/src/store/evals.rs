@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Handles, Store, StoreError, VersionInfo, retained_list, table_meta, write_meta};
+use super::{Handles, Store, StoreError, VersionInfo, retained_list, table_meta};
 
 /// One evaluation of one version, as `recd eval` measured it.
 /// Stored data: unknown fields are kept out of the way, not refused, so a store a later
@@ -51,7 +51,7 @@ impl Store {
         };
         info.eval = Some(record);
         let info = info.clone();
-        write_meta(h, table, &meta)?;
+        self.write_meta(h, table, Some(&meta))?;
         Ok(info)
     }
 }

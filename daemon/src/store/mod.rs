@@ -28,6 +28,7 @@ use crate::read_cache::ReadCache;
 mod codec;
 mod evals;
 mod gate;
+mod reserve;
 mod retire;
 mod runs;
 mod staged;
@@ -91,6 +92,16 @@ pub enum StoreError {
     /// yet: published versions keep serving, nothing is written.
     #[error("the store cannot be written: {0}")]
     Unavailable(String),
+    /// A table shared by jobs serves the version of the run that began last: one that
+    /// began earlier and ends later would put older results back.
+    #[error(
+        "table `{table}` version {version} is not published: version {current} (job `{job}`, run {run_id}), from a run that began after this one, was published first; its rows were dropped"
+    )]
+    Superseded { table: String, version: u64, current: u64, job: String, run_id: u64 },
+    #[error(
+        "the data disk is nearly full: {free_mib} MiB free in {dir}, less than the {min_mib} MiB recd keeps free (`disk_reserve_mb`), so the version is not written on and its rows are dropped: free space on that disk"
+    )]
+    DiskNearlyFull { dir: String, free_mib: u64, min_mib: u64 },
 }
 
 /// Which published versions a table keeps: at most `count` (the current one included),
@@ -224,12 +235,21 @@ pub struct Store {
     retention: Retention,
     /// Serialises publishes so version numbers and meta updates never race.
     publish_lock: Mutex<()>,
+    /// Tables whose meta was changed but not synced (the sync failed), each with its last
+    /// meta known durable (None: no entry). The change may reach the disk anyway, when
+    /// sled writes its log out on close, so [`Store::recover`] puts these back: a publish,
+    /// rollback or drop reported failed never takes effect later.
+    unsynced_meta: Mutex<HashMap<String, Option<sled::IVec>>>,
+    /// Tests: the next meta sync fails as a full disk would.
+    #[cfg(test)]
+    fail_next_meta_sync: std::sync::atomic::AtomicBool,
     /// Data trees of versions being written now: not yet referenced, and not left over.
     staging: Mutex<HashSet<String>>,
     /// Trees of versions retention or `recd drop` let go, being dropped once nobody reads
     /// them (the leases of the servings).
     retiring: Arc<Retiring>,
     read_cache: Arc<ReadCache>,
+    reserve: reserve::Reserve,
 }
 
 /// The database and its fixed trees.
@@ -256,6 +276,7 @@ impl Handles {
             .cache_capacity(caches.sled_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
+        remove_partial_snapshots(dir)?;
         let deadline = std::time::Instant::now() + wait;
         let db = loop {
             match config.open() {
@@ -317,13 +338,15 @@ const SLED_FLUSH_EVERY_MS: u64 = 10_000;
 /// sled's own default page cache, 1 GiB.
 const SLED_DEFAULT_CACHE: u64 = 1 << 30;
 
-/// The store's two memory budgets.
+/// The store's memory budgets, and the disk space it keeps for itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Caches {
     /// sled's page cache: pages written or read, dirty pages until a flush.
     pub sled_bytes: u64,
     /// Values of current versions kept after a read ([`ReadCache`]); 0: none.
     pub read_bytes: u64,
+    /// The disk reserve (see `store/reserve.rs`); 0: none.
+    pub disk_reserve_bytes: u64,
 }
 
 /// How long an open waits for sled's lock (see [`Handles::open`]).
@@ -337,11 +360,22 @@ impl Store {
     /// Opens the store with no read cache and sled's default page cache (tools, tests);
     /// the daemon uses [`Store::open_with`].
     pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
-        Store::open_with(dir, retention, Caches { sled_bytes: SLED_DEFAULT_CACHE, read_bytes: 0 })
+        Store::open_with(
+            dir,
+            retention,
+            Caches { sled_bytes: SLED_DEFAULT_CACHE, read_bytes: 0, disk_reserve_bytes: 0 },
+        )
     }
 
     pub fn open_with(dir: &Path, retention: Retention, caches: Caches) -> Result<Store, StoreError> {
-        let handles = Arc::new(Handles::open(dir, caches, LOCK_WAIT)?);
+        let reserve = reserve::Reserve::new(dir, caches.disk_reserve_bytes);
+        let handles = match Handles::open(dir, caches, LOCK_WAIT) {
+            Err(e) if reserve::is_disk_full(&e) && reserve.release("to open the store") => {
+                Handles::open(dir, caches, LOCK_WAIT)?
+            }
+            opened => opened?,
+        };
+        let handles = Arc::new(handles);
         let store = Store {
             dir: dir.to_path_buf(),
             caches,
@@ -350,13 +384,18 @@ impl Store {
             served: RwLock::new(HashMap::new()),
             retention: Retention { count: retention.count.max(1), ..retention },
             publish_lock: Mutex::new(()),
+            unsynced_meta: Mutex::default(),
+            #[cfg(test)]
+            fail_next_meta_sync: Default::default(),
             staging: Mutex::new(HashSet::new()),
             retiring: Arc::default(),
             read_cache: Arc::new(ReadCache::new(caches.read_bytes)),
+            reserve,
         };
         store.load_tables(&handles, &mut store.served.write().expect("served lock"))?;
         store.drop_unreferenced(&handles)?;
         handles.db.flush()?;
+        store.reserve.make();
         Ok(store)
     }
 
@@ -372,6 +411,18 @@ impl Store {
     fn writing<T>(&self, f: impl FnOnce(&Handles) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.recover()?;
         self.write_checked(f)
+    }
+
+    /// Why the disk reserve is not in place, while it is not (see `store/reserve.rs`).
+    pub fn reserve_missing(&self) -> Option<String> {
+        self.reserve.missing()
+    }
+
+    /// Makes the disk reserve again if it is missing and the disk now has room.
+    pub fn keep_reserve(&self) {
+        if self.reserve.missing().is_some() {
+            self.reserve.make();
+        }
     }
 
     /// Why writes are refused now, if they are (see [`Store::recover`]).
@@ -404,13 +455,33 @@ impl Store {
             tracing::error!("opening the store again failed: {e}");
             StoreError::Unavailable(format!("{cause}; opening it again failed: {e}"))
         })?);
+        self.restore_unsynced_meta(&handles)?;
         self.load_tables(&handles, &mut served)?;
         drop(served);
         *self.handles.write().expect("handles lock") = Some(Arc::clone(&handles));
         self.drop_unreferenced(&handles)?;
         handles.db.flush()?;
+        self.reserve.make();
         *self.failure.lock().expect("failure lock") = None;
         tracing::info!("the store was opened again after a failed write ({cause}): writes resume");
+        Ok(())
+    }
+
+    /// Puts back the last durable meta of each table whose meta change failed to sync.
+    fn restore_unsynced_meta(&self, h: &Handles) -> Result<(), StoreError> {
+        let mut unsynced = self.unsynced_meta.lock().expect("unsynced meta");
+        for (table, durable) in unsynced.iter() {
+            let now = h.meta.get(table_key(table))?;
+            if now != *durable {
+                tracing::warn!(table = %table, "a meta change whose sync failed is undone: it was reported failed");
+                match durable {
+                    Some(meta) => h.meta.insert(table_key(table), meta.clone())?,
+                    None => h.meta.remove(table_key(table))?,
+                };
+            }
+        }
+        h.sync()?;
+        unsynced.clear();
         Ok(())
     }
 
@@ -506,6 +577,7 @@ impl Store {
         run_id: u64,
         kind: TableKind,
     ) -> Result<StagedVersion, StoreError> {
+        let free_space = self.reserve.free_space()?;
         let _guard = self.publish_lock.lock().expect("publish lock");
         let last = table_meta(h, table)?.map(|m| m.versions.iter().map(|v| v.version).max().unwrap_or(0).max(m.last));
         // Above versions other runs are writing for this table now (two jobs may publish
@@ -546,6 +618,7 @@ impl Store {
             large_users: Vec::new(),
             checksum: 0,
             lineage: None,
+            free_space,
         })
     }
 
@@ -560,10 +633,18 @@ impl Store {
     /// current version: then it is kept as held (`held` in the result), and the current
     /// version stays.
     pub fn publish_gated(&self, mut staged: StagedVersion, gate: &Gate) -> Result<VersionInfo, StoreError> {
-        let _unstage = Unstage(self, data_tree_name(&staged.table, staged.version));
+        let name = data_tree_name(&staged.table, staged.version);
+        let _unstage = Unstage(self, name.clone());
         // Not through `writing`'s recovery: this version was written to the database as
         // it is now, and is refused if that one has failed.
-        self.write_checked(|h| self.publish_in(h, &mut staged, gate))
+        let published = self.write_checked(|h| self.publish_in(h, &mut staged, gate));
+        if published.is_err() {
+            // Not published: its rows go now rather than at the next open, once its writer
+            // threads are done. (A failed store drops them when it is opened again.)
+            drop(staged.writers.take());
+            let _ = self.drop_rows(&name);
+        }
+        published
     }
 
     /// Runs a write on the open database without trying to recover first; an I/O error
@@ -590,6 +671,8 @@ impl Store {
     }
 
     fn publish_in(&self, h: &Handles, staged: &mut StagedVersion, gate: &Gate) -> Result<VersionInfo, StoreError> {
+        // Checked before the sync, for a version about to be thrown away, and under the lock.
+        check_not_superseded(&table_meta(h, &staged.table)?, staged)?;
         staged.write_pending()?;
         h.sync()?;
         // The gate's scans run before the publish lock (they can take seconds on a large
@@ -613,6 +696,7 @@ impl Store {
         };
         let _guard = self.publish_lock.lock().expect("publish lock");
         let previous = table_meta(h, &staged.table)?;
+        check_not_superseded(&previous, staged)?;
         let current = current_version(&previous);
         let gated = match early {
             _ if gate.is_empty() => None,
@@ -653,7 +737,7 @@ impl Store {
         meta.kind = staged.kind;
         meta.fallback = staged.fallback.clone();
         let dropped = self.apply_retention(&mut meta);
-        write_meta(h, &staged.table, &meta)?;
+        self.write_meta(h, &staged.table, Some(&meta))?;
         let serving = Arc::new(self.serving(info.version, staged.kind, meta.fallback.clone(), staged.tree.clone()));
         // Huge lists are copied into the read cache here, on the run's thread, rather than
         // by their first reader on a serving thread (about 140 ms for 275 MB).
@@ -684,7 +768,7 @@ impl Store {
         });
         meta.versions.push(info.clone());
         meta.last = meta.last.max(info.version);
-        write_meta(h, &staged.table, &meta)?;
+        self.write_meta(h, &staged.table, Some(&meta))?;
         Ok(info)
     }
 
@@ -697,7 +781,7 @@ impl Store {
                 return Err(StoreError::NotHeld { table: table.to_owned(), version, held: held_list(&meta) });
             };
             let dropped = meta.versions.remove(at);
-            write_meta(h, table, &meta)?;
+            self.write_meta(h, table, Some(&meta))?;
             drop_tree(&h.db, data_tree_name(table, version).as_bytes())?;
             Ok(dropped)
         })
@@ -719,8 +803,7 @@ impl Store {
                     "a run or import is writing a version of table `{table}`: drop it once that ends"
                 )));
             }
-            h.meta.remove(table_key(table))?;
-            h.sync()?;
+            self.write_meta(h, table, None)?;
             self.served.write().expect("served lock").remove(table);
             self.retiring.retire(&h.db, meta.versions.iter().map(|v| data_tree_name(table, v.version)).collect());
             Ok(meta)
@@ -782,7 +865,7 @@ impl Store {
             v.held = false;
         }
         let tree = h.db.open_tree(data_tree_name(table, target.version))?;
-        write_meta(h, table, &meta)?;
+        self.write_meta(h, table, Some(&meta))?;
         let served = self.serving(target.version, meta.kind, meta.fallback, tree);
         self.served.write().expect("served lock").insert(table.to_owned(), Arc::new(served));
         Ok(target)
@@ -854,10 +937,32 @@ impl Store {
         drop(staged.writers.take());
         let name = data_tree_name(&staged.table, staged.version);
         let _unstage = Unstage(self, name.clone());
-        // A failed store drops what is left of the version when it is opened again.
-        self.write_checked(|h| {
-            drop_tree(&h.db, name.as_bytes())?;
-            Ok(())
+        self.drop_rows(&name)
+    }
+
+    /// Drops the tree of a version that will not be published (a failed store drops it
+    /// when it is opened again).
+    fn drop_rows(&self, name: &str) -> Result<(), StoreError> {
+        self.write_checked(|h| Ok(drop_tree(&h.db, name.as_bytes()).map(drop)?))
+    }
+
+    /// Writes `table`'s meta (None: removes the table) and syncs it: the one step that makes
+    /// a change to it durable. If the sync fails the change is recorded as uncertain
+    /// ([`Store::unsynced_meta`]).
+    fn write_meta(&self, h: &Handles, table: &str, meta: Option<&TableMeta>) -> Result<(), StoreError> {
+        let key = table_key(table);
+        let before = match meta {
+            Some(meta) => h.meta.insert(key, serde_json::to_vec(meta).expect("meta serialises"))?,
+            None => h.meta.remove(key)?,
+        };
+        #[cfg(test)]
+        if self.fail_next_meta_sync.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before);
+            return Err(sled::Error::Io(std::io::Error::from_raw_os_error(28)).into());
+        }
+        h.sync().inspect_err(|_| {
+            // The first value is the one known durable: a later failed change keeps it.
+            self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before);
         })
     }
 
@@ -876,15 +981,25 @@ impl Drop for Store {
     }
 }
 
+/// Refuses `staged` when its table's current version was staged after it (version numbers
+/// are given in the order runs begin): see [`StoreError::Superseded`]. A version made
+/// current by a rollback counts like any other.
+fn check_not_superseded(meta: &Option<TableMeta>, staged: &StagedVersion) -> Result<(), StoreError> {
+    match current_version(meta) {
+        Some(current) if current.version > staged.version => Err(StoreError::Superseded {
+            table: staged.table.clone(),
+            version: staged.version,
+            current: current.version,
+            job: current.job.clone(),
+            run_id: current.run_id,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The current version's entry in `meta`, if the table has one.
 fn current_version(meta: &Option<TableMeta>) -> Option<&VersionInfo> {
     meta.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current))
-}
-
-/// Writes `table`'s meta and syncs it: the one step that makes a change to it durable.
-fn write_meta(h: &Handles, table: &str, meta: &TableMeta) -> Result<(), StoreError> {
-    h.meta.insert(table_key(table), serde_json::to_vec(meta).expect("meta serialises"))?;
-    h.sync()
 }
 
 fn table_meta(h: &Handles, table: &str) -> Result<Option<TableMeta>, StoreError> {
@@ -903,6 +1018,25 @@ fn tables_of(h: &Handles) -> Result<Vec<(String, TableMeta)>, StoreError> {
         out.push((table, meta));
     }
     Ok(out)
+}
+
+/// Removes the snapshot files sled left half written. sled 0.34 writes a snapshot to
+/// `snap.<lsn>.generating` and renames it once whole, but on open reads the newest-named
+/// `snap.*` file, such a leftover included: after a snapshot write that failed (a full
+/// disk: an open on one writes a snapshot) the store would not open again, as corrupt,
+/// once space was freed. A `.generating` file is never whole, and sled's lock is not held
+/// here, so nothing is writing it.
+fn remove_partial_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "removing a snapshot sled left half written");
+            std::fs::remove_file(entry.path()).map_err(sled::Error::Io)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes, syncs and removes a scratch file in `dir`: whether the disk takes writes.
@@ -960,7 +1094,7 @@ mod tests {
     #[test]
     fn reads_through_the_cache_follow_publishes_and_rollbacks() {
         let dir = tempfile::tempdir().unwrap();
-        let caches = Caches { sled_bytes: 1 << 24, read_bytes: 1 << 20 };
+        let caches = Caches { sled_bytes: 1 << 24, read_bytes: 1 << 20, disk_reserve_bytes: 0 };
         let store = Store::open_with(dir.path(), Retention { count: 3, max_age: None }, caches).unwrap();
         let score = |store: &Store| {
             let value = store.served("t").unwrap().get(b"u").unwrap().unwrap();
@@ -1089,6 +1223,79 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_sled_left_half_written_does_not_keep_the_store_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { count: 3, max_age: None };
+        publish_value(&Store::open(dir.path(), retention).unwrap(), 1);
+        // What a snapshot write cut short by a full disk leaves: newer than any whole one.
+        let partial = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&partial, b"cut").unwrap();
+        let store = Store::open(dir.path(), retention).unwrap();
+        assert_eq!(served_score(&store), 1.0);
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_run_that_began_first_and_ends_last_does_not_replace_the_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        let mut nightly = store.stage("t", "nightly", 1, TableKind::Lists).unwrap();
+        let mut hourly = store.stage("t", "hourly", 2, TableKind::Lists).unwrap();
+        nightly.put_user("u", &mut [("old", 1.0)]).unwrap();
+        hourly.put_user("u", &mut [("new", 1.0)]).unwrap();
+        assert_eq!(store.publish(hourly).unwrap().version, 2);
+        let err = store.publish(nightly).unwrap_err();
+        assert!(matches!(err, StoreError::Superseded { version: 1, current: 2, run_id: 2, .. }), "{err}");
+        assert!(err.to_string().contains("version 2 (job `hourly`, run 2), from a run that began after"), "{err}");
+        assert_eq!(decode_list(&store.served("t").unwrap().get(b"u").unwrap().unwrap())[0].0, b"new");
+        // Its rows are gone at once (verify lists a tree nothing references).
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        // A version staged after a rollback still publishes: it began after the current one.
+        publish_value(&store, 3);
+        store.rollback("t", Some(2)).unwrap();
+        assert_eq!(publish_value(&store, 4).version, 4);
+        assert_eq!(store.rollback("t", None).unwrap().version, 3, "the rollback goes to the version before");
+    }
+
+    #[test]
+    fn a_meta_change_whose_sync_failed_never_takes_effect_once_the_store_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        let current =
+            |store: &Store| store.tables().unwrap().into_iter().map(|(t, m)| (t, m.current)).collect::<Vec<_>>();
+        let fail_next_sync =
+            |store: &Store| store.fail_next_meta_sync.store(true, std::sync::atomic::Ordering::Relaxed);
+        publish_value(&store, 1);
+        // A publish whose meta sync fails is reported failed, and stays so.
+        fail_next_sync(&store);
+        let mut staged = store.stage("t", "job", 2, TableKind::Lists).unwrap();
+        staged.put_user("u", &mut [("i", 2.0)]).unwrap();
+        assert!(store.publish(staged).unwrap_err().to_string().contains("os error 28"));
+        assert!(store.failure().is_some(), "the store is marked failed");
+        assert_eq!(served_score(&store), 1.0);
+        store.recover().unwrap();
+        assert_eq!(current(&store), [("t".to_string(), 1)]);
+        assert_eq!(served_score(&store), 1.0);
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new(), "the failed version's rows are dropped");
+        // So do a rollback and a drop.
+        // (The failed publish's number is free again: it was never published.)
+        let v = publish_value(&store, 3).version;
+        fail_next_sync(&store);
+        assert!(store.rollback("t", Some(1)).is_err());
+        store.recover().unwrap();
+        assert_eq!((current(&store), served_score(&store)), (vec![("t".to_string(), v)], 3.0));
+        fail_next_sync(&store);
+        assert!(store.drop_table("t").is_err());
+        store.recover().unwrap();
+        assert_eq!((current(&store), served_score(&store)), (vec![("t".to_string(), v)], 3.0));
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        // And after a restart too.
+        drop(store);
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        assert_eq!((current(&store), served_score(&store)), (vec![("t".to_string(), v)], 3.0));
+    }
+
+    #[test]
     fn rows_applied_by_several_writer_threads_are_all_in_the_version_and_a_discard_waits_for_them() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Retention { count: 2, max_age: None }).unwrap();
@@ -1160,7 +1367,7 @@ mod tests {
     #[test]
     fn a_published_huge_list_is_in_the_read_cache_before_anyone_reads_it() {
         let dir = tempfile::tempdir().unwrap();
-        let caches = Caches { sled_bytes: 64 << 20, read_bytes: 64 << 20 };
+        let caches = Caches { sled_bytes: 64 << 20, read_bytes: 64 << 20, disk_reserve_bytes: 0 };
         let store = Store::open_with(dir.path(), Retention { count: 2, max_age: None }, caches).unwrap();
         let mut staged = store.stage("t", "job", 1, TableKind::Lists).unwrap();
         let mut big: Vec<(String, f32)> = (0..40_000).map(|i| (format!("item-{i:05}"), i as f32)).collect();

@@ -18,7 +18,8 @@ pub struct RunRecord {
     pub started_at: String,
     pub ended_at: String,
     pub seconds: f64,
-    /// "ok", "gated" (its version is held), "failed", "timeout", "cancelled" or "skipped".
+    /// "ok", "gated" (its version is held), "failed", "timeout", "cancelled", "skipped" or
+    /// "superseded" (a later run of its shared table published first).
     pub status: String,
     pub table: String,
     pub version: Option<u64>,

@@ -42,6 +42,8 @@ pub struct StagedVersion {
     pub(super) checksum: u64,
     /// Published with the version: see [`VersionInfo::lineage`].
     pub lineage: Option<super::Lineage>,
+    /// Checked before each batch is written (none without a disk reserve).
+    pub(super) free_space: Option<super::reserve::FreeSpace>,
 }
 
 impl StagedVersion {
@@ -95,6 +97,9 @@ impl StagedVersion {
     /// Hands the pending rows to the writer threads (without waiting for them).
     fn send_pending(&mut self) -> Result<(), StoreError> {
         if !self.batch.is_empty() {
+            if let Some(free_space) = &self.free_space {
+                free_space.check()?;
+            }
             let writers =
                 self.writers.get_or_insert_with(|| Writers::start(&self.tree, &self.applying, self.writer_threads));
             writers.send(std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_USERS)))?;
