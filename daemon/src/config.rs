@@ -85,7 +85,8 @@ struct RawConfig {
     #[serde(default = "default_store_cache_mb")]
     store_cache_mb: u64,
     /// Disk space (MiB) the store keeps in a file of its own, given back when the disk is
-    /// full so the store can still open and drop a failed run's rows; 0: none.
+    /// too full for the store to open; a version being written also stops before the disk
+    /// has less free than this. 0: none.
     #[serde(default = "default_disk_reserve_mb")]
     disk_reserve_mb: u64,
     /// Largest input or model file (MiB) a job may read; a bigger one is refused when

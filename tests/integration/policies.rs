@@ -75,15 +75,13 @@ fn a_shared_tables_run_that_began_first_and_ends_last_is_superseded_not_publishe
             "plugin = \"faulty\"\ntable = \"t\"\nshared_table = true\nretries = 2\nretry_backoff_seconds = 1\n[params]\n{params}\n"
         )
     };
-    let d = TestDaemon::start(&[
-        ("nightly", &shared("mode = \"slow\"\nseconds = 3\nuser = \"old\"")),
-        ("hourly", &shared("mode = \"ok\"\nuser = \"new\"")),
-    ]);
+    let pids = tempfile::tempdir().unwrap();
+    let pid = pids.path().join("nightly.pid");
+    let nightly = format!("mode = \"slow\"\nseconds = 3\nuser = \"old\"\npid_file = \"{}\"", pid.display());
+    let d = TestDaemon::start(&[("nightly", &shared(&nightly)), ("hourly", &shared("mode = \"ok\"\nuser = \"new\""))]);
     let nightly = run_in_background(&d, "nightly");
-    d.wait_for("the nightly run to start", 10, || {
-        d.cli(&["status"]).stdout.windows(9).any(|w| w == b"[running]").then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(500)); // its version is staged
+    // The plugin runs once its version is staged (the worker gets its spec after that).
+    d.wait_for("the nightly run's plugin", 10, || pid.exists().then_some(()));
     d.run_job("hourly");
     let nightly = nightly.join().unwrap();
     assert!(!nightly.status.success());

@@ -198,6 +198,7 @@ impl Daemon {
                 tracing::info!(%trigger, "{report}");
                 self.start_downstream(name);
             }
+            Err(e @ RunError::Superseded(_)) => tracing::warn!(job = %name, run_id, %trigger, "run superseded: {e}"),
             Err(e) => {
                 tracing::error!(job = %name, run_id, %trigger, "run failed: {e}");
                 self.schedule_retry(&job, &trigger, e);

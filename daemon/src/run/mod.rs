@@ -223,6 +223,10 @@ pub fn execute(
         onnxruntime: config.onnxruntime.clone(),
         shard,
     };
+    // The spec is one line; stdin then stays open: closing it is how we ask the worker to
+    // stop. A worker that dies at once breaks the pipe; its exit status tells why.
+    let mut line = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
+    line.push(b'\n');
     let exe = wire::self_exe().map_err(anyhow::Error::from)?;
     // A group of its own: what the plugin starts (a helper left running) ends with the run,
     // and cannot hold the run's pipes open past it.
@@ -239,10 +243,19 @@ pub fn execute(
     let stderr = forward(child.stderr.take().expect("piped stderr"), Source::Worker, &job.name, run_id, STDERR_TAIL);
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
-    // The spec is one line; stdin then stays open: closing it is how we ask the worker to
-    // stop. A worker that dies at once breaks the pipe; its exit status tells why.
-    let mut line = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
-    line.push(b'\n');
+    // Staged before the worker has its spec: the version's number is taken before the
+    // plugin reads anything, so numbers follow the order runs begin (see
+    // `StoreError::Superseded`).
+    let staged = match store.stage(&job.table, &job.name, run_id, job.kind) {
+        Ok(staged) => staged,
+        Err(e) => {
+            // Killed while unreaped: its group id cannot be another's yet.
+            drop(stdin);
+            kill_group(worker_pid);
+            let _ = child.wait();
+            return Err(e.into());
+        }
+    };
     let _ = stdin.write_all(&line);
     let watchdog = {
         let (control, timeout) = (Arc::clone(control), job.policy.timeout);
@@ -259,22 +272,20 @@ pub fn execute(
         let _ = watchdog.join();
         child.wait().map_err(anyhow::Error::from)
     };
-    let staged = store.stage(&job.table, &job.name, run_id, job.kind);
-    let mut staged = match staged {
-        Ok(staged) => staged,
-        Err(e) => {
-            kill_group(worker_pid);
-            end_worker()?;
-            return Err(e.into());
-        }
-    };
+    let mut staged = staged;
     staged.fallback = job.fallback.clone();
     let mut collector = Collector::new(staged, &job.checks, shard);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
         kill_group(worker_pid);
     }
-    let status = end_worker()?;
+    let status = match end_worker() {
+        Ok(status) => status,
+        Err(e) => {
+            store.discard(collector.into_staged())?;
+            return Err(e.into());
+        }
+    };
     let tail = stderr.tail(control::CANCEL_GRACE);
     let mut input_lineage = lineage_inputs.join().unwrap_or_default();
     // The build the worker reports, in the run's lineage and the plugin registry.

@@ -61,7 +61,7 @@ const HISTORY_TREE: &str = "history";
 /// Scheduler state: key `tick/<job>`, value the last scheduled tick (RFC 3339).
 const STATE_TREE: &str = "state";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
@@ -95,7 +95,7 @@ pub enum StoreError {
     /// A table shared by jobs serves the version of the run that began last: one that
     /// began earlier and ends later would put older results back.
     #[error(
-        "table `{table}` version {version} is not published: version {current} (job `{job}`, run {run_id}), from a run that began after this one, was published first; its rows were dropped"
+        "table `{table}` version {version} is not published: version {current} (job `{job}`, run {run_id}), from a run that began after this one, was published first; its rows are dropped"
     )]
     Superseded { table: String, version: u64, current: u64, job: String, run_id: u64 },
     #[error(
@@ -236,20 +236,22 @@ pub struct Store {
     /// Serialises publishes so version numbers and meta updates never race.
     publish_lock: Mutex<()>,
     /// Tables whose meta was changed but not synced (the sync failed), each with its last
-    /// meta known durable (None: no entry). The change may reach the disk anyway, when
-    /// sled writes its log out on close, so [`Store::recover`] puts these back: a publish,
-    /// rollback or drop reported failed never takes effect later.
+    /// meta known durable (None: no entry). The change is undone at once, but where sled
+    /// itself failed it refuses the undo, and its log on disk may hold the change, so
+    /// [`Store::recover`] puts these back: a publish, rollback or drop reported failed
+    /// does not take effect later, unless the daemon stops before the reopen.
     unsynced_meta: Mutex<HashMap<String, Option<sled::IVec>>>,
-    /// Tests: the next meta sync fails as a full disk would.
+    /// Tests: the next meta sync fails as a full disk would (1), and sled refuses the
+    /// undo too (2).
     #[cfg(test)]
-    fail_next_meta_sync: std::sync::atomic::AtomicBool,
+    fail_next_meta_sync: std::sync::atomic::AtomicU8,
     /// Data trees of versions being written now: not yet referenced, and not left over.
     staging: Mutex<HashSet<String>>,
     /// Trees of versions retention or `recd drop` let go, being dropped once nobody reads
     /// them (the leases of the servings).
     retiring: Arc<Retiring>,
     read_cache: Arc<ReadCache>,
-    reserve: reserve::Reserve,
+    reserve: Arc<reserve::Reserve>,
 }
 
 /// The database and its fixed trees.
@@ -276,8 +278,8 @@ impl Handles {
             .cache_capacity(caches.sled_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
-        remove_partial_snapshots(dir)?;
         let deadline = std::time::Instant::now() + wait;
+        let mut snapshots_checked = false;
         let db = loop {
             match config.open() {
                 Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -285,6 +287,12 @@ impl Handles {
                         return Err(StoreError::Locked(dir.to_path_buf()));
                     }
                     std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e @ sled::Error::Corruption { .. }) if !snapshots_checked => {
+                    snapshots_checked = true;
+                    if !remove_partial_snapshots(dir).unwrap_or(false) {
+                        return Err(e.into());
+                    }
                 }
                 other => break other?,
             }
@@ -368,14 +376,23 @@ impl Store {
     }
 
     pub fn open_with(dir: &Path, retention: Retention, caches: Caches) -> Result<Store, StoreError> {
-        let reserve = reserve::Reserve::new(dir, caches.disk_reserve_bytes);
-        let handles = match Handles::open(dir, caches, LOCK_WAIT) {
+        let reserve = Arc::new(reserve::Reserve::new(dir, caches.disk_reserve_bytes));
+        match Store::open_once(dir, retention, caches, Arc::clone(&reserve)) {
+            // sled cannot open, nor drop what a crash left staged, on a disk with no room.
             Err(e) if reserve::is_disk_full(&e) && reserve.release("to open the store") => {
-                Handles::open(dir, caches, LOCK_WAIT)?
+                Store::open_once(dir, retention, caches, reserve)
             }
-            opened => opened?,
-        };
-        let handles = Arc::new(handles);
+            opened => opened,
+        }
+    }
+
+    fn open_once(
+        dir: &Path,
+        retention: Retention,
+        caches: Caches,
+        reserve: Arc<reserve::Reserve>,
+    ) -> Result<Store, StoreError> {
+        let handles = Arc::new(Handles::open(dir, caches, LOCK_WAIT)?);
         let store = Store {
             dir: dir.to_path_buf(),
             caches,
@@ -455,24 +472,30 @@ impl Store {
             tracing::error!("opening the store again failed: {e}");
             StoreError::Unavailable(format!("{cause}; opening it again failed: {e}"))
         })?);
-        self.restore_unsynced_meta(&handles)?;
+        let restored = self.restore_unsynced_meta(&handles)?;
         self.load_tables(&handles, &mut served)?;
         drop(served);
         *self.handles.write().expect("handles lock") = Some(Arc::clone(&handles));
         self.drop_unreferenced(&handles)?;
-        handles.db.flush()?;
+        if restored {
+            // Served already; writes wait until the undo is durable.
+            handles.sync()?;
+            self.unsynced_meta.lock().expect("unsynced meta").clear();
+        } else {
+            handles.db.flush()?;
+        }
         self.reserve.make();
         *self.failure.lock().expect("failure lock") = None;
         tracing::info!("the store was opened again after a failed write ({cause}): writes resume");
         Ok(())
     }
 
-    /// Puts back the last durable meta of each table whose meta change failed to sync.
-    fn restore_unsynced_meta(&self, h: &Handles) -> Result<(), StoreError> {
-        let mut unsynced = self.unsynced_meta.lock().expect("unsynced meta");
+    /// Puts back (not yet synced) the last durable meta of each table whose meta change
+    /// failed to sync, where sled kept the change anyway; whether any are recorded.
+    fn restore_unsynced_meta(&self, h: &Handles) -> Result<bool, StoreError> {
+        let unsynced = self.unsynced_meta.lock().expect("unsynced meta");
         for (table, durable) in unsynced.iter() {
-            let now = h.meta.get(table_key(table))?;
-            if now != *durable {
+            if h.meta.get(table_key(table))? != *durable {
                 tracing::warn!(table = %table, "a meta change whose sync failed is undone: it was reported failed");
                 match durable {
                     Some(meta) => h.meta.insert(table_key(table), meta.clone())?,
@@ -480,9 +503,7 @@ impl Store {
                 };
             }
         }
-        h.sync()?;
-        unsynced.clear();
-        Ok(())
+        Ok(!unsynced.is_empty())
     }
 
     /// Copies the store in `from` into a new store in `to` through sled's export/import,
@@ -618,7 +639,7 @@ impl Store {
             large_users: Vec::new(),
             checksum: 0,
             lineage: None,
-            free_space,
+            free_space: free_space.map(Arc::new),
         })
     }
 
@@ -661,12 +682,16 @@ impl Store {
     }
 
     fn mark_failed(&self, e: &std::io::Error) {
+        self.mark_failed_with(format!("a write failed: {e}"));
+    }
+
+    fn mark_failed_with(&self, cause: String) {
         let mut failure = self.failure.lock().expect("failure lock");
         if failure.is_none() {
             tracing::error!(
-                "a store write failed: {e}; published versions keep serving, nothing is written until the store is opened again"
+                "{cause}; published versions keep serving, nothing is written until the store is opened again"
             );
-            *failure = Some(format!("a write failed: {e}"));
+            *failure = Some(cause);
         }
     }
 
@@ -782,7 +807,13 @@ impl Store {
             };
             let dropped = meta.versions.remove(at);
             self.write_meta(h, table, Some(&meta))?;
-            drop_tree(&h.db, data_tree_name(table, version).as_bytes())?;
+            // Discarded from here on: a tree left by a failed drop goes at the next open.
+            if let Err(e) = drop_tree(&h.db, data_tree_name(table, version).as_bytes()) {
+                tracing::warn!(table, version, "the discarded version's rows are dropped at the next open: {e}");
+                if let sled::Error::Io(io) = &e {
+                    self.mark_failed(io);
+                }
+            }
             Ok(dropped)
         })
     }
@@ -949,21 +980,52 @@ impl Store {
     /// Writes `table`'s meta (None: removes the table) and syncs it: the one step that makes
     /// a change to it durable. If the sync fails the change is recorded as uncertain
     /// ([`Store::unsynced_meta`]).
+    /// Callers hold the publish lock.
     fn write_meta(&self, h: &Handles, table: &str, meta: Option<&TableMeta>) -> Result<(), StoreError> {
         let key = table_key(table);
         let before = match meta {
-            Some(meta) => h.meta.insert(key, serde_json::to_vec(meta).expect("meta serialises"))?,
-            None => h.meta.remove(key)?,
+            Some(meta) => h.meta.insert(&key, serde_json::to_vec(meta).expect("meta serialises"))?,
+            None => h.meta.remove(&key)?,
         };
-        #[cfg(test)]
-        if self.fail_next_meta_sync.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before);
-            return Err(sled::Error::Io(std::io::Error::from_raw_os_error(28)).into());
+        let (failure, refuse_undo) = self.injected_sync_failure();
+        let Err(e) = failure.map_or_else(|| h.sync(), Err) else {
+            // Everything written before is durable too, undone changes included (with the
+            // store not failed: then a later sync of the same files would say nothing of
+            // the one that failed).
+            if self.failure().is_none() {
+                self.unsynced_meta.lock().expect("unsynced meta").clear();
+            }
+            return Ok(());
+        };
+        // Undone at once, before the publish lock goes: the next change of this table starts
+        // from the durable meta, and what sled writes out later (its flusher, its close)
+        // holds the undo. Recorded for the reopen too, in case sled failed and refuses the
+        // undo; the first value recorded is the durable one.
+        self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before.clone());
+        let undone = match (&before, refuse_undo) {
+            (_, true) => Err(sled::Error::Io(std::io::Error::from_raw_os_error(28))),
+            (Some(durable), false) => h.meta.insert(&key, durable.clone()).map(drop),
+            (None, false) => h.meta.remove(&key).map(drop),
+        };
+        match (&e, undone) {
+            (_, Err(undo)) => self.mark_failed_with(format!(
+                "a meta sync failed ({e}) and so did its undo ({undo}): the table `{table}` is put back when the store is opened again"
+            )),
+            (StoreError::Sled(sled::Error::Io(io)), Ok(())) => self.mark_failed(io),
+            _ => {}
         }
-        h.sync().inspect_err(|_| {
-            // The first value is the one known durable: a later failed change keeps it.
-            self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before);
-        })
+        Err(e)
+    }
+
+    /// Tests: the failure injected in place of the next meta sync, and whether the undo is
+    /// refused too.
+    fn injected_sync_failure(&self) -> (Option<StoreError>, bool) {
+        #[cfg(test)]
+        match self.fail_next_meta_sync.swap(0, std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            mode => return (Some(sled::Error::Io(std::io::Error::from_raw_os_error(28)).into()), mode == 2),
+        }
+        (None, false)
     }
 
     /// Makes every write so far durable, the drops of retired versions included.
@@ -1020,23 +1082,25 @@ fn tables_of(h: &Handles) -> Result<Vec<(String, TableMeta)>, StoreError> {
     Ok(out)
 }
 
-/// Removes the snapshot files sled left half written. sled 0.34 writes a snapshot to
-/// `snap.<lsn>.generating` and renames it once whole, but on open reads the newest-named
-/// `snap.*` file, such a leftover included: after a snapshot write that failed (a full
-/// disk: an open on one writes a snapshot) the store would not open again, as corrupt,
-/// once space was freed. A `.generating` file is never whole, and sled's lock is not held
-/// here, so nothing is writing it.
-fn remove_partial_snapshots(dir: &Path) -> Result<(), StoreError> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    for entry in entries.flatten() {
+/// Removes the snapshot files sled left unfinished; whether there were any. sled 0.34
+/// writes a snapshot (at each open) to `snap.<lsn>.generating` and renames it once whole,
+/// but on open reads the newest-named `snap.*` file, such a leftover included: after a
+/// snapshot write that failed for space the store would not open again, even once space
+/// was freed ("corrupted data"). Only called after an open failed that way: the open that
+/// wrote the file never finished, so sled does not need it (the snapshot before it and the
+/// log hold everything).
+fn remove_partial_snapshots(dir: &Path) -> Result<bool, StoreError> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir).map_err(sled::Error::Io)?.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("snap.") && name.ends_with(".generating") {
-            tracing::warn!(file = %entry.path().display(), "removing a snapshot sled left half written");
+            tracing::warn!(file = %entry.path().display(), "removing a snapshot sled left unfinished");
             std::fs::remove_file(entry.path()).map_err(sled::Error::Io)?;
+            removed = true;
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Writes, syncs and removes a scratch file in `dir`: whether the disk takes writes.
@@ -1260,39 +1324,51 @@ mod tests {
     #[test]
     fn a_meta_change_whose_sync_failed_never_takes_effect_once_the_store_is_opened_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        let retention = Retention { count: 3, max_age: None };
+        let store = Store::open(dir.path(), retention).unwrap();
         let current =
             |store: &Store| store.tables().unwrap().into_iter().map(|(t, m)| (t, m.current)).collect::<Vec<_>>();
+        // 1: the sync fails; 2: sled refuses the undo too.
         let fail_next_sync =
-            |store: &Store| store.fail_next_meta_sync.store(true, std::sync::atomic::Ordering::Relaxed);
+            |store: &Store, mode: u8| store.fail_next_meta_sync.store(mode, std::sync::atomic::Ordering::Relaxed);
+        let publish_failing = |store: &Store, mode: u8, score: f32| {
+            fail_next_sync(store, mode);
+            let mut staged = store.stage("t", "job", 9, TableKind::Lists).unwrap();
+            staged.put_user("u", &mut [("i", score)]).unwrap();
+            assert!(store.publish(staged).unwrap_err().to_string().contains("os error 28"));
+            assert!(store.failure().is_some(), "the store is marked failed");
+        };
+        let t = |v: u64| vec![("t".to_string(), v)];
         publish_value(&store, 1);
-        // A publish whose meta sync fails is reported failed, and stays so.
-        fail_next_sync(&store);
-        let mut staged = store.stage("t", "job", 2, TableKind::Lists).unwrap();
-        staged.put_user("u", &mut [("i", 2.0)]).unwrap();
-        assert!(store.publish(staged).unwrap_err().to_string().contains("os error 28"));
-        assert!(store.failure().is_some(), "the store is marked failed");
-        assert_eq!(served_score(&store), 1.0);
+        // A publish whose meta sync fails is reported failed, and stays so: undone at once.
+        publish_failing(&store, 1, 2.0);
+        assert_eq!((current(&store), served_score(&store)), (t(1), 1.0));
         store.recover().unwrap();
-        assert_eq!(current(&store), [("t".to_string(), 1)]);
-        assert_eq!(served_score(&store), 1.0);
+        assert_eq!((current(&store), served_score(&store)), (t(1), 1.0));
         assert_eq!(store.verify().unwrap(), Vec::<String>::new(), "the failed version's rows are dropped");
-        // So do a rollback and a drop.
-        // (The failed publish's number is free again: it was never published.)
+        // Where sled refuses the undo, the reopen puts the durable meta back.
+        publish_failing(&store, 2, 2.0);
+        assert_eq!(current(&store), t(2), "sled kept the change");
+        store.recover().unwrap();
+        assert_eq!((current(&store), served_score(&store)), (t(1), 1.0));
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        // So do a rollback and a drop. (The failed publishes' numbers are free again.)
         let v = publish_value(&store, 3).version;
-        fail_next_sync(&store);
+        fail_next_sync(&store, 1);
         assert!(store.rollback("t", Some(1)).is_err());
         store.recover().unwrap();
-        assert_eq!((current(&store), served_score(&store)), (vec![("t".to_string(), v)], 3.0));
-        fail_next_sync(&store);
+        assert_eq!((current(&store), served_score(&store)), (t(v), 3.0));
+        fail_next_sync(&store, 1);
         assert!(store.drop_table("t").is_err());
         store.recover().unwrap();
-        assert_eq!((current(&store), served_score(&store)), (vec![("t".to_string(), v)], 3.0));
+        assert_eq!((current(&store), served_score(&store)), (t(v), 3.0));
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
-        // And after a restart too.
+        // A store closed right after a failed publish, with no reopen, comes back without it.
+        publish_failing(&store, 1, 4.0);
         drop(store);
-        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
-        assert_eq!((current(&store), served_score(&store)), (vec![("t".to_string(), v)], 3.0));
+        let store = Store::open(dir.path(), retention).unwrap();
+        assert_eq!((current(&store), served_score(&store)), (t(v), 3.0));
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
     }
 
     #[test]

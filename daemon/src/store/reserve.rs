@@ -5,9 +5,10 @@
 //! made again as soon as the disk has room for it twice over.
 //!
 //! And a version being written stops once the disk has less free than the reserve's size
-//! ([`FreeSpace`]): a run's own rows never fill the disk, and they are dropped while there
-//! is still room to. (A disk that something else fills between two checks fails sled's
-//! writes: the store then takes writes again once space is freed, `Store::recover`.)
+//! (checked by the store's writer threads before each batch, [`FreeSpace`]): a run's own
+//! rows do not fill the disk, and they are dropped while there is still room to. (A disk
+//! that something else fills between two checks fails sled's writes: the store then takes
+//! writes again once space is freed, `Store::recover`.)
 //!
 //! sled keeps the space of dropped versions in its files and writes new ones into it: its
 //! files do not shrink. After a run was stopped the disk can stay below that line while
@@ -15,7 +16,6 @@
 //! take more than [`SLACK`] of the disk's free space, and none begins with less than twice
 //! that free.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -24,6 +24,9 @@ pub(super) const RESERVE_FILE: &str = ".recd-reserve";
 pub(super) struct Reserve {
     path: PathBuf,
     bytes: u64,
+    /// Held while the file is made or given back: the two never interleave.
+    work: Mutex<()>,
+    /// Held only to read or note it: `recd status` reads it on the runtime's threads.
     state: Mutex<Missing>,
 }
 
@@ -39,13 +42,16 @@ struct Missing {
 impl Reserve {
     /// A reserve of `bytes` in `dir`; 0 keeps none.
     pub(super) fn new(dir: &Path, bytes: u64) -> Reserve {
-        Reserve { path: dir.join(RESERVE_FILE), bytes, state: Mutex::default() }
+        Reserve { path: dir.join(RESERVE_FILE), bytes, work: Mutex::default(), state: Mutex::default() }
     }
 
-    /// Makes the reserve file whole if it is missing or short; while the disk has no room
-    /// for it, says why in [`Reserve::missing`].
+    /// Makes the reserve file whole if it is missing or short (and cuts it if it is longer;
+    /// with a reserve of 0, removes it); while the disk has no room for it, says why in
+    /// [`Reserve::missing`] and keeps what there is of it.
     pub(super) fn make(&self) {
+        let _work = self.work.lock().expect("reserve work");
         if self.bytes == 0 {
+            let _ = std::fs::remove_file(&self.path);
             return;
         }
         let made = allocate(&self.path, self.bytes);
@@ -57,7 +63,6 @@ impl Reserve {
                 }
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&self.path);
                 if state.no_room.is_none() {
                     tracing::warn!(
                         file = %self.path.display(),
@@ -74,7 +79,9 @@ impl Reserve {
     /// Gives the reserve's space back to the disk, `to` do what needs it; false when there
     /// is no reserve to give.
     pub(super) fn release(&self, to: &str) -> bool {
-        if self.bytes == 0 || std::fs::remove_file(&self.path).is_err() {
+        let _work = self.work.lock().expect("reserve work");
+        let regular = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_file());
+        if self.bytes == 0 || !regular || std::fs::remove_file(&self.path).is_err() {
             return false;
         }
         tracing::warn!(file = %self.path.display(), "the data disk is full: the store's disk reserve is given back {to}");
@@ -92,10 +99,11 @@ impl Reserve {
         }
     }
 
-    /// The check a version that begins now makes as it is written; none without a reserve.
+    /// The check a version that begins now makes as it is written; none without a reserve
+    /// or where the disk's free space is not known.
     pub(super) fn free_space(&self) -> Result<Option<FreeSpace>, super::StoreError> {
         let Some(dir) = self.path.parent().filter(|_| self.bytes > 0) else { return Ok(None) };
-        let free = free_bytes(dir)?;
+        let Some(free) = free_bytes(dir) else { return Ok(None) };
         let floor = self.bytes.min(free.saturating_sub(SLACK));
         let check = FreeSpace { dir: dir.into(), floor, min_free: self.bytes };
         if free < 2 * SLACK {
@@ -117,12 +125,12 @@ pub(crate) struct FreeSpace {
 }
 
 impl FreeSpace {
+    /// Whether the disk still has its floor free (checked before each batch is applied).
     pub(super) fn check(&self) -> Result<(), super::StoreError> {
-        let free = free_bytes(&self.dir)?;
-        if free >= self.floor {
-            return Ok(());
+        match free_bytes(&self.dir) {
+            Some(free) if free < self.floor => Err(self.nearly_full(free)),
+            _ => Ok(()),
         }
-        Err(self.nearly_full(free))
     }
 
     fn nearly_full(&self, free: u64) -> super::StoreError {
@@ -134,44 +142,84 @@ impl FreeSpace {
     }
 }
 
-/// Allocates `bytes` to the file at `path` (created if missing) and syncs it. Blocks are
-/// allocated, not written, where the filesystem can; a sparse file would hold nothing back.
-/// Only done while the disk keeps as much again free: an allocation that failed halfway
-/// would take the last free blocks from the store's own writes for a moment.
+/// Allocates `bytes` to the file at `path` (created if missing; never through a symlink)
+/// and syncs it. Blocks are allocated, not written, where the filesystem can; a sparse file
+/// would hold nothing back. Only done while the disk keeps as much again free: an
+/// allocation that failed halfway would take the last free blocks from the store's own
+/// writes for a moment. On error the file is left as it was.
 fn allocate(path: &Path, bytes: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let existed = match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(std::io::Error::other(format!("{} is not a regular file: remove it", path.display())));
+        }
+        found => found.is_ok(),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    if file.metadata()?.len() > bytes {
+        file.set_len(bytes)?;
+    }
     let meta = file.metadata()?;
     let allocated = (meta.blocks() * 512).min(meta.len());
     if allocated >= bytes {
         return Ok(());
     }
-    let fs = rustix::fs::fstatvfs(&file)?;
-    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
     let needed = bytes - allocated;
-    if free < needed.saturating_mul(2) {
+    let free = free_bytes(path.parent().unwrap_or(path)).unwrap_or(u64::MAX);
+    let filled = if free < needed.saturating_mul(2) {
         let message = format!("{} MiB free; it is made once {} MiB are", free >> 20, needed.saturating_mul(2) >> 20);
-        return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, message));
-    }
-    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::OPNOTSUPP) => {
-            let block = vec![0u8; 1 << 20];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(block.len() as u64) as usize;
-                file.write_all(&block[..n])?;
-                left -= n as u64;
-            }
+        Err(std::io::Error::new(std::io::ErrorKind::StorageFull, message))
+    } else {
+        fill(&mut file, bytes)
+    };
+    match filled.and_then(|()| file.sync_all()) {
+        Ok(()) => Ok(()),
+        Err(e) if existed => {
+            let _ = file.set_len(meta.len());
+            Err(e)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
     }
-    file.sync_all()
 }
 
-fn free_bytes(dir: &Path) -> Result<u64, super::StoreError> {
-    let fs = rustix::fs::statvfs(dir).map_err(|e| sled::Error::Io(e.into()))?;
-    Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
+/// Allocates `bytes` to `file`, writing zeros where the filesystem cannot allocate ahead.
+fn fill(file: &mut std::fs::File, bytes: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
+        Ok(()) => Ok(()),
+        // Filesystems without fallocate: zeros written hold the blocks as well.
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+            write_zeros(file, bytes)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_zeros(file: &mut std::fs::File, bytes: u64) -> std::io::Result<()> {
+    use std::io::{Seek as _, Write as _};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let block = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// The bytes free on the disk holding `dir` for an unprivileged writer; None where the
+/// filesystem does not say (no `statvfs`, or no blocks counted).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    (fs.f_blocks > 0).then(|| fs.f_bavail.saturating_mul(fs.f_frsize))
 }
 
 /// Whether `e` is the disk running out of space.
@@ -200,9 +248,12 @@ mod tests {
         assert!(!reserve.release("twice"), "nothing left to give back");
         reserve.make();
         assert_eq!((size(&file).unwrap().0, reserve.missing()), (3 << 20, None));
-        // None kept: nothing is made or given back.
-        let none = Reserve::new(&dir.path().join("other"), 0);
+        // A smaller reserve cuts the file; none removes it.
+        Reserve::new(dir.path(), 1 << 20).make();
+        assert_eq!(size(&file).unwrap().0, 1 << 20);
+        let none = Reserve::new(dir.path(), 0);
         none.make();
+        assert!(!file.exists());
         assert!(!none.release("to test") && none.missing().is_none());
     }
 }

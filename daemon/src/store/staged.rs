@@ -42,8 +42,8 @@ pub struct StagedVersion {
     pub(super) checksum: u64,
     /// Published with the version: see [`VersionInfo::lineage`].
     pub lineage: Option<super::Lineage>,
-    /// Checked before each batch is written (none without a disk reserve).
-    pub(super) free_space: Option<super::reserve::FreeSpace>,
+    /// Checked by the writer threads before each batch (none without a disk reserve).
+    pub(super) free_space: Option<Arc<super::reserve::FreeSpace>>,
 }
 
 impl StagedVersion {
@@ -97,11 +97,9 @@ impl StagedVersion {
     /// Hands the pending rows to the writer threads (without waiting for them).
     fn send_pending(&mut self) -> Result<(), StoreError> {
         if !self.batch.is_empty() {
-            if let Some(free_space) = &self.free_space {
-                free_space.check()?;
-            }
-            let writers =
-                self.writers.get_or_insert_with(|| Writers::start(&self.tree, &self.applying, self.writer_threads));
+            let writers = self.writers.get_or_insert_with(|| {
+                Writers::start(&self.tree, &self.applying, self.writer_threads, self.free_space.clone())
+            });
             writers.send(std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_USERS)))?;
         }
         Ok(())
@@ -125,7 +123,9 @@ pub(super) struct Writers {
     tree: sled::Tree,
     applying: Arc<AtomicU64>,
     /// The first error a batch of this version met; later batches are not applied.
-    failed: Arc<Mutex<Option<sled::Error>>>,
+    failed: Arc<Mutex<Option<StoreError>>>,
+    /// Checked before each batch is applied: the disk keeps its floor.
+    free_space: Option<Arc<super::reserve::FreeSpace>>,
     /// Threads of the pool this version uses, and the next one's turn.
     threads: usize,
     next: usize,
@@ -164,9 +164,14 @@ fn pool() -> &'static [std::sync::mpsc::SyncSender<Job>] {
 }
 
 impl Writers {
-    fn start(tree: &sled::Tree, applying: &Arc<AtomicU64>, threads: usize) -> Writers {
+    fn start(
+        tree: &sled::Tree,
+        applying: &Arc<AtomicU64>,
+        threads: usize,
+        free_space: Option<Arc<super::reserve::FreeSpace>>,
+    ) -> Writers {
         let threads = threads.clamp(1, pool().len());
-        Writers { tree: tree.clone(), applying: applying.clone(), failed: Arc::default(), threads, next: 0 }
+        Writers { tree: tree.clone(), applying: applying.clone(), failed: Arc::default(), free_space, threads, next: 0 }
     }
 
     /// Queues a batch for the next thread in turn; the error a batch before met, if any.
@@ -185,8 +190,15 @@ impl Writers {
     fn send(&mut self, rows: Vec<(Box<str>, Vec<u8>)>) -> Result<(), StoreError> {
         self.check()?;
         let (tree, applying, failed) = (self.tree.clone(), self.applying.clone(), self.failed.clone());
+        let free_space = self.free_space.clone();
         let job: Job = Box::new(move || {
             if failed.lock().expect("writer errors").is_some() {
+                return;
+            }
+            // Here, not as the batch is queued: only the batches other threads apply now
+            // can go to the disk beside this one.
+            if let Err(e) = free_space.as_ref().map_or(Ok(()), |f| f.check()) {
+                failed.lock().expect("writer errors").get_or_insert(e);
                 return;
             }
             let started = std::time::Instant::now();
@@ -194,7 +206,7 @@ impl Writers {
             drop(rows);
             applying.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             if let Err(e) = applied {
-                failed.lock().expect("writer errors").get_or_insert(e);
+                failed.lock().expect("writer errors").get_or_insert(e.into());
             }
         });
         let at = self.next % self.threads;
@@ -206,7 +218,7 @@ impl Writers {
     /// The error a batch of this version met, if any (kept: later batches stay unapplied).
     fn check(&self) -> Result<(), StoreError> {
         match &*self.failed.lock().expect("writer errors") {
-            Some(e) => Err(e.clone().into()),
+            Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }

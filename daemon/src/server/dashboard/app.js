@@ -7,7 +7,7 @@ const POLL_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
 const STATUS_COLOURS = {
   ok: "#2e9e50", failed: "#d64236", timeout: "#d64236", gated: "#e0a21b",
-  cancelled: "#9aa3ae", skipped: "#c3c9d1",
+  cancelled: "#9aa3ae", skipped: "#c3c9d1", superseded: "#c3c9d1",
 };
 let overview = null;
 let shownRun = null;
