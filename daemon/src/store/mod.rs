@@ -978,8 +978,7 @@ impl Store {
     }
 
     /// Writes `table`'s meta (None: removes the table) and syncs it: the one step that makes
-    /// a change to it durable. If the sync fails the change is recorded as uncertain
-    /// ([`Store::unsynced_meta`]).
+    /// a change to it durable. A change whose sync fails is undone ([`Store::unsynced_meta`]).
     /// Callers hold the publish lock.
     fn write_meta(&self, h: &Handles, table: &str, meta: Option<&TableMeta>) -> Result<(), StoreError> {
         let key = table_key(table);
@@ -988,23 +987,38 @@ impl Store {
             None => h.meta.remove(&key)?,
         };
         let (failure, refuse_undo) = self.injected_sync_failure();
-        let Err(e) = failure.map_or_else(|| h.sync(), Err) else {
-            // Everything written before is durable too, undone changes included (with the
-            // store not failed: then a later sync of the same files would say nothing of
-            // the one that failed).
-            if self.failure().is_none() {
-                self.unsynced_meta.lock().expect("unsynced meta").clear();
+        match failure.map_or_else(|| h.sync(), Err) {
+            Ok(()) => {
+                // Everything written before is durable too, undone changes included (with
+                // the store not failed: then a later sync of the same files would say
+                // nothing of the one that failed).
+                if self.failure().is_none() {
+                    self.unsynced_meta.lock().expect("unsynced meta").clear();
+                }
+                Ok(())
             }
-            return Ok(());
-        };
-        // Undone at once, before the publish lock goes: the next change of this table starts
-        // from the durable meta, and what sled writes out later (its flusher, its close)
-        // holds the undo. Recorded for the reopen too, in case sled failed and refuses the
-        // undo; the first value recorded is the durable one.
+            Err(e) => Err(self.undo_meta(h, table, before, e, refuse_undo)),
+        }
+    }
+
+    /// After `table`'s meta sync failed with `e`: puts `before` back at once, before the
+    /// publish lock goes. The next change of this table then starts from the durable meta,
+    /// and what sled writes out later (its flusher, its close) holds the undo. Recorded for
+    /// the reopen too, in case sled failed and refuses the undo; the first value recorded
+    /// is the durable one.
+    fn undo_meta(
+        &self,
+        h: &Handles,
+        table: &str,
+        before: Option<sled::IVec>,
+        e: StoreError,
+        refuse: bool,
+    ) -> StoreError {
+        let key = table_key(table);
         self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before.clone());
-        let undone = match (&before, refuse_undo) {
+        let undone = match (before, refuse) {
             (_, true) => Err(sled::Error::Io(std::io::Error::from_raw_os_error(28))),
-            (Some(durable), false) => h.meta.insert(&key, durable.clone()).map(drop),
+            (Some(durable), false) => h.meta.insert(&key, durable).map(drop),
             (None, false) => h.meta.remove(&key).map(drop),
         };
         match (&e, undone) {
@@ -1014,7 +1028,7 @@ impl Store {
             (StoreError::Sled(sled::Error::Io(io)), Ok(())) => self.mark_failed(io),
             _ => {}
         }
-        Err(e)
+        e
     }
 
     /// Tests: the failure injected in place of the next meta sync, and whether the undo is
