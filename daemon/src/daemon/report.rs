@@ -23,7 +23,7 @@ impl Daemon {
         if let Some(why) = self.store.reserve_missing() {
             let _ = writeln!(
                 s,
-                "store: disk reserve missing ({why}); free space on the data disk: until the reserve is made again, a run that fills the disk leaves the store closed to writes until space is freed"
+                "store: disk reserve missing ({why}); free space on the data disk: until the reserve is made again, a restart on a full disk may not open the store"
             );
         }
         let _ = writeln!(s, "tables:");

@@ -246,7 +246,7 @@ pub fn execute(
     // Staged before the worker has its spec: the version's number is taken before the
     // plugin reads anything, so numbers follow the order runs begin (see
     // `StoreError::Superseded`).
-    let staged = match store.stage(&job.table, &job.name, run_id, job.kind) {
+    let mut staged = match store.stage(&job.table, &job.name, run_id, job.kind) {
         Ok(staged) => staged,
         Err(e) => {
             // Killed while unreaped: its group id cannot be another's yet.
@@ -272,7 +272,6 @@ pub fn execute(
         let _ = watchdog.join();
         child.wait().map_err(anyhow::Error::from)
     };
-    let mut staged = staged;
     staged.fallback = job.fallback.clone();
     let mut collector = Collector::new(staged, &job.checks, shard);
     let streamed = read_worker(&mut stdout, &mut collector, control);

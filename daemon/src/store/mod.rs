@@ -497,10 +497,7 @@ impl Store {
         for (table, durable) in unsynced.iter() {
             if h.meta.get(table_key(table))? != *durable {
                 tracing::warn!(table = %table, "a meta change whose sync failed is undone: it was reported failed");
-                match durable {
-                    Some(meta) => h.meta.insert(table_key(table), meta.clone())?,
-                    None => h.meta.remove(table_key(table))?,
-                };
+                put_meta(h, table, durable.clone())?;
             }
         }
         Ok(!unsynced.is_empty())
@@ -981,11 +978,8 @@ impl Store {
     /// a change to it durable. A change whose sync fails is undone ([`Store::unsynced_meta`]).
     /// Callers hold the publish lock.
     fn write_meta(&self, h: &Handles, table: &str, meta: Option<&TableMeta>) -> Result<(), StoreError> {
-        let key = table_key(table);
-        let before = match meta {
-            Some(meta) => h.meta.insert(&key, serde_json::to_vec(meta).expect("meta serialises"))?,
-            None => h.meta.remove(&key)?,
-        };
+        let value = meta.map(|meta| sled::IVec::from(serde_json::to_vec(meta).expect("meta serialises")));
+        let before = put_meta(h, table, value)?;
         let (failure, refuse_undo) = self.injected_sync_failure();
         match failure.map_or_else(|| h.sync(), Err) {
             Ok(()) => {
@@ -1014,12 +1008,11 @@ impl Store {
         e: StoreError,
         refuse: bool,
     ) -> StoreError {
-        let key = table_key(table);
         self.unsynced_meta.lock().expect("unsynced meta").entry(table.to_owned()).or_insert(before.clone());
-        let undone = match (before, refuse) {
-            (_, true) => Err(sled::Error::Io(std::io::Error::from_raw_os_error(28))),
-            (Some(durable), false) => h.meta.insert(&key, durable).map(drop),
-            (None, false) => h.meta.remove(&key).map(drop),
+        let undone = if refuse {
+            Err(sled::Error::Io(std::io::Error::from_raw_os_error(28)))
+        } else {
+            put_meta(h, table, before).map(drop)
         };
         match (&e, undone) {
             (_, Err(undo)) => self.mark_failed_with(format!(
@@ -1076,6 +1069,14 @@ fn check_not_superseded(meta: &Option<TableMeta>, staged: &StagedVersion) -> Res
 /// The current version's entry in `meta`, if the table has one.
 fn current_version(meta: &Option<TableMeta>) -> Option<&VersionInfo> {
     meta.as_ref().and_then(|m| m.versions.iter().find(|v| v.version == m.current))
+}
+
+/// Sets `table`'s meta entry to `value` (None: removes it), not synced; the entry before.
+fn put_meta(h: &Handles, table: &str, value: Option<sled::IVec>) -> sled::Result<Option<sled::IVec>> {
+    match value {
+        Some(value) => h.meta.insert(table_key(table), value),
+        None => h.meta.remove(table_key(table)),
+    }
 }
 
 fn table_meta(h: &Handles, table: &str) -> Result<Option<TableMeta>, StoreError> {
