@@ -33,6 +33,8 @@ mod observability;
 mod package;
 mod plugin_platform;
 mod policies;
+mod powercut;
+mod powercut_fs;
 mod protocol;
 mod publish;
 mod ranking;

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::read_cache::ReadCache;
 
 mod codec;
+mod durable;
 mod evals;
 mod gate;
 mod reserve;
@@ -260,8 +261,8 @@ struct Handles {
     meta: sled::Tree,
     history: sled::Tree,
     state: sled::Tree,
-    /// The data dir, open: see [`Handles::sync`].
-    dir: std::fs::File,
+    /// sled's files, for [`Handles::sync`].
+    files: durable::SledFiles,
 }
 
 impl Handles {
@@ -314,19 +315,15 @@ impl Handles {
             }
             Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
         }
-        let dir = std::fs::File::open(dir).map_err(sled::Error::Io)?;
-        Ok(Handles { history: db.open_tree(HISTORY_TREE)?, state: db.open_tree(STATE_TREE)?, db, meta, dir })
+        let files = durable::SledFiles::open(dir).map_err(sled::Error::Io)?;
+        Ok(Handles { history: db.open_tree(HISTORY_TREE)?, state: db.open_tree(STATE_TREE)?, db, meta, files })
     }
 
-    /// Makes everything written so far durable, before recd counts a write as done. sled's
-    /// flush writes its log out with `sync_file_range`, which neither writes the file's
-    /// metadata nor flushes the drive's cache (sled's flusher thread fsyncs the log when it
-    /// wakes, see [`SLED_FLUSH_EVERY_MS`]), and sled never syncs the files it keeps large
-    /// values in (`blobs/`). `syncfs` on the data dir's filesystem syncs all of them; what
-    /// else is waiting to be written on that filesystem goes out with it.
+    /// Makes everything written so far durable, before recd counts a write as done:
+    /// sled's flush, then the fsyncs it leaves out ([`durable::SledFiles`]).
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        rustix::fs::syncfs(&self.dir).map_err(|e| sled::Error::Io(e.into()))?;
+        self.files.sync().map_err(sled::Error::Io)?;
         Ok(())
     }
 }
