@@ -54,14 +54,7 @@ fn kill_9_during_publishes_never_loses_or_tears_a_version() {
         d.restart();
         // a kill during a run leaves a staged, unpublished version: dropped on open
         staging_dropped += usize::from(d.log().contains("dropping unpublished data"));
-        let verify = d.cli(&["verify"]);
-        assert!(
-            verify.status.success(),
-            "round {round}: {}{}\n--- daemon log ---\n{}",
-            String::from_utf8_lossy(&verify.stdout),
-            String::from_utf8_lossy(&verify.stderr),
-            d.log()
-        );
+        d.assert_verified(&format!("round {round}"));
         let after = current_version(&d, "cold-start").expect("still served");
         assert!(after >= before, "round {round}: version {before} was published before the kill, {after} after");
         let published = after > last_seen;

@@ -220,6 +220,19 @@ impl TestDaemon {
         Command::new(RECD).args(args).arg("--config").arg(self.config()).output().expect("run recd cli")
     }
 
+    /// `recd verify`, asserting that every table's stored rows match what was published;
+    /// `context` says where the test was.
+    pub fn assert_verified(&self, context: &str) {
+        let verify = self.cli(&["verify"]);
+        assert!(
+            verify.status.success(),
+            "{context}: {}{}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr),
+            self.log()
+        );
+    }
+
     /// `recd run JOB`, asserting success.
     pub fn run_job(&self, job: &str) -> String {
         let out = self.cli(&["run", job]);

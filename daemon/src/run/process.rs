@@ -105,10 +105,24 @@ fn next_line(reader: &mut impl BufRead, bytes: &mut Vec<u8>) -> std::io::Result<
     let cut = bytes.last() != Some(&b'\n') && n == LINE_MAX_BYTES;
     if cut {
         skip_to_line_end(reader)?;
+        drop_split_char(bytes);
     }
     let text = String::from_utf8_lossy(bytes);
     let line = text.trim_end_matches(['\n', '\r']);
     Ok(Some(if cut { format!("{line}… (cut at {LINE_MAX_BYTES} bytes)") } else { line.to_string() }))
+}
+
+/// Drops the end of `bytes` if it is a UTF-8 character the cut split, which would
+/// otherwise show as U+FFFD. Output in another encoding (not UTF-8 before the end) is left
+/// whole to the lossy view.
+fn drop_split_char(bytes: &mut Vec<u8>) {
+    let tail = bytes.len().saturating_sub(4);
+    if let Some(start) = (tail..bytes.len()).rev().find(|&i| bytes[i] & 0xC0 != 0x80) {
+        let split = std::str::from_utf8(&bytes[start..]).is_err_and(|e| e.error_len().is_none());
+        if split && std::str::from_utf8(&bytes[..start]).is_ok() {
+            bytes.truncate(start);
+        }
+    }
 }
 
 fn skip_to_line_end(reader: &mut impl BufRead) -> std::io::Result<()> {
@@ -127,5 +141,33 @@ fn skip_to_line_end(reader: &mut impl BufRead) -> std::io::Result<()> {
                 reader.consume(len);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<String> {
+        let mut reader = BufReader::new(input);
+        let mut bytes = Vec::new();
+        std::iter::from_fn(|| next_line(&mut reader, &mut bytes).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_long_line_is_cut_without_splitting_a_character() {
+        let cut = format!("… (cut at {LINE_MAX_BYTES} bytes)");
+        // "é" is 2 bytes and "€" 3: the cut at 4096 bytes falls inside each.
+        for (pad, ch) in [(LINE_MAX_BYTES - 1, "é"), (LINE_MAX_BYTES - 2, "€"), (LINE_MAX_BYTES - 1, "€")] {
+            let line = "a".repeat(pad) + ch + "rest";
+            let got = lines(format!("{line}\nnext\n").as_bytes());
+            assert_eq!(got, vec!["a".repeat(pad) + &cut, "next".to_string()], "{ch} after {pad} bytes");
+        }
+        // A character that ends exactly at the cut is kept; a line in another encoding (here
+        // Latin-1, whose é could start a UTF-8 character) is shown lossily, whole.
+        let line = "a".repeat(LINE_MAX_BYTES - 2) + "é" + "rest";
+        assert_eq!(lines(line.as_bytes()), vec!["a".repeat(LINE_MAX_BYTES - 2) + "é" + &cut]);
+        let latin1 = vec![0xE9u8; LINE_MAX_BYTES + 10];
+        assert_eq!(lines(&latin1), vec!["\u{FFFD}".repeat(LINE_MAX_BYTES) + &cut]);
     }
 }

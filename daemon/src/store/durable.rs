@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 /// sled's files in a data dir, and what of them is already synced.
 pub(super) struct SledFiles {
@@ -21,51 +21,93 @@ pub(super) struct SledFiles {
     log: File,
     folder: File,
     blobs: File,
-    /// sled's other files (`conf`, snapshots, blobs) as they were when last fsynced. sled
-    /// writes each of them once, so a sync fsyncs only the new ones and the ones still
+    /// Syncs run one at a time, so that a failed one is seen by the next (see `Synced`).
+    synced: Mutex<Synced>,
+}
+
+/// What the syncs so far made durable.
+#[derive(Default)]
+struct Synced {
+    /// sled's files other than the log (`conf`, snapshots, blobs) as they were when last
+    /// fsynced: sled writes each once, so a sync fsyncs only the new ones and those still
     /// growing, and the two folders only when a name came or went.
-    synced: Mutex<HashMap<PathBuf, (u64, SystemTime)>>,
+    files: HashMap<PathBuf, FileState>,
+    /// Why a sync failed, once one has. Linux reports a write-back error to one fsync per
+    /// handle and marks the lost pages clean: a later fsync would succeed with the data
+    /// lost. So every later sync through these handles fails too; the store opens again
+    /// (`Store::recover`), after [`forget_cached`].
+    failed: Option<String>,
+}
+
+/// A file's identity and size as it was synced (sled replaces a snapshot under the same
+/// name when nothing changed; the inode tells a new file from the old).
+type FileState = (u64, u64, i64, i64);
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: the next sync on this thread fails as an fsync reporting EIO would.
+    pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl SledFiles {
     /// Opens the handles of a data dir sled has just opened (it made `db` and `blobs/`),
-    /// and fsyncs the folder holding the data dir, which recd may have just created.
-    pub(super) fn open(dir: &Path) -> std::io::Result<SledFiles> {
+    /// then syncs: sled's open writes, and what a killed daemon left in the page cache
+    /// becomes durable before anything is served from it. Also fsyncs the folder holding
+    /// the data dir, which recd may have just created.
+    pub(super) fn open(dir: &Path, log: Option<File>) -> std::io::Result<SledFiles> {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Best effort: the parent may not be recd's to open, nor to sync.
             if let Err(e) = File::open(parent).and_then(|p| p.sync_all()) {
                 tracing::debug!(folder = %parent.display(), error = %e, "could not fsync the data dir's folder");
             }
         }
-        Ok(SledFiles {
+        let files = SledFiles {
             dir: dir.to_path_buf(),
-            log: File::open(dir.join("db"))?,
+            log: log.map_or_else(|| File::open(dir.join("db")), Ok)?,
             folder: File::open(dir)?,
             blobs: File::open(dir.join("blobs"))?,
-            synced: Mutex::new(HashMap::new()),
-        })
+            synced: Mutex::new(Synced::default()),
+        };
+        files.sync()?;
+        Ok(files)
     }
 
     /// fsyncs the log, then each of sled's other files not yet synced as it is now, then
     /// the folders if their names changed since the last sync.
     pub(super) fn sync(&self) -> std::io::Result<()> {
-        self.log.sync_all()?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cause) = &synced.failed {
+            return Err(std::io::Error::other(format!("an earlier sync of the store failed ({cause})")));
+        }
+        match self.fsync_files(&synced.files) {
+            Ok(files) => {
+                synced.files = files;
+                Ok(())
+            }
+            Err(e) => {
+                synced.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The fsyncs of [`SledFiles::sync`]; the files' states once done.
+    fn fsync_files(&self, synced: &HashMap<PathBuf, FileState>) -> std::io::Result<HashMap<PathBuf, FileState>> {
+        #[cfg(test)]
+        if FAIL_NEXT_SYNC.with(|f| f.replace(false)) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.log.sync_all()?;
         let mut now = HashMap::with_capacity(synced.len());
         let blobs = self.dir.join("blobs");
         for (folder, all) in [(self.dir.as_path(), false), (blobs.as_path(), true)] {
-            for entry in std::fs::read_dir(folder)? {
-                let path = entry?.path();
-                let name = path.file_name().unwrap_or_default().to_string_lossy();
-                if !(all || name == "conf" || name.starts_with("snap.")) {
-                    continue;
-                }
+            for path in sled_files(folder, all)? {
                 // sled removes old blobs and snapshots while it runs: a file gone is skipped.
-                let Some(state) = skip_gone(std::fs::metadata(&path))? else { continue };
-                if !state.is_file() {
+                let Some(meta) = skip_gone(std::fs::metadata(&path))? else { continue };
+                if !meta.is_file() {
                     continue;
                 }
-                let state = (state.len(), state.modified()?);
+                let state = (meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
                 if synced.get(&path) != Some(&state) {
                     let Some(file) = skip_gone(File::open(&path))? else { continue };
                     file.sync_all()?;
@@ -73,15 +115,44 @@ impl SledFiles {
                 now.insert(path, state);
             }
         }
-        let names_changed = now.len() != synced.len() || now.keys().any(|p| !synced.contains_key(p));
-        // Recorded only once the folders are synced: a failed sync is tried again whole.
-        if names_changed {
+        if now.len() != synced.len() || now.keys().any(|p| !synced.contains_key(p)) {
             self.folder.sync_all()?;
             self.blobs.sync_all()?;
         }
-        *synced = now;
-        Ok(())
+        Ok(now)
     }
+}
+
+/// Drops from the page cache what it holds of sled's files in `dir`, before sled opens them
+/// again after a failed write: pages whose write-back failed stay cached, marked clean,
+/// and sled would read back data the disk does not hold. Best effort (dirty pages stay).
+pub(super) fn forget_cached(dir: &Path) {
+    let blobs = dir.join("blobs");
+    let paths = [dir.join("db")].into_iter().chain(
+        [(dir, false), (blobs.as_path(), true)]
+            .into_iter()
+            .flat_map(|(folder, all)| sled_files(folder, all).unwrap_or_default()),
+    );
+    for path in paths {
+        let dropped = File::open(&path)
+            .and_then(|f| rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).map_err(Into::into));
+        if let Err(e) = dropped {
+            tracing::debug!(file = %path.display(), error = %e, "could not drop a store file's cached pages");
+        }
+    }
+}
+
+/// sled's files in `folder` other than its log: `conf` and snapshots, or all (`blobs/`).
+fn sled_files(folder: &Path, all: bool) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if all || name == "conf" || name.starts_with("snap.") {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
 }
 
 /// The value, or None where the file is gone.
@@ -89,5 +160,28 @@ fn skip_gone<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
     match result {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         other => other.map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_fails_every_later_one_until_the_files_are_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.insert(b"k", b"v").unwrap();
+        let files = SledFiles::open(dir.path(), None).unwrap();
+        assert!(files.synced.lock().unwrap().files.keys().any(|p| p.ends_with("conf")), "conf synced at open");
+        files.sync().unwrap();
+        FAIL_NEXT_SYNC.with(|f| f.set(true));
+        assert_eq!(files.sync().unwrap_err().raw_os_error(), Some(5));
+        // The write-back error is reported once; the next fsync would succeed: refused.
+        let again = files.sync().unwrap_err().to_string();
+        assert!(again.contains("an earlier sync of the store failed"), "{again}");
+        forget_cached(dir.path());
+        let reopened = SledFiles::open(dir.path(), None).unwrap();
+        reopened.sync().unwrap();
     }
 }

@@ -279,6 +279,9 @@ impl Handles {
             .cache_capacity(caches.sled_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(SLED_FLUSH_EVERY_MS));
+        // The log's handle is taken before sled opens it where it exists, so that its
+        // fsyncs report any write-back error from then on (see `durable::SledFiles`).
+        let log = std::fs::File::open(dir.join("db")).ok();
         let deadline = std::time::Instant::now() + wait;
         let mut snapshots_checked = false;
         let db = loop {
@@ -315,7 +318,8 @@ impl Handles {
             }
             Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
         }
-        let files = durable::SledFiles::open(dir).map_err(sled::Error::Io)?;
+        db.flush()?;
+        let files = durable::SledFiles::open(dir, log).map_err(sled::Error::Io)?;
         Ok(Handles { history: db.open_tree(HISTORY_TREE)?, state: db.open_tree(STATE_TREE)?, db, meta, files })
     }
 
@@ -446,8 +450,9 @@ impl Store {
 
     /// After a failed write: opens the database again, once no run is writing to it and a
     /// test write to its folder succeeds (space was freed, the device is back). Nothing
-    /// published is lost: every version was flushed before it was made current, and sled
-    /// recovers its log on open. Readers wait while it is reopened (the served versions
+    /// published is lost: every version was synced before it was made current, and sled
+    /// recovers its log on open, reading it from the disk rather than from pages cached
+    /// when a write-back failed ([`durable::forget_cached`]). Readers wait while it is reopened (the served versions
     /// hold the old database, which must close first). Ok when the store is sound.
     pub fn recover(&self) -> Result<(), StoreError> {
         let Some(cause) = self.failure() else { return Ok(()) };
@@ -465,6 +470,7 @@ impl Store {
         let old = self.handles.write().expect("handles lock").take();
         served.clear();
         drop(old);
+        durable::forget_cached(&self.dir);
         let handles = Arc::new(Handles::open(&self.dir, self.caches, LOCK_WAIT).map_err(|e| {
             tracing::error!("opening the store again failed: {e}");
             StoreError::Unavailable(format!("{cause}; opening it again failed: {e}"))
