@@ -19,7 +19,7 @@
 //! does: each 4 KiB page of a changed file is either its synced or its latest contents,
 //! the length one or the other, and a random prefix of the logged name changes is kept.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,8 +145,9 @@ struct State {
     now: Image,
     synced: Image,
     names_log: Vec<NameChange>,
-    /// Files changed since their last fsync.
-    dirty: HashSet<u64>,
+    /// Files changed since their last fsync (ordered: a torn cut tears them in the same
+    /// order on every run).
+    dirty: BTreeSet<u64>,
     next_ino: u64,
     syncs: u64,
     cut: Option<Cut>,
@@ -299,7 +300,7 @@ impl PowerCutFs {
             synced: image.clone(),
             now: image,
             names_log: Vec::new(),
-            dirty: HashSet::new(),
+            dirty: BTreeSet::new(),
             next_ino,
             syncs: 0,
             cut: None,

@@ -452,8 +452,9 @@ impl Store {
     /// test write to its folder succeeds (space was freed, the device is back). Nothing
     /// published is lost: every version was synced before it was made current, and sled
     /// recovers its log on open, reading it from the disk rather than from pages cached
-    /// when a write-back failed ([`durable::forget_cached`]). Readers wait while it is reopened (the served versions
-    /// hold the old database, which must close first). Ok when the store is sound.
+    /// when a write-back failed ([`durable::forget_cached`]). Readers wait while it is
+    /// reopened (the served versions hold the old database, which must close first). Ok
+    /// when the store is sound.
     pub fn recover(&self) -> Result<(), StoreError> {
         let Some(cause) = self.failure() else { return Ok(()) };
         let _publishing = self.publish_lock.lock().expect("publish lock");
