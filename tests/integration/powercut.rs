@@ -1,11 +1,11 @@
 //! Power loss: the data dir lives on `powercut_fs`, an in-memory FUSE filesystem that
-//! keeps only what was synced. A run publishes a new version of a table; the power is cut
-//! at each sync the daemon makes, from its start until `recd run` reports the publish and
-//! once after: right after the sync keeping nothing unsynced, and during it keeping a
+//! keeps only what was synced. A run publishes a new version of a table, then a rollback
+//! makes the old one current again; the power is cut at each sync the daemon makes, from
+//! its start until the CLI reports the change and twice after: right after the sync keeping nothing unsynced, and during it keeping a
 //! random part of what was not synced; with names made durable the way ext4's journal
 //! does, and only by an fsync of their folder. After each cut the daemon starts on what
-//! the disk kept and must serve one whole version, the old or the new, and the new one
-//! whenever the cut came after `recd run` said it was published.
+//! the disk kept and must serve one whole version, the one before or the one after, and the
+//! one after whenever the cut came after the CLI said it was done.
 
 use std::io::Write;
 use std::path::Path;
@@ -46,8 +46,79 @@ fn mount(image: Option<Image>, data: &Path) -> Option<(PowerCutFs, Mounted)> {
     }
 }
 
+/// The disk's image once `action` has run on the daemon started on `start`, the lists it
+/// leaves, and how many cut points a pass has: the syncs it made, and two more (sled's
+/// flusher can add one in a slower pass). The daemon is stopped cleanly.
+fn reference_pass(
+    d: &mut TestDaemon,
+    data: &Path,
+    start: &Image,
+    action: &dyn Fn(&TestDaemon),
+) -> (Image, Vec<Vec<String>>, u64) {
+    let (fs, mounted) = mount(Some(start.clone()), data).unwrap();
+    d.restart();
+    action(d);
+    let lists = lists(d);
+    let syncs = fs.syncs() + 2;
+    assert!(d.stop());
+    let image = fs.cut_now(None);
+    drop(mounted);
+    (image, lists, syncs)
+}
+
+/// Cuts the power at each of `syncs` syncs of a pass that starts the daemon on `start` and
+/// runs `action` (four cuts a sync: plain and torn, names journaled and per folder), and
+/// checks each time that the daemon started on what the disk kept serves `before` or
+/// `after`, and `after` once `action` had returned. Returns how many served each, and
+/// whether a torn cut had anything to tear.
+fn cut_at_every_sync(
+    d: &mut TestDaemon,
+    data: &Path,
+    start: &Image,
+    action: &dyn Fn(&TestDaemon),
+    (before, after): (&[Vec<String>], &[Vec<String>]),
+    syncs: u64,
+) -> (usize, usize, bool) {
+    let (mut served_after, mut served_before, mut torn) = (0, 0, false);
+    for sync in 1..=syncs {
+        for (torn_seed, names) in [
+            (None, Names::Journal),
+            (Some(sync), Names::Journal),
+            (None, Names::PerFolder),
+            (Some(sync), Names::PerFolder),
+        ] {
+            let cut = Cut { sync, torn_seed, names };
+            let (fs, mounted) = mount(Some(start.clone()), data).unwrap();
+            fs.arm(cut);
+            d.restart();
+            action(d);
+            let acknowledged_at = fs.syncs();
+            let image = fs.frozen().unwrap_or_else(|| fs.cut_now(torn_seed));
+            assert_eq!(fs.broken(), None);
+            torn |= fs.tore_unsynced();
+            d.kill9();
+            drop(mounted);
+
+            let (_fs, mounted) = mount(Some(image), data).unwrap();
+            d.restart();
+            let what = format!("{cut:?} (acknowledged at sync {acknowledged_at})");
+            d.assert_verified(&what);
+            let served = lists(d);
+            assert!(served == before || served == after, "{what}: the lists served are neither version's");
+            if sync >= acknowledged_at {
+                assert!(served == after, "{what}: the acknowledged change was lost");
+            }
+            served_after += usize::from(served == after);
+            served_before += usize::from(served == before);
+            d.kill9();
+            drop(mounted);
+        }
+    }
+    (served_after, served_before, torn)
+}
+
 #[test]
-fn a_power_cut_at_any_sync_leaves_one_whole_version_and_loses_no_publish() {
+fn a_power_cut_at_any_sync_of_a_publish_or_rollback_keeps_one_whole_version_and_what_was_acknowledged() {
     let mut d = TestDaemon::start(&[("t", &job(1))]);
     d.stop();
     let data = d.dir.path().join("data");
@@ -55,7 +126,7 @@ fn a_power_cut_at_any_sync_leaves_one_whole_version_and_loses_no_publish() {
     std::fs::create_dir(&data).unwrap();
 
     // Version 1, published on the filesystem; what its disk holds once the daemon stopped
-    // is the starting image of every cut.
+    // is the starting image of every cut of the run.
     let Some((fs, mounted)) = mount(None, &data) else { return };
     d.restart();
     d.run_job("t");
@@ -66,56 +137,28 @@ fn a_power_cut_at_any_sync_leaves_one_whole_version_and_loses_no_publish() {
     let start = fs.cut_now(None);
     drop(mounted);
 
-    // Version 2 with nothing cut: the lists every cut is checked against, and how many
-    // syncs a pass makes.
+    // A run publishing version 2, first with nothing cut (the lists every cut is checked
+    // against; version 1 was synced before the daemon stopped), then cut at each sync.
     d.write_job("t", &job(2));
-    let (fs, mounted) = mount(Some(start.clone()), &data).unwrap();
-    d.restart();
-    assert_eq!(lists(&d), old, "version 1 was synced before the daemon stopped");
-    d.run_job("t");
-    let new = lists(&d);
+    let publish = |d: &TestDaemon| {
+        assert_eq!(lists(d), old, "version 1 is served at start");
+        d.run_job("t");
+    };
+    let (published_image, new, syncs) = reference_pass(&mut d, &data, &start, &publish);
     assert_ne!(new, old);
-    // Two more than this pass made: sled's flusher can add one in a slower pass.
-    let syncs = fs.syncs() + 2;
-    d.kill9();
-    drop(mounted);
-
-    let (mut published, mut kept_old, mut torn) = (0, 0, false);
-    for sync in 1..=syncs {
-        for (torn_seed, names) in [
-            (None, Names::Journal),
-            (Some(sync), Names::Journal),
-            (None, Names::PerFolder),
-            (Some(sync), Names::PerFolder),
-        ] {
-            let cut = Cut { sync, torn_seed, names };
-            let (fs, mounted) = mount(Some(start.clone()), &data).unwrap();
-            fs.arm(cut);
-            d.restart();
-            d.run_job("t");
-            let acknowledged_at = fs.syncs();
-            let image = fs.frozen().unwrap_or_else(|| fs.cut_now(torn_seed));
-            assert_eq!(fs.broken(), None);
-            torn |= fs.tore_unsynced();
-            d.kill9();
-            drop(mounted);
-
-            let (_fs, mounted) = mount(Some(image), &data).unwrap();
-            d.restart();
-            let what = format!("{cut:?} (run acknowledged at sync {acknowledged_at})");
-            d.assert_verified(&what);
-            let served = lists(&d);
-            assert!(served == old || served == new, "{what}: the lists served are neither version's");
-            if sync >= acknowledged_at {
-                assert!(served == new, "{what}: the published version was lost");
-            }
-            published += usize::from(served == new);
-            kept_old += usize::from(served == old);
-            d.kill9();
-            drop(mounted);
-        }
-    }
-    eprintln!("{} cuts: {published} served the new version, {kept_old} the old", syncs * 4);
+    let (published, kept_old, torn) = cut_at_every_sync(&mut d, &data, &start, &publish, (&old, &new), syncs);
+    eprintln!("run: {} cuts, {published} served the new version, {kept_old} the old", syncs * 4);
     assert!(published > 0 && kept_old > 0, "the cuts landed before and after the publish");
     assert!(torn, "no torn cut had anything unsynced to tear");
+
+    // A rollback to version 1, cut at each sync the same way.
+    let rollback = |d: &TestDaemon| {
+        let out = d.cli(&["rollback", "t"]);
+        assert!(out.status.success(), "recd rollback: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (_, rolled_back, syncs) = reference_pass(&mut d, &data, &published_image, &rollback);
+    assert_eq!(rolled_back, old);
+    let (back, kept_new, _) = cut_at_every_sync(&mut d, &data, &published_image, &rollback, (&new, &old), syncs);
+    eprintln!("rollback: {} cuts, {back} served version 1 again, {kept_new} version 2", syncs * 4);
+    assert!(back > 0 && kept_new > 0, "the cuts landed before and after the rollback");
 }
