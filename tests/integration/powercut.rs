@@ -1,9 +1,10 @@
 //! Power loss: the data dir lives on `powercut_fs`, an in-memory FUSE filesystem that
 //! keeps only what was synced. A run publishes a new version of a table, then a rollback
 //! makes the old one current again; the power is cut at each sync the daemon makes, from
-//! its start until the CLI reports the change and twice after: right after the sync keeping nothing unsynced, and during it keeping a
-//! random part of what was not synced; with names made durable the way ext4's journal
-//! does, and only by an fsync of their folder. After each cut the daemon starts on what
+//! its start until the CLI reports the change and twice after: right after the sync
+//! keeping nothing unsynced, and during it keeping a random part of what was not synced;
+//! with names made durable the way ext4's journal does, and only by an fsync of their
+//! folder. After each cut the daemon starts on what
 //! the disk kept and must serve one whole version, the one before or the one after, and the
 //! one after whenever the cut came after the CLI said it was done.
 

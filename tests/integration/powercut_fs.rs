@@ -152,7 +152,6 @@ struct State {
     syncs: u64,
     cut: Option<Cut>,
     frozen: Option<Image>,
-    names: Names,
     /// Whether a torn cut had anything unsynced to tear.
     tore_unsynced: bool,
     /// A panic in a sync (a bug here): FUSE would wait forever for the reply, so it is
@@ -169,9 +168,10 @@ impl State {
             self.frozen = Some(self.cut_image(Some(seed)));
             self.tore_unsynced |= !self.names_log.is_empty() || !self.dirty.is_empty();
         }
+        let journal = self.cut.is_none_or(|c| c.names == Names::Journal);
         let log = std::mem::take(&mut self.names_log);
         for change in log {
-            if self.names == Names::Journal || change.synced_by(ino) {
+            if journal || change.synced_by(ino) {
                 self.synced.apply(&change);
             } else {
                 self.names_log.push(change);
@@ -305,7 +305,6 @@ impl PowerCutFs {
             syncs: 0,
             cut: None,
             frozen: None,
-            names: Names::Journal,
             tore_unsynced: false,
             broken: None,
         })))
@@ -331,7 +330,6 @@ impl PowerCutFs {
     pub fn arm(&self, cut: Cut) {
         let mut s = self.state();
         s.cut = Some(cut);
-        s.names = cut.names;
         s.frozen = None;
     }
 

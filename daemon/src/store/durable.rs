@@ -99,21 +99,18 @@ impl SledFiles {
         }
         self.log.sync_all()?;
         let mut now = HashMap::with_capacity(synced.len());
-        let blobs = self.dir.join("blobs");
-        for (folder, all) in [(self.dir.as_path(), false), (blobs.as_path(), true)] {
-            for path in sled_files(folder, all)? {
-                // sled removes old blobs and snapshots while it runs: a file gone is skipped.
-                let Some(meta) = skip_gone(std::fs::metadata(&path))? else { continue };
-                if !meta.is_file() {
-                    continue;
-                }
-                let state = (meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
-                if synced.get(&path) != Some(&state) {
-                    let Some(file) = skip_gone(File::open(&path))? else { continue };
-                    file.sync_all()?;
-                }
-                now.insert(path, state);
+        for path in sled_files(&self.dir)? {
+            // sled removes old blobs and snapshots while it runs: a file gone is skipped.
+            let Some(meta) = skip_gone(std::fs::metadata(&path))? else { continue };
+            if !meta.is_file() {
+                continue;
             }
+            let state = (meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+            if synced.get(&path) != Some(&state) {
+                let Some(file) = skip_gone(File::open(&path))? else { continue };
+                file.sync_all()?;
+            }
+            now.insert(path, state);
         }
         if now.len() != synced.len() || now.keys().any(|p| !synced.contains_key(p)) {
             self.folder.sync_all()?;
@@ -127,13 +124,7 @@ impl SledFiles {
 /// again after a failed write: pages whose write-back failed stay cached, marked clean,
 /// and sled would read back data the disk does not hold. Best effort (dirty pages stay).
 pub(super) fn forget_cached(dir: &Path) {
-    let blobs = dir.join("blobs");
-    let paths = [dir.join("db")].into_iter().chain(
-        [(dir, false), (blobs.as_path(), true)]
-            .into_iter()
-            .flat_map(|(folder, all)| sled_files(folder, all).unwrap_or_default()),
-    );
-    for path in paths {
+    for path in [dir.join("db")].into_iter().chain(sled_files(dir).unwrap_or_default()) {
         let dropped = File::open(&path)
             .and_then(|f| rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).map_err(Into::into));
         if let Err(e) = dropped {
@@ -142,15 +133,19 @@ pub(super) fn forget_cached(dir: &Path) {
     }
 }
 
-/// sled's files in `folder` other than its log: `conf` and snapshots, or all (`blobs/`).
-fn sled_files(folder: &Path, all: bool) -> std::io::Result<Vec<PathBuf>> {
+/// sled's files in data dir `dir` other than its log: `conf`, its snapshots, and all of
+/// `blobs/`.
+fn sled_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
-    for entry in std::fs::read_dir(folder)? {
+    for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if all || name == "conf" || name.starts_with("snap.") {
+        if name == "conf" || name.starts_with("snap.") {
             paths.push(path);
         }
+    }
+    for entry in std::fs::read_dir(dir.join("blobs"))? {
+        paths.push(entry?.path());
     }
     Ok(paths)
 }
