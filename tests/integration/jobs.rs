@@ -207,6 +207,8 @@ fn no_invalid_file_disturbs_the_running_schedule() {
         // same definition, same next fire times (unless a 10-minute boundary just passed)
         assert!(now.contains("j: schedule \"0 */10 * * * *\" (UTC)"), "{name} disturbed the schedule:\n{now}");
     }
+    // the schedule may have fired during the loop (it fires every ten minutes), so the
+    // version number is not known; that the run publishes is what matters
     let report = d.run_job("j");
-    assert!(report.contains("version 2"), "{report}");
+    assert!(report.contains("published table t version"), "{report}");
 }

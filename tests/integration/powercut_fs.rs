@@ -18,6 +18,15 @@
 //! random part of what was not synced, as a disk whose page cache was partly written back
 //! does: each 4 KiB page of a changed file is either its synced or its latest contents,
 //! the length one or the other, and a random prefix of the logged name changes is kept.
+//!
+//! An fsync can also be made to fail as a failed write-back does: the file's unsynced
+//! writes never reach the disk (reads that reach this filesystem get the disk's contents
+//! back; the kernel's page cache may still hold the lost ones), and a later fsync through
+//! the same handle succeeds. The error goes to the fsync that failed ([`Report::Caller`],
+//! what the kernel does with a FUSE filesystem's fsync error), or once to each handle
+//! open when it happened ([`Report::EveryHandle`], Linux's `errseq` for a failed
+//! write-back on a local disk). The file's length goes back too, which a local disk
+//! would keep: sled's next writes then leave zeros where the lost ones were.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -131,6 +140,13 @@ pub enum Names {
     PerFolder,
 }
 
+/// Who is told of a failed fsync (see the module comment).
+#[derive(Clone, Copy, Debug)]
+pub enum Report {
+    Caller,
+    EveryHandle,
+}
+
 /// The armed cut: when it happens, and what it keeps of what was not synced.
 #[derive(Clone, Copy, Debug)]
 pub struct Cut {
@@ -157,6 +173,16 @@ struct State {
     /// A panic in a sync (a bug here): FUSE would wait forever for the reply, so it is
     /// caught, the sync fails with EIO, and the test reports it.
     broken: Option<String>,
+    /// Open files' handles: the file, and how many of its write-back errors the handle
+    /// has been told of.
+    handles: HashMap<u64, (u64, u64)>,
+    next_handle: u64,
+    /// Failed write-backs so far, per file, to be told to every handle.
+    write_errors: HashMap<u64, u64>,
+    /// The armed failure: the file, how many of its fsyncs to go until the one that fails,
+    /// and who is told.
+    fail: Option<(u64, u64, Report)>,
+    failed_fsyncs: u64,
 }
 
 impl State {
@@ -210,6 +236,47 @@ impl State {
             image.files.insert(*ino, torn);
         }
         image
+    }
+
+    /// The armed write-back failure, if this fsync of `ino` is the one: the file's writes
+    /// since its last sync are lost. Whether this fsync must report it now (else each
+    /// handle open now is told once, this one included).
+    fn fail_write_back(&mut self, ino: u64) -> bool {
+        let Some((_, to_go, report)) = self.fail.as_mut().filter(|(file, ..)| *file == ino) else { return false };
+        *to_go -= 1;
+        if *to_go > 0 {
+            return false;
+        }
+        let report = *report;
+        self.fail = None;
+        self.failed_fsyncs += 1;
+        let disk = self.synced.files.get(&ino).cloned().unwrap_or_default();
+        self.now.files.insert(ino, disk);
+        self.dirty.remove(&ino);
+        match report {
+            Report::Caller => true,
+            Report::EveryHandle => {
+                *self.write_errors.entry(ino).or_default() += 1;
+                false
+            }
+        }
+    }
+
+    /// Whether handle `fh` has a write-back error of its file not yet reported to it (and
+    /// counts it reported).
+    fn unreported_error(&mut self, fh: u64) -> bool {
+        let Some((ino, told)) = self.handles.get_mut(&fh) else { return false };
+        let errors = self.write_errors.get(ino).copied().unwrap_or(0);
+        std::mem::replace(told, errors) < errors
+    }
+
+    /// A new handle of `ino`, told of the write-back errors so far.
+    fn open_handle(&mut self, ino: u64) -> FileHandle {
+        let fh = self.next_handle;
+        self.next_handle += 1;
+        let errors = self.write_errors.get(&ino).copied().unwrap_or(0);
+        self.handles.insert(fh, (ino, errors));
+        FileHandle(fh)
     }
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
@@ -307,6 +374,11 @@ impl PowerCutFs {
             frozen: None,
             tore_unsynced: false,
             broken: None,
+            handles: HashMap::new(),
+            next_handle: 1,
+            write_errors: HashMap::new(),
+            fail: None,
+            failed_fsyncs: 0,
         })))
     }
 
@@ -333,6 +405,20 @@ impl PowerCutFs {
         s.frozen = None;
     }
 
+    /// Makes the `nth` fsync from now of file `name` (in the filesystem's root) fail as a
+    /// failed write-back does, told as `report` says (see the module comment).
+    pub fn fail_fsync(&self, name: &str, nth: u64, report: Report) {
+        let mut s = self.state();
+        let ino = s.child(ROOT, OsStr::new(name)).expect("the file to fail an fsync of");
+        assert!(s.now.files.contains_key(&ino), "{name} is not a file");
+        s.fail = Some((ino, nth, report));
+    }
+
+    /// How many fsyncs failed so far.
+    pub fn failed_fsyncs(&self) -> u64 {
+        self.state().failed_fsyncs
+    }
+
     /// Whether a torn cut found anything unsynced (else it equals a plain cut).
     pub fn tore_unsynced(&self) -> bool {
         self.state().tore_unsynced
@@ -343,10 +429,18 @@ impl PowerCutFs {
         self.state().broken.clone()
     }
 
-    fn sync(&self, ino: u64, reply: ReplyEmpty) {
-        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.state().sync(ino)));
+    /// An fsync of `ino` through handle `fh` (None for a folder): as Linux does, it syncs
+    /// what it can, then reports a write-back error that handle was not yet told of.
+    fn sync(&self, ino: u64, fh: Option<u64>, reply: ReplyEmpty) {
+        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut s = self.state();
+            let failed_here = s.fail_write_back(ino);
+            s.sync(ino);
+            failed_here | fh.is_some_and(|fh| s.unreported_error(fh))
+        }));
         match synced {
-            Ok(()) => reply.ok(),
+            Ok(false) => reply.ok(),
+            Ok(true) => reply.error(Errno::EIO),
             Err(panic) => {
                 let what =
                     panic.downcast_ref::<&str>().map(|s| s.to_string()).or(panic.downcast_ref::<String>().cloned());
@@ -434,8 +528,9 @@ impl fuser::Filesystem for PowerCutFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.state().make(parent.0, name, false, mode & !umask) {
-            Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty()),
+        let mut s = self.state();
+        match s.make(parent.0, name, false, mode & !umask) {
+            Ok(attr) => reply.created(&TTL, &attr, Generation(0), s.open_handle(attr.ino.0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -490,10 +585,25 @@ impl fuser::Filesystem for PowerCutFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.state().attr(ino.0) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+        let mut s = self.state();
+        match s.attr(ino.0) {
+            Some(_) => reply.opened(s.open_handle(ino.0), FopenFlags::empty()),
             None => reply.error(Errno::ENOENT),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.state().handles.remove(&fh.0);
+        reply.ok()
     }
 
     fn read(
@@ -543,8 +653,8 @@ impl fuser::Filesystem for PowerCutFs {
         reply.ok()
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.sync(ino.0, reply)
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.sync(ino.0, Some(fh.0), reply)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -568,7 +678,7 @@ impl fuser::Filesystem for PowerCutFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.sync(ino.0, reply)
+        self.sync(ino.0, None, reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -458,6 +458,9 @@ impl Store {
     pub fn recover(&self) -> Result<(), StoreError> {
         let Some(cause) = self.failure() else { return Ok(()) };
         let _publishing = self.publish_lock.lock().expect("publish lock");
+        if self.failure().is_none() {
+            return Ok(()); // opened again by another caller meanwhile
+        }
         let busy = self.staging.lock().expect("staging").len();
         if busy > 0 {
             return Err(StoreError::Unavailable(format!("{cause}; {busy} run(s) still write to it")));
@@ -467,10 +470,11 @@ impl Store {
         })?;
         // A retired tree's thread holds the database too, which must close before it opens.
         self.retiring.wait();
-        let mut served = self.served.write().expect("served lock");
-        let old = self.handles.write().expect("handles lock").take();
-        served.clear();
-        drop(old);
+        let Some((mut served, old)) = self.take_unheld() else {
+            // Tried again at the next write, or in 2 s (`Daemon::watch_store`).
+            return Err(StoreError::Unavailable(format!("{cause}; reads still hold the failed database")));
+        };
+        close_caught((old, served.drain().collect()));
         durable::forget_cached(&self.dir);
         let handles = Arc::new(Handles::open(&self.dir, self.caches, LOCK_WAIT).map_err(|e| {
             tracing::error!("opening the store again failed: {e}");
@@ -492,6 +496,32 @@ impl Store {
         *self.failure.lock().expect("failure lock") = None;
         tracing::info!("the store was opened again after a failed write ({cause}): writes resume");
         Ok(())
+    }
+
+    /// Takes the failed database out of the store once nothing else holds it or a table
+    /// served from it (a read, an export): checked every millisecond for up to
+    /// [`LOCK_WAIT`], the locks let go between checks (a read holding one table may be
+    /// waiting to look up another). Returns it with the served tables' lock, which readers
+    /// wait on until the reopen is done; None if something still holds it.
+    fn take_unheld(&self) -> Option<(ServedGuard<'_>, Option<Arc<Handles>>)> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let served = self.served.write().expect("served lock");
+            let mut handles = self.handles.write().expect("handles lock");
+            // With both locks held no new holder can appear: a clone needs one of them, or
+            // a holder other than the store.
+            let held = handles.as_ref().is_some_and(|h| Arc::strong_count(h) > 1)
+                || served.values().any(|t| Arc::strong_count(t) > 1);
+            if !held {
+                let old = handles.take();
+                return Some((served, old));
+            }
+            drop((handles, served));
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Puts back (not yet synced) the last durable meta of each table whose meta change
@@ -666,6 +696,9 @@ impl Store {
             drop(staged.writers.take());
             let _ = self.drop_rows(&name);
         }
+        // Its tree holds the database: let go before the run stops counting as writing
+        // (`_unstage`), which lets a reopen close the database.
+        drop(staged);
         published
     }
 
@@ -907,15 +940,18 @@ impl Store {
     /// users, rows and checksum with what was published; also finds data trees no table
     /// references (staging left behind). One line per finding; empty: all sound.
     pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+        // Publishes wait while a verify runs: a version switched halfway through the scan
+        // would read as a mismatch. Taken before the database: a reopen holds it while it
+        // waits for the old database to be let go.
+        let _guard = self.publish_lock.lock().expect("publish lock");
         // Only reads: it answers while writes are refused too (a full disk), when it is
         // most wanted.
         self.verify_in(&*self.h()?)
     }
 
+    /// [`Store::verify`], under the publish lock. Trees still being dropped are listed in
+    /// `retiring`.
     fn verify_in(&self, h: &Handles) -> Result<Vec<String>, StoreError> {
-        // Publishes wait while a verify runs: a version switched halfway through the scan
-        // would read as a mismatch. Trees still being dropped are listed in `retiring`.
-        let _guard = self.publish_lock.lock().expect("publish lock");
         let mut problems = Vec::new();
         let mut referenced = HashSet::new();
         for (table, meta) in tables_of(h)? {
@@ -969,7 +1005,9 @@ impl Store {
         drop(staged.writers.take());
         let name = data_tree_name(&staged.table, staged.version);
         let _unstage = Unstage(self, name.clone());
-        self.drop_rows(&name)
+        let dropped = self.drop_rows(&name);
+        drop(staged);
+        dropped
     }
 
     /// Drops the tree of a version that will not be published (a failed store drops it
@@ -1051,6 +1089,11 @@ impl Drop for Store {
     /// lets go of its name before it walks its pages): its drop finishes first.
     fn drop(&mut self) {
         self.retiring.wait();
+        if self.failure.get_mut().unwrap_or_else(|e| e.into_inner()).is_some() {
+            let handles = self.handles.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+            let tables = self.served.get_mut().unwrap_or_else(|e| e.into_inner()).drain().collect();
+            close_caught((handles, tables));
+        }
     }
 }
 
@@ -1120,6 +1163,22 @@ fn remove_partial_snapshots(dir: &Path) -> Result<bool, StoreError> {
         }
     }
     Ok(removed)
+}
+
+/// The served tables, locked for writing.
+type ServedGuard<'s> = RwLockWriteGuard<'s, HashMap<String, Arc<ServedTable>>>;
+
+/// The failed database and the tables served from it, taken out of the store.
+type FailedDatabase = (Option<Arc<Handles>>, Vec<(String, Arc<ServedTable>)>);
+
+/// Drops what holds a failed database, catching a panic: sled fsyncs its log as the
+/// database closes and panics if that fails, as it does when a failed write-back is
+/// reported to sled's own handle too (Linux reports one to each handle open when it
+/// happened). Uncaught, the panic would poison the store's locks.
+fn close_caught(database: FailedDatabase) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(database))).is_err() {
+        tracing::warn!("sled panicked closing the failed database (it does when its closing fsync fails)");
+    }
 }
 
 /// Writes, syncs and removes a scratch file in `dir`: whether the disk takes writes.
@@ -1338,6 +1397,32 @@ mod tests {
         store.rollback("t", Some(2)).unwrap();
         assert_eq!(publish_value(&store, 4).version, 4);
         assert_eq!(store.rollback("t", None).unwrap().version, 3, "the rollback goes to the version before");
+    }
+
+    #[test]
+    fn a_reopen_waits_for_reads_of_the_failed_database_and_gives_it_back_while_they_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        publish_value(&store, 1);
+        store.mark_failed_with("a test failure".into());
+        // A read holding a served table past the wait: the database is given back.
+        let reading = store.served("t").unwrap();
+        let err = store.recover().unwrap_err().to_string();
+        assert!(err.contains("a test failure; reads still hold the failed database"), "{err}");
+        assert_eq!(served_score(&store), 1.0, "still served");
+        assert!(store.tables().is_ok() && store.failure().is_some());
+        // A read that looks up another table while the reopen waits, then ends: the reopen
+        // goes on (the wait holds no lock such a read needs).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let another = store.served("t").unwrap();
+                drop((another, reading));
+            });
+            store.recover().unwrap();
+        });
+        assert!(store.failure().is_none());
+        assert_eq!(served_score(&store), 1.0);
     }
 
     #[test]
