@@ -195,27 +195,68 @@ fn fail_an_fsync_then_cut(d: &mut TestDaemon, report: Report) -> bool {
     }
     let caught = d.log().contains("sled panicked closing the failed database");
     assert_eq!(caught, matches!(report, Report::EveryHandle), "{report:?}: {}", d.log());
+    let history = publish_then_cut(d, &fs, mounted, &data, &v1, &format!("{report:?}"));
+    assert!(history.contains("Input/output error"), "{report:?}: the failed run is recorded:\n{history}");
+    true
+}
+
+/// Once the store opened again after a failed fsync: publishes a new version (job seed
+/// 3), cuts the power, and checks that the daemon started on what the disk kept serves
+/// it. Returns that daemon's `recd history t`.
+fn publish_then_cut(
+    d: &mut TestDaemon,
+    fs: &PowerCutFs,
+    mounted: Mounted,
+    data: &Path,
+    before: &[Vec<String>],
+    what: &str,
+) -> String {
     set_job(d, 3);
     d.run_job("t");
-    let v3 = lists(d);
-    assert!(v3 != v1 && v3.last().unwrap().len() == 10_000, "{report:?}: version 3 is served");
+    let after = lists(d);
+    assert!(after != before && after.last().unwrap().len() == 10_000, "{what}: the new version is served");
     assert_eq!(fs.broken(), None);
 
     // The power is cut: what was acknowledged after the failure is on the disk.
     let image = fs.cut_now(None);
     d.kill9();
     drop(mounted);
-    let (fs, _mounted) = mount(Some(image), &data).unwrap();
+    let (fs, _mounted) = mount(Some(image), data).unwrap();
     d.restart();
-    d.assert_verified(&format!("{report:?}: after the failed fsync and the cut"));
+    d.assert_verified(&format!("{what}: after the failed fsync and the cut"));
     let served = lists(d);
-    let which = if served == v1 { "version 1's" } else { "neither version's" };
-    assert!(served == v3, "{report:?}: version 3 was acknowledged after the failed fsync; the lists are {which}");
+    let which = if served == before { "the previous version's" } else { "neither version's" };
+    assert!(served == after, "{what}: the new version was acknowledged after the failed fsync; the lists are {which}");
     let history = String::from_utf8_lossy(&d.cli(&["history", "t"]).stdout).into_owned();
-    assert!(history.contains("Input/output error"), "{report:?}: the failed run is recorded:\n{history}");
     assert_eq!(fs.broken(), None);
     d.kill9();
-    true
+    history
+}
+
+#[test]
+fn an_fsync_failure_told_to_sleds_flusher_alone_opens_the_store_again() {
+    // sled's own log lines are not printed: the watch sees them all the same.
+    let mut d = TestDaemon::start_env(&[("t", &job(1))], "", &[("RECD_LOG", "info,sled=off")]);
+    let data = empty_data_dir(&mut d);
+    let Some((fs, mounted)) = mount(None, &data) else { return };
+    d.restart();
+    d.run_job("t");
+    let v1 = lists(&d);
+
+    // sled's flusher thread fsyncs the log every 10 s (`SLED_FLUSH_EVERY_MS`), and can
+    // first spend up to 5 s cleaning it. Its next fsync fails, told to it alone, as a FUSE
+    // filesystem tells it: whatever it had written is lost, and recd's own fsyncs would
+    // succeed from now on. sled only logs the error; recd counts it a failed write and
+    // opens the store again (at its check every 2 s, nothing writing).
+    fs.fail_fsync_by("db", "log flusher", Report::Caller);
+    d.wait_for("sled's flusher to fsync the log", 30, || (fs.failed_fsyncs() == 1).then_some(()));
+    let reopened = "the store was opened again after a failed write (sled's flusher thread failed: \
+                    failed to fsync from periodic flush thread: Input/output error";
+    d.wait_for("the store opened again", 10, || d.log().contains(reopened).then_some(()));
+    assert!(!d.log().contains("sled::flusher"), "RECD_LOG=info,sled=off printed sled's line");
+    assert_eq!(lists(&d), v1, "version 1 keeps serving");
+    let history = publish_then_cut(&mut d, &fs, mounted, &data, &v1, "the flusher's failed fsync");
+    assert!(!history.contains("failed"), "no run failed:\n{history}");
 }
 
 #[test]

@@ -26,7 +26,9 @@
 //! what the kernel does with a FUSE filesystem's fsync error), or once to each handle
 //! open when it happened ([`Report::EveryHandle`], Linux's `errseq` for a failed
 //! write-back on a local disk). The file's length goes back too, which a local disk
-//! would keep: sled's next writes then leave zeros where the lost ones were.
+//! would keep: sled's next writes then leave zeros where the lost ones were. The failing
+//! fsync is the file's nth, or the next one by a thread of a given name (FUSE passes the
+//! calling thread's id): sled's flusher thread's, say.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -147,6 +149,17 @@ pub enum Report {
     EveryHandle,
 }
 
+/// An armed fsync failure.
+#[derive(Debug)]
+struct FsyncFailure {
+    file: u64,
+    /// How many of the file's fsyncs (by `thread`) to go until the one that fails.
+    to_go: u64,
+    report: Report,
+    /// The name of the thread whose fsync fails (None: any thread's).
+    thread: Option<String>,
+}
+
 /// The armed cut: when it happens, and what it keeps of what was not synced.
 #[derive(Clone, Copy, Debug)]
 pub struct Cut {
@@ -179,9 +192,7 @@ struct State {
     next_handle: u64,
     /// Failed write-backs so far, per file, to be told to every handle.
     write_errors: HashMap<u64, u64>,
-    /// The armed failure: the file, how many of its fsyncs to go until the one that fails,
-    /// and who is told.
-    fail: Option<(u64, u64, Report)>,
+    fail: Option<FsyncFailure>,
     failed_fsyncs: u64,
 }
 
@@ -238,16 +249,18 @@ impl State {
         image
     }
 
-    /// The armed write-back failure, if this fsync of `ino` is the one: the file's writes
-    /// since its last sync are lost. Whether this fsync must report it now (else each
-    /// handle open now is told once, this one included).
-    fn fail_write_back(&mut self, ino: u64) -> bool {
-        let Some((_, to_go, report)) = self.fail.as_mut().filter(|(file, ..)| *file == ino) else { return false };
-        *to_go -= 1;
-        if *to_go > 0 {
+    /// The armed write-back failure, if this fsync of `ino` by the thread `caller` is the
+    /// one: the file's writes since its last sync are lost. Whether this fsync must report
+    /// it now (else each handle open now is told once, this one included).
+    fn fail_write_back(&mut self, ino: u64, caller: u32) -> bool {
+        let armed =
+            |f: &&mut FsyncFailure| f.file == ino && f.thread.as_ref().is_none_or(|t| *t == thread_name(caller));
+        let Some(fail) = self.fail.as_mut().filter(armed) else { return false };
+        fail.to_go -= 1;
+        if fail.to_go > 0 {
             return false;
         }
-        let report = *report;
+        let report = fail.report;
         self.fail = None;
         self.failed_fsyncs += 1;
         let disk = self.synced.files.get(&ino).cloned().unwrap_or_default();
@@ -408,10 +421,20 @@ impl PowerCutFs {
     /// Makes the `nth` fsync from now of file `name` (in the filesystem's root) fail as a
     /// failed write-back does, told as `report` says (see the module comment).
     pub fn fail_fsync(&self, name: &str, nth: u64, report: Report) {
+        self.arm_fsync_failure(name, nth, report, None);
+    }
+
+    /// Makes the next fsync of file `name` by a thread named `thread` (of any process) fail
+    /// as [`PowerCutFs::fail_fsync`] does.
+    pub fn fail_fsync_by(&self, name: &str, thread: &str, report: Report) {
+        self.arm_fsync_failure(name, 1, report, Some(thread.to_string()));
+    }
+
+    fn arm_fsync_failure(&self, name: &str, nth: u64, report: Report, thread: Option<String>) {
         let mut s = self.state();
-        let ino = s.child(ROOT, OsStr::new(name)).expect("the file to fail an fsync of");
-        assert!(s.now.files.contains_key(&ino), "{name} is not a file");
-        s.fail = Some((ino, nth, report));
+        let file = s.child(ROOT, OsStr::new(name)).expect("the file to fail an fsync of");
+        assert!(s.now.files.contains_key(&file), "{name} is not a file");
+        s.fail = Some(FsyncFailure { file, to_go: nth, report, thread });
     }
 
     /// How many fsyncs failed so far.
@@ -429,12 +452,13 @@ impl PowerCutFs {
         self.state().broken.clone()
     }
 
-    /// An fsync of `ino` through handle `fh` (None for a folder): as Linux does, it syncs
-    /// what it can, then reports a write-back error that handle was not yet told of.
-    fn sync(&self, ino: u64, fh: Option<u64>, reply: ReplyEmpty) {
+    /// An fsync of `ino` through handle `fh` (None for a folder) by the thread `caller`: as
+    /// Linux does, it syncs what it can, then reports a write-back error that handle was
+    /// not yet told of.
+    fn sync(&self, ino: u64, fh: Option<u64>, caller: u32, reply: ReplyEmpty) {
         let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut s = self.state();
-            let failed_here = s.fail_write_back(ino);
+            let failed_here = s.fail_write_back(ino, caller);
             s.sync(ino);
             failed_here | fh.is_some_and(|fh| s.unreported_error(fh))
         }));
@@ -653,8 +677,9 @@ impl fuser::Filesystem for PowerCutFs {
         reply.ok()
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.sync(ino.0, Some(fh.0), reply)
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // FUSE passes the calling thread's id as the request's pid.
+        self.sync(ino.0, Some(fh.0), req.pid(), reply)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -677,8 +702,8 @@ impl fuser::Filesystem for PowerCutFs {
         reply.ok()
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.sync(ino.0, None, reply)
+    fn fsyncdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.sync(ino.0, None, req.pid(), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -743,4 +768,9 @@ impl PowerCutFs {
         s.change(NameChange::Unlink { dir, name: name.to_owned() });
         reply.ok()
     }
+}
+
+/// The name a thread (by its id) gave itself, as `/proc` shows it: at most 15 bytes.
+fn thread_name(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{tid}/comm")).map(|n| n.trim_end().to_string()).unwrap_or_default()
 }

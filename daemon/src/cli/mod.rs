@@ -270,17 +270,24 @@ enum LogStyle {
     Worker,
 }
 
-/// Filters come from `RECD_LOG`, else `RUST_LOG`, in tracing's syntax.
+/// Filters come from `RECD_LOG`, else `RUST_LOG`, in tracing's syntax. They filter what is
+/// printed only: the store's watch on sled's flusher sees its errors whatever they say.
 fn init_tracing(style: LogStyle) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECD_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
-    match style {
-        LogStyle::Human => fmt.init(),
-        LogStyle::Json => fmt.json().with_current_span(true).init(),
-        LogStyle::Worker => fmt.without_time().with_level(true).with_target(true).init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let fmt = match style {
+        LogStyle::Human => fmt.boxed(),
+        LogStyle::Json => fmt.json().with_current_span(true).boxed(),
+        LogStyle::Worker => fmt.without_time().with_level(true).with_target(true).boxed(),
+    };
+    // The watch first: it has counted sled's error by the time the error is printed.
+    let flusher_watch = crate::store::FlusherWatch::new().with_filter(tracing_subscriber::filter::LevelFilter::ERROR);
+    tracing_subscriber::registry().with(flusher_watch).with(fmt.with_filter(filter)).init();
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -155,7 +155,8 @@ impl Daemon {
     }
 
     /// While a failed write keeps the store closed to writes: tries to open it again
-    /// every `every` (see `Store::recover`), then writes the run records that waited.
+    /// every `every` (see `Store::recover`), then writes the run records that waited. An
+    /// error of sled's flusher counts as a failed write (`Store::check_flusher`).
     /// While the disk reserve is missing, tries to make it again as often.
     pub fn watch_store(self: &Arc<Self>, every: Duration) {
         let daemon = Arc::downgrade(self);
@@ -163,6 +164,7 @@ impl Daemon {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(daemon) = daemon.upgrade() else { return };
+                daemon.store.check_flusher();
                 if daemon.store.failure().is_none() && daemon.store.reserve_missing().is_some() {
                     let store = Arc::clone(&daemon.store);
                     let _ = tokio::task::spawn_blocking(move || store.keep_reserve()).await;

@@ -12,6 +12,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::flusher::FlusherMark;
+
 /// sled's files in a data dir, and what of them is already synced.
 pub(super) struct SledFiles {
     dir: PathBuf,
@@ -23,6 +25,8 @@ pub(super) struct SledFiles {
     blobs: File,
     /// Syncs run one at a time, so that a failed one is seen by the next (see `Synced`).
     synced: Mutex<Synced>,
+    /// The failures only sled's flusher is told of, from when sled opened the database.
+    flusher: FlusherMark,
 }
 
 /// What the syncs so far made durable.
@@ -54,7 +58,7 @@ impl SledFiles {
     /// then syncs: sled's open writes, and what a killed daemon left in the page cache
     /// becomes durable before anything is served from it. Also fsyncs the folder holding
     /// the data dir, which recd may have just created.
-    pub(super) fn open(dir: &Path, log: Option<File>) -> std::io::Result<SledFiles> {
+    pub(super) fn open(dir: &Path, log: Option<File>, flusher: FlusherMark) -> std::io::Result<SledFiles> {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Best effort: the parent may not be recd's to open, nor to sync.
             if let Err(e) = File::open(parent).and_then(|p| p.sync_all()) {
@@ -67,9 +71,15 @@ impl SledFiles {
             folder: File::open(dir)?,
             blobs: File::open(dir.join("blobs"))?,
             synced: Mutex::new(Synced::default()),
+            flusher,
         };
         files.sync()?;
         Ok(files)
+    }
+
+    /// sled's flusher thread's last error, where it logged one since the database opened.
+    pub(super) fn flusher_failure(&self) -> Option<String> {
+        self.flusher.failure()
     }
 
     /// fsyncs the log, then each of sled's other files not yet synced as it is now, then
@@ -79,7 +89,13 @@ impl SledFiles {
         if let Some(cause) = &synced.failed {
             return Err(std::io::Error::other(format!("an earlier sync of the store failed ({cause})")));
         }
-        match self.fsync_files(&synced.files) {
+        // Checked after the fsyncs too: the flusher's fsync may have failed while they
+        // waited for it, and what it lost be among what they were to make durable.
+        let flusher_sound = || self.flusher.failure().map_or(Ok(()), |f| Err(std::io::Error::other(f)));
+        let fsynced = flusher_sound()
+            .and_then(|()| self.fsync_files(&synced.files))
+            .and_then(|files| flusher_sound().map(|()| files));
+        match fsynced {
             Ok(files) => {
                 synced.files = files;
                 Ok(())
@@ -160,14 +176,20 @@ fn skip_gone<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::flusher::FlusherErrors;
     use super::*;
+
+    /// A mark on errors no flusher records.
+    fn no_flusher_errors() -> FlusherMark {
+        FlusherMark::now(Box::leak(Box::new(FlusherErrors::new())))
+    }
 
     #[test]
     fn a_failed_sync_fails_every_later_one_until_the_files_are_opened_again() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         db.insert(b"k", b"v").unwrap();
-        let files = SledFiles::open(dir.path(), None).unwrap();
+        let files = SledFiles::open(dir.path(), None, no_flusher_errors()).unwrap();
         assert!(files.synced.lock().unwrap().files.keys().any(|p| p.ends_with("conf")), "conf synced at open");
         files.sync().unwrap();
         FAIL_NEXT_SYNC.with(|f| f.set(true));
@@ -176,7 +198,24 @@ mod tests {
         let again = files.sync().unwrap_err().to_string();
         assert!(again.contains("an earlier sync of the store failed"), "{again}");
         forget_cached(dir.path());
-        let reopened = SledFiles::open(dir.path(), None).unwrap();
+        let reopened = SledFiles::open(dir.path(), None, no_flusher_errors()).unwrap();
         reopened.sync().unwrap();
+    }
+
+    #[test]
+    fn an_error_sleds_flusher_logged_fails_the_next_sync_and_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let errors: &'static FlusherErrors = Box::leak(Box::new(FlusherErrors::new()));
+        let files = SledFiles::open(dir.path(), None, FlusherMark::now(errors)).unwrap();
+        db.insert(b"k", b"v").unwrap();
+        files.sync().unwrap();
+        errors.record("failed to fsync from periodic flush thread: Input/output error (os error 5)".into());
+        let err = files.sync().unwrap_err().to_string();
+        assert!(err.starts_with("sled's flusher thread failed: failed to fsync"), "{err}");
+        let again = files.sync().unwrap_err().to_string();
+        assert!(again.contains("an earlier sync of the store failed (sled's flusher thread failed"), "{again}");
+        // Files opened after the error (the reopen) sync again.
+        SledFiles::open(dir.path(), None, FlusherMark::now(errors)).unwrap().sync().unwrap();
     }
 }

@@ -28,6 +28,7 @@ use crate::read_cache::ReadCache;
 mod codec;
 mod durable;
 mod evals;
+mod flusher;
 mod gate;
 mod reserve;
 mod retire;
@@ -37,6 +38,7 @@ mod staged;
 use codec::row_hash;
 pub use codec::{ListEntries, decode_hash, decode_list, stored_list_json, with_json, write_list_json};
 pub use evals::EvalRecord;
+pub(crate) use flusher::FlusherWatch;
 pub use gate::{Gate, GateResult, HoldoutGate, HoldoutTruth};
 use retire::{Retiring, drop_tree};
 pub use runs::{DaemonStages, InputLineage, Lineage, PluginBuild, RunRecord, WorkerStats};
@@ -282,6 +284,7 @@ impl Handles {
         // The log's handle is taken before sled opens it where it exists, so that its
         // fsyncs report any write-back error from then on (see `durable::SledFiles`).
         let log = std::fs::File::open(dir.join("db")).ok();
+        let flusher = flusher::FlusherMark::now(&flusher::ERRORS);
         let deadline = std::time::Instant::now() + wait;
         let mut snapshots_checked = false;
         let db = loop {
@@ -319,7 +322,7 @@ impl Handles {
             Some(v) => return Err(StoreError::Format { found: String::from_utf8_lossy(&v).into_owned() }),
         }
         db.flush()?;
-        let files = durable::SledFiles::open(dir, log).map_err(sled::Error::Io)?;
+        let files = durable::SledFiles::open(dir, log, flusher).map_err(sled::Error::Io)?;
         Ok(Handles { history: db.open_tree(HISTORY_TREE)?, state: db.open_tree(STATE_TREE)?, db, meta, files })
     }
 
@@ -440,6 +443,23 @@ impl Store {
     pub fn keep_reserve(&self) {
         if self.reserve.missing().is_some() {
             self.reserve.make();
+        }
+    }
+
+    /// Marks the store failed where sled's flusher thread logged an error since the
+    /// database opened ([`flusher`]): what it failed to write may be missing from the disk
+    /// while recd's own fsyncs succeed. Checked every 2 s (`Daemon::watch_store`), so that
+    /// an idle store opens again at the same check; a run writing meanwhile fails at its
+    /// next sync ([`durable::SledFiles::sync`]).
+    pub fn check_flusher(&self) {
+        if self.failure().is_some() {
+            return;
+        }
+        // Marked under the handles' lock: a reopen cannot swap in a sound database between
+        // the check and the mark.
+        let handles = self.handles.read().expect("handles lock");
+        if let Some(cause) = handles.as_ref().and_then(|h| h.files.flusher_failure()) {
+            self.mark_failed_with(cause);
         }
     }
 

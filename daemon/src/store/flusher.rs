@@ -1,0 +1,131 @@
+//! The fsync failures only sled's flusher thread is told of. The flusher fsyncs the log
+//! every `SLED_FLUSH_EVERY_MS` and only logs a failure (sled 0.34.7 `flusher.rs`). Linux's
+//! local filesystems report a failed write-back to every handle open when it happened,
+//! recd's own included (`durable::SledFiles`), but some tell the failing fsync alone (FUSE
+//! filesystems do): recd's next sync would then succeed with the lost writes missing. So
+//! the daemon's logging watches for sled's flusher's errors ([`FlusherWatch`]), and a store
+//! whose flusher failed since it opened counts it a failed write of its own: its next sync
+//! fails (`durable::SledFiles::sync`), and the daemon's check every 2 s marks it failed
+//! (`Store::check_flusher`), which opens it again once no run writes.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::layer::{Context, Layer};
+
+/// The errors sled's flusher threads logged in this daemon. The message does not say
+/// which database: a daemon has one store open (a reopen closes the old one first, which
+/// joins its flusher).
+pub(crate) static ERRORS: FlusherErrors = FlusherErrors::new();
+
+/// sled's flusher thread logs under this target.
+const FLUSHER_TARGET: &str = "sled::flusher";
+
+/// How many flusher errors were logged, and the last one's message.
+pub(crate) struct FlusherErrors {
+    count: AtomicU64,
+    last: Mutex<String>,
+}
+
+impl FlusherErrors {
+    pub(crate) const fn new() -> FlusherErrors {
+        FlusherErrors { count: AtomicU64::new(0), last: Mutex::new(String::new()) }
+    }
+
+    pub(super) fn record(&self, message: String) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = message;
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Where a database's watch starts: taken before sled opens it, since its flusher fsyncs
+/// as it starts.
+#[derive(Clone, Copy)]
+pub(super) struct FlusherMark {
+    errors: &'static FlusherErrors,
+    seen: u64,
+}
+
+impl FlusherMark {
+    pub(super) fn now(errors: &'static FlusherErrors) -> FlusherMark {
+        FlusherMark { errors, seen: errors.count.load(Ordering::SeqCst) }
+    }
+
+    /// The flusher's last error, where one came after the mark.
+    pub(super) fn failure(&self) -> Option<String> {
+        (self.errors.count.load(Ordering::SeqCst) != self.seen).then(|| {
+            let last = self.errors.last.lock().unwrap_or_else(|e| e.into_inner());
+            format!("sled's flusher thread failed: {last}")
+        })
+    }
+}
+
+/// A tracing layer recording sled's flusher's errors in [`ERRORS`]. sled logs through the
+/// `log` crate; tracing-log turns its records into events whose own metadata names `log`,
+/// hence the normalized metadata. Give it a filter at ERROR, so that it does not enable
+/// every level.
+pub(crate) struct FlusherWatch(&'static FlusherErrors);
+
+impl FlusherWatch {
+    pub(crate) fn new() -> FlusherWatch {
+        FlusherWatch(&ERRORS)
+    }
+}
+
+impl<S: Subscriber> Layer<S> for FlusherWatch {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if *meta.level() == Level::ERROR && meta.target() == FLUSHER_TARGET {
+            let mut message = Message::default();
+            event.record(&mut message);
+            self.0.record(message.0);
+        }
+    }
+}
+
+/// An event's message field.
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn an_error_sleds_flusher_logs_is_a_failure_of_the_databases_opened_before_it() {
+        let errors: &'static FlusherErrors = Box::leak(Box::new(FlusherErrors::new()));
+        let subscriber = tracing_subscriber::registry().with(FlusherWatch(errors).with_filter(LevelFilter::ERROR));
+        // sled logs through `log`; the bridge the daemon installs sends it to the
+        // thread's subscriber (another test may have installed it already).
+        let _ = tracing_log::LogTracer::builder().with_max_level(log::LevelFilter::Error).init();
+        let before = FlusherMark::now(errors);
+        tracing::subscriber::with_default(subscriber, || {
+            log::warn!(target: "sled::flusher", "not an error");
+            log::error!(target: "sled::pagecache::logger", "not the flusher");
+            assert_eq!(before.failure(), None);
+            let eio = std::io::Error::from_raw_os_error(5);
+            log::error!(target: "sled::flusher", "failed to fsync from periodic flush thread: {}", eio);
+        });
+        let failure = before.failure().expect("the flusher's error is recorded");
+        assert_eq!(
+            failure,
+            "sled's flusher thread failed: failed to fsync from periodic flush thread: Input/output error (os error 5)"
+        );
+        assert_eq!(FlusherMark::now(errors).failure(), None, "a database opened after has not failed");
+    }
+}
