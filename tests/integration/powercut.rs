@@ -1,12 +1,13 @@
 //! Power loss: the data dir lives on `powercut_fs`, an in-memory FUSE filesystem that
 //! keeps only what was synced. A run publishes a new version of a table, then a rollback
-//! makes the old one current again; the power is cut at each sync the daemon makes, from
-//! its start until the CLI reports the change and twice after: right after the sync
-//! keeping nothing unsynced, and during it keeping a random part of what was not synced;
-//! with names made durable the way ext4's journal does, and only by an fsync of their
-//! folder. After each cut the daemon starts on what
-//! the disk kept and must serve one whole version, the one before or the one after, and the
-//! one after whenever the cut came after the CLI said it was done.
+//! makes the old one current again (and, in tests of their own, a promote makes a held
+//! version current, a drop removes a table); the power is cut at each sync the daemon
+//! makes, from its start until the CLI reports the change and twice after: right after
+//! the sync keeping nothing unsynced, and during it keeping a random part of what was not
+//! synced; with names made durable the way ext4's journal does, and only by an fsync of
+//! their folder. After each cut the daemon starts on what the disk kept and must serve
+//! one whole version, the one before or the one after, and the one after whenever the
+//! cut came after the CLI said it was done.
 
 use std::io::Write;
 use std::path::Path;
@@ -47,19 +48,34 @@ fn mount(image: Option<Image>, data: &Path) -> Option<(PowerCutFs, Mounted)> {
     }
 }
 
-/// The disk's image once `action` has run on the daemon started on `start`, the lists it
-/// leaves, and how many cut points a pass has: the syncs it made, and two more (sled's
+/// What the daemon serves and keeps that a pass checks: [`lists`] or [`lists_and_held`].
+type Observe = dyn Fn(&TestDaemon) -> Vec<Vec<String>>;
+
+/// Every user's list, then the versions the job's gate holds (as `recd status` names
+/// them: `version 2`).
+fn lists_and_held(d: &TestDaemon) -> Vec<Vec<String>> {
+    let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    let held = status.lines().filter(|l| l.contains("HELD by its gate"));
+    let held = held.map(|l| l.trim().split(':').next().unwrap().to_string()).collect();
+    let mut all = lists(d);
+    all.push(held);
+    all
+}
+
+/// The disk's image once `action` has run on the daemon started on `start`, what it then
+/// observes, and how many cut points a pass has: the syncs it made, and two more (sled's
 /// flusher can add one in a slower pass). The daemon is stopped cleanly.
 fn reference_pass(
     d: &mut TestDaemon,
     data: &Path,
     start: &Image,
     action: &dyn Fn(&TestDaemon),
+    observe: &Observe,
 ) -> (Image, Vec<Vec<String>>, u64) {
     let (fs, mounted) = mount(Some(start.clone()), data).unwrap();
     d.restart();
     action(d);
-    let lists = lists(d);
+    let lists = observe(d);
     let syncs = fs.syncs() + 2;
     assert!(d.stop());
     let image = fs.cut_now(None);
@@ -69,18 +85,22 @@ fn reference_pass(
 
 /// Cuts the power at each of `syncs` syncs of a pass that starts the daemon on `start` and
 /// runs `action` (four cuts a sync: plain and torn, names journaled and per folder), and
-/// checks each time that the daemon started on what the disk kept serves `before` or
-/// `after`, and `after` once `action` had returned. Returns how many served each, and
-/// whether a torn cut had anything to tear.
+/// checks each time that what the daemon started on what the disk kept observes is
+/// `before` or `after`; `after` once `action` had returned, and at every later sync once a
+/// plain cut kept it (a torn cut comes during its sync, before it takes effect). Returns
+/// how many served each, and whether a torn cut had anything to tear.
 fn cut_at_every_sync(
     d: &mut TestDaemon,
     data: &Path,
     start: &Image,
     action: &dyn Fn(&TestDaemon),
+    observe: &Observe,
     (before, after): (&[Vec<String>], &[Vec<String>]),
     syncs: u64,
 ) -> (usize, usize, bool) {
     let (mut served_after, mut served_before, mut torn) = (0, 0, false);
+    // Per names rule: the first sync whose plain cut kept `after`.
+    let mut kept_from: [Option<u64>; 2] = [None, None];
     for sync in 1..=syncs {
         for (torn_seed, names) in [
             (None, Names::Journal),
@@ -104,10 +124,19 @@ fn cut_at_every_sync(
             d.restart();
             let what = format!("{cut:?} (acknowledged at sync {acknowledged_at})");
             d.assert_verified(&what);
-            let served = lists(d);
+            let served = observe(d);
             assert!(served == before || served == after, "{what}: the lists served are neither version's");
-            if sync >= acknowledged_at {
+            // A torn cut comes during its sync, before it takes effect: during the last sync
+            // before the CLI's answer, the CLI had not answered yet.
+            let acknowledged = if torn_seed.is_some() { sync > acknowledged_at } else { sync >= acknowledged_at };
+            if acknowledged {
                 assert!(served == after, "{what}: the acknowledged change was lost");
+            }
+            let kept_from = &mut kept_from[usize::from(names == Names::Journal)];
+            if let Some(kept) = *kept_from {
+                assert!(sync <= kept || served == after, "{what}: the change a cut at sync {kept} kept was lost");
+            } else if torn_seed.is_none() && served == after {
+                *kept_from = Some(sync);
             }
             served_after += usize::from(served == after);
             served_before += usize::from(served == before);
@@ -283,9 +312,9 @@ fn a_power_cut_at_any_sync_of_a_publish_or_rollback_keeps_one_whole_version_and_
         assert_eq!(lists(d), old, "version 1 is served at start");
         d.run_job("t");
     };
-    let (published_image, new, syncs) = reference_pass(&mut d, &data, &start, &publish);
+    let (published_image, new, syncs) = reference_pass(&mut d, &data, &start, &publish, &lists);
     assert_ne!(new, old);
-    let (published, kept_old, torn) = cut_at_every_sync(&mut d, &data, &start, &publish, (&old, &new), syncs);
+    let (published, kept_old, torn) = cut_at_every_sync(&mut d, &data, &start, &publish, &lists, (&old, &new), syncs);
     eprintln!("run: {} cuts, {published} served the new version, {kept_old} the old", syncs * 4);
     assert!(published > 0 && kept_old > 0, "the cuts landed before and after the publish");
     assert!(torn, "no torn cut had anything unsynced to tear");
@@ -295,9 +324,84 @@ fn a_power_cut_at_any_sync_of_a_publish_or_rollback_keeps_one_whole_version_and_
         let out = d.cli(&["rollback", "t"]);
         assert!(out.status.success(), "recd rollback: {}", String::from_utf8_lossy(&out.stderr));
     };
-    let (_, rolled_back, syncs) = reference_pass(&mut d, &data, &published_image, &rollback);
+    let (_, rolled_back, syncs) = reference_pass(&mut d, &data, &published_image, &rollback, &lists);
     assert_eq!(rolled_back, old);
-    let (back, kept_new, _) = cut_at_every_sync(&mut d, &data, &published_image, &rollback, (&new, &old), syncs);
+    let (back, kept_new, _) =
+        cut_at_every_sync(&mut d, &data, &published_image, &rollback, &lists, (&new, &old), syncs);
     eprintln!("rollback: {} cuts, {back} served version 1 again, {kept_new} version 2", syncs * 4);
     assert!(back > 0 && kept_new > 0, "the cuts landed before and after the rollback");
+}
+
+#[test]
+fn a_power_cut_at_any_sync_of_a_drop_keeps_the_table_whole_or_gone() {
+    let mut d = TestDaemon::start(&[("t", &job(1))]);
+    let data = empty_data_dir(&mut d);
+
+    // Version 1, published on the filesystem; then its job goes (a table a job publishes
+    // cannot be dropped). The disk once the daemon stopped starts every cut.
+    let Some((fs, mounted)) = mount(None, &data) else { return };
+    d.restart();
+    d.run_job("t");
+    let kept = lists(&d);
+    assert!(d.stop());
+    std::fs::remove_file(d.jobs_dir().join("t.toml")).unwrap();
+    let start = fs.cut_now(None);
+    drop(mounted);
+
+    let drop_table = |d: &TestDaemon| {
+        assert_eq!(lists(d), kept, "the table is served at start");
+        let out = d.cli(&["drop", "t"]);
+        assert!(out.status.success(), "recd drop: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (_, gone, syncs) = reference_pass(&mut d, &data, &start, &drop_table, &lists);
+    assert!(gone.iter().all(|list| list.is_empty()), "the dropped table's lists are gone");
+    let (dropped, kept_whole, _) = cut_at_every_sync(&mut d, &data, &start, &drop_table, &lists, (&kept, &gone), syncs);
+    eprintln!("drop: {} cuts, {dropped} left the table gone, {kept_whole} whole", syncs * 4);
+    assert!(dropped > 0 && kept_whole > 0, "the cuts landed before and after the drop");
+}
+
+#[test]
+fn a_power_cut_at_any_sync_of_a_held_publish_or_its_promote_keeps_what_was_acknowledged() {
+    let mut d = TestDaemon::start(&[("t", &job(1))]);
+    let data = empty_data_dir(&mut d);
+
+    // Version 1, published on the filesystem; the disk once the daemon stopped starts
+    // every cut of the held publish.
+    let Some((fs, mounted)) = mount(None, &data) else { return };
+    d.restart();
+    d.run_job("t");
+    let old = lists_and_held(&d);
+    assert!(d.stop());
+    let start = fs.cut_now(None);
+    drop(mounted);
+
+    // A run of version 2 that its gate holds: version 1 keeps serving, and version 2 is
+    // kept, held, once the CLI answered.
+    d.write_job("t", &format!("{}[gate]\nmin_users = 1000000\n", job(2)));
+    let hold = |d: &TestDaemon| {
+        assert_eq!(lists_and_held(d), old, "version 1 is served at start, nothing held");
+        let out = d.cli(&["run", "t"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("table t version 2 held by its gate"), "{err}");
+    };
+    let (held_image, held, syncs) = reference_pass(&mut d, &data, &start, &hold, &lists_and_held);
+    assert_eq!(held[..=USERS as usize], old[..=USERS as usize], "version 1 keeps serving");
+    assert_eq!(held.last().unwrap(), &["version 2"]);
+    let (kept_held, lost, _) = cut_at_every_sync(&mut d, &data, &start, &hold, &lists_and_held, (&old, &held), syncs);
+    eprintln!("hold: {} cuts, {kept_held} kept version 2 held, {lost} had not kept it", syncs * 4);
+    assert!(kept_held > 0 && lost > 0, "the cuts landed before and after the hold");
+
+    // Its promote, cut the same way.
+    let promote = |d: &TestDaemon| {
+        assert_eq!(lists_and_held(d), held, "version 1 is served at start, version 2 held");
+        let out = d.cli(&["promote", "t", "2"]);
+        assert!(out.status.success(), "recd promote: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (_, new, syncs) = reference_pass(&mut d, &data, &held_image, &promote, &lists_and_held);
+    assert!(new != held && new[USERS as usize].len() == 10_000, "version 2 is served once promoted");
+    assert!(new.last().unwrap().is_empty(), "version 2 is no longer held");
+    let (promoted, kept_old, _) =
+        cut_at_every_sync(&mut d, &data, &held_image, &promote, &lists_and_held, (&held, &new), syncs);
+    eprintln!("promote: {} cuts, {promoted} served version 2, {kept_old} version 1", syncs * 4);
+    assert!(promoted > 0 && kept_old > 0, "the cuts landed before and after the promote");
 }
