@@ -10,7 +10,7 @@
 //! cut came after the CLI said it was done.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::powercut_fs::{Cut, Image, Mounted, Names, PowerCutFs, Report};
 use crate::util::TestDaemon;
@@ -147,8 +147,26 @@ fn cut_at_every_sync(
     (served_after, served_before, torn)
 }
 
+/// A daemon, stopped, whose data dir is a new disk holding version 1 of table `t` (its one
+/// big list in a blob file); the disk's image then, the start of a pass's cuts; and what
+/// `observe` saw of version 1. None where FUSE cannot be mounted here.
+fn version_1_on_a_new_disk(observe: &Observe) -> Option<(TestDaemon, PathBuf, Image, Vec<Vec<String>>)> {
+    let mut d = TestDaemon::start(&[("t", &job(1))]);
+    let data = empty_data_dir(&mut d);
+    let (fs, mounted) = mount(None, &data)?;
+    d.restart();
+    d.run_job("t");
+    let seen = observe(&d);
+    assert_eq!(lists(&d).last().unwrap().len(), 10_000);
+    assert!(std::fs::read_dir(data.join("blobs")).unwrap().count() > 0, "the big list is in a blob");
+    assert!(d.stop());
+    let start = fs.cut_now(None);
+    drop(mounted);
+    Some((d, data, start, seen))
+}
+
 /// A fresh data dir for `d`, to mount a filesystem on.
-fn empty_data_dir(d: &mut TestDaemon) -> std::path::PathBuf {
+fn empty_data_dir(d: &mut TestDaemon) -> PathBuf {
     d.stop();
     let data = d.dir.path().join("data");
     std::fs::remove_dir_all(&data).unwrap();
@@ -290,20 +308,7 @@ fn an_fsync_failure_told_to_sleds_flusher_alone_opens_the_store_again() {
 
 #[test]
 fn a_power_cut_at_any_sync_of_a_publish_or_rollback_keeps_one_whole_version_and_what_was_acknowledged() {
-    let mut d = TestDaemon::start(&[("t", &job(1))]);
-    let data = empty_data_dir(&mut d);
-
-    // Version 1, published on the filesystem; what its disk holds once the daemon stopped
-    // is the starting image of every cut of the run.
-    let Some((fs, mounted)) = mount(None, &data) else { return };
-    d.restart();
-    d.run_job("t");
-    let old = lists(&d);
-    assert_eq!(old.last().unwrap().len(), 10_000);
-    assert!(std::fs::read_dir(data.join("blobs")).unwrap().count() > 0, "the big list is in a blob");
-    assert!(d.stop());
-    let start = fs.cut_now(None);
-    drop(mounted);
+    let Some((mut d, data, start, old)) = version_1_on_a_new_disk(&lists) else { return };
 
     // A run publishing version 2, first with nothing cut (the lists every cut is checked
     // against; version 1 was synced before the daemon stopped), then cut at each sync.
@@ -334,19 +339,9 @@ fn a_power_cut_at_any_sync_of_a_publish_or_rollback_keeps_one_whole_version_and_
 
 #[test]
 fn a_power_cut_at_any_sync_of_a_drop_keeps_the_table_whole_or_gone() {
-    let mut d = TestDaemon::start(&[("t", &job(1))]);
-    let data = empty_data_dir(&mut d);
-
-    // Version 1, published on the filesystem; then its job goes (a table a job publishes
-    // cannot be dropped). The disk once the daemon stopped starts every cut.
-    let Some((fs, mounted)) = mount(None, &data) else { return };
-    d.restart();
-    d.run_job("t");
-    let kept = lists(&d);
-    assert!(d.stop());
+    let Some((mut d, data, start, kept)) = version_1_on_a_new_disk(&lists) else { return };
+    // Its job goes: a table a job publishes cannot be dropped.
     std::fs::remove_file(d.jobs_dir().join("t.toml")).unwrap();
-    let start = fs.cut_now(None);
-    drop(mounted);
 
     let drop_table = |d: &TestDaemon| {
         assert_eq!(lists(d), kept, "the table is served at start");
@@ -362,18 +357,7 @@ fn a_power_cut_at_any_sync_of_a_drop_keeps_the_table_whole_or_gone() {
 
 #[test]
 fn a_power_cut_at_any_sync_of_a_held_publish_or_its_promote_keeps_what_was_acknowledged() {
-    let mut d = TestDaemon::start(&[("t", &job(1))]);
-    let data = empty_data_dir(&mut d);
-
-    // Version 1, published on the filesystem; the disk once the daemon stopped starts
-    // every cut of the held publish.
-    let Some((fs, mounted)) = mount(None, &data) else { return };
-    d.restart();
-    d.run_job("t");
-    let old = lists_and_held(&d);
-    assert!(d.stop());
-    let start = fs.cut_now(None);
-    drop(mounted);
+    let Some((mut d, data, start, old)) = version_1_on_a_new_disk(&lists_and_held) else { return };
 
     // A run of version 2 that its gate holds: version 1 keeps serving, and version 2 is
     // kept, held, once the CLI answered.
