@@ -6,8 +6,8 @@
 //! the sync keeping nothing unsynced, and during it keeping a random part of what was not
 //! synced; with names made durable the way ext4's journal does, and only by an fsync of
 //! their folder. After each cut the daemon starts on what the disk kept and must serve
-//! one whole version, the one before or the one after, and the one after whenever the
-//! cut came after the CLI said it was done.
+//! one whole version, the one before or the one after; the one after whenever the cut
+//! came after the CLI said it was done, and at every sync after one whose cut kept it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -99,8 +99,10 @@ fn cut_at_every_sync(
     syncs: u64,
 ) -> (usize, usize, bool) {
     let (mut served_after, mut served_before, mut torn) = (0, 0, false);
-    // Per names rule: the first sync whose plain cut kept `after`.
-    let mut kept_from: [Option<u64>; 2] = [None, None];
+    // Per names rule: the first sync whose plain cut kept `after`, and when that pass was
+    // acknowledged. Passes whose syncs number the same are compared (sled's flusher can
+    // add a sync, which shifts the numbering).
+    let mut kept_from: [Option<(u64, u64)>; 2] = [None, None];
     for sync in 1..=syncs {
         for (torn_seed, names) in [
             (None, Names::Journal),
@@ -133,10 +135,12 @@ fn cut_at_every_sync(
                 assert!(served == after, "{what}: the acknowledged change was lost");
             }
             let kept_from = &mut kept_from[usize::from(names == Names::Journal)];
-            if let Some(kept) = *kept_from {
-                assert!(sync <= kept || served == after, "{what}: the change a cut at sync {kept} kept was lost");
-            } else if torn_seed.is_none() && served == after {
-                *kept_from = Some(sync);
+            match *kept_from {
+                Some((kept, same)) if same == acknowledged_at => {
+                    assert!(sync <= kept || served == after, "{what}: the change a cut at sync {kept} kept was lost");
+                }
+                None if torn_seed.is_none() && served == after => *kept_from = Some((sync, acknowledged_at)),
+                _ => {}
             }
             served_after += usize::from(served == after);
             served_before += usize::from(served == before);

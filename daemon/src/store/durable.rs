@@ -181,7 +181,8 @@ mod tests {
 
     /// A mark on errors no flusher records.
     fn no_flusher_errors() -> FlusherMark {
-        FlusherMark::now(Box::leak(Box::new(FlusherErrors::new())))
+        static NONE: FlusherErrors = FlusherErrors::new();
+        FlusherMark::now(&NONE)
     }
 
     #[test]
@@ -206,7 +207,8 @@ mod tests {
     fn an_error_sleds_flusher_logged_fails_the_next_sync_and_every_later_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let errors: &'static FlusherErrors = Box::leak(Box::new(FlusherErrors::new()));
+        static ERRORS: FlusherErrors = FlusherErrors::new();
+        let errors = &ERRORS;
         let files = SledFiles::open(dir.path(), None, FlusherMark::now(errors)).unwrap();
         db.insert(b"k", b"v").unwrap();
         files.sync().unwrap();

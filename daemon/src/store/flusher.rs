@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::{Context, Layer};
 
 /// The errors sled's flusher threads logged in this daemon. The message does not say
@@ -64,9 +63,10 @@ impl FlusherMark {
 }
 
 /// A tracing layer recording sled's flusher's errors in [`ERRORS`]. sled logs through the
-/// `log` crate; tracing-log turns its records into events whose own metadata names `log`,
-/// hence the normalized metadata. Give it a filter at ERROR, so that it does not enable
-/// every level.
+/// `log` crate; the bridge `init` installs (tracing-log) turns its records into events
+/// whose target is `log` and whose `log.target` field is the record's target. Read from
+/// the field, not through tracing-log's `NormalizeEvent`, which only knows the bridge of
+/// its own version. Give it a filter at ERROR, so that it does not enable every level.
 pub(crate) struct FlusherWatch(&'static FlusherErrors);
 
 impl FlusherWatch {
@@ -77,24 +77,35 @@ impl FlusherWatch {
 
 impl<S: Subscriber> Layer<S> for FlusherWatch {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let normalized = event.normalized_metadata();
-        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        if *meta.level() == Level::ERROR && meta.target() == FLUSHER_TARGET {
-            let mut message = Message::default();
-            event.record(&mut message);
-            self.0.record(message.0);
+        if *event.metadata().level() != Level::ERROR {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.log_target.as_deref().unwrap_or(event.metadata().target()) == FLUSHER_TARGET {
+            self.0.record(fields.message);
         }
     }
 }
 
-/// An event's message field.
+/// An event's message, and the target of the `log` record it came from.
 #[derive(Default)]
-struct Message(String);
+struct Fields {
+    message: String,
+    log_target: Option<String>,
+}
 
-impl Visit for Message {
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "log.target" => self.log_target = Some(value.to_string()),
+            _ => self.record_debug(field, &value),
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            self.0 = format!("{value:?}");
+            self.message = format!("{value:?}");
         }
     }
 }
@@ -108,7 +119,8 @@ mod tests {
 
     #[test]
     fn an_error_sleds_flusher_logs_is_a_failure_of_the_databases_opened_before_it() {
-        let errors: &'static FlusherErrors = Box::leak(Box::new(FlusherErrors::new()));
+        static ERRORS: FlusherErrors = FlusherErrors::new();
+        let errors = &ERRORS;
         let subscriber = tracing_subscriber::registry().with(FlusherWatch(errors).with_filter(LevelFilter::ERROR));
         // sled logs through `log`; the bridge the daemon installs sends it to the
         // thread's subscriber (another test may have installed it already).
@@ -117,6 +129,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             log::warn!(target: "sled::flusher", "not an error");
             log::error!(target: "sled::pagecache::logger", "not the flusher");
+            tracing::error!("not a log record");
             assert_eq!(before.failure(), None);
             let eio = std::io::Error::from_raw_os_error(5);
             log::error!(target: "sled::flusher", "failed to fsync from periodic flush thread: {}", eio);
