@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::flusher::FlusherMark;
+use super::flusher::{FlusherMark, io_error};
 
 /// sled's files in a data dir, and what of them is already synced.
 pub(super) struct SledFiles {
@@ -91,7 +91,7 @@ impl SledFiles {
         }
         // Checked after the fsyncs too: the flusher's fsync may have failed while they
         // waited for it, and what it lost be among what they were to make durable.
-        let flusher_sound = || self.flusher.failure().map_or(Ok(()), |f| Err(std::io::Error::other(f)));
+        let flusher_sound = || self.flusher.failure().map_or(Ok(()), |f| Err(io_error(f)));
         let fsynced = flusher_sound()
             .and_then(|()| self.fsync_files(&synced.files))
             .and_then(|files| flusher_sound().map(|()| files));
@@ -219,5 +219,20 @@ mod tests {
         assert!(again.contains("an earlier sync of the store failed (sled's flusher thread failed"), "{again}");
         // Files opened after the error (the reopen) sync again.
         SledFiles::open(dir.path(), None, FlusherMark::now(errors)).unwrap().sync().unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_sleds_flusher_met_as_the_store_opens_is_seen_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let _db = sled::Config::new().path(dir.path()).open().unwrap();
+        static ERRORS: FlusherErrors = FlusherErrors::new();
+        let mark = FlusherMark::now(&ERRORS);
+        let enospc = std::io::Error::from_raw_os_error(28);
+        ERRORS.record(format!("failed to fsync from periodic flush thread: {enospc}"));
+        let Err(err) = SledFiles::open(dir.path(), None, mark) else { panic!("the open's first sync fails") };
+        assert!(err.to_string().starts_with("sled's flusher thread failed: failed to fsync"), "{err}");
+        // What `Store::open_with` checks before it gives up the disk's reserve and tries again.
+        let err = crate::store::StoreError::Sled(sled::Error::Io(err));
+        assert!(crate::store::reserve::is_disk_full(&err), "{err}");
     }
 }

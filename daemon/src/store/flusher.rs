@@ -62,6 +62,21 @@ impl FlusherMark {
     }
 }
 
+/// A flusher failure as an I/O error of the kind its message names: sled prints the
+/// `io::Error` it met, which ends "(os error N)" for an OS error. So a full disk the
+/// flusher met is seen as one (`reserve::is_disk_full`), as one recd's own fsync met is.
+pub(super) fn io_error(failure: String) -> std::io::Error {
+    let kind = os_error_code(&failure)
+        .map_or(std::io::ErrorKind::Other, |code| std::io::Error::from_raw_os_error(code).kind());
+    std::io::Error::new(kind, failure)
+}
+
+/// N in the last "(os error N)" of `message`.
+fn os_error_code(message: &str) -> Option<i32> {
+    let (_, after) = message.rsplit_once("(os error ")?;
+    after.split_once(')')?.0.parse().ok()
+}
+
 /// A tracing layer recording sled's flusher's errors in [`ERRORS`]. sled logs through the
 /// `log` crate; the bridge `init` installs (tracing-log) turns its records into events
 /// whose target is `log` and whose `log.target` field is the record's target. Read from
@@ -140,5 +155,17 @@ mod tests {
             "sled's flusher thread failed: failed to fsync from periodic flush thread: Input/output error (os error 5)"
         );
         assert_eq!(FlusherMark::now(errors).failure(), None, "a database opened after has not failed");
+    }
+
+    #[test]
+    fn a_flusher_failure_keeps_the_kind_of_the_os_error_it_names() {
+        let failure = |e: std::io::Error| format!("sled's flusher thread failed: failed to fsync: {e}");
+        let full = io_error(failure(std::io::Error::from_raw_os_error(28)));
+        assert_eq!(full.kind(), std::io::ErrorKind::StorageFull);
+        assert!(full.to_string().ends_with("(os error 28)"), "the message is kept: {full}");
+        let eio = std::io::Error::from_raw_os_error(5);
+        assert_eq!(io_error(failure(eio)).kind(), std::io::Error::from_raw_os_error(5).kind());
+        assert_eq!(io_error("failed to fsync: (os error x)".into()).kind(), std::io::ErrorKind::Other);
+        assert_eq!(io_error("no code (os error 28".into()).kind(), std::io::ErrorKind::Other);
     }
 }

@@ -440,6 +440,9 @@ fn build_session(
         .map_err(err)?
         .with_intra_threads(threads)
         .map_err(err)?
+        // No spinning: between two calls the plugin's own work needs the cores. With
+        // spinning, on 2 cores, the M workload's whole job took 1.19x as long and its calls
+        // were no faster (paired runs, 2026-12-07).
         .with_intra_op_spinning(false)
         .map_err(err)?;
     let provider = match device {
