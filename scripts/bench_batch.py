@@ -18,7 +18,9 @@ a) **End to end.** For each dataset (the retail demo data with the shipped model
 b) **Scoring stage.** The worker times its ONNX Runtime calls (tensors in and out
    included) and keeps them in the run history; `python_pipeline.py --score-only` builds
    the very same batches first and then times nothing but `session.run` over them, with
-   the same session options. Ratio = recd / loop.
+   the same session options. Ratio = recd / loop. The control: the Python pipeline's own
+   `session.run` time inside its whole runs in a), where its calls alternate with its work
+   as recd's do.
 c) **Memory.** Peak RSS (VmHWM) of the worker and of the daemon for the S, M and L
    workloads (`scripts/gen_workload.py`), MF model.
 d) **GPU.** With `--gpu` (on a CUDA host with onnxruntime-gpu): the MLP ranker on CUDA vs
