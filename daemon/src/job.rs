@@ -336,23 +336,30 @@ const PLUGIN_ONLY: [&str; 12] = [
 
 /// Reads, parses, validates and resolves one job file.
 pub fn load(file: &Path, config: &Config) -> Result<Job, JobError> {
-    load_naming_plugin(file, config).1
+    load_naming_files(file, config).1
 }
 
-/// [`load`], with the plugin file the job names once its text is read (also when the
-/// file is then refused: missing, untrusted).
-pub fn load_naming_plugin(file: &Path, config: &Config) -> (Option<PathBuf>, Result<Job, JobError>) {
+/// [`load`], with the files whose change can change its outcome once its text is read:
+/// the plugin (also when it then refuses the job: missing, untrusted), and for a job the
+/// files it names refuse, its model, inputs and holdout (a data folder mounted after the
+/// daemon started, an export that is not there yet).
+pub fn load_naming_files(file: &Path, config: &Config) -> (Vec<PathBuf>, Result<Job, JobError>) {
     let shown = file.display().to_string();
     let parsed = read_job_file(file).and_then(|text| {
         let job = parse_and_validate(&text, &shown, &job_name(file), &config.base_dir, &config.plugins_dir)?;
         Ok((text, job))
     });
-    match parsed {
-        Ok((text, job)) => {
-            (job.command.is_none().then(|| job.plugin.clone()), job.resolve(&text, config.max_input_bytes))
-        }
-        Err(e) => (None, Err(e)),
+    let (text, job) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut named: Vec<PathBuf> = job.command.is_none().then(|| job.plugin.clone()).into_iter().collect();
+    let data = job.data_files();
+    let resolved = job.resolve(&text, config.max_input_bytes);
+    if resolved.is_err() {
+        named.extend(data);
     }
+    (named, resolved)
 }
 
 /// A job file's text: only a regular file (symlinks followed) of at most
@@ -922,7 +929,10 @@ fn policy(raw: &RawJob, invalid: &dyn Fn(&str, String) -> JobError) -> Result<Po
         None => Ok(Duration::from_secs(default)),
     };
     let retry_backoff = positive("retry_backoff_seconds", raw.retry_backoff_seconds, 10)?;
-    let retry_backoff_max = positive("retry_backoff_max_seconds", raw.retry_backoff_max_seconds, 360)?;
+    // Unset, the cap is 360 s or the first wait if longer: a file that sets only
+    // `retry_backoff_seconds = 600` means waits of 600 s, not an error about a key it lacks.
+    let default_max = retry_backoff.as_secs().max(360);
+    let retry_backoff_max = positive("retry_backoff_max_seconds", raw.retry_backoff_max_seconds, default_max)?;
     if retry_backoff_max < retry_backoff {
         return Err(invalid(
             "retry_backoff_max_seconds",
@@ -1220,6 +1230,13 @@ impl Job {
                 .map_err(|m| refuse("gate.holdout", format!("holdout file {m}")))?;
         }
         Ok(self)
+    }
+
+    /// The files on disk `resolve` checks besides the plugin: model, inputs, holdout.
+    fn data_files(&self) -> Vec<PathBuf> {
+        let inputs = self.inputs.iter().filter(|i| i.format != InputFormat::Table && i.registry.is_none());
+        let model = self.model.iter().cloned();
+        model.chain(inputs.map(|i| i.path.clone())).chain(self.gate.holdout.iter().map(|h| h.path.clone())).collect()
     }
 
     /// The plugin exists and is trusted, and matches its pin.
@@ -1670,6 +1687,14 @@ mod tests {
             check("plugin = \"x\"\nretries = 5\nretry_backoff_seconds = 10\nretry_backoff_max_seconds = 35\n").unwrap();
         let waits: Vec<u64> = (1..=5).map(|n| job.policy.backoff(n).as_secs()).collect();
         assert_eq!(waits, [10, 20, 35, 35, 35]);
+        // With no cap set it is 360 s, or the first wait where that is longer.
+        let job = check("plugin = \"x\"\nretries = 5\nretry_backoff_seconds = 100\n").unwrap();
+        let waits: Vec<u64> = (1..=4).map(|n| job.policy.backoff(n).as_secs()).collect();
+        assert_eq!(waits, [100, 200, 360, 360]);
+        let job = check("plugin = \"x\"\nretries = 2\nretry_backoff_seconds = 600\n").unwrap();
+        assert_eq!(job.policy.backoff(2).as_secs(), 600);
+        let err = check("plugin = \"x\"\nretry_backoff_seconds = 600\nretry_backoff_max_seconds = 60\n").unwrap_err();
+        assert!(err.to_string().contains("60 is less than retry_backoff_seconds (600)"), "{err}");
     }
 
     #[test]

@@ -311,6 +311,9 @@ pub struct Reply {
     stored_bytes: usize,
     /// The rest of a reply too long to build at once, made part by part.
     rest: Option<Box<dyn MoreReply>>,
+    /// Bytes of stored values read to answer but not part of the reply (ZSCORE's walk of a
+    /// list), counted with the reply's own towards the end of a batch.
+    read_bytes: usize,
 }
 
 /// The rest of a long reply (ZRANGE over millions of entries): the connection writes what
@@ -329,9 +332,23 @@ pub trait MoreReply: Send + Sync + std::fmt::Debug {
 /// rounds each), and pipelined GET (`-P 16`) no slower.
 const BY_REFERENCE_BYTES: usize = 4 << 10;
 
+/// The most buffer capacity a reply keeps between batches: twice a batch's usual size
+/// (`REPLY_BATCH_BYTES`, 1 MiB), so ordinary pipelines reuse their buffer.
+const KEPT_CAPACITY: usize = 2 << 20;
+
+/// The buffer capacity a reply keeps while its connection waits for requests.
+const IDLE_CAPACITY: usize = 16 << 10;
+
 impl Reply {
     pub fn new(capacity: usize) -> Reply {
-        Reply { buf: Vec::with_capacity(capacity), resp3: false, stored: Vec::new(), stored_bytes: 0, rest: None }
+        Reply {
+            buf: Vec::with_capacity(capacity),
+            resp3: false,
+            stored: Vec::new(),
+            stored_bytes: 0,
+            rest: None,
+            read_bytes: 0,
+        }
     }
 
     /// Leaves the rest of the current reply to `rest` (see [`MoreReply`]).
@@ -382,11 +399,44 @@ impl Reply {
         out
     }
 
-    /// Empties the reply for the next batch of requests (capacity kept).
+    /// Counts `bytes` of stored values read for the reply but not written into it.
+    pub fn read_more(&mut self, bytes: usize) {
+        self.read_bytes += bytes;
+    }
+
+    /// The work the batch of replies holds so far: the bytes it writes and those read to
+    /// make it. A batch ends past `REPLY_BATCH_BYTES` of it, so a pipeline of ZSCOREs on a
+    /// 5M-item list lets the thread's other connections in between.
+    pub fn batch_cost(&self) -> usize {
+        self.total_len() + self.read_bytes
+    }
+
+    /// Empties the reply for the next batch of requests. Capacity is kept up to
+    /// [`KEPT_CAPACITY`]: one huge MGET must not hold its hundreds of MB for the rest of
+    /// the pipeline it came in.
     pub fn clear(&mut self) {
         self.buf.clear();
         self.stored.clear();
         self.stored_bytes = 0;
+        self.read_bytes = 0;
+        if self.buf.capacity() > KEPT_CAPACITY {
+            self.buf.shrink_to(KEPT_CAPACITY);
+        }
+        if self.stored.capacity() > KEPT_CAPACITY / 64 {
+            self.stored.shrink_to(0);
+        }
+    }
+
+    /// Gives back all but [`IDLE_CAPACITY`] of an empty reply's buffers, for a connection
+    /// that waits for its client: a pipeline's batches reuse theirs, an idle connection
+    /// holds a few kB.
+    pub fn release_spare(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_CAPACITY {
+            self.buf.shrink_to(IDLE_CAPACITY);
+        }
+        if self.stored.is_empty() {
+            self.stored.shrink_to(0);
+        }
     }
 
     pub fn null(&mut self) {
@@ -494,6 +544,30 @@ pub fn request(args: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After one huge reply (an MGET of 50,000 keys) the connection keeps a batch's worth of
+    /// buffer, not the reply's size; an ordinary batch's buffer is kept for the next, and
+    /// an idle connection gives it back.
+    #[test]
+    fn a_cleared_reply_keeps_a_few_batches_of_capacity_and_an_idle_one_little() {
+        let mut reply = Reply::new(64);
+        let value = sled::IVec::from(vec![7u8; BY_REFERENCE_BYTES]);
+        for _ in 0..40_000 {
+            reply.bulk_stored(&value, 0..BY_REFERENCE_BYTES);
+        }
+        bulk(&mut reply.buf, &vec![b'x'; 8 << 20]);
+        assert!(reply.buf.capacity() > 8 << 20 && reply.stored.capacity() >= 40_000);
+        reply.clear();
+        assert!(reply.buf.capacity() <= KEPT_CAPACITY, "{}", reply.buf.capacity());
+        assert!(reply.stored.capacity() <= KEPT_CAPACITY / 64, "{}", reply.stored.capacity());
+        bulk(&mut reply.buf, &vec![b'x'; 1 << 20]);
+        let kept = reply.buf.capacity();
+        reply.clear();
+        assert_eq!(reply.buf.capacity(), kept, "a batch's buffer serves the next");
+        assert_eq!(reply.total_len(), 0);
+        reply.release_spare();
+        assert!(reply.buf.capacity() <= IDLE_CAPACITY, "{}", reply.buf.capacity());
+    }
 
     /// A request of many arguments fed a byte at a time: the scan says "incomplete" until
     /// its last byte, never goes back, and each argument's header is read once (the point

@@ -105,13 +105,18 @@ impl Scheduler {
                 if let Ok(rest) = (tick - Utc::now()).to_std() {
                     tokio::time::sleep(rest).await;
                 }
-                if me.schedule_of(&name, generation).is_none() {
+                let Some(schedule) = me.schedule_of(&name, generation) else {
                     return; // re-scheduled or removed since this timer was armed
-                }
+                };
                 if let Some(d) = daemon.upgrade() {
                     d.on_tick(&name, tick);
                 }
-                me.arm(name, generation, tick, daemon).await;
+                let (after, missed) = resume_point(&schedule, tick, Utc::now());
+                if let Some(first) = missed {
+                    tracing::warn!(job = %name, %tick, first_missed = %first, "the clock passed later ticks \
+                        while this one waited (a suspend, or the clock set forward): they are not run");
+                }
+                me.arm(name, generation, after, daemon).await;
             })
         });
         let id = match timer {
@@ -143,5 +148,51 @@ impl Scheduler {
         if let Err(e) = inner.shutdown().await {
             tracing::warn!("scheduler shutdown: {e}");
         }
+    }
+}
+
+/// How late past a tick the clock may be before the ticks in between count as missed.
+const MISSED_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// Where the next tick is looked for once `tick` has fired at `now`, and the first tick
+/// passed over. Timers follow the monotonic clock: after a suspend, or with the wall clock
+/// set forward, a timer fires hours late, and arming from `tick` would fire every tick in
+/// between back to back. They are not run, as ticks missed while the daemon was down are
+/// not (`starting_deadline_seconds` is looked at only at start).
+fn resume_point(
+    schedule: &Schedule,
+    tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, Option<DateTime<Utc>>) {
+    match schedule.next_after(tick) {
+        Some(next) if next < now - MISSED_AFTER => (now, Some(next)),
+        _ => (tick, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn ticks_the_clock_passed_while_a_timer_waited_are_skipped_not_replayed() {
+        let every_minute = Schedule::new("* * * * *", chrono_tz::Tz::UTC).unwrap();
+        let tick = at("2026-12-07T10:00:00Z");
+        // On time, or a few seconds late: the next tick follows this one.
+        assert_eq!(resume_point(&every_minute, tick, at("2026-12-07T10:00:00.3Z")), (tick, None));
+        assert_eq!(resume_point(&every_minute, tick, at("2026-12-07T10:01:03Z")), (tick, None));
+        // Three hours late (a suspend): the next tick is the first after now.
+        let now = at("2026-12-07T13:00:05Z");
+        let (after, missed) = resume_point(&every_minute, tick, now);
+        assert_eq!((after, missed), (now, Some(at("2026-12-07T10:01:00Z"))));
+        assert_eq!(every_minute.next_after(after), Some(at("2026-12-07T13:01:00Z")));
+        // A daily job an hour late missed nothing.
+        let daily = Schedule::new("0 2 * * *", chrono_tz::Tz::UTC).unwrap();
+        let two = at("2026-12-07T02:00:00Z");
+        assert_eq!(resume_point(&daily, two, at("2026-12-07T03:00:00Z")), (two, None));
     }
 }

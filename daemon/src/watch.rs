@@ -4,9 +4,9 @@
 //!
 //! Folder events do not see everything the job set is read from: an edit of a job file
 //! through a symlink (the event is in the target's folder), a jobs folder swapped or made
-//! anew (the watch stays on the old one), a plugin file replaced (it lives elsewhere). So
-//! every [`POLL`] the watcher also looks at what those paths lead to, and reloads when
-//! that changed, as Prometheus's file discovery backs its events with a periodic re-read.
+//! anew (the watch stays on the old one), a plugin file replaced (it lives elsewhere), an
+//! input that a refused job waits for appearing. So every [`POLL`] the watcher also looks
+//! at what those paths lead to, and reloads when that changed, as Prometheus's file discovery backs its events with a periodic re-read.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -44,7 +44,7 @@ pub struct Baseline(Sources);
 
 pub fn baseline(dir: &Path) -> Baseline {
     let (folder, job_files) = job_sources(dir);
-    Baseline(Sources { folder, job_files, plugins: Vec::new() })
+    Baseline(Sources { folder, job_files, named: Vec::new() })
 }
 
 /// Starts watching `dir` for `daemon`, whose job set was loaded after `baseline`.
@@ -64,8 +64,8 @@ pub fn watch_jobs(dir: &Path, daemon: Weak<Daemon>, baseline: Baseline) -> JobsW
     if let Some(folder) = &mut folder {
         start_watching(folder, dir);
     }
-    let plugins = daemon.upgrade().map(|d| stamped(d.plugin_files().into_iter().collect())).unwrap_or_default();
-    let seen = Sources { plugins, ..baseline.0 };
+    let named = daemon.upgrade().map(|d| stamped(d.named_files().into_iter().collect())).unwrap_or_default();
+    let seen = Sources { named, ..baseline.0 };
     let task = tokio::spawn(follow(dir.to_path_buf(), daemon, folder, rx, seen));
     JobsWatcher { task }
 }
@@ -121,24 +121,24 @@ async fn follow(
             let _ = folder.unwatch(&dir);
             start_watching(folder, &dir);
         }
-        reload(&daemon, if event { "jobs folder changed" } else { "job files or plugins changed" }).await;
-        seen = read_by_the_reload(now, daemon.plugin_files());
+        reload(&daemon, if event { "jobs folder changed" } else { "job files, plugins or data files changed" }).await;
+        seen = read_by_the_reload(now, daemon.named_files());
     }
 }
 
-/// What a reload read, from the sources looked at before it (`before`) and the plugin
-/// files the reloaded jobs name (`named`): each plugin as it was before the reload where
-/// it was looked at then, else unknown (a plugin replaced while the reload ran shows as a
-/// change at the next look, at the cost of one reload more when a job names a new one).
+/// What a reload read, from the sources looked at before it (`before`) and the files the
+/// reloaded jobs name (`named`): each file as it was before the reload where it was looked
+/// at then, else unknown (a plugin replaced while the reload ran shows as a change at the
+/// next look, at the cost of one reload more when a job names a new one).
 fn read_by_the_reload(before: Sources, named: BTreeSet<PathBuf>) -> Sources {
-    let plugins = named
+    let named = named
         .into_iter()
         .map(|path| {
-            let stamp = before.plugins.iter().find(|(p, _)| *p == path).and_then(|(_, s)| s.clone());
+            let stamp = before.named.iter().find(|(p, _)| *p == path).and_then(|(_, s)| s.clone());
             (path, stamp)
         })
         .collect();
-    Sources { plugins, ..before }
+    Sources { named, ..before }
 }
 
 async fn sources_now(dir: &Path, daemon: &Arc<Daemon>) -> Sources {
@@ -147,15 +147,15 @@ async fn sources_now(dir: &Path, daemon: &Arc<Daemon>) -> Sources {
 }
 
 /// What the job set is read from, as the file system shows it now: the folder the jobs
-/// path leads to, each job and experiment file (through a symlink, its target) and the
-/// plugin file of each job the last reload read (in force or refused), by identity, size
-/// and change times.
+/// path leads to, each job and experiment file (through a symlink, its target), the
+/// plugin file of each job the last reload read (in force or refused) and the data files
+/// of those it refused, by identity, size and change times.
 #[derive(Default, PartialEq)]
 struct Sources {
     /// The folder's device and inode (its times change with every temp file in it).
     folder: Option<(u64, u64)>,
     job_files: Stamps,
-    plugins: Stamps,
+    named: Stamps,
 }
 
 /// Files and their stamps (None: not there, or not known).
@@ -186,7 +186,7 @@ impl FileStamp {
 impl Sources {
     fn now(dir: &Path, daemon: &Daemon) -> Sources {
         let (folder, job_files) = job_sources(dir);
-        Sources { folder, job_files, plugins: stamped(daemon.plugin_files().into_iter().collect()) }
+        Sources { folder, job_files, named: stamped(daemon.named_files().into_iter().collect()) }
     }
 }
 

@@ -1,8 +1,8 @@
-//! Limits of the read socket (recd.toml): clients at once, request size, idle time; a
-//! client that stops reading never delays the others, and one that never pauses does not
+//! Limits of the read socket (recd.toml): clients at once, request size, idle time (replies
+//! unread included); a client that stops reading never delays the others, and one that never pauses does not
 //! hold up shutdown; the serving threads' busy polling ends when requests stop.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,27 @@ fn a_client_that_stops_reading_does_not_delay_others() {
     // B is served as usual, at once
     assert_served_promptly(&d);
     drop(stalled);
+}
+
+#[test]
+fn a_client_that_stops_reading_and_sending_is_closed_after_the_idle_time() {
+    let d = TestDaemon::start_with(&[], "idle_timeout_seconds = 1\n");
+    let mut stalled = UnixStream::connect(d.socket()).unwrap();
+    stalled.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let arg = "x".repeat(8000);
+    let requests = format!("*2\r\n$4\r\nECHO\r\n$8000\r\n{arg}\r\n").repeat(100);
+    // Replies unread, the server's writes block; it reads ahead (64 MiB), then stops.
+    let blocked = (0..2000).any(|_| stalled.write_all(requests.as_bytes()).is_err());
+    assert!(blocked, "the server read 1.6 GB ahead from a client that reads nothing");
+    // Nothing moves now: the replies it owes do not keep the connection, which is closed
+    // (a write fails instead of waiting), as Redis closes a client idle with output pending.
+    d.wait_for("the stalled client closed", 8, || match stalled.write(b"PING\r\n") {
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => Some(()),
+        _ => None,
+    });
+    // and others are served as before
+    let (_, reply) = ping(&d);
+    assert_eq!(reply, "+PONG\r\n");
 }
 
 /// Sends `bytes` on a fresh connection; everything the server answers until it closes.

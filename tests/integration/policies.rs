@@ -207,6 +207,40 @@ fn failed_runs_are_retried_with_doubling_backoff() {
 }
 
 #[test]
+fn a_waiting_retry_is_dropped_by_a_later_success_or_a_lower_retries() {
+    let d = TestDaemon::start(&[]);
+    let state = d.dir.path().join("flaky-count");
+    let params = format!("mode = \"flaky\"\nfail_first = 1\nstate_file = \"{}\"", state.display());
+    // 5 s: room for a run and a reload on a slow machine before a retry would start.
+    let policy = "retries = 1\nretry_backoff_seconds = 5";
+    d.write_job("j", &job(policy, &params));
+    let failing = job(policy, "mode = \"error\"").replace("\"t\"", "\"t2\"");
+    d.write_job("k", &failing);
+    assert!(d.cli(&["reload"]).status.success());
+    // j fails, and succeeds by hand while its retry waits out the backoff; k fails, and
+    // its file is edited to `retries = 0` meanwhile.
+    assert!(!d.cli(&["run", "j"]).status.success());
+    let failed = std::time::Instant::now();
+    assert!(d.cli(&["run", "j"]).status.success());
+    assert!(!d.cli(&["run", "k"]).status.success());
+    d.write_job("k", &failing.replace("retries = 1", "retries = 0"));
+    assert!(d.cli(&["reload"]).status.success());
+    // Past both backoffs with room to spare: neither retry ran, or was even skipped.
+    std::thread::sleep(std::time::Duration::from_secs(8).saturating_sub(failed.elapsed()));
+    assert_eq!(statuses(&d, "j"), ["ok", "failed"]);
+    assert_eq!(statuses(&d, "k"), ["failed"]);
+    // A failure whose retry nothing makes moot is still retried.
+    d.write_job("k", &failing.replace("retry_backoff_seconds = 5", "retry_backoff_seconds = 1"));
+    assert!(d.cli(&["reload"]).status.success());
+    assert!(!d.cli(&["run", "k"]).status.success());
+    let history = d.wait_for("k's retry", 10, || {
+        let h = d.history("k");
+        (h.len() == 3).then_some(h)
+    });
+    assert_eq!(history[0]["trigger"], "retry 1");
+}
+
+#[test]
 fn a_job_runs_after_its_upstream_publishes() {
     let up = "plugin = \"faulty\"\ntable = \"up\"\n[params]\nmode = \"ok\"\n";
     let down = "plugin = \"faulty\"\ntable = \"down\"\nafter = [\"up\"]\n[params]\nmode = \"ok\"\nuser = \"u2\"\n";

@@ -127,6 +127,16 @@ fn read_commands_answer_exactly_as_redis_server_does() {
         vec!["ZREVRANGE", k, "0"],
         vec!["ZREVRANGE", k, "a", "1"],
         vec!["ZREVRANGE", k, "0", "1", "WITHSCORE"],
+        // options as Redis reads them for both commands: WITHSCORES again is fine, REV
+        // only once and not on ZREVRANGE
+        vec!["ZREVRANGE", k, "0", "1", "WITHSCORES", "WITHSCORES"],
+        vec!["ZREVRANGE", k, "0", "1", "WITHSCORES", "x"],
+        vec!["ZREVRANGE", k, "0", "1", "REV"],
+        vec!["ZREVRANGE", k, "0", "1", "LIMIT", "0", "1"],
+        vec!["ZREVRANGE", k, "0", "1", "LIMIT", "x", "1"],
+        vec!["ZREVRANGE", k, "0", "1", "LIMIT", "0"],
+        vec!["ZRANGE", k, "0", "1", "REV", "REV"],
+        vec!["ZRANGE", k, "0", "1", "WITHSCORES", "REV", "WITHSCORES"],
         vec!["ZRANGE", k, "0", "2"],
         vec!["ZRANGE", k, "0", "-1", "WITHSCORES"],
         vec!["ZRANGE", k, "0", "3", "REV", "WITHSCORES"],

@@ -67,8 +67,9 @@ fn status_text(d: &TestDaemon) -> String {
     String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned()
 }
 
-/// Edits that no folder event shows: a job file's symlink target rewritten, and its
-/// plugin replaced by a broken file and then restored (a copy beside the shipped ones).
+/// Edits that no folder event shows: a job file's symlink target rewritten, its plugin
+/// replaced by a broken file and then restored (a copy beside the shipped ones), a plugin
+/// installed after its job, and a job's input that appears after the job was refused.
 #[test]
 fn edits_through_a_symlink_and_a_replaced_plugin_apply_too() {
     let outside = tempfile::tempdir().unwrap();
@@ -110,6 +111,19 @@ fn edits_through_a_symlink_and_a_replaced_plugin_apply_too() {
     std::fs::rename(&tmp, &later).unwrap();
     d.wait_for("the installed plugin", 15, || jobs_text(&d).contains("later: manual").then_some(()));
     assert!(!status_text(&d).contains("field `plugin`"), "{}", status_text(&d));
+
+    // a new job whose input is not there yet (a data folder not mounted yet): refused,
+    // then loaded once the file appears, without an edit or `recd reload`
+    let input = outside.path().join("mounted-later").join("events.csv");
+    let job = format!("plugin = \"faulty\"\n[inputs]\nevents = \"{}\"\n[params]\nmode = \"ok\"\n", input.display());
+    d.write_job("waits", &job);
+    d.wait_for("the missing input's error", 15, || {
+        status_text(&d).contains("waits.toml:3: field `inputs.events`").then_some(())
+    });
+    std::fs::create_dir(input.parent().unwrap()).unwrap();
+    std::fs::write(&input, "user_id,item_id\nu1,a\n").unwrap();
+    d.wait_for("the job once its input is there", 15, || jobs_text(&d).contains("waits: manual").then_some(()));
+    assert!(!status_text(&d).contains("inputs.events"), "{}", status_text(&d));
 }
 
 /// A job whose file is broken when the daemon starts keeps its table: another job naming

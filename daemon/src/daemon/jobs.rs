@@ -13,9 +13,10 @@ pub struct JobSet {
     pub jobs: BTreeMap<String, Job>,
     /// Per file, the error that keeps its previous definition (if any) in force.
     pub errors: BTreeMap<String, JobError>,
-    /// The plugin files the jobs read at the last reload name, refused ones' included:
-    /// the watcher reloads when one changes (a fixed plugin clears its error).
-    pub plugins: std::collections::BTreeSet<std::path::PathBuf>,
+    /// The plugin files the jobs read at the last reload name, refused ones' included,
+    /// and the data files of the jobs they refused (`job::load_naming_files`): the watcher
+    /// reloads when one changes (a fixed plugin, an input that appears, clears an error).
+    pub named_files: std::collections::BTreeSet<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -33,8 +34,8 @@ impl Daemon {
         let errors = {
             let mut set = self.jobs.write().expect("jobs lock");
             let previous = std::mem::take(&mut *set);
-            for (file, (plugin, result)) in loaded {
-                set.plugins.extend(plugin);
+            for (file, (named, result)) in loaded {
+                set.named_files.extend(named);
                 let name = job::job_name(&file);
                 match result {
                     Ok(job) => {
@@ -72,7 +73,7 @@ impl Daemon {
             }
             let in_force: Vec<_> =
                 set.jobs.values().filter(|j| j.command.is_none()).map(|j| j.plugin.clone()).collect();
-            set.plugins.extend(in_force);
+            set.named_files.extend(in_force);
             set.errors.values().cloned().collect::<Vec<_>>()
         };
         let daemon = Arc::clone(self);
@@ -102,20 +103,21 @@ impl Daemon {
     }
 
     /// A job file parsed, validated, resolved, and its plugin checked (see
-    /// `plugins::Registry::check_job`); with the plugin file it names, if it got that far.
-    pub(super) fn load_and_check(&self, file: &std::path::Path) -> (Option<std::path::PathBuf>, Result<Job, JobError>) {
-        let (plugin, loaded) = job::load_naming_plugin(file, &self.config);
+    /// `plugins::Registry::check_job`); with the files it names that the watcher follows
+    /// (`job::load_naming_files`), as far as it got.
+    pub(super) fn load_and_check(&self, file: &std::path::Path) -> (Vec<std::path::PathBuf>, Result<Job, JobError>) {
+        let (named, loaded) = job::load_naming_files(file, &self.config);
         let job = match loaded {
             Ok(job) => job,
-            Err(e) => return (plugin, Err(e)),
+            Err(e) => return (named, Err(e)),
         };
         if job.command.is_some() {
             // No plugin to probe: `load` found the program.
-            return (None, Ok(job));
+            return (named, Ok(job));
         }
         match self.plugins.check_job(&job, &self.config, &self.probes) {
-            Ok(_) => (plugin, Ok(job)),
-            Err((field, message)) => (plugin, Err(job.probe_error(&field, message))),
+            Ok(_) => (named, Ok(job)),
+            Err((field, message)) => (named, Err(job.probe_error(&field, message))),
         }
     }
 
@@ -123,10 +125,10 @@ impl Daemon {
         self.jobs.read().expect("jobs lock").clone()
     }
 
-    /// The plugin files the last reload's jobs name ([`JobSet::plugins`]), without a copy
-    /// of the rest of the job set (the watcher asks every second).
-    pub fn plugin_files(&self) -> std::collections::BTreeSet<std::path::PathBuf> {
-        self.jobs.read().expect("jobs lock").plugins.clone()
+    /// The files the last reload's jobs name ([`JobSet::named_files`]), without a copy of
+    /// the rest of the job set (the watcher asks every second).
+    pub fn named_files(&self) -> std::collections::BTreeSet<std::path::PathBuf> {
+        self.jobs.read().expect("jobs lock").named_files.clone()
     }
 
     pub(super) fn job(&self, name: &str) -> Result<Job, TriggerError> {
@@ -151,9 +153,12 @@ impl Daemon {
 }
 
 pub(super) fn keep_previous(set: &mut JobSet, previous: &JobSet, name: &str, file: String, err: JobError) {
-    tracing::error!(file = %file, "job file rejected, previous definition kept: {err}");
-    if let Some(old) = previous.jobs.get(name) {
-        set.jobs.insert(name.to_string(), old.clone());
+    match previous.jobs.get(name) {
+        Some(old) => {
+            tracing::error!(file = %file, "job file rejected, previous definition kept: {err}");
+            set.jobs.insert(name.to_string(), old.clone());
+        }
+        None => tracing::error!(file = %file, "job file rejected, and no earlier definition runs: {err}"),
     }
     set.errors.insert(file, err);
 }

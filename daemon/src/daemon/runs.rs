@@ -25,6 +25,9 @@ pub enum TriggerError {
     /// The overlap policy turned the trigger away (recorded as a `skipped` run).
     #[error("skipped: {0}")]
     Skipped(String),
+    /// A retry that a later run's outcome, or a lower `retries`, made moot.
+    #[error("retry dropped: {0}")]
+    RetryDropped(&'static str),
     #[error("run {run_id} of job {job} failed: {error}")]
     Failed { run_id: u64, job: String, error: RunError },
     /// The run made a version its gate held (`recd promote` or `recd discard` settle it).
@@ -36,6 +39,9 @@ pub enum TriggerError {
 pub(super) struct JobState {
     pub(super) running: Option<Arc<RunControl>>,
     pub(super) queued: bool,
+    /// Which retry may still start: moved on as each run of the job ends, so one chain of
+    /// retries waits at a time and a success ends it.
+    pub(super) retry_turn: u64,
 }
 
 /// What asked for a run.
@@ -44,7 +50,9 @@ pub enum Trigger {
     Manual,
     Schedule(DateTime<Utc>),
     CatchUp(DateTime<Utc>),
-    Retry(u32),
+    /// Retry number N of a failed run, and the job's retry turn it belongs to (see
+    /// `JobState::retry_turn`).
+    Retry(u32, u64),
     After(String),
 }
 
@@ -71,7 +79,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Manual => write!(f, "manual"),
             Trigger::Schedule(_) => write!(f, "schedule"),
             Trigger::CatchUp(_) => write!(f, "catch-up"),
-            Trigger::Retry(n) => write!(f, "retry {n}"),
+            Trigger::Retry(n, _) => write!(f, "retry {n}"),
             Trigger::After(up) => write!(f, "after {up}"),
         }
     }
@@ -153,10 +161,12 @@ impl Daemon {
             return Err(TriggerError::ShuttingDown);
         }
         let job = self.runnable(name, &trigger)?;
+        self.retry_due(name, &trigger)?;
         let control = self.acquire(&job, &trigger).await?;
         // A run that waited for its turn (`overlap = "queue"` or `"replace"`) runs the job
-        // as it is now: its file may have changed, turned `suspend` on, or gone meanwhile.
-        let job = match self.runnable(name, &trigger) {
+        // as it is now: its file may have changed, turned `suspend` on, or gone meanwhile,
+        // and a retry may have become moot.
+        let job = match self.runnable(name, &trigger).and_then(|job| self.retry_due(name, &trigger).map(|()| job)) {
             Ok(job) => job,
             Err(e) => {
                 self.release(name);
@@ -182,6 +192,9 @@ impl Daemon {
         // Listed before the slot is freed (shutdown waits for the slots, then writes what is
         // listed), written after it: a sync does not hold up a queued or skipped trigger.
         self.record(&job, run_id, &trigger, started, &result, &control);
+        // Before the slot is freed: a run that takes it next and ends first must not see
+        // its own outcome overtaken by this one's.
+        let retry_turn = self.next_retry_turn(name);
         self.release(name);
         self.write_listed_records().await;
         match &result {
@@ -201,7 +214,7 @@ impl Daemon {
             Err(e @ RunError::Superseded(_)) => tracing::warn!(job = %name, run_id, %trigger, "run superseded: {e}"),
             Err(e) => {
                 tracing::error!(job = %name, run_id, %trigger, "run failed: {e}");
-                self.schedule_retry(&job, &trigger, e);
+                self.schedule_retry(&job, &trigger, e, retry_turn);
             }
         }
         result.map_err(|error| TriggerError::Failed { run_id, job: name.to_string(), error })
@@ -421,12 +434,14 @@ impl Daemon {
         Ok(runs)
     }
 
-    pub(super) fn schedule_retry(self: &Arc<Self>, job: &Job, trigger: &Trigger, err: &RunError) {
+    /// Retries a failed run after its backoff, as part of `turn` (the retry turn its end
+    /// took): a run of the job that ends meanwhile makes it moot (`retry_due`).
+    pub(super) fn schedule_retry(self: &Arc<Self>, job: &Job, trigger: &Trigger, err: &RunError, turn: u64) {
         if matches!(err, RunError::Cancelled(_) | RunError::Superseded(_)) {
             return;
         }
         let attempt = match trigger {
-            Trigger::Retry(n) => n + 1,
+            Trigger::Retry(n, _) => n + 1,
             _ => 1,
         };
         if attempt > job.policy.retries {
@@ -437,8 +452,35 @@ impl Daemon {
         let (daemon, name) = (Arc::clone(self), job.name.clone());
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            daemon.spawn_trigger(&name, Trigger::Retry(attempt));
+            daemon.spawn_trigger(&name, Trigger::Retry(attempt, turn));
         });
+    }
+
+    /// Moves the job's retry turn on as a run of it ends, whatever its outcome: a retry
+    /// still waiting is moot (one chain of retries at a time, a success ends it). Gives the
+    /// new turn.
+    fn next_retry_turn(&self, name: &str) -> u64 {
+        let mut states = self.states.lock().expect("states");
+        let state = states.entry(name.to_string()).or_default();
+        state.retry_turn += 1;
+        state.retry_turn
+    }
+
+    /// For a retry: Err when it must not start, because a later run of the job ended
+    /// (succeeded, or failed and started its own retries) or the job's file now allows
+    /// fewer retries. (A job that is gone gets "no job" from `runnable`.)
+    fn retry_due(&self, name: &str, trigger: &Trigger) -> Result<(), TriggerError> {
+        let Trigger::Retry(attempt, turn) = *trigger else { return Ok(()) };
+        let now = self.states.lock().expect("states").get(name).map(|s| s.retry_turn);
+        if now != Some(turn) {
+            return Err(TriggerError::RetryDropped("a later run of the job ended meanwhile"));
+        }
+        match self.job(name) {
+            Ok(job) if attempt > job.policy.retries => {
+                Err(TriggerError::RetryDropped("the job's `retries` is lower now"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Starts the jobs that run `after` this one.

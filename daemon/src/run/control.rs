@@ -13,10 +13,12 @@ use crate::store::{InputLineage, PluginBuild};
 pub const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 /// Lets the daemon stop a run: `cancel` asks, the watchdog enforces.
-#[derive(Default)]
 pub struct RunControl {
     state: Mutex<Control>,
     changed: Condvar,
+    /// When the run took its slot: `timeout_seconds` counts from here, so the work before
+    /// the worker starts (the plugin's snapshot, `table:` inputs exported) counts too.
+    began: Instant,
 }
 
 #[derive(Default)]
@@ -41,7 +43,7 @@ struct Control {
 
 impl RunControl {
     pub fn new() -> Arc<RunControl> {
-        Arc::new(RunControl::default())
+        Arc::new(RunControl { state: Mutex::default(), changed: Condvar::new(), began: Instant::now() })
     }
 
     /// Asks the run to stop; the first reason given is the one reported.
@@ -158,10 +160,10 @@ impl RunControl {
     }
 
     /// Waits until the run ends by itself (false) or must be stopped (true): a cancel, or
-    /// `timeout` past (then recorded as the stop reason). Any timeout is safe: one too far
-    /// away for a deadline to be computed is never reached.
+    /// `timeout` past since the run began (then recorded as the stop reason). Any timeout
+    /// is safe: one too far away for a deadline to be computed is never reached.
     pub(super) fn wait_for_stop(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = self.began.checked_add(timeout);
         let mut st = self.state.lock().expect("control lock");
         while !st.done && st.stop.is_none() {
             let left = match deadline {
@@ -202,6 +204,19 @@ mod tests {
     fn a_run_past_its_timeout_is_stopped_as_timed_out() {
         let control = RunControl::new();
         assert!(control.wait_for_stop(Duration::from_millis(20)));
+        assert_eq!(control.stop_reason().map(|e| e.status()), Some("timeout"));
+    }
+
+    /// The timeout counts from the run's start, not from the watchdog's: work done before
+    /// the worker started (a large `table:` input exported) is part of it.
+    #[test]
+    fn the_timeout_counts_from_the_runs_start() {
+        let control = RunControl::new();
+        std::thread::sleep(Duration::from_millis(300));
+        let watching = Instant::now();
+        assert!(control.wait_for_stop(Duration::from_millis(400)));
+        // 100 ms left of the 400; counted from the watch, it would wait all 400.
+        assert!(watching.elapsed() < Duration::from_millis(380), "waited {:?}", watching.elapsed());
         assert_eq!(control.stop_reason().map(|e| e.status()), Some("timeout"));
     }
 }

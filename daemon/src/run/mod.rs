@@ -476,7 +476,7 @@ pub fn publish_stream(
 ) -> Result<VersionInfo, RunError> {
     let staged = store.stage(table, "fuzz", 0, kind)?;
     let mut collector = Collector::new(staged, checks, shard);
-    let control = RunControl::default();
+    let control = RunControl::new();
     let outcome = match read_worker(stream, &mut collector, &control) {
         Ok(Some(Message::Done { .. })) => Ok(()),
         Ok(Some(Message::Failed { error, .. })) => Err(RunError::Failed(error)),

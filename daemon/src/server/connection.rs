@@ -130,7 +130,7 @@ async fn handle(
         let mut flow = Flow::Continue;
         let (mut batch_full, mut incomplete) = (false, false);
         while flow == Flow::Continue {
-            if out.total_len() >= REPLY_BATCH_BYTES {
+            if out.batch_cost() >= REPLY_BATCH_BYTES {
                 batch_full = true;
                 break;
             }

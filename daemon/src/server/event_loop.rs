@@ -160,8 +160,8 @@ struct Conn {
     closing: bool,
     /// Already in this turn's list.
     queued: bool,
-    /// When the connection last read a byte or finished writing (the start of that turn):
-    /// the idle timeout counts from here.
+    /// When the connection last read or wrote a byte (the start of that turn): the idle
+    /// timeout counts from here.
     last_active: Instant,
 }
 
@@ -372,17 +372,12 @@ impl Loop {
         self.live.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Closes the connections that sent nothing for `limit` since their last reply, and owe
-    /// none.
+    /// Closes the connections where nothing moved for `limit`: no byte read, none written.
+    /// Replies still owed do not keep one open (as in Redis): a client that stopped reading
+    /// and sending would hold its slot, its reply and its read-ahead for ever.
     fn close_idle(&mut self, limit: Duration) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.out.is_empty() && c.rest.is_none() && !c.unparsed && !c.unread && c.last_active.elapsed() >= limit
-            })
-            .map(|(k, _)| k)
-            .collect();
+        let idle: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| c.last_active.elapsed() >= limit).map(|(k, _)| k).collect();
         for k in idle {
             tracing::debug!(id = self.conns[k].client.id, "idle for {limit:?}: closing");
             self.close(k);
@@ -459,11 +454,12 @@ fn caught<T>(conn: &mut Conn, what: &str, run: impl FnOnce(&mut Conn) -> T) -> O
 }
 
 /// Answers the complete requests in the inbox into `out`, up to [`REPLY_BATCH_BYTES`] of
-/// replies or the start of a long reply; returns how many.
+/// replies (and of list bytes read to make them) or the start of a long reply; returns
+/// how many.
 fn answer(conn: &mut Conn, daemon: &Arc<Daemon>) -> u64 {
     let mut answered = 0;
     loop {
-        if conn.out.total_len() >= REPLY_BATCH_BYTES {
+        if conn.out.batch_cost() >= REPLY_BATCH_BYTES {
             break;
         }
         if !conn.inbox.holds_whole_request() {
@@ -524,11 +520,15 @@ fn write_out(conn: &mut Conn, now: Instant) -> io::Result<Next> {
         return Ok(if conn.read_turn_full { Next::Again } else { Next::Wait });
     }
     if !conn.out.is_empty() {
-        match write_some(&mut conn.stream, &conn.out, &mut conn.written)? {
+        let before = conn.written;
+        let written = write_some(&mut conn.stream, &conn.out, &mut conn.written)?;
+        if conn.written > before {
+            conn.last_active = now;
+        }
+        match written {
             Written::All => {
                 conn.out.clear();
                 conn.written = 0;
-                conn.last_active = now;
             }
             Written::Turn => return Ok(Next::Again),
             Written::Blocked => {
@@ -555,6 +555,9 @@ fn write_out(conn: &mut Conn, now: Instant) -> io::Result<Next> {
         // Nothing more will come, and what is left can never become a request.
         return Ok(Next::Close);
     }
+    // Waiting for the client: ten thousand idle connections hold a little each, whatever
+    // their last pipeline took.
+    conn.out.release_spare();
     Ok(Next::Wait)
 }
 
@@ -693,6 +696,31 @@ mod tests {
         let replies = reply.repeat(batch);
         assert!(got.starts_with(&replies), "{} bytes", got.len());
         assert!(got[replies.len()..].starts_with("-ERR Protocol error"), "{}", &got[replies.len()..]);
+    }
+
+    /// ZSCORE walks its list in place: the bytes walked count towards the batch as reply
+    /// bytes do, so a pipeline of them on a long list is answered a batch at a time (the
+    /// thread's other connections served between two), while ZCARD reads the count alone.
+    #[test]
+    fn list_bytes_walked_end_a_batch_as_reply_bytes_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = daemon_in(dir.path());
+        let mut staged = daemon.store.stage("big", "job", 1, crate::store::TableKind::Lists).unwrap();
+        let mut list: Vec<(String, f32)> = (0..200_000).map(|i| (format!("item{i}"), i as f32)).collect();
+        staged.put_user("u", &mut list).unwrap();
+        daemon.store.publish(staged).unwrap();
+        let (ours, _theirs) = pair();
+        let mut conn = Conn::new(1, UnixStream::from_std(ours));
+        let requests = ["ZCARD big:u\r\n".repeat(1000), "ZSCORE big:u item0\r\n".repeat(3)].concat();
+        (conn.inbox.buf, conn.unparsed) = (requests.into_bytes(), true);
+        // 200,000 entries of 15 bytes or so: one walk to the worst item is past 1 MiB.
+        assert_eq!(answer(&mut conn, &daemon), 1001);
+        assert_eq!(String::from_utf8_lossy(&conn.out.buf), ":200000\r\n".repeat(1000) + "$1\r\n0\r\n");
+        for _ in 0..2 {
+            conn.out.clear();
+            assert_eq!(answer(&mut conn, &daemon), 1, "one walk a batch");
+        }
+        assert!(conn.inbox.buf[conn.inbox.start..].is_empty());
     }
 
     /// A client that sends the end of its input right after its last bytes, before the

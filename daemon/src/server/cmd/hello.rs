@@ -32,7 +32,8 @@ impl Hello {
 
     pub fn apply(self, client: &mut Client, out: &mut Reply) {
         if let Some(name) = self.setname {
-            client.name = Some(name);
+            // As CLIENT SETNAME: an empty name clears it (CLIENT GETNAME then gives null).
+            client.name = (!name.is_empty()).then_some(name);
         }
         if let Some(proto) = self.proto {
             out.resp3 = proto == 3;

@@ -51,7 +51,7 @@ use smallvec::SmallVec;
 use super::Role;
 use crate::daemon::Daemon;
 use crate::resp::{self, Reply};
-use crate::store::{ServedTable, TableKind, decode_hash, decode_list};
+use crate::store::{ServedTable, TableKind, decode_hash};
 
 /// The user key under which a cold-start table publishes its list for anyone.
 const DEFAULT_USER: &[u8] = recd_plugin_api::contract::DEFAULT_USER.as_bytes();
@@ -558,18 +558,8 @@ pub fn lookup(daemon: &Daemon, key: &[u8]) -> Option<Stored> {
     Snapshot::new(daemon).get(key)
 }
 
-/// Runs `f` on the decoded list for `key`, best first (empty when absent); a hash gets
-/// WRONGTYPE.
-pub fn with_list(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&[(&[u8], f32)], &mut Reply)) {
-    match lookup(daemon, key) {
-        Some(Stored::List(bytes)) => f(&decode_list(&bytes), out),
-        Some(Stored::Hash(_)) => resp::error(out, WRONGTYPE),
-        None => f(&[], out),
-    }
-}
-
-/// Like [`with_list`], on the stored value itself, for commands that read only part of a
-/// list (in place) or keep it for a reply made in parts.
+/// Runs `f` on the stored list for `key` (an empty one when absent), read in place with
+/// [`ListEntries`](crate::store::ListEntries); a hash gets WRONGTYPE.
 pub fn with_list_value(daemon: &Daemon, key: &[u8], out: &mut Reply, f: impl FnOnce(&sled::IVec, &mut Reply)) {
     match lookup(daemon, key) {
         Some(Stored::List(bytes)) => f(&bytes, out),

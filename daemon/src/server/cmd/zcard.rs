@@ -1,9 +1,10 @@
-//! ZCARD key
+//! ZCARD key: the count the stored list starts with, O(1) as in Redis.
 use std::sync::Arc;
 
-use super::{ParseResult, with_list, wrong_args};
+use super::{ParseResult, with_list_value, wrong_args};
 use crate::daemon::Daemon;
 use crate::resp::{self, Reply};
+use crate::store::ListEntries;
 
 pub struct ZCard<'a>(&'a [u8]);
 
@@ -16,6 +17,6 @@ impl<'a> ZCard<'a> {
     }
 
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
-        with_list(daemon, self.0, out, |list, out| resp::integer(out, list.len() as i64));
+        with_list_value(daemon, self.0, out, |list, out| resp::integer(out, ListEntries::new(list).remaining() as i64));
     }
 }

@@ -18,15 +18,34 @@ pub struct ZRange<'a> {
 
 impl<'a> ZRange<'a> {
     pub fn parse(args: &[&'a [u8]]) -> ParseResult<ZRange<'a>> {
-        let [key, start, stop, opts @ ..] = args else { return Err(wrong_args("zrange")) };
-        let (mut rev, mut withscores) = (false, false);
+        if args.len() < 3 {
+            return Err(wrong_args("zrange"));
+        }
+        ZRange::parse_options(args, false)
+    }
+
+    /// `key start stop [options]` (at least three arguments), as Redis's one option loop
+    /// for ZRANGE and ZREVRANGE reads them: WITHSCORES any number of times, REV once and
+    /// only where the command leaves the direction open (`reversed`: ZREVRANGE set it).
+    pub(super) fn parse_options(args: &[&'a [u8]], reversed: bool) -> ParseResult<ZRange<'a>> {
+        let [key, start, stop, opts @ ..] = args else { return Err("ERR syntax error".into()) };
+        let (mut rev, mut withscores) = (reversed, false);
         // Options first, so `BYSCORE` gets its own message rather than "not an integer".
-        for opt in opts {
+        let mut opts = opts.iter();
+        while let Some(opt) = opts.next() {
             match opt.to_ascii_lowercase().as_slice() {
-                b"rev" => rev = true,
                 b"withscores" => withscores = true,
-                b"byscore" | b"bylex" | b"limit" => {
+                b"rev" if !reversed && !rev => rev = true,
+                b"byscore" | b"bylex" | b"limit" if !reversed => {
                     return Err("ERR recd supports ZRANGE by rank only (no BYSCORE, BYLEX or LIMIT)".into());
+                }
+                // ZREVRANGE reads LIMIT's two numbers, then refuses it, as Redis does.
+                b"limit" if opts.len() >= 2 => {
+                    parse_int(opts.next().expect("two left"))?;
+                    parse_int(opts.next().expect("two left"))?;
+                    return Err(
+                        "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX".into(),
+                    );
                 }
                 _ => return Err("ERR syntax error".into()),
             }
@@ -34,8 +53,8 @@ impl<'a> ZRange<'a> {
         Ok(ZRange { key, start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
     }
 
-    /// Reads only the entries asked for, in place: ZREVRANGE key 0 9 of a 100-item list
-    /// touches 10 entries and allocates nothing. A range of more than [`PART_ENTRIES`] is
+    /// Reads the entries in place: ZREVRANGE key 0 9 of a 100-item list touches 10 entries
+    /// and allocates nothing; lowest first (no REV), the walk starts at the best entry. A range of more than [`PART_ENTRIES`] is
     /// answered in parts (see [`resp::MoreReply`]).
     pub fn apply(self, daemon: &Arc<Daemon>, out: &mut Reply) {
         let withscores = self.withscores;
@@ -70,6 +89,8 @@ impl<'a> ZRange<'a> {
                 }
                 Entries::Backward { starts }
             };
+            // Lowest first, the walk to the first entry asked for reads most of the list.
+            out.read_more(entries.position());
             let mut part = RangePart { value: value.clone(), entries: rest, withscores };
             if !part.next_part(out) {
                 out.set_rest(Box::new(part));
