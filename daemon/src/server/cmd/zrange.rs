@@ -18,17 +18,15 @@ pub struct ZRange<'a> {
 
 impl<'a> ZRange<'a> {
     pub fn parse(args: &[&'a [u8]]) -> ParseResult<ZRange<'a>> {
-        if args.len() < 3 {
-            return Err(wrong_args("zrange"));
-        }
         ZRange::parse_options(args, false)
     }
 
-    /// `key start stop [options]` (at least three arguments), as Redis's one option loop
-    /// for ZRANGE and ZREVRANGE reads them: WITHSCORES any number of times, REV once and
-    /// only where the command leaves the direction open (`reversed`: ZREVRANGE set it).
+    /// `key start stop [options]`, as Redis's one option loop for ZRANGE and ZREVRANGE
+    /// reads them: WITHSCORES any number of times, REV once and only where the command
+    /// leaves the direction open (`reversed`: ZREVRANGE set it).
     pub(super) fn parse_options(args: &[&'a [u8]], reversed: bool) -> ParseResult<ZRange<'a>> {
-        let [key, start, stop, opts @ ..] = args else { return Err("ERR syntax error".into()) };
+        let command = if reversed { "zrevrange" } else { "zrange" };
+        let [key, start, stop, opts @ ..] = args else { return Err(wrong_args(command)) };
         let (mut rev, mut withscores) = (reversed, false);
         // Options first, so `BYSCORE` gets its own message rather than "not an integer".
         let mut opts = opts.iter();
