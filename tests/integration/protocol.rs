@@ -135,6 +135,12 @@ fn read_commands_answer_exactly_as_redis_server_does() {
         vec!["ZREVRANGE", k, "0", "1", "LIMIT", "0", "1"],
         vec!["ZREVRANGE", k, "0", "1", "LIMIT", "x", "1"],
         vec!["ZREVRANGE", k, "0", "1", "LIMIT", "0"],
+        // a count of -1 is no limit, which a range by rank takes whatever the offset
+        vec!["ZREVRANGE", k, "0", "1", "LIMIT", "0", "-1"],
+        vec!["ZREVRANGE", k, "0", "1", "LIMIT", "5", "-1", "WITHSCORES"],
+        vec!["ZRANGE", k, "0", "2", "LIMIT", "0", "-1", "REV"],
+        vec!["ZRANGE", k, "0", "1", "LIMIT", "0", "3"],
+        vec!["ZRANGE", k, "0", "1", "LIMIT", "0", "x"],
         vec!["ZRANGE", k, "0", "1", "REV", "REV"],
         vec!["ZRANGE", k, "0", "1", "WITHSCORES", "REV", "WITHSCORES"],
         vec!["ZRANGE", k, "0", "2"],

@@ -8,6 +8,7 @@
 //! would block on a full socket buffer. redis-server reads on for the same reason.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -158,7 +159,7 @@ async fn handle(
                 // A long reply: written part by part, others served in between.
                 tokio::select! {
                     biased;
-                    r = write_in_parts(&mut stream, &mut out, rest, &mut inbox) => r?,
+                    r = write_in_parts(&mut stream, &mut out, rest, &mut inbox, limits.idle_timeout) => r?,
                     () = &mut stopped => return Ok(()),
                 }
             }
@@ -176,7 +177,7 @@ async fn handle(
             // A client that stopped reading must not hold up shutdown.
             tokio::select! {
                 biased;
-                r = write_reading(&mut stream, &out, &mut inbox) => r?,
+                r = write_reading(&mut stream, &out, &mut inbox, limits.idle_timeout) => r?,
                 () = &mut stopped => return Ok(()),
             }
             out.clear();
@@ -230,9 +231,10 @@ async fn write_in_parts(
     out: &mut resp::Reply,
     mut rest: Box<dyn resp::MoreReply>,
     inbox: &mut Inbox,
+    idle: Option<Duration>,
 ) -> std::io::Result<()> {
     loop {
-        write_reading(stream, out, inbox).await?;
+        write_reading(stream, out, inbox, idle).await?;
         out.clear();
         tokio::task::yield_now().await;
         if rest.next_part(out) {
@@ -242,10 +244,17 @@ async fn write_in_parts(
 }
 
 /// Writes `reply` while reading what the client sends meanwhile into `inbox`, up to
-/// [`READ_AHEAD_BYTES`].
-async fn write_reading(stream: &mut UnixStream, reply: &resp::Reply, inbox: &mut Inbox) -> std::io::Result<()> {
+/// [`READ_AHEAD_BYTES`]. A client that takes none of the reply for `idle` is closed (an
+/// error), as one that sends nothing is: otherwise a client that stopped reading would keep
+/// its connection, its reply and its read-ahead for ever.
+async fn write_reading(
+    stream: &mut UnixStream,
+    reply: &resp::Reply,
+    inbox: &mut Inbox,
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.split();
-    let write = write_reply(&mut writer, reply);
+    let write = write_reply(&mut writer, reply, idle);
     tokio::pin!(write);
     // Most replies fit the socket buffer and are written at once: no read ahead, and no
     // buffer grown for it.
@@ -284,10 +293,22 @@ pub(super) const WRITE_CALL_BYTES: usize = 256 << 10;
 /// Writes the whole reply with vectored writes: stored values go from the read cache to
 /// the socket without a copy into the reply buffer. Each call is offered at most
 /// [`WRITE_CALL_BYTES`], and the thread is yielded after every [`WRITE_TURN_BYTES`].
-async fn write_reply<W: AsyncWrite + Unpin>(stream: &mut W, reply: &resp::Reply) -> std::io::Result<()> {
+/// Each call that waits more than `idle` for the client to take a byte fails the write.
+async fn write_reply<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    reply: &resp::Reply,
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
     if !reply.has_stored() && reply.buf.len() <= WRITE_CALL_BYTES {
-        // The common case, a few small replies: one plain write.
-        return stream.write_all(&reply.buf).await;
+        // The common case, a few small replies: plain writes, most often one.
+        let mut at = 0;
+        while at < reply.buf.len() {
+            match taken_within(idle, stream.write(&reply.buf[at..])).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => at += n,
+            }
+        }
+        return Ok(());
     }
     let slices = reply.parts();
     let (mut at, mut offset, mut turn) = (0, 0, 0);
@@ -296,7 +317,7 @@ async fn write_reply<W: AsyncWrite + Unpin>(stream: &mut W, reply: &resp::Reply)
         if batch.is_empty() {
             break;
         }
-        let mut n = stream.write_vectored(&batch).await?;
+        let mut n = taken_within(idle, stream.write_vectored(&batch)).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -319,6 +340,17 @@ async fn write_reply<W: AsyncWrite + Unpin>(stream: &mut W, reply: &resp::Reply)
         }
     }
     Ok(())
+}
+
+/// A write call's outcome, or a `TimedOut` error once it waited `idle` for the client.
+async fn taken_within(
+    idle: Option<Duration>,
+    write: impl std::future::Future<Output = std::io::Result<usize>>,
+) -> std::io::Result<usize> {
+    let Some(limit) = idle else { return write.await };
+    tokio::time::timeout(limit, write).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the client took no reply for {limit:?}")))
+    })
 }
 
 /// The first `max` bytes of `slices`, the first one from byte `offset` on.
@@ -415,9 +447,51 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        write_reply(&mut ours, &reply).await.unwrap();
+        write_reply(&mut ours, &reply, None).await.unwrap();
         drop(ours);
         assert!(reader.await.unwrap() == want, "the bytes differ");
+    }
+
+    /// A client that takes no byte of a reply for the idle time fails the write, which
+    /// closes its connection, instead of holding it for ever: a long reply written in
+    /// parts, and a short one to a socket whose buffer is full.
+    #[tokio::test]
+    async fn a_reply_the_client_does_not_take_fails_after_the_idle_time() {
+        let idle = Duration::from_millis(200);
+        let (long, _) = long_reply();
+        let mut short = resp::Reply::new(64);
+        resp::simple(&mut short, "PONG");
+        for (what, reply, fill) in [("long", &long, false), ("short", &short, true)] {
+            let (mut ours, _theirs) = UnixStream::pair().unwrap();
+            while fill && ours.try_write(&[0u8; 4096]).is_ok() {}
+            let started = std::time::Instant::now();
+            let write = write_reply(&mut ours, reply, Some(idle));
+            let outcome = tokio::time::timeout(Duration::from_secs(30), write).await;
+            let error = outcome.unwrap_or_else(|_| panic!("{what}: still waiting after 30 s")).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{what}: {error}");
+            assert!(started.elapsed() >= idle, "{what}: failed before the idle time");
+        }
+        // A client that takes its reply slowly, a part every quarter of the idle time, is
+        // not idle: the idle time bounds each wait, not the whole reply.
+        let idle = Duration::from_secs(1);
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let reader = tokio::spawn(async move {
+            let (mut got, mut buf) = (Vec::new(), vec![0u8; 256 << 10]);
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(idle / 4).await;
+                match theirs.read(&mut buf).await.unwrap() {
+                    0 => return (got, started.elapsed()),
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let (reply, want) = long_reply();
+        write_reply(&mut ours, &reply, Some(idle)).await.unwrap();
+        drop(ours);
+        let (got, took) = reader.await.unwrap();
+        assert!(got == want, "the bytes differ");
+        assert!(took > 2 * idle, "the reply took {took:?}: too fast to show the idle time is per wait");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! ZRANGE key start stop [REV] [WITHSCORES]: by rank, lowest score first unless REV, with
+//! ZRANGE key start stop [REV] [WITHSCORES] [LIMIT offset -1]: by rank, lowest score first unless REV, with
 //! Redis's index rules (negative counts from the end; out of range gives an empty list).
 use std::sync::Arc;
 
@@ -23,30 +23,31 @@ impl<'a> ZRange<'a> {
 
     /// `key start stop [options]`, as Redis's one option loop for ZRANGE and ZREVRANGE
     /// reads them: WITHSCORES any number of times, REV once and only where the command
-    /// leaves the direction open (`reversed`: ZREVRANGE set it).
+    /// leaves the direction open (`reversed`: ZREVRANGE set it), LIMIT's two numbers read
+    /// and then accepted only with a count of -1 (no limit: Redis's default), as a range
+    /// by rank takes it.
     pub(super) fn parse_options(args: &[&'a [u8]], reversed: bool) -> ParseResult<ZRange<'a>> {
         let command = if reversed { "zrevrange" } else { "zrange" };
         let [key, start, stop, opts @ ..] = args else { return Err(wrong_args(command)) };
-        let (mut rev, mut withscores) = (reversed, false);
+        let (mut rev, mut withscores, mut limited) = (reversed, false, false);
         // Options first, so `BYSCORE` gets its own message rather than "not an integer".
         let mut opts = opts.iter();
         while let Some(opt) = opts.next() {
             match opt.to_ascii_lowercase().as_slice() {
                 b"withscores" => withscores = true,
                 b"rev" if !reversed && !rev => rev = true,
-                b"byscore" | b"bylex" | b"limit" if !reversed => {
-                    return Err("ERR recd supports ZRANGE by rank only (no BYSCORE, BYLEX or LIMIT)".into());
+                b"byscore" | b"bylex" if !reversed => {
+                    return Err("ERR recd supports ZRANGE by rank only (no BYSCORE or BYLEX)".into());
                 }
-                // ZREVRANGE reads LIMIT's two numbers, then refuses it, as Redis does.
                 b"limit" if opts.len() >= 2 => {
                     parse_int(opts.next().expect("two left"))?;
-                    parse_int(opts.next().expect("two left"))?;
-                    return Err(
-                        "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX".into(),
-                    );
+                    limited = parse_int(opts.next().expect("two left"))? != -1;
                 }
                 _ => return Err("ERR syntax error".into()),
             }
+        }
+        if limited {
+            return Err("ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX".into());
         }
         Ok(ZRange { key, start: parse_int(start)?, stop: parse_int(stop)?, rev, withscores })
     }

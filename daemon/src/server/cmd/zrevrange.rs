@@ -1,5 +1,6 @@
 //! ZREVRANGE key start stop [WITHSCORES]: by rank, best first. Options are read as Redis
-//! reads ZRANGE's with the direction set: WITHSCORES (any number of times) only.
+//! reads ZRANGE's with the direction set: WITHSCORES (any number of times), and LIMIT with
+//! a count of -1 (no limit).
 use super::ParseResult;
 use super::zrange::ZRange;
 
