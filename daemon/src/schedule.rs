@@ -205,13 +205,27 @@ impl Schedule {
     }
 
     /// The latest fire time in `(after, until]`, if any: the tick a daemon that was down
-    /// over that span missed most recently.
+    /// over that span missed most recently, by the same rule as [`Schedule::next_after`].
     pub fn last_in(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let prev = self.cron.find_previous_occurrence(&until.with_timezone(&self.tz), true).ok()?;
-        let prev = prev.with_timezone(&Utc);
+        // croner searches back on `until`'s wall clock: in a repeated hour it answers with
+        // the first pass (and from early in the second pass, the day before), and in a
+        // skipped hour the second before the gap. Never later than the real last tick, so
+        // the answer is stepped forward by `next_after`: outside DST changes that is one
+        // step.
+        let candidate = self.cron.find_previous_occurrence(&until.with_timezone(&self.tz), true).ok()?;
+        let candidate = candidate.with_timezone(&Utc);
         // Whole seconds, as `next_after` gives them (croner keeps `until`'s fraction).
-        let prev = prev.with_nanosecond(0).unwrap_or(prev);
-        (prev > after).then_some(prev)
+        let candidate = candidate.with_nanosecond(0).unwrap_or(candidate);
+        let (mut from, mut last) = ((candidate - TimeDelta::seconds(1)).max(after), None);
+        // A job every second steps through a repeated hour's two passes (Antarctica/Troll
+        // repeats two hours). Past that bound, no tick rather than an older one.
+        for _ in 0..3 * 3600 {
+            match self.next_after(from) {
+                Some(next) if next <= until => (from, last) = (next, Some(next)),
+                _ => return last,
+            }
+        }
+        None
     }
 }
 
@@ -407,6 +421,36 @@ mod tests {
         let last = s.last_in(utc("2026-01-01T00:30:00Z"), utc("2026-01-01T03:10:00Z"));
         assert_eq!(last, Some(utc("2026-01-01T03:00:00Z")));
         assert_eq!(s.last_in(utc("2026-01-01T03:00:00Z"), utc("2026-01-01T03:10:00Z")), None);
+    }
+
+    /// Catch-up across Berlin's DST changes of 2026 finds the tick `next_after` would have
+    /// fired last: in the second pass of a repeated hour, and after a skipped hour.
+    #[test]
+    fn missed_ticks_across_dst_changes_are_those_real_time_passed() {
+        let berlin = parse_zone("Europe/Berlin").unwrap();
+        let cases = [
+            // (expression, after, until, latest tick in between)
+            // 2026-10-25: 03:00 CEST (01:00Z) goes back to 02:00 CET; the fixed-time job
+            // ran in the first pass, 02:30 CEST = 00:30Z.
+            ("30 2 * * *", "2026-10-24T12:00:00Z", "2026-10-25T01:45:00Z", Some("2026-10-25T00:30:00Z")),
+            ("30 2 * * *", "2026-10-24T12:00:00Z", "2026-10-25T01:10:00Z", Some("2026-10-25T00:30:00Z")),
+            // interval jobs run in both passes: 02:30 CET = 01:30Z, 02:00 CET = 01:00Z
+            ("*/30 * * * *", "2026-10-24T12:00:00Z", "2026-10-25T01:45:00Z", Some("2026-10-25T01:30:00Z")),
+            ("0 * * * *", "2026-10-24T12:00:00Z", "2026-10-25T01:45:00Z", Some("2026-10-25T01:00:00Z")),
+            ("*/30 * * * *", "2026-10-25T01:30:00Z", "2026-10-25T01:45:00Z", None),
+            // 2026-03-29: 02:00 CET (01:00Z) jumps to 03:00 CEST; 02:30 runs at 03:00 CEST
+            ("30 2 * * *", "2026-03-28T12:00:00Z", "2026-03-29T01:10:00Z", Some("2026-03-29T01:00:00Z")),
+            ("30 2 * * *", "2026-03-29T01:00:00Z", "2026-03-29T01:10:00Z", None),
+        ];
+        for (expr, after, until, want) in cases {
+            let s = Schedule::new(expr, berlin).unwrap();
+            assert_eq!(s.last_in(utc(after), utc(until)), want.map(utc), "{expr} in ({after}, {until}]");
+        }
+        // A deadline of 20 minutes finds the second pass's 02:30 missed 15 minutes before.
+        let every_half_hour = Schedule::new("*/30 * * * *", berlin).unwrap();
+        let (last, now) = (utc("2026-10-24T12:00:00Z"), utc("2026-10-25T01:45:00Z"));
+        let due = missed_tick_to_run(&every_half_hour, last, now, std::time::Duration::from_secs(1200));
+        assert_eq!(due, Some(utc("2026-10-25T01:30:00Z")));
     }
 
     #[test]

@@ -436,7 +436,12 @@ fn a_full_disk_fails_the_run_and_the_store_takes_writes_again_once_space_is_free
         (!status(&d).contains("store: not taking writes")).then_some(())
     });
     let out = d.run_job("t");
-    assert!(out.contains("published table t version 2"), "{out}");
+    let version = out
+        .split("published table t version ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok());
+    // 2, or 3 where the failed run's number was given durably before the disk filled up
+    assert!(matches!(version, Some(2 | 3)), "{out}");
     let out = cli_within(&d, &["verify"], 30);
     assert!(out.status.success(), "{}", text(&out));
     let after: Vec<String> = redis::cmd("ZREVRANGE").arg("t:000000000007").arg(0).arg(-1).query(&mut redis).unwrap();

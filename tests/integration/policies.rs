@@ -113,8 +113,11 @@ fn overlap_replace_cancels_the_running_run() {
     assert!(!first.status.success());
     assert!(err(&first).contains("cancelled (replaced by a newer run"), "{}", err(&first));
     assert_eq!(statuses(&d, "j"), ["ok", "cancelled"]);
-    // the cancelled run published nothing: the replacement is version 1
-    assert_eq!(d.history("j")[0]["version"], 1);
+    // the cancelled run published nothing: the replacement is version 2, the number the
+    // cancelled run took as it began not given again
+    assert_eq!(d.history("j")[0]["version"], 2);
+    let info: String = redis::cmd("INFO").query(&mut d.redis()).unwrap();
+    assert!(info.contains("table_t:version=2,") && info.contains("retained=2\r\n"), "{info}");
 }
 
 #[test]

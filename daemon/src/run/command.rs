@@ -34,7 +34,14 @@ pub fn execute_command(
     let (original, (job, used, _pins)) =
         (job, models::pin(job, &config.data_dir).map_err(|e| RunError::Failed(e.to_string()))?);
     check_files(&job, config.max_input_bytes)?;
-    let inputs = crate::lineage::inputs(&original.inputs, &job.inputs, &Default::default(), &used);
+    let hashing = super::hash_inputs_beside(&original.inputs, &job.inputs, Default::default(), &used);
+    let inputs = control.wait_beside(job.policy.timeout, &hashing);
+    // Stopped meanwhile (a cancel, or the timeout): the command does not start.
+    let inputs = match (control.stop_reason(), inputs) {
+        (Some(stop), _) => return Err(stop),
+        (None, Some(inputs)) => inputs,
+        (None, None) => return Err(RunError::Failed("hashing the inputs ended without an outcome".into())),
+    };
     let command_line = serde_json::to_string(&(&command.argv, &command.env)).expect("a command line serialises");
     let params_sha256 = crate::lineage::sha256_text(&command_line);
     control.set_inputs(inputs.clone(), params_sha256.clone());

@@ -159,6 +159,35 @@ impl RunControl {
         }
     }
 
+    /// Waits for the outcome of work done beside the worker, once the worker has ended,
+    /// within the run's `timeout` (past it, a timeout is recorded as the stop reason) and
+    /// until a cancel. None when the run is stopped first, or the work ended without one.
+    pub(super) fn wait_beside<T>(&self, timeout: Duration, work: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+        use std::sync::mpsc::RecvTimeoutError;
+        // How often a cancel is looked for meanwhile.
+        const LOOK: Duration = Duration::from_millis(100);
+        let deadline = self.began.checked_add(timeout);
+        loop {
+            if self.stop_reason().is_some() {
+                return work.try_recv().ok();
+            }
+            let left = deadline.map_or(LOOK, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                if let Ok(outcome) = work.try_recv() {
+                    return Some(outcome);
+                }
+                let mut st = self.state.lock().expect("control lock");
+                st.stop.get_or_insert(RunError::TimedOutHashing(timeout.as_secs()));
+                return None;
+            }
+            match work.recv_timeout(left.min(LOOK)) {
+                Ok(outcome) => return Some(outcome),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
     /// Waits until the run ends by itself (false) or must be stopped (true): a cancel, or
     /// `timeout` past since the run began (then recorded as the stop reason). Any timeout
     /// is safe: one too far away for a deadline to be computed is never reached.
@@ -218,5 +247,44 @@ mod tests {
         // 100 ms left of the 400; counted from the watch, it would wait all 400.
         assert!(watching.elapsed() < Duration::from_millis(380), "waited {:?}", watching.elapsed());
         assert_eq!(control.stop_reason().map(|e| e.status()), Some("timeout"));
+    }
+
+    /// Work beside the worker (its inputs' hashes) is waited for within the run's timeout,
+    /// and not past a cancel: a read hung on a file system cannot hold the run for ever.
+    #[test]
+    fn work_beside_the_worker_is_waited_for_within_the_timeout() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let control = RunControl::new();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            tx.send(7).unwrap();
+        });
+        assert_eq!(control.wait_beside(Duration::from_secs(30), &rx), Some(7), "done in time");
+        sender.join().unwrap();
+        assert!(control.stop_reason().is_none());
+
+        let (_hung, rx) = std::sync::mpsc::sync_channel::<u32>(1);
+        let waiting = Instant::now();
+        let control = RunControl::new();
+        assert_eq!(control.wait_beside(Duration::from_millis(300), &rx), None);
+        assert!(waiting.elapsed() >= Duration::from_millis(300), "gave up after {:?}", waiting.elapsed());
+        let stop = control.stop_reason().expect("stopped");
+        assert_eq!(stop.status(), "timeout");
+        assert!(stop.to_string().contains("hashing the run's input files"), "{stop}");
+
+        // A cancel while it waits ends the wait.
+        let control = RunControl::new();
+        let canceller = {
+            let control = Arc::clone(&control);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                control.cancel("test");
+            })
+        };
+        let waiting = Instant::now();
+        assert_eq!(control.wait_beside(Duration::from_secs(30), &rx), None);
+        assert!(waiting.elapsed() < Duration::from_secs(5), "a cancelled run waited {:?}", waiting.elapsed());
+        canceller.join().unwrap();
+        assert_eq!(control.stop_reason().map(|e| e.status()), Some("cancelled"));
     }
 }

@@ -134,6 +134,11 @@ pub enum RunError {
     Failed(String),
     #[error("timed out after {0}s; the worker was stopped and its version discarded")]
     TimedOut(u64),
+    /// The worker ended in time, the hashes of its inputs for the run's lineage did not.
+    #[error(
+        "timed out after {0}s hashing the run's input files for its lineage (a slow or hung file system?); nothing published"
+    )]
+    TimedOutHashing(u64),
     #[error("cancelled ({0}); the worker was stopped and its version discarded")]
     Cancelled(String),
     /// Another run of its shared table began later and published first: not retried.
@@ -146,7 +151,7 @@ impl RunError {
     pub fn status(&self) -> &'static str {
         match self {
             RunError::Failed(_) => "failed",
-            RunError::TimedOut(_) => "timeout",
+            RunError::TimedOut(_) | RunError::TimedOutHashing(_) => "timeout",
             RunError::Cancelled(_) => "cancelled",
             RunError::Superseded(_) => "superseded",
         }
@@ -166,6 +171,23 @@ impl From<crate::store::StoreError> for RunError {
             e => RunError::Failed(format!("store: {e}")),
         }
     }
+}
+
+/// Starts hashing the run's inputs for its lineage on a thread of its own
+/// ([`crate::lineage::inputs`]); its outcome is waited for with [`RunControl::wait_beside`],
+/// within the run's timeout.
+fn hash_inputs_beside(
+    written: &[crate::job::Input],
+    read: &[crate::job::Input],
+    table_versions: std::collections::BTreeMap<String, u64>,
+    models: &[crate::models::ModelVersion],
+) -> std::sync::mpsc::Receiver<Vec<crate::store::InputLineage>> {
+    let (written, read, models) = (written.to_vec(), read.to_vec(), models.to_vec());
+    let (hashed, outcome) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = hashed.send(crate::lineage::inputs(&written, &read, &table_versions, &models));
+    });
+    outcome
 }
 
 /// Runs `job` once in a worker process and publishes its table, unless `control` stops it
@@ -203,10 +225,7 @@ pub fn execute(
     let (inputs, table_versions) = export_table_inputs(&job.inputs, store, &run_dir)?;
     let _cleanup = RemoveOnDrop(run_dir);
     // Inputs are hashed beside the worker's run (a hash is kept while its file is unchanged).
-    let lineage_inputs = {
-        let (written, read, models) = (original.inputs.clone(), inputs.clone(), models_used.clone());
-        std::thread::spawn(move || crate::lineage::inputs(&written, &read, &table_versions, &models))
-    };
+    let lineage_inputs = hash_inputs_beside(&original.inputs, &inputs, table_versions, &models_used);
     let spec = RunSpec {
         job: job.name.clone(),
         run_id,
@@ -286,7 +305,9 @@ pub fn execute(
         }
     };
     let tail = stderr.tail(control::CANCEL_GRACE);
-    let mut input_lineage = lineage_inputs.join().unwrap_or_default();
+    // Within the run's timeout: a file system that hangs a read must not hold the run's
+    // slot for ever (the hashing thread is left to end by itself).
+    let mut input_lineage = control.wait_beside(job.policy.timeout, &lineage_inputs).unwrap_or_default();
     // The build the worker reports, in the run's lineage and the plugin registry.
     let record_build = |plugin: Option<wire::PluginDesc>, model_sha256: Option<String>| {
         if let Some(plugin) = plugin {

@@ -58,6 +58,9 @@ const READS_IN_PLACE: &[&[u8]] = &[b"1"];
 const META_TREE: &str = "meta";
 const KEY_FORMAT: &[u8] = b"format_version";
 const TABLE_KEY_PREFIX: &str = "table/";
+/// Key `numbered/<table>`, value the highest version number a staged version of the table
+/// got (big-endian u64); kept when the table is dropped.
+const NUMBERED_KEY_PREFIX: &str = "numbered/";
 const DATA_TREE_PREFIX: &str = "data/";
 /// Run history: key `<job>\0<run id, big-endian>`, value a [`RunRecord`] as JSON.
 const HISTORY_TREE: &str = "history";
@@ -665,16 +668,29 @@ impl Store {
         let free_space = self.reserve.free_space()?;
         let _guard = self.publish_lock.lock().expect("publish lock");
         let last = table_meta(h, table)?.map(|m| m.versions.iter().map(|v| v.version).max().unwrap_or(0).max(m.last));
-        // Above versions other runs are writing for this table now (two jobs may publish
-        // one table), so each run gets a tree of its own; and above trees still being
-        // dropped (a table dropped and published again starts its numbers anew), so the
-        // name is never one a retiring thread will drop.
+        // Above every number handed out before (a failed or discarded version's number
+        // is not used again, nor a dropped table's: one number, one content, in the run
+        // history and the logs); above versions other runs are writing for this table now
+        // (two jobs may publish one table), so each run gets a tree of its own; and above
+        // trees still being dropped (stores from before the count), so the name is never
+        // one a retiring thread will drop.
         let mut staging = self.staging.lock().expect("staging");
         let prefix = data_tree_name(table, 0);
         let prefix = &prefix[..prefix.len() - 20];
         let retiring = self.retiring.names();
         let staged = staging.iter().chain(&retiring).filter_map(|n| n.strip_prefix(prefix)?.parse::<u64>().ok()).max();
-        let version = last.unwrap_or(0).max(staged.unwrap_or(0)) + 1;
+        let numbered = numbered_key(table);
+        let handed_out = match h.meta.get(&numbered)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Meta {
+                table: table.to_owned(),
+                reason: format!("the count of version numbers given is {} bytes, not 8", v.len()),
+            })?),
+        };
+        let version = last.unwrap_or(0).max(staged.unwrap_or(0)).max(handed_out) + 1;
+        // Before the tree, in sled's ordered log: a store that recovers the tree recovers
+        // the count too.
+        h.meta.insert(&numbered, &version.to_be_bytes())?;
         let name = data_tree_name(table, version);
         // A tree at that number may exist from a crashed run that drop_unreferenced has
         // not seen (same process): start it empty.
@@ -682,7 +698,8 @@ impl Store {
         let tree = h.db.open_tree(&name)?;
         // Written out now, not at the flusher's next wake (up to 10 s away): a crash from
         // here to the publish then always leaves the tree for the next open to drop, and to
-        // log (docs/operations.md, "Crash safety"), however few rows the run wrote.
+        // log (docs/operations.md, "Crash safety"), however few rows the run wrote; and
+        // the number stays handed out.
         h.db.flush()?;
         staging.insert(name);
         drop(staging);
@@ -937,7 +954,7 @@ impl Store {
 
     /// Makes a retained version of `table` current again, atomically (one meta insert,
     /// flushed): `version`, or by default the newest one older than the current. Later
-    /// publishes number on from the highest version ever kept.
+    /// publishes number on from the highest number ever given.
     pub fn rollback(&self, table: &str, version: Option<u64>) -> Result<VersionInfo, StoreError> {
         self.writing(|h| self.rollback_in(h, table, version))
     }
@@ -1231,6 +1248,10 @@ fn table_key(table: &str) -> Vec<u8> {
     format!("{TABLE_KEY_PREFIX}{table}").into_bytes()
 }
 
+fn numbered_key(table: &str) -> Vec<u8> {
+    format!("{NUMBERED_KEY_PREFIX}{table}").into_bytes()
+}
+
 fn data_tree_name(table: &str, version: u64) -> String {
     format!("{DATA_TREE_PREFIX}{table}/{version:020}")
 }
@@ -1395,6 +1416,13 @@ mod tests {
         assert_eq!(store.publish(a).unwrap().version, 1, "discarding b left a's tree alone");
         assert_eq!(decode_list(&store.served("t").unwrap().get(b"u").unwrap().unwrap())[0].0, b"a");
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        // b's number is not given again, nor a number given before a reopen.
+        let c = store.stage("t", "job-c", 3, TableKind::Lists).unwrap();
+        assert_eq!(c.version, 3);
+        store.discard(c).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), Retention { count: 3, max_age: None }).unwrap();
+        assert_eq!(store.stage("t", "job-d", 4, TableKind::Lists).unwrap().version, 4);
     }
 
     #[test]
@@ -1486,14 +1514,15 @@ mod tests {
         // Where sled refuses the undo, the reopen puts the durable meta back.
         publish_failing(&store, 2, 2.0);
         let stored: Vec<_> = tables_of(&store.h().unwrap()).unwrap().into_iter().map(|(t, m)| (t, m.current)).collect();
-        assert_eq!(stored, t(2), "sled kept the change");
+        assert_eq!(stored, t(3), "sled kept the change (3: the failed 2's number is not given again)");
         // What `tables` (INFO, `recd status`) calls current is what readers get, not the meta.
         assert_eq!((current(&store), served_score(&store)), (t(1), 1.0));
         store.recover().unwrap();
         assert_eq!((current(&store), served_score(&store)), (t(1), 1.0));
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
-        // So do a rollback and a drop. (The failed publishes' numbers are free again.)
+        // So do a rollback and a drop. The failed publishes' numbers are not used again.
         let v = publish_value(&store, 3).version;
+        assert_eq!(v, 4, "after version 1 and the failed 2 and 3");
         fail_next_sync(&store, 1);
         assert!(store.rollback("t", Some(1)).is_err());
         store.recover().unwrap();

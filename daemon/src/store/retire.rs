@@ -50,8 +50,9 @@ impl Default for Retiring {
 
 /// The servings of each tree name, counted under a token that a drop giving up on them
 /// retires with the tree: the readers it left behind then neither count toward nor take
-/// from a new tree of the same name (a table dropped and published again starts at
-/// version 1), which a drop would otherwise wait for in vain. (After `recover` reopens
+/// from a new tree of the same name (in a store from before the count of version numbers
+/// given, a table dropped and published again starts at version 1), which a drop would
+/// otherwise wait for in vain. (After `recover` reopens
 /// the store, readers still on the old handles share the new trees' tokens until a drop
 /// gives up on them.)
 #[derive(Default)]
@@ -285,6 +286,11 @@ mod tests {
         staged
     }
 
+    /// Makes `store` one written before version numbers were counted (table `t`).
+    fn forget_numbers_given(store: &Store) {
+        store.h().unwrap().meta.remove(super::super::numbered_key("t")).unwrap();
+    }
+
     fn keep_one(dir: &std::path::Path) -> Store {
         Store::open(dir, Retention { count: 1, max_age: None }).unwrap()
     }
@@ -350,9 +356,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = keep_one(dir.path());
         let turn = publish_two_holding_the_drop(&store, &store.retiring.walking);
-        // Dropped and published again: the table starts its numbers anew, above the trees
-        // of versions 1 and 2, which still wait for their thread.
+        // Dropped and published again, in a store from before the count of numbers given
+        // (the count would number it 3 anyway): numbered above the trees of versions 1 and
+        // 2, which still wait for their thread.
         store.drop_table("t").unwrap();
+        forget_numbers_given(&store);
         let again = staged(&store, 3);
         assert_eq!(again.version, 3, "numbered above the trees being dropped");
         assert_eq!(store.verify().unwrap(), Vec::<String>::new());
@@ -410,8 +418,10 @@ mod tests {
         store.drop_table("t").unwrap();
         store.retiring.wait();
         assert_eq!(data_trees(&db), Vec::<String>::new(), "the drop went ahead after its wait");
-        // Published again once its trees are gone: version 1, the tree name of the old one.
-        // Its drop (by the next publish) would wait the full minute for the old reader.
+        // Published again once its trees are gone, in a store from before the count of
+        // numbers given: version 1, the tree name of the old one. Its drop (by the next
+        // publish) would wait the full minute for the old reader.
+        forget_numbers_given(&store);
         store.retiring.readers_wait_ms.store(60_000, Ordering::Relaxed);
         store.publish(staged(&store, 1)).unwrap();
         assert_eq!(data_trees(&db), [data_tree_name("t", 1)]);
