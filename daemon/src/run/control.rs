@@ -159,7 +159,7 @@ impl RunControl {
         }
     }
 
-    /// Waits for the outcome of work done beside the worker, once the worker has ended,
+    /// Waits for the outcome of work done beside the run's process (its inputs' hashes),
     /// within the run's `timeout` (past it, a timeout is recorded as the stop reason) and
     /// until a cancel. None when the run is stopped first, or the work ended without one.
     pub(super) fn wait_beside<T>(&self, timeout: Duration, work: &std::sync::mpsc::Receiver<T>) -> Option<T> {

@@ -1,5 +1,6 @@
-//! ZRANGE key start stop [REV] [WITHSCORES] [LIMIT offset -1]: by rank, lowest score first unless REV, with
-//! Redis's index rules (negative counts from the end; out of range gives an empty list).
+//! ZRANGE key start stop [REV] [WITHSCORES] [LIMIT offset -1]: by rank, lowest score first
+//! unless REV, with Redis's index rules (negative counts from the end; out of range gives
+//! an empty list).
 use std::sync::Arc;
 
 use super::{ParseResult, parse_int, with_list_value, wrong_args};
