@@ -4,6 +4,8 @@
 //! in the child, its end tied to the daemon's.
 
 use std::io::Read;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 /// Sends SIGKILL to every process of the group `leader` started (a run's worker or command
 /// is spawned as a group's leader); a group already gone is no error.
@@ -59,6 +61,54 @@ pub fn read_last(stream: impl Read + Send + 'static, keep: usize) -> std::sync::
     read
 }
 
+/// A child's output pipe, read so that a process the child started outside its process
+/// group cannot hold the reader once the child has ended: a fork that never exec'd (so
+/// close-on-exec did not close the pipe) in a group or session of its own, which the kill
+/// of the child's group misses. `grace` after the child's end, a read that would still
+/// wait fails instead.
+pub struct GroupOutput<R> {
+    pipe: R,
+    pid: u32,
+    /// The child, in words ("the worker").
+    what: &'static str,
+    grace: Duration,
+    ended: Option<Instant>,
+}
+
+impl<R> GroupOutput<R> {
+    /// The output `pipe` of the child `pid` (not reaped while it is read).
+    pub fn new(pipe: R, pid: u32, what: &'static str, grace: Duration) -> GroupOutput<R> {
+        GroupOutput { pipe, pid, what, grace, ended: None }
+    }
+}
+
+impl<R: Read + AsFd> Read for GroupOutput<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        // How long one wait for data lasts before the child is looked at again.
+        const LOOK: Timespec = Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        loop {
+            let mut fds = [PollFd::new(&self.pipe, PollFlags::IN)];
+            match poll(&mut fds, Some(&LOOK)) {
+                // Data, the end of the stream (all writers gone) or an error: read says.
+                Ok(1..) => return self.pipe.read(buf),
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if has_ended(self.pid, false) {
+                let ended = *self.ended.get_or_insert_with(Instant::now);
+                if ended.elapsed() >= self.grace {
+                    return Err(std::io::Error::other(format!(
+                        "{} ended, but a process it started outside its process group still held its output open {}s later",
+                        self.what,
+                        self.grace.as_secs_f32()
+                    )));
+                }
+            }
+        }
+    }
+}
+
 /// Ends this process with the daemon: a worker or probe whose daemon was killed (SIGKILL,
 /// a crash) would otherwise run on, orphaned, a hung plugin forever. The daemon passes
 /// its pid ([`PARENT_PID_VAR`]): if it died before the kernel was asked, our parent is
@@ -78,3 +128,38 @@ pub fn die_with_parent() {
 
 /// The variable the daemon passes its pid in to the workers and probes it starts.
 pub const PARENT_PID_VAR: &str = "RECD_PARENT_PID";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child whose output is held open by a process it started in a session of its own
+    /// (which the kill of its group misses) ends the read a grace after the child's end,
+    /// with what it wrote before; a child whose output closes with it ends it at once.
+    #[test]
+    fn a_child_s_output_held_open_by_a_process_outside_its_group_ends_the_read_after_a_grace() {
+        let read_all = |script: &str| {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let pipe = child.stdout.take().unwrap();
+            let mut output = GroupOutput::new(pipe, child.id(), "sh", Duration::from_millis(300));
+            let started = Instant::now();
+            let mut got = Vec::new();
+            let outcome = output.read_to_end(&mut got);
+            let took = started.elapsed();
+            child.wait().unwrap();
+            (String::from_utf8(got).unwrap(), outcome, took)
+        };
+        let (got, outcome, took) = read_all("echo hi");
+        assert_eq!((got.as_str(), outcome.unwrap()), ("hi\n", 3));
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let (got, outcome, took) = read_all("setsid sleep 20 & echo hi");
+        assert_eq!(got, "hi\n");
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("outside its process group still held its output open"), "{error}");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "{took:?}");
+    }
+}

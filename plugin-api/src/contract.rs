@@ -59,6 +59,11 @@ use crate::abi::output;
 /// bits).
 pub const MAX_ITEM_BYTES: usize = u16::MAX as usize;
 
+/// The longest user id, in bytes, and the longest field name of a hash: a host reads its
+/// stream as untrusted, and one row must not cost it gigabytes (field names are stored
+/// with a 16-bit length).
+pub const MAX_USER_BYTES: usize = u16::MAX as usize;
+
 /// `max_items_per_user` when a job does not set it.
 pub const DEFAULT_MAX_ITEMS_PER_USER: usize = 1000;
 
@@ -337,7 +342,7 @@ impl Assembler {
         let columns = batch.num_columns();
         match self.rules.kind {
             OutputKind::Lists if columns == 3 => self.add_lists(batch, sink),
-            OutputKind::Hashes if columns >= 1 => self.add_hashes(batch, sink),
+            OutputKind::Hashes if columns >= 2 => self.add_hashes(batch, sink),
             OutputKind::Lists => Err(Violation(format!(
                 "worker sent rows with {columns} columns; a lists table needs user, item, score"
             ))
@@ -400,6 +405,7 @@ impl Assembler {
             if item.len() > MAX_ITEM_BYTES {
                 return Err(Violation::at(row, format!("item id of {} bytes is too long", item.len())).into());
             }
+            too_long_user(row, user)?;
             let same_user = self.has_user && self.user_id == user;
             if !same_user && !self.keeps(user, sink) {
                 continue;
@@ -414,6 +420,17 @@ impl Assembler {
                 self.user_id.clear();
                 self.user_id.push_str(user);
             }
+            // Refused at the first item past the bound, not when the user ends: the rows of
+            // one user could otherwise grow without bound in the host's memory.
+            if self.list.len() == self.rules.max_items_per_user {
+                return Err(Violation(format!(
+                    "output for user {user:?} lists more than max_items_per_user ({}) items (rows {}..{})",
+                    self.rules.max_items_per_user,
+                    self.user_first_row,
+                    row + 1
+                ))
+                .into());
+            }
             self.items.push_str(item);
             self.list.push((self.items.len(), score));
         }
@@ -426,16 +443,6 @@ impl Assembler {
         }
         let user = self.user_id.as_str();
         let first = self.user_first_row;
-        if self.list.len() > self.rules.max_items_per_user {
-            return Err(Violation(format!(
-                "output for user {user:?} lists {} items, more than max_items_per_user ({}) (rows {}..{})",
-                self.list.len(),
-                self.rules.max_items_per_user,
-                first,
-                first + self.list.len() as u64
-            ))
-            .into());
-        }
         let mut start = 0;
         let mut list: Vec<(&str, f32)> = Vec::with_capacity(self.list.len());
         for &(end, score) in &self.list {
@@ -458,6 +465,7 @@ impl Assembler {
     fn add_hashes<S: UserSink>(&mut self, batch: &RecordBatch, sink: &mut S) -> Result<(), S::Error> {
         let users = batch.column(0).as_string_opt::<i32>().ok_or_else(|| Violation::new("user column is not utf8"))?;
         let schema = batch.schema();
+        check_field_names(&schema)?;
         for i in 0..batch.num_rows() {
             let row = self.row;
             self.row += 1;
@@ -465,6 +473,7 @@ impl Assembler {
                 return Err(Violation::at(row, "null user").into());
             }
             let user = users.value(i);
+            too_long_user(row, user)?;
             if !self.keeps(user, sink) {
                 continue;
             }
@@ -487,6 +496,26 @@ impl Assembler {
             self.users += 1;
         }
         Ok(())
+    }
+}
+
+/// Refuses a user id longer than [`MAX_USER_BYTES`].
+fn too_long_user(row: u64, user: &str) -> Result<(), Violation> {
+    match user.len() {
+        0..=MAX_USER_BYTES => Ok(()),
+        n => Err(Violation::at(row, format!("user id of {n} bytes is too long (at most {MAX_USER_BYTES})"))),
+    }
+}
+
+/// Refuses a hash table's field names that are too long to store or given twice.
+fn check_field_names(schema: &Schema) -> Result<(), Violation> {
+    let names: Vec<&str> = schema.fields().iter().skip(1).map(|f| f.name().as_str()).collect();
+    if let Some(long) = names.iter().find(|n| n.len() > MAX_USER_BYTES) {
+        return Err(Violation(format!("a field name of {} bytes is too long (at most {MAX_USER_BYTES})", long.len())));
+    }
+    match (1..names.len()).find(|&at| names[..at].contains(&names[at])) {
+        Some(at) => Err(Violation(format!("field `{}` is given twice", names[at]))),
+        None => Ok(()),
     }
 }
 
@@ -593,7 +622,7 @@ mod tests {
 
     #[test]
     fn each_row_rule_names_the_row_that_breaks_it() {
-        let cases: [(Rules, Vec<RecordBatch>, &str); 6] = [
+        let cases: [(Rules, Vec<RecordBatch>, &str); 7] = [
             (
                 Rules::lists(10),
                 vec![rows(&[("u1", "a", 1.0), ("u1", "b", f32::NAN)])],
@@ -612,7 +641,7 @@ mod tests {
             (
                 Rules::lists(2),
                 vec![rows(&[("u0", "a", 1.0), ("u1", "a", 1.0), ("u1", "b", 1.0), ("u1", "c", 1.0)])],
-                "output for user \"u1\" lists 3 items, more than max_items_per_user (2) (rows 1..4)",
+                "output for user \"u1\" lists more than max_items_per_user (2) items (rows 1..4)",
             ),
             (
                 Rules::lists(10),
@@ -623,6 +652,11 @@ mod tests {
                 Rules::lists(10),
                 vec![rows(&[("u1", &"x".repeat(MAX_ITEM_BYTES + 1), 1.0)])],
                 "output row 0: item id of 65536 bytes is too long",
+            ),
+            (
+                Rules::lists(10),
+                vec![rows(&[("u1", "a", 1.0), (&"u".repeat(MAX_USER_BYTES + 1), "a", 1.0)])],
+                "output row 1: user id of 65536 bytes is too long (at most 65535)",
             ),
         ];
         for (rules, batches, want) in cases {
@@ -668,6 +702,32 @@ mod tests {
             ("u2".to_string(), vec![("flag".to_string(), "0".to_string())]),
         ];
         assert_eq!(sink.hashes, want);
+    }
+
+    /// What a host refuses of a hash stream that skipped the worker's schema check: a
+    /// field name given twice or too long to store, a batch of users alone.
+    #[test]
+    fn hash_batches_a_stored_value_could_not_hold_are_refused() {
+        let batch = |names: &[&str]| {
+            let mut fields = vec![Field::new("user", DataType::Utf8, false)];
+            let mut columns: Vec<arrow_array::ArrayRef> = vec![Arc::new(StringArray::from(vec!["u1"]))];
+            for name in names {
+                fields.push(Field::new(*name, DataType::Utf8, false));
+                columns.push(Arc::new(StringArray::from(vec!["v"])));
+            }
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+        let long = "f".repeat(MAX_USER_BYTES + 1);
+        let cases = [
+            (vec!["a", "b", "a"], "field `a` is given twice".to_string()),
+            (vec!["a", long.as_str()], "a field name of 65536 bytes is too long (at most 65535)".to_string()),
+            (vec![], "worker sent rows with 1 columns; a hashes table needs the user first, then its fields".into()),
+        ];
+        for (names, want) in cases {
+            let err = assemble(Rules::hashes(), &[batch(&names)], &mut Record::default()).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        assert_eq!(assemble(Rules::hashes(), &[batch(&["a", "b"])], &mut Record::default()), Ok(()));
     }
 
     #[test]

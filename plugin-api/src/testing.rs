@@ -748,7 +748,7 @@ mod tests {
         let empty = Harness::new("").allow_empty().run::<Spelled>().unwrap();
         assert!(empty.batches.is_empty());
         let err = Harness::new("u1:a:1,u1:b:1,u1:c:1").max_items_per_user(2).run::<Spelled>().unwrap_err();
-        assert_eq!(err.message, "output for user \"u1\" lists 3 items, more than max_items_per_user (2) (rows 0..3)");
+        assert_eq!(err.message, "output for user \"u1\" lists more than max_items_per_user (2) items (rows 0..3)");
     }
 
     #[test]

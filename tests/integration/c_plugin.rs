@@ -130,6 +130,17 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     )
     .unwrap();
     let future = compile_c(&src, dir.path(), "future");
+    // A descriptor of this ABI whose entry points were left out (designated initialisers
+    // make them NULL).
+    let src = dir.path().join("hollow.c");
+    std::fs::write(
+        &src,
+        "#include \"recd_plugin.h\"\n\
+         static const RecdPluginV1 D = {.abi_major = 1, .abi_minor = 3, .name = \"hollow\", .version = \"1.0\"};\n\
+         RECD_PLUGIN_EXPORT const RecdPluginV1 *recd_plugin_entry(void) { return &D; }\n",
+    )
+    .unwrap();
+    let hollow = compile_c(&src, dir.path(), "hollow");
     let src = dir.path().join("nothing.c");
     std::fs::write(&src, "int recd_something_else(void) { return 1; }\n").unwrap();
     let nothing = compile_c(&src, dir.path(), "nothing");
@@ -137,6 +148,7 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     let d = TestDaemon::start(&[
         ("future", &format!("plugin = \"{}\"\n", future.display())),
         ("nothing", &format!("plugin = \"{}\"\n", nothing.display())),
+        ("hollow", &format!("plugin = \"{}\"\n", hollow.display())),
         ("fine", ok),
     ]);
     // refused when the job is loaded, before any run, with both versions named
@@ -147,6 +159,7 @@ fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
         status.contains("nothing.toml:1: field `plugin`: plugin")
             && status.contains("does not export `recd_plugin_entry`")
     );
+    assert!(status.contains("has an invalid descriptor: `create` is NULL"), "{status}");
     let out = d.cli(&["run", "future"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no job named `future`"));
     // other jobs are unaffected

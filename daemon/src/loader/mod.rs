@@ -77,6 +77,9 @@ impl Plugin {
         // the ops installed, and this runs in a throwaway worker process.
         let lib = unsafe { libloading::Library::new(path) }
             .map_err(|e| LoadError::Open { path: path_buf.clone(), message: e.to_string() })?;
+        // Never unloaded, refused or not (see the module comment): its initialisers have
+        // run, and what they started may point into it.
+        let lib = std::mem::ManuallyDrop::new(lib);
         // SAFETY: the symbol's type is fixed by ABI v1.
         let entry: libloading::Symbol<unsafe extern "C" fn() -> *const RecdPluginV1> =
             unsafe { lib.get(abi::ENTRY_SYMBOL) }
@@ -104,6 +107,18 @@ impl Plugin {
         // SAFETY: the major version matches, so every field up to `destroy` exists,
         // `check` does when minor >= 1 and `stream_inputs` when minor >= 2; the descriptor
         // is static.
+        // SAFETY: as below; a function pointer field read as a plain pointer first, since a
+        // NULL one must not be read as a (non-nullable) function pointer.
+        let missing = unsafe {
+            [
+                ("create", std::ptr::addr_of!((*ptr).create).cast::<*const c_void>().read()),
+                ("run", std::ptr::addr_of!((*ptr).run).cast::<*const c_void>().read()),
+                ("destroy", std::ptr::addr_of!((*ptr).destroy).cast::<*const c_void>().read()),
+            ]
+        };
+        if let Some((field, _)) = missing.iter().find(|(_, p)| p.is_null()) {
+            return Err(LoadError::Descriptor { path: path_buf, reason: format!("`{field}` is NULL") });
+        }
         let (descriptor, name, version, streams) = unsafe {
             let check = if minor >= 1 { std::ptr::addr_of!((*ptr).check).read() } else { None };
             let streams = if minor >= 2 { std::ptr::addr_of!((*ptr).stream_inputs).read() } else { std::ptr::null() };
@@ -122,8 +137,6 @@ impl Plugin {
             if streams.is_null() { String::new() } else { static_str(streams, &path_buf, "stream_inputs")? };
         let stream_inputs =
             stream_inputs.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect();
-        // Never unload: see the module comment.
-        std::mem::forget(lib);
         Ok(Plugin { descriptor, name, version, stream_inputs })
     }
 
@@ -259,9 +272,16 @@ unsafe fn import_batch(schema: *mut FFI_ArrowSchema, array: *mut FFI_ArrowArray)
     };
     // SAFETY: the producer promises a valid array for this schema.
     let data = unsafe { from_ffi(array, &schema) }.map_err(|e| format!("arrow import failed: {e}"))?;
+    // arrow takes an imported array's offsets, UTF-8 and counts on trust: checked here, so
+    // that a plugin's bad offsets (a string column past 2 GiB) or invalid UTF-8 fail its
+    // call instead of being read out of bounds.
+    data.validate_full().map_err(|e| format!("the plugin's batch is not valid Arrow data: {e}"))?;
     let array = arrow_array::make_array(data);
     let structs =
         array.as_any().downcast_ref::<StructArray>().ok_or("expected a struct array (one field per column)")?;
+    if structs.null_count() > 0 {
+        return Err("the batch's struct array has null rows".into());
+    }
     Ok(RecordBatch::from(structs))
 }
 
@@ -378,6 +398,10 @@ unsafe extern "C" fn open_stream_cb(
     callback(err, || {
         if name.is_null() || out.is_null() || (n_columns > 0 && columns.is_null()) {
             return Err("open_stream: NULL name, columns or output stream".into());
+        }
+        // SAFETY: `columns` holds `n_columns` pointers (ABI 1.2 contract for `open_stream`).
+        if (0..n_columns).any(|i| unsafe { *columns.add(i) }.is_null()) {
+            return Err("open_stream: a NULL column name".into());
         }
         // SAFETY: ABI 1.2 contract for `open_stream`: C strings, `n_columns` of them.
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();

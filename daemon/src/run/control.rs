@@ -59,7 +59,8 @@ impl RunControl {
     pub(super) fn set_progress(&self, done: u64, total: u64) {
         let mut st = self.state.lock().expect("control lock");
         st.progress = Some((done, total));
-        let tenth = (done.saturating_mul(10)).checked_div(total).unwrap_or(0);
+        // At most 10: a plugin may report more done than its total.
+        let tenth = (done.saturating_mul(10)).checked_div(total).unwrap_or(0).min(10);
         if tenth > st.logged_tenth {
             st.logged_tenth = tenth;
             tracing::info!(done, total, "progress {}%", tenth * 10);

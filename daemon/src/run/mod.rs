@@ -261,7 +261,11 @@ pub fn execute(
     let worker_pid = child.id();
     let stderr = forward(child.stderr.take().expect("piped stderr"), Source::Worker, &job.name, run_id, STDERR_TAIL);
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut stdout = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+    // Read so that a process the plugin forked outside the worker's group cannot hold the
+    // run once the worker has ended (the watchdog's kill misses it).
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stdout = crate::child::GroupOutput::new(stdout, worker_pid, "the worker", control::CANCEL_GRACE);
+    let mut stdout = BufReader::with_capacity(1 << 20, stdout);
     // Staged before the worker has its spec: the version's number is taken before the
     // plugin reads anything, so numbers follow the order runs begin (see
     // `StoreError::Superseded`).

@@ -166,6 +166,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
         stats: WorkerStats { read_seconds, model_load_seconds, ..WorkerStats::default() },
         streamed_nanos: Arc::new(AtomicU64::new(0)),
         input_rows: Arc::clone(&input_rows),
+        progress_sent: None,
     };
     let running = Instant::now();
     instance.run(&mut host, tables).map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
@@ -278,6 +279,9 @@ fn probe_job(path: &std::path::Path, request: &ProbeRequest) -> Probe {
     }
 }
 
+/// How often the plugin's progress reaches the daemon, at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct WorkerHost<'o> {
     engine: Option<Engine>,
     /// The job's inputs, for `open_stream`.
@@ -296,6 +300,8 @@ struct WorkerHost<'o> {
     broken: bool,
     /// Rows read per input, for the run's lineage.
     input_rows: InputRows,
+    /// When progress was last sent to the daemon.
+    progress_sent: Option<Instant>,
 }
 
 /// Rows read per input: a whole input's, or the most one pass over a streamed input read.
@@ -353,7 +359,14 @@ impl Host for WorkerHost<'_> {
         }
     }
 
+    /// Sent at most every [`PROGRESS_EVERY`], and at the end: a plugin that reports each
+    /// of a million users would otherwise cost a frame, a flush and a parse each.
     fn progress(&mut self, done: u64, total: u64) {
+        let due = self.progress_sent.is_none_or(|sent| sent.elapsed() >= PROGRESS_EVERY) || done >= total;
+        if !due {
+            return;
+        }
+        self.progress_sent = Some(Instant::now());
         if wire::write_message(self.out, &Message::Progress { done, total }).is_err() {
             self.broken = true;
         }

@@ -10,7 +10,9 @@
 //! - misbehaviour outside the plugin's own thread: "helper" starts `sleep 600` (its
 //!   process id written to `state_file`; it holds the worker's output open) and fails;
 //!   "spew" writes `count` MiB to stderr with no newline, then a line that is not UTF-8
-//!   and the line "after the spew", and fails.
+//!   and the line "after the spew", and fails; "orphan" forks a process that holds every
+//!   file the worker has open (its result stream too) for `seconds`, in a process group
+//!   of its own, then aborts.
 //!
 //! With `pid_file`, the plugin first writes its process id there.
 
@@ -132,6 +134,24 @@ impl Strategy for Faulty {
                     .ok_or_else(|| PluginError::params("params.state_file: required"))?;
                 std::fs::write(file, helper.id().to_string()).map_err(|e| PluginError::internal(e.to_string()))?;
                 Err(PluginError::internal("faulty plugin left a helper running"))
+            }
+            "orphan" => {
+                use std::os::unix::process::CommandExt;
+                let hold = std::time::Duration::from_secs_f64(self.params.seconds);
+                let mut command = std::process::Command::new("true");
+                command.process_group(0);
+                // SAFETY: the closure only sleeps, which a forked child may do; until it
+                // returns the child has not exec'd, so it holds every descriptor of ours.
+                unsafe {
+                    command.pre_exec(move || {
+                        std::thread::sleep(hold);
+                        Ok(())
+                    })
+                };
+                // `spawn` waits for the exec, so on a thread of its own.
+                std::thread::spawn(move || command.spawn().map(|mut c| c.wait()));
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::process::abort()
             }
             "spew" => {
                 use std::io::Write;
