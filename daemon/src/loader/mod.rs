@@ -104,11 +104,8 @@ impl Plugin {
         // Fields are read one by one through the raw pointer: a 1.0 descriptor ends before
         // `check` (a 1.1 one before `stream_inputs`), so it must not be viewed as the
         // whole struct.
-        // SAFETY: the major version matches, so every field up to `destroy` exists,
-        // `check` does when minor >= 1 and `stream_inputs` when minor >= 2; the descriptor
-        // is static.
-        // SAFETY: as below; a function pointer field read as a plain pointer first, since a
-        // NULL one must not be read as a (non-nullable) function pointer.
+        // SAFETY: as for the reads below; each function pointer is read as a plain pointer
+        // first, since a NULL one must not be read as a (non-nullable) function pointer.
         let missing = unsafe {
             [
                 ("create", std::ptr::addr_of!((*ptr).create).cast::<*const c_void>().read()),
@@ -119,6 +116,9 @@ impl Plugin {
         if let Some((field, _)) = missing.iter().find(|(_, p)| p.is_null()) {
             return Err(LoadError::Descriptor { path: path_buf, reason: format!("`{field}` is NULL") });
         }
+        // SAFETY: the major version matches, so every field up to `destroy` exists,
+        // `check` does when minor >= 1 and `stream_inputs` when minor >= 2; the descriptor
+        // is static.
         let (descriptor, name, version, streams) = unsafe {
             let check = if minor >= 1 { std::ptr::addr_of!((*ptr).check).read() } else { None };
             let streams = if minor >= 2 { std::ptr::addr_of!((*ptr).stream_inputs).read() } else { std::ptr::null() };
