@@ -121,26 +121,23 @@ fn a_plugin_written_in_c_runs_end_to_end() {
 #[test]
 fn a_plugin_for_another_abi_is_refused_naming_both_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("future.c");
-    std::fs::write(
-        &src,
-        "#include \"recd_plugin.h\"\n\
-         static const RecdPluginV1 D = {.abi_major = 2, .abi_minor = 0, .name = \"future\", .version = \"9.0\"};\n\
-         RECD_PLUGIN_EXPORT const RecdPluginV1 *recd_plugin_entry(void) { return &D; }\n",
-    )
-    .unwrap();
-    let future = compile_c(&src, dir.path(), "future");
-    // A descriptor of this ABI whose entry points were left out (designated initialisers
-    // make them NULL).
-    let src = dir.path().join("hollow.c");
-    std::fs::write(
-        &src,
-        "#include \"recd_plugin.h\"\n\
-         static const RecdPluginV1 D = {.abi_major = 1, .abi_minor = 3, .name = \"hollow\", .version = \"1.0\"};\n\
-         RECD_PLUGIN_EXPORT const RecdPluginV1 *recd_plugin_entry(void) { return &D; }\n",
-    )
-    .unwrap();
-    let hollow = compile_c(&src, dir.path(), "hollow");
+    // A plugin of a descriptor alone: no entry points (designated initialisers leave them
+    // NULL), built for ABI `major.minor`.
+    let descriptor_only = |name: &str, major: u32, minor: u32| {
+        let src = dir.path().join(format!("{name}.c"));
+        let descriptor = format!(
+            "static const RecdPluginV1 D = {{.abi_major = {major}, .abi_minor = {minor}, .name = \"{name}\", .version = \"1.0\"}};"
+        );
+        let text = format!(
+            "#include \"recd_plugin.h\"\n{descriptor}\n\
+             RECD_PLUGIN_EXPORT const RecdPluginV1 *recd_plugin_entry(void) {{ return &D; }}\n"
+        );
+        std::fs::write(&src, text).unwrap();
+        compile_c(&src, dir.path(), name)
+    };
+    let future = descriptor_only("future", 2, 0);
+    // A descriptor of this ABI whose entry points were left out.
+    let hollow = descriptor_only("hollow", 1, 3);
     let src = dir.path().join("nothing.c");
     std::fs::write(&src, "int recd_something_else(void) { return 1; }\n").unwrap();
     let nothing = compile_c(&src, dir.path(), "nothing");
