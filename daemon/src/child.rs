@@ -42,6 +42,21 @@ pub fn has_ended(pid: u32, hang: bool) -> bool {
     }
 }
 
+/// Writes `bytes` to a child's stdin on a thread of its own, and returns the pipe's end to
+/// keep (closing it is how a run's worker is asked to stop). A child that does not read
+/// cannot hold the caller before its deadline is watched: input larger than the pipe's
+/// buffer waits in that thread, until the child reads it or is killed. The thread's copy
+/// of the pipe closes once it is done.
+pub fn write_beside(stdin: std::process::ChildStdin, bytes: Vec<u8>) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let kept = std::os::fd::OwnedFd::from(stdin);
+    let mut writer = std::fs::File::from(kept.try_clone()?);
+    std::thread::Builder::new().name("child-stdin".into()).spawn(move || {
+        let _ = writer.write_all(&bytes);
+    })?;
+    Ok(kept)
+}
+
 /// Reads `stream` to its end on a thread of its own, keeping its last `keep` bytes; they
 /// arrive on the returned channel when it ends. Read from the start, a child's output
 /// never fills its pipe and blocks it; waited for with a deadline, a process it started
@@ -132,6 +147,32 @@ pub const PARENT_PID_VAR: &str = "RECD_PARENT_PID";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Input larger than a pipe's buffer, to a child that never reads it, does not hold the
+    /// caller; the kept end is the child's only stdin once the input is written (closing it
+    /// ends a reader's input).
+    #[test]
+    fn input_written_beside_holds_neither_the_caller_nor_the_child_s_stdin() {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let mut sleeper =
+            Command::new("sleep").arg("30").process_group(0).stdin(Stdio::piped()).spawn().expect("sleep starts");
+        let started = Instant::now();
+        let kept = write_beside(sleeper.stdin.take().unwrap(), vec![b'x'; 4 << 20]).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "the caller waited for a child that does not read");
+        kill_group(sleeper.id());
+        sleeper.wait().unwrap();
+        drop(kept);
+
+        let mut cat = Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("cat starts");
+        let output = read_last(cat.stdout.take().unwrap(), 1 << 20);
+        let kept = write_beside(cat.stdin.take().unwrap(), b"spec line\n".to_vec()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!has_ended(cat.id(), false), "cat's input ended while its kept end was open");
+        drop(kept);
+        assert_eq!(output.recv_timeout(Duration::from_secs(10)).unwrap(), b"spec line\n");
+        assert!(cat.wait().unwrap().success());
+    }
 
     /// A child whose output is held open by a process it started in a session of its own
     /// (which the kill of its group misses) ends the read a grace after the child's end,

@@ -209,8 +209,9 @@ fn check_published(store: &Store, table: &str, version: &VersionInfo, checks: &O
     assert_eq!(users, version.users);
 }
 
-/// Rows in the stream's row frames up to the worker's last message (what follows it is
-/// never read), counted here without the daemon's reader; None if a frame does not parse.
+/// Rows in the stream's row frames up to the worker's last message (a frame after it
+/// fails the run), counted here without the daemon's reader; None if a frame does not
+/// parse.
 fn stream_rows(mut stream: &[u8]) -> Option<u64> {
     let mut rows = 0;
     while let Some((&tag, rest)) = stream.split_first() {
@@ -364,7 +365,10 @@ mod tests {
         ];
         let sharded: Vec<_> = (0..40).map(|u| format!("user{u}")).collect();
         let sharded_rows: Vec<_> = sharded.iter().map(|u| (u.as_str(), "i", 1.0)).collect();
-        let in_half = sharded.iter().filter(|u| Shard::parse("1/2").unwrap().contains(u)).count() as u64;
+        let half = Shard::parse("1/2").unwrap();
+        let in_half = sharded.iter().filter(|u| half.contains(u)).count() as u64;
+        let kept = sharded.iter().find(|u| half.contains(u)).expect("a user in the shard").as_str();
+        let dropped = sharded.iter().find(|u| !half.contains(u)).expect("a user outside it").as_str();
         vec![
             (
                 "ok-lists",
@@ -397,6 +401,30 @@ mod tests {
             ("bad-no-columns", stream(LISTS_MAX_10, &[no_columns(), done(1)]), Err("rows with 0 columns")),
             ("bad-hash-no-columns", stream(HASHES, &[no_columns(), done(1)]), Err("rows with 0 columns")),
             ("bad-cut", cut(stream(LISTS_MAX_10, &[three_users[0].clone(), done(5)])), Err("")),
+            (
+                "bad-rows-after-done",
+                stream(LISTS_MAX_10, &[three_users[0].clone(), done(5), three_users[1].clone()]),
+                Err("after its last message"),
+            ),
+            (
+                "bad-failed-then-more",
+                stream(LISTS_MAX_10, &[failed("plugin said no"), three_users[1].clone()]),
+                Err("plugin said no"),
+            ),
+            (
+                "bad-row-count",
+                stream(LISTS_MAX_10, &[three_users[0].clone(), done(4)]),
+                Err("reported 4 result rows but sent 5"),
+            ),
+            (
+                "bad-shard-split-user",
+                stream(
+                    LISTS_MAX_10 | HALF_SHARD,
+                    &[rows(&[(kept, "a", 1.0), (dropped, "a", 1.0), (kept, "b", 1.0)]), done(3)],
+                ),
+                Err("not contiguous"),
+            ),
+            ("bad-huge-message", huge_message(stream(LISTS_MAX_10, &[])), Err("message frame of")),
         ]
     }
 
@@ -463,6 +491,14 @@ mod tests {
             warnings: Vec::new(),
             input_rows: Default::default(),
         })
+    }
+
+    /// `bytes` and the header of a message frame of 2 MiB, whose payload is not there: the
+    /// header alone is refused.
+    fn huge_message(mut bytes: Vec<u8>) -> Vec<u8> {
+        bytes.push(TAG_MESSAGE);
+        bytes.extend((2u32 << 20).to_le_bytes());
+        bytes
     }
 
     fn failed(error: &str) -> Frame {

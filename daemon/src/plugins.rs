@@ -299,7 +299,6 @@ fn probe_once(path: &Path, request: &ProbeRequest) -> (Result<PluginDesc, (Strin
 }
 
 fn run_probe(path: &Path, request_json: &str) -> Result<crate::wire::Probe, String> {
-    use std::io::Write;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let exe = crate::wire::self_exe().map_err(|e| e.to_string())?;
@@ -315,7 +314,10 @@ fn run_probe(path: &Path, request_json: &str) -> Result<crate::wire::Probe, Stri
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start a probe: {e}"))?;
-    let _ = child.stdin.take().expect("piped stdin").write_all(request_json.as_bytes());
+    // Written beside, closed once written: a probe stuck before it reads a request larger
+    // than the pipe's buffer is still timed out below.
+    let stdin = child.stdin.take().expect("piped stdin");
+    drop(crate::child::write_beside(stdin, request_json.as_bytes().to_vec()));
     let stdout = crate::child::read_last(child.stdout.take().expect("piped stdout"), 1 << 20);
     let stderr = crate::child::read_last(child.stderr.take().expect("piped stderr"), 64 << 10);
     let deadline = std::time::Instant::now() + PROBE_TIMEOUT;

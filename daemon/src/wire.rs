@@ -17,6 +17,18 @@ pub const TAG_ROWS: u8 = b'R';
 pub const TAG_MESSAGE: u8 = b'M';
 /// Largest frame accepted (a batch of result rows is far smaller).
 pub const MAX_FRAME: usize = 1 << 30;
+/// Largest message frame accepted: a worker's `Done` or `Failed` is a few KiB, and its
+/// strings go to the run history; a row frame's limit would let one take a GiB.
+pub const MAX_MESSAGE_FRAME: usize = 1 << 20;
+/// The longest error text kept from a worker (the rest is cut, and says so).
+pub const MAX_TEXT: usize = 16 << 10;
+/// The longest plugin name, version, ABI text or provider kept from a worker.
+pub const MAX_NAME: usize = 1 << 10;
+/// The most warnings kept from one run, and the longest kept of each: with the texts
+/// above, a bounded message fits its frame even if JSON escapes every byte (6 bytes for
+/// a control character).
+pub const MAX_WARNINGS: usize = 64;
+pub const MAX_WARNING: usize = 2 << 10;
 
 /// Everything a worker needs for one run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,18 +132,68 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// The message with its texts within [`MAX_TEXT`], [`MAX_NAME`] and [`MAX_WARNING`],
+    /// and at most [`MAX_WARNINGS`] warnings: what a worker writes, and all the daemon keeps of what it
+    /// reads (a plugin's error text is its own, of any length).
+    pub fn bounded(self) -> Message {
+        let desc = |d: PluginDesc| PluginDesc {
+            name: cut_text(d.name, MAX_NAME),
+            version: cut_text(d.version, MAX_NAME),
+            abi: cut_text(d.abi, MAX_NAME),
+        };
+        match self {
+            Message::Progress { .. } => self,
+            Message::Failed { error, plugin } => {
+                Message::Failed { error: cut_text(error, MAX_TEXT), plugin: plugin.map(desc) }
+            }
+            Message::Done { provider, rows, plugin, stats, model_sha256, mut warnings, input_rows } => {
+                if warnings.len() > MAX_WARNINGS {
+                    let more = warnings.len() - (MAX_WARNINGS - 1);
+                    warnings.truncate(MAX_WARNINGS - 1);
+                    warnings.push(format!("… and {more} more warnings"));
+                }
+                Message::Done {
+                    provider: cut_text(provider, MAX_NAME),
+                    rows,
+                    plugin: desc(plugin),
+                    stats,
+                    model_sha256: model_sha256.map(|s| cut_text(s, MAX_NAME)),
+                    warnings: warnings.into_iter().map(|w| cut_text(w, MAX_WARNING)).collect(),
+                    input_rows,
+                }
+            }
+        }
+    }
+}
+
+/// `text`, or its first `max` bytes (cut at a character boundary) and a note saying so.
+pub fn cut_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        text.truncate(text.floor_char_boundary(max));
+        text.push_str(&format!("… (cut at {max} bytes)"));
+    }
+    text
+}
+
+/// The largest frame accepted with `tag`.
+fn frame_limit(tag: u8) -> usize {
+    if tag == TAG_MESSAGE { MAX_MESSAGE_FRAME } else { MAX_FRAME }
+}
+
 pub fn write_frame(out: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
-    if payload.len() > MAX_FRAME {
-        let len = payload.len();
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a frame of {len} bytes is over {MAX_FRAME}")));
+    if payload.len() > frame_limit(tag) {
+        let (len, limit) = (payload.len(), frame_limit(tag));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a frame of {len} bytes is over {limit}")));
     }
     out.write_all(&[tag])?;
     out.write_all(&(payload.len() as u32).to_le_bytes())?;
     out.write_all(payload)
 }
 
+/// Writes `message` [`bounded`](Message::bounded), so that it always fits its frame.
 pub fn write_message(out: &mut impl Write, message: &Message) -> io::Result<()> {
-    let json = serde_json::to_vec(message).expect("message serialises");
+    let json = serde_json::to_vec(&message.clone().bounded()).expect("message serialises");
     write_frame(out, TAG_MESSAGE, &json)?;
     out.flush()
 }
@@ -238,8 +300,13 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     }
     input.read_exact(&mut header[1..])?;
     let len = u32::from_le_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    if len > frame_limit(header[0]) {
+        let what = if header[0] == TAG_MESSAGE { "message frame" } else { "frame" };
+        let limit = frame_limit(header[0]);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a {what} of {len} bytes is over the limit of {limit} bytes"),
+        ));
     }
     let mut payload = vec![0u8; len];
     input.read_exact(&mut payload)?;
@@ -281,6 +348,58 @@ mod tests {
         // a truncated frame is an error, not a clean end
         let mut cut = &buf[..3];
         assert!(read_frame(&mut cut).is_err());
+    }
+
+    #[test]
+    fn a_message_frame_has_a_small_limit_and_its_texts_are_bounded() {
+        // A row frame may be large; a message frame over 1 MiB is refused from its header.
+        let mut big = Vec::new();
+        big.push(TAG_MESSAGE);
+        big.extend(((MAX_MESSAGE_FRAME + 1) as u32).to_le_bytes());
+        let e = read_frame(&mut &big[..]).unwrap_err();
+        assert_eq!(e.to_string(), "a message frame of 1048577 bytes is over the limit of 1048576 bytes");
+        big[0] = TAG_ROWS;
+        assert_eq!(
+            read_frame(&mut &big[..]).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof,
+            "a row frame's length is fine"
+        );
+        // A plugin's error of 2 MB, in a character cut at the limit, is written cut.
+        let error = "x".repeat(MAX_TEXT - 1) + &"é".repeat(1_000_000);
+        let mut buf = Vec::new();
+        write_message(&mut buf, &Message::Failed { error, plugin: None }).unwrap();
+        let (_, json) = read_frame(&mut &buf[..]).unwrap().unwrap();
+        let Message::Failed { error, .. } = serde_json::from_slice(&json).unwrap() else { panic!() };
+        assert_eq!(error, "x".repeat(MAX_TEXT - 1) + "… (cut at 16384 bytes)");
+        // Names and warnings too.
+        let done = Message::Done {
+            provider: "cpu".into(),
+            rows: 3,
+            plugin: PluginDesc { name: "n".repeat(5000), version: "1".into(), abi: "1.3".into() },
+            stats: WorkerStats::default(),
+            model_sha256: None,
+            warnings: (0..100).map(|i| format!("warning {i}")).collect(),
+            input_rows: Default::default(),
+        };
+        let Message::Done { plugin, warnings, rows, .. } = done.bounded() else { panic!() };
+        assert_eq!(plugin.name, "n".repeat(1024) + "… (cut at 1024 bytes)");
+        assert_eq!((plugin.version.as_str(), rows), ("1", 3));
+        assert_eq!(warnings.len(), MAX_WARNINGS);
+        assert_eq!(warnings[62], "warning 62");
+        assert_eq!(warnings[63], "… and 37 more warnings");
+        // Texts JSON escapes six times over still fit the frame, bounded.
+        let escaped = "\u{1}".repeat(100_000);
+        let worst = Message::Done {
+            provider: escaped.clone(),
+            rows: 0,
+            plugin: PluginDesc { name: escaped.clone(), version: escaped.clone(), abi: escaped.clone() },
+            stats: WorkerStats::default(),
+            model_sha256: Some(escaped.clone()),
+            warnings: vec![escaped.clone(); 1000],
+            input_rows: Default::default(),
+        };
+        write_message(&mut Vec::new(), &worst).unwrap();
+        write_message(&mut Vec::new(), &Message::Failed { error: escaped, plugin: None }).unwrap();
     }
 
     #[test]

@@ -408,6 +408,9 @@ impl Assembler {
             too_long_user(row, user)?;
             let same_user = self.has_user && self.user_id == user;
             if !same_user && !self.keeps(user, sink) {
+                // The user before ends here: rows of theirs after this one are a user
+                // coming back, not more of the same list.
+                self.finish_user(sink)?;
                 continue;
             }
             if !same_user {
@@ -676,6 +679,13 @@ mod tests {
         a.finish(&mut sink).unwrap();
         assert_eq!((a.users(), a.skipped_users(), a.rows()), (1, 2, 4));
         assert_eq!(sink.lists.len(), 1);
+        // A kept user's rows on both sides of a dropped user's are a user coming back, not
+        // one list (a shard must not hide scattered rows).
+        let mut sink = Record { drop_users_starting: Some('x'), ..Record::default() };
+        let batch = rows(&[("u1", "a", 1.0), ("x1", "a", 1.0), ("u1", "b", 1.0)]);
+        let refused = assemble(Rules::lists(10), &[batch], &mut sink).unwrap_err();
+        assert_eq!(refused.to_string(), "output row 2: rows of user \"u1\" are not contiguous");
+        assert_eq!(sink.lists, vec![("u1".to_string(), vec![("a".to_string(), 1.0)])]);
     }
 
     #[test]

@@ -262,3 +262,74 @@ fn a_plugin_built_for_abi_1_1_gets_its_inputs_whole() {
     let plugins = String::from_utf8_lossy(&d.cli(&["plugins"]).stdout).into_owned();
     assert!(plugins.contains("legacy11 1.1.0 abi 1.1 sha256 "), "{plugins}");
 }
+
+/// A plugin that breaks the ABI's rule for host callbacks (only on the thread that called
+/// `run`, while it runs): `FROM_THREAD` logs from a thread of its own during `run`,
+/// `AFTER_RUN` keeps the vtable and logs from `destroy`.
+const ROGUE: &str = r#"
+#include <pthread.h>
+#include <stdlib.h>
+#include "recd_plugin.h"
+static const RecdHost* kept;
+static void* log_from_thread(void* host) {
+  const RecdHost* h = host;
+  h->log(h->ctx, RECD_LOG_INFO, (const uint8_t*)"from my thread", 14);
+  return NULL;
+}
+static int32_t create(const uint8_t* p, size_t n, void** instance, RecdError* e) {
+  (void)p; (void)n; (void)e;
+  *instance = malloc(1);
+  return RECD_OK;
+}
+static int32_t run(void* i, const RecdHost* h, RecdTable* in, size_t n, RecdError* e) {
+  (void)i; (void)in; (void)n; (void)e;
+  kept = h;
+#ifdef FROM_THREAD
+  pthread_t thread;
+  if (pthread_create(&thread, NULL, log_from_thread, (void*)h) != 0) return RECD_INTERNAL;
+  pthread_join(thread, NULL);
+#else
+  (void)log_from_thread;
+#endif
+  return RECD_OK;
+}
+static void destroy(void* i) {
+#ifdef AFTER_RUN
+  /* The probe destroys an instance that never ran. */
+  if (kept) kept->log(kept->ctx, RECD_LOG_INFO, (const uint8_t*)"from destroy", 12);
+#endif
+  free(i);
+}
+static const RecdPluginV1 D = {.abi_major = 1, .abi_minor = 3, .name = "rogue", .version = "1.0",
+                               .create = create, .run = run, .destroy = destroy};
+RECD_PLUGIN_EXPORT const RecdPluginV1* recd_plugin_entry(void) { return &D; }
+"#;
+
+/// Host callbacks against the ABI's rules would use a host that is in use by another
+/// thread or gone with `run`'s stack: they are refused, and the run fails saying which
+/// rule; the daemon serves on.
+#[test]
+fn a_plugin_calling_the_host_off_its_run_thread_or_after_run_fails_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("rogue.c");
+    std::fs::write(&src, ROGUE).unwrap();
+    let from_thread = compile_c_with(&src, dir.path(), "from_thread", &["-DFROM_THREAD", "-pthread"]);
+    let after_run = compile_c_with(&src, dir.path(), "after_run", &["-DAFTER_RUN"]);
+    let job =
+        |so: &Path, table: &str| format!("plugin = \"{}\"\ntable = \"{table}\"\nallow_empty = true\n", so.display());
+    let d = TestDaemon::start(&[
+        ("from_thread", &job(&from_thread, "from_thread")),
+        ("after_run", &job(&after_run, "after_run")),
+        ("fine", "plugin = \"faulty\"\ntable = \"ok\"\n[params]\nmode = \"ok\"\n"),
+    ]);
+    for (name, broken) in
+        [("from_thread", "from a thread other than the one that called `run`"), ("after_run", "after `run` returned")]
+    {
+        let out = d.cli(&["run", name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        let want = format!("plugin `rogue` failed: the plugin called the host's `log` {broken}, which was refused");
+        assert!(err.contains(&want), "{name}: want {want:?} in {err}");
+    }
+    d.run_job("fine");
+}

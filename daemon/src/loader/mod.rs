@@ -9,6 +9,8 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::fs::File;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
@@ -152,7 +154,7 @@ impl Plugin {
         // SAFETY: valid pointers for the duration of the call, per ABI v1.
         let rc = unsafe { (self.descriptor.create)(params_json.as_ptr(), params_json.len(), &mut instance, &mut err) };
         check(rc, &err)?;
-        Ok(Instance { plugin: self, ptr: instance })
+        Ok(Instance { plugin: self, ptr: instance, runs: Vec::new(), destroyed: false })
     }
 }
 
@@ -180,20 +182,29 @@ fn check(rc: i32, err: &RecdError) -> Result<(), PluginCallError> {
     Err(PluginCallError { code: rc, message })
 }
 
-/// A plugin instance; destroyed on drop.
+/// A plugin instance; destroyed by [`Instance::close`], or on drop.
 pub struct Instance<'p> {
     plugin: &'p Plugin,
     ptr: *mut c_void,
+    /// The contexts of the runs so far, to report calls refused after them.
+    runs: Vec<&'static HostCtx>,
+    /// `destroy` was called (`ptr` may be NULL: a plugin need not make an instance).
+    destroyed: bool,
 }
 
 impl Instance<'_> {
-    /// Runs the strategy over `inputs` with `host` answering its callbacks.
+    /// Runs the strategy over `inputs` with `host` answering its callbacks. A callback the
+    /// plugin called against the ABI's rules (see [`HostCtx`]) fails the run.
     pub fn run(&mut self, host: &mut dyn Host, inputs: Vec<(String, RecordBatch)>) -> Result<(), PluginCallError> {
         let names = table_names(&inputs);
         let mut tables = abi_tables(inputs, &names)?;
         let mut host_ref: &mut dyn Host = host;
-        let vtable = RecdHost {
-            ctx: (&mut host_ref as *mut &mut dyn Host).cast(),
+        let ctx = HostCtx::open(&mut host_ref);
+        self.runs.push(ctx);
+        // Leaked with its context: a plugin that kept the vtable's address past `run` reads
+        // live memory, and its calls are refused.
+        let vtable: &'static RecdHost = Box::leak(Box::new(RecdHost {
+            ctx: std::ptr::from_ref(ctx).cast_mut().cast(),
             score: score_cb,
             emit: emit_cb,
             log: log_cb,
@@ -201,16 +212,130 @@ impl Instance<'_> {
             is_cancelled: is_cancelled_cb,
             open_stream: open_stream_cb,
             in_shard: in_shard_cb,
-        };
+        }));
         let mut err = RecdError::new();
         // SAFETY: the instance came from this plugin's `create`; tables and vtable outlive
         // the call; tables are moved to the plugin per the ABI.
-        let rc =
-            unsafe { (self.plugin.descriptor.run)(self.ptr, &vtable, tables.as_mut_ptr(), tables.len(), &mut err) };
+        let rc = unsafe { (self.plugin.descriptor.run)(self.ptr, vtable, tables.as_mut_ptr(), tables.len(), &mut err) };
+        ctx.close();
         // Any table the plugin did not take is released when `tables` drops here.
         drop(tables);
+        ctx.refused()?;
         check(rc, &err)
     }
+
+    /// Destroys the instance; an error if the plugin called the host after a run returned
+    /// (from `destroy`, or a thread it left running), which was refused.
+    pub fn close(mut self) -> Result<(), PluginCallError> {
+        self.destroy();
+        self.runs.iter().try_for_each(|ctx| ctx.refused())
+    }
+
+    fn destroy(&mut self) {
+        if !std::mem::replace(&mut self.destroyed, true) {
+            // SAFETY: ptr came from this plugin's `create` and is not used after this.
+            unsafe { (self.plugin.descriptor.destroy)(self.ptr) };
+        }
+    }
+}
+
+/// What a host callback's `ctx` points at. The ABI allows callbacks only on the thread
+/// that called `run`, while `run` executes, and not from inside another callback (a
+/// release callback the host runs while it holds the host): any other call would alias
+/// or outlive the `&mut dyn Host` on `run`'s stack. Such a call is refused (a callback
+/// with an error to fill returns `RECD_HOST`; `log` and `progress` do nothing;
+/// `is_cancelled` says stop, from then on also on `run`'s thread; `in_shard` says
+/// compute), and the run fails with the first one made before the instance is closed.
+/// Leaked, never freed (a worker does one run): a plugin that kept the pointer finds a
+/// closed context, not freed memory.
+struct HostCtx {
+    /// The `&mut dyn Host` on `run`'s stack: read only on `thread`, while `open`.
+    host: *mut c_void,
+    thread: std::thread::ThreadId,
+    open: AtomicBool,
+    /// A callback is running (only `thread` sets it).
+    busy: AtomicBool,
+    /// A call was refused: `is_cancelled` says stop from then on, so the run, failed
+    /// already, ends early.
+    any_refused: AtomicBool,
+    /// The first refused call, said once.
+    refused: Mutex<Option<String>>,
+}
+
+impl HostCtx {
+    fn open(host: &mut &mut dyn Host) -> &'static HostCtx {
+        Box::leak(Box::new(HostCtx {
+            host: std::ptr::from_mut(host).cast(),
+            thread: std::thread::current().id(),
+            open: AtomicBool::new(true),
+            busy: AtomicBool::new(false),
+            any_refused: AtomicBool::new(false),
+            refused: Mutex::new(None),
+        }))
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::Release);
+    }
+
+    fn refused(&self) -> Result<(), PluginCallError> {
+        match self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            Some(message) => Err(PluginCallError { code: code::HOST, message }),
+            None => Ok(()),
+        }
+    }
+
+    /// The host, for callback `name`, if the call keeps the ABI's rules.
+    fn enter(&self, name: &str) -> Result<Entered<'_>, String> {
+        let broken = if std::thread::current().id() != self.thread {
+            "from a thread other than the one that called `run`"
+        } else if !self.open.load(Ordering::Acquire) {
+            "after `run` returned"
+        } else if self.busy.swap(true, Ordering::Acquire) {
+            "from inside another host callback"
+        } else {
+            return Ok(Entered { ctx: self });
+        };
+        let message = format!(
+            "the plugin called the host's `{name}` {broken}, which was refused \
+             (callbacks are for the thread running `run`, while it runs)"
+        );
+        self.any_refused.store(true, Ordering::Release);
+        let mut first = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            tracing::warn!("{message}");
+            *first = Some(message.clone());
+        }
+        Err(message)
+    }
+}
+
+/// A callback's hold on the host, let go when the callback ends.
+struct Entered<'a> {
+    ctx: &'a HostCtx,
+}
+
+impl Entered<'_> {
+    fn host(&mut self) -> &mut dyn Host {
+        // SAFETY: `enter` checked that this is `run`'s thread, that `run` is executing (so
+        // the `&mut dyn Host` it points at is live) and that no other callback holds it.
+        unsafe { &mut **self.ctx.host.cast::<&mut dyn Host>() }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.ctx.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The checked host behind a callback's `ctx`.
+///
+/// # Safety
+/// `ctx` must be the context `Instance::run` put in the vtable (a leaked [`HostCtx`]).
+unsafe fn enter<'a>(ctx: *mut c_void, name: &str) -> Result<Entered<'a>, String> {
+    // SAFETY: per the caller; leaked, so valid for ever.
+    unsafe { &*ctx.cast::<HostCtx>() }.enter(name)
 }
 
 impl Instance<'_> {
@@ -231,10 +356,7 @@ impl Instance<'_> {
 
 impl Drop for Instance<'_> {
     fn drop(&mut self) {
-        let destroy = self.plugin.descriptor.destroy;
-        let ptr = self.ptr;
-        // SAFETY: ptr came from this plugin's `create` and is not used after this.
-        unsafe { destroy(ptr) };
+        self.destroy();
     }
 }
 
@@ -285,13 +407,6 @@ unsafe fn import_batch(schema: *mut FFI_ArrowSchema, array: *mut FFI_ArrowArray)
     Ok(RecordBatch::from(structs))
 }
 
-/// # Safety
-/// `ctx` must be the `&mut &mut dyn Host` that `Instance::run` put in the vtable.
-unsafe fn host<'a>(ctx: *mut c_void) -> &'a mut dyn Host {
-    // SAFETY: per the caller.
-    unsafe { *ctx.cast::<&mut dyn Host>() }
-}
-
 fn set_err(err: *mut RecdError, code: i32, message: &str) {
     if !err.is_null() {
         // SAFETY: the plugin passes a valid RecdError it owns.
@@ -328,7 +443,8 @@ unsafe extern "C" fn score_cb(
         // SAFETY: ABI v1 contract for `score`.
         let batch = unsafe { import_batch(in_schema, in_array) }?;
         let model = (!model.is_null()).then(|| unsafe { CStr::from_ptr(model) }.to_string_lossy().into_owned());
-        let result = unsafe { host(ctx) }.score(model.as_deref(), batch)?;
+        // SAFETY: ctx per the vtable.
+        let result = unsafe { enter(ctx, "score") }?.host().score(model.as_deref(), batch)?;
         let (array, schema) = export_batch(result)?;
         if out_schema.is_null() || out_array.is_null() {
             return Err("NULL output pointers".into());
@@ -351,7 +467,8 @@ unsafe extern "C" fn emit_cb(
     callback(err, || {
         // SAFETY: ABI v1 contract for `emit`.
         let batch = unsafe { import_batch(schema, array) }?;
-        unsafe { host(ctx) }.emit(batch)
+        // SAFETY: ctx per the vtable.
+        unsafe { enter(ctx, "emit") }?.host().emit(batch)
     })
 }
 
@@ -362,29 +479,40 @@ unsafe extern "C" fn log_cb(ctx: *mut c_void, level: i32, msg: *const u8, len: u
         }
         // SAFETY: the plugin passes `len` readable bytes.
         let bytes = unsafe { std::slice::from_raw_parts(msg, len) };
-        unsafe { host(ctx) }.log(level, &String::from_utf8_lossy(bytes));
+        // SAFETY: ctx per the vtable.
+        if let Ok(mut entered) = unsafe { enter(ctx, "log") } {
+            entered.host().log(level, &String::from_utf8_lossy(bytes));
+        }
     }));
 }
 
 unsafe extern "C" fn progress_cb(ctx: *mut c_void, done: u64, total: u64) {
-    // SAFETY: ctx per the vtable.
-    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.progress(done, total)));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: ctx per the vtable.
+        if let Ok(mut entered) = unsafe { enter(ctx, "progress") } {
+            entered.host().progress(done, total);
+        }
+    }));
 }
 
 unsafe extern "C" fn is_cancelled_cb(ctx: *mut c_void) -> i32 {
-    // SAFETY: ctx per the vtable. A panicking host means: stop.
-    catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.is_cancelled())).map(i32::from).unwrap_or(1)
+    // SAFETY: ctx per the vtable. A panicking host, or a call refused, means: stop.
+    let stop = |mut e: Entered| e.ctx.any_refused.load(Ordering::Acquire) || e.host().is_cancelled();
+    catch_unwind(AssertUnwindSafe(|| unsafe { enter(ctx, "is_cancelled") }.map(stop)))
+        .map_or(1, |cancelled| i32::from(cancelled.unwrap_or(true)))
 }
 
 unsafe extern "C" fn in_shard_cb(ctx: *mut c_void, user: *const u8, len: usize) -> i32 {
     if user.is_null() {
         return 1;
     }
-    // SAFETY: ABI 1.3 contract for `in_shard`: `len` bytes at `user`. A panicking host
-    // means: compute the user (the host filters the rows anyway).
+    // SAFETY: ABI 1.3 contract for `in_shard`: `len` bytes at `user`. A panicking host, or
+    // a call refused, means: compute the user (the host filters the rows anyway).
     let bytes = unsafe { std::slice::from_raw_parts(user, len) };
     let user = String::from_utf8_lossy(bytes);
-    catch_unwind(AssertUnwindSafe(|| unsafe { host(ctx) }.in_shard(&user))).map(i32::from).unwrap_or(1)
+    // SAFETY: ctx per the vtable.
+    catch_unwind(AssertUnwindSafe(|| unsafe { enter(ctx, "in_shard") }.map(|mut e| e.host().in_shard(&user))))
+        .map_or(1, |computes| i32::from(computes.unwrap_or(true)))
 }
 
 unsafe extern "C" fn open_stream_cb(
@@ -407,7 +535,8 @@ unsafe extern "C" fn open_stream_cb(
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
         let columns: Vec<String> =
             (0..n_columns).map(|i| unsafe { CStr::from_ptr(*columns.add(i)) }.to_string_lossy().into_owned()).collect();
-        let reader = unsafe { host(ctx) }.open_stream(&name, &columns)?;
+        // SAFETY: ctx per the vtable.
+        let reader = unsafe { enter(ctx, "open_stream") }?.host().open_stream(&name, &columns)?;
         // SAFETY: the plugin gave us a writable, empty stream struct it will own.
         unsafe { std::ptr::write(out, FFI_ArrowArrayStream::new(Box::new(Guarded { reader, poisoned: false }))) };
         Ok(())
@@ -471,6 +600,93 @@ mod tests {
     use arrow_array::{Int64Array, RecordBatchIterator};
     use arrow_schema::{DataType, Field, Schema};
     use std::sync::Arc;
+
+    /// The context `Counting::progress` calls `log` through (0: none), as a plugin's release
+    /// callback could from inside a callback.
+    static REENTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Counts the `log` calls that reach it.
+    #[derive(Default)]
+    struct Counting {
+        logs: usize,
+    }
+
+    impl Host for Counting {
+        fn score(&mut self, _: Option<&str>, batch: RecordBatch) -> Result<RecordBatch, String> {
+            Ok(batch)
+        }
+        fn emit(&mut self, _: RecordBatch) -> Result<(), String> {
+            Ok(())
+        }
+        fn log(&mut self, _: i32, _: &str) {
+            self.logs += 1;
+        }
+        fn progress(&mut self, _: u64, _: u64) {
+            let ctx = REENTER.load(Ordering::SeqCst);
+            // SAFETY: a context of the test below, a message of 2 bytes.
+            unsafe { log_cb(ctx as *mut c_void, 3, b"in".as_ptr(), 2) };
+        }
+        fn is_cancelled(&mut self) -> bool {
+            false
+        }
+        fn open_stream(&mut self, _: &str, _: &[String]) -> Result<Box<dyn RecordBatchReader + Send>, String> {
+            Err("none".into())
+        }
+        fn in_shard(&mut self, _: &str) -> bool {
+            false
+        }
+    }
+
+    /// A context over `host`, and its address as the vtable carries it.
+    fn context(host: &mut &mut dyn Host) -> (&'static HostCtx, *mut c_void) {
+        let ctx = HostCtx::open(host);
+        (ctx, std::ptr::from_ref(ctx).cast_mut().cast())
+    }
+
+    // SAFETY (the calls below): each passes a context made by `context`, as a plugin
+    // passes the vtable's, and a message of 2 bytes.
+    #[test]
+    fn callbacks_off_the_run_thread_inside_another_or_after_the_run_are_refused() {
+        let log = |ctx: *mut c_void| unsafe { log_cb(ctx, 3, b"hi".as_ptr(), 2) };
+        let mut counting = Counting::default();
+        let mut host: &mut dyn Host = &mut counting;
+        // On the run's thread, while it runs: each call reaches the host.
+        let (ctx, ptr) = context(&mut host);
+        log(ptr);
+        assert_eq!((unsafe { is_cancelled_cb(ptr) }, unsafe { in_shard_cb(ptr, b"u".as_ptr(), 1) }), (0, 0));
+        assert!(ctx.refused().is_ok());
+        // From another thread: refused, answered "stop" and "compute", and said once.
+        let addr = ptr as usize;
+        std::thread::spawn(move || {
+            let ptr = addr as *mut c_void;
+            log(ptr);
+            assert_eq!((unsafe { is_cancelled_cb(ptr) }, unsafe { in_shard_cb(ptr, b"u".as_ptr(), 1) }), (1, 1));
+            let mut err = RecdError::new();
+            let (mut array, mut schema) = export_batch(batch()).unwrap();
+            assert_eq!(unsafe { emit_cb(ptr, &mut schema, &mut array, &mut err) }, code::HOST);
+            assert!(err.message().contains("`emit` from a thread other than"), "{}", err.message());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            ctx.refused().unwrap_err().message,
+            "the plugin called the host's `log` from a thread other than the one that called `run`, which was \
+             refused (callbacks are for the thread running `run`, while it runs)"
+        );
+        assert_eq!(unsafe { is_cancelled_cb(ptr) }, 1, "a run with a refused call is told to stop");
+        // From inside another callback.
+        let (ctx, ptr) = context(&mut host);
+        REENTER.store(ptr as usize, Ordering::SeqCst);
+        unsafe { progress_cb(ptr, 1, 2) };
+        REENTER.store(0, Ordering::SeqCst);
+        assert!(ctx.refused().unwrap_err().message.contains("`log` from inside another host callback"));
+        // After the run returned.
+        let (ctx, ptr) = context(&mut host);
+        ctx.close();
+        log(ptr);
+        assert!(ctx.refused().unwrap_err().message.contains("`log` after `run` returned"));
+        assert_eq!(counting.logs, 1, "only the call on the run's thread, while it ran, reached the host");
+    }
 
     /// A reader that gives one batch, then `fault`, then (unless it panicked) one more batch.
     struct Faulty {

@@ -86,6 +86,11 @@ impl Collector {
         added
     }
 
+    /// Rows received so far, kept or not.
+    pub(super) fn rows(&self) -> u64 {
+        self.rows.rows()
+    }
+
     /// Seconds spent collecting so far: the checks and the encoding, less handing the
     /// users over to the staged version's writers.
     pub(super) fn collect_seconds(&self) -> f64 {

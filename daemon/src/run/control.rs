@@ -1,7 +1,6 @@
 //! How the daemon stops a run: [`RunControl`] carries a cancel request, the run's
 //! progress and lineage, and the watchdog that enforces the job's timeout.
 
-use std::process::ChildStdin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,7 +132,7 @@ impl RunControl {
     /// stdin to ask it to stop, waits `CANCEL_GRACE`, then kills it.
     /// Watches a worker, the leader of its own process group: stopped, it is asked through
     /// its stdin, then its whole group is killed.
-    pub(super) fn watch(&self, timeout: Duration, stdin: ChildStdin, worker_pid: u32) {
+    pub(super) fn watch(&self, timeout: Duration, stdin: std::os::fd::OwnedFd, worker_pid: u32) {
         self.watch_with(timeout, move || drop(stdin), || crate::child::kill_group(worker_pid));
     }
 

@@ -2,7 +2,7 @@
 //! streams into a new table version, and publish that version only if the worker ends
 //! cleanly and every row passed the checks. Blocking code: call it off the async runtime.
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -260,7 +260,7 @@ pub fn execute(
         .map_err(|e| RunError::Failed(format!("cannot start a worker: {e}")))?;
     let worker_pid = child.id();
     let stderr = forward(child.stderr.take().expect("piped stderr"), Source::Worker, &job.name, run_id, STDERR_TAIL);
-    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdin = child.stdin.take().expect("piped stdin");
     // Read so that a process the plugin forked outside the worker's group cannot hold the
     // run once the worker has ended (the watchdog's kill misses it).
     let stdout = child.stdout.take().expect("piped stdout");
@@ -279,33 +279,43 @@ pub fn execute(
             return Err(e.into());
         }
     };
-    let _ = stdin.write_all(&line);
+    // Written beside the watchdog: a worker stuck before it reads a spec larger than the
+    // pipe's buffer is still timed out.
+    let stdin = match crate::child::write_beside(stdin, line) {
+        Ok(stdin) => stdin,
+        Err(e) => {
+            kill_group(worker_pid);
+            let _ = child.wait();
+            store.discard(staged)?;
+            return Err(RunError::Failed(format!("cannot write the worker's spec: {e}")));
+        }
+    };
     let watchdog = {
         let (control, timeout) = (Arc::clone(control), job.policy.timeout);
         std::thread::spawn(move || control.watch(timeout, stdin, worker_pid))
     };
 
-    // What the plugin left running ends with the run. The group is killed while the worker
-    // is not reaped yet, and the watchdog is stopped before it is: until then its id stays
-    // taken, and no other group can have it.
-    let end_worker = || {
-        crate::child::wait_unreaped(worker_pid);
-        kill_group(worker_pid);
-        control.finish();
-        let _ = watchdog.join();
-        child.wait().map_err(anyhow::Error::from)
-    };
     staged.fallback = job.fallback.clone();
     let mut collector = Collector::new(staged, &job.checks, shard);
     let streamed = read_worker(&mut stdout, &mut collector, control);
     if streamed.is_err() {
         kill_group(worker_pid);
     }
-    let status = match end_worker() {
+    // What the plugin left running ends with the run. The group is killed while the worker
+    // is not reaped yet, and the watchdog is stopped before it is: until then its id stays
+    // taken, and no other group can have it.
+    crate::child::wait_unreaped(worker_pid);
+    kill_group(worker_pid);
+    // Past a `Done`, read while the worker is unreaped (`GroupOutput` waits on its id) and
+    // its group gone (what a helper it left there held open is closed by now).
+    let streamed = streamed.and_then(|last| ended_after(last, &mut stdout));
+    control.finish();
+    let _ = watchdog.join();
+    let status = match child.wait() {
         Ok(status) => status,
         Err(e) => {
             store.discard(collector.into_staged())?;
-            return Err(e.into());
+            return Err(anyhow::Error::from(e).into());
         }
     };
     let tail = stderr.tail(control::CANCEL_GRACE);
@@ -502,7 +512,8 @@ pub fn publish_stream(
     let staged = store.stage(table, "fuzz", 0, kind)?;
     let mut collector = Collector::new(staged, checks, shard);
     let control = RunControl::new();
-    let outcome = match read_worker(stream, &mut collector, &control) {
+    let read = read_worker(stream, &mut collector, &control);
+    let outcome = match read.and_then(|last| ended_after(last, stream)) {
         Ok(Some(Message::Done { .. })) => Ok(()),
         Ok(Some(Message::Failed { error, .. })) => Err(RunError::Failed(error)),
         Ok(_) => Err(RunError::Failed("the stream ended before the worker's last message".into())),
@@ -531,10 +542,34 @@ fn read_worker(
             }
             wire::TAG_MESSAGE => match serde_json::from_slice::<Message>(&payload)? {
                 Message::Progress { done, total } => control.set_progress(done, total),
-                done_or_failed => return Ok(Some(done_or_failed)),
+                last => return counted_as_received(collector, last.bounded()).map(Some),
             },
             other => anyhow::bail!("worker sent an unknown frame tag {other:#x}"),
         }
     }
     Ok(None)
+}
+
+/// The worker's last message, if it is no `Done` whose count of rows differs from the
+/// rows received: rows lost or added on the way fail the run rather than publish what the
+/// worker did not report.
+fn counted_as_received(collector: &Collector, last: Message) -> anyhow::Result<Message> {
+    if let Message::Done { rows, .. } = &last
+        && *rows != collector.rows()
+    {
+        anyhow::bail!("the worker reported {rows} result rows but sent {}", collector.rows());
+    }
+    Ok(last)
+}
+
+/// The worker's last message, once the stream has ended after a `Done` (in a run, with
+/// the worker's process group gone): a byte more fails the run. A read that gives up (a
+/// process outside the group still holds the stream, see `child::GroupOutput`) found
+/// nothing more. After a `Failed`, what follows is not read: the run fails with the
+/// plugin's own error.
+fn ended_after(last: Option<Message>, stdout: &mut impl std::io::Read) -> anyhow::Result<Option<Message>> {
+    if matches!(last, Some(Message::Done { .. })) && matches!(stdout.read(&mut [0u8]), Ok(1..)) {
+        anyhow::bail!("the worker sent more after its last message");
+    }
+    Ok(last)
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Lines of worker stderr kept to explain a crash.
 pub(super) const STDERR_TAIL: usize = 12;
@@ -43,6 +44,40 @@ pub(super) enum Source {
 /// one line in the daemon's memory until it ran out (1.5 GB made the daemon's peak 3.2 GB).
 pub(super) const LINE_MAX_BYTES: usize = 4096;
 
+/// How many output lines a run logs at once, and then each second: past that, lines are
+/// counted and kept for the tail but not logged, and their count is logged when logging
+/// resumes. A child printing in a loop would otherwise fill the daemon's log and its disk.
+const LOG_BURST: f64 = 1000.0;
+const LOG_PER_SECOND: f64 = 100.0;
+
+/// A token bucket over output lines ([`LOG_BURST`], [`LOG_PER_SECOND`]).
+struct LogBudget {
+    tokens: f64,
+    last: Instant,
+    /// Lines not logged since the last one that was.
+    dropped: u64,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> LogBudget {
+        LogBudget { tokens: LOG_BURST, last: now, dropped: 0 }
+    }
+
+    /// For a line at `now`: None if it is not logged; else the count of lines not logged
+    /// before it, to say so first.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * LOG_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(LOG_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.dropped))
+    }
+}
+
 /// A thread forwarding a child's output into our log, line by line, keeping the last ones.
 pub(super) struct Forwarded {
     tail: Arc<Mutex<VecDeque<String>>>,
@@ -77,11 +112,19 @@ pub(super) fn forward(
     let (job, kept) = (job.to_string(), Arc::clone(&tail));
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
-        let mut bytes = Vec::new();
+        let (mut bytes, mut budget) = (Vec::new(), LogBudget::new(Instant::now()));
+        let log = |line: &str| match source {
+            Source::Worker => tracing::info!(target: "worker", job = %job, run_id, "{line}"),
+            Source::Command => tracing::info!(target: "command", job = %job, run_id, "{line}"),
+        };
         while let Ok(Some(line)) = next_line(&mut reader, &mut bytes) {
-            match source {
-                Source::Worker => tracing::info!(target: "worker", job = %job, run_id, "{line}"),
-                Source::Command => tracing::info!(target: "command", job = %job, run_id, "{line}"),
+            match budget.admit(Instant::now()) {
+                Some(0) => log(&line),
+                Some(dropped) => {
+                    log(&not_logged(dropped));
+                    log(&line);
+                }
+                None => {}
             }
             let mut t = kept.lock().expect("tail");
             if t.len() == keep {
@@ -89,9 +132,16 @@ pub(super) fn forward(
             }
             t.push_back(line);
         }
+        if budget.dropped > 0 {
+            log(&not_logged(budget.dropped));
+        }
         let _ = done.send(());
     });
     Forwarded { tail, ended }
+}
+
+fn not_logged(lines: u64) -> String {
+    format!("({lines} lines of output not logged: over {LOG_PER_SECOND} a second after the first {LOG_BURST})")
 }
 
 /// The next line of `reader`, without its line end, at most [`LINE_MAX_BYTES`] of it (the
@@ -152,6 +202,26 @@ mod tests {
         let mut reader = BufReader::new(input);
         let mut bytes = Vec::new();
         std::iter::from_fn(|| next_line(&mut reader, &mut bytes).unwrap()).collect()
+    }
+
+    #[test]
+    fn output_lines_are_logged_in_a_burst_then_at_a_rate_and_the_rest_counted() {
+        let start = Instant::now();
+        let mut budget = LogBudget::new(start);
+        let logged = (0..1500).filter(|_| budget.admit(start).is_some()).count();
+        assert_eq!(logged, 1000, "the burst");
+        // Half a second later: 50 more lines, the first saying 500 were not logged.
+        let later = start + std::time::Duration::from_millis(500);
+        let outcomes: Vec<_> = (0..60).map(|_| budget.admit(later)).collect();
+        assert_eq!(outcomes[0], Some(500));
+        assert_eq!(outcomes[1..50], [Some(0); 49]);
+        assert_eq!(outcomes[50..], [None; 10]);
+        // A quiet minute fills the bucket to its burst, no more.
+        let quiet = later + std::time::Duration::from_secs(60);
+        assert_eq!(budget.admit(quiet), Some(10));
+        let logged = (0..2000).filter(|_| budget.admit(quiet).is_some()).count();
+        assert_eq!(logged, 999);
+        assert_eq!(not_logged(3), "(3 lines of output not logged: over 100 a second after the first 1000)");
     }
 
     #[test]

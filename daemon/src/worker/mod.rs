@@ -184,6 +184,7 @@ fn run(spec: &RunSpec, out: &mut BufWriter<File>, loaded: &mut Option<PluginDesc
     let inside = stats.score_seconds + stats.emit_seconds + streamed_seconds;
     stats.plugin_seconds = (running.elapsed().as_secs_f64() - inside).max(0.0);
     drop(host);
+    instance.close().map_err(|e| anyhow::anyhow!("plugin `{}` failed: {e}", plugin.name))?;
     let input_rows = input_rows.lock().expect("input rows").clone();
     Ok(Message::Done { provider, rows: host_rows, plugin: desc, stats, model_sha256, warnings, input_rows })
 }
