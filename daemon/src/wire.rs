@@ -134,8 +134,8 @@ pub enum Message {
 
 impl Message {
     /// The message with its texts within [`MAX_TEXT`], [`MAX_NAME`] and [`MAX_WARNING`],
-    /// and at most [`MAX_WARNINGS`] warnings: what a worker writes, and all the daemon keeps of what it
-    /// reads (a plugin's error text is its own, of any length).
+    /// and at most [`MAX_WARNINGS`] warnings: what a worker writes, and all the daemon
+    /// keeps of what it reads (a plugin's error text is its own, of any length).
     pub fn bounded(self) -> Message {
         let desc = |d: PluginDesc| PluginDesc {
             name: cut_text(d.name, MAX_NAME),

@@ -141,7 +141,7 @@ pub(super) fn forward(
 }
 
 fn not_logged(lines: u64) -> String {
-    format!("({lines} lines of output not logged: over {LOG_PER_SECOND} a second after the first {LOG_BURST})")
+    format!("({lines} lines of output not logged: over {LOG_BURST} at once or {LOG_PER_SECOND} a second)")
 }
 
 /// The next line of `reader`, without its line end, at most [`LINE_MAX_BYTES`] of it (the
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(budget.admit(quiet), Some(10));
         let logged = (0..2000).filter(|_| budget.admit(quiet).is_some()).count();
         assert_eq!(logged, 999);
-        assert_eq!(not_logged(3), "(3 lines of output not logged: over 100 a second after the first 1000)");
+        assert_eq!(not_logged(3), "(3 lines of output not logged: over 1000 at once or 100 a second)");
     }
 
     #[test]
