@@ -1000,8 +1000,8 @@ pub fn check_links(jobs: &BTreeMap<String, Job>, failing: &BTreeMap<String, Stri
 /// `shared_table`: one job file must not be able to replace another job's table (and,
 /// through retention, its rollback versions). When jobs collide, the table's `owner`
 /// (the job that publishes it now, if the caller knows one) keeps it, else a job named
-/// like the table; every other job naming it gets an error naming the owner or the
-/// others. An owner among `failing` (jobs whose file is there but refused: name, file)
+/// like the table; every other job naming it gets an error naming the owner. With no
+/// keeper, each job that does not set `shared_table` gets an error naming the others. An owner among `failing` (jobs whose file is there but refused: name, file)
 /// keeps its table from every job that does not share it, as if it were loaded: a broken
 /// file at start-up must not hand its table to another job. Returns (file, error) for
 /// each job in violation.
@@ -1032,7 +1032,13 @@ pub fn check_tables(
         let keeper = owner(table)
             .filter(|o| claimants.iter().any(|j| j.name == *o))
             .or_else(|| claimants.iter().find(|j| j.name == table).map(|j| j.name.clone()));
-        for job in claimants.iter().filter(|j| Some(&j.name) != keeper.as_ref()) {
+        // Without a keeper, the jobs that do not share the table are at fault, not those
+        // that do (an edit that stops sharing a shared table is refused, not its peers).
+        let at_fault = |j: &&&Job| match &keeper {
+            Some(k) => j.name != *k,
+            None => !j.shared_table,
+        };
+        for job in claimants.iter().filter(at_fault) {
             let others: Vec<String> = match &keeper {
                 Some(k) => vec![k.clone()],
                 None => claimants.iter().filter(|o| o.name != job.name).map(|o| o.name.clone()).collect(),
@@ -1586,6 +1592,22 @@ mod tests {
         let shared = "table = \"t\"\nshared_table = true";
         assert!(errors(vec![job("a", shared), job("b", shared)], None).is_empty());
         assert_eq!(errors(vec![job("a", shared), job("b", "table = \"t\"")], Some("a")).len(), 1);
+        // Nobody owns it, and one job stops sharing it: that job is at fault, not its peer.
+        assert_eq!(
+            errors(vec![job("a", "table = \"t\""), job("b", shared)], None),
+            [format!("jobs/a.toml:2: field `table`: table \"t\" is published by job \"b\" (jobs/b.toml): {why}")]
+        );
+        // So an edit that stops sharing is refused and keeps its last good definition,
+        // whichever way the names sort; the peer is untouched.
+        for (edited, peer) in [("a", "b"), ("b", "a")] {
+            let previous = vec![job(edited, shared), job(peer, shared)];
+            let (in_force, errs) = settled(vec![job(edited, "table = \"t\""), job(peer, shared)], previous);
+            let mut expected = vec![edited.to_string(), peer.to_string()];
+            expected.sort();
+            assert_eq!(in_force, expected);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].starts_with(&format!("jobs/{edited}.toml:2: field `table`")), "{}", errs[0]);
+        }
     }
 
     #[test]

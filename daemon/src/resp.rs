@@ -305,8 +305,9 @@ pub fn array_len(out: &mut Vec<u8>, n: usize) {
 pub struct Reply {
     pub buf: Vec<u8>,
     pub resp3: bool,
-    /// (offset in `buf` the value goes before, the stored value, its byte range)
-    stored: Vec<(usize, sled::IVec, std::ops::Range<usize>)>,
+    /// (offset in `buf` the value goes before, the stored value, its byte range, bytes of
+    /// the stored values before it)
+    stored: Vec<(usize, sled::IVec, std::ops::Range<usize>, usize)>,
     /// Bytes of the values in `stored`.
     stored_bytes: usize,
     /// The rest of a reply too long to build at once, made part by part.
@@ -370,8 +371,9 @@ impl Reply {
             return;
         }
         header(&mut self.buf, b'$', range.len());
+        let before = self.stored_bytes;
         self.stored_bytes += range.len();
-        self.stored.push((self.buf.len(), value.clone(), range));
+        self.stored.push((self.buf.len(), value.clone(), range, before));
         self.buf.extend_from_slice(b"\r\n");
     }
 
@@ -389,13 +391,47 @@ impl Reply {
     pub fn parts(&self) -> smallvec::SmallVec<[&[u8]; 8]> {
         let mut out = smallvec::SmallVec::new();
         let mut at = 0;
-        for (offset, value, range) in &self.stored {
+        for (offset, value, range, _) in &self.stored {
             out.push(&self.buf[at..*offset]);
             out.push(&value[range.clone()]);
             at = *offset;
         }
         out.push(&self.buf[at..]);
         out.retain(|s: &mut &[u8]| !s.is_empty());
+        out
+    }
+
+    /// The reply's bytes from byte `at` on, at most `limit` of them, in parts for a
+    /// vectored write (none empty). The stored value `at` falls in or before is found by a
+    /// binary search: writing a reply of 100k stored values (a big MGET) in many calls
+    /// costs each call what it writes, not a walk over every part.
+    pub fn parts_from(&self, at: usize, limit: usize) -> smallvec::SmallVec<[&[u8]; 8]> {
+        /// Adds what fits of `part` to `out`; false once the limit is reached.
+        fn take<'a>(part: &'a [u8], left: &mut usize, out: &mut smallvec::SmallVec<[&'a [u8]; 8]>) -> bool {
+            let part = &part[..part.len().min(*left)];
+            if !part.is_empty() {
+                out.push(part);
+            }
+            *left -= part.len();
+            *left > 0
+        }
+        let (mut out, mut left) = (smallvec::SmallVec::new(), limit);
+        let k = self.stored.partition_point(|(offset, _, range, before)| offset + before + range.len() <= at);
+        let next = self.stored.get(k);
+        let before = next.map_or(self.stored_bytes, |s| s.3);
+        // Where `at` is: in `buf`, before stored value k (or after the last one), or in k.
+        let (mut buf_from, mut value_from) = match next {
+            Some((offset, _, _, _)) if at >= offset + before => (*offset, at - (offset + before)),
+            _ => (at - before, 0),
+        };
+        for (offset, value, range, _) in &self.stored[k..] {
+            let value = &value[range.start + value_from..range.end];
+            if !take(&self.buf[buf_from..*offset], &mut left, &mut out) || !take(value, &mut left, &mut out) {
+                return out;
+            }
+            (buf_from, value_from) = (*offset, 0);
+        }
+        take(&self.buf[buf_from..], &mut left, &mut out);
         out
     }
 
@@ -671,6 +707,15 @@ mod tests {
         bulk(&mut want, &big[..BY_REFERENCE_BYTES]);
         let joined: Vec<u8> = reply.parts().concat();
         assert_eq!(joined, want);
+        // From any byte, in parts of any size, the same bytes.
+        for limit in [1, 2, 7, 100, 7000, usize::MAX] {
+            for at in 0..=want.len() {
+                let parts = reply.parts_from(at, limit);
+                assert!(parts.iter().all(|p| !p.is_empty()), "an empty part at {at}");
+                let end = want.len().min(at.saturating_add(limit));
+                assert_eq!(parts.concat(), &want[at..end], "from {at}, at most {limit}");
+            }
+        }
         assert!(reply.buf.len() < 100, "the big values stay out of the buffer");
         reply.clear();
         assert!(reply.parts().is_empty() && reply.buf.is_empty());

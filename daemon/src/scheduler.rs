@@ -155,9 +155,8 @@ impl Scheduler {
 const MISSED_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Where the next tick is looked for once `tick` has fired at `now`, and the first tick
-/// passed over. Timers follow the monotonic clock: after a suspend, or with the wall clock
-/// set forward, a timer fires hours late, and arming from `tick` would fire every tick in
-/// between back to back. They are not run, as ticks missed while the daemon was down are
+/// passed over. After a suspend, or with the wall clock set forward, a timer fires hours
+/// late, and arming from `tick` would fire every tick in between back to back. They are not run, as ticks missed while the daemon was down are
 /// not (`starting_deadline_seconds` is looked at only at start).
 fn resume_point(
     schedule: &Schedule,

@@ -357,9 +357,13 @@ fn the_disk_reserve_opens_a_full_disk_and_runs_stop_before_the_disk_is_full() {
     d.wait_for("the slow run", 10, || status(&d).contains("[running]").then_some(()));
     assert!(fill_disk(&filler) > 0);
     let out = running.join().unwrap();
+    // The free space the refusal names is read when it is made: 0 MiB, or a few if space
+    // in the data folder was freed before the check (8 MiB, seen once on a loaded machine).
     let full = |out: &Output| {
         let text = text(out);
-        text.contains("the data disk is nearly full: 0 MiB free") || text.contains("No space left on device")
+        let reserve =
+            text.contains("the data disk is nearly full: ") && text.contains("less than the 64 MiB recd keeps free");
+        reserve || text.contains("No space left on device")
     };
     assert!(full(&out), "{}", text(&out));
     assert_eq!(served(&d), published);

@@ -306,3 +306,45 @@ fn a_tick_missed_during_downtime_runs_once_within_the_deadline() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(d.history("k").iter().all(|r| r["trigger"] != "catch-up"), "k has no deadline: no catch-up");
 }
+
+/// A retry that comes due while a later run of the job is going is dropped: that run's
+/// end supersedes it, so it neither cancels the run (`overlap = "replace"`) nor waits
+/// behind it.
+#[test]
+fn a_retry_due_while_a_later_run_is_going_leaves_that_run_alone() {
+    let d = TestDaemon::start(&[]);
+    // 5 s: room for a reload and a run's start on a slow machine before the retry is due.
+    let policy = "overlap = \"replace\"\nretries = 1\nretry_backoff_seconds = 5";
+    d.write_job("j", &job(policy, "mode = \"error\""));
+    assert!(d.cli(&["reload"]).status.success());
+    assert!(!d.cli(&["run", "j"]).status.success());
+    // While the retry waits, the job (an edit keeps the retry) runs by hand for 8 s.
+    d.write_job("j", &job(policy, "mode = \"slow\"\nseconds = 8"));
+    assert!(d.cli(&["reload"]).status.success());
+    let out = d.cli(&["run", "j"]);
+    assert!(out.status.success(), "the run by hand: {}", err(&out));
+    assert_eq!(statuses(&d, "j"), ["ok", "failed"], "no retry ran, none was cancelled or skipped");
+}
+
+/// An edit that stops one job sharing a table that others share is refused, and that job
+/// keeps its last good definition; the job it shared with is untouched, whichever way
+/// the names sort.
+#[test]
+fn an_edit_that_stops_sharing_a_shared_table_is_refused_not_its_peer() {
+    let shared = "plugin = \"faulty\"\ntable = \"t\"\nshared_table = true\n[params]\nmode = \"ok\"\n";
+    let alone = shared.replace("shared_table = true\n", "");
+    let d = TestDaemon::start(&[("a", shared), ("b", shared)]);
+    for (edited, peer) in [("a", "b"), ("b", "a")] {
+        d.write_job(edited, &alone);
+        d.cli(&["reload"]);
+        let status = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+        let refused = format!("{edited}.toml:2: field `table`: table \"t\" is published by job \"{peer}\"");
+        assert!(status.contains(&refused), "{status}");
+        assert!(!status.contains(&format!("{peer}.toml:2: field `table`")), "{status}");
+        // Both still run: the edited job on its last good definition.
+        d.run_job(edited);
+        d.run_job(peer);
+        d.write_job(edited, shared);
+        assert!(d.cli(&["reload"]).status.success());
+    }
+}

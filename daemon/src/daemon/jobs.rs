@@ -45,9 +45,16 @@ impl Daemon {
                 }
             }
             let publishers = self.publishers();
+            // A table's owner: its one publishing job in force, else the job that last
+            // published it. A table several jobs in force share has none: an edit that
+            // stops sharing it must not make the edited job its keeper.
             let owner = |table: &str| {
-                let running = previous.jobs.values().find(|j| j.table == table).map(|j| j.name.clone());
-                running.or_else(|| publishers.get(table).cloned())
+                let mut in_force = previous.jobs.values().filter(|j| j.table == table && j.command.is_none());
+                match (in_force.next(), in_force.next()) {
+                    (Some(only), None) => Some(only.name.clone()),
+                    (Some(_), Some(_)) => None,
+                    (None, _) => publishers.get(table).cloned(),
+                }
             };
             // A model's producer: the job whose run made its current version.
             let data_dir = self.config.data_dir.clone();

@@ -260,6 +260,12 @@ impl Daemon {
                     st.running = Some(Arc::clone(&control));
                     return Ok(control);
                 };
+                // A retry that meets a running run is moot: that run's end supersedes it
+                // (see `retry_due`). It must not cancel the run (`replace`) nor take the
+                // queue's place (`queue`) only to drop itself once it gets the slot.
+                if matches!(trigger, Trigger::Retry(..)) {
+                    return Err(TriggerError::RetryDropped("a later run of the job is going"));
+                }
                 match job.policy.overlap {
                     Overlap::Skip => Some("the previous run is still going (overlap = \"skip\")"),
                     Overlap::Replace => {

@@ -38,8 +38,7 @@ use super::Role;
 use super::busy_poll::BusyPoll;
 use super::cmd::{self, Client, Flow, Now};
 use super::connection::{
-    Inbox, READ_AHEAD_BYTES, REPLY_BATCH_BYTES, WRITE_CALL_BYTES, WRITE_TURN_BYTES, bounded, refused_oversized,
-    too_large,
+    Inbox, READ_AHEAD_BYTES, REPLY_BATCH_BYTES, WRITE_CALL_BYTES, WRITE_TURN_BYTES, refused_oversized, too_large,
 };
 use crate::daemon::Daemon;
 use crate::resp;
@@ -577,9 +576,9 @@ fn write_some(stream: &mut impl Write, out: &resp::Reply, written: &mut usize) -
     let mut this_turn = 0;
     while *written < total {
         let result = if out.has_stored() {
-            let parts = out.parts();
-            let (at, offset) = locate(&parts, *written);
-            stream.write_vectored(&bounded(&parts[at..], offset, WRITE_CALL_BYTES))
+            let parts: smallvec::SmallVec<[io::IoSlice; 8]> =
+                out.parts_from(*written, WRITE_CALL_BYTES).into_iter().map(io::IoSlice::new).collect();
+            stream.write_vectored(&parts)
         } else {
             stream.write(&out.buf[*written..total.min(*written + WRITE_CALL_BYTES)])
         };
@@ -598,17 +597,6 @@ fn write_some(stream: &mut impl Write, out: &resp::Reply, written: &mut usize) -
         }
     }
     Ok(Written::All)
-}
-
-/// The part of `parts` (joined) that holds byte `at`, and the offset in it.
-fn locate(parts: &[&[u8]], mut at: usize) -> (usize, usize) {
-    for (k, part) in parts.iter().enumerate() {
-        if at < part.len() {
-            return (k, at);
-        }
-        at -= part.len();
-    }
-    (parts.len(), 0)
 }
 
 #[cfg(test)]
@@ -849,15 +837,5 @@ mod tests {
         }
         assert!(sink.0 == want, "the bytes differ");
         assert_eq!((turns, sink.1), (want.len() / WRITE_TURN_BYTES, want.len().div_ceil(WRITE_CALL_BYTES)));
-    }
-
-    #[test]
-    fn locate_finds_the_part_and_offset_of_a_byte() {
-        let parts: [&[u8]; 3] = [b"abc", b"defgh", b"ij"];
-        assert_eq!(locate(&parts, 0), (0, 0));
-        assert_eq!(locate(&parts, 3), (1, 0));
-        assert_eq!(locate(&parts, 7), (1, 4));
-        assert_eq!(locate(&parts, 9), (2, 1));
-        assert_eq!(locate(&parts, 10), (3, 0));
     }
 }

@@ -85,8 +85,9 @@ pub fn write_json(stored: Option<Stored>, out: &mut Reply) {
     }
 }
 
-/// Fields in stored order; a value that reads as a JSON number is written as one,
-/// anything else as a string.
+/// Fields in stored order; a value that is a JSON number, exactly as stored, is written
+/// as one (its own text: `0.10` stays `0.10`, and 23 digits keep all of them), anything
+/// else as a string.
 fn hash_json(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + fields.len() * 24);
     out.push(b'{');
@@ -97,12 +98,70 @@ fn hash_json(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
         let name = serde_json::to_string(&String::from_utf8_lossy(field)).expect("json string");
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
-        let text = String::from_utf8_lossy(value);
-        match serde_json::from_str::<serde_json::Number>(&text) {
-            Ok(n) => out.extend_from_slice(n.to_string().as_bytes()),
-            Err(_) => out.extend_from_slice(serde_json::to_string(&text).expect("json string").as_bytes()),
+        if is_json_number(value) {
+            out.extend_from_slice(value);
+        } else {
+            let text = String::from_utf8_lossy(value);
+            out.extend_from_slice(serde_json::to_string(&text).expect("json string").as_bytes());
         }
     }
     out.push(b'}');
     out
+}
+
+/// Whether `text` is a number by JSON's grammar (RFC 8259), nothing around it:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(text: &[u8]) -> bool {
+    fn digits(text: &[u8]) -> usize {
+        text.iter().take_while(|b| b.is_ascii_digit()).count()
+    }
+    let mut at = usize::from(text.first() == Some(&b'-'));
+    match text.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => at += digits(&text[at..]),
+        _ => return false,
+    }
+    if text.get(at) == Some(&b'.') {
+        let n = digits(&text[at + 1..]);
+        if n == 0 {
+            return false;
+        }
+        at += 1 + n;
+    }
+    if matches!(text.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(text.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let n = digits(&text[at..]);
+        if n == 0 {
+            return false;
+        }
+        at += n;
+    }
+    at == text.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_values_that_are_json_numbers_are_written_as_stored_and_others_as_strings() {
+        let numbers = ["0", "-0", "12", "0.10", "1E5", "-2.5e-3", "12345678901234567890123"];
+        let strings = ["", "-", "01", "1.", ".5", "1e", "1e+", " 12 ", "12 ", "+1", "0x10", "NaN", "1.5.2", "--1"];
+        for n in numbers {
+            assert!(is_json_number(n.as_bytes()), "{n}");
+        }
+        for s in strings {
+            assert!(!is_json_number(s.as_bytes()), "{s:?}");
+        }
+        let fields: Vec<(&[u8], &[u8])> =
+            vec![(b"score", b"0.10"), (b"big", b"12345678901234567890123"), (b"seg", b" 12 ")];
+        let json = String::from_utf8(hash_json(&fields)).unwrap();
+        assert_eq!(json, r#"{"score":0.10,"big":12345678901234567890123,"seg":" 12 "}"#);
+        // What a JSON parser makes of it: the same values.
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["seg"], " 12 ");
+    }
 }
