@@ -1001,9 +1001,10 @@ pub fn check_links(jobs: &BTreeMap<String, Job>, failing: &BTreeMap<String, Stri
 /// through retention, its rollback versions). When jobs collide, the table's `owner`
 /// (the job that publishes it now, if the caller knows one) keeps it, else a job named
 /// like the table; every other job naming it gets an error naming the owner. With no
-/// keeper, each job that does not set `shared_table` gets an error naming the others. An owner among `failing` (jobs whose file is there but refused: name, file)
-/// keeps its table from every job that does not share it, as if it were loaded: a broken
-/// file at start-up must not hand its table to another job. Returns (file, error) for
+/// keeper, each job that does not set `shared_table` gets an error naming the others.
+/// An owner among `failing` (jobs whose file is there but refused: name, file) keeps its
+/// table from every job that does not share it, as if it were loaded: a broken file at
+/// start-up must not hand its table to another job. Returns (file, error) for
 /// each job in violation.
 pub fn check_tables(
     jobs: &BTreeMap<String, Job>,

@@ -389,16 +389,7 @@ impl Reply {
 
     /// The reply's bytes in order, in parts for a vectored write (none empty).
     pub fn parts(&self) -> smallvec::SmallVec<[&[u8]; 8]> {
-        let mut out = smallvec::SmallVec::new();
-        let mut at = 0;
-        for (offset, value, range, _) in &self.stored {
-            out.push(&self.buf[at..*offset]);
-            out.push(&value[range.clone()]);
-            at = *offset;
-        }
-        out.push(&self.buf[at..]);
-        out.retain(|s: &mut &[u8]| !s.is_empty());
-        out
+        self.parts_from(0, usize::MAX)
     }
 
     /// The reply's bytes from byte `at` on, at most `limit` of them, in parts for a
