@@ -182,8 +182,8 @@ fn frame_limit(tag: u8) -> usize {
 }
 
 pub fn write_frame(out: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
-    if payload.len() > frame_limit(tag) {
-        let (len, limit) = (payload.len(), frame_limit(tag));
+    let (len, limit) = (payload.len(), frame_limit(tag));
+    if len > limit {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a frame of {len} bytes is over {limit}")));
     }
     out.write_all(&[tag])?;
@@ -300,9 +300,9 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     }
     input.read_exact(&mut header[1..])?;
     let len = u32::from_le_bytes(header[1..5].try_into().expect("4 bytes")) as usize;
-    if len > frame_limit(header[0]) {
+    let limit = frame_limit(header[0]);
+    if len > limit {
         let what = if header[0] == TAG_MESSAGE { "message frame" } else { "frame" };
-        let limit = frame_limit(header[0]);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("a {what} of {len} bytes is over the limit of {limit} bytes"),
